@@ -1,0 +1,310 @@
+"""Reading sources and writing committed outputs.
+
+Sources: a Parquet file, a directory of Parquet files or a URI (`file://`, `s3://`, `gs://`: whatever
+`pyarrow.fs` resolves), a `pyarrow.Table`, a numpy array, or `builtin:NAME` (core/datasets.py).
+Sharding plans row ranges from Parquet footers only, so the driver never materialises the data: each
+worker reads its own `ShardSpec`.
+
+Outputs: `atomic_dir(final)` yields a temporary directory beside `final`; on success it writes the
+`_SUCCESS` manifest (row count, schema, sha256 of every file) and renames it into place in one step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from core import datasets
+from core.errors import CorruptArtifactError, DataError
+from core.schema import from_numpy
+
+MANIFEST = "_SUCCESS"
+Source = str | os.PathLike | pa.Table | np.ndarray
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    text = os.fspath(path)
+    if "://" in text:
+        try:
+            return pafs.FileSystem.from_uri(text)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+            raise DataError(f"{text}: cannot open ({exc})") from None
+    return pafs.LocalFileSystem(), os.path.abspath(text)
+
+
+def _parquet_files(path: str | os.PathLike) -> tuple[pafs.FileSystem, list[str]]:
+    fs, root = _resolve(path)
+    try:
+        info = fs.get_file_info(root)
+    except OSError as exc:
+        raise DataError(f"{os.fspath(path)}: cannot read ({exc})") from None
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"{os.fspath(path)}: no such file or directory")
+    if info.type == pafs.FileType.File:
+        return fs, [root]
+    selector = pafs.FileSelector(root, recursive=True)
+    files = sorted(
+        f.path
+        for f in fs.get_file_info(selector)
+        if f.type == pafs.FileType.File and not Path(f.path).name.startswith(("_", ".")) and f.path.endswith(".parquet")
+    )
+    if not files:
+        raise DataError(f"{os.fspath(path)}: directory holds no .parquet files")
+    return fs, files
+
+
+def _row_counts(fs: pafs.FileSystem, files: Sequence[str]) -> list[int]:
+    counts = []
+    for path in files:
+        try:
+            with fs.open_input_file(path) as handle:
+                counts.append(pq.ParquetFile(handle).metadata.num_rows)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    return counts
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Rows [start, stop) of a source; small and picklable so the driver ships it instead of data."""
+
+    index: int
+    start: int
+    stop: int
+    uri: str | None = None
+    files: tuple[str, ...] = ()
+    file_rows: tuple[int, ...] = ()
+    table: pa.Table | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def num_rows(self) -> int:
+        return self.stop - self.start
+
+
+def in_memory_table(source: pa.Table | np.ndarray, where: str = "input") -> pa.Table:
+    """A table for in-memory sources (numpy arrays become `id` 0..n-1 + `vector`)."""
+    if isinstance(source, pa.Table):
+        return source
+    return from_numpy(np.asarray(source), where=where)
+
+
+def plan_shards(source: Source, n: int) -> list[ShardSpec]:
+    """Split `source` into `n` contiguous, balanced row ranges, reading only Parquet footers."""
+    if n < 1:
+        raise DataError(f"number of shards must be >= 1, got {n}")
+    if isinstance(source, pa.Table | np.ndarray) or datasets.is_builtin(source):
+        table = datasets.load_builtin(source) if datasets.is_builtin(source) else in_memory_table(source)
+        bounds = np.linspace(0, table.num_rows, n + 1).astype(int)
+        return [ShardSpec(i, int(a), int(b), table=table.slice(a, b - a)) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+    fs, files = _parquet_files(source)
+    counts = _row_counts(fs, files)
+    total = sum(counts)
+    if total == 0:
+        raise DataError(f"{os.fspath(source)}: dataset is empty (0 rows)")
+    bounds = np.linspace(0, total, n + 1).astype(int)
+    uri = os.fspath(source)
+    return [
+        ShardSpec(i, int(a), int(b), uri=uri, files=tuple(files), file_rows=tuple(counts))
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:]))
+    ]
+
+
+def read_shard(spec: ShardSpec, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read exactly rows [start, stop) of a planned shard, touching only the row groups it needs."""
+    if spec.table is not None:
+        return spec.table.select(list(columns)) if columns else spec.table
+    assert spec.uri is not None
+    fs, _ = _resolve(spec.uri)
+    pieces: list[pa.Table] = []
+    file_start = 0
+    for path, rows in zip(spec.files, spec.file_rows):
+        lo, hi = max(spec.start, file_start), min(spec.stop, file_start + rows)
+        if lo < hi:
+            pieces.append(_read_rows(fs, path, lo - file_start, hi - file_start, columns))
+        file_start += rows
+    if not pieces:
+        raise DataError(f"{spec.uri}: shard {spec.index} is empty")
+    try:
+        return pa.concat_tables(pieces, promote_options="permissive")
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{spec.uri}: files disagree on schema ({exc})") from None
+
+
+def _read_rows(fs: pafs.FileSystem, path: str, lo: int, hi: int, columns: Sequence[str] | None) -> pa.Table:
+    try:
+        with fs.open_input_file(path) as handle:
+            pf = pq.ParquetFile(handle)
+            groups, first, start = [], None, 0
+            for g in range(pf.metadata.num_row_groups):
+                size = pf.metadata.row_group(g).num_rows
+                if start < hi and start + size > lo:
+                    groups.append(g)
+                    first = start if first is None else first
+                start += size
+            if columns:
+                missing = [c for c in columns if c not in pf.schema_arrow.names]
+                if missing:
+                    raise DataError(f"{path}: missing column(s) {missing}")
+            table = pf.read_row_groups(groups, columns=list(columns) if columns else None)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: cannot read Parquet ({exc})") from None
+    return table.slice(lo - first, hi - lo)
+
+
+def read_table(source: Source, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read a whole source. For small data (queries, summaries); shard anything large."""
+    return read_shard(plan_shards(source, 1)[0], columns)
+
+
+def source_fingerprint(source: Source) -> str:
+    """A cheap identity of a source for cache keys: path, size and mtime of every file (or content hash)."""
+    if datasets.is_builtin(source):
+        return str(source)
+    if isinstance(source, pa.Table | np.ndarray):
+        table = in_memory_table(source)
+        digest = hashlib.sha256()
+        for batch in table.to_batches():
+            for col in batch.columns:
+                for buf in col.buffers():
+                    if buf is not None:
+                        digest.update(memoryview(buf))
+        return "mem:" + digest.hexdigest()
+    fs, files = _parquet_files(source)
+    parts = [f"{f.path}:{f.size}:{f.mtime_ns}" for f in fs.get_file_info(files)]
+    return "files:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_parquet(table: pa.Table, path: str | os.PathLike) -> Path:
+    """Write one Parquet file (zstd) and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, compression="zstd")
+    return path
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _parquet_summary(path: Path) -> tuple[int, str]:
+    meta = pq.read_metadata(path)
+    return meta.num_rows, str(meta.schema.to_arrow_schema())
+
+
+def build_manifest(directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Row counts, schemas and sha256 of every file under `directory` (the manifest itself excluded)."""
+    root = Path(directory)
+    files: dict[str, dict[str, Any]] = {}
+    rows = 0
+    schemas: dict[str, str] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
+        rel = path.relative_to(root).as_posix()
+        entry: dict[str, Any] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        if path.suffix == ".parquet":
+            entry["rows"], schema = _parquet_summary(path)
+            rows += entry["rows"]
+            schemas.setdefault(schema, rel)
+        files[rel] = entry
+    manifest: dict[str, Any] = {"rows": rows, "schemas": sorted(schemas), "files": files}
+    if extra:
+        manifest.update(extra)
+    return manifest
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    """The `_SUCCESS` manifest of a committed directory, or CorruptArtifactError."""
+    path = Path(directory) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CorruptArtifactError(f"{directory}: not a committed output (no {MANIFEST} manifest)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptArtifactError(f"{path}: manifest is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise CorruptArtifactError(f"{path}: manifest has no 'files' table")
+    return manifest
+
+
+def verify_dir(directory: str | os.PathLike, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Check every file (or just `names`) against the manifest's sha256; return the manifest."""
+    root = Path(directory)
+    manifest = read_manifest(root)
+    for rel, entry in manifest["files"].items():
+        if names is not None and rel not in names:
+            continue
+        path = root / rel
+        if not path.is_file():
+            raise CorruptArtifactError(f"{path}: listed in the manifest but missing")
+        if not isinstance(entry, dict) or sha256_file(path) != entry.get("sha256"):
+            raise CorruptArtifactError(f"{path}: checksum does not match its manifest")
+    return manifest
+
+
+def is_committed(directory: str | os.PathLike) -> bool:
+    return (Path(directory) / MANIFEST).is_file()
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, extra: dict[str, Any] | None = None) -> Iterator[Path]:
+    """Yield a fresh temporary directory; on success commit it to `final` with a manifest.
+
+    If another writer committed `final` first, ours is discarded (both hold the same content by
+    construction of the cache key). On any exception the temporary directory is removed.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        manifest = build_manifest(tmp, extra)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        commit_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    """Atomically move a finished temporary directory into place (losing a race is not an error)."""
+    if final.exists() and not is_committed(final):
+        shutil.rmtree(final, ignore_errors=True)  # a stale, uncommitted leftover: never read
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not is_committed(final):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
+    """Write JSON so a reader sees the old file or the new one, never half of either."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
