@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -24,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -112,7 +112,7 @@ def plan_shards(source: Source, n: int) -> list[ShardSpec]:
     if isinstance(source, pa.Table | np.ndarray) or datasets.is_builtin(source):
         table = datasets.load_builtin(source) if datasets.is_builtin(source) else in_memory_table(source)
         bounds = np.linspace(0, table.num_rows, n + 1).astype(int)
-        return [ShardSpec(i, int(a), int(b), table=table.slice(a, b - a)) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+        return [ShardSpec(i, int(a), int(b), table=table.slice(a, b - a)) for i, (a, b) in enumerate(itertools.pairwise(bounds))]
     fs, files = _parquet_files(source)
     counts = _row_counts(fs, files)
     total = sum(counts)
@@ -122,7 +122,7 @@ def plan_shards(source: Source, n: int) -> list[ShardSpec]:
     uri = os.fspath(source)
     return [
         ShardSpec(i, int(a), int(b), uri=uri, files=tuple(files), file_rows=tuple(counts))
-        for i, (a, b) in enumerate(zip(bounds, bounds[1:]))
+        for i, (a, b) in enumerate(itertools.pairwise(bounds))
     ]
 
 

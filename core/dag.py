@@ -1,0 +1,320 @@
+"""A small, boring DAG runner: declare stages, skip the committed ones, run the rest concurrently.
+
+The runner orchestrates and never computes. It is executor-agnostic: `submit(fn, args, options)` returns
+a `concurrent.futures.Future`; pipelines/runtime.py passes Ray tasks (`ObjectRef.future()`), tests pass
+a thread pool. A stage's output is committed by `execute_stage` inside the worker (temporary directory,
+`_SUCCESS` manifest, atomic rename), so a failed or killed stage never leaves a committed output.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import inspect
+import json
+import os
+import re
+import shutil
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.cache_key import stage_key
+from core.errors import ConfigError, InputError, one_line
+from core.io import atomic_dir, is_committed, read_manifest, write_json_atomic
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+StageFn = Callable[..., Mapping[str, Any] | None]
+Submit = Callable[[Callable[..., Any], tuple[Any, ...], "StageOptions"], cf.Future]
+
+
+def check_name(name: str, what: str) -> str:
+    """Reject names that could escape the runs directory or confuse a shell."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise ConfigError(f"invalid {what} {name!r}: use letters, digits, '_', '-', '.' (no '..', no '/')")
+    return name
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """How the executor should run a stage."""
+
+    name: str
+    num_cpus: float = 1.0
+    max_retries: int = 2
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A node of the DAG: a plain callable, its upstream inputs (kwarg → stage) and its parameters."""
+
+    name: str
+    fn: StageFn
+    inputs: Mapping[str, str]
+    params: Mapping[str, Any]
+    version: str = "1"
+    num_cpus: float = 1.0
+    max_retries: int = 2
+
+    @property
+    def fn_path(self) -> str:
+        return f"{self.fn.__module__}.{self.fn.__qualname__}"
+
+
+class Pipeline:
+    """An ordered DAG of stages; a stage may only name upstream stages declared before it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = check_name(name, "pipeline name")
+        self.stages: dict[str, Stage] = {}
+
+    def stage(
+        self,
+        name: str,
+        fn: StageFn,
+        *,
+        inputs: Mapping[str, str] | list[str] | tuple[str, ...] = (),
+        params: Mapping[str, Any] | None = None,
+        version: str = "1",
+        num_cpus: float = 1.0,
+        max_retries: int = 2,
+    ) -> Stage:
+        """Declare a stage; `inputs` maps the fn's keyword to an upstream stage (a list means same names)."""
+        check_name(name, "stage name")
+        if name in self.stages:
+            raise ConfigError(f"pipeline '{self.name}': stage '{name}' declared twice")
+        mapping = dict(inputs) if isinstance(inputs, Mapping) else {s: s for s in inputs}
+        for upstream in mapping.values():
+            if upstream not in self.stages:
+                raise ConfigError(f"pipeline '{self.name}': stage '{name}' needs unknown or later stage '{upstream}'")
+        params = dict(params or {})
+        _check_signature(name, fn, mapping, params)
+        stage = Stage(name, fn, mapping, params, version, num_cpus, max_retries)
+        self.stages[name] = stage
+        return stage
+
+    def keys(self) -> dict[str, str]:
+        """Every stage's cache key, computed in declaration (hence topological) order."""
+        keys: dict[str, str] = {}
+        for s in self.stages.values():
+            upstream = {arg: keys[up] for arg, up in s.inputs.items()}
+            keys[s.name] = stage_key(s.name, f"{s.version}|{s.fn_path}", s.params, upstream)
+        return keys
+
+
+def _check_signature(name: str, fn: StageFn, inputs: Mapping[str, str], params: Mapping[str, Any]) -> None:
+    try:
+        inspect.signature(fn).bind(Path("."), **dict.fromkeys(inputs, Path(".")), **params)
+    except TypeError as exc:
+        raise ConfigError(f"stage '{name}': {fn.__qualname__} does not accept its inputs/params ({exc})") from None
+
+
+def output_dir(runs_dir: str | os.PathLike, stage: Stage, key: str) -> Path:
+    """Where a stage's committed output lives; shared by every run (that is the cache)."""
+    return Path(runs_dir) / "cache" / f"{stage.name}-{key[:24]}"
+
+
+def execute_stage(fn: StageFn, final: str, inputs: Mapping[str, str], params: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """Run one stage into a temporary directory and commit it; runs inside the executor's worker."""
+    started = time.perf_counter()
+    extra: dict[str, Any] = {"key": key}
+    with atomic_dir(final, extra) as tmp:
+        metrics = fn(tmp, **{k: Path(v) for k, v in inputs.items()}, **params)
+        extra["metrics"] = dict(metrics or {})
+        extra["seconds"] = round(time.perf_counter() - started, 4)
+    manifest = read_manifest(final)
+    return {"rows": manifest["rows"], "metrics": manifest.get("metrics", {}), "seconds": manifest.get("seconds")}
+
+
+@dataclass
+class StageRecord:
+    """What one run knows about one stage; serialised into run.json."""
+
+    name: str
+    key: str
+    output: str
+    status: str = "pending"  # pending | running | cached | done | failed | skipped
+    cache_hit: bool = False
+    rows: int | None = None
+    seconds: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    error_type: str | None = None
+    bad_input: bool = False  # the failure was the user's input (exit 2), not an internal error
+
+
+@dataclass
+class RunRecord:
+    """The run.json of one run: who, what, when, and each stage's outcome."""
+
+    run_id: str
+    pipeline: str
+    config: dict[str, Any]
+    status: str = "running"  # running | succeeded | failed
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def failed_stage(self) -> StageRecord | None:
+        return next((s for s in self.stages.values() if s.status == "failed"), None)
+
+
+def new_run_id(pipeline: str) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{pipeline}-{uuid.uuid4().hex[:6]}"
+
+
+def run_path(runs_dir: str | os.PathLike, run_id: str) -> Path:
+    """The run.json of `run_id`, refusing ids that would leave the runs directory."""
+    return Path(runs_dir) / "runs" / check_name(run_id, "run id") / "run.json"
+
+
+def _cache_hit(final: Path) -> dict[str, Any] | None:
+    """The manifest of a committed output whose files are all present at their recorded sizes."""
+    if not is_committed(final):
+        return None
+    try:
+        manifest = read_manifest(final)
+    except InputError:
+        return None
+    for rel, entry in manifest["files"].items():
+        path = final / rel
+        if not path.is_file() or path.stat().st_size != entry.get("bytes"):
+            return None
+    return manifest
+
+
+class Runner:
+    """Runs a pipeline once: cache lookups, concurrent submission, the run record, events."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        runs_dir: str | os.PathLike,
+        submit: Submit,
+        *,
+        force: bool = False,
+        config: Mapping[str, Any] | None = None,
+        on_event: Callable[[RunRecord, StageRecord], None] | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.runs_dir = Path(runs_dir)
+        self.submit = submit
+        self.force = force
+        self.on_event = on_event or (lambda run, stage: None)
+        self.keys = pipeline.keys()
+        self.record = RunRecord(run_id or new_run_id(pipeline.name), pipeline.name, dict(config or {}))
+        for s in pipeline.stages.values():
+            key = self.keys[s.name]
+            self.record.stages[s.name] = StageRecord(s.name, key, str(output_dir(self.runs_dir, s, key)))
+
+    def _save(self) -> None:
+        write_json_atomic(run_path(self.runs_dir, self.record.run_id), self.record.to_json())
+
+    def _emit(self, rec: StageRecord) -> None:
+        self._save()
+        self.on_event(self.record, rec)
+
+    def run(self) -> RunRecord:
+        """Run to completion; independent branches go on after a failure, dependants are skipped."""
+        self._save()
+        futures: dict[cf.Future, str] = {}
+        while True:
+            ready = self._ready()
+            for s in ready:
+                self._start(s, futures)
+            if not futures:
+                if ready:
+                    continue  # cache hits may have made more stages ready
+                break
+            done, _ = cf.wait(list(futures), return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                self._finish(futures.pop(fut), fut)
+        self.record.status = "failed" if self.record.failed_stage() else "succeeded"
+        self.record.finished = time.time()
+        self._save()
+        return self.record
+
+    def _ready(self) -> list[Stage]:
+        ready = []
+        for s in self.pipeline.stages.values():
+            rec = self.record.stages[s.name]
+            if rec.status != "pending":
+                continue
+            ups = [self.record.stages[u].status for u in s.inputs.values()]
+            if any(u in ("failed", "skipped") for u in ups):
+                rec.status, rec.error = "skipped", "an upstream stage failed"
+                self._emit(rec)
+            elif all(u in ("done", "cached") for u in ups):
+                ready.append(s)
+        return ready
+
+    def _start(self, s: Stage, futures: dict[cf.Future, str]) -> None:
+        rec = self.record.stages[s.name]
+        final = Path(rec.output)
+        manifest = None if self.force else _cache_hit(final)
+        if manifest is not None:
+            rec.status, rec.cache_hit, rec.rows, rec.seconds = "cached", True, manifest["rows"], 0.0
+            rec.metrics = manifest.get("metrics", {})
+            self._emit(rec)
+            return
+        if self.force and final.exists():
+            _retire(final)
+        inputs = {arg: self.record.stages[up].output for arg, up in s.inputs.items()}
+        args = (s.fn, str(final), inputs, dict(s.params), rec.key)
+        rec.status = "running"
+        self._emit(rec)
+        futures[self.submit(execute_stage, args, StageOptions(s.name, s.num_cpus, s.max_retries))] = s.name
+
+    def _finish(self, name: str, fut: cf.Future) -> None:
+        rec = self.record.stages[name]
+        try:
+            result = fut.result()
+        except BaseException as exc:  # the record must say which stage failed and why
+            cause = getattr(exc, "cause", None) or exc  # Ray wraps the stage's exception
+            rec.status, rec.error_type, rec.error = "failed", type(cause).__name__, one_line(cause)
+            rec.bad_input = isinstance(cause, InputError)
+            if not rec.bad_input:
+                rec.error += "\n" + "".join(traceback.format_exception(cause))[-4000:]
+        else:
+            rec.status, rec.rows, rec.seconds, rec.metrics = "done", result["rows"], result["seconds"], result["metrics"]
+        self._emit(rec)
+
+
+def _retire(final: Path) -> None:
+    """Move a committed output aside before a forced rerun so readers never see a half-replaced one."""
+    graveyard = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(final, graveyard)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(graveyard, ignore_errors=True)
+
+
+def load_run(runs_dir: str | os.PathLike, run_id: str) -> dict[str, Any]:
+    """The run.json of a run, or ConfigError naming the id."""
+    path = run_path(runs_dir, run_id)
+    if not path.is_file():
+        raise ConfigError(f"no run '{run_id}' under {Path(runs_dir) / 'runs'}")
+    return json.loads(path.read_text())
+
+
+def list_runs(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every run.json under the runs directory, newest first."""
+    root = Path(runs_dir) / "runs"
+    records = []
+    for path in root.glob("*/run.json") if root.is_dir() else []:
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(records, key=lambda r: r.get("started", 0), reverse=True)

@@ -1,0 +1,85 @@
+"""The smallest real pipeline: ingest and validate a dataset, then summarise it.
+
+    shardwalk run ingest --set source=builtin:mnist5k --set shards=4
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from core.dag import Pipeline
+from core.errors import ConfigError
+from core.io import source_fingerprint, write_parquet
+from pipelines.common import ingest
+from workers.ingest import part_paths, summarise_part
+
+DEFAULTS: dict[str, Any] = {
+    "source": "builtin:digits",
+    "shards": 2,
+    "require_label": False,
+}
+
+
+def validate(config: dict[str, Any]) -> None:
+    """Reject out-of-range values before anything runs."""
+    if not 1 <= config["shards"] <= 4096:
+        raise ConfigError(f"shards must be in [1, 4096], got {config['shards']}")
+
+
+def summarise(out: Path, ingest: Path) -> dict[str, Any]:
+    """Per-dimension mean/std/min/max, vector norms and label counts, merged from per-part statistics."""
+    stats = ray.get([summarise_part.remote(str(p)) for p in part_paths(ingest)])
+    n = sum(s["rows"] for s in stats)
+    mean = sum(s["sum"] for s in stats) / n
+    var = np.maximum(sum(s["sumsq"] for s in stats) / n - mean**2, 0.0)
+    write_parquet(
+        pa.table(
+            {
+                "dim": np.arange(len(mean), dtype=np.int64),
+                "mean": mean,
+                "std": np.sqrt(var),
+                "min": np.min([s["min"] for s in stats], axis=0),
+                "max": np.max([s["max"] for s in stats], axis=0),
+            }
+        ),
+        out / "dim_stats.parquet",
+    )
+    labels: dict[int, int] = {}
+    for s in stats:
+        for label, count in s["labels"].items():
+            labels[label] = labels.get(label, 0) + count
+    norm_mean = sum(s["norm_sum"] for s in stats) / n
+    norm_std = float(np.sqrt(max(sum(s["norm_sumsq"] for s in stats) / n - norm_mean**2, 0.0)))
+    summary = {
+        "rows": n,
+        "dim": len(mean),
+        "norm_mean": norm_mean,
+        "norm_std": norm_std,
+        "classes": len(labels),
+        "label_counts": {str(k): v for k, v in sorted(labels.items())},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return {k: v for k, v in summary.items() if k != "label_counts"}
+
+
+def build(config: dict[str, Any]) -> Pipeline:
+    p = Pipeline("ingest")
+    p.stage(
+        "ingest",
+        ingest,
+        params={
+            "source": config["source"],
+            "shards": config["shards"],
+            "require_label": config["require_label"],
+            "fingerprint": source_fingerprint(config["source"]),
+        },
+        num_cpus=0,
+    )
+    p.stage("summarise", summarise, inputs=["ingest"], num_cpus=0)
+    return p

@@ -1,0 +1,131 @@
+"""What the user sees: a live stage display on a terminal, plain log lines otherwise, and run tables."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from core.dag import Pipeline, RunRecord, StageRecord, list_runs
+
+DONE = {"done", "cached", "failed", "skipped"}
+Reporter = Callable[[RunRecord, StageRecord], None]
+
+
+def _stage_line(rec: StageRecord) -> str:
+    if rec.status == "cached":
+        return f"stage {rec.name}: cache hit ({rec.rows} rows)"
+    if rec.status == "done":
+        return f"stage {rec.name}: done in {rec.seconds:.2f}s ({rec.rows} rows)"
+    if rec.status == "failed":
+        return f"stage {rec.name}: FAILED: {(rec.error or '').splitlines()[0]}"
+    if rec.status == "skipped":
+        return f"stage {rec.name}: skipped ({rec.error})"
+    return f"stage {rec.name}: {rec.status}"
+
+
+@contextlib.contextmanager
+def make_reporter(pipeline: Pipeline, stream: Any = None) -> Iterator[Reporter]:
+    """A rich progress display when attached to a terminal, else one plain line per stage event."""
+    stream = stream or sys.stderr
+    if not stream.isatty():
+        def log_line(run: RunRecord, rec: StageRecord) -> None:
+            print(f"[{run.run_id}] {_stage_line(rec)}", file=stream, flush=True)
+
+        yield log_line
+        return
+    console = Console(file=stream)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(pipeline.name, total=len(pipeline.stages))
+
+        def live(run: RunRecord, rec: StageRecord) -> None:
+            if rec.status in DONE:
+                console.print(_stage_line(rec))
+            running = [s.name for s in run.stages.values() if s.status == "running"]
+            finished = sum(s.status in DONE for s in run.stages.values())
+            label = f"{pipeline.name}: {', '.join(running)}" if running else pipeline.name
+            progress.update(task, completed=finished, description=label)
+
+        yield live
+
+
+def _fmt_time(ts: Any) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def run_status(record: dict[str, Any]) -> str:
+    """`running` only while the recording process lives; a killed driver's run reads `interrupted`."""
+    status = record.get("status", "?")
+    if status == "running" and record.get("host") == socket.gethostname():
+        try:
+            os.kill(int(record.get("pid", 0)), 0)
+        except (ProcessLookupError, ValueError):
+            return "interrupted"
+        except PermissionError:
+            pass
+    return status
+
+
+def _compact(metrics: dict[str, Any], limit: int = 70) -> str:
+    text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def print_run(record: dict[str, Any], runs_dir: str | os.PathLike, console: Console | None = None) -> None:
+    """The stages table of one run, then its headline metrics and report path."""
+    console = console or Console()
+    title = f"run {record['run_id']} · {record['pipeline']} · {run_status(record)} · started {_fmt_time(record.get('started'))}"
+    table = Table(title=title, title_justify="left")
+    for col in ("stage", "status", "rows", "seconds", "metrics"):
+        table.add_column(col)
+    for rec in record["stages"].values():
+        status = "cache hit" if rec.get("cache_hit") else rec["status"]
+        seconds = f"{rec['seconds']:.2f}" if rec.get("seconds") is not None else "-"
+        rows = str(rec["rows"]) if rec.get("rows") is not None else "-"
+        table.add_row(rec["name"], status, rows, seconds, _compact(rec.get("metrics") or {}))
+    console.print(table)
+    for rec in record["stages"].values():
+        if rec["status"] == "failed":
+            console.print(f"[red]{rec['name']} failed:[/red] {(rec.get('error') or '').splitlines()[0]}", markup=True)
+        console.print(f"  {rec['name']}: {rec['output']}", highlight=False)
+    report = Path(runs_dir) / "runs" / record["run_id"] / "report.html"
+    if report.is_file():
+        console.print(f"report: {report}", highlight=False)
+
+
+def print_runs(runs_dir: str | os.PathLike, console: Console | None = None) -> None:
+    """One line per run, newest first."""
+    console = console or Console()
+    records = list_runs(runs_dir)
+    if not records:
+        console.print(f"no runs under {Path(runs_dir) / 'runs'}", highlight=False)
+        return
+    table = Table()
+    table.add_column("run id", no_wrap=True)
+    for col in ("pipeline", "status", "started", "seconds", "stages (cached)"):
+        table.add_column(col, no_wrap=True)
+    for r in records:
+        stages = r.get("stages", {}).values()
+        cached = sum(1 for s in stages if s.get("cache_hit"))
+        seconds = f"{r['finished'] - r['started']:.1f}" if r.get("finished") else "-"
+        table.add_row(r["run_id"], r["pipeline"], run_status(r), _fmt_time(r.get("started")), seconds, f"{len(stages)} ({cached})")
+    console.print(table)
+
+

@@ -1,0 +1,42 @@
+"""The Ray side of running a pipeline: connecting, and submitting stages as Ray tasks."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from core.dag import StageOptions
+
+log = logging.getLogger("shardwalk")
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[str, Any]:
+    """Join a cluster (`address`, or RAY_ADDRESS) or start an embedded local Ray: no dashboard, loopback only."""
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    common: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **common)
+    else:
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            configure_logging=True,
+            **common,
+        )
+    return ray.cluster_resources()
+
+
+def ray_submit(fn: Callable[..., Any], args: tuple[Any, ...], options: StageOptions) -> cf.Future:
+    """Run `fn(*args)` as a Ray task; retried by Ray if its worker or node dies (not on exceptions)."""
+    remote = ray.remote(fn).options(
+        num_cpus=options.num_cpus, max_retries=options.max_retries, name=f"stage:{options.name}"
+    )
+    return remote.remote(*args).future()

@@ -1,0 +1,88 @@
+"""Ray tasks that validate and write one shard each, and check id uniqueness across shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+
+from core.errors import DataError
+from core.io import ShardSpec, read_shard, write_parquet
+from core.schema import ID, VECTOR, validate_vectors, vector_dim
+
+PART = "part-{:05d}.parquet"
+
+
+@ray.remote(num_cpus=1, max_retries=2)
+def validate_shard(spec: ShardSpec, out_dir: str, where: str, require_label: bool) -> dict[str, Any]:
+    """Read my rows, validate them (global row numbers in errors) and write my part file."""
+    table = validate_vectors(
+        read_shard(spec), where=where, require_label=require_label, row_offset=spec.start
+    )
+    path = write_parquet(table, Path(out_dir) / PART.format(spec.index))
+    ids = table.column(ID).to_numpy()
+    return {
+        "index": spec.index,
+        "path": str(path),
+        "rows": table.num_rows,
+        "start": spec.start,
+        "dim": vector_dim(table),
+        "id_min": int(ids.min()),
+        "id_max": int(ids.max()),
+    }
+
+
+@ray.remote(num_cpus=1, max_retries=2)
+def check_bucket_unique(parts: list[dict[str, Any]], bucket: int, buckets: int, where: str) -> int:
+    """Ids are unique within bucket `id mod buckets` across all parts; returns the bucket's size."""
+    ids, rows = [], []
+    for part in parts:
+        part_ids = pq.read_table(part["path"], columns=[ID]).column(ID).to_numpy()
+        mine = np.flatnonzero(part_ids % buckets == bucket)
+        ids.append(part_ids[mine])
+        rows.append(mine + part["start"])
+    all_ids, all_rows = np.concatenate(ids), np.concatenate(rows)
+    order = np.lexsort((all_rows, all_ids))
+    sorted_ids = all_ids[order]
+    dup = sorted_ids[1:] == sorted_ids[:-1]
+    if dup.any():
+        later = all_rows[order][1:][dup]
+        first = int(np.argmin(later))
+        raise DataError(f"{where}: column '{ID}' has duplicate value {int(sorted_ids[1:][dup][first])} at row {int(later[first])}")
+    return int(all_ids.size)
+
+
+@ray.remote(num_cpus=1, max_retries=2)
+def summarise_part(path: str) -> dict[str, Any]:
+    """Sufficient statistics of one part: per-dimension sums, norms, label counts."""
+    table = pq.read_table(path)
+    col = table.column(VECTOR).combine_chunks()
+    d = col.type.list_size
+    x = col.values.to_numpy(zero_copy_only=False).reshape(-1, d).astype(np.float64)
+    labels: dict[int, int] = {}
+    if "label" in table.column_names:
+        values, counts = np.unique(table.column("label").to_numpy(), return_counts=True)
+        labels = {int(v): int(c) for v, c in zip(values, counts)}
+    norms = np.linalg.norm(x, axis=1)
+    return {
+        "rows": len(x),
+        "sum": x.sum(axis=0),
+        "sumsq": (x * x).sum(axis=0),
+        "min": x.min(axis=0),
+        "max": x.max(axis=0),
+        "norm_sum": float(norms.sum()),
+        "norm_sumsq": float((norms * norms).sum()),
+        "labels": labels,
+    }
+
+
+def part_paths(directory: str | Path) -> list[Path]:
+    """The part files of an ingest output, in shard order."""
+    paths = sorted(Path(directory).glob("part-*.parquet"))
+    if not paths:
+        raise DataError(f"{directory}: holds no part-*.parquet files")
+    return paths
+
