@@ -106,19 +106,21 @@ def in_memory_table(source: pa.Table | np.ndarray, where: str = "input") -> pa.T
 
 
 def plan_shards(source: Source, n: int) -> list[ShardSpec]:
-    """Split `source` into `n` contiguous, balanced row ranges, reading only Parquet footers."""
+    """Split `source` into `n` contiguous, balanced row ranges (fewer if it has fewer rows), reading only footers."""
     if n < 1:
         raise DataError(f"number of shards must be >= 1, got {n}")
     if isinstance(source, pa.Table | np.ndarray) or datasets.is_builtin(source):
         table = datasets.load_builtin(source) if datasets.is_builtin(source) else in_memory_table(source)
-        bounds = np.linspace(0, table.num_rows, n + 1).astype(int)
+        if table.num_rows == 0:
+            raise DataError("input table is empty (0 rows)")
+        bounds = np.linspace(0, table.num_rows, min(n, table.num_rows) + 1).astype(int)
         return [ShardSpec(i, int(a), int(b), table=table.slice(a, b - a)) for i, (a, b) in enumerate(itertools.pairwise(bounds))]
     fs, files = _parquet_files(source)
     counts = _row_counts(fs, files)
     total = sum(counts)
     if total == 0:
         raise DataError(f"{os.fspath(source)}: dataset is empty (0 rows)")
-    bounds = np.linspace(0, total, n + 1).astype(int)
+    bounds = np.linspace(0, total, min(n, total) + 1).astype(int)  # never an empty shard
     uri = os.fspath(source)
     return [
         ShardSpec(i, int(a), int(b), uri=uri, files=tuple(files), file_rows=tuple(counts))

@@ -21,7 +21,7 @@ def pipeline_module(name: str) -> ModuleType:
     """The driver module of a registered pipeline, or of your own importable `package.module`."""
     if name in PIPELINES:
         return importlib.import_module(PIPELINES[name])
-    if "." in name:
+    if name.replace(".", "").replace("_", "").isalnum():
         try:
             module = importlib.import_module(name)
         except ImportError:

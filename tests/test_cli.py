@@ -1,0 +1,157 @@
+"""The CLI end to end: exit codes, one-line errors, caching across runs, resume after a killed driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from core.io import MANIFEST
+from core.schema import from_numpy
+from pipelines.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARDWALK = [sys.executable, "-m", "pipelines.cli"]
+
+
+def _committed(runs: Path) -> list[str]:
+    cache = runs / "cache"
+    return sorted(p.name for p in cache.iterdir() if (p / MANIFEST).exists()) if cache.is_dir() else []
+
+
+def _write_vectors(path: Path, vectors: list, ids: list | None = None) -> Path:
+    ids = list(range(len(vectors))) if ids is None else ids
+    pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "vector": pa.array(vectors, pa.list_(pa.float32()))}), path)
+    return path
+
+
+def _bad_sources(tmp: Path) -> dict[str, tuple[str, str]]:
+    """name -> (source, expected message fragment); each is a file or directory of Parquet."""
+    (tmp / "dups").mkdir()
+    _write_vectors(tmp / "dups" / "a.parquet", [[1.0, 2.0]] * 3, [0, 1, 2])
+    _write_vectors(tmp / "dups" / "b.parquet", [[1.0, 2.0]] * 3, [3, 1, 4])
+    (tmp / "mixed").mkdir()
+    _write_vectors(tmp / "mixed" / "a.parquet", [[1.0, 2.0]] * 3)
+    _write_vectors(tmp / "mixed" / "b.parquet", [[1.0, 2.0, 3.0]] * 3, [3, 4, 5])
+    pq.write_table(pa.table({"key": [1], "vector": pa.array([[1.0]], pa.list_(pa.float32()))}), tmp / "noid.parquet")
+    return {
+        "nan": (str(_write_vectors(tmp / "nan.parquet", [[1.0, 2.0], [np.nan, 1.0]])), "NaN or inf at row 1"),
+        "mixed": (str(tmp / "mixed"), "mixed dimensions"),
+        "dups": (str(tmp / "dups"), "duplicate value 1 at row 4"),
+        "noid": (str(tmp / "noid.parquet"), "missing column(s) ['id']"),
+        "empty": (str(_write_vectors(tmp / "empty.parquet", [])), "empty"),
+        "unreadable": (str(tmp / "does-not-exist"), "no such file or directory"),
+    }
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("case", ["nan", "mixed", "dups", "noid", "empty", "unreadable"])
+def test_bad_input_exits_2_with_one_line_and_commits_nothing(ray_local, tmp_path, capsys, case) -> None:
+    source, needle = _bad_sources(tmp_path)[case]
+    runs = tmp_path / "runs"
+    code = main(["run", "ingest", "--runs-dir", str(runs), "--set", f"source={source}", "--set", "shards=2"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("shardwalk:")]
+    assert code == 2
+    assert len(lines) == 1 and needle in lines[0], err
+    assert "Traceback" not in err
+    assert _committed(runs) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--set", "nope=1"], "unknown config key 'nope'"),
+        (["--set", "shards=0"], "shards must be in [1, 4096]"),
+        (["--config", "{bad}"], "malformed TOML"),
+    ],
+)
+def test_bad_config_exits_2_before_anything_runs(tmp_path, capsys, args, needle) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("source = [unclosed\n")
+    args = [a.replace("{bad}", str(bad)) for a in args]
+    code = main(["run", "ingest", "--runs-dir", str(tmp_path / "runs"), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("shardwalk: ConfigError") and needle in err and "\n" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_run_id_and_pipeline(tmp_path, capsys) -> None:
+    assert main(["show", "nope", "--runs-dir", str(tmp_path)]) == 2
+    assert main(["show", "../../etc", "--runs-dir", str(tmp_path)]) == 2
+    assert main(["run", "nope", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(line.startswith("shardwalk: ConfigError") for line in err)
+
+
+@pytest.mark.ray
+def test_two_stage_pipeline_on_real_data_caches_and_reruns_downstream_only(ray_local, tmp_path, capsys) -> None:
+    runs = str(tmp_path / "runs")
+    assert main(["run", "ingest", "--runs-dir", runs, "--set", "source=builtin:digits"]) == 0
+    assert main(["run", "ingest", "--runs-dir", runs, "--set", "source=builtin:digits"]) == 0
+    assert main(["run", "ingest", "--runs-dir", runs, "--set", "source=builtin:digits", "--set", "shards=3"]) == 0
+    records = sorted((json.loads(p.read_text()) for p in (tmp_path / "runs" / "runs").glob("*/run.json")), key=lambda r: r["started"])
+    first, second, third = ([s["status"] for s in r["stages"].values()] for r in records)
+    assert first == ["done", "done"] and second == ["cached", "cached"] and third == ["done", "done"]
+    summary = json.loads((Path(records[0]["stages"]["summarise"]["output"]) / "summary.json").read_text())
+    assert summary["rows"] == 1797 and summary["dim"] == 64 and summary["classes"] == 10
+    capsys.readouterr()
+    assert main(["show", records[1]["run_id"], "--runs-dir", runs]) == 0
+    assert "cache hit" in capsys.readouterr().out
+    assert main(["runs", "--runs-dir", runs]) == 0
+    assert capsys.readouterr().out.count("ingest") >= 3
+
+
+def _cli(args: list[str], env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
+    full_env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", **(env or {})}
+    return subprocess.Popen([*SHARDWALK, *args], cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_console_script_bad_input_has_no_traceback(tmp_path) -> None:
+    source, _ = _bad_sources(tmp_path)["nan"]
+    proc = _cli(["run", "ingest", "--runs-dir", str(tmp_path / "runs"), "--set", f"source={source}"])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("shardwalk:")] == [
+        f"shardwalk: stage 'ingest' failed: DataError: {source}: column 'vector' has NaN or inf at row 1"
+    ]
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_from_committed_stages(tmp_path) -> None:
+    runs, markers = tmp_path / "runs", tmp_path / "markers"
+    markers.mkdir()
+    args = ["run", "slow_pipeline", "--runs-dir", str(runs), "--set", f"marker_dir={markers}"]
+    proc = _cli(args, env={"SHARDWALK_TEST_SLOW": "120"}, start_new_session=True)
+    deadline = time.time() + 240
+    while not list(markers.iterdir()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert list(markers.iterdir()), "the slow stage never started"
+    os.kill(proc.pid, signal.SIGKILL)  # the driver only; Ray's processes notice their owner died
+    proc.communicate(timeout=60)
+    assert [name.split("-")[0] for name in _committed(runs)] == ["numbers"]
+
+    rerun = _cli(args)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert "stage numbers: cache hit" in err and "stage total: done" in err
+    (clean_runs := tmp_path / "clean").mkdir()
+    clean = _cli(["run", "slow_pipeline", "--runs-dir", str(clean_runs), "--set", f"marker_dir={markers}"])
+    assert clean.wait(timeout=300) == 0
+    for stage in ("numbers", "total"):
+        resumed = next((runs / "cache").glob(f"{stage}-*")) / f"{stage}.parquet"
+        fresh = next((clean_runs / "cache").glob(f"{stage}-*")) / f"{stage}.parquet"
+        assert resumed.read_bytes() == fresh.read_bytes()
+    records = [json.loads(p.read_text()) for p in (runs / "runs").glob("*/run.json")]
+    assert sorted(r["status"] for r in records) == ["running", "succeeded"]  # the killed one never finished
