@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--address", help="Ray cluster address ('auto' joins the local cluster; default: $RAY_ADDRESS or embedded)")
     run.add_argument("--force", action="store_true", help="rerun every stage, ignoring cached outputs")
-    run.add_argument("--show-config", action="store_true", help="print the resolved config as TOML-like JSON and exit")
+    run.add_argument("--show-config", action="store_true", help="print the resolved config (JSON) and exit")
 
     sub.add_parser("runs", parents=[runs_dir], help="list runs, newest first", description="List runs, newest first.")
 
