@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from core.io import MANIFEST
-from core.schema import from_numpy
 from pipelines.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +142,7 @@ def test_killed_driver_resumes_from_committed_stages(tmp_path) -> None:
     assert [name.split("-")[0] for name in _committed(runs)] == ["numbers"]
 
     rerun = _cli(args)
-    out, err = rerun.communicate(timeout=300)
+    _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     assert "stage numbers: cache hit" in err and "stage total: done" in err
     (clean_runs := tmp_path / "clean").mkdir()
