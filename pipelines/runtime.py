@@ -16,7 +16,12 @@ log = logging.getLogger("shardwalk")
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[str, Any]:
-    """Join a cluster (`address`, or RAY_ADDRESS) or start an embedded local Ray: no dashboard, loopback only."""
+    """Join a cluster (`address`, or RAY_ADDRESS) or start an embedded local Ray without the dashboard.
+
+    Ray maps 127.0.0.1 to the node's routable address on purpose (services.resolve_ip_for_localhost), so
+    the embedded instance cannot be confined to loopback; it relies on Ray's token authentication instead.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return ray.cluster_resources()
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -25,9 +30,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[
         ray.init(address=address, **common)
     else:
         ray.init(
+            address="local",  # always a fresh embedded instance, even if `ray start` ran on this machine
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
-            _node_ip_address="127.0.0.1",
             configure_logging=True,
             **common,
         )

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import pytest
 
 # Quiet, loopback-only, no dashboard: the same defaults the CLI uses.
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.io import MANIFEST
+from core.io import MANIFEST, verify_dir
 from pipelines.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,3 +154,19 @@ def test_killed_driver_resumes_from_committed_stages(tmp_path) -> None:
         assert resumed.read_bytes() == fresh.read_bytes()
     records = [json.loads(p.read_text()) for p in (runs / "runs").glob("*/run.json")]
     assert sorted(r["status"] for r in records) == ["running", "succeeded"]  # the killed one never finished
+
+
+@pytest.mark.slow
+def test_concurrent_runs_into_one_runs_dir_do_not_interleave(tmp_path) -> None:
+    runs = tmp_path / "runs"
+    args = ["run", "slow_pipeline", "--runs-dir", str(runs), "--set", "rows=5000"]
+    procs = [_cli(args, env={"SHARDWALK_TEST_SLOW": "3"}) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    entries = sorted(p.name for p in (runs / "cache").iterdir())
+    assert [e.split("-")[0] for e in entries] == ["numbers", "total"]  # one committed copy each, no temporaries
+    for entry in entries:
+        verify_dir(runs / "cache" / entry)
+    total = pq.read_table(next((runs / "cache").glob("total-*")) / "total.parquet").column("total")[0].as_py()
+    assert total == sum(i * i for i in range(5000))
