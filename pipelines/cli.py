@@ -85,9 +85,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from core.dag import Runner
+    from core.dag import Runner, run_path
     from pipelines.config import load_config, pipeline_module
     from pipelines.progress import make_reporter, print_run
+    from pipelines.report import publish
     from pipelines.runtime import connect, ray_submit
 
     module = pipeline_module(args.pipeline)
@@ -103,6 +104,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     with make_reporter(pipeline) as reporter:
         record = Runner(pipeline, args.runs_dir, submit, force=args.force, config=config, on_event=reporter).run()
+    run_dir = run_path(args.runs_dir, record.run_id).parent
+    for stage in record.stages.values():
+        if stage.status in ("done", "cached"):
+            publish(Path(stage.output), run_dir)
     print_run(record.to_json(), args.runs_dir)
     failed = record.failed_stage()
     if failed is None:
