@@ -1,0 +1,240 @@
+"""SA-SRRW benchmark: optimisation error versus α and regime, and hops/second of the distributed walk.
+
+    python -m benchmarks.bench_srrw [--graph karate] [--data breast_cancer] [--trials 100] [--steps 50000]
+                                    [--quick] --json OUT.json
+
+MSE = E‖θ_n − θ*‖² over `trials` independent walks (vectorised: core.srrw.run_sa_srrw_batch, the same
+algorithm as the reference) for α ∈ {0, 1, 5, 10, 20} (α = 0: the MHRW base walk) and i.i.d. agent
+sampling in regime a = 0.8 < b = 0.9, plus α = 10 with a = b = 0.9 and a = 1 > b = 0.9, on an
+L2-regularised logistic regression over real data spread over the agents of a standard graph.
+Hops/second: the single-process reference, then P = 2 walker actors with 1 token and with 4 tokens;
+the distributed runs are checked against the reference (node sequence and θ) in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.agents import agent_blocks, cut_edge_fraction, spread, standard_graph
+from core.datasets import load_arrays
+from core.errors import ConfigError
+from core.objectives import build_objective
+from core.srrw import SRRW, run_sa_srrw, run_sa_srrw_batch, walk_partition
+
+ALPHAS = (0.0, 1.0, 5.0, 10.0, 20.0)
+GRAPH_PARAMS = {"barabasi_albert": {"n": 900, "m": 2, "seed": 0}, "grid": {"rows": 20, "cols": 20},
+                "ring": {"n": 400}}
+DATA = {  # name -> (source, binarize threshold for logistic regression or None)
+    "breast_cancer": ("builtin:breast_cancer", None),
+    "digits": ("builtin:digits", 5),
+    "mnist1d": ("builtin:mnist1d", 5),
+}
+
+
+def _problem(graph_name: str, data: str, spread_mode: str, lam: float, seed: int):
+    """(graph, objective keyed by agent, θ*) for a standard graph and a built-in dataset."""
+    if data not in DATA:
+        raise ConfigError(f"--data must be one of {sorted(DATA)}, got {data!r}")
+    source, binarize = DATA[data]
+    x, y = load_arrays(source)
+    if binarize is not None:
+        y = (y >= binarize).astype(np.int64)
+    g = standard_graph(graph_name, **GRAPH_PARAMS.get(graph_name, {}))
+    if len(y) < g.number_of_nodes():
+        raise ConfigError(f"{data} has {len(y)} examples, fewer than the {g.number_of_nodes()} agents of {graph_name}")
+    ids = np.arange(len(y))
+    blocks = agent_blocks(spread(ids, y, sorted(g.nodes()), mode=spread_mode, seed=seed), ids, x, y, g)
+    obj = build_objective("logistic", blocks, lam=lam)
+    return g, obj, obj.solve()
+
+
+def _mse(thetas: np.ndarray, star: np.ndarray) -> tuple[float, float]:
+    """(mean, standard error) of ‖θ − θ*‖² over trials."""
+    sq = np.sum((thetas - star) ** 2, axis=1)
+    return float(sq.mean()), float(sq.std(ddof=1) / np.sqrt(len(sq))) if len(sq) > 1 else 0.0
+
+
+def quality(g, obj, star, *, trials: int, steps: int, lr: float, seed: int) -> dict[str, Any]:
+    """MSE per α (a < b), i.i.d. sampling, and the three regimes at α = 10."""
+    marks = tuple(sorted({max(1, steps // 10), max(1, steps // 4), max(1, steps // 2), steps}))
+    configs: dict[str, dict[str, Any]] = {f"alpha_{a:g}": {"alpha": a} for a in ALPHAS}
+    configs["iid"] = {"base": "iid"}
+    configs["alpha_10_a=b"] = {"alpha": 10.0, "a": 0.9, "b": 0.9}
+    configs["alpha_10_a>b"] = {"alpha": 10.0, "a": 1.0, "b": 0.9}
+    out: dict[str, Any] = {"mse": {}, "mse_stderr": {}, "mse_curve": {}}
+    for name, cfg in configs.items():
+        kw = {"a": 0.8, "b": 0.9, "alpha": 0.0, "base": "mhrw", **cfg}
+        began = time.perf_counter()
+        final, snaps = run_sa_srrw_batch(obj, g, steps=steps, trials=trials, lr=lr, seed=seed, record_at=marks, **kw)
+        mean, err = _mse(final, star)
+        out["mse"][name], out["mse_stderr"][name] = mean, err
+        out["mse_curve"][name] = {str(n): _mse(snaps[n], star)[0] for n in marks}
+        print(f"  {name:14s} MSE {mean:.3e} ± {err:.1e}   ({time.perf_counter() - began:.1f}s)", flush=True)
+    mse = out["mse"]
+    out["mse_regimes_alpha10"] = {"a<b": mse["alpha_10"], "a=b": mse.pop("alpha_10_a=b"), "a>b": mse.pop("alpha_10_a>b")}
+    for key in ("alpha_10_a=b", "alpha_10_a>b"):
+        out["mse_stderr"][f"regime_{key}"] = out["mse_stderr"].pop(key)
+    out["mse_ratio_alpha10_vs_alpha0"] = mse["alpha_10"] / mse["alpha_0"]
+    return out
+
+
+def speed(g, obj, *, steps: int, lr: float, seed: int, partitions: int, halo: int) -> dict[str, Any]:
+    """Hops/s of the reference and of P walker actors with 1 and 4 tokens; exactness checked on the way."""
+    import ray
+
+    from workers.walker import run_distributed_sa_srrw
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, logging_level="ERROR")
+    kw = {"alpha": 10.0, "a": 0.8, "b": 0.9, "lr": lr, "seed": seed, "steps": steps}
+    parts = walk_partition(SRRW(g, 10.0), g, partitions, seed=seed)
+    out: dict[str, Any] = {"cut_edge_fraction": cut_edge_fraction(g, parts), "partitions": partitions, "halo": halo}
+    ref1 = run_sa_srrw(obj, g, **kw)
+    ref4 = run_sa_srrw(obj, g, tokens=4, **kw)
+    out["hops_per_s_reference"] = steps / ref1.stats["walk_seconds"]
+    out["hops_per_s_reference_4tokens"] = 4 * steps / ref4.stats["walk_seconds"]
+    began = time.perf_counter()
+    d1 = run_distributed_sa_srrw(obj, g, parts=parts, halo=halo, **kw)
+    out["distributed_setup_and_walk_seconds_1token"] = time.perf_counter() - began
+    d4 = run_distributed_sa_srrw(obj, g, parts=parts, halo=halo, tokens=4, **kw)
+    out["hops_per_s_distributed_1token"] = steps / d1.stats["walk_seconds"]
+    out["hops_per_s_distributed_4tokens"] = 4 * steps / d4.stats["walk_seconds"]
+    out["handoffs_per_1000_hops_1token"] = 1000 * d1.stats["handoffs"] / steps
+    out["ratio_distributed_1token_vs_reference"] = out["hops_per_s_distributed_1token"] / out["hops_per_s_reference"]
+    out["ratio_distributed_4tokens_vs_reference"] = out["hops_per_s_distributed_4tokens"] / out["hops_per_s_reference"]
+    same = all(
+        d.n == r.n and d.logy == r.logy and np.array_equal(d.theta, r.theta)
+        for res, ref in ((d1, ref1), (d4, ref4)) for d, r in zip(res.tokens, ref.tokens)
+    )
+    # and the explicit node sequence, on a shorter recorded run
+    short = {**kw, "steps": min(steps, 3000), "record_path": True}
+    rp = run_sa_srrw(obj, g, **short)
+    dp = run_distributed_sa_srrw(obj, g, parts=parts, halo=halo, **short)
+    same = same and rp.tokens[0].path == dp.tokens[0].path and np.abs(rp.theta - dp.theta).max() <= 1e-12
+    out["trajectory_identical"] = bool(same)
+    out["ray_actor_to_actor_call_ms"] = _ping_ms()
+    return out
+
+
+def _ping_ms(hops: int = 400) -> float:
+    """The platform's floor: ms per actor→actor call, measured by two actors passing a counter."""
+    import asyncio
+
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class _Done:
+        def __init__(self) -> None:
+            self.event = asyncio.Event()
+
+        async def set(self) -> None:
+            self.event.set()
+
+        async def wait(self) -> None:
+            await self.event.wait()
+
+    @ray.remote(num_cpus=0)
+    class _Pong:
+        def connect(self, peer: Any, done: Any) -> None:
+            self.peer, self.done = peer, done
+
+        def hit(self, left: int) -> None:
+            (self.done.set if left == 0 else self.peer.hit).remote(*(() if left == 0 else (left - 1,)))
+
+    done, a, b = _Done.remote(), _Pong.remote(), _Pong.remote()
+    ray.get([a.connect.remote(b, done), b.connect.remote(a, done)])
+    waiting = done.wait.remote()
+    began = time.perf_counter()
+    a.hit.remote(hops)
+    ray.get(waiting)
+    ms = 1000 * (time.perf_counter() - began) / hops
+    for actor in (done, a, b):
+        ray.kill(actor)
+    return ms
+
+
+def _targets(q: dict[str, Any], s: dict[str, Any]) -> dict[str, bool]:
+    alphas = [q["mse"][f"alpha_{a:g}"] for a in ALPHAS]
+    reg = q["mse_regimes_alpha10"]
+    return {
+        "mse_falls_monotonically_with_alpha": all(x > y for x, y in itertools.pairwise(alphas)),
+        "mse_ratio_alpha10_vs_alpha0_le_0.1": q["mse_ratio_alpha10_vs_alpha0"] <= 0.1,
+        "regime_a<b_beats_a=b_and_a>b": reg["a<b"] < reg["a=b"] and reg["a<b"] < reg["a>b"],
+        "reference_ge_20000_hops_per_s": s["hops_per_s_reference"] >= 20000,
+        "distributed_4tokens_ge_1.5x_reference": s["ratio_distributed_4tokens_vs_reference"] >= 1.5,
+        "distributed_1token_within_3x_of_reference": s["ratio_distributed_1token_vs_reference"] >= 1 / 3,
+        "trajectory_identical": s["trajectory_identical"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_srrw", description=__doc__.splitlines()[0])
+    ap.add_argument("--graph", default="karate", help="karate | les_miserables | barabasi_albert (900 agents) | ...")
+    ap.add_argument("--data", default="breast_cancer", help=f"one of {sorted(DATA)}")
+    ap.add_argument("--spread", default="label_skew", choices=["iid", "label_skew"])
+    ap.add_argument("--trials", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=50_000)
+    ap.add_argument("--hop-steps", type=int, default=20_000, help="steps per token for the hops/s measurements")
+    ap.add_argument("--lam", type=float, default=0.1)
+    ap.add_argument("--lr", type=float, default=5.0, help="β_n = lr·(n+1)^(−b)")
+    ap.add_argument("--hop-graph", default="", help="also measure hops/s on this graph (e.g. grid: 20x20 agents)")
+    ap.add_argument("--partitions", type=int, default=2)
+    ap.add_argument("--halo", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="20 trials, 5,000 steps: a smoke run")
+    ap.add_argument("--json", required=True, help="where to write the results")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.trials, args.steps, args.hop_steps = min(args.trials, 20), min(args.steps, 5000), min(args.hop_steps, 5000)
+    try:
+        g, obj, star = _problem(args.graph, args.data, args.spread, args.lam, args.seed)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"SA-SRRW on {args.graph} ({g.number_of_nodes()} agents) × {args.data} ({args.spread}), "
+          f"d = {obj.dim}, {args.trials} trials × {args.steps} steps", flush=True)
+    began = time.perf_counter()
+    q = quality(g, obj, star, trials=args.trials, steps=args.steps, lr=args.lr, seed=args.seed)
+    s = speed(g, obj, steps=args.hop_steps, lr=args.lr, seed=args.seed, partitions=args.partitions, halo=args.halo)
+    extra = {}
+    if args.hop_graph and args.hop_graph != args.graph:
+        g2, obj2, _ = _problem(args.hop_graph, args.data, args.spread, args.lam, args.seed)
+        extra["speed_on_hop_graph"] = {"graph": args.hop_graph, "agents": g2.number_of_nodes(), **speed(
+            g2, obj2, steps=args.hop_steps, lr=args.lr, seed=args.seed, partitions=args.partitions, halo=args.halo)}
+    result = {
+        "settings": {k: v for k, v in vars(args).items() if k != "json"} | {"agents": g.number_of_nodes(), "dim": obj.dim},
+        **q, **s, "targets": _targets(q, s), **extra, "seconds": time.perf_counter() - began,
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    base = q["mse"]["alpha_0"]
+    print("\nMSE relative to the MHRW base walk (α = 0), regime a < b:")
+    for name, value in q["mse"].items():
+        print(f"  {name:10s} {value:.3e}   ratio {value / base:7.4f}")
+    print("regimes at α = 10: " + ", ".join(f"{k}: {v:.3e}" for k, v in q["mse_regimes_alpha10"].items()))
+    print(f"hops/s reference {s['hops_per_s_reference']:.0f}; P={args.partitions} 1 token "
+          f"{s['hops_per_s_distributed_1token']:.0f} (×{s['ratio_distributed_1token_vs_reference']:.2f}); "
+          f"4 tokens {s['hops_per_s_distributed_4tokens']:.0f} (×{s['ratio_distributed_4tokens_vs_reference']:.2f}); "
+          f"cut edges {s['cut_edge_fraction']:.3f}; {s['handoffs_per_1000_hops_1token']:.0f} hand-offs per 1000 hops; "
+          f"Ray actor→actor call {s['ray_actor_to_actor_call_ms']:.2f} ms; identical trajectories: {s['trajectory_identical']}")
+    if extra:
+        e = extra["speed_on_hop_graph"]
+        print(f"on {e['graph']} ({e['agents']} agents): reference {e['hops_per_s_reference']:.0f} hops/s; 1 token "
+              f"×{e['ratio_distributed_1token_vs_reference']:.2f}; 4 tokens ×{e['ratio_distributed_4tokens_vs_reference']:.2f}; "
+              f"{e['handoffs_per_1000_hops_1token']:.1f} hand-offs per 1000 hops")
+    for name, ok in result["targets"].items():
+        print(f"  [{'met' if ok else 'NOT met'}] {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

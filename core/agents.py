@@ -1,0 +1,282 @@
+"""Agent graphs and data placement for token-based distributed optimisation.
+
+An agent graph arrives as DESIGN.md's edge list (`src`, `dst`: one row per undirected edge) and data
+placement as the `node`, `id` assignment table. Everything a random walk needs is checked here, once:
+the chain must be irreducible, so a disconnected graph, isolated agents, self-loops and duplicate edges
+are `GraphError`s. Duplicates: an undirected edge must appear exactly once, so (u, v) twice *or* both
+(u, v) and (v, u) is an error — unless `symmetric=True` says the table lists every edge in both
+directions, in which case an edge without its reverse is a directed edge and an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import networkx as nx
+import numpy as np
+import pyarrow as pa
+
+from core.errors import ConfigError, DataError, GraphError
+from core.schema import EDGES_SCHEMA, validate_assignment, validate_edges
+
+# ----------------------------------------------------------------------------- graphs
+
+
+def _edge_array(edges: pa.Table | np.ndarray | Sequence | nx.Graph, where: str) -> np.ndarray:
+    if isinstance(edges, nx.Graph):
+        if edges.is_directed():
+            raise GraphError(f"{where}: the graph is directed; a random walk here needs an undirected graph")
+        if edges.is_multigraph():
+            raise GraphError(f"{where}: multigraphs are not supported (duplicate edges)")
+        arr = np.asarray(list(edges.edges()), dtype=np.int64).reshape(-1, 2)
+        return arr
+    if isinstance(edges, pa.Table):
+        table = validate_edges(edges, where=where)
+        return np.column_stack([table.column("src").to_numpy(), table.column("dst").to_numpy()])
+    arr = np.asarray(edges)
+    if arr.ndim != 2 or arr.shape[1] != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(f"{where}: an edge list must be integer pairs of shape (m, 2), got {arr.shape} {arr.dtype}")
+    if len(arr) == 0:
+        raise DataError(f"{where}: edge list is empty (0 rows)")
+    return arr.astype(np.int64)
+
+
+def _first_duplicate_pair(u: np.ndarray, v: np.ndarray) -> int | None:
+    """Row index of the first (u, v) row that already appeared earlier (None if all unique)."""
+    order = np.lexsort((np.arange(len(u)), v, u))
+    su, sv = u[order], v[order]
+    dup = (su[1:] == su[:-1]) & (sv[1:] == sv[:-1])
+    return int(order[1:][dup].min()) if dup.any() else None
+
+
+def build_graph(
+    edges: pa.Table | np.ndarray | Sequence | nx.Graph,
+    *,
+    nodes: Iterable[int] | None = None,
+    symmetric: bool = False,
+    where: str = "edges",
+) -> nx.Graph:
+    """Validate an agent edge list into a connected, simple, undirected networkx graph of int agents."""
+    arr = _edge_array(edges, where)
+    loops = np.flatnonzero(arr[:, 0] == arr[:, 1])
+    if loops.size:
+        r = int(loops[0])
+        raise GraphError(f"{where}: self-loop ({arr[r, 0]}, {arr[r, 1]}) at row {r}; the walk's self-loops come from its kernel")
+    lo, hi = np.minimum(arr[:, 0], arr[:, 1]), np.maximum(arr[:, 0], arr[:, 1])
+    if symmetric:
+        directed = {(int(u), int(v)) for u, v in arr}
+        dup = _first_duplicate_pair(arr[:, 0], arr[:, 1])
+        if dup is not None:
+            raise GraphError(f"{where}: duplicate edge ({arr[dup, 0]}, {arr[dup, 1]}) at row {dup}")
+        for r, (u, v) in enumerate(arr):
+            if (int(v), int(u)) not in directed:
+                raise GraphError(f"{where}: directed edge ({u}, {v}) at row {r} has no reverse ({v}, {u}); symmetric=True needs both")
+        keep = arr[:, 0] < arr[:, 1]
+        lo, hi = lo[keep], hi[keep]
+    else:
+        dup = _first_duplicate_pair(lo, hi)
+        if dup is not None:
+            first = int(np.flatnonzero((lo == lo[dup]) & (hi == hi[dup]))[0])
+            raise GraphError(
+                f"{where}: duplicate edge ({arr[dup, 0]}, {arr[dup, 1]}) at row {dup} repeats row {first} "
+                f"({arr[first, 0]}, {arr[first, 1]}); give each undirected edge once (or pass symmetric=True)"
+            )
+    graph = nx.Graph()
+    if nodes is not None:
+        graph.add_nodes_from(int(n) for n in nodes)
+    graph.add_edges_from(zip(lo.tolist(), hi.tolist()))
+    check_graph(graph, where=where)
+    return graph
+
+
+def check_graph(graph: nx.Graph, *, where: str = "graph") -> None:
+    """Raise GraphError unless `graph` is non-empty, undirected, loop-free, without isolated agents, connected."""
+    if graph.is_directed():
+        raise GraphError(f"{where}: the graph is directed; a random walk here needs an undirected graph")
+    if graph.number_of_nodes() < 2:
+        raise GraphError(f"{where}: needs at least 2 agents, got {graph.number_of_nodes()}")
+    loops = list(nx.selfloop_edges(graph))
+    if loops:
+        raise GraphError(f"{where}: self-loop {loops[0]}; the walk's self-loops come from its kernel")
+    isolated = sorted(nx.isolates(graph))
+    if isolated:
+        raise GraphError(f"{where}: {len(isolated)} isolated agent(s) with no edge, e.g. {isolated[:5]}")
+    if not nx.is_connected(graph):
+        comps = sorted(nx.connected_components(graph), key=len, reverse=True)
+        desc = ", ".join(f"{len(c)} agents (e.g. {sorted(c)[:3]})" for c in comps[:4])
+        raise GraphError(
+            f"{where}: graph is disconnected ({len(comps)} components: {desc}{', ...' if len(comps) > 4 else ''}); "
+            "the walk must be irreducible — connect the components or run one walk per component"
+        )
+
+
+def edges_table(graph: nx.Graph) -> pa.Table:
+    """DESIGN.md's edge list of a graph: one (src < dst) row per undirected edge, sorted."""
+    arr = np.asarray(sorted((min(u, v), max(u, v)) for u, v in graph.edges()), dtype=np.int64).reshape(-1, 2)
+    return pa.table([pa.array(arr[:, 0]), pa.array(arr[:, 1])], schema=EDGES_SCHEMA)
+
+
+def standard_graph(name: str, **params: int | float) -> nx.Graph:
+    """Named graphs with agents 0..n-1: karate, les_miserables, barabasi_albert(n, m, seed), ring(n),
+    grid(rows, cols), watts_strogatz(n, k, p, seed), random_regular(n, k, seed)."""
+    makers = {
+        "karate": lambda: nx.karate_club_graph(),
+        "les_miserables": lambda: nx.les_miserables_graph(),
+        "barabasi_albert": lambda n=900, m=2, seed=0: nx.barabasi_albert_graph(int(n), int(m), seed=int(seed)),
+        "ring": lambda n=32: nx.cycle_graph(int(n)),
+        "grid": lambda rows=8, cols=8: nx.grid_2d_graph(int(rows), int(cols)),
+        "watts_strogatz": lambda n=100, k=4, p=0.1, seed=0: nx.connected_watts_strogatz_graph(
+            int(n), int(k), float(p), seed=int(seed)
+        ),
+        "random_regular": lambda n=100, k=4, seed=0: nx.random_regular_graph(int(k), int(n), seed=int(seed)),
+    }
+    if name not in makers:
+        raise ConfigError(f"unknown graph '{name}'; choose from {sorted(makers)}")
+    try:
+        raw = makers[name](**params)
+    except TypeError as exc:
+        raise ConfigError(f"bad parameters for graph '{name}': {exc}") from None
+    except nx.NetworkXError as exc:
+        raise ConfigError(f"graph '{name}' with {params}: {exc}") from None
+    # sorted relabelling: node names (Les Misérables characters, grid tuples) -> 0..n-1, deterministically
+    graph = nx.Graph()
+    order = sorted(raw.nodes(), key=str) if name == "les_miserables" else sorted(raw.nodes())
+    index = {v: i for i, v in enumerate(order)}
+    graph.add_nodes_from(range(len(order)))
+    graph.add_edges_from((index[u], index[v]) for u, v in raw.edges() if u != v)
+    check_graph(graph, where=f"graph '{name}'")
+    return graph
+
+
+# ----------------------------------------------------------------------------- data placement
+
+
+def spread(
+    ids: np.ndarray,
+    labels: np.ndarray | None,
+    agents: Sequence[int],
+    *,
+    mode: str = "iid",
+    seed: int = 0,
+) -> pa.Table:
+    """Assign every data id to one agent, >= 1 per agent: `iid` (seeded shuffle, near-equal shares) or
+    `label_skew` (sorted by label, so each agent holds mostly one class). Returns the `node`, `id` table."""
+    ids = np.asarray(ids, dtype=np.int64)
+    agents = np.asarray(list(agents), dtype=np.int64)
+    if len(agents) == 0:
+        raise ConfigError("spread: no agents given")
+    if len(ids) < len(agents):
+        raise ConfigError(f"spread: {len(ids)} examples cannot give each of {len(agents)} agents at least one")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(ids))
+    if mode == "label_skew":
+        if labels is None:
+            raise ConfigError("spread: mode 'label_skew' needs labels")
+        order = order[np.argsort(np.asarray(labels)[order], kind="stable")]
+    elif mode != "iid":
+        raise ConfigError(f"spread: unknown mode '{mode}'; choose 'iid' or 'label_skew'")
+    owner = np.repeat(agents, np.diff(np.linspace(0, len(ids), len(agents) + 1).astype(np.int64)))
+    table = pa.table([pa.array(owner), pa.array(ids[order])], names=["node", "id"])
+    return table.sort_by([("node", "ascending"), ("id", "ascending")])
+
+
+def agent_blocks(
+    assignment: pa.Table,
+    ids: np.ndarray,
+    features: np.ndarray,
+    labels: np.ndarray,
+    graph: nx.Graph,
+    *,
+    where: str = "assignment",
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per graph node: (features, labels) of its data ids; every agent needs data and every id must exist."""
+    table = validate_assignment(assignment, where=where)
+    node_col = table.column("node").to_numpy()
+    id_col = table.column("id").to_numpy()
+    ids = np.asarray(ids, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    pos = np.searchsorted(ids[order], id_col)
+    pos = np.minimum(pos, len(ids) - 1)
+    found = ids[order][pos] == id_col
+    if not found.all():
+        r = int(np.flatnonzero(~found)[0])
+        raise DataError(f"{where}: data id {int(id_col[r])} at row {r} is not in the dataset")
+    rows = order[pos]
+    feats = np.asarray(features, dtype=np.float64)
+    if not np.isfinite(feats[rows]).all():
+        bad = rows[~np.isfinite(feats[rows]).all(axis=1)][0]
+        raise DataError(f"{where}: data id {int(ids[bad])} has NaN or inf features")
+    graph_nodes = set(graph.nodes())
+    unknown = sorted(set(np.unique(node_col).tolist()) - graph_nodes)
+    if unknown:
+        raise GraphError(f"{where}: agent(s) {unknown[:5]} hold data but have no edge in the graph (isolated)")
+    by_node = np.argsort(node_col, kind="stable")
+    uniq, starts = np.unique(node_col[by_node], return_index=True)
+    empty = sorted(graph_nodes - set(uniq.tolist()))
+    if empty:
+        raise DataError(f"{where}: {len(empty)} agent(s) have no data, e.g. {empty[:5]}")
+    bounds = np.append(starts, len(by_node))
+    labels = np.asarray(labels, dtype=np.int64)
+    blocks = {}
+    for k, node in enumerate(uniq.tolist()):
+        sel = rows[by_node[bounds[k] : bounds[k + 1]]]
+        blocks[int(node)] = (feats[sel], labels[sel])
+    return blocks
+
+
+# ----------------------------------------------------------------------------- partitioning
+
+
+def partition(graph: nx.Graph, parts: int, *, seed: int = 0, weight: str | None = None) -> dict[int, int]:
+    """Balanced partition of agents into `parts` with few cut edges: recursive Kernighan–Lin bisection.
+
+    Each bisection starts from a BFS prefix of the target size (a connected, local half) and lets
+    Kernighan–Lin swap pairs, which keeps part sizes exact, so any `parts` (not only powers of 2) works.
+    `weight` names an edge attribute to minimise instead of the edge count (e.g. a walk's probability
+    flow μ_i P_ij, so the token crosses partitions as rarely as possible).
+    """
+    if not isinstance(parts, int) or parts < 1:
+        raise ConfigError(f"partitions must be an integer >= 1, got {parts!r}")
+    if parts > graph.number_of_nodes():
+        raise ConfigError(f"partitions={parts} exceeds the number of agents ({graph.number_of_nodes()})")
+    out: dict[int, int] = {}
+    _bisect(graph, sorted(graph.nodes()), parts, 0, seed, out, weight)
+    return out
+
+
+def _bisect(
+    graph: nx.Graph, nodes: list[int], parts: int, first: int, seed: int, out: dict[int, int], weight: str | None
+) -> None:
+    if parts == 1:
+        out.update({n: first for n in nodes})
+        return
+    left_parts = parts // 2
+    size = round(len(nodes) * left_parts / parts)
+    sub = graph.subgraph(nodes)
+    start = min(nodes, key=lambda n: (sub.degree(n), n))  # a peripheral-ish start keeps the BFS half compact
+    order = _bfs_order(sub, start)
+    init = (set(order[:size]), set(order[size:]))
+    a, b = nx.algorithms.community.kernighan_lin_bisection(sub, partition=init, seed=seed, weight=weight or "weight")
+    if len(a) != size:  # networkx does not promise to return the halves in the order given
+        a, b = b, a
+    _bisect(graph, sorted(a), left_parts, first, seed + 1, out, weight)
+    _bisect(graph, sorted(b), parts - left_parts, first + left_parts, seed + 2, out, weight)
+
+
+def _bfs_order(sub: nx.Graph, start: int) -> list[int]:
+    """BFS order over every component (components after the first are appended in sorted order)."""
+    seen: list[int] = []
+    done: set[int] = set()
+    for root in [start, *sorted(sub.nodes())]:
+        if root in done:
+            continue
+        for v in nx.bfs_tree(sub, root).nodes():
+            done.add(v)
+            seen.append(v)
+    return seen
+
+
+def cut_edge_fraction(graph: nx.Graph, part: dict[int, int]) -> float:
+    """Fraction of edges whose ends lie in different parts (each such edge costs an actor hand-off)."""
+    m = graph.number_of_edges()
+    return sum(part[u] != part[v] for u, v in graph.edges()) / m if m else 0.0

@@ -1,0 +1,237 @@
+"""SA-SRRW token optimisation as a pipeline: ingest → agents → partition → walk → evaluate.
+
+    shardwalk run srrw --set alpha=10 --set steps=50000 --set graph.name=barabasi_albert --set graph.n=900 \
+        --set source=builtin:digits --set model.binarize=5
+
+`agents` makes (or reads) the agent graph and places the data on agents; `partition` splits the agents
+over walker actors; `walk` runs `workers.walker.run_distributed_sa_srrw` (each actor reads its own
+agents' rows; tokens checkpointed under the runs directory, resumed on a rerun); `evaluate` computes θ*
+with a full-batch Newton solve and writes the curves (loss, accuracy, ‖θ−θ*‖²) as Parquet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from core.agents import (
+    agent_blocks,
+    build_graph,
+    cut_edge_fraction,
+    edges_table,
+    spread,
+    standard_graph,
+)
+from core.dag import Pipeline
+from core.errors import ConfigError, DataError
+from core.io import read_table, source_fingerprint, write_parquet
+from core.objectives import build_objective
+from core.schema import validate_assignment
+from core.srrw import BASES, SRRW, Schedule, walk_partition
+from pipelines.common import ingest
+
+DEFAULTS: dict[str, Any] = {
+    "source": "builtin:breast_cancer",
+    "shards": 2,
+    "graph": {
+        "name": "karate",  # a core.agents.standard_graph name, or "file" to read `edges`
+        "edges": "",  # Parquet edge list (src, dst) when name = "file"
+        "assignment": "",  # Parquet (node, id) table; empty: spread the data over the agents
+        "spread": "label_skew",  # iid | label_skew
+        "n": 0,  # graph size parameters (0: the generator's default)
+        "m": 0,
+        "seed": 0,
+    },
+    "model": {"kind": "logistic", "lam": 0.1, "intercept": True, "binarize": -1},
+    "alpha": 10.0,
+    "base": "mhrw",
+    "a": 0.8,
+    "b": 0.9,
+    "lr": 5.0,
+    "steps": 20000,
+    "tokens": 1,
+    "partitions": 2,
+    "halo": 1,
+    "checkpoint_every": 5000,
+    "record_every": 500,
+    "seed": 0,
+}
+
+
+def validate(config: dict[str, Any]) -> None:
+    """Reject out-of-range values before anything runs."""
+    if not 1 <= config["shards"] <= 4096:
+        raise ConfigError(f"shards must be in [1, 4096], got {config['shards']}")
+    Schedule(config["a"], config["b"], config["lr"], record_every=config["record_every"])
+    if not config["alpha"] >= 0:
+        raise ConfigError(f"alpha must be >= 0, got {config['alpha']}")
+    if config["base"] not in BASES:
+        raise ConfigError(f"base must be one of {list(BASES)}, got {config['base']!r}")
+    for key in ("steps", "tokens", "partitions"):
+        if config[key] < 1:
+            raise ConfigError(f"{key} must be >= 1, got {config[key]}")
+    for key in ("halo", "checkpoint_every"):
+        if config[key] < 0:
+            raise ConfigError(f"{key} must be >= 0, got {config[key]}")
+    graph = config["graph"]
+    if graph["name"] == "file" and not graph["edges"]:
+        raise ConfigError("graph.name = 'file' needs graph.edges (a Parquet edge list)")
+    if graph["spread"] not in ("iid", "label_skew"):
+        raise ConfigError(f"graph.spread must be 'iid' or 'label_skew', got {graph['spread']!r}")
+    if config["model"]["kind"] not in ("logistic", "softmax"):
+        raise ConfigError(f"model.kind must be 'logistic' or 'softmax', got {config['model']['kind']!r}")
+    if not config["model"]["lam"] >= 0:
+        raise ConfigError(f"model.lam must be >= 0, got {config['model']['lam']}")
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def _ids_labels(ingest_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    table = pads.dataset(str(ingest_dir), format="parquet").to_table(columns=["id", "label"])
+    return table.column("id").to_numpy(), table.column("label").to_numpy()
+
+
+def _graph_params(graph: dict[str, Any]) -> dict[str, int]:
+    return {k: graph[k] for k in ("n", "m") if graph[k]} | ({"seed": graph["seed"]} if graph["name"] in (
+        "barabasi_albert", "watts_strogatz", "random_regular") else {})
+
+
+def agents(out: Path, ingest: Path, *, graph: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The agent graph (edges.parquet) and the data placement (assignment.parquet), both validated."""
+    if graph["name"] == "file":
+        g = build_graph(read_table(graph["edges"]), where=graph["edges"])
+    else:
+        g = standard_graph(graph["name"], **_graph_params(graph))
+    ids, labels = _ids_labels(ingest)
+    if graph["assignment"]:
+        assign = validate_assignment(read_table(graph["assignment"]), where=graph["assignment"])
+    else:
+        assign = spread(ids, labels, sorted(g.nodes()), mode=graph["spread"], seed=seed)
+    # the checks (every agent has data, every id exists) without touching the features
+    agent_blocks(assign, ids, np.zeros((len(ids), 1)), labels, g, where=graph["assignment"] or "assignment")
+    write_parquet(edges_table(g), out / "edges.parquet")
+    write_parquet(assign, out / "assignment.parquet")
+    return {"agents": g.number_of_nodes(), "edges": g.number_of_edges(), "examples": len(ids)}
+
+
+def _load_graph(agents_dir: Path):
+    return build_graph(read_table(agents_dir / "edges.parquet"), where=str(agents_dir / "edges.parquet"))
+
+
+def partition_stage(out: Path, agents: Path, *, partitions: int, base: str, seed: int) -> dict[str, Any]:
+    """Balanced partition of the agents that the walk crosses rarely: parts.parquet (node, part)."""
+    g = _load_graph(agents)
+    parts = walk_partition(SRRW(g, 0.0, base), g, partitions, seed=seed)
+    nodes = np.asarray(sorted(parts), dtype=np.int64)
+    write_parquet(pa.table({"node": nodes, "part": np.asarray([parts[n] for n in nodes], dtype=np.int64)}),
+                  out / "parts.parquet")
+    return {"partitions": partitions, "cut_edge_fraction": cut_edge_fraction(g, parts)}
+
+
+def _loader(ingest_dir: Path, agents_dir: Path, model: dict[str, Any]) -> Any:
+    from workers.walker import BlockLoader
+
+    return BlockLoader(
+        vectors=str(ingest_dir), assignment=str(agents_dir / "assignment.parquet"), model=model["kind"],
+        lam=model["lam"], intercept=model["intercept"], binarize=None if model["binarize"] < 0 else model["binarize"],
+        classes=None,
+    )
+
+
+def _dim(ingest_dir: Path, model: dict[str, Any]) -> tuple[int, int]:
+    """(θ dimension, classes) from the ingest schema and labels."""
+    from core.schema import vector_dim
+
+    d = vector_dim(pads.dataset(str(ingest_dir), format="parquet").schema) + int(model["intercept"])
+    _, labels = _ids_labels(ingest_dir)
+    classes = 2 if model["binarize"] >= 0 else int(labels.max()) + 1
+    return (d if model["kind"] == "logistic" else d * classes), classes
+
+
+def walk(out: Path, ingest: Path, agents: Path, partition: Path, *, model: dict[str, Any], walk: dict[str, Any],
+         seed: int) -> dict[str, Any]:
+    """Run the tokens on walker actors; write tokens.parquet (final θ) and trajectory.parquet (θ snapshots)."""
+    from workers.walker import run_distributed_sa_srrw
+
+    g = _load_graph(agents)
+    parts_table = read_table(partition / "parts.parquet")
+    parts = dict(zip(parts_table.column("node").to_pylist(), parts_table.column("part").to_pylist()))
+    dim, classes = _dim(ingest, model)
+    loader = _loader(ingest, agents, model)
+    if model["kind"] == "softmax":
+        loader = type(loader)(**{**loader.__dict__, "classes": classes})
+    # checkpoints live beside the cache, keyed by everything that determines the trajectory
+    ident = json.dumps([str(ingest), str(agents), str(partition), model, walk, seed], sort_keys=True)
+    ckpt = out.parent / "srrw-checkpoints" / hashlib.sha256(ident.encode()).hexdigest()[:24]
+    result = run_distributed_sa_srrw(
+        loader, g, dim=dim, parts=parts, seed=seed, checkpoint_dir=ckpt, resume=True,
+        steps=walk["steps"], alpha=walk["alpha"], a=walk["a"], b=walk["b"], base=walk["base"], lr=walk["lr"],
+        tokens=walk["tokens"], halo=walk["halo"], checkpoint_every=walk["checkpoint_every"],
+        record_every=walk["record_every"],
+    )
+    toks = result.tokens
+    write_parquet(pa.table({
+        "token": [t.key for t in toks], "steps": [t.n for t in toks], "handoffs": [t.handoffs for t in toks],
+        "theta": [t.theta.tolist() for t in toks],
+    }), out / "tokens.parquet")
+    rows = [(t.key, n, th.tolist()) for t in toks for n, th in zip(t.curve_n, t.curve_theta)]
+    rows += [(t.key, t.n, t.theta.tolist()) for t in toks if not t.curve_n or t.curve_n[-1] != t.n]
+    write_parquet(pa.table({
+        "token": pa.array([r[0] for r in rows], pa.int64()), "step": pa.array([r[1] for r in rows], pa.int64()),
+        "theta": pa.array([r[2] for r in rows], pa.list_(pa.float64())),
+    }), out / "trajectory.parquet")
+    secs = result.stats["walk_seconds"]
+    return {"tokens": len(toks), "handoffs": int(result.stats["handoffs"]),
+            "hops_per_s": round(sum(t.n for t in toks) / secs, 1) if secs else None}
+
+
+def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[str, Any]) -> dict[str, Any]:
+    """θ* by full-batch Newton; curves.parquet: per token and step, loss, accuracy and ‖θ−θ*‖²."""
+    g = _load_graph(agents)
+    table = pads.dataset(str(ingest), format="parquet").to_table(columns=["id", "vector", "label"])
+    vec = table.column("vector").combine_chunks()
+    x = vec.values.to_numpy(zero_copy_only=False).reshape(len(vec), -1)
+    y = table.column("label").to_numpy()
+    if model["binarize"] >= 0:
+        y = (y >= model["binarize"]).astype(np.int64)
+    blocks = agent_blocks(read_table(agents / "assignment.parquet"), table.column("id").to_numpy(), x, y, g)
+    obj = build_objective(model["kind"], blocks, lam=model["lam"], intercept=model["intercept"])
+    star = obj.solve()
+    traj = read_table(walk / "trajectory.parquet")
+    thetas = np.asarray(traj.column("theta").to_pylist(), dtype=np.float64)
+    if thetas.shape[1] != obj.dim:
+        raise DataError(f"{walk}: θ has dimension {thetas.shape[1]}, the model needs {obj.dim}")
+    write_parquet(pa.table({
+        "token": traj.column("token"), "step": traj.column("step"),
+        "loss": [obj.loss(t) for t in thetas], "accuracy": [obj.accuracy(t) for t in thetas],
+        "sq_error": np.sum((thetas - star) ** 2, axis=1),
+    }), out / "curves.parquet")
+    final = read_table(walk / "tokens.parquet")
+    theta = np.mean(np.asarray(final.column("theta").to_pylist(), dtype=np.float64), axis=0)
+    write_parquet(pa.table({"dim": np.arange(obj.dim), "theta": theta, "theta_star": star}), out / "theta.parquet")
+    return {"loss": obj.loss(theta), "loss_star": obj.loss(star), "accuracy": obj.accuracy(theta),
+            "sq_error": float(np.sum((theta - star) ** 2))}
+
+
+def build(config: dict[str, Any]) -> Pipeline:
+    p = Pipeline("srrw")
+    p.stage("ingest", ingest, num_cpus=0, params={
+        "source": config["source"], "shards": config["shards"], "require_label": True,
+        "fingerprint": source_fingerprint(config["source"]),
+    })
+    p.stage("agents", agents, inputs=["ingest"], params={"graph": config["graph"], "seed": config["seed"]})
+    p.stage("partition", partition_stage, inputs=["agents"],
+            params={"partitions": config["partitions"], "base": config["base"], "seed": config["seed"]})
+    walk_params = {k: config[k] for k in ("alpha", "base", "a", "b", "lr", "steps", "tokens", "halo",
+                                          "checkpoint_every", "record_every")}
+    p.stage("walk", walk, inputs=["ingest", "agents", "partition"], num_cpus=0,
+            params={"model": config["model"], "walk": walk_params, "seed": config["seed"]})
+    p.stage("evaluate", evaluate, inputs=["ingest", "agents", "walk"], params={"model": config["model"]})
+    return p
