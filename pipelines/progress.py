@@ -104,10 +104,10 @@ def print_run(record: dict[str, Any], runs_dir: str | os.PathLike, console: Cons
     for rec in record["stages"].values():
         if rec["status"] == "failed":
             console.print(f"[red]{rec['name']} failed:[/red] {(rec.get('error') or '').splitlines()[0]}", markup=True)
-        console.print(f"  {rec['name']}: {rec['output']}", highlight=False)
+        console.print(f"  {rec['name']}: {rec['output']}", highlight=False, soft_wrap=True)
     report = Path(runs_dir) / "runs" / record["run_id"] / "report.html"
     if report.is_file():
-        console.print(f"report: {report}", highlight=False)
+        console.print(f"report: {report}", highlight=False, soft_wrap=True)
 
 
 def print_runs(runs_dir: str | os.PathLike, console: Console | None = None) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # headless: workers and CI have no display
 import matplotlib.pyplot as plt
@@ -29,11 +30,12 @@ class Section:
     table: list[dict[str, Any]] = field(default_factory=list)
 
 
-def figure(width: float = 6.4, height: float = 4.0) -> tuple[Figure, Any]:
-    """A new figure with one axis and the report's style."""
-    fig, ax = plt.subplots(figsize=(width, height), dpi=110)
-    ax.grid(True, alpha=0.3)
-    return fig, ax
+def figure(width: float = 6.4, height: float = 4.0, cols: int = 1) -> tuple[Figure, Any]:
+    """A new figure with `cols` axes side by side (one axis, or an array of them) in the report's style."""
+    fig, axes = plt.subplots(1, cols, figsize=(width, height), dpi=110)
+    for ax in np.atleast_1d(axes):
+        ax.grid(True, alpha=0.3)
+    return fig, axes
 
 
 def save_figure(fig: Figure, out: Path, name: str) -> str:

@@ -181,6 +181,11 @@ def walk(out: Path, ingest: Path, agents: Path, partition: Path, *, model: dict[
         "token": [t.key for t in toks], "steps": [t.n for t in toks], "handoffs": [t.handoffs for t in toks],
         "theta": [t.theta.tolist() for t in toks],
     }), out / "tokens.parquet")
+    nodes = np.asarray(sorted(g.nodes()), dtype=np.int64)  # the order of the visit measure's entries
+    write_parquet(pa.table({
+        "token": np.repeat(np.asarray([t.key for t in toks], dtype=np.int64), len(nodes)),
+        "node": np.tile(nodes, len(toks)), "visit": np.concatenate([t.visit_measure() for t in toks]),
+    }), out / "visits.parquet")
     rows = [(t.key, n, th.tolist()) for t in toks for n, th in zip(t.curve_n, t.curve_theta)]
     rows += [(t.key, t.n, t.theta.tolist()) for t in toks if not t.curve_n or t.curve_n[-1] != t.n]
     write_parquet(pa.table({
