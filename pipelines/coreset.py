@@ -1,0 +1,178 @@
+"""Coreset pipeline: ingest → (kNN graph → knn_density) → train proxies + score → select → evaluate.
+
+    shardwalk run coreset --set source=builtin:mnist5k --set shards=2 --set select.rates=[0.3,0.1]
+
+Methods are named `ccs-SCORE[-cb]`, `topk-SCORE[-easy][-cb]` and `random[-cb]` (`-cb` = class-balanced);
+each (method, rate) becomes one selection table `select/<method…>-keep<rate>/part-*.parquet`, and
+`evaluate` trains a fresh model on every coreset (and on the full training split) for the same
+number of steps and reports the final test accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import ray
+
+from core import scores as score_fns
+from core.coreset import METHODS
+from core.dag import Pipeline
+from core.datasets import test_mask
+from core.errors import ConfigError
+from core.io import source_fingerprint, write_parquet
+from pipelines.common import ingest
+from workers.scorer import evaluate_coreset, score_dataset, select_distributed
+
+DEFAULTS: dict[str, Any] = {
+    "source": "builtin:digits",
+    "shards": 2,
+    "test_fraction": 0.2,
+    "split_seed": 0,
+    "knn": {"enabled": False, "k": 10, "M": 16, "ef_construction": 100, "ef": 64},
+    "proxy": {"model": "mlp", "hidden": 128, "models": 2, "epochs": 8, "batch_size": 256, "lr": 0.05,
+              "el2n_epoch": 2, "seed": 0},
+    "select": {"rates": [0.7, 0.5, 0.3, 0.1], "methods": ["ccs-aum", "ccs-el2n-cb", "random", "topk-el2n"],
+               "strata": 50, "seed": 0},
+    "evaluate": {"enabled": True, "steps": 600, "batch_size": 128, "lr": 0.05, "hidden": 128, "seed": 0},
+}
+
+
+def parse_method(name: str) -> dict[str, Any]:
+    """`ccs-aum-cb` → {method: ccs, score: aum, class_balanced: True}; ConfigError on unknown parts."""
+    parts = str(name).split("-")
+    method, rest = parts[0], parts[1:]
+    if method not in METHODS:
+        raise ConfigError(f"unknown selection method '{name}'; use ccs-SCORE[-cb], topk-SCORE[-easy][-cb], random[-cb]")
+    out: dict[str, Any] = {"method": method, "class_balanced": "cb" in rest}
+    rest = [r for r in rest if r != "cb"]
+    if method == "topk" and "easy" in rest:
+        out["hardest"] = False
+        rest = [r for r in rest if r != "easy"]
+    if method == "random":
+        if rest:
+            raise ConfigError(f"selection method '{name}': random takes no score")
+        return out
+    if len(rest) != 1 or rest[0] not in score_fns.HARD_HIGH:
+        raise ConfigError(f"selection method '{name}': name one score from {sorted(score_fns.HARD_HIGH)}")
+    out["score"] = rest[0]
+    return out
+
+
+def validate(config: dict[str, Any]) -> None:
+    """Reject bad values before any stage runs."""
+    if not 1 <= config["shards"] <= 1024:
+        raise ConfigError(f"shards must be in [1, 1024], got {config['shards']}")
+    if not 0.0 < config["test_fraction"] < 1.0:
+        raise ConfigError(f"test_fraction must be in (0, 1), got {config['test_fraction']}")
+    rates = config["select"]["rates"]
+    if not rates or any(not isinstance(r, int | float) or not 0.0 < r < 1.0 for r in rates):
+        raise ConfigError(f"select.rates must be a non-empty list of keep fractions in (0, 1), got {rates}")
+    methods = [parse_method(m) for m in config["select"]["methods"]]
+    if any(m.get("score") == "knn_density" for m in methods) and not config["knn"]["enabled"]:
+        raise ConfigError("score 'knn_density' needs knn.enabled = true")
+    if any(m.get("score") == "knn_density" and m["class_balanced"] for m in methods):
+        raise ConfigError("knn_density selections cannot be class-balanced (the kNN scores carry no labels)")
+    proxy = config["proxy"]
+    for key in ("hidden", "models", "epochs", "batch_size"):
+        if proxy[key] < 1:
+            raise ConfigError(f"proxy.{key} must be >= 1, got {proxy[key]}")
+    if proxy["model"] not in ("mlp", "linear", "cnn"):
+        raise ConfigError(f"proxy.model must be mlp, linear or cnn, got {proxy['model']!r}")
+    if config["evaluate"]["steps"] < 1:
+        raise ConfigError(f"evaluate.steps must be >= 1, got {config['evaluate']['steps']}")
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def score(out: Path, ingest: Path, *, shards: int, test_fraction: float, split_seed: int, proxy: dict) -> dict[str, Any]:
+    """Train the proxies data-parallel on shard actors; each actor writes its part of the scores table."""
+    params = {k: v for k, v in proxy.items() if k != "model"}
+    result = score_dataset(str(ingest), shards, out, test_fraction=test_fraction, split_seed=split_seed,
+                           kind=proxy["model"], **params)
+    return {k: result[k] for k in ("rows", "classes", "seconds", "examples_per_second")}
+
+
+@ray.remote(num_cpus=1, max_retries=1)
+def _density_part(graph_part: str, out_path: str, k: int, test_fraction: float, split_seed: int) -> int:
+    """knn_density of one graph part, restricted to training rows, written beside the others."""
+    table = score_fns.knn_density(pq.read_table(graph_part), k=k)
+    train = ~test_mask(table.column("id").to_numpy(), test_fraction, split_seed)
+    write_parquet(table.filter(train), out_path)
+    return int(train.sum())
+
+
+def density(out: Path, graph: Path, *, k: int, test_fraction: float, split_seed: int) -> dict[str, Any]:
+    """The `knn_density` score (mean distance to the k nearest neighbours) from the kNN graph parts."""
+    parts = sorted(p for p in graph.rglob("*.parquet"))
+    rows = ray.get([
+        _density_part.remote(str(p), str(out / f"part-{i:05d}.parquet"), k, test_fraction, split_seed)
+        for i, p in enumerate(parts)
+    ])
+    return {"rows": sum(rows)}
+
+
+def select(out: Path, scores: Path, density: Path | None = None, *, shards: int, rates: list[float],
+           methods: list[str], strata: int, seed: int) -> dict[str, Any]:
+    """Every (method, rate) selection, computed by shard actors from small per-shard summaries."""
+    result: dict[str, Any] = {}
+    for name in methods:
+        spec = parse_method(name)
+        source = density if spec.get("score") == "knn_density" else scores
+        sels = [{**spec, "keep": float(r), **({"strata": strata} if spec["method"] == "ccs" else {})} for r in rates]
+        result.update(select_distributed(source, shards, sels, out, seed=seed))
+    (out / "selections.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+    return {name: info["rows"] for name, info in result.items()}
+
+
+def evaluate(out: Path, ingest: Path, select: Path, *, test_fraction: float, split_seed: int, steps: int,
+             batch_size: int, lr: float, hidden: int, seed: int, model: str) -> dict[str, Any]:
+    """Train a fresh model on each coreset and on the full training split; final test accuracy of each."""
+    names = sorted(p.name for p in select.iterdir() if p.is_dir())
+    common = {"test_fraction": test_fraction, "split_seed": split_seed, "steps": steps, "seed": seed,
+              "batch_size": batch_size, "lr": lr, "hidden": hidden, "kind": model}
+    refs = [evaluate_coreset.remote(str(ingest), str(select / n), **common) for n in names]
+    refs.append(evaluate_coreset.remote(str(ingest), None, **common))
+    answers = ray.get(refs)
+    accuracy = {n: a["accuracy"] for n, a in zip([*names, "full"], answers)}
+    (out / "accuracy.json").write_text(json.dumps(accuracy, indent=1, sort_keys=True))
+    return {k: round(v, 4) for k, v in accuracy.items()}
+
+
+def build(config: dict[str, Any]) -> Pipeline:
+    """ingest → [build → knn_graph → density] → score → select → evaluate."""
+    p = Pipeline("coreset")
+    split = {"test_fraction": config["test_fraction"], "split_seed": config["split_seed"]}
+    p.stage("ingest", ingest, params={"source": config["source"], "shards": config["shards"], "require_label": True,
+                                      "fingerprint": source_fingerprint(config["source"])}, num_cpus=0)
+    select_inputs = {"scores": "score"}
+    if config["knn"]["enabled"]:
+        from pipelines.index import build_index, knn_graph
+
+        knn = config["knn"]
+        p.stage("build", build_index, inputs=["ingest"], params={
+            "shards": config["shards"], "space": "l2", "M": knn["M"], "ef_construction": knn["ef_construction"],
+            "random_seed": 100, "partition": "hash", "replicas": 1}, num_cpus=0)
+        p.stage("knn_graph", knn_graph, inputs={"build": "build"},
+                params={"k": knn["k"], "ef": knn["ef"], "nprobe": 0}, num_cpus=0)
+        p.stage("density", density, inputs={"graph": "knn_graph"}, params={"k": knn["k"], **split}, num_cpus=0)
+        select_inputs["density"] = "density"
+    p.stage("score", score, inputs=["ingest"], params={"shards": config["shards"], **split,
+                                                       "proxy": dict(config["proxy"])}, num_cpus=0)
+    sel = config["select"]
+    p.stage("select", select, inputs=select_inputs, params={
+        "shards": config["shards"], "rates": [float(r) for r in sel["rates"]], "methods": list(sel["methods"]),
+        "strata": sel["strata"], "seed": sel["seed"]}, num_cpus=0)
+    if config["evaluate"]["enabled"]:
+        ev = {k: v for k, v in config["evaluate"].items() if k != "enabled"}
+        p.stage("evaluate", evaluate, inputs={"ingest": "ingest", "select": "select"},
+                params={**split, **ev, "model": "mlp"}, num_cpus=0)
+    return p
+
+
+def summary(accuracy_json: Path) -> dict[str, float]:
+    """Read an evaluate stage's accuracy table (for scripts and tests)."""
+    return {k: float(v) for k, v in json.loads(Path(accuracy_json).read_text()).items()}

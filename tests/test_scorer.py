@@ -1,0 +1,128 @@
+"""ScoreShard / SelectShard on the local Ray: data-parallel proxy = single-actor proxy, exact selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from core import coreset
+from core.errors import ConfigError, DataError
+from core.schema import from_numpy
+
+pytestmark = pytest.mark.ray
+
+SOURCE = "builtin:synthetic?n=600&d=12&classes=4"
+PROXY = {"models": 1, "epochs": 3, "batch_size": 64, "hidden": 16}
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory: pytest.TempPathFactory, ray_local_module: None) -> dict:
+    from workers.scorer import score_dataset
+
+    root = tmp_path_factory.mktemp("scores")
+    one = score_dataset(SOURCE, 1, root / "one", return_params=True, num_cpus=0.5, **PROXY)
+    two = score_dataset(SOURCE, 2, root / "two", return_params=True, num_cpus=0.5, **PROXY)
+    return {"root": root, "one": one, "two": two}
+
+
+@pytest.fixture(scope="module")
+def ray_local_module(_ray_session: None) -> None:
+    import ray
+
+    from pipelines.runtime import connect
+
+    if not ray.is_initialized():
+        connect(num_cpus=2)
+
+
+def test_gloo_allreduce_trains_the_same_model_as_one_actor(scored):
+    one, two = scored["one"], scored["two"]
+    assert one["rows"] == two["rows"] and 400 < one["rows"] < 560  # about 20 % held out for testing
+    np.testing.assert_allclose(one["params"], two["params"], atol=1e-4)
+    a = pq.read_table(scored["root"] / "one").sort_by("id")
+    b = pq.read_table(scored["root"] / "two").sort_by("id")
+    assert a.column("id").to_pylist() == b.column("id").to_pylist()
+    for name in ("el2n", "aum", "entropy"):
+        np.testing.assert_allclose(a.column(name).to_numpy(), b.column(name).to_numpy(), atol=1e-3, err_msg=name)
+    assert len(list((scored["root"] / "two").glob("part-*.parquet"))) == 2  # each actor wrote its own part
+
+
+def test_selection_identical_for_1_2_4_shards_and_equals_single_process(scored, tmp_path: Path):
+    from workers.scorer import read_selection, select_distributed
+
+    selections = [
+        {"method": "ccs", "keep": 0.1, "score": "aum"},
+        {"method": "ccs", "keep": 0.3, "score": "el2n", "class_balanced": True},
+        {"method": "topk", "keep": 0.2, "score": "el2n"},
+        {"method": "random", "keep": 0.5},
+    ]
+    scores_dir = scored["root"] / "one"
+    results = {s: select_distributed(scores_dir, s, selections, tmp_path / f"s{s}", seed=7) for s in (1, 2, 4)}
+    table = pq.read_table(scores_dir)
+    reference = {
+        "ccs-aum-keep0.1": coreset.ccs_select(table, 0.1, score="aum", seed=7),
+        "ccs-el2n-cb-keep0.3": coreset.ccs_select(table, 0.3, score="el2n", class_balanced=True, seed=7),
+        "topk-el2n-keep0.2": coreset.topk_select(table, 0.2, score="el2n", seed=7),
+        "random-keep0.5": coreset.random_select(table, 0.5, seed=7),
+    }
+    assert set(results[1]) == set(reference)
+    for name, ref in reference.items():
+        want = ref.column("id").to_numpy()
+        for s in (1, 2, 4):
+            got = read_selection(tmp_path / f"s{s}" / name)
+            np.testing.assert_array_equal(got, want, err_msg=f"{name} with {s} shards")
+            assert results[s][name]["rows"] == len(want)
+
+
+def test_bad_selection_requests(scored, tmp_path: Path):
+    from workers.scorer import select_distributed
+
+    scores_dir = scored["root"] / "one"
+    with pytest.raises(ConfigError, match="method"):
+        select_distributed(scores_dir, 1, [{"method": "kcenter", "keep": 0.1}], tmp_path)
+    with pytest.raises(ConfigError, match="keep"):
+        select_distributed(scores_dir, 1, [{"method": "random", "keep": 1.0}], tmp_path)
+    with pytest.raises(ConfigError, match="unknown score"):
+        select_distributed(scores_dir, 1, [{"method": "ccs", "keep": 0.1, "score": "grand"}], tmp_path)
+
+
+def test_scoring_needs_labels_and_two_classes(ray_local_module, tmp_path: Path):
+    from workers.scorer import score_dataset
+
+    x = np.random.default_rng(0).normal(size=(50, 4))
+    with pytest.raises(DataError, match="label"):
+        score_dataset(from_numpy(x), 1, tmp_path / "a", num_cpus=0.5, **PROXY)
+    single = from_numpy(x, labels=np.zeros(50, dtype=np.int64))
+    with pytest.raises(DataError, match="at least 2 classes"):
+        score_dataset(single, 1, tmp_path / "b", num_cpus=0.5, **PROXY)
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+
+
+@pytest.mark.slow
+def test_coreset_pipeline_end_to_end(ray_local_module, tmp_path: Path, capsys):
+    import json
+
+    from pipelines.cli import main
+
+    runs = str(tmp_path / "runs")
+    args = ["run", "coreset", "--runs-dir", runs, "--set", f"source={SOURCE}", "--set", "select.rates=[0.5, 0.1]",
+            "--set", 'select.methods=["ccs-el2n-cb", "topk-aum"]',
+            "--set", "proxy.models=1", "--set", "proxy.epochs=3", "--set", "proxy.hidden=16",
+            "--set", "evaluate.steps=50", "--set", "evaluate.hidden=16"]
+    assert main(args) == 0
+    record = json.loads(next((tmp_path / "runs" / "runs").glob("*/run.json")).read_text())
+    select_dir = Path(record["stages"]["select"]["output"])
+    scores_rows = record["stages"]["score"]["rows"]
+    for name in ("ccs-el2n-cb-keep0.5", "ccs-el2n-cb-keep0.1", "topk-aum-keep0.1", "topk-aum-keep0.5"):
+        table = pq.read_table(select_dir / name)
+        keep = float(name.rsplit("keep", 1)[1])
+        assert table.num_rows == int(keep * scores_rows + 1e-9) and table.schema.names == ["id", "weight"]
+    accuracy = json.loads((Path(record["stages"]["evaluate"]["output"]) / "accuracy.json").read_text())
+    assert set(accuracy) == {"full", *(f"{m}-keep{r}" for m in ("ccs-el2n-cb", "topk-aum") for r in (0.5, 0.1))}
+    assert all(0.0 <= a <= 1.0 for a in accuracy.values())
+    capsys.readouterr()
+    assert main(["run", "coreset", "--runs-dir", runs, "--set", 'select.methods=["ccs-nope"]']) == 2
+    assert "ccs-nope" in capsys.readouterr().err

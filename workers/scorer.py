@@ -1,0 +1,301 @@
+"""ScoreShard / SelectShard actors: score and select a sharded dataset without gathering it.
+
+Scoring: every `ScoreShard` reads its own rows (core.io.read_shard), the proxy is trained
+data-parallel over all shards with gradients all-reduced by torch.distributed (gloo; rank 0 picks a
+free port on its node), each actor records the dynamics of the examples it holds and writes its own
+part of the scores table. Selection: `SelectShard` actors read their part of the scores and answer
+the small-summary protocol of core/coreset.py; each writes its part of every selection table.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+
+from core import coreset, proxy
+from core.datasets import test_mask
+from core.errors import ConfigError, DataError
+from core.io import ShardSpec, plan_shards, read_shard, write_parquet
+from core.schema import LABEL, to_numpy, validate_vectors
+
+PART = "part-{:05d}.parquet"
+
+
+def _actor_cpus(shards: int, num_cpus: float | None) -> float:
+    """One CPU per actor, or an even share when there are more shards than CPUs."""
+    if num_cpus is not None:
+        return float(num_cpus)
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    return min(1.0, total / shards)
+
+
+@ray.remote
+class ScoreShard:
+    """Owns one shard: trains its slice of the data-parallel proxy and records its examples' dynamics."""
+
+    def __init__(self, spec: ShardSpec, rank: int, world: int, *, test_fraction: float, split_seed: int, threads: int):
+        torch.set_num_threads(threads)
+        self.spec, self.rank, self.world = spec, rank, world
+        self.test_fraction, self.split_seed = test_fraction, split_seed
+        self.scores: pa.Table | None = None
+        self.params: np.ndarray | None = None
+
+    def _load(self) -> None:
+        """Read and validate my rows; keep the training split (errors surface typed from a method call)."""
+        spec = self.spec
+        table = validate_vectors(read_shard(spec), where=f"shard {spec.index}", row_offset=spec.start)
+        if LABEL not in table.column_names:
+            raise DataError(f"shard {spec.index}: label-based scores (el2n, forgetting, aum) need a 'label' column")
+        ids, x = to_numpy(table)
+        y = table.column(LABEL).to_numpy()
+        frac = self.test_fraction
+        train = ~test_mask(ids, frac, self.split_seed) if frac > 0 else np.ones(len(ids), dtype=bool)
+        self.ids, self.x, self.y = ids[train], x[train], y[train]
+
+    def summary(self) -> dict[str, Any]:
+        """Rows and labels held here (small), for the global class count."""
+        self._load()
+        return {"rows": len(self.ids), "labels": np.unique(self.y).tolist()}
+
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0: this node's IP and a free port for the gloo group."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def join(self, addr: str, port: int) -> None:
+        """Join the gloo process group (all ranks must call this concurrently)."""
+        if self.world > 1:
+            torch.distributed.init_process_group(
+                "gloo", init_method=f"tcp://{addr}:{port}", rank=self.rank, world_size=self.world,
+                timeout=timedelta(seconds=120),
+            )
+
+    def score(self, total_rows: int, num_classes: int, params: dict[str, Any]) -> dict[str, Any]:
+        """Train the proxies (all-reducing gradients) and record my examples' dynamics."""
+        started, cpu = time.perf_counter(), time.process_time()
+        allreduce = (lambda t: torch.distributed.all_reduce(t)) if self.world > 1 else None
+        recorder, model = proxy.score_shard(
+            self.x, self.y, self.ids, num_classes, total_rows=total_rows, allreduce=allreduce, **params
+        )
+        self.scores = recorder.scores()
+        self.params = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+        return {"rows": len(self.ids), "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}
+
+    def write(self, out_dir: str) -> str:
+        """Persist my part of the scores table."""
+        assert self.scores is not None, "score() first"
+        return str(write_parquet(self.scores, Path(out_dir) / PART.format(self.rank)))
+
+    def final_params(self) -> np.ndarray:
+        assert self.params is not None, "score() first"
+        return self.params
+
+    def leave(self) -> None:
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def score_dataset(
+    source: Any,
+    shards: int,
+    out_dir: str | Path,
+    *,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    num_cpus: float | None = None,
+    threads: int = 1,
+    return_params: bool = False,
+    **proxy_params: Any,
+) -> dict[str, Any]:
+    """Score every (training) example of `source` on `shards` actors; scores parts land in `out_dir`."""
+    specs = plan_shards(source, shards)
+    cls = ScoreShard.options(num_cpus=_actor_cpus(len(specs), num_cpus))
+    actors = [
+        cls.remote(s, i, len(specs), test_fraction=test_fraction, split_seed=split_seed, threads=threads)
+        for i, s in enumerate(specs)
+    ]
+    try:
+        summaries = ray.get([a.summary.remote() for a in actors])
+        labels = sorted({lab for s in summaries for lab in s["labels"]})
+        total = sum(s["rows"] for s in summaries)
+        if len(labels) < 2:
+            raise DataError(f"{source}: label-based scores need at least 2 classes, found {labels}")
+        if labels[0] < 0:
+            raise DataError(f"{source}: labels must be >= 0, found {labels[0]}")
+        addr, port = ray.get(actors[0].rendezvous.remote())
+        ray.get([a.join.remote(addr, port) for a in actors])
+        started = time.perf_counter()
+        per_actor = ray.get([a.score.remote(total, labels[-1] + 1, proxy_params) for a in actors])
+        seconds = time.perf_counter() - started
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        paths = ray.get([a.write.remote(str(out_dir)) for a in actors])
+        result: dict[str, Any] = {"rows": total, "classes": len(labels), "seconds": seconds, "parts": paths,
+                                  "actor_cpu_seconds": [round(a["cpu_seconds"], 3) for a in per_actor]}
+        result["examples_per_second"] = total * proxy_params.get("models", 2) * proxy_params.get("epochs", 8) / seconds
+        if return_params:
+            result["params"] = ray.get(actors[0].final_params.remote())
+        ray.get([a.leave.remote() for a in actors])
+        return result
+    finally:
+        for a in actors:
+            ray.kill(a)
+
+
+@ray.remote
+class SelectShard:
+    """Holds one part of a scores table and answers the selection protocol of core/coreset.py."""
+
+    def __init__(self, spec: ShardSpec):
+        self.spec, self.index, self.start = spec, spec.index, spec.start
+        self.table: pa.Table | None = None
+        self.selector: coreset.ShardSelector | None = None
+
+    def prepare(self, score: str | None, seed: int, hard_high: bool) -> None:
+        """Build the selector for one (score, seed); my rows are read once, the score column validated here."""
+        if self.table is None:  # read in a method, not __init__, so read errors surface typed
+            self.table = read_shard(self.spec)
+        names = self.table.column_names
+        if score is not None and score not in names:
+            raise DataError(f"scores: missing score column '{score}'; found {names}")
+        values = None if score is None else self.table.column(score).to_numpy(zero_copy_only=False)
+        labels = self.table.column(LABEL).to_numpy() if LABEL in names else None
+        self.selector = coreset.ShardSelector(
+            self.table.column("id").to_numpy(), values, labels, seed=seed, hard_high=hard_high,
+            row_offset=self.start,
+        )
+
+    def ask(self, name: str, kwargs: dict[str, Any]) -> Any:
+        assert self.selector is not None, "prepare() first"
+        return getattr(self.selector, name)(**kwargs)
+
+    def write(self, plan: coreset.Plan, out_dir: str) -> int:
+        """Write my part of the selection table; returns its row count."""
+        assert self.selector is not None, "prepare() first"
+        ids = self.selector.selected(plan.spec, plan.order, plan.threshold)
+        write_parquet(coreset.selection_table(ids), Path(out_dir) / PART.format(self.index))
+        return len(ids)
+
+
+def selection_name(
+    method: str, keep: float, score: str | None = None, class_balanced: bool = False, beta: float | None = None
+) -> str:
+    """The table name of one selection, e.g. `ccs-aum-cb-keep0.1` (`-beta0.2` when β is given explicitly)."""
+    parts = [method] + ([score] if score and method != "random" else []) + (["cb"] if class_balanced else [])
+    return "-".join(parts) + f"-keep{keep:g}" + (f"-beta{beta:g}" if beta is not None else "")
+
+
+def select_distributed(
+    scores_dir: str | Path,
+    shards: int,
+    selections: Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    num_cpus: float = 0,
+) -> dict[str, dict[str, Any]]:
+    """Run each selection ({method, keep, score?, class_balanced?, beta?, hardest?, strata?}) on `shards`
+    actors that read their own part of the scores; each writes `out_dir/<name>/part-*.parquet`."""
+    actors = [SelectShard.options(num_cpus=num_cpus).remote(s) for s in plan_shards(scores_dir, shards)]
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        for sel in selections:
+            name, plan = _plan_one(actors, sel, seed)
+            target = Path(out_dir) / name
+            target.mkdir(parents=True, exist_ok=True)
+            rows = sum(ray.get([a.write.remote(plan, str(target)) for a in actors]))
+            if rows != plan.size:
+                raise AssertionError(f"{name}: shards wrote {rows} rows, the plan selects {plan.size}")
+            out[name] = {"rows": rows, **plan.info}
+    finally:
+        for a in actors:
+            ray.kill(a)
+    return out
+
+
+def _plan_one(actors: list, sel: dict[str, Any], seed: int) -> tuple[str, coreset.Plan]:
+    sel = dict(sel)
+    method, keep = sel.pop("method", None), sel.pop("keep", None)
+    score = sel.pop("score", None)
+    if method not in coreset.METHODS:
+        raise ConfigError(f"unknown selection method '{method}'; choose from {list(coreset.METHODS)}")
+    if method != "random" and score is None:
+        raise ConfigError(f"selection method '{method}' needs a score name")
+    hard = coreset.is_hard_high(score, sel.pop("hard_high", None)) if score is not None else True
+    ray.get([a.prepare.remote(score if method != "random" else None, seed, hard) for a in actors])
+
+    def ask(name: str, **kwargs: Any) -> list:
+        return ray.get([a.ask.remote(name, kwargs) for a in actors])
+
+    plan = coreset.plan_selection(ask, method, keep, **sel)
+    return selection_name(method, keep, score, bool(sel.get("class_balanced")), sel.get("beta")), plan
+
+
+def read_selection(directory: str | Path) -> np.ndarray:
+    """All selected ids of one selection directory, sorted (small: the coreset, not the data)."""
+    from core.io import read_table
+
+    return np.sort(read_table(directory, ["id"]).column("id").to_numpy())
+
+
+@ray.remote(num_cpus=1, max_retries=1)
+def evaluate_coreset(
+    source: Any,
+    selected: np.ndarray | str | None,
+    *,
+    test_fraction: float,
+    split_seed: int,
+    steps: int,
+    seed: int,
+    threads: int = 1,
+    rs2_keep: float | None = None,
+    validation: float = 0.0,
+    **fit_params: Any,
+) -> dict[str, Any]:
+    """Train a fresh model on the selected training rows (all when None) for `steps` steps; test accuracy.
+
+    `selected` is an array of ids or a selection directory; `rs2_keep` instead trains on a fresh RS2
+    subset of that fraction every pass (core.coreset.rs2_epoch). Small-data evaluation: the task reads
+    the (training split of the) source itself, so nothing passes through the driver. With
+    `validation` > 0 a seeded fraction of the training split is held out instead and the accuracy is
+    measured there (for tuning hyper-parameters without looking at the test split).
+    """
+    torch.set_num_threads(threads)
+    from core.io import read_table
+
+    table = validate_vectors(read_table(source), where=str(source), require_label=True)
+    ids, x = to_numpy(table)
+    y = table.column(LABEL).to_numpy()
+    test = test_mask(ids, test_fraction, split_seed)
+    train = ~test
+    if selected is not None:
+        chosen = read_selection(selected) if isinstance(selected, str | Path) else np.asarray(selected)
+        train &= np.isin(ids, chosen)
+        if train.sum() != len(chosen):
+            raise DataError(f"selection has {len(chosen)} ids but {int(train.sum())} match training rows")
+    if validation > 0:
+        test = ~test & test_mask(ids, validation, split_seed + 7919)
+        train &= ~test
+    classes = int(y.max()) + 1
+    sampler = None
+    if rs2_keep is not None:
+        pos = {int(i): r for r, i in enumerate(ids[train].tolist())}
+        train_ids = ids[train]
+        rng = np.random.default_rng(seed)
+
+        def sampler(epoch: int) -> np.ndarray:
+            chosen = coreset.rs2_epoch(train_ids, rs2_keep, epoch, seed)
+            return rng.permutation(np.array([pos[int(i)] for i in chosen.tolist()], dtype=np.int64))
+
+    model = proxy.fit(x[train], y[train], classes, steps=steps, seed=seed, sampler=sampler, **fit_params)
+    return {"accuracy": proxy.accuracy(model, x[test], y[test]), "train_rows": int(train.sum())}
