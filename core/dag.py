@@ -25,7 +25,7 @@ from typing import Any
 
 from core.cache_key import stage_key
 from core.errors import ConfigError, InputError, one_line
-from core.io import atomic_dir, is_committed, read_manifest, write_json_atomic
+from core.io import atomic_dir, is_committed, read_manifest, verify_dir, write_json_atomic
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 StageFn = Callable[..., Mapping[str, Any] | None]
@@ -178,18 +178,17 @@ def run_path(runs_dir: str | os.PathLike, run_id: str) -> Path:
 
 
 def _cache_hit(final: Path) -> dict[str, Any] | None:
-    """The manifest of a committed output whose files are all present at their recorded sizes."""
+    """The manifest of a committed output whose files all match their recorded sha256.
+
+    Reading a cached output back is far cheaper than recomputing it, and a same-size bit flip is
+    only visible to the checksum; a corrupt output is not a hit (the stage reruns and replaces it).
+    """
     if not is_committed(final):
         return None
     try:
-        manifest = read_manifest(final)
+        return verify_dir(final)
     except InputError:
         return None
-    for rel, entry in manifest["files"].items():
-        path = final / rel
-        if not path.is_file() or path.stat().st_size != entry.get("bytes"):
-            return None
-    return manifest
 
 
 class Runner:
@@ -267,7 +266,7 @@ class Runner:
             rec.metrics = manifest.get("metrics", {})
             self._emit(rec)
             return
-        if self.force and final.exists():
+        if final.exists():  # forced, or committed but corrupt: move it aside before rerunning
             _retire(final)
         inputs = {arg: self.record.stages[up].output for arg, up in s.inputs.items()}
         args = (s.fn, str(final), inputs, dict(s.params), rec.key)

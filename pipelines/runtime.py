@@ -39,9 +39,17 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[
     return ray.cluster_resources()
 
 
+# A stage whose own worker or node dies is retried by Ray; one whose actors died on a lost node sees one of
+# these and is retried too (its temporary output is discarded, so a retry starts clean). Errors of the
+# stage's own logic are not retried.
+RETRIED_ERRORS = [ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.NodeDiedError,
+                  ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError]
+
+
 def ray_submit(fn: Callable[..., Any], args: tuple[Any, ...], options: StageOptions) -> cf.Future:
-    """Run `fn(*args)` as a Ray task; retried by Ray if its worker or node dies (not on exceptions)."""
+    """Run `fn(*args)` as a Ray task, retried when a worker, node or actor it depends on is lost."""
     remote = ray.remote(fn).options(
-        num_cpus=options.num_cpus, max_retries=options.max_retries, name=f"stage:{options.name}"
+        num_cpus=options.num_cpus, max_retries=options.max_retries, retry_exceptions=RETRIED_ERRORS,
+        name=f"stage:{options.name}",
     )
     return remote.remote(*args).future()

@@ -122,3 +122,13 @@ def test_declaration_errors_are_config_errors() -> None:
         p.stage("y", double, inputs=["source"], params={"wrong": 1})
     with pytest.raises(ConfigError, match="declared twice"):
         p.stage("source", source, params={"n": 1})
+
+
+def test_a_corrupt_cached_output_is_recomputed_not_served(tmp_path: Path) -> None:
+    first = Runner(make(), tmp_path, thread_submit).run()
+    stored = Path(first.stages["double"].output, "v.json")
+    stored.write_text(stored.read_text().replace("6", "7"))  # same size: only the checksum tells
+    CALLS.clear()
+    record = Runner(make(), tmp_path, thread_submit).run()
+    assert record.stages["source"].cache_hit and not record.stages["double"].cache_hit
+    assert CALLS == ["double"] and json.loads(stored.read_text()) == 6
