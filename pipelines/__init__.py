@@ -3,6 +3,8 @@
 # name -> module exposing DEFAULTS: dict, validate(config) and build(config) -> core.dag.Pipeline
 PIPELINES: dict[str, str] = {
     "ingest": "pipelines.ingest",
-    # Until the end-to-end demo lands, `demo` is the smallest real pipeline.
-    "demo": "pipelines.ingest",
+    "srrw": "pipelines.srrw",
+    "index": "pipelines.index",
+    "coreset": "pipelines.coreset",
+    "demo": "pipelines.demo",
 }
