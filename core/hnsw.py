@@ -21,7 +21,7 @@ import numpy as np
 
 from core.datasets import hash_unit
 from core.errors import ConfigError, CorruptArtifactError, DataError
-from core.io import sha256_file
+from core.io import MANIFEST, read_manifest, sha256_file, verify_dir
 
 SPACES = ("l2", "ip", "cosine")
 PARTITIONS = ("hash", "kmeans")
@@ -402,6 +402,9 @@ def read_index_manifest(directory: Path) -> dict[str, Any]:
     for key in ("dim", "space", "shards", "partition", "params"):
         if key not in manifest:
             raise CorruptArtifactError(f"{path}: missing key '{key}'")
+    if (directory / MANIFEST).is_file():  # a saved or committed index: its JSON manifests must match their checksums
+        listed = read_manifest(directory)["files"]
+        verify_dir(directory, names=[rel for rel in listed if rel.endswith(".json")])
     return manifest
 
 

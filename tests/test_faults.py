@@ -191,8 +191,6 @@ def test_replicated_shard_killed_during_batch_search(
     np.testing.assert_array_equal(again.ids, clean[0])
 
 
-@pytest.mark.xfail(strict=True, raises=ShardUnavailableError, reason="ShardedIndex.search does not retry a call whose "
-                   "single replica died mid-search (HnswShard has max_task_retries=0): ShardUnavailableError")
 def test_single_replica_shard_killed_during_batch_search(
     _ray_module: None, monkeypatch: pytest.MonkeyPatch, data: np.ndarray, queries: np.ndarray, clean: tuple
 ) -> None:
@@ -269,7 +267,8 @@ def test_edited_shard_manifest_checksum_is_refused(copy: Path) -> None:
     name = hnsw.shard_file(0)
     manifest["files"][name] = "0" * 64
     path.write_text(json.dumps(manifest))
-    with pytest.raises(CorruptArtifactError, match=f"{name}: checksum does not match"):
+    # the saved index's own manifest catches the edited shard manifest before any shard loads
+    with pytest.raises(CorruptArtifactError, match=f"{path.name}: checksum does not match"):
         _open(copy)
 
 
@@ -284,8 +283,6 @@ def test_unreadable_or_swapped_shard_manifest_is_refused_naming_it(copy: Path, e
         _open(copy)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="ShardedIndex.open trusts the live count of an edited shard manifest "
-                   "only after loading; the error names the private working directory, not the saved file")
 def test_edited_live_count_in_shard_manifest_names_the_file(copy: Path) -> None:
     path = copy / hnsw.shard_manifest_file(0)
     manifest = json.loads(path.read_text())
@@ -295,8 +292,6 @@ def test_edited_live_count_in_shard_manifest_names_the_file(copy: Path) -> None:
         _open(copy)
 
 
-@pytest.mark.xfail(strict=True, reason="ShardedIndex.open does not verify the index directory's _SUCCESS "
-                   "manifest, so an edited index.json (e.g. another partition or params) is accepted")
 def test_edited_index_json_is_refused(copy: Path) -> None:
     path = copy / hnsw.INDEX_FILE
     meta = json.loads(path.read_text())

@@ -88,6 +88,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+RESTART_RETRIES = 2  # extra attempts per call after an actor death (search is read-only, so retrying is safe)
+
+
 @ray.remote(max_restarts=3, max_task_retries=0)
 class HnswShard:
     """One replica of one shard: load my part, call core / hnswlib, persist."""
@@ -778,7 +781,8 @@ class ShardedIndex:
         for (j, args, b), ref in zip(calls, refs):
             first = (b + offset) % replicas
             result, error = None, None
-            for attempt in range(replicas):
+            # every replica once, plus retries of the first: a killed actor restarts and reloads its shard
+            for attempt in range(replicas + RESTART_RETRIES):
                 try:
                     call = ref if attempt == 0 else getattr(self.actors[j][(first + attempt) % replicas], method).remote(*args)
                     result, error = ray.get(call, timeout=timeout), None

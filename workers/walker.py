@@ -16,6 +16,7 @@ rerun with `resume=True` to continue from their last checkpoints.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -212,6 +213,27 @@ def _initial_tokens(chain: SRRW, dim: int, schedule: Schedule, *, tokens: int, s
     return [tok if tok is not None else fresh[k] for k, tok in enumerate(loaded)]
 
 
+HEALTH_CHECK_S = 5.0
+
+
+def _await_tokens(waits: list[Any], actors: list[Any], timeout: float | None) -> list[Any]:
+    """Wait for every token, checking the walker actors between waits.
+
+    A partition lost with its node takes its tokens along and nothing would ever answer; its death
+    surfaces here as RayActorError, which the DAG runner retries, and the retry resumes from the last
+    token checkpoint.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        ready, _ = ray.wait(waits, num_returns=len(waits), timeout=HEALTH_CHECK_S)
+        if len(ready) == len(waits):
+            return ray.get(waits)
+        with contextlib.suppress(ray.exceptions.GetTimeoutError):  # busy is fine; dead raises RayActorError
+            ray.get([actor.stats.remote() for actor in actors], timeout=HEALTH_CHECK_S)
+        if deadline is not None and time.monotonic() > deadline:
+            raise ray.exceptions.GetTimeoutError(f"walk: tokens not back within {timeout} s")
+
+
 def run_distributed_sa_srrw(
     objective: Any,
     graph: nx.Graph,
@@ -292,7 +314,7 @@ def run_distributed_sa_srrw(
             first.setdefault(int(owner[tok.node]), []).append(tok)
         for p, batch in first.items():
             actors[p].receive.remote(batch)
-        results = ray.get(waits, timeout=timeout)
+        results = _await_tokens(waits, actors, timeout)
         seconds = time.perf_counter() - began
         busy = ray.get([actor.stats.remote() for actor in actors], timeout=timeout)
     finally:
