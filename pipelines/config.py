@@ -71,7 +71,7 @@ def _apply(config: dict[str, Any], path: list[str], value: Any, origin: str) -> 
         dotted = ".".join(path[: i + 1])
         if not isinstance(node, dict) or part not in node:
             known = ", ".join(sorted(node)) if isinstance(node, dict) else ""
-            raise ConfigError(f"{origin}: unknown config key '{dotted}' (known: {known})")
+            raise ConfigError(f"{origin}: unknown config key {dotted!r} (known: {known})")
         if i == len(path) - 1:
             if isinstance(node[part], dict):
                 if not isinstance(value, dict):
