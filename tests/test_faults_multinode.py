@@ -194,9 +194,9 @@ def test_coreset_selection_survives_losing_a_scoring_node(ray_cluster: Any, tmp_
     placed = _poll("the scoring actors to start",
                    lambda: (a := {k: v for k, v in _actors("ScoreShard").items() if k not in before}) and len(a) == 2 and a)
     _remove_node_of(ray_cluster, sorted(placed.values())[0])
+    _add_node(ray_cluster)  # a replacement node, as an autoscaler would bring: the retried stage needs its CPU
     code, error = faulted.outcome()
     assert error is None, error
-    _add_node(ray_cluster)
     first = _records(runs)[-1]
     if code != 0:  # the stage could not be retried in place: the run says which stage failed, a rerun resumes
         assert first["stages"]["score"]["status"] == "failed" and first["stages"]["ingest"]["status"] == "done"
