@@ -287,7 +287,8 @@ class _Background(threading.Thread):
             self.error = exc
 
 
-def _walk_problem() -> tuple[Any, Any]:
+def walk_problem() -> tuple[Any, Any]:
+    """A small logistic problem over les_miserables agents, shared with tests/test_faults*.py."""
     from core.agents import standard_graph
     from core.objectives import LogisticRegression, add_intercept
 
@@ -305,7 +306,7 @@ def walker_node_loss(cluster: Any, work: Path, quick: bool) -> dict[str, Any]:
     from core.srrw import load_token
     from workers.walker import run_distributed_sa_srrw
 
-    obj, graph = _walk_problem()
+    obj, graph = walk_problem()
     steps = 15_000 if quick else 40_000
     kw = {"alpha": 5.0, "seed": 9, "tokens": 1, "partitions": 2, "num_cpus": 1, "checkpoint_every": 50}
     began = time.perf_counter()

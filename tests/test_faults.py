@@ -362,17 +362,9 @@ def test_damaged_parquet_input_exits_2_naming_the_file(
 
 @pytest.fixture(scope="module")
 def walk_setup() -> tuple[Any, Any]:
-    from core.agents import standard_graph
-    from core.objectives import LogisticRegression, add_intercept
+    from benchmarks.bench_faults import walk_problem
 
-    graph = standard_graph("les_miserables")
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=4)
-    blocks = {}
-    for node in graph.nodes():
-        x = rng.normal(size=(2, 4)) + (node % 3)
-        blocks[node] = (add_intercept(x), (x @ w > 0).astype(np.int64))
-    return LogisticRegression(blocks, lam=0.1), graph
+    return walk_problem()
 
 
 WALK = {"alpha": 5.0, "seed": 6, "tokens": 2, "partitions": 2}

@@ -87,17 +87,9 @@ class _Background(threading.Thread):
 
 
 def _objective() -> tuple[Any, Any]:
-    from core.agents import standard_graph
-    from core.objectives import LogisticRegression, add_intercept
+    from benchmarks.bench_faults import walk_problem
 
-    graph = standard_graph("les_miserables")
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=4)
-    blocks = {}
-    for node in graph.nodes():
-        x = rng.normal(size=(2, 4)) + (node % 3)
-        blocks[node] = (add_intercept(x), (x @ w > 0).astype(np.int64))
-    return LogisticRegression(blocks, lam=0.1), graph
+    return walk_problem()
 
 
 STEPS, EVERY = 15_000, 50
