@@ -25,7 +25,14 @@ from typing import Any
 
 from core.cache_key import stage_key
 from core.errors import ConfigError, InputError, one_line
-from core.io import atomic_dir, is_committed, read_manifest, verify_dir, write_json_atomic
+from core.io import (
+    atomic_dir,
+    is_committed,
+    read_manifest,
+    remove_orphaned_temporaries,
+    verify_dir,
+    write_json_atomic,
+)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 StageFn = Callable[..., Mapping[str, Any] | None]
@@ -225,6 +232,7 @@ class Runner:
 
     def run(self) -> RunRecord:
         """Run to completion; independent branches go on after a failure, dependants are skipped."""
+        remove_orphaned_temporaries(Path(self.runs_dir) / "cache")
         self._save()
         futures: dict[cf.Future, str] = {}
         while True:

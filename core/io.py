@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from core.errors import CorruptArtifactError, DataError
 from core.schema import from_numpy
 
 MANIFEST = "_SUCCESS"
+TEMP_PREFIX = ".tmp-"  # atomic_dir temporaries: .tmp-<final>@<host>@<pid>@<random>
 Source = str | os.PathLike | pa.Table | np.ndarray
 
 
@@ -279,7 +281,7 @@ def atomic_dir(final: str | os.PathLike, extra: dict[str, Any] | None = None) ->
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:12]}"
+    tmp = final.parent / f"{TEMP_PREFIX}{final.name}@{socket.gethostname()}@{os.getpid()}@{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     try:
         yield tmp
@@ -289,6 +291,31 @@ def atomic_dir(final: str | os.PathLike, extra: dict[str, Any] | None = None) ->
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_orphaned_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temporary directories of `atomic_dir` writers on this host that no longer run.
+
+    A writer killed mid-stage (SIGKILL, OOM) cannot clean up after itself. Temporaries of live
+    processes and of other hosts (a shared runs directory) are left alone.
+    """
+    root, host, removed = Path(directory), socket.gethostname(), []
+    for path in root.glob(f"{TEMP_PREFIX}*") if root.is_dir() else []:
+        owner = path.name[len(TEMP_PREFIX):].rsplit("@", 3)
+        if len(owner) == 4 and owner[1] == host and owner[2].isdigit() and not _pid_alive(int(owner[2])):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def commit_dir(tmp: Path, final: Path) -> None:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,7 +17,9 @@ import pytest
 
 from core.dag import Pipeline, Runner, StageOptions, load_run, run_path
 from core.errors import ConfigError, DataError
+from core.io import TEMP_PREFIX
 
+ROOT = Path(__file__).resolve().parents[1]
 POOL = cf.ThreadPoolExecutor(max_workers=4)
 CALLS: list[str] = []
 
@@ -132,3 +139,25 @@ def test_a_corrupt_cached_output_is_recomputed_not_served(tmp_path: Path) -> Non
     record = Runner(make(), tmp_path, thread_submit).run()
     assert record.stages["source"].cache_hit and not record.stages["double"].cache_hit
     assert CALLS == ["double"] and json.loads(stored.read_text()) == 6
+
+
+def test_a_run_removes_temporaries_of_killed_writers_only(tmp_path: Path) -> None:
+    """A stage SIGKILLed mid-write leaves its temporary; the next run removes it, not live or remote ones."""
+    cache = tmp_path / "cache"
+    code = (
+        "import os, signal, sys\n"
+        "from core.io import atomic_dir\n"
+        "with atomic_dir(sys.argv[1]) as tmp:\n"
+        "    (tmp / 'half.parquet').write_text('partial')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code, str(cache / "double-dead")], cwd=ROOT, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    (orphan,) = cache.glob(f"{TEMP_PREFIX}double-dead@*")
+    live = cache / f"{TEMP_PREFIX}x@{socket.gethostname()}@{os.getpid()}@0"  # a writer still running
+    remote = cache / f"{TEMP_PREFIX}x@another-host@1@0"  # on another node of a shared dir
+    live.mkdir()
+    remote.mkdir()
+    assert Runner(make(), tmp_path, thread_submit).run().status == "succeeded"
+    assert not orphan.exists()
+    assert live.is_dir() and remote.is_dir()

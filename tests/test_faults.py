@@ -127,8 +127,6 @@ def test_actor_killed_after_persisting_its_shard_mid_build(
     np.testing.assert_array_equal(dists, clean[1])
 
 
-@pytest.mark.xfail(strict=True, raises=ShardUnavailableError, reason="HnswShard.build is not retried: a shard killed before it persisted "
-                   "cannot reload anything, and ShardedIndex.build raises ShardUnavailableError")
 def test_actor_killed_while_building_its_shard(
     _ray_module: None, monkeypatch: pytest.MonkeyPatch, data: np.ndarray, queries: np.ndarray, clean: tuple
 ) -> None:
@@ -146,10 +144,42 @@ def test_actor_killed_while_building_its_shard(
     monkeypatch.setattr(ShardedIndex, "_spawn", staticmethod(spawn))
     killed = _kill_on(monkeypatch, "build shards", lambda: spawned[1])
     with ShardedIndex.build(data, shards=2, **FAST) as index:
-        assert killed
+        assert killed, "the fault was not injected"
+        assert all(row[0] not in spawned for row in index.actors), "the build did not start again with new actors"
         ids, dists = index.search(queries, k=10, ef=64, batch_size=4)
     np.testing.assert_array_equal(ids, clean[0])
     np.testing.assert_array_equal(dists, clean[1])
+
+
+def test_build_gives_up_after_its_restarts(
+    _ray_module: None, monkeypatch: pytest.MonkeyPatch, data: np.ndarray, tmp_path: Path
+) -> None:
+    """A primary dying on every attempt ends in ShardUnavailableError, and the working directory is removed."""
+    import workers.hnsw_shard as hs
+
+    monkeypatch.setattr(hs, "BUILD_RESTARTS", 1)
+    real, kills = hs._wait, []
+
+    def wait(refs: list[Any], what: str, timeout: float | None = None) -> list[Any]:
+        if what == "build shards":
+            kills.append(what)
+            ray.kill(started[-1], no_restart=False)  # shard 0's primary of this attempt
+        return real(refs, what, timeout)
+
+    started: list[Any] = []
+    original = hs._start_primaries
+
+    def start(*args: Any, **kwargs: Any) -> list[list[Any]]:
+        out = original(*args, **kwargs)
+        started.append(out[0][0])
+        return out
+
+    monkeypatch.setattr(hs, "_start_primaries", start)
+    monkeypatch.setattr(hs, "_wait", wait)
+    with pytest.raises(ShardUnavailableError, match="build shards"):
+        hs.ShardedIndex.build(data, shards=2, workdir=tmp_path, **FAST)
+    assert len(kills) == 2, "one first attempt plus BUILD_RESTARTS=1 restart"
+    assert list(tmp_path.iterdir()) == [], "the failed build left files behind"
 
 
 def _search_killing(index: Any, queries: np.ndarray, victim: Any, monkeypatch: pytest.MonkeyPatch) -> tuple:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import resource
@@ -35,7 +36,7 @@ import hnswlib
 import numpy as np
 import pyarrow as pa
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -55,6 +56,9 @@ from core.schema import KNN_GRAPH_SCHEMA, check_unique, to_numpy, validate_vecto
 
 EXACT_THRESHOLD = 20_000  # allowed ids in a shard at or below which filtered search is brute force
 READY_TIMEOUT_S = 300.0
+BUILD_RESTARTS = 2  # fresh builds after a primary dies mid-build
+
+log = logging.getLogger("shardwalk")
 
 
 def _rss_bytes() -> int:
@@ -112,7 +116,10 @@ class HnswShard:
         self.local_piece: tuple[np.ndarray, np.ndarray] | None = None
         self.build_seconds = 0.0
         self.reconstructed = _reconstructed()
-        if load or self.reconstructed:
+        # Restarted before its shard was ever persisted (killed mid-build), it has nothing to reload: it
+        # stays empty, and ShardedIndex._build_restarting replaces it.
+        persisted = (self.workdir / hnsw.shard_manifest_file(shard)).is_file()
+        if load or (self.reconstructed and persisted):
             self._load_workdir()
 
     # ------------------------------------------------------------------ reading and routing
@@ -497,23 +504,13 @@ class ShardedIndex:
         if cpus_per_actor is None:
             cpus_per_actor = _default_cpus(shards * replicas)
         pgs: list[Any] = []
-        actors: list[list[Any]] = []
-        for j in range(shards):
-            if replicas > 1 and cpus_per_actor > 0:
-                # SPREAD puts the bundles (one per replica) on different nodes where there are several
-                pg = placement_group([{"CPU": cpus_per_actor}] * replicas, strategy="SPREAD")
-                pgs.append(pg)
-                strategy: Any = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
-            else:
-                strategy = "SPREAD"
-            actor = HnswShard.options(num_cpus=cpus_per_actor, scheduling_strategy=strategy).remote(
-                j, 0, str(workdir), cpus_per_actor, load
-            )
-            actors.append([actor])
+        if replicas > 1 and cpus_per_actor > 0:
+            # SPREAD puts the bundles (one per replica) on different nodes where there are several
+            pgs = [placement_group([{"CPU": cpus_per_actor}] * replicas, strategy="SPREAD") for _ in range(shards)]
         try:
-            _wait([row[0].ping.remote() for row in actors], "start shard actors", timeout=READY_TIMEOUT_S)
+            actors = _start_primaries(shards, workdir, cpus_per_actor, pgs, load)
         except BaseException:
-            _cleanup([row[0] for row in actors], pgs, None)
+            _cleanup([], pgs, None)
             raise
         return actors, pgs, cpus_per_actor
 
@@ -565,12 +562,38 @@ class ShardedIndex:
         meta: dict[str, Any] = {"shards": shards, "replicas": replicas, "partition": partition}
         index = cls(meta, actors, work, pgs, owned)
         try:
-            index._build(specs, where, space, M, ef_construction, random_seed, sample_size, trusted)
+            index._build_restarting(cpus, specs, where, space, M, ef_construction, random_seed, sample_size, trusted)
             index._add_replicas(cpus)
         except BaseException:
             index.close()
             raise
         return index
+
+    def _build_restarting(self, cpus: float, *args: Any) -> None:
+        """`_build`; if a primary dies on the way, replace every primary and build again from the source.
+
+        A dead primary takes with it its staged rows, the piece it kept and the pieces it `ray.put` (their
+        owner is gone), and the survivors have spent their kept pieces: the source is the one consistent
+        place to start again. The rebuild is deterministic, so the index equals a fault-free build's.
+        """
+        for attempt in range(BUILD_RESTARTS + 1):
+            try:
+                return self._build(*args)
+            except ShardUnavailableError as exc:
+                if attempt == BUILD_RESTARTS:
+                    raise
+                log.warning("%s; building again with new shard actors (restart %d of %d)", exc, attempt + 1, BUILD_RESTARTS)
+                self._replace_primaries(cpus)
+
+    def _replace_primaries(self, cpus: float) -> None:
+        for actor in self._primaries():
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+        for path in self.workdir.iterdir():  # files of the failed attempt: nothing may reload them
+            path.unlink()
+        self.actors = _start_primaries(len(self.actors), self.workdir, cpus, self._pgs, False)
+        self._finalizer.detach()
+        self._finalizer = self._register_cleanup()
 
     def _primaries(self) -> list[Any]:
         return [row[0] for row in self.actors]
@@ -861,6 +884,20 @@ def _workdir(workdir: str | os.PathLike | None) -> tuple[Path, bool]:
     return Path(tempfile.mkdtemp(prefix="shardwalk-index-")), True
 
 
+def _start_primaries(shards: int, workdir: Path, cpus: float, pgs: list[Any], load: bool) -> list[list[Any]]:
+    """One primary actor per shard (in bundle 0 of the shard's placement group, if any), answering."""
+    actors: list[list[Any]] = []
+    for j in range(shards):
+        strategy: Any = PlacementGroupSchedulingStrategy(pgs[j], placement_group_bundle_index=0) if pgs else "SPREAD"
+        actors.append([HnswShard.options(num_cpus=cpus, scheduling_strategy=strategy).remote(j, 0, str(workdir), cpus, load)])
+    try:
+        _wait([row[0].ping.remote() for row in actors], "start shard actors", timeout=READY_TIMEOUT_S)
+    except BaseException:
+        _cleanup([row[0] for row in actors], [], None)
+        raise
+    return actors
+
+
 def _cleanup(actors: list[Any], pgs: list[Any], workdir: str | None) -> None:
     if ray.is_initialized():
         for actor in actors:
@@ -885,7 +922,11 @@ def _wait(refs: list[Any], what: str, timeout: float | None = None) -> list[Any]
         cause = exc.cause if hasattr(exc, "cause") else None
         if isinstance(cause, DataError | ConfigError | CorruptArtifactError | ShardUnavailableError):
             raise cause from None
+        if isinstance(cause, ObjectLostError):  # e.g. a routed piece whose owner, a shard actor, died
+            raise ShardUnavailableError(f"{what}: data held by a dead shard actor was lost ({type(cause).__name__})") from None
         raise
+    except ObjectLostError as exc:
+        raise ShardUnavailableError(f"{what}: data held by a dead shard actor was lost ({type(exc).__name__})") from None
 
 
 def _swap_in(tmp: Path, final: Path) -> None:

@@ -106,6 +106,19 @@ class ScoreShard:
             torch.distributed.destroy_process_group()
 
 
+def _get_fail_fast(refs: list[Any]) -> list[Any]:
+    """`ray.get(refs)`, raising as soon as any call fails.
+
+    Plain `ray.get` waits for every ref, and when one rank dies mid-collective the others stay blocked in
+    gloo until its timeout; raising at once lets the stage be retried without that wait.
+    """
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        ray.get(ready)
+    return ray.get(refs)
+
+
 def score_dataset(
     source: Any,
     shards: int,
@@ -134,9 +147,9 @@ def score_dataset(
         if labels[0] < 0:
             raise DataError(f"{source}: labels must be >= 0, found {labels[0]}")
         addr, port = ray.get(actors[0].rendezvous.remote())
-        ray.get([a.join.remote(addr, port) for a in actors])
+        _get_fail_fast([a.join.remote(addr, port) for a in actors])
         started = time.perf_counter()
-        per_actor = ray.get([a.score.remote(total, labels[-1] + 1, proxy_params) for a in actors])
+        per_actor = _get_fail_fast([a.score.remote(total, labels[-1] + 1, proxy_params) for a in actors])
         seconds = time.perf_counter() - started
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         paths = ray.get([a.write.remote(str(out_dir)) for a in actors])
