@@ -590,7 +590,10 @@ class ShardedIndex:
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)
         for path in self.workdir.iterdir():  # files of the failed attempt: nothing may reload them
-            path.unlink()
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         self.actors = _start_primaries(len(self.actors), self.workdir, cpus, self._pgs, False)
         self._finalizer.detach()
         self._finalizer = self._register_cleanup()
