@@ -28,7 +28,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,17 +36,19 @@ from unittest import mock
 
 import numpy as np
 
+from benchmarks.faultkit import (
+    TIMEOUT_S,
+    Background,
+    actors,
+    add_node,
+    lose_node,
+    new_actors,
+    poll,
+    simulated_cluster,
+    walk_problem,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT_S = 300.0
-
-
-def _poll(what: str, ready: Callable[[], Any], timeout: float = TIMEOUT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := ready()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 def _scenario(name: str, finished: bool, identical: bool, faulted_s: float, clean_s: float, note: str) -> dict[str, Any]:
@@ -105,7 +106,7 @@ def driver_sigkill(work: Path, quick: bool) -> dict[str, Any]:
     runs = work / "killed"
     began = time.perf_counter()
     proc = _cli(runs, sets)
-    _poll("the score stage to start", lambda: _stage_status(runs, "score") == "running" or proc.poll() is not None)
+    poll("the score stage to start", lambda: _stage_status(runs, "score") == "running" or proc.poll() is not None)
     killed_while_running = proc.poll() is None
     os.kill(proc.pid, signal.SIGKILL)  # the driver only; its embedded Ray notices its owner died
     proc.wait(timeout=60)
@@ -248,61 +249,6 @@ def hnsw_scenarios(quick: bool) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- node loss (simulated cluster)
 
 
-def _actors(class_name: str, state: str | None = "ALIVE") -> dict[str, str]:
-    import ray
-
-    return {aid: info.get("Address", {}).get("NodeID", "") for aid, info in ray._private.state.actors().items()
-            if info.get("ActorClassName", "").endswith(class_name) and (state is None or info.get("State") == state)}
-
-
-def _new_actors(class_name: str, before: set[str], count: int) -> dict[str, str]:
-    alive = {k: v for k, v in _actors(class_name).items() if k not in before}
-    return alive if len(alive) >= count else {}
-
-
-def _lose_node(cluster: Any, node_id: str) -> None:
-    import ray
-
-    victim = next(n for n in cluster.worker_nodes if n.node_id == node_id)
-    cluster.remove_node(victim, allow_graceful=False)
-    _poll("the node to be dead", lambda: not any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()))
-
-
-def _replace_node(cluster: Any) -> None:
-    import ray
-
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    _poll("the new node's CPU", lambda: ray.cluster_resources().get("CPU", 0) >= 2)
-
-
-class _Background(threading.Thread):
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        super().__init__(daemon=True)
-        self.fn, self.result, self.error = fn, None, None
-
-    def run(self) -> None:
-        try:
-            self.result = self.fn()
-        except BaseException as exc:
-            self.error = exc
-
-
-def walk_problem() -> tuple[Any, Any]:
-    """A small logistic problem over les_miserables agents, shared with tests/test_faults*.py."""
-    from core.agents import standard_graph
-    from core.objectives import LogisticRegression, add_intercept
-
-    graph = standard_graph("les_miserables")
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=4)
-    blocks = {}
-    for node in graph.nodes():
-        x = rng.normal(size=(2, 4)) + (node % 3)
-        blocks[node] = (add_intercept(x), (x @ w > 0).astype(np.int64))
-    return LogisticRegression(blocks, lam=0.1), graph
-
-
 def walker_node_loss(cluster: Any, work: Path, quick: bool) -> dict[str, Any]:
     from core.srrw import load_token
     from workers.walker import run_distributed_sa_srrw
@@ -315,22 +261,22 @@ def walker_node_loss(cluster: Any, work: Path, quick: bool) -> dict[str, Any]:
     clean_s = time.perf_counter() - began
 
     ckpt = work / "faulted"
-    before = set(_actors("WalkPartition", None))
+    before = set(actors("WalkPartition", None))
     began = time.perf_counter()
     # The walker loses a dead partition's tokens silently: the driver notices through its timeout.
-    run = _Background(lambda: run_distributed_sa_srrw(obj, graph, steps=steps, checkpoint_dir=ckpt,
+    run = Background(lambda: run_distributed_sa_srrw(obj, graph, steps=steps, checkpoint_dir=ckpt,
                                                       timeout=max(10.0, 3 * clean_s), **kw))
     run.start()
-    placed = _poll("the walkers", lambda: _new_actors("WalkPartition", before, 2))
-    _poll("a token checkpoint", lambda: (ckpt / "token-0.json").is_file())
-    _lose_node(cluster, sorted(placed.values())[0])
+    placed = poll("the walkers", lambda: new_actors("WalkPartition", before, 2))
+    poll("a token checkpoint", lambda: (ckpt / "token-0.json").is_file())
+    lose_node(cluster, sorted(placed.values())[0])
     run.join(TIMEOUT_S)
     if run.error is None:
         return _scenario("walker_node_loss_resume", True, False, time.perf_counter() - began, clean_s,
                          "the walk ended before the node loss took effect (not a fault run)")
-    _poll("the faulted walkers to stop", lambda: not (set(_actors("WalkPartition")) & set(placed)))
+    poll("the faulted walkers to stop", lambda: not (set(actors("WalkPartition")) & set(placed)))
     at = load_token(ckpt, 0).n
-    _replace_node(cluster)
+    add_node(cluster)
     resumed = run_distributed_sa_srrw(obj, graph, steps=steps, checkpoint_dir=ckpt, resume=True, timeout=TIMEOUT_S, **kw)
     faulted_s = time.perf_counter() - began
     same = all(np.array_equal(a.theta, b.theta) and a.logy == b.logy for a, b in zip(resumed.tokens, clean.tokens))
@@ -353,13 +299,13 @@ def coreset_node_loss(cluster: Any, work: Path, quick: bool) -> dict[str, Any]:
     if code != 0:
         return _scenario("coreset_node_loss", False, False, 0.0, clean_s, "clean run failed")
     runs = work / "faulted"
-    before = set(_actors("ScoreShard", None))
+    before = set(actors("ScoreShard", None))
     began = time.perf_counter()
-    job = _Background(lambda: run(runs))
+    job = Background(lambda: run(runs))
     job.start()
-    placed = _poll("the scoring actors", lambda: _new_actors("ScoreShard", before, 2))
-    _lose_node(cluster, sorted(placed.values())[0])
-    _replace_node(cluster)  # as an autoscaler would: the retried stage needs the lost node's CPU
+    placed = poll("the scoring actors", lambda: new_actors("ScoreShard", before, 2))
+    lose_node(cluster, sorted(placed.values())[0])
+    add_node(cluster)  # as an autoscaler would: the retried stage needs the lost node's CPU
     job.join(TIMEOUT_S)
     if job.is_alive():  # never start a second run beside it: both would redirect the process's stdout
         return _scenario("coreset_node_loss", False, False, time.perf_counter() - began, clean_s,
@@ -369,7 +315,7 @@ def coreset_node_loss(cluster: Any, work: Path, quick: bool) -> dict[str, Any]:
         record = max((json.loads(p.read_text()) for p in (runs / "runs").glob("*/run.json")), key=lambda r: r["started"])
         error = (record["stages"]["score"].get("error") or "").split("\n")[0][:120]
         note = f"score stage failed ({error}); the rerun resumed after ingest"
-        job = _Background(lambda: run(runs))
+        job = Background(lambda: run(runs))
         job.run()
     faulted_s = time.perf_counter() - began
     finished = job.result == 0
@@ -379,23 +325,10 @@ def coreset_node_loss(cluster: Any, work: Path, quick: bool) -> dict[str, Any]:
 
 
 def cluster_scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    for _ in range(2):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="WARNING")
-    try:
+    with simulated_cluster() as cluster:
         (work / "walk").mkdir()
         (work / "coreset").mkdir()
         return [walker_node_loss(cluster, work / "walk", quick), coreset_node_loss(cluster, work / "coreset", quick)]
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 # ----------------------------------------------------------------------------- report

@@ -40,18 +40,7 @@ def ray_local(_ray_session: None) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[object]:
     """A simulated cluster: head with 0 CPUs plus 2 worker nodes of 1 CPU; tests may add or remove nodes."""
-    import ray
-    from ray.cluster_utils import Cluster
+    from benchmarks.faultkit import simulated_cluster
 
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    for _ in range(2):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="WARNING")
-    try:
+    with simulated_cluster(workers=2) as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()

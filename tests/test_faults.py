@@ -392,7 +392,7 @@ def test_damaged_parquet_input_exits_2_naming_the_file(
 
 @pytest.fixture(scope="module")
 def walk_setup() -> tuple[Any, Any]:
-    from benchmarks.bench_faults import walk_problem
+    from benchmarks.faultkit import walk_problem
 
     return walk_problem()
 

@@ -1,0 +1,118 @@
+"""Fault-injection helpers shared by benchmarks/bench_faults.py and tests/test_faults*.py.
+
+A simulated cluster (0-CPU head plus 1-CPU worker nodes), waits that poll a progress marker with a
+deadline (never a fixed sleep), node loss and replacement, actors found by class, a call run in a
+background thread, and the small SRRW problem every walker fault runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+TIMEOUT_S = 300.0
+
+
+def poll(what: str, ready: Callable[[], Any], timeout: float = TIMEOUT_S) -> Any:
+    """Call `ready` until it returns something truthy; TimeoutError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (value := ready()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+@contextlib.contextmanager
+def simulated_cluster(workers: int = 2) -> Iterator[Any]:
+    """A `ray.cluster_utils.Cluster` (head with 0 CPUs, `workers` nodes of 1 CPU) with the driver attached."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    for _ in range(workers):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="WARNING")
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def actors(class_name: str, state: str | None = "ALIVE") -> dict[str, str]:
+    """actor id -> node id of the actors of one class (read from the GCS; no dashboard needed)."""
+    import ray
+
+    return {aid: info.get("Address", {}).get("NodeID", "") for aid, info in ray._private.state.actors().items()
+            if info.get("ActorClassName", "").endswith(class_name) and (state is None or info.get("State") == state)}
+
+
+def new_actors(class_name: str, before: set[str], count: int) -> dict[str, str]:
+    """The live actors of `class_name` not in `before`, once there are `count` of them (else empty)."""
+    alive = {k: v for k, v in actors(class_name).items() if k not in before}
+    return alive if len(alive) >= count else {}
+
+
+def lose_node(cluster: Any, node_id: str, timeout: float = TIMEOUT_S) -> None:
+    """Hard-remove worker node `node_id` (its raylet and workers die) and wait until Ray marks it dead."""
+    import ray
+
+    victim = next(n for n in cluster.worker_nodes if n.node_id == node_id)
+    cluster.remove_node(victim, allow_graceful=False)
+    poll("the removed node to be marked dead",
+         lambda: not any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()), timeout)
+
+
+def add_node(cluster: Any, timeout: float = TIMEOUT_S) -> str:
+    """Add a 1-CPU node, as an autoscaler would replace a lost one; wait until its CPU counts."""
+    import ray
+
+    node = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    poll("the new node's CPU", lambda: ray.cluster_resources().get("CPU", 0) >= 2, timeout)
+    return node.node_id
+
+
+class Background(threading.Thread):
+    """Runs a call in a thread and keeps its result or exception."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        super().__init__(daemon=True)
+        self.fn, self.result, self.error = fn, None, None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # the fault is expected to surface here: the caller reports it
+            self.error = exc
+
+    def outcome(self, timeout: float = TIMEOUT_S) -> tuple[Any, BaseException | None]:
+        """(result, exception) once the call returned; TimeoutError if it is still running."""
+        self.join(timeout)
+        if self.is_alive():
+            raise TimeoutError(f"the background call did not return within {timeout:.0f} s")
+        return self.result, self.error
+
+
+def walk_problem() -> tuple[Any, Any]:
+    """A small logistic problem over les_miserables agents."""
+    from core.agents import standard_graph
+    from core.objectives import LogisticRegression, add_intercept
+
+    graph = standard_graph("les_miserables")
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=4)
+    blocks = {}
+    for node in graph.nodes():
+        x = rng.normal(size=(2, 4)) + (node % 3)
+        blocks[node] = (add_intercept(x), (x @ w > 0).astype(np.int64))
+    return LogisticRegression(blocks, lam=0.1), graph
