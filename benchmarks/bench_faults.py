@@ -215,7 +215,7 @@ def hnsw_scenarios(quick: bool) -> list[dict[str, Any]]:
     fast = {"M": 8, "ef_construction": 64, "cpus_per_actor": 0}  # one thread: builds are deterministic
     out = []
     clean_ids, clean_s, _ = _hnsw_build(data, queries, 1, fast)
-    ids, faulted_s, err = _hnsw_build(data, queries, 1, fast, step="build shards")
+    ids, faulted_s, err = _hnsw_build(data, queries, 1, fast, step="insert pieces")
     out.append(_scenario("hnsw_kill_during_shard_build", ids is not None,
                          ids is not None and np.array_equal(ids, clean_ids), faulted_s, clean_s,
                          err or "built again from the source with new shard actors"))

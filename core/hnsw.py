@@ -412,6 +412,19 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+ROUTE_CHUNK_MIN_ROWS = 4096  # rows of its part a reader routes per call, at least
+ROUTE_MAX_CHUNKS = 256
+
+
+def route_chunks(rows: int) -> int:
+    """In how many chunks a reader routes its `rows` during a build.
+
+    Two chunks are in flight at once, so the routed copies alive stay near 2/chunks of the data; the
+    floor on rows per chunk keeps per-call overhead small next to the hnswlib inserts it feeds.
+    """
+    return max(1, min(ROUTE_MAX_CHUNKS, ceil_div(rows, ROUTE_CHUNK_MIN_ROWS)))
+
+
 def batches(n: int, size: int) -> list[tuple[int, int]]:
     """[start, stop) ranges covering n in blocks of `size`."""
     return [(s, min(n, s + size)) for s in range(0, n, max(1, size))] or []

@@ -155,7 +155,9 @@ def to_numpy(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """(ids int64 (n,), vectors float32 (n, d)) of a validated vectors table, without a per-row loop."""
     d = vector_dim(table)
     ids = table.column(ID).to_numpy()
-    col = table.column(VECTOR).combine_chunks()
+    chunked = table.column(VECTOR)
+    # combine_chunks copies even a single chunk: take that chunk as is (a view of the Arrow buffer)
+    col = chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()
     flat = col.values.to_numpy(zero_copy_only=False)[col.offset * d : (col.offset + len(col)) * d]
     return ids.astype(np.int64, copy=False), np.asarray(flat, dtype=np.float32).reshape(len(col), d)
 

@@ -21,6 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from core.dag import Pipeline, RunRecord, StageRecord, list_runs
 
@@ -57,7 +58,7 @@ def make_reporter(pipeline: Pipeline, stream: Any = None) -> Iterator[Reporter]:
 
         def live(run: RunRecord, rec: StageRecord) -> None:
             if rec.status in DONE:
-                console.print(_stage_line(rec))
+                console.print(_stage_line(rec), markup=False, highlight=False)
             running = [s.name for s in run.stages.values() if s.status == "running"]
             finished = sum(s.status in DONE for s in run.stages.values())
             label = f"{pipeline.name}: {', '.join(running)}" if running else pipeline.name
@@ -99,15 +100,16 @@ def print_run(record: dict[str, Any], runs_dir: str | os.PathLike, console: Cons
         status = "cache hit" if rec.get("cache_hit") else rec["status"]
         seconds = f"{rec['seconds']:.2f}" if rec.get("seconds") is not None else "-"
         rows = str(rec["rows"]) if rec.get("rows") is not None else "-"
-        table.add_row(rec["name"], status, rows, seconds, _compact(rec.get("metrics") or {}))
+        table.add_row(*map(Text, (rec["name"], status, rows, seconds, _compact(rec.get("metrics") or {}))))
     console.print(table)
     for rec in record["stages"].values():
         if rec["status"] == "failed":
-            console.print(f"[red]{rec['name']} failed:[/red] {(rec.get('error') or '').splitlines()[0]}", markup=True)
-        console.print(f"  {rec['name']}: {rec['output']}", highlight=False, soft_wrap=True)
+            error = (rec.get("error") or "").splitlines()[0]
+            console.print(Text.assemble((f"{rec['name']} failed:", "red"), f" {error}"))
+        console.print(f"  {rec['name']}: {rec['output']}", markup=False, highlight=False, soft_wrap=True)
     report = Path(runs_dir) / "runs" / record["run_id"] / "report.html"
     if report.is_file():
-        console.print(f"report: {report}", highlight=False, soft_wrap=True)
+        console.print(f"report: {report}", markup=False, highlight=False, soft_wrap=True)
 
 
 def print_runs(runs_dir: str | os.PathLike, console: Console | None = None) -> None:
@@ -115,7 +117,7 @@ def print_runs(runs_dir: str | os.PathLike, console: Console | None = None) -> N
     console = console or Console()
     records = list_runs(runs_dir)
     if not records:
-        console.print(f"no runs under {Path(runs_dir) / 'runs'}", highlight=False)
+        console.print(f"no runs under {Path(runs_dir) / 'runs'}", markup=False, highlight=False)
         return
     table = Table()
     table.add_column("run id", no_wrap=True)
@@ -125,7 +127,8 @@ def print_runs(runs_dir: str | os.PathLike, console: Console | None = None) -> N
         stages = r.get("stages", {}).values()
         cached = sum(1 for s in stages if s.get("cache_hit"))
         seconds = f"{r['finished'] - r['started']:.1f}" if r.get("finished") else "-"
-        table.add_row(r["run_id"], r["pipeline"], run_status(r), _fmt_time(r.get("started")), seconds, f"{len(stages)} ({cached})")
+        cells = (r["run_id"], r["pipeline"], run_status(r), _fmt_time(r.get("started")), seconds, f"{len(stages)} ({cached})")
+        table.add_row(*map(Text, cells))
     console.print(table)
 
 

@@ -170,3 +170,26 @@ def test_concurrent_runs_into_one_runs_dir_do_not_interleave(tmp_path) -> None:
         verify_dir(runs / "cache" / entry)
     total = pq.read_table(next((runs / "cache").glob("total-*")) / "total.parquet").column("total")[0].as_py()
     assert total == sum(i * i for i in range(5000))
+
+
+def test_run_tables_print_error_text_verbatim(tmp_path) -> None:
+    """Error texts and paths can hold brackets (gloo quotes `[/path/pair.cc:553]`): never parsed as markup."""
+    import io
+
+    from rich.console import Console
+
+    from pipelines.progress import print_run, print_runs
+
+    error = "RuntimeError: [/__w/pytorch/third_party/gloo/transport/tcp/pair.cc:553] Connection closed by peer"
+    record = {"run_id": "r1", "pipeline": "p[x]", "status": "failed", "started": 1.0, "finished": 2.0,
+              "stages": {"score": {"name": "score", "status": "failed", "rows": None, "seconds": None,
+                                   "metrics": {"note": "[bold]"}, "output": "/runs/[red]/score", "error": error}}}
+    (tmp_path / "runs" / "r1").mkdir(parents=True)
+    (tmp_path / "runs" / "r1" / "run.json").write_text(json.dumps(record))
+    out = io.StringIO()
+    console = Console(file=out, width=400)
+    print_run(record, tmp_path, console)
+    print_runs(tmp_path, console)
+    text = out.getvalue()
+    assert f"score failed: {error}" in text
+    assert "/runs/[red]/score" in text and "note=[bold]" in text and "p[x]" in text

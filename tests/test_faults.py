@@ -92,7 +92,7 @@ def _kill_on(monkeypatch: pytest.MonkeyPatch, step: str, victim: Callable[[], An
     def wait(refs: list[Any], what: str, timeout: float | None = None) -> list[Any]:
         if what == step and not killed:
             actor = victim()
-            killed.append(_pid(actor) if step != "build shards" else -1)
+            killed.append(_pid(actor) if step != "insert pieces" else -1)
             ray.kill(actor, no_restart=False)
         return real(refs, what, timeout)
 
@@ -142,7 +142,7 @@ def test_actor_killed_while_building_its_shard(
         return out
 
     monkeypatch.setattr(ShardedIndex, "_spawn", staticmethod(spawn))
-    killed = _kill_on(monkeypatch, "build shards", lambda: spawned[1])
+    killed = _kill_on(monkeypatch, "insert pieces", lambda: spawned[1])
     with ShardedIndex.build(data, shards=2, **FAST) as index:
         assert killed, "the fault was not injected"
         assert all(row[0] not in spawned for row in index.actors), "the build did not start again with new actors"
@@ -158,12 +158,12 @@ def test_build_gives_up_after_its_restarts(
     import workers.hnsw_shard as hs
 
     monkeypatch.setattr(hs, "BUILD_RESTARTS", 1)
-    real, kills = hs._wait, []
+    real, killed = hs._wait, []
 
     def wait(refs: list[Any], what: str, timeout: float | None = None) -> list[Any]:
-        if what == "build shards":
-            kills.append(what)
-            ray.kill(started[-1], no_restart=False)  # shard 0's primary of this attempt
+        if what == "build shards" and started[-1] not in killed:  # once per attempt: its shard-0 primary
+            killed.append(started[-1])
+            ray.kill(started[-1], no_restart=False)
         return real(refs, what, timeout)
 
     started: list[Any] = []
@@ -176,9 +176,9 @@ def test_build_gives_up_after_its_restarts(
 
     monkeypatch.setattr(hs, "_start_primaries", start)
     monkeypatch.setattr(hs, "_wait", wait)
-    with pytest.raises(ShardUnavailableError, match="build shards"):
+    with pytest.raises(ShardUnavailableError, match="a shard actor died"):
         hs.ShardedIndex.build(data, shards=2, workdir=tmp_path, **FAST)
-    assert len(kills) == 2, "one first attempt plus BUILD_RESTARTS=1 restart"
+    assert len(started) == len(killed) == 2, "one first attempt plus BUILD_RESTARTS=1 restart"
     assert list(tmp_path.iterdir()) == [], "the failed build left files behind"
 
 

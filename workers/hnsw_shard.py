@@ -114,6 +114,9 @@ class HnswShard:
         self.deleted = np.empty(0, np.int64)  # sorted deleted ids (still in the hnswlib graph)
         self.staged: tuple[np.ndarray, np.ndarray] | None = None
         self.local_piece: tuple[np.ndarray, np.ndarray] | None = None
+        self.targets: np.ndarray | None = None  # target shard of each staged row (assign)
+        self.route_shards = 0
+        self.built_ids: list[np.ndarray] = []
         self.build_seconds = 0.0
         self.reconstructed = _reconstructed()
         # Restarted before its shard was ever persisted (killed mid-build), it has nothing to reload: it
@@ -145,27 +148,45 @@ class HnswShard:
         pick = rng.choice(len(ids), size=min(sample, len(ids)), replace=False) if sample else np.empty(0, np.int64)
         return {"rows": len(ids), "dim": vecs.shape[1], "start": spec.start, "sample": vecs[np.sort(pick)]}
 
-    def route(self, shards: int, router: dict[str, Any] | None, keep_local: bool) -> tuple[list[Any], list[Any]]:
-        """Split my staged rows by target shard; return refs (data by shard, ids by hash bucket).
-
-        With `keep_local` the piece for my own shard stays here (None in its slot): no object-store copy.
-        """
+    def route(self, shards: int, router: dict[str, Any] | None) -> tuple[list[Any], list[Any]]:
+        """Split all my staged rows by target shard; return refs (data by shard, ids by hash bucket)."""
         assert self.staged is not None, "read_part first"
         ids, vecs = self.staged
         self.staged = None
         target = hnsw.hash_shard(ids, shards) if router is None else hnsw.Router.from_json(router).assign(vecs)
         bucket = hnsw.hash_shard(ids, shards)
-        data: list[Any] = []
-        for j in range(shards):
+        data = [ray.put((ids, vecs) if (mask := target == j).all() else (ids[mask], vecs[mask])) for j in range(shards)]
+        return data, [ray.put(ids[bucket == j]) for j in range(shards)]
+
+    def assign(self, shards: int, router: dict[str, Any] | None) -> tuple[list[int], list[Any]]:
+        """Choose (and keep) the target shard of each staged row; return rows per target and ids by hash bucket."""
+        assert self.staged is not None, "read_part first"
+        ids, vecs = self.staged
+        self.targets = hnsw.hash_shard(ids, shards) if router is None else hnsw.Router.from_json(router).assign(vecs)
+        self.route_shards = shards
+        bucket = hnsw.hash_shard(ids, shards)
+        return np.bincount(self.targets, minlength=shards).tolist(), [ray.put(ids[bucket == j]) for j in range(shards)]
+
+    def route_chunk(self, chunk: int, chunks: int) -> list[Any]:
+        """Chunk `chunk` of my staged rows, split by target shard: one return value per shard.
+
+        The piece for my own shard stays here (None in its slot): no object-store copy. Routing a chunk at
+        a time bounds the routed copies alive at once to about two chunks instead of the whole part.
+        """
+        assert self.staged is not None and self.targets is not None, "read_part and assign first"
+        ids, vecs = self.staged
+        lo, hi = len(ids) * chunk // chunks, len(ids) * (chunk + 1) // chunks
+        ids, vecs, target = ids[lo:hi], vecs[lo:hi], self.targets[lo:hi]
+        out: list[Any] = []
+        for j in range(self.route_shards):
             mask = target == j
             piece = (ids, vecs) if mask.all() else (ids[mask], vecs[mask])  # all mine: views, no copy
-            if keep_local and j == self.shard:
-                self.local_piece = piece
-                data.append(None)
-            else:
-                data.append(ray.put(piece))
-        id_refs = [ray.put(ids[bucket == j]) for j in range(shards)]
-        return data, id_refs
+            if j == self.shard:
+                self.local_piece, piece = piece, None
+            out.append(piece)
+        if chunk == chunks - 1:
+            self.staged = self.targets = None
+        return out if len(out) > 1 else out[0]
 
     def check_ids(self, refs: Sequence[Any], where: str) -> int:
         """Duplicate ids inside one hash bucket of the input (every copy of an id lands in one bucket)."""
@@ -183,19 +204,35 @@ class HnswShard:
 
     # ------------------------------------------------------------------ building and persisting
 
-    def build(self, refs: Sequence[Any], params: dict[str, Any], where: str) -> dict[str, Any]:
-        """Build my hnswlib index from the routed pieces (and the piece I kept) and persist it."""
-        local, self.local_piece = self.local_piece, None
-        parts = self._pieces([r for r in refs if r is not None], local)
-        ids = np.concatenate([p[0] for p in parts]).astype(np.int64, copy=False) if parts else np.empty(0, np.int64)
-        check_unique(ids, "id", where)
-        started = time.perf_counter()
+    def begin_build(self, capacity: int, params: dict[str, Any]) -> None:
+        """An empty hnswlib index sized for the rows routed to me."""
         self.params = hnsw.HnswParams(**params)
-        self.index = self._new_index(max(len(ids), 1))
-        for part_ids, part_vecs in parts:  # piece by piece: no concatenated copy of the vectors
+        self.index = self._new_index(max(capacity, 1))
+        self.built_ids = []
+        self.build_seconds = 0.0
+
+    def add_pieces(self, *pieces: tuple[np.ndarray, np.ndarray] | None) -> int:
+        """Insert one chunk's pieces, in reader order (deterministic); a None slot is the piece I kept."""
+        assert self.index is not None, "begin_build first"
+        started = time.perf_counter()
+        added = 0
+        for reader, piece in enumerate(pieces):
+            if piece is None and reader == self.shard:
+                piece, self.local_piece = self.local_piece, None
+            if piece is None or not len(piece[0]):
+                continue
+            part_ids, part_vecs = piece
             self.index.add_items(np.ascontiguousarray(part_vecs, np.float32), _u64(part_ids), num_threads=self.threads)
-        del parts, local
-        self.build_seconds = time.perf_counter() - started
+            self.built_ids.append(np.asarray(part_ids, np.int64).copy())  # the piece's buffer is freed after this call
+            added += len(part_ids)
+        self.build_seconds += time.perf_counter() - started
+        return added
+
+    def finish_build(self, where: str) -> dict[str, Any]:
+        """Refuse duplicate ids, then persist the index I built."""
+        ids = np.concatenate(self.built_ids) if self.built_ids else np.empty(0, np.int64)
+        self.built_ids = []
+        check_unique(ids, "id", where)
         self.live, self.deleted = np.sort(ids), np.empty(0, np.int64)
         self._persist()
         return self.stats()
@@ -209,9 +246,9 @@ class HnswShard:
         return index
 
     @staticmethod
-    def _pieces(refs: Sequence[Any], local: tuple[np.ndarray, np.ndarray] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The non-empty routed pieces (zero-copy views of the object store) plus the one kept locally."""
-        return [p for p in [*ray.get(list(refs)), *([local] if local is not None else [])] if len(p[0])]
+    def _pieces(refs: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The non-empty routed pieces (zero-copy views of the object store)."""
+        return [p for p in ray.get(list(refs)) if len(p[0])]
 
     def _gather(self, refs: Sequence[Any], dim: int) -> tuple[np.ndarray, np.ndarray]:
         parts = self._pieces(refs)
@@ -601,10 +638,8 @@ class ShardedIndex:
     def _primaries(self) -> list[Any]:
         return [row[0] for row in self.actors]
 
-    def _read_and_route(
-        self, specs: Sequence[Any], where: str, dim: int | None, sample: int, trusted: bool, keep_local: bool = False
-    ) -> tuple[list[dict[str, Any]], list[Any], list[Any]]:
-        """Every primary reads its own rows; returns (metas, data refs [reader][shard], id refs [reader][bucket])."""
+    def _read(self, specs: Sequence[Any], where: str, dim: int | None, sample: int, trusted: bool) -> tuple[list[Any], list[dict[str, Any]]]:
+        """Primary i reads (and stages) part i; checks dimensions, trains the k-means router if any."""
         prim = self._primaries()
         readers = [prim[i % len(prim)] for i in range(len(specs))]
         metas = _wait([r.read_part.remote(s, sample, 0, where, dim, trusted) for r, s in zip(readers, specs)], "read input")
@@ -623,24 +658,56 @@ class ShardedIndex:
                 self.router = router
                 self.meta["router"] = router.to_json()
         self.meta["dim"] = dim
-        router_json = self.meta.get("router")
-        keep_local = keep_local and len(readers) == len(prim)  # reader i is shard i's primary
-        routed = _wait([r.route.remote(len(prim), router_json, keep_local) for r in readers], "route input")
+        return readers, metas
+
+    def _read_and_route(
+        self, specs: Sequence[Any], where: str, dim: int | None, sample: int, trusted: bool
+    ) -> tuple[list[dict[str, Any]], list[Any], list[Any]]:
+        """Every primary reads its own rows; returns (metas, data refs [reader][shard], id refs [reader][bucket])."""
+        readers, metas = self._read(specs, where, dim, sample, trusted)
+        routed = _wait([r.route.remote(len(self.actors), self.meta.get("router")) for r in readers], "route input")
         return metas, [d for d, _ in routed], [i for _, i in routed]
 
     def _build(self, specs: Sequence[Any], where: str, space: str, M: int, efc: int, seed: int, sample: int, trusted: bool) -> None:
         self.meta["space"] = space
         sample_per_reader = hnsw.ceil_div(sample, len(specs)) if self.meta["partition"] == "kmeans" else 0
-        _, data, id_refs = self._read_and_route(specs, where, None, sample_per_reader, trusted, keep_local=True)
+        readers, metas = self._read(specs, where, None, sample_per_reader, trusted)
         params = hnsw.validate_params(dim=self.meta["dim"], space=space, M=M, ef_construction=efc, random_seed=seed)
         self.meta["params"] = asdict(params)
         prim = self._primaries()
+        assigned = _wait([r.assign.remote(len(prim), self.meta.get("router")) for r in readers], "route input")
         if self.meta["partition"] != "hash":  # hash routing already puts all copies of an id in one shard
-            _wait([p.check_ids.remote([row[j] for row in id_refs], where) for j, p in enumerate(prim)], "check ids")
+            _wait([p.check_ids.remote([ids[j] for _, ids in assigned], where) for j, p in enumerate(prim)], "check ids")
+        capacity = np.sum([counts for counts, _ in assigned], axis=0)
         started = time.perf_counter()
-        stats = _wait([p.build.remote([row[j] for row in data], asdict(params), where) for j, p in enumerate(prim)], "build shards")
+        _wait([p.begin_build.remote(int(capacity[j]), asdict(params)) for j, p in enumerate(prim)], "build shards")
+        self._stream_pieces(readers, hnsw.route_chunks(max(m["rows"] for m in metas)))
+        stats = _wait([p.finish_build.remote(where) for p in prim], "build shards")
         self.meta["build_seconds"] = time.perf_counter() - started
         self._record_sizes(stats)
+
+    def _stream_pieces(self, readers: Sequence[Any], chunks: int) -> None:
+        """Route and insert chunk by chunk, with one chunk in flight behind the one being inserted.
+
+        Actor calls run in submission order, so a primary routes its chunk c before inserting chunk c; the
+        driver drops chunk c's pieces (owned by it: they are call results) as soon as they are inserted.
+        """
+        prim = self._primaries()
+        inflight: list[list[Any]] = []
+        try:
+            for chunk in range(chunks):
+                routed = [r.route_chunk.options(num_returns=len(prim)).remote(chunk, chunks) for r in readers]
+                routed = [row if len(prim) > 1 else [row] for row in routed]
+                inflight.append([p.add_pieces.remote(*[row[j] for row in routed]) for j, p in enumerate(prim)])
+                if len(inflight) == 2:
+                    _wait(inflight[0], "insert pieces")
+                    del inflight[0]
+            while inflight:
+                _wait(inflight[0], "insert pieces")
+                del inflight[0]
+        except ShardUnavailableError:
+            _collect_quietly([ref for refs in inflight for ref in refs])
+            raise
 
     def _record_sizes(self, stats: Sequence[dict[str, Any]]) -> None:
         self.meta["shard_sizes"] = [s["live"] for s in stats]
@@ -930,6 +997,14 @@ def _wait(refs: list[Any], what: str, timeout: float | None = None) -> list[Any]
         raise
     except ObjectLostError as exc:
         raise ShardUnavailableError(f"{what}: data held by a dead shard actor was lost ({type(exc).__name__})") from None
+
+
+def _collect_quietly(refs: list[Any], timeout: float = 10.0) -> None:
+    """Collect the outcomes of calls abandoned after a failure (Ray logs uncollected errors as unhandled)."""
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    for ref in ready:
+        with contextlib.suppress(Exception):
+            ray.get(ref)
 
 
 def _swap_in(tmp: Path, final: Path) -> None:

@@ -28,6 +28,7 @@ from core.io import ShardSpec, plan_shards, read_shard, write_parquet
 from core.schema import LABEL, to_numpy, validate_vectors
 
 PART = "part-{:05d}.parquet"
+PROBE_TIMEOUT_S = 30.0  # how long a rank may take to answer before it counts as alive but busy
 
 
 def _actor_cpus(shards: int, num_cpus: float | None) -> float:
@@ -106,17 +107,32 @@ class ScoreShard:
             torch.distributed.destroy_process_group()
 
 
-def _get_fail_fast(refs: list[Any]) -> list[Any]:
-    """`ray.get(refs)`, raising as soon as any call fails.
+def _get_fail_fast(refs: list[Any], actors: list[Any]) -> list[Any]:
+    """`ray.get(refs)` of one collective step, raising as soon as any rank fails.
 
     Plain `ray.get` waits for every ref, and when one rank dies mid-collective the others stay blocked in
-    gloo until its timeout; raising at once lets the stage be retried without that wait.
+    gloo until its timeout. A survivor's gloo error ("connection closed by peer") is a symptom: if a rank
+    died, its RayActorError is raised instead, which the DAG runner retries.
     """
     pending = list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
-        ray.get(ready)
+        try:
+            ray.get(ready)
+        except ray.exceptions.RayTaskError:
+            _raise_if_a_rank_died(actors)
+            raise
     return ray.get(refs)
+
+
+def _raise_if_a_rank_died(actors: list[Any]) -> None:
+    for actor in actors:
+        try:
+            ray.get(actor.summary.remote(), timeout=PROBE_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            continue  # alive, still blocked in the collective
+        except ray.exceptions.RayActorError:
+            raise
 
 
 def score_dataset(
@@ -147,9 +163,9 @@ def score_dataset(
         if labels[0] < 0:
             raise DataError(f"{source}: labels must be >= 0, found {labels[0]}")
         addr, port = ray.get(actors[0].rendezvous.remote())
-        _get_fail_fast([a.join.remote(addr, port) for a in actors])
+        _get_fail_fast([a.join.remote(addr, port) for a in actors], actors)
         started = time.perf_counter()
-        per_actor = _get_fail_fast([a.score.remote(total, labels[-1] + 1, proxy_params) for a in actors])
+        per_actor = _get_fail_fast([a.score.remote(total, labels[-1] + 1, proxy_params) for a in actors], actors)
         seconds = time.perf_counter() - started
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         paths = ray.get([a.write.remote(str(out_dir)) for a in actors])
