@@ -242,3 +242,9 @@ def test_batches() -> None:
     assert hnsw.batches(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert hnsw.batches(0, 4) == []
     assert hnsw.threads_for(0.5) == 1 and hnsw.threads_for(2.0) == 2
+
+
+def test_route_chunks_bounds() -> None:
+    assert hnsw.route_chunks(0) == hnsw.route_chunks(1) == hnsw.route_chunks(hnsw.ROUTE_CHUNK_MIN_ROWS) == 1
+    assert hnsw.route_chunks(hnsw.ROUTE_CHUNK_MIN_ROWS + 1) == 2
+    assert hnsw.route_chunks(10**12) == hnsw.ROUTE_MAX_CHUNKS

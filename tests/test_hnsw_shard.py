@@ -72,6 +72,24 @@ def test_build_search_recall_and_shapes(hash_index: ShardedIndex, data, queries)
     assert stats["shard_sizes"] == np.bincount(hnsw.hash_shard(data[1], 3), minlength=3).tolist()
 
 
+def test_a_build_streamed_in_many_chunks_is_complete_and_deterministic(
+    _ray_module: None, monkeypatch: pytest.MonkeyPatch, data, queries
+) -> None:
+    """Readers route their parts in chunks (here 10 of 100 rows each): every id lands once, builds repeat."""
+    monkeypatch.setattr(hnsw, "ROUTE_CHUNK_MIN_ROWS", 100)
+    assert hnsw.route_chunks(N // 2) == 10
+    results = []
+    for _ in range(2):
+        with ShardedIndex.build(data[0], shards=2, cpus_per_actor=0, **FAST) as index:  # 1 thread: deterministic
+            stats = index.stats()
+            assert stats["live"] == N
+            assert stats["shard_sizes"] == np.bincount(hnsw.hash_shard(data[1], 2), minlength=2).tolist()
+            results.append(index.search(queries, k=10, ef=64))
+    assert hnsw.recall_at_k(results[0].ids, _truth(data[0], queries)) >= 0.95
+    np.testing.assert_array_equal(results[0].ids, results[1].ids)
+    np.testing.assert_array_equal(results[0].dists, results[1].dists)
+
+
 def test_batches_and_ef_per_request(hash_index: ShardedIndex, queries) -> None:
     a = hash_index.search(queries, k=5, ef=200, batch_size=7)
     b = hash_index.search(queries, k=5, ef=200, batch_size=1000)
