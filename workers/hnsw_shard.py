@@ -2,8 +2,10 @@
 
 Data flow (the driver moves only ObjectRefs, paths and small summaries):
   1. each primary actor reads *its own* rows of the source (core.io.read_shard) and validates them;
-  2. it splits them by target shard (hash of id, or nearest k-means centroid) and `ray.put`s the pieces;
-  3. the target shard's primary fetches its pieces, builds an hnswlib index and persists it
+  2. it picks each row's target shard (hash of id, or nearest k-means centroid), then routes its rows
+     chunk by chunk: the pieces of a chunk are call results, inserted by their target primaries while the
+     next chunk is routed, so only about two chunks of routed copies exist at any time;
+  3. each primary then checks its ids are unique and persists its hnswlib index
      (native hnswlib file + JSON manifest with sha256) in the index's working directory;
   4. replicas load that file; a restarted actor (`max_restarts`) reloads it from there as well.
 Actor methods run one at a time (no concurrency groups), so `set_ef` + `knn_query` inside one call
@@ -95,6 +97,11 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 RESTART_RETRIES = 2  # extra attempts per call after an actor death (search is read-only, so retrying is safe)
 
 
+def _targets(ids: np.ndarray, vecs: np.ndarray, shards: int, router: dict[str, Any] | None) -> np.ndarray:
+    """The shard each row goes to: the hash of its id, or its nearest k-means centroid."""
+    return hnsw.hash_shard(ids, shards) if router is None else hnsw.Router.from_json(router).assign(vecs)
+
+
 @ray.remote(max_restarts=3, max_task_retries=0)
 class HnswShard:
     """One replica of one shard: load my part, call core / hnswlib, persist."""
@@ -153,7 +160,7 @@ class HnswShard:
         assert self.staged is not None, "read_part first"
         ids, vecs = self.staged
         self.staged = None
-        target = hnsw.hash_shard(ids, shards) if router is None else hnsw.Router.from_json(router).assign(vecs)
+        target = _targets(ids, vecs, shards, router)
         bucket = hnsw.hash_shard(ids, shards)
         data = [ray.put((ids, vecs) if (mask := target == j).all() else (ids[mask], vecs[mask])) for j in range(shards)]
         return data, [ray.put(ids[bucket == j]) for j in range(shards)]
@@ -162,12 +169,12 @@ class HnswShard:
         """Choose (and keep) the target shard of each staged row; return rows per target and ids by hash bucket."""
         assert self.staged is not None, "read_part first"
         ids, vecs = self.staged
-        self.targets = hnsw.hash_shard(ids, shards) if router is None else hnsw.Router.from_json(router).assign(vecs)
+        self.targets = _targets(ids, vecs, shards, router)
         self.route_shards = shards
         bucket = hnsw.hash_shard(ids, shards)
         return np.bincount(self.targets, minlength=shards).tolist(), [ray.put(ids[bucket == j]) for j in range(shards)]
 
-    def route_chunk(self, chunk: int, chunks: int) -> list[Any]:
+    def route_chunk(self, chunk: int, chunks: int) -> Any:
         """Chunk `chunk` of my staged rows, split by target shard: one return value per shard.
 
         The piece for my own shard stays here (None in its slot): no object-store copy. Routing a chunk at
