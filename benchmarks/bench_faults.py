@@ -11,7 +11,8 @@ Scenarios (the same faults tests/test_faults*.py inject):
   hnsw_kill_during_search_r2      the same with 2 replicas per shard (fail-over).
   walker_node_loss_resume         remove the node of a walker partition mid-walk (0-CPU head + 2 workers);
                                   add a node; resume from the token checkpoint.
-  coreset_node_loss               remove a node while the coreset `score` stage runs; rerun if it failed.
+  coreset_node_loss               remove a node while the coreset `score` stage runs, a replacement joins;
+                                  the stage is retried in place (rerun if it failed).
 "finished": the faulted job (with the documented recovery: restart, fail-over, rerun or resume) completed.
 "identical": its result was compared in this run with the fault-free run and matched exactly.
 "time_ratio": faulted wall time (including detection and recovery) / fault-free wall time.
@@ -263,7 +264,7 @@ def walker_node_loss(cluster: Any, work: Path, quick: bool) -> dict[str, Any]:
     ckpt = work / "faulted"
     before = set(actors("WalkPartition", None))
     began = time.perf_counter()
-    # The walker loses a dead partition's tokens silently: the driver notices through its timeout.
+    # A lost partition surfaces through the walk's health check (RayActorError), or else its timeout.
     run = Background(lambda: run_distributed_sa_srrw(obj, graph, steps=steps, checkpoint_dir=ckpt,
                                                       timeout=max(10.0, 3 * clean_s), **kw))
     run.start()
@@ -337,13 +338,14 @@ def cluster_scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
 def _print(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="bench_faults — each fault next to its fault-free run")
     for col in ("scenario", "finished", "identical", "time ratio", "note"):
         table.add_column(col)
     for s in result["scenarios"]:
         table.add_row(s["name"], "yes" if s["finished"] else "NO", "yes" if s["identical"] else "NO",
-                      f"{s['time_ratio']:.2f}" if s["time_ratio"] is not None else "-", s["note"])
+                      f"{s['time_ratio']:.2f}" if s["time_ratio"] is not None else "-", Text(s["note"]))  # notes quote errors
     Console(width=200).print(table)
 
 
