@@ -28,6 +28,7 @@ from core.errors import ConfigError, InputError, one_line
 from core.io import (
     atomic_dir,
     is_committed,
+    read_json,
     read_manifest,
     remove_orphaned_temporaries,
     verify_dir,
@@ -310,9 +311,7 @@ def _retire(final: Path) -> None:
 def load_run(runs_dir: str | os.PathLike, run_id: str) -> dict[str, Any]:
     """The run.json of a run, or ConfigError naming the id."""
     path = run_path(runs_dir, run_id)
-    if not path.is_file():
-        raise ConfigError(f"no run '{run_id}' under {Path(runs_dir) / 'runs'}")
-    return json.loads(path.read_text())
+    return read_json(path, ConfigError(f"no run '{run_id}' under {Path(runs_dir) / 'runs'}"), "run record")
 
 
 def list_runs(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ each row sorted by (distance, id). No Ray here: workers/hnsw_shard.py distribute
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,7 +20,7 @@ import numpy as np
 
 from core.datasets import hash_unit
 from core.errors import ConfigError, CorruptArtifactError, DataError
-from core.io import MANIFEST, read_manifest, sha256_file, verify_dir
+from core.io import MANIFEST, check_checksums, read_json, read_manifest, sha256_file, verify_dir
 
 SPACES = ("l2", "ip", "cosine")
 PARTITIONS = ("hash", "kmeans")
@@ -361,20 +360,10 @@ def build_shard_manifest(
 def load_shard_manifest(directory: Path, shard: int) -> tuple[dict[str, Any], HnswParams]:
     """Read one shard's manifest and verify every file it lists against its sha256."""
     path = directory / shard_manifest_file(shard)
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CorruptArtifactError(f"{path}: shard manifest is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptArtifactError(f"{path}: shard manifest is not valid JSON ({exc})") from None
+    manifest = read_json(path, CorruptArtifactError(f"{path}: shard manifest is missing"), "shard manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("shard") != shard:
         raise CorruptArtifactError(f"{path}: not a manifest of shard {shard} in format {FORMAT}")
-    for name, digest in manifest.get("files", {}).items():
-        file = directory / name
-        if not file.is_file():
-            raise CorruptArtifactError(f"{file}: listed in the shard manifest but missing")
-        if sha256_file(file) != digest:
-            raise CorruptArtifactError(f"{file}: checksum does not match its manifest")
+    check_checksums(directory, manifest.get("files", {}), "shard manifest")
     try:
         params = HnswParams(**manifest["params"])
     except (KeyError, TypeError) as exc:
@@ -391,12 +380,7 @@ def read_index_manifest(directory: Path) -> dict[str, Any]:
     if not directory.is_dir():
         raise DataError(f"{directory}: not a directory, so not an index")
     path = directory / INDEX_FILE
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{directory}: not a shardwalk index (no {INDEX_FILE})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptArtifactError(f"{path}: not valid JSON ({exc})") from None
+    manifest = read_json(path, DataError(f"{directory}: not a shardwalk index (no {INDEX_FILE})"), "index manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{path}: not a shardwalk index manifest (format {FORMAT} expected)")
     for key in ("dim", "space", "shards", "partition", "params"):

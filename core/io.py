@@ -19,7 +19,7 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,15 +239,31 @@ def build_manifest(directory: str | os.PathLike, extra: dict[str, Any] | None = 
     return manifest
 
 
+def read_json(path: str | os.PathLike, missing: Exception, what: str = "file") -> Any:
+    """The parsed JSON at `path`; raises `missing` if it is absent, CorruptArtifactError if it is not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise missing from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptArtifactError(f"{path}: {what} is not valid JSON ({exc})") from None
+
+
+def check_checksums(root: Path, digests: Mapping[str, str | None], listed_in: str) -> None:
+    """Every file named in `digests` exists under `root` and has that sha256 (None never matches)."""
+    for rel, digest in digests.items():
+        path = root / rel
+        if not path.is_file():
+            raise CorruptArtifactError(f"{path}: listed in the {listed_in} but missing")
+        if sha256_file(path) != digest:
+            raise CorruptArtifactError(f"{path}: checksum does not match its manifest")
+
+
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     """The `_SUCCESS` manifest of a committed directory, or CorruptArtifactError."""
     path = Path(directory) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CorruptArtifactError(f"{directory}: not a committed output (no {MANIFEST} manifest)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptArtifactError(f"{path}: manifest is not valid JSON ({exc})") from None
+    missing = CorruptArtifactError(f"{directory}: not a committed output (no {MANIFEST} manifest)")
+    manifest = read_json(path, missing, "manifest")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise CorruptArtifactError(f"{path}: manifest has no 'files' table")
     return manifest
@@ -255,16 +271,10 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
 
 def verify_dir(directory: str | os.PathLike, names: Sequence[str] | None = None) -> dict[str, Any]:
     """Check every file (or just `names`) against the manifest's sha256; return the manifest."""
-    root = Path(directory)
-    manifest = read_manifest(root)
-    for rel, entry in manifest["files"].items():
-        if names is not None and rel not in names:
-            continue
-        path = root / rel
-        if not path.is_file():
-            raise CorruptArtifactError(f"{path}: listed in the manifest but missing")
-        if not isinstance(entry, dict) or sha256_file(path) != entry.get("sha256"):
-            raise CorruptArtifactError(f"{path}: checksum does not match its manifest")
+    manifest = read_manifest(directory)
+    digests = {rel: entry.get("sha256") if isinstance(entry, dict) else None
+               for rel, entry in manifest["files"].items() if names is None or rel in names}
+    check_checksums(Path(directory), digests, "manifest")
     return manifest
 
 

@@ -10,6 +10,7 @@ may hold only some agents' blocks (`restrict`), which is what a walker actor kee
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable, Iterable, Mapping
 
@@ -48,8 +49,8 @@ def add_intercept(x: np.ndarray) -> np.ndarray:
     return np.hstack([np.asarray(x, dtype=np.float64), np.ones((len(x), 1))])
 
 
-class _Objective:
-    """Shared plumbing: agent blocks, global (average) loss/gradient, Newton solve for θ*."""
+class _Objective(abc.ABC):
+    """Shared plumbing: agent blocks and the global (average) loss and gradient built from per-block hooks."""
 
     dim: int
 
@@ -83,15 +84,21 @@ class _Objective:
         """The same objective with agents renamed by `mapping` (agent id -> walk index)."""
         return self._clone({int(old): int(mapping[old]) for old in self.blocks})
 
-    # per-agent pieces implemented by subclasses: _loss_block, grad, _hess_block
+    @abc.abstractmethod
     def _loss_block(self, x: np.ndarray, y: np.ndarray, theta: np.ndarray) -> float:
-        raise NotImplementedError
+        """Mean loss over one agent's rows (without the λ term)."""
 
+    @abc.abstractmethod
     def _grad_block(self, x: np.ndarray, y: np.ndarray, theta: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Gradient of `_loss_block` in θ."""
 
-    def _hess_block(self, x: np.ndarray, y: np.ndarray, theta: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def predict(self, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        """Predicted labels of the rows `x`."""
+
+    @abc.abstractmethod
+    def solve(self) -> np.ndarray:
+        """θ*, the minimiser of f (a local one when f is not convex)."""
 
     def grad(self, node: int, theta: np.ndarray) -> np.ndarray:
         """∇f_node(θ): agent `node`'s mean-loss gradient plus λθ (the hot path of a walk)."""
@@ -113,6 +120,22 @@ class _Objective:
         theta = np.asarray(theta, dtype=np.float64)
         g = sum(self._grad_block(x, y, theta) for x, y in self.blocks.values()) / len(self.blocks)
         return g + self.lam * theta
+
+    def accuracy(self, theta: np.ndarray) -> float:
+        """Fraction of all held examples predicted correctly."""
+        right = total = 0
+        for x, y in self.blocks.values():
+            right += int((self.predict(x, theta) == y).sum())
+            total += len(y)
+        return right / total
+
+
+class _NewtonObjective(_Objective):
+    """A strongly convex objective with a closed-form Hessian, so θ* comes from damped Newton."""
+
+    @abc.abstractmethod
+    def _hess_block(self, x: np.ndarray, y: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        """Hessian of `_loss_block` in θ."""
 
     def hessian(self, theta: np.ndarray) -> np.ndarray:
         """∇²f(θ) (dense; the models here are small)."""
@@ -140,19 +163,8 @@ class _Objective:
             raise DivergenceError(f"{self.where}: Newton solve diverged")
         return theta
 
-    def accuracy(self, theta: np.ndarray) -> float:
-        """Fraction of all held examples predicted correctly."""
-        right = total = 0
-        for x, y in self.blocks.values():
-            right += int((self.predict(x, theta) == y).sum())
-            total += len(y)
-        return right / total
 
-    def predict(self, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-
-class LogisticRegression(_Objective):
+class LogisticRegression(_NewtonObjective):
     """Binary logistic loss log(1+e^z) − y z, z = xᵀθ, labels in {0, 1}; add_intercept for a bias."""
 
     def __init__(self, blocks: Blocks, lam: float = 1e-3, *, where: str = "logistic regression") -> None:
@@ -197,7 +209,7 @@ class LogisticRegression(_Objective):
         return (np.asarray(x, dtype=np.float64) @ theta > 0).astype(np.int64)
 
 
-class SoftmaxRegression(_Objective):
+class SoftmaxRegression(_NewtonObjective):
     """Multinomial logistic loss; θ is the flattened (classes, d) weight matrix."""
 
     def __init__(
@@ -262,11 +274,6 @@ class TorchObjective(_Objective):
         self.loss_fn = loss_fn
         self._torch = torch
         self.dim = int(sum(p.numel() for p in self.module.parameters()))
-        self._tensors = {
-            n: (torch.from_numpy(x), torch.from_numpy(y)) for n, (x, y) in self.blocks.items()
-        }
-
-    _PER_NODE = ("blocks", "_tensors")
 
     def initial_theta(self) -> np.ndarray:
         """The module's current parameters as a flat float64 vector."""
@@ -277,25 +284,16 @@ class TorchObjective(_Objective):
         torch = self._torch
         torch.nn.utils.vector_to_parameters(torch.from_numpy(np.asarray(theta, dtype=np.float64)), self.module.parameters())
 
-    def _value_and_grad(self, node: int, theta: np.ndarray) -> tuple[float, np.ndarray]:
+    def _loss_block(self, x: np.ndarray, y: np.ndarray, theta: np.ndarray) -> float:
         self._set(theta)
-        x, y = self._tensors[node]
+        with self._torch.no_grad():
+            return float(self.loss_fn(self.module(self._torch.from_numpy(x)), self._torch.from_numpy(y)))
+
+    def _grad_block(self, x: np.ndarray, y: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        self._set(theta)
         self.module.zero_grad(set_to_none=False)
-        value = self.loss_fn(self.module(x), y)
-        value.backward()
-        g = np.concatenate([p.grad.detach().numpy().ravel() for p in self.module.parameters()])
-        return float(value.detach()), g.astype(np.float64)
-
-    def grad(self, node: int, theta: np.ndarray) -> np.ndarray:
-        return self._value_and_grad(node, theta)[1] + self.lam * theta
-
-    def loss(self, theta: np.ndarray) -> float:
-        data = sum(self._value_and_grad(n, theta)[0] for n in self.blocks) / len(self.blocks)
-        return float(data + 0.5 * self.lam * theta @ theta)
-
-    def full_grad(self, theta: np.ndarray) -> np.ndarray:
-        g = sum(self._value_and_grad(n, theta)[1] for n in self.blocks) / len(self.blocks)
-        return g + self.lam * theta
+        self.loss_fn(self.module(self._torch.from_numpy(x)), self._torch.from_numpy(y)).backward()
+        return np.concatenate([p.grad.detach().numpy().ravel() for p in self.module.parameters()]).astype(np.float64)
 
     def solve(self, tol: float = 1e-10, max_iter: int = 2000) -> np.ndarray:
         from scipy.optimize import minimize

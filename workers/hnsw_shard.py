@@ -166,13 +166,20 @@ class HnswShard:
         return data, [ray.put(ids[bucket == j]) for j in range(shards)]
 
     def assign(self, shards: int, router: dict[str, Any] | None) -> tuple[list[int], list[Any]]:
-        """Choose (and keep) the target shard of each staged row; return rows per target and ids by hash bucket."""
+        """Choose (and keep) the target shard of each staged row; return rows per target and ids by hash bucket.
+
+        The id buckets are only needed (and only made) with a router: hash routing already sends every
+        copy of an id to one shard, which checks them itself.
+        """
         assert self.staged is not None, "read_part first"
         ids, vecs = self.staged
         self.targets = _targets(ids, vecs, shards, router)
         self.route_shards = shards
+        counts = np.bincount(self.targets, minlength=shards).tolist()
+        if router is None:
+            return counts, []
         bucket = hnsw.hash_shard(ids, shards)
-        return np.bincount(self.targets, minlength=shards).tolist(), [ray.put(ids[bucket == j]) for j in range(shards)]
+        return counts, [ray.put(ids[bucket == j]) for j in range(shards)]
 
     def route_chunk(self, chunk: int, chunks: int) -> Any:
         """Chunk `chunk` of my staged rows, split by target shard: one return value per shard.
