@@ -386,9 +386,11 @@ def read_index_manifest(directory: Path) -> dict[str, Any]:
     for key in ("dim", "space", "shards", "partition", "params"):
         if key not in manifest:
             raise CorruptArtifactError(f"{path}: missing key '{key}'")
-    if (directory / MANIFEST).is_file():  # a saved or committed index: its JSON manifests must match their checksums
-        listed = read_manifest(directory)["files"]
-        verify_dir(directory, names=[rel for rel in listed if rel.endswith(".json")])
+    if not (directory / MANIFEST).is_file():
+        raise CorruptArtifactError(f"{directory}: index is not committed (no {MANIFEST} marker); save it again")
+    # Its JSON manifests must match their checksums (each shard verifies its own files when it loads).
+    listed = read_manifest(directory)["files"]
+    verify_dir(directory, names=[rel for rel in listed if rel.endswith(".json")])
     return manifest
 
 

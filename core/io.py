@@ -249,10 +249,26 @@ def read_json(path: str | os.PathLike, missing: Exception, what: str = "file") -
         raise CorruptArtifactError(f"{path}: {what} is not valid JSON ({exc})") from None
 
 
+def confined(root: str | os.PathLike, rel: str, listed_in: str) -> Path:
+    """`root / rel` for a path read from an artifact, refused unless it stays inside `root`.
+
+    A manifest is data from disk: a key such as `../x`, `/etc/x` or a symlink pointing out of the directory
+    would otherwise make a later copy, link or delete act outside it.
+    """
+    base = Path(root)
+    parts = rel.split("/") if isinstance(rel, str) else [""]
+    if any(p in ("..", ".", "") or "\\" in p for p in parts):  # also catches "/abs" and "a//b"
+        raise CorruptArtifactError(f"{base}: the {listed_in} names an unsafe path {rel!r}")
+    path = base.joinpath(*parts)
+    if not path.resolve().is_relative_to(base.resolve()):
+        raise CorruptArtifactError(f"{base}: the {listed_in} names {rel!r}, which leads outside the directory")
+    return path
+
+
 def check_checksums(root: Path, digests: Mapping[str, str | None], listed_in: str) -> None:
     """Every file named in `digests` exists under `root` and has that sha256 (None never matches)."""
     for rel, digest in digests.items():
-        path = root / rel
+        path = confined(root, rel, listed_in)
         if not path.is_file():
             raise CorruptArtifactError(f"{path}: listed in the {listed_in} but missing")
         if sha256_file(path) != digest:

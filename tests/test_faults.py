@@ -7,6 +7,7 @@ Multi-node faults (node loss) live in tests/test_faults_multinode.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -350,6 +351,62 @@ def test_directories_that_are_not_an_index_are_refused(copy: Path, tmp_path: Pat
     with pytest.raises(DataError, match="not a shardwalk index manifest"):
         _open(copy)
     assert (copy / MANIFEST).is_file()  # refusing never touched the files
+
+
+def _plant_escaping_entry(copy: Path, rel: str) -> Path:
+    """The issue's repro: a shard manifest lists `rel` with the sha256 of a payload planted where it points."""
+    payload = copy.parent / "probe.txt"
+    payload.write_text("written by a hostile manifest")
+    path = copy / hnsw.shard_manifest_file(0)
+    manifest = json.loads(path.read_text())
+    manifest["files"][rel] = hashlib.sha256(payload.read_bytes()).hexdigest()
+    path.write_text(json.dumps(manifest))
+    (copy / MANIFEST).unlink()  # so the top-level checksums do not catch the edit first
+    return payload
+
+
+@pytest.mark.parametrize("rel", ["../probe.txt", "sub/../../probe.txt", "/abs/probe.txt"])
+def test_a_manifest_path_escaping_the_index_writes_nothing(copy: Path, tmp_path: Path, rel: str) -> None:
+    """Security: keys of a shard manifest are confined to the index directory before any file operation."""
+    _plant_escaping_entry(copy, rel)
+    before = sorted(p.relative_to(tmp_path.parent) for p in tmp_path.parent.rglob("*"))
+    with pytest.raises(CorruptArtifactError, match="not committed"):
+        _open(copy)
+    with pytest.raises(CorruptArtifactError, match="unsafe path|leads outside"):
+        hnsw.load_shard_manifest(copy, 0)  # the shard's own check, which the actor runs before linking
+    assert sorted(p.relative_to(tmp_path.parent) for p in tmp_path.parent.rglob("*")) == before
+
+
+def test_confined_refuses_escapes_and_symlinks(tmp_path: Path) -> None:
+    from core.io import confined
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link").symlink_to(tmp_path)
+    assert confined(root, "a/b.bin", "manifest") == root / "a" / "b.bin"
+    for rel in ["../x", "a/../../x", "/etc/passwd", "", "./x", "a//b", "link/x", "a\\..\\x"]:
+        with pytest.raises(CorruptArtifactError, match="manifest"):
+            confined(root, rel, "manifest")
+
+
+def test_an_index_without_its_commit_marker_is_refused(copy: Path) -> None:
+    (copy / MANIFEST).unlink()
+    with pytest.raises(CorruptArtifactError, match="not committed"):
+        _open(copy)
+
+
+def test_query_cli_refuses_a_hostile_index_with_exit_2(copy: Path, queries: np.ndarray, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines.cli import main
+
+    payload = _plant_escaping_entry(copy, "../probe.txt")
+    qfile = tmp_path / "q.parquet"
+    pq.write_table(from_numpy(queries[:5]), qfile)
+    workdir = copy.parent
+    assert main(["query", str(copy), "--queries", str(qfile), "-k", "3"]) == 2
+    assert "not committed" in capsys.readouterr().err
+    assert payload.read_text() == "written by a hostile manifest"
+    assert sorted(p.name for p in workdir.iterdir()) == sorted(["index", "probe.txt", "q.parquet"])
 
 
 # ----------------------------------------------------------------------------- corrupt input to a pipeline

@@ -48,6 +48,7 @@ from core.io import (
     MANIFEST,
     Source,
     build_manifest,
+    confined,
     in_memory_table,
     plan_shards,
     read_shard,
@@ -323,7 +324,7 @@ class HnswShard:
             manifest, _ = hnsw.load_shard_manifest(src, self.shard)
             self.workdir.mkdir(parents=True, exist_ok=True)
             for name in [*manifest["files"], hnsw.shard_manifest_file(self.shard)]:
-                _link_or_copy(src / name, self.workdir / name)
+                _link_or_copy(confined(src, name, "shard manifest"), confined(self.workdir, name, "shard manifest"))
         self._load_workdir()
         return self.stats()
 
@@ -334,7 +335,7 @@ class HnswShard:
         """
         manifest, _ = hnsw.load_shard_manifest(self.workdir, self.shard)
         for name in [*manifest["files"], hnsw.shard_manifest_file(self.shard)]:
-            shutil.copyfile(self.workdir / name, Path(directory) / name)
+            shutil.copyfile(confined(self.workdir, name, "shard manifest"), confined(directory, name, "shard manifest"))
         return hnsw.shard_file(self.shard)
 
     # ------------------------------------------------------------------ updates
