@@ -153,9 +153,17 @@ def test_auto_layout_and_cuda_requests(ray_local_module, tmp_path: Path, monkeyp
     params = {**PROXY, "models": 2, "epochs": 1}
     small = scorer.score_dataset(SOURCE, 2, tmp_path / "a", num_cpus=0.5, **params)
     assert small["mode"] == "models" and small["device"] == "cpu"
-    big = scorer.score_dataset(SOURCE, 2, tmp_path / "b", num_cpus=0.5, memory_bytes=1e3, **params)
-    assert big["mode"] == "data"  # does not fit one actor: data-parallel
     with pytest.raises(ConfigError, match="device = 'cuda' but the cluster has no GPU"):
         scorer.score_dataset(SOURCE, 1, tmp_path / "c", device="cuda", **params)
     monkeypatch.setattr(scorer, "cluster_gpus", lambda: 2.0)  # a GPU cluster: the actors ask for GPUs
     assert scorer.actor_resources(2, 1, scorer.proxy.resolve_device("auto", scorer.cluster_gpus()))["num_gpus"] == 1.0
+
+
+def test_cli_cuda_without_a_gpu_exits_2_naming_the_setting(ray_local_module, tmp_path: Path, capsys):
+    from pipelines.cli import main
+
+    args = ["run", "coreset", "--runs-dir", str(tmp_path / "runs"), "--set", 'device="cuda"',
+            "--set", "source=builtin:synthetic?n=200&d=4&classes=2", "--set", "evaluate.enabled=false"]
+    assert main(args) == 2
+    assert "device = 'cuda' but the cluster has no GPU" in capsys.readouterr().err
+    assert not list((tmp_path / "runs" / "cache").glob("score-*"))

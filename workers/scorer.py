@@ -375,6 +375,7 @@ def evaluate_coreset(
     threads: int = 1,
     rs2_keep: float | None = None,
     validation: float = 0.0,
+    device: str = "cpu",
     **fit_params: Any,
 ) -> dict[str, Any]:
     """Train a fresh model on the selected training rows (all when None) for `steps` steps; test accuracy.
@@ -383,7 +384,8 @@ def evaluate_coreset(
     subset of that fraction every pass (core.coreset.rs2_epoch). Small-data evaluation: the task reads
     the (training split of the) source itself, so nothing passes through the driver. With
     `validation` > 0 a seeded fraction of the training split is held out instead and the accuracy is
-    measured there (for tuning hyper-parameters without looking at the test split).
+    measured there (for tuning hyper-parameters without looking at the test split). `device` is the
+    resolved torch device (the caller requests `num_gpus=1` for "cuda").
     """
     torch.set_num_threads(threads)
     from core.io import read_table
@@ -412,5 +414,5 @@ def evaluate_coreset(
             chosen = coreset.rs2_epoch(train_ids, rs2_keep, epoch, seed)
             return rng.permutation(np.array([pos[int(i)] for i in chosen.tolist()], dtype=np.int64))
 
-    model = proxy.fit(x[train], y[train], classes, steps=steps, seed=seed, sampler=sampler, **fit_params)
+    model = proxy.fit(x[train], y[train], classes, steps=steps, seed=seed, sampler=sampler, device=device, **fit_params)
     return {"accuracy": proxy.accuracy(model, x[test], y[test]), "train_rows": int(train.sum())}
