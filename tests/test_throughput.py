@@ -55,3 +55,52 @@ def test_cli_rejects_a_bad_device(tmp_path, capsys):
 
     assert main(["run", "coreset", "--runs-dir", str(tmp_path), "--set", 'device="gpu"']) == 2
     assert "device must be one of" in capsys.readouterr().err
+
+
+def _rgg(n=300, seed=1):
+    import networkx as nx
+
+    g = nx.random_geometric_graph(n, 0.12, seed=seed)
+    return g.subgraph(max(nx.connected_components(g), key=len)).copy()
+
+
+@pytest.mark.parametrize("method", ["kl", "louvain", "range"])
+def test_partitioners_are_balanced_and_geometric_ones_cut_less(method):
+    from core.agents import cut_edge_fraction
+    from core.srrw import SRRW, walk_partition
+
+    g = _rgg()
+    parts = walk_partition(SRRW(g, 0.0), g, 2, seed=0, method=method)
+    sizes = np.bincount(list(parts.values()))
+    assert set(parts) == set(g.nodes()) and len(sizes) == 2 and sizes.max() <= 1.1 * g.number_of_nodes() / 2 + 1
+    if method != "range":
+        baseline = cut_edge_fraction(g, walk_partition(SRRW(g, 0.0), g, 2, method="range"))
+        assert cut_edge_fraction(g, parts) < baseline
+
+
+def test_louvain_falls_back_when_it_cannot_split_and_bad_counts_are_errors():
+    import networkx as nx
+
+    from core.agents import louvain_partition, partition
+
+    complete = nx.complete_graph(9)  # one community: packing cannot balance, Kernighan–Lin is used
+    assert louvain_partition(complete, 3) == partition(complete, 3)
+    with pytest.raises(ConfigError, match="exceeds the number of agents"):
+        louvain_partition(complete, 10)
+    with pytest.raises(ConfigError, match="partitioner must be one of"):
+        from core.srrw import SRRW, walk_partition
+
+        walk_partition(SRRW(complete, 0.0), complete, 2, method="metis")
+
+
+def test_count_handoffs_follows_the_walker_rule():
+    import networkx as nx
+
+    from core.srrw import SRRW, count_handoffs
+
+    chain = SRRW(nx.path_graph(6), 0.0)
+    owner = np.array([0, 0, 0, 1, 1, 1])
+    path = [0, 1, 2, 3, 4, 3, 2, 1, 2, 3, 4, 5]
+    assert count_handoffs(chain, path, owner, halo=0) == 3  # 2→3, 3→2, 2→3
+    assert count_handoffs(chain, path, owner, halo=1) == 3  # with ghosts it moves only at 4, 1 and 4 again
+    assert count_handoffs(chain, path, owner, halo=2) == 1  # actor 0 holds 0..4: only the step to 5 moves

@@ -264,13 +264,15 @@ def run_distributed_sa_srrw(
     halo: int = 1,
     num_cpus: float = 0,
     timeout: float | None = None,
+    partitioner: str = "kl",
 ) -> SAResult:
     """`core.srrw.run_sa_srrw` on `partitions` walker actors; the same arguments give the same result.
 
     `objective` is an in-memory objective (each actor is sent its share) or a `BlockLoader` (each actor
     reads its own agents' rows; then pass `dim`). `parts` overrides the agent → partition map.
     `halo` >= 0: each actor also keeps ghost copies of the agents within that many hops of its own,
-    so a token crossing a cut edge is handed off only once it walks beyond them.
+    so a token crossing a cut edge is handed off only once it walks beyond them. `partitioner`: kl |
+    louvain | range (core.srrw.walk_partition). More tokens or partitions than agents is a ConfigError.
     """
     if not isinstance(halo, int) or halo < 0:
         raise ConfigError(f"halo must be an integer >= 0, got {halo!r}")
@@ -279,6 +281,8 @@ def run_distributed_sa_srrw(
     if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
         raise ConfigError(f"checkpoint_every must be an integer >= 0, got {checkpoint_every!r}")
     chain = SRRW(graph, alpha, base)
+    if isinstance(tokens, int) and tokens > chain.num_nodes:
+        raise ConfigError(f"tokens={tokens} exceeds the number of agents ({chain.num_nodes}); use at most one token per agent")
     schedule = Schedule(a, b, lr, project, polyak, max_norm, record_every, record_path)
     if isinstance(objective, BlockLoader):
         if dim is None:
@@ -286,7 +290,7 @@ def run_distributed_sa_srrw(
     else:
         objective = bind(objective, chain)
         dim = objective.dim
-    parts = walk_partition(chain, graph, partitions, seed=seed) if parts is None else parts
+    parts = walk_partition(chain, graph, partitions, seed=seed, method=partitioner) if parts is None else parts
     owner = np.asarray([parts[int(v)] for v in chain.nodes], dtype=np.int64)
     n_parts = int(owner.max()) + 1
     ckpt = str(checkpoint_dir) if checkpoint_dir is not None else None
