@@ -136,6 +136,7 @@ class WalkPartition:
         self.steps_walked = 0
         self.busy_seconds = 0.0
         self.send_seconds = 0.0
+        self.cpu_seconds = 0.0
         self.visits = 0
 
     def connect(self, peers: list[Any]) -> int:
@@ -146,7 +147,7 @@ class WalkPartition:
         """Walk each token while it stays here; pass the leavers on, one call per peer (cut edges),
         and deliver the finished ones. Batching the hand-offs of concurrent tokens amortises the cost
         of a Ray call; tokens are independent, so their trajectories do not change."""
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         outbox: dict[int, list[Token]] = {}
         for token in tokens:
             try:
@@ -165,6 +166,7 @@ class WalkPartition:
         now = time.perf_counter()
         self.send_seconds += now - sent
         self.busy_seconds += now - began
+        self.cpu_seconds += time.process_time() - cpu  # CPU, unlike busy_seconds, is fair on a loaded machine
         self.visits += 1
 
     def _advance(self, token: Token) -> int | None:
@@ -185,7 +187,8 @@ class WalkPartition:
 
     def stats(self) -> dict[str, float]:
         return {"agents": float(self.owned.sum()), "steps_walked": float(self.steps_walked),
-                "busy_seconds": self.busy_seconds, "send_seconds": self.send_seconds, "visits": float(self.visits)}
+                "busy_seconds": self.busy_seconds, "send_seconds": self.send_seconds, "cpu_seconds": self.cpu_seconds,
+                "visits": float(self.visits)}
 
 
 def _run_meta(chain: SRRW, dim: int, seed: int, tokens: int, schedule: Schedule) -> dict[str, Any]:
@@ -331,5 +334,6 @@ def run_distributed_sa_srrw(
         done.append(token)
     stats = {"walk_seconds": seconds, "handoffs": float(sum(t.handoffs for t in done)), "partitions": float(n_parts),
              "actor_busy_seconds": float(sum(b["busy_seconds"] for b in busy)),
-             "actor_send_seconds": float(sum(b["send_seconds"] for b in busy))}
+             "actor_send_seconds": float(sum(b["send_seconds"] for b in busy)),
+             "actor_cpu_seconds": float(sum(b["cpu_seconds"] for b in busy))}
     return SAResult(np.mean([t.theta for t in done], axis=0), done, stats)
