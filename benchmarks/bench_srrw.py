@@ -228,12 +228,12 @@ def sized(agents: int, tokens: int, steps: int, *, lr: float, lam: float, spread
         parts, part_s, _ = _timed(walk_partition, chain, g, 2, seed=seed, method=method)
         owner = np.asarray([parts[int(v)] for v in chain.nodes])
         walked = sum(t.n for t in paths)
-        moves = {h: sum(count_handoffs(chain, t.path, owner, halo=h) for t in paths) for h in (0, 1)}
-        held = np.mean([halo_mask(chain, owner == p, 1).mean() for p in range(2)])
+        halos = (0, 1, 2, 3)  # a wider halo trades hand-offs for agents (data) replicated on each actor
+        moves = {h: 1000 * sum(count_handoffs(chain, t.path, owner, halo=h) for t in paths) / walked for h in halos}
+        held = {h: float(np.mean([halo_mask(chain, owner == p, h).mean() for p in range(2)])) for h in halos}
         partitions[method] = {"cut_edge_fraction": cut_edge_fraction(g, parts), "seconds": part_s,
-                              "handoffs_per_1000_hops": 1000 * moves[1] / walked,
-                              "handoffs_per_1000_hops_halo0": 1000 * moves[0] / walked,
-                              "agents_held_per_actor_fraction_halo1": float(held), "parts": parts}
+                              "handoffs_per_1000_hops": moves[1], "handoffs_per_1000_hops_by_halo": moves,
+                              "agents_held_per_actor_fraction_by_halo": held, "parts": parts}
     same = True
     for actors in (1, 2):
         parts = partitions["kl"]["parts"] if actors == 2 else {int(v): 0 for v in g.nodes()}
@@ -270,7 +270,8 @@ def _print_sized(s: dict[str, Any]) -> None:
           f"(x{s['ratio_2actors_vs_1actor']:.2f} vs 1 actor, x{s['ratio_2actors_vs_reference']:.2f} vs reference)")
     for m, v in s["partitioners"].items():
         print(f"  {m:8s} cut edges {v['cut_edge_fraction']:.4f}  hand-offs per 1000 hops {v['handoffs_per_1000_hops']:.2f} "
-              f"(halo 0: {v['handoffs_per_1000_hops_halo0']:.2f}); agents held per actor {v['agents_held_per_actor_fraction_halo1']:.2f}")
+              f"(by halo 0-3: {[round(x, 2) for x in v['handoffs_per_1000_hops_by_halo'].values()]}; agents held per actor "
+              f"{[round(x, 2) for x in v['agents_held_per_actor_fraction_by_halo'].values()]})")
     print(f"  token bytes on the wire {s['token_bytes_on_wire']['token']}; identical trajectories: {s['trajectory_identical']}")
     for name, ok in s["targets"].items():
         print(f"  [{'met' if ok else 'NOT met'}] {name}")
