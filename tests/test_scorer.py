@@ -139,12 +139,9 @@ def test_independent_proxies_give_identical_scores_for_1_2_3_actors(ray_local_mo
     assert len(list((tmp_path / "m3").glob("part-*.parquet"))) == 3  # each actor wrote one slice
     for k in (2, 3):
         assert tables[k].equals(tables[1]), f"{k} actors"  # bit for bit
-    # the data-parallel layout computes the same dynamics, up to float summation order in the all-reduce
-    data = score_dataset(SOURCE, 2, tmp_path / "d2", mode="data", num_cpus=0.5, **params)
-    assert data["mode"] == "data"
-    d2 = pq.read_table(tmp_path / "d2").sort_by("id")
-    for name in ("el2n", "aum", "entropy"):
-        np.testing.assert_allclose(d2.column(name).to_numpy(), tables[1].column(name).to_numpy(), atol=1e-3)
+    # one models-layout actor trains every proxy on all rows, as a one-shard data-parallel run does (no
+    # all-reduce): the same bits; data-parallel with 2+ actors matches to float tolerance (the gloo test above)
+    assert runs[1]["mode"] == "models" and runs[1]["actors"] == 1
 
 
 def test_auto_layout_and_cuda_requests(ray_local_module, tmp_path: Path, monkeypatch):
