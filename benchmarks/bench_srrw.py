@@ -9,6 +9,14 @@ sampling in regime a = 0.8 < b = 0.9, plus α = 10 with a = b = 0.9 and a = 1 > 
 L2-regularised logistic regression over real data spread over the agents of a standard graph.
 Hops/second: the single-process reference, then P = 2 walker actors with 1 token and with 4 tokens;
 the distributed runs are checked against the reference (node sequence and θ) in the same run.
+
+    python -m benchmarks.bench_srrw --sized [--quick] --json OUT.json
+
+The sized case (a problem shaped like a real job): a connected random geometric graph of 2,000 agents
+(a sensor-network layout) holding builtin:mnist1d, 16 tokens, α = 10. It reports hops/s of the best
+single-process implementation for 16 tokens, of 1 and 2 walker actors, their ratios, and per
+partitioner (kl, louvain, range) the cut-edge fraction and hand-offs per 1,000 hops (counted on the
+reference's recorded paths), plus bytes per token on the wire and the CPU seconds of each run.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from core.agents import agent_blocks, cut_edge_fraction, spread, standard_graph
 from core.datasets import load_arrays
 from core.errors import ConfigError
 from core.objectives import build_objective
-from core.srrw import SRRW, run_sa_srrw, run_sa_srrw_batch, walk_partition
+from core.srrw import SRRW, halo_mask, run_sa_srrw, run_sa_srrw_batch, walk_partition
 
 ALPHAS = (0.0, 1.0, 5.0, 10.0, 20.0)
 GRAPH_PARAMS = {"barabasi_albert": {"n": 900, "m": 2, "seed": 0}, "grid": {"rows": 20, "cols": 20},
@@ -162,6 +170,113 @@ def _ping_ms(hops: int = 400) -> float:
     return ms
 
 
+def sized_graph(agents: int, seed: int = 0):
+    """A connected random geometric graph (unit square), radius 1.5× the connectivity threshold."""
+    import networkx as nx
+
+    radius = 1.5 * np.sqrt(np.log(agents) / (np.pi * agents))
+    for attempt in range(50):
+        g = nx.random_geometric_graph(agents, radius, seed=seed + attempt)
+        if nx.is_connected(g):
+            return nx.Graph(g.edges())  # drop the 'pos' attributes: agents 0..n-1 and their edges
+    raise ConfigError(f"no connected random geometric graph of {agents} agents at radius {radius:.3f}")
+
+
+def _sized_problem(agents: int, spread_mode: str, lam: float, seed: int):
+    x, y = load_arrays("builtin:mnist1d")
+    y = (y >= 5).astype(np.int64)
+    g = sized_graph(agents, seed)
+    ids = np.arange(len(y))
+    blocks = agent_blocks(spread(ids, y, sorted(g.nodes()), mode=spread_mode, seed=seed), ids, x, y, g)
+    return g, build_objective("logistic", blocks, lam=lam)
+
+
+def _timed(fn, *args, **kw):
+    """(result, wall seconds, CPU seconds of this process)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args, **kw)
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def sized(agents: int, tokens: int, steps: int, *, lr: float, lam: float, spread_mode: str, seed: int) -> dict[str, Any]:
+    """The sized case: reference vs 1 and 2 walker actors, and the partitioners' cut and hand-offs."""
+    import pickle
+
+    import ray
+
+    from core.srrw import count_handoffs
+    from workers.walker import run_distributed_sa_srrw
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, logging_level="ERROR")
+    g, obj = _sized_problem(agents, spread_mode, lam, seed)
+    kw = {"alpha": 10.0, "a": 0.8, "b": 0.9, "lr": lr, "seed": seed, "steps": steps, "tokens": tokens}
+    hops = tokens * steps
+    ref, ref_s, ref_cpu = _timed(run_sa_srrw, obj, g, **kw)
+    (_, _), bat_s, bat_cpu = _timed(run_sa_srrw_batch, obj, g, steps=steps, trials=tokens, alpha=10.0, lr=lr, seed=seed)
+    best = "walk" if ref_s <= bat_s else "vectorised_batch"
+    out: dict[str, Any] = {"agents": agents, "edges": g.number_of_edges(), "tokens": tokens, "steps_per_token": steps,
+                           "dim": obj.dim, "load_average_before": list(os.getloadavg())}
+    out["hops_per_s_reference_16tokens"] = hops / min(ref_s, bat_s)
+    out["reference_16tokens_implementation"] = best
+    out["hops_per_s_reference_walk_loop"], out["hops_per_s_reference_vectorised_batch"] = hops / ref_s, hops / bat_s
+    out["cpu_seconds"] = {"reference_walk_loop": ref_cpu, "reference_vectorised_batch": bat_cpu}
+    chain = SRRW(g, 10.0)
+    paths = run_sa_srrw(obj, g, **{**kw, "steps": min(steps, 5000), "record_path": True}).tokens
+    partitions: dict[str, Any] = {}
+    for method in ("kl", "louvain", "range"):
+        parts, part_s, _ = _timed(walk_partition, chain, g, 2, seed=seed, method=method)
+        owner = np.asarray([parts[int(v)] for v in chain.nodes])
+        walked = sum(t.n for t in paths)
+        halos = (0, 1, 2, 3)  # a wider halo trades hand-offs for agents (data) replicated on each actor
+        moves = {h: 1000 * sum(count_handoffs(chain, t.path, owner, halo=h) for t in paths) / walked for h in halos}
+        held = {h: float(np.mean([halo_mask(chain, owner == p, h).mean() for p in range(2)])) for h in halos}
+        partitions[method] = {"cut_edge_fraction": cut_edge_fraction(g, parts), "seconds": part_s,
+                              "handoffs_per_1000_hops": moves[1], "handoffs_per_1000_hops_by_halo": moves,
+                              "agents_held_per_actor_fraction_by_halo": held, "parts": parts}
+    same = True
+    for actors in (1, 2):
+        parts = partitions["kl"]["parts"] if actors == 2 else {int(v): 0 for v in g.nodes()}
+        res, wall, _ = _timed(run_distributed_sa_srrw, obj, g, parts=parts, halo=1, **kw)
+        key = f"{actors}actor" + ("s" if actors > 1 else "")
+        out[f"hops_per_s_distributed_16tokens_{key}"] = hops / res.stats["walk_seconds"]
+        out[f"distributed_{key}_setup_and_walk_seconds"] = wall
+        out[f"handoffs_per_1000_hops_distributed_{key}"] = 1000 * res.stats["handoffs"] / hops
+        out["cpu_seconds"][f"actors_{key}"] = res.stats["actor_cpu_seconds"]  # summed over actors
+        same &= all(d.n == r.n and d.logy == r.logy and np.array_equal(d.theta, r.theta)
+                    for d, r in zip(res.tokens, ref.tokens))
+    out["trajectory_identical"] = bool(same)
+    for info in partitions.values():
+        info.pop("parts")
+    out["partitioners"] = partitions
+    out["cut_edge_fraction"] = {m: v["cut_edge_fraction"] for m, v in partitions.items()}
+    out["handoffs_per_1000_hops"] = {m: v["handoffs_per_1000_hops"] for m, v in partitions.items()}
+    # a token as Ray pickles it between actors (no path or curve recorded): 8 bytes of log y per agent dominate
+    out["token_bytes_on_wire"] = {"token": len(pickle.dumps(ref.tokens[0])), "visit_measure_part": 8 * agents}
+    d1, d2 = out["hops_per_s_distributed_16tokens_1actor"], out["hops_per_s_distributed_16tokens_2actors"]
+    out["ratio_2actors_vs_1actor"] = d2 / d1
+    out["ratio_2actors_vs_reference"] = d2 / out["hops_per_s_reference_16tokens"]
+    out["targets"] = {"2actors_vs_1actor_ge_1.6": out["ratio_2actors_vs_1actor"] >= 1.6,
+                      "2actors_vs_reference_ge_1.2": out["ratio_2actors_vs_reference"] >= 1.2,
+                      "trajectory_identical": out["trajectory_identical"]}
+    out["load_average_after"] = list(os.getloadavg())
+    return out
+
+
+def _print_sized(s: dict[str, Any]) -> None:
+    print(f"sized case: {s['agents']} agents (RGG), {s['tokens']} tokens x {s['steps_per_token']} steps, d = {s['dim']}")
+    print(f"  reference ({s['reference_16tokens_implementation']}) {s['hops_per_s_reference_16tokens']:.0f} hops/s; "
+          f"1 actor {s['hops_per_s_distributed_16tokens_1actor']:.0f}; 2 actors {s['hops_per_s_distributed_16tokens_2actors']:.0f} "
+          f"(x{s['ratio_2actors_vs_1actor']:.2f} vs 1 actor, x{s['ratio_2actors_vs_reference']:.2f} vs reference)")
+    for m, v in s["partitioners"].items():
+        print(f"  {m:8s} cut edges {v['cut_edge_fraction']:.4f}  hand-offs per 1000 hops {v['handoffs_per_1000_hops']:.2f} "
+              f"(by halo 0-3: {[round(x, 2) for x in v['handoffs_per_1000_hops_by_halo'].values()]}; agents held per actor "
+              f"{[round(x, 2) for x in v['agents_held_per_actor_fraction_by_halo'].values()]})")
+    print(f"  token bytes on the wire {s['token_bytes_on_wire']['token']}; identical trajectories: {s['trajectory_identical']}")
+    for name, ok in s["targets"].items():
+        print(f"  [{'met' if ok else 'NOT met'}] {name}")
+
+
 def _targets(q: dict[str, Any], s: dict[str, Any]) -> dict[str, bool]:
     alphas = [q["mse"][f"alpha_{a:g}"] for a in ALPHAS]
     reg = q["mse_regimes_alpha10"]
@@ -191,10 +306,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--halo", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="20 trials, 5,000 steps: a smoke run")
+    ap.add_argument("--sized", action="store_true", help="only the sized case: RGG of 2,000 agents x mnist1d, 16 tokens")
+    ap.add_argument("--agents", type=int, default=2000, help="agents of the sized case (--quick: 300)")
+    ap.add_argument("--tokens", type=int, default=16, help="tokens of the sized case")
     ap.add_argument("--json", required=True, help="where to write the results")
     args = ap.parse_args(argv)
     if args.quick:
         args.trials, args.steps, args.hop_steps = min(args.trials, 20), min(args.steps, 5000), min(args.hop_steps, 5000)
+    if args.sized:
+        return _main_sized(args)
     try:
         g, obj, star = _problem(args.graph, args.data, args.spread, args.lam, args.seed)
     except ConfigError as exc:
@@ -233,6 +353,25 @@ def main(argv: list[str] | None = None) -> int:
               f"{e['handoffs_per_1000_hops_1token']:.1f} hand-offs per 1000 hops")
     for name, ok in result["targets"].items():
         print(f"  [{'met' if ok else 'NOT met'}] {name}")
+    return 0
+
+
+def _main_sized(args: argparse.Namespace) -> int:
+    agents = min(args.agents, 300) if args.quick else args.agents
+    if agents < 2 or args.tokens < 1 or args.tokens > agents:
+        print(f"error: need 2 <= agents and 1 <= tokens <= agents, got {agents} agents, {args.tokens} tokens", file=sys.stderr)
+        return 2
+    began = time.perf_counter()
+    try:
+        steps = min(args.hop_steps, 1000) if args.quick else args.hop_steps
+        s = sized(agents, args.tokens, steps, lr=args.lr, lam=args.lam, spread_mode=args.spread, seed=args.seed)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = {"settings": {k: v for k, v in vars(args).items() if k != "json"}, **s, "seconds": time.perf_counter() - began}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    _print_sized(s)
     return 0
 
 

@@ -235,10 +235,7 @@ def partition(graph: nx.Graph, parts: int, *, seed: int = 0, weight: str | None 
     `weight` names an edge attribute to minimise instead of the edge count (e.g. a walk's probability
     flow μ_i P_ij, so the token crosses partitions as rarely as possible).
     """
-    if not isinstance(parts, int) or parts < 1:
-        raise ConfigError(f"partitions must be an integer >= 1, got {parts!r}")
-    if parts > graph.number_of_nodes():
-        raise ConfigError(f"partitions={parts} exceeds the number of agents ({graph.number_of_nodes()})")
+    _check_parts(graph, parts)
     out: dict[int, int] = {}
     _bisect(graph, sorted(graph.nodes()), parts, 0, seed, out, weight)
     return out
@@ -274,6 +271,44 @@ def _bfs_order(sub: nx.Graph, start: int) -> list[int]:
             done.add(v)
             seen.append(v)
     return seen
+
+
+PARTITIONERS = ("kl", "louvain", "range")
+BALANCE = 1.10  # a part may hold up to 10 % more agents than an even share
+
+
+def range_partition(graph: nx.Graph, parts: int) -> dict[int, int]:
+    """Contiguous ranges of the sorted agent ids (the naive baseline: it ignores the edges)."""
+    _check_parts(graph, parts)
+    nodes = sorted(graph.nodes())
+    bounds = np.linspace(0, len(nodes), parts + 1).astype(int)
+    return {n: int(np.searchsorted(bounds, i, side="right") - 1) for i, n in enumerate(nodes)}
+
+
+def louvain_partition(graph: nx.Graph, parts: int, *, seed: int = 0, weight: str | None = None) -> dict[int, int]:
+    """Louvain communities packed into `parts` balanced parts (largest community into the lightest part).
+
+    Documented fallback: when the packing is more than 10 % off balance (a community larger than a share,
+    or fewer communities than parts, e.g. a complete graph), the Kernighan–Lin `partition` is used instead.
+    """
+    _check_parts(graph, parts)
+    comms = nx.algorithms.community.louvain_communities(graph, weight=weight or "weight", seed=seed)
+    load = [0] * parts
+    out: dict[int, int] = {}
+    for comm in sorted(comms, key=lambda c: (-len(c), min(c))):
+        target = min(range(parts), key=lambda k: (load[k], k))
+        load[target] += len(comm)
+        out.update({int(v): target for v in comm})
+    if max(load) > BALANCE * graph.number_of_nodes() / parts or min(load) == 0:
+        return partition(graph, parts, seed=seed, weight=weight)
+    return out
+
+
+def _check_parts(graph: nx.Graph, parts: int) -> None:
+    if not isinstance(parts, int) or isinstance(parts, bool) or parts < 1:
+        raise ConfigError(f"partitions must be an integer >= 1, got {parts!r}")
+    if parts > graph.number_of_nodes():
+        raise ConfigError(f"partitions={parts} exceeds the number of agents ({graph.number_of_nodes()})")
 
 
 def cut_edge_fraction(graph: nx.Graph, part: dict[int, int]) -> float:

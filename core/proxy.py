@@ -9,7 +9,8 @@ no-op, so 1 and k shards follow the same trajectory up to float summation order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,6 +21,68 @@ from core.errors import ConfigError, DivergenceError
 from core.scores import DynamicsRecorder
 
 AllReduce = Callable[[torch.Tensor], None]  # in-place sum over shards
+DEVICES = ("auto", "cpu", "cuda")
+MODES = ("auto", "models", "data")
+
+
+def check_device(setting: object, *, where: str = "device") -> str:
+    """The validated `device` setting (auto, cpu or cuda)."""
+    if setting not in DEVICES:
+        raise ConfigError(f"{where} must be one of {list(DEVICES)}, got {setting!r}")
+    return str(setting)
+
+
+def resolve_device(setting: str, gpus: float, *, where: str = "device") -> str:
+    """The torch device for `setting` given the GPUs the cluster offers: auto picks cuda when there are any."""
+    check_device(setting, where=where)
+    if setting == "cuda" and gpus <= 0:
+        raise ConfigError(f"{where} = 'cuda' but the cluster has no GPU; use {where} = 'auto' or 'cpu'")
+    return "cuda" if setting == "cuda" or (setting == "auto" and gpus > 0) else "cpu"
+
+
+def local_device(device: str) -> torch.device:
+    """The torch device inside a worker; a cuda actor landing without a visible GPU is an error."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device = 'cuda' but this worker sees no GPU (CUDA_VISIBLE_DEVICES / num_gpus)")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """How scoring is spread: `models` (independent proxies, each actor holds all rows) or `data`
+    (every actor holds a shard and the proxies train data-parallel), on `actors` actors."""
+
+    mode: str
+    actors: int
+    models_of: tuple[tuple[int, ...], ...]  # per actor, the proxy indices it trains (models mode)
+    reason: str
+
+
+def plan_scoring(rows: int, dim: int, *, models: int, actors: int, mode: str = "auto",
+                 actor_memory_bytes: float = 2e9) -> ScoringPlan:
+    """Choose the layout from the data size and the actors available.
+
+    Independent proxies need no synchronisation at all, so they win whenever the training split fits one
+    actor (4 bytes per feature, twice over for the float32 copy torch trains on) and there are >= 2 proxies;
+    otherwise the proxies train data-parallel, one all-reduce per minibatch. Models mode never uses more
+    actors than proxies.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"scoring mode must be one of {list(MODES)}, got {mode!r}")
+    if not isinstance(actors, int) or actors < 1:
+        raise ConfigError(f"scoring actors must be an integer >= 1, got {actors!r}")
+    need = 8.0 * rows * max(dim, 1)
+    fits = need <= actor_memory_bytes
+    if mode == "auto":
+        mode = "models" if fits and models >= 2 and actors >= 2 else "data"
+        why = (f"{need / 1e6:.0f} MB of training data {'fits' if fits else 'does not fit'} one actor "
+               f"({actor_memory_bytes / 1e6:.0f} MB), {models} proxies, {actors} actors")
+    else:
+        why = f"mode = '{mode}' set explicitly"
+    if mode == "data":
+        return ScoringPlan("data", actors, (), why)
+    used = min(actors, models)
+    return ScoringPlan("models", used, tuple(tuple(range(a, models, used)) for a in range(used)), why)
 
 
 def make_model(kind: str, dim: int, num_classes: int, *, hidden: int = 128, seed: int = 0) -> nn.Module:
@@ -57,7 +120,7 @@ def batch_of(ids: np.ndarray, epoch: int, batches: int, seed: int) -> np.ndarray
 def _sync_grads(model: nn.Module, count: float, loss: float, allreduce: AllReduce | None) -> tuple[float, float]:
     """Sum gradients, example count and loss over shards in one call; divide grads by the global count."""
     params = list(model.parameters())
-    extra = torch.tensor([count, loss], dtype=torch.float32)
+    extra = torch.tensor([count, loss], dtype=torch.float32, device=params[0].grad.device)
     flat = torch.cat([p.grad.reshape(-1) for p in params] + [extra])
     if allreduce is not None:
         allreduce(flat)
@@ -92,7 +155,7 @@ def train_epoch(
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total_loss, total_n = 0.0, 0.0
     for b in range(batches):
-        rows = torch.from_numpy(order[bounds[b] : bounds[b + 1]])
+        rows = torch.from_numpy(order[bounds[b] : bounds[b + 1]]).to(x.device)
         opt.zero_grad(set_to_none=False)
         loss = loss_fn(model(x[rows]), y[rows]) if len(rows) else sum((p * 0).sum() for p in model.parameters())
         loss.backward()
@@ -111,7 +174,7 @@ def train_epoch(
 def logits_of(model: nn.Module, x: torch.Tensor, chunk: int = 4096) -> np.ndarray:
     """Logits (n, C) in eval mode, chunked to bound memory."""
     model.eval()
-    return np.concatenate([model(x[i : i + chunk]).numpy() for i in range(0, len(x), chunk)]).astype(np.float64)
+    return np.concatenate([model(x[i : i + chunk]).cpu().numpy() for i in range(0, len(x), chunk)]).astype(np.float64)
 
 
 def score_shard(
@@ -130,23 +193,28 @@ def score_shard(
     el2n_epoch: int = 2,
     seed: int = 0,
     allreduce: AllReduce | None = None,
+    model_indices: Sequence[int] | None = None,
+    device: str = "cpu",
 ) -> tuple[DynamicsRecorder, nn.Module]:
-    """Train `models` proxies data-parallel, recording this shard's dynamics after every epoch.
+    """Train proxies `model_indices` (default: all `models`), recording this shard's dynamics every epoch.
 
-    Returns the recorder and the last proxy (whose parameters are identical on every shard).
+    Proxy m is seeded by (seed, m) alone, so it is the same model whichever actor trains it. Returns the
+    recorder and the last proxy (whose parameters are identical on every shard of a data-parallel run).
     """
-    xt, yt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y, dtype=np.int64))
+    dev = local_device(device)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
+    yt = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev)
     recorder = DynamicsRecorder(ids, y, num_classes, el2n_epoch=el2n_epoch)
     batches = max(1, int(np.ceil(total_rows / batch_size)))
-    for m in range(models):
+    for m in range(models) if model_indices is None else model_indices:
         model_seed = seed * 1009 + m
-        model = make_model(kind, x.shape[1], num_classes, hidden=hidden, seed=model_seed)
+        model = make_model(kind, x.shape[1], num_classes, hidden=hidden, seed=model_seed).to(dev)
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-        recorder.start_model()
+        recorder.start_model(m)
         for epoch in range(epochs):
             train_epoch(model, opt, xt, yt, ids, epoch=epoch, batches=batches, seed=model_seed, allreduce=allreduce)
             recorder.record(logits_of(model, xt))
-    return recorder, model
+    return recorder, model.cpu()
 
 
 def fit(
@@ -161,6 +229,7 @@ def fit(
     hidden: int = 128,
     seed: int = 0,
     sampler: Callable[[int], np.ndarray] | None = None,
+    device: str = "cpu",
 ) -> nn.Module:
     """Train a fresh model for exactly `steps` minibatch steps (the same budget for every coreset).
 
@@ -169,10 +238,12 @@ def fit(
     """
     if len(x) == 0:
         raise ConfigError("cannot train on an empty coreset")
-    model = make_model(kind, x.shape[1], num_classes, hidden=hidden, seed=seed)
+    dev = local_device(device)
+    model = make_model(kind, x.shape[1], num_classes, hidden=hidden, seed=seed).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 1e-3)
-    xt, yt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y, dtype=np.int64))
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
+    yt = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev)
     rng = np.random.default_rng(seed)
     loss_fn = nn.CrossEntropyLoss()
     step, pass_index = 0, 0
@@ -183,16 +254,16 @@ def fit(
         for i in range(0, len(rows), batch_size):
             if step >= steps:
                 break
-            idx = torch.from_numpy(np.asarray(rows[i : i + batch_size]))
+            idx = torch.from_numpy(np.asarray(rows[i : i + batch_size])).to(dev)
             opt.zero_grad()
             loss_fn(model(xt[idx]), yt[idx]).backward()
             opt.step()
             sched.step()
             step += 1
-    return model
+    return model.cpu()
 
 
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy of `model` on (x, y)."""
-    pred = logits_of(model, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).argmax(axis=1)
+    """Top-1 accuracy of `model` (on the CPU) on (x, y)."""
+    pred = logits_of(model.cpu(), torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).argmax(axis=1)
     return float((pred == np.asarray(y)).mean())

@@ -11,6 +11,7 @@ Hard direction (what "difficult" means) per score, used by core/coreset.py:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -123,36 +124,34 @@ class DynamicsRecorder:
     logits of this recorder's examples (in `ids` order). EL2N is taken at epoch `el2n_epoch` (1-based,
     "early in training") of every model and averaged over models; forgetting events are counted per
     model and averaged; AUM averages the margin over all (model, epoch) pairs; entropy is of the
-    final prediction averaged over models.
+    final prediction averaged over models. Each model's contribution is kept apart (`model_parts`) and
+    `combine_parts` adds them in model order, so proxies trained on different actors give the same bits.
     """
 
     def __init__(self, ids: np.ndarray, labels: np.ndarray | None, num_classes: int, el2n_epoch: int = 2):
         self.ids = np.asarray(ids, dtype=np.int64)
-        n = len(self.ids)
-        self.labels = _check_labels(labels, n, num_classes, "dynamics recorder")
+        self.labels = _check_labels(labels, len(self.ids), num_classes, "dynamics recorder")
         self.num_classes = int(num_classes)
         self.el2n_epoch = int(el2n_epoch)
-        self._el2n_sum = np.zeros(n)
-        self._el2n_models = 0
-        self._forget_sum = np.zeros(n)
-        self._margin_sum = np.zeros(n)
-        self._margin_count = 0
-        self._entropy_sum = np.zeros(n)
-        self._models = 0
+        self._parts: dict[int, ModelPart] = {}
+        self._model = -1
+        self._reset()
+
+    def _reset(self) -> None:
+        n = len(self.ids)
         self._epoch = 0
         self._prev_correct: np.ndarray | None = None
         self._events = np.zeros(n)
         self._ever = np.zeros(n, dtype=bool)
+        self._margin = np.zeros(n)
+        self._el2n: np.ndarray | None = None
         self._last_probs: np.ndarray | None = None
 
-    def start_model(self) -> None:
-        """Close the previous proxy model's counts (if any) and reset the per-model state."""
+    def start_model(self, index: int | None = None) -> None:
+        """Close the previous proxy model's counts (if any) and start model `index` (default: the next)."""
         self._finish_model()
-        self._epoch = 0
-        self._prev_correct = None
-        self._events = np.zeros(len(self.ids))
-        self._ever = np.zeros(len(self.ids), dtype=bool)
-        self._last_probs = None
+        self._model = self._model + 1 if index is None else int(index)
+        self._reset()
 
     def record(self, logits: np.ndarray) -> None:
         """Record one epoch's logits (n, C) for this recorder's examples."""
@@ -169,39 +168,65 @@ class DynamicsRecorder:
             self._events += self._prev_correct & ~correct
         self._prev_correct = correct
         self._ever |= correct
-        self._margin_sum += margin(z, self.labels)
-        self._margin_count += 1
+        self._margin += margin(z, self.labels)
         if self._epoch == self.el2n_epoch:
-            self._el2n_sum += el2n(probs, self.labels)
-            self._el2n_models += 1
+            self._el2n = el2n(probs, self.labels)
         self._last_probs = probs
 
     def _finish_model(self) -> None:
         if self._last_probs is None:
             return
-        events = np.where(self._ever, self._events, float(self._epoch))  # never learned → the maximum
-        self._forget_sum += events
-        self._entropy_sum += entropy(self._last_probs)
-        if self._epoch < self.el2n_epoch:  # a model shorter than el2n_epoch: use its last epoch
-            self._el2n_sum += el2n(self._last_probs, self.labels)
-            self._el2n_models += 1
-        self._models += 1
+        el2n_part = self._el2n if self._el2n is not None else el2n(self._last_probs, self.labels)  # short model
+        self._parts[self._model] = ModelPart(
+            el2n=el2n_part, forgetting=np.where(self._ever, self._events, float(self._epoch)),  # never learned → max
+            margin_sum=self._margin, epochs=self._epoch, entropy=entropy(self._last_probs),
+        )
         self._last_probs = None
+
+    def model_parts(self) -> dict[int, ModelPart]:
+        """Each recorded proxy model's contribution, by model index (small: O(n) per model)."""
+        self._finish_model()
+        return dict(self._parts)
 
     def scores(self) -> pa.Table:
         """The scores table of DESIGN.md: `id`, `label` and one float64 column per score."""
-        self._finish_model()
-        if self._models == 0:
-            raise DataError("dynamics recorder: no epoch was recorded")
-        cols = {
-            "id": pa.array(self.ids, pa.int64()),
-            "label": pa.array(self.labels, pa.int64()),
-            "el2n": self._el2n_sum / self._el2n_models,
-            "forgetting": self._forget_sum / self._models,
-            "aum": self._margin_sum / self._margin_count,
-            "entropy": self._entropy_sum / self._models,
-        }
-        return pa.table({k: (v if isinstance(v, pa.Array) else pa.array(v, pa.float64())) for k, v in cols.items()})
+        return combine_parts(self.ids, self.labels, self.model_parts())
+
+
+@dataclass(frozen=True)
+class ModelPart:
+    """One proxy model's per-example dynamics: what `combine_parts` averages over models."""
+
+    el2n: np.ndarray
+    forgetting: np.ndarray
+    margin_sum: np.ndarray  # the AUM margin summed over this model's epochs
+    epochs: int
+    entropy: np.ndarray
+
+    def rows(self, sel: slice) -> ModelPart:
+        """The same contribution for a slice of the examples."""
+        return ModelPart(self.el2n[sel], self.forgetting[sel], self.margin_sum[sel], self.epochs, self.entropy[sel])
+
+
+def combine_parts(ids: np.ndarray, labels: np.ndarray, parts: dict[int, ModelPart]) -> pa.Table:
+    """Scores from per-model parts, always added in model-index order (the same bits for any layout)."""
+    if not parts:
+        raise DataError("dynamics recorder: no epoch was recorded")
+    n = len(ids)
+    el2n_sum, forget_sum, margin_sum, entropy_sum, epochs = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), 0
+    for m in sorted(parts):
+        part = parts[m]
+        el2n_sum += part.el2n
+        forget_sum += part.forgetting
+        margin_sum += part.margin_sum
+        entropy_sum += part.entropy
+        epochs += part.epochs
+    models = len(parts)
+    cols = {"el2n": el2n_sum / models, "forgetting": forget_sum / models, "aum": margin_sum / epochs,
+            "entropy": entropy_sum / models}
+    return pa.table({"id": pa.array(np.asarray(ids, dtype=np.int64), pa.int64()),
+                     "label": pa.array(np.asarray(labels, dtype=np.int64), pa.int64()),
+                     **{k: pa.array(v, pa.float64()) for k, v in cols.items()}})
 
 
 def scores_from_history(

@@ -600,15 +600,21 @@ def run_sa_srrw_batch(
 # ----------------------------------------------------------------------------- partitioning for walks
 
 
-def walk_partition(chain: SRRW, graph: nx.Graph, parts: int, *, seed: int = 0) -> dict[int, int]:
+def walk_partition(chain: SRRW, graph: nx.Graph, parts: int, *, seed: int = 0, method: str = "kl") -> dict[int, int]:
     """Balanced partition of the agents that the token crosses rarely.
 
-    The base chain crosses edge {i, j} at the stationary rate 2 μ_i P_ij (reversibility makes it
-    symmetric), so we run `core.agents.partition` both on plain edge counts and on that flow, and
-    keep whichever gives the lower crossing rate (Kernighan–Lin is a local search; neither wins always).
+    `method`: "kl" (recursive Kernighan–Lin bisection), "louvain" (Louvain communities packed into balanced
+    parts, falling back to Kernighan–Lin when that is off balance) or "range" (contiguous id ranges, the
+    baseline). The base chain crosses edge {i, j} at the stationary rate 2 μ_i P_ij (reversibility makes it
+    symmetric), so "kl" and "louvain" run both on plain edge counts and on that flow, and keep whichever
+    gives the lower crossing rate (both are local searches; neither wins always).
     """
-    from core.agents import partition
+    from core.agents import PARTITIONERS, louvain_partition, partition, range_partition
 
+    if method not in PARTITIONERS:
+        raise ConfigError(f"partitioner must be one of {list(PARTITIONERS)}, got {method!r}")
+    if method == "range":
+        return range_partition(graph, parts)
     flow = graph.copy()
     for u, v in flow.edges():
         i, j = chain.index[int(u)], chain.index[int(v)]
@@ -618,8 +624,21 @@ def walk_partition(chain: SRRW, graph: nx.Graph, parts: int, *, seed: int = 0) -
     def crossing(p: dict[int, int]) -> float:
         return sum(d["flow"] for u, v, d in flow.edges(data=True) if p[u] != p[v])
 
-    candidates = [partition(flow, parts, seed=seed), partition(flow, parts, seed=seed, weight="flow")]
+    split = partition if method == "kl" else louvain_partition
+    candidates = [split(flow, parts, seed=seed), split(flow, parts, seed=seed, weight="flow")]
     return min(candidates, key=crossing)
+
+
+def count_handoffs(chain: SRRW, path: list[int], owner: np.ndarray, halo: int = 1) -> int:
+    """Hand-offs a walker layout would make along a recorded path (internal indices): the token moves to
+    the owner of its next agent whenever that agent is outside its current actor's own agents + halo."""
+    parts = int(owner.max()) + 1
+    held = [halo_mask(chain, owner == p, halo) for p in range(parts)]
+    cur, moves = int(owner[path[0]]), 0
+    for node in path[1:]:
+        if not held[cur][node]:
+            cur, moves = int(owner[node]), moves + 1
+    return moves
 
 
 def halo_mask(chain: SRRW, own: np.ndarray, halo: int) -> np.ndarray:

@@ -23,17 +23,19 @@ from core.dag import Pipeline
 from core.datasets import test_mask
 from core.errors import ConfigError
 from core.io import source_fingerprint, write_parquet
+from core.proxy import MODES, check_device, resolve_device
 from pipelines.common import ingest
-from workers.scorer import evaluate_coreset, score_dataset, select_distributed
+from workers.scorer import cluster_gpus, evaluate_coreset, score_dataset, select_distributed
 
 DEFAULTS: dict[str, Any] = {
     "source": "builtin:digits",
     "shards": 2,
     "test_fraction": 0.2,
     "split_seed": 0,
+    "device": "auto",  # auto | cpu | cuda: where the proxies and evaluation models train (cuda: untested on real GPUs)
     "knn": {"enabled": False, "k": 10, "M": 16, "ef_construction": 100, "ef": 64},
     "proxy": {"model": "mlp", "hidden": 128, "models": 2, "epochs": 8, "batch_size": 256, "lr": 0.05,
-              "el2n_epoch": 2, "seed": 0},
+              "el2n_epoch": 2, "seed": 0, "layout": "auto"},
     "select": {"rates": [0.7, 0.5, 0.3, 0.1], "methods": ["ccs-aum", "ccs-el2n-cb", "random", "topk-el2n"],
                "strata": 50, "seed": 0},
     "evaluate": {"enabled": True, "steps": 600, "batch_size": 128, "lr": 0.05, "hidden": 128, "seed": 0},
@@ -79,6 +81,9 @@ def validate(config: dict[str, Any]) -> None:
     for key in ("hidden", "models", "epochs", "batch_size"):
         if proxy[key] < 1:
             raise ConfigError(f"proxy.{key} must be >= 1, got {proxy[key]}")
+    if proxy.get("layout", "auto") not in MODES:
+        raise ConfigError(f"proxy.layout must be one of {list(MODES)}, got {proxy['layout']!r}")
+    check_device(config.get("device", "auto"))
     if proxy["model"] not in ("mlp", "linear", "cnn"):
         raise ConfigError(f"proxy.model must be mlp, linear or cnn, got {proxy['model']!r}")
     if config["evaluate"]["steps"] < 1:
@@ -88,12 +93,13 @@ def validate(config: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- stages
 
 
-def score(out: Path, ingest: Path, *, shards: int, test_fraction: float, split_seed: int, proxy: dict) -> dict[str, Any]:
-    """Train the proxies data-parallel on shard actors; each actor writes its part of the scores table."""
-    params = {k: v for k, v in proxy.items() if k != "model"}
+def score(out: Path, ingest: Path, *, shards: int, test_fraction: float, split_seed: int, proxy: dict,
+          device: str = "auto") -> dict[str, Any]:
+    """Train the proxies on up to `shards` actors (independent proxies or data-parallel); scores parts."""
+    params = {k: v for k, v in proxy.items() if k not in ("model", "layout")}
     result = score_dataset(str(ingest), shards, out, test_fraction=test_fraction, split_seed=split_seed,
-                           kind=proxy["model"], **params)
-    return {k: result[k] for k in ("rows", "classes", "seconds", "examples_per_second")}
+                           kind=proxy["model"], mode=proxy.get("layout", "auto"), device=device, **params)
+    return {k: result[k] for k in ("rows", "classes", "seconds", "examples_per_second", "mode", "actors", "device")}
 
 
 @ray.remote(num_cpus=1, max_retries=1)
@@ -129,13 +135,15 @@ def select(out: Path, scores: Path, density: Path | None = None, *, shards: int,
 
 
 def evaluate(out: Path, ingest: Path, select: Path, *, test_fraction: float, split_seed: int, steps: int,
-             batch_size: int, lr: float, hidden: int, seed: int, model: str) -> dict[str, Any]:
+             batch_size: int, lr: float, hidden: int, seed: int, model: str, device: str = "auto") -> dict[str, Any]:
     """Train a fresh model on each coreset and on the full training split; final test accuracy of each."""
     names = sorted(p.name for p in select.iterdir() if p.is_dir())
+    dev = resolve_device(device, cluster_gpus())
     common = {"test_fraction": test_fraction, "split_seed": split_seed, "steps": steps, "seed": seed,
-              "batch_size": batch_size, "lr": lr, "hidden": hidden, "kind": model}
-    refs = [evaluate_coreset.remote(str(ingest), str(select / n), **common) for n in names]
-    refs.append(evaluate_coreset.remote(str(ingest), None, **common))
+              "batch_size": batch_size, "lr": lr, "hidden": hidden, "kind": model, "device": dev}
+    task = evaluate_coreset.options(num_gpus=1 if dev == "cuda" else 0)
+    refs = [task.remote(str(ingest), str(select / n), **common) for n in names]
+    refs.append(task.remote(str(ingest), None, **common))
     answers = ray.get(refs)
     accuracy = {n: a["accuracy"] for n, a in zip([*names, "full"], answers)}
     (out / "accuracy.json").write_text(json.dumps(accuracy, indent=1, sort_keys=True))
@@ -160,7 +168,7 @@ def build(config: dict[str, Any]) -> Pipeline:
                 params={"k": knn["k"], "ef": knn["ef"], "nprobe": 0}, num_cpus=0)
         p.stage("density", density, inputs={"graph": "knn_graph"}, params={"k": knn["k"], **split}, num_cpus=0)
         select_inputs["density"] = "density"
-    p.stage("score", score, inputs=["ingest"], params={"shards": config["shards"], **split,
+    p.stage("score", score, inputs=["ingest"], params={"shards": config["shards"], **split, "device": config["device"],
                                                        "proxy": dict(config["proxy"])}, num_cpus=0)
     sel = config["select"]
     p.stage("select", select, inputs=select_inputs, params={
@@ -169,7 +177,7 @@ def build(config: dict[str, Any]) -> Pipeline:
     if config["evaluate"]["enabled"]:
         ev = {k: v for k, v in config["evaluate"].items() if k != "enabled"}
         p.stage("evaluate", evaluate, inputs={"ingest": "ingest", "select": "select"},
-                params={**split, **ev, "model": "mlp"}, num_cpus=0)
+                params={**split, **ev, "model": "mlp", "device": config["device"]}, num_cpus=0)
     return p
 
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from core.agents import (
+    PARTITIONERS,
     agent_blocks,
     build_graph,
     cut_edge_fraction,
@@ -57,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "steps": 20000,
     "tokens": 1,
     "partitions": 2,
+    "partitioner": "kl",  # kl | louvain | range (core.srrw.walk_partition)
     "halo": 1,
     "checkpoint_every": 5000,
     "record_every": 500,
@@ -76,6 +78,8 @@ def validate(config: dict[str, Any]) -> None:
     for key in ("steps", "tokens", "partitions"):
         if config[key] < 1:
             raise ConfigError(f"{key} must be >= 1, got {config[key]}")
+    if config.get("partitioner", "kl") not in PARTITIONERS:
+        raise ConfigError(f"partitioner must be one of {list(PARTITIONERS)}, got {config['partitioner']!r}")
     for key in ("halo", "checkpoint_every"):
         if config[key] < 0:
             raise ConfigError(f"{key} must be >= 0, got {config[key]}")
@@ -125,10 +129,11 @@ def _load_graph(agents_dir: Path):
     return build_graph(read_table(agents_dir / "edges.parquet"), where=str(agents_dir / "edges.parquet"))
 
 
-def partition_stage(out: Path, agents: Path, *, partitions: int, base: str, seed: int) -> dict[str, Any]:
+def partition_stage(out: Path, agents: Path, *, partitions: int, base: str, seed: int,
+                    partitioner: str = "kl") -> dict[str, Any]:
     """Balanced partition of the agents that the walk crosses rarely: parts.parquet (node, part)."""
     g = _load_graph(agents)
-    parts = walk_partition(SRRW(g, 0.0, base), g, partitions, seed=seed)
+    parts = walk_partition(SRRW(g, 0.0, base), g, partitions, seed=seed, method=partitioner)
     nodes = np.asarray(sorted(parts), dtype=np.int64)
     write_parquet(pa.table({"node": nodes, "part": np.asarray([parts[n] for n in nodes], dtype=np.int64)}),
                   out / "parts.parquet")
@@ -233,7 +238,8 @@ def build(config: dict[str, Any]) -> Pipeline:
     })
     p.stage("agents", agents, inputs=["ingest"], params={"graph": config["graph"], "seed": config["seed"]})
     p.stage("partition", partition_stage, inputs=["agents"],
-            params={"partitions": config["partitions"], "base": config["base"], "seed": config["seed"]})
+            params={"partitions": config["partitions"], "base": config["base"], "seed": config["seed"],
+                    "partitioner": config["partitioner"]})
     walk_params = {k: config[k] for k in ("alpha", "base", "a", "b", "lr", "steps", "tokens", "halo",
                                           "checkpoint_every", "record_every")}
     p.stage("walk", walk, inputs=["ingest", "agents", "partition"], num_cpus=0,

@@ -126,3 +126,41 @@ def test_coreset_pipeline_end_to_end(ray_local_module, tmp_path: Path, capsys):
     capsys.readouterr()
     assert main(["run", "coreset", "--runs-dir", runs, "--set", 'select.methods=["ccs-nope"]']) == 2
     assert "ccs-nope" in capsys.readouterr().err
+
+
+def test_independent_proxies_give_identical_scores_for_1_2_3_actors(ray_local_module, tmp_path: Path):
+    """Models mode: each proxy is the same model whichever actor trains it, and parts add in model order."""
+    from workers.scorer import score_dataset
+
+    params = {**PROXY, "models": 3, "epochs": 2}
+    runs = {k: score_dataset(SOURCE, k, tmp_path / f"m{k}", mode="models", num_cpus=0.5, **params) for k in (1, 2, 3)}
+    assert [runs[k]["actors"] for k in (1, 2, 3)] == [1, 2, 3] and {r["mode"] for r in runs.values()} == {"models"}
+    tables = {k: pq.read_table(tmp_path / f"m{k}").sort_by("id") for k in (1, 2, 3)}
+    assert len(list((tmp_path / "m3").glob("part-*.parquet"))) == 3  # each actor wrote one slice
+    for k in (2, 3):
+        assert tables[k].equals(tables[1]), f"{k} actors"  # bit for bit
+    # one models-layout actor trains every proxy on all rows, as a one-shard data-parallel run does (no
+    # all-reduce): the same bits; data-parallel with 2+ actors matches to float tolerance (the gloo test above)
+    assert runs[1]["mode"] == "models" and runs[1]["actors"] == 1
+
+
+def test_auto_layout_and_cuda_requests(ray_local_module, tmp_path: Path, monkeypatch):
+    from workers import scorer
+
+    params = {**PROXY, "models": 2, "epochs": 1}
+    small = scorer.score_dataset(SOURCE, 2, tmp_path / "a", num_cpus=0.5, **params)
+    assert small["mode"] == "models" and small["device"] == "cpu"
+    with pytest.raises(ConfigError, match="device = 'cuda' but the cluster has no GPU"):
+        scorer.score_dataset(SOURCE, 1, tmp_path / "c", device="cuda", **params)
+    monkeypatch.setattr(scorer, "cluster_gpus", lambda: 2.0)  # a GPU cluster: the actors ask for GPUs
+    assert scorer.actor_resources(2, 1, scorer.proxy.resolve_device("auto", scorer.cluster_gpus()))["num_gpus"] == 1.0
+
+
+def test_cli_cuda_without_a_gpu_exits_2_naming_the_setting(ray_local_module, tmp_path: Path, capsys):
+    from pipelines.cli import main
+
+    args = ["run", "coreset", "--runs-dir", str(tmp_path / "runs"), "--set", 'device="cuda"',
+            "--set", "source=builtin:synthetic?n=200&d=4&classes=2", "--set", "evaluate.enabled=false"]
+    assert main(args) == 2
+    assert "device = 'cuda' but the cluster has no GPU" in capsys.readouterr().err
+    assert not list((tmp_path / "runs" / "cache").glob("score-*"))

@@ -8,7 +8,7 @@ import pytest
 from core.agents import standard_graph
 from core.errors import ConfigError, DivergenceError
 from core.objectives import LogisticRegression, add_intercept
-from core.srrw import run_sa_srrw
+from core.srrw import SRRW, count_handoffs, run_sa_srrw, walk_partition
 from workers.walker import run_distributed_sa_srrw
 
 pytestmark = pytest.mark.ray
@@ -46,6 +46,20 @@ def test_distributed_matches_reference(ray_local, partitions):
     np.testing.assert_array_equal(dist.theta_bar, ref.theta_bar)
     if partitions > 1:
         assert dist.tokens[0].handoffs > 0  # the token really crossed cut edges
+    # the pure hand-off count the benchmark reports is what the actors did
+    chain = SRRW(LES, 5.0)
+    parts = walk_partition(chain, LES, partitions, seed=4)
+    owner = np.asarray([parts[int(v)] for v in chain.nodes])
+    assert count_handoffs(chain, ref.tokens[0].path, owner, halo=1) == dist.tokens[0].handoffs
+
+
+def test_more_tokens_or_partitions_than_agents_are_config_errors(ray_local):
+    small = standard_graph("ring", n=4)
+    obj = _objective(small)
+    with pytest.raises(ConfigError, match="tokens=5 exceeds the number of agents"):
+        run_distributed_sa_srrw(obj, small, steps=10, tokens=5)
+    with pytest.raises(ConfigError, match="partitions=5 exceeds the number of agents"):
+        run_distributed_sa_srrw(obj, small, steps=10, partitions=5)
 
 
 @pytest.mark.parametrize("base", ["srw", "nbrw", "iid"])

@@ -1,9 +1,14 @@
 """ScoreShard / SelectShard actors: score and select a sharded dataset without gathering it.
 
-Scoring: every `ScoreShard` reads its own rows (core.io.read_shard), the proxy is trained
-data-parallel over all shards with gradients all-reduced by torch.distributed (gloo; rank 0 picks a
-free port on its node), each actor records the dynamics of the examples it holds and writes its own
-part of the scores table. Selection: `SelectShard` actors read their part of the scores and answer
+Scoring has two layouts, chosen by core.proxy.plan_scoring from the data size and the actors:
+- `models`: the proxies are independent, so each `ScoreShard` reads the whole training split and trains
+  its own proxies (no synchronisation at all); every actor then receives all per-model contributions
+  straight from the others' object refs and writes one slice of the scores table. Scores are added in
+  model order, so 1, 2 or 3 actors give the same bits.
+- `data`: every `ScoreShard` reads its own rows (core.io.read_shard), the proxies train data-parallel
+  with gradients, example count and loss all-reduced in one gloo call per minibatch (rank 0 picks a free
+  port on its node), and each actor writes the scores of the examples it holds.
+`device = "cuda"` makes every actor request one GPU (`num_gpus`); "auto" uses cuda when the cluster has GPUs. Selection: `SelectShard` actors read their part of the scores and answer
 the small-summary protocol of core/coreset.py; each writes its part of every selection table.
 """
 
@@ -21,11 +26,11 @@ import pyarrow as pa
 import ray
 import torch
 
-from core import coreset, proxy
+from core import coreset, proxy, scores
 from core.datasets import test_mask
 from core.errors import ConfigError, DataError
 from core.io import ShardSpec, plan_shards, read_shard, write_parquet
-from core.schema import LABEL, to_numpy, validate_vectors
+from core.schema import LABEL, to_numpy, validate_vectors, vector_dim
 
 PART = "part-{:05d}.parquet"
 PROBE_TIMEOUT_S = 30.0  # how long a rank may take to answer before it counts as alive but busy
@@ -37,6 +42,22 @@ def _actor_cpus(shards: int, num_cpus: float | None) -> float:
         return float(num_cpus)
     total = float(ray.cluster_resources().get("CPU", 1.0))
     return min(1.0, total / shards)
+
+
+def actor_resources(actors: int, num_cpus: float | None, device: str) -> dict[str, float]:
+    """Ray resources of one scoring or evaluation actor: a GPU each on cuda."""
+    return {"num_cpus": _actor_cpus(actors, num_cpus), "num_gpus": 1.0 if device == "cuda" else 0.0}
+
+
+def cluster_gpus() -> float:
+    """GPUs the connected cluster offers (tests monkeypatch this)."""
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def actor_memory_bytes() -> float:
+    """What one scoring actor may hold: a quarter of the smallest node's Ray memory (2 GB if unknown)."""
+    mems = [n["Resources"].get("memory", 0.0) for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU")]
+    return min(mems) / 4 if mems and min(mems) > 0 else 2e9
 
 
 @ray.remote
@@ -81,6 +102,24 @@ class ScoreShard:
                 "gloo", init_method=f"tcp://{addr}:{port}", rank=self.rank, world_size=self.world,
                 timeout=timedelta(seconds=120),
             )
+
+    @ray.method(num_returns=2)
+    def score_models(self, num_classes: int, params: dict[str, Any], indices: list[int]) -> tuple[Any, dict[str, Any]]:
+        """Train the independent proxies `indices` on all my rows: (per-model dynamics, timing)."""
+        started, cpu = time.perf_counter(), time.process_time()
+        recorder, model = proxy.score_shard(self.x, self.y, self.ids, num_classes, total_rows=len(self.ids),
+                                            model_indices=indices, **params)
+        self.params = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+        timing = {"rows": len(self.ids), "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}
+        return recorder.model_parts(), timing
+
+    def write_slice(self, out_dir: str, slice_index: int, slices: int, *parts: dict[int, Any]) -> str:
+        """Combine every actor's per-model dynamics (in model order) and write my slice of the scores."""
+        bounds = np.linspace(0, len(self.ids), slices + 1).astype(int)
+        sel = slice(int(bounds[slice_index]), int(bounds[slice_index + 1]))
+        merged = {m: part.rows(sel) for group in parts for m, part in group.items()}
+        table = scores.combine_parts(self.ids[sel], self.y[sel], merged)
+        return str(write_parquet(table, Path(out_dir) / PART.format(slice_index)))
 
     def score(self, total_rows: int, num_classes: int, params: dict[str, Any]) -> dict[str, Any]:
         """Train the proxies (all-reducing gradients) and record my examples' dynamics."""
@@ -135,6 +174,14 @@ def _raise_if_a_rank_died(actors: list[Any]) -> None:
             raise
 
 
+def _source_size(source: Any) -> tuple[int, int]:
+    """(rows, dimension) of a source from its footers and one row (nothing else is read)."""
+    whole = plan_shards(source, 1)[0]
+    first = read_shard(ShardSpec(0, 0, 1, whole.uri, whole.files, whole.file_rows,
+                                 whole.table.slice(0, 1) if whole.table is not None else None))
+    return whole.num_rows, vector_dim(validate_vectors(first, where=str(source)))
+
+
 def score_dataset(
     source: Any,
     shards: int,
@@ -145,40 +192,79 @@ def score_dataset(
     num_cpus: float | None = None,
     threads: int = 1,
     return_params: bool = False,
+    mode: str = "auto",
+    device: str = "auto",
+    memory_bytes: float | None = None,
     **proxy_params: Any,
 ) -> dict[str, Any]:
-    """Score every (training) example of `source` on `shards` actors; scores parts land in `out_dir`."""
-    specs = plan_shards(source, shards)
-    cls = ScoreShard.options(num_cpus=_actor_cpus(len(specs), num_cpus))
-    actors = [
-        cls.remote(s, i, len(specs), test_fraction=test_fraction, split_seed=split_seed, threads=threads)
-        for i, s in enumerate(specs)
-    ]
+    """Score every (training) example of `source` on up to `shards` actors; scores parts land in `out_dir`.
+
+    `mode`: "models" (independent proxies per actor), "data" (data-parallel) or "auto" (core.proxy.plan_scoring
+    from the data size, `memory_bytes` per actor, the proxies and `shards`). `device`: auto | cpu | cuda.
+    """
+    dev = proxy.resolve_device(device, cluster_gpus())
+    rows, dim = _source_size(source)
+    plan = proxy.plan_scoring(rows, dim, models=proxy_params.get("models", 2), actors=shards, mode=mode,
+                              actor_memory_bytes=actor_memory_bytes() if memory_bytes is None else memory_bytes)
+    specs = plan_shards(source, 1) * plan.actors if plan.mode == "models" else plan_shards(source, plan.actors)
+    world = 1 if plan.mode == "models" else len(specs)
+    cls = ScoreShard.options(**actor_resources(len(specs), num_cpus, dev))
+    actors = [cls.remote(s, i, world, test_fraction=test_fraction, split_seed=split_seed, threads=threads)
+              for i, s in enumerate(specs)]
+    params = {**proxy_params, "device": dev}
     try:
-        summaries = ray.get([a.summary.remote() for a in actors])
-        labels = sorted({lab for s in summaries for lab in s["labels"]})
-        total = sum(s["rows"] for s in summaries)
-        if len(labels) < 2:
-            raise DataError(f"{source}: label-based scores need at least 2 classes, found {labels}")
-        if labels[0] < 0:
-            raise DataError(f"{source}: labels must be >= 0, found {labels[0]}")
-        addr, port = ray.get(actors[0].rendezvous.remote())
-        _get_fail_fast([a.join.remote(addr, port) for a in actors], actors)
+        total, classes = _global_labels(source, actors, plan.mode)
         started = time.perf_counter()
-        per_actor = _get_fail_fast([a.score.remote(total, labels[-1] + 1, proxy_params) for a in actors], actors)
-        seconds = time.perf_counter() - started
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        paths = ray.get([a.write.remote(str(out_dir)) for a in actors])
-        result: dict[str, Any] = {"rows": total, "classes": len(labels), "seconds": seconds, "parts": paths,
+        if plan.mode == "models":
+            per_actor, paths = _score_models(actors, plan, classes, params, str(out_dir))
+        else:
+            per_actor, paths = _score_data(actors, total, classes, params, str(out_dir))
+        seconds = time.perf_counter() - started
+        result: dict[str, Any] = {"rows": total, "classes": classes, "seconds": seconds, "parts": paths,
+                                  "mode": plan.mode, "actors": plan.actors, "device": dev, "plan": plan.reason,
                                   "actor_cpu_seconds": [round(a["cpu_seconds"], 3) for a in per_actor]}
         result["examples_per_second"] = total * proxy_params.get("models", 2) * proxy_params.get("epochs", 8) / seconds
         if return_params:
-            result["params"] = ray.get(actors[0].final_params.remote())
-        ray.get([a.leave.remote() for a in actors])
+            last = (proxy_params.get("models", 2) - 1) % plan.actors if plan.mode == "models" else 0
+            result["params"] = ray.get(actors[last].final_params.remote())
         return result
     finally:
         for a in actors:
             ray.kill(a)
+
+
+def _global_labels(source: Any, actors: list[Any], mode: str) -> tuple[int, int]:
+    """(training rows, classes) over all actors' rows; every actor loads its rows here."""
+    summaries = ray.get([a.summary.remote() for a in actors])
+    labels = sorted({lab for s in summaries for lab in s["labels"]})
+    total = summaries[0]["rows"] if mode == "models" else sum(s["rows"] for s in summaries)
+    if len(labels) < 2:
+        raise DataError(f"{source}: label-based scores need at least 2 classes, found {labels}")
+    if labels[0] < 0:
+        raise DataError(f"{source}: labels must be >= 0, found {labels[0]}")
+    return total, labels[-1] + 1
+
+
+def _score_models(actors: list[Any], plan: proxy.ScoringPlan, classes: int, params: dict[str, Any],
+                  out_dir: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Independent proxies: each actor trains its own, then each writes a slice from everyone's parts."""
+    calls = [a.score_models.remote(classes, params, list(idx)) for a, idx in zip(actors, plan.models_of)]
+    parts, timings = [c[0] for c in calls], [c[1] for c in calls]
+    per_actor = ray.get(timings)
+    paths = ray.get([a.write_slice.remote(out_dir, k, len(actors), *parts) for k, a in enumerate(actors)])
+    return per_actor, paths
+
+
+def _score_data(actors: list[Any], total: int, classes: int, params: dict[str, Any],
+                out_dir: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Data-parallel proxies over the shards (gloo all-reduce); each actor writes its own examples."""
+    addr, port = ray.get(actors[0].rendezvous.remote())
+    _get_fail_fast([a.join.remote(addr, port) for a in actors], actors)
+    per_actor = _get_fail_fast([a.score.remote(total, classes, params) for a in actors], actors)
+    paths = ray.get([a.write.remote(out_dir) for a in actors])
+    ray.get([a.leave.remote() for a in actors])
+    return per_actor, paths
 
 
 @ray.remote
@@ -289,6 +375,7 @@ def evaluate_coreset(
     threads: int = 1,
     rs2_keep: float | None = None,
     validation: float = 0.0,
+    device: str = "cpu",
     **fit_params: Any,
 ) -> dict[str, Any]:
     """Train a fresh model on the selected training rows (all when None) for `steps` steps; test accuracy.
@@ -297,7 +384,8 @@ def evaluate_coreset(
     subset of that fraction every pass (core.coreset.rs2_epoch). Small-data evaluation: the task reads
     the (training split of the) source itself, so nothing passes through the driver. With
     `validation` > 0 a seeded fraction of the training split is held out instead and the accuracy is
-    measured there (for tuning hyper-parameters without looking at the test split).
+    measured there (for tuning hyper-parameters without looking at the test split). `device` is the
+    resolved torch device (the caller requests `num_gpus=1` for "cuda").
     """
     torch.set_num_threads(threads)
     from core.io import read_table
@@ -326,5 +414,5 @@ def evaluate_coreset(
             chosen = coreset.rs2_epoch(train_ids, rs2_keep, epoch, seed)
             return rng.permutation(np.array([pos[int(i)] for i in chosen.tolist()], dtype=np.int64))
 
-    model = proxy.fit(x[train], y[train], classes, steps=steps, seed=seed, sampler=sampler, **fit_params)
+    model = proxy.fit(x[train], y[train], classes, steps=steps, seed=seed, sampler=sampler, device=device, **fit_params)
     return {"accuracy": proxy.accuracy(model, x[test], y[test]), "train_rows": int(train.sum())}

@@ -136,6 +136,7 @@ class WalkPartition:
         self.steps_walked = 0
         self.busy_seconds = 0.0
         self.send_seconds = 0.0
+        self.cpu_seconds = 0.0
         self.visits = 0
 
     def connect(self, peers: list[Any]) -> int:
@@ -146,7 +147,7 @@ class WalkPartition:
         """Walk each token while it stays here; pass the leavers on, one call per peer (cut edges),
         and deliver the finished ones. Batching the hand-offs of concurrent tokens amortises the cost
         of a Ray call; tokens are independent, so their trajectories do not change."""
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         outbox: dict[int, list[Token]] = {}
         for token in tokens:
             try:
@@ -165,6 +166,7 @@ class WalkPartition:
         now = time.perf_counter()
         self.send_seconds += now - sent
         self.busy_seconds += now - began
+        self.cpu_seconds += time.process_time() - cpu  # CPU, unlike busy_seconds, is fair on a loaded machine
         self.visits += 1
 
     def _advance(self, token: Token) -> int | None:
@@ -185,7 +187,8 @@ class WalkPartition:
 
     def stats(self) -> dict[str, float]:
         return {"agents": float(self.owned.sum()), "steps_walked": float(self.steps_walked),
-                "busy_seconds": self.busy_seconds, "send_seconds": self.send_seconds, "visits": float(self.visits)}
+                "busy_seconds": self.busy_seconds, "send_seconds": self.send_seconds, "cpu_seconds": self.cpu_seconds,
+                "visits": float(self.visits)}
 
 
 def _run_meta(chain: SRRW, dim: int, seed: int, tokens: int, schedule: Schedule) -> dict[str, Any]:
@@ -264,13 +267,15 @@ def run_distributed_sa_srrw(
     halo: int = 1,
     num_cpus: float = 0,
     timeout: float | None = None,
+    partitioner: str = "kl",
 ) -> SAResult:
     """`core.srrw.run_sa_srrw` on `partitions` walker actors; the same arguments give the same result.
 
     `objective` is an in-memory objective (each actor is sent its share) or a `BlockLoader` (each actor
     reads its own agents' rows; then pass `dim`). `parts` overrides the agent → partition map.
     `halo` >= 0: each actor also keeps ghost copies of the agents within that many hops of its own,
-    so a token crossing a cut edge is handed off only once it walks beyond them.
+    so a token crossing a cut edge is handed off only once it walks beyond them. `partitioner`: kl |
+    louvain | range (core.srrw.walk_partition). More tokens or partitions than agents is a ConfigError.
     """
     if not isinstance(halo, int) or halo < 0:
         raise ConfigError(f"halo must be an integer >= 0, got {halo!r}")
@@ -279,6 +284,8 @@ def run_distributed_sa_srrw(
     if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
         raise ConfigError(f"checkpoint_every must be an integer >= 0, got {checkpoint_every!r}")
     chain = SRRW(graph, alpha, base)
+    if isinstance(tokens, int) and tokens > chain.num_nodes:
+        raise ConfigError(f"tokens={tokens} exceeds the number of agents ({chain.num_nodes}); use at most one token per agent")
     schedule = Schedule(a, b, lr, project, polyak, max_norm, record_every, record_path)
     if isinstance(objective, BlockLoader):
         if dim is None:
@@ -286,7 +293,7 @@ def run_distributed_sa_srrw(
     else:
         objective = bind(objective, chain)
         dim = objective.dim
-    parts = walk_partition(chain, graph, partitions, seed=seed) if parts is None else parts
+    parts = walk_partition(chain, graph, partitions, seed=seed, method=partitioner) if parts is None else parts
     owner = np.asarray([parts[int(v)] for v in chain.nodes], dtype=np.int64)
     n_parts = int(owner.max()) + 1
     ckpt = str(checkpoint_dir) if checkpoint_dir is not None else None
@@ -327,5 +334,6 @@ def run_distributed_sa_srrw(
         done.append(token)
     stats = {"walk_seconds": seconds, "handoffs": float(sum(t.handoffs for t in done)), "partitions": float(n_parts),
              "actor_busy_seconds": float(sum(b["busy_seconds"] for b in busy)),
-             "actor_send_seconds": float(sum(b["send_seconds"] for b in busy))}
+             "actor_send_seconds": float(sum(b["send_seconds"] for b in busy)),
+             "actor_cpu_seconds": float(sum(b["cpu_seconds"] for b in busy))}
     return SAResult(np.mean([t.theta for t in done], axis=0), done, stats)
