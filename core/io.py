@@ -328,13 +328,14 @@ def remove_orphaned_temporaries(directory: str | os.PathLike) -> list[Path]:
     root, host, removed = Path(directory), socket.gethostname(), []
     for path in root.glob(f"{TEMP_PREFIX}*") if root.is_dir() else []:
         owner = path.name[len(TEMP_PREFIX):].rsplit("@", 3)
-        if len(owner) == 4 and owner[1] == host and owner[2].isdigit() and not _pid_alive(int(owner[2])):
+        if len(owner) == 4 and owner[1] == host and owner[2].isdigit() and not pid_alive(int(owner[2])):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -357,9 +358,44 @@ def commit_dir(tmp: Path, final: Path) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
-    """Write JSON so a reader sees the old file or the new one, never half of either."""
+    """Write JSON so a reader sees the old file or the new one, never half of either.
+
+    A failed write (a full disk, a quota) removes its temporary, so no zero-byte file is left behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+SEAL = "sha256"  # the key of a sealed JSON file's own digest
+
+
+def _seal_digest(payload: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in payload.items() if k != SEAL}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def write_json_sealed(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
+    """Write a JSON object atomically together with the sha256 of its own content (checkpoint manifests)."""
+    write_json_atomic(path, {**payload, SEAL: _seal_digest(payload)})
+
+
+def read_json_sealed(path: str | os.PathLike, what: str, hint: str = "") -> dict[str, Any]:
+    """A JSON object written by `write_json_sealed`; CorruptArtifactError if it was edited or damaged.
+
+    A checkpoint's metadata decides where a resumed computation goes on; an edited `node` would otherwise
+    be resumed from silently. `hint` tells the user how to recover (appended to the message).
+    """
+    try:
+        found = read_json(path, CorruptArtifactError(f"{path}: {what} is missing"), what)
+    except CorruptArtifactError as exc:
+        raise CorruptArtifactError(f"{exc}{hint}") from None
+    if not isinstance(found, dict) or found.get(SEAL) != _seal_digest(found):
+        raise CorruptArtifactError(f"{path}: {what} does not match its checksum (edited or damaged){hint}")
+    return {k: v for k, v in found.items() if k != SEAL}

@@ -6,13 +6,15 @@ Exit codes: 0 success, 2 bad input or config (one line on stderr, no traceback),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from core.errors import InputError, one_line
+from core.errors import InputError, ShardwalkError, one_line
 from pipelines import PIPELINES
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
@@ -98,17 +100,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     pipeline = module.build(config)
 
-    def submit(fn, fn_args, options):  # Ray starts only if some stage is not a cache hit
+    def submit(fn, fn_args, options):
         connect(args.address)
         return ray_submit(fn, fn_args, options)
 
-    with make_reporter(pipeline) as reporter:
-        record = Runner(pipeline, args.runs_dir, submit, force=args.force, config=config, on_event=reporter).run()
+    with make_reporter(pipeline) as reporter:  # Ray starts (on_start) only if some stage is not a cache hit
+        record = Runner(pipeline, args.runs_dir, submit, force=args.force, config=config, on_event=reporter,
+                        on_start=lambda: connect(args.address)).run()
     run_dir = run_path(args.runs_dir, record.run_id).parent
     for stage in record.stages.values():
         if stage.status in ("done", "cached"):
             publish(Path(stage.output), run_dir)
     print_run(record.to_json(), args.runs_dir)
+    for stage in record.stages.values():
+        if stage.warning:
+            print(f"shardwalk: warning: stage '{stage.name}': {stage.warning}", file=sys.stderr)
     failed = record.failed_stage()
     if failed is None:
         return EXIT_OK
@@ -151,14 +157,36 @@ def _cmd_query(args: argparse.Namespace) -> int:
 COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show, "query": _cmd_query}
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C: the run record ends `interrupted`."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; maps typed errors to exit codes."""
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with _sigterm_interrupts():
+            return COMMANDS[args.command](args)
     except InputError as exc:
         print(f"shardwalk: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (ShardwalkError, OSError) as exc:  # an unreachable cluster, a full disk: one line, not a traceback
+        print(f"shardwalk: {one_line(exc)}", file=sys.stderr)
+        return EXIT_INTERNAL
     except KeyboardInterrupt:
         print("shardwalk: interrupted; committed stages are kept and a rerun resumes from them", file=sys.stderr)
         return 130

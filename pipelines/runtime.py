@@ -5,14 +5,63 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import ray
 
 from core.dag import StageOptions
+from core.errors import ClusterUnreachableError, ConfigError, one_line
 
 log = logging.getLogger("shardwalk")
+
+CONNECT_TIMEOUT_S = 30.0  # override with SHARDWALK_CONNECT_TIMEOUT_S
+
+
+def connect_timeout() -> float:
+    """Seconds to wait for a cluster's address to answer before giving up (SHARDWALK_CONNECT_TIMEOUT_S)."""
+    text = os.environ.get("SHARDWALK_CONNECT_TIMEOUT_S", "")
+    try:
+        value = float(text) if text else CONNECT_TIMEOUT_S
+    except ValueError:
+        raise ConfigError(f"SHARDWALK_CONNECT_TIMEOUT_S must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise ConfigError(f"SHARDWALK_CONNECT_TIMEOUT_S must be > 0, got {text!r}")
+    return value
+
+
+def _bootstrap_target(address: str) -> tuple[str, int]:
+    """The (host, port) that `ray.init(address)` will dial first."""
+    target = address.removeprefix("ray://")
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            target = canonicalize_bootstrap_address("auto") or ""
+        except (ConnectionError, ValueError) as exc:
+            raise ClusterUnreachableError(f"--address auto: no Ray cluster is running on this host ({one_line(exc)})") from None
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"Ray address {address!r}: expected HOST:PORT, ray://HOST:PORT or 'auto'")
+    return host.strip("[]"), int(port)
+
+
+def probe(address: str, timeout: float) -> None:
+    """Refuse an address nothing answers on within `timeout` s, instead of letting Ray retry for minutes.
+
+    `ray.init` on a wrong address blocks inside Ray's retry loops (13 minutes, deaf to Ctrl-C); a plain
+    TCP connect with a deadline tells a typo or a firewalled head from a live cluster in seconds.
+    """
+    host, port = _bootstrap_target(address)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or one_line(exc))
+        raise ClusterUnreachableError(
+            f"cannot reach the Ray cluster at {address} ({host}:{port}: {reason} after at most {timeout:g} s); "
+            "check --address / RAY_ADDRESS"
+        ) from None
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[str, Any]:
@@ -20,6 +69,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[
 
     Ray maps 127.0.0.1 to the node's routable address on purpose (services.resolve_ip_for_localhost), so
     the embedded instance cannot be confined to loopback; it relies on Ray's token authentication instead.
+    A cluster that cannot be joined (unreachable, wrong token) is one ClusterUnreachableError line.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
@@ -27,7 +77,12 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[
     address = address or os.environ.get("RAY_ADDRESS") or None
     common: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
-        ray.init(address=address, **common)
+        probe(address, connect_timeout())
+        try:
+            ray.init(address=address, **common)
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, auth errors ... as chained tracebacks
+            ray.shutdown()
+            raise ClusterUnreachableError(f"cannot join the Ray cluster at {address}: {one_line(exc)}") from None
     else:
         ray.init(
             address="local",  # always a fresh embedded instance, even if `ray start` ran on this machine
