@@ -175,6 +175,13 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _stop_ray() -> None:
+    """Shut the embedded Ray down now, while the interpreter is whole (at exit its core worker aborts)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; maps typed errors to exit codes."""
     args = _parser().parse_args(argv)
@@ -188,8 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"shardwalk: {one_line(exc)}", file=sys.stderr)
         return EXIT_INTERNAL
     except KeyboardInterrupt:
+        _stop_ray()
         print("shardwalk: interrupted; committed stages are kept and a rerun resumes from them", file=sys.stderr)
         return 130
+    except SystemExit as exc:  # ray.init replaces our SIGTERM handler with one that calls sys.exit(SIGTERM)
+        if exc.code != signal.SIGTERM:
+            raise
+        _stop_ray()
+        print("shardwalk: terminated (SIGTERM); committed stages are kept and a rerun resumes from them", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

@@ -244,3 +244,29 @@ def test_cli_wrong_address_is_one_line_exit_1_and_keeps_committed_outputs(tmp_pa
 def test_a_sealed_token_survives_numpy_scalars(tmp_path: Path) -> None:
     write_json_sealed(tmp_path / "m.json", {"x": float(np.float64(0.1))})
     assert read_json_sealed(tmp_path / "m.json", "m")["x"] == 0.1
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_run_interrupted_and_keeps_committed_stages(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    runs, markers = tmp_path / "runs", tmp_path / "markers"
+    markers.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SHARDWALK_TEST_SLOW": "300"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", "tests.slow_pipeline", "--runs-dir", str(runs),
+         "--set", f"marker_dir={markers}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not list(markers.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert list(markers.iterdir()), "the slow stage never started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (130, 128 + signal.SIGTERM), err
+    assert "Traceback" not in err
+    (record,) = [json.loads(p.read_text()) for p in (runs / "runs").glob("*/run.json")]
+    assert record["status"] == "interrupted" and record["stages"]["total"]["status"] == "interrupted"
+    assert record["stages"]["numbers"]["status"] == "done"
