@@ -34,6 +34,11 @@ from core.errors import CorruptArtifactError, DataError
 from core.schema import from_numpy
 
 MANIFEST = "_SUCCESS"
+
+
+def one_line_text(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
 TEMP_PREFIX = ".tmp-"  # atomic_dir temporaries: .tmp-<final>@<host>@<pid>@<random>
 Source = str | os.PathLike | pa.Table | np.ndarray
 
@@ -154,7 +159,9 @@ def read_shard(spec: ShardSpec, columns: Sequence[str] | None = None) -> pa.Tabl
 def _read_rows(fs: pafs.FileSystem, path: str, lo: int, hi: int, columns: Sequence[str] | None) -> pa.Table:
     try:
         with fs.open_input_file(path) as handle:
-            pf = pq.ParquetFile(handle)
+            # pages written with CRCs (shardwalk's own, or any writer that adds them) are verified: a flipped
+            # byte in a data page is refused instead of being read as data; files without CRCs read as before
+            pf = pq.ParquetFile(handle, page_checksum_verification=True)
             groups, first, start = [], None, 0
             for g in range(pf.metadata.num_row_groups):
                 size = pf.metadata.row_group(g).num_rows
@@ -168,7 +175,7 @@ def _read_rows(fs: pafs.FileSystem, path: str, lo: int, hi: int, columns: Sequen
                     raise DataError(f"{path}: missing column(s) {missing}")
             table = pf.read_row_groups(groups, columns=list(columns) if columns else None)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: cannot read Parquet ({exc})") from None
+        raise DataError(f"{path}: cannot read Parquet ({one_line_text(exc)})") from None
     return table.slice(lo - first, hi - lo)
 
 
@@ -199,10 +206,10 @@ def source_fingerprint(source: Source) -> str:
 
 
 def write_parquet(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write one Parquet file (zstd) and return its path."""
+    """Write one Parquet file (zstd, a CRC on every page so readers can verify it) and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, compression="zstd")
+    pq.write_table(table, path, compression="zstd", write_page_checksum=True)
     return path
 
 

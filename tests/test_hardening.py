@@ -270,3 +270,28 @@ def test_sigterm_ends_the_run_interrupted_and_keeps_committed_stages(tmp_path: P
     (record,) = [json.loads(p.read_text()) for p in (runs / "runs").glob("*/run.json")]
     assert record["status"] == "interrupted" and record["stages"]["total"]["status"] == "interrupted"
     assert record["stages"]["numbers"]["status"] == "done"
+
+
+# ----------------------------------------------------------------------------- item 8: Parquet page checksums
+
+
+def test_a_flipped_byte_in_a_checksummed_parquet_page_is_refused_naming_the_file(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from core.errors import DataError
+    from core.io import read_table, write_parquet
+
+    vectors = pa.array(np.arange(4000, dtype=np.float32).reshape(1000, 4).tolist(), pa.list_(pa.float32(), 4))
+    table = pa.table({"id": np.arange(1000), "vector": vectors})
+    path = tmp_path / "src.parquet"
+    pq.write_table(table, path, compression="none", write_page_checksum=True)  # as any CRC-writing producer
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # inside the vector column's data page
+    path.write_bytes(bytes(raw))
+    assert not pq.read_table(path).equals(table)  # unverified, the flip is read as data
+    with pytest.raises(DataError, match=r"src\.parquet: cannot read Parquet \(.*CRC checksum verification failed"):
+        read_table(path)
+    ours = write_parquet(table, tmp_path / "ours.parquet")
+    assert pq.ParquetFile(ours, page_checksum_verification=True).read().equals(table)
+    assert read_table(ours).equals(table)
