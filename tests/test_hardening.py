@@ -295,3 +295,22 @@ def test_a_flipped_byte_in_a_checksummed_parquet_page_is_refused_naming_the_file
     ours = write_parquet(table, tmp_path / "ours.parquet")
     assert pq.ParquetFile(ours, page_checksum_verification=True).read().equals(table)
     assert read_table(ours).equals(table)
+
+
+# ----------------------------------------------------------------------------- item 5: linear duplicate-id check
+
+
+def test_the_duplicate_id_check_reads_each_part_once_and_finds_the_first_later_row() -> None:
+    from core.errors import DataError
+    from core.unique import bucket_report, check_unique, id_buckets, split_by_bucket
+
+    parts = [(np.array([0, 1, 2]), 0), (np.array([3, 1, 4]), 3), (np.array([5, 6, 3]), 6)]
+    buckets = id_buckets(len(parts))
+    split = [split_by_bucket(ids, start, buckets) for ids, start in parts]  # one pass per part
+    assert sum(len(piece[0]) for pieces in split for piece in pieces) == 9
+    reports = [bucket_report([pieces[b] for pieces in split]) for b in range(buckets)]
+    with pytest.raises(DataError, match="duplicate value 1 at row 4"):  # row 4 comes before row 8 (id 3)
+        check_unique(reports, "src")
+    assert id_buckets(1000) == 16 and id_buckets(3) == 3  # buckets do not grow with the shard count
+    unique = [split_by_bucket(np.arange(i * 10, i * 10 + 10), i * 10, 4) for i in range(5)]
+    assert check_unique([bucket_report([pieces[b] for pieces in unique]) for b in range(4)], "src") == 50
