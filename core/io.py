@@ -326,15 +326,21 @@ def atomic_dir(final: str | os.PathLike, extra: dict[str, Any] | None = None) ->
         raise
 
 
-def remove_orphaned_temporaries(directory: str | os.PathLike) -> list[Path]:
-    """Remove the temporary directories of `atomic_dir` writers on this host that no longer run.
+def owned_prefix(prefix: str) -> str:
+    """`prefix` plus this host and process, so `remove_orphaned_temporaries` can tell when the owner is gone."""
+    return f"{prefix}@{socket.gethostname()}@{os.getpid()}@"
+
+
+def remove_orphaned_temporaries(directory: str | os.PathLike, prefix: str = TEMP_PREFIX) -> list[Path]:
+    """Remove the temporary directories (named `<prefix><name>@<host>@<pid>@<random>`) of writers on this
+    host that no longer run: `atomic_dir` temporaries, and shard actors' work directories.
 
     A writer killed mid-stage (SIGKILL, OOM) cannot clean up after itself. Temporaries of live
     processes and of other hosts (a shared runs directory) are left alone.
     """
     root, host, removed = Path(directory), socket.gethostname(), []
-    for path in root.glob(f"{TEMP_PREFIX}*") if root.is_dir() else []:
-        owner = path.name[len(TEMP_PREFIX):].rsplit("@", 3)
+    for path in root.glob(f"{prefix}*") if root.is_dir() else []:
+        owner = path.name[len(prefix):].rsplit("@", 3)
         if len(owner) == 4 and owner[1] == host and owner[2].isdigit() and not pid_alive(int(owner[2])):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)

@@ -314,3 +314,22 @@ def test_the_duplicate_id_check_reads_each_part_once_and_finds_the_first_later_r
     assert id_buckets(1000) == 16 and id_buckets(3) == 3  # buckets do not grow with the shard count
     unique = [split_by_bucket(np.arange(i * 10, i * 10 + 10), i * 10, 4) for i in range(5)]
     assert check_unique([bucket_report([pieces[b] for pieces in unique]) for b in range(4)], "src") == 50
+
+
+# ----------------------------------------------------------------------------- item 9: work directories
+
+
+def test_work_directories_of_killed_drivers_are_swept(tmp_path: Path) -> None:
+    from workers.hnsw_shard import WORKDIR_PREFIX, _workdir
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    orphan = tmp_path / f"{WORKDIR_PREFIX}w@{host}@{int(dead.stdout)}@abc"
+    live = tmp_path / f"{WORKDIR_PREFIX}w@{host}@{os.getpid()}@def"
+    remote = tmp_path / f"{WORKDIR_PREFIX}w@another-host@1@ghi"
+    for path in (orphan, live, remote):
+        path.mkdir()
+        (path / "shard-00000.bin").write_bytes(b"x")
+    work, _ = _workdir(tmp_path)
+    assert not orphan.exists() and live.exists() and remote.exists()
+    assert work.name.startswith(f"{WORKDIR_PREFIX}w@{host}@{os.getpid()}@")
