@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from core.dag import Runner, run_path
+    from core.limits import actor_bound, actors_requested, check_actors
     from pipelines.config import load_config, pipeline_module
     from pipelines.progress import make_reporter, print_run
     from pipelines.report import publish
@@ -104,9 +105,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         connect(args.address)
         return ray_submit(fn, fn_args, options)
 
+    def start() -> None:  # before the first stage that must run: nothing committed is retired if this fails
+        resources = connect(args.address)
+        requested = module.actors(config) if hasattr(module, "actors") else actors_requested(config)
+        check_actors(requested, actor_bound(resources.get("CPU", 1), resources.get("memory", 0)), pipeline.name)
+
     with make_reporter(pipeline) as reporter:  # Ray starts (on_start) only if some stage is not a cache hit
         record = Runner(pipeline, args.runs_dir, submit, force=args.force, config=config, on_event=reporter,
-                        on_start=lambda: connect(args.address)).run()
+                        on_start=start).run()
     run_dir = run_path(args.runs_dir, record.run_id).parent
     for stage in record.stages.values():
         if stage.status in ("done", "cached"):

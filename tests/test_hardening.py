@@ -333,3 +333,39 @@ def test_work_directories_of_killed_drivers_are_swept(tmp_path: Path) -> None:
     work, _ = _workdir(tmp_path)
     assert not orphan.exists() and live.exists() and remote.exists()
     assert work.name.startswith(f"{WORKDIR_PREFIX}w@{host}@{os.getpid()}@")
+
+
+# ----------------------------------------------------------------------------- item 5: the actor bound
+
+
+def test_the_actor_bound_follows_the_cluster_and_can_be_overridden() -> None:
+    from core.errors import ConfigError
+    from core.limits import actor_bound, actors_requested, check_actors
+
+    gib = 2**30
+    assert actor_bound(2, 24 * gib, env={}).limit == 8  # CPU-bound on a 2-core machine
+    assert actor_bound(64, 4 * gib, env={}).limit == 8  # memory-bound: 256 MiB each in half of 4 GiB
+    assert actor_bound(0.5, 0, env={}).limit == 1
+    assert actor_bound(2, 24 * gib, env={"SHARDWALK_MAX_ACTORS": "1000"}).limit == 1000
+    with pytest.raises(ConfigError, match="SHARDWALK_MAX_ACTORS must be a positive integer"):
+        actor_bound(2, gib, env={"SHARDWALK_MAX_ACTORS": "lots"})
+    assert actors_requested({"shards": 4, "replicas": 2}) == 8
+    assert actors_requested({"shards": 2, "index": {"sweep_shards": [1, 2, 16]}, "srrw": {"partitions": 3}}) == 16
+    check_actors(8, actor_bound(2, 24 * gib, env={}), "index")
+    with pytest.raises(ConfigError, match=r"would start 1000 actors .* at most 8 \(4 per CPU × 2 CPUs = 8"):
+        check_actors(1000, actor_bound(2, 24 * gib, env={}), "index")
+
+
+def test_cli_refuses_too_many_shards_before_any_actor_starts(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    runs = tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "index", "--runs-dir", str(runs),
+         "--set", "source=builtin:digits", "--set", "shards=1000"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("shardwalk:")]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and "would start 1000 actors" in lines[0] and "SHARDWALK_MAX_ACTORS" in lines[0]
+    assert not list((runs / "cache").glob("*-*"))  # refused before the first stage ran
