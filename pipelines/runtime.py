@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
@@ -64,12 +65,50 @@ def probe(address: str, timeout: float) -> None:
         ) from None
 
 
+LOOPBACK = "127.0.0.1"
+CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's name; "0" keeps a node's IP on loopback
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Start the embedded Ray on 127.0.0.1 with no fixed port, then put Ray's settings back.
+
+    Ray 2.60 binds its servers (GCS, raylet, workers, dashboard agent, runtime-env agent) to the node's IP,
+    but resolves a node IP of 127.0.0.1 to the routable address unless cluster mode is off
+    (`services.get_node_ip_address` reads `ray_constants.ENABLE_RAY_CLUSTER`, set from
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER). The dashboard agent's HTTP port defaults to the fixed 52365 (on the
+    node IP and on 127.0.0.1), which `ray.init` cannot change and which a `ray start` on the same host
+    needs too: RayParams gets 0 instead (a free port).
+    """
+    from ray._private import parameter, ray_constants
+
+    original_init, original_switch = parameter.RayParams.__init__, ray_constants.ENABLE_RAY_CLUSTER
+    previous_env = os.environ.get(CLUSTER_SWITCH)
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("dashboard_agent_listen_port", 0)
+        original_init(self, *args, **kwargs)
+
+    parameter.RayParams.__init__ = init
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ[CLUSTER_SWITCH] = "0"  # inherited by the raylet, the agents and the workers
+    try:
+        yield
+    finally:
+        parameter.RayParams.__init__ = original_init
+        ray_constants.ENABLE_RAY_CLUSTER = original_switch
+        if previous_env is None:
+            os.environ.pop(CLUSTER_SWITCH, None)
+        else:
+            os.environ[CLUSTER_SWITCH] = previous_env
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[str, Any]:
     """Join a cluster (`address`, or RAY_ADDRESS) or start an embedded local Ray without the dashboard.
 
-    Ray maps 127.0.0.1 to the node's routable address on purpose (services.resolve_ip_for_localhost), so
-    the embedded instance cannot be confined to loopback; it relies on Ray's token authentication instead.
-    A cluster that cannot be joined (unreachable, wrong token) is one ClusterUnreachableError line.
+    The embedded instance listens on 127.0.0.1 only, on free ports (`_loopback_only`), and keeps Ray's
+    token authentication. A cluster that cannot be joined (unreachable, wrong token) is one
+    ClusterUnreachableError line.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
@@ -84,13 +123,15 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[
             ray.shutdown()
             raise ClusterUnreachableError(f"cannot join the Ray cluster at {address}: {one_line(exc)}") from None
     else:
-        ray.init(
-            address="local",  # always a fresh embedded instance, even if `ray start` ran on this machine
-            num_cpus=num_cpus or os.cpu_count(),
-            include_dashboard=False,
-            configure_logging=True,
-            **common,
-        )
+        with _loopback_only():
+            ray.init(
+                address="local",  # always a fresh embedded instance, even if `ray start` ran on this machine
+                num_cpus=num_cpus or os.cpu_count(),
+                include_dashboard=False,
+                configure_logging=True,
+                _node_ip_address=LOOPBACK,
+                **common,
+            )
     return ray.cluster_resources()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -44,3 +45,61 @@ def test_a_damaged_walk_checkpoint_names_the_way_out_and_force_recomputes(ray_lo
     assert main([*args, "--force"]) == 0
     assert pq.read_table(walk / "tokens.parquet").column("theta").to_pylist() == clean
     assert not state.exists()
+
+
+def _listening(pids: set[int]) -> list[str]:
+    """host:port of every listening TCP socket owned by `pids` (from /proc, Linux)."""
+    inodes = {}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes[target[8:-1]] = pid
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
+                host, port = fields[1].split(":")
+                found.append(f"{host}:{int(port, 16)}")
+    return found
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+LOOPBACK_HEX = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="reads Linux /proc")
+def test_the_embedded_ray_listens_on_loopback_only_and_on_no_fixed_port(ray_local) -> None:
+    import ray
+
+    node = ray.nodes()[0]
+    assert node["NodeManagerAddress"] == "127.0.0.1"
+    assert node["DashboardAgentListenPort"] != 52365  # the port a separate `ray start` needs
+
+    @ray.remote
+    def warm() -> int:
+        return os.getpid()
+
+    ray.get(warm.remote())
+    sockets = _listening(_descendants(os.getpid()))
+    assert len(sockets) >= 3, sockets  # GCS, raylet, agents at least: the check saw Ray's processes
+    assert all(s.split(":")[0] in LOOPBACK_HEX for s in sockets), sockets
