@@ -106,7 +106,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return ray_submit(fn, fn_args, options)
 
     def start() -> None:  # before the first stage that must run: nothing committed is retired if this fails
-        resources = connect(args.address)
+        resources = _connect(args.address)
         requested = module.actors(config) if hasattr(module, "actors") else actors_requested(config)
         check_actors(requested, actor_bound(resources.get("CPU", 1), resources.get("memory", 0)), pipeline.name)
 
@@ -149,9 +149,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _cmd_query(args: argparse.Namespace) -> int:
     from pipelines.index import query_index
-    from pipelines.runtime import connect
-
-    connect(args.address)
+    _connect(args.address)
     table = query_index(args.index_dir, args.queries, k=args.k, ef=args.ef, nprobe=args.nprobe, out_path=args.out)
     if args.out is None:
         print(table.slice(0, 20).to_pandas().to_string())
@@ -165,6 +163,17 @@ COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show, "query": _cmd
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _connect(address: str | None) -> dict:
+    """Connect to Ray, then take SIGTERM back: `ray.init` installs its own handlers (a `sys.exit` in Python,
+    a crash reporter in its C++ core that aborted the driver), and a stop must unwind like Ctrl-C."""
+    from pipelines.runtime import connect
+
+    resources = connect(address)
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        signal.signal(signal.SIGTERM, _interrupt)
+    return resources
 
 
 @contextlib.contextmanager
@@ -200,8 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ShardwalkError, OSError) as exc:  # an unreachable cluster, a full disk: one line, not a traceback
         print(f"shardwalk: {one_line(exc)}", file=sys.stderr)
         return EXIT_INTERNAL
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _stop_ray()
+        if exc.args == ("SIGTERM",):
+            print("shardwalk: terminated (SIGTERM); committed stages are kept and a rerun resumes from them", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print("shardwalk: interrupted; committed stages are kept and a rerun resumes from them", file=sys.stderr)
         return 130
     except SystemExit as exc:  # ray.init replaces our SIGTERM handler with one that calls sys.exit(SIGTERM)
