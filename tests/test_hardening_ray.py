@@ -103,3 +103,21 @@ def test_the_embedded_ray_listens_on_loopback_only_and_on_no_fixed_port(ray_loca
     sockets = _listening(_descendants(os.getpid()))
     assert len(sockets) >= 3, sockets  # GCS, raylet, agents at least: the check saw Ray's processes
     assert all(s.split(":")[0] in LOOPBACK_HEX for s in sockets), sockets
+
+
+def test_after_the_first_error_of_a_fan_out_ray_stops_logging_the_others(ray_local, monkeypatch) -> None:
+    import ray
+
+    from core.errors import DataError
+    from workers.quiet import QUIET, get_all
+
+    monkeypatch.delenv(QUIET, raising=False)
+
+    @ray.remote
+    def shard(i: int) -> int:
+        raise DataError(f"shard {i}: bad row")
+
+    assert get_all([ray.put(1)]) == [1] and QUIET not in os.environ  # no error, no change
+    with pytest.raises(ray.exceptions.RayTaskError, match="shard 0: bad row"):
+        get_all([shard.remote(i) for i in range(3)])
+    assert os.environ[QUIET] == "1"  # Ray reads it before logging an uncollected error as 'Unhandled'
