@@ -378,13 +378,14 @@ def mark_dead_runs(runs_dir: str | os.PathLike) -> list[str]:
     """Close the records of runs on this host whose driver died (SIGKILL, OOM) while they were `running`."""
     host, closed = socket.gethostname(), []
     for record in list_runs(runs_dir):
-        pid = record.get("pid")
-        if record.get("status") != "running" or record.get("host") != host or not isinstance(pid, int) or pid_alive(pid):
+        pid, stages = record.get("pid"), record.get("stages")
+        if (record.get("status") != "running" or record.get("host") != host or not isinstance(pid, int)
+                or not isinstance(record.get("run_id"), str) or not isinstance(stages, dict) or pid_alive(pid)):
             continue
         reason = f"the driver (pid {pid}) was killed before the run finished"
         record.update(status="interrupted", error=reason)
-        for stage in record.get("stages", {}).values():
-            if stage.get("status") in ("running", "pending"):
+        for stage in stages.values():
+            if isinstance(stage, dict) and stage.get("status") in ("running", "pending"):
                 stage.update(status="interrupted" if stage["status"] == "running" else "skipped", error=reason)
         with contextlib.suppress(ConfigError, OSError):
             write_json_atomic(run_path(runs_dir, record["run_id"]), record)
