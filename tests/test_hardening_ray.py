@@ -121,3 +121,17 @@ def test_after_the_first_error_of_a_fan_out_ray_stops_logging_the_others(ray_loc
     with pytest.raises(ray.exceptions.RayTaskError, match="shard 0: bad row"):
         get_all([shard.remote(i) for i in range(3)])
     assert os.environ[QUIET] == "1"  # Ray reads it before logging an uncollected error as 'Unhandled'
+
+
+def test_too_many_shards_are_refused_before_any_stage_runs(ray_local, tmp_path, capsys) -> None:
+    """shards=1000 on digits started 121 actors and took 11 GB; now the session's 2 CPUs allow 8."""
+    from pipelines.cli import main
+
+    runs = tmp_path / "runs"
+    code = main(["run", "index", "--runs-dir", str(runs), "--set", "source=builtin:digits", "--set", "shards=1000"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("shardwalk:")]
+    assert code == 2
+    assert len(lines) == 1 and "would start 1000 actors" in lines[0] and "SHARDWALK_MAX_ACTORS" in lines[0], lines
+    assert not list((runs / "cache").glob("*-*"))  # refused before the first stage ran
+    (record,) = [json.loads(p.read_text()) for p in (runs / "runs").glob("*/run.json")]
+    assert record["status"] == "failed" and "would start 1000 actors" in record["error"]
