@@ -13,6 +13,16 @@ Scenarios (the same faults tests/test_faults*.py inject):
                                   add a node; resume from the token checkpoint.
   coreset_node_loss               remove a node while the coreset `score` stage runs, a replacement joins;
                                   the stage is retried in place (rerun if it failed).
+Hardening (issue 17; a refusal is the documented outcome where noted):
+  force_after_finished_walk       `--force` after a finished srrw run recomputes the walk from step 0; identical.
+  corrupt_checkpoint_json         an edited "node" in a walk's token checkpoint: refused, exit 2, the line says
+                                  what to delete and that --force recomputes; then `--force` finishes, identical.
+  hostile_index_manifest          a shard manifest naming ../probe.txt, _SUCCESS removed: `shardwalk query`
+                                  refused (exit 2), nothing written outside the index.
+  wrong_address_*                 `run --force --address` to a closed port / an unroutable host: one line, exit 1
+                                  within SHARDWALK_CONNECT_TIMEOUT_S, run record `failed`, committed outputs kept.
+  full_disk_run_record            the runs directory on a full 64 KiB tmpfs (or a simulated ENOSPC where mounting
+                                  is not allowed): one line, exit 1, no zero-byte temporary.
 "finished": the faulted job (with the documented recovery: restart, fail-over, rerun or resume) completed.
 "identical": its result was compared in this run with the fault-free run and matched exactly.
 "time_ratio": faulted wall time (including detection and recovery) / fault-free wall time.
@@ -332,6 +342,203 @@ def cluster_scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
         return [walker_node_loss(cluster, work / "walk", quick), coreset_node_loss(cluster, work / "coreset", quick)]
 
 
+# ----------------------------------------------------------------------------- hardening (issue 17)
+
+
+def _refused(name: str, code: int, expected: int, message: str, ok: bool, seconds: float, note: str) -> dict[str, Any]:
+    """A scenario whose documented outcome is a refusal: the exit code and the one line the user reads."""
+    return {"name": name, "finished": False, "identical": False, "refused": True, "exit_code": code,
+            "expected_exit_code": expected, "as_documented": bool(ok and code == expected), "message": message,
+            "time_ratio": None, "faulted_seconds": round(seconds, 3), "clean_seconds": None, "note": note}
+
+
+def _in_process(args: list[str]) -> tuple[int, str, float]:
+    """`shardwalk ARGS` in this process (the session's Ray): exit code, its `shardwalk:` lines, seconds."""
+    import io
+
+    from pipelines.cli import main
+
+    err = io.StringIO()
+    began = time.perf_counter()
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(err), contextlib.redirect_stdout(sink):
+        code = main(args)
+    lines = [line for line in err.getvalue().splitlines() if line.startswith("shardwalk:")]
+    return code, " | ".join(lines), time.perf_counter() - began
+
+
+def _subprocess(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str, float]:
+    """`shardwalk ARGS` as its own process (a fresh driver, no Ray yet): exit code, `shardwalk:` lines, seconds."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env.pop("RAY_ADDRESS", None)
+    began = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("shardwalk:")]
+    return proc.returncode, " | ".join(lines), time.perf_counter() - began
+
+
+def _walk_tokens(runs: Path) -> tuple[Path, Any]:
+    import pyarrow.parquet as pq
+
+    record = max((json.loads(p.read_text()) for p in (runs / "runs").glob("*/run.json")), key=lambda r: r["started"])
+    walk = Path(record["stages"]["walk"]["output"])
+    return walk, pq.read_table(walk / "tokens.parquet").column("theta").to_pylist()
+
+
+def walk_scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
+    """An edited checkpoint JSON is refused with what to do; `--force` recomputes a finished walk from scratch."""
+    from core.dag import state_dir
+
+    runs = work / "runs"
+    args = ["run", "srrw", "--runs-dir", str(runs), f"--set=steps={4000 if quick else 20000}", "--set=checkpoint_every=500"]
+    code, _, clean_s = _in_process(args)
+    if code != 0:
+        return [_scenario("srrw_clean_run", False, False, 0.0, 1.0, f"the clean srrw run exited {code}")]
+    walk, clean = _walk_tokens(runs)
+    forced, _, forced_s = _in_process([*args, "--force"])
+    record = max((json.loads(p.read_text()) for p in (runs / "runs").glob("*/run.json")), key=lambda r: r["started"])
+    recomputed = record["stages"]["walk"]["status"] == "done"
+    out = [_scenario("force_after_finished_walk", forced == 0 and recomputed, forced == 0 and _walk_tokens(runs)[1] == clean,
+                     forced_s, clean_s, "walk recomputed from step 0 (no checkpoint kept after commit, state retired by --force)"
+                     if recomputed else "the walk was not recomputed")]
+    # a walk killed mid-way leaves its checkpoint; someone edits `"node"` in it
+    shutil.rmtree(walk)
+    state = state_dir(walk)
+    state.mkdir(parents=True, exist_ok=True)
+    from core.srrw import SRRW, Schedule, make_tokens, save_token
+
+    obj, graph = walk_problem()
+    token = make_tokens(SRRW(graph, 5.0, "mhrw"), obj.dim, Schedule(), seed=0)[0]
+    manifest = save_token(state, token)
+    manifest.write_text(manifest.read_text().replace(f'"node": {token.node}', f'"node": {token.node + 1}'))
+    code, message, refused_s = _in_process(args)
+    ok = "token-0.json" in message and "--force" in message and f"delete {state}" in message
+    out.append(_refused("corrupt_checkpoint_json", code, 2, message, ok, refused_s, "edited 'node' in token-0.json"))
+    code, _, rerun_s = _in_process([*args, "--force"])
+    out.append(_scenario("corrupt_checkpoint_json_then_force", code == 0, code == 0 and _walk_tokens(runs)[1] == clean,
+                         rerun_s, clean_s, "--force retired the damaged checkpoint and walked from scratch"))
+    return out
+
+
+def hostile_manifest(work: Path) -> dict[str, Any]:
+    """The issue-17 item-1 repro: a shard manifest naming ../probe.txt, the commit marker removed."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from core import hnsw
+    from core.datasets import synthetic
+    from core.io import MANIFEST
+    from core.schema import from_numpy
+    from workers.hnsw_shard import ShardedIndex
+
+    data = synthetic(n=1500, d=16, seed=11)[0]
+    index_dir = work / "hostile" / "index"
+    with ShardedIndex.build(data, shards=2, M=8, ef_construction=64, cpus_per_actor=0) as index:
+        index.save(index_dir)
+    payload = index_dir.parent / "probe.txt"
+    payload.write_text("written by a hostile manifest")
+    shard = index_dir / hnsw.shard_manifest_file(0)
+    manifest = json.loads(shard.read_text())
+    manifest["files"]["../probe.txt"] = hashlib.sha256(payload.read_bytes()).hexdigest()
+    shard.write_text(json.dumps(manifest))
+    (index_dir / MANIFEST).unlink()
+    queries = index_dir.parent / "q.parquet"
+    pq.write_table(from_numpy(data[:5]), queries)
+    before = sorted(p.name for p in index_dir.parent.rglob("*"))
+    code, message, seconds = _in_process(["query", str(index_dir), "--queries", str(queries), "-k", "3"])
+    untouched = sorted(p.name for p in index_dir.parent.rglob("*")) == before
+    return _refused("hostile_index_manifest", code, 2, message, untouched and "not committed" in message, seconds,
+                    "nothing written outside the index" if untouched else "FILES CHANGED outside the index")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wrong_address(work: Path) -> list[dict[str, Any]]:
+    """A wrong --address with --force: one line, exit 1, within the connect timeout, nothing committed deleted."""
+    runs = work / "address"
+    sets = ["--set", "source=builtin:digits"]
+    code, _, _ = _subprocess(["run", "ingest", "--runs-dir", str(runs), *sets])
+    committed = sorted(p.name for p in (runs / "cache").iterdir()) if code == 0 else None
+    out = []
+    for name, address in (("wrong_address_refused", f"127.0.0.1:{_closed_port()}"),
+                          ("wrong_address_unroutable", "10.255.255.1:6379")):
+        code, message, seconds = _subprocess(["run", "ingest", "--runs-dir", str(runs), "--force", *sets,
+                                              "--address", address], env={"SHARDWALK_CONNECT_TIMEOUT_S": "10"})
+        kept = committed is not None and sorted(p.name for p in (runs / "cache").iterdir()) == committed
+        record = max((json.loads(p.read_text()) for p in (runs / "runs").glob("*/run.json")), key=lambda r: r["started"])
+        ok = kept and message.count("shardwalk:") == 1 and record["status"] == "failed"
+        out.append(_refused(name, code, 1, message, ok, seconds,
+                            f"run record '{record['status']}'; committed outputs {'kept' if kept else 'NOT kept'}"))
+    return out
+
+
+@contextlib.contextmanager
+def _full_filesystem(work: Path) -> Iterator[tuple[Path, str]]:
+    """A tiny tmpfs filled to the last byte (root and `mount` needed), else a simulated ENOSPC on every write."""
+    mount = work / "full"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                             capture_output=True, check=False).returncode == 0
+    try:
+        if mounted:
+            with contextlib.suppress(OSError), open(mount / "filler", "wb") as handle:
+                while True:
+                    handle.write(b"\0" * 4096)
+                    handle.flush()
+            yield mount, "tmpfs of 64 KiB filled to the last block"
+        else:
+            yield mount, "simulated"
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(mount)], check=False)
+
+
+def full_disk(work: Path) -> dict[str, Any]:
+    """The runs directory on a full filesystem: one line, exit 1, no zero-byte temporary run record."""
+    with _full_filesystem(work) as (mount, how):
+        runs = mount / "runs"
+        args = ["run", "ingest", "--runs-dir", str(runs), "--set", "source=builtin:digits"]
+        if how == "simulated":  # ENOSPC from every run-record write, as a full disk gives it
+            import errno
+
+            from core import io
+
+            def full(path: Any, payload: Any) -> None:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+            with mock.patch.object(io, "write_json_atomic", full), mock.patch("core.dag.write_json_atomic", full):
+                code, message, seconds = _in_process(args)
+        else:
+            code, message, seconds = _subprocess(args)
+        leftovers = [p for p in runs.rglob("*") if p.is_file()] if runs.exists() else []
+    ok = "No space left on device" in message and not leftovers
+    return _refused("full_disk_run_record", code, 1, message, ok, seconds, f"{how}; files left: {len(leftovers)}")
+
+
+def hardening_scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
+    """Issue 17's scriptable faults. A lost shard during knn_graph (item 2) is issue 13's to add."""
+    import ray
+
+    from pipelines.runtime import connect
+
+    out = [*wrong_address(work), full_disk(work)]  # fresh drivers: before this process starts Ray
+    connect(num_cpus=2)
+    try:
+        out += walk_scenarios(work / "walk-hardening", quick)
+        out.append(hostile_manifest(work))
+    finally:
+        ray.shutdown()
+    return out
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -344,6 +551,10 @@ def _print(result: dict[str, Any]) -> None:
     for col in ("scenario", "finished", "identical", "time ratio", "note"):
         table.add_column(col)
     for s in result["scenarios"]:
+        if s.get("refused"):  # the documented outcome is a refusal: show the exit code and the user's line
+            verdict = "as documented" if s["as_documented"] else "NOT as documented"
+            table.add_row(s["name"], f"refused, exit {s['exit_code']}", verdict, "-", Text(f"{s['message']} ({s['note']})"))
+            continue
         table.add_row(s["name"], "yes" if s["finished"] else "NO", "yes" if s["identical"] else "NO",
                       f"{s['time_ratio']:.2f}" if s["time_ratio"] is not None else "-", Text(s["note"]))  # notes quote errors
     Console(width=200).print(table)
@@ -353,9 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_faults", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--quick", action="store_true", help="smaller data and walks")
-    parser.add_argument("--only", default="", help="comma-separated subset: driver,hnsw,cluster")
+    parser.add_argument("--only", default="", help="comma-separated subset: driver,hnsw,cluster,hardening")
     args = parser.parse_args(argv)
-    groups = set(filter(None, args.only.split(","))) or {"driver", "hnsw", "cluster"}
+    groups = set(filter(None, args.only.split(","))) or {"driver", "hnsw", "cluster", "hardening"}
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     work = Path(tempfile.mkdtemp(prefix="bench-faults-"))
     scenarios: list[dict[str, Any]] = []
@@ -372,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
                 scenarios += hnsw_scenarios(args.quick)
             finally:
                 ray.shutdown()
+        if "hardening" in groups:
+            scenarios += hardening_scenarios(work, args.quick)
         if "cluster" in groups:
             scenarios += cluster_scenarios(work, args.quick)
     finally:

@@ -9,6 +9,8 @@ a thread pool. A stage's output is committed by `execute_stage` inside the worke
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import contextvars
 import inspect
 import json
 import os
@@ -28,6 +30,7 @@ from core.errors import ConfigError, InputError, one_line
 from core.io import (
     atomic_dir,
     is_committed,
+    pid_alive,
     read_json,
     read_manifest,
     remove_orphaned_temporaries,
@@ -126,16 +129,40 @@ def output_dir(runs_dir: str | os.PathLike, stage: Stage, key: str) -> Path:
     return Path(runs_dir) / "cache" / f"{stage.name}-{key[:24]}"
 
 
+_STATE_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("stage_state_dir", default=None)
+
+
+def state_dir(final: str | os.PathLike) -> Path:
+    """Where a stage keeps resumable state (checkpoints) between attempts: beside its output, same key.
+
+    Keyed like the output, so state of other code versions or settings is never resumed from; removed
+    once the output is committed, and retired by `--force` before the stage starts again.
+    """
+    final = Path(final)
+    return final.parent / f".state-{final.name}"
+
+
+def stage_state_dir() -> Path | None:
+    """The state directory of the stage running in this worker (None outside `execute_stage`)."""
+    return _STATE_DIR.get()
+
+
 def execute_stage(fn: StageFn, final: str, inputs: Mapping[str, str], params: Mapping[str, Any], key: str) -> dict[str, Any]:
     """Run one stage into a temporary directory and commit it; runs inside the executor's worker."""
     started = time.perf_counter()
     extra: dict[str, Any] = {"key": key}
-    with atomic_dir(final, extra) as tmp:
-        metrics = fn(tmp, **{k: Path(v) for k, v in inputs.items()}, **params)
-        extra["metrics"] = dict(metrics or {})
-        extra["seconds"] = round(time.perf_counter() - started, 4)
+    token = _STATE_DIR.set(state_dir(final))
+    try:
+        with atomic_dir(final, extra) as tmp:
+            metrics = fn(tmp, **{k: Path(v) for k, v in inputs.items()}, **params)
+            extra["metrics"] = dict(metrics or {})
+            extra["seconds"] = round(time.perf_counter() - started, 4)
+    finally:
+        _STATE_DIR.reset(token)
+    shutil.rmtree(state_dir(final), ignore_errors=True)
     manifest = read_manifest(final)
-    return {"rows": manifest["rows"], "metrics": manifest.get("metrics", {}), "seconds": manifest.get("seconds")}
+    # this attempt's own figures: a concurrent run may have committed first, and its manifest holds its own
+    return {"rows": manifest["rows"], "metrics": extra["metrics"], "seconds": extra["seconds"]}
 
 
 @dataclass
@@ -145,7 +172,7 @@ class StageRecord:
     name: str
     key: str
     output: str
-    status: str = "pending"  # pending | running | cached | done | failed | skipped
+    status: str = "pending"  # pending | running | cached | done | failed | skipped | interrupted
     cache_hit: bool = False
     rows: int | None = None
     seconds: float | None = None
@@ -153,6 +180,7 @@ class StageRecord:
     error: str | None = None
     error_type: str | None = None
     bad_input: bool = False  # the failure was the user's input (exit 2), not an internal error
+    warning: str | None = None  # e.g. a corrupt cached output that was recomputed
 
 
 @dataclass
@@ -162,7 +190,8 @@ class RunRecord:
     run_id: str
     pipeline: str
     config: dict[str, Any]
-    status: str = "running"  # running | succeeded | failed
+    status: str = "running"  # running | succeeded | failed | interrupted
+    error: str | None = None  # why a run ended failed or interrupted outside any stage (connection, disk, signal)
     started: float = field(default_factory=time.time)
     finished: float | None = None
     host: str = field(default_factory=socket.gethostname)
@@ -185,17 +214,20 @@ def run_path(runs_dir: str | os.PathLike, run_id: str) -> Path:
     return Path(runs_dir) / "runs" / check_name(run_id, "run id") / "run.json"
 
 
-def _cache_hit(final: Path) -> dict[str, Any] | None:
+def _cache_hit(final: Path, problems: list[str] | None = None) -> dict[str, Any] | None:
     """The manifest of a committed output whose files all match their recorded sha256.
 
     Reading a cached output back is far cheaper than recomputing it, and a same-size bit flip is
-    only visible to the checksum; a corrupt output is not a hit (the stage reruns and replaces it).
+    only visible to the checksum; a corrupt output is not a hit (the stage reruns and replaces it, and
+    the reason is appended to `problems` so the run can say so).
     """
     if not is_committed(final):
         return None
     try:
         return verify_dir(final)
-    except InputError:
+    except InputError as exc:
+        if problems is not None:
+            problems.append(one_line(exc))
         return None
 
 
@@ -212,12 +244,14 @@ class Runner:
         config: Mapping[str, Any] | None = None,
         on_event: Callable[[RunRecord, StageRecord], None] | None = None,
         run_id: str | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.runs_dir = Path(runs_dir)
         self.submit = submit
         self.force = force
         self.on_event = on_event or (lambda run, stage: None)
+        self.on_start = on_start  # readies the executor (connects) before the first stage that must run
         self.keys = pipeline.keys()
         self.record = RunRecord(run_id or new_run_id(pipeline.name), pipeline.name, dict(config or {}))
         for s in pipeline.stages.values():
@@ -232,9 +266,37 @@ class Runner:
         self.on_event(self.record, rec)
 
     def run(self) -> RunRecord:
-        """Run to completion; independent branches go on after a failure, dependants are skipped."""
+        """Run to completion; independent branches go on after a failure, dependants are skipped.
+
+        Anything that stops the run itself (a lost connection, a full disk, Ctrl-C, SIGTERM) ends the
+        record `failed` or `interrupted` with the reason before the exception propagates.
+        """
+        mark_dead_runs(self.runs_dir)
         remove_orphaned_temporaries(Path(self.runs_dir) / "cache")
         self._save()
+        try:
+            self._loop()
+        except BaseException as exc:
+            self._abort(exc)
+            raise
+        self.record.status = "failed" if self.record.failed_stage() else "succeeded"
+        self.record.finished = time.time()
+        self._save()
+        return self.record
+
+    def _abort(self, exc: BaseException) -> None:
+        """Close the record of a run stopped from outside its stages; best effort (the disk may be full)."""
+        interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
+        self.record.status = "interrupted" if interrupted else "failed"
+        self.record.error = "interrupted (Ctrl-C or SIGTERM)" if interrupted else one_line(exc)
+        self.record.finished = time.time()
+        for rec in self.record.stages.values():
+            if rec.status in ("running", "pending"):
+                rec.status, rec.error = ("interrupted" if rec.status == "running" else "skipped"), self.record.error
+        with contextlib.suppress(OSError):
+            self._save()
+
+    def _loop(self) -> None:
         futures: dict[cf.Future, str] = {}
         while True:
             ready = self._ready()
@@ -247,10 +309,6 @@ class Runner:
             done, _ = cf.wait(list(futures), return_when=cf.FIRST_COMPLETED)
             for fut in done:
                 self._finish(futures.pop(fut), fut)
-        self.record.status = "failed" if self.record.failed_stage() else "succeeded"
-        self.record.finished = time.time()
-        self._save()
-        return self.record
 
     def _ready(self) -> list[Stage]:
         ready = []
@@ -269,14 +327,22 @@ class Runner:
     def _start(self, s: Stage, futures: dict[cf.Future, str]) -> None:
         rec = self.record.stages[s.name]
         final = Path(rec.output)
-        manifest = None if self.force else _cache_hit(final)
+        problems: list[str] = []
+        manifest = None if self.force else _cache_hit(final, problems)
         if manifest is not None:
             rec.status, rec.cache_hit, rec.rows, rec.seconds = "cached", True, manifest["rows"], 0.0
             rec.metrics = manifest.get("metrics", {})
             self._emit(rec)
             return
+        if problems:
+            rec.warning = f"the cached output was corrupt and is recomputed ({problems[0]})"
+        if self.on_start is not None:  # nothing committed is retired before the executor is reachable
+            self.on_start()
+            self.on_start = None
         if final.exists():  # forced, or committed but corrupt: move it aside before rerunning
             _retire(final)
+        if self.force:  # a forced stage starts from scratch, not from an earlier attempt's checkpoints
+            _retire(state_dir(final))
         inputs = {arg: self.record.stages[up].output for arg, up in s.inputs.items()}
         args = (s.fn, str(final), inputs, dict(s.params), rec.key)
         rec.status = "running"
@@ -306,6 +372,25 @@ def _retire(final: Path) -> None:
     except FileNotFoundError:
         return
     shutil.rmtree(graveyard, ignore_errors=True)
+
+
+def mark_dead_runs(runs_dir: str | os.PathLike) -> list[str]:
+    """Close the records of runs on this host whose driver died (SIGKILL, OOM) while they were `running`."""
+    host, closed = socket.gethostname(), []
+    for record in list_runs(runs_dir):
+        pid, stages = record.get("pid"), record.get("stages")
+        if (record.get("status") != "running" or record.get("host") != host or not isinstance(pid, int)
+                or not isinstance(record.get("run_id"), str) or not isinstance(stages, dict) or pid_alive(pid)):
+            continue
+        reason = f"the driver (pid {pid}) was killed before the run finished"
+        record.update(status="interrupted", error=reason)
+        for stage in stages.values():
+            if isinstance(stage, dict) and stage.get("status") in ("running", "pending"):
+                stage.update(status="interrupted" if stage["status"] == "running" else "skipped", error=reason)
+        with contextlib.suppress(ConfigError, OSError):
+            write_json_atomic(run_path(runs_dir, record["run_id"]), record)
+            closed.append(record["run_id"])
+    return closed
 
 
 def load_run(runs_dir: str | os.PathLike, run_id: str) -> dict[str, Any]:

@@ -31,6 +31,10 @@ class DivergenceError(ShardwalkError):
     """An iterative method diverged (non-finite parameters); nothing is written."""
 
 
+class ClusterUnreachableError(ShardwalkError):
+    """The Ray cluster named by --address / RAY_ADDRESS could not be joined (exit 1: not the data's fault)."""
+
+
 class ShardUnavailableError(ShardwalkError):
     """A shard or replica could not answer and partial results were not allowed."""
 

@@ -34,6 +34,11 @@ from core.errors import CorruptArtifactError, DataError
 from core.schema import from_numpy
 
 MANIFEST = "_SUCCESS"
+
+
+def one_line_text(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
 TEMP_PREFIX = ".tmp-"  # atomic_dir temporaries: .tmp-<final>@<host>@<pid>@<random>
 Source = str | os.PathLike | pa.Table | np.ndarray
 
@@ -154,7 +159,9 @@ def read_shard(spec: ShardSpec, columns: Sequence[str] | None = None) -> pa.Tabl
 def _read_rows(fs: pafs.FileSystem, path: str, lo: int, hi: int, columns: Sequence[str] | None) -> pa.Table:
     try:
         with fs.open_input_file(path) as handle:
-            pf = pq.ParquetFile(handle)
+            # pages written with CRCs (shardwalk's own, or any writer that adds them) are verified: a flipped
+            # byte in a data page is refused instead of being read as data; files without CRCs read as before
+            pf = pq.ParquetFile(handle, page_checksum_verification=True)
             groups, first, start = [], None, 0
             for g in range(pf.metadata.num_row_groups):
                 size = pf.metadata.row_group(g).num_rows
@@ -168,7 +175,7 @@ def _read_rows(fs: pafs.FileSystem, path: str, lo: int, hi: int, columns: Sequen
                     raise DataError(f"{path}: missing column(s) {missing}")
             table = pf.read_row_groups(groups, columns=list(columns) if columns else None)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: cannot read Parquet ({exc})") from None
+        raise DataError(f"{path}: cannot read Parquet ({one_line_text(exc)})") from None
     return table.slice(lo - first, hi - lo)
 
 
@@ -199,10 +206,10 @@ def source_fingerprint(source: Source) -> str:
 
 
 def write_parquet(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write one Parquet file (zstd) and return its path."""
+    """Write one Parquet file (zstd, a CRC on every page so readers can verify it) and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, compression="zstd")
+    pq.write_table(table, path, compression="zstd", write_page_checksum=True)
     return path
 
 
@@ -319,22 +326,29 @@ def atomic_dir(final: str | os.PathLike, extra: dict[str, Any] | None = None) ->
         raise
 
 
-def remove_orphaned_temporaries(directory: str | os.PathLike) -> list[Path]:
-    """Remove the temporary directories of `atomic_dir` writers on this host that no longer run.
+def owned_prefix(prefix: str) -> str:
+    """`prefix` plus this host and process, so `remove_orphaned_temporaries` can tell when the owner is gone."""
+    return f"{prefix}@{socket.gethostname()}@{os.getpid()}@"
+
+
+def remove_orphaned_temporaries(directory: str | os.PathLike, prefix: str = TEMP_PREFIX) -> list[Path]:
+    """Remove the temporary directories (named `<prefix><name>@<host>@<pid>@<random>`) of writers on this
+    host that no longer run: `atomic_dir` temporaries, and shard actors' work directories.
 
     A writer killed mid-stage (SIGKILL, OOM) cannot clean up after itself. Temporaries of live
     processes and of other hosts (a shared runs directory) are left alone.
     """
     root, host, removed = Path(directory), socket.gethostname(), []
-    for path in root.glob(f"{TEMP_PREFIX}*") if root.is_dir() else []:
-        owner = path.name[len(TEMP_PREFIX):].rsplit("@", 3)
-        if len(owner) == 4 and owner[1] == host and owner[2].isdigit() and not _pid_alive(int(owner[2])):
+    for path in root.glob(f"{prefix}*") if root.is_dir() else []:
+        owner = path.name[len(prefix):].rsplit("@", 3)
+        if len(owner) == 4 and owner[1] == host and owner[2].isdigit() and not pid_alive(int(owner[2])):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -357,9 +371,44 @@ def commit_dir(tmp: Path, final: Path) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
-    """Write JSON so a reader sees the old file or the new one, never half of either."""
+    """Write JSON so a reader sees the old file or the new one, never half of either.
+
+    A failed write (a full disk, a quota) removes its temporary, so no zero-byte file is left behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+SEAL = "sha256"  # the key of a sealed JSON file's own digest
+
+
+def _seal_digest(payload: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in payload.items() if k != SEAL}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def write_json_sealed(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
+    """Write a JSON object atomically together with the sha256 of its own content (checkpoint manifests)."""
+    write_json_atomic(path, {**payload, SEAL: _seal_digest(payload)})
+
+
+def read_json_sealed(path: str | os.PathLike, what: str, hint: str = "") -> dict[str, Any]:
+    """A JSON object written by `write_json_sealed`; CorruptArtifactError if it was edited or damaged.
+
+    A checkpoint's metadata decides where a resumed computation goes on; an edited `node` would otherwise
+    be resumed from silently. `hint` tells the user how to recover (appended to the message).
+    """
+    try:
+        found = read_json(path, CorruptArtifactError(f"{path}: {what} is missing"), what)
+    except CorruptArtifactError as exc:
+        raise CorruptArtifactError(f"{exc}{hint}") from None
+    if not isinstance(found, dict) or found.get(SEAL) != _seal_digest(found):
+        raise CorruptArtifactError(f"{path}: {what} does not match its checksum (edited or damaged){hint}")
+    return {k: v for k, v in found.items() if k != SEAL}

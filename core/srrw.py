@@ -461,8 +461,9 @@ def run_sa_srrw(
 
 def save_token(directory: str | Path, token: Token) -> Path:
     """Checkpoint a token: its .npy arrays (written then renamed), then `token-K.json` naming them with
-    sha256 (renamed last, so a reader sees the old checkpoint or the new one, never a mix)."""
-    from core.io import sha256_file, write_json_atomic
+    sha256 and sealed by the digest of its own content (renamed last, so a reader sees the old
+    checkpoint or the new one, never a mix)."""
+    from core.io import sha256_file, write_json_sealed
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -476,33 +477,40 @@ def save_token(directory: str | Path, token: Token) -> Path:
         files[name] = {"file": final.name, "sha256": sha256_file(final)}
     meta["files"] = files
     manifest = directory / f"token-{token.key}.json"
-    write_json_atomic(manifest, meta)
+    write_json_sealed(manifest, meta)
     for old in directory.glob(f"token-{token.key}-n*.npy"):  # older checkpoints of this token
         if old.name not in {f["file"] for f in files.values()}:
             old.unlink(missing_ok=True)
     return manifest
 
 
-def load_token(directory: str | Path, key: int) -> Token | None:
-    """The last checkpoint of token `key` (None if there is none); checksums verified."""
-    import json
+def checkpoint_hint(directory: str | Path) -> str:
+    """How to recover from a damaged checkpoint: appended to every error about one."""
+    return f"; delete {directory} (or rerun the stage with --force) to start the walk from scratch"
 
-    from core.io import sha256_file
+
+def load_token(directory: str | Path, key: int) -> Token | None:
+    """The last checkpoint of token `key` (None if there is none); the JSON's seal and the arrays'
+    checksums verified, so neither an edited field nor a damaged array is resumed from."""
+    from core.io import confined, read_json_sealed, sha256_file
 
     manifest = Path(directory) / f"token-{key}.json"
     if not manifest.is_file():
         return None
+    hint = checkpoint_hint(directory)
+    meta = read_json_sealed(manifest, "token checkpoint", hint)
     try:
-        meta = json.loads(manifest.read_text())
         arrays = {}
         for name, entry in meta["files"].items():
-            path = Path(directory) / entry["file"]
+            path = confined(directory, entry["file"], f"token checkpoint {manifest.name}")
             if not path.is_file() or sha256_file(path) != entry["sha256"]:
-                raise CorruptArtifactError(f"{path}: missing or checksum does not match {manifest.name}")
+                raise CorruptArtifactError(f"{path}: missing or checksum does not match {manifest.name}{hint}")
             arrays[name] = np.load(path, allow_pickle=False)
         return Token.from_state(meta, arrays)
+    except CorruptArtifactError:
+        raise
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise CorruptArtifactError(f"{manifest}: unreadable token checkpoint ({exc})") from None
+        raise CorruptArtifactError(f"{manifest}: unreadable token checkpoint ({exc}){hint}") from None
 
 
 # ----------------------------------------------------------------------------- many trials at once

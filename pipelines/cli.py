@@ -6,13 +6,15 @@ Exit codes: 0 success, 2 bad input or config (one line on stderr, no traceback),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from core.errors import InputError, one_line
+from core.errors import InputError, ShardwalkError, one_line
 from pipelines import PIPELINES
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
@@ -86,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from core.dag import Runner, run_path
+    from core.limits import actor_bound, actors_requested, check_actors
     from pipelines.config import load_config, pipeline_module
     from pipelines.progress import make_reporter, print_run
     from pipelines.report import publish
@@ -98,17 +101,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     pipeline = module.build(config)
 
-    def submit(fn, fn_args, options):  # Ray starts only if some stage is not a cache hit
+    def submit(fn, fn_args, options):
         connect(args.address)
         return ray_submit(fn, fn_args, options)
 
-    with make_reporter(pipeline) as reporter:
-        record = Runner(pipeline, args.runs_dir, submit, force=args.force, config=config, on_event=reporter).run()
+    def start() -> None:  # before the first stage that must run: nothing committed is retired if this fails
+        resources = _connect(args.address)
+        requested = module.actors(config) if hasattr(module, "actors") else actors_requested(config)
+        check_actors(requested, actor_bound(resources.get("CPU", 1), resources.get("memory", 0)), pipeline.name)
+
+    with make_reporter(pipeline) as reporter:  # Ray starts (on_start) only if some stage is not a cache hit
+        record = Runner(pipeline, args.runs_dir, submit, force=args.force, config=config, on_event=reporter,
+                        on_start=start).run()
     run_dir = run_path(args.runs_dir, record.run_id).parent
     for stage in record.stages.values():
         if stage.status in ("done", "cached"):
             publish(Path(stage.output), run_dir)
     print_run(record.to_json(), args.runs_dir)
+    for stage in record.stages.values():
+        if stage.warning:
+            print(f"shardwalk: warning: stage '{stage.name}': {stage.warning}", file=sys.stderr)
     failed = record.failed_stage()
     if failed is None:
         return EXIT_OK
@@ -137,9 +149,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _cmd_query(args: argparse.Namespace) -> int:
     from pipelines.index import query_index
-    from pipelines.runtime import connect
-
-    connect(args.address)
+    _connect(args.address)
     table = query_index(args.index_dir, args.queries, k=args.k, ef=args.ef, nprobe=args.nprobe, out_path=args.out)
     if args.out is None:
         print(table.slice(0, 20).to_pandas().to_string())
@@ -151,17 +161,67 @@ def _cmd_query(args: argparse.Namespace) -> int:
 COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show, "query": _cmd_query}
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _connect(address: str | None) -> dict:
+    """Connect to Ray, then take SIGTERM back: `ray.init` installs its own handlers (a `sys.exit` in Python,
+    a crash reporter in its C++ core that aborted the driver), and a stop must unwind like Ctrl-C."""
+    from pipelines.runtime import connect
+
+    resources = connect(address)
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        signal.signal(signal.SIGTERM, _interrupt)
+    return resources
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C: the run record ends `interrupted`."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_ray() -> None:
+    """Shut the embedded Ray down now, while the interpreter is whole (at exit its core worker aborts)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; maps typed errors to exit codes."""
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with _sigterm_interrupts():
+            return COMMANDS[args.command](args)
     except InputError as exc:
         print(f"shardwalk: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except (ShardwalkError, OSError) as exc:  # an unreachable cluster, a full disk: one line, not a traceback
+        print(f"shardwalk: {one_line(exc)}", file=sys.stderr)
+        return EXIT_INTERNAL
+    except KeyboardInterrupt as exc:
+        _stop_ray()
+        if exc.args == ("SIGTERM",):
+            print("shardwalk: terminated (SIGTERM); committed stages are kept and a rerun resumes from them", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print("shardwalk: interrupted; committed stages are kept and a rerun resumes from them", file=sys.stderr)
         return 130
+    except SystemExit as exc:  # ray.init replaces our SIGTERM handler with one that calls sys.exit(SIGTERM)
+        if exc.code != signal.SIGTERM:
+            raise
+        _stop_ray()
+        print("shardwalk: terminated (SIGTERM); committed stages are kept and a rerun resumes from them", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

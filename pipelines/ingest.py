@@ -26,6 +26,11 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def actors(config: dict[str, Any]) -> int:
+    """Ingest starts no actors: its shards are tasks (core.limits bounds actor-starting pipelines)."""
+    return 0
+
+
 def validate(config: dict[str, Any]) -> None:
     """Reject out-of-range values before anything runs."""
     if not 1 <= config["shards"] <= 4096:

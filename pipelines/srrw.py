@@ -5,14 +5,12 @@
 
 `agents` makes (or reads) the agent graph and places the data on agents; `partition` splits the agents
 over walker actors; `walk` runs `workers.walker.run_distributed_sa_srrw` (each actor reads its own
-agents' rows; tokens checkpointed under the runs directory, resumed on a rerun); `evaluate` computes θ*
+agents' rows; tokens checkpointed in the stage's state directory, resumed on a rerun); `evaluate` computes θ*
 with a full-batch Newton solve and writes the curves (loss, accuracy, ‖θ−θ*‖²) as Parquet.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from core.agents import (
     spread,
     standard_graph,
 )
-from core.dag import Pipeline
+from core.dag import Pipeline, stage_state_dir
 from core.errors import ConfigError, DataError
 from core.io import read_table, source_fingerprint, write_parquet
 from core.objectives import build_objective
@@ -172,11 +170,11 @@ def walk(out: Path, ingest: Path, agents: Path, partition: Path, *, model: dict[
     loader = _loader(ingest, agents, model)
     if model["kind"] == "softmax":
         loader = type(loader)(**{**loader.__dict__, "classes": classes})
-    # checkpoints live beside the cache, keyed by everything that determines the trajectory
-    ident = json.dumps([str(ingest), str(agents), str(partition), model, walk, seed], sort_keys=True)
-    ckpt = out.parent / "srrw-checkpoints" / hashlib.sha256(ident.encode()).hexdigest()[:24]
+    # checkpoints live in the stage's state directory: keyed like its output (stage version, code, every
+    # setting, upstream keys), removed once the walk is committed, retired by --force
+    ckpt = stage_state_dir()
     result = run_distributed_sa_srrw(
-        loader, g, dim=dim, parts=parts, seed=seed, checkpoint_dir=ckpt, resume=True,
+        loader, g, dim=dim, parts=parts, seed=seed, checkpoint_dir=ckpt, resume=ckpt is not None,
         steps=walk["steps"], alpha=walk["alpha"], a=walk["a"], b=walk["b"], base=walk["base"], lr=walk["lr"],
         tokens=walk["tokens"], halo=walk["halo"], checkpoint_every=walk["checkpoint_every"],
         record_every=walk["record_every"],

@@ -531,12 +531,31 @@ def test_damaged_token_manifest_is_refused_naming_it(walk_setup: tuple, checkpoi
 
 def test_resume_refuses_a_checkpoint_of_other_settings(walk_setup: tuple, checkpoint: Path) -> None:
     from core.errors import ConfigError
+    from core.io import read_json_sealed, write_json_sealed
     from workers.walker import RUN_META
 
-    meta = json.loads((checkpoint / RUN_META).read_text())
+    meta = read_json_sealed(checkpoint / RUN_META, "checkpoint run record")
     meta["alpha"] = 0.5
-    (checkpoint / RUN_META).write_text(json.dumps(meta))
+    write_json_sealed(checkpoint / RUN_META, meta)  # a genuine checkpoint of another walk
     with pytest.raises(ConfigError, match="different settings"):
+        _resume(walk_setup, checkpoint)
+
+
+def test_an_edited_checkpoint_run_record_is_refused(walk_setup: tuple, checkpoint: Path) -> None:
+    from workers.walker import RUN_META
+
+    path = checkpoint / RUN_META
+    path.write_text(path.read_text().replace('"alpha": 5.0', '"alpha": 0.5'))
+    with pytest.raises(CorruptArtifactError, match="checkpoint run record does not match its checksum"):
+        _resume(walk_setup, checkpoint)
+
+
+def test_an_edited_token_node_is_refused(walk_setup: tuple, checkpoint: Path) -> None:
+    """Changing `"node"` in a token's JSON used to resume (and commit) a different walk with exit 0."""
+    path = checkpoint / "token-0.json"
+    meta = json.loads(path.read_text())
+    path.write_text(path.read_text().replace(f'"node": {meta["node"]}', f'"node": {meta["node"] + 1}'))
+    with pytest.raises(CorruptArtifactError, match="token-0.json: token checkpoint does not match its checksum"):
         _resume(walk_setup, checkpoint)
 
 

@@ -50,8 +50,10 @@ from core.io import (
     build_manifest,
     confined,
     in_memory_table,
+    owned_prefix,
     plan_shards,
     read_shard,
+    remove_orphaned_temporaries,
     write_json_atomic,
     write_parquet,
 )
@@ -961,12 +963,15 @@ class ShardedIndex:
         self.close()
 
 
+WORKDIR_PREFIX = "shardwalk-index-"
+
+
 def _workdir(workdir: str | os.PathLike | None) -> tuple[Path, bool]:
-    if workdir is not None:
-        path = Path(workdir) / f"shardwalk-index-{uuid.uuid4().hex[:12]}"
-        path.mkdir(parents=True)
-        return path, True
-    return Path(tempfile.mkdtemp(prefix="shardwalk-index-")), True
+    """A private work directory named after this host and process; those of killed drivers are swept first."""
+    parent = Path(workdir) if workdir is not None else Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_orphaned_temporaries(parent, WORKDIR_PREFIX)
+    return Path(tempfile.mkdtemp(prefix=owned_prefix(f"{WORKDIR_PREFIX}w"), dir=parent)), True
 
 
 def _start_primaries(shards: int, workdir: Path, cpus: float, pgs: list[Any], load: bool) -> list[list[Any]]:

@@ -12,6 +12,7 @@ import ray
 from core.errors import DataError
 from core.io import ShardSpec, read_shard, write_parquet
 from core.schema import ID, VECTOR, validate_vectors, vector_dim
+from core.unique import Piece, bucket_report, split_by_bucket
 
 PART = "part-{:05d}.parquet"
 
@@ -36,23 +37,17 @@ def validate_shard(spec: ShardSpec, out_dir: str, where: str, require_label: boo
 
 
 @ray.remote(num_cpus=1, max_retries=2)
-def check_bucket_unique(parts: list[dict[str, Any]], bucket: int, buckets: int, where: str) -> int:
-    """Ids are unique within bucket `id mod buckets` across all parts; returns the bucket's size."""
-    ids, rows = [], []
-    for part in parts:
-        part_ids = pq.read_table(part["path"], columns=[ID]).column(ID).to_numpy()
-        mine = np.flatnonzero(part_ids % buckets == bucket)
-        ids.append(part_ids[mine])
-        rows.append(mine + part["start"])
-    all_ids, all_rows = np.concatenate(ids), np.concatenate(rows)
-    order = np.lexsort((all_rows, all_ids))
-    sorted_ids = all_ids[order]
-    dup = sorted_ids[1:] == sorted_ids[:-1]
-    if dup.any():
-        later = all_rows[order][1:][dup]
-        first = int(np.argmin(later))
-        raise DataError(f"{where}: column '{ID}' has duplicate value {int(sorted_ids[1:][dup][first])} at row {int(later[first])}")
-    return int(all_ids.size)
+def split_part_ids(part: dict[str, Any], buckets: int) -> Any:
+    """Read one part's ids once and hand each bucket its share (`num_returns=buckets`)."""
+    ids = pq.read_table(part["path"], columns=[ID]).column(ID).to_numpy()
+    pieces = split_by_bucket(ids, part["start"], buckets)
+    return pieces[0] if buckets == 1 else pieces
+
+
+@ray.remote(num_cpus=1, max_retries=2)
+def check_bucket_unique(*pieces: Piece) -> dict[str, Any]:
+    """One bucket's size and first duplicate id across all parts (core.unique.bucket_report)."""
+    return bucket_report(list(pieces))
 
 
 @ray.remote(num_cpus=1, max_retries=2)

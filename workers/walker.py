@@ -30,8 +30,8 @@ import pyarrow.dataset as pads
 import ray
 
 from core.agents import agent_blocks
-from core.errors import ConfigError, CorruptArtifactError, ShardwalkError
-from core.io import read_json, write_json_atomic
+from core.errors import ConfigError, ShardwalkError
+from core.io import read_json_sealed, write_json_sealed
 from core.objectives import build_objective
 from core.srrw import (
     CHECKPOINT,
@@ -41,6 +41,7 @@ from core.srrw import (
     Schedule,
     Token,
     bind,
+    checkpoint_hint,
     halo_mask,
     load_token,
     make_tokens,
@@ -208,9 +209,7 @@ def _initial_tokens(chain: SRRW, dim: int, schedule: Schedule, *, tokens: int, s
     meta_path = Path(checkpoint_dir) / RUN_META
     expected = _run_meta(chain, dim, seed, tokens, schedule)
     if meta_path.is_file():
-        found = read_json(meta_path, ConfigError(f"{meta_path}: missing"), "checkpoint run record")
-        if not isinstance(found, dict):
-            raise CorruptArtifactError(f"{meta_path}: not a checkpoint run record")
+        found = read_json_sealed(meta_path, "checkpoint run record", checkpoint_hint(checkpoint_dir))
         diff = sorted(k for k in expected if found.get(k) != expected[k])
         if diff:
             raise ConfigError(f"{checkpoint_dir}: checkpoints were made with different settings ({', '.join(diff)})")
@@ -300,7 +299,7 @@ def run_distributed_sa_srrw(
     toks = _initial_tokens(chain, dim, schedule, tokens=tokens, seed=seed, theta0=theta0, start=start,
                            checkpoint_dir=ckpt, resume=resume)
     if ckpt:
-        write_json_atomic(Path(ckpt) / RUN_META, _run_meta(chain, dim, seed, tokens, schedule))
+        write_json_sealed(Path(ckpt) / RUN_META, _run_meta(chain, dim, seed, tokens, schedule))
     edges = np.asarray(list(graph.edges()), dtype=np.int64)
     sink = _TokenSink.remote()
     actors = []
