@@ -58,6 +58,7 @@ from core.io import (
 )
 from core.schema import KNN_GRAPH_SCHEMA, check_unique, to_numpy, validate_vectors, vector_dim
 from workers import knn_graph as graph_units
+from workers import query_stream
 from workers.cluster import cluster_nodes
 from workers.datasets import is_ray_dataset, staged_dataset
 
@@ -483,6 +484,13 @@ class HnswShard:
 
     def ping(self) -> int:
         return self.shard
+
+    def set_threads(self, threads: int) -> int:
+        """Run hnswlib with `threads` threads (more than the CPUs reserved, when a stream keeps CPUs free)."""
+        self.threads = max(1, int(threads))
+        if self.index is not None:
+            self.index.set_num_threads(self.threads)
+        return self.threads
 
 
 # =============================================================================== the driver's handle
@@ -932,6 +940,22 @@ class ShardedIndex:
                 result = None
             out.append(result)
         return out
+
+    def search_dataset(
+        self, source: Any, out: str | os.PathLike, *, k: int = 10, ef: int = 64, nprobe: int | None = None,
+        block_size: int = 8192, pool: int = 2,
+    ) -> dict[str, Any]:
+        """Answer a query source of any size (Parquet file, directory, URI or ray.data.Dataset with `id` and
+        `vector`) block by block on Ray Data, writing knn-graph rows as Parquet parts into directory `out`.
+
+        Neither all queries nor all answers are ever held in one process (workers/query_stream.py).
+        """
+        settings = query_stream.QuerySettings(k, ef, nprobe, block_size, pool)
+        return query_stream.search_dataset(self, source, out, settings)
+
+    def set_threads(self, threads: int) -> None:
+        """hnswlib threads of every shard actor (a restarted actor goes back to its reserved CPUs)."""
+        _wait([a.set_threads.remote(threads) for row in self.actors for a in row], "set threads")
 
     # ------------------------------------------------------------------ the all-points kNN graph
 
