@@ -64,7 +64,7 @@ def validate(config: dict[str, Any]) -> None:
         if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1:
             raise ConfigError(f"{key} must be an integer >= 1, got {config[key]!r}")
     if config["nprobe"] and not shards:
-        raise ConfigError("nprobe must come with an explicit shards count (shards=0 sizes the index to the cluster)")
+        raise ConfigError("nprobe must be 0 (all shards) unless shards is set explicitly (shards=0 sizes the index to the cluster)")
     if config["nprobe"] < 0 or (shards and config["nprobe"] > shards):
         raise ConfigError(f"nprobe must be in [0, shards={config['shards']}] (0 = all), got {config['nprobe']}")
 

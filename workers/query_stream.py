@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import time
 import uuid
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from core import sizing
+from core import errors, sizing
 from core.errors import ConfigError, DataError, InputError
 from core.io import MANIFEST, build_manifest
 from core.schema import KNN_GRAPH_SCHEMA
@@ -139,16 +140,20 @@ def _dataset(source: Any, dim: int) -> tuple[Any, str]:
     """The source as a ray.data.Dataset of `id` and `vector`, checked against the index dimension up front."""
     if is_ray_dataset(source):
         check_columns(source)
-        return source.select_columns(["id", "vector"]), "ray.data.Dataset"
-    where = os.fspath(source)
-    try:
-        dataset = ray.data.read_parquet(where, columns=["id", "vector"])
-        schema = dataset.schema()
-    except (FileNotFoundError, OSError, pa.ArrowInvalid, ValueError) as exc:
-        raise DataError(f"{where}: cannot read the queries ({' '.join(str(exc).split())[:200]})") from None
+        dataset, where = source.select_columns(["id", "vector"]), "ray.data.Dataset"
+    else:
+        where = os.fspath(source)
+        try:
+            dataset = ray.data.read_parquet(where, columns=["id", "vector"])
+        except (FileNotFoundError, OSError, pa.ArrowInvalid, ValueError) as exc:
+            raise DataError(f"{where}: cannot read the queries ({' '.join(str(exc).split())[:200]})") from None
+    schema = dataset.schema()
     typ = schema.base_schema.field("vector").type if schema is not None else None
-    if typ is not None and pa.types.is_fixed_size_list(typ) and typ.list_size != dim:
-        raise DataError(f"{where}: column 'vector' has dimension {typ.list_size}, expected {dim}")
+    # fixed_size_list (Parquet) or Ray's tensor extension (arrays): the dimension is in the type
+    found = typ.list_size if typ is not None and pa.types.is_fixed_size_list(typ) else getattr(typ, "shape", (dim,))[-1:]
+    found = found[0] if isinstance(found, tuple) and found else found
+    if isinstance(found, int) and found != dim:
+        raise DataError(f"{where}: column 'vector' has dimension {found}, expected {dim}")
     return dataset, where
 
 
@@ -228,4 +233,8 @@ def _typed_cause(exc: BaseException) -> InputError | None:
         if isinstance(err, InputError):
             return err
         stack.extend([err.__cause__, err.__context__, getattr(err, "cause", None)])
+    # Ray Data re-raises a UDF's error as UserCodeException with the original only in the text
+    found = re.findall(r"core\.errors\.(\w+): ([^\n]+)", str(exc))
+    if found and isinstance(cls := getattr(errors, found[-1][0], None), type) and issubclass(cls, InputError):
+        return cls(found[-1][1].strip())
     return None
