@@ -62,7 +62,7 @@ def index_bytes(rows: int, dim: int, M: int) -> int:
 
 
 def plan(
-    nodes: Sequence[Node], rows: int, dim: int, M: int, *, shards: int | None = None,
+    nodes: Sequence[Node], rows: int, dim: int, M: int, *, shards: int | None = None, replicas: int = 1,
     memory_fraction: float = MEMORY_FRACTION,
 ) -> ShardPlan:
     """Shards and threads per shard actor for `rows` × `dim` vectors on `nodes` (see the module docstring)."""
@@ -83,7 +83,7 @@ def plan(
             f"shards={shards}: each shard needs ~{per_shard / GIB:.2f} GiB but the largest node offers "
             f"{max(budgets) / GIB:.2f} GiB (memory_fraction={memory_fraction}); use more shards or bigger nodes"
         )
-    per_node = math.ceil(shards / len(holders))
+    per_node = math.ceil(shards * replicas / len(holders))  # actors per node: every replica is one
     cpus = min(n.cpus for n in holders) / per_node
     cpus = math.floor(cpus * 1000) / 1000  # Ray counts CPUs in 1e-4 units: never ask for more than exists
     return ShardPlan(shards, cpus, max(1, math.floor(cpus + 1e-9)), per_shard)

@@ -40,6 +40,8 @@ def test_bigger_nodes_take_more_of_the_smaller_shards() -> None:
 def test_an_explicit_shard_count_wins() -> None:
     layout = plan([Node(2, 24 * GIB)], ROWS, DIM, M, shards=4)
     assert (layout.shards, layout.cpus_per_actor, layout.threads) == (4, 0.5, 1)
+    replicated = plan([Node(4, 24 * GIB)] * 2, ROWS, DIM, M, replicas=2)
+    assert (replicated.shards, replicated.cpus_per_actor) == (2, 2.0)  # 4 actors on 2 nodes of 4 CPUs
 
 
 def test_bytes_per_row_counts_vector_and_links() -> None:

@@ -527,7 +527,7 @@ def _as_query_array(queries: Any, dim: int) -> np.ndarray:
     return to_numpy(table)[1]
 
 
-def _layout(source: Source, where: str, shards: int | None, M: int, memory_fraction: float) -> sizing.ShardPlan:
+def _layout(source: Source, where: str, shards: int | None, replicas: int, M: int, memory_fraction: float) -> sizing.ShardPlan:
     """Shards and CPUs per actor for this source on the connected cluster (an explicit `shards` wins)."""
     specs = plan_shards(source, 1)
     rows = sum(s.num_rows for s in specs)
@@ -536,7 +536,7 @@ def _layout(source: Source, where: str, shards: int | None, M: int, memory_fract
         raise DataError(f"{where}: missing column 'vector'")
     vector = first.column("vector")
     dim = vector.type.list_size if pa.types.is_fixed_size_list(vector.type) else np.asarray(vector[0].as_py() or []).size
-    return sizing.plan(cluster_nodes(), rows, max(dim, 1), M, shards=shards, memory_fraction=memory_fraction)
+    return sizing.plan(cluster_nodes(), rows, max(dim, 1), M, shards=shards, replicas=replicas, memory_fraction=memory_fraction)
 
 
 def _default_cpus(actors: int) -> float:
@@ -639,7 +639,7 @@ class ShardedIndex:
                                  cpus_per_actor=cpus_per_actor, sample_size=sample_size, workdir=workdir,
                                  validate=True, memory_fraction=memory_fraction)
         source, where, trusted = _prepare_source(source, validate)
-        layout = _layout(source, where, shards, M, memory_fraction)
+        layout = _layout(source, where, shards, replicas, M, memory_fraction)
         shards = layout.shards
         if cpus_per_actor is None:
             cpus_per_actor = min(layout.cpus_per_actor, _default_cpus(shards * replicas))
