@@ -127,3 +127,18 @@ def test_a_shard_that_never_comes_back_fails_the_graph_with_a_typed_error(
         _kill_when_graph_waits(monkeypatch, small.actors[0][0], no_restart=True)
         with pytest.raises(ShardUnavailableError, match="shard"):
             small.knn_graph(tmp_path / "g", k=5, batch_size=100)
+
+
+def test_a_build_without_shards_is_sized_to_the_cluster(_ray_module: None, data: np.ndarray) -> None:
+    """Local Ray = one node with CPUs: one shard whose actor runs the free CPUs as hnswlib threads."""
+    from core.sizing import Node, plan
+    from workers.cluster import cluster_nodes
+    from workers.hnsw_shard import ShardedIndex
+
+    nodes = cluster_nodes()
+    assert nodes == [Node(2.0, nodes[0].memory_bytes)]
+    free = ray.available_resources().get("CPU", 0.0)
+    with ShardedIndex.build(data[:300], M=8, ef_construction=32) as built:
+        stats = built.stats()
+    assert stats["shards"] == plan(nodes, 300, D, 8).shards == 1
+    assert stats["actors"][0]["threads"] == max(1, int(min(2.0, free)))
