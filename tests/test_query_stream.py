@@ -67,8 +67,14 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, np.n
         connect(num_cpus=2)
     x = np.random.default_rng(5).normal(size=(N, D)).astype(np.float32)
     root = tmp_path_factory.mktemp("stream")
-    with ShardedIndex.build(x, shards=2, M=8, ef_construction=64, cpus_per_actor=0) as index:
+    import ray.data
+
+    source = ray.data.from_items([{"id": i, "vector": v} for i, v in enumerate(x)])  # `build` takes a Dataset too
+    with ShardedIndex.build(source, shards=2, M=8, ef_construction=64, cpus_per_actor=0) as index:
+        assert len(index) == N
         index.save(root / "index")
+    with pytest.raises(DataError, match=r"ray.data.Dataset: missing column\(s\) \['vector'\]"):
+        ShardedIndex.build(ray.data.from_items([{"id": 1, "v": [0.0]}]))
     queries = root / "queries"
     queries.mkdir()
     for i in range(3):  # a directory of parts, ids 10_000.. (not the base ids)
