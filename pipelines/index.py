@@ -2,7 +2,7 @@
 
     shardwalk run index --set source=builtin:mnist5k            # shards and threads sized to the cluster
     shardwalk run index --set source=data/ --set shards=8        # an explicit shard count wins
-    shardwalk query runs/cache/build-<key> --queries q.parquet -k 10 --out result.parquet
+    shardwalk query runs/cache/build-<key> --queries queries/ -k 10 --out answers/   # streamed, any size
 """
 
 from __future__ import annotations

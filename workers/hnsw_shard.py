@@ -533,7 +533,7 @@ def _layout(source: Source, where: str, shards: int | None, replicas: int, M: in
     rows = sum(s.num_rows for s in specs)
     first = read_shard(dataclasses.replace(specs[0], stop=specs[0].start + 1))
     if "vector" not in first.column_names:
-        raise DataError(f"{where}: missing column 'vector'")
+        raise DataError(f"{where}: missing column(s) ['vector']; found {first.column_names}")
     vector = first.column("vector")
     dim = vector.type.list_size if pa.types.is_fixed_size_list(vector.type) else np.asarray(vector[0].as_py() or []).size
     return sizing.plan(cluster_nodes(), rows, max(dim, 1), M, shards=shards, replicas=replicas, memory_fraction=memory_fraction)
