@@ -211,13 +211,9 @@ def _commit(tmp: Path, final: Path, settings: QuerySettings) -> tuple[int, int]:
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
     extra = {"kind": KIND, "rows": rows, "k": settings.k, "ef": settings.ef, "nprobe": settings.nprobe}
     (tmp / MANIFEST).write_text(json.dumps(build_manifest(tmp, extra), indent=1, sort_keys=True))
-    trash = None
-    if final.exists():
-        trash = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:12]}"
-        os.rename(final, trash)
-    os.rename(tmp, final)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+    from workers.hnsw_shard import _swap_in  # the index's own move-aside-then-rename
+
+    _swap_in(tmp, final)
     return rows, len(parts)
 
 
