@@ -13,6 +13,7 @@ renamed, so a writer killed mid-write leaves nothing a reader could take for a p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from core import hnsw
-from core.errors import ShardUnavailableError
+from core.errors import ShardUnavailableError, ShardwalkError
 
 log = logging.getLogger("shardwalk")
 
@@ -78,6 +79,22 @@ def run(actors: list[list[Any]], shard_sizes: list[int], req: GraphRequest, in_f
     todo.reverse()  # pop() from the end: shard 0's batches first
     window = max(1, in_flight or IN_FLIGHT_PER_SHARD * len(actors))
     running: dict[Any, _Unit] = {}
+    try:
+        return _drain(actors, todo, running, req, window)
+    except BaseException:
+        _collect_quietly(list(running))  # abandoned units: keep Ray from logging their errors as unhandled
+        raise
+
+
+def _collect_quietly(refs: list[Any], timeout: float = 10.0) -> None:
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout) if refs else ([], [])
+    for ref in ready:
+        with contextlib.suppress(Exception):
+            ray.get(ref)
+
+
+def _drain(actors: list[list[Any]], todo: list[_Unit], running: dict[Any, _Unit], req: GraphRequest, window: int) -> int:
+    """Keep `window` units in flight until every unit's part is written; retry units that lost an actor."""
     rows = 0
     while todo or running:
         while todo and len(running) < window:
@@ -89,6 +106,9 @@ def run(actors: list[list[Any]], shard_sizes: list[int], req: GraphRequest, in_f
             rows += ray.get(done[0])
         except Exception as exc:
             if not _lost_actor(exc):
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, ShardwalkError):  # our typed error, raised inside an actor
+                    raise cause from None
                 raise
             unit.attempt += 1
             if unit.attempt >= UNIT_ATTEMPTS:
