@@ -47,6 +47,7 @@ from unittest import mock
 
 import numpy as np
 
+from benchmarks.fault_knn_graph import knn_graph_kill
 from benchmarks.faultkit import (
     TIMEOUT_S,
     Background,
@@ -581,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
             connect(num_cpus=2)
             try:
                 scenarios += hnsw_scenarios(args.quick)
+                scenarios.append(knn_graph_kill(args.quick))
             finally:
                 ray.shutdown()
         if "hardening" in groups:

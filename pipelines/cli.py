@@ -74,14 +74,17 @@ def _parser() -> argparse.ArgumentParser:
 
     query = sub.add_parser(
         "query", help="search a saved sharded HNSW index",
-        description="Search a saved ShardedIndex with a Parquet file of query vectors (an `id` and a `vector` column).",
+        description="Search a saved ShardedIndex with Parquet query vectors (an `id` and a `vector` column): a file, "
+        "a directory or a URI of any size, streamed in blocks through the shard actors (Ray Data).",
     )
     query.add_argument("index_dir", metavar="INDEX_DIR")
-    query.add_argument("--queries", required=True, metavar="FILE.parquet")
+    query.add_argument("--queries", required=True, metavar="PARQUET", help="a Parquet file, directory or URI")
     query.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
     query.add_argument("--ef", type=int, default=64, help="HNSW search breadth; higher = better recall, slower (default 64)")
     query.add_argument("--nprobe", type=int, default=None, help="k-means indexes: shards probed per query")
-    query.add_argument("--out", metavar="FILE.parquet", help="write results here (default: print the first rows)")
+    query.add_argument("--out", metavar="DIR", help="write every answer here as Parquet parts, streamed in blocks "
+                       "(default: print the answers to the first 20 queries)")
+    query.add_argument("--block-size", type=int, default=8192, help="queries per streamed block (default 8192)")
     query.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or embedded)")
     return parser
 
@@ -148,13 +151,16 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from pipelines.index import query_index
+    from pipelines.index import preview_query, stream_query
+
     _connect(args.address)
-    table = query_index(args.index_dir, args.queries, k=args.k, ef=args.ef, nprobe=args.nprobe, out_path=args.out)
+    search = {"k": args.k, "ef": args.ef, "nprobe": args.nprobe}
     if args.out is None:
-        print(table.slice(0, 20).to_pandas().to_string())
-    else:
-        print(f"wrote {table.num_rows} rows to {Path(args.out)}")
+        print(preview_query(args.index_dir, args.queries, 20, **search).to_pandas().to_string())
+        return EXIT_OK
+    done = stream_query(args.index_dir, args.queries, args.out, block_size=args.block_size, **search)
+    print(f"wrote {done['rows']} answers in {done['parts']} Parquet parts to {Path(done['out'])} "
+          f"({done['queries_per_second']:.0f} queries/s over {done['seconds']:.1f} s)")
     return EXIT_OK
 
 

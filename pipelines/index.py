@@ -1,11 +1,13 @@
 """The index pipeline: ingest → build a sharded HNSW index → all-points kNN graph → recall evaluation.
 
-    shardwalk run index --set source=builtin:mnist5k --set shards=4
-    shardwalk query runs/cache/build-<key> --queries q.parquet -k 10 --out result.parquet
+    shardwalk run index --set source=builtin:mnist5k            # shards and threads sized to the cluster
+    shardwalk run index --set source=data/ --set shards=8        # an explicit shard count wins
+    shardwalk query runs/cache/build-<key> --queries queries/ -k 10 --out answers/   # streamed, any size
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import uuid
@@ -21,14 +23,16 @@ import ray
 from core import hnsw
 from core.dag import Pipeline
 from core.errors import ConfigError
-from core.io import plan_shards, read_table, source_fingerprint, write_parquet
+from core.io import plan_shards, read_shard, read_table, source_fingerprint, write_parquet
 from core.schema import KNN_GRAPH_SCHEMA, to_numpy, validate_vectors
 from pipelines.common import ingest
 from workers.hnsw_shard import ShardedIndex, exact_part, sample_part
+from workers.query_stream import QuerySettings, open_for_stream
 
 DEFAULTS: dict[str, Any] = {
     "source": "builtin:mnist5k",
-    "shards": 4,
+    "shards": 0,  # 0 = sized to the cluster (core/sizing.py): one shard per node with CPUs, more if memory asks
+    "memory_fraction": 0.5,  # share of a node's memory its shards may take (sizing and the fit check)
     "space": "l2",
     "M": 16,
     "ef_construction": 200,
@@ -45,7 +49,13 @@ DEFAULTS: dict[str, Any] = {
 
 def validate(config: dict[str, Any]) -> None:
     """Reject bad values before any stage runs."""
-    hnsw.validate_layout(shards=config["shards"], replicas=config["replicas"], partition=config["partition"])
+    shards = config["shards"]
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 0:
+        raise ConfigError(f"shards must be an integer >= 1, or 0 to size it to the cluster; got {shards!r}")
+    hnsw.validate_layout(shards=shards or 1, replicas=config["replicas"], partition=config["partition"])
+    fraction = config["memory_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+        raise ConfigError(f"memory_fraction must be in (0, 1], got {fraction!r}")
     hnsw.validate_params(
         dim=1, space=config["space"], M=config["M"], ef_construction=config["ef_construction"],
         random_seed=config["random_seed"],
@@ -53,7 +63,9 @@ def validate(config: dict[str, Any]) -> None:
     for key in ("k", "ef", "recall_sample"):
         if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1:
             raise ConfigError(f"{key} must be an integer >= 1, got {config[key]!r}")
-    if not 0 <= config["nprobe"] <= config["shards"]:
+    if config["nprobe"] and not shards:
+        raise ConfigError("nprobe must be 0 (all shards) unless shards is set explicitly (shards=0 sizes the index to the cluster)")
+    if config["nprobe"] < 0 or (shards and config["nprobe"] > shards):
         raise ConfigError(f"nprobe must be in [0, shards={config['shards']}] (0 = all), got {config['nprobe']}")
 
 
@@ -64,14 +76,20 @@ def _nprobe(nprobe: int) -> int | None:
 # ----------------------------------------------------------------------------- stages
 
 
+def ingest_parts(out: Path, *, shards: int, **params: Any) -> dict[str, Any]:
+    """The ingest stage; `shards=0` (sized to the cluster) writes one part per cluster CPU."""
+    return ingest(out, shards=shards or max(1, int(ray.cluster_resources().get("CPU", 1))), **params)
+
+
 def build_index(
     out: Path, ingest: Path, *, shards: int, space: str, M: int, ef_construction: int, random_seed: int,
-    partition: str, replicas: int,
+    partition: str, replicas: int, memory_fraction: float = 0.5,
 ) -> dict[str, Any]:
     """Build the sharded index from the ingested parts and save it as this stage's output."""
     with ShardedIndex.build(
-        str(ingest), shards=shards, space=space, M=M, ef_construction=ef_construction, partition=partition,
+        str(ingest), shards=shards or None, space=space, M=M, ef_construction=ef_construction, partition=partition,
         replicas=replicas, random_seed=random_seed, validate=False,  # the ingest stage validated the parts
+        memory_fraction=memory_fraction,
     ) as index:
         index.save(out, atomic=False)
         stats = index.stats()
@@ -82,6 +100,8 @@ def build_index(
             "balanced_within_2x": stats["balanced_within_2x"],
             "build_seconds": round(index.meta["build_seconds"], 3),
             "index_bytes": stats["index_bytes"],
+            "shards": stats["shards"],
+            "threads_per_actor": [a["threads"] for a in stats["actors"] if a["replica"] == 0],
         }
 
 
@@ -127,7 +147,7 @@ def build(config: dict[str, Any]) -> Pipeline:
     p = Pipeline("index")
     p.stage(
         "ingest",
-        ingest,
+        ingest if config["shards"] else ingest_parts,  # an explicit count shares the ingest pipeline's cache
         params={"source": config["source"], "shards": config["shards"], "require_label": False,
                 "fingerprint": source_fingerprint(config["source"])},
         num_cpus=0,
@@ -136,7 +156,8 @@ def build(config: dict[str, Any]) -> Pipeline:
         "build",
         build_index,
         inputs=["ingest"],
-        params={key: config[key] for key in ("shards", "space", "M", "ef_construction", "random_seed", "partition", "replicas")},
+        params={key: config[key] for key in ("shards", "space", "M", "ef_construction", "random_seed", "partition", "replicas",
+                                             "memory_fraction")},
         num_cpus=0,
     )
     p.stage("knn_graph", knn_graph, inputs={"build": "build"},
@@ -154,13 +175,31 @@ def build(config: dict[str, Any]) -> Pipeline:
 # ----------------------------------------------------------------------------- `shardwalk query`
 
 
+def stream_query(
+    index_dir: str | os.PathLike, queries_source: Any, out_dir: str | os.PathLike, *, k: int = 10, ef: int = 64,
+    nprobe: int | None = None, block_size: int = 8192,
+) -> dict[str, Any]:
+    """Answer a query source of any size into a directory of Parquet parts (streamed with Ray Data)."""
+    index = open_for_stream(index_dir, QuerySettings().pool)
+    with index:
+        return index.search_dataset(queries_source, out_dir, k=k, ef=ef, nprobe=nprobe, block_size=block_size)
+
+
+def preview_query(index_dir: str | os.PathLike, queries_source: str | os.PathLike, rows: int, **search: Any) -> pa.Table:
+    """Answers for the first `rows` queries only (what `shardwalk query` prints without --out)."""
+    spec = plan_shards(queries_source, 1)[0]
+    head = read_shard(dataclasses.replace(spec, stop=min(spec.stop, spec.start + rows)))
+    return query_index(index_dir, head, **search)
+
+
 def query_index(
     index_dir: str | os.PathLike, queries_source: str | os.PathLike, k: int = 10, ef: int = 64,
     nprobe: int | None = None, out_path: str | os.PathLike | None = None,
 ) -> pa.Table:
-    """Search a saved index with a Parquet file of queries; return (and optionally write) a knn-graph table."""
+    """Search a saved index with a small query table or file, all in memory (streams: `stream_query`)."""
+    where = "queries" if isinstance(queries_source, pa.Table) else os.fspath(queries_source)
     with ShardedIndex.open(index_dir) as index:
-        table = validate_vectors(read_table(queries_source), where=os.fspath(queries_source), dim=index.dim)
+        table = validate_vectors(read_table(queries_source), where=where, dim=index.dim)
         q_ids, queries = to_numpy(table)
         ids, dists = index.search(queries, k=k, ef=ef, nprobe=nprobe)
     offsets = pa.array(np.arange(0, ids.size + 1, k, dtype=np.int32))

@@ -18,6 +18,7 @@ replicas and restarted actors reload from it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -42,7 +43,7 @@ from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from core import datasets, hnsw
+from core import datasets, hnsw, sizing
 from core.errors import ConfigError, CorruptArtifactError, DataError, ShardUnavailableError
 from core.io import (
     MANIFEST,
@@ -58,6 +59,10 @@ from core.io import (
     write_parquet,
 )
 from core.schema import KNN_GRAPH_SCHEMA, check_unique, to_numpy, validate_vectors, vector_dim
+from workers import knn_graph as graph_units
+from workers import query_stream
+from workers.cluster import cluster_nodes
+from workers.datasets import is_ray_dataset, staged_dataset
 
 EXACT_THRESHOLD = 20_000  # allowed ids in a shard at or below which filtered search is brute force
 READY_TIMEOUT_S = 300.0
@@ -433,15 +438,11 @@ class HnswShard:
 
     # ------------------------------------------------------------------ the all-points kNN graph
 
-    def export_batches(self, batch_size: int) -> list[Any]:
-        """My live (ids, vectors) in batches, as object refs (for the kNN graph's query side)."""
+    def export_batch(self, batch: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch `batch` of my sorted live ids with their vectors (a call result: the caller owns it)."""
         assert self.index is not None
-        out = []
-        for start, stop in hnsw.batches(self.live.size, batch_size):
-            ids = self.live[start:stop]
-            vecs = np.asarray(self.index.get_items(_u64(ids), return_type="numpy"), np.float32)
-            out.append(ray.put((ids, vecs)))
-        return out
+        ids = self.live[batch * batch_size : (batch + 1) * batch_size]
+        return ids, np.asarray(self.index.get_items(_u64(ids), return_type="numpy"), np.float32)
 
     def write_graph(self, batch: tuple[np.ndarray, np.ndarray], results: Sequence[Any], k: int, path: str) -> int:
         """Merge the shards' answers for one batch of my points, drop self, write one Parquet part."""
@@ -454,7 +455,9 @@ class HnswShard:
             [pa.array(ids), pa.ListArray.from_arrays(offsets, flat_n), pa.ListArray.from_arrays(offsets, flat_d)],
             schema=KNN_GRAPH_SCHEMA,
         )
-        write_parquet(table, path)
+        tmp = graph_units.part_tmp(path)
+        write_parquet(table, tmp)
+        os.replace(tmp, path)  # a writer killed mid-write leaves only the temporary, which a retry overwrites
         return table.num_rows
 
     # ------------------------------------------------------------------ introspection
@@ -483,6 +486,13 @@ class HnswShard:
 
     def ping(self) -> int:
         return self.shard
+
+    def set_threads(self, threads: int) -> int:
+        """Run hnswlib with `threads` threads (more than the CPUs reserved, when a stream keeps CPUs free)."""
+        self.threads = max(1, int(threads))
+        if self.index is not None:
+            self.index.set_num_threads(self.threads)
+        return self.threads
 
 
 # =============================================================================== the driver's handle
@@ -517,6 +527,18 @@ def _as_query_array(queries: Any, dim: int) -> np.ndarray:
         return hnsw.validate_queries(queries, dim)
     table = validate_vectors(read_shard(plan_shards(queries, 1)[0]), where=str(queries) if not isinstance(queries, pa.Table) else "queries", dim=dim)
     return to_numpy(table)[1]
+
+
+def _layout(source: Source, where: str, shards: int | None, replicas: int, M: int, memory_fraction: float) -> sizing.ShardPlan:
+    """Shards and CPUs per actor for this source on the connected cluster (an explicit `shards` wins)."""
+    specs = plan_shards(source, 1)
+    rows = sum(s.num_rows for s in specs)
+    first = read_shard(dataclasses.replace(specs[0], stop=specs[0].start + 1))
+    if "vector" not in first.column_names:
+        raise DataError(f"{where}: missing column(s) ['vector']; found {first.column_names}")
+    vector = first.column("vector")
+    dim = vector.type.list_size if pa.types.is_fixed_size_list(vector.type) else np.asarray(vector[0].as_py() or []).size
+    return sizing.plan(cluster_nodes(), rows, max(dim, 1), M, shards=shards, replicas=replicas, memory_fraction=memory_fraction)
 
 
 def _default_cpus(actors: int) -> float:
@@ -590,7 +612,7 @@ class ShardedIndex:
     def build(
         cls,
         source: Source,
-        shards: int = 4,
+        shards: int | None = None,
         space: str = "l2",
         M: int = 16,
         ef_construction: int = 200,
@@ -602,14 +624,27 @@ class ShardedIndex:
         sample_size: int = 50_000,
         workdir: str | os.PathLike | None = None,
         validate: bool = True,
+        memory_fraction: float = sizing.MEMORY_FRACTION,
     ) -> ShardedIndex:
-        """Build an index over `source` (Parquet path/URI, pyarrow.Table, numpy array or builtin:NAME).
+        """Build an index over `source` (Parquet path/URI, pyarrow.Table, numpy array, builtin:NAME or a
+        ray.data.Dataset with `id` and `vector` columns).
 
-        `validate=False` trusts a Parquet source that was validated upstream (the ingest stage's output).
+        `shards=None` sizes the index to the cluster (core/sizing.py: one shard per node with CPUs, more if
+        a node's memory cannot hold its share); `cpus_per_actor=None` gives each actor its node's CPUs
+        (those free right now, at most). `validate=False` trusts a Parquet source validated upstream.
         """
-        hnsw.validate_layout(shards=shards, replicas=replicas, partition=partition)
+        hnsw.validate_layout(shards=shards or 1, replicas=replicas, partition=partition)
         hnsw.validate_params(dim=1, space=space, M=M, ef_construction=ef_construction, random_seed=random_seed)
+        if is_ray_dataset(source):
+            with staged_dataset(source, None if workdir is None else os.fspath(workdir)) as staged:
+                return cls.build(staged, shards, space, M, ef_construction, partition, replicas, random_seed=random_seed,
+                                 cpus_per_actor=cpus_per_actor, sample_size=sample_size, workdir=workdir,
+                                 validate=True, memory_fraction=memory_fraction)
         source, where, trusted = _prepare_source(source, validate)
+        layout = _layout(source, where, shards, replicas, M, memory_fraction)
+        shards = layout.shards
+        if cpus_per_actor is None:
+            cpus_per_actor = min(layout.cpus_per_actor, _default_cpus(shards * replicas))
         specs = plan_shards(source, shards)
         work, owned = _workdir(workdir)
         actors, pgs, cpus = cls._spawn_or_clean(shards, replicas, work, cpus_per_actor)
@@ -908,29 +943,43 @@ class ShardedIndex:
             out.append(result)
         return out
 
+    def search_dataset(
+        self, source: Any, out: str | os.PathLike, *, k: int = 10, ef: int = 64, nprobe: int | None = None,
+        block_size: int = 8192, pool: int = 2,
+    ) -> dict[str, Any]:
+        """Answer a query source of any size (Parquet file, directory, URI or ray.data.Dataset with `id` and
+        `vector`) block by block on Ray Data, writing knn-graph rows as Parquet parts into directory `out`.
+
+        Neither all queries nor all answers are ever held in one process (workers/query_stream.py).
+        """
+        settings = query_stream.QuerySettings(k, ef, nprobe, block_size, pool)
+        return query_stream.search_dataset(self, source, out, settings)
+
+    def set_threads(self, threads: int) -> None:
+        """hnswlib threads of every shard actor (a restarted actor goes back to its reserved CPUs)."""
+        _wait([a.set_threads.remote(threads) for row in self.actors for a in row], "set threads")
+
     # ------------------------------------------------------------------ the all-points kNN graph
 
-    def knn_graph(self, out_dir: str | os.PathLike, k: int = 10, ef: int = 64, nprobe: int | None = None, batch_size: int = 2048) -> dict[str, Any]:
+    def knn_graph(
+        self, out_dir: str | os.PathLike, k: int = 10, ef: int = 64, nprobe: int | None = None,
+        batch_size: int = 4096, in_flight: int | None = None,
+    ) -> dict[str, Any]:
         """Write DESIGN.md's knn-graph table (every live point, self excluded) as Parquet parts in `out_dir`.
 
-        Each shard exports its points in batches; every (probed) shard answers each batch; the owning
-        shard merges, drops self and writes its part. The driver only passes object refs around.
+        Batches of each shard's points are answered whole by every (probed) shard; the owning shard
+        merges, drops self and writes its part; at most `in_flight` batches (default two per shard) are
+        in flight. A batch that loses an actor is retried after the actor restarts (workers/knn_graph.py).
         """
         shards = len(self.actors)
         k, ef, nprobe = hnsw.validate_search(k, ef, max(len(self) - 1, 0), nprobe, shards)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         router = self.meta.get("router") if nprobe < shards else None
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        exported = _wait([row[b % len(row)].export_batches.remote(batch_size) for b, row in enumerate(self.actors)], "export")
-        writes = []
-        for j, batch_refs in enumerate(exported):
-            reps = self.actors[j]
-            for b, ref in enumerate(batch_refs):
-                answers = [self.actors[t][(b + t) % len(self.actors[t])].search_routed.remote(ref, k + 1, ef, router, nprobe) for t in range(shards)]
-                path = out / f"part-{j:05d}-{b:05d}.parquet"
-                writes.append(reps[b % len(reps)].write_graph.remote(ref, answers, k, str(path)))
-        rows = sum(_wait(writes, "knn graph"))
-        return {"rows": int(rows), "parts": len(writes), "k": k}
+        req = graph_units.GraphRequest(k, ef, nprobe, router, batch_size, Path(out_dir))
+        sizes = self.meta["shard_sizes"]
+        rows = graph_units.run(self.actors, sizes, req, in_flight)
+        return {"rows": int(rows), "parts": sum(hnsw.ceil_div(n, batch_size) for n in sizes), "k": k}
 
     # ------------------------------------------------------------------ introspection and lifetime
 

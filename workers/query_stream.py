@@ -1,0 +1,236 @@
+"""Streaming batch queries: a query source of any size → answers written as Parquet parts.
+
+Engine: Ray Data. The source (Parquet file, directory, URI or a ray.data.Dataset) is read in blocks by
+read tasks; `map_batches` runs `SearchBlocks` on a small actor pool (fractional CPUs: the pool mostly waits
+for the shard actors) whose actors hold handles to the shard actors, send each block to every (probed)
+shard, merge (core.hnsw) and emit knn-graph rows; `write_parquet` writes them from the workers. The driver
+holds only object refs and counters: neither all queries nor all answers are ever in one process.
+
+The answers are written into a temporary sibling of the output directory, which is renamed into place with
+a manifest (`_SUCCESS`: files, rows, checksums) once every block is written: a failed or interrupted query
+leaves nothing at the output path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+import uuid
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from core import errors, sizing
+from core.errors import ConfigError, DataError, InputError
+from core.io import MANIFEST, build_manifest
+from core.schema import KNN_GRAPH_SCHEMA
+from workers.cluster import cluster_nodes
+from workers.datasets import check_columns, is_ray_dataset
+
+POOL_ACTOR_CPUS = 0.25  # a pool actor mostly waits for shard actors; read tasks need the CPUs left over
+KIND = "query-answers"
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    """How to answer a stream: neighbours, search breadth, shards probed, rows per block, pool actors."""
+
+    k: int = 10
+    ef: int = 64
+    nprobe: int | None = None
+    block_size: int = 8192
+    pool: int = 2
+
+    def validate(self) -> QuerySettings:
+        for name in ("block_size", "pool"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        return self
+
+
+def query_vectors(batch: dict[str, np.ndarray], dim: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, float32 (n, dim) vectors) of a Ray Data block, or DataError naming the problem."""
+    ids = np.asarray(batch["id"])
+    vecs = np.asarray(batch["vector"])
+    if vecs.dtype == object:  # variable-length lists arrive as arrays of arrays
+        sizes = {np.asarray(v).size for v in vecs}
+        if sizes - {dim}:
+            raise DataError(f"{where}: column 'vector' has dimension {sorted(sizes - {dim})[0]}, expected {dim}")
+        vecs = np.stack([np.asarray(v) for v in vecs]) if len(vecs) else np.empty((0, dim))
+    if vecs.ndim != 2 or vecs.shape[1] != dim:
+        raise DataError(f"{where}: column 'vector' has dimension {vecs.shape[-1] if vecs.ndim else 0}, expected {dim}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise DataError(f"{where}: column 'id' must be integers, got {ids.dtype}")
+    vecs = np.ascontiguousarray(vecs, np.float32)
+    bad = ~np.isfinite(vecs).all(axis=1)
+    if bad.any():
+        raise DataError(f"{where}: NaN or inf in the vector of id {int(ids[np.flatnonzero(bad)[0]])}")
+    return ids.astype(np.int64, copy=False), vecs
+
+
+def answers_table(ids: np.ndarray, nbrs: np.ndarray, dists: np.ndarray) -> pa.Table:
+    """DESIGN.md's knn-graph table for a block of answered queries."""
+    k = nbrs.shape[1]
+    offsets = pa.array(np.arange(0, nbrs.size + 1, k, dtype=np.int32))
+    return pa.table(
+        [pa.array(ids), pa.ListArray.from_arrays(offsets, pa.array(nbrs.reshape(-1))),
+         pa.ListArray.from_arrays(offsets, pa.array(dists.reshape(-1), pa.float32()))],
+        schema=KNN_GRAPH_SCHEMA,
+    )
+
+
+class SearchBlocks:
+    """A pool actor of the stream: a handle to the shard actors (no cleanup duty) answering block by block."""
+
+    def __init__(self, meta: dict[str, Any], actors: list[list[Any]], settings: QuerySettings, where: str) -> None:
+        from workers.hnsw_shard import ShardedIndex
+
+        class _Handle(ShardedIndex):  # the driver's index owns the actors: closing this handle frees nothing
+            def _register_cleanup(self) -> weakref.finalize:
+                return weakref.finalize(self, lambda: None)
+
+        self.index = _Handle(meta, actors, Path("."), [], False)
+        self.settings, self.where = settings, where
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        ids, vecs = query_vectors(batch, self.index.dim, self.where)
+        s = self.settings
+        if self.index.meta["space"] == "cosine":
+            zero = np.linalg.norm(vecs, axis=1) == 0
+            if zero.any():
+                raise DataError(f"{self.where}: the vector of id {int(ids[np.flatnonzero(zero)[0]])} is zero (cosine space)")
+        result = self.index.search(vecs, k=s.k, ef=s.ef, nprobe=s.nprobe, batch_size=max(len(vecs), 1))
+        return answers_table(ids, result.ids, result.dists)
+
+
+def open_for_stream(path: str | os.PathLike, pool: int) -> Any:
+    """Open a saved index for streaming: its shard actors reserve what the pool and read tasks leave.
+
+    Each shard actor still runs its node's CPUs as hnswlib threads (core/sizing.py): the reservation only
+    keeps Ray Data's read tasks schedulable (an actor pool that takes every CPU starves them and hangs).
+    """
+    from core import hnsw
+    from workers.hnsw_shard import ShardedIndex
+
+    shards = hnsw.read_index_manifest(Path(path))["shards"]
+    free = float(ray.available_resources().get("CPU", 0.0))
+    reserve = max(0.0, free - 1.0 - pool * POOL_ACTOR_CPUS) / shards
+    index = ShardedIndex.open(path, cpus_per_actor=math.floor(reserve * 1000) / 1000)
+    try:
+        threads = sizing.plan(cluster_nodes(), 1, index.dim, 2, shards=shards).threads
+        index.set_threads(threads)
+    except BaseException:
+        index.close()
+        raise
+    return index
+
+
+def _dataset(source: Any, dim: int) -> tuple[Any, str]:
+    """The source as a ray.data.Dataset of `id` and `vector`, checked against the index dimension up front."""
+    if is_ray_dataset(source):
+        check_columns(source)
+        dataset, where = source.select_columns(["id", "vector"]), "ray.data.Dataset"
+    else:
+        where = os.fspath(source)
+        try:
+            dataset = ray.data.read_parquet(where, columns=["id", "vector"])
+        except (FileNotFoundError, OSError, pa.ArrowInvalid, ValueError) as exc:
+            raise DataError(f"{where}: cannot read the queries ({' '.join(str(exc).split())[:200]})") from None
+    schema = dataset.schema()
+    typ = schema.base_schema.field("vector").type if schema is not None else None
+    # fixed_size_list (Parquet) or Ray's tensor extension (arrays): the dimension is in the type
+    found = typ.list_size if typ is not None and pa.types.is_fixed_size_list(typ) else getattr(typ, "shape", (dim,))[-1:]
+    found = found[0] if isinstance(found, tuple) and found else found
+    if isinstance(found, int) and found != dim:
+        raise DataError(f"{where}: column 'vector' has dimension {found}, expected {dim}")
+    return dataset, where
+
+
+def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: QuerySettings) -> dict[str, Any]:
+    """Stream `source` through `index` into Parquet parts under `out`; returns rows, parts and throughput."""
+    settings.validate()
+    from core import hnsw
+
+    hnsw.validate_search(settings.k, settings.ef, len(index), settings.nprobe, len(index.actors))
+    final = _output_dir(out)
+    dataset, where = _dataset(source, index.dim)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:12]}"
+    started = time.perf_counter()
+    try:
+        answers = dataset.map_batches(
+            SearchBlocks, fn_constructor_args=(index.meta, index.actors, settings, where),
+            batch_size=settings.block_size, batch_format="numpy", num_cpus=POOL_ACTOR_CPUS,
+            compute=ray.data.ActorPoolStrategy(size=settings.pool),
+        )
+        answers.write_parquet(str(tmp))
+        rows, parts = _commit(tmp, final, settings)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        typed = _typed_cause(exc)
+        if typed is not None:
+            raise typed from None
+        raise
+    seconds = time.perf_counter() - started
+    return {"rows": rows, "parts": parts, "seconds": seconds, "queries_per_second": rows / seconds if seconds else 0.0,
+            "out": str(final)}
+
+
+def _output_dir(out: str | os.PathLike) -> Path:
+    """The output directory: new, empty, or an earlier query's answers (replaced); anything else is refused."""
+    final = Path(out).absolute()
+    if final.exists():
+        if not final.is_dir():
+            raise ConfigError(f"{final}: exists and is not a directory; the answers are written as a directory of Parquet parts")
+        if any(final.iterdir()) and not _is_answers(final):
+            raise ConfigError(f"{final}: exists and is not an earlier query's answers; refusing to overwrite")
+    return final
+
+
+def _is_answers(directory: Path) -> bool:
+    try:
+        return json.loads((directory / MANIFEST).read_text()).get("kind") == KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _commit(tmp: Path, final: Path, settings: QuerySettings) -> tuple[int, int]:
+    """Manifest (files, rows, checksums), then swap `tmp` into place; returns (rows, parts)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    parts = sorted(tmp.glob("*.parquet"))
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+    extra = {"kind": KIND, "rows": rows, "k": settings.k, "ef": settings.ef, "nprobe": settings.nprobe}
+    (tmp / MANIFEST).write_text(json.dumps(build_manifest(tmp, extra), indent=1, sort_keys=True))
+    from workers.hnsw_shard import _swap_in  # the index's own move-aside-then-rename
+
+    _swap_in(tmp, final)
+    return rows, len(parts)
+
+
+def _typed_cause(exc: BaseException) -> InputError | None:
+    """Our typed error inside Ray Data's wrappers (UDF errors arrive as RayTaskError / UserCodeException)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        err = stack.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, InputError):
+            return err
+        stack.extend([err.__cause__, err.__context__, getattr(err, "cause", None)])
+    # Ray Data re-raises a UDF's error as UserCodeException with the original only in the text
+    found = re.findall(r"core\.errors\.(\w+): ([^\n]+)", str(exc))
+    if found and isinstance(cls := getattr(errors, found[-1][0], None), type) and issubclass(cls, InputError):
+        return cls(found[-1][1].strip())
+    return None
