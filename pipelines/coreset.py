@@ -22,12 +22,13 @@ from core.coreset import METHODS
 from core.dag import Pipeline
 from core.datasets import test_mask
 from core.errors import ConfigError
-from core.io import source_fingerprint, write_parquet
-from pipelines.common import ingest
+from core.io import write_parquet
+from pipelines.common import COLUMN_DEFAULTS, ingest_stage
 from workers.scorer import evaluate_coreset, score_dataset, select_distributed
 
 DEFAULTS: dict[str, Any] = {
     "source": "builtin:digits",
+    **COLUMN_DEFAULTS,
     "shards": 2,
     "test_fraction": 0.2,
     "split_seed": 0,
@@ -146,8 +147,7 @@ def build(config: dict[str, Any]) -> Pipeline:
     """ingest → [build → knn_graph → density] → score → select → evaluate."""
     p = Pipeline("coreset")
     split = {"test_fraction": config["test_fraction"], "split_seed": config["split_seed"]}
-    p.stage("ingest", ingest, params={"source": config["source"], "shards": config["shards"], "require_label": True,
-                                      "fingerprint": source_fingerprint(config["source"])}, num_cpus=0)
+    ingest_stage(p, config, require_label=True)
     select_inputs = {"scores": "score"}
     if config["knn"]["enabled"]:
         from pipelines.index import build_index, knn_graph

@@ -21,13 +21,14 @@ import ray
 from core import hnsw
 from core.dag import Pipeline
 from core.errors import ConfigError
-from core.io import plan_shards, read_table, source_fingerprint, write_parquet
+from core.io import plan_shards, read_table, write_parquet
 from core.schema import KNN_GRAPH_SCHEMA, to_numpy, validate_vectors
-from pipelines.common import ingest
+from pipelines.common import COLUMN_DEFAULTS, ingest_stage
 from workers.hnsw_shard import ShardedIndex, exact_part, sample_part
 
 DEFAULTS: dict[str, Any] = {
     "source": "builtin:mnist5k",
+    **COLUMN_DEFAULTS,
     "shards": 4,
     "space": "l2",
     "M": 16,
@@ -125,13 +126,7 @@ def evaluate(out: Path, ingest: Path, build: Path, graph: Path, *, k: int, ef: i
 def build(config: dict[str, Any]) -> Pipeline:
     """ingest → build → knn_graph → evaluate."""
     p = Pipeline("index")
-    p.stage(
-        "ingest",
-        ingest,
-        params={"source": config["source"], "shards": config["shards"], "require_label": False,
-                "fingerprint": source_fingerprint(config["source"])},
-        num_cpus=0,
-    )
+    ingest_stage(p, config, require_label=False)
     p.stage(
         "build",
         build_index,

@@ -30,14 +30,15 @@ from core.agents import (
 )
 from core.dag import Pipeline
 from core.errors import ConfigError, DataError
-from core.io import read_table, source_fingerprint, write_parquet
+from core.io import read_table, write_parquet
 from core.objectives import build_objective
 from core.schema import validate_assignment
 from core.srrw import BASES, SRRW, Schedule, walk_partition
-from pipelines.common import ingest
+from pipelines.common import COLUMN_DEFAULTS, ingest_stage
 
 DEFAULTS: dict[str, Any] = {
     "source": "builtin:breast_cancer",
+    **COLUMN_DEFAULTS,
     "shards": 2,
     "graph": {
         "name": "karate",  # a core.agents.standard_graph name, or "file" to read `edges`
@@ -227,10 +228,7 @@ def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[s
 
 def build(config: dict[str, Any]) -> Pipeline:
     p = Pipeline("srrw")
-    p.stage("ingest", ingest, num_cpus=0, params={
-        "source": config["source"], "shards": config["shards"], "require_label": True,
-        "fingerprint": source_fingerprint(config["source"]),
-    })
+    ingest_stage(p, config, require_label=True)
     p.stage("agents", agents, inputs=["ingest"], params={"graph": config["graph"], "seed": config["seed"]})
     p.stage("partition", partition_stage, inputs=["agents"],
             params={"partitions": config["partitions"], "base": config["base"], "seed": config["seed"]})

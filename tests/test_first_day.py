@@ -1,0 +1,160 @@
+"""A user's first day (issue 15): their own column names, sparse labels, relative paths — all at ingest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from core.datasets import load_arrays
+from core.errors import DataError
+from core.schema import Columns, apply_columns, check_label_column, encode_labels
+
+
+def _user_table(labels: np.ndarray, *, id_name: str = "id", vector_name: str = "vector", label_name: str = "label") -> pa.Table:
+    x, _ = load_arrays("builtin:synthetic?n=300&d=8&classes=3")
+    flat = pa.array(x.astype(np.float32).reshape(-1))
+    return pa.table({
+        id_name: pa.array(np.arange(len(x), dtype=np.int64) * 10 + 5),
+        vector_name: pa.FixedSizeListArray.from_arrays(flat, x.shape[1]),
+        label_name: pa.array(labels),
+    })
+
+
+def _labels(n: int = 300) -> np.ndarray:
+    _, y = load_arrays("builtin:synthetic?n=300&d=8&classes=3")
+    return y[:n].astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- pure
+
+
+def test_column_mapping_renames_the_users_columns() -> None:
+    table = _user_table(_labels(), id_name="doc", vector_name="emb", label_name="cls")
+    out = apply_columns(table, Columns(id="doc", vector="emb", label="cls"), "mine.parquet")
+    assert out.column_names == ["id", "vector", "label"]
+
+
+def test_mapped_column_that_does_not_exist_names_file_and_column() -> None:
+    table = _user_table(_labels())
+    with pytest.raises(DataError, match=r"^mine.parquet: vector_column 'emb' is not a column"):
+        apply_columns(table, Columns(vector="emb"), "mine.parquet")
+
+
+def test_mapped_column_clashing_with_an_existing_one_is_refused() -> None:
+    table = _user_table(_labels()).append_column("emb", pa.array(np.zeros(300)))
+    with pytest.raises(DataError, match="would replace the existing column 'vector'"):
+        apply_columns(table, Columns(vector="emb"), "mine.parquet")
+
+
+def test_float_labels_refused_naming_the_users_column() -> None:
+    table = _user_table(_labels().astype(np.float64), label_name="cls")
+    table = apply_columns(table, Columns(label="cls"), "mine.parquet")
+    with pytest.raises(DataError, match=r"^mine.parquet: label column 'cls' must hold integer class labels, got double"):
+        check_label_column(table, "mine.parquet", user_name="cls")
+
+
+def test_null_label_refused_with_row() -> None:
+    labels = pa.array([1, None, 2] + [0] * 297, pa.int64())
+    table = _user_table(_labels()).set_column(2, "label", labels)
+    with pytest.raises(DataError, match="has a null at row 1"):
+        check_label_column(table, "mine.parquet")
+
+
+def test_encode_labels_maps_sorted_values_to_indices() -> None:
+    table = pa.table({"label": pa.array([207, -3, 107, 207], pa.int64())})
+    out = encode_labels(table, np.array([-3, 107, 207]))
+    assert out.column("label").to_pylist() == [2, 0, 1, 2]
+
+
+def test_relative_source_resolves_against_the_config_files_folder(tmp_path: Path, monkeypatch) -> None:
+    from pipelines.config import load_config, pipeline_module
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "job.toml").write_text('source = "data/emb.parquet"\n')
+    monkeypatch.chdir(tmp_path)
+    config = load_config(pipeline_module("ingest"), folder / "job.toml", [])
+    assert config["source"] == str(folder / "data" / "emb.parquet")
+    # --set values are relative to where the user types them, builtins and URIs untouched
+    config = load_config(pipeline_module("ingest"), folder / "job.toml", ["source=builtin:digits"])
+    assert config["source"] == "builtin:digits"
+
+
+# ----------------------------------------------------------------------------- on Ray
+
+
+@pytest.fixture(scope="module")
+def ray_module(_ray_session: None) -> None:
+    import ray
+
+    from pipelines.runtime import connect
+
+    if not ray.is_initialized():
+        connect(num_cpus=2)
+
+
+def _ingest(tmp_path: Path, table: pa.Table, name: str, **kwargs) -> Path:
+    from pipelines.common import ingest
+
+    src = tmp_path / f"{name}.parquet"
+    pq.write_table(table, src)
+    out = tmp_path / f"{name}-out"
+    out.mkdir()
+    ingest(out, source=str(src), shards=2, require_label=True, **kwargs)
+    return out
+
+
+@pytest.mark.ray
+def test_sparse_labels_give_the_same_scores_as_dense_ones(ray_module: None, tmp_path: Path) -> None:
+    from pipelines.common import read_label_map
+    from workers.scorer import score_dataset
+
+    dense = _labels()
+    sparse = np.array([7, 107, 207])[dense]
+    dense_dir = _ingest(tmp_path, _user_table(dense), "dense")
+    sparse_dir = _ingest(tmp_path, _user_table(sparse, label_name="cls"), "sparse", columns={"label": "cls"})
+    assert read_label_map(sparse_dir).tolist() == [7, 107, 207]
+    assert json.loads((sparse_dir / "_labels.json").read_text())["column"] == "cls"
+    proxy = {"models": 1, "epochs": 2, "batch_size": 64, "hidden": 8}
+    a = score_dataset(str(dense_dir), 1, tmp_path / "sa", num_cpus=0.5, **proxy)
+    b = score_dataset(str(sparse_dir), 1, tmp_path / "sb", num_cpus=0.5, **proxy)
+    assert a["classes"] == b["classes"] == 3
+    ta = pq.read_table(tmp_path / "sa").sort_by("id")
+    tb = pq.read_table(tmp_path / "sb").sort_by("id")
+    for name in ("el2n", "aum", "entropy", "forgetting"):
+        np.testing.assert_allclose(ta.column(name).to_numpy(), tb.column(name).to_numpy(), rtol=1e-6)
+    assert tb.column("entropy").to_numpy().max() <= np.log(3) + 1e-6
+
+
+@pytest.mark.ray
+def test_negative_labels_are_mapped_at_ingest(ray_module: None, tmp_path: Path) -> None:
+    out = _ingest(tmp_path, _user_table(_labels() - 1), "neg")
+    labels = pq.read_table(out).column("label").to_numpy()
+    assert sorted(set(labels.tolist())) == [0, 1, 2]
+
+
+@pytest.mark.ray
+def test_label_problems_caught_at_ingest_naming_the_users_file(ray_module: None, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"floats.parquet: label column 'label' must hold integer class labels"):
+        _ingest(tmp_path, _user_table(_labels().astype(np.float64)), "floats")
+    with pytest.raises(DataError, match=r"one.parquet: label column 'label' has a single class \[4\]"):
+        _ingest(tmp_path, _user_table(np.full(300, 4)), "one")
+    with pytest.raises(DataError, match=r"nolabel.parquet: label_column 'y' is not a column"):
+        _ingest(tmp_path, _user_table(_labels()), "nolabel", columns={"label": "y"})
+
+
+@pytest.mark.ray
+def test_emb_column_mapped_through_the_cli(ray_module: None, tmp_path: Path) -> None:
+    from pipelines.cli import main
+
+    src = tmp_path / "emb.parquet"
+    pq.write_table(_user_table(_labels(), id_name="doc_id", vector_name="emb"), src)
+    runs = str(tmp_path / "runs")
+    base = ["run", "ingest", "--runs-dir", runs, "--set", f"source={src}"]
+    assert main([*base, "--set", "vector_column=emb", "--set", "id_column=doc_id"]) == 0
+    assert main([*base, "--set", "vector_column=embedding"]) == 2
