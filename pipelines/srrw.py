@@ -25,6 +25,8 @@ from core.agents import (
     build_graph,
     cut_edge_fraction,
     edges_table,
+    map_node_names,
+    name_nodes,
     spread,
     standard_graph,
 )
@@ -106,13 +108,20 @@ def _graph_params(graph: dict[str, Any]) -> dict[str, int]:
 
 def agents(out: Path, ingest: Path, *, graph: dict[str, Any], seed: int) -> dict[str, Any]:
     """The agent graph (edges.parquet) and the data placement (assignment.parquet), both validated."""
+    names = None
     if graph["name"] == "file":
-        g = build_graph(read_table(graph["edges"]), where=graph["edges"])
+        edges, names = name_nodes(read_table(graph["edges"]), where=graph["edges"])
+        g = build_graph(edges, where=graph["edges"])
     else:
         g = standard_graph(graph["name"], **_graph_params(graph))
     ids, labels = _ids_labels(ingest)
+    if names is not None:  # the user's node names, once, beside the graph
+        write_parquet(pa.table({"node": pa.array(np.arange(len(names)), pa.int64()), "name": names}), out / "nodes.parquet")
     if graph["assignment"]:
-        assign = validate_assignment(read_table(graph["assignment"]), where=graph["assignment"])
+        table = read_table(graph["assignment"])
+        if names is not None and "node" in table.column_names:
+            table = map_node_names(table, names, where=graph["assignment"])
+        assign = validate_assignment(table, where=graph["assignment"])
     else:
         assign = spread(ids, labels, sorted(g.nodes()), mode=graph["spread"], seed=seed)
     # the checks (every agent has data, every id exists) without touching the features

@@ -158,3 +158,77 @@ def test_emb_column_mapped_through_the_cli(ray_module: None, tmp_path: Path) -> 
     base = ["run", "ingest", "--runs-dir", runs, "--set", f"source={src}"]
     assert main([*base, "--set", "vector_column=emb", "--set", "id_column=doc_id"]) == 0
     assert main([*base, "--set", "vector_column=embedding"]) == 2
+
+
+# ----------------------------------------------------------------------------- graphs and ids
+
+
+def _florentine_edges() -> pa.Table:
+    import networkx as nx
+
+    edges = list(nx.florentine_families_graph().edges())
+    return pa.table({"src": [u for u, _ in edges], "dst": [v for _, v in edges]})
+
+
+def test_string_node_names_are_numbered_once_in_sorted_order() -> None:
+    from core.agents import build_graph, map_node_names, name_nodes
+
+    edges, names = name_nodes(_florentine_edges(), where="florentine.parquet")
+    assert names.to_pylist() == sorted(names.to_pylist()) and "Medici" in names.to_pylist()
+    graph = build_graph(edges, where="florentine.parquet")
+    medici = names.to_pylist().index("Medici")
+    assert graph.degree(medici) == 6
+    assign = pa.table({"node": ["Medici", "Strozzi"], "id": [1, 2]})
+    assert map_node_names(assign, names).column("node").to_pylist() == [medici, names.to_pylist().index("Strozzi")]
+    with pytest.raises(DataError, match=r"^a.parquet: column 'node' names node 'Nobody' at row 1"):
+        map_node_names(pa.table({"node": ["Medici", "Nobody"], "id": [1, 2]}), names, where="a.parquet")
+
+
+def test_integer_edge_lists_are_left_alone() -> None:
+    from core.agents import name_nodes
+
+    table = pa.table({"src": pa.array([0, 1], pa.int64()), "dst": pa.array([1, 2], pa.int64())})
+    assert name_nodes(table)[1] is None
+
+
+def test_networkx_graph_with_names_relabelled_with_its_names() -> None:
+    import networkx as nx
+
+    from core.agents import build_graph, relabel_graph
+
+    with pytest.raises(DataError, match="relabel_graph"):
+        build_graph(nx.davis_southern_women_graph())
+    graph, names = relabel_graph(nx.davis_southern_women_graph())
+    assert build_graph(graph).number_of_nodes() == len(names) == 32
+
+
+@pytest.mark.ray
+def test_srrw_agents_stage_reads_an_edge_list_of_names(ray_module: None, tmp_path: Path) -> None:
+    from pipelines.srrw import DEFAULTS, agents
+
+    data = _ingest(tmp_path, _user_table(_labels()), "data")
+    edges = tmp_path / "florentine.parquet"
+    pq.write_table(_florentine_edges(), edges)
+    out = tmp_path / "agents"
+    out.mkdir()
+    graph = {**DEFAULTS["graph"], "name": "file", "edges": str(edges)}
+    metrics = agents(out, data, graph=graph, seed=0)
+    assert metrics["agents"] == 15
+    nodes = pq.read_table(out / "nodes.parquet")
+    assert nodes.column("node").to_pylist() == list(range(15))
+    assert "Medici" in nodes.column("name").to_pylist()
+
+
+@pytest.mark.ray
+def test_add_without_ids_assigns_fresh_unique_ids(ray_local: None) -> None:
+    from workers.hnsw_shard import ShardedIndex
+
+    x, _ = load_arrays("builtin:synthetic?n=300&d=8&classes=3")
+    x = x.astype(np.float32)
+    with ShardedIndex.build(x[:200], shards=2, M=8, ef_construction=40) as index:
+        assert index.delete([199]) == 1  # the highest id, deleted: never handed out again
+        ids = index.add(x[200:])
+        assert ids.tolist() == list(range(200, 300))
+        assert len(index) == 299
+        found = index.search(x[200:210], k=1, ef=50).ids[:, 0]
+        assert (found == ids[:10]).mean() >= 0.9
