@@ -22,7 +22,8 @@ EPILOG = """examples:
   shardwalk run ingest --set source=builtin:mnist5k --set shards=4
   shardwalk run index --config examples/index.toml --address auto
   shardwalk runs
-  shardwalk show 20261128-120000-index-ab12cd
+  shardwalk show 20261128-120000-index-ab12cd     (or a unique prefix, or: shardwalk show latest)
+  shardwalk diff 20261128-120000 latest
   shardwalk query runs/cache/build-<key> --queries q.parquet -k 10 --out hits.parquet
 
 Every run writes runs/runs/<run id>/run.json; stage outputs live under runs/cache/ and are reused by any
@@ -64,11 +65,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun every stage, ignoring cached outputs")
     run.add_argument("--show-config", action="store_true", help="print the resolved config (JSON) and exit")
 
-    sub.add_parser("runs", parents=[runs_dir], help="list runs, newest first", description="List runs, newest first.")
+    runs = sub.add_parser("runs", parents=[runs_dir], help="list runs, newest first",
+                          description="List runs, newest first (whole ids; tab-separated when piped).")
+    runs.add_argument("--json", action="store_true", help="print the list as JSON")
 
     show = sub.add_parser("show", parents=[runs_dir], help="show one run's stages, timings, cache hits, outputs, metrics")
-    show.add_argument("run_id", metavar="RUN_ID")
+    show.add_argument("run_id", metavar="RUN_ID", help="a run id, any unique prefix of one, or 'latest'")
     show.add_argument("--json", action="store_true", help="print the raw run.json")
+
+    diff = sub.add_parser("diff", parents=[runs_dir], help="the settings, stage keys and metrics that differ between two runs")
+    diff.add_argument("run_a", metavar="RUN_A", help="a run id, unique prefix or 'latest'")
+    diff.add_argument("run_b", metavar="RUN_B", help="a run id, unique prefix or 'latest'")
+    diff.add_argument("--json", action="store_true", help="print the differences as JSON")
 
     query = sub.add_parser(
         "query", help="search a saved sharded HNSW index",
@@ -117,17 +125,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from pipelines.progress import print_runs
+    from pipelines.runs_view import print_runs
 
-    print_runs(args.runs_dir)
+    print_runs(args.runs_dir, as_json=args.json)
+    return EXIT_OK
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from pipelines.runs_view import print_diff
+
+    print_diff(args.runs_dir, args.run_a, args.run_b, as_json=args.json)
     return EXIT_OK
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from core.dag import load_run
     from pipelines.progress import print_run
+    from pipelines.runs_view import load_run_ref
 
-    record = load_run(args.runs_dir, args.run_id)
+    record = load_run_ref(args.runs_dir, args.run_id)
     if args.json:
         print(json.dumps(record, indent=1))
     else:
@@ -148,7 +163,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show, "query": _cmd_query}
+COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show, "diff": _cmd_diff, "query": _cmd_query}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -178,7 +178,8 @@ def test_run_tables_print_error_text_verbatim(tmp_path) -> None:
 
     from rich.console import Console
 
-    from pipelines.progress import print_run, print_runs
+    from pipelines.progress import print_run
+    from pipelines.runs_view import print_runs
 
     error = "RuntimeError: [/__w/pytorch/third_party/gloo/transport/tcp/pair.cc:553] Connection closed by peer"
     record = {"run_id": "r1", "pipeline": "p[x]", "status": "failed", "started": 1.0, "finished": 2.0,
@@ -189,7 +190,7 @@ def test_run_tables_print_error_text_verbatim(tmp_path) -> None:
     out = io.StringIO()
     console = Console(file=out, width=400)
     print_run(record, tmp_path, console)
-    print_runs(tmp_path, console)
+    print_runs(tmp_path, stream=out)
     text = out.getvalue()
     assert f"score failed: {error}" in text
     assert "/runs/[red]/score" in text and "note=[bold]" in text and "p[x]" in text
