@@ -117,6 +117,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if stage.status in ("done", "cached"):
             publish(Path(stage.output), run_dir)
     print_run(record.to_json(), args.runs_dir)
+    for stage in record.stages.values():  # results that finished but should not be trusted as they are
+        if (stage.metrics or {}).get("warning"):
+            print(f"shardwalk: warning: stage '{stage.name}': {stage.metrics['warning']}", file=sys.stderr)
     failed = record.failed_stage()
     if failed is None:
         return EXIT_OK

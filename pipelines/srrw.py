@@ -6,19 +6,23 @@
 `agents` makes (or reads) the agent graph and places the data on agents; `partition` splits the agents
 over walker actors; `walk` runs `workers.walker.run_distributed_sa_srrw` (each actor reads its own
 agents' rows; tokens checkpointed under the runs directory, resumed on a rerun); `evaluate` computes θ*
-with a full-batch Newton solve and writes the curves (loss, accuracy, ‖θ−θ*‖²) as Parquet.
+with a full-batch Newton solve and writes the curves (loss, training accuracy, ‖θ−θ*‖²) as Parquet, and
+warns (metric `warning`, printed after the run) when the final loss stays far above loss*.
+`standardize = true` adds a `standardize` stage (features to mean 0, variance 1) before the agents.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import ray
 
 from core.agents import (
     agent_blocks,
@@ -31,12 +35,14 @@ from core.agents import (
     standard_graph,
 )
 from core.dag import Pipeline
+from core.diagnostics import divergence_warning, last_fraction_mean
 from core.errors import ConfigError, DataError
 from core.io import read_table, write_parquet
 from core.objectives import build_objective
 from core.schema import validate_assignment
 from core.srrw import BASES, SRRW, Schedule, walk_partition
 from pipelines.common import COLUMN_DEFAULTS, ingest_stage
+from workers.ingest import part_paths, standardize_part, summarise_part
 
 DEFAULTS: dict[str, Any] = {
     "source": "builtin:breast_cancer",
@@ -63,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "halo": 1,
     "checkpoint_every": 5000,
     "record_every": 500,
+    "standardize": False,  # true: scale every feature to mean 0, variance 1 before the walk
     "seed": 0,
 }
 
@@ -207,8 +214,11 @@ def walk(out: Path, ingest: Path, agents: Path, partition: Path, *, model: dict[
             "hops_per_s": round(sum(t.n for t in toks) / secs, 1) if secs else None}
 
 
-def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[str, Any]) -> dict[str, Any]:
-    """θ* by full-batch Newton; curves.parquet: per token and step, loss, accuracy and ‖θ−θ*‖²."""
+def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[str, Any], standardize: bool = False) -> dict[str, Any]:
+    """θ* by full-batch Newton; curves.parquet: per token and step, loss, training accuracy and ‖θ−θ*‖².
+
+    Accuracy is on the agents' own data (training accuracy); the demo adds a held-out split.
+    """
     g = _load_graph(agents)
     table = pads.dataset(str(ingest), format="parquet").to_table(columns=["id", "vector", "label"])
     vec = table.column("vector").combine_chunks()
@@ -231,19 +241,47 @@ def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[s
     final = read_table(walk / "tokens.parquet")
     theta = np.mean(np.asarray(final.column("theta").to_pylist(), dtype=np.float64), axis=0)
     write_parquet(pa.table({"dim": np.arange(obj.dim), "theta": theta, "theta_star": star}), out / "theta.parquet")
-    return {"loss": obj.loss(theta), "loss_star": obj.loss(star), "accuracy": obj.accuracy(theta),
-            "sq_error": float(np.sum((theta - star) ** 2))}
+    sq_errors = np.sum((thetas - star) ** 2, axis=1)
+    metrics: dict[str, Any] = {
+        "loss": obj.loss(theta), "loss_star": obj.loss(star), "train_accuracy": obj.accuracy(theta),
+        "sq_error": float(np.sum((theta - star) ** 2)),
+        "sq_error_last_quarter": last_fraction_mean(traj.column("step").to_numpy(), sq_errors),
+    }
+    hint = "" if standardize else "; the features may need scaling: set standardize = true"
+    warning = divergence_warning(metrics["loss"], metrics["loss_star"], hint=hint)
+    if warning:
+        metrics["warning"] = warning
+    return metrics
+
+
+def standardize_data(out: Path, ingest: Path) -> dict[str, Any]:
+    """Every feature to mean 0 and variance 1 (constant features to 0): gradient steps then share one scale."""
+    parts = part_paths(ingest)
+    stats = ray.get([summarise_part.remote(str(p)) for p in parts])
+    n = sum(s["rows"] for s in stats)
+    mean = sum(s["sum"] for s in stats) / n
+    std = np.sqrt(np.maximum(sum(s["sumsq"] for s in stats) / n - mean**2, 0.0))
+    scale = np.where(std > 0, std, 1.0)
+    ray.get([standardize_part.remote(str(p), str(out / p.name), mean, scale) for p in parts])
+    for extra in ingest.glob("_labels.json"):
+        shutil.copy2(extra, out / extra.name)
+    return {"rows": n, "dim": len(mean), "constant_features": int((std == 0).sum())}
 
 
 def build(config: dict[str, Any]) -> Pipeline:
     p = Pipeline("srrw")
     ingest_stage(p, config, require_label=True)
-    p.stage("agents", agents, inputs=["ingest"], params={"graph": config["graph"], "seed": config["seed"]})
+    data = "ingest"
+    if config["standardize"]:
+        p.stage("standardize", standardize_data, inputs=["ingest"], num_cpus=0)
+        data = "standardize"
+    p.stage("agents", agents, inputs={"ingest": data}, params={"graph": config["graph"], "seed": config["seed"]})
     p.stage("partition", partition_stage, inputs=["agents"],
             params={"partitions": config["partitions"], "base": config["base"], "seed": config["seed"]})
     walk_params = {k: config[k] for k in ("alpha", "base", "a", "b", "lr", "steps", "tokens", "halo",
                                           "checkpoint_every", "record_every")}
-    p.stage("walk", walk, inputs=["ingest", "agents", "partition"], num_cpus=0,
+    p.stage("walk", walk, inputs={"ingest": data, "agents": "agents", "partition": "partition"}, num_cpus=0,
             params={"model": config["model"], "walk": walk_params, "seed": config["seed"]})
-    p.stage("evaluate", evaluate, inputs=["ingest", "agents", "walk"], params={"model": config["model"]})
+    p.stage("evaluate", evaluate, inputs={"ingest": data, "agents": "agents", "walk": "walk"}, version="2",
+            params={"model": config["model"], "standardize": config["standardize"]})
     return p

@@ -232,3 +232,48 @@ def test_add_without_ids_assigns_fresh_unique_ids(ray_local: None) -> None:
         assert len(index) == 299
         found = index.search(x[200:210], k=1, ef=50).ids[:, 0]
         assert (found == ids[:10]).mean() >= 0.9
+
+
+# ----------------------------------------------------------------------------- SRRW verdicts
+
+
+def test_last_quarter_mean_and_divergence_warning() -> None:
+    from core.diagnostics import divergence_warning, last_fraction_mean
+
+    steps = np.array([100, 200, 300, 400])
+    assert last_fraction_mean(steps, np.array([9.0, 9.0, 2.0, 4.0])) == 3.0  # steps >= 300
+    assert divergence_warning(0.17, 0.16) is None
+    warning = divergence_warning(9.56, 0.16, hint="; scale")
+    assert warning is not None and "9.56" in warning and warning.endswith("; scale")
+
+
+def _unscaled_source(tmp_path: Path) -> Path:
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    table = pa.table({
+        "id": pa.array(np.arange(len(x), dtype=np.int64)),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).reshape(-1)), x.shape[1]),
+        "label": pa.array(y.astype(np.int64)),
+    })
+    path = tmp_path / "raw_breast_cancer.parquet"
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.mark.ray
+def test_srrw_on_unscaled_features_warns_and_standardize_fixes_it(ray_module: None, tmp_path: Path, capsys) -> None:
+    from pipelines.cli import main
+    from pipelines.runs_view import load_run_ref
+
+    runs = str(tmp_path / "runs")
+    base = ["run", "srrw", "--runs-dir", runs, "--set", f"source={_unscaled_source(tmp_path)}",
+            "--set", "steps=3000", "--set", "partitions=1", "--set", "record_every=200", "--set", "checkpoint_every=0"]
+    assert main(base) == 0
+    assert "warning: stage 'evaluate'" in capsys.readouterr().err
+    metrics = load_run_ref(runs, "latest")["stages"]["evaluate"]["metrics"]
+    assert "standardize = true" in metrics["warning"]
+    assert metrics["sq_error_last_quarter"] > 0 and 0 <= metrics["train_accuracy"] <= 1
+    assert main([*base, "--set", "standardize=true"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert "warning" not in load_run_ref(runs, "latest")["stages"]["evaluate"]["metrics"]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
@@ -80,6 +81,18 @@ def encode_part(path: str, classes: list[int]) -> int:
     """Rewrite one part with its labels replaced by their class index 0..K-1; returns its rows."""
     table = encode_labels(pq.read_table(path), np.asarray(classes, dtype=np.int64))
     write_parquet(table, path)
+    return table.num_rows
+
+
+@ray.remote(num_cpus=1, max_retries=2)
+def standardize_part(path: str, out_path: str, mean: np.ndarray, scale: np.ndarray) -> int:
+    """Write one part with its vectors as (x - mean) / scale; other columns unchanged."""
+    table = pq.read_table(path)
+    col = table.column(VECTOR).combine_chunks()
+    d = col.type.list_size
+    x = (col.values.to_numpy(zero_copy_only=False).reshape(-1, d) - mean) / scale
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).reshape(-1)), d)
+    write_parquet(table.set_column(table.schema.get_field_index(VECTOR), VECTOR, vectors), out_path)
     return table.num_rows
 
 
