@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.errors import InputError, one_line
+from core.errors import ConfigError, InputError, one_line
 from pipelines import PIPELINES
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
@@ -64,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address ('auto' joins the local cluster; default: $RAY_ADDRESS or embedded)")
     run.add_argument("--force", action="store_true", help="rerun every stage, ignoring cached outputs")
     run.add_argument("--show-config", action="store_true", help="print the resolved config (JSON) and exit")
+    export_help = "also write the results under stable names (index/, knn_graph/, coresets/, srrw/, report.html) to this directory or URI"
+    run.add_argument("--export", metavar="DIR_OR_URI", help=export_help)
+    run.add_argument("--overwrite", action="store_true", help="--export may replace a non-empty target")
+
+    export = sub.add_parser("export", parents=[runs_dir], help="export a finished run's results under stable names",
+                            description="Export a run's results: " + export_help.split("results ", 1)[1] + ".")
+    export.add_argument("run_id", metavar="RUN_ID", help="a run id, unique prefix or 'latest'")
+    export.add_argument("target", metavar="DIR_OR_URI")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty target")
 
     runs = sub.add_parser("runs", parents=[runs_dir], help="list runs, newest first",
                           description="List runs, newest first (whole ids; tab-separated when piped).")
@@ -79,14 +88,18 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--json", action="store_true", help="print the differences as JSON")
 
     query = sub.add_parser(
-        "query", help="search a saved sharded HNSW index",
-        description="Search a saved ShardedIndex with a Parquet file of query vectors (an `id` and a `vector` column).",
+        "query", parents=[runs_dir], help="search a saved sharded HNSW index",
+        description="Search a saved ShardedIndex with a Parquet file of query vectors (an `id` and a `vector` column). "
+        "Distances are squared L2 (space l2), 1 - inner product (ip) or 1 - cosine similarity (cosine).",
     )
-    query.add_argument("index_dir", metavar="INDEX_DIR")
+    query.add_argument("index_dir", metavar="INDEX",
+                       help="an index directory or URI (e.g. an export's index/), or a run id, unique prefix or 'latest'")
     query.add_argument("--queries", required=True, metavar="FILE.parquet")
     query.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
-    query.add_argument("--ef", type=int, default=64, help="HNSW search breadth; higher = better recall, slower (default 64)")
-    query.add_argument("--nprobe", type=int, default=None, help="k-means indexes: shards probed per query")
+    query.add_argument("--ef", type=int, default=None,
+                       help="HNSW search breadth; higher = better recall, slower (default: the index's stored ef, else 64)")
+    query.add_argument("--nprobe", type=int, default=None, help="k-means indexes: shards probed per query (default: stored)")
+    query.add_argument("--batch-size", type=int, default=256, help="queries per search call (latency is per batch)")
     query.add_argument("--out", metavar="FILE.parquet", help="write results here (default: print the first rows)")
     query.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or embedded)")
     return parser
@@ -104,6 +117,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.show_config:
         print(json.dumps(config, indent=2))
         return EXIT_OK
+    if args.export:
+        from pipelines.export import check_target
+
+        check_target(args.export, args.overwrite)  # refuse before hours of work, not after
     pipeline = module.build(config)
 
     def submit(fn, fn_args, options):  # Ray starts only if some stage is not a cache hit
@@ -122,6 +139,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"shardwalk: warning: stage '{stage.name}': {stage.metrics['warning']}", file=sys.stderr)
     failed = record.failed_stage()
     if failed is None:
+        if args.export:
+            from pipelines.export import export_run
+
+            written = export_run(record.to_json(), run_dir, args.export, overwrite=args.overwrite)
+            print(f"exported {len(written)} results to {args.export}: {', '.join(written)}")
         return EXIT_OK
     print(f"shardwalk: stage '{failed.name}' failed: {failed.error.splitlines()[0]}", file=sys.stderr)
     return EXIT_BAD_INPUT if failed.bad_input else EXIT_INTERNAL
@@ -141,6 +163,20 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from core.dag import run_path
+    from pipelines.export import export_run
+    from pipelines.runs_view import load_run_ref
+
+    record = load_run_ref(args.runs_dir, args.run_id)
+    if record.get("status") != "succeeded":
+        raise ConfigError(f"run {record['run_id']} is {record.get('status')}; only a succeeded run is exported")
+    run_dir = run_path(args.runs_dir, record["run_id"]).parent
+    written = export_run(record, run_dir, args.target, overwrite=args.overwrite)
+    print(f"exported {len(written)} results to {args.target}: {', '.join(written)}")
+    return EXIT_OK
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     from pipelines.progress import print_run
     from pipelines.runs_view import load_run_ref
@@ -154,19 +190,31 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from pipelines.index import query_index
+    from pipelines.index import DISTANCES, query_index, resolve_index
     from pipelines.runtime import connect
 
+    index_dir, stored = resolve_index(args.index_dir, args.runs_dir)
+    ef = args.ef or stored.get("ef") or 64
+    nprobe = args.nprobe if args.nprobe is not None else (stored.get("nprobe") or None)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     connect(args.address)
-    table = query_index(args.index_dir, args.queries, k=args.k, ef=args.ef, nprobe=args.nprobe, out_path=args.out)
+    timings: dict = {}
+    table = query_index(index_dir, args.queries, k=args.k, ef=ef, nprobe=nprobe, out_path=args.out,
+                        batch_size=args.batch_size, timings=timings)
     if args.out is None:
         print(table.slice(0, 20).to_pandas().to_string())
     else:
         print(f"wrote {table.num_rows} rows to {Path(args.out)}")
+    print(f"{timings['queries']} queries, ef={ef}, nprobe={nprobe or 'all'}: {timings['qps']:.1f} queries/s; "
+          f"latency per batch of {timings['batch_size']}: p50 {timings['latency_ms_p50']:.2f} ms, "
+          f"p95 {timings['latency_ms_p95']:.2f} ms, p99 {timings['latency_ms_p99']:.2f} ms; "
+          f"distances: {DISTANCES.get(timings['space'], timings['space'])}")
     return EXIT_OK
 
 
-COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show, "diff": _cmd_diff, "query": _cmd_query}
+COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show, "diff": _cmd_diff, "export": _cmd_export,
+            "query": _cmd_query}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "ef": 64,
     "k": 10,
     "nprobe": 0,  # k-means partition: shards probed per query; 0 = all
+    "knn_graph": True,  # false: skip the all-points kNN graph (build and evaluate search only)
     "recall_sample": 500,
     "seed": 0,
 }
@@ -92,7 +94,8 @@ def knn_graph(out: Path, build: Path, *, k: int, ef: int, nprobe: int) -> dict[s
         return index.knn_graph(out, k=k, ef=ef, nprobe=_nprobe(nprobe))
 
 
-def evaluate(out: Path, ingest: Path, build: Path, graph: Path, *, k: int, ef: int, nprobe: int, recall_sample: int, seed: int) -> dict[str, Any]:
+def evaluate(out: Path, ingest: Path, build: Path, graph: Path | None = None, *, k: int, ef: int, nprobe: int,
+             recall_sample: int, seed: int) -> dict[str, Any]:
     """Recall@k of search and of the kNN graph against exact search, on a seeded sample of the data."""
     specs = plan_shards(ingest, max(1, len(list(ingest.glob("*.parquet")))))
     total = sum(s.num_rows for s in specs)
@@ -107,18 +110,13 @@ def evaluate(out: Path, ingest: Path, build: Path, graph: Path, *, k: int, ef: i
     q_ref = ray.put(queries)
     exact = hnsw.merge_results(ray.get([exact_part.remote(s, q_ref, k + 1, space) for s in specs]), k + 1)
     search_recall = hnsw.recall_at_k(found.ids[:, :k], exact[0][:, :k])
-    truth = hnsw.drop_self(q_ids, *exact, k)[0]
-    rows = pq.read_table(graph, filters=pc.field("id").isin(pa.array(q_ids))).to_pydict()
-    graph_nbrs = dict(zip(rows["id"], rows["neighbors"]))
-    got = np.array([graph_nbrs[i][:k] for i in q_ids.tolist()], np.int64)
-    result = {
-        "sample": len(q_ids),
-        "k": k,
-        "ef": ef,
-        "nprobe": nprobe,
-        "search_recall_at_k": search_recall,
-        "graph_recall_at_k": hnsw.recall_at_k(got, truth),
-    }
+    result = {"sample": len(q_ids), "k": k, "ef": ef, "nprobe": nprobe, "search_recall_at_k": search_recall}
+    if graph is not None:
+        truth = hnsw.drop_self(q_ids, *exact, k)[0]
+        rows = pq.read_table(graph, filters=pc.field("id").isin(pa.array(q_ids))).to_pydict()
+        graph_nbrs = dict(zip(rows["id"], rows["neighbors"]))
+        got = np.array([graph_nbrs[i][:k] for i in q_ids.tolist()], np.int64)
+        result["graph_recall_at_k"] = hnsw.recall_at_k(got, truth)
     (out / "recall.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -134,12 +132,15 @@ def build(config: dict[str, Any]) -> Pipeline:
         params={key: config[key] for key in ("shards", "space", "M", "ef_construction", "random_seed", "partition", "replicas")},
         num_cpus=0,
     )
-    p.stage("knn_graph", knn_graph, inputs={"build": "build"},
-            params={"k": config["k"], "ef": config["ef"], "nprobe": config["nprobe"]}, num_cpus=0)
+    inputs = {"ingest": "ingest", "build": "build"}
+    if config["knn_graph"]:  # the all-points graph is a third of the job: skip it when only the index is wanted
+        p.stage("knn_graph", knn_graph, inputs={"build": "build"},
+                params={"k": config["k"], "ef": config["ef"], "nprobe": config["nprobe"]}, num_cpus=0)
+        inputs["graph"] = "knn_graph"
     p.stage(
         "evaluate",
         evaluate,
-        inputs={"ingest": "ingest", "build": "build", "graph": "knn_graph"},
+        inputs=inputs,
         params={key: config[key] for key in ("k", "ef", "nprobe", "recall_sample", "seed")},
         num_cpus=0,
     )
@@ -149,15 +150,25 @@ def build(config: dict[str, Any]) -> Pipeline:
 # ----------------------------------------------------------------------------- `shardwalk query`
 
 
+SEARCH_FILE = "search.json"  # the search defaults (ef, nprobe, k) exported beside an index
+DISTANCES = {"l2": "squared L2", "ip": "1 - inner product", "cosine": "1 - cosine similarity"}
+
+
 def query_index(
     index_dir: str | os.PathLike, queries_source: str | os.PathLike, k: int = 10, ef: int = 64,
-    nprobe: int | None = None, out_path: str | os.PathLike | None = None,
+    nprobe: int | None = None, out_path: str | os.PathLike | None = None, *, batch_size: int = 256,
+    timings: dict[str, Any] | None = None,
 ) -> pa.Table:
-    """Search a saved index with a Parquet file of queries; return (and optionally write) a knn-graph table."""
+    """Search a saved index with a Parquet file of queries; return (and optionally write) a knn-graph table.
+
+    Queries go in batches of `batch_size`; `timings`, when given, receives queries/s and batch latency percentiles.
+    """
     with ShardedIndex.open(index_dir) as index:
         table = validate_vectors(read_table(queries_source), where=os.fspath(queries_source), dim=index.dim)
         q_ids, queries = to_numpy(table)
-        ids, dists = index.search(queries, k=k, ef=ef, nprobe=nprobe)
+        ids, dists, seconds = _timed_search(index, queries, k, ef, nprobe, batch_size)
+        if timings is not None:
+            timings.update(search_timings(seconds, len(queries), batch_size), space=index.meta["space"])
     offsets = pa.array(np.arange(0, ids.size + 1, k, dtype=np.int32))
     result = pa.table(
         [pa.array(q_ids), pa.ListArray.from_arrays(offsets, pa.array(ids.reshape(-1))),
@@ -170,3 +181,44 @@ def query_index(
         write_parquet(result, tmp)
         os.replace(tmp, final)  # a reader sees the old file or the whole new one
     return result
+
+
+def _timed_search(index: ShardedIndex, queries: np.ndarray, k: int, ef: int, nprobe: int | None,
+                  batch_size: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    ids, dists, seconds = [], [], []
+    for start in range(0, len(queries), batch_size):
+        began = time.perf_counter()
+        found = index.search(queries[start:start + batch_size], k=k, ef=ef, nprobe=nprobe)
+        seconds.append(time.perf_counter() - began)
+        ids.append(found[0])
+        dists.append(found[1])
+    return np.concatenate(ids), np.concatenate(dists), seconds
+
+
+def search_timings(seconds: list[float], queries: int, batch_size: int) -> dict[str, Any]:
+    """Queries per second over the whole search and percentiles of the per-batch latency (ms)."""
+    ms = np.asarray(seconds) * 1000.0
+    total = float(np.sum(seconds))
+    return {"queries": queries, "batch_size": batch_size, "batches": len(seconds),
+            "qps": queries / total if total > 0 else float("inf"),
+            **{f"latency_ms_p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)}}
+
+
+def resolve_index(ref: str, runs_dir: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    """(index directory or URI, its stored search defaults) for a path/URI or a run id, prefix or `latest`."""
+    from pipelines.runs_view import load_run_ref
+
+    if "://" in ref or Path(ref).exists():
+        stored = Path(ref) / SEARCH_FILE
+        return ref, json.loads(stored.read_text()) if "://" not in ref and stored.is_file() else {}
+    record = load_run_ref(runs_dir, ref)
+    stage = record["stages"].get("build")
+    if stage is None or stage.get("status") not in ("done", "cached"):
+        raise ConfigError(f"run {record['run_id']} has no committed index (no finished 'build' stage)")
+    return stage["output"], search_defaults(record["config"])
+
+
+def search_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """The ef / nprobe / k a pipeline's config searched with (the index pipeline's keys, or the demo's [index])."""
+    section = config.get("index", config) if isinstance(config.get("index"), dict) else config
+    return {key: section[key] for key in ("ef", "nprobe", "k") if isinstance(section.get(key), int)}
