@@ -31,6 +31,7 @@ from core.datasets import test_mask
 from core.errors import ConfigError, DataError
 from core.io import write_parquet
 from pipelines.common import COLUMN_DEFAULTS, LABELS_FILE, ingest_stage, read_label_map
+from pipelines.reports import coreset_report
 from workers.ingest import part_paths
 from workers.scorer import evaluate_coreset, read_selection, score_dataset, select_distributed
 
@@ -246,6 +247,10 @@ def build(config: dict[str, Any]) -> Pipeline:
                     params={"source": str(config["source"]), "test_source": str(config["test_source"])})
             inputs["test"] = "test_split"
         p.stage("evaluate", evaluate, inputs=inputs, version="2", params={**split, **ev, "model": "mlp"}, num_cpus=0)
+    report_inputs = {"ingest": "ingest", "scores": "score", "select": "select"}
+    if config["evaluate"]["enabled"]:
+        report_inputs["evaluate"] = "evaluate"
+    p.stage("report", coreset_report, inputs=report_inputs, num_cpus=0)
     return p
 
 

@@ -137,10 +137,19 @@ def srrw_test(out: Path, ingest: Path, walk: Path, *, test_fraction: float, spli
 
 
 def report(out: Path, summary: Path, sweep: Path, scores: Path, select: Path, evaluate: Path,
-           **walks: Path) -> dict[str, Any]:
-    """report.md and report.html (self-contained) with the figures; published into the run directory."""
+           build: Path | None = None, ingest: Path | None = None, **walks: Path) -> dict[str, Any]:
+    """report.md and report.html (self-contained) with the figures; published into the run directory.
+
+    The union of the pipelines' reports: their shard-balance, memory and class-balance figures are added.
+    """
+    from pipelines.common import read_label_map
+    from pipelines.reports import balance_section, shard_sections
+
+    extra = [*shard_sections(out, build)] if build is not None else []
+    if ingest is not None:
+        extra.append(balance_section(out, scores, select, read_label_map(ingest)))
     return write_demo_report(out, summary=summary, sweep=sweep, scores=scores, select=select, evaluate=evaluate,
-                             walks=walks)
+                             walks=walks, extra=extra)
 
 
 def summarise_stage(out: Path, ingest: Path) -> dict[str, Any]:
@@ -211,7 +220,7 @@ def build(config: dict[str, Any]) -> Pipeline:
             walks[f"walk_{tag}"] = f"walk_{tag}"
     p.stage("report", report, num_cpus=0, inputs={
         "summary": "summarise", "sweep": "index_sweep", "scores": "score", "select": "select", "evaluate": "evaluate",
-        **walks})
+        "build": "build", "ingest": "ingest", **walks})
     return p
 
 

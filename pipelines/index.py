@@ -25,6 +25,7 @@ from core.errors import ConfigError
 from core.io import plan_shards, read_table, write_parquet
 from core.schema import KNN_GRAPH_SCHEMA, to_numpy, validate_vectors
 from pipelines.common import COLUMN_DEFAULTS, ingest_stage
+from pipelines.reports import index_report
 from workers.hnsw_shard import ShardedIndex, exact_part, sample_part
 
 DEFAULTS: dict[str, Any] = {
@@ -103,21 +104,23 @@ def evaluate(out: Path, ingest: Path, build: Path, graph: Path | None = None, *,
     parts = ray.get([sample_part.remote(s, fraction, seed) for s in specs])
     q_ids = np.concatenate([p[0] for p in parts])
     queries = np.concatenate([p[1] for p in parts])
+    sweep = sorted({16, 32, 64, 128, 256, ef})  # the report's recall-vs-ef curve, on the same sample
     with ShardedIndex.open(build) as index:
         space = index.meta["space"]
         k = min(k, len(index) - 1)
-        found = index.search(queries, k=k + 1, ef=ef, nprobe=_nprobe(nprobe))
+        found = {e: index.search(queries, k=k + 1, ef=e, nprobe=_nprobe(nprobe)).ids for e in sweep}
     q_ref = ray.put(queries)
     exact = hnsw.merge_results(ray.get([exact_part.remote(s, q_ref, k + 1, space) for s in specs]), k + 1)
-    search_recall = hnsw.recall_at_k(found.ids[:, :k], exact[0][:, :k])
+    search_recall = hnsw.recall_at_k(found[ef][:, :k], exact[0][:, :k])
     result = {"sample": len(q_ids), "k": k, "ef": ef, "nprobe": nprobe, "search_recall_at_k": search_recall}
+    sweep_rows = [{"ef": e, "recall_at_k": hnsw.recall_at_k(found[e][:, :k], exact[0][:, :k])} for e in sweep]
     if graph is not None:
         truth = hnsw.drop_self(q_ids, *exact, k)[0]
         rows = pq.read_table(graph, filters=pc.field("id").isin(pa.array(q_ids))).to_pydict()
         graph_nbrs = dict(zip(rows["id"], rows["neighbors"]))
         got = np.array([graph_nbrs[i][:k] for i in q_ids.tolist()], np.int64)
         result["graph_recall_at_k"] = hnsw.recall_at_k(got, truth)
-    (out / "recall.json").write_text(json.dumps(result, indent=1))
+    (out / "recall.json").write_text(json.dumps({**result, "recall_vs_ef": sweep_rows}, indent=1))
     return result
 
 
@@ -143,7 +146,10 @@ def build(config: dict[str, Any]) -> Pipeline:
         inputs=inputs,
         params={key: config[key] for key in ("k", "ef", "nprobe", "recall_sample", "seed")},
         num_cpus=0,
+        version="2",
     )
+    report_inputs = {"build": "build", "evaluate": "evaluate", **({"graph": "knn_graph"} if config["knn_graph"] else {})}
+    p.stage("report", index_report, inputs=report_inputs, num_cpus=0)
     return p
 
 

@@ -42,6 +42,7 @@ from core.objectives import build_objective
 from core.schema import validate_assignment
 from core.srrw import BASES, SRRW, Schedule, walk_partition
 from pipelines.common import COLUMN_DEFAULTS, ingest_stage
+from pipelines.reports import srrw_report
 from workers.ingest import part_paths, standardize_part, summarise_part
 
 DEFAULTS: dict[str, Any] = {
@@ -284,4 +285,5 @@ def build(config: dict[str, Any]) -> Pipeline:
             params={"model": config["model"], "walk": walk_params, "seed": config["seed"]})
     p.stage("evaluate", evaluate, inputs={"ingest": data, "agents": "agents", "walk": "walk"}, version="2",
             params={"model": config["model"], "standardize": config["standardize"]})
+    p.stage("report", srrw_report, inputs=["walk", "evaluate"], num_cpus=0)
     return p

@@ -13,6 +13,7 @@ import pytest
 from core.datasets import load_arrays
 from core.errors import ConfigError
 from pipelines import coreset as coreset_pipeline
+from tests.report_check import embedded_pngs
 
 SMALL = ["--set", "select.rates=[0.5]", "--set", 'select.methods=["ccs-el2n-cb", "random"]',
          "--set", "proxy.models=1", "--set", "proxy.epochs=2", "--set", "proxy.hidden=8",
@@ -73,6 +74,7 @@ def test_own_test_split_with_test_fraction_zero(ray_local: None, tmp_path: Path,
     assert coreset.num_rows == 150 and {"id", "weight"} <= set(coreset.column_names)
     accuracy = json.loads((tmp_path / "out" / "coresets" / "accuracy.json").read_text())
     assert set(accuracy) == {"full", "ccs-el2n-cb-keep0.5", "random-keep0.5"}
+    assert embedded_pngs(tmp_path / "out" / "report.html") >= 3  # accuracy, class balance, score histograms
 
     # overlapping ids between source and test_source: exit 2, one line naming the test file
     (tmp_path / "overlap").mkdir()

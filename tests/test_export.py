@@ -11,6 +11,7 @@ import pytest
 from core.datasets import load_arrays
 from core.schema import from_numpy, validate_knn_graph
 from pipelines.cli import main
+from tests.report_check import embedded_pngs
 
 pytestmark = pytest.mark.ray
 
@@ -21,7 +22,9 @@ SMALL = ["--set", "source=builtin:synthetic?n=400&d=8", "--set", "shards=2", "--
 def test_index_export_layout_query_and_refusals(ray_local: None, tmp_path: Path, capsys) -> None:
     runs, target = str(tmp_path / "runs"), tmp_path / "results"
     assert main(["run", "index", "--runs-dir", runs, *SMALL, "--export", str(target)]) == 0
-    assert sorted(p.name for p in target.iterdir()) == ["_SUCCESS", "index", "knn_graph", "labels.json", "run.json"]
+    assert sorted(p.name for p in target.iterdir()) == [
+        "_SUCCESS", "index", "knn_graph", "labels.json", "report.html", "run.json"]
+    assert embedded_pngs(target / "report.html") >= 3  # recall vs ef, shard balance, memory, distances
     assert json.loads((target / "index" / "search.json").read_text()) == {
         "ef": 37, "nprobe": 0, "k": 5, "space": "l2", "distance": "squared L2"}
     assert validate_knn_graph(pq.read_table(target / "knn_graph")).num_rows == 400
@@ -49,7 +52,7 @@ def test_index_export_layout_query_and_refusals(ray_local: None, tmp_path: Path,
     capsys.readouterr()
     assert main(["show", "latest", "--runs-dir", runs, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert list(record["stages"]) == ["ingest", "build", "evaluate"]
+    assert list(record["stages"]) == ["ingest", "build", "evaluate", "report"]
     metrics = record["stages"]["evaluate"]["metrics"]
     assert "graph_recall_at_k" not in metrics and metrics["search_recall_at_k"] > 0.5
 

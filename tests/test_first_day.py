@@ -13,6 +13,7 @@ import pytest
 from core.datasets import load_arrays
 from core.errors import DataError
 from core.schema import Columns, apply_columns, check_label_column, encode_labels
+from tests.report_check import embedded_pngs
 
 
 def _user_table(labels: np.ndarray, *, id_name: str = "id", vector_name: str = "vector", label_name: str = "label") -> pa.Table:
@@ -274,6 +275,9 @@ def test_srrw_on_unscaled_features_warns_and_standardize_fixes_it(ray_module: No
     metrics = load_run_ref(runs, "latest")["stages"]["evaluate"]["metrics"]
     assert "standardize = true" in metrics["warning"]
     assert metrics["sq_error_last_quarter"] > 0 and 0 <= metrics["train_accuracy"] <= 1
+    record = load_run_ref(runs, "latest")
+    report = Path(runs) / "runs" / record["run_id"] / "report.html"
+    assert embedded_pngs(report) >= 3  # error, loss and training accuracy, visits vs target
     assert main([*base, "--set", "standardize=true"]) == 0
     assert "warning" not in capsys.readouterr().err
     assert "warning" not in load_run_ref(runs, "latest")["stages"]["evaluate"]["metrics"]
