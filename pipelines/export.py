@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
@@ -45,11 +46,14 @@ def _read_parts(directory: Path) -> pa.Table:
     return pads.dataset(str(directory), format="parquet").to_table()
 
 
-def _with_user_labels(table: pa.Table, values: Any) -> pa.Table:
-    if values is None or "label" not in table.column_names:
+def _with_user_labels(table: pa.Table, labelled: pa.Table | None, values: Any) -> pa.Table:
+    """Add each selected id's label (the user's value) from the scores table."""
+    if labelled is None:
         return table
-    index = table.column("label").to_numpy()
-    return table.set_column(table.schema.get_field_index("label"), "label", pa.array(values[index]))
+    ids, labels = labelled.column("id").to_numpy(), labelled.column("label").to_numpy()
+    order = np.argsort(ids)
+    found = labels[order[np.searchsorted(ids, table.column("id").to_numpy(), sorter=order)]]
+    return table.append_column("label", pa.array(values[found] if values is not None else found))
 
 
 def stage_layout(record: dict[str, Any], tmp: Path) -> list[str]:
@@ -82,8 +86,10 @@ def _coresets(outputs: dict[str, Path], tmp: Path, labels: Any) -> list[str]:
         return []
     written = []
     (tmp / "coresets").mkdir()
+    scores = outputs.get("score")
+    labelled = pads.dataset(str(scores), format="parquet").to_table(columns=["id", "label"]) if scores else None
     for sel in sorted(p for p in outputs["select"].iterdir() if p.is_dir()):
-        pq.write_table(_with_user_labels(_read_parts(sel), labels), tmp / "coresets" / f"{sel.name}.parquet")
+        pq.write_table(_with_user_labels(_read_parts(sel), labelled, labels), tmp / "coresets" / f"{sel.name}.parquet")
         written.append(f"coresets/{sel.name}.parquet")
     evaluate = outputs.get("evaluate")
     for name in ("accuracy.json", "test_ids.parquet"):

@@ -71,7 +71,8 @@ def test_own_test_split_with_test_fraction_zero(ray_local: None, tmp_path: Path,
     assert held.column("id").to_pylist() == list(range(1300, 1360))
     assert set(held.column("label").to_pylist()) <= {7, 107, 207}
     coreset = pq.read_table(tmp_path / "out" / "coresets" / "ccs-el2n-cb-keep0.5.parquet")
-    assert coreset.num_rows == 150 and {"id", "weight"} <= set(coreset.column_names)
+    assert coreset.num_rows == 150 and coreset.column_names == ["id", "weight", "label"]
+    assert set(coreset.column("label").to_pylist()) == {7, 107, 207}  # the user's values, class-balanced
     accuracy = json.loads((tmp_path / "out" / "coresets" / "accuracy.json").read_text())
     assert set(accuracy) == {"full", "ccs-el2n-cb-keep0.5", "random-keep0.5"}
     assert embedded_pngs(tmp_path / "out" / "report.html") >= 3  # accuracy, class balance, score histograms
