@@ -17,6 +17,7 @@ from core.dag import Pipeline
 from core.errors import ConfigError
 from core.io import write_parquet
 from pipelines.common import COLUMN_DEFAULTS, ingest_stage, read_label_map
+from pipelines.reports import ingest_report
 from workers.ingest import part_paths, summarise_part
 
 DEFAULTS: dict[str, Any] = {
@@ -76,4 +77,5 @@ def build(config: dict[str, Any]) -> Pipeline:
     p = Pipeline("ingest")
     ingest_stage(p, config, require_label=config["require_label"])
     p.stage("summarise", summarise, inputs=["ingest"], num_cpus=0)
+    p.stage("report", ingest_report, inputs={"summary": "summarise"}, num_cpus=0)
     return p

@@ -189,3 +189,32 @@ def srrw_report(out: Path, walk: Path, evaluate: Path) -> dict[str, Any]:
                     save_figure(fig, out, "srrw_visits.png"))
     write_report(out, "shardwalk srrw report", "SA-SRRW training over agents.", [error, loss, where])
     return {"figures": 3}
+
+
+# ----------------------------------------------------------------------------- ingest
+
+
+def ingest_report(out: Path, summary: Path) -> dict[str, Any]:
+    """Class counts (your label values) and per-dimension mean, spread and range of the ingested vectors."""
+    info = json.loads((summary / "summary.json").read_text())
+    stats = read_table(summary / "dim_stats.parquet").to_pandas()
+    sections = []
+    counts = info.get("label_counts", {})
+    fig, ax = figure()
+    ax.bar(range(len(counts)), list(counts.values()))
+    ax.set_xticks(range(len(counts)), list(counts), fontsize=7, rotation=90 if len(counts) > 20 else 0)
+    ax.set(xlabel="label (your values)", ylabel="rows", title="Class counts" if counts else "No label column")
+    sections.append(Section("Labels", f"{info.get('classes', 0)} classes, mapped to 0…K−1 at ingest (labels.json).",
+                            save_figure(fig, out, "label_counts.png")))
+    fig, ax = figure()
+    ax.errorbar(stats["dim"], stats["mean"], yerr=stats["std"], fmt=".", lw=0.6)
+    ax.set(xlabel="dimension", ylabel="mean ± std", title="Per-dimension mean and spread")
+    sections.append(Section("Scale", "Features on very different scales slow gradient methods (see SRRW's "
+                            "`standardize`).", save_figure(fig, out, "dim_mean_std.png")))
+    fig, ax = figure()
+    ax.fill_between(stats["dim"], stats["min"], stats["max"], alpha=0.4)
+    ax.set(xlabel="dimension", ylabel="value", title="Per-dimension range (min to max)")
+    sections.append(Section("Range", f"Vector norms: mean {info['norm_mean']:.4g}, std {info['norm_std']:.4g}.",
+                            save_figure(fig, out, "dim_range.png")))
+    write_report(out, "shardwalk ingest report", f"{info['rows']} vectors of dimension {info['dim']}.", sections)
+    return {"figures": len(sections)}

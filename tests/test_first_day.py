@@ -158,6 +158,10 @@ def test_emb_column_mapped_through_the_cli(ray_module: None, tmp_path: Path) -> 
     runs = str(tmp_path / "runs")
     base = ["run", "ingest", "--runs-dir", runs, "--set", f"source={src}"]
     assert main([*base, "--set", "vector_column=emb", "--set", "id_column=doc_id"]) == 0
+    from pipelines.runs_view import load_run_ref
+
+    run_dir = Path(runs) / "runs" / load_run_ref(runs, "latest")["run_id"]
+    assert embedded_pngs(run_dir / "report.html") >= 3  # label counts, per-dimension scale and range
     assert main([*base, "--set", "vector_column=embedding"]) == 2
 
 
