@@ -7,7 +7,6 @@ the CLI copies them into runs/runs/<run id>/ and `--export` puts report.html at 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,8 @@ import pyarrow.dataset as pads
 from core import hnsw
 from core.io import read_manifest, read_table
 from pipelines.common import read_label_map
+from pipelines.demo_report import _accuracy_section as accuracy_section
 from pipelines.report import Section, figure, save_figure, write_report
-
-KEEP_RE = re.compile(r"^(?P<method>.+)-keep(?P<keep>[0-9.]+)$")
 
 
 def _parts(directory: Path, columns: list[str] | None = None):
@@ -88,24 +86,6 @@ def index_report(out: Path, build: Path, evaluate: Path, graph: Path | None = No
 # ----------------------------------------------------------------------------- coreset
 
 
-def _accuracy_section(out: Path, evaluate: Path) -> Section:
-    accuracy = json.loads((evaluate / "accuracy.json").read_text())
-    full = accuracy.pop("full")
-    curves: dict[str, dict[float, float]] = {}
-    for name, value in accuracy.items():
-        if match := KEEP_RE.match(name):
-            curves.setdefault(match["method"], {})[float(match["keep"])] = value
-    fig, ax = figure()
-    for method, points in sorted(curves.items()):
-        keeps = sorted(points)
-        ax.plot(keeps, [points[k] for k in keeps], marker="o", label=method)
-    ax.axhline(full, color="k", ls="--", label=f"full training data ({full:.3f})")
-    ax.set(xlabel="keep (fraction of the training rows)", ylabel="test accuracy", title="Accuracy vs keep per method")
-    ax.legend(fontsize=8)
-    return Section("Accuracy vs keep", "A fresh model per coreset, same steps; accuracy on the held-out rows "
-                   "(evaluate/test_ids.parquet).", save_figure(fig, out, "accuracy_vs_keep.png"))
-
-
 def balance_section(out: Path, scores: Path, select: Path, values: np.ndarray | None) -> Section:
     table = _parts(scores, ["id", "label"])
     ids, labels = table.column("id").to_numpy(), table.column("label").to_numpy()
@@ -146,7 +126,7 @@ def coreset_report(out: Path, ingest: Path, scores: Path, select: Path, evaluate
     """Accuracy vs keep per method, class balance of each coreset, score histograms."""
     sections = [balance_section(out, scores, select, read_label_map(ingest)), *_score_sections(out, scores)]
     if evaluate is not None:
-        sections.insert(0, _accuracy_section(out, evaluate))
+        sections.insert(0, accuracy_section(out, evaluate)[0])  # the demo's figure and table, same data
     write_report(out, "shardwalk coreset report", "Coreset selection: what each coreset keeps and how well it trains.",
                  sections)
     return {"figures": sum(1 for s in sections if s.figure)}
