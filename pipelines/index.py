@@ -216,12 +216,26 @@ def resolve_index(ref: str, runs_dir: str | os.PathLike) -> tuple[str, dict[str,
 
     if "://" in ref or Path(ref).exists():
         stored = Path(ref) / SEARCH_FILE
-        return ref, json.loads(stored.read_text()) if "://" not in ref and stored.is_file() else {}
+        if "://" not in ref and stored.is_file():  # an export
+            return ref, json.loads(stored.read_text())
+        return ref, _defaults_of_cached_index(ref, runs_dir)
     record = load_run_ref(runs_dir, ref)
     stage = record["stages"].get("build")
     if stage is None or stage.get("status") not in ("done", "cached"):
         raise ConfigError(f"run {record['run_id']} has no committed index (no finished 'build' stage)")
     return stage["output"], search_defaults(record["config"])
+
+
+def _defaults_of_cached_index(ref: str, runs_dir: str | os.PathLike) -> dict[str, Any]:
+    """The search defaults of the newest run whose `build` stage wrote this cache directory, if any."""
+    from core.dag import list_runs
+
+    target = os.path.abspath(ref)
+    for record in list_runs(runs_dir):
+        stage = record.get("stages", {}).get("build") or {}
+        if stage.get("output") and os.path.abspath(stage["output"]) == target:
+            return search_defaults(record.get("config", {}))
+    return {}
 
 
 def search_defaults(config: dict[str, Any]) -> dict[str, Any]:

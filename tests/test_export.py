@@ -33,7 +33,8 @@ def test_index_export_layout_query_and_refusals(ray_local: None, tmp_path: Path,
     queries = tmp_path / "q.parquet"
     pq.write_table(from_numpy(x[:5], ids=[10, 11, 12, 13, 14]), queries)
     capsys.readouterr()
-    for ref in (str(target / "index"), "latest"):  # the export, or a run reference under --runs-dir
+    build_dir = json.loads((target / "run.json").read_text())["stages"]["build"]["output"]
+    for ref in (str(target / "index"), "latest", build_dir):  # the export, a run reference, the cache directory
         out = tmp_path / f"hits-{ref.replace('/', '_')}.parquet"
         assert main(["query", ref, "--runs-dir", runs, "--queries", str(queries), "-k", "3", "--out", str(out)]) == 0
         printed = capsys.readouterr().out
