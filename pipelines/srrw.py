@@ -41,7 +41,7 @@ from core.io import read_table, write_parquet
 from core.objectives import build_objective
 from core.schema import validate_assignment
 from core.srrw import BASES, SRRW, Schedule, walk_partition
-from pipelines.common import COLUMN_DEFAULTS, ingest_stage
+from pipelines.common import COLUMN_DEFAULTS, ingest_stage, read_label_map
 from pipelines.reports import srrw_report
 from workers.ingest import part_paths, standardize_part, summarise_part
 
@@ -158,9 +158,17 @@ def _loader(ingest_dir: Path, agents_dir: Path, model: dict[str, Any]) -> Any:
 
     return BlockLoader(
         vectors=str(ingest_dir), assignment=str(agents_dir / "assignment.parquet"), model=model["kind"],
-        lam=model["lam"], intercept=model["intercept"], binarize=None if model["binarize"] < 0 else model["binarize"],
+        lam=model["lam"], intercept=model["intercept"], binarize=class_threshold(ingest_dir, model["binarize"]),
         classes=None,
     )
+
+
+def class_threshold(ingest_dir: Path, binarize: int) -> int | None:
+    """`binarize` is a label value (yours); the parts hold class indices, so compare against the first class >= it."""
+    if binarize < 0:
+        return None
+    values = read_label_map(ingest_dir)
+    return binarize if values is None else int(np.searchsorted(values, binarize))
 
 
 def _dim(ingest_dir: Path, model: dict[str, Any]) -> tuple[int, int]:
@@ -225,8 +233,9 @@ def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[s
     vec = table.column("vector").combine_chunks()
     x = vec.values.to_numpy(zero_copy_only=False).reshape(len(vec), -1)
     y = table.column("label").to_numpy()
-    if model["binarize"] >= 0:
-        y = (y >= model["binarize"]).astype(np.int64)
+    threshold = class_threshold(ingest, model["binarize"])
+    if threshold is not None:
+        y = (y >= threshold).astype(np.int64)
     blocks = agent_blocks(read_table(agents / "assignment.parquet"), table.column("id").to_numpy(), x, y, g)
     obj = build_objective(model["kind"], blocks, lam=model["lam"], intercept=model["intercept"])
     star = obj.solve()

@@ -285,3 +285,12 @@ def test_srrw_on_unscaled_features_warns_and_standardize_fixes_it(ray_module: No
     assert main([*base, "--set", "standardize=true"]) == 0
     assert "warning" not in capsys.readouterr().err
     assert "warning" not in load_run_ref(runs, "latest")["stages"]["evaluate"]["metrics"]
+
+
+def test_binarize_compares_the_users_label_values(tmp_path: Path) -> None:
+    from pipelines.srrw import class_threshold
+
+    (tmp_path / "_labels.json").write_text(json.dumps({"column": "label", "classes": [7, 107, 207], "counts": [1, 1, 1]}))
+    assert class_threshold(tmp_path, 100) == 1  # values 107 and 207 (indices 1, 2) are the positive class
+    assert class_threshold(tmp_path, 207) == 2 and class_threshold(tmp_path, -1) is None
+    assert class_threshold(tmp_path / "none", 5) == 5  # no label map: indices are the values
