@@ -58,7 +58,7 @@ from core.io import (
     write_json_atomic,
     write_parquet,
 )
-from core.schema import KNN_GRAPH_SCHEMA, check_unique, to_numpy, validate_vectors, vector_dim
+from core.schema import KNN_GRAPH_SCHEMA, check_unique, from_numpy, to_numpy, validate_vectors, vector_dim
 from workers import knn_graph as graph_units
 from workers import query_stream
 from workers.cluster import cluster_nodes
@@ -474,6 +474,7 @@ class HnswShard:
             "deleted": int(self.deleted.size),
             "id_min": int(self.live[0]) if self.live.size else None,
             "id_max": int(self.live[-1]) if self.live.size else None,
+            "id_high": int(max(self.live[-1:].tolist() + self.deleted[-1:].tolist(), default=-1)),  # live or deleted
             "threads": self.threads,
             "build_seconds": self.build_seconds,
             "index_bytes": int(index.index_file_size()) if index is not None else 0,
@@ -823,8 +824,16 @@ class ShardedIndex:
 
     # ------------------------------------------------------------------ updates
 
-    def add(self, source: Source, *, validate: bool = True) -> int:
-        """Insert new vectors; duplicate ids (inside `source` or against the index) are a DataError."""
+    def add(self, source: Source, *, validate: bool = True) -> int | np.ndarray:
+        """Insert new vectors; duplicate ids (inside `source` or against the index) are a DataError.
+
+        Returns the number of rows added; for a bare (n, d) array, which carries no ids, the fresh ids
+        given to its rows (above every id the index holds or has deleted).
+        """
+        if isinstance(source, np.ndarray):
+            ids = self._fresh_ids(len(source) if source.ndim == 2 else 0)
+            self.add(from_numpy(source, ids=ids, where="input"), validate=validate)
+            return ids
         source, where, trusted = _prepare_source(source, validate)
         specs = plan_shards(source, len(self.actors))
         metas, data, id_refs = self._read_and_route(specs, where, self.meta["dim"], 0, trusted)
@@ -838,6 +847,11 @@ class ShardedIndex:
         _wait(calls, "add")
         self._record_sizes(_wait([p.stats.remote() for p in prim], "stats"))
         return int(sum(m["rows"] for m in metas))
+
+    def _fresh_ids(self, n: int) -> np.ndarray:
+        """n ids no row of this index has ever had (so a deleted id is never silently revived)."""
+        high = max(s["id_high"] for s in _wait([p.stats.remote() for p in self._primaries()], "stats"))
+        return np.arange(high + 1, high + 1 + n, dtype=np.int64)
 
     def delete(self, ids: Sequence[int] | np.ndarray) -> int:
         """Delete ids (unknown ids are ignored); returns how many were deleted."""

@@ -183,7 +183,7 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
         raise
     seconds = time.perf_counter() - started
     return {"rows": rows, "parts": parts, "seconds": seconds, "queries_per_second": rows / seconds if seconds else 0.0,
-            "out": str(final)}
+            "out": str(final), "space": index.meta["space"]}
 
 
 def _output_dir(out: str | os.PathLike) -> Path:
