@@ -118,7 +118,7 @@ def test_after_the_first_error_of_a_fan_out_ray_stops_logging_the_others(ray_loc
         raise DataError(f"shard {i}: bad row")
 
     assert get_all([ray.put(1)]) == [1] and QUIET not in os.environ  # no error, no change
-    with pytest.raises(ray.exceptions.RayTaskError, match="shard 0: bad row"):
+    with pytest.raises(ray.exceptions.RayTaskError, match=r"shard [0-2]: bad row"):  # whichever failed first
         get_all([shard.remote(i) for i in range(3)])
     assert os.environ[QUIET] == "1"  # Ray reads it before logging an uncollected error as 'Unhandled'
 
