@@ -257,10 +257,10 @@ def _safe_rel(attempt: str, rel: str) -> str:
 def verify_attempt(c: Committed, names: Iterable[str] | None = None) -> None:
     """Stream every (or each named) object and compare size and sha256 with the manifest."""
     for rel in names if names is not None else c.manifest["files"]:
-        _hash_object(c, rel, None)
+        stream_object(c, rel, None)
 
 
-def _hash_object(c: Committed, rel: str, sink: Any) -> int:
+def stream_object(c: Committed, rel: str, sink: Any) -> int:
     entry = c.manifest["files"].get(rel)
     uri = join(c.uri, _safe_rel(c.uri, rel))
     if not isinstance(entry, dict):
@@ -333,7 +333,7 @@ def materialize(uri: str, names: Iterable[str] | None = None) -> tuple[Path, int
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
         try:
             with open(tmp, "wb") as sink:
-                fetched += _hash_object(c, rel, sink)
+                fetched += stream_object(c, rel, sink)
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)

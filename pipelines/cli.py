@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from core.errors import InputError, one_line
+from core.store import StoreUnavailableError, check_runs_dir
 from pipelines import PIPELINES
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
@@ -90,6 +91,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.progress import make_reporter, print_run
     from pipelines.report import publish
     from pipelines.runtime import connect, ray_submit
+    from pipelines.storage import is_remote, publish_remote
 
     module = pipeline_module(args.pipeline)
     config = load_config(module, args.config, args.overrides)
@@ -104,10 +106,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     with make_reporter(pipeline) as reporter:
         record = Runner(pipeline, args.runs_dir, submit, force=args.force, config=config, on_event=reporter).run()
-    run_dir = run_path(args.runs_dir, record.run_id).parent
-    for stage in record.stages.values():
-        if stage.status in ("done", "cached"):
-            publish(Path(stage.output), run_dir)
+    if is_remote(args.runs_dir):
+        publish_remote(record, args.runs_dir)
+    else:
+        run_dir = run_path(args.runs_dir, record.run_id).parent
+        for stage in record.stages.values():
+            if stage.status in ("done", "cached"):
+                publish(Path(stage.output), run_dir)
     print_run(record.to_json(), args.runs_dir)
     failed = record.failed_stage()
     if failed is None:
@@ -148,6 +153,12 @@ def _cmd_query(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _checked_runs_dir(runs_dir: str) -> str:
+    """Validate --runs-dir before anything is written: the normalised URI, or the local path as given."""
+    checked = check_runs_dir(runs_dir)
+    return checked if "://" in checked else runs_dir
+
+
 COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show, "query": _cmd_query}
 
 
@@ -155,10 +166,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; maps typed errors to exit codes."""
     args = _parser().parse_args(argv)
     try:
+        if getattr(args, "runs_dir", None) is not None:
+            args.runs_dir = _checked_runs_dir(args.runs_dir)
         return COMMANDS[args.command](args)
     except InputError as exc:
         print(f"shardwalk: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StoreUnavailableError as exc:  # the object store went away: an internal failure, not bad input
+        print(f"shardwalk: {one_line(exc)}", file=sys.stderr)
+        return EXIT_INTERNAL
     except KeyboardInterrupt:
         print("shardwalk: interrupted; committed stages are kept and a rerun resumes from them", file=sys.stderr)
         return 130
