@@ -337,10 +337,17 @@ def materialize(uri: str, names: Iterable[str] | None = None) -> tuple[Path, int
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
-    (target / MANIFEST).write_text(json.dumps(c.manifest, indent=1, sort_keys=True))
-    (target / ORIGIN).write_text(c.uri)
+    _write_atomic(target / MANIFEST, json.dumps(c.manifest, indent=1, sort_keys=True))
+    _write_atomic(target / ORIGIN, c.uri)
     evict(keep=target)
     return target, fetched
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Several shard actors of one node may materialise into the same entry at once."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def origin(path: str | os.PathLike) -> str | None:

@@ -68,6 +68,9 @@ def s3_server() -> Iterator[str]:
     """A real S3-compatible HTTP server (moto) on 127.0.0.1, started once per session; yields its endpoint."""
     from moto.server import ThreadedMotoServer
 
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{S3_PORT}"
