@@ -71,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("run_id", metavar="RUN_ID")
     show.add_argument("--json", action="store_true", help="print the raw run.json")
 
+    gc = sub.add_parser(
+        "gc", parents=[runs_dir], help="remove uncommitted attempts and outputs no run record references",
+        description="Remove uncommitted attempts (killed writers) and cached outputs that no run record names. "
+        "Committed output a run record references is never removed.",
+    )
+    gc.add_argument("--older-than", default="24h", metavar="DURATION",
+                    help="only touch things older than this (e.g. 90s, 15m, 24h, 7d; default 24h: writers may still be uploading)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+
     query = sub.add_parser(
         "query", help="search a saved sharded HNSW index",
         description="Search a saved ShardedIndex with a Parquet file of query vectors (an `id` and a `vector` column).",
@@ -159,7 +168,18 @@ def _checked_runs_dir(runs_dir: str) -> str:
     return checked if "://" in checked else runs_dir
 
 
-COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show, "query": _cmd_query}
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from core.gc import collect, parse_duration
+
+    garbage = collect(args.runs_dir, parse_duration(args.older_than), dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for g in garbage:
+        print(f"{verb} {g.reason}: {g.location}")
+    print(f"{verb} {len(garbage)} item(s) under {args.runs_dir}")
+    return EXIT_OK
+
+
+COMMANDS = {"gc": _cmd_gc, "run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show, "query": _cmd_query}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -93,3 +93,39 @@ def test_concurrent_runs_on_one_prefix_both_succeed_and_agree(s3_bucket: str) ->
 def test_unknown_run_is_a_config_error_naming_the_store(s3_bucket: str) -> None:
     with pytest.raises(ConfigError, match=f"no run 'nope' under {s3_bucket}/x/runs"):
         load_run(f"{s3_bucket}/x", "nope")
+
+
+def test_gc_removes_a_killed_writers_attempt_and_nothing_else(s3_bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines.cli import main
+
+    runs = f"{s3_bucket}/gc"
+    record = Runner(make(), runs, thread_submit).run()
+    killed = f"{runs}/cache/source-{record.stages['source'].key[:24]}/attempts/20200101T000000-host-1-dead"
+    store.write_bytes(f"{killed}/n.json", b"3")  # objects uploaded, then the writer died: no manifest
+    stray = f"{runs}/cache/other-abc/attempts/20200101T000000-host-2-done"
+    store.write_bytes(f"{stray}/x.json", b"1")
+    store.write_json(f"{stray}/_SUCCESS", {"files": {}, "rows": 0})  # committed, named by no run record
+    assert main(["gc", "--runs-dir", runs, "--older-than", "1h", "--dry-run"]) == 0
+    assert store.read_bytes(f"{killed}/n.json") == b"3"
+    assert main(["gc", "--runs-dir", runs, "--older-than", "1h"]) == 0
+    out = capsys.readouterr().out
+    assert f"removed uncommitted: {killed}" in out and f"removed unreferenced: {stray}" in out
+    assert store.read_bytes(f"{killed}/n.json") is None and store.read_bytes(f"{stray}/x.json") is None
+    again = Runner(make(), runs, thread_submit).run()  # every committed, referenced output survived
+    assert all(s.cache_hit for s in again.stages.values()) and _value(again) == 6
+    assert main(["gc", "--runs-dir", runs, "--older-than", "soon"]) == 2
+
+
+def test_gc_on_a_local_runs_dir(tmp_path: Path) -> None:
+    import os
+
+    from core.gc import collect
+
+    runs = tmp_path / "runs"
+    record = Runner(make(), runs, thread_submit).run()
+    leftover = runs / "cache" / ".tmp-source-x@host@1@abc"
+    leftover.mkdir()
+    os.utime(leftover, (0, 0))
+    removed = collect(str(runs), older_than=3600)
+    assert [g.location for g in removed] == [str(leftover)]
+    assert all(Path(s.output).is_dir() for s in record.stages.values())
