@@ -56,6 +56,7 @@ from core.io import (
     write_parquet,
 )
 from core.schema import KNN_GRAPH_SCHEMA, check_unique, to_numpy, validate_vectors, vector_dim
+from workers.autoconnect import ensure_ray
 
 EXACT_THRESHOLD = 20_000  # allowed ids in a shard at or below which filtered search is brute force
 READY_TIMEOUT_S = 300.0
@@ -616,6 +617,7 @@ class ShardedIndex:
         """
         hnsw.validate_layout(shards=shards, replicas=replicas, partition=partition)
         hnsw.validate_params(dim=1, space=space, M=M, ef_construction=ef_construction, random_seed=random_seed)
+        ensure_ray()
         source, where, trusted = _prepare_source(source, validate)
         specs = plan_shards(source, shards)
         work, owned = _workdir(workdir)
@@ -746,6 +748,7 @@ class ShardedIndex:
         remote = index_store.store_uri_of(path)
         src = Path(path) if remote is None else index_store.fetch_index_json(remote)
         meta = hnsw.read_index_manifest(src)
+        ensure_ray()
         if replicas is not None:
             hnsw.validate_layout(shards=meta["shards"], replicas=replicas, partition=meta["partition"])
             meta["replicas"] = replicas

@@ -26,6 +26,7 @@ from core.datasets import test_mask
 from core.errors import ConfigError, DataError
 from core.io import ShardSpec, plan_shards, read_shard, write_parquet
 from core.schema import LABEL, to_numpy, validate_vectors
+from workers.autoconnect import ensure_ray
 
 PART = "part-{:05d}.parquet"
 PROBE_TIMEOUT_S = 30.0  # how long a rank may take to answer before it counts as alive but busy
@@ -149,6 +150,7 @@ def score_dataset(
 ) -> dict[str, Any]:
     """Score every (training) example of `source` on `shards` actors; scores parts land in `out_dir`."""
     specs = plan_shards(source, shards)
+    ensure_ray()
     cls = ScoreShard.options(num_cpus=_actor_cpus(len(specs), num_cpus))
     actors = [
         cls.remote(s, i, len(specs), test_fraction=test_fraction, split_seed=split_seed, threads=threads)
@@ -235,6 +237,7 @@ def select_distributed(
 ) -> dict[str, dict[str, Any]]:
     """Run each selection ({method, keep, score?, class_balanced?, beta?, hardest?, strata?}) on `shards`
     actors that read their own part of the scores; each writes `out_dir/<name>/part-*.parquet`."""
+    ensure_ray()
     actors = [SelectShard.options(num_cpus=num_cpus).remote(s) for s in plan_shards(scores_dir, shards)]
     out: dict[str, dict[str, Any]] = {}
     try:

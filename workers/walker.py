@@ -48,6 +48,7 @@ from core.srrw import (
     walk,
     walk_partition,
 )
+from workers.autoconnect import ensure_ray
 
 RUN_META = "run.json"
 
@@ -272,6 +273,7 @@ def run_distributed_sa_srrw(
     `halo` >= 0: each actor also keeps ghost copies of the agents within that many hops of its own,
     so a token crossing a cut edge is handed off only once it walks beyond them.
     """
+    ensure_ray()
     if not isinstance(halo, int) or halo < 0:
         raise ConfigError(f"halo must be an integer >= 0, got {halo!r}")
     if not isinstance(steps, int) or steps < 1:
