@@ -13,12 +13,21 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 
 from core import store
+
+_RUNS_DIR: ContextVar[str | None] = ContextVar("shardwalk_runs_dir", default=None)
+
+
+def checkpoint_location(out: Path, name: str) -> str:
+    """Where a stage keeps resumable checkpoints: in the store when the runs dir is one, else beside the cache."""
+    runs = _RUNS_DIR.get()
+    return store.join(runs, "checkpoints", name) if runs else str(out.parent / name)
 
 
 def stage_uri(runs_dir: str, name: str, key: str) -> str:
@@ -40,6 +49,14 @@ def scratch_root() -> str | None:
 
 def execute_remote(fn: Callable[..., Any], final: str, inputs: Mapping[str, str], params: Mapping[str, Any], key: str) -> dict[str, Any]:
     """Download inputs to the node cache, run the stage into local scratch, upload and commit a new attempt."""
+    context = _RUNS_DIR.set(final.rsplit("/cache/", 1)[0])  # stage code finds its checkpoints in the store
+    try:
+        return _execute(fn, final, inputs, params, key)
+    finally:
+        _RUNS_DIR.reset(context)  # Ray reuses worker processes: never leak into the next task
+
+
+def _execute(fn: Callable[..., Any], final: str, inputs: Mapping[str, str], params: Mapping[str, Any], key: str) -> dict[str, Any]:
     started = time.perf_counter()
     local_inputs, downloaded = {}, 0
     for arg, uri in inputs.items():

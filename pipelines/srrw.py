@@ -34,6 +34,8 @@ from core.io import read_table, source_fingerprint, write_parquet
 from core.objectives import build_objective
 from core.schema import validate_assignment
 from core.srrw import BASES, SRRW, Schedule, walk_partition
+from core.stage_store import checkpoint_location
+from core.store import origin
 from pipelines.common import ingest
 
 DEFAULTS: dict[str, Any] = {
@@ -168,8 +170,9 @@ def walk(out: Path, ingest: Path, agents: Path, partition: Path, *, model: dict[
     if model["kind"] == "softmax":
         loader = type(loader)(**{**loader.__dict__, "classes": classes})
     # checkpoints live beside the cache, keyed by everything that determines the trajectory
-    ident = json.dumps([str(ingest), str(agents), str(partition), model, walk, seed], sort_keys=True)
-    ckpt = out.parent / "srrw-checkpoints" / hashlib.sha256(ident.encode()).hexdigest()[:24]
+    ident = json.dumps([origin(ingest) or str(ingest), origin(agents) or str(agents), origin(partition) or str(partition),
+                        model, walk, seed], sort_keys=True)
+    ckpt = checkpoint_location(out, "srrw-checkpoints/" + hashlib.sha256(ident.encode()).hexdigest()[:24])
     result = run_distributed_sa_srrw(
         loader, g, dim=dim, parts=parts, seed=seed, checkpoint_dir=ckpt, resume=True,
         steps=walk["steps"], alpha=walk["alpha"], a=walk["a"], b=walk["b"], base=walk["base"], lr=walk["lr"],

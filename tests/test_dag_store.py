@@ -129,3 +129,24 @@ def test_gc_on_a_local_runs_dir(tmp_path: Path) -> None:
     removed = collect(str(runs), older_than=3600)
     assert [g.location for g in removed] == [str(leftover)]
     assert all(Path(s.output).is_dir() for s in record.stages.values())
+
+
+def checkpointing(out: Path, *, n: int) -> dict[str, Any]:
+    from core.stage_store import checkpoint_location
+
+    where = checkpoint_location(out, "ck/abc")
+    store.write_bytes(store.join(where, "state.json"), json.dumps(n).encode())
+    (out / "where.json").write_text(json.dumps(where))
+    return {}
+
+
+def test_stage_checkpoints_live_in_the_bucket(s3_bucket: str) -> None:
+    from core.stage_store import checkpoint_location
+
+    p = Pipeline("ck")
+    p.stage("ck", checkpointing, params={"n": 1})
+    runs = f"{s3_bucket}/ckruns"
+    record = Runner(p, runs, thread_submit).run()
+    where = json.loads(store.read_bytes(store.join(record.stages["ck"].attempt, "where.json")))
+    assert where == f"{runs}/checkpoints/ck/abc" and store.read_bytes(f"{where}/state.json") == b"1"
+    assert checkpoint_location(Path("/x/out"), "ck") == "/x/ck"  # outside a remote stage: beside the cache

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray
 
+from core import store
 from core.agents import agent_blocks
 from core.errors import ConfigError, CorruptArtifactError, ShardwalkError
 from core.io import read_json, write_json_atomic
@@ -42,12 +43,11 @@ from core.srrw import (
     Token,
     bind,
     halo_mask,
-    load_token,
     make_tokens,
-    save_token,
     walk,
     walk_partition,
 )
+from core.token_store import load_checkpoint, save_checkpoint
 from workers.autoconnect import ensure_ray
 
 RUN_META = "run.json"
@@ -176,12 +176,12 @@ class WalkPartition:
             status = walk(token, self.chain, self.objective, self.schedule, self.stop, self.owned, every)
             if status != CHECKPOINT:
                 break
-            save_token(self.checkpoint_dir, token)
+            save_checkpoint(self.checkpoint_dir, token)
         self.steps_walked += token.n - start
         if status == LEAVE:
             return int(self.owner[token.node])
         if self.checkpoint_dir:
-            save_token(self.checkpoint_dir, token)
+            save_checkpoint(self.checkpoint_dir, token)
         return None
 
     def stats(self) -> dict[str, float]:
@@ -203,16 +203,17 @@ def _initial_tokens(chain: SRRW, dim: int, schedule: Schedule, *, tokens: int, s
     fresh = make_tokens(chain, dim, schedule, tokens=tokens, seed=seed, theta0=theta0, start=start)
     if not (resume and checkpoint_dir):
         return fresh
-    meta_path = Path(checkpoint_dir) / RUN_META
+    meta_path = store.join(checkpoint_dir, RUN_META) if store.is_remote(checkpoint_dir) else Path(checkpoint_dir) / RUN_META
     expected = _run_meta(chain, dim, seed, tokens, schedule)
-    if meta_path.is_file():
-        found = read_json(meta_path, ConfigError(f"{meta_path}: missing"), "checkpoint run record")
-        if not isinstance(found, dict):
+    if store.is_remote(checkpoint_dir) or meta_path.is_file():
+        found = (store.read_json(meta_path) if store.is_remote(checkpoint_dir)
+                 else read_json(meta_path, ConfigError(f"{meta_path}: missing"), "checkpoint run record"))
+        if found is not None and not isinstance(found, dict):
             raise CorruptArtifactError(f"{meta_path}: not a checkpoint run record")
-        diff = sorted(k for k in expected if found.get(k) != expected[k])
+        diff = sorted(k for k in expected if found is not None and found.get(k) != expected[k])
         if diff:
             raise ConfigError(f"{checkpoint_dir}: checkpoints were made with different settings ({', '.join(diff)})")
-    loaded = [load_token(checkpoint_dir, k) for k in range(tokens)]
+    loaded = [load_checkpoint(checkpoint_dir, k) for k in range(tokens)]
     return [tok if tok is not None else fresh[k] for k, tok in enumerate(loaded)]
 
 
@@ -295,7 +296,10 @@ def run_distributed_sa_srrw(
     toks = _initial_tokens(chain, dim, schedule, tokens=tokens, seed=seed, theta0=theta0, start=start,
                            checkpoint_dir=ckpt, resume=resume)
     if ckpt:
-        write_json_atomic(Path(ckpt) / RUN_META, _run_meta(chain, dim, seed, tokens, schedule))
+        if store.is_remote(ckpt):
+            store.write_json(store.join(ckpt, RUN_META), _run_meta(chain, dim, seed, tokens, schedule))
+        else:
+            write_json_atomic(Path(ckpt) / RUN_META, _run_meta(chain, dim, seed, tokens, schedule))
     edges = np.asarray(list(graph.edges()), dtype=np.int64)
     sink = _TokenSink.remote()
     actors = []
