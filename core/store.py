@@ -62,8 +62,9 @@ def local_path(text: str | os.PathLike) -> Path:
 
 
 def join(uri: str, *parts: str) -> str:
-    """`uri/part/...` without doubled slashes."""
-    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+    """`uri/part/...` without doubled slashes; a query string (`?endpoint_override=...`) stays at the end."""
+    base, sep, query = uri.partition("?")
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)]) + sep + query
 
 
 def _check_syntax(uri: str) -> str:
@@ -93,7 +94,8 @@ def _first_line(exc: BaseException) -> str:
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem and path of a remote URI (the S3 endpoint/credentials come from AWS_* variables)."""
     _check_syntax(uri)
-    return _filesystem(uri.rstrip("/"))
+    base, sep, query = uri.partition("?")
+    return _filesystem(base.rstrip("/") + sep + query)
 
 
 def check_runs_dir(runs_dir: str | os.PathLike) -> str:

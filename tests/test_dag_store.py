@@ -150,3 +150,44 @@ def test_stage_checkpoints_live_in_the_bucket(s3_bucket: str) -> None:
     where = json.loads(store.read_bytes(store.join(record.stages["ck"].attempt, "where.json")))
     assert where == f"{runs}/checkpoints/ck/abc" and store.read_bytes(f"{where}/state.json") == b"1"
     assert checkpoint_location(Path("/x/out"), "ck") == "/x/ck"  # outside a remote stage: beside the cache
+
+
+SERVER: list[Any] = []
+
+
+def stops_the_store(out: Path, *, n: int) -> dict[str, Any]:
+    """A stage during which the object store goes away (before its upload)."""
+    if SERVER:
+        SERVER.pop().stop()
+    (out / "n.json").write_text(json.dumps(n))
+    return {"n": n}
+
+
+def test_store_stopped_mid_stage_fails_it_naming_the_uri_then_a_rerun_completes(tmp_path: Path) -> None:
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    from tests.conftest import _free_port
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True,
+                      region="us-east-1").create_dir("faultbucket")
+    runs = f"s3://faultbucket/runs?endpoint_override=127.0.0.1:{port}&scheme=http"
+    p = Pipeline("fault")
+    p.stage("source", stops_the_store, params={"n": 4})
+    p.stage("double", double, inputs=["source"], params={"factor": 2})
+    SERVER.append(server)
+    with pytest.raises(store.StoreUnavailableError, match="s3://faultbucket/runs/") as err:  # the CLI exits 1
+        Runner(p, runs, thread_submit).run()
+    assert "\n" not in str(err.value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()  # moto keeps its buckets in-process: same store, back again
+    try:
+        stage = store.join(runs, "cache", f"source-{p.keys()['source'][:24]}")
+        assert store.committed_attempts(stage) == []  # nothing committed
+        record = Runner(p, runs, thread_submit).run()
+        assert record.status == "succeeded" and record.stages["double"].metrics == {"value": 8}
+    finally:
+        server.stop()
