@@ -115,14 +115,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     with make_reporter(pipeline) as reporter:
         record = Runner(pipeline, args.runs_dir, submit, force=args.force, config=config, on_event=reporter).run()
+    report = None
     if is_remote(args.runs_dir):
-        publish_remote(record, args.runs_dir)
+        report = publish_remote(record, args.runs_dir)
     else:
         run_dir = run_path(args.runs_dir, record.run_id).parent
         for stage in record.stages.values():
             if stage.status in ("done", "cached"):
                 publish(Path(stage.output), run_dir)
     print_run(record.to_json(), args.runs_dir)
+    if report:
+        print(f"report: {report}")
     failed = record.failed_stage()
     if failed is None:
         return EXIT_OK
