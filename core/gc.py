@@ -80,10 +80,12 @@ def _remote_garbage(runs_dir: str, older_than: float) -> list[Garbage]:
 
 
 def _local_garbage(runs_dir: Path, older_than: float) -> list[Garbage]:
-    keep, cutoff, found = referenced(str(runs_dir)), time.time() - older_than, []
+    # by directory name: records made with a relative --runs-dir hold relative paths
+    keep = {Path(v).name for v in referenced(str(runs_dir))}
+    cutoff, found = time.time() - older_than, []
     cache = runs_dir / "cache"
     for path in sorted(cache.iterdir()) if cache.is_dir() else []:
-        if str(path) in keep or str(path.absolute()) in keep or path.stat().st_mtime > cutoff:
+        if path.name in keep or path.stat().st_mtime > cutoff:
             continue
         if path.name.startswith((TEMP_PREFIX, ".old-")) or not is_committed(path):
             found.append(Garbage(str(path), "uncommitted"))

@@ -119,6 +119,8 @@ def check_runs_dir(runs_dir: str | os.PathLike) -> str:
         if fs.get_file_info(root).type == pafs.FileType.File:
             raise ConfigError(f"{text}: runs dir is an object (a file), not a prefix")
     except OSError as exc:
+        if "NETWORK_CONNECTION" in str(exc) or "curlCode" in str(exc):  # unreachable: not the user's input
+            raise StoreUnavailableError(f"{text}: object store unreachable ({_first_line(exc)})") from None
         raise ConfigError(f"{text}: cannot access the store ({_first_line(exc)})") from None
     return text.rstrip("/")
 

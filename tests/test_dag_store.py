@@ -116,18 +116,19 @@ def test_gc_removes_a_killed_writers_attempt_and_nothing_else(s3_bucket: str, ca
     assert main(["gc", "--runs-dir", runs, "--older-than", "soon"]) == 2
 
 
-def test_gc_on_a_local_runs_dir(tmp_path: Path) -> None:
+def test_gc_on_a_local_runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     from core.gc import collect
 
-    runs = tmp_path / "runs"
+    monkeypatch.chdir(tmp_path)
+    runs = Path("runs")  # relative, as the CLI's default: records hold relative paths
     record = Runner(make(), runs, thread_submit).run()
     leftover = runs / "cache" / ".tmp-source-x@host@1@abc"
     leftover.mkdir()
     os.utime(leftover, (0, 0))
     removed = collect(str(runs), older_than=3600)
-    assert [g.location for g in removed] == [str(leftover)]
+    assert [g.location for g in removed] == [str(leftover.absolute())]
     assert all(Path(s.output).is_dir() for s in record.stages.values())
 
 
