@@ -357,7 +357,7 @@ def list_runs(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Every run.json under the runs directory, newest first."""
     if store.is_remote(str(runs_dir)):
         return sorted(stage_store.list_records(str(runs_dir)), key=lambda r: r.get("started", 0), reverse=True)
-    root = Path(runs_dir) / "runs"
+    root = _local(runs_dir) / "runs"
     records = []
     for path in root.glob("*/run.json") if root.is_dir() else []:
         try:
