@@ -32,8 +32,9 @@ def upload_shard(workdir: Path, shard: int, attempt: str) -> dict[str, dict[str,
     entries = {}
     for rel in [*manifest["files"], hnsw.shard_manifest_file(shard)]:
         data_path = workdir / rel
-        fs, root = store.resolve(store.join(attempt, rel))
-        with open(data_path, "rb") as src, fs.open_output_stream(root) as out:
+        uri = store.join(attempt, rel)
+        fs, root = store.resolve(uri)
+        with store.store_errors(uri), open(data_path, "rb") as src, fs.open_output_stream(root) as out:
             while block := src.read(store.CHUNK):
                 out.write(block)
         entries[rel] = {"bytes": data_path.stat().st_size, "sha256": sha256_file(data_path)}

@@ -126,7 +126,7 @@ def check_runs_dir(runs_dir: str | os.PathLike) -> str:
 
 
 @contextlib.contextmanager
-def _store_errors(uri: str) -> Any:
+def store_errors(uri: str) -> Any:
     """Turn an I/O failure against the store into a one-line error naming the URI."""
     try:
         yield
@@ -142,14 +142,14 @@ def _store_errors(uri: str) -> Any:
 def write_bytes(uri: str, data: bytes) -> None:
     """One PUT: an object store shows readers the old object or the new one, never half."""
     fs, path = resolve(uri)
-    with _store_errors(uri), fs.open_output_stream(path) as out:
+    with store_errors(uri), fs.open_output_stream(path) as out:
         out.write(data)
 
 
 def read_bytes(uri: str) -> bytes | None:
     """The object's bytes, or None if it does not exist."""
     fs, path = resolve(uri)
-    with _store_errors(uri):
+    with store_errors(uri):
         try:
             with fs.open_input_stream(path) as handle:
                 return handle.read()
@@ -175,14 +175,14 @@ def read_json(uri: str) -> Any | None:
 def list_dir(uri: str) -> list[pafs.FileInfo]:
     """The direct children of a prefix (empty if it does not exist)."""
     fs, path = resolve(uri)
-    with _store_errors(uri):
+    with store_errors(uri):
         return fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
 
 
 def delete_prefix(uri: str) -> None:
     """Remove every object under a prefix (idempotent)."""
     fs, path = resolve(uri)
-    with _store_errors(uri), contextlib.suppress(FileNotFoundError):
+    with store_errors(uri), contextlib.suppress(FileNotFoundError):
         fs.delete_dir(path)
 
 
@@ -212,7 +212,7 @@ def upload_dir(local: Path, uri: str, extra: dict[str, Any] | None = None) -> tu
     manifest = build_manifest(local, {**(extra or {}), "attempt": attempt, "committed_at": time.time()})
     fs, root = resolve(attempt)
     sent = 0
-    with _store_errors(attempt):
+    with store_errors(attempt):
         for rel in manifest["files"]:
             with open(local / rel, "rb") as src, fs.open_output_stream(f"{root}/{rel}") as out:
                 while block := src.read(CHUNK):
@@ -271,7 +271,7 @@ def stream_object(c: Committed, rel: str, sink: Any) -> int:
         raise CorruptArtifactError(f"{uri}: not listed in its manifest")
     fs, path = resolve(uri)
     digest, size = hashlib.sha256(), 0
-    with _store_errors(uri):
+    with store_errors(uri):
         try:
             with fs.open_input_stream(path) as handle:
                 while block := handle.read(CHUNK):
