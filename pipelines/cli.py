@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from core.errors import ConfigError, InputError, ShardwalkError, one_line
+from core.store import check_runs_dir
 from pipelines import PIPELINES
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
@@ -90,6 +91,15 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("run_b", metavar="RUN_B", help="a run id, unique prefix or 'latest'")
     diff.add_argument("--json", action="store_true", help="print the differences as JSON")
 
+    gc = sub.add_parser(
+        "gc", parents=[runs_dir], help="remove uncommitted attempts and outputs no run record references",
+        description="Remove uncommitted attempts (killed writers) and cached outputs that no run record names. "
+        "Committed output a run record references is never removed.",
+    )
+    gc.add_argument("--older-than", default="24h", metavar="DURATION",
+                    help="only touch things older than this (e.g. 90s, 15m, 24h, 7d; default 24h: writers may still be uploading)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+
     query = sub.add_parser(
         "query", parents=[runs_dir], help="search a saved sharded HNSW index",
         description="Search a saved ShardedIndex with Parquet query vectors (an `id` and a `vector` column): a file, "
@@ -119,6 +129,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.progress import make_reporter, print_run
     from pipelines.report import publish
     from pipelines.runtime import connect, ray_submit
+    from pipelines.storage import is_remote, publish_remote
 
     module = pipeline_module(args.pipeline)
     config = load_config(module, args.config, args.overrides)
@@ -127,7 +138,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.export:
         from pipelines.export import check_target
+        from pipelines.storage import is_remote
 
+        if is_remote(args.runs_dir):  # the export reads stage outputs from a local runs directory
+            raise ConfigError(f"--export is not supported yet with an object-store --runs-dir ({args.runs_dir})")
         check_target(args.export, args.overwrite)  # refuse before hours of work, not after
     pipeline = module.build(config)
 
@@ -143,11 +157,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with make_reporter(pipeline) as reporter:  # Ray starts (on_start) only if some stage is not a cache hit
         record = Runner(pipeline, args.runs_dir, submit, force=args.force, config=config, on_event=reporter,
                         on_start=start).run()
-    run_dir = run_path(args.runs_dir, record.run_id).parent
-    for stage in record.stages.values():
-        if stage.status in ("done", "cached"):
-            publish(Path(stage.output), run_dir)
+    report, run_dir = None, None
+    if is_remote(args.runs_dir):
+        report = publish_remote(record, args.runs_dir)
+    else:
+        run_dir = run_path(args.runs_dir, record.run_id).parent
+        for stage in record.stages.values():
+            if stage.status in ("done", "cached"):
+                publish(Path(stage.output), run_dir)
     print_run(record.to_json(), args.runs_dir)
+    if report:
+        print(f"report: {report}")
     for stage in record.stages.values():
         if stage.warning:
             print(f"shardwalk: warning: stage '{stage.name}': {stage.warning}", file=sys.stderr)
@@ -233,8 +253,25 @@ def _cmd_query(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _checked_runs_dir(runs_dir: str) -> str:
+    """Validate --runs-dir before anything is written: the normalised URI, or the local path as given."""
+    checked = check_runs_dir(runs_dir)
+    return checked if "://" in checked else runs_dir
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from core.gc import collect, parse_duration
+
+    garbage = collect(args.runs_dir, parse_duration(args.older_than), dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for g in garbage:
+        print(f"{verb} {g.reason}: {g.location}")
+    print(f"{verb} {len(garbage)} item(s) under {args.runs_dir}")
+    return EXIT_OK
+
+
 COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show, "diff": _cmd_diff, "export": _cmd_export,
-            "query": _cmd_query}
+            "gc": _cmd_gc, "query": _cmd_query}
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -277,6 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; maps typed errors to exit codes."""
     args = _parser().parse_args(argv)
     try:
+        if getattr(args, "runs_dir", None) is not None:
+            args.runs_dir = _checked_runs_dir(args.runs_dir)
         with _sigterm_interrupts():
             return COMMANDS[args.command](args)
     except InputError as exc:

@@ -120,10 +120,11 @@ def open_for_stream(path: str | os.PathLike, pool: int) -> Any:
     Each shard actor still runs its node's CPUs as hnswlib threads (core/sizing.py): the reservation only
     keeps Ray Data's read tasks schedulable (an actor pool that takes every CPU starves them and hangs).
     """
-    from core import hnsw
+    from core import hnsw, index_store
     from workers.hnsw_shard import ShardedIndex
 
-    shards = hnsw.read_index_manifest(Path(path))["shards"]
+    remote = index_store.store_uri_of(path)
+    shards = hnsw.read_index_manifest(Path(path) if remote is None else index_store.fetch_index_json(remote))["shards"]
     free = float(ray.available_resources().get("CPU", 0.0))
     reserve = max(0.0, free - 1.0 - pool * POOL_ACTOR_CPUS) / shards
     index = ShardedIndex.open(path, cpus_per_actor=math.floor(reserve * 1000) / 1000)

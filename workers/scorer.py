@@ -31,6 +31,7 @@ from core.datasets import test_mask
 from core.errors import ConfigError, DataError
 from core.io import ShardSpec, plan_shards, read_shard, write_parquet
 from core.schema import LABEL, to_numpy, validate_vectors, vector_dim
+from workers.autoconnect import ensure_ray
 
 PART = "part-{:05d}.parquet"
 PROBE_TIMEOUT_S = 30.0  # how long a rank may take to answer before it counts as alive but busy
@@ -202,6 +203,7 @@ def score_dataset(
     `mode`: "models" (independent proxies per actor), "data" (data-parallel) or "auto" (core.proxy.plan_scoring
     from the data size, `memory_bytes` per actor, the proxies and `shards`). `device`: auto | cpu | cuda.
     """
+    ensure_ray()
     dev = proxy.resolve_device(device, cluster_gpus())
     rows, dim = _source_size(source)
     plan = proxy.plan_scoring(rows, dim, models=proxy_params.get("models", 2), actors=shards, mode=mode,
@@ -321,6 +323,7 @@ def select_distributed(
 ) -> dict[str, dict[str, Any]]:
     """Run each selection ({method, keep, score?, class_balanced?, beta?, hardest?, strata?}) on `shards`
     actors that read their own part of the scores; each writes `out_dir/<name>/part-*.parquet`."""
+    ensure_ray()
     actors = [SelectShard.options(num_cpus=num_cpus).remote(s) for s in plan_shards(scores_dir, shards)]
     out: dict[str, dict[str, Any]] = {}
     try:
