@@ -164,6 +164,12 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
     from core import hnsw
 
     hnsw.validate_search(settings.k, settings.ef, len(index), settings.nprobe, len(index.actors))
+    free = float(ray.available_resources().get("CPU", 0.0))
+    if free < 1.0 + settings.pool * POOL_ACTOR_CPUS:  # Ray Data would wait forever for a CPU to read with
+        raise ConfigError(
+            f"search_dataset needs {1.0 + settings.pool * POOL_ACTOR_CPUS:g} free CPUs for its read tasks and pool, "
+            f"but the shard actors leave {free:g}: open the index for streaming (`shardwalk query --out`, or "
+            "ShardedIndex.open(path, cpus_per_actor=...) with fewer CPUs per actor)")
     final = _output_dir(out)
     dataset, where = _dataset(source, index.dim)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:12]}"
