@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 import networkx as nx
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from core.errors import ConfigError, DataError, GraphError
 from core.schema import EDGES_SCHEMA, validate_assignment, validate_edges
@@ -28,6 +29,8 @@ def _edge_array(edges: pa.Table | np.ndarray | Sequence | nx.Graph, where: str) 
             raise GraphError(f"{where}: the graph is directed; a random walk here needs an undirected graph")
         if edges.is_multigraph():
             raise GraphError(f"{where}: multigraphs are not supported (duplicate edges)")
+        if not all(isinstance(v, int | np.integer) for v in edges.nodes()):
+            raise DataError(f"{where}: node names must be integers; number them with core.agents.relabel_graph(graph)")
         arr = np.asarray(list(edges.edges()), dtype=np.int64).reshape(-1, 2)
         return arr
     if isinstance(edges, pa.Table):
@@ -39,6 +42,50 @@ def _edge_array(edges: pa.Table | np.ndarray | Sequence | nx.Graph, where: str) 
     if len(arr) == 0:
         raise DataError(f"{where}: edge list is empty (0 rows)")
     return arr.astype(np.int64)
+
+
+def name_nodes(edges: pa.Table, *, where: str = "edges") -> tuple[pa.Table, pa.Array | None]:
+    """Number the nodes of an edge list whose `src`/`dst` are names (strings, ...) 0..n-1 in sorted order.
+
+    Returns the int64 edge table and the names (index = node number), or None when nodes are integers.
+    """
+    missing = [c for c in ("src", "dst") if c not in edges.column_names]
+    if missing:
+        raise DataError(f"{where}: missing column(s) {missing}; found {edges.column_names}")
+    src, dst = edges.column("src"), edges.column("dst")
+    if pa.types.is_integer(src.type) and pa.types.is_integer(dst.type):
+        return edges, None
+    if src.type != dst.type:
+        raise DataError(f"{where}: columns 'src' ({src.type}) and 'dst' ({dst.type}) must hold the same kind of node name")
+    for name, col in (("src", src), ("dst", dst)):
+        if col.null_count:
+            row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"{where}: column '{name}' has a null at row {row}")
+    names = pc.unique(pa.chunked_array(src.chunks + dst.chunks)).sort()
+    table = pa.table([pc.index_in(col, value_set=names).cast(pa.int64()) for col in (src, dst)], schema=EDGES_SCHEMA)
+    return table, names
+
+
+def map_node_names(table: pa.Table, names: pa.Array, *, column: str = "node", where: str = "assignment") -> pa.Table:
+    """Replace the node names of `column` by their numbers from `name_nodes`; an unknown name is refused."""
+    col = table.column(column)
+    try:
+        index = pc.index_in(col.cast(names.type), value_set=names)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise DataError(f"{where}: column '{column}' holds {col.type}, the edge list names nodes as {names.type}") from None
+    if index.null_count:
+        row = int(np.flatnonzero(index.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{where}: column '{column}' names node {col[row].as_py()!r} at row {row}, which no edge mentions")
+    return table.set_column(table.schema.get_field_index(column), column, index.cast(pa.int64()))
+
+
+def relabel_graph(graph: nx.Graph) -> tuple[nx.Graph, list]:
+    """A networkx graph with any hashable node names as agents 0..n-1 (sorted by name), and the names."""
+    try:
+        names = sorted(graph.nodes())
+    except TypeError:  # mixed kinds of names: a deterministic order all the same
+        names = sorted(graph.nodes(), key=lambda v: (type(v).__name__, str(v)))
+    return nx.relabel_nodes(graph, {v: i for i, v in enumerate(names)}, copy=True), names
 
 
 def _first_duplicate_pair(u: np.ndarray, v: np.ndarray) -> int | None:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core import stage_store, store
 from core.cache_key import stage_key
 from core.errors import ConfigError, InputError, one_line
 from core.io import (
@@ -129,7 +130,7 @@ def output_dir(runs_dir: str | os.PathLike, stage: Stage, key: str) -> Path:
     return Path(runs_dir) / "cache" / f"{stage.name}-{key[:24]}"
 
 
-_STATE_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("stage_state_dir", default=None)
+_STATE_DIR: contextvars.ContextVar[Path | str | None] = contextvars.ContextVar("stage_state_dir", default=None)
 
 
 def state_dir(final: str | os.PathLike) -> Path:
@@ -142,8 +143,8 @@ def state_dir(final: str | os.PathLike) -> Path:
     return final.parent / f".state-{final.name}"
 
 
-def stage_state_dir() -> Path | None:
-    """The state directory of the stage running in this worker (None outside `execute_stage`)."""
+def stage_state_dir() -> Path | str | None:
+    """The state directory (a URI on an object-store runs dir) of the stage running in this worker, if any."""
     return _STATE_DIR.get()
 
 
@@ -181,6 +182,9 @@ class StageRecord:
     error_type: str | None = None
     bad_input: bool = False  # the failure was the user's input (exit 2), not an internal error
     warning: str | None = None  # e.g. a corrupt cached output that was recomputed
+    attempt: str | None = None  # object-store runs dir: the committed attempt this run used
+    bytes_uploaded: int = 0
+    bytes_downloaded: int = 0
 
 
 @dataclass
@@ -211,7 +215,7 @@ def new_run_id(pipeline: str) -> str:
 
 def run_path(runs_dir: str | os.PathLike, run_id: str) -> Path:
     """The run.json of `run_id`, refusing ids that would leave the runs directory."""
-    return Path(runs_dir) / "runs" / check_name(run_id, "run id") / "run.json"
+    return _local(runs_dir) / "runs" / check_name(run_id, "run id") / "run.json"
 
 
 def _cache_hit(final: Path, problems: list[str] | None = None) -> dict[str, Any] | None:
@@ -247,7 +251,8 @@ class Runner:
         on_start: Callable[[], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
-        self.runs_dir = Path(runs_dir)
+        self.remote = store.is_remote(str(runs_dir))
+        self.runs_dir: Any = str(runs_dir).rstrip("/") if self.remote else _local(runs_dir)
         self.submit = submit
         self.force = force
         self.on_event = on_event or (lambda run, stage: None)
@@ -256,9 +261,12 @@ class Runner:
         self.record = RunRecord(run_id or new_run_id(pipeline.name), pipeline.name, dict(config or {}))
         for s in pipeline.stages.values():
             key = self.keys[s.name]
-            self.record.stages[s.name] = StageRecord(s.name, key, str(output_dir(self.runs_dir, s, key)))
+            out = stage_store.stage_uri(self.runs_dir, s.name, key) if self.remote else str(output_dir(self.runs_dir, s, key))
+            self.record.stages[s.name] = StageRecord(s.name, key, out)
 
     def _save(self) -> None:
+        if self.remote:
+            return stage_store.save_record(self.runs_dir, self.record.run_id, self.record.to_json())
         write_json_atomic(run_path(self.runs_dir, self.record.run_id), self.record.to_json())
 
     def _emit(self, rec: StageRecord) -> None:
@@ -271,8 +279,9 @@ class Runner:
         Anything that stops the run itself (a lost connection, a full disk, Ctrl-C, SIGTERM) ends the
         record `failed` or `interrupted` with the reason before the exception propagates.
         """
-        mark_dead_runs(self.runs_dir)
-        remove_orphaned_temporaries(Path(self.runs_dir) / "cache")
+        if not self.remote:  # a local runs dir: close dead drivers' records, remove dead writers' temporaries
+            mark_dead_runs(self.runs_dir)
+            remove_orphaned_temporaries(Path(self.runs_dir) / "cache")
         self._save()
         try:
             self._loop()
@@ -325,6 +334,8 @@ class Runner:
         return ready
 
     def _start(self, s: Stage, futures: dict[cf.Future, str]) -> None:
+        if self.remote:
+            return self._start_remote(s, futures)
         rec = self.record.stages[s.name]
         final = Path(rec.output)
         problems: list[str] = []
@@ -349,6 +360,26 @@ class Runner:
         self._emit(rec)
         futures[self.submit(execute_stage, args, StageOptions(s.name, s.num_cpus, s.max_retries))] = s.name
 
+    def _start_remote(self, s: Stage, futures: dict[cf.Future, str]) -> None:
+        """`_start` for an object-store runs dir: a hit is a verified committed attempt; a miss writes a new one."""
+        rec = self.record.stages[s.name]
+        hit = None if self.force else stage_store.cache_hit(rec.output)
+        if hit is not None:
+            rec.status, rec.cache_hit, rec.rows, rec.seconds = "cached", True, hit.manifest["rows"], 0.0
+            rec.metrics, rec.attempt = hit.manifest.get("metrics", {}), hit.uri
+            self._emit(rec)
+            return
+        if self.on_start is not None:  # nothing is retired before the executor is reachable
+            self.on_start()
+            self.on_start = None
+        if self.force:  # a forced stage starts from scratch, not from an earlier attempt's checkpoints
+            store.delete_prefix(stage_store.state_uri(rec.output))
+        inputs = {arg: self.record.stages[up].attempt or self.record.stages[up].output for arg, up in s.inputs.items()}
+        args = (s.fn, rec.output, inputs, dict(s.params), rec.key)
+        rec.status = "running"
+        self._emit(rec)
+        futures[self.submit(stage_store.execute_remote, args, StageOptions(s.name, s.num_cpus, s.max_retries))] = s.name
+
     def _finish(self, name: str, fut: cf.Future) -> None:
         rec = self.record.stages[name]
         try:
@@ -361,7 +392,15 @@ class Runner:
                 rec.error += "\n" + "".join(traceback.format_exception(cause))[-4000:]
         else:
             rec.status, rec.rows, rec.seconds, rec.metrics = "done", result["rows"], result["seconds"], result["metrics"]
+            rec.attempt = result.get("attempt")
+            rec.bytes_uploaded, rec.bytes_downloaded = result.get("bytes_uploaded", 0), result.get("bytes_downloaded", 0)
         self._emit(rec)
+
+
+def _local(runs_dir: str | os.PathLike) -> Path:
+    """A local runs dir as a Path (a file:// URI included)."""
+    text = os.fspath(runs_dir)
+    return store.local_path(text) if text.startswith("file://") else Path(text)
 
 
 def _retire(final: Path) -> None:
@@ -395,13 +434,20 @@ def mark_dead_runs(runs_dir: str | os.PathLike) -> list[str]:
 
 def load_run(runs_dir: str | os.PathLike, run_id: str) -> dict[str, Any]:
     """The run.json of a run, or ConfigError naming the id."""
+    if store.is_remote(str(runs_dir)):
+        record = stage_store.load_record(str(runs_dir), check_name(run_id, "run id"))
+        if record is None:
+            raise ConfigError(f"no run '{run_id}' under {store.join(str(runs_dir), 'runs')}")
+        return record
     path = run_path(runs_dir, run_id)
     return read_json(path, ConfigError(f"no run '{run_id}' under {Path(runs_dir) / 'runs'}"), "run record")
 
 
 def list_runs(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Every run.json under the runs directory, newest first."""
-    root = Path(runs_dir) / "runs"
+    if store.is_remote(str(runs_dir)):
+        return sorted(stage_store.list_records(str(runs_dir)), key=lambda r: r.get("started", 0), reverse=True)
+    root = _local(runs_dir) / "runs"
     records = []
     for path in root.glob("*/run.json") if root.is_dir() else []:
         try:

@@ -395,8 +395,17 @@ def _seal_digest(payload: Mapping[str, Any]) -> str:
 
 
 def write_json_sealed(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
-    """Write a JSON object atomically together with the sha256 of its own content (checkpoint manifests)."""
-    write_json_atomic(path, {**payload, SEAL: _seal_digest(payload)})
+    """Write a JSON object atomically together with the sha256 of its own content (checkpoint manifests).
+
+    `path` may be an object-store URI (one PUT: a reader sees the old object or the new one).
+    """
+    from core import store
+
+    sealed = {**payload, SEAL: _seal_digest(payload)}
+    if store.is_remote(path):
+        store.write_json(os.fspath(path), sealed)
+    else:
+        write_json_atomic(path, sealed)
 
 
 def read_json_sealed(path: str | os.PathLike, what: str, hint: str = "") -> dict[str, Any]:
@@ -405,10 +414,15 @@ def read_json_sealed(path: str | os.PathLike, what: str, hint: str = "") -> dict
     A checkpoint's metadata decides where a resumed computation goes on; an edited `node` would otherwise
     be resumed from silently. `hint` tells the user how to recover (appended to the message).
     """
+    from core import store
+
+    missing = CorruptArtifactError(f"{path}: {what} is missing")
     try:
-        found = read_json(path, CorruptArtifactError(f"{path}: {what} is missing"), what)
+        found = store.read_json(os.fspath(path)) if store.is_remote(path) else read_json(path, missing, what)
     except CorruptArtifactError as exc:
         raise CorruptArtifactError(f"{exc}{hint}") from None
+    if found is None:
+        raise CorruptArtifactError(f"{missing}{hint}")
     if not isinstance(found, dict) or found.get(SEAL) != _seal_digest(found):
         raise CorruptArtifactError(f"{path}: {what} does not match its checksum (edited or damaged){hint}")
     return {k: v for k, v in found.items() if k != SEAL}

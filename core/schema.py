@@ -7,6 +7,7 @@ column, the first bad row and `where` the data came from. Nothing downstream re-
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +25,60 @@ KNN_GRAPH_SCHEMA = pa.schema(
 EDGES_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
 ASSIGNMENT_SCHEMA = pa.schema([("node", pa.int64()), ("id", pa.int64())])
 SELECTION_SCHEMA = pa.schema([("id", pa.int64()), ("weight", pa.float64())])
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which of the user's columns hold the id, the vector and the label (renamed to the contract's names)."""
+
+    id: str = ID
+    vector: str = VECTOR
+    label: str = LABEL
+
+    @classmethod
+    def from_config(cls, config: dict) -> Columns:
+        """The `id_column`/`vector_column`/`label_column` keys of a pipeline config."""
+        return cls(config.get("id_column", ID), config.get("vector_column", VECTOR), config.get("label_column", LABEL))
+
+    def is_default(self) -> bool:
+        return self == Columns()
+
+
+def apply_columns(table: pa.Table, columns: Columns, where: str) -> pa.Table:
+    """Rename the user's id/vector/label columns to `id`/`vector`/`label`, naming the option on a miss."""
+    if columns.is_default():
+        return table
+    names = list(table.column_names)
+    renames = {columns.id: ID, columns.vector: VECTOR, columns.label: LABEL}
+    for option, (user, canonical) in zip(("id_column", "vector_column", "label_column"), renames.items()):
+        if user == canonical:
+            continue
+        if user not in names:
+            raise DataError(f"{where}: {option} '{user}' is not a column; found {names}")
+        if canonical in names:
+            raise DataError(f"{where}: {option} '{user}' would replace the existing column '{canonical}'; rename or drop it")
+    return table.rename_columns([renames.get(n, n) for n in names])
+
+
+def check_label_column(table: pa.Table, where: str, *, user_name: str = LABEL, offset: int = 0) -> None:
+    """Class labels must be integers without nulls; floats are refused rather than silently truncated."""
+    if LABEL not in table.column_names:
+        return
+    col = table.column(LABEL)
+    if not pa.types.is_integer(col.type):
+        raise DataError(f"{where}: label column '{user_name}' must hold integer class labels, got {col.type}")
+    if col.null_count:
+        row = _first_true(np.asarray(col.is_null().to_numpy(zero_copy_only=False)))
+        raise DataError(f"{where}: label column '{user_name}' has a null at row {row + offset}")
+
+
+def encode_labels(table: pa.Table, classes: np.ndarray) -> pa.Table:
+    """Replace `label` by its index in the sorted `classes` (0..K-1), so every per-class array has K rows."""
+    values = table.column(LABEL).to_numpy()
+    index = np.searchsorted(classes, values)
+    if index.size and (index.max() >= len(classes) or not np.array_equal(classes[index], values)):
+        raise ValueError("label outside the class list it is encoded with")
+    return table.set_column(table.schema.get_field_index(LABEL), LABEL, pa.array(index.astype(np.int64)))
 
 
 def vectors_schema(dim: int, *, label: bool = False) -> pa.Schema:

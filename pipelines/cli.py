@@ -14,17 +14,20 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from core.errors import InputError, ShardwalkError, one_line
+from core.errors import ConfigError, InputError, ShardwalkError, one_line
+from core.store import check_runs_dir
 from pipelines import PIPELINES
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+PREVIEW_QUERIES = 1000  # `shardwalk query` without --out answers at most this many (in memory)
 DEFAULT_RUNS_DIR = "runs"
 
 EPILOG = """examples:
   shardwalk run ingest --set source=builtin:mnist5k --set shards=4
   shardwalk run index --config examples/index.toml --address auto
   shardwalk runs
-  shardwalk show 20261128-120000-index-ab12cd
+  shardwalk show 20261128-120000-index-ab12cd     (or a unique prefix, or: shardwalk show latest)
+  shardwalk diff 20261128-120000 latest
   shardwalk query runs/cache/build-<key> --queries q.parquet -k 10 --out hits.parquet
 
 Every run writes runs/runs/<run id>/run.json; stage outputs live under runs/cache/ and are reused by any
@@ -65,26 +68,56 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address ('auto' joins the local cluster; default: $RAY_ADDRESS or embedded)")
     run.add_argument("--force", action="store_true", help="rerun every stage, ignoring cached outputs")
     run.add_argument("--show-config", action="store_true", help="print the resolved config (JSON) and exit")
+    export_help = "also write the results under stable names (index/, knn_graph/, coresets/, srrw/, report.html) to this directory or URI"
+    run.add_argument("--export", metavar="DIR_OR_URI", help=export_help)
+    run.add_argument("--overwrite", action="store_true", help="--export may replace a non-empty target")
 
-    sub.add_parser("runs", parents=[runs_dir], help="list runs, newest first", description="List runs, newest first.")
+    export = sub.add_parser("export", parents=[runs_dir], help="export a finished run's results under stable names",
+                            description="Export a run's results: " + export_help.split("results ", 1)[1] + ".")
+    export.add_argument("run_id", metavar="RUN_ID", help="a run id, unique prefix or 'latest'")
+    export.add_argument("target", metavar="DIR_OR_URI")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty target")
+
+    runs = sub.add_parser("runs", parents=[runs_dir], help="list runs, newest first",
+                          description="List runs, newest first (whole ids; tab-separated when piped).")
+    runs.add_argument("--json", action="store_true", help="print the list as JSON")
 
     show = sub.add_parser("show", parents=[runs_dir], help="show one run's stages, timings, cache hits, outputs, metrics")
-    show.add_argument("run_id", metavar="RUN_ID")
+    show.add_argument("run_id", metavar="RUN_ID", help="a run id, any unique prefix of one, or 'latest'")
     show.add_argument("--json", action="store_true", help="print the raw run.json")
 
-    query = sub.add_parser(
-        "query", help="search a saved sharded HNSW index",
-        description="Search a saved ShardedIndex with Parquet query vectors (an `id` and a `vector` column): a file, "
-        "a directory or a URI of any size, streamed in blocks through the shard actors (Ray Data).",
+    diff = sub.add_parser("diff", parents=[runs_dir], help="the settings, stage keys and metrics that differ between two runs")
+    diff.add_argument("run_a", metavar="RUN_A", help="a run id, unique prefix or 'latest'")
+    diff.add_argument("run_b", metavar="RUN_B", help="a run id, unique prefix or 'latest'")
+    diff.add_argument("--json", action="store_true", help="print the differences as JSON")
+
+    gc = sub.add_parser(
+        "gc", parents=[runs_dir], help="remove uncommitted attempts and outputs no run record references",
+        description="Remove uncommitted attempts (killed writers) and cached outputs that no run record names. "
+        "Committed output a run record references is never removed.",
     )
-    query.add_argument("index_dir", metavar="INDEX_DIR")
+    gc.add_argument("--older-than", default="24h", metavar="DURATION",
+                    help="only touch things older than this (e.g. 90s, 15m, 24h, 7d; default 24h: writers may still be uploading)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+
+    query = sub.add_parser(
+        "query", parents=[runs_dir], help="search a saved sharded HNSW index",
+        description="Search a saved ShardedIndex with Parquet query vectors (an `id` and a `vector` column): a file, "
+        "a directory or a URI of any size, streamed in blocks through the shard actors (Ray Data) with --out. "
+        "Distances are squared L2 (space l2), 1 - inner product (ip) or 1 - cosine similarity (cosine).",
+    )
+    query.add_argument("index_dir", metavar="INDEX",
+                       help="an index directory or URI (e.g. an export's index/), or a run id, unique prefix or 'latest'")
     query.add_argument("--queries", required=True, metavar="PARQUET", help="a Parquet file, directory or URI")
     query.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
-    query.add_argument("--ef", type=int, default=64, help="HNSW search breadth; higher = better recall, slower (default 64)")
-    query.add_argument("--nprobe", type=int, default=None, help="k-means indexes: shards probed per query")
+    query.add_argument("--ef", type=int, default=None,
+                       help="HNSW search breadth; higher = better recall, slower (default: the index's stored ef, else 64)")
+    query.add_argument("--nprobe", type=int, default=None, help="k-means indexes: shards probed per query (default: stored)")
     query.add_argument("--out", metavar="DIR", help="write every answer here as Parquet parts, streamed in blocks "
-                       "(default: print the answers to the first 20 queries)")
-    query.add_argument("--block-size", type=int, default=8192, help="queries per streamed block (default 8192)")
+                       f"(default: answer the first {PREVIEW_QUERIES} queries, print 20 rows and the latency)")
+    query.add_argument("--block-size", type=int, default=8192, help="queries per streamed block with --out (default 8192)")
+    query.add_argument("--batch-size", type=int, default=256,
+                       help="queries per search call without --out (latency percentiles are per batch; default 256)")
     query.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or embedded)")
     return parser
 
@@ -96,12 +129,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.progress import make_reporter, print_run
     from pipelines.report import publish
     from pipelines.runtime import connect, ray_submit
+    from pipelines.storage import is_remote, publish_remote
 
     module = pipeline_module(args.pipeline)
     config = load_config(module, args.config, args.overrides)
     if args.show_config:
         print(json.dumps(config, indent=2))
         return EXIT_OK
+    if args.export:
+        from pipelines.export import check_target
+        from pipelines.storage import is_remote
+
+        if is_remote(args.runs_dir):  # the export reads stage outputs from a local runs directory
+            raise ConfigError(f"--export is not supported yet with an object-store --runs-dir ({args.runs_dir})")
+        check_target(args.export, args.overwrite)  # refuse before hours of work, not after
     pipeline = module.build(config)
 
     def submit(fn, fn_args, options):
@@ -116,33 +157,68 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with make_reporter(pipeline) as reporter:  # Ray starts (on_start) only if some stage is not a cache hit
         record = Runner(pipeline, args.runs_dir, submit, force=args.force, config=config, on_event=reporter,
                         on_start=start).run()
-    run_dir = run_path(args.runs_dir, record.run_id).parent
-    for stage in record.stages.values():
-        if stage.status in ("done", "cached"):
-            publish(Path(stage.output), run_dir)
+    report, run_dir = None, None
+    if is_remote(args.runs_dir):
+        report = publish_remote(record, args.runs_dir)
+    else:
+        run_dir = run_path(args.runs_dir, record.run_id).parent
+        for stage in record.stages.values():
+            if stage.status in ("done", "cached"):
+                publish(Path(stage.output), run_dir)
     print_run(record.to_json(), args.runs_dir)
+    if report:
+        print(f"report: {report}")
     for stage in record.stages.values():
         if stage.warning:
             print(f"shardwalk: warning: stage '{stage.name}': {stage.warning}", file=sys.stderr)
+    for stage in record.stages.values():  # results that finished but should not be trusted as they are
+        if (stage.metrics or {}).get("warning"):
+            print(f"shardwalk: warning: stage '{stage.name}': {stage.metrics['warning']}", file=sys.stderr)
     failed = record.failed_stage()
     if failed is None:
+        if args.export:
+            from pipelines.export import export_run
+
+            written = export_run(record.to_json(), run_dir, args.export, overwrite=args.overwrite)
+            print(f"exported {len(written)} results to {args.export}: {', '.join(written)}")
         return EXIT_OK
     print(f"shardwalk: stage '{failed.name}' failed: {failed.error.splitlines()[0]}", file=sys.stderr)
     return EXIT_BAD_INPUT if failed.bad_input else EXIT_INTERNAL
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from pipelines.progress import print_runs
+    from pipelines.runs_view import print_runs
 
-    print_runs(args.runs_dir)
+    print_runs(args.runs_dir, as_json=args.json)
+    return EXIT_OK
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from pipelines.runs_view import print_diff
+
+    print_diff(args.runs_dir, args.run_a, args.run_b, as_json=args.json)
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from core.dag import run_path
+    from pipelines.export import export_run
+    from pipelines.runs_view import load_run_ref
+
+    record = load_run_ref(args.runs_dir, args.run_id)
+    if record.get("status") != "succeeded":
+        raise ConfigError(f"run {record['run_id']} is {record.get('status')}; only a succeeded run is exported")
+    run_dir = run_path(args.runs_dir, record["run_id"]).parent
+    written = export_run(record, run_dir, args.target, overwrite=args.overwrite)
+    print(f"exported {len(written)} results to {args.target}: {', '.join(written)}")
     return EXIT_OK
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from core.dag import load_run
     from pipelines.progress import print_run
+    from pipelines.runs_view import load_run_ref
 
-    record = load_run(args.runs_dir, args.run_id)
+    record = load_run_ref(args.runs_dir, args.run_id)
     if args.json:
         print(json.dumps(record, indent=1))
     else:
@@ -151,20 +227,51 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from pipelines.index import preview_query, stream_query
+    from pipelines.index import DISTANCES, preview_query, resolve_index, stream_query
 
+    index_dir, stored = resolve_index(args.index_dir, args.runs_dir)
+    ef = args.ef or stored.get("ef") or 64
+    nprobe = args.nprobe if args.nprobe is not None else (stored.get("nprobe") or None)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     _connect(args.address)
-    search = {"k": args.k, "ef": args.ef, "nprobe": args.nprobe}
-    if args.out is None:
-        print(preview_query(args.index_dir, args.queries, 20, **search).to_pandas().to_string())
+    search = {"k": args.k, "ef": ef, "nprobe": nprobe}
+    if args.out is not None:
+        done = stream_query(index_dir, args.queries, args.out, block_size=args.block_size, **search)
+        print(f"wrote {done['rows']} answers in {done['parts']} Parquet parts to {Path(done['out'])}: ef={ef}, "
+              f"nprobe={nprobe or 'all'}, {done['queries_per_second']:.0f} queries/s over {done['seconds']:.1f} s; "
+              f"distances: {DISTANCES.get(done['space'], done['space'])}")
         return EXIT_OK
-    done = stream_query(args.index_dir, args.queries, args.out, block_size=args.block_size, **search)
-    print(f"wrote {done['rows']} answers in {done['parts']} Parquet parts to {Path(done['out'])} "
-          f"({done['queries_per_second']:.0f} queries/s over {done['seconds']:.1f} s)")
+    timings: dict = {}
+    table = preview_query(index_dir, args.queries, PREVIEW_QUERIES, batch_size=args.batch_size, timings=timings, **search)
+    print(table.slice(0, 20).to_pandas().to_string())
+    print(f"{timings['queries']} queries (at most the first {PREVIEW_QUERIES}; --out DIR answers all), ef={ef}, "
+          f"nprobe={nprobe or 'all'}: {timings['qps']:.1f} queries/s; "
+          f"latency per batch of {timings['batch_size']}: p50 {timings['latency_ms_p50']:.2f} ms, "
+          f"p95 {timings['latency_ms_p95']:.2f} ms, p99 {timings['latency_ms_p99']:.2f} ms; "
+          f"distances: {DISTANCES.get(timings['space'], timings['space'])}")
     return EXIT_OK
 
 
-COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show, "query": _cmd_query}
+def _checked_runs_dir(runs_dir: str) -> str:
+    """Validate --runs-dir before anything is written: the normalised URI, or the local path as given."""
+    checked = check_runs_dir(runs_dir)
+    return checked if "://" in checked else runs_dir
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from core.gc import collect, parse_duration
+
+    garbage = collect(args.runs_dir, parse_duration(args.older_than), dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for g in garbage:
+        print(f"{verb} {g.reason}: {g.location}")
+    print(f"{verb} {len(garbage)} item(s) under {args.runs_dir}")
+    return EXIT_OK
+
+
+COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show, "diff": _cmd_diff, "export": _cmd_export,
+            "gc": _cmd_gc, "query": _cmd_query}
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -207,6 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; maps typed errors to exit codes."""
     args = _parser().parse_args(argv)
     try:
+        if getattr(args, "runs_dir", None) is not None:
+            args.runs_dir = _checked_runs_dir(args.runs_dir)
         with _sigterm_interrupts():
             return COMMANDS[args.command](args)
     except InputError as exc:

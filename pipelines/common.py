@@ -2,25 +2,50 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import ray
+
+from core.dag import Pipeline
 from core.errors import DataError
-from core.io import plan_shards
+from core.io import plan_shards, source_fingerprint
+from core.schema import Columns
 from core.unique import check_unique, id_buckets
-from workers.ingest import check_bucket_unique, split_part_ids, validate_shard
+from workers.ingest import check_bucket_unique, encode_part, split_part_ids, validate_shard
 from workers.quiet import get_all
 
+LABELS_FILE = "_labels.json"  # leading underscore: Parquet dataset readers skip it
+COLUMN_DEFAULTS: dict[str, str] = {"id_column": "id", "vector_column": "vector", "label_column": "label"}
+INGEST_VERSION = "2"  # 2: labels mapped to 0..K-1 and the map written beside the parts
 
-def ingest(out: Path, *, source: str, shards: int, require_label: bool = False, fingerprint: str = "") -> dict[str, Any]:
+
+def ingest_stage(p: Pipeline, config: dict[str, Any], *, require_label: bool, name: str = "ingest") -> None:
+    """Add the validated ingest of `config['source']` (with its column options) to a pipeline."""
+    columns = Columns.from_config(config)
+    p.stage(name, ingest, version=INGEST_VERSION, num_cpus=0, params={
+        "source": config["source"], "shards": config["shards"], "require_label": require_label,
+        "fingerprint": source_fingerprint(config["source"]),
+        "columns": {"id": columns.id, "vector": columns.vector, "label": columns.label},
+    })
+
+
+def ingest(
+    out: Path, *, source: str, shards: int, require_label: bool = False, fingerprint: str = "",
+    columns: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Validate `source` shard by shard on workers and write one part file per shard into `out`.
 
     `fingerprint` is unused here: it is part of the cache key so that edited input files rerun.
+    `columns` maps the user's `id`/`vector`/`label` column names (see `core.schema.Columns`).
     """
     where = os.fspath(source)
-    specs = plan_shards(source, shards)
-    parts = get_all([validate_shard.remote(spec, str(out), where, require_label) for spec in specs])
+    specs = plan_shards(source, shards or max(1, int(ray.cluster_resources().get("CPU", 1))))  # 0: one per CPU
+    cols = Columns(**(columns or {}))
+    parts = get_all([validate_shard.remote(spec, str(out), where, require_label, cols) for spec in specs])
     dims = {p["dim"] for p in parts}
     if len(dims) > 1:
         first = parts[0]
@@ -35,4 +60,31 @@ def ingest(out: Path, *, source: str, shards: int, require_label: bool = False, 
     reports = get_all([check_bucket_unique.remote(*[refs[b] for refs in split]) for b in range(buckets)])
     rows = sum(p["rows"] for p in parts)
     assert check_unique(reports, where) == rows, "every id falls in exactly one bucket"
-    return {"rows": rows, "dim": parts[0]["dim"], "shards": len(parts), "source": where}
+    metrics = {"rows": rows, "dim": parts[0]["dim"], "shards": len(parts), "source": where}
+    if parts[0]["labels"] is not None:
+        metrics["classes"] = map_labels(out, parts, where, cols.label, require_label)
+    return metrics
+
+
+def map_labels(out: Path, parts: list[dict[str, Any]], where: str, column: str, require_label: bool) -> int:
+    """Map the labels of every part to 0..K-1 (rewriting parts only when they are not already) and write the map."""
+    counts: dict[int, int] = {}
+    for part in parts:
+        for value, count in part["labels"].items():
+            counts[value] = counts.get(value, 0) + count
+    classes = sorted(counts)
+    if require_label and len(classes) < 2:
+        raise DataError(f"{where}: label column '{column}' has a single class {classes}; at least 2 are needed")
+    if classes != list(range(len(classes))):
+        ray.get([encode_part.remote(p["path"], classes) for p in parts])
+    table = {"column": column, "classes": classes, "counts": [counts[c] for c in classes]}
+    (out / LABELS_FILE).write_text(json.dumps(table, indent=1))
+    return len(classes)
+
+
+def read_label_map(ingest_dir: str | os.PathLike) -> np.ndarray | None:
+    """The user's label value of each class index 0..K-1, or None when the data has no labels."""
+    path = Path(ingest_dir) / LABELS_FILE
+    if not path.is_file():
+        return None
+    return np.asarray(json.loads(path.read_text())["classes"], dtype=np.int64)

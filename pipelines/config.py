@@ -84,6 +84,18 @@ def _apply(config: dict[str, Any], path: list[str], value: Any, origin: str) -> 
             node = node[part]
 
 
+PATH_KEYS = ("source", "test_source")
+
+
+def _relative_to(config_file: str | os.PathLike, key: str, value: Any) -> Any:
+    """A relative local path under a PATH_KEYS key of a config file means: next to that file."""
+    if key not in PATH_KEYS or not isinstance(value, str) or not value or "://" in value or value.startswith("builtin:"):
+        return value
+    if os.path.isabs(value):
+        return value
+    return os.path.join(os.path.dirname(os.path.abspath(config_file)), value)
+
+
 def load_config(module: ModuleType, config_file: str | os.PathLike | None, overrides: list[str]) -> dict[str, Any]:
     """Defaults ← TOML file ← --set overrides, then the pipeline's own range checks."""
     config = copy.deepcopy(module.DEFAULTS)
@@ -96,7 +108,7 @@ def load_config(module: ModuleType, config_file: str | os.PathLike | None, overr
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{config_file}: malformed TOML ({exc})") from None
         for key, value in data.items():
-            _apply(config, [key], value, os.fspath(config_file))
+            _apply(config, [key], _relative_to(config_file, key, value), os.fspath(config_file))
     for item in overrides:
         path, value = parse_assignment(item)
         _apply(config, path, value, "--set")

@@ -23,19 +23,20 @@ from core import hnsw
 from core.dag import Pipeline
 from core.datasets import test_mask
 from core.errors import ConfigError
-from core.io import read_table, source_fingerprint, write_parquet
+from core.io import read_table, write_parquet
 from core.objectives import build_objective
 from core.schema import to_numpy
 from pipelines import coreset as coreset_pipeline
 from pipelines import index as index_pipeline
 from pipelines import srrw as srrw_pipeline
-from pipelines.common import ingest
+from pipelines.common import COLUMN_DEFAULTS, ingest_stage
 from pipelines.demo_report import write_demo_report
 from workers.hnsw_shard import ShardedIndex
 from workers.scorer import read_selection
 
 DEFAULTS: dict[str, Any] = {
     "source": "builtin:mnist5k",
+    **COLUMN_DEFAULTS,
     "shards": 2,
     "test_fraction": 0.2,
     "split_seed": 0,
@@ -136,10 +137,19 @@ def srrw_test(out: Path, ingest: Path, walk: Path, *, test_fraction: float, spli
 
 
 def report(out: Path, summary: Path, sweep: Path, scores: Path, select: Path, evaluate: Path,
-           **walks: Path) -> dict[str, Any]:
-    """report.md and report.html (self-contained) with the figures; published into the run directory."""
+           build: Path | None = None, ingest: Path | None = None, **walks: Path) -> dict[str, Any]:
+    """report.md and report.html (self-contained) with the figures; published into the run directory.
+
+    The union of the pipelines' reports: their shard-balance, memory and class-balance figures are added.
+    """
+    from pipelines.common import read_label_map
+    from pipelines.reports import balance_section, shard_sections
+
+    extra = [*shard_sections(out, build)] if build is not None else []
+    if ingest is not None:
+        extra.append(balance_section(out, scores, select, read_label_map(ingest)))
     return write_demo_report(out, summary=summary, sweep=sweep, scores=scores, select=select, evaluate=evaluate,
-                             walks=walks)
+                             walks=walks, extra=extra)
 
 
 def summarise_stage(out: Path, ingest: Path) -> dict[str, Any]:
@@ -161,8 +171,7 @@ def build(config: dict[str, Any]) -> Pipeline:
     p = Pipeline("demo")
     split = {"test_fraction": config["test_fraction"], "split_seed": config["split_seed"]}
     idx, sel, walk = config["index"], config["select"], config["srrw"]
-    p.stage("ingest", ingest, params={"source": config["source"], "shards": config["shards"], "require_label": True,
-                                      "fingerprint": source_fingerprint(config["source"])}, num_cpus=0)
+    ingest_stage(p, config, require_label=True)
     p.stage("summarise", summarise_stage, inputs=["ingest"], num_cpus=0)
     p.stage("build", index_pipeline.build_index, inputs=["ingest"], params={
         "shards": config["shards"], "space": "l2", "M": idx["M"], "ef_construction": idx["ef_construction"],
@@ -211,7 +220,7 @@ def build(config: dict[str, Any]) -> Pipeline:
             walks[f"walk_{tag}"] = f"walk_{tag}"
     p.stage("report", report, num_cpus=0, inputs={
         "summary": "summarise", "sweep": "index_sweep", "scores": "score", "select": "select", "evaluate": "evaluate",
-        **walks})
+        "build": "build", "ingest": "ingest", **walks})
     return p
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +147,7 @@ def _srrw_sections(out: Path, walks: Mapping[str, Path]) -> tuple[list[Section],
 
 
 def write_demo_report(out: Path, *, summary: Path, sweep: Path, scores: Path, select: Path, evaluate: Path,
-                      walks: Mapping[str, Path]) -> dict[str, Any]:
+                      walks: Mapping[str, Path], extra: Sequence[Section] = ()) -> dict[str, Any]:
     """Build every figure from the committed stage outputs and write the report files."""
     info = json.loads((summary / "summary.json").read_text())
     sweep_section, h_index = _sweep_section(out, sweep)
@@ -164,6 +164,7 @@ def write_demo_report(out: Path, *, summary: Path, sweep: Path, scores: Path, se
         _score_section(out, scores, select, chosen),
         accuracy_section,
         *srrw_sections,
+        *extra,
     ]
     intro = (f"{info['rows']} vectors of dimension {info['dim']}, {info['classes']} classes. "
              "Index → kNN graph → coreset scores → CCS selection → SRRW training on the coreset.")

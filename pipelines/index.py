@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,16 @@ import ray
 from core import hnsw
 from core.dag import Pipeline
 from core.errors import ConfigError
-from core.io import plan_shards, read_shard, read_table, source_fingerprint, write_parquet
+from core.io import plan_shards, read_shard, read_table, write_parquet
 from core.schema import KNN_GRAPH_SCHEMA, to_numpy, validate_vectors
-from pipelines.common import ingest
+from pipelines.common import COLUMN_DEFAULTS, ingest_stage
+from pipelines.reports import index_report
 from workers.hnsw_shard import ShardedIndex, exact_part, sample_part
 from workers.query_stream import QuerySettings, open_for_stream
 
 DEFAULTS: dict[str, Any] = {
     "source": "builtin:mnist5k",
+    **COLUMN_DEFAULTS,
     "shards": 0,  # 0 = sized to the cluster (core/sizing.py): one shard per node with CPUs, more if memory asks
     "memory_fraction": 0.5,  # share of a node's memory its shards may take (sizing and the fit check)
     "space": "l2",
@@ -42,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "ef": 64,
     "k": 10,
     "nprobe": 0,  # k-means partition: shards probed per query; 0 = all
+    "knn_graph": True,  # false: skip the all-points kNN graph (build and evaluate search only)
     "recall_sample": 500,
     "seed": 0,
 }
@@ -76,11 +80,6 @@ def _nprobe(nprobe: int) -> int | None:
 # ----------------------------------------------------------------------------- stages
 
 
-def ingest_parts(out: Path, *, shards: int, **params: Any) -> dict[str, Any]:
-    """The ingest stage; `shards=0` (sized to the cluster) writes one part per cluster CPU."""
-    return ingest(out, shards=shards or max(1, int(ray.cluster_resources().get("CPU", 1))), **params)
-
-
 def build_index(
     out: Path, ingest: Path, *, shards: int, space: str, M: int, ef_construction: int, random_seed: int,
     partition: str, replicas: int, memory_fraction: float = 0.5,
@@ -111,7 +110,8 @@ def knn_graph(out: Path, build: Path, *, k: int, ef: int, nprobe: int) -> dict[s
         return index.knn_graph(out, k=k, ef=ef, nprobe=_nprobe(nprobe))
 
 
-def evaluate(out: Path, ingest: Path, build: Path, graph: Path, *, k: int, ef: int, nprobe: int, recall_sample: int, seed: int) -> dict[str, Any]:
+def evaluate(out: Path, ingest: Path, build: Path, graph: Path | None = None, *, k: int, ef: int, nprobe: int,
+             recall_sample: int, seed: int) -> dict[str, Any]:
     """Recall@k of search and of the kNN graph against exact search, on a seeded sample of the data."""
     specs = plan_shards(ingest, max(1, len(list(ingest.glob("*.parquet")))))
     total = sum(s.num_rows for s in specs)
@@ -119,39 +119,30 @@ def evaluate(out: Path, ingest: Path, build: Path, graph: Path, *, k: int, ef: i
     parts = ray.get([sample_part.remote(s, fraction, seed) for s in specs])
     q_ids = np.concatenate([p[0] for p in parts])
     queries = np.concatenate([p[1] for p in parts])
+    sweep = sorted({16, 32, 64, 128, 256, ef})  # the report's recall-vs-ef curve, on the same sample
     with ShardedIndex.open(build) as index:
         space = index.meta["space"]
         k = min(k, len(index) - 1)
-        found = index.search(queries, k=k + 1, ef=ef, nprobe=_nprobe(nprobe))
+        found = {e: index.search(queries, k=k + 1, ef=e, nprobe=_nprobe(nprobe)).ids for e in sweep}
     q_ref = ray.put(queries)
     exact = hnsw.merge_results(ray.get([exact_part.remote(s, q_ref, k + 1, space) for s in specs]), k + 1)
-    search_recall = hnsw.recall_at_k(found.ids[:, :k], exact[0][:, :k])
-    truth = hnsw.drop_self(q_ids, *exact, k)[0]
-    rows = pq.read_table(graph, filters=pc.field("id").isin(pa.array(q_ids))).to_pydict()
-    graph_nbrs = dict(zip(rows["id"], rows["neighbors"]))
-    got = np.array([graph_nbrs[i][:k] for i in q_ids.tolist()], np.int64)
-    result = {
-        "sample": len(q_ids),
-        "k": k,
-        "ef": ef,
-        "nprobe": nprobe,
-        "search_recall_at_k": search_recall,
-        "graph_recall_at_k": hnsw.recall_at_k(got, truth),
-    }
-    (out / "recall.json").write_text(json.dumps(result, indent=1))
+    search_recall = hnsw.recall_at_k(found[ef][:, :k], exact[0][:, :k])
+    result = {"sample": len(q_ids), "k": k, "ef": ef, "nprobe": nprobe, "search_recall_at_k": search_recall}
+    sweep_rows = [{"ef": e, "recall_at_k": hnsw.recall_at_k(found[e][:, :k], exact[0][:, :k])} for e in sweep]
+    if graph is not None:
+        truth = hnsw.drop_self(q_ids, *exact, k)[0]
+        rows = pq.read_table(graph, filters=pc.field("id").isin(pa.array(q_ids))).to_pydict()
+        graph_nbrs = dict(zip(rows["id"], rows["neighbors"]))
+        got = np.array([graph_nbrs[i][:k] for i in q_ids.tolist()], np.int64)
+        result["graph_recall_at_k"] = hnsw.recall_at_k(got, truth)
+    (out / "recall.json").write_text(json.dumps({**result, "recall_vs_ef": sweep_rows}, indent=1))
     return result
 
 
 def build(config: dict[str, Any]) -> Pipeline:
     """ingest → build → knn_graph → evaluate."""
     p = Pipeline("index")
-    p.stage(
-        "ingest",
-        ingest if config["shards"] else ingest_parts,  # an explicit count shares the ingest pipeline's cache
-        params={"source": config["source"], "shards": config["shards"], "require_label": False,
-                "fingerprint": source_fingerprint(config["source"])},
-        num_cpus=0,
-    )
+    ingest_stage(p, config, require_label=False)
     p.stage(
         "build",
         build_index,
@@ -160,19 +151,29 @@ def build(config: dict[str, Any]) -> Pipeline:
                                              "memory_fraction")},
         num_cpus=0,
     )
-    p.stage("knn_graph", knn_graph, inputs={"build": "build"},
-            params={"k": config["k"], "ef": config["ef"], "nprobe": config["nprobe"]}, num_cpus=0)
+    inputs = {"ingest": "ingest", "build": "build"}
+    if config["knn_graph"]:  # the all-points graph is a third of the job: skip it when only the index is wanted
+        p.stage("knn_graph", knn_graph, inputs={"build": "build"},
+                params={"k": config["k"], "ef": config["ef"], "nprobe": config["nprobe"]}, num_cpus=0)
+        inputs["graph"] = "knn_graph"
     p.stage(
         "evaluate",
         evaluate,
-        inputs={"ingest": "ingest", "build": "build", "graph": "knn_graph"},
+        inputs=inputs,
         params={key: config[key] for key in ("k", "ef", "nprobe", "recall_sample", "seed")},
         num_cpus=0,
+        version="2",
     )
+    report_inputs = {"build": "build", "evaluate": "evaluate", **({"graph": "knn_graph"} if config["knn_graph"] else {})}
+    p.stage("report", index_report, inputs=report_inputs, num_cpus=0)
     return p
 
 
 # ----------------------------------------------------------------------------- `shardwalk query`
+
+
+SEARCH_FILE = "search.json"  # the search defaults (ef, nprobe, k) exported beside an index
+DISTANCES = {"l2": "squared L2", "ip": "1 - inner product", "cosine": "1 - cosine similarity"}
 
 
 def stream_query(
@@ -189,19 +190,26 @@ def preview_query(index_dir: str | os.PathLike, queries_source: str | os.PathLik
     """Answers for the first `rows` queries only (what `shardwalk query` prints without --out)."""
     spec = plan_shards(queries_source, 1)[0]
     head = read_shard(dataclasses.replace(spec, stop=min(spec.stop, spec.start + rows)))
-    return query_index(index_dir, head, **search)
+    return query_index(index_dir, head, where=os.fspath(queries_source), **search)
 
 
 def query_index(
     index_dir: str | os.PathLike, queries_source: str | os.PathLike, k: int = 10, ef: int = 64,
-    nprobe: int | None = None, out_path: str | os.PathLike | None = None,
+    nprobe: int | None = None, out_path: str | os.PathLike | None = None, *, batch_size: int = 256,
+    timings: dict[str, Any] | None = None, where: str | None = None,
 ) -> pa.Table:
-    """Search a saved index with a small query table or file, all in memory (streams: `stream_query`)."""
-    where = "queries" if isinstance(queries_source, pa.Table) else os.fspath(queries_source)
+    """Search a saved index with a Parquet file of queries; return (and optionally write) a knn-graph table.
+
+    Queries go in batches of `batch_size`; `timings`, when given, receives queries/s and batch latency
+    percentiles. For small query tables in memory; a source of any size streams with `stream_query`.
+    """
+    where = where or ("queries" if isinstance(queries_source, pa.Table) else os.fspath(queries_source))
     with ShardedIndex.open(index_dir) as index:
         table = validate_vectors(read_table(queries_source), where=where, dim=index.dim)
         q_ids, queries = to_numpy(table)
-        ids, dists = index.search(queries, k=k, ef=ef, nprobe=nprobe)
+        ids, dists, seconds = _timed_search(index, queries, k, ef, nprobe, batch_size)
+        if timings is not None:
+            timings.update(search_timings(seconds, len(queries), batch_size), space=index.meta["space"])
     offsets = pa.array(np.arange(0, ids.size + 1, k, dtype=np.int32))
     result = pa.table(
         [pa.array(q_ids), pa.ListArray.from_arrays(offsets, pa.array(ids.reshape(-1))),
@@ -214,3 +222,58 @@ def query_index(
         write_parquet(result, tmp)
         os.replace(tmp, final)  # a reader sees the old file or the whole new one
     return result
+
+
+def _timed_search(index: ShardedIndex, queries: np.ndarray, k: int, ef: int, nprobe: int | None,
+                  batch_size: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    ids, dists, seconds = [], [], []
+    for start in range(0, len(queries), batch_size):
+        began = time.perf_counter()
+        found = index.search(queries[start:start + batch_size], k=k, ef=ef, nprobe=nprobe)
+        seconds.append(time.perf_counter() - began)
+        ids.append(found[0])
+        dists.append(found[1])
+    return np.concatenate(ids), np.concatenate(dists), seconds
+
+
+def search_timings(seconds: list[float], queries: int, batch_size: int) -> dict[str, Any]:
+    """Queries per second over the whole search and percentiles of the per-batch latency (ms)."""
+    ms = np.asarray(seconds) * 1000.0
+    total = float(np.sum(seconds))
+    return {"queries": queries, "batch_size": batch_size, "batches": len(seconds),
+            "qps": queries / total if total > 0 else float("inf"),
+            **{f"latency_ms_p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)}}
+
+
+def resolve_index(ref: str, runs_dir: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    """(index directory or URI, its stored search defaults) for a path/URI or a run id, prefix or `latest`."""
+    from pipelines.runs_view import load_run_ref
+
+    if "://" in ref or Path(ref).exists():
+        stored = Path(ref) / SEARCH_FILE
+        if "://" not in ref and stored.is_file():  # an export
+            return ref, json.loads(stored.read_text())
+        return ref, _defaults_of_cached_index(ref, runs_dir)
+    record = load_run_ref(runs_dir, ref)
+    stage = record["stages"].get("build")
+    if stage is None or stage.get("status") not in ("done", "cached"):
+        raise ConfigError(f"run {record['run_id']} has no committed index (no finished 'build' stage)")
+    return stage["output"], search_defaults(record["config"])
+
+
+def _defaults_of_cached_index(ref: str, runs_dir: str | os.PathLike) -> dict[str, Any]:
+    """The search defaults of the newest run whose `build` stage wrote this cache directory, if any."""
+    from core.dag import list_runs
+
+    target = os.path.abspath(ref)
+    for record in list_runs(runs_dir):
+        stage = record.get("stages", {}).get("build") or {}
+        if stage.get("output") and os.path.abspath(stage["output"]) == target:
+            return search_defaults(record.get("config", {}))
+    return {}
+
+
+def search_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """The ef / nprobe / k a pipeline's config searched with (the index pipeline's keys, or the demo's [index])."""
+    section = config.get("index", config) if isinstance(config.get("index"), dict) else config
+    return {key: section[key] for key in ("ef", "nprobe", "k") if isinstance(section.get(key), int)}

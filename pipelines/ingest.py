@@ -15,12 +15,14 @@ import ray
 
 from core.dag import Pipeline
 from core.errors import ConfigError
-from core.io import source_fingerprint, write_parquet
-from pipelines.common import ingest
+from core.io import write_parquet
+from pipelines.common import COLUMN_DEFAULTS, ingest_stage, read_label_map
+from pipelines.reports import ingest_report
 from workers.ingest import part_paths, summarise_part
 
 DEFAULTS: dict[str, Any] = {
     "source": "builtin:digits",
+    **COLUMN_DEFAULTS,
     "shards": 2,
     "require_label": False,
 }
@@ -59,6 +61,9 @@ def summarise(out: Path, ingest: Path) -> dict[str, Any]:
     for s in stats:
         for label, count in s["labels"].items():
             labels[label] = labels.get(label, 0) + count
+    values = read_label_map(ingest)  # report the user's label values, not the class indices
+    if values is not None:
+        labels = {int(values[k]): v for k, v in labels.items()}
     norm_mean = sum(s["norm_sum"] for s in stats) / n
     norm_std = float(np.sqrt(max(sum(s["norm_sumsq"] for s in stats) / n - norm_mean**2, 0.0)))
     summary = {
@@ -75,16 +80,7 @@ def summarise(out: Path, ingest: Path) -> dict[str, Any]:
 
 def build(config: dict[str, Any]) -> Pipeline:
     p = Pipeline("ingest")
-    p.stage(
-        "ingest",
-        ingest,
-        params={
-            "source": config["source"],
-            "shards": config["shards"],
-            "require_label": config["require_label"],
-            "fingerprint": source_fingerprint(config["source"]),
-        },
-        num_cpus=0,
-    )
+    ingest_stage(p, config, require_label=config["require_label"])
     p.stage("summarise", summarise, inputs=["ingest"], num_cpus=0)
+    p.stage("report", ingest_report, inputs={"summary": "summarise"}, num_cpus=0)
     return p

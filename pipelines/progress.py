@@ -23,7 +23,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from core.dag import Pipeline, RunRecord, StageRecord, list_runs
+from core.dag import Pipeline, RunRecord, StageRecord
 
 DONE = {"done", "cached", "failed", "skipped"}
 Reporter = Callable[[RunRecord, StageRecord], None]
@@ -84,9 +84,9 @@ def run_status(record: dict[str, Any]) -> str:
     return status
 
 
-def _compact(metrics: dict[str, Any], limit: int = 70) -> str:
-    text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _compact(metrics: dict[str, Any]) -> str:
+    """Every metric, whole: the table wraps the column rather than cutting it."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
 
 def print_run(record: dict[str, Any], runs_dir: str | os.PathLike, console: Console | None = None) -> None:
@@ -94,8 +94,9 @@ def print_run(record: dict[str, Any], runs_dir: str | os.PathLike, console: Cons
     console = console or Console()
     title = f"run {record['run_id']} · {record['pipeline']} · {run_status(record)} · started {_fmt_time(record.get('started'))}"
     table = Table(title=title, title_justify="left")
-    for col in ("stage", "status", "rows", "seconds", "metrics"):
-        table.add_column(col)
+    for col in ("stage", "status", "rows", "seconds"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("metrics", overflow="fold", ratio=1)
     for rec in record["stages"].values():
         status = "cache hit" if rec.get("cache_hit") else rec["status"]
         seconds = f"{rec['seconds']:.2f}" if rec.get("seconds") is not None else "-"
@@ -110,25 +111,3 @@ def print_run(record: dict[str, Any], runs_dir: str | os.PathLike, console: Cons
     report = Path(runs_dir) / "runs" / record["run_id"] / "report.html"
     if report.is_file():
         console.print(f"report: {report}", markup=False, highlight=False, soft_wrap=True)
-
-
-def print_runs(runs_dir: str | os.PathLike, console: Console | None = None) -> None:
-    """One line per run, newest first."""
-    console = console or Console()
-    records = list_runs(runs_dir)
-    if not records:
-        console.print(f"no runs under {Path(runs_dir) / 'runs'}", markup=False, highlight=False)
-        return
-    table = Table()
-    table.add_column("run id", no_wrap=True)
-    for col in ("pipeline", "status", "started", "seconds", "stages (cached)"):
-        table.add_column(col, no_wrap=True)
-    for r in records:
-        stages = r.get("stages", {}).values()
-        cached = sum(1 for s in stages if s.get("cache_hit"))
-        seconds = f"{r['finished'] - r['started']:.1f}" if r.get("finished") else "-"
-        cells = (r["run_id"], r["pipeline"], run_status(r), _fmt_time(r.get("started")), seconds, f"{len(stages)} ({cached})")
-        table.add_row(*map(Text, cells))
-    console.print(table)
-
-

@@ -6,17 +6,21 @@
 `agents` makes (or reads) the agent graph and places the data on agents; `partition` splits the agents
 over walker actors; `walk` runs `workers.walker.run_distributed_sa_srrw` (each actor reads its own
 agents' rows; tokens checkpointed in the stage's state directory, resumed on a rerun); `evaluate` computes θ*
-with a full-batch Newton solve and writes the curves (loss, accuracy, ‖θ−θ*‖²) as Parquet.
+with a full-batch Newton solve and writes the curves (loss, training accuracy, ‖θ−θ*‖²) as Parquet, and
+warns (metric `warning`, printed after the run) when the final loss stays far above loss*.
+`standardize = true` adds a `standardize` stage (features to mean 0, variance 1) before the agents.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import ray
 
 from core.agents import (
     PARTITIONERS,
@@ -24,19 +28,25 @@ from core.agents import (
     build_graph,
     cut_edge_fraction,
     edges_table,
+    map_node_names,
+    name_nodes,
     spread,
     standard_graph,
 )
 from core.dag import Pipeline, stage_state_dir
+from core.diagnostics import divergence_warning, last_fraction_mean
 from core.errors import ConfigError, DataError
-from core.io import read_table, source_fingerprint, write_parquet
+from core.io import read_table, write_parquet
 from core.objectives import build_objective
 from core.schema import validate_assignment
 from core.srrw import BASES, SRRW, Schedule, walk_partition
-from pipelines.common import ingest
+from pipelines.common import COLUMN_DEFAULTS, ingest_stage, read_label_map
+from pipelines.reports import srrw_report
+from workers.ingest import part_paths, standardize_part, summarise_part
 
 DEFAULTS: dict[str, Any] = {
     "source": "builtin:breast_cancer",
+    **COLUMN_DEFAULTS,
     "shards": 2,
     "graph": {
         "name": "karate",  # a core.agents.standard_graph name, or "file" to read `edges`
@@ -60,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "halo": 1,
     "checkpoint_every": 5000,
     "record_every": 500,
+    "standardize": False,  # true: scale every feature to mean 0, variance 1 before the walk
     "seed": 0,
 }
 
@@ -107,13 +118,20 @@ def _graph_params(graph: dict[str, Any]) -> dict[str, int]:
 
 def agents(out: Path, ingest: Path, *, graph: dict[str, Any], seed: int) -> dict[str, Any]:
     """The agent graph (edges.parquet) and the data placement (assignment.parquet), both validated."""
+    names = None
     if graph["name"] == "file":
-        g = build_graph(read_table(graph["edges"]), where=graph["edges"])
+        edges, names = name_nodes(read_table(graph["edges"]), where=graph["edges"])
+        g = build_graph(edges, where=graph["edges"])
     else:
         g = standard_graph(graph["name"], **_graph_params(graph))
     ids, labels = _ids_labels(ingest)
+    if names is not None:  # the user's node names, once, beside the graph
+        write_parquet(pa.table({"node": pa.array(np.arange(len(names)), pa.int64()), "name": names}), out / "nodes.parquet")
     if graph["assignment"]:
-        assign = validate_assignment(read_table(graph["assignment"]), where=graph["assignment"])
+        table = read_table(graph["assignment"])
+        if names is not None and "node" in table.column_names:
+            table = map_node_names(table, names, where=graph["assignment"])
+        assign = validate_assignment(table, where=graph["assignment"])
     else:
         assign = spread(ids, labels, sorted(g.nodes()), mode=graph["spread"], seed=seed)
     # the checks (every agent has data, every id exists) without touching the features
@@ -143,9 +161,17 @@ def _loader(ingest_dir: Path, agents_dir: Path, model: dict[str, Any]) -> Any:
 
     return BlockLoader(
         vectors=str(ingest_dir), assignment=str(agents_dir / "assignment.parquet"), model=model["kind"],
-        lam=model["lam"], intercept=model["intercept"], binarize=None if model["binarize"] < 0 else model["binarize"],
+        lam=model["lam"], intercept=model["intercept"], binarize=class_threshold(ingest_dir, model["binarize"]),
         classes=None,
     )
+
+
+def class_threshold(ingest_dir: Path, binarize: int) -> int | None:
+    """`binarize` is a label value (yours); the parts hold class indices, so compare against the first class >= it."""
+    if binarize < 0:
+        return None
+    values = read_label_map(ingest_dir)
+    return binarize if values is None else int(np.searchsorted(values, binarize))
 
 
 def _dim(ingest_dir: Path, model: dict[str, Any]) -> tuple[int, int]:
@@ -200,15 +226,19 @@ def walk(out: Path, ingest: Path, agents: Path, partition: Path, *, model: dict[
             "hops_per_s": round(sum(t.n for t in toks) / secs, 1) if secs else None}
 
 
-def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[str, Any]) -> dict[str, Any]:
-    """θ* by full-batch Newton; curves.parquet: per token and step, loss, accuracy and ‖θ−θ*‖²."""
+def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[str, Any], standardize: bool = False) -> dict[str, Any]:
+    """θ* by full-batch Newton; curves.parquet: per token and step, loss, training accuracy and ‖θ−θ*‖².
+
+    Accuracy is on the agents' own data (training accuracy); the demo adds a held-out split.
+    """
     g = _load_graph(agents)
     table = pads.dataset(str(ingest), format="parquet").to_table(columns=["id", "vector", "label"])
     vec = table.column("vector").combine_chunks()
     x = vec.values.to_numpy(zero_copy_only=False).reshape(len(vec), -1)
     y = table.column("label").to_numpy()
-    if model["binarize"] >= 0:
-        y = (y >= model["binarize"]).astype(np.int64)
+    threshold = class_threshold(ingest, model["binarize"])
+    if threshold is not None:
+        y = (y >= threshold).astype(np.int64)
     blocks = agent_blocks(read_table(agents / "assignment.parquet"), table.column("id").to_numpy(), x, y, g)
     obj = build_objective(model["kind"], blocks, lam=model["lam"], intercept=model["intercept"])
     star = obj.solve()
@@ -224,23 +254,49 @@ def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[s
     final = read_table(walk / "tokens.parquet")
     theta = np.mean(np.asarray(final.column("theta").to_pylist(), dtype=np.float64), axis=0)
     write_parquet(pa.table({"dim": np.arange(obj.dim), "theta": theta, "theta_star": star}), out / "theta.parquet")
-    return {"loss": obj.loss(theta), "loss_star": obj.loss(star), "accuracy": obj.accuracy(theta),
-            "sq_error": float(np.sum((theta - star) ** 2))}
+    sq_errors = np.sum((thetas - star) ** 2, axis=1)
+    metrics: dict[str, Any] = {
+        "loss": obj.loss(theta), "loss_star": obj.loss(star), "train_accuracy": obj.accuracy(theta),
+        "sq_error": float(np.sum((theta - star) ** 2)),
+        "sq_error_last_quarter": last_fraction_mean(traj.column("step").to_numpy(), sq_errors),
+    }
+    hint = "" if standardize else "; the features may need scaling: set standardize = true"
+    warning = divergence_warning(metrics["loss"], metrics["loss_star"], hint=hint)
+    if warning:
+        metrics["warning"] = warning
+    return metrics
+
+
+def standardize_data(out: Path, ingest: Path) -> dict[str, Any]:
+    """Every feature to mean 0 and variance 1 (constant features to 0): gradient steps then share one scale."""
+    parts = part_paths(ingest)
+    stats = ray.get([summarise_part.remote(str(p)) for p in parts])
+    n = sum(s["rows"] for s in stats)
+    mean = sum(s["sum"] for s in stats) / n
+    std = np.sqrt(np.maximum(sum(s["sumsq"] for s in stats) / n - mean**2, 0.0))
+    scale = np.where(std > 0, std, 1.0)
+    ray.get([standardize_part.remote(str(p), str(out / p.name), mean, scale) for p in parts])
+    for extra in ingest.glob("_labels.json"):
+        shutil.copy2(extra, out / extra.name)
+    return {"rows": n, "dim": len(mean), "constant_features": int((std == 0).sum())}
 
 
 def build(config: dict[str, Any]) -> Pipeline:
     p = Pipeline("srrw")
-    p.stage("ingest", ingest, num_cpus=0, params={
-        "source": config["source"], "shards": config["shards"], "require_label": True,
-        "fingerprint": source_fingerprint(config["source"]),
-    })
-    p.stage("agents", agents, inputs=["ingest"], params={"graph": config["graph"], "seed": config["seed"]})
+    ingest_stage(p, config, require_label=True)
+    data = "ingest"
+    if config["standardize"]:
+        p.stage("standardize", standardize_data, inputs=["ingest"], num_cpus=0)
+        data = "standardize"
+    p.stage("agents", agents, inputs={"ingest": data}, params={"graph": config["graph"], "seed": config["seed"]})
     p.stage("partition", partition_stage, inputs=["agents"],
             params={"partitions": config["partitions"], "base": config["base"], "seed": config["seed"],
                     "partitioner": config["partitioner"]})
     walk_params = {k: config[k] for k in ("alpha", "base", "a", "b", "lr", "steps", "tokens", "halo",
                                           "checkpoint_every", "record_every")}
-    p.stage("walk", walk, inputs=["ingest", "agents", "partition"], num_cpus=0,
+    p.stage("walk", walk, inputs={"ingest": data, "agents": "agents", "partition": "partition"}, num_cpus=0,
             params={"model": config["model"], "walk": walk_params, "seed": config["seed"]})
-    p.stage("evaluate", evaluate, inputs=["ingest", "agents", "walk"], params={"model": config["model"]})
+    p.stage("evaluate", evaluate, inputs={"ingest": data, "agents": "agents", "walk": "walk"}, version="2",
+            params={"model": config["model"], "standardize": config["standardize"]})
+    p.stage("report", srrw_report, inputs=["walk", "evaluate"], num_cpus=0)
     return p

@@ -53,3 +53,11 @@ def test_no_credentials_in_cluster_yaml() -> None:
     text = CLUSTER_YAML.read_text()
     assert not re.search(r"AKIA[0-9A-Z]{16}", text)
     assert not re.search(r"(?i)(secret|password|token|private_key|aws_access_key_id)\s*[:=]", text)
+
+
+def test_cluster_needs_no_shared_filesystem(config: dict[str, Any]) -> None:
+    """Artifacts go to object storage (--runs-dir s3://...): nothing mounts EFS/NFS."""
+    commands = " ".join(config.get("setup_commands", []) + config.get("head_setup_commands", [])
+                        + config.get("worker_setup_commands", []) + list(config.get("file_mounts", {})))
+    assert not re.search(r"efs|nfs|mount ", commands, re.I)
+    assert "--runs-dir s3://BUCKET/shardwalk" in CLUSTER_YAML.read_text()

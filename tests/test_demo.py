@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import main
+from tests.report_check import embedded_pngs
 
 SMALL = [
     "source=builtin:digits", "index.sweep_shards=[1, 2]", "index.sweep_ef=[16, 64]", "index.queries=100",
@@ -25,9 +26,9 @@ def test_demo_runs_end_to_end_and_reruns_from_cache(ray_local, tmp_path, capsys)
     assert main(args) == 0
     first = capsys.readouterr().out
     run_dir = Path(re.search(r"^report: (\S+report\.html)$", first, re.M).group(1)).parent
-    html = (run_dir / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5  # every figure embedded: the page stands alone
-    for figure in ("index_sweep", "score_histogram", "accuracy_vs_keep", "srrw_curves", "srrw_visits"):
+    assert embedded_pngs(run_dir / "report.html") == 8  # every figure embedded: the page stands alone
+    for figure in ("index_sweep", "score_histogram", "accuracy_vs_keep", "srrw_curves", "srrw_visits",
+                   "shard_balance", "index_memory", "class_balance"):
         assert (run_dir / f"{figure}.png").stat().st_size > 10_000
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "succeeded"

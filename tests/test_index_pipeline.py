@@ -30,9 +30,9 @@ def test_index_pipeline_and_query(ray_local: None, tmp_path: Path, capsys: pytes
     assert main(args) == 0
     assert main(args) == 0  # the rerun is all cache hits
     first, second = sorted(_run_records(runs), key=lambda r: r["started"])
-    assert [s["status"] for s in second["stages"].values()] == ["cached"] * 4
+    assert [s["status"] for s in second["stages"].values()] == ["cached"] * 5
     stages = first["stages"]
-    assert [s["status"] for s in stages.values()] == ["done"] * 4
+    assert [s["status"] for s in stages.values()] == ["done"] * 5
     assert stages["build"]["metrics"]["live"] == 1797 and stages["build"]["metrics"]["balanced_within_2x"]
     graph = validate_knn_graph(pq.read_table(stages["knn_graph"]["output"]))
     assert graph.num_rows == 1797

@@ -43,7 +43,7 @@ from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from core import datasets, hnsw, sizing
+from core import datasets, hnsw, index_store, sizing, store
 from core.errors import ConfigError, CorruptArtifactError, DataError, ShardUnavailableError
 from core.io import (
     MANIFEST,
@@ -58,9 +58,10 @@ from core.io import (
     write_json_atomic,
     write_parquet,
 )
-from core.schema import KNN_GRAPH_SCHEMA, check_unique, to_numpy, validate_vectors, vector_dim
+from core.schema import KNN_GRAPH_SCHEMA, check_unique, from_numpy, to_numpy, validate_vectors, vector_dim
 from workers import knn_graph as graph_units
 from workers import query_stream
+from workers.autoconnect import ensure_ray
 from workers.cluster import cluster_nodes
 from workers.datasets import is_ray_dataset, staged_dataset
 
@@ -326,6 +327,8 @@ class HnswShard:
 
     def load_from(self, source_dir: str | None) -> dict[str, Any]:
         """Verify a saved shard (checksums), link it into my working directory, load it."""
+        if source_dir is not None and index_store.store_uri_of(source_dir) is not None:  # download on my node
+            source_dir = str(index_store.fetch_shard(index_store.store_uri_of(source_dir), self.shard))
         if source_dir is not None and Path(source_dir).resolve() != self.workdir.resolve():
             src = Path(source_dir)
             manifest, _ = hnsw.load_shard_manifest(src, self.shard)
@@ -334,6 +337,10 @@ class HnswShard:
                 _link_or_copy(confined(src, name, "shard manifest"), confined(self.workdir, name, "shard manifest"))
         self._load_workdir()
         return self.stats()
+
+    def upload_to(self, attempt: str) -> dict[str, dict[str, Any]]:
+        """Upload my files straight to an object-store attempt prefix (nothing passes through the driver)."""
+        return index_store.upload_shard(self.workdir, self.shard, attempt)
 
     def save_to(self, directory: str) -> str:
         """Copy my current files into `directory` (a save in progress).
@@ -474,6 +481,7 @@ class HnswShard:
             "deleted": int(self.deleted.size),
             "id_min": int(self.live[0]) if self.live.size else None,
             "id_max": int(self.live[-1]) if self.live.size else None,
+            "id_high": int(max(self.live[-1:].tolist() + self.deleted[-1:].tolist(), default=-1)),  # live or deleted
             "threads": self.threads,
             "build_seconds": self.build_seconds,
             "index_bytes": int(index.index_file_size()) if index is not None else 0,
@@ -519,6 +527,9 @@ def _prepare_source(source: Source, validate: bool) -> tuple[Source, str, bool]:
         return validate_vectors(source, where="input"), "input", True
     if datasets.is_builtin(source):
         return source, str(source), True  # load_builtin validates
+    origin = index_store.store_uri_of(source)  # a node-local copy: shard readers on other nodes read the store
+    if origin is not None and origin != os.fspath(source):
+        return origin, os.fspath(source), not validate
     return source, os.fspath(source), not validate
 
 
@@ -635,6 +646,7 @@ class ShardedIndex:
         """
         hnsw.validate_layout(shards=shards or 1, replicas=replicas, partition=partition)
         hnsw.validate_params(dim=1, space=space, M=M, ef_construction=ef_construction, random_seed=random_seed)
+        ensure_ray()
         if is_ray_dataset(source):
             with staged_dataset(source, None if workdir is None else os.fspath(workdir)) as staged:
                 return cls.build(staged, shards, space, M, ef_construction, partition, replicas, random_seed=random_seed,
@@ -770,9 +782,11 @@ class ShardedIndex:
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, replicas: int | None = None, cpus_per_actor: float | None = None, workdir: str | os.PathLike | None = None) -> ShardedIndex:
-        """Reopen a saved index: every shard verifies its checksums and loads its native hnswlib file."""
-        src = Path(path)
+        """Reopen a saved index (a directory or a store URI): every shard verifies its checksums and loads its file."""
+        remote = index_store.store_uri_of(path)
+        src = Path(path) if remote is None else index_store.fetch_index_json(remote)
         meta = hnsw.read_index_manifest(src)
+        ensure_ray()
         if replicas is not None:
             hnsw.validate_layout(shards=meta["shards"], replicas=replicas, partition=meta["partition"])
             meta["replicas"] = replicas
@@ -780,7 +794,7 @@ class ShardedIndex:
         actors, pgs, cpus = cls._spawn_or_clean(meta["shards"], meta["replicas"], work, cpus_per_actor)
         index = cls(meta, actors, work, pgs, owned)
         try:
-            stats = _wait([p.load_from.remote(str(src)) for p in index._primaries()], f"open {src}")
+            stats = _wait([p.load_from.remote(remote or str(src)) for p in index._primaries()], f"open {remote or src}")
             index._record_sizes(stats)
             index._add_replicas(cpus)
         except BaseException:
@@ -790,12 +804,14 @@ class ShardedIndex:
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, path: str | os.PathLike, *, atomic: bool = True) -> Path:
+    def save(self, path: str | os.PathLike, *, atomic: bool = True) -> Path | str:
         """Write the index to `path` atomically (temp dir + manifest + rename); replaces an older index.
 
         `atomic=False` writes straight into an existing empty directory whose owner commits it (a DAG
         stage's output directory).
         """
+        if store.is_remote(os.fspath(path)):
+            return self._save_remote(os.fspath(path))
         final = Path(path).absolute()
         if not atomic:
             if not final.is_dir() or any(final.iterdir()):
@@ -817,14 +833,29 @@ class ShardedIndex:
             raise
         return final
 
+    def _save_remote(self, uri: str) -> str:
+        """Save to an object store: shards upload their own files, the manifest is written last."""
+        attempt = index_store.new_attempt(uri)
+        entries = _wait([p.upload_to.remote(attempt) for p in self._primaries()], f"save {uri}")
+        index_store.commit_index(attempt, self.meta, entries)
+        return uri
+
     def _write_files(self, directory: Path) -> None:
         _wait([p.save_to.remote(str(directory)) for p in self._primaries()], f"save {directory}")
         write_json_atomic(directory / hnsw.INDEX_FILE, self.meta)
 
     # ------------------------------------------------------------------ updates
 
-    def add(self, source: Source, *, validate: bool = True) -> int:
-        """Insert new vectors; duplicate ids (inside `source` or against the index) are a DataError."""
+    def add(self, source: Source, *, validate: bool = True) -> int | np.ndarray:
+        """Insert new vectors; duplicate ids (inside `source` or against the index) are a DataError.
+
+        Returns the number of rows added; for a bare (n, d) array, which carries no ids, the fresh ids
+        given to its rows (above every id the index holds or has deleted).
+        """
+        if isinstance(source, np.ndarray):
+            ids = self._fresh_ids(len(source) if source.ndim == 2 else 0)
+            self.add(from_numpy(source, ids=ids, where="input"), validate=validate)
+            return ids
         source, where, trusted = _prepare_source(source, validate)
         specs = plan_shards(source, len(self.actors))
         metas, data, id_refs = self._read_and_route(specs, where, self.meta["dim"], 0, trusted)
@@ -838,6 +869,11 @@ class ShardedIndex:
         _wait(calls, "add")
         self._record_sizes(_wait([p.stats.remote() for p in prim], "stats"))
         return int(sum(m["rows"] for m in metas))
+
+    def _fresh_ids(self, n: int) -> np.ndarray:
+        """n ids no row of this index has ever had (so a deleted id is never silently revived)."""
+        high = max(s["id_high"] for s in _wait([p.stats.remote() for p in self._primaries()], "stats"))
+        return np.arange(high + 1, high + 1 + n, dtype=np.int64)
 
     def delete(self, ids: Sequence[int] | np.ndarray) -> int:
         """Delete ids (unknown ids are ignored); returns how many were deleted."""

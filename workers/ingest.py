@@ -6,26 +6,47 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
 from core.errors import DataError
 from core.io import ShardSpec, read_shard, write_parquet
-from core.schema import ID, VECTOR, validate_vectors, vector_dim
+from core.schema import (
+    ID,
+    LABEL,
+    VECTOR,
+    Columns,
+    apply_columns,
+    check_label_column,
+    encode_labels,
+    validate_vectors,
+    vector_dim,
+)
 from core.unique import Piece, bucket_report, split_by_bucket
 
 PART = "part-{:05d}.parquet"
 
 
 @ray.remote(num_cpus=1, max_retries=2)
-def validate_shard(spec: ShardSpec, out_dir: str, where: str, require_label: bool) -> dict[str, Any]:
-    """Read my rows, validate them (global row numbers in errors) and write my part file."""
-    table = validate_vectors(
-        read_shard(spec), where=where, require_label=require_label, row_offset=spec.start
-    )
+def validate_shard(
+    spec: ShardSpec, out_dir: str, where: str, require_label: bool, columns: Columns = Columns()
+) -> dict[str, Any]:
+    """Read my rows, map the user's columns, validate them (global row numbers in errors), write my part file."""
+    raw = read_shard(spec)
+    table = apply_columns(raw, columns, where)
+    if require_label and LABEL not in table.column_names:
+        raise DataError(f"{where}: label column '{columns.label}' is missing; found {raw.column_names} (set label_column)")
+    check_label_column(table, where, user_name=columns.label, offset=spec.start)
+    table = validate_vectors(table, where=where, require_label=require_label, row_offset=spec.start)
     path = write_parquet(table, Path(out_dir) / PART.format(spec.index))
     ids = table.column(ID).to_numpy()
+    labels = None
+    if LABEL in table.column_names:
+        values, counts = np.unique(table.column(LABEL).to_numpy(), return_counts=True)
+        labels = {int(v): int(c) for v, c in zip(values, counts)}
     return {
+        "labels": labels,
         "index": spec.index,
         "path": str(path),
         "rows": table.num_rows,
@@ -48,6 +69,26 @@ def split_part_ids(part: dict[str, Any], buckets: int) -> Any:
 def check_bucket_unique(*pieces: Piece) -> dict[str, Any]:
     """One bucket's size and first duplicate id across all parts (core.unique.bucket_report)."""
     return bucket_report(list(pieces))
+
+
+@ray.remote(num_cpus=1, max_retries=2)
+def encode_part(path: str, classes: list[int]) -> int:
+    """Rewrite one part with its labels replaced by their class index 0..K-1; returns its rows."""
+    table = encode_labels(pq.read_table(path), np.asarray(classes, dtype=np.int64))
+    write_parquet(table, path)
+    return table.num_rows
+
+
+@ray.remote(num_cpus=1, max_retries=2)
+def standardize_part(path: str, out_path: str, mean: np.ndarray, scale: np.ndarray) -> int:
+    """Write one part with its vectors as (x - mean) / scale; other columns unchanged."""
+    table = pq.read_table(path)
+    col = table.column(VECTOR).combine_chunks()
+    d = col.type.list_size
+    x = (col.values.to_numpy(zero_copy_only=False).reshape(-1, d) - mean) / scale
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).reshape(-1)), d)
+    write_parquet(table.set_column(table.schema.get_field_index(VECTOR), VECTOR, vectors), out_path)
+    return table.num_rows
 
 
 @ray.remote(num_cpus=1, max_retries=2)

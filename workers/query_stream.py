@@ -120,10 +120,11 @@ def open_for_stream(path: str | os.PathLike, pool: int) -> Any:
     Each shard actor still runs its node's CPUs as hnswlib threads (core/sizing.py): the reservation only
     keeps Ray Data's read tasks schedulable (an actor pool that takes every CPU starves them and hangs).
     """
-    from core import hnsw
+    from core import hnsw, index_store
     from workers.hnsw_shard import ShardedIndex
 
-    shards = hnsw.read_index_manifest(Path(path))["shards"]
+    remote = index_store.store_uri_of(path)
+    shards = hnsw.read_index_manifest(Path(path) if remote is None else index_store.fetch_index_json(remote))["shards"]
     free = float(ray.available_resources().get("CPU", 0.0))
     reserve = max(0.0, free - 1.0 - pool * POOL_ACTOR_CPUS) / shards
     index = ShardedIndex.open(path, cpus_per_actor=math.floor(reserve * 1000) / 1000)
@@ -163,6 +164,12 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
     from core import hnsw
 
     hnsw.validate_search(settings.k, settings.ef, len(index), settings.nprobe, len(index.actors))
+    free = float(ray.available_resources().get("CPU", 0.0))
+    if free < 1.0 + settings.pool * POOL_ACTOR_CPUS:  # Ray Data would wait forever for a CPU to read with
+        raise ConfigError(
+            f"search_dataset needs {1.0 + settings.pool * POOL_ACTOR_CPUS:g} free CPUs for its read tasks and pool, "
+            f"but the shard actors leave {free:g}: open the index for streaming (`shardwalk query --out`, or "
+            "ShardedIndex.open(path, cpus_per_actor=...) with fewer CPUs per actor)")
     final = _output_dir(out)
     dataset, where = _dataset(source, index.dim)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:12]}"
@@ -183,7 +190,7 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
         raise
     seconds = time.perf_counter() - started
     return {"rows": rows, "parts": parts, "seconds": seconds, "queries_per_second": rows / seconds if seconds else 0.0,
-            "out": str(final)}
+            "out": str(final), "space": index.meta["space"]}
 
 
 def _output_dir(out: str | os.PathLike) -> Path:

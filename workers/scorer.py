@@ -31,6 +31,7 @@ from core.datasets import test_mask
 from core.errors import ConfigError, DataError
 from core.io import ShardSpec, plan_shards, read_shard, write_parquet
 from core.schema import LABEL, to_numpy, validate_vectors, vector_dim
+from workers.autoconnect import ensure_ray
 
 PART = "part-{:05d}.parquet"
 PROBE_TIMEOUT_S = 30.0  # how long a rank may take to answer before it counts as alive but busy
@@ -202,6 +203,7 @@ def score_dataset(
     `mode`: "models" (independent proxies per actor), "data" (data-parallel) or "auto" (core.proxy.plan_scoring
     from the data size, `memory_bytes` per actor, the proxies and `shards`). `device`: auto | cpu | cuda.
     """
+    ensure_ray()
     dev = proxy.resolve_device(device, cluster_gpus())
     rows, dim = _source_size(source)
     plan = proxy.plan_scoring(rows, dim, models=proxy_params.get("models", 2), actors=shards, mode=mode,
@@ -321,6 +323,7 @@ def select_distributed(
 ) -> dict[str, dict[str, Any]]:
     """Run each selection ({method, keep, score?, class_balanced?, beta?, hardest?, strata?}) on `shards`
     actors that read their own part of the scores; each writes `out_dir/<name>/part-*.parquet`."""
+    ensure_ray()
     actors = [SelectShard.options(num_cpus=num_cpus).remote(s) for s in plan_shards(scores_dir, shards)]
     out: dict[str, dict[str, Any]] = {}
     try:
@@ -376,6 +379,7 @@ def evaluate_coreset(
     rs2_keep: float | None = None,
     validation: float = 0.0,
     device: str = "cpu",
+    test_source: Any = None,
     **fit_params: Any,
 ) -> dict[str, Any]:
     """Train a fresh model on the selected training rows (all when None) for `steps` steps; test accuracy.
@@ -393,7 +397,7 @@ def evaluate_coreset(
     table = validate_vectors(read_table(source), where=str(source), require_label=True)
     ids, x = to_numpy(table)
     y = table.column(LABEL).to_numpy()
-    test = test_mask(ids, test_fraction, split_seed)
+    test = test_mask(ids, test_fraction, split_seed) if test_fraction > 0 else np.zeros(len(ids), dtype=bool)
     train = ~test
     if selected is not None:
         chosen = read_selection(selected) if isinstance(selected, str | Path) else np.asarray(selected)
@@ -403,7 +407,11 @@ def evaluate_coreset(
     if validation > 0:
         test = ~test & test_mask(ids, validation, split_seed + 7919)
         train &= ~test
-    classes = int(y.max()) + 1
+    x_test, y_test = x[test], y[test]
+    if test_source is not None and validation <= 0:  # the user's own test split (labels encoded like `source`)
+        test_table = validate_vectors(read_table(test_source), where=str(test_source), require_label=True)
+        x_test, y_test = to_numpy(test_table)[1], test_table.column(LABEL).to_numpy()
+    classes = int(max(y.max(), y_test.max(initial=0))) + 1
     sampler = None
     if rs2_keep is not None:
         pos = {int(i): r for r, i in enumerate(ids[train].tolist())}
@@ -415,4 +423,4 @@ def evaluate_coreset(
             return rng.permutation(np.array([pos[int(i)] for i in chosen.tolist()], dtype=np.int64))
 
     model = proxy.fit(x[train], y[train], classes, steps=steps, seed=seed, sampler=sampler, device=device, **fit_params)
-    return {"accuracy": proxy.accuracy(model, x[test], y[test]), "train_rows": int(train.sum())}
+    return {"accuracy": proxy.accuracy(model, x_test, y_test), "train_rows": int(train.sum())}

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray
 
+from core import store
 from core.agents import agent_blocks
 from core.errors import ConfigError, ShardwalkError
 from core.io import read_json_sealed, write_json_sealed
@@ -43,12 +44,12 @@ from core.srrw import (
     bind,
     checkpoint_hint,
     halo_mask,
-    load_token,
     make_tokens,
-    save_token,
     walk,
     walk_partition,
 )
+from core.token_store import load_checkpoint, save_checkpoint
+from workers.autoconnect import ensure_ray
 
 RUN_META = "run.json"
 
@@ -178,12 +179,12 @@ class WalkPartition:
             status = walk(token, self.chain, self.objective, self.schedule, self.stop, self.owned, every)
             if status != CHECKPOINT:
                 break
-            save_token(self.checkpoint_dir, token)
+            save_checkpoint(self.checkpoint_dir, token)
         self.steps_walked += token.n - start
         if status == LEAVE:
             return int(self.owner[token.node])
         if self.checkpoint_dir:
-            save_token(self.checkpoint_dir, token)
+            save_checkpoint(self.checkpoint_dir, token)
         return None
 
     def stats(self) -> dict[str, float]:
@@ -206,14 +207,15 @@ def _initial_tokens(chain: SRRW, dim: int, schedule: Schedule, *, tokens: int, s
     fresh = make_tokens(chain, dim, schedule, tokens=tokens, seed=seed, theta0=theta0, start=start)
     if not (resume and checkpoint_dir):
         return fresh
-    meta_path = Path(checkpoint_dir) / RUN_META
+    meta_path = store.join(checkpoint_dir, RUN_META) if store.is_remote(checkpoint_dir) else Path(checkpoint_dir) / RUN_META
     expected = _run_meta(chain, dim, seed, tokens, schedule)
-    if meta_path.is_file():
+    exists = store.read_bytes(meta_path) is not None if store.is_remote(checkpoint_dir) else meta_path.is_file()
+    if exists:
         found = read_json_sealed(meta_path, "checkpoint run record", checkpoint_hint(checkpoint_dir))
         diff = sorted(k for k in expected if found.get(k) != expected[k])
         if diff:
             raise ConfigError(f"{checkpoint_dir}: checkpoints were made with different settings ({', '.join(diff)})")
-    loaded = [load_token(checkpoint_dir, k) for k in range(tokens)]
+    loaded = [load_checkpoint(checkpoint_dir, k) for k in range(tokens)]
     return [tok if tok is not None else fresh[k] for k, tok in enumerate(loaded)]
 
 
@@ -276,6 +278,7 @@ def run_distributed_sa_srrw(
     so a token crossing a cut edge is handed off only once it walks beyond them. `partitioner`: kl |
     louvain | range (core.srrw.walk_partition). More tokens or partitions than agents is a ConfigError.
     """
+    ensure_ray()
     if not isinstance(halo, int) or halo < 0:
         raise ConfigError(f"halo must be an integer >= 0, got {halo!r}")
     if not isinstance(steps, int) or steps < 1:
@@ -299,7 +302,8 @@ def run_distributed_sa_srrw(
     toks = _initial_tokens(chain, dim, schedule, tokens=tokens, seed=seed, theta0=theta0, start=start,
                            checkpoint_dir=ckpt, resume=resume)
     if ckpt:
-        write_json_sealed(Path(ckpt) / RUN_META, _run_meta(chain, dim, seed, tokens, schedule))
+        write_json_sealed(store.join(ckpt, RUN_META) if store.is_remote(ckpt) else Path(ckpt) / RUN_META,
+                          _run_meta(chain, dim, seed, tokens, schedule))
     edges = np.asarray(list(graph.edges()), dtype=np.int64)
     sink = _TokenSink.remote()
     actors = []

@@ -1,0 +1,110 @@
+"""Stage outputs and run records on an object store (the remote half of core/dag.py).
+
+A stage still writes into a node-local scratch directory (hnswlib and most writers need local files); the
+worker that ran it uploads the result as a new attempt and commits it with its manifest (core/store.py).
+Inputs arrive as verified node-local copies from the download cache, so no stage reads another node's disk
+and no data passes through the driver: the driver only lists manifests and moves URIs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from core import store
+
+
+def stage_uri(runs_dir: str, name: str, key: str) -> str:
+    """Where a stage's attempts live; shared by every run (that is the cache)."""
+    return store.join(runs_dir, "cache", f"{name}-{key[:24]}")
+
+
+def record_uri(runs_dir: str, run_id: str) -> str:
+    return store.join(runs_dir, "runs", run_id, "run.json")
+
+
+def scratch_root() -> str | None:
+    """Node-local scratch for stage outputs in progress (SHARDWALK_SCRATCH, else the system temp dir)."""
+    root = os.environ.get("SHARDWALK_SCRATCH")
+    if root:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def execute_remote(fn: Callable[..., Any], final: str, inputs: Mapping[str, str], params: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """Download inputs to the node cache, run the stage into local scratch, upload and commit a new attempt."""
+    from core.dag import _STATE_DIR  # the stage's resumable state: keyed like its output, in the store
+
+    state = _STATE_DIR.set(state_uri(final))
+    try:
+        result = _execute(fn, final, inputs, params, key)
+    finally:
+        _STATE_DIR.reset(state)  # Ray reuses worker processes: never leak into the next task
+    store.delete_prefix(state_uri(final))  # committed: the state is spent
+    return result
+
+
+def state_uri(final: str) -> str:
+    """`core.dag.state_dir` for a stage output on a store: `<runs>/cache/.state-<stage>-<key>`."""
+    parent, name = final.rstrip("/").rsplit("/", 1)
+    return f"{parent}/.state-{name}"
+
+
+def _execute(fn: Callable[..., Any], final: str, inputs: Mapping[str, str], params: Mapping[str, Any], key: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    local_inputs, downloaded = {}, 0
+    for arg, uri in inputs.items():
+        local_inputs[arg], fetched = store.materialize(uri)
+        downloaded += fetched
+    with tempfile.TemporaryDirectory(prefix="shardwalk-stage-", dir=scratch_root()) as tmp:
+        metrics = dict(fn(Path(tmp), **local_inputs, **params) or {})
+        seconds = round(time.perf_counter() - started, 4)
+        committed, uploaded = store.upload_dir(Path(tmp), final, {"key": key, "metrics": metrics, "seconds": seconds})
+    return {"rows": committed.manifest["rows"], "metrics": metrics, "seconds": seconds, "attempt": committed.uri,
+            "bytes_uploaded": uploaded, "bytes_downloaded": downloaded}
+
+
+def cache_hit(final: str) -> store.Committed | None:
+    """The newest committed attempt of a stage whose objects all match their manifest (else a miss)."""
+    return store.find_committed(final)
+
+
+def save_record(runs_dir: str, run_id: str, payload: Mapping[str, Any]) -> None:
+    store.write_json(record_uri(runs_dir, run_id), payload)
+
+
+def load_record(runs_dir: str, run_id: str) -> dict[str, Any] | None:
+    record = store.read_json(record_uri(runs_dir, run_id))
+    return record if isinstance(record, dict) else None
+
+
+def list_records(runs_dir: str) -> list[dict[str, Any]]:
+    """Every readable run.json under the store's runs/ prefix."""
+    records = []
+    for info in store.list_dir(store.join(runs_dir, "runs")):
+        if info.type != pafs.FileType.Directory:
+            continue
+        try:
+            record = store.read_json(store.join(runs_dir, "runs", info.base_name, "run.json"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def upload_files(files: list[Path], dest: str) -> None:
+    """Copy a few small local files (a report) under a prefix; each is one PUT."""
+    for path in files:
+        store.write_bytes(store.join(dest, path.name), path.read_bytes())
+
+
+def dumps(payload: Any) -> str:
+    return json.dumps(payload, indent=1, sort_keys=True, default=str)

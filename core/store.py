@@ -1,0 +1,382 @@
+"""Artifacts on any `pyarrow.fs` URI (local path, file://, s3://, gs://) with a commit protocol that needs no rename.
+
+Object stores have no atomic directory rename, so a remote output directory `D` is written as attempts:
+each writer uploads its files under `D/attempts/<attempt id>/` and the `_SUCCESS` manifest (rows, schema,
+sha256 and size of every object) last. An attempt without a manifest is uncommitted and nothing reads it;
+readers take the newest committed attempt whose objects match their manifest. Two writers racing on one
+`D` both commit; their contents are equal by construction of the stage key, so either answer is right.
+Local directories keep the rename-based commit of core/io.py (`D/_SUCCESS` directly).
+
+Remote inputs become local files through a node-local cache keyed by the manifest's sha256 (verified while
+downloading, reused across opens, bounded by SHARDWALK_LOCAL_CACHE_BYTES, oldest evicted first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from core.errors import ConfigError, CorruptArtifactError, DataError
+from core.io import MANIFEST, build_manifest
+
+SCHEMES = ("file", "s3", "gs", "gcs")
+ATTEMPTS = "attempts"
+ORIGIN = ".origin"  # in a node-local copy: the committed attempt it was downloaded from
+CHUNK = 8 << 20
+DEFAULT_CACHE_BYTES = 20 << 30
+
+
+class StoreUnavailableError(OSError):
+    """The object store could not be reached or refused a request (an internal failure: exit 1)."""
+
+
+def is_uri(text: str | os.PathLike) -> bool:
+    """True for `scheme://...` strings; plain paths (and Paths) are local."""
+    return isinstance(text, str) and "://" in text
+
+
+def is_remote(text: str | os.PathLike) -> bool:
+    """True for URIs that do not name the local filesystem."""
+    return is_uri(text) and not str(text).startswith("file://")
+
+
+def local_path(text: str | os.PathLike) -> Path:
+    """The local path of a plain path or a file:// URI."""
+    text = os.fspath(text)
+    return Path(text[len("file://"):] if text.startswith("file://") else text).absolute()
+
+
+def join(uri: str, *parts: str) -> str:
+    """`uri/part/...` without doubled slashes; a query string (`?endpoint_override=...`) stays at the end."""
+    base, sep, query = uri.partition("?")
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)]) + sep + query
+
+
+def _check_syntax(uri: str) -> str:
+    scheme = uri.split("://", 1)[0].lower() if is_uri(uri) else ""
+    if "://" in uri and scheme not in SCHEMES:
+        raise ConfigError(f"{uri}: unknown storage scheme '{scheme}://' (use a local path, file://, s3:// or gs://)")
+    body = uri.split("://", 1)[-1].split("?", 1)[0]
+    if ".." in body.split("/"):
+        raise ConfigError(f"{uri}: '..' segments are not allowed in a storage URI")
+    if scheme in ("s3", "gs", "gcs") and not body.strip("/"):
+        raise ConfigError(f"{uri}: no bucket named")
+    return scheme
+
+
+@functools.lru_cache(maxsize=64)
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
+        raise ConfigError(f"{uri}: cannot resolve storage ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path of a remote URI (the S3 endpoint/credentials come from AWS_* variables)."""
+    _check_syntax(uri)
+    base, sep, query = uri.partition("?")
+    return _filesystem(base.rstrip("/") + sep + query)
+
+
+def check_runs_dir(runs_dir: str | os.PathLike) -> str:
+    """Validate a runs directory before anything is written; return it normalised (a path or a URI).
+
+    Unknown schemes, '..', a missing bucket, refused credentials or a file where a directory belongs are
+    ConfigErrors naming the URI (the CLI exits 2).
+    """
+    text = os.fspath(runs_dir)
+    _check_syntax(text)
+    if not is_remote(text):
+        path = local_path(text)
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{text}: runs dir is a file, not a directory")
+        return str(path)
+    fs, root = resolve(text)
+    bucket = root.split("/", 1)[0]
+    try:
+        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise ConfigError(f"{text}: bucket '{bucket}' does not exist")
+        if fs.get_file_info(root).type == pafs.FileType.File:
+            raise ConfigError(f"{text}: runs dir is an object (a file), not a prefix")
+    except OSError as exc:
+        if "NETWORK_CONNECTION" in str(exc) or "curlCode" in str(exc):  # unreachable: not the user's input
+            raise StoreUnavailableError(f"{text}: object store unreachable ({_first_line(exc)})") from None
+        raise ConfigError(f"{text}: cannot access the store ({_first_line(exc)})") from None
+    return text.rstrip("/")
+
+
+@contextlib.contextmanager
+def store_errors(uri: str) -> Any:
+    """Turn an I/O failure against the store into a one-line error naming the URI."""
+    try:
+        yield
+    except (ConfigError, CorruptArtifactError, DataError):
+        raise
+    except OSError as exc:
+        raise StoreUnavailableError(f"{uri}: object store request failed ({_first_line(exc)})") from None
+
+
+# ----------------------------------------------------------------------------- small objects
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """One PUT: an object store shows readers the old object or the new one, never half."""
+    fs, path = resolve(uri)
+    with store_errors(uri), fs.open_output_stream(path) as out:
+        out.write(data)
+
+
+def read_bytes(uri: str) -> bytes | None:
+    """The object's bytes, or None if it does not exist."""
+    fs, path = resolve(uri)
+    with store_errors(uri):
+        try:
+            with fs.open_input_stream(path) as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+
+
+def write_json(uri: str, payload: Any) -> None:
+    write_bytes(uri, json.dumps(payload, indent=1, sort_keys=True, default=str).encode())
+
+
+def read_json(uri: str) -> Any | None:
+    """Parsed JSON at `uri`, None if absent, CorruptArtifactError if it is not JSON."""
+    data = read_bytes(uri)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptArtifactError(f"{uri}: not valid JSON ({exc})") from None
+
+
+def list_dir(uri: str) -> list[pafs.FileInfo]:
+    """The direct children of a prefix (empty if it does not exist)."""
+    fs, path = resolve(uri)
+    with store_errors(uri):
+        return fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+
+
+def delete_prefix(uri: str) -> None:
+    """Remove every object under a prefix (idempotent)."""
+    fs, path = resolve(uri)
+    with store_errors(uri), contextlib.suppress(FileNotFoundError):
+        fs.delete_dir(path)
+
+
+# ----------------------------------------------------------------------------- commit protocol
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A committed attempt: where it is and what its manifest says."""
+
+    uri: str
+    manifest: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()
+
+
+def new_attempt_id() -> str:
+    """Sortable by start time, unique per writer."""
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def upload_dir(local: Path, uri: str, extra: dict[str, Any] | None = None) -> tuple[Committed, int]:
+    """Upload a finished local directory as a new attempt under `uri`, manifest last; return it and bytes sent."""
+    attempt = join(uri, ATTEMPTS, new_attempt_id())
+    manifest = build_manifest(local, {**(extra or {}), "attempt": attempt, "committed_at": time.time()})
+    fs, root = resolve(attempt)
+    sent = 0
+    with store_errors(attempt):
+        for rel in manifest["files"]:
+            with open(local / rel, "rb") as src, fs.open_output_stream(f"{root}/{rel}") as out:
+                while block := src.read(CHUNK):
+                    out.write(block)
+                    sent += len(block)
+        write_json(join(attempt, MANIFEST), manifest)
+    return Committed(attempt, manifest), sent
+
+
+def _manifest_of(attempt: str) -> dict[str, Any] | None:
+    try:
+        manifest = read_json(join(attempt, MANIFEST))
+    except CorruptArtifactError:
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
+
+
+def committed_attempts(uri: str) -> list[Committed]:
+    """Every committed attempt under `uri`, newest first (`uri` itself if it is a committed attempt)."""
+    own = _manifest_of(uri)
+    if own is not None:
+        return [Committed(uri.rstrip("/"), own)]
+    found = []
+    for info in list_dir(join(uri, ATTEMPTS)):
+        if info.type == pafs.FileType.Directory:
+            attempt = join(uri, ATTEMPTS, info.base_name)
+            manifest = _manifest_of(attempt)
+            if manifest is not None:
+                found.append(Committed(attempt, manifest))
+    return sorted(found, key=lambda c: (c.manifest.get("committed_at", 0), c.uri), reverse=True)
+
+
+def uncommitted_attempts(uri: str) -> list[str]:
+    """Attempts under `uri` that never wrote their manifest (killed or failed writers)."""
+    return [join(uri, ATTEMPTS, i.base_name) for i in list_dir(join(uri, ATTEMPTS))
+            if i.type == pafs.FileType.Directory and _manifest_of(join(uri, ATTEMPTS, i.base_name)) is None]
+
+
+def _safe_rel(attempt: str, rel: str) -> str:
+    parts = rel.split("/") if isinstance(rel, str) else [""]
+    if any(p in ("..", ".", "") or "\\" in p for p in parts):
+        raise CorruptArtifactError(f"{attempt}: the manifest names an unsafe path {rel!r}")
+    return rel
+
+
+def verify_attempt(c: Committed, names: Iterable[str] | None = None) -> None:
+    """Stream every (or each named) object and compare size and sha256 with the manifest."""
+    for rel in names if names is not None else c.manifest["files"]:
+        stream_object(c, rel, None)
+
+
+def stream_object(c: Committed, rel: str, sink: Any) -> int:
+    entry = c.manifest["files"].get(rel)
+    uri = join(c.uri, _safe_rel(c.uri, rel))
+    if not isinstance(entry, dict):
+        raise CorruptArtifactError(f"{uri}: not listed in its manifest")
+    fs, path = resolve(uri)
+    digest, size = hashlib.sha256(), 0
+    with store_errors(uri):
+        try:
+            with fs.open_input_stream(path) as handle:
+                while block := handle.read(CHUNK):
+                    digest.update(block)
+                    size += len(block)
+                    if sink is not None:
+                        sink.write(block)
+        except FileNotFoundError:
+            raise CorruptArtifactError(f"{uri}: listed in the manifest but missing") from None
+    if digest.hexdigest() != entry.get("sha256") or size != entry.get("bytes", size):
+        raise CorruptArtifactError(f"{uri}: checksum does not match its manifest")
+    return size
+
+
+def find_committed(uri: str, *, verify: bool = True) -> Committed | None:
+    """The newest committed attempt whose objects all match; corrupt ones are uncommitted on the way."""
+    for c in committed_attempts(uri):
+        if not verify:
+            return c
+        try:
+            verify_attempt(c)
+        except CorruptArtifactError:
+            with contextlib.suppress(OSError):  # a corrupt attempt is never trusted again; gc removes it
+                resolve(c.uri)[0].delete_file(resolve(join(c.uri, MANIFEST))[1])
+            continue
+        return c
+    return None
+
+
+def require_committed(uri: str) -> Committed:
+    """The newest committed attempt under `uri`, or a DataError naming it."""
+    attempts = committed_attempts(uri)
+    if not attempts:
+        raise DataError(f"{uri}: no committed output there (no {MANIFEST} manifest)")
+    return attempts[0]
+
+
+# ----------------------------------------------------------------------------- node-local cache
+
+
+def cache_root() -> Path:
+    """This node's download cache (SHARDWALK_LOCAL_CACHE, else a per-user temp directory)."""
+    root = os.environ.get("SHARDWALK_LOCAL_CACHE") or os.path.join(tempfile.gettempdir(), f"shardwalk-cache-{os.getuid()}")
+    return Path(root)
+
+
+def materialize(uri: str, names: Iterable[str] | None = None) -> tuple[Path, int]:
+    """A verified local copy of a committed remote output (or of the named files); returns it and bytes fetched.
+
+    Files already in the cache (same manifest digest) are reused; each download is hashed while it streams
+    and only renamed into place when it matches, so the cache never holds an unverified file.
+    """
+    c = require_committed(uri)
+    target = cache_root() / c.digest[:32]
+    target.mkdir(parents=True, exist_ok=True)
+    os.utime(target)  # most recently used: last to be evicted
+    fetched = 0
+    for rel in list(names) if names is not None else list(c.manifest["files"]):
+        dest = target / _safe_rel(c.uri, rel)
+        if dest.is_file() and dest.stat().st_size == c.manifest["files"].get(rel, {}).get("bytes"):
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
+        try:
+            with open(tmp, "wb") as sink:
+                fetched += stream_object(c, rel, sink)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+    _write_atomic(target / MANIFEST, json.dumps(c.manifest, indent=1, sort_keys=True))
+    _write_atomic(target / ORIGIN, c.uri)
+    evict(keep=target)
+    return target, fetched
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Several shard actors of one node may materialise into the same entry at once."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def origin(path: str | os.PathLike) -> str | None:
+    """The committed attempt a node-local copy came from (so actors on other nodes read the store, not it)."""
+    marker = Path(path) / ORIGIN
+    return marker.read_text().strip() if marker.is_file() else None
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def evict(keep: Path | None = None) -> list[Path]:
+    """Remove least recently used cache entries until the cache fits its byte budget."""
+    root = cache_root()
+    budget = int(os.environ.get("SHARDWALK_LOCAL_CACHE_BYTES", DEFAULT_CACHE_BYTES))
+    entries = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    sizes = {p: _tree_bytes(p) for p in entries}
+    total, removed = sum(sizes.values()), []
+    for p in entries:
+        if total <= budget:
+            break
+        if keep is not None and p.resolve() == keep.resolve():
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        total -= sizes[p]
+        removed.append(p)
+    return removed

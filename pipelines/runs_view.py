@@ -1,0 +1,159 @@
+"""Run records people can read: find a run by `latest` or an id prefix, list runs whole, diff two runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from core.dag import list_runs, load_run
+from core.errors import ConfigError, InputError
+from pipelines.progress import _fmt_time, run_status
+
+LATEST = "latest"
+
+
+def resolve_run_id(runs_dir: str | os.PathLike, ref: str) -> str:
+    """`latest`, a full run id, or any prefix that names exactly one run."""
+    records = list_runs(runs_dir)
+    where = Path(runs_dir) / "runs"
+    if not records:
+        raise ConfigError(f"no runs under {where}")
+    if ref == LATEST:
+        return records[0]["run_id"]
+    ids = [r["run_id"] for r in records]
+    if ref in ids:
+        return ref
+    matches = [i for i in ids if i.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise ConfigError(f"run id prefix '{ref}' matches {len(matches)} runs under {where}: {shown}")
+    raise ConfigError(f"no run '{ref}' under {where} (give a run id, a unique prefix of one, or 'latest')")
+
+
+def load_run_ref(runs_dir: str | os.PathLike, ref: str) -> dict[str, Any]:
+    """The run record named by `ref`, its stages in pipeline order."""
+    record = load_run(runs_dir, resolve_run_id(runs_dir, ref))
+    record["stages"] = {name: record["stages"][name] for name in stage_order(record)}
+    return record
+
+
+def stage_order(record: dict[str, Any]) -> list[str]:
+    """The pipeline's own stage order (run.json stores stages sorted by name), rebuilt from the config."""
+    names = list(record["stages"])
+    try:
+        from pipelines.config import pipeline_module
+
+        order = list(pipeline_module(record["pipeline"]).build(record["config"]).stages)
+    except (InputError, KeyError, TypeError, ValueError, ImportError):
+        return names  # a pipeline that no longer builds: keep the recorded order
+    return [n for n in order if n in record["stages"]] + [n for n in names if n not in order]
+
+
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
+    stages = record.get("stages", {}).values()
+    return {
+        "run_id": record["run_id"],
+        "pipeline": record.get("pipeline"),
+        "status": run_status(record),
+        "started": _fmt_time(record.get("started")),
+        "seconds": round(record["finished"] - record["started"], 1) if record.get("finished") else None,
+        "stages": len(stages),
+        "cached": sum(1 for s in stages if s.get("cache_hit")),
+    }
+
+
+def print_runs(runs_dir: str | os.PathLike, *, as_json: bool = False, stream: TextIO | None = None) -> None:
+    """One line per run, newest first: a table on a terminal, tab-separated whole ids when piped, or JSON."""
+    stream = stream or sys.stdout
+    rows = [_summary(r) for r in list_runs(runs_dir)]
+    if as_json:
+        print(json.dumps(rows, indent=1), file=stream)
+        return
+    if not rows:
+        print(f"no runs under {Path(runs_dir) / 'runs'}", file=stream)
+        return
+    if not stream.isatty():
+        for r in rows:
+            print("\t".join("-" if v is None else str(v) for v in r.values()), file=stream)
+        return
+    table = Table()
+    table.add_column("run id", no_wrap=True, min_width=max(len(r["run_id"]) for r in rows))
+    for col in ("pipeline", "status", "started", "seconds", "stages (cached)"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        seconds = "-" if r["seconds"] is None else f"{r['seconds']:.1f}"
+        cells = (r["run_id"], r["pipeline"], r["status"], r["started"], seconds, f"{r['stages']} ({r['cached']})")
+        table.add_row(*map(Text, cells))
+    Console(file=stream).print(table)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def run_differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    """(section, key, value in A, value in B) for every setting, stage outcome and metric that differs."""
+    rows: list[tuple[str, str, Any, Any]] = []
+    if a.get("pipeline") != b.get("pipeline"):
+        rows.append(("run", "pipeline", a.get("pipeline"), b.get("pipeline")))
+    for section, fa, fb in (
+        ("setting", _flatten(a.get("config", {})), _flatten(b.get("config", {}))),
+        ("metric", _stage_values(a, "metrics"), _stage_values(b, "metrics")),
+        ("stage", _stage_values(a, "outcome"), _stage_values(b, "outcome")),
+    ):
+        for key in list(fa) + [k for k in fb if k not in fa]:
+            va, vb = fa.get(key, "—"), fb.get(key, "—")
+            if va != vb:
+                rows.append((section, key, va, vb))
+    return rows
+
+
+def _stage_values(record: dict[str, Any], what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, stage in record.get("stages", {}).items():
+        if what == "metrics":
+            out.update({f"{name}.{k}": v for k, v in _flatten(stage.get("metrics") or {}).items()})
+        else:
+            out[f"{name}.status"] = stage.get("status")
+            out[f"{name}.key"] = stage.get("key")
+    return out
+
+
+def print_diff(runs_dir: str | os.PathLike, ref_a: str, ref_b: str, *, as_json: bool = False, stream: TextIO | None = None) -> int:
+    """Print what differs between two runs; returns how many rows differ."""
+    stream = stream or sys.stdout
+    a, b = load_run_ref(runs_dir, ref_a), load_run_ref(runs_dir, ref_b)
+    rows = run_differences(a, b)
+    if as_json:
+        print(json.dumps([dict(zip(("section", "key", "a", "b"), r)) for r in rows], indent=1, default=str), file=stream)
+        return len(rows)
+    console = Console(file=stream, width=None if stream.isatty() else 160)
+    console.print(f"A = {a['run_id']}\nB = {b['run_id']}", markup=False, highlight=False, soft_wrap=True)
+    if not rows:
+        console.print("no differences in settings, stage keys or metrics", markup=False)
+        return 0
+    table = Table()
+    for col in ("", "key", "A", "B"):
+        table.add_column(col, overflow="fold")
+    for section, key, va, vb in rows:
+        table.add_row(*map(Text, (section, key, _fmt(va), _fmt(vb))))
+    console.print(table)
+    return len(rows)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)

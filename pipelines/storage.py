@@ -1,0 +1,34 @@
+"""Driver-side helpers for an object-store runs dir: publishing a run's report beside its run record."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from core import store
+from core.dag import RunRecord
+from core.stage_store import upload_files
+from pipelines.report import REPORT_FILES
+
+
+def is_remote(runs_dir: str) -> bool:
+    return store.is_remote(runs_dir)
+
+
+def publish_remote(record: RunRecord, runs_dir: str) -> str | None:
+    """Copy a committed report (and its PNGs) under runs/<run id>/ in the store; return its URI."""
+    for stage in record.stages.values():
+        if stage.status not in ("done", "cached") or not stage.attempt:
+            continue
+        c = store.require_committed(stage.attempt)
+        names = [n for n in c.manifest["files"] if n in REPORT_FILES or (n.endswith(".png") and "/" not in n)]
+        if "report.html" not in names:
+            continue
+        with tempfile.TemporaryDirectory(prefix="shardwalk-report-") as tmp:
+            for rel in names:  # each verified against its manifest while it streams
+                with open(Path(tmp) / rel, "wb") as sink:
+                    store.stream_object(c, rel, sink)
+            dest = store.join(runs_dir, "runs", record.run_id)
+            upload_files([Path(tmp) / n for n in names], dest)
+        return store.join(dest, "report.html")
+    return None
