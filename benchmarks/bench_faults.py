@@ -570,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = set(filter(None, args.only.split(","))) or {"driver", "hnsw", "cluster", "hardening"}
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     work = Path(tempfile.mkdtemp(prefix="bench-faults-"))
+    load_before = os.getloadavg()  # figures taken under load mislead: the JSON says how busy the machine was
     scenarios: list[dict[str, Any]] = []
     try:
         if "driver" in groups:
@@ -591,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
             scenarios += cluster_scenarios(work, args.quick)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = {"quick": args.quick, "scenarios": scenarios}
+    result = {"quick": args.quick, "load_average_before": load_before, "load_average_after": os.getloadavg(),
+              "scenarios": scenarios}
     _print(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

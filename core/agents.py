@@ -1,6 +1,6 @@
 """Agent graphs and data placement for token-based distributed optimisation.
 
-An agent graph arrives as DESIGN.md's edge list (`src`, `dst`: one row per undirected edge) and data
+An agent graph arrives as docs/design.md's edge list (`src`, `dst`: one row per undirected edge) and data
 placement as the `node`, `id` assignment table. Everything a random walk needs is checked here, once:
 the chain must be irreducible, so a disconnected graph, isolated agents, self-loops and duplicate edges
 are `GraphError`s. Duplicates: an undirected edge must appear exactly once, so (u, v) twice *or* both
@@ -158,7 +158,7 @@ def check_graph(graph: nx.Graph, *, where: str = "graph") -> None:
 
 
 def edges_table(graph: nx.Graph) -> pa.Table:
-    """DESIGN.md's edge list of a graph: one (src < dst) row per undirected edge, sorted."""
+    """docs/design.md's edge list of a graph: one (src < dst) row per undirected edge, sorted."""
     arr = np.asarray(sorted((min(u, v), max(u, v)) for u, v in graph.edges()), dtype=np.int64).reshape(-1, 2)
     return pa.table([pa.array(arr[:, 0]), pa.array(arr[:, 1])], schema=EDGES_SCHEMA)
 

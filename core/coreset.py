@@ -9,7 +9,7 @@ shard answers small histograms (`ShardSelector.radix_round`), the driver narrows
 the driver only ever sees O(groups · 256) numbers per round, never the scores, and the result does not
 depend on how rows are split into shards. `ccs_select` & co. run that same protocol on one shard.
 
-CCS, precisely (DESIGN.md "CCS"):
+CCS, precisely (docs/design.md "CCS"):
   1. cutoff: drop the c = ⌊β·N⌋ hardest rows by (hardness, key, id) — hardness is the score oriented
      so that larger = harder (core.scores.HARD_HIGH); ties at the cut are broken by the hash key.
   2. split the rest into `strata` strata of equal width in score value over [min, max] of the kept
@@ -451,7 +451,7 @@ def _run_local(shards: list[ShardSelector], method: str, keep: float, **options:
 
 
 def selection_table(ids: np.ndarray, weights: np.ndarray | None = None) -> pa.Table:
-    """DESIGN.md's selection table (`id`, `weight` = 1.0 unless a method weights)."""
+    """docs/design.md's selection table (`id`, `weight` = 1.0 unless a method weights)."""
     ids = np.asarray(ids, dtype=np.int64)
     w = np.ones(len(ids)) if weights is None else np.asarray(weights, dtype=np.float64)
     return pa.table({"id": pa.array(ids, pa.int64()), "weight": pa.array(w, pa.float64())})

@@ -1,4 +1,4 @@
-"""The Arrow data contracts of DESIGN.md, validated once where data enters.
+"""The Arrow data contracts of docs/design.md, validated once where data enters.
 
 Every validator returns a normalised table (canonical dtypes) or raises `DataError` naming the
 column, the first bad row and `where` the data came from. Nothing downstream re-checks.
@@ -245,7 +245,7 @@ def from_numpy(
 
 
 def validate_knn_graph(table: pa.Table, *, where: str = "knn graph") -> pa.Table:
-    """Validate DESIGN.md's knn-graph table (ids unique, equal-length neighbour/distance lists)."""
+    """Validate docs/design.md's knn-graph table (ids unique, equal-length neighbour/distance lists)."""
     _require_columns(table, KNN_GRAPH_SCHEMA.names, where)
     if table.num_rows == 0:
         raise DataError(f"{where}: table is empty (0 rows)")

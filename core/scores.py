@@ -1,4 +1,4 @@
-"""Per-example difficulty scores from training dynamics and geometry (DESIGN.md "Scores").
+"""Per-example difficulty scores from training dynamics and geometry (docs/design.md "Scores").
 
 Every function is pure numpy. `DynamicsRecorder` keeps O(n·C) running sums so a shard actor can record
 the dynamics of the examples it owns epoch by epoch, proxy model by proxy model, and emit the scores
@@ -189,7 +189,7 @@ class DynamicsRecorder:
         return dict(self._parts)
 
     def scores(self) -> pa.Table:
-        """The scores table of DESIGN.md: `id`, `label` and one float64 column per score."""
+        """The scores table of docs/design.md: `id`, `label` and one float64 column per score."""
         return combine_parts(self.ids, self.labels, self.model_parts())
 
 

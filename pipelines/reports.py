@@ -136,7 +136,7 @@ def coreset_report(out: Path, ingest: Path, scores: Path, select: Path, evaluate
 
 
 def srrw_report(out: Path, walk: Path, evaluate: Path) -> dict[str, Any]:
-    """‖θ−θ*‖² and loss / training accuracy along the walk, visits vs the target measure."""
+    """‖θ−θ*‖² and loss / training and held-out accuracy along the walk, visits vs the target measure."""
     curves = read_table(evaluate / "curves.parquet").to_pandas()
     fig, ax = figure()
     for token, c in curves.groupby("token"):
@@ -148,15 +148,18 @@ def srrw_report(out: Path, walk: Path, evaluate: Path) -> dict[str, Any]:
     fig, (ax_loss, ax_acc) = figure(10.0, 4.0, cols=2)
     for token, c in curves.groupby("token"):
         ax_loss.plot(c["step"].clip(lower=1), c["loss"], label=f"token {token}")
-        ax_acc.plot(c["step"].clip(lower=1), c["accuracy"], label=f"token {token}")
+        ax_acc.plot(c["step"].clip(lower=1), c["accuracy"], label=f"token {token}, training")
+        if "test_accuracy" in c and c["test_accuracy"].notna().any():
+            ax_acc.plot(c["step"].clip(lower=1), c["test_accuracy"], ls="--", label=f"token {token}, held-out")
     metrics = read_manifest(evaluate).get("metrics", {})
     if "loss_star" in metrics:
         ax_loss.axhline(metrics["loss_star"], color="k", ls="--", lw=1, label="loss*")
     ax_loss.set(xscale="log", xlabel="steps", ylabel="loss", title="Loss")
-    ax_acc.set(xscale="log", xlabel="steps", ylabel="training accuracy", title="Training accuracy (agents' own data)")
+    ax_acc.set(xscale="log", xlabel="steps", ylabel="accuracy", title="Training (agents' data) and held-out accuracy")
     ax_loss.legend(fontsize=8)
-    loss = Section("Loss and training accuracy", "Accuracy here is on the agents' own (training) data; the demo "
-                   "also scores a held-out split.", save_figure(fig, out, "srrw_loss.png"))
+    ax_acc.legend(fontsize=8)
+    loss = Section("Loss and accuracy", "Training accuracy is on the agents' own data; held-out accuracy on the "
+                   "rows placed on no agent (`test_fraction`).", save_figure(fig, out, "srrw_loss.png"))
     visits = read_table(walk / "visits.parquet").to_pandas()
     fig, ax = figure(8.0, 3.6)
     for token, v in visits.groupby("token"):

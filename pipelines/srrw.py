@@ -34,6 +34,7 @@ from core.agents import (
     standard_graph,
 )
 from core.dag import Pipeline, stage_state_dir
+from core.datasets import test_mask
 from core.diagnostics import divergence_warning, last_fraction_mean
 from core.errors import ConfigError, DataError
 from core.io import read_table, write_parquet
@@ -71,6 +72,8 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 5000,
     "record_every": 500,
     "standardize": False,  # true: scale every feature to mean 0, variance 1 before the walk
+    "test_fraction": 0.2,  # held out of the agents' data (seeded by id): the walking model's held-out accuracy
+    "split_seed": 0,
     "seed": 0,
 }
 
@@ -89,6 +92,8 @@ def validate(config: dict[str, Any]) -> None:
             raise ConfigError(f"{key} must be >= 1, got {config[key]}")
     if config.get("partitioner", "kl") not in PARTITIONERS:
         raise ConfigError(f"partitioner must be one of {list(PARTITIONERS)}, got {config['partitioner']!r}")
+    if not 0 <= config["test_fraction"] < 1:
+        raise ConfigError(f"test_fraction must be in [0, 1), got {config['test_fraction']}")
     for key in ("halo", "checkpoint_every"):
         if config[key] < 0:
             raise ConfigError(f"{key} must be >= 0, got {config[key]}")
@@ -116,8 +121,13 @@ def _graph_params(graph: dict[str, Any]) -> dict[str, int]:
         "barabasi_albert", "watts_strogatz", "random_regular") else {})
 
 
-def agents(out: Path, ingest: Path, *, graph: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The agent graph (edges.parquet) and the data placement (assignment.parquet), both validated."""
+def agents(out: Path, ingest: Path, *, graph: dict[str, Any], seed: int, test_fraction: float = 0.0,
+           split_seed: int = 0) -> dict[str, Any]:
+    """The agent graph (edges.parquet) and the data placement (assignment.parquet), both validated.
+
+    Rows of the seeded held-out split (`test_fraction`) are placed on no agent: `evaluate` scores the walking
+    model on them. With a user's assignment, the rows it does not place are the held-out ones.
+    """
     names = None
     if graph["name"] == "file":
         edges, names = name_nodes(read_table(graph["edges"]), where=graph["edges"])
@@ -133,12 +143,15 @@ def agents(out: Path, ingest: Path, *, graph: dict[str, Any], seed: int) -> dict
             table = map_node_names(table, names, where=graph["assignment"])
         assign = validate_assignment(table, where=graph["assignment"])
     else:
-        assign = spread(ids, labels, sorted(g.nodes()), mode=graph["spread"], seed=seed)
+        train = ~test_mask(ids, test_fraction, split_seed) if test_fraction > 0 else np.ones(len(ids), dtype=bool)
+        assign = spread(ids[train], labels[train], sorted(g.nodes()), mode=graph["spread"], seed=seed)
     # the checks (every agent has data, every id exists) without touching the features
     agent_blocks(assign, ids, np.zeros((len(ids), 1)), labels, g, where=graph["assignment"] or "assignment")
     write_parquet(edges_table(g), out / "edges.parquet")
     write_parquet(assign, out / "assignment.parquet")
-    return {"agents": g.number_of_nodes(), "edges": g.number_of_edges(), "examples": len(ids)}
+    placed = int(np.isin(ids, assign.column("id").to_numpy()).sum())
+    return {"agents": g.number_of_nodes(), "edges": g.number_of_edges(), "examples": placed,
+            "held_out": len(ids) - placed}
 
 
 def _load_graph(agents_dir: Path):
@@ -227,10 +240,8 @@ def walk(out: Path, ingest: Path, agents: Path, partition: Path, *, model: dict[
 
 
 def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[str, Any], standardize: bool = False) -> dict[str, Any]:
-    """θ* by full-batch Newton; curves.parquet: per token and step, loss, training accuracy and ‖θ−θ*‖².
-
-    Accuracy is on the agents' own data (training accuracy); the demo adds a held-out split.
-    """
+    """θ* by full-batch Newton; curves.parquet: per token and step, loss, training accuracy, held-out
+    accuracy (rows placed on no agent, when there are any) and ‖θ−θ*‖²."""
     g = _load_graph(agents)
     table = pads.dataset(str(ingest), format="parquet").to_table(columns=["id", "vector", "label"])
     vec = table.column("vector").combine_chunks()
@@ -239,8 +250,13 @@ def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[s
     threshold = class_threshold(ingest, model["binarize"])
     if threshold is not None:
         y = (y >= threshold).astype(np.int64)
-    blocks = agent_blocks(read_table(agents / "assignment.parquet"), table.column("id").to_numpy(), x, y, g)
+    assignment = read_table(agents / "assignment.parquet")
+    ids = table.column("id").to_numpy()
+    blocks = agent_blocks(assignment, ids, x, y, g)
     obj = build_objective(model["kind"], blocks, lam=model["lam"], intercept=model["intercept"])
+    held = ~np.isin(ids, assignment.column("id").to_numpy())
+    test_obj = (build_objective(model["kind"], {0: (x[held].astype(np.float64), y[held])}, lam=model["lam"],
+                                intercept=model["intercept"]) if held.any() else None)
     star = obj.solve()
     traj = read_table(walk / "trajectory.parquet")
     thetas = np.asarray(traj.column("theta").to_pylist(), dtype=np.float64)
@@ -249,6 +265,7 @@ def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[s
     write_parquet(pa.table({
         "token": traj.column("token"), "step": traj.column("step"),
         "loss": [obj.loss(t) for t in thetas], "accuracy": [obj.accuracy(t) for t in thetas],
+        "test_accuracy": [test_obj.accuracy(t) if test_obj else float("nan") for t in thetas],
         "sq_error": np.sum((thetas - star) ** 2, axis=1),
     }), out / "curves.parquet")
     final = read_table(walk / "tokens.parquet")
@@ -260,6 +277,8 @@ def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[s
         "sq_error": float(np.sum((theta - star) ** 2)),
         "sq_error_last_quarter": last_fraction_mean(traj.column("step").to_numpy(), sq_errors),
     }
+    if test_obj is not None:
+        metrics["test_accuracy"], metrics["test_rows"] = test_obj.accuracy(theta), int(held.sum())
     hint = "" if standardize else "; the features may need scaling: set standardize = true"
     warning = divergence_warning(metrics["loss"], metrics["loss_star"], hint=hint)
     if warning:
@@ -288,7 +307,9 @@ def build(config: dict[str, Any]) -> Pipeline:
     if config["standardize"]:
         p.stage("standardize", standardize_data, inputs=["ingest"], num_cpus=0)
         data = "standardize"
-    p.stage("agents", agents, inputs={"ingest": data}, params={"graph": config["graph"], "seed": config["seed"]})
+    p.stage("agents", agents, inputs={"ingest": data}, version="2", params={
+        "graph": config["graph"], "seed": config["seed"], "test_fraction": config["test_fraction"],
+        "split_seed": config["split_seed"]})
     p.stage("partition", partition_stage, inputs=["agents"],
             params={"partitions": config["partitions"], "base": config["base"], "seed": config["seed"],
                     "partitioner": config["partitioner"]})
@@ -296,7 +317,7 @@ def build(config: dict[str, Any]) -> Pipeline:
                                           "checkpoint_every", "record_every")}
     p.stage("walk", walk, inputs={"ingest": data, "agents": "agents", "partition": "partition"}, num_cpus=0,
             params={"model": config["model"], "walk": walk_params, "seed": config["seed"]})
-    p.stage("evaluate", evaluate, inputs={"ingest": data, "agents": "agents", "walk": "walk"}, version="2",
+    p.stage("evaluate", evaluate, inputs={"ingest": data, "agents": "agents", "walk": "walk"}, version="3",
             params={"model": config["model"], "standardize": config["standardize"]})
     p.stage("report", srrw_report, inputs=["walk", "evaluate"], num_cpus=0)
     return p

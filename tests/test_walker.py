@@ -112,7 +112,16 @@ def test_pipeline_end_to_end_matches_reference(ray_local, tmp_path):
     assert main(["run", "srrw", "--runs-dir", str(runs), *[f"--set={s}" for s in sets]]) == 0
     out = {s: Path(_stage_dir(runs, s)["output"]) for s in ("agents", "walk", "evaluate")}
     curves = pq.read_table(out["evaluate"] / "curves.parquet").to_pandas()
-    assert set(curves.columns) >= {"token", "step", "loss", "accuracy", "sq_error"}
+    assert set(curves.columns) >= {"token", "step", "loss", "accuracy", "test_accuracy", "sq_error"}
+    # the seeded held-out split (test_fraction 0.2) is placed on no agent and scores the walking model
+    from core.datasets import test_mask
+
+    placed = pq.read_table(out["agents"] / "assignment.parquet").column("id").to_numpy()
+    held = test_mask(np.arange(569), 0.2, 0)
+    assert not np.isin(placed, np.flatnonzero(held)).any() and len(placed) == int((~held).sum())
+    assert curves.test_accuracy.between(0, 1).all() and curves.test_accuracy.iloc[-1] > 0.8
+    metrics = _stage_dir(runs, "evaluate")["metrics"]
+    assert metrics["test_rows"] == int(held.sum()) and 0.8 < metrics["test_accuracy"] <= 1
     assert sorted(curves.step.unique()) == [400, 800, 1200] and np.isfinite(curves.sq_error).all()
     # the pipeline's walk is the reference walk on the same data and placement
     x, y = load_arrays("builtin:breast_cancer")

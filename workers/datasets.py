@@ -31,7 +31,7 @@ def check_columns(dataset: Any, required: tuple[str, ...] = REQUIRED) -> None:
 
 
 def as_vectors_table(batch: dict[str, np.ndarray]) -> pa.Table:
-    """A Ray Data batch with `vector` as DESIGN.md's fixed_size_list<float32> (Ray stores arrays as tensors)."""
+    """A Ray Data batch with `vector` as docs/design.md's fixed_size_list<float32> (Ray stores arrays as tensors)."""
     vecs = np.asarray(batch["vector"])
     if vecs.dtype == object:  # ragged or per-row arrays: stack them (validation names a bad row later)
         vecs = np.stack([np.asarray(v) for v in vecs]) if len(vecs) else np.empty((0, 0), np.float32)

@@ -147,7 +147,7 @@ class HnswShard:
         """Read (and unless `trusted`, validate) my rows; keep them staged; return a small sample for k-means.
 
         `trusted` = validated upstream (in the driver for in-memory data, or by the ingest stage):
-        DESIGN.md validates once at the edge, and re-validating would cost copies of the data.
+        docs/design.md validates once at the edge, and re-validating would cost copies of the data.
         """
         if spec.num_rows == 0:
             self.staged = (np.empty(0, np.int64), np.empty((0, dim or 0), np.float32))
@@ -1001,7 +1001,7 @@ class ShardedIndex:
         self, out_dir: str | os.PathLike, k: int = 10, ef: int = 64, nprobe: int | None = None,
         batch_size: int = 4096, in_flight: int | None = None,
     ) -> dict[str, Any]:
-        """Write DESIGN.md's knn-graph table (every live point, self excluded) as Parquet parts in `out_dir`.
+        """Write docs/design.md's knn-graph table (every live point, self excluded) as Parquet parts in `out_dir`.
 
         Batches of each shard's points are answered whole by every (probed) shard; the owning shard
         merges, drops self and writes its part; at most `in_flight` batches (default two per shard) are

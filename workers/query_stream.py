@@ -80,7 +80,7 @@ def query_vectors(batch: dict[str, np.ndarray], dim: int, where: str) -> tuple[n
 
 
 def answers_table(ids: np.ndarray, nbrs: np.ndarray, dists: np.ndarray) -> pa.Table:
-    """DESIGN.md's knn-graph table for a block of answered queries."""
+    """docs/design.md's knn-graph table for a block of answered queries."""
     k = nbrs.shape[1]
     offsets = pa.array(np.arange(0, nbrs.size + 1, k, dtype=np.int32))
     return pa.table(
