@@ -164,11 +164,14 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
     from core import hnsw
 
     hnsw.validate_search(settings.k, settings.ef, len(index), settings.nprobe, len(index.actors))
-    free = float(ray.available_resources().get("CPU", 0.0))
-    if free < 1.0 + settings.pool * POOL_ACTOR_CPUS:  # Ray Data would wait forever for a CPU to read with
+    # The pool's actors need their CPUs, and reading a Parquet source a whole one: without them Ray Data would
+    # wait forever (as it did on a freshly built index whose shard actors hold every CPU).
+    needed = settings.pool * POOL_ACTOR_CPUS + (0.0 if is_ray_dataset(source) else 1.0)
+    free = _free_cpus(needed)
+    if free < needed:
         raise ConfigError(
-            f"search_dataset needs {1.0 + settings.pool * POOL_ACTOR_CPUS:g} free CPUs for its read tasks and pool, "
-            f"but the shard actors leave {free:g}: open the index for streaming (`shardwalk query --out`, or "
+            f"search_dataset needs {needed:g} free CPUs for Ray Data's pool and read tasks, but the shard actors "
+            f"leave {free:g}: open the index for streaming (`shardwalk query --out`, or "
             "ShardedIndex.open(path, cpus_per_actor=...) with fewer CPUs per actor)")
     final = _output_dir(out)
     dataset, where = _dataset(source, index.dim)
@@ -191,6 +194,16 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
     seconds = time.perf_counter() - started
     return {"rows": rows, "parts": parts, "seconds": seconds, "queries_per_second": rows / seconds if seconds else 0.0,
             "out": str(final), "space": index.meta["space"]}
+
+
+def _free_cpus(needed: float, wait_s: float = 10.0) -> float:
+    """The cluster's free CPUs, waiting a little for actors just killed (a closed index) to give theirs back."""
+    deadline = time.monotonic() + wait_s
+    free = float(ray.available_resources().get("CPU", 0.0))
+    while free < needed and time.monotonic() < deadline:
+        time.sleep(0.2)
+        free = float(ray.available_resources().get("CPU", 0.0))
+    return free
 
 
 def _output_dir(out: str | os.PathLike) -> Path:
