@@ -13,7 +13,6 @@ renamed, so a writer killed mid-write leaves nothing a reader could take for a p
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from core import hnsw
 from core.errors import ShardUnavailableError, ShardwalkError
+from workers.raykit import collect_quietly
 
 log = logging.getLogger("shardwalk")
 
@@ -82,15 +82,8 @@ def run(actors: list[list[Any]], shard_sizes: list[int], req: GraphRequest, in_f
     try:
         return _drain(actors, todo, running, req, window)
     except BaseException:
-        _collect_quietly(list(running))  # abandoned units: keep Ray from logging their errors as unhandled
+        collect_quietly(list(running))  # abandoned units: keep Ray from logging their errors as unhandled
         raise
-
-
-def _collect_quietly(refs: list[Any], timeout: float = 10.0) -> None:
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout) if refs else ([], [])
-    for ref in ready:
-        with contextlib.suppress(Exception):
-            ray.get(ref)
 
 
 def _drain(actors: list[list[Any]], todo: list[_Unit], running: dict[Any, _Unit], req: GraphRequest, window: int) -> int:
