@@ -13,6 +13,7 @@ import pytest
 from core import hnsw, hnsw_results
 from core.errors import ShardStateError
 from core.index_meta import IndexMeta
+from core.row_chunks import RowChunks
 from workers.hnsw_actor import LocalHnswShard
 
 D = 8
@@ -77,7 +78,7 @@ def test_one_routing_path_keeps_or_returns_my_own_piece(tmp_path: Path) -> None:
     target = hnsw.hash_shard(ids, 2)
     for keep_local in (True, False):
         shard = LocalHnswShard(0, 0, str(tmp_path), 1.0)
-        shard.staged = (ids, x)
+        shard.staged = RowChunks.of(ids, x)
         counts, buckets = shard.assign(2, None)
         assert counts == np.bincount(target, minlength=2).tolist() and buckets == []
         pieces = shard.route_chunk(0, 1, keep_local=keep_local)
@@ -147,3 +148,25 @@ def test_a_dead_rank_probe_pings_instead_of_re_reading_the_shard(monkeypatch: py
     monkeypatch.setattr(ray, "get", lambda ref, timeout=None: ref)
     scorer._raise_if_a_rank_died([_Rank(), _Rank()])
     assert calls == ["ping", "ping"]
+
+
+def test_row_chunks_view_route_and_release_batches_front_to_back() -> None:
+    import pyarrow as pa
+
+    from core.schema import from_numpy
+
+    x = np.arange(10 * D, dtype=np.float32).reshape(10, D)
+    table = pa.concat_tables([from_numpy(x[:4], ids=np.arange(4)), from_numpy(x[4:], ids=np.arange(4, 10))])
+    rows = RowChunks.from_table(table, D)
+    assert len(rows) == 10 and rows.all_ids().tolist() == list(range(10))
+    ids, vecs = rows.rows(1, 3)
+    assert np.shares_memory(vecs, rows.batches()[0][1]), "rows inside one batch are views"
+    ids, vecs = rows.rows(2, 7)  # across the two batches: a copy of just this span
+    assert ids.tolist() == [2, 3, 4, 5, 6]
+    np.testing.assert_array_equal(vecs, x[2:7])
+    np.testing.assert_array_equal(rows.take(np.array([0, 5, 9])), x[[0, 5, 9]])
+    assert rows.release_before(7) == 1 and len(rows.batches()) == 1
+    np.testing.assert_array_equal(rows.rows(7, 10)[1], x[7:])
+    with pytest.raises(IndexError, match="released"):
+        rows.rows(0, 2)
+    assert rows.rows(3, 3)[1].shape == (0, D)

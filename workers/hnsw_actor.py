@@ -8,8 +8,8 @@ Data flow of a build (the driver, workers/sharded_index.py, moves only ObjectRef
   3. each primary checks its ids are unique and persists its hnswlib index (native hnswlib file + JSON
      manifest with sha256) in the index's working directory;
   4. replicas load that file; a restarted actor (`max_restarts`) reloads it from there as well.
-Actor methods run one at a time (no concurrency groups), so `set_ef` + `knn_query` inside one call never
-races with another request. `LocalHnswShard` is the plain class (usable in-process); `HnswShard` its actor.
+Actor methods run one at a time, so `set_ef` + `knn_query` inside one call never races with another
+request; only the kNN graph's export and write steps run in a second thread (`GRAPH_IO`). `LocalHnswShard` is the plain class (usable in-process); `HnswShard` its actor.
 """
 
 from __future__ import annotations
@@ -32,11 +32,16 @@ import ray
 from core import hnsw, hnsw_results, index_store
 from core.errors import CorruptArtifactError, DataError, ShardStateError
 from core.io import confined, read_shard, write_json_atomic, write_parquet
-from core.schema import check_unique, to_numpy, validate_vectors, vector_dim
+from core.row_chunks import RowChunks
+from core.schema import check_unique, validate_vectors, vector_dim
 from workers import knn_graph as graph_units
 from workers.index_eval import peak_rss_bytes, rss_bytes
 from workers.raykit import was_reconstructed
 
+# The kNN graph's single-threaded steps (export a batch; merge + write a part) run in a second actor thread,
+# overlapping the next batch's hnswlib search. They only read the index or no actor state at all, and the
+# graph never runs during add/delete (the driver's calls are synchronous).
+GRAPH_IO = "graph_io"
 EXACT_THRESHOLD = 20_000  # allowed ids in a shard at or below which filtered search is brute force
 # What hnswlib raises when a filter leaves fewer than k allowed neighbours reachable for some query: only
 # this falls back to exact search; any other RuntimeError is a real failure and propagates.
@@ -63,6 +68,11 @@ def _targets(ids: np.ndarray, vecs: np.ndarray, shards: int, router: dict[str, A
     return hnsw.hash_shard(ids, shards) if router is None else hnsw.Router.from_json(router).assign(vecs)
 
 
+def _release_arrow_memory() -> None:
+    """Hand freed Arrow buffers back to the OS (mimalloc keeps them otherwise: hundreds of MB after a read)."""
+    pa.default_memory_pool().release_unused()
+
+
 def _need(value: Any, step: str) -> Any:
     """`value`, or ShardStateError naming the step that should have set it (typed: survives `python -O`)."""
     if value is None:
@@ -86,7 +96,8 @@ class LocalHnswShard:
         self.params: hnsw.HnswParams | None = None
         self.live = np.empty(0, np.int64)  # sorted live ids
         self.deleted = np.empty(0, np.int64)  # sorted deleted ids (still in the hnswlib graph)
-        self.staged: tuple[np.ndarray, np.ndarray] | None = None
+        self.staged: RowChunks | None = None
+        self._released = 0  # staged batches already dropped
         self.local_piece: tuple[np.ndarray, np.ndarray] | None = None
         self.targets: np.ndarray | None = None  # target shard of each staged row (assign)
         self.route_shards = 0
@@ -108,7 +119,7 @@ class LocalHnswShard:
         docs/design.md validates once at the edge, and re-validating would cost copies of the data.
         """
         if spec.num_rows == 0:
-            self.staged = (np.empty(0, np.int64), np.empty((0, dim or 0), np.float32))
+            self.staged = RowChunks([], [], dim or 0)
             return {"rows": 0, "dim": dim, "start": spec.start, "sample": None}
         if trusted:
             table = read_shard(spec, ["id", "vector"])
@@ -116,11 +127,13 @@ class LocalHnswShard:
                 raise DataError(f"{where}: column 'vector' has dimension {vector_dim(table)}, expected {dim}")
         else:
             table = validate_vectors(read_shard(spec), where=where, row_offset=spec.start, dim=dim)
-        ids, vecs = to_numpy(table)
-        self.staged = (ids, vecs)  # views of the Arrow buffers: no copy
+        self._released = 0
+        staged = self.staged = RowChunks.from_table(table, vector_dim(table))  # views of the Arrow batches: no copy
+        del table
+        _release_arrow_memory()  # the Parquet reader's transient buffers
         rng = np.random.default_rng([seed, spec.index])
-        pick = rng.choice(len(ids), size=min(sample, len(ids)), replace=False) if sample else np.empty(0, np.int64)
-        return {"rows": len(ids), "dim": vecs.shape[1], "start": spec.start, "sample": vecs[np.sort(pick)]}
+        pick = rng.choice(len(staged), size=min(sample, len(staged)), replace=False) if sample else np.empty(0, np.int64)
+        return {"rows": len(staged), "dim": staged.dim, "start": spec.start, "sample": staged.take(np.sort(pick))}
 
     def assign(self, shards: int, router: dict[str, Any] | None, buckets: bool | None = None) -> tuple[list[int], list[Any]]:
         """Choose (and keep) the target shard of each staged row; return rows per target and ids by hash bucket.
@@ -128,12 +141,14 @@ class LocalHnswShard:
         The id buckets (for the duplicate check) are made when `buckets` asks, by default only with a
         router: hash routing already sends every copy of an id to one shard, which checks them itself.
         """
-        ids, vecs = _need(self.staged, "read_part")
-        self.targets = _targets(ids, vecs, shards, router)
+        staged: RowChunks = _need(self.staged, "read_part")
+        parts = [_targets(i, v, shards, router) for i, v in staged.batches()]
+        self.targets = np.concatenate(parts) if parts else np.empty(0, np.int64)
         self.route_shards = shards
         counts = np.bincount(self.targets, minlength=shards).tolist()
         if not (router is not None if buckets is None else buckets):
             return counts, []
+        ids = staged.all_ids()
         bucket = hnsw.hash_shard(ids, shards)
         return counts, [ray.put(ids[bucket == j]) for j in range(shards)]
 
@@ -144,10 +159,10 @@ class LocalHnswShard:
         for `add_pieces`. Routing a chunk at a time bounds the routed copies alive at once to about two
         chunks instead of the whole part.
         """
-        ids, vecs = _need(self.staged, "read_part")
+        staged: RowChunks = _need(self.staged, "read_part")
         target = _need(self.targets, "assign")
-        lo, hi = len(ids) * chunk // chunks, len(ids) * (chunk + 1) // chunks
-        ids, vecs, target = ids[lo:hi], vecs[lo:hi], target[lo:hi]
+        lo, hi = len(staged) * chunk // chunks, len(staged) * (chunk + 1) // chunks
+        (ids, vecs), target = staged.rows(lo, hi), target[lo:hi]
         out: list[Any] = []
         for j in range(self.route_shards):
             mask = target == j
@@ -155,8 +170,12 @@ class LocalHnswShard:
             if keep_local and j == self.shard:
                 self.local_piece, piece = piece, None
             out.append(piece)
+        released = staged.release_before(hi)  # batches fully routed: their buffers go once the pieces are sent
         if chunk == chunks - 1:
             self.staged = self.targets = None
+        if released > self._released:
+            self._released = released
+            _release_arrow_memory()
         return out if len(out) > 1 else out[0]
 
     def check_ids(self, refs: Sequence[Any], where: str) -> int:
@@ -206,6 +225,7 @@ class LocalHnswShard:
         check_unique(ids, "id", where)
         self.live, self.deleted = np.sort(ids), np.empty(0, np.int64)
         self._persist()
+        _release_arrow_memory()
         return self.stats()
 
     def _new_index(self, capacity: int) -> hnswlib.Index:
@@ -276,7 +296,8 @@ class LocalHnswShard:
     def save_to(self, directory: str) -> str:
         """Copy my current files into `directory` (a save in progress).
 
-        A copy, not a link: a saved index must not share an inode with the live working files.
+        A copy, not a link: a saved index must not share an inode with the live working files (a saved file
+        rewritten in place — a corruption test, a user's tool — would corrupt the live shard too).
         """
         manifest, _ = hnsw.load_shard_manifest(self.workdir, self.shard)
         for name in [*manifest["files"], hnsw.shard_manifest_file(self.shard)]:
@@ -370,12 +391,14 @@ class LocalHnswShard:
 
     # ------------------------------------------------------------------ the all-points kNN graph
 
+    @ray.method(concurrency_group=GRAPH_IO)
     def export_batch(self, batch: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Batch `batch` of my sorted live ids with their vectors (a call result: the caller owns it)."""
         index = _need(self.index, "begin_build or load_from")
         ids = self.live[batch * batch_size : (batch + 1) * batch_size]
         return ids, np.asarray(index.get_items(_u64(ids), return_type="numpy"), np.float32)
 
+    @ray.method(concurrency_group=GRAPH_IO)
     def write_graph(self, batch: tuple[np.ndarray, np.ndarray], results: Sequence[Any], k: int, path: str) -> int:
         """Merge the shards' answers for one batch of my points, drop self, write one Parquet part."""
         ids = batch[0]
@@ -422,4 +445,4 @@ class LocalHnswShard:
         return self.threads
 
 
-HnswShard = ray.remote(max_restarts=3, max_task_retries=0)(LocalHnswShard)
+HnswShard = ray.remote(max_restarts=3, max_task_retries=0, concurrency_groups={GRAPH_IO: 1})(LocalHnswShard)
