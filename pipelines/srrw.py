@@ -34,11 +34,13 @@ from core.agents import (
     spread,
     standard_graph,
 )
+from core.block_loader import BlockLoader
 from core.dag import Pipeline, stage_state_dir
 from core.datasets import test_mask
 from core.diagnostics import divergence_warning, last_fraction_mean
 from core.errors import ConfigError, DataError
 from core.io import read_table, write_parquet
+from core.labelled import read_labelled
 from core.objectives import build_objective
 from core.schema import validate_assignment
 from core.srrw import BASES, SRRW, Schedule, walk_partition
@@ -167,8 +169,6 @@ def partition_stage(out: Path, agents: Path, *, partitions: int, base: str, seed
 
 
 def _loader(ingest_dir: Path, agents_dir: Path, model: dict[str, Any]) -> Any:
-    from workers.walker import BlockLoader
-
     return BlockLoader(
         vectors=str(ingest_dir), assignment=str(agents_dir / "assignment.parquet"), model=model["kind"],
         lam=model["lam"], intercept=model["intercept"], binarize=class_threshold(ingest_dir, model["binarize"]),
@@ -240,15 +240,8 @@ def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[s
     """θ* by full-batch Newton; curves.parquet: per token and step, loss, training accuracy, held-out
     accuracy (rows placed on no agent, when there are any) and ‖θ−θ*‖²."""
     g = _load_graph(agents)
-    table = pads.dataset(str(ingest), format="parquet").to_table(columns=["id", "vector", "label"])
-    vec = table.column("vector").combine_chunks()
-    x = vec.values.to_numpy(zero_copy_only=False).reshape(len(vec), -1)
-    y = table.column("label").to_numpy()
-    threshold = class_threshold(ingest, model["binarize"])
-    if threshold is not None:
-        y = (y >= threshold).astype(np.int64)
+    ids, x, y = read_labelled(ingest, binarize=class_threshold(ingest, model["binarize"]), validated=True)
     assignment = read_table(agents / "assignment.parquet")
-    ids = table.column("id").to_numpy()
     blocks = agent_blocks(assignment, ids, x, y, g)
     obj = build_objective(model["kind"], blocks, lam=model["lam"], intercept=model["intercept"])
     held = ~np.isin(ids, assignment.column("id").to_numpy())
