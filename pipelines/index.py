@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from core import hnsw
 from core import validate as validate_
 from core.dag import Pipeline
 from core.errors import ConfigError
-from core.io import plan_shards, read_shard, read_table, write_parquet
+from core.io import atomic_file, plan_shards, read_shard, read_table, write_parquet
 from core.schema import KNN_GRAPH_SCHEMA, to_numpy, validate_vectors
 from pipelines.common import COLUMN_DEFAULTS, ingest_stage
 from pipelines.reports import index_report
@@ -222,10 +221,8 @@ def query_index(
         schema=KNN_GRAPH_SCHEMA,
     )
     if out_path is not None:
-        final = Path(out_path)
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")
-        write_parquet(result, tmp)
-        os.replace(tmp, final)  # a reader sees the old file or the whole new one
+        with atomic_file(out_path) as tmp:  # a reader sees the old file or the whole new one
+            write_parquet(result, tmp)
     return result
 
 
