@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from core.datasets import hash_unit
-from core.errors import ConfigError, DataError, InvariantError
+from core.errors import DataError, InvariantError
 from core.selection import (  # noqa: F401  (the public names of coreset selection)
     METHODS,
     Ask,
@@ -29,6 +29,7 @@ from core.selection import (  # noqa: F401  (the public names of coreset selecti
     is_hard_high,
     plan_selection,
 )
+from core.selection_names import check_method_name
 
 # ----------------------------------------------------------------------------- single-process API
 
@@ -147,9 +148,7 @@ def topk_select(
 def select(scores: pa.Table | Mapping[str, Any], method: str, keep: float, **options: Any) -> pa.Table:
     """Dispatch by method name: 'ccs', 'random' or 'topk'."""
     fns = {"ccs": ccs_select, "random": random_select, "topk": topk_select}
-    if method not in fns:
-        raise ConfigError(f"unknown selection method '{method}'; choose from {sorted(fns)}")
-    return fns[method](scores, keep, **options)
+    return fns[check_method_name(method)](scores, keep, **options)
 
 
 # ----------------------------------------------------------------------------- RS2

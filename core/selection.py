@@ -39,8 +39,8 @@ from core import validate
 from core.datasets import hash_unit
 from core.errors import ConfigError, DataError, InvariantError
 from core.scores import HARD_HIGH
+from core.selection_names import METHODS, check_method_name  # noqa: F401  (METHODS: public here too)
 
-METHODS = ("ccs", "random", "topk")
 RADIX_BITS = 8
 FETCH = 256  # once a group has at most this many candidates, shards send the rows themselves
 _NONE, _ALL, _HIST, _FETCH, _DONE = 0, 1, 2, 3, 4
@@ -364,8 +364,7 @@ def plan_selection(
     hardest: bool = True,
 ) -> Plan:
     """Run the selection protocol against shards reached through `ask`; return the final plan."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown selection method '{method}'; choose from {list(METHODS)} (rs2 is a sampler)")
+    check_method_name(method)
     keep = check_keep(keep)
     classes, sizes = _classes(ask, class_balanced)
     n = int(sizes.sum())

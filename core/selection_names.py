@@ -14,17 +14,22 @@ import numpy as np
 from core.errors import ConfigError
 from core.io import read_table
 from core.scores import HARD_HIGH
-from core.selection import METHODS
 
+METHODS = ("ccs", "random", "topk")  # rs2 is a sampler (core.coreset.rs2_epoch), not a selection
 GRAMMAR = "ccs-SCORE[-cb], topk-SCORE[-easy][-cb], random[-cb]"
+
+
+def check_method_name(method: Any, name: Any = None) -> str:
+    """A bare selection method (ccs, random, topk); the message shows the whole grammar."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown selection method '{method if name is None else name}'; use {GRAMMAR}")
+    return str(method)
 
 
 def parse_method(name: str) -> dict[str, Any]:
     """`ccs-aum-cb` → {method: ccs, score: aum, class_balanced: True}; ConfigError on unknown parts."""
     parts = str(name).split("-")
-    method, rest = parts[0], parts[1:]
-    if method not in METHODS:
-        raise ConfigError(f"unknown selection method '{name}'; use {GRAMMAR}")
+    method, rest = check_method_name(parts[0], name), parts[1:]
     out: dict[str, Any] = {"method": method, "class_balanced": "cb" in rest}
     rest = [r for r in rest if r != "cb"]
     if method == "topk" and "easy" in rest:
@@ -42,8 +47,7 @@ def parse_method(name: str) -> dict[str, Any]:
 
 def check_method(method: Any, score: str | None) -> None:
     """A selection request's method (and its score): the same checks as the grammar, for dict requests."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown selection method '{method}'; use {GRAMMAR}")
+    check_method_name(method)
     if method != "random" and score is None:
         raise ConfigError(f"selection method '{method}' needs a score name")
 
