@@ -28,7 +28,6 @@ import ray
 from core import scores as score_fns
 from core.coreset_spec import CoresetSpec
 from core.dag import Pipeline
-from core.datasets import test_mask
 from core.errors import DataError
 from core.evaluation import Split
 from core.io import write_parquet
@@ -90,7 +89,7 @@ def _density_part(graph_part: str, out_path: str, k: int, test_fraction: float, 
     """knn_density of one graph part, restricted to training rows, written beside the others."""
     table = score_fns.knn_density(pq.read_table(graph_part), k=k)
     ids = table.column("id").to_numpy()
-    train = ~test_mask(ids, test_fraction, split_seed) if test_fraction > 0 else np.ones(len(ids), dtype=bool)
+    train = ~Split(test_fraction, split_seed).test_rows(ids)
     write_parquet(table.filter(train), out_path)
     return int(train.sum())
 
