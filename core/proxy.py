@@ -38,6 +38,15 @@ def _from_section(cls: type, section: Mapping[str, Any], prefix: str) -> Any:
     return cls(**dict(section), _prefix=prefix)
 
 
+def _check_model(spec: Any, prefix: str) -> None:
+    """The settings a proxy and an evaluation model share: kind, width, batch, seed, learning rate."""
+    validate.choice(f"{prefix}model", spec.model, KINDS)
+    validate.integer(f"{prefix}hidden", spec.hidden)
+    validate.integer(f"{prefix}batch_size", spec.batch_size)
+    validate.integer(f"{prefix}seed", spec.seed, 0)
+    validate.number(f"{prefix}lr", spec.lr)
+
+
 @dataclass(frozen=True)
 class ProxySpec:
     """How the scoring proxies train: built and validated once from the `proxy` section, passed whole."""
@@ -54,11 +63,9 @@ class ProxySpec:
     _prefix: dataclasses.InitVar[str] = ""
 
     def __post_init__(self, _prefix: str) -> None:
-        validate.choice(f"{_prefix}model", self.model, KINDS)
-        for key in ("hidden", "models", "epochs", "batch_size", "el2n_epoch"):
+        _check_model(self, _prefix)
+        for key in ("models", "epochs", "el2n_epoch"):
             validate.integer(f"{_prefix}{key}", getattr(self, key))
-        validate.integer(f"{_prefix}seed", self.seed, 0)
-        validate.number(f"{_prefix}lr", self.lr)
         validate.choice(f"{_prefix}layout", self.layout, MODES)
 
     @classmethod
@@ -81,11 +88,7 @@ class TrainSpec:
 
     def __post_init__(self, _prefix: str) -> None:
         validate.steps(self.steps, f"{_prefix}steps")
-        validate.integer(f"{_prefix}batch_size", self.batch_size)
-        validate.integer(f"{_prefix}hidden", self.hidden)
-        validate.integer(f"{_prefix}seed", self.seed, 0)
-        validate.number(f"{_prefix}lr", self.lr)
-        validate.choice(f"{_prefix}model", self.model, KINDS)
+        _check_model(self, _prefix)
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any], prefix: str = "evaluate.") -> TrainSpec:

@@ -8,7 +8,7 @@ Every failure is a one-line ConfigError naming the key and the value.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,11 +49,16 @@ def keep(value: Any, key: str = "keep") -> float:
     return fraction(key, value)
 
 
+def listed(key: str, values: Any, what: str, each: Callable[[Any, str], Any]) -> list[Any]:
+    """A non-empty list whose every item passes `each(value, key[i])`."""
+    if not isinstance(values, list | tuple) or not values:
+        raise ConfigError(f"{key} must be a non-empty list of {what}, got {values!r}")
+    return [each(v, f"{key}[{i}]") for i, v in enumerate(values)]
+
+
 def keeps(key: str, values: Any) -> list[float]:
     """A non-empty list of keep fractions (a selection's `rates`)."""
-    if not isinstance(values, list | tuple) or not values:
-        raise ConfigError(f"{key} must be a non-empty list of keep fractions in (0, 1), got {values!r}")
-    return [keep(v, f"{key}[{i}]") for i, v in enumerate(values)]
+    return listed(key, values, "keep fractions in (0, 1)", keep)
 
 
 def choice(key: str, value: Any, options: Iterable[str]) -> str:
@@ -76,9 +81,7 @@ def shards(value: Any, key: str = "shards", maximum: int = MAX_SHARDS, *, auto: 
 
 def positive_ints(key: str, values: Any) -> list[int]:
     """A non-empty list of integers >= 1 (e.g. a sweep's shard counts)."""
-    if not isinstance(values, list | tuple) or not values:
-        raise ConfigError(f"{key} must be a non-empty list of integers >= 1, got {values!r}")
-    return [integer(f"{key}[{i}]", v) for i, v in enumerate(values)]
+    return listed(key, values, "integers >= 1", lambda v, k: integer(k, v))
 
 
 def steps(value: Any, key: str = "steps") -> int:
@@ -93,9 +96,7 @@ def alpha(value: Any, key: str = "alpha") -> float:
 
 def alphas(key: str, values: Any) -> list[float]:
     """A non-empty list of alphas."""
-    if not isinstance(values, list | tuple) or not values:
-        raise ConfigError(f"{key} must be a non-empty list of numbers >= 0, got {values!r}")
-    return [alpha(v, f"{key}[{i}]") for i, v in enumerate(values)]
+    return listed(key, values, "numbers >= 0", alpha)
 
 
 def hnsw_build(section: dict[str, Any], prefix: str = "") -> None:
