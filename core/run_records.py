@@ -149,7 +149,8 @@ def _read_record(path: Path) -> dict[str, Any]:
 def list_runs(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Every run.json under the runs directory, newest first; an unreadable one as `unreadable_record`."""
     if store.is_remote(str(runs_dir)):
-        return sorted(stage_store.list_records(str(runs_dir)), key=lambda r: r.get("started", 0), reverse=True)
+        records = stage_store.list_records(str(runs_dir), unreadable_record)
+        return sorted(records, key=lambda r: r.get("started") or 0, reverse=True)
     root = _local(runs_dir) / "runs"
     records = [_read_record(path) for path in (sorted(root.glob("*/run.json")) if root.is_dir() else [])]
     return sorted(records, key=lambda r: r.get("started") or 0, reverse=True)

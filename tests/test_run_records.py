@@ -52,3 +52,14 @@ def test_latest_skips_an_unreadable_record(runs_dir: Path) -> None:
 def test_gc_refuses_to_guess_what_an_unreadable_record_references(runs_dir: Path) -> None:
     with pytest.raises(DataError, match="not valid JSON.*before gc"):
         gc.find_garbage(str(runs_dir), older_than=0.0)
+
+
+def test_list_runs_on_an_object_store_surfaces_an_unreadable_record(s3_bucket: str) -> None:
+    from core import store
+
+    runs = f"{s3_bucket}/shardwalk"
+    store.write_bytes(f"{runs}/runs/{GOOD}/run.json", json.dumps({"run_id": GOOD, "started": 1.0, "stages": {}}).encode())
+    store.write_bytes(f"{runs}/runs/{BAD}/run.json", b'{"run_id": ')
+    records = {r["run_id"]: r for r in list_runs(runs)}
+    assert set(records) == {GOOD, BAD} and records[BAD]["status"] == UNREADABLE
+    assert "not valid JSON" in records[BAD]["error"]
