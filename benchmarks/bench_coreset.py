@@ -31,10 +31,12 @@ import ray
 
 from core import coreset
 from core.datasets import load_builtin
+from core.evaluation import Split
 from core.io import write_json_atomic, write_parquet
-from pipelines.coreset import parse_method
+from core.proxy import TrainSpec
+from core.selection_names import parse_method, read_selection, selection_name
 from pipelines.runtime import connect
-from workers.scorer import evaluate_coreset, read_selection, score_dataset, select_distributed, selection_name
+from workers.scorer import evaluate_coreset, score_dataset, select_distributed
 
 TUNED = "-tuned"  # suffix: β chosen per rate on a validation split (never the test split)
 METHODS = ["ccs-aum", "ccs-el2n", "ccs-aum-cb", "ccs-el2n-cb", "ccs-aum-cb" + TUNED, "ccs-el2n-cb" + TUNED,
@@ -85,6 +87,14 @@ def _scores_identical(source: Path, root: Path, proxy: dict[str, Any]) -> bool:
     return all(t.equals(tables[0]) for t in tables[1:])
 
 
+def _evaluate(source: Path, selected: str | None, common: dict[str, Any], seed: int, *, validation: float = 0.0,
+              rs2_keep: float | None = None) -> Any:
+    """The evaluation task of one coreset: `common` holds the split and the training settings (bar the seed)."""
+    split = Split(common["test_fraction"], common["split_seed"], validation)
+    train = TrainSpec(**{k: v for k, v in common.items() if k not in ("test_fraction", "split_seed")}, seed=seed)
+    return evaluate_coreset.remote(str(source), selected, split, train, rs2_keep=rs2_keep)
+
+
 def _selections(methods: list[str], rates: list[float]) -> list[dict[str, Any]]:
     out = []
     for name in methods:
@@ -111,9 +121,8 @@ def _tune_betas(
         select_distributed(scores_dir, 2, sels, root / f"tune-{t}", seed=1000 + t)
         for (m, r, b), sel in zip(jobs, sels):
             name = selection_name(sel["method"], r, sel.get("score"), sel["class_balanced"], b)
-            refs[(m, r, b, t)] = evaluate_coreset.remote(
-                str(source), str(root / f"tune-{t}" / name), seed=1000 + t, validation=VALIDATION, **common
-            )
+            refs[(m, r, b, t)] = _evaluate(source, str(root / f"tune-{t}" / name), common, 1000 + t,
+                                           validation=VALIDATION)
     keys = list(refs)
     got = dict(zip(keys, ray.get([refs[k] for k in keys])))
     table: dict[str, dict[str, dict[str, float]]] = {}
@@ -191,11 +200,11 @@ def _run_in(
         select_distributed(scores_dir, 2, [sel for _, _, sel in jobs], root / f"sel-{seed}", seed=seed)
         for method, r, sel in jobs:
             name = selection_name(sel["method"], r, sel.get("score"), sel["class_balanced"], sel.get("beta"))
-            refs[(method, r, seed)] = evaluate_coreset.remote(str(source), str(root / f"sel-{seed}" / name), seed=seed, **common)
+            refs[(method, r, seed)] = _evaluate(source, str(root / f"sel-{seed}" / name), common, seed)
         if "rs2" in methods:
             for r in rates:
-                refs[("rs2", r, seed)] = evaluate_coreset.remote(str(source), None, seed=seed, rs2_keep=r, **common)
-        refs[("full", 1.0, seed)] = evaluate_coreset.remote(str(source), None, seed=seed, **common)
+                refs[("rs2", r, seed)] = _evaluate(source, None, common, seed, rs2_keep=r)
+        refs[("full", 1.0, seed)] = _evaluate(source, None, common, seed)
     keys = list(refs)
     results = dict(zip(keys, ray.get([refs[k] for k in keys])))
     accuracy: dict[str, dict[str, dict[str, float]]] = {}

@@ -4,6 +4,7 @@ The runner orchestrates and never computes. It is executor-agnostic: `submit(fn,
 a `concurrent.futures.Future`; pipelines/runtime.py passes Ray tasks (`ObjectRef.future()`), tests pass
 a thread pool. A stage's output is committed by `execute_stage` inside the worker (temporary directory,
 `_SUCCESS` manifest, atomic rename), so a failed or killed stage never leaves a committed output.
+Run records (run.json) and reading them back live in core/run_records.py.
 """
 
 from __future__ import annotations
@@ -12,16 +13,13 @@ import concurrent.futures as cf
 import contextlib
 import contextvars
 import inspect
-import json
 import os
-import re
 import shutil
-import socket
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +29,26 @@ from core.errors import ConfigError, InputError, one_line
 from core.io import (
     atomic_dir,
     is_committed,
-    pid_alive,
-    read_json,
     read_manifest,
     remove_orphaned_temporaries,
     verify_dir,
     write_json_atomic,
 )
+from core.run_records import (  # noqa: F401  (run records are part of the runner's public API)
+    RunRecord,
+    StageRecord,
+    _local,
+    check_name,
+    is_unreadable,
+    list_runs,
+    load_run,
+    mark_dead_runs,
+    new_run_id,
+    run_path,
+)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 StageFn = Callable[..., Mapping[str, Any] | None]
 Submit = Callable[[Callable[..., Any], tuple[Any, ...], "StageOptions"], cf.Future]
-
-
-def check_name(name: str, what: str) -> str:
-    """Reject names that could escape the runs directory or confuse a shell."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
-        raise ConfigError(f"invalid {what} {name!r}: use letters, digits, '_', '-', '.' (no '..', no '/')")
-    return name
 
 
 @dataclass(frozen=True)
@@ -164,58 +164,6 @@ def execute_stage(fn: StageFn, final: str, inputs: Mapping[str, str], params: Ma
     manifest = read_manifest(final)
     # this attempt's own figures: a concurrent run may have committed first, and its manifest holds its own
     return {"rows": manifest["rows"], "metrics": extra["metrics"], "seconds": extra["seconds"]}
-
-
-@dataclass
-class StageRecord:
-    """What one run knows about one stage; serialised into run.json."""
-
-    name: str
-    key: str
-    output: str
-    status: str = "pending"  # pending | running | cached | done | failed | skipped | interrupted
-    cache_hit: bool = False
-    rows: int | None = None
-    seconds: float | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    error_type: str | None = None
-    bad_input: bool = False  # the failure was the user's input (exit 2), not an internal error
-    warning: str | None = None  # e.g. a corrupt cached output that was recomputed
-    attempt: str | None = None  # object-store runs dir: the committed attempt this run used
-    bytes_uploaded: int = 0
-    bytes_downloaded: int = 0
-
-
-@dataclass
-class RunRecord:
-    """The run.json of one run: who, what, when, and each stage's outcome."""
-
-    run_id: str
-    pipeline: str
-    config: dict[str, Any]
-    status: str = "running"  # running | succeeded | failed | interrupted
-    error: str | None = None  # why a run ended failed or interrupted outside any stage (connection, disk, signal)
-    started: float = field(default_factory=time.time)
-    finished: float | None = None
-    host: str = field(default_factory=socket.gethostname)
-    pid: int = field(default_factory=os.getpid)
-    stages: dict[str, StageRecord] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def failed_stage(self) -> StageRecord | None:
-        return next((s for s in self.stages.values() if s.status == "failed"), None)
-
-
-def new_run_id(pipeline: str) -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{pipeline}-{uuid.uuid4().hex[:6]}"
-
-
-def run_path(runs_dir: str | os.PathLike, run_id: str) -> Path:
-    """The run.json of `run_id`, refusing ids that would leave the runs directory."""
-    return _local(runs_dir) / "runs" / check_name(run_id, "run id") / "run.json"
 
 
 def _cache_hit(final: Path, problems: list[str] | None = None) -> dict[str, Any] | None:
@@ -397,12 +345,6 @@ class Runner:
         self._emit(rec)
 
 
-def _local(runs_dir: str | os.PathLike) -> Path:
-    """A local runs dir as a Path (a file:// URI included)."""
-    text = os.fspath(runs_dir)
-    return store.local_path(text) if text.startswith("file://") else Path(text)
-
-
 def _retire(final: Path) -> None:
     """Move a committed output aside before a forced rerun so readers never see a half-replaced one."""
     graveyard = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
@@ -413,45 +355,3 @@ def _retire(final: Path) -> None:
     shutil.rmtree(graveyard, ignore_errors=True)
 
 
-def mark_dead_runs(runs_dir: str | os.PathLike) -> list[str]:
-    """Close the records of runs on this host whose driver died (SIGKILL, OOM) while they were `running`."""
-    host, closed = socket.gethostname(), []
-    for record in list_runs(runs_dir):
-        pid, stages = record.get("pid"), record.get("stages")
-        if (record.get("status") != "running" or record.get("host") != host or not isinstance(pid, int)
-                or not isinstance(record.get("run_id"), str) or not isinstance(stages, dict) or pid_alive(pid)):
-            continue
-        reason = f"the driver (pid {pid}) was killed before the run finished"
-        record.update(status="interrupted", error=reason)
-        for stage in stages.values():
-            if isinstance(stage, dict) and stage.get("status") in ("running", "pending"):
-                stage.update(status="interrupted" if stage["status"] == "running" else "skipped", error=reason)
-        with contextlib.suppress(ConfigError, OSError):
-            write_json_atomic(run_path(runs_dir, record["run_id"]), record)
-            closed.append(record["run_id"])
-    return closed
-
-
-def load_run(runs_dir: str | os.PathLike, run_id: str) -> dict[str, Any]:
-    """The run.json of a run, or ConfigError naming the id."""
-    if store.is_remote(str(runs_dir)):
-        record = stage_store.load_record(str(runs_dir), check_name(run_id, "run id"))
-        if record is None:
-            raise ConfigError(f"no run '{run_id}' under {store.join(str(runs_dir), 'runs')}")
-        return record
-    path = run_path(runs_dir, run_id)
-    return read_json(path, ConfigError(f"no run '{run_id}' under {Path(runs_dir) / 'runs'}"), "run record")
-
-
-def list_runs(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every run.json under the runs directory, newest first."""
-    if store.is_remote(str(runs_dir)):
-        return sorted(stage_store.list_records(str(runs_dir)), key=lambda r: r.get("started", 0), reverse=True)
-    root = _local(runs_dir) / "runs"
-    records = []
-    for path in root.glob("*/run.json") if root.is_dir() else []:
-        try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return sorted(records, key=lambda r: r.get("started", 0), reverse=True)

@@ -39,6 +39,10 @@ class ShardUnavailableError(ShardwalkError):
     """A shard or replica could not answer and partial results were not allowed."""
 
 
+class InvariantError(ShardwalkError):
+    """An internal guarantee broke (a bug, not the input): raised where an `assert` would vanish under -O."""
+
+
 def one_line(exc: BaseException) -> str:
     """Render an exception as the single line the CLI prints."""
     text = " ".join(str(exc).split())

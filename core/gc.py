@@ -17,8 +17,9 @@ import pyarrow.fs as pafs
 
 from core import store
 from core.dag import list_runs
-from core.errors import ConfigError
+from core.errors import ConfigError, DataError
 from core.io import TEMP_PREFIX, is_committed
+from core.run_records import is_unreadable
 
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -44,6 +45,8 @@ def referenced(runs_dir: str) -> set[str]:
     """Every output and attempt a run record names."""
     names: set[str] = set()
     for record in list_runs(runs_dir):
+        if is_unreadable(record):  # its outputs cannot be told apart from garbage: never guess
+            raise DataError(f"{record['error']}; repair or remove that run record before gc")
         for stage in record.get("stages", {}).values():
             names.update(v.rstrip("/") for v in (stage.get("attempt"), stage.get("output")) if v)
     return names

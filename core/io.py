@@ -375,15 +375,25 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
 
     A failed write (a full disk, a quota) removes its temporary, so no zero-byte file is left behind.
     """
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str))
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary beside `path` that replaces it on success (`os.replace`), removed on any failure.
+
+    The one temp-file + rename of the project: a reader sees the old file or the whole new one, and a
+    writer killed or failing mid-write leaves no partial file where a reader looks.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     try:
-        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str))
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
 
 
 SEAL = "sha256"  # the key of a sealed JSON file's own digest

@@ -9,13 +9,16 @@ no-op, so 1 and k shards follow the same trajectory up to float summation order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from core import validate
 from core.datasets import hash_unit
 from core.errors import ConfigError, DivergenceError
 from core.scores import DynamicsRecorder
@@ -23,6 +26,74 @@ from core.scores import DynamicsRecorder
 AllReduce = Callable[[torch.Tensor], None]  # in-place sum over shards
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("auto", "models", "data")
+KINDS = ("mlp", "linear", "cnn")
+
+
+def _from_section(cls: type, section: Mapping[str, Any], prefix: str) -> Any:
+    """Build a settings dataclass from a config section, naming unknown keys with the section's prefix."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(section) - names)
+    if unknown:
+        raise ConfigError(f"unknown {prefix.rstrip('.') or 'setting'} key(s) {unknown}; known: {sorted(names)}")
+    return cls(**dict(section), _prefix=prefix)
+
+
+def _check_model(spec: Any, prefix: str) -> None:
+    """The settings a proxy and an evaluation model share: kind, width, batch, seed, learning rate."""
+    validate.choice(f"{prefix}model", spec.model, KINDS)
+    validate.integer(f"{prefix}hidden", spec.hidden)
+    validate.integer(f"{prefix}batch_size", spec.batch_size)
+    validate.integer(f"{prefix}seed", spec.seed, 0)
+    validate.number(f"{prefix}lr", spec.lr)
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    """How the scoring proxies train: built and validated once from the `proxy` section, passed whole."""
+
+    model: str = "mlp"  # mlp | linear | cnn
+    hidden: int = 128
+    models: int = 2
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 0.05
+    el2n_epoch: int = 2
+    seed: int = 0
+    layout: str = "auto"  # auto | models | data (core.proxy.plan_scoring)
+    _prefix: dataclasses.InitVar[str] = ""
+
+    def __post_init__(self, _prefix: str) -> None:
+        _check_model(self, _prefix)
+        for key in ("models", "epochs", "el2n_epoch"):
+            validate.integer(f"{_prefix}{key}", getattr(self, key))
+        validate.choice(f"{_prefix}layout", self.layout, MODES)
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any], prefix: str = "proxy.") -> ProxySpec:
+        """The spec of a config section (errors name `proxy.<key>`)."""
+        return _from_section(cls, section, prefix)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How a fresh model trains on a coreset for evaluation: the same budget for every coreset."""
+
+    steps: int = 600
+    batch_size: int = 128
+    lr: float = 0.05
+    hidden: int = 128
+    seed: int = 0
+    model: str = "mlp"
+    _prefix: dataclasses.InitVar[str] = ""
+
+    def __post_init__(self, _prefix: str) -> None:
+        validate.steps(self.steps, f"{_prefix}steps")
+        _check_model(self, _prefix)
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any], prefix: str = "evaluate.") -> TrainSpec:
+        """The spec of a config section (errors name `evaluate.<key>`)."""
+        return _from_section(cls, section, prefix)
 
 
 def check_device(setting: object, *, where: str = "device") -> str:
@@ -182,21 +253,14 @@ def score_shard(
     y: np.ndarray,
     ids: np.ndarray,
     num_classes: int,
+    spec: ProxySpec,
     *,
     total_rows: int,
-    models: int = 2,
-    epochs: int = 8,
-    batch_size: int = 128,
-    lr: float = 0.05,
-    kind: str = "mlp",
-    hidden: int = 128,
-    el2n_epoch: int = 2,
-    seed: int = 0,
     allreduce: AllReduce | None = None,
     model_indices: Sequence[int] | None = None,
     device: str = "cpu",
 ) -> tuple[DynamicsRecorder, nn.Module]:
-    """Train proxies `model_indices` (default: all `models`), recording this shard's dynamics every epoch.
+    """Train proxies `model_indices` (default: all `spec.models`), recording this shard's dynamics every epoch.
 
     Proxy m is seeded by (seed, m) alone, so it is the same model whichever actor trains it. Returns the
     recorder and the last proxy (whose parameters are identical on every shard of a data-parallel run).
@@ -204,14 +268,14 @@ def score_shard(
     dev = local_device(device)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev)
-    recorder = DynamicsRecorder(ids, y, num_classes, el2n_epoch=el2n_epoch)
-    batches = max(1, int(np.ceil(total_rows / batch_size)))
-    for m in range(models) if model_indices is None else model_indices:
-        model_seed = seed * 1009 + m
-        model = make_model(kind, x.shape[1], num_classes, hidden=hidden, seed=model_seed).to(dev)
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    recorder = DynamicsRecorder(ids, y, num_classes, el2n_epoch=spec.el2n_epoch)
+    batches = max(1, int(np.ceil(total_rows / spec.batch_size)))
+    for m in range(spec.models) if model_indices is None else model_indices:
+        model_seed = spec.seed * 1009 + m
+        model = make_model(spec.model, x.shape[1], num_classes, hidden=spec.hidden, seed=model_seed).to(dev)
+        opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.9)
         recorder.start_model(m)
-        for epoch in range(epochs):
+        for epoch in range(spec.epochs):
             train_epoch(model, opt, xt, yt, ids, epoch=epoch, batches=batches, seed=model_seed, allreduce=allreduce)
             recorder.record(logits_of(model, xt))
     return recorder, model.cpu()
@@ -221,13 +285,8 @@ def fit(
     x: np.ndarray,
     y: np.ndarray,
     num_classes: int,
+    spec: TrainSpec,
     *,
-    steps: int,
-    batch_size: int = 128,
-    lr: float = 0.05,
-    kind: str = "mlp",
-    hidden: int = 128,
-    seed: int = 0,
     sampler: Callable[[int], np.ndarray] | None = None,
     device: str = "cpu",
 ) -> nn.Module:
@@ -239,12 +298,13 @@ def fit(
     if len(x) == 0:
         raise ConfigError("cannot train on an empty coreset")
     dev = local_device(device)
-    model = make_model(kind, x.shape[1], num_classes, hidden=hidden, seed=seed).to(dev)
+    steps, batch_size, lr = spec.steps, spec.batch_size, spec.lr
+    model = make_model(spec.model, x.shape[1], num_classes, hidden=spec.hidden, seed=spec.seed).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 1e-3)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(spec.seed)
     loss_fn = nn.CrossEntropyLoss()
     step, pass_index = 0, 0
     model.train()

@@ -85,16 +85,18 @@ def load_record(runs_dir: str, run_id: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def list_records(runs_dir: str) -> list[dict[str, Any]]:
-    """Every readable run.json under the store's runs/ prefix."""
+def list_records(runs_dir: str, unreadable: Callable[[str, str], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every run.json under the store's runs/ prefix; one that cannot be read is skipped, or given to
+    `unreadable(run_id, reason)` for a stand-in (core.run_records lists it that way)."""
     records = []
     for info in store.list_dir(store.join(runs_dir, "runs")):
         if info.type != pafs.FileType.Directory:
             continue
+        uri = store.join(runs_dir, "runs", info.base_name, "run.json")
         try:
-            record = store.read_json(store.join(runs_dir, "runs", info.base_name, "run.json"))
-        except (OSError, ValueError):
-            continue
+            record = store.read_json(uri)
+        except (OSError, ValueError) as exc:
+            record = None if unreadable is None else unreadable(info.base_name, f"{uri}: cannot read ({exc})")
         if isinstance(record, dict):
             records.append(record)
     return records

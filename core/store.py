@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from core.errors import ConfigError, CorruptArtifactError, DataError
-from core.io import MANIFEST, build_manifest
+from core.io import MANIFEST, atomic_file, build_manifest
 
 SCHEMES = ("file", "s3", "gs", "gcs")
 ATTEMPTS = "attempts"
@@ -333,14 +333,8 @@ def materialize(uri: str, names: Iterable[str] | None = None) -> tuple[Path, int
         dest = target / _safe_rel(c.uri, rel)
         if dest.is_file() and dest.stat().st_size == c.manifest["files"].get(rel, {}).get("bytes"):
             continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
-        try:
-            with open(tmp, "wb") as sink:
-                fetched += stream_object(c, rel, sink)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_file(dest) as tmp, open(tmp, "wb") as sink:
+            fetched += stream_object(c, rel, sink)
     _write_atomic(target / MANIFEST, json.dumps(c.manifest, indent=1, sort_keys=True))
     _write_atomic(target / ORIGIN, c.uri)
     evict(keep=target)
@@ -349,9 +343,8 @@ def materialize(uri: str, names: Iterable[str] | None = None) -> tuple[Path, int
 
 def _write_atomic(path: Path, text: str) -> None:
     """Several shard actors of one node may materialise into the same entry at once."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def origin(path: str | os.PathLike) -> str | None:

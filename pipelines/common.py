@@ -11,7 +11,7 @@ import numpy as np
 import ray
 
 from core.dag import Pipeline
-from core.errors import DataError
+from core.errors import DataError, InvariantError
 from core.io import plan_shards, source_fingerprint
 from core.schema import Columns
 from core.unique import check_unique, id_buckets
@@ -59,7 +59,8 @@ def ingest(
     split = [refs if buckets > 1 else [refs] for refs in split]
     reports = get_all([check_bucket_unique.remote(*[refs[b] for refs in split]) for b in range(buckets)])
     rows = sum(p["rows"] for p in parts)
-    assert check_unique(reports, where) == rows, "every id falls in exactly one bucket"
+    if check_unique(reports, where) != rows:  # every id falls in exactly one bucket
+        raise InvariantError(f"{where}: the id buckets hold a different number of ids than the parts ({rows})")
     metrics = {"rows": rows, "dim": parts[0]["dim"], "shards": len(parts), "source": where}
     if parts[0]["labels"] is not None:
         metrics["classes"] = map_labels(out, parts, where, cols.label, require_label)

@@ -13,6 +13,7 @@ and flags (metric `warning`) any coreset that holds no example of some class.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -25,16 +26,17 @@ import pyarrow.parquet as pq
 import ray
 
 from core import scores as score_fns
-from core.coreset import METHODS
+from core.coreset_spec import CoresetSpec
 from core.dag import Pipeline
-from core.datasets import test_mask
-from core.errors import ConfigError, DataError
+from core.errors import DataError
+from core.evaluation import Split
 from core.io import write_parquet
-from core.proxy import MODES, check_device, resolve_device
+from core.proxy import ProxySpec, TrainSpec, resolve_device
+from core.selection_names import parse_method, read_selection
 from pipelines.common import COLUMN_DEFAULTS, LABELS_FILE, ingest_stage, read_label_map
 from pipelines.reports import coreset_report
 from workers.ingest import part_paths
-from workers.scorer import cluster_gpus, evaluate_coreset, read_selection, score_dataset, select_distributed
+from workers.scorer import cluster_gpus, evaluate_coreset, score_dataset, select_distributed
 
 DEFAULTS: dict[str, Any] = {
     "source": "builtin:digits",
@@ -53,56 +55,22 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def parse_method(name: str) -> dict[str, Any]:
-    """`ccs-aum-cb` → {method: ccs, score: aum, class_balanced: True}; ConfigError on unknown parts."""
-    parts = str(name).split("-")
-    method, rest = parts[0], parts[1:]
-    if method not in METHODS:
-        raise ConfigError(f"unknown selection method '{name}'; use ccs-SCORE[-cb], topk-SCORE[-easy][-cb], random[-cb]")
-    out: dict[str, Any] = {"method": method, "class_balanced": "cb" in rest}
-    rest = [r for r in rest if r != "cb"]
-    if method == "topk" and "easy" in rest:
-        out["hardest"] = False
-        rest = [r for r in rest if r != "easy"]
-    if method == "random":
-        if rest:
-            raise ConfigError(f"selection method '{name}': random takes no score")
-        return out
-    if len(rest) != 1 or rest[0] not in score_fns.HARD_HIGH:
-        raise ConfigError(f"selection method '{name}': name one score from {sorted(score_fns.HARD_HIGH)}")
-    out["score"] = rest[0]
-    return out
-
-
 def validate(config: dict[str, Any]) -> None:
-    """Reject bad values before any stage runs."""
-    if not 1 <= config["shards"] <= 1024:
-        raise ConfigError(f"shards must be in [1, 1024], got {config['shards']}")
-    if not 0.0 <= config["test_fraction"] < 1.0:
-        raise ConfigError(f"test_fraction must be in [0, 1), got {config['test_fraction']}")
-    if config.get("test_source") and config["test_fraction"] > 0:
-        raise ConfigError("test_source is the test split: set test_fraction = 0 with it")
-    if config["test_fraction"] == 0 and not config.get("test_source") and config["evaluate"]["enabled"]:
-        raise ConfigError("test_fraction = 0 leaves nothing to test on: set test_source, or evaluate.enabled = false")
-    rates = config["select"]["rates"]
-    if not rates or any(not isinstance(r, int | float) or not 0.0 < r < 1.0 for r in rates):
-        raise ConfigError(f"select.rates must be a non-empty list of keep fractions in (0, 1), got {rates}")
-    methods = [parse_method(m) for m in config["select"]["methods"]]
-    if any(m.get("score") == "knn_density" for m in methods) and not config["knn"]["enabled"]:
-        raise ConfigError("score 'knn_density' needs knn.enabled = true")
-    if any(m.get("score") == "knn_density" and m["class_balanced"] for m in methods):
-        raise ConfigError("knn_density selections cannot be class-balanced (the kNN scores carry no labels)")
-    proxy = config["proxy"]
-    for key in ("hidden", "models", "epochs", "batch_size"):
-        if proxy[key] < 1:
-            raise ConfigError(f"proxy.{key} must be >= 1, got {proxy[key]}")
-    if proxy.get("layout", "auto") not in MODES:
-        raise ConfigError(f"proxy.layout must be one of {list(MODES)}, got {proxy['layout']!r}")
-    check_device(config.get("device", "auto"))
-    if proxy["model"] not in ("mlp", "linear", "cnn"):
-        raise ConfigError(f"proxy.model must be mlp, linear or cnn, got {proxy['model']!r}")
-    if config["evaluate"]["steps"] < 1:
-        raise ConfigError(f"evaluate.steps must be >= 1, got {config['evaluate']['steps']}")
+    """Reject bad values before any stage runs (the same checks the demo runs on its sections)."""
+    CoresetSpec.from_config(config)
+    if config["knn"]["enabled"]:
+        from pipelines import index as index_pipeline
+
+        index_pipeline.validate(knn_index_config(config))
+
+
+def knn_index_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The index config of the `knn` section (the kNN graph that `knn_density` scores come from)."""
+    from pipelines.index import index_section
+
+    knn = config["knn"]
+    return index_section({"shards": config["shards"], "M": knn["M"], "ef_construction": knn["ef_construction"],
+                          "ef": knn["ef"], "k": knn["k"], "knn_graph": True})
 
 
 # ----------------------------------------------------------------------------- stages
@@ -111,9 +79,8 @@ def validate(config: dict[str, Any]) -> None:
 def score(out: Path, ingest: Path, *, shards: int, test_fraction: float, split_seed: int, proxy: dict,
           device: str = "auto") -> dict[str, Any]:
     """Train the proxies on up to `shards` actors (independent proxies or data-parallel); scores parts."""
-    params = {k: v for k, v in proxy.items() if k not in ("model", "layout")}
-    result = score_dataset(str(ingest), shards, out, test_fraction=test_fraction, split_seed=split_seed,
-                           kind=proxy["model"], mode=proxy.get("layout", "auto"), device=device, **params)
+    result = score_dataset(str(ingest), shards, out, spec=ProxySpec.from_config(proxy), test_fraction=test_fraction,
+                           split_seed=split_seed, device=device)
     return {k: result[k] for k in ("rows", "classes", "seconds", "examples_per_second", "mode", "actors", "device")}
 
 
@@ -122,7 +89,7 @@ def _density_part(graph_part: str, out_path: str, k: int, test_fraction: float, 
     """knn_density of one graph part, restricted to training rows, written beside the others."""
     table = score_fns.knn_density(pq.read_table(graph_part), k=k)
     ids = table.column("id").to_numpy()
-    train = ~test_mask(ids, test_fraction, split_seed) if test_fraction > 0 else np.ones(len(ids), dtype=bool)
+    train = ~Split(test_fraction, split_seed).test_rows(ids)
     write_parquet(table.filter(train), out_path)
     return int(train.sum())
 
@@ -204,58 +171,69 @@ def evaluate(out: Path, ingest: Path, select: Path, test: Path | None = None, *,
     """
     names = sorted(p.name for p in select.iterdir() if p.is_dir())
     dev = resolve_device(device, cluster_gpus())
-    common = {"test_fraction": test_fraction, "split_seed": split_seed, "steps": steps, "seed": seed,
-              "batch_size": batch_size, "lr": lr, "hidden": hidden, "kind": model, "device": dev,
-              "test_source": str(test) if test is not None else None}
-    held = pads.dataset(str(test or ingest), format="parquet").to_table(columns=["id", "label"])
-    if test is None:
-        held = held.filter(pa.array(test_mask(held.column("id").to_numpy(), test_fraction, split_seed)))
-    values = read_label_map(ingest)
-    if values is not None:
-        held = held.set_column(1, "label", pa.array(values[held.column("label").to_numpy()]))
-    write_parquet(held.sort_by("id"), out / "test_ids.parquet")
+    split = Split(test_fraction, split_seed)
+    train = TrainSpec(steps=steps, batch_size=batch_size, lr=lr, hidden=hidden, seed=seed, model=model)
+    write_parquet(_test_ids(ingest, test, split), out / "test_ids.parquet")
     task = evaluate_coreset.options(num_gpus=1 if dev == "cuda" else 0)
-    refs = [task.remote(str(ingest), str(select / n), **common) for n in names]
-    refs.append(task.remote(str(ingest), None, **common))
+    common = {"device": dev, "test_source": str(test) if test is not None else None}
+    refs = [task.remote(str(ingest), str(select / n), split, train, **common) for n in names]
+    refs.append(task.remote(str(ingest), None, split, train, **common))
     answers = ray.get(refs)
     accuracy = {n: a["accuracy"] for n, a in zip([*names, "full"], answers)}
     (out / "accuracy.json").write_text(json.dumps(accuracy, indent=1, sort_keys=True))
     return {k: round(v, 4) for k, v in accuracy.items()}
 
 
-def build(config: dict[str, Any]) -> Pipeline:
-    """ingest → [build → knn_graph → density] → score → select → evaluate."""
-    p = Pipeline("coreset")
-    split = {"test_fraction": config["test_fraction"], "split_seed": config["split_seed"]}
-    ingest_stage(p, config, require_label=True)
-    select_inputs = {"scores": "score"}
-    if config["knn"]["enabled"]:
-        from pipelines.index import build_index, knn_graph
+def _test_ids(ingest: Path, test: Path | None, split: Split) -> pa.Table:
+    """(id, label) of the rows every accuracy is measured on, with the user's label values."""
+    held = pads.dataset(str(test or ingest), format="parquet").to_table(columns=["id", "label"])
+    if test is None:
+        held = held.filter(pa.array(split.test_rows(held.column("id").to_numpy())))
+    values = read_label_map(ingest)
+    if values is not None:
+        held = held.set_column(1, "label", pa.array(values[held.column("label").to_numpy()]))
+    return held.sort_by("id")
 
-        knn = config["knn"]
-        p.stage("build", build_index, inputs=["ingest"], params={
-            "shards": config["shards"], "space": "l2", "M": knn["M"], "ef_construction": knn["ef_construction"],
-            "random_seed": 100, "partition": "hash", "replicas": 1}, num_cpus=0)
-        p.stage("knn_graph", knn_graph, inputs={"build": "build"},
-                params={"k": knn["k"], "ef": knn["ef"], "nprobe": 0}, num_cpus=0)
-        p.stage("density", density, inputs={"graph": "knn_graph"}, params={"k": knn["k"], **split}, num_cpus=0)
+
+def add_coreset_stages(p: Pipeline, config: dict[str, Any], *, graph: str | None = None) -> None:
+    """Add [build → knn_graph →] density, score, select and evaluate from a validated coreset config.
+
+    `graph` names a kNN-graph stage already in `p` (the demo's); otherwise `knn.enabled` adds the index
+    stages here. Expects an `ingest` stage; adds no report.
+    """
+    spec = CoresetSpec.from_config(config)
+    split = {"test_fraction": spec.split.test_fraction, "split_seed": spec.split.split_seed}
+    select_inputs = {"scores": "score", "ingest": "ingest"}
+    if spec.knn:
+        if graph is None:
+            from pipelines.index import add_index_stages
+
+            add_index_stages(p, knn_index_config(config))
+            graph = "knn_graph"
+        p.stage("density", density, inputs={"graph": graph}, params={"k": config["knn"]["k"], **split}, num_cpus=0)
         select_inputs["density"] = "density"
-    p.stage("score", score, inputs=["ingest"], params={"shards": config["shards"], **split, "device": config["device"],
-                                                       "proxy": dict(config["proxy"])}, num_cpus=0)
-    sel = config["select"]
-    select_inputs["ingest"] = "ingest"
-    p.stage("select", select, inputs=select_inputs, version="2", params={
-        "shards": config["shards"], "rates": [float(r) for r in sel["rates"]], "methods": list(sel["methods"]),
-        "strata": sel["strata"], "seed": sel["seed"]}, num_cpus=0)
-    if config["evaluate"]["enabled"]:
-        ev = {k: v for k, v in config["evaluate"].items() if k != "enabled"}
+    p.stage("score", score, inputs=["ingest"], num_cpus=0,
+            params={"shards": spec.shards, **split, "device": spec.device, "proxy": dataclasses.asdict(spec.proxy)})
+    sel = spec.select
+    p.stage("select", select, inputs=select_inputs, version="2", num_cpus=0, params={
+        "shards": spec.shards, "rates": list(sel.rates), "methods": list(sel.methods), "strata": sel.strata,
+        "seed": sel.seed})
+    if spec.evaluate is not None:
         inputs = {"ingest": "ingest", "select": "select"}
-        if config["test_source"]:
-            ingest_stage(p, {**config, "source": config["test_source"]}, require_label=True, name="ingest_test")
+        if spec.test_source:
+            ingest_stage(p, {**config, "source": spec.test_source}, require_label=True, name="ingest_test")
             p.stage("test_split", held_out_split, inputs={"ingest": "ingest", "ingest_test": "ingest_test"}, num_cpus=0,
-                    params={"source": str(config["source"]), "test_source": str(config["test_source"])})
+                    params={"source": str(config["source"]), "test_source": spec.test_source})
             inputs["test"] = "test_split"
-        p.stage("evaluate", evaluate, inputs=inputs, version="2", params={**split, **ev, "model": "mlp", "device": config["device"]}, num_cpus=0)
+        p.stage("evaluate", evaluate, inputs=inputs, version="2", num_cpus=0,
+                params={**split, **dataclasses.asdict(spec.evaluate), "device": spec.device})
+
+
+def build(config: dict[str, Any]) -> Pipeline:
+    """ingest → [build → knn_graph → density] → score → select → evaluate → report."""
+    p = Pipeline("coreset")
+    ingest_stage(p, config, require_label=True)
+    add_coreset_stages(p, config)
     report_inputs = {"ingest": "ingest", "scores": "score", "select": "select"}
     if config["evaluate"]["enabled"]:
         report_inputs["evaluate"] = "evaluate"

@@ -20,18 +20,20 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from core import hnsw
+from core import validate as validate_
 from core.dag import Pipeline
-from core.datasets import test_mask
 from core.errors import ConfigError
+from core.evaluation import Split
 from core.io import read_table, write_parquet
+from core.labelled import read_labelled
 from core.objectives import build_objective
 from core.schema import to_numpy
+from core.selection_names import method_selection_name, read_selection
 from pipelines import coreset as coreset_pipeline
 from pipelines import index as index_pipeline
 from pipelines import srrw as srrw_pipeline
 from pipelines.common import COLUMN_DEFAULTS, ingest_stage
 from pipelines.demo_report import write_demo_report
-from workers.scorer import read_selection
 from workers.sharded_index import ShardedIndex
 
 DEFAULTS: dict[str, Any] = {
@@ -42,44 +44,59 @@ DEFAULTS: dict[str, Any] = {
     "split_seed": 0,
     "index": {"M": 16, "ef_construction": 100, "ef": 64, "k": 10, "sweep_shards": [1, 2, 4],
               "sweep_ef": [16, 32, 64, 128], "queries": 500},
-    "proxy": {"model": "mlp", "hidden": 128, "models": 2, "epochs": 8, "batch_size": 256, "lr": 0.05,
-              "el2n_epoch": 2, "seed": 0},
-    "select": {"rates": [0.7, 0.5, 0.3, 0.1], "methods": ["ccs-aum", "ccs-el2n-cb", "random", "topk-el2n"],
-               "strata": 50, "seed": 0},
-    "evaluate": {"steps": 600, "batch_size": 128, "lr": 0.05, "hidden": 128, "seed": 0},
+    "proxy": dict(coreset_pipeline.DEFAULTS["proxy"]),
+    "select": {**coreset_pipeline.DEFAULTS["select"], "methods": ["ccs-aum", "ccs-el2n-cb", "random", "topk-el2n"]},
+    "evaluate": {k: v for k, v in coreset_pipeline.DEFAULTS["evaluate"].items() if k != "enabled"},
     "srrw": {"coreset": "ccs-aum-keep0.3", "baseline": "random-keep0.3", "graph": "barabasi_albert",
              "agents": 100, "m": 2, "alphas": [0.0, 10.0], "steps": 30000, "a": 0.8, "b": 0.9, "lr": 2.0,
              "lam": 0.01, "binarize": 5, "partitions": 2, "record_every": 1000, "seed": 0},
 }
+INDEX_KEYS = ("M", "ef_construction", "ef", "k")
+
+
+def index_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The index pipeline's config for the demo's `index` section (the sweep keys are the demo's own)."""
+    idx = config["index"]
+    return index_pipeline.index_section({"shards": config["shards"], **{k: idx[k] for k in INDEX_KEYS},
+                                         "knn_graph": True})
+
+
+def coreset_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The coreset pipeline's config for the demo's sections: its kNN graph is the demo's index."""
+    shared = ("source", *COLUMN_DEFAULTS, "shards", "test_fraction", "split_seed", "proxy", "select")
+    return {**coreset_pipeline.DEFAULTS, **{k: config[k] for k in shared}, "test_source": "",
+            "evaluate": {"enabled": True, **config["evaluate"]},
+            "knn": {"enabled": True, **{k: config["index"][k] for k in INDEX_KEYS}}}
+
+
+def walk_config(config: dict[str, Any], alpha: float) -> dict[str, Any]:
+    """The srrw pipeline's config for the demo's `srrw` section at one alpha (one token, MHRW base)."""
+    walk = config["srrw"]
+    graph = {"name": walk["graph"], "edges": "", "assignment": "", "spread": "label_skew", "n": walk["agents"],
+             "m": walk["m"], "seed": walk["seed"]}
+    model = {"kind": "logistic", "lam": walk["lam"], "intercept": True, "binarize": walk["binarize"]}
+    return {**srrw_pipeline.DEFAULTS, "source": config["source"], "shards": config["shards"], "graph": graph,
+            "model": model, "alpha": float(alpha), "base": "mhrw", "tokens": 1, "halo": 1,
+            "checkpoint_every": walk["steps"] // 4, "test_fraction": 0.0, "split_seed": config["split_seed"],
+            **{k: walk[k] for k in ("a", "b", "lr", "steps", "partitions", "record_every", "seed")}}
 
 
 def validate(config: dict[str, Any]) -> None:
-    """The sub-pipelines' own checks, plus the demo's keys."""
-    coreset_pipeline.validate({**coreset_pipeline.DEFAULTS, **{k: config[k] for k in (
-        "source", "shards", "test_fraction", "split_seed", "proxy", "select")},
-        "evaluate": {**coreset_pipeline.DEFAULTS["evaluate"], **config["evaluate"]}})
-    idx = config["index"]
-    if not idx["sweep_shards"] or any(s < 1 for s in idx["sweep_shards"]):
-        raise ConfigError(f"index.sweep_shards must be positive shard counts, got {idx['sweep_shards']}")
-    if not idx["sweep_ef"] or any(e < 1 for e in idx["sweep_ef"]) or idx["queries"] < 1:
-        raise ConfigError("index.sweep_ef must be positive and index.queries >= 1")
+    """Each section through its own pipeline's checks (same messages), plus the demo's own keys."""
+    index_pipeline.validate(index_config(config))
+    coreset_pipeline.validate(coreset_config(config))
     walk = config["srrw"]
-    if not walk["alphas"] or any(a < 0 for a in walk["alphas"]):
-        raise ConfigError(f"srrw.alphas must be numbers >= 0, got {walk['alphas']}")
+    validate_.integer("srrw.agents", walk["agents"], 3)
+    for alpha in validate_.alphas("srrw.alphas", walk["alphas"]):
+        srrw_pipeline.validate(walk_config(config, alpha))
+    idx = config["index"]
+    validate_.positive_ints("index.sweep_shards", idx["sweep_shards"])
+    validate_.positive_ints("index.sweep_ef", idx["sweep_ef"])
+    validate_.integer("index.queries", idx["queries"])
     wanted = {walk["coreset"], walk["baseline"]}
-    names = {coreset_pipeline_name(m, r) for m in config["select"]["methods"] for r in config["select"]["rates"]}
+    names = {method_selection_name(m, r) for m in config["select"]["methods"] for r in config["select"]["rates"]}
     if not wanted <= names:
         raise ConfigError(f"srrw.coreset/baseline must be among the selections {sorted(names)}, got {sorted(wanted)}")
-    if walk["agents"] < 3 or walk["steps"] < 1 or walk["partitions"] < 1:
-        raise ConfigError("srrw.agents must be >= 3, srrw.steps and srrw.partitions >= 1")
-
-
-def coreset_pipeline_name(method: str, rate: float) -> str:
-    """The selection table name the coreset stages give (method, rate)."""
-    from workers.scorer import selection_name
-
-    spec = coreset_pipeline.parse_method(method)
-    return selection_name(spec["method"], float(rate), spec.get("score"), spec["class_balanced"])
 
 
 # ----------------------------------------------------------------------------- demo-only stages
@@ -115,7 +132,7 @@ def coreset_train(out: Path, ingest: Path, select: Path, *, selection: str, test
     chosen = read_selection(select / selection)
     table = pads.dataset(str(ingest), format="parquet").to_table()
     ids = table.column("id").to_numpy()
-    keep = np.isin(ids, chosen) & ~test_mask(ids, test_fraction, split_seed)
+    keep = np.isin(ids, chosen) & ~Split(test_fraction, split_seed).test_rows(ids)
     write_parquet(table.filter(pa.array(keep)), out / "part-00000.parquet")
     return {"rows": int(keep.sum()), "selection": selection}
 
@@ -123,10 +140,8 @@ def coreset_train(out: Path, ingest: Path, select: Path, *, selection: str, test
 def srrw_test(out: Path, ingest: Path, walk: Path, *, test_fraction: float, split_seed: int, binarize: int,
               lam: float) -> dict[str, Any]:
     """Held-out accuracy of every θ snapshot of the walk (the model the tokens carry)."""
-    table = pads.dataset(str(ingest), format="parquet").to_table(columns=["id", "vector", "label"])
-    ids, x = to_numpy(table)
-    y = (table.column("label").to_numpy() >= binarize).astype(np.int64)
-    test = test_mask(ids, test_fraction, split_seed)
+    ids, x, y = read_labelled(ingest, binarize=binarize, validated=True)
+    test = Split(test_fraction, split_seed).test_rows(ids)
     objective = build_objective("logistic", {0: (x[test].astype(np.float64), y[test])}, lam=lam, intercept=True)
     traj = read_table(walk / "trajectory.parquet")
     thetas = np.asarray(traj.column("theta").to_pylist(), dtype=np.float64)
@@ -167,61 +182,42 @@ def _alpha_tag(alpha: float) -> str:
 
 
 def build(config: dict[str, Any]) -> Pipeline:
-    """Declare the whole job; stages shared with the other pipelines keep the same keys."""
+    """The index, coreset and srrw pipelines' stages (added by their own compose functions), plus the demo's."""
     p = Pipeline("demo")
     split = {"test_fraction": config["test_fraction"], "split_seed": config["split_seed"]}
-    idx, sel, walk = config["index"], config["select"], config["srrw"]
+    idx = config["index"]
     ingest_stage(p, config, require_label=True)
     p.stage("summarise", summarise_stage, inputs=["ingest"], num_cpus=0)
-    p.stage("build", index_pipeline.build_index, inputs=["ingest"], params={
-        "shards": config["shards"], "space": "l2", "M": idx["M"], "ef_construction": idx["ef_construction"],
-        "random_seed": 100, "partition": "hash", "replicas": 1}, num_cpus=0)
-    p.stage("knn_graph", index_pipeline.knn_graph, inputs=["build"],
-            params={"k": idx["k"], "ef": idx["ef"], "nprobe": 0}, num_cpus=0)
+    index_pipeline.add_index_stages(p, index_config(config))
     p.stage("index_sweep", index_sweep, inputs=["ingest"], num_cpus=0, params={
         "shard_counts": list(idx["sweep_shards"]), "efs": list(idx["sweep_ef"]), "k": idx["k"],
         "queries": idx["queries"], "M": idx["M"], "ef_construction": idx["ef_construction"], "seed": 0})
-    p.stage("density", coreset_pipeline.density, inputs={"graph": "knn_graph"}, params={"k": idx["k"], **split},
-            num_cpus=0)
-    p.stage("score", coreset_pipeline.score, inputs=["ingest"], num_cpus=0,
-            params={"shards": config["shards"], **split, "proxy": dict(config["proxy"])})
-    p.stage("select", coreset_pipeline.select, inputs={"scores": "score", "density": "density"}, num_cpus=0, params={
-        "shards": config["shards"], "rates": [float(r) for r in sel["rates"]], "methods": list(sel["methods"]),
-        "strata": sel["strata"], "seed": sel["seed"]})
-    p.stage("evaluate", coreset_pipeline.evaluate, inputs=["ingest", "select"], num_cpus=0,
-            params={**split, **config["evaluate"], "model": "mlp"})
-    model = {"kind": "logistic", "lam": walk["lam"], "intercept": True, "binarize": walk["binarize"]}
-    graph = {"name": walk["graph"], "edges": "", "assignment": "", "spread": "label_skew", "n": walk["agents"],
-             "m": walk["m"], "seed": walk["seed"]}
-    walks: dict[str, str] = {}
-    for role in ("coreset", "baseline"):
-        data = f"{role}_data"
-        p.stage(data, coreset_train, inputs={"ingest": "ingest", "select": "select"},
-                params={"selection": walk[role], **split})
-        p.stage(f"{role}_agents", srrw_pipeline.agents, inputs={"ingest": data},
-                params={"graph": graph, "seed": walk["seed"]})
-        p.stage(f"{role}_partition", srrw_pipeline.partition_stage, inputs={"agents": f"{role}_agents"},
-                params={"partitions": walk["partitions"], "base": "mhrw", "seed": walk["seed"]})
-        alphas = walk["alphas"] if role == "coreset" else [max(walk["alphas"])]
-        for alpha in alphas:
-            tag = f"{role}_{_alpha_tag(alpha)}"
-            params = {"alpha": float(alpha), "base": "mhrw", "a": walk["a"], "b": walk["b"], "lr": walk["lr"],
-                      "steps": walk["steps"], "tokens": 1, "halo": 1, "checkpoint_every": walk["steps"] // 4,
-                      "record_every": walk["record_every"]}
-            p.stage(f"walk_{tag}", srrw_pipeline.walk, num_cpus=0,
-                    inputs={"ingest": data, "agents": f"{role}_agents", "partition": f"{role}_partition"},
-                    params={"model": model, "walk": params, "seed": walk["seed"]})
-            p.stage(f"curves_{tag}", srrw_pipeline.evaluate, params={"model": model},
-                    inputs={"ingest": data, "agents": f"{role}_agents", "walk": f"walk_{tag}"})
-            p.stage(f"test_{tag}", srrw_test, inputs={"ingest": "ingest", "walk": f"walk_{tag}"},
-                    params={**split, "binarize": walk["binarize"], "lam": walk["lam"]})
-            walks[f"curves_{tag}"] = f"curves_{tag}"
-            walks[f"test_{tag}"] = f"test_{tag}"
-            walks[f"walk_{tag}"] = f"walk_{tag}"
+    coreset_pipeline.add_coreset_stages(p, coreset_config(config), graph="knn_graph")
+    walks = _add_walks(p, config, split)
     p.stage("report", report, num_cpus=0, inputs={
         "summary": "summarise", "sweep": "index_sweep", "scores": "score", "select": "select", "evaluate": "evaluate",
         "build": "build", "ingest": "ingest", **walks})
     return p
+
+
+def _add_walks(p: Pipeline, config: dict[str, Any], split: dict[str, Any]) -> dict[str, str]:
+    """Per role (the coreset, the baseline): its data, then the srrw pipeline's stages at each alpha."""
+    walk, walks = config["srrw"], {}
+    for role in ("coreset", "baseline"):
+        data = f"{role}_data"
+        p.stage(data, coreset_train, inputs={"ingest": "ingest", "select": "select"},
+                params={"selection": walk[role], **split})
+        alphas = walk["alphas"] if role == "coreset" else [max(walk["alphas"])]
+        names = {"agents_name": f"{role}_agents", "partition_name": f"{role}_partition"}
+        srrw_pipeline.add_placement_stages(p, walk_config(config, alphas[0]), data=data, **names)
+        for alpha in alphas:
+            tag = f"{role}_{_alpha_tag(alpha)}"
+            srrw_pipeline.add_walk_stages(p, walk_config(config, alpha), data=data, **names, walk_name=f"walk_{tag}",
+                                          curves_name=f"curves_{tag}")
+            p.stage(f"test_{tag}", srrw_test, inputs={"ingest": "ingest", "walk": f"walk_{tag}"},
+                    params={**split, "binarize": walk["binarize"], "lam": walk["lam"]})
+            walks.update({f"{kind}_{tag}": f"{kind}_{tag}" for kind in ("curves", "test", "walk")})
+    return walks
 
 
 def headline(report_dir: Path) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,11 @@ import pyarrow.parquet as pq
 import ray
 
 from core import hnsw
+from core import validate as validate_
 from core.dag import Pipeline
 from core.errors import ConfigError
 from core.hnsw_results import knn_graph_table
-from core.io import plan_shards, read_shard, read_table, write_parquet
+from core.io import atomic_file, plan_shards, read_shard, read_table, write_parquet
 from core.schema import to_numpy, validate_vectors
 from pipelines.common import COLUMN_DEFAULTS, ingest_stage
 from pipelines.reports import index_report
@@ -55,9 +55,7 @@ DEFAULTS: dict[str, Any] = {
 
 def validate(config: dict[str, Any]) -> None:
     """Reject bad values before any stage runs."""
-    shards = config["shards"]
-    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 0:
-        raise ConfigError(f"shards must be an integer >= 1, or 0 to size it to the cluster; got {shards!r}")
+    shards = validate_.shards(config["shards"], auto=True)
     hnsw.validate_layout(shards=shards or 1, replicas=config["replicas"], partition=config["partition"])
     fraction = config["memory_fraction"]
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
@@ -67,8 +65,7 @@ def validate(config: dict[str, Any]) -> None:
         random_seed=config["random_seed"],
     )
     for key in ("k", "ef", "recall_sample"):
-        if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1:
-            raise ConfigError(f"{key} must be an integer >= 1, got {config[key]!r}")
+        validate_.integer(key, config[key])
     if config["nprobe"] and not shards:
         raise ConfigError("nprobe must be 0 (all shards) unless shards is set explicitly (shards=0 sizes the index to the cluster)")
     if config["nprobe"] < 0 or (shards and config["nprobe"] > shards):
@@ -141,23 +138,30 @@ def evaluate(out: Path, ingest: Path, build: Path, graph: Path | None = None, *,
     return result
 
 
+BUILD_KEYS = ("shards", "space", "M", "ef_construction", "random_seed", "partition", "replicas", "memory_fraction")
+
+
+def index_section(config: dict[str, Any]) -> dict[str, Any]:
+    """An index config (this pipeline's keys) from another pipeline's section: unnamed keys take DEFAULTS."""
+    return {**{k: v for k, v in DEFAULTS.items() if k not in COLUMN_DEFAULTS and k != "source"},
+            **{k: config[k] for k in DEFAULTS if k in config}}
+
+
+def add_index_stages(p: Pipeline, config: dict[str, Any], *, ingest: str = "ingest") -> None:
+    """Add `build` (and `knn_graph` when `config['knn_graph']`) from a validated index config."""
+    p.stage("build", build_index, inputs={"ingest": ingest}, params={key: config[key] for key in BUILD_KEYS},
+            num_cpus=0)
+    if config["knn_graph"]:  # the all-points graph is a third of the job: skip it when only the index is wanted
+        p.stage("knn_graph", knn_graph, inputs={"build": "build"},
+                params={"k": config["k"], "ef": config["ef"], "nprobe": config["nprobe"]}, num_cpus=0)
+
+
 def build(config: dict[str, Any]) -> Pipeline:
     """ingest → build → knn_graph → evaluate."""
     p = Pipeline("index")
     ingest_stage(p, config, require_label=False)
-    p.stage(
-        "build",
-        build_index,
-        inputs=["ingest"],
-        params={key: config[key] for key in ("shards", "space", "M", "ef_construction", "random_seed", "partition", "replicas",
-                                             "memory_fraction")},
-        num_cpus=0,
-    )
-    inputs = {"ingest": "ingest", "build": "build"}
-    if config["knn_graph"]:  # the all-points graph is a third of the job: skip it when only the index is wanted
-        p.stage("knn_graph", knn_graph, inputs={"build": "build"},
-                params={"k": config["k"], "ef": config["ef"], "nprobe": config["nprobe"]}, num_cpus=0)
-        inputs["graph"] = "knn_graph"
+    add_index_stages(p, config)
+    inputs = {"ingest": "ingest", "build": "build", **({"graph": "knn_graph"} if config["knn_graph"] else {})}
     p.stage(
         "evaluate",
         evaluate,
@@ -214,10 +218,8 @@ def query_index(
             timings.update(search_timings(seconds, len(queries), batch_size), space=index.meta.space)
     result = knn_graph_table(q_ids, ids, dists)
     if out_path is not None:
-        final = Path(out_path)
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")
-        write_parquet(result, tmp)
-        os.replace(tmp, final)  # a reader sees the old file or the whole new one
+        with atomic_file(out_path) as tmp:  # a reader sees the old file or the whole new one
+            write_parquet(result, tmp)
     return result
 
 

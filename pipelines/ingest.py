@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from core import validate as validate_
 from core.dag import Pipeline
-from core.errors import ConfigError
 from core.io import write_parquet
 from pipelines.common import COLUMN_DEFAULTS, ingest_stage, read_label_map
 from pipelines.reports import ingest_report
@@ -35,8 +35,7 @@ def actors(config: dict[str, Any]) -> int:
 
 def validate(config: dict[str, Any]) -> None:
     """Reject out-of-range values before anything runs."""
-    if not 1 <= config["shards"] <= 4096:
-        raise ConfigError(f"shards must be in [1, 4096], got {config['shards']}")
+    validate_.shards(config["shards"])
 
 
 def summarise(out: Path, ingest: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from core.dag import list_runs, load_run
 from core.errors import ConfigError, InputError
+from core.run_records import UNREADABLE, is_unreadable
 from pipelines.progress import _fmt_time, run_status
 
 LATEST = "latest"
@@ -26,7 +27,10 @@ def resolve_run_id(runs_dir: str | os.PathLike, ref: str) -> str:
     if not records:
         raise ConfigError(f"no runs under {where}")
     if ref == LATEST:
-        return records[0]["run_id"]
+        readable = [r for r in records if not is_unreadable(r)]
+        if not readable:
+            raise ConfigError(f"no readable run under {where}: {records[0]['error']}")
+        return readable[0]["run_id"]
     ids = [r["run_id"] for r in records]
     if ref in ids:
         return ref
@@ -60,10 +64,11 @@ def stage_order(record: dict[str, Any]) -> list[str]:
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
     stages = record.get("stages", {}).values()
+    status = f"{UNREADABLE}: {record.get('error')}" if is_unreadable(record) else run_status(record)
     return {
         "run_id": record["run_id"],
         "pipeline": record.get("pipeline"),
-        "status": run_status(record),
+        "status": status,
         "started": _fmt_time(record.get("started")),
         "seconds": round(record["finished"] - record["started"], 1) if record.get("finished") else None,
         "stages": len(stages),

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import ray
 
+from core import validate as validate_
 from core.agents import (
     PARTITIONERS,
     agent_blocks,
@@ -33,11 +34,13 @@ from core.agents import (
     spread,
     standard_graph,
 )
+from core.block_loader import BlockLoader
 from core.dag import Pipeline, stage_state_dir
 from core.datasets import test_mask
 from core.diagnostics import divergence_warning, last_fraction_mean
 from core.errors import ConfigError, DataError
 from core.io import read_table, write_parquet
+from core.labelled import read_labelled
 from core.objectives import build_objective
 from core.schema import validate_assignment
 from core.srrw import BASES, SRRW, Schedule, walk_partition
@@ -80,20 +83,16 @@ DEFAULTS: dict[str, Any] = {
 
 def validate(config: dict[str, Any]) -> None:
     """Reject out-of-range values before anything runs."""
-    if not 1 <= config["shards"] <= 4096:
-        raise ConfigError(f"shards must be in [1, 4096], got {config['shards']}")
+    validate_.shards(config["shards"])
     Schedule(config["a"], config["b"], config["lr"], record_every=config["record_every"])
-    if not config["alpha"] >= 0:
-        raise ConfigError(f"alpha must be >= 0, got {config['alpha']}")
-    if config["base"] not in BASES:
-        raise ConfigError(f"base must be one of {list(BASES)}, got {config['base']!r}")
-    for key in ("steps", "tokens", "partitions"):
-        if config[key] < 1:
-            raise ConfigError(f"{key} must be >= 1, got {config[key]}")
+    validate_.alpha(config["alpha"])
+    validate_.choice("base", config["base"], BASES)
+    validate_.steps(config["steps"])
+    for key in ("tokens", "partitions"):
+        validate_.integer(key, config[key])
     if config.get("partitioner", "kl") not in PARTITIONERS:
         raise ConfigError(f"partitioner must be one of {list(PARTITIONERS)}, got {config['partitioner']!r}")
-    if not 0 <= config["test_fraction"] < 1:
-        raise ConfigError(f"test_fraction must be in [0, 1), got {config['test_fraction']}")
+    validate_.fraction("test_fraction", config["test_fraction"], closed_low=True)
     for key in ("halo", "checkpoint_every"):
         if config[key] < 0:
             raise ConfigError(f"{key} must be >= 0, got {config[key]}")
@@ -170,8 +169,6 @@ def partition_stage(out: Path, agents: Path, *, partitions: int, base: str, seed
 
 
 def _loader(ingest_dir: Path, agents_dir: Path, model: dict[str, Any]) -> Any:
-    from workers.walker import BlockLoader
-
     return BlockLoader(
         vectors=str(ingest_dir), assignment=str(agents_dir / "assignment.parquet"), model=model["kind"],
         lam=model["lam"], intercept=model["intercept"], binarize=class_threshold(ingest_dir, model["binarize"]),
@@ -243,15 +240,8 @@ def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[s
     """θ* by full-batch Newton; curves.parquet: per token and step, loss, training accuracy, held-out
     accuracy (rows placed on no agent, when there are any) and ‖θ−θ*‖²."""
     g = _load_graph(agents)
-    table = pads.dataset(str(ingest), format="parquet").to_table(columns=["id", "vector", "label"])
-    vec = table.column("vector").combine_chunks()
-    x = vec.values.to_numpy(zero_copy_only=False).reshape(len(vec), -1)
-    y = table.column("label").to_numpy()
-    threshold = class_threshold(ingest, model["binarize"])
-    if threshold is not None:
-        y = (y >= threshold).astype(np.int64)
+    ids, x, y = read_labelled(ingest, binarize=class_threshold(ingest, model["binarize"]), validated=True)
     assignment = read_table(agents / "assignment.parquet")
-    ids = table.column("id").to_numpy()
     blocks = agent_blocks(assignment, ids, x, y, g)
     obj = build_objective(model["kind"], blocks, lam=model["lam"], intercept=model["intercept"])
     held = ~np.isin(ids, assignment.column("id").to_numpy())
@@ -300,24 +290,38 @@ def standardize_data(out: Path, ingest: Path) -> dict[str, Any]:
     return {"rows": n, "dim": len(mean), "constant_features": int((std == 0).sum())}
 
 
+WALK_KEYS = ("alpha", "base", "a", "b", "lr", "steps", "tokens", "halo", "checkpoint_every", "record_every")
+
+
+def add_placement_stages(p: Pipeline, config: dict[str, Any], *, data: str = "ingest", agents_name: str = "agents",
+                         partition_name: str = "partition") -> None:
+    """Add `agents` (graph + data placement) and `partition` (agents over walker actors) from a validated config."""
+    p.stage(agents_name, agents, inputs={"ingest": data}, version="2", params={
+        "graph": config["graph"], "seed": config["seed"], "test_fraction": config["test_fraction"],
+        "split_seed": config["split_seed"]})
+    p.stage(partition_name, partition_stage, inputs={"agents": agents_name},
+            params={"partitions": config["partitions"], "base": config["base"], "seed": config["seed"],
+                    "partitioner": config["partitioner"]})
+
+
+def add_walk_stages(p: Pipeline, config: dict[str, Any], *, data: str = "ingest", agents_name: str = "agents",
+                    partition_name: str = "partition", walk_name: str = "walk", curves_name: str = "evaluate") -> None:
+    """Add `walk` (the tokens on walker actors) and its `evaluate` (curves against θ*) from a validated config."""
+    p.stage(walk_name, walk, inputs={"ingest": data, "agents": agents_name, "partition": partition_name}, num_cpus=0,
+            params={"model": config["model"], "walk": {k: config[k] for k in WALK_KEYS}, "seed": config["seed"]})
+    p.stage(curves_name, evaluate, inputs={"ingest": data, "agents": agents_name, "walk": walk_name}, version="3",
+            params={"model": config["model"], "standardize": config["standardize"]})
+
+
 def build(config: dict[str, Any]) -> Pipeline:
+    """ingest → [standardize] → agents → partition → walk → evaluate → report."""
     p = Pipeline("srrw")
     ingest_stage(p, config, require_label=True)
     data = "ingest"
     if config["standardize"]:
         p.stage("standardize", standardize_data, inputs=["ingest"], num_cpus=0)
         data = "standardize"
-    p.stage("agents", agents, inputs={"ingest": data}, version="2", params={
-        "graph": config["graph"], "seed": config["seed"], "test_fraction": config["test_fraction"],
-        "split_seed": config["split_seed"]})
-    p.stage("partition", partition_stage, inputs=["agents"],
-            params={"partitions": config["partitions"], "base": config["base"], "seed": config["seed"],
-                    "partitioner": config["partitioner"]})
-    walk_params = {k: config[k] for k in ("alpha", "base", "a", "b", "lr", "steps", "tokens", "halo",
-                                          "checkpoint_every", "record_every")}
-    p.stage("walk", walk, inputs={"ingest": data, "agents": "agents", "partition": "partition"}, num_cpus=0,
-            params={"model": config["model"], "walk": walk_params, "seed": config["seed"]})
-    p.stage("evaluate", evaluate, inputs={"ingest": data, "agents": "agents", "walk": "walk"}, version="3",
-            params={"model": config["model"], "standardize": config["standardize"]})
+    add_placement_stages(p, config, data=data)
+    add_walk_stages(p, config, data=data)
     p.stage("report", srrw_report, inputs=["walk", "evaluate"], num_cpus=0)
     return p

@@ -98,7 +98,7 @@ def _coreset(runs: Path) -> int:
 
 def _selections(runs: Path) -> dict[str, list[int]]:
     """Every selection table of the committed `select` stage: name -> sorted ids."""
-    from workers.scorer import read_selection
+    from core.selection_names import read_selection
 
     (select,) = [p for p in (runs / "cache").glob("select-*") if (p / MANIFEST).is_file()]
     return {p.name: read_selection(p).tolist() for p in sorted(select.iterdir()) if p.is_dir()}

@@ -51,7 +51,8 @@ def test_gloo_allreduce_trains_the_same_model_as_one_actor(scored):
 
 
 def test_selection_identical_for_1_2_4_shards_and_equals_single_process(scored, tmp_path: Path):
-    from workers.scorer import read_selection, select_distributed
+    from core.selection_names import read_selection
+    from workers.scorer import select_distributed
 
     selections = [
         {"method": "ccs", "keep": 0.1, "score": "aum"},

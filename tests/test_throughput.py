@@ -41,9 +41,9 @@ def test_device_setting(monkeypatch):
 def test_proxies_are_the_same_whichever_subset_an_actor_trains():
     rng = np.random.default_rng(0)
     x, y, ids = rng.normal(size=(120, 6)), rng.integers(0, 3, 120), np.arange(120)
-    kw = {"total_rows": 120, "models": 3, "epochs": 2, "batch_size": 32, "hidden": 8}
-    whole, _ = proxy.score_shard(x, y, ids, 3, **kw)
-    split = [proxy.score_shard(x, y, ids, 3, model_indices=idx, **kw)[0] for idx in ([2], [0, 1])]
+    spec = proxy.ProxySpec(models=3, epochs=2, batch_size=32, hidden=8)
+    whole, _ = proxy.score_shard(x, y, ids, 3, spec, total_rows=120)
+    split = [proxy.score_shard(x, y, ids, 3, spec, total_rows=120, model_indices=idx)[0] for idx in ([2], [0, 1])]
     from core.scores import combine_parts
 
     merged = {m: part for rec in split for m, part in rec.model_parts().items()}

@@ -27,10 +27,13 @@ import ray
 import torch
 
 from core import coreset, proxy, scores
-from core.datasets import test_mask
-from core.errors import ConfigError, DataError
+from core.errors import DataError, InvariantError
+from core.evaluation import Split, evaluate_selection
 from core.io import ShardSpec, plan_shards, read_shard, write_parquet
-from core.schema import LABEL, to_numpy, validate_vectors, vector_dim
+from core.labelled import labelled_arrays
+from core.proxy import ProxySpec, TrainSpec
+from core.schema import LABEL, validate_vectors, vector_dim
+from core.selection_names import check_method, selection_name
 from workers.autoconnect import ensure_ray
 
 PART = "part-{:05d}.parquet"
@@ -65,10 +68,9 @@ def actor_memory_bytes() -> float:
 class ScoreShard:
     """Owns one shard: trains its slice of the data-parallel proxy and records its examples' dynamics."""
 
-    def __init__(self, spec: ShardSpec, rank: int, world: int, *, test_fraction: float, split_seed: int, threads: int):
+    def __init__(self, spec: ShardSpec, rank: int, world: int, *, split: Split, threads: int):
         torch.set_num_threads(threads)
-        self.spec, self.rank, self.world = spec, rank, world
-        self.test_fraction, self.split_seed = test_fraction, split_seed
+        self.spec, self.rank, self.world, self.split = spec, rank, world, split
         self.scores: pa.Table | None = None
         self.params: np.ndarray | None = None
 
@@ -78,10 +80,8 @@ class ScoreShard:
         table = validate_vectors(read_shard(spec), where=f"shard {spec.index}", row_offset=spec.start)
         if LABEL not in table.column_names:
             raise DataError(f"shard {spec.index}: label-based scores (el2n, forgetting, aum) need a 'label' column")
-        ids, x = to_numpy(table)
-        y = table.column(LABEL).to_numpy()
-        frac = self.test_fraction
-        train = ~test_mask(ids, frac, self.split_seed) if frac > 0 else np.ones(len(ids), dtype=bool)
+        ids, x, y = labelled_arrays(table, where=f"shard {spec.index}")
+        train = ~self.split.test_rows(ids)
         self.ids, self.x, self.y = ids[train], x[train], y[train]
 
     def summary(self) -> dict[str, Any]:
@@ -109,11 +109,11 @@ class ScoreShard:
             )
 
     @ray.method(num_returns=2)
-    def score_models(self, num_classes: int, params: dict[str, Any], indices: list[int]) -> tuple[Any, dict[str, Any]]:
+    def score_models(self, num_classes: int, spec: ProxySpec, device: str, indices: list[int]) -> tuple[Any, dict[str, Any]]:
         """Train the independent proxies `indices` on all my rows: (per-model dynamics, timing)."""
         started, cpu = time.perf_counter(), time.process_time()
-        recorder, model = proxy.score_shard(self.x, self.y, self.ids, num_classes, total_rows=len(self.ids),
-                                            model_indices=indices, **params)
+        recorder, model = proxy.score_shard(self.x, self.y, self.ids, num_classes, spec, total_rows=len(self.ids),
+                                            model_indices=indices, device=device)
         self.params = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
         timing = {"rows": len(self.ids), "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}
         return recorder.model_parts(), timing
@@ -126,12 +126,12 @@ class ScoreShard:
         table = scores.combine_parts(self.ids[sel], self.y[sel], merged)
         return str(write_parquet(table, Path(out_dir) / PART.format(slice_index)))
 
-    def score(self, total_rows: int, num_classes: int, params: dict[str, Any]) -> dict[str, Any]:
+    def score(self, total_rows: int, num_classes: int, spec: ProxySpec, device: str) -> dict[str, Any]:
         """Train the proxies (all-reducing gradients) and record my examples' dynamics."""
         started, cpu = time.perf_counter(), time.process_time()
         allreduce = (lambda t: torch.distributed.all_reduce(t)) if self.world > 1 else None
         recorder, model = proxy.score_shard(
-            self.x, self.y, self.ids, num_classes, total_rows=total_rows, allreduce=allreduce, **params
+            self.x, self.y, self.ids, num_classes, spec, total_rows=total_rows, allreduce=allreduce, device=device
         )
         self.scores = recorder.scores()
         self.params = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
@@ -139,11 +139,14 @@ class ScoreShard:
 
     def write(self, out_dir: str) -> str:
         """Persist my part of the scores table."""
-        assert self.scores is not None, "score() first"
+        if self.scores is None:
+            raise InvariantError("ScoreShard.write before score()")
         return str(write_parquet(self.scores, Path(out_dir) / PART.format(self.rank)))
 
     def final_params(self) -> np.ndarray:
-        assert self.params is not None, "score() first"
+        """The last proxy's flattened parameters (tests compare layouts with them)."""
+        if self.params is None:
+            raise InvariantError("ScoreShard.final_params before score()")
         return self.params
 
     def leave(self) -> None:
@@ -193,52 +196,61 @@ def score_dataset(
     shards: int,
     out_dir: str | Path,
     *,
+    spec: ProxySpec | None = None,
     test_fraction: float = 0.2,
     split_seed: int = 0,
     num_cpus: float | None = None,
     threads: int = 1,
     return_params: bool = False,
-    mode: str = "auto",
+    mode: str | None = None,
     device: str = "auto",
     memory_bytes: float | None = None,
     **proxy_params: Any,
 ) -> dict[str, Any]:
     """Score every (training) example of `source` on up to `shards` actors; scores parts land in `out_dir`.
 
-    `mode`: "models" (independent proxies per actor), "data" (data-parallel) or "auto" (core.proxy.plan_scoring
-    from the data size, `memory_bytes` per actor, the proxies and `shards`). `device`: auto | cpu | cuda.
+    `spec` holds the proxies' settings (or give its fields as keywords, e.g. `models=3`). `mode`
+    (default `spec.layout`): "models" (independent proxies per actor), "data" (data-parallel) or "auto"
+    (core.proxy.plan_scoring from the data size, `memory_bytes` per actor, the proxies and `shards`).
+    `device`: auto | cpu | cuda.
     """
+    spec = spec if spec is not None else ProxySpec(**proxy_params)
     ensure_ray()
     dev = proxy.resolve_device(device, cluster_gpus())
     rows, dim = _source_size(source)
-    plan = proxy.plan_scoring(rows, dim, models=proxy_params.get("models", 2), actors=shards, mode=mode,
+    plan = proxy.plan_scoring(rows, dim, models=spec.models, actors=shards, mode=mode or spec.layout,
                               actor_memory_bytes=actor_memory_bytes() if memory_bytes is None else memory_bytes)
     specs = plan_shards(source, 1) * plan.actors if plan.mode == "models" else plan_shards(source, plan.actors)
     world = 1 if plan.mode == "models" else len(specs)
     cls = ScoreShard.options(**actor_resources(len(specs), num_cpus, dev))
-    actors = [cls.remote(s, i, world, test_fraction=test_fraction, split_seed=split_seed, threads=threads)
-              for i, s in enumerate(specs)]
-    params = {**proxy_params, "device": dev}
+    split = Split(test_fraction, split_seed)
+    actors = [cls.remote(s, i, world, split=split, threads=threads) for i, s in enumerate(specs)]
     try:
-        total, classes = _global_labels(source, actors, plan.mode)
-        started = time.perf_counter()
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        if plan.mode == "models":
-            per_actor, paths = _score_models(actors, plan, classes, params, str(out_dir))
-        else:
-            per_actor, paths = _score_data(actors, total, classes, params, str(out_dir))
-        seconds = time.perf_counter() - started
-        result: dict[str, Any] = {"rows": total, "classes": classes, "seconds": seconds, "parts": paths,
-                                  "mode": plan.mode, "actors": plan.actors, "device": dev, "plan": plan.reason,
-                                  "actor_cpu_seconds": [round(a["cpu_seconds"], 3) for a in per_actor]}
-        result["examples_per_second"] = total * proxy_params.get("models", 2) * proxy_params.get("epochs", 8) / seconds
+        result = _score(source, actors, plan, spec, dev, str(out_dir))
         if return_params:
-            last = (proxy_params.get("models", 2) - 1) % plan.actors if plan.mode == "models" else 0
+            last = (spec.models - 1) % plan.actors if plan.mode == "models" else 0
             result["params"] = ray.get(actors[last].final_params.remote())
         return result
     finally:
         for a in actors:
             ray.kill(a)
+
+
+def _score(source: Any, actors: list[Any], plan: proxy.ScoringPlan, spec: ProxySpec, device: str,
+           out_dir: str) -> dict[str, Any]:
+    """Run one scoring on started actors; the metrics of `score_dataset`."""
+    total, classes = _global_labels(source, actors, plan.mode)
+    started = time.perf_counter()
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if plan.mode == "models":
+        per_actor, paths = _score_models(actors, plan, classes, spec, device, out_dir)
+    else:
+        per_actor, paths = _score_data(actors, total, classes, spec, device, out_dir)
+    seconds = time.perf_counter() - started
+    return {"rows": total, "classes": classes, "seconds": seconds, "parts": paths, "mode": plan.mode,
+            "actors": plan.actors, "device": device, "plan": plan.reason,
+            "actor_cpu_seconds": [round(a["cpu_seconds"], 3) for a in per_actor],
+            "examples_per_second": total * spec.models * spec.epochs / seconds}
 
 
 def _global_labels(source: Any, actors: list[Any], mode: str) -> tuple[int, int]:
@@ -253,22 +265,22 @@ def _global_labels(source: Any, actors: list[Any], mode: str) -> tuple[int, int]
     return total, labels[-1] + 1
 
 
-def _score_models(actors: list[Any], plan: proxy.ScoringPlan, classes: int, params: dict[str, Any],
+def _score_models(actors: list[Any], plan: proxy.ScoringPlan, classes: int, spec: ProxySpec, device: str,
                   out_dir: str) -> tuple[list[dict[str, Any]], list[str]]:
     """Independent proxies: each actor trains its own, then each writes a slice from everyone's parts."""
-    calls = [a.score_models.remote(classes, params, list(idx)) for a, idx in zip(actors, plan.models_of)]
+    calls = [a.score_models.remote(classes, spec, device, list(idx)) for a, idx in zip(actors, plan.models_of)]
     parts, timings = [c[0] for c in calls], [c[1] for c in calls]
     per_actor = ray.get(timings)
     paths = ray.get([a.write_slice.remote(out_dir, k, len(actors), *parts) for k, a in enumerate(actors)])
     return per_actor, paths
 
 
-def _score_data(actors: list[Any], total: int, classes: int, params: dict[str, Any],
+def _score_data(actors: list[Any], total: int, classes: int, spec: ProxySpec, device: str,
                 out_dir: str) -> tuple[list[dict[str, Any]], list[str]]:
     """Data-parallel proxies over the shards (gloo all-reduce); each actor writes its own examples."""
     addr, port = ray.get(actors[0].rendezvous.remote())
     _get_fail_fast([a.join.remote(addr, port) for a in actors], actors)
-    per_actor = _get_fail_fast([a.score.remote(total, classes, params) for a in actors], actors)
+    per_actor = _get_fail_fast([a.score.remote(total, classes, spec, device) for a in actors], actors)
     paths = ray.get([a.write.remote(out_dir) for a in actors])
     ray.get([a.leave.remote() for a in actors])
     return per_actor, paths
@@ -297,24 +309,20 @@ class SelectShard:
             row_offset=self.start,
         )
 
+    def _prepared(self) -> coreset.ShardSelector:
+        if self.selector is None:
+            raise InvariantError("SelectShard used before prepare()")
+        return self.selector
+
     def ask(self, name: str, kwargs: dict[str, Any]) -> Any:
-        assert self.selector is not None, "prepare() first"
-        return getattr(self.selector, name)(**kwargs)
+        """One answer of the selection protocol (core/selection.py)."""
+        return getattr(self._prepared(), name)(**kwargs)
 
     def write(self, plan: coreset.Plan, out_dir: str) -> int:
         """Write my part of the selection table; returns its row count."""
-        assert self.selector is not None, "prepare() first"
-        ids = self.selector.selected(plan.spec, plan.order, plan.threshold)
+        ids = self._prepared().selected(plan.spec, plan.order, plan.threshold)
         write_parquet(coreset.selection_table(ids), Path(out_dir) / PART.format(self.index))
         return len(ids)
-
-
-def selection_name(
-    method: str, keep: float, score: str | None = None, class_balanced: bool = False, beta: float | None = None
-) -> str:
-    """The table name of one selection, e.g. `ccs-aum-cb-keep0.1` (`-beta0.2` when β is given explicitly)."""
-    parts = [method] + ([score] if score and method != "random" else []) + (["cb"] if class_balanced else [])
-    return "-".join(parts) + f"-keep{keep:g}" + (f"-beta{beta:g}" if beta is not None else "")
 
 
 def select_distributed(
@@ -338,7 +346,7 @@ def select_distributed(
             target.mkdir(parents=True, exist_ok=True)
             rows = sum(ray.get([a.write.remote(plan, str(target)) for a in actors]))
             if rows != plan.size:
-                raise AssertionError(f"{name}: shards wrote {rows} rows, the plan selects {plan.size}")
+                raise InvariantError(f"{name}: shards wrote {rows} rows, the plan selects {plan.size}")
             out[name] = {"rows": rows, **plan.info}
     finally:
         for a in actors:
@@ -350,10 +358,7 @@ def _plan_one(actors: list, sel: dict[str, Any], seed: int) -> tuple[str, corese
     sel = dict(sel)
     method, keep = sel.pop("method", None), sel.pop("keep", None)
     score = sel.pop("score", None)
-    if method not in coreset.METHODS:
-        raise ConfigError(f"unknown selection method '{method}'; choose from {list(coreset.METHODS)}")
-    if method != "random" and score is None:
-        raise ConfigError(f"selection method '{method}' needs a score name")
+    check_method(method, score)
     hard = coreset.is_hard_high(score, sel.pop("hard_high", None)) if score is not None else True
     ray.get([a.prepare.remote(score if method != "random" else None, seed, hard) for a in actors])
 
@@ -364,68 +369,19 @@ def _plan_one(actors: list, sel: dict[str, Any], seed: int) -> tuple[str, corese
     return selection_name(method, keep, score, bool(sel.get("class_balanced")), sel.get("beta")), plan
 
 
-def read_selection(directory: str | Path) -> np.ndarray:
-    """All selected ids of one selection directory, sorted (small: the coreset, not the data)."""
-    from core.io import read_table
-
-    return np.sort(read_table(directory, ["id"]).column("id").to_numpy())
-
-
 @ray.remote(num_cpus=1, max_retries=1)
 def evaluate_coreset(
     source: Any,
     selected: np.ndarray | str | None,
+    split: Split,
+    train: TrainSpec,
     *,
-    test_fraction: float,
-    split_seed: int,
-    steps: int,
-    seed: int,
     threads: int = 1,
     rs2_keep: float | None = None,
-    validation: float = 0.0,
     device: str = "cpu",
     test_source: Any = None,
-    **fit_params: Any,
 ) -> dict[str, Any]:
-    """Train a fresh model on the selected training rows (all when None) for `steps` steps; test accuracy.
-
-    `selected` is an array of ids or a selection directory; `rs2_keep` instead trains on a fresh RS2
-    subset of that fraction every pass (core.coreset.rs2_epoch). Small-data evaluation: the task reads
-    the (training split of the) source itself, so nothing passes through the driver. With
-    `validation` > 0 a seeded fraction of the training split is held out instead and the accuracy is
-    measured there (for tuning hyper-parameters without looking at the test split). `device` is the
-    resolved torch device (the caller requests `num_gpus=1` for "cuda").
-    """
+    """core.evaluation.evaluate_selection as a task: it reads the source itself, so nothing passes through
+    the driver. `device` is the resolved torch device (the caller requests `num_gpus=1` for "cuda")."""
     torch.set_num_threads(threads)
-    from core.io import read_table
-
-    table = validate_vectors(read_table(source), where=str(source), require_label=True)
-    ids, x = to_numpy(table)
-    y = table.column(LABEL).to_numpy()
-    test = test_mask(ids, test_fraction, split_seed) if test_fraction > 0 else np.zeros(len(ids), dtype=bool)
-    train = ~test
-    if selected is not None:
-        chosen = read_selection(selected) if isinstance(selected, str | Path) else np.asarray(selected)
-        train &= np.isin(ids, chosen)
-        if train.sum() != len(chosen):
-            raise DataError(f"selection has {len(chosen)} ids but {int(train.sum())} match training rows")
-    if validation > 0:
-        test = ~test & test_mask(ids, validation, split_seed + 7919)
-        train &= ~test
-    x_test, y_test = x[test], y[test]
-    if test_source is not None and validation <= 0:  # the user's own test split (labels encoded like `source`)
-        test_table = validate_vectors(read_table(test_source), where=str(test_source), require_label=True)
-        x_test, y_test = to_numpy(test_table)[1], test_table.column(LABEL).to_numpy()
-    classes = int(max(y.max(), y_test.max(initial=0))) + 1
-    sampler = None
-    if rs2_keep is not None:
-        pos = {int(i): r for r, i in enumerate(ids[train].tolist())}
-        train_ids = ids[train]
-        rng = np.random.default_rng(seed)
-
-        def sampler(epoch: int) -> np.ndarray:
-            chosen = coreset.rs2_epoch(train_ids, rs2_keep, epoch, seed)
-            return rng.permutation(np.array([pos[int(i)] for i in chosen.tolist()], dtype=np.int64))
-
-    model = proxy.fit(x[train], y[train], classes, steps=steps, seed=seed, sampler=sampler, device=device, **fit_params)
-    return {"accuracy": proxy.accuracy(model, x_test, y_test), "train_rows": int(train.sum())}
+    return evaluate_selection(source, selected, split, train, rs2_keep=rs2_keep, device=device, test_source=test_source)

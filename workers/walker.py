@@ -18,22 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import ray
 
 from core import store
-from core.agents import agent_blocks
+from core.block_loader import BlockLoader
 from core.errors import ConfigError, ShardwalkError
 from core.io import read_json_sealed, write_json_sealed
-from core.objectives import build_objective
 from core.srrw import (
     CHECKPOINT,
     LEAVE,
@@ -52,34 +47,6 @@ from core.token_store import load_checkpoint, save_checkpoint
 from workers.autoconnect import ensure_ray
 
 RUN_META = "run.json"
-
-
-@dataclass(frozen=True)
-class BlockLoader:
-    """How an actor loads its own agents' data (so data never passes through the driver)."""
-
-    vectors: str  # Parquet file or directory (the vectors contract, with `label`)
-    assignment: str  # Parquet `node`, `id` table
-    model: str = "logistic"
-    lam: float = 1e-3
-    intercept: bool = True
-    binarize: int | None = None  # logistic on multi-class data: label >= binarize → 1
-    classes: int | None = None
-
-    def load(self, agents: list[int]) -> Any:
-        """The objective restricted to `agents` (keyed by agent id), read straight from Parquet."""
-        assign = pads.dataset(self.assignment).to_table(filter=pc.field("node").isin(pa.array(agents, pa.int64())))
-        ids = assign.column("id")
-        table = pads.dataset(self.vectors).to_table(columns=["id", "vector", "label"], filter=pc.field("id").isin(ids))
-        vec = table.column("vector").combine_chunks()
-        x = vec.values.to_numpy(zero_copy_only=False).reshape(len(vec), -1)
-        y = table.column("label").to_numpy()
-        if self.binarize is not None:
-            y = (y >= self.binarize).astype(np.int64)
-        holder = nx.Graph()
-        holder.add_nodes_from(agents)
-        blocks = agent_blocks(assign, table.column("id").to_numpy(), x, y, holder, where=self.assignment)
-        return build_objective(self.model, blocks, lam=self.lam, intercept=self.intercept, classes=self.classes)
 
 
 @ray.remote(num_cpus=0)
