@@ -11,6 +11,8 @@ directions, in which case an edge without its reverse is a directed edge and an 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -362,3 +364,37 @@ def cut_edge_fraction(graph: nx.Graph, part: dict[int, int]) -> float:
     """Fraction of edges whose ends lie in different parts (each such edge costs an actor hand-off)."""
     m = graph.number_of_edges()
     return sum(part[u] != part[v] for u, v in graph.edges()) / m if m else 0.0
+
+
+# ----------------------------------------------------------------------------- loading an actor's share
+
+@dataclass(frozen=True)
+class BlockLoader:
+    """How an actor loads its own agents' data (so data never passes through the driver)."""
+
+    vectors: str  # Parquet file or directory (the vectors contract, with `label`)
+    assignment: str  # Parquet `node`, `id` table
+    model: str = "logistic"
+    lam: float = 1e-3
+    intercept: bool = True
+    binarize: int | None = None  # logistic on multi-class data: label >= binarize → 1
+    classes: int | None = None
+
+    def load(self, agents: list[int]) -> Any:
+        """The objective restricted to `agents` (keyed by agent id), read straight from Parquet."""
+        import pyarrow.dataset as pads
+
+        from core.objectives import build_objective
+
+        assign = pads.dataset(self.assignment).to_table(filter=pc.field("node").isin(pa.array(agents, pa.int64())))
+        ids = assign.column("id")
+        table = pads.dataset(self.vectors).to_table(columns=["id", "vector", "label"], filter=pc.field("id").isin(ids))
+        vec = table.column("vector").combine_chunks()
+        x = vec.values.to_numpy(zero_copy_only=False).reshape(len(vec), -1)
+        y = table.column("label").to_numpy()
+        if self.binarize is not None:
+            y = (y >= self.binarize).astype(np.int64)
+        holder = nx.Graph()
+        holder.add_nodes_from(agents)
+        blocks = agent_blocks(assign, table.column("id").to_numpy(), x, y, holder, where=self.assignment)
+        return build_objective(self.model, blocks, lam=self.lam, intercept=self.intercept, classes=self.classes)

@@ -208,9 +208,9 @@ def build(config: dict[str, Any]) -> Pipeline:
             params = {"alpha": float(alpha), "base": "mhrw", "a": walk["a"], "b": walk["b"], "lr": walk["lr"],
                       "steps": walk["steps"], "tokens": 1, "halo": 1, "checkpoint_every": walk["steps"] // 4,
                       "record_every": walk["record_every"]}
-            p.stage(f"walk_{tag}", srrw_pipeline.walk, num_cpus=0,
+            p.stage(f"walk_{tag}", srrw_pipeline.walk_stage, num_cpus=0,
                     inputs={"ingest": data, "agents": f"{role}_agents", "partition": f"{role}_partition"},
-                    params={"model": model, "walk": params, "seed": walk["seed"]})
+                    params={"model": model, "settings": params, "seed": walk["seed"]})
             p.stage(f"curves_{tag}", srrw_pipeline.evaluate, params={"model": model},
                     inputs={"ingest": data, "agents": f"{role}_agents", "walk": f"walk_{tag}"})
             p.stage(f"test_{tag}", srrw_test, inputs={"ingest": "ingest", "walk": f"walk_{tag}"},

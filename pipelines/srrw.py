@@ -13,6 +13,7 @@ warns (metric `warning`, printed after the run) when the final loss stays far ab
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import pyarrow.dataset as pads
 import ray
 
 from core.agents import (
-    PARTITIONERS,
+    BlockLoader,
     agent_blocks,
     build_graph,
     cut_edge_fraction,
@@ -40,7 +41,7 @@ from core.errors import ConfigError, DataError
 from core.io import read_table, write_parquet
 from core.objectives import build_objective
 from core.schema import validate_assignment
-from core.srrw import BASES, SRRW, Schedule, walk_partition
+from core.srrw import SRRW, WalkerLayout, WalkSpec, walk_partition
 from pipelines.common import COLUMN_DEFAULTS, ingest_stage, read_label_map
 from pipelines.reports import srrw_report
 from workers.ingest import part_paths, standardize_part, summarise_part
@@ -78,25 +79,27 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def walk_spec(config: dict[str, Any]) -> WalkSpec:
+    """The walk spec of a config (validated by WalkSpec itself: one validator per setting)."""
+    return WalkSpec.build(steps=config["steps"], alpha=config["alpha"], base=config["base"], tokens=config["tokens"],
+                          seed=config["seed"], a=config["a"], b=config["b"], lr=config["lr"],
+                          record_every=config["record_every"])
+
+
+def walker_layout(config: dict[str, Any]) -> WalkerLayout:
+    """How the config spreads the walk over walker actors (the walk stage gets its partitions as a table)."""
+    return WalkerLayout(partitions=config.get("partitions", 1), partitioner=config.get("partitioner", "kl"),
+                        halo=config["halo"], checkpoint_every=config["checkpoint_every"])
+
+
 def validate(config: dict[str, Any]) -> None:
     """Reject out-of-range values before anything runs."""
     if not 1 <= config["shards"] <= 4096:
         raise ConfigError(f"shards must be in [1, 4096], got {config['shards']}")
-    Schedule(config["a"], config["b"], config["lr"], record_every=config["record_every"])
-    if not config["alpha"] >= 0:
-        raise ConfigError(f"alpha must be >= 0, got {config['alpha']}")
-    if config["base"] not in BASES:
-        raise ConfigError(f"base must be one of {list(BASES)}, got {config['base']!r}")
-    for key in ("steps", "tokens", "partitions"):
-        if config[key] < 1:
-            raise ConfigError(f"{key} must be >= 1, got {config[key]}")
-    if config.get("partitioner", "kl") not in PARTITIONERS:
-        raise ConfigError(f"partitioner must be one of {list(PARTITIONERS)}, got {config['partitioner']!r}")
+    walk_spec(config)
+    walker_layout(config)
     if not 0 <= config["test_fraction"] < 1:
         raise ConfigError(f"test_fraction must be in [0, 1), got {config['test_fraction']}")
-    for key in ("halo", "checkpoint_every"):
-        if config[key] < 0:
-            raise ConfigError(f"{key} must be >= 0, got {config[key]}")
     graph = config["graph"]
     if graph["name"] == "file" and not graph["edges"]:
         raise ConfigError("graph.name = 'file' needs graph.edges (a Parquet edge list)")
@@ -169,9 +172,7 @@ def partition_stage(out: Path, agents: Path, *, partitions: int, base: str, seed
     return {"partitions": partitions, "cut_edge_fraction": cut_edge_fraction(g, parts)}
 
 
-def _loader(ingest_dir: Path, agents_dir: Path, model: dict[str, Any]) -> Any:
-    from workers.walker import BlockLoader
-
+def _loader(ingest_dir: Path, agents_dir: Path, model: dict[str, Any]) -> BlockLoader:
     return BlockLoader(
         vectors=str(ingest_dir), assignment=str(agents_dir / "assignment.parquet"), model=model["kind"],
         lam=model["lam"], intercept=model["intercept"], binarize=class_threshold(ingest_dir, model["binarize"]),
@@ -197,27 +198,24 @@ def _dim(ingest_dir: Path, model: dict[str, Any]) -> tuple[int, int]:
     return (d if model["kind"] == "logistic" else d * classes), classes
 
 
-def walk(out: Path, ingest: Path, agents: Path, partition: Path, *, model: dict[str, Any], walk: dict[str, Any],
-         seed: int) -> dict[str, Any]:
+def walk_stage(out: Path, ingest: Path, agents: Path, partition: Path, *, model: dict[str, Any],
+               settings: dict[str, Any], seed: int) -> dict[str, Any]:
     """Run the tokens on walker actors; write tokens.parquet (final θ) and trajectory.parquet (θ snapshots)."""
     from workers.walker import run_distributed_sa_srrw
 
+    spec, layout = walk_spec({**settings, "seed": seed}), walker_layout(settings)
     g = _load_graph(agents)
     parts_table = read_table(partition / "parts.parquet")
     parts = dict(zip(parts_table.column("node").to_pylist(), parts_table.column("part").to_pylist()))
     dim, classes = _dim(ingest, model)
     loader = _loader(ingest, agents, model)
     if model["kind"] == "softmax":
-        loader = type(loader)(**{**loader.__dict__, "classes": classes})
+        loader = dataclasses.replace(loader, classes=classes)
     # checkpoints live in the stage's state directory: keyed like its output (stage version, code, every
     # setting, upstream keys), removed once the walk is committed, retired by --force
     ckpt = stage_state_dir()
-    result = run_distributed_sa_srrw(
-        loader, g, dim=dim, parts=parts, seed=seed, checkpoint_dir=ckpt, resume=ckpt is not None,
-        steps=walk["steps"], alpha=walk["alpha"], a=walk["a"], b=walk["b"], base=walk["base"], lr=walk["lr"],
-        tokens=walk["tokens"], halo=walk["halo"], checkpoint_every=walk["checkpoint_every"],
-        record_every=walk["record_every"],
-    )
+    result = run_distributed_sa_srrw(loader, g, spec, layout, dim=dim, parts=parts, checkpoint_dir=ckpt,
+                                     resume=ckpt is not None)
     toks = result.tokens
     write_parquet(pa.table({
         "token": [t.key for t in toks], "steps": [t.n for t in toks], "handoffs": [t.handoffs for t in toks],
@@ -315,8 +313,8 @@ def build(config: dict[str, Any]) -> Pipeline:
                     "partitioner": config["partitioner"]})
     walk_params = {k: config[k] for k in ("alpha", "base", "a", "b", "lr", "steps", "tokens", "halo",
                                           "checkpoint_every", "record_every")}
-    p.stage("walk", walk, inputs={"ingest": data, "agents": "agents", "partition": "partition"}, num_cpus=0,
-            params={"model": config["model"], "walk": walk_params, "seed": config["seed"]})
+    p.stage("walk", walk_stage, inputs={"ingest": data, "agents": "agents", "partition": "partition"}, num_cpus=0,
+            params={"model": config["model"], "settings": walk_params, "seed": config["seed"]})
     p.stage("evaluate", evaluate, inputs={"ingest": data, "agents": "agents", "walk": "walk"}, version="3",
             params={"model": config["model"], "standardize": config["standardize"]})
     p.stage("report", srrw_report, inputs=["walk", "evaluate"], num_cpus=0)

@@ -137,11 +137,14 @@ class WalkerLayout:
             raise ConfigError(f"num_cpus must be a number >= 0, got {self.num_cpus!r}")
 
 
+RUN_OPTIONS = ("parts", "checkpoint_dir", "resume", "dim")  # per-run inputs that are neither spec nor layout
+
+
 def split_settings(settings: dict[str, Any]) -> tuple[WalkSpec, WalkerLayout, dict[str, Any]]:
     """(walk spec, layout, the rest) from the flat keyword settings of the distributed entry point."""
     layout_names = {f.name for f in dataclasses.fields(WalkerLayout)}
     layout = WalkerLayout(**{k: v for k, v in settings.items() if k in layout_names})
-    rest_names = {"parts", "checkpoint_dir", "resume", "dim"}
+    rest_names = set(RUN_OPTIONS)
     rest = {k: v for k, v in settings.items() if k in rest_names}
     spec = WalkSpec.build(**{k: v for k, v in settings.items() if k not in layout_names | rest_names})
     return spec, layout, rest
