@@ -14,9 +14,10 @@ the distributed runs are checked against the reference (node sequence and θ) in
 
 The sized case (a problem shaped like a real job): a connected random geometric graph of 2,000 agents
 (a sensor-network layout) holding builtin:mnist1d, 16 tokens, α = 10. It reports hops/s of the best
-single-process implementation for 16 tokens, of 1 and 2 walker actors, their ratios, and per
-partitioner (kl, louvain, range) the cut-edge fraction and hand-offs per 1,000 hops (counted on the
-reference's recorded paths), plus bytes per token on the wire and the CPU seconds of each run.
+single-process implementation for 16 tokens (the vectorised walk or the trials batch, whichever is
+faster), of 1 and 2 walker actors, their ratios, and per partitioner (kl, louvain, range) the cut-edge
+fraction and hand-offs per 1,000 hops (counted on the reference's recorded paths), plus bytes per token
+on the wire, the CPU seconds of each run and the actors' counts (hand-off calls, chunks, hops per CPU s).
 """
 
 from __future__ import annotations
@@ -198,31 +199,50 @@ def _timed(fn, *args, **kw):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def sized(agents: int, tokens: int, steps: int, *, lr: float, lam: float, spread_mode: str, seed: int) -> dict[str, Any]:
-    """The sized case: reference vs 1 and 2 walker actors, and the partitioners' cut and hand-offs."""
-    import pickle
+def _reference_16(obj, g, kw: dict[str, Any], tokens: int, steps: int, lr: float, seed: int) -> tuple[Any, dict[str, Any]]:
+    """The best single-process implementation for K tokens: the vectorised walk (all tokens in one batch,
+    the walk of record) or the trials batch (one shared stream: a different trajectory, the same work)."""
+    hops = tokens * steps
+    ref, _, ref_cpu = _timed(run_sa_srrw, obj, g, **kw)
+    batch = {"trials": tokens, "alpha": 10.0, "lr": lr, "seed": seed}
+    _, setup_s, _ = _timed(run_sa_srrw_batch, obj, g, steps=1, **batch)
+    _, bat_s, bat_cpu = _timed(run_sa_srrw_batch, obj, g, steps=steps, **batch)
+    walk_s = ref.stats["walk_seconds"]  # without building the chain, as the distributed runs are timed
+    bat_s = max(bat_s - setup_s, 1e-9)  # the same for the batch: its one-step run is its set-up
+    out = {"hops_per_s_reference_16tokens": hops / min(walk_s, bat_s),
+           "reference_16tokens_implementation": "vectorised_walk" if walk_s <= bat_s else "trials_batch",
+           "hops_per_s_reference_vectorised_walk": hops / walk_s, "hops_per_s_reference_trials_batch": hops / bat_s,
+           "cpu_seconds": {"reference_vectorised_walk_with_setup": ref_cpu, "reference_trials_batch": bat_cpu}}
+    return ref, out
 
-    import ray
 
-    from core.srrw import count_handoffs
+def _distributed_rows(obj, g, kw: dict[str, Any], hops: int, kl_parts: dict[int, int], ref) -> tuple[dict[str, Any], bool]:
+    """1 and 2 walker actors: hops/s, and the counts and CPU seconds that explain them."""
     from workers.walker import run_distributed_sa_srrw
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, logging_level="ERROR")
-    g, obj = _sized_problem(agents, spread_mode, lam, seed)
-    kw = {"alpha": 10.0, "a": 0.8, "b": 0.9, "lr": lr, "seed": seed, "steps": steps, "tokens": tokens}
-    hops = tokens * steps
-    ref, ref_s, ref_cpu = _timed(run_sa_srrw, obj, g, **kw)
-    (_, _), bat_s, bat_cpu = _timed(run_sa_srrw_batch, obj, g, steps=steps, trials=tokens, alpha=10.0, lr=lr, seed=seed)
-    best = "walk" if ref_s <= bat_s else "vectorised_batch"
-    out: dict[str, Any] = {"agents": agents, "edges": g.number_of_edges(), "tokens": tokens, "steps_per_token": steps,
-                           "dim": obj.dim, "load_average_before": list(os.getloadavg())}
-    out["hops_per_s_reference_16tokens"] = hops / min(ref_s, bat_s)
-    out["reference_16tokens_implementation"] = best
-    out["hops_per_s_reference_walk_loop"], out["hops_per_s_reference_vectorised_batch"] = hops / ref_s, hops / bat_s
-    out["cpu_seconds"] = {"reference_walk_loop": ref_cpu, "reference_vectorised_batch": bat_cpu}
-    chain = SRRW(g, 10.0)
-    paths = run_sa_srrw(obj, g, **{**kw, "steps": min(steps, 5000), "record_path": True}).tokens
+    out: dict[str, Any] = {"cpu_seconds": {}, "counts": {}}
+    same = True
+    for actors in (1, 2):
+        parts = kl_parts if actors == 2 else {int(v): 0 for v in g.nodes()}
+        res, wall, _ = _timed(run_distributed_sa_srrw, obj, g, parts=parts, halo=1, **kw)
+        key = f"{actors}actor" + ("s" if actors > 1 else "")
+        st = res.stats
+        out[f"hops_per_s_distributed_16tokens_{key}"] = hops / st["walk_seconds"]
+        out[f"distributed_{key}_setup_and_walk_seconds"] = wall
+        out[f"handoffs_per_1000_hops_distributed_{key}"] = 1000 * st["handoffs"] / hops
+        out["cpu_seconds"][f"actors_{key}"] = st["actor_cpu_seconds"]  # summed over actors, Ray threads included
+        out["cpu_seconds"][f"actors_{key}_kernel"] = st["actor_kernel_cpu_seconds"]
+        out["counts"][key] = {"handoff_calls": st["handoff_calls"], "tokens_handed_off": st["handoffs"],
+                              "chunks": st["chunks"], "hops_per_actor_cpu_second": hops / st["actor_cpu_seconds"]}
+        same &= all(d.n == r.n and d.logy == r.logy and np.array_equal(d.theta, r.theta)
+                    for d, r in zip(res.tokens, ref.tokens))
+    return out, same
+
+
+def _partitioners(g, chain: SRRW, paths: list, seed: int) -> dict[str, Any]:
+    """Per partitioner: the cut-edge fraction and hand-offs per 1,000 hops (by halo) on recorded paths."""
+    from core.srrw import count_handoffs
+
     partitions: dict[str, Any] = {}
     for method in ("kl", "louvain", "range"):
         parts, part_s, _ = _timed(walk_partition, chain, g, 2, seed=seed, method=method)
@@ -234,17 +254,30 @@ def sized(agents: int, tokens: int, steps: int, *, lr: float, lam: float, spread
         partitions[method] = {"cut_edge_fraction": cut_edge_fraction(g, parts), "seconds": part_s,
                               "handoffs_per_1000_hops": moves[1], "handoffs_per_1000_hops_by_halo": moves,
                               "agents_held_per_actor_fraction_by_halo": held, "parts": parts}
-    same = True
-    for actors in (1, 2):
-        parts = partitions["kl"]["parts"] if actors == 2 else {int(v): 0 for v in g.nodes()}
-        res, wall, _ = _timed(run_distributed_sa_srrw, obj, g, parts=parts, halo=1, **kw)
-        key = f"{actors}actor" + ("s" if actors > 1 else "")
-        out[f"hops_per_s_distributed_16tokens_{key}"] = hops / res.stats["walk_seconds"]
-        out[f"distributed_{key}_setup_and_walk_seconds"] = wall
-        out[f"handoffs_per_1000_hops_distributed_{key}"] = 1000 * res.stats["handoffs"] / hops
-        out["cpu_seconds"][f"actors_{key}"] = res.stats["actor_cpu_seconds"]  # summed over actors
-        same &= all(d.n == r.n and d.logy == r.logy and np.array_equal(d.theta, r.theta)
-                    for d, r in zip(res.tokens, ref.tokens))
+    return partitions
+
+
+def sized(agents: int, tokens: int, steps: int, *, lr: float, lam: float, spread_mode: str, seed: int) -> dict[str, Any]:
+    """The sized case: reference vs 1 and 2 walker actors, and the partitioners' cut and hand-offs."""
+    import pickle
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, logging_level="ERROR")
+    g, obj = _sized_problem(agents, spread_mode, lam, seed)
+    kw = {"alpha": 10.0, "a": 0.8, "b": 0.9, "lr": lr, "seed": seed, "steps": steps, "tokens": tokens}
+    hops = tokens * steps
+    out: dict[str, Any] = {"agents": agents, "edges": g.number_of_edges(), "tokens": tokens, "steps_per_token": steps,
+                           "dim": obj.dim, "load_average_before": list(os.getloadavg())}
+    ref, ref_out = _reference_16(obj, g, kw, tokens, steps, lr, seed)
+    out.update(ref_out)
+    chain = SRRW(g, 10.0)
+    paths = run_sa_srrw(obj, g, **{**kw, "steps": min(steps, 5000), "record_path": True}).tokens
+    partitions = _partitioners(g, chain, paths, seed)
+    dist, same = _distributed_rows(obj, g, kw, hops, partitions["kl"]["parts"], ref)
+    out["cpu_seconds"].update(dist.pop("cpu_seconds"))
+    out.update(dist)
     out["trajectory_identical"] = bool(same)
     for info in partitions.values():
         info.pop("parts")

@@ -60,13 +60,13 @@ def _delete(directory: str, name: str) -> None:
         (Path(directory) / name).unlink(missing_ok=True)
 
 
-def _manifest(directory: str, key: int) -> str:
+def _manifest(directory: str, key: int) -> str | Path:
     name = f"token-{key}.json"
-    return store.join(directory, name) if store.is_remote(directory) else str(Path(directory) / name)
+    return store.join(directory, name) if store.is_remote(directory) else Path(directory) / name
 
 
-def save_token(directory: str | Path, token: Token) -> str:
-    """Checkpoint `token` under `directory` (a local path or a store URI); returns its manifest's path."""
+def save_token(directory: str | Path, token: Token) -> str | Path:
+    """Checkpoint `token` under `directory` (a local path or a store URI); returns its manifest's path or URI."""
     directory = str(directory)
     if not store.is_remote(directory):
         Path(directory).mkdir(parents=True, exist_ok=True)
@@ -87,7 +87,7 @@ def save_token(directory: str | Path, token: Token) -> str:
     return manifest
 
 
-def _read_arrays(directory: str, meta: dict[str, Any], manifest: str, hint: str) -> dict[str, np.ndarray]:
+def _read_arrays(directory: str, meta: dict[str, Any], manifest: str | Path, hint: str) -> dict[str, np.ndarray]:
     """The arrays a manifest names, each verified against its sha256 (paths confined to `directory`)."""
     files = meta["files"]
     listed_in = f"token checkpoint {Path(manifest).name}"
@@ -117,7 +117,7 @@ def load_token(directory: str | Path, key: int) -> Token | None:
     """The last checkpoint of token `key` under `directory` (None if there is none), fully verified."""
     directory = str(directory)
     manifest = _manifest(directory, key)
-    exists = store.read_bytes(manifest) is not None if store.is_remote(directory) else Path(manifest).is_file()
+    exists = store.read_bytes(str(manifest)) is not None if store.is_remote(directory) else Path(manifest).is_file()
     if not exists:
         return None
     hint = checkpoint_hint(directory)
