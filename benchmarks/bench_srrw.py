@@ -222,10 +222,10 @@ def _distributed_rows(obj, g, kw: dict[str, Any], hops: int, kl_parts: dict[int,
 
     out: dict[str, Any] = {"cpu_seconds": {}, "counts": {}}
     same = True
-    for actors in (1, 2):
+    for actors, halo in ((1, 1), (2, 1), (2, 3)):  # halo 3: fewer hand-offs, more agents held per actor
         parts = kl_parts if actors == 2 else {int(v): 0 for v in g.nodes()}
-        res, wall, _ = _timed(run_distributed_sa_srrw, obj, g, parts=parts, halo=1, **kw)
-        key = f"{actors}actor" + ("s" if actors > 1 else "")
+        res, wall, _ = _timed(run_distributed_sa_srrw, obj, g, parts=parts, halo=halo, **kw)
+        key = f"{actors}actor" + ("s" if actors > 1 else "") + ("" if halo == 1 else f"_halo{halo}")
         st = res.stats
         out[f"hops_per_s_distributed_16tokens_{key}"] = hops / st["walk_seconds"]
         out[f"distributed_{key}_setup_and_walk_seconds"] = wall
@@ -233,7 +233,8 @@ def _distributed_rows(obj, g, kw: dict[str, Any], hops: int, kl_parts: dict[int,
         out["cpu_seconds"][f"actors_{key}"] = st["actor_cpu_seconds"]  # summed over actors, Ray threads included
         out["cpu_seconds"][f"actors_{key}_kernel"] = st["actor_kernel_cpu_seconds"]
         out["counts"][key] = {"handoff_calls": st["handoff_calls"], "tokens_handed_off": st["handoffs"],
-                              "chunks": st["chunks"], "hops_per_actor_cpu_second": hops / st["actor_cpu_seconds"]}
+                              "lock_step_iterations": st["chunks"], "mean_tokens_per_lock_step_iteration": hops / st["chunks"],
+                              "hops_per_actor_cpu_second": hops / st["actor_cpu_seconds"]}
         same &= all(d.n == r.n and d.logy == r.logy and np.array_equal(d.theta, r.theta)
                     for d, r in zip(res.tokens, ref.tokens))
     return out, same
@@ -289,6 +290,7 @@ def sized(agents: int, tokens: int, steps: int, *, lr: float, lam: float, spread
     d1, d2 = out["hops_per_s_distributed_16tokens_1actor"], out["hops_per_s_distributed_16tokens_2actors"]
     out["ratio_2actors_vs_1actor"] = d2 / d1
     out["ratio_2actors_vs_reference"] = d2 / out["hops_per_s_reference_16tokens"]
+    out["ratio_2actors_halo3_vs_1actor"] = out["hops_per_s_distributed_16tokens_2actors_halo3"] / d1
     out["targets"] = {"2actors_vs_1actor_ge_1.6": out["ratio_2actors_vs_1actor"] >= 1.6,
                       "2actors_vs_reference_ge_1.2": out["ratio_2actors_vs_reference"] >= 1.2,
                       "trajectory_identical": out["trajectory_identical"]}
@@ -305,6 +307,10 @@ def _print_sized(s: dict[str, Any]) -> None:
         print(f"  {m:8s} cut edges {v['cut_edge_fraction']:.4f}  hand-offs per 1000 hops {v['handoffs_per_1000_hops']:.2f} "
               f"(by halo 0-3: {[round(x, 2) for x in v['handoffs_per_1000_hops_by_halo'].values()]}; agents held per actor "
               f"{[round(x, 2) for x in v['agents_held_per_actor_fraction_by_halo'].values()]})")
+    print(f"  2 actors, halo 3: x{s['ratio_2actors_halo3_vs_1actor']:.2f} vs 1 actor")
+    for key, c in s["counts"].items():
+        print(f"  {key:14s} {c['hops_per_actor_cpu_second']:.0f} hops per actor CPU-second; {c['handoff_calls']:.0f} hand-off calls "
+              f"for {c['tokens_handed_off']:.0f} tokens; {c['mean_tokens_per_lock_step_iteration']:.1f} tokens per lock-step iteration")
     print(f"  token bytes on the wire {s['token_bytes_on_wire']['token']}; identical trajectories: {s['trajectory_identical']}")
     for name, ok in s["targets"].items():
         print(f"  [{'met' if ok else 'NOT met'}] {name}")

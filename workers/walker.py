@@ -5,7 +5,8 @@ vectorised kernel as the single-process reference (core.srrw.kernel): the tokens
 advance together in lock step, with no Ray call. A token whose next agent lies outside the actor's
 agents is handed straight to the owning actor (`peer.receive.remote(tokens)`, one call per peer per
 chunk of steps), never through the driver. The actor is async: hand-offs arrive into a local inbox while
-it walks, and join the batch between chunks, so the actor is never idle while tokens are in flight. A
+it walks, and join the batch between chunks of `WalkerLayout.chunk` lock-step iterations (leavers are sent
+at the end of each chunk), so the actor is never idle while tokens are in flight. A
 finished token is delivered to a small async `_TokenSink` actor, whose `wait(key)` ObjectRef is all the
 driver waits on. Tokens are checkpointed every N steps (core.token_store) and a run resumes from there.
 
@@ -40,7 +41,6 @@ from workers.autoconnect import ensure_ray
 __all__ = ["RUN_META", "BlockLoader", "WalkPartition", "run_distributed_sa_srrw"]
 
 RUN_META = "run.json"
-CHUNK = 32  # lock-step iterations between looks at the inbox (a few ms)
 
 
 @ray.remote(num_cpus=0)
@@ -68,16 +68,17 @@ class WalkPartition:
     """One partition of the agent graph: its data, the resident tokens, and peers to hand tokens to."""
 
     def __init__(self, part: int, edges: np.ndarray, owner: np.ndarray, objective: Any, spec: WalkSpec,
-                 sink: Any, checkpoint_dir: str | None = None, checkpoint_every: int = 0, halo: int = 1) -> None:
+                 layout: WalkerLayout, sink: Any, checkpoint_dir: str | None = None) -> None:
         graph = nx.Graph()
         graph.add_edges_from(edges.tolist())
         chain = SRRW(graph, spec.alpha, spec.base)
-        held = halo_mask(chain, owner == part, halo)
+        held = halo_mask(chain, owner == part, layout.halo)
         mine = np.flatnonzero(held)
         if isinstance(objective, BlockLoader):
             objective = objective.load([int(chain.nodes[i]) for i in mine])
             objective = objective.relabel({int(chain.nodes[i]): int(i) for i in mine})
-        every = checkpoint_every if checkpoint_dir else 0
+        every = layout.checkpoint_every if checkpoint_dir else 0
+        self.chunk = layout.chunk
         self.ctx = WalkContext(chain, objective, spec.schedule, spec.steps, held, every)
         self.resident = Resident(objective.dim, chain.num_nodes, spec.schedule.polyak)
         self.owner, self.sink, self.checkpoint_dir = owner, sink, checkpoint_dir
@@ -111,7 +112,7 @@ class WalkPartition:
                 continue
             cpu = time.thread_time()
             try:
-                exits = advance(self.resident, self.ctx, CHUNK)
+                exits = advance(self.resident, self.ctx, self.chunk)
             except Exception as exc:  # an unexpected failure: every resident token reports it
                 exits = [(tok, FAILED, exc) for tok in self.resident.take(list(range(len(self.resident))), self.ctx.tables)]
             self.counts["chunks"] += 1
@@ -221,7 +222,7 @@ def _start_actors(chain: SRRW, graph: nx.Graph, objective: Any, spec: WalkSpec, 
         held = np.flatnonzero(halo_mask(chain, owner == p, layout.halo))
         share = objective if isinstance(objective, BlockLoader) else objective.restrict(held)
         actors.append(WalkPartition.options(num_cpus=layout.num_cpus, scheduling_strategy="SPREAD").remote(
-            p, edges, owner, share, spec, sink, ckpt, layout.checkpoint_every, layout.halo))
+            p, edges, owner, share, spec, layout, sink, ckpt))
     ray.get([actor.connect.remote(actors) for actor in actors], timeout=layout.timeout)
 
 
