@@ -167,3 +167,16 @@ def test_spec_validates_once_with_one_wording():
     with pytest.raises(ConfigError, match="theta0 must be a finite vector"):
         WalkSpec.build(steps=5, theta0=[np.nan])
     assert WalkSpec.build(steps=5, theta0=np.ones(2)).theta0 == (1.0, 1.0)
+
+
+def test_this_machines_elementwise_functions_do_not_depend_on_position():
+    """The kernel's exactness assumes it (true of numpy's AVX2 and scalar loops); a build where it fails
+    would make trajectories depend on batch-mates, so this machine is checked, not trusted."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=4099) * 5
+    for fn, arg in ((np.exp, x), (np.tanh, x), (np.log1p, np.abs(x)), (np.logaddexp, (x, x[::-1].copy()))):
+        args = arg if isinstance(arg, tuple) else (arg,)
+        full = fn(*args)
+        for start, length in ((0, 1), (3, 2), (5, 7), (11, 16), (1, 33)):
+            part = fn(*(a[start : start + length].copy() for a in args))
+            np.testing.assert_array_equal(part, full[start : start + length])
