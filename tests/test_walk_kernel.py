@@ -12,7 +12,7 @@ from core.agents import standard_graph
 from core.errors import ConfigError
 from core.objectives import LogisticRegression, SoftmaxRegression, add_intercept
 from core.srrw import SRRW, Schedule, WalkSpec, bind, halo_mask, run_sa_srrw, walk
-from core.srrw.kernel import LEAVE, Resident, WalkContext, advance
+from core.srrw.kernel import LEAVE, Resident, WalkContext, advance, walk_all
 from core.srrw.token import spec_tokens
 
 LES = standard_graph("les_miserables")
@@ -34,8 +34,9 @@ def _same(a, b) -> bool:
             and a.path == b.path and a.rng.bit_generator.state == b.rng.bit_generator.state)
 
 
-def test_a_token_walks_the_same_alone_together_and_joining_late():
-    spec = WalkSpec.build(steps=700, alpha=5.0, tokens=4, seed=3, record_path=True, polyak=True)
+@pytest.mark.parametrize("record_path", [True, False])  # True: the numpy kernel; False: the compiled one
+def test_a_token_walks_the_same_alone_together_and_joining_late(record_path):
+    spec = WalkSpec.build(steps=700, alpha=5.0, tokens=4, seed=3, record_path=record_path, polyak=True)
     together = run_sa_srrw(_objective(), LES, spec).tokens
     chain = SRRW(LES, spec.alpha)
     obj = bind(_objective(), chain)
@@ -55,11 +56,13 @@ def test_a_token_walks_the_same_alone_together_and_joining_late():
         np.testing.assert_array_equal(a.theta_bar, b.theta_bar)
 
 
-def test_hand_offs_between_two_halves_in_one_process_keep_the_trajectory():
+@pytest.mark.parametrize(("record_path", "base"), [(True, "mhrw"), (False, "mhrw"), (False, "nbrw"), (False, "iid")])
+def test_hand_offs_between_two_halves_in_one_process_keep_the_trajectory(record_path, base):
     """Tokens leave a half mid-chunk of pre-drawn uniforms: their streams must rewind exactly."""
-    spec = WalkSpec.build(steps=900, alpha=10.0, tokens=3, seed=8, record_path=True)
+    alpha = 10.0 if base == "mhrw" else 0.0
+    spec = WalkSpec.build(steps=900, alpha=alpha, base=base, tokens=3, seed=8, record_path=record_path, project=50.0)
     ref = run_sa_srrw(_objective(), LES, spec).tokens
-    chain = SRRW(LES, spec.alpha)
+    chain = SRRW(LES, spec.alpha, base)
     obj = bind(_objective(), chain)
     own = np.arange(chain.num_nodes) < chain.num_nodes // 2
     halves = []
@@ -79,6 +82,23 @@ def test_hand_offs_between_two_halves_in_one_process_keep_the_trajectory():
                     halves[1 - side][1].add([tok], ctx.tables)
     assert moves > 10
     assert all(_same(a, b) for a, b in zip(ref, toks))
+
+
+def test_compiled_and_numpy_kernels_walk_the_same_recursion():
+    """Two implementations of one recursion (their exp/tanh may round differently): close, same path."""
+    spec = WalkSpec.build(steps=300, alpha=0.0, tokens=2, seed=5)
+    chain = SRRW(LES, 0.0)
+    obj = bind(_objective(), chain)
+    runs = []
+    for compiled in (True, False):
+        toks = spec_tokens(chain, obj.dim, spec)
+        walk_all(toks, WalkContext(chain, obj, spec.schedule, spec.steps, compiled=compiled))
+        runs.append(toks)
+    for a, b in zip(*runs):
+        assert a.node == b.node and a.n == b.n == 300
+        np.testing.assert_allclose(a.theta, b.theta, rtol=1e-10, atol=1e-13)
+    with pytest.raises(ConfigError, match="compiled walk needs"):
+        WalkContext(chain, obj, Schedule(record_path=True), 10, compiled=True)
 
 
 def test_padded_logistic_rows_do_not_depend_on_batch_or_padding():

@@ -41,6 +41,7 @@ from workers.autoconnect import ensure_ray
 __all__ = ["RUN_META", "BlockLoader", "WalkPartition", "run_distributed_sa_srrw"]
 
 RUN_META = "run.json"
+COMPILED_CHUNK = 256  # hops per token between inbox looks with the compiled kernel (≈ 0.25 ms per token)
 
 
 @ray.remote(num_cpus=0)
@@ -78,8 +79,8 @@ class WalkPartition:
             objective = objective.load([int(chain.nodes[i]) for i in mine])
             objective = objective.relabel({int(chain.nodes[i]): int(i) for i in mine})
         every = layout.checkpoint_every if checkpoint_dir else 0
-        self.chunk = layout.chunk
         self.ctx = WalkContext(chain, objective, spec.schedule, spec.steps, held, every)
+        self.chunk = layout.chunk or (COMPILED_CHUNK if self.ctx.compiled else 1)
         self.resident = Resident(objective.dim, chain.num_nodes, spec.schedule.polyak)
         self.owner, self.sink, self.checkpoint_dir = owner, sink, checkpoint_dir
         self.inbox: list[Token] = []
@@ -208,7 +209,9 @@ def _await_tokens(waits: list[Any], actors: list[Any], timeout: float | None) ->
 
 
 def _owner_map(chain: SRRW, graph: nx.Graph, spec: WalkSpec, layout: WalkerLayout, parts: dict | None) -> np.ndarray:
-    """Agent index -> partition (the layout's partitioner unless `parts` is given)."""
+    """Agent index -> partition (the layout's partitioner unless `parts` is given; one part when replicated)."""
+    if layout.replicate:
+        return np.zeros(chain.num_nodes, dtype=np.int64)
     if parts is None:
         parts = walk_partition(chain, graph, layout.partitions, seed=spec.seed, method=layout.partitioner)
     return np.asarray([parts[int(v)] for v in chain.nodes], dtype=np.int64)
@@ -218,11 +221,12 @@ def _start_actors(chain: SRRW, graph: nx.Graph, objective: Any, spec: WalkSpec, 
                   owner: np.ndarray, sink: Any, ckpt: str | None, actors: list[Any]) -> None:
     """One walker actor per partition (appended to `actors` as they start, so a failure can clean up)."""
     edges = np.asarray(list(graph.edges()), dtype=np.int64)
-    for p in range(int(owner.max()) + 1):
-        held = np.flatnonzero(halo_mask(chain, owner == p, layout.halo))
+    for p in range(layout.partitions if layout.replicate else int(owner.max()) + 1):
+        mine = np.full(chain.num_nodes, p) if layout.replicate else owner  # replicated: every agent is p's
+        held = np.flatnonzero(halo_mask(chain, mine == p, layout.halo))
         share = objective if isinstance(objective, BlockLoader) else objective.restrict(held)
         actors.append(WalkPartition.options(num_cpus=layout.num_cpus, scheduling_strategy="SPREAD").remote(
-            p, edges, owner, share, spec, layout, sink, ckpt))
+            p, edges, mine, share, spec, layout, sink, ckpt))
     ray.get([actor.connect.remote(actors) for actor in actors], timeout=layout.timeout)
 
 
@@ -268,7 +272,7 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
         began = time.perf_counter()
         first: dict[int, list[Token]] = {}
         for tok in toks:
-            first.setdefault(int(owner[tok.node]), []).append(tok)
+            first.setdefault(tok.key % len(actors) if layout.replicate else int(owner[tok.node]), []).append(tok)
         for p, batch in first.items():
             actors[p].receive.remote(batch)
         results = _await_tokens(waits, actors, layout.timeout)

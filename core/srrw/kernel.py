@@ -73,10 +73,20 @@ class WalkContext:
     stop: int  # step count at which a token is done
     owned: np.ndarray | None = None  # bool over agent indices: where tokens may step here (None: all)
     checkpoint_every: int = 0
+    compiled: bool | None = None  # the numba kernel (None: whenever it supports the objective and schedule)
 
     def __post_init__(self) -> None:
+        from core.srrw import compiled
+
         s = self.schedule
         self.tables = step_tables(float(s.a), float(s.b), float(s.lr))
+        supported = compiled.supports(self.objective, s)
+        if self.compiled and not supported:
+            raise ConfigError("the compiled walk needs a LogisticRegression objective and no per-step recording")
+        self.compiled = supported if self.compiled is None else self.compiled
+        if self.compiled:
+            self.data = compiled.data_arrays(self.objective, self.chain.num_nodes)
+            self.owned_all = np.ones(self.chain.num_nodes, dtype=bool) if self.owned is None else self.owned
 
 
 class Resident:
@@ -130,13 +140,17 @@ class Resident:
         self.uniforms = cat([self.uniforms, np.asarray(fresh)])
         self.tokens.extend(tokens)
 
+    def refill(self, k: int) -> None:
+        """Row k's next uniforms, from where its stream stands."""
+        rng = self._rewind(k)
+        self.rng_start[k] = rng.bit_generator.state
+        self.uniforms[k] = rng.random(UNIFORMS)
+        self.pos[k] = 0
+
     def draw(self, rows: np.ndarray) -> np.ndarray:
         """The next uniform of each row's own stream."""
         for k in rows[self.pos[rows] >= UNIFORMS].tolist():
-            rng = self._rewind(k)
-            self.rng_start[k] = rng.bit_generator.state
-            self.uniforms[k] = rng.random(UNIFORMS)
-            self.pos[k] = 0
+            self.refill(k)
         u = self.uniforms[rows, self.pos[rows]]
         self.pos[rows] += 1
         return u
@@ -186,7 +200,10 @@ def _check_fits(tok: Token, res: Resident, tables: StepTables) -> None:
 
 
 def advance(res: Resident, ctx: WalkContext, max_iters: int) -> list[tuple[Token, str, Exception | None]]:
-    """Up to `max_iters` lock-step iterations; the tokens that stopped (DONE, LEAVE, CHECKPOINT, FAILED)."""
+    """Up to `max_iters` lock-step iterations (compiled: hops per token); the tokens that stopped (DONE,
+    LEAVE, CHECKPOINT, FAILED)."""
+    if ctx.compiled:
+        return _advance_compiled(res, ctx, max_iters)
     out: list[tuple[Token, str, Exception | None]] = []
     for _ in range(max_iters):
         if not len(res):
@@ -212,6 +229,38 @@ def advance(res: Resident, ctx: WalkContext, max_iters: int) -> list[tuple[Token
                 rows = sorted(status)
                 out += [(tok, *status[k]) for k, tok in zip(rows, res.take(rows, ctx.tables))]
     return out
+
+
+def _advance_compiled(res: Resident, ctx: WalkContext, budget: int) -> list[tuple[Token, str, Exception | None]]:
+    """One call of the numba kernel over every resident token (core.srrw.compiled)."""
+    from core.srrw import compiled as cc
+
+    if not len(res):
+        return []
+    s, chain, r = ctx.schedule, ctx.chain, ctx.chain.rows
+    add, beta, _ = ctx.tables.ensure(min(int(res.n.max()) + budget + 1, ctx.stop))
+    status = np.zeros(len(res), dtype=np.int64)
+    bar = res.bar if res.bar is not None else np.zeros((0, 0))
+    cc.walk_tokens(res.theta, bar, res.logy, res.node, res.prev, res.n, res.arrived, res.uniforms, res.pos, status,
+                   int(budget), r.nbr, r.log_base, r.cdf, r.total, r.deg, r.adj, r.adj_deg, *ctx.data, chain.grad_weight,
+                   add, beta, float(chain.alpha), cc.BASE_CODES[chain.base], float(ctx.objective.lam),
+                   float(s.max_norm) ** 2, float(s.project or 0.0), bool(s.polyak), int(ctx.stop), ctx.owned_all,
+                   int(ctx.checkpoint_every))
+    for k in np.flatnonzero(status == cc.REFILL).tolist():
+        res.refill(k)
+    names = {cc.DONE: DONE, cc.LEAVE: LEAVE, cc.CHECKPOINT: CHECKPOINT, cc.FAILED: FAILED}
+    rows = [k for k, code in enumerate(status.tolist()) if code in names]
+    if not rows:
+        return []
+    errors = {k: _divergence(res, ctx, k) for k in rows if status[k] == cc.FAILED}
+    return [(tok, names[int(status[k])], errors.get(k)) for k, tok in zip(rows, res.take(rows, ctx.tables))]
+
+
+def _divergence(res: Resident, ctx: WalkContext, k: int) -> DivergenceError:
+    sq = float(res.theta[k] @ res.theta[k])
+    norm = math.sqrt(sq) if sq == sq else sq
+    return DivergenceError(f"SA-SRRW diverged at step {res.n[k]} (agent {int(ctx.chain.nodes[res.node[k]])}): "
+                           f"‖θ‖ = {norm:.3g} > max_norm {ctx.schedule.max_norm:g}; lower lr or raise b")
 
 
 def _rows(res: Resident, rows: np.ndarray | slice) -> np.ndarray:

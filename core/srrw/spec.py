@@ -120,7 +120,9 @@ class WalkerLayout:
     partitioner: str = "kl"  # kl | louvain | range (core.srrw.partition.walk_partition)
     halo: int = 1  # ghost agents within this many hops of an actor's own
     checkpoint_every: int = 0
-    chunk: int = 1  # lock-step iterations between an actor's looks at its inbox (1: least time in flight)
+    chunk: int = 0  # work between an actor's looks at its inbox: lock-step iterations (numpy kernel) or hops
+    #                 per token (compiled kernel); 0: 1 iteration or 256 hops
+    replicate: bool = False  # every actor holds every agent; tokens are split over actors, never handed off
     num_cpus: float = 0
     timeout: float | None = None
 
@@ -134,8 +136,10 @@ class WalkerLayout:
         for name in ("halo", "checkpoint_every"):
             if not _is_count(getattr(self, name), 0):
                 raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        if not _is_count(self.chunk, 1):
-            raise ConfigError(f"chunk must be an integer >= 1, got {self.chunk!r}")
+        if not isinstance(self.replicate, bool):
+            raise ConfigError(f"replicate must be true or false, got {self.replicate!r}")
+        if not _is_count(self.chunk, 0):
+            raise ConfigError(f"chunk must be an integer >= 0, got {self.chunk!r}")
         if not _is_real(self.num_cpus) or self.num_cpus < 0:
             raise ConfigError(f"num_cpus must be a number >= 0, got {self.num_cpus!r}")
 
