@@ -70,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "partitions": 2,
     "partitioner": "kl",  # kl | louvain | range (core.srrw.walk_partition)
     "halo": 1,
+    "replicate": False,  # true: every walker actor holds every agent's data and the tokens are split (no hand-offs)
     "checkpoint_every": 5000,
     "record_every": 500,
     "standardize": False,  # true: scale every feature to mean 0, variance 1 before the walk
@@ -89,7 +90,8 @@ def walk_spec(config: dict[str, Any]) -> WalkSpec:
 def walker_layout(config: dict[str, Any]) -> WalkerLayout:
     """How the config spreads the walk over walker actors (the walk stage gets its partitions as a table)."""
     return WalkerLayout(partitions=config.get("partitions", 1), partitioner=config.get("partitioner", "kl"),
-                        halo=config["halo"], checkpoint_every=config["checkpoint_every"])
+                        halo=config["halo"], checkpoint_every=config["checkpoint_every"],
+                        replicate=config.get("replicate", False))
 
 
 def validate(config: dict[str, Any]) -> None:
@@ -313,6 +315,8 @@ def build(config: dict[str, Any]) -> Pipeline:
                     "partitioner": config["partitioner"]})
     walk_params = {k: config[k] for k in ("alpha", "base", "a", "b", "lr", "steps", "tokens", "halo",
                                           "checkpoint_every", "record_every")}
+    if config["replicate"]:  # only when set, so the cache keys of existing walks stay as they were
+        walk_params |= {"replicate": True, "partitions": config["partitions"]}
     p.stage("walk", walk_stage, inputs={"ingest": data, "agents": "agents", "partition": "partition"}, num_cpus=0,
             params={"model": config["model"], "settings": walk_params, "seed": config["seed"]})
     p.stage("evaluate", evaluate, inputs={"ingest": data, "agents": "agents", "walk": "walk"}, version="3",

@@ -200,3 +200,23 @@ def test_this_machines_elementwise_functions_do_not_depend_on_position():
         for start, length in ((0, 1), (3, 2), (5, 7), (11, 16), (1, 33)):
             part = fn(*(a[start : start + length].copy() for a in args))
             np.testing.assert_array_equal(part, full[start : start + length])
+
+
+def test_compiled_walk_records_snapshots_and_checkpoints_like_a_straight_run(tmp_path):
+    from core.srrw import CHECKPOINT, DONE, load_token, make_tokens, save_token
+
+    chain = SRRW(LES, 5.0)
+    obj = bind(_objective(), chain)
+    sched = Schedule(polyak=True, record_every=50)
+    assert WalkContext(chain, obj, sched, 10).compiled
+    straight = make_tokens(chain, obj.dim, sched, seed=3)[0]
+    assert walk(straight, chain, obj, sched, 500) == DONE
+    tok = make_tokens(chain, obj.dim, sched, seed=3)[0]
+    stops = 0
+    while walk(tok, chain, obj, sched, 500, checkpoint_every=100) == CHECKPOINT:
+        save_token(tmp_path, tok)
+        tok, stops = load_token(tmp_path, 0), stops + 1
+    assert stops == 4 and tok.curve_n == straight.curve_n == list(range(50, 501, 50))
+    np.testing.assert_array_equal(np.array(tok.curve_theta), np.array(straight.curve_theta))
+    assert _same(tok, straight)
+    np.testing.assert_array_equal(tok.theta_bar, straight.theta_bar)

@@ -32,7 +32,7 @@ from core.agents import BlockLoader
 from core.errors import ConfigError, ShardwalkError
 from core.io import read_json_sealed, write_json_sealed
 from core.srrw import SRRW, SAResult, Token, WalkerLayout, WalkSpec, bind, halo_mask, walk_partition
-from core.srrw.kernel import CHECKPOINT, DONE, FAILED, LEAVE, Resident, WalkContext, advance
+from core.srrw.kernel import CHECKPOINT, DONE, FAILED, LEAVE, Resident, WalkContext, advance, warm_up
 from core.srrw.spec import RUN_OPTIONS, record_differences, resume_record, split_settings
 from core.srrw.token import spec_tokens
 from core.token_store import checkpoint_hint, load_token, save_token
@@ -81,6 +81,7 @@ class WalkPartition:
         every = layout.checkpoint_every if checkpoint_dir else 0
         self.ctx = WalkContext(chain, objective, spec.schedule, spec.steps, held, every)
         self.chunk = layout.chunk or (COMPILED_CHUNK if self.ctx.compiled else 1)
+        warm_up(self.ctx, objective.dim)
         self.resident = Resident(objective.dim, chain.num_nodes, spec.schedule.polyak)
         self.owner, self.sink, self.checkpoint_dir = owner, sink, checkpoint_dir
         self.inbox: list[Token] = []

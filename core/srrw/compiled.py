@@ -5,8 +5,8 @@ until it must leave, checkpoint, finish or refill its uniforms. With no per-step
 a hop costs about a microsecond, so an actor's work is proportional to the tokens it holds. Every sum runs
 in a fixed order inside one token's loop, so a token's bits do not depend on the other tokens; the
 reference and walker actors call this same function, hence the same trajectories. Used when the
-objective is a `LogisticRegression` and nothing is recorded per step (record_path / record_every need
-the numpy kernel, which records).
+objective is a `LogisticRegression` and the path is not recorded (record_path needs the numpy kernel);
+θ snapshots (record_every) stop the token's loop so that Python appends them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-CONTINUE, DONE, LEAVE, CHECKPOINT, FAILED, REFILL = 0, 1, 2, 3, 4, 5
+CONTINUE, DONE, LEAVE, CHECKPOINT, FAILED, REFILL, RECORD = 0, 1, 2, 3, 4, 5, 6
 BASE_CODES = {"mhrw": 0, "srw": 0, "iid": 1, "nbrw": 2}
 
 
@@ -25,7 +25,7 @@ def supports(objective: Any, schedule: Any) -> bool:
     """Whether this kernel can walk `objective` under `schedule`."""
     from core.objectives import LogisticRegression
 
-    return isinstance(objective, LogisticRegression) and not schedule.record_path and not schedule.record_every
+    return isinstance(objective, LogisticRegression) and not schedule.record_path
 
 
 def data_arrays(objective: Any, num_nodes: int) -> tuple[np.ndarray, ...]:
@@ -69,7 +69,7 @@ def _arrive(b, theta, bar, logy, node, n, arrived, slot, xh, ky, inv_m, rows, gw
 
 
 @njit(cache=True)
-def _after_arrival(b, theta, bar, n, max_sq, project, polyak, stop, every):
+def _after_arrival(b, theta, bar, n, max_sq, project, polyak, stop, every, rec):
     d = theta.shape[1]
     sq = 0.0
     for t in range(d):
@@ -85,6 +85,8 @@ def _after_arrival(b, theta, bar, n, max_sq, project, polyak, stop, every):
             bar[b, t] += (theta[b, t] - bar[b, t]) / n[b]
     if every > 0 and n[b] % every == 0 and n[b] < stop:
         return CHECKPOINT
+    if rec > 0 and n[b] % rec == 0:
+        return RECORD
     return CONTINUE
 
 
@@ -131,7 +133,7 @@ def _next_agent(b, u, j, prev, logy, nbr, log_base, cdf, total, deg, adj, adj_de
 @njit(cache=True)
 def walk_tokens(theta, bar, logy, node, prev, n, arrived, uniforms, pos, status, budget,
                 nbr, log_base, cdf, total, deg, adj, adj_deg, slot, xh, ky, inv_m, rows,
-                gw, add_t, beta_t, alpha, base, lam, max_sq, project, polyak, stop, owned, every):
+                gw, add_t, beta_t, alpha, base, lam, max_sq, project, polyak, stop, owned, every, rec):
     """Walk each token until it must stop; `status[b]` says why (CONTINUE: its `budget` of hops is spent)."""
     v = np.empty(theta.shape[1])
     cum = np.empty(nbr.shape[1])
@@ -142,7 +144,7 @@ def walk_tokens(theta, bar, logy, node, prev, n, arrived, uniforms, pos, status,
         while True:
             if not arrived[b]:
                 _arrive(b, theta, bar, logy, node, n, arrived, slot, xh, ky, inv_m, rows, gw, add_t, beta_t, lam, v)
-                st = _after_arrival(b, theta, bar, n, max_sq, project, polyak, stop, every)
+                st = _after_arrival(b, theta, bar, n, max_sq, project, polyak, stop, every, rec)
                 if st != CONTINUE:
                     status[b] = st
                     break

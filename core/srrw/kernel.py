@@ -235,25 +235,32 @@ def _advance_compiled(res: Resident, ctx: WalkContext, budget: int) -> list[tupl
     """One call of the numba kernel over every resident token (core.srrw.compiled)."""
     from core.srrw import compiled as cc
 
-    if not len(res):
-        return []
     s, chain, r = ctx.schedule, ctx.chain, ctx.chain.rows
-    add, beta, _ = ctx.tables.ensure(min(int(res.n.max()) + budget + 1, ctx.stop))
+    add, beta, _ = ctx.tables.ensure(min(int(res.n.max(initial=0)) + budget + 1, ctx.stop))
     status = np.zeros(len(res), dtype=np.int64)
     bar = res.bar if res.bar is not None else np.zeros((0, 0))
     cc.walk_tokens(res.theta, bar, res.logy, res.node, res.prev, res.n, res.arrived, res.uniforms, res.pos, status,
                    int(budget), r.nbr, r.log_base, r.cdf, r.total, r.deg, r.adj, r.adj_deg, *ctx.data, chain.grad_weight,
                    add, beta, float(chain.alpha), cc.BASE_CODES[chain.base], float(ctx.objective.lam),
                    float(s.max_norm) ** 2, float(s.project or 0.0), bool(s.polyak), int(ctx.stop), ctx.owned_all,
-                   int(ctx.checkpoint_every))
+                   int(ctx.checkpoint_every), int(s.record_every))
     for k in np.flatnonzero(status == cc.REFILL).tolist():
         res.refill(k)
+    if s.record_every:  # θ snapshots at the arrivals the kernel stopped at
+        snap = np.flatnonzero(((status == cc.RECORD) | (status == cc.CHECKPOINT)) & (res.n % s.record_every == 0))
+        _record(res, ctx, snap, res.n[snap], res.theta[snap])
     names = {cc.DONE: DONE, cc.LEAVE: LEAVE, cc.CHECKPOINT: CHECKPOINT, cc.FAILED: FAILED}
     rows = [k for k, code in enumerate(status.tolist()) if code in names]
     if not rows:
         return []
     errors = {k: _divergence(res, ctx, k) for k in rows if status[k] == cc.FAILED}
     return [(tok, names[int(status[k])], errors.get(k)) for k, tok in zip(rows, res.take(rows, ctx.tables))]
+
+
+def warm_up(ctx: WalkContext, dim: int) -> None:
+    """Compile (or load from numba's cache) the kernel for this walk's types, outside any timing."""
+    if ctx.compiled:
+        _advance_compiled(Resident(dim, ctx.chain.num_nodes, ctx.schedule.polyak), ctx, 1)
 
 
 def _divergence(res: Resident, ctx: WalkContext, k: int) -> DivergenceError:
