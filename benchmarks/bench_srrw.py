@@ -10,7 +10,7 @@ L2-regularised logistic regression over real data spread over the agents of a st
 Hops/second: the single-process reference, then P = 2 walker actors with 1 token and with 4 tokens;
 the distributed runs are checked against the reference (node sequence and θ) in the same run.
 
-    python -m benchmarks.bench_srrw --sized [--quick] --json OUT.json
+    python -m benchmarks.bench_srrw --sized [--sized-steps 100000] [--quick] --json OUT.json
 
 The sized case (a problem shaped like a real job): a connected random geometric graph of 2,000 agents
 (a sensor-network layout) holding builtin:mnist1d, 16 tokens, α = 10. It reports hops/s of the best
@@ -349,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--steps", type=int, default=50_000)
     ap.add_argument("--hop-steps", type=int, default=20_000, help="steps per token for the hops/s measurements")
+    ap.add_argument("--sized-steps", type=int, default=100_000,
+                    help="steps per token of the sized case (the compiled walk does 20,000 in ~0.3 s: too short to time)")
     ap.add_argument("--lam", type=float, default=0.1)
     ap.add_argument("--lr", type=float, default=5.0, help="β_n = lr·(n+1)^(−b)")
     ap.add_argument("--hop-graph", default="", help="also measure hops/s on this graph (e.g. grid: 20x20 agents)")
@@ -413,7 +415,7 @@ def _main_sized(args: argparse.Namespace) -> int:
         return 2
     began = time.perf_counter()
     try:
-        steps = min(args.hop_steps, 1000) if args.quick else args.hop_steps
+        steps = min(args.sized_steps, 1000) if args.quick else args.sized_steps
         s = sized(agents, args.tokens, steps, lr=args.lr, lam=args.lam, spread_mode=args.spread, seed=args.seed)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
