@@ -5,7 +5,8 @@ Hu, Doshi & Eun (ICLR 2024): on arrival at X_{n+1},
 then X_{n+2} ~ K_{X_{n+1},·}[x_{n+1}]. x = c·y is kept as log y and log c, so a step changes one entry.
 
 Every token resident in a process (the reference: all of them; a walker actor: those on its agents)
-advances in lock step, one numpy call per operation for all of them. A token's trajectory does not
+advances in lock step, one numpy call per operation for all of them — or, for a logistic objective whose
+path is not recorded, one token at a time in the numba kernel (core.srrw.compiled), same recursion. A token's trajectory does not
 depend on which tokens share the batch: each draws from its own stream (pre-drawn in chunks; the
 stream is rewound to the draws actually used when the token leaves), and every operation is either
 elementwise or a reduction within the token's own row, so its floating-point result is the same in any
@@ -217,17 +218,15 @@ def advance(res: Resident, ctx: WalkContext, max_iters: int) -> list[tuple[Token
         if res.n.max() >= ctx.stop:
             for k in np.flatnonzero(res.n >= ctx.stop).tolist():
                 status.setdefault(k, (DONE, None))
-        if status:
+        if not status:
+            _depart(res, ctx, everyone, status)
+        else:
             go = np.asarray([k for k in range(len(res)) if k not in status], dtype=np.int64)
             if len(go):
                 _depart(res, ctx, go, status)
+        if status:
             rows = sorted(status)
             out += [(tok, *status[k]) for k, tok in zip(rows, res.take(rows, ctx.tables))]
-        else:
-            _depart(res, ctx, everyone, status)
-            if status:
-                rows = sorted(status)
-                out += [(tok, *status[k]) for k, tok in zip(rows, res.take(rows, ctx.tables))]
     return out
 
 
