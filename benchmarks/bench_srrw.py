@@ -10,7 +10,7 @@ L2-regularised logistic regression over real data spread over the agents of a st
 Hops/second: the single-process reference, then P = 2 walker actors with 1 token and with 4 tokens;
 the distributed runs are checked against the reference (node sequence and θ) in the same run.
 
-    python -m benchmarks.bench_srrw --sized [--sized-steps 100000] [--quick] --json OUT.json
+    python -m benchmarks.bench_srrw --sized [--sized-steps 200000] [--quick] --json OUT.json
 
 The sized case (a problem shaped like a real job): a connected random geometric graph of 2,000 agents
 (a sensor-network layout) holding builtin:mnist1d, 16 tokens, α = 10. It reports hops/s of the best
@@ -237,7 +237,7 @@ def _distributed_rows(obj, g, kw: dict[str, Any], hops: int, kl_parts: dict[int,
         out["cpu_seconds"][f"actors_{key}"] = st["actor_cpu_seconds"]  # summed over actors, Ray threads included
         out["cpu_seconds"][f"actors_{key}_kernel"] = st["actor_kernel_cpu_seconds"]
         out["counts"][key] = {"handoff_calls": st["handoff_calls"], "tokens_handed_off": st["handoffs"],
-                              "lock_step_iterations": st["chunks"], "mean_tokens_per_lock_step_iteration": hops / st["chunks"],
+                              "kernel_calls": st["chunks"], "hops_per_kernel_call": hops / st["chunks"],
                               "hops_per_actor_cpu_second": hops / st["actor_cpu_seconds"]}
         same &= all(d.n == r.n and d.logy == r.logy and np.array_equal(d.theta, r.theta)
                     for d, r in zip(res.tokens, ref.tokens))
@@ -321,7 +321,7 @@ def _print_sized(s: dict[str, Any]) -> None:
               f"x{s[f'ratio_2actors_{layout}_vs_reference']:.2f} vs reference")
     for key, c in s["counts"].items():
         print(f"  {key:14s} {c['hops_per_actor_cpu_second']:.0f} hops per actor CPU-second; {c['handoff_calls']:.0f} hand-off calls "
-              f"for {c['tokens_handed_off']:.0f} tokens; {c['mean_tokens_per_lock_step_iteration']:.1f} tokens per lock-step iteration")
+              f"for {c['tokens_handed_off']:.0f} tokens; {c['hops_per_kernel_call']:.1f} hops per kernel call")
     print(f"  token bytes on the wire {s['token_bytes_on_wire']['token']}; identical trajectories: {s['trajectory_identical']}")
     for name, ok in s["targets"].items():
         print(f"  [{'met' if ok else 'NOT met'}] {name}")
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--steps", type=int, default=50_000)
     ap.add_argument("--hop-steps", type=int, default=20_000, help="steps per token for the hops/s measurements")
-    ap.add_argument("--sized-steps", type=int, default=100_000,
+    ap.add_argument("--sized-steps", type=int, default=200_000,
                     help="steps per token of the sized case (the compiled walk does 20,000 in ~0.3 s: too short to time)")
     ap.add_argument("--lam", type=float, default=0.1)
     ap.add_argument("--lr", type=float, default=5.0, help="β_n = lr·(n+1)^(−b)")
