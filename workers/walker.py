@@ -105,6 +105,7 @@ class WalkPartition:
         self.wake.set()
 
     async def _run(self) -> None:
+        """Walk while tokens are resident (yielding between kernel calls); sleep until a hand-off arrives."""
         while True:
             if self.inbox:
                 self._admit()
@@ -156,7 +157,8 @@ class WalkPartition:
             self.counts["tokens_out"] += len(batch)
 
     async def stats(self) -> dict[str, float]:
-        """Counts and CPU seconds (the process's, which includes Ray's threads, and the kernel's)."""
+        """Counts and CPU seconds: the process's (Ray's threads included) and the walking thread's (kernel
+        calls and the dispatch of their exits)."""
         return {"agents": float(self.ctx.owned.sum()), **{k: float(v) for k, v in self.counts.items()},
                 "cpu_seconds": time.process_time() - self.cpu_start, "kernel_cpu_seconds": self.kernel_cpu}
 
