@@ -74,6 +74,7 @@ class _Objective(abc.ABC):
         for name in self._PER_NODE:
             table = getattr(self, name)
             setattr(clone, name, {new: table[old] for old, new in keys.items()})
+        clone.__dict__.pop("_padded", None)  # batch arrays follow the keys: rebuilt on first use
         return clone
 
     def restrict(self, nodes: Iterable[int]) -> _Objective:
@@ -108,6 +109,15 @@ class _Objective(abc.ABC):
     def descend(self, node: int, theta: np.ndarray, scale: float) -> None:
         """θ ← θ − scale·∇f_node(θ), in place (subclasses fuse it for speed)."""
         theta -= scale * self.grad(node, theta)
+
+    def descend_batch(self, nodes: np.ndarray, theta: np.ndarray, scale: np.ndarray) -> None:
+        """Row k: θ_k ← θ_k − scale_k·∇f_{nodes_k}(θ_k), in place (the walk's hot path, many tokens at once).
+
+        Each row's result must not depend on the other rows: the walk's trajectories are compared bit for
+        bit across batches of different tokens. This default runs `descend` row by row.
+        """
+        for k, node in enumerate(np.asarray(nodes).tolist()):
+            self.descend(int(node), theta[k], float(scale[k]))
 
     def loss(self, theta: np.ndarray) -> float:
         """f(θ) = average over agents of the agent's mean loss + (λ/2)‖θ‖²."""
@@ -182,14 +192,39 @@ class LogisticRegression(_NewtonObjective):
         """Per agent (x/2, 1 − 2y, 1/m): σ(z) − y = (tanh(z/2) + 1 − 2y)/2 turns a step into 7 numpy ops."""
         return {n: (0.5 * x, 1.0 - 2.0 * y, 1.0 / len(y)) for n, (x, y) in blocks.items()}
 
+    def fused_blocks(self) -> dict[int, tuple[np.ndarray, np.ndarray, float]]:
+        """Per agent (x/2, 1 − 2y, 1/m): the form `descend` computes with (vectorised trial runs use it)."""
+        return self._fused
+
     def descend(self, node: int, theta: np.ndarray, scale: float) -> None:
-        xh, ky, inv_m = self._fused[node]
-        r = np.tanh(xh @ theta)
-        r += ky
-        v = r @ xh  # = Σ_k (σ(z_k) − y_k) x_k
+        self.descend_batch(np.asarray([node]), theta[None, :], np.asarray([scale], dtype=np.float64))
+
+    def _padded_blocks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(sorted agent keys, x/2, 1 − 2y, 1/m), blocks zero-padded to one row count (zero rows add 0)."""
+        if getattr(self, "_padded", None) is None:
+            keys = np.asarray(sorted(self._fused), dtype=np.int64)
+            rows = max(len(self._fused[k][1]) for k in keys.tolist())
+            xh = np.zeros((len(keys), rows, self.dim))
+            ky = np.zeros((len(keys), rows))
+            inv_m = np.zeros(len(keys))
+            for i, k in enumerate(keys.tolist()):
+                x_k, k_k, inv_m[i] = self._fused[k]
+                xh[i, : len(k_k)], ky[i, : len(k_k)] = x_k, k_k
+            self._padded = (keys, xh, ky, inv_m)
+        return self._padded
+
+    def descend_batch(self, nodes: np.ndarray, theta: np.ndarray, scale: np.ndarray) -> None:
+        """σ(z) − y = (tanh(z/2) + 1 − 2y)/2 for every row at once; sums run within a row in a fixed order
+        (over features, then over the agent's examples), so padding and batch-mates change no bit."""
+        keys, xh, ky, inv_m = self._padded_blocks()
+        slot = np.searchsorted(keys, nodes)
+        x = xh[slot]
+        r = np.tanh((x * theta[:, None, :]).sum(axis=2))
+        r += ky[slot]
+        v = (r[:, :, None] * x).sum(axis=1)  # = Σ_k (σ(z_k) − y_k) x_k
         if self.lam:
-            theta *= 1.0 - scale * self.lam
-        theta -= (scale * inv_m) * v
+            theta *= (1.0 - scale * self.lam)[:, None]
+        theta -= (scale * inv_m[slot])[:, None] * v
 
     def _loss_block(self, x: np.ndarray, y: np.ndarray, theta: np.ndarray) -> float:
         z = x @ theta

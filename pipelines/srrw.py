@@ -13,6 +13,7 @@ warns (metric `warning`, printed after the run) when the final loss stays far ab
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,6 @@ import ray
 
 from core import validate as validate_
 from core.agents import (
-    PARTITIONERS,
     agent_blocks,
     build_graph,
     cut_edge_fraction,
@@ -43,7 +43,7 @@ from core.io import read_table, write_parquet
 from core.labelled import read_labelled
 from core.objectives import build_objective
 from core.schema import validate_assignment
-from core.srrw import BASES, SRRW, Schedule, walk_partition
+from core.srrw import SRRW, WalkerLayout, WalkSpec, walk_partition
 from pipelines.common import COLUMN_DEFAULTS, ingest_stage, read_label_map
 from pipelines.reports import srrw_report
 from workers.ingest import part_paths, standardize_part, summarise_part
@@ -72,6 +72,7 @@ DEFAULTS: dict[str, Any] = {
     "partitions": 2,
     "partitioner": "kl",  # kl | louvain | range (core.srrw.walk_partition)
     "halo": 1,
+    "replicate": False,  # true: every walker actor holds every agent's data and the tokens are split (no hand-offs)
     "checkpoint_every": 5000,
     "record_every": 500,
     "standardize": False,  # true: scale every feature to mean 0, variance 1 before the walk
@@ -81,21 +82,26 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def walk_spec(config: dict[str, Any]) -> WalkSpec:
+    """The walk spec of a config (validated by WalkSpec itself: one validator per setting)."""
+    return WalkSpec.build(steps=config["steps"], alpha=config["alpha"], base=config["base"], tokens=config["tokens"],
+                          seed=config["seed"], a=config["a"], b=config["b"], lr=config["lr"],
+                          record_every=config["record_every"])
+
+
+def walker_layout(config: dict[str, Any]) -> WalkerLayout:
+    """How the config spreads the walk over walker actors (the walk stage gets its partitions as a table)."""
+    return WalkerLayout(partitions=config.get("partitions", 1), partitioner=config.get("partitioner", "kl"),
+                        halo=config["halo"], checkpoint_every=config["checkpoint_every"],
+                        replicate=config.get("replicate", False))
+
+
 def validate(config: dict[str, Any]) -> None:
     """Reject out-of-range values before anything runs."""
     validate_.shards(config["shards"])
-    Schedule(config["a"], config["b"], config["lr"], record_every=config["record_every"])
-    validate_.alpha(config["alpha"])
-    validate_.choice("base", config["base"], BASES)
-    validate_.steps(config["steps"])
-    for key in ("tokens", "partitions"):
-        validate_.integer(key, config[key])
-    if config.get("partitioner", "kl") not in PARTITIONERS:
-        raise ConfigError(f"partitioner must be one of {list(PARTITIONERS)}, got {config['partitioner']!r}")
+    walk_spec(config)
+    walker_layout(config)
     validate_.fraction("test_fraction", config["test_fraction"], closed_low=True)
-    for key in ("halo", "checkpoint_every"):
-        if config[key] < 0:
-            raise ConfigError(f"{key} must be >= 0, got {config[key]}")
     graph = config["graph"]
     if graph["name"] == "file" and not graph["edges"]:
         raise ConfigError("graph.name = 'file' needs graph.edges (a Parquet edge list)")
@@ -168,7 +174,7 @@ def partition_stage(out: Path, agents: Path, *, partitions: int, base: str, seed
     return {"partitions": partitions, "cut_edge_fraction": cut_edge_fraction(g, parts)}
 
 
-def _loader(ingest_dir: Path, agents_dir: Path, model: dict[str, Any]) -> Any:
+def _loader(ingest_dir: Path, agents_dir: Path, model: dict[str, Any]) -> BlockLoader:
     return BlockLoader(
         vectors=str(ingest_dir), assignment=str(agents_dir / "assignment.parquet"), model=model["kind"],
         lam=model["lam"], intercept=model["intercept"], binarize=class_threshold(ingest_dir, model["binarize"]),
@@ -194,27 +200,24 @@ def _dim(ingest_dir: Path, model: dict[str, Any]) -> tuple[int, int]:
     return (d if model["kind"] == "logistic" else d * classes), classes
 
 
-def walk(out: Path, ingest: Path, agents: Path, partition: Path, *, model: dict[str, Any], walk: dict[str, Any],
-         seed: int) -> dict[str, Any]:
+def walk_stage(out: Path, ingest: Path, agents: Path, partition: Path, *, model: dict[str, Any],
+               settings: dict[str, Any], seed: int) -> dict[str, Any]:
     """Run the tokens on walker actors; write tokens.parquet (final θ) and trajectory.parquet (θ snapshots)."""
     from workers.walker import run_distributed_sa_srrw
 
+    spec, layout = walk_spec({**settings, "seed": seed}), walker_layout(settings)
     g = _load_graph(agents)
     parts_table = read_table(partition / "parts.parquet")
     parts = dict(zip(parts_table.column("node").to_pylist(), parts_table.column("part").to_pylist()))
     dim, classes = _dim(ingest, model)
     loader = _loader(ingest, agents, model)
     if model["kind"] == "softmax":
-        loader = type(loader)(**{**loader.__dict__, "classes": classes})
+        loader = dataclasses.replace(loader, classes=classes)
     # checkpoints live in the stage's state directory: keyed like its output (stage version, code, every
     # setting, upstream keys), removed once the walk is committed, retired by --force
     ckpt = stage_state_dir()
-    result = run_distributed_sa_srrw(
-        loader, g, dim=dim, parts=parts, seed=seed, checkpoint_dir=ckpt, resume=ckpt is not None,
-        steps=walk["steps"], alpha=walk["alpha"], a=walk["a"], b=walk["b"], base=walk["base"], lr=walk["lr"],
-        tokens=walk["tokens"], halo=walk["halo"], checkpoint_every=walk["checkpoint_every"],
-        record_every=walk["record_every"],
-    )
+    result = run_distributed_sa_srrw(loader, g, spec, layout, dim=dim, parts=parts, checkpoint_dir=ckpt,
+                                     resume=ckpt is not None)
     toks = result.tokens
     write_parquet(pa.table({
         "token": [t.key for t in toks], "steps": [t.n for t in toks], "handoffs": [t.handoffs for t in toks],
@@ -307,8 +310,11 @@ def add_placement_stages(p: Pipeline, config: dict[str, Any], *, data: str = "in
 def add_walk_stages(p: Pipeline, config: dict[str, Any], *, data: str = "ingest", agents_name: str = "agents",
                     partition_name: str = "partition", walk_name: str = "walk", curves_name: str = "evaluate") -> None:
     """Add `walk` (the tokens on walker actors) and its `evaluate` (curves against θ*) from a validated config."""
-    p.stage(walk_name, walk, inputs={"ingest": data, "agents": agents_name, "partition": partition_name}, num_cpus=0,
-            params={"model": config["model"], "walk": {k: config[k] for k in WALK_KEYS}, "seed": config["seed"]})
+    settings = {k: config[k] for k in WALK_KEYS}
+    if config.get("replicate"):  # only when set, so the cache keys of existing walks stay as they were
+        settings |= {"replicate": True, "partitions": config["partitions"]}
+    p.stage(walk_name, walk_stage, inputs={"ingest": data, "agents": agents_name, "partition": partition_name},
+            num_cpus=0, params={"model": config["model"], "settings": settings, "seed": config["seed"]})
     p.stage(curves_name, evaluate, inputs={"ingest": data, "agents": agents_name, "walk": walk_name}, version="3",
             params={"model": config["model"], "standardize": config["standardize"]})
 

@@ -1,16 +1,18 @@
 """SA-SRRW on Ray: the agent graph is partitioned over `WalkPartition` actors and tokens walk between them.
 
-Each actor holds its agents' data blocks and kernel rows (core.srrw.SRRW.restrict) and runs the very
-same `core.srrw.walk` as the single-process reference: inside its partition a token moves with no Ray
-call; when the next agent belongs to another partition the actor hands the token straight to that
-actor (`peer.receive.remote(token)`), never through the driver. A finished token is delivered to a
-small async `_TokenSink` actor, whose `wait(key)` ObjectRef is all the driver waits on. Tokens are
-checkpointed every N steps (JSON + .npy, atomic; core.srrw.save_token) and a run resumes from there.
+Each actor holds its agents' data blocks (plus ghost copies within `halo` hops) and runs the very same
+vectorised kernel as the single-process reference (core.srrw.kernel): the tokens resident on its agents
+advance together in lock step, with no Ray call. A token whose next agent lies outside the actor's
+agents is handed straight to the owning actor (`peer.receive.remote(tokens)`, one call per peer per
+chunk of steps), never through the driver. The actor is async: hand-offs arrive into a local inbox while
+it walks, and join the batch between chunks of `WalkerLayout.chunk` lock-step iterations (leavers are sent
+at the end of each chunk), so the actor is never idle while tokens are in flight. A
+finished token is delivered to a small async `_TokenSink` actor, whose `wait(key)` ObjectRef is all the
+driver waits on. Tokens are checkpointed every N steps (core.token_store) and a run resumes from there.
 
-Same seed ⇒ same node sequence and θ as `core.srrw.run_sa_srrw`, for any number of partitions.
-Actors are spread over the cluster's nodes; on a multi-node cluster the checkpoint directory (and a
-`BlockLoader`'s Parquet paths) must be on storage every node can read. A lost actor loses its tokens:
-rerun with `resume=True` to continue from their last checkpoints.
+Same seed ⇒ same node sequence and θ as `core.srrw.run_sa_srrw`, for any partitioning. Actors are spread
+over the cluster's nodes; on a multi-node cluster the checkpoint directory (and a `BlockLoader`'s Parquet
+paths) must be on storage every node can read. A lost actor loses its tokens: rerun with `resume=True`.
 """
 
 from __future__ import annotations
@@ -29,24 +31,17 @@ from core import store
 from core.block_loader import BlockLoader
 from core.errors import ConfigError, ShardwalkError
 from core.io import read_json_sealed, write_json_sealed
-from core.srrw import (
-    CHECKPOINT,
-    LEAVE,
-    SRRW,
-    SAResult,
-    Schedule,
-    Token,
-    bind,
-    checkpoint_hint,
-    halo_mask,
-    make_tokens,
-    walk,
-    walk_partition,
-)
-from core.token_store import load_checkpoint, save_checkpoint
+from core.srrw import SRRW, SAResult, Token, WalkerLayout, WalkSpec, bind, halo_mask, walk_partition
+from core.srrw.kernel import CHECKPOINT, DONE, FAILED, LEAVE, Resident, WalkContext, advance, warm_up
+from core.srrw.spec import RUN_OPTIONS, record_differences, resume_record, split_settings
+from core.srrw.token import spec_tokens
+from core.token_store import checkpoint_hint, load_token, save_token
 from workers.autoconnect import ensure_ray
 
+__all__ = ["RUN_META", "BlockLoader", "WalkPartition", "run_distributed_sa_srrw"]
+
 RUN_META = "run.json"
+COMPILED_CHUNK = 256  # hops per token between inbox looks with the compiled kernel (≈ 0.25 ms per token)
 
 
 @ray.remote(num_cpus=0)
@@ -71,119 +66,128 @@ class _TokenSink:
 
 @ray.remote
 class WalkPartition:
-    """One partition of the agent graph: its kernel rows, its agents' data, and peers to hand tokens to."""
+    """One partition of the agent graph: its data, the resident tokens, and peers to hand tokens to."""
 
-    def __init__(
-        self,
-        part: int,
-        edges: np.ndarray,
-        owner: np.ndarray,
-        objective: Any,
-        alpha: float,
-        base: str,
-        schedule: Schedule,
-        stop: int,
-        sink: Any,
-        checkpoint_dir: str | None = None,
-        checkpoint_every: int = 0,
-        halo: int = 1,
-    ) -> None:
+    def __init__(self, part: int, edges: np.ndarray, owner: np.ndarray, objective: Any, spec: WalkSpec,
+                 layout: WalkerLayout, sink: Any, checkpoint_dir: str | None = None) -> None:
         graph = nx.Graph()
         graph.add_edges_from(edges.tolist())
-        chain = SRRW(graph, alpha, base)
-        held = halo_mask(chain, owner == part, halo)
+        chain = SRRW(graph, spec.alpha, spec.base)
+        held = halo_mask(chain, owner == part, layout.halo)
         mine = np.flatnonzero(held)
-        self.chain = chain.restrict(mine)
         if isinstance(objective, BlockLoader):
             objective = objective.load([int(chain.nodes[i]) for i in mine])
             objective = objective.relabel({int(chain.nodes[i]): int(i) for i in mine})
-        self.objective = objective
-        self.owner, self.owned = owner, held
-        self.schedule, self.stop, self.sink = schedule, stop, sink
-        self.checkpoint_dir, self.checkpoint_every = checkpoint_dir, checkpoint_every
+        every = layout.checkpoint_every if checkpoint_dir else 0
+        self.ctx = WalkContext(chain, objective, spec.schedule, spec.steps, held, every)
+        self.chunk = layout.chunk or (COMPILED_CHUNK if self.ctx.compiled else 1)
+        warm_up(self.ctx, objective.dim)
+        self.resident = Resident(objective.dim, chain.num_nodes, spec.schedule.polyak)
+        self.owner, self.sink, self.checkpoint_dir = owner, sink, checkpoint_dir
+        self.inbox: list[Token] = []
+        self.admitted: dict[int, int] = {}  # token key -> its step count when it joined the batch
         self.peers: list[Any] = []
-        self.steps_walked = 0
-        self.busy_seconds = 0.0
-        self.send_seconds = 0.0
-        self.cpu_seconds = 0.0
-        self.visits = 0
+        self.counts = {"steps_walked": 0, "chunks": 0, "calls_out": 0, "tokens_out": 0, "calls_in": 0}
+        self.kernel_cpu = 0.0
+        self.cpu_start = time.process_time()
 
-    def connect(self, peers: list[Any]) -> int:
+    async def connect(self, peers: list[Any]) -> int:
+        """Learn the peers and start walking whatever arrives."""
         self.peers = peers
-        return len(self.objective.blocks)
+        self.wake = asyncio.Event()
+        self.loop = asyncio.get_running_loop().create_task(self._run())
+        return len(self.ctx.objective.blocks)
 
-    def receive(self, tokens: list[Token]) -> None:
-        """Walk each token while it stays here; pass the leavers on, one call per peer (cut edges),
-        and deliver the finished ones. Batching the hand-offs of concurrent tokens amortises the cost
-        of a Ray call; tokens are independent, so their trajectories do not change."""
-        began, cpu = time.perf_counter(), time.process_time()
-        outbox: dict[int, list[Token]] = {}
-        for token in tokens:
-            try:
-                peer = self._advance(token)
-            except Exception as exc:  # deliver every failure, so the driver never waits forever
-                self.sink.deliver.remote(token.key, None, exc)
+    async def receive(self, tokens: list[Token]) -> None:
+        """Tokens handed over by a peer (or the driver) join the batch at the next chunk."""
+        self.inbox.extend(tokens)
+        self.counts["calls_in"] += 1
+        self.wake.set()
+
+    async def _run(self) -> None:
+        """Walk while tokens are resident (yielding between kernel calls); sleep until a hand-off arrives."""
+        while True:
+            if self.inbox:
+                self._admit()
+            if not len(self.resident):
+                self.wake.clear()
+                await self.wake.wait()
                 continue
-            if peer is None:
-                self.sink.deliver.remote(token.key, token, None)
+            cpu = time.thread_time()
+            try:
+                exits = advance(self.resident, self.ctx, self.chunk)
+            except Exception as exc:  # an unexpected failure: every resident token reports it
+                exits = [(tok, FAILED, exc) for tok in self.resident.take(list(range(len(self.resident))), self.ctx.tables)]
+            self.counts["chunks"] += 1
+            self._dispatch(exits)
+            self.kernel_cpu += time.thread_time() - cpu
+            await asyncio.sleep(0)
+
+    def _admit(self) -> None:
+        """Arrived tokens join the batch; a token this walk cannot take is reported, not lost."""
+        tokens, self.inbox = self.inbox, []
+        for tok in tokens:
+            try:
+                self.resident.add([tok], self.ctx.tables)
+                self.admitted[tok.key] = tok.n
+            except Exception as exc:
+                self.sink.deliver.remote(tok.key, None, exc)
+
+    def _dispatch(self, exits: list[tuple[Token, str, Exception | None]]) -> None:
+        """Leavers to their owners (one call per peer), checkpoints saved, finished tokens delivered."""
+        outbox: dict[int, list[Token]] = {}
+        for tok, status, error in exits:
+            self.counts["steps_walked"] += tok.n - self.admitted.pop(tok.key, tok.n)
+            if status == LEAVE:
+                tok.handoffs += 1
+                outbox.setdefault(int(self.owner[tok.node]), []).append(tok)
+                continue
+            try:
+                if status in (CHECKPOINT, DONE) and self.checkpoint_dir:
+                    save_token(self.checkpoint_dir, tok)
+            except Exception as exc:
+                status, error = FAILED, exc
+            if status == CHECKPOINT:
+                self.inbox.append(tok)
             else:
-                token.handoffs += 1
-                outbox.setdefault(peer, []).append(token)
-        sent = time.perf_counter()
+                self.sink.deliver.remote(tok.key, tok if status == DONE else None, error)
         for peer, batch in outbox.items():
             self.peers[peer].receive.remote(batch)
-        now = time.perf_counter()
-        self.send_seconds += now - sent
-        self.busy_seconds += now - began
-        self.cpu_seconds += time.process_time() - cpu  # CPU, unlike busy_seconds, is fair on a loaded machine
-        self.visits += 1
+            self.counts["calls_out"] += 1
+            self.counts["tokens_out"] += len(batch)
 
-    def _advance(self, token: Token) -> int | None:
-        """Walk `token` here (checkpointing on the way); the partition it must move to, or None when done."""
-        start = token.n
-        every = self.checkpoint_every if self.checkpoint_dir else 0
-        while True:
-            status = walk(token, self.chain, self.objective, self.schedule, self.stop, self.owned, every)
-            if status != CHECKPOINT:
-                break
-            save_checkpoint(self.checkpoint_dir, token)
-        self.steps_walked += token.n - start
-        if status == LEAVE:
-            return int(self.owner[token.node])
-        if self.checkpoint_dir:
-            save_checkpoint(self.checkpoint_dir, token)
-        return None
-
-    def stats(self) -> dict[str, float]:
-        return {"agents": float(self.owned.sum()), "steps_walked": float(self.steps_walked),
-                "busy_seconds": self.busy_seconds, "send_seconds": self.send_seconds, "cpu_seconds": self.cpu_seconds,
-                "visits": float(self.visits)}
+    async def stats(self) -> dict[str, float]:
+        """Counts and CPU seconds: the process's (Ray's threads included) and the walking thread's (kernel
+        calls and the dispatch of their exits)."""
+        return {"agents": float(self.ctx.owned.sum()), **{k: float(v) for k, v in self.counts.items()},
+                "cpu_seconds": time.process_time() - self.cpu_start, "kernel_cpu_seconds": self.kernel_cpu}
 
 
-def _run_meta(chain: SRRW, dim: int, seed: int, tokens: int, schedule: Schedule) -> dict[str, Any]:
-    return {
-        "alpha": chain.alpha, "base": chain.base, "agents": chain.num_nodes, "dim": dim, "seed": seed,
-        "tokens": tokens, "a": schedule.a, "b": schedule.b, "lr": schedule.lr, "project": schedule.project,
-        "polyak": schedule.polyak, "record_path": schedule.record_path, "record_every": schedule.record_every,
-    }
+def _meta_path(directory: str) -> Any:
+    return store.join(directory, RUN_META) if store.is_remote(directory) else Path(directory) / RUN_META
 
 
-def _initial_tokens(chain: SRRW, dim: int, schedule: Schedule, *, tokens: int, seed: int, theta0: Any,
-                    start: Any, checkpoint_dir: str | None, resume: bool) -> list[Token]:
-    """Fresh tokens, or the checkpointed ones when resuming a run with the same settings."""
-    fresh = make_tokens(chain, dim, schedule, tokens=tokens, seed=seed, theta0=theta0, start=start)
+def _initial_tokens(chain: SRRW, dim: int, spec: WalkSpec, checkpoint_dir: str | None, resume: bool) -> list[Token]:
+    """Fresh tokens, or the checkpointed ones when resuming a run with the same walk spec."""
+    fresh = spec_tokens(chain, dim, spec)
     if not (resume and checkpoint_dir):
         return fresh
-    meta_path = store.join(checkpoint_dir, RUN_META) if store.is_remote(checkpoint_dir) else Path(checkpoint_dir) / RUN_META
-    expected = _run_meta(chain, dim, seed, tokens, schedule)
+    meta_path = _meta_path(checkpoint_dir)
     exists = store.read_bytes(meta_path) is not None if store.is_remote(checkpoint_dir) else meta_path.is_file()
     if exists:
         found = read_json_sealed(meta_path, "checkpoint run record", checkpoint_hint(checkpoint_dir))
-        diff = sorted(k for k in expected if found.get(k) != expected[k])
+        diff = record_differences(found, _run_record(spec, chain, dim))
         if diff:
             raise ConfigError(f"{checkpoint_dir}: checkpoints were made with different settings ({', '.join(diff)})")
-    loaded = [load_checkpoint(checkpoint_dir, k) for k in range(tokens)]
+    loaded = [load_token(checkpoint_dir, k) for k in range(spec.tokens)]
     return [tok if tok is not None else fresh[k] for k, tok in enumerate(loaded)]
+
+
+def _run_record(spec: WalkSpec, chain: SRRW, dim: int) -> dict[str, Any]:
+    """The resume record: the walk spec but its stop (a later stop continues the same trajectory)."""
+    record = resume_record(spec, agents=chain.num_nodes, dim=dim)
+    record.pop("steps")
+    return record
 
 
 HEALTH_CHECK_S = 5.0
@@ -207,103 +211,91 @@ def _await_tokens(waits: list[Any], actors: list[Any], timeout: float | None) ->
             raise ray.exceptions.GetTimeoutError(f"walk: tokens not back within {timeout} s")
 
 
-def run_distributed_sa_srrw(
-    objective: Any,
-    graph: nx.Graph,
-    *,
-    steps: int,
-    alpha: float = 0.0,
-    a: float = 0.8,
-    b: float = 0.9,
-    base: str = "mhrw",
-    tokens: int = 1,
-    seed: int = 0,
-    lr: float = 1.0,
-    theta0: np.ndarray | None = None,
-    start: int | None = None,
-    project: float | None = None,
-    polyak: bool = False,
-    max_norm: float = 1e8,
-    record_every: int = 0,
-    record_path: bool = False,
-    partitions: int = 2,
-    parts: dict[int, int] | None = None,
-    checkpoint_dir: str | Path | None = None,
-    checkpoint_every: int = 0,
-    resume: bool = False,
-    dim: int | None = None,
-    halo: int = 1,
-    num_cpus: float = 0,
-    timeout: float | None = None,
-    partitioner: str = "kl",
-) -> SAResult:
-    """`core.srrw.run_sa_srrw` on `partitions` walker actors; the same arguments give the same result.
+def _owner_map(chain: SRRW, graph: nx.Graph, spec: WalkSpec, layout: WalkerLayout, parts: dict | None) -> np.ndarray:
+    """Agent index -> partition (the layout's partitioner unless `parts` is given; one part when replicated)."""
+    if layout.replicate:
+        return np.zeros(chain.num_nodes, dtype=np.int64)
+    if parts is None:
+        parts = walk_partition(chain, graph, layout.partitions, seed=spec.seed, method=layout.partitioner)
+    return np.asarray([parts[int(v)] for v in chain.nodes], dtype=np.int64)
 
-    `objective` is an in-memory objective (each actor is sent its share) or a `BlockLoader` (each actor
-    reads its own agents' rows; then pass `dim`). `parts` overrides the agent → partition map.
-    `halo` >= 0: each actor also keeps ghost copies of the agents within that many hops of its own,
-    so a token crossing a cut edge is handed off only once it walks beyond them. `partitioner`: kl |
-    louvain | range (core.srrw.walk_partition). More tokens or partitions than agents is a ConfigError.
+
+def _start_actors(chain: SRRW, graph: nx.Graph, objective: Any, spec: WalkSpec, layout: WalkerLayout,
+                  owner: np.ndarray, sink: Any, ckpt: str | None, actors: list[Any]) -> None:
+    """One walker actor per partition (appended to `actors` as they start, so a failure can clean up)."""
+    edges = np.asarray(list(graph.edges()), dtype=np.int64)
+    for p in range(layout.partitions if layout.replicate else int(owner.max()) + 1):
+        mine = np.full(chain.num_nodes, p) if layout.replicate else owner  # replicated: every agent is p's
+        held = np.flatnonzero(halo_mask(chain, mine == p, layout.halo))
+        share = objective if isinstance(objective, BlockLoader) else objective.restrict(held)
+        actors.append(WalkPartition.options(num_cpus=layout.num_cpus, scheduling_strategy="SPREAD").remote(
+            p, edges, mine, share, spec, layout, sink, ckpt))
+    ray.get([actor.connect.remote(actors) for actor in actors], timeout=layout.timeout)
+
+
+def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | None = None,
+                            layout: WalkerLayout | None = None, /, **settings: Any) -> SAResult:
+    """`core.srrw.run_sa_srrw` on walker actors; the same walk spec gives the same result.
+
+    Pass a `WalkSpec` and a `WalkerLayout`, or their fields as keywords (`steps=`, `alpha=`, ...,
+    `partitions=`, `partitioner=`, `halo=`, `checkpoint_every=`). Further keywords: `parts` (agent ->
+    partition, overrides the partitioner), `checkpoint_dir`, `resume`, `dim` (needed with a
+    `BlockLoader`, whose actors read their own agents' rows). More tokens or partitions than agents is
+    a ConfigError.
     """
     ensure_ray()
-    if not isinstance(halo, int) or halo < 0:
-        raise ConfigError(f"halo must be an integer >= 0, got {halo!r}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps must be an integer >= 1, got {steps!r}")
-    if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
-        raise ConfigError(f"checkpoint_every must be an integer >= 0, got {checkpoint_every!r}")
-    chain = SRRW(graph, alpha, base)
-    if isinstance(tokens, int) and tokens > chain.num_nodes:
-        raise ConfigError(f"tokens={tokens} exceeds the number of agents ({chain.num_nodes}); use at most one token per agent")
-    schedule = Schedule(a, b, lr, project, polyak, max_norm, record_every, record_path)
+    if spec is None:
+        spec, flat_layout, rest = split_settings(settings)
+        layout = layout or flat_layout
+    else:
+        rest, layout = settings, layout or WalkerLayout()
+        unknown = sorted(set(rest) - set(RUN_OPTIONS))
+        if unknown:
+            raise ConfigError(f"run_distributed_sa_srrw: with a WalkSpec, settings {unknown} belong in it or the layout")
+    chain = SRRW(graph, spec.alpha, spec.base)
+    if spec.tokens > chain.num_nodes:
+        raise ConfigError(f"tokens={spec.tokens} exceeds the number of agents ({chain.num_nodes}); use at most one token per agent")
+    dim = rest.get("dim")
     if isinstance(objective, BlockLoader):
         if dim is None:
             raise ConfigError("run_distributed_sa_srrw: pass dim= with a BlockLoader")
     else:
         objective = bind(objective, chain)
         dim = objective.dim
-    parts = walk_partition(chain, graph, partitions, seed=seed, method=partitioner) if parts is None else parts
-    owner = np.asarray([parts[int(v)] for v in chain.nodes], dtype=np.int64)
-    n_parts = int(owner.max()) + 1
-    ckpt = str(checkpoint_dir) if checkpoint_dir is not None else None
-    toks = _initial_tokens(chain, dim, schedule, tokens=tokens, seed=seed, theta0=theta0, start=start,
-                           checkpoint_dir=ckpt, resume=resume)
+    owner = _owner_map(chain, graph, spec, layout, rest.get("parts"))
+    ckpt = str(rest["checkpoint_dir"]) if rest.get("checkpoint_dir") is not None else None
+    toks = _initial_tokens(chain, dim, spec, ckpt, bool(rest.get("resume", False)))
     if ckpt:
-        write_json_sealed(store.join(ckpt, RUN_META) if store.is_remote(ckpt) else Path(ckpt) / RUN_META,
-                          _run_meta(chain, dim, seed, tokens, schedule))
-    edges = np.asarray(list(graph.edges()), dtype=np.int64)
+        write_json_sealed(_meta_path(ckpt), _run_record(spec, chain, dim))
     sink = _TokenSink.remote()
-    actors = []
+    actors: list[Any] = []
     try:
-        for p in range(n_parts):
-            held = np.flatnonzero(halo_mask(chain, owner == p, halo))
-            share = objective if isinstance(objective, BlockLoader) else objective.restrict(held)
-            actors.append(
-                WalkPartition.options(num_cpus=num_cpus, scheduling_strategy="SPREAD").remote(
-                    p, edges, owner, share, chain.alpha, base, schedule, steps, sink, ckpt, checkpoint_every, halo
-                )
-            )
-        ray.get([actor.connect.remote(actors) for actor in actors], timeout=timeout)
+        _start_actors(chain, graph, objective, spec, layout, owner, sink, ckpt, actors)
         waits = [sink.wait.remote(tok.key) for tok in toks]
         began = time.perf_counter()
         first: dict[int, list[Token]] = {}
         for tok in toks:
-            first.setdefault(int(owner[tok.node]), []).append(tok)
+            first.setdefault(tok.key % len(actors) if layout.replicate else int(owner[tok.node]), []).append(tok)
         for p, batch in first.items():
             actors[p].receive.remote(batch)
-        results = _await_tokens(waits, actors, timeout)
+        results = _await_tokens(waits, actors, layout.timeout)
         seconds = time.perf_counter() - began
-        busy = ray.get([actor.stats.remote() for actor in actors], timeout=timeout)
+        busy = ray.get([actor.stats.remote() for actor in actors], timeout=layout.timeout)
     finally:
         for actor in [*actors, sink]:
             ray.kill(actor)
+    return _result(results, seconds, busy)
+
+
+def _result(results: list[tuple[Token | None, BaseException | None]], seconds: float, busy: list[dict]) -> SAResult:
+    """The tokens back from the sink (re-raising a walker's failure) and the actors' counts."""
     done = []
     for token, error in results:
         if error is not None:
             raise error if isinstance(error, ShardwalkError) else RuntimeError(f"walker failed: {error!r}")
         done.append(token)
-    stats = {"walk_seconds": seconds, "handoffs": float(sum(t.handoffs for t in done)), "partitions": float(n_parts),
-             "actor_busy_seconds": float(sum(b["busy_seconds"] for b in busy)),
-             "actor_send_seconds": float(sum(b["send_seconds"] for b in busy)),
-             "actor_cpu_seconds": float(sum(b["cpu_seconds"] for b in busy))}
+    total = {k: float(sum(b[k] for b in busy)) for k in busy[0]}
+    stats = {"walk_seconds": seconds, "handoffs": float(sum(t.handoffs for t in done)), "partitions": float(len(busy)),
+             "actor_cpu_seconds": total["cpu_seconds"], "actor_kernel_cpu_seconds": total["kernel_cpu_seconds"],
+             "handoff_calls": total["calls_out"], "steps_walked": total["steps_walked"], "chunks": total["chunks"]}
     return SAResult(np.mean([t.theta for t in done], axis=0), done, stats)

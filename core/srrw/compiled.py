@@ -1,0 +1,169 @@
+"""The SA-SRRW walk compiled with numba, for logistic-regression objectives (docs/design.md, SRRW).
+
+The same recursion as core.srrw.kernel, one token at a time: a token walks up to `budget` hops here
+until it must leave, checkpoint, finish or refill its uniforms. With no per-step Python or numpy call
+a hop costs about a microsecond, so an actor's work is proportional to the tokens it holds. Every sum runs
+in a fixed order inside one token's loop, so a token's bits do not depend on the other tokens; the
+reference and walker actors call this same function, hence the same trajectories. Used when the
+objective is a `LogisticRegression` and the path is not recorded (record_path needs the numpy kernel);
+θ snapshots (record_every) stop the token's loop so that Python appends them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+CONTINUE, DONE, LEAVE, CHECKPOINT, FAILED, REFILL, RECORD = 0, 1, 2, 3, 4, 5, 6
+BASE_CODES = {"mhrw": 0, "srw": 0, "iid": 1, "nbrw": 2}
+
+
+def supports(objective: Any, schedule: Any) -> bool:
+    """Whether this kernel can walk `objective` under `schedule`."""
+    from core.objectives import LogisticRegression
+
+    return isinstance(objective, LogisticRegression) and not schedule.record_path
+
+
+def data_arrays(objective: Any, num_nodes: int) -> tuple[np.ndarray, ...]:
+    """(slot per agent index, x/2, 1 − 2y, 1/m, real rows) of the agents the objective holds."""
+    keys, xh, ky, inv_m = objective._padded_blocks()
+    slot = np.full(num_nodes, -1, dtype=np.int64)
+    slot[keys] = np.arange(len(keys))
+    fused = objective.fused_blocks()
+    rows = np.asarray([len(fused[k][1]) for k in keys.tolist()], dtype=np.int64)
+    return slot, xh, ky, inv_m, rows
+
+
+@njit(cache=True)
+def _arrive(b, theta, bar, logy, node, n, arrived, slot, xh, ky, inv_m, rows, gw, add_t, beta_t, lam, v):
+    k = n[b]
+    j = node[b]
+    a = add_t[k]
+    old = logy[b, j]
+    logy[b, j] = max(old, a) + math.log1p(math.exp(-abs(old - a)))
+    s = slot[j]
+    scale = beta_t[k] * gw[j]
+    d = theta.shape[1]
+    for t in range(d):
+        v[t] = 0.0
+    for r in range(rows[s]):
+        z = 0.0
+        for t in range(d):
+            z += xh[s, r, t] * theta[b, t]
+        rr = math.tanh(z) + ky[s, r]
+        for t in range(d):
+            v[t] += rr * xh[s, r, t]
+    if lam != 0.0:
+        shrink = 1.0 - scale * lam
+        for t in range(d):
+            theta[b, t] *= shrink
+    c = scale * inv_m[s]
+    for t in range(d):
+        theta[b, t] -= c * v[t]
+    n[b] = k + 1
+    arrived[b] = True
+
+
+@njit(cache=True)
+def _after_arrival(b, theta, bar, n, max_sq, project, polyak, stop, every, rec):
+    d = theta.shape[1]
+    sq = 0.0
+    for t in range(d):
+        sq += theta[b, t] * theta[b, t]
+    if not sq <= max_sq:
+        return FAILED
+    if project > 0.0 and sq > project * project:
+        f = project / math.sqrt(sq)
+        for t in range(d):
+            theta[b, t] *= f
+    if polyak:
+        for t in range(d):
+            bar[b, t] += (theta[b, t] - bar[b, t]) / n[b]
+    if every > 0 and n[b] % every == 0 and n[b] < stop:
+        return CHECKPOINT
+    if rec > 0 and n[b] % rec == 0:
+        return RECORD
+    return CONTINUE
+
+
+@njit(cache=True)
+def _next_agent(b, u, j, prev, logy, nbr, log_base, cdf, total, deg, adj, adj_deg, alpha, base, num, cum):
+    if base == 1:  # iid
+        return min(int(u * num), num - 1)
+    if base == 2:  # non-backtracking
+        cnt = 0
+        for c in range(adj_deg[j]):
+            if not (adj[j, c] == prev[b] and adj_deg[j] > 1 and prev[b] >= 0):
+                cnt += 1
+        pick = min(int(u * cnt), cnt - 1)
+        for c in range(adj_deg[j]):
+            if not (adj[j, c] == prev[b] and adj_deg[j] > 1 and prev[b] >= 0):
+                if pick == 0:
+                    return adj[j, c]
+                pick -= 1
+    m = deg[j]
+    if alpha == 0.0:
+        thr = u * total[j]
+        k = 0
+        for c in range(m):
+            if cdf[j, c] <= thr:
+                k += 1
+        return nbr[j, min(k, m - 1)]
+    top = -np.inf
+    for c in range(m):
+        w = log_base[j, c] - alpha * logy[b, nbr[j, c]]
+        cum[c] = w
+        top = max(top, w)
+    acc = 0.0
+    for c in range(m):
+        acc += math.exp(cum[c] - top)
+        cum[c] = acc
+    thr = u * acc
+    k = 0
+    for c in range(m):
+        if cum[c] <= thr:
+            k += 1
+    return nbr[j, min(k, m - 1)]
+
+
+@njit(cache=True)
+def walk_tokens(theta, bar, logy, node, prev, n, arrived, uniforms, pos, status, budget,
+                nbr, log_base, cdf, total, deg, adj, adj_deg, slot, xh, ky, inv_m, rows,
+                gw, add_t, beta_t, alpha, base, lam, max_sq, project, polyak, stop, owned, every, rec):
+    """Walk each token until it must stop; `status[b]` says why (CONTINUE: its `budget` of hops is spent)."""
+    v = np.empty(theta.shape[1])
+    cum = np.empty(nbr.shape[1])
+    num = logy.shape[1]
+    for b in range(node.shape[0]):
+        status[b] = CONTINUE
+        hops = 0
+        while True:
+            if not arrived[b]:
+                _arrive(b, theta, bar, logy, node, n, arrived, slot, xh, ky, inv_m, rows, gw, add_t, beta_t, lam, v)
+                st = _after_arrival(b, theta, bar, n, max_sq, project, polyak, stop, every, rec)
+                if st != CONTINUE:
+                    status[b] = st
+                    break
+            if n[b] >= stop:
+                status[b] = DONE
+                break
+            if hops >= budget:
+                break
+            if pos[b] >= uniforms.shape[1]:
+                status[b] = REFILL
+                break
+            u = uniforms[b, pos[b]]
+            pos[b] += 1
+            j = node[b]
+            nxt = _next_agent(b, u, j, prev, logy, nbr, log_base, cdf, total, deg, adj, adj_deg, alpha, base, num, cum)
+            prev[b] = j
+            node[b] = nxt
+            arrived[b] = False
+            hops += 1
+            if not owned[nxt]:
+                status[b] = LEAVE
+                break

@@ -1,0 +1,222 @@
+"""The vectorised walk kernel: a token's trajectory does not depend on its batch-mates, and the walk's
+settings travel as one validated spec whose every field guards a resume."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from core.agents import standard_graph
+from core.errors import ConfigError
+from core.objectives import LogisticRegression, SoftmaxRegression, add_intercept
+from core.srrw import SRRW, Schedule, WalkSpec, bind, halo_mask, run_sa_srrw, walk
+from core.srrw.kernel import LEAVE, Resident, WalkContext, advance, walk_all
+from core.srrw.token import spec_tokens
+
+LES = standard_graph("les_miserables")
+
+
+def _objective(graph=LES, rows=lambda node: 1 + node % 4, seed=0):
+    """Agents hold different row counts, so the padded data layout really pads."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=4)
+    blocks = {}
+    for node in graph.nodes():
+        x = rng.normal(size=(rows(node), 4)) + (node % 3)
+        blocks[node] = (add_intercept(x), (x @ w > 0).astype(np.int64))
+    return LogisticRegression(blocks, lam=0.1)
+
+
+def _same(a, b) -> bool:
+    return (a.n == b.n and a.node == b.node and a.logy == b.logy and np.array_equal(a.theta, b.theta)
+            and a.path == b.path and a.rng.bit_generator.state == b.rng.bit_generator.state)
+
+
+@pytest.mark.parametrize("record_path", [True, False])  # True: the numpy kernel; False: the compiled one
+def test_a_token_walks_the_same_alone_together_and_joining_late(record_path):
+    spec = WalkSpec.build(steps=700, alpha=5.0, tokens=4, seed=3, record_path=record_path, polyak=True)
+    together = run_sa_srrw(_objective(), LES, spec).tokens
+    chain = SRRW(LES, spec.alpha)
+    obj = bind(_objective(), chain)
+    alone = spec_tokens(chain, obj.dim, spec)
+    for tok in alone:
+        walk(tok, chain, obj, spec.schedule, spec.steps)
+    late = spec_tokens(chain, obj.dim, spec)  # tokens 0, 1 start; 2, 3 join after 250 iterations
+    ctx = WalkContext(chain, obj, spec.schedule, spec.steps)
+    res = Resident(obj.dim, chain.num_nodes, polyak=True)
+    res.add(late[:2], ctx.tables)
+    advance(res, ctx, 250)
+    res.add(late[2:], ctx.tables)
+    while len(res):
+        advance(res, ctx, 100)
+    for a, b, c in zip(together, alone, late):
+        assert _same(a, b) and _same(a, c)
+        np.testing.assert_array_equal(a.theta_bar, b.theta_bar)
+
+
+@pytest.mark.parametrize(("record_path", "base"), [(True, "mhrw"), (False, "mhrw"), (False, "nbrw"), (False, "iid")])
+def test_hand_offs_between_two_halves_in_one_process_keep_the_trajectory(record_path, base):
+    """Tokens leave a half mid-chunk of pre-drawn uniforms: their streams must rewind exactly."""
+    alpha = 10.0 if base == "mhrw" else 0.0
+    spec = WalkSpec.build(steps=900, alpha=alpha, base=base, tokens=3, seed=8, record_path=record_path, project=50.0)
+    ref = run_sa_srrw(_objective(), LES, spec).tokens
+    chain = SRRW(LES, spec.alpha, base)
+    obj = bind(_objective(), chain)
+    own = np.arange(chain.num_nodes) < chain.num_nodes // 2
+    halves = []
+    for mine in (own, ~own):
+        held = halo_mask(chain, mine, 0)
+        ctx = WalkContext(chain, obj.restrict(np.flatnonzero(held)), spec.schedule, spec.steps, held)
+        halves.append((ctx, Resident(obj.dim, chain.num_nodes, polyak=False)))
+    toks = spec_tokens(chain, obj.dim, spec)
+    for tok in toks:
+        halves[0 if own[tok.node] else 1][1].add([tok], halves[0][0].tables)
+    moves = 0
+    while any(len(res) for _, res in halves):
+        for side, (ctx, res) in enumerate(halves):
+            for tok, status, _ in advance(res, ctx, 7):
+                if status == LEAVE:
+                    moves += 1
+                    halves[1 - side][1].add([tok], ctx.tables)
+    assert moves > 10
+    assert all(_same(a, b) for a, b in zip(ref, toks))
+
+
+def test_compiled_and_numpy_kernels_walk_the_same_recursion():
+    """Two implementations of one recursion (their exp/tanh may round differently): close, same path."""
+    spec = WalkSpec.build(steps=300, alpha=0.0, tokens=2, seed=5)
+    chain = SRRW(LES, 0.0)
+    obj = bind(_objective(), chain)
+    runs = []
+    for compiled in (True, False):
+        toks = spec_tokens(chain, obj.dim, spec)
+        walk_all(toks, WalkContext(chain, obj, spec.schedule, spec.steps, compiled=compiled))
+        runs.append(toks)
+    for a, b in zip(*runs):
+        assert a.node == b.node and a.n == b.n == 300
+        np.testing.assert_allclose(a.theta, b.theta, rtol=1e-10, atol=1e-13)
+    with pytest.raises(ConfigError, match="compiled walk needs"):
+        WalkContext(chain, obj, Schedule(record_path=True), 10, compiled=True)
+
+
+def test_padded_logistic_rows_do_not_depend_on_batch_or_padding():
+    obj = _objective()
+    rng = np.random.default_rng(1)
+    nodes = rng.integers(0, LES.number_of_nodes(), size=12)
+    theta = rng.normal(size=(12, obj.dim))
+    scale = rng.random(12)
+    batch = theta.copy()
+    obj.descend_batch(nodes, batch, scale)
+    for k, node in enumerate(nodes.tolist()):
+        one = theta[k].copy()
+        obj.restrict([node]).descend(node, one, float(scale[k]))  # its own padding: none
+        np.testing.assert_array_equal(one, batch[k])
+        np.testing.assert_allclose(one, theta[k] - scale[k] * obj.grad(node, theta[k]), rtol=1e-12, atol=1e-14)
+
+
+def test_default_descend_batch_is_descend_row_by_row():
+    rng = np.random.default_rng(2)
+    blocks = {n: (rng.normal(size=(3, 2)), rng.integers(0, 3, size=3)) for n in range(4)}
+    obj = SoftmaxRegression(blocks, lam=0.1, classes=3)
+    theta = rng.normal(size=(4, obj.dim))
+    batch = theta.copy()
+    obj.descend_batch(np.arange(4), batch, np.full(4, 0.3))
+    for k in range(4):
+        one = theta[k].copy()
+        obj.descend(k, one, 0.3)
+        np.testing.assert_array_equal(one, batch[k])
+
+
+def test_a_token_of_another_walk_is_refused():
+    spec = WalkSpec.build(steps=10, tokens=1)
+    chain = SRRW(LES, 0.0)
+    obj = bind(_objective(), chain)
+    tok = spec_tokens(chain, obj.dim, spec)[0]
+    walk(tok, chain, obj, Schedule(a=0.7), 5)
+    res = Resident(obj.dim, chain.num_nodes, polyak=False)
+    with pytest.raises(ConfigError, match="another step-size schedule"):
+        res.add([tok], WalkContext(chain, obj, Schedule(a=0.8), 10).tables)
+
+
+# ----------------------------------------------------------------------------- the spec and resume
+
+
+CHANGES = {"alpha": 2.0, "base": "srw", "tokens": 3, "seed": 7, "theta0": (0.1,) * 5, "start": 4,
+           "schedule.a": 0.85, "schedule.b": 0.95, "schedule.lr": 2.0, "schedule.project": 9.0,
+           "schedule.polyak": True, "schedule.max_norm": 1e7, "schedule.record_every": 10,
+           "schedule.record_path": True}
+FIELDS = [f.name for f in dataclasses.fields(WalkSpec) if f.name not in ("schedule", "steps")] + [
+    f"schedule.{f.name}" for f in dataclasses.fields(Schedule)]
+
+
+def test_every_spec_field_has_a_change_below():
+    assert sorted(CHANGES) == sorted(FIELDS)  # a new field must be added here, so resume guards it too
+
+
+def _changed(spec: WalkSpec, field: str) -> WalkSpec:
+    if field.startswith("schedule."):
+        return dataclasses.replace(spec, schedule=dataclasses.replace(spec.schedule, **{field[9:]: CHANGES[field]}))
+    return dataclasses.replace(spec, **{field: CHANGES[field]})
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_resuming_with_any_other_spec_field_is_refused_naming_it(tmp_path, field):
+    from core.io import write_json_sealed
+    from workers.walker import _initial_tokens, _meta_path, _run_record
+
+    spec = WalkSpec.build(steps=100, alpha=1.0, tokens=2, seed=6)
+    chain = SRRW(LES, 1.0)
+    write_json_sealed(_meta_path(str(tmp_path)), _run_record(spec, chain, 5))
+    other = _changed(spec, field)
+    assert other != spec
+    with pytest.raises(ConfigError, match=rf"different settings \({field}\)"):
+        _initial_tokens(chain, 5, other, str(tmp_path), resume=True)
+    longer = dataclasses.replace(spec, steps=500)  # a later stop continues the same trajectory
+    assert len(_initial_tokens(chain, 5, longer, str(tmp_path), resume=True)) == 2
+
+
+def test_spec_validates_once_with_one_wording():
+    with pytest.raises(ConfigError, match=r"unknown walk setting\(s\) \['alhpa'\]"):
+        WalkSpec.build(steps=10, alhpa=1.0)
+    with pytest.raises(ConfigError, match="steps must be an integer >= 1"):
+        WalkSpec.build(steps=0)
+    with pytest.raises(ConfigError, match="alpha must be a finite number >= 0"):
+        WalkSpec.build(steps=5, alpha=-1.0)
+    with pytest.raises(ConfigError, match="theta0 must be a finite vector"):
+        WalkSpec.build(steps=5, theta0=[np.nan])
+    assert WalkSpec.build(steps=5, theta0=np.ones(2)).theta0 == (1.0, 1.0)
+
+
+def test_this_machines_elementwise_functions_do_not_depend_on_position():
+    """The kernel's exactness assumes it (true of numpy's AVX2 and scalar loops); a build where it fails
+    would make trajectories depend on batch-mates, so this machine is checked, not trusted."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=4099) * 5
+    for fn, arg in ((np.exp, x), (np.tanh, x), (np.log1p, np.abs(x)), (np.logaddexp, (x, x[::-1].copy()))):
+        args = arg if isinstance(arg, tuple) else (arg,)
+        full = fn(*args)
+        for start, length in ((0, 1), (3, 2), (5, 7), (11, 16), (1, 33)):
+            part = fn(*(a[start : start + length].copy() for a in args))
+            np.testing.assert_array_equal(part, full[start : start + length])
+
+
+def test_compiled_walk_records_snapshots_and_checkpoints_like_a_straight_run(tmp_path):
+    from core.srrw import CHECKPOINT, DONE, load_token, make_tokens, save_token
+
+    chain = SRRW(LES, 5.0)
+    obj = bind(_objective(), chain)
+    sched = Schedule(polyak=True, record_every=50)
+    assert WalkContext(chain, obj, sched, 10).compiled
+    straight = make_tokens(chain, obj.dim, sched, seed=3)[0]
+    assert walk(straight, chain, obj, sched, 500) == DONE
+    tok = make_tokens(chain, obj.dim, sched, seed=3)[0]
+    stops = 0
+    while walk(tok, chain, obj, sched, 500, checkpoint_every=100) == CHECKPOINT:
+        save_token(tmp_path, tok)
+        tok, stops = load_token(tmp_path, 0), stops + 1
+    assert stops == 4 and tok.curve_n == straight.curve_n == list(range(50, 501, 50))
+    np.testing.assert_array_equal(np.array(tok.curve_theta), np.array(straight.curve_theta))
+    assert _same(tok, straight)
+    np.testing.assert_array_equal(tok.theta_bar, straight.theta_bar)
