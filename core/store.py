@@ -23,7 +23,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,9 +206,14 @@ def new_attempt_id() -> str:
     return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def upload_dir(local: Path, uri: str, extra: dict[str, Any] | None = None) -> tuple[Committed, int]:
-    """Upload a finished local directory as a new attempt under `uri`, manifest last; return it and bytes sent."""
-    attempt = join(uri, ATTEMPTS, new_attempt_id())
+def upload_dir(local: Path, uri: str, extra: dict[str, Any] | None = None, *, attempt: str | None = None,
+               uploaded: Mapping[str, dict[str, Any]] | None = None, schemas: Iterable[str] = ()) -> tuple[Committed, int]:
+    """Upload a finished local directory as a new attempt under `uri`, manifest last; return it and bytes sent.
+
+    `uploaded` lists objects helpers already put into `attempt` (rel -> entry, see core/sink.py): the manifest
+    names them beside the local files, and their bytes count as sent.
+    """
+    attempt = attempt or join(uri, ATTEMPTS, new_attempt_id())
     manifest = build_manifest(local, {**(extra or {}), "attempt": attempt, "committed_at": time.time()})
     fs, root = resolve(attempt)
     sent = 0
@@ -218,6 +223,11 @@ def upload_dir(local: Path, uri: str, extra: dict[str, Any] | None = None) -> tu
                 while block := src.read(CHUNK):
                     out.write(block)
                     sent += len(block)
+        for rel, entry in (uploaded or {}).items():
+            manifest["files"][_safe_rel(attempt, rel)] = dict(entry)
+            manifest["rows"] += int(entry.get("rows", 0))
+            sent += int(entry.get("bytes", 0))
+        manifest["schemas"] = sorted({*manifest["schemas"], *schemas})
         write_json(join(attempt, MANIFEST), manifest)
     return Committed(attempt, manifest), sent
 

@@ -43,7 +43,7 @@ from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from core import datasets, hnsw, index_store, sizing, store
+from core import datasets, hnsw, index_store, sink, sizing, store
 from core.errors import ConfigError, CorruptArtifactError, DataError, ShardUnavailableError
 from core.io import (
     MANIFEST,
@@ -451,8 +451,9 @@ class HnswShard:
         ids = self.live[batch * batch_size : (batch + 1) * batch_size]
         return ids, np.asarray(self.index.get_items(_u64(ids), return_type="numpy"), np.float32)
 
-    def write_graph(self, batch: tuple[np.ndarray, np.ndarray], results: Sequence[Any], k: int, path: str) -> int:
-        """Merge the shards' answers for one batch of my points, drop self, write one Parquet part."""
+    def write_graph(self, batch: tuple[np.ndarray, np.ndarray], results: Sequence[Any], k: int, out: str,
+                    name: str) -> tuple[int, dict[str, Any]]:
+        """Merge the shards' answers for one batch of my points, drop self, put one Parquet part (rows, entry)."""
         ids = batch[0]
         merged = hnsw.merge_results(ray.get(list(results)), k + 1)
         nbr, dist = hnsw.drop_self(ids, *merged, k)
@@ -462,10 +463,7 @@ class HnswShard:
             [pa.array(ids), pa.ListArray.from_arrays(offsets, flat_n), pa.ListArray.from_arrays(offsets, flat_d)],
             schema=KNN_GRAPH_SCHEMA,
         )
-        tmp = graph_units.part_tmp(path)
-        write_parquet(table, tmp)
-        os.replace(tmp, path)  # a writer killed mid-write leaves only the temporary, which a retry overwrites
-        return table.num_rows
+        return table.num_rows, sink.put_parquet(table, out, name)  # local: temporary + rename; store: the attempt
 
     # ------------------------------------------------------------------ introspection
 
