@@ -136,12 +136,12 @@ def driver_sigkill(work: Path, quick: bool) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _kill_at(step: str, victim: Callable[[], Any]) -> Iterator[list[bool]]:
-    """Kill (restartable) `victim()` when ShardedIndex reaches its `_wait(…, step)`."""
+    """Kill (restartable) `victim()` when ShardedIndex reaches its `raykit.wait_all(…, step)`."""
     import ray
 
-    import workers.hnsw_shard as hs
+    from workers import raykit
 
-    real, done = hs._wait, []
+    real, done = raykit.wait_all, []
 
     def wait(refs: list[Any], what: str, timeout: float | None = None) -> list[Any]:
         if what == step and not done:
@@ -149,14 +149,14 @@ def _kill_at(step: str, victim: Callable[[], Any]) -> Iterator[list[bool]]:
             ray.kill(victim(), no_restart=False)
         return real(refs, what, timeout)
 
-    with mock.patch.object(hs, "_wait", wait):
+    with mock.patch.object(raykit, "wait_all", wait):
         yield done
 
 
 def _hnsw_build(data: np.ndarray, queries: np.ndarray, replicas: int, fast: dict[str, Any],
                 step: str | None = None) -> tuple[Any, float, str]:
     """Build (optionally killing shard 1's primary at `step`) and search; (ids or None, seconds, error)."""
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     spawned: list[Any] = []
     real_spawn = ShardedIndex._spawn
@@ -218,7 +218,7 @@ def _search_killed(index: Any, queries: np.ndarray) -> tuple[Any, float, str]:
 
 def hnsw_scenarios(quick: bool) -> list[dict[str, Any]]:
     from core.datasets import synthetic
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     n, d = (1500, 16) if quick else (5000, 32)
     data = synthetic(n=n, d=d, seed=11)[0]
@@ -431,7 +431,7 @@ def hostile_manifest(work: Path) -> dict[str, Any]:
     from core.datasets import synthetic
     from core.io import MANIFEST
     from core.schema import from_numpy
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     data = synthetic(n=1500, d=16, seed=11)[0]
     index_dir = work / "hostile" / "index"

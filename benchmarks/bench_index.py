@@ -35,7 +35,7 @@ from core.datasets import load_arrays, synthetic
 from core.io import read_table
 from core.schema import to_numpy, validate_vectors
 from pipelines.runtime import connect
-from workers.hnsw_shard import ShardedIndex
+from workers.sharded_index import ShardedIndex
 
 K = 10
 REPEATS = 3
@@ -162,7 +162,7 @@ def bench_sharded(x: np.ndarray, q: np.ndarray, truth: np.ndarray, shards: int, 
             label = f"ShardedIndex {partition} S={shards}" + (f" nprobe={nprobe}" if nprobe else " broadcast")
             results.append({
                 "name": label, "shards": shards, "partition": partition, "nprobe": nprobe or shards,
-                "build_seconds": seconds, "shard_build_seconds": index.meta["build_seconds"],
+                "build_seconds": seconds, "shard_build_seconds": index.meta.build_seconds,
                 "shard_sizes": stats["shard_sizes"], "balanced_within_2x": stats["balanced_within_2x"],
                 "peak_rss_delta_bytes": peak, "rss_delta_after_build": resident, "index_bytes": stats["index_bytes"],
                 "bytes_per_vector": peak / len(x), "sweep": points,

@@ -200,7 +200,7 @@ def query_side(work: Path, build_dir: str) -> dict[str, Any]:
 
 def search_job(spec: dict[str, Any]) -> dict[str, Any]:
     from pipelines.runtime import connect
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     connect()
     work = Path(spec["work"])

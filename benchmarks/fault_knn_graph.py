@@ -17,7 +17,7 @@ def knn_graph_kill(quick: bool) -> dict[str, Any]:
     import ray
 
     from core.datasets import synthetic
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     n, d = (1500, 16) if quick else (5000, 32)
     data = synthetic(n=n, d=d, seed=11)[0]

@@ -43,3 +43,7 @@ def one_line(exc: BaseException) -> str:
     """Render an exception as the single line the CLI prints."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class ShardStateError(ShardwalkError, RuntimeError):
+    """A shard actor was asked for a step before the one it depends on (a driver bug, not bad input)."""

@@ -5,7 +5,7 @@ Distances follow hnswlib's conventions so exact and approximate results merge on
   ip      1 - <q, x>
   cosine  1 - <q/|q|, x/|x|>
 Results are (q, k) arrays: ids int64 (-1 for padding) and distances float32 (+inf for padding),
-each row sorted by (distance, id). No Ray here: workers/hnsw_shard.py distributes these functions.
+each row sorted by (distance, id). No Ray here: workers/hnsw_actor.py and workers/sharded_index.py distribute these functions.
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ from pipelines import index as index_pipeline
 from pipelines import srrw as srrw_pipeline
 from pipelines.common import COLUMN_DEFAULTS, ingest_stage
 from pipelines.demo_report import write_demo_report
-from workers.hnsw_shard import ShardedIndex
 from workers.scorer import read_selection
+from workers.sharded_index import ShardedIndex
 
 DEFAULTS: dict[str, Any] = {
     "source": "builtin:mnist5k",

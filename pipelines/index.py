@@ -24,12 +24,14 @@ import ray
 from core import hnsw, sink
 from core.dag import Pipeline
 from core.errors import ConfigError
+from core.hnsw_results import knn_graph_table
 from core.io import plan_shards, read_shard, read_table, write_parquet
-from core.schema import KNN_GRAPH_SCHEMA, to_numpy, validate_vectors
+from core.schema import to_numpy, validate_vectors
 from pipelines.common import COLUMN_DEFAULTS, ingest_stage
 from pipelines.reports import index_report
-from workers.hnsw_shard import ShardedIndex, exact_part, sample_part
+from workers.index_eval import exact_part, sample_part
 from workers.query_stream import QuerySettings, open_for_stream
+from workers.sharded_index import ShardedIndex
 
 DEFAULTS: dict[str, Any] = {
     "source": "builtin:mnist5k",
@@ -97,7 +99,7 @@ def build_index(
             "dim": stats["dim"],
             "shard_sizes": stats["shard_sizes"],
             "balanced_within_2x": stats["balanced_within_2x"],
-            "build_seconds": round(index.meta["build_seconds"], 3),
+            "build_seconds": round(index.meta.build_seconds, 3),
             "index_bytes": stats["index_bytes"],
             "shards": stats["shards"],
             "threads_per_actor": [a["threads"] for a in stats["actors"] if a["replica"] == 0],
@@ -121,7 +123,7 @@ def evaluate(out: Path, ingest: Path, build: Path, graph: Path | None = None, *,
     queries = np.concatenate([p[1] for p in parts])
     sweep = sorted({16, 32, 64, 128, 256, ef})  # the report's recall-vs-ef curve, on the same sample
     with ShardedIndex.open(build) as index:
-        space = index.meta["space"]
+        space = index.meta.space
         k = min(k, len(index) - 1)
         found = {e: index.search(queries, k=k + 1, ef=e, nprobe=_nprobe(nprobe)).ids for e in sweep}
     q_ref = ray.put(queries)
@@ -209,13 +211,8 @@ def query_index(
         q_ids, queries = to_numpy(table)
         ids, dists, seconds = _timed_search(index, queries, k, ef, nprobe, batch_size)
         if timings is not None:
-            timings.update(search_timings(seconds, len(queries), batch_size), space=index.meta["space"])
-    offsets = pa.array(np.arange(0, ids.size + 1, k, dtype=np.int32))
-    result = pa.table(
-        [pa.array(q_ids), pa.ListArray.from_arrays(offsets, pa.array(ids.reshape(-1))),
-         pa.ListArray.from_arrays(offsets, pa.array(dists.reshape(-1), pa.float32()))],
-        schema=KNN_GRAPH_SCHEMA,
-    )
+            timings.update(search_timings(seconds, len(queries), batch_size), space=index.meta.space)
+    result = knn_graph_table(q_ids, ids, dists)
     if out_path is not None:
         final = Path(out_path)
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")

@@ -47,7 +47,7 @@ def queries(data: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def clean(_ray_module: None, data: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The fault-free answer every faulted run must reproduce exactly."""
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     with ShardedIndex.build(data, shards=2, **FAST) as index:
         result = index.search(queries, k=10, ef=64, batch_size=4)
@@ -82,13 +82,13 @@ def _pid(actor: Any) -> int:
 
 
 def _kill_on(monkeypatch: pytest.MonkeyPatch, step: str, victim: Callable[[], Any]) -> list[int]:
-    """Kill (restartable) the actor `victim()` when ShardedIndex reaches the `_wait` named `step`.
+    """Kill (restartable) the actor `victim()` when ShardedIndex reaches the `raykit.wait_all` named `step`.
 
     Returns a list that receives the victim's pid once the kill happened (empty: the step never came).
     """
-    import workers.hnsw_shard as hs
+    from workers import raykit
 
-    real, killed = hs._wait, []
+    real, killed = raykit.wait_all, []
 
     def wait(refs: list[Any], what: str, timeout: float | None = None) -> list[Any]:
         if what == step and not killed:
@@ -97,7 +97,7 @@ def _kill_on(monkeypatch: pytest.MonkeyPatch, step: str, victim: Callable[[], An
             ray.kill(actor, no_restart=False)
         return real(refs, what, timeout)
 
-    monkeypatch.setattr(hs, "_wait", wait)
+    monkeypatch.setattr(raykit, "wait_all", wait)
     return killed
 
 
@@ -108,7 +108,7 @@ def test_actor_killed_after_persisting_its_shard_mid_build(
     _ray_module: None, monkeypatch: pytest.MonkeyPatch, data: np.ndarray, queries: np.ndarray, clean: tuple
 ) -> None:
     """Killed while the build is still running (adding replicas): it reloads its persisted shard."""
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     holder: dict[str, Any] = {}
     original = ShardedIndex._add_replicas
@@ -132,7 +132,7 @@ def test_actor_killed_while_building_its_shard(
     _ray_module: None, monkeypatch: pytest.MonkeyPatch, data: np.ndarray, queries: np.ndarray, clean: tuple
 ) -> None:
     """Issue 6: kill an HnswShard during build → the build completes and search equals a fault-free run."""
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     spawned: list[Any] = []
     original = ShardedIndex._spawn
@@ -156,10 +156,11 @@ def test_build_gives_up_after_its_restarts(
     _ray_module: None, monkeypatch: pytest.MonkeyPatch, data: np.ndarray, tmp_path: Path
 ) -> None:
     """A primary dying on every attempt ends in ShardUnavailableError, and the working directory is removed."""
-    import workers.hnsw_shard as hs
+    import workers.sharded_index as hs
+    from workers import index_actors, raykit
 
     monkeypatch.setattr(hs, "BUILD_RESTARTS", 1)
-    real, killed = hs._wait, []
+    real, killed = raykit.wait_all, []
 
     def wait(refs: list[Any], what: str, timeout: float | None = None) -> list[Any]:
         if what == "build shards" and started[-1] not in killed:  # once per attempt: its shard-0 primary
@@ -168,15 +169,15 @@ def test_build_gives_up_after_its_restarts(
         return real(refs, what, timeout)
 
     started: list[Any] = []
-    original = hs._start_primaries
+    original = index_actors.start_primaries
 
     def start(*args: Any, **kwargs: Any) -> list[list[Any]]:
         out = original(*args, **kwargs)
         started.append(out[0][0])
         return out
 
-    monkeypatch.setattr(hs, "_start_primaries", start)
-    monkeypatch.setattr(hs, "_wait", wait)
+    monkeypatch.setattr(index_actors, "start_primaries", start)
+    monkeypatch.setattr(raykit, "wait_all", wait)
     with pytest.raises(ShardUnavailableError, match="a shard actor died"):
         hs.ShardedIndex.build(data, shards=2, workdir=tmp_path, **FAST)
     assert len(started) == len(killed) == 2, "one first attempt plus BUILD_RESTARTS=1 restart"
@@ -210,7 +211,7 @@ def test_replicated_shard_killed_during_batch_search(
     _ray_module: None, monkeypatch: pytest.MonkeyPatch, data: np.ndarray, queries: np.ndarray, clean: tuple
 ) -> None:
     """With 2 replicas the search fails over and the killed replica restarts from its persisted shard."""
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     with ShardedIndex.build(data, shards=2, replicas=2, **FAST) as index:
         victim = index.actors[0][0]
@@ -226,7 +227,7 @@ def test_single_replica_shard_killed_during_batch_search(
     _ray_module: None, monkeypatch: pytest.MonkeyPatch, data: np.ndarray, queries: np.ndarray, clean: tuple
 ) -> None:
     """Issue 6: the killed actor restarts, reloads its persisted shard and the search result is identical."""
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     with ShardedIndex.build(data, shards=2, **FAST) as index:
         (ids, dists), _ = _search_killing(index, queries, index.actors[1][0], monkeypatch)
@@ -240,7 +241,7 @@ def test_single_replica_shard_killed_during_batch_search(
 @pytest.fixture(scope="module")
 def saved(_ray_module: None, data: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pristine saved index; tests corrupt copies of it."""
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     path = tmp_path_factory.mktemp("saved") / "index"
     with ShardedIndex.build(data, shards=2, **FAST) as index:
@@ -256,14 +257,14 @@ def copy(saved: Path, tmp_path: Path) -> Path:
 
 
 def _open(path: Path) -> None:
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     ShardedIndex.open(path).close()
 
 
 def test_pristine_copy_opens_and_answers(copy: Path, queries: np.ndarray, clean: tuple) -> None:
     """The control for the corruption tests below: an untouched copy opens and answers exactly."""
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     with ShardedIndex.open(copy) as index:
         ids, _ = index.search(queries, k=10, ef=64, batch_size=4)

@@ -226,7 +226,7 @@ def test_srrw_agents_stage_reads_an_edge_list_of_names(ray_module: None, tmp_pat
 
 @pytest.mark.ray
 def test_add_without_ids_assigns_fresh_unique_ids(ray_local: None) -> None:
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     x, _ = load_arrays("builtin:synthetic?n=300&d=8&classes=3")
     x = x.astype(np.float32)

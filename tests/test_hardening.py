@@ -322,7 +322,8 @@ def test_the_duplicate_id_check_reads_each_part_once_and_finds_the_first_later_r
 
 
 def test_work_directories_of_killed_drivers_are_swept(tmp_path: Path) -> None:
-    from workers.hnsw_shard import WORKDIR_PREFIX, _workdir
+    from workers.index_actors import WORKDIR_PREFIX
+    from workers.index_actors import make_workdir as _workdir
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     host = socket.gethostname()

@@ -17,7 +17,7 @@ from core import hnsw
 from core.datasets import synthetic
 from core.errors import ConfigError, CorruptArtifactError, DataError, ShardUnavailableError
 from core.schema import from_numpy, validate_knn_graph
-from workers.hnsw_shard import ShardedIndex
+from workers.sharded_index import ShardedIndex
 
 pytestmark = pytest.mark.ray
 

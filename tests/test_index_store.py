@@ -20,7 +20,7 @@ def _data(n: int = 300, d: int = 8) -> np.ndarray:
 
 
 def test_save_to_s3_and_open_from_s3_search_the_same(ray_local: None, s3_bucket: str, tmp_path: Path) -> None:
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     data = _data()
     uri = f"{s3_bucket}/indexes/demo"
@@ -44,7 +44,7 @@ def test_save_to_s3_and_open_from_s3_search_the_same(ray_local: None, s3_bucket:
 
 
 def test_altered_shard_object_is_refused_naming_it(ray_local: None, s3_bucket: str) -> None:
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     uri = f"{s3_bucket}/indexes/flip"
     with ShardedIndex.build(_data(120), shards=2, M=8, ef_construction=50) as index:

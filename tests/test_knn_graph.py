@@ -36,7 +36,7 @@ def _ray_module() -> None:
 
 @pytest.fixture(scope="module")
 def index(_ray_module: None, data: np.ndarray) -> Iterator[Any]:
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     with ShardedIndex.build(data, shards=2, **FAST) as built:
         yield built
@@ -121,7 +121,7 @@ def test_shard_actor_killed_during_knn_graph_restarts_and_the_graph_is_identical
 def test_a_shard_that_never_comes_back_fails_the_graph_with_a_typed_error(
     _ray_module: None, data: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     with ShardedIndex.build(data[:400], shards=2, **FAST) as small:
         _kill_when_graph_waits(monkeypatch, small.actors[0][0], no_restart=True)
@@ -133,7 +133,7 @@ def test_a_build_without_shards_is_sized_to_the_cluster(_ray_module: None, data:
     """Local Ray = one node with CPUs: one shard whose actor runs the free CPUs as hnswlib threads."""
     from core.sizing import Node, plan
     from workers.cluster import cluster_nodes
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     nodes = cluster_nodes()
     assert nodes == [Node(2.0, nodes[0].memory_bytes)]

@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from core.errors import ConfigError, DataError
+from core.hnsw_results import knn_graph_table
 from core.schema import from_numpy
-from workers.query_stream import QuerySettings, _output_dir, answers_table, query_vectors
+from workers.query_stream import QuerySettings, _output_dir, query_vectors
 
 N, D = 1200, 8
 
@@ -34,7 +35,7 @@ def test_block_vectors_are_checked_and_converted() -> None:
 def test_answers_follow_the_knn_graph_contract() -> None:
     from core.schema import KNN_GRAPH_SCHEMA
 
-    table = answers_table(np.array([5, 6]), np.array([[1, 2], [3, -1]]), np.array([[0.1, 0.2], [0.3, np.inf]], np.float32))
+    table = knn_graph_table(np.array([5, 6]), np.array([[1, 2], [3, -1]]), np.array([[0.1, 0.2], [0.3, np.inf]], np.float32))
     assert table.schema == KNN_GRAPH_SCHEMA and table.column("neighbors").to_pylist() == [[1, 2], [3, -1]]
 
 
@@ -61,7 +62,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, np.n
     import ray
 
     from pipelines.runtime import connect
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     if not ray.is_initialized():
         connect(num_cpus=2)

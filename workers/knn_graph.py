@@ -15,7 +15,6 @@ stage's manifest lists them, so no part depends on the disk of the node that run
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from core import hnsw, sink, store
 from core.errors import ShardUnavailableError, ShardwalkError
+from workers.raykit import collect_quietly
 
 log = logging.getLogger("shardwalk")
 
@@ -85,15 +85,8 @@ def run(actors: list[list[Any]], shard_sizes: list[int], req: GraphRequest, in_f
     try:
         return _drain(actors, todo, running, req, window)
     except BaseException:
-        _collect_quietly(list(running))  # abandoned units: keep Ray from logging their errors as unhandled
+        collect_quietly(list(running))  # abandoned units: keep Ray from logging their errors as unhandled
         raise
-
-
-def _collect_quietly(refs: list[Any], timeout: float = 10.0) -> None:
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout) if refs else ([], [])
-    for ref in ready:
-        with contextlib.suppress(Exception):
-            ray.get(ref)
 
 
 def _drain(actors: list[list[Any]], todo: list[_Unit], running: dict[Any, _Unit], req: GraphRequest, window: int) -> int:

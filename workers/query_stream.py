@@ -32,8 +32,8 @@ import ray
 
 from core import errors, sizing
 from core.errors import ConfigError, DataError, InputError
+from core.hnsw_results import knn_graph_table
 from core.io import MANIFEST, build_manifest
-from core.schema import KNN_GRAPH_SCHEMA
 from workers.cluster import cluster_nodes
 from workers.datasets import check_columns, is_ray_dataset
 
@@ -79,22 +79,11 @@ def query_vectors(batch: dict[str, np.ndarray], dim: int, where: str) -> tuple[n
     return ids.astype(np.int64, copy=False), vecs
 
 
-def answers_table(ids: np.ndarray, nbrs: np.ndarray, dists: np.ndarray) -> pa.Table:
-    """docs/design.md's knn-graph table for a block of answered queries."""
-    k = nbrs.shape[1]
-    offsets = pa.array(np.arange(0, nbrs.size + 1, k, dtype=np.int32))
-    return pa.table(
-        [pa.array(ids), pa.ListArray.from_arrays(offsets, pa.array(nbrs.reshape(-1))),
-         pa.ListArray.from_arrays(offsets, pa.array(dists.reshape(-1), pa.float32()))],
-        schema=KNN_GRAPH_SCHEMA,
-    )
-
-
 class SearchBlocks:
     """A pool actor of the stream: a handle to the shard actors (no cleanup duty) answering block by block."""
 
-    def __init__(self, meta: dict[str, Any], actors: list[list[Any]], settings: QuerySettings, where: str) -> None:
-        from workers.hnsw_shard import ShardedIndex
+    def __init__(self, meta: Any, actors: list[list[Any]], settings: QuerySettings, where: str) -> None:
+        from workers.sharded_index import ShardedIndex
 
         class _Handle(ShardedIndex):  # the driver's index owns the actors: closing this handle frees nothing
             def _register_cleanup(self) -> weakref.finalize:
@@ -106,12 +95,12 @@ class SearchBlocks:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         ids, vecs = query_vectors(batch, self.index.dim, self.where)
         s = self.settings
-        if self.index.meta["space"] == "cosine":
+        if self.index.meta.space == "cosine":
             zero = np.linalg.norm(vecs, axis=1) == 0
             if zero.any():
                 raise DataError(f"{self.where}: the vector of id {int(ids[np.flatnonzero(zero)[0]])} is zero (cosine space)")
         result = self.index.search(vecs, k=s.k, ef=s.ef, nprobe=s.nprobe, batch_size=max(len(vecs), 1))
-        return answers_table(ids, result.ids, result.dists)
+        return knn_graph_table(ids, result.ids, result.dists)
 
 
 def open_for_stream(path: str | os.PathLike, pool: int) -> Any:
@@ -121,7 +110,7 @@ def open_for_stream(path: str | os.PathLike, pool: int) -> Any:
     keeps Ray Data's read tasks schedulable (an actor pool that takes every CPU starves them and hangs).
     """
     from core import hnsw, index_store
-    from workers.hnsw_shard import ShardedIndex
+    from workers.sharded_index import ShardedIndex
 
     remote = index_store.store_uri_of(path)
     shards = hnsw.read_index_manifest(Path(path) if remote is None else index_store.fetch_index_json(remote))["shards"]
@@ -193,7 +182,7 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
         raise
     seconds = time.perf_counter() - started
     return {"rows": rows, "parts": parts, "seconds": seconds, "queries_per_second": rows / seconds if seconds else 0.0,
-            "out": str(final), "space": index.meta["space"]}
+            "out": str(final), "space": index.meta.space}
 
 
 def _free_cpus(needed: float, wait_s: float = 10.0) -> float:
@@ -231,9 +220,9 @@ def _commit(tmp: Path, final: Path, settings: QuerySettings) -> tuple[int, int]:
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
     extra = {"kind": KIND, "rows": rows, "k": settings.k, "ef": settings.ef, "nprobe": settings.nprobe}
     (tmp / MANIFEST).write_text(json.dumps(build_manifest(tmp, extra), indent=1, sort_keys=True))
-    from workers.hnsw_shard import _swap_in  # the index's own move-aside-then-rename
+    from workers.sharded_index import swap_in  # the index's own move-aside-then-rename
 
-    _swap_in(tmp, final)
+    swap_in(tmp, final)
     return rows, len(parts)
 
 

@@ -90,6 +90,10 @@ class ScoreShard:
         self._load()
         return {"rows": len(self.ids), "labels": np.unique(self.y).tolist()}
 
+    def ping(self) -> int:
+        """Liveness probe that leaves my state alone (`summary` would re-read my rows over it)."""
+        return self.rank
+
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0: this node's IP and a free port for the gloo group."""
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -167,9 +171,10 @@ def _get_fail_fast(refs: list[Any], actors: list[Any]) -> list[Any]:
 
 
 def _raise_if_a_rank_died(actors: list[Any]) -> None:
+    """Raise the RayActorError of a dead rank; a rank busy in the collective (no answer in time) is alive."""
     for actor in actors:
         try:
-            ray.get(actor.summary.remote(), timeout=PROBE_TIMEOUT_S)
+            ray.get(actor.ping.remote(), timeout=PROBE_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
             continue  # alive, still blocked in the collective
         except ray.exceptions.RayActorError:
