@@ -164,4 +164,6 @@ def put_file(local: Path, dest_dir: str, name: str) -> dict[str, dict[str, Any]]
             digest.update(block)
             out.write(block)
             size += len(block)
-    return {uri: {"bytes": size, "sha256": digest.hexdigest()}}
+    entry = {"bytes": size, "sha256": digest.hexdigest()}
+    store.stamp(entry, uri)  # the store's ETag: a cache hit compares it instead of reading the object back
+    return {uri: entry}

@@ -41,6 +41,14 @@ CHUNK = 8 << 20
 DEFAULT_CACHE_BYTES = 20 << 30
 
 
+_DRIVER_READ = [0]  # bytes this process read from stores (benchmarks report it for a cache-hit rerun)
+
+
+def bytes_read() -> int:
+    """Bytes this process has read from object stores so far (object bodies and small JSON alike)."""
+    return _DRIVER_READ[0]
+
+
 class StoreUnavailableError(OSError):
     """The object store could not be reached or refused a request (an internal failure: exit 1)."""
 
@@ -98,7 +106,7 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return _filesystem(base.rstrip("/") + sep + query)
 
 
-def check_runs_dir(runs_dir: str | os.PathLike) -> str:
+def check_runs_dir(runs_dir: str | os.PathLike, what: str = "runs dir") -> str:
     """Validate a runs directory before anything is written; return it normalised (a path or a URI).
 
     Unknown schemes, '..', a missing bucket, refused credentials or a file where a directory belongs are
@@ -109,7 +117,7 @@ def check_runs_dir(runs_dir: str | os.PathLike) -> str:
     if not is_remote(text):
         path = local_path(text)
         if path.exists() and not path.is_dir():
-            raise ConfigError(f"{text}: runs dir is a file, not a directory")
+            raise ConfigError(f"{text}: {what} is a file, not a directory")
         return str(path)
     fs, root = resolve(text)
     bucket = root.split("/", 1)[0]
@@ -117,7 +125,7 @@ def check_runs_dir(runs_dir: str | os.PathLike) -> str:
         if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
             raise ConfigError(f"{text}: bucket '{bucket}' does not exist")
         if fs.get_file_info(root).type == pafs.FileType.File:
-            raise ConfigError(f"{text}: runs dir is an object (a file), not a prefix")
+            raise ConfigError(f"{text}: {what} is an object (a file), not a prefix")
     except OSError as exc:
         if "NETWORK_CONNECTION" in str(exc) or "curlCode" in str(exc):  # unreachable: not the user's input
             raise StoreUnavailableError(f"{text}: object store unreachable ({_first_line(exc)})") from None
@@ -152,9 +160,11 @@ def read_bytes(uri: str) -> bytes | None:
     with store_errors(uri):
         try:
             with fs.open_input_stream(path) as handle:
-                return handle.read()
+                data = handle.read()
         except FileNotFoundError:
             return None
+    _DRIVER_READ[0] += len(data)
+    return data
 
 
 def write_json(uri: str, payload: Any) -> None:
@@ -177,6 +187,45 @@ def list_dir(uri: str) -> list[pafs.FileInfo]:
     fs, path = resolve(uri)
     with store_errors(uri):
         return fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+
+
+def etag(uri: str) -> tuple[int, str] | None:
+    """(size, ETag) of an object from one HEAD request (no body), or None if absent or the store has no ETag.
+
+    An S3 ETag is derived from the object's content (MD5 of it, or of its parts): a rewrite changes it.
+    """
+    fs, path = resolve(uri)
+    with store_errors(uri):
+        try:
+            with fs.open_input_file(path) as handle:
+                meta = handle.metadata()
+                size = handle.size()
+        except FileNotFoundError:
+            return None
+    tag = meta.get("ETag") if meta is not None else None
+    return (size, tag.decode().strip('"')) if tag else None
+
+
+def describe_object(uri: str) -> dict[str, Any]:
+    """A manifest entry for an object already in the store (bytes, sha256, ETag; rows and schema of Parquet).
+
+    Streams the object once; run it where the data may flow (a worker), not in a driver.
+    """
+    fs, path = resolve(uri)
+    digest, size = hashlib.sha256(), 0
+    with store_errors(uri), fs.open_input_stream(path) as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+            size += len(block)
+    entry: dict[str, Any] = {"bytes": size, "sha256": digest.hexdigest()}
+    if uri.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        with store_errors(uri), fs.open_input_file(path) as handle:
+            meta = pq.ParquetFile(handle).metadata
+        entry.update(rows=meta.num_rows, schema=str(meta.schema.to_arrow_schema()))
+    stamp(entry, uri)
+    return entry
 
 
 def delete_prefix(uri: str) -> None:
@@ -223,13 +272,32 @@ def upload_dir(local: Path, uri: str, extra: dict[str, Any] | None = None, *, at
                 while block := src.read(CHUNK):
                     out.write(block)
                     sent += len(block)
+            stamp(manifest["files"][rel], join(attempt, rel))
         for rel, entry in (uploaded or {}).items():
             manifest["files"][_safe_rel(attempt, rel)] = dict(entry)
             manifest["rows"] += int(entry.get("rows", 0))
             sent += int(entry.get("bytes", 0))
         manifest["schemas"] = sorted({*manifest["schemas"], *schemas})
+        manifest = seal(manifest)
         write_json(join(attempt, MANIFEST), manifest)
     return Committed(attempt, manifest), sent
+
+
+def stamp(entry: dict[str, Any], uri: str) -> None:
+    """Record the store's ETag of a just-uploaded object in its manifest entry (cache hits compare it)."""
+    found = etag(uri)
+    if found is not None and found[0] == entry.get("bytes"):
+        entry["etag"] = found[1]
+
+
+def _seal_of(manifest: dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "seal"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with `seal`, the sha256 of its own canonical content: a damaged manifest is not trusted."""
+    return {**manifest, "seal": _seal_of(manifest)}
 
 
 def _manifest_of(attempt: str) -> dict[str, Any] | None:
@@ -237,7 +305,9 @@ def _manifest_of(attempt: str) -> dict[str, Any] | None:
         manifest = read_json(join(attempt, MANIFEST))
     except CorruptArtifactError:
         return None
-    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return None
+    return None if "seal" in manifest and manifest["seal"] != _seal_of(manifest) else manifest
 
 
 def committed_attempts(uri: str) -> list[Committed]:
@@ -287,6 +357,7 @@ def stream_object(c: Committed, rel: str, sink: Any) -> int:
                 while block := handle.read(CHUNK):
                     digest.update(block)
                     size += len(block)
+                    _DRIVER_READ[0] += len(block)
                     if sink is not None:
                         sink.write(block)
         except FileNotFoundError:
@@ -296,10 +367,29 @@ def stream_object(c: Committed, rel: str, sink: Any) -> int:
     return size
 
 
+def unchanged_since_commit(c: Committed) -> bool:
+    """Every object still has the size and store ETag its manifest recorded (HEAD requests only, no bodies).
+
+    False when any differs, is missing, or the manifest holds no ETag (a store without them): the caller
+    then streams and hashes the objects instead.
+    """
+    entries = c.manifest["files"]
+    if not entries or not all(isinstance(e, dict) and e.get("etag") for e in entries.values()):
+        return False
+    for rel, entry in entries.items():
+        if etag(join(c.uri, _safe_rel(c.uri, rel))) != (entry.get("bytes"), entry["etag"]):
+            return False
+    return True
+
+
 def find_committed(uri: str, *, verify: bool = True) -> Committed | None:
-    """The newest committed attempt whose objects all match; corrupt ones are uncommitted on the way."""
+    """The newest committed attempt whose objects all match; corrupt ones are uncommitted on the way.
+
+    An attempt whose objects all keep the size and ETag recorded at commit is trusted without reading them
+    (the sha256 is checked wherever the bytes are loaded); otherwise every object is streamed and hashed.
+    """
     for c in committed_attempts(uri):
-        if not verify:
+        if not verify or unchanged_since_commit(c):
             return c
         try:
             verify_attempt(c)
