@@ -102,11 +102,5 @@ def list_records(runs_dir: str) -> list[dict[str, Any]]:
     return records
 
 
-def upload_files(files: list[Path], dest: str) -> None:
-    """Copy a few small local files (a report) under a prefix; each is one PUT."""
-    for path in files:
-        store.write_bytes(store.join(dest, path.name), path.read_bytes())
-
-
 def dumps(payload: Any) -> str:
     return json.dumps(payload, indent=1, sort_keys=True, default=str)

@@ -382,6 +382,21 @@ def unchanged_since_commit(c: Committed) -> bool:
     return True
 
 
+def copy_object(c: Committed, rel: str, dest: str) -> None:
+    """Copy one committed object to `dest` in the same store, verified: server-side when its size and ETag are
+    still those recorded at commit (no bytes pass through this process), else streamed and hashed."""
+    entry, src = c.manifest["files"].get(rel), join(c.uri, _safe_rel(c.uri, rel))
+    if isinstance(entry, dict) and entry.get("etag") and etag(src) == (entry.get("bytes"), entry["etag"]):
+        fs, path = resolve(src)
+        with store_errors(dest):
+            fs.copy_file(path, resolve(dest)[1])
+        return
+    with tempfile.TemporaryFile() as tmp:
+        stream_object(c, rel, tmp)
+        tmp.seek(0)
+        write_bytes(dest, tmp.read())
+
+
 def find_committed(uri: str, *, verify: bool = True) -> Committed | None:
     """The newest committed attempt whose objects all match; corrupt ones are uncommitted on the way.
 
