@@ -41,12 +41,12 @@ CHUNK = 8 << 20
 DEFAULT_CACHE_BYTES = 20 << 30
 
 
-_DRIVER_READ = [0]  # bytes this process read from stores (benchmarks report it for a cache-hit rerun)
+_BYTES_READ = [0]  # bytes this process read from stores (benchmarks report it for a cache-hit rerun)
 
 
 def bytes_read() -> int:
     """Bytes this process has read from object stores so far (object bodies and small JSON alike)."""
-    return _DRIVER_READ[0]
+    return _BYTES_READ[0]
 
 
 class StoreUnavailableError(OSError):
@@ -163,7 +163,7 @@ def read_bytes(uri: str) -> bytes | None:
                 data = handle.read()
         except FileNotFoundError:
             return None
-    _DRIVER_READ[0] += len(data)
+    _BYTES_READ[0] += len(data)
     return data
 
 
@@ -357,7 +357,7 @@ def stream_object(c: Committed, rel: str, sink: Any) -> int:
                 while block := handle.read(CHUNK):
                     digest.update(block)
                     size += len(block)
-                    _DRIVER_READ[0] += len(block)
+                    _BYTES_READ[0] += len(block)
                     if sink is not None:
                         sink.write(block)
         except FileNotFoundError:

@@ -114,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--ef", type=int, default=None,
                        help="HNSW search breadth; higher = better recall, slower (default: the index's stored ef, else 64)")
     query.add_argument("--nprobe", type=int, default=None, help="k-means indexes: shards probed per query (default: stored)")
-    query.add_argument("--out", metavar="DIR", help="write every answer here as Parquet parts, streamed in blocks "
+    query.add_argument("--out", metavar="DIR_OR_URI", help="write every answer here as Parquet parts, streamed in blocks; "
+                       "a bucket URI gets a committed attempt (docs/storage.md) "
                        f"(default: answer the first {PREVIEW_QUERIES} queries, print 20 rows and the latency)")
     query.add_argument("--block-size", type=int, default=8192, help="queries per streamed block with --out (default 8192)")
     query.add_argument("--batch-size", type=int, default=256,

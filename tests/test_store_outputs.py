@@ -32,13 +32,14 @@ def _pipeline() -> Pipeline:
     return p
 
 
-@pytest.fixture(autouse=True)
-def _node_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def node_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's own scratch and cache (not for tests on the session's Ray: its workers keep their env)."""
     monkeypatch.setenv("SHARDWALK_LOCAL_CACHE", str(tmp_path / "node-cache"))
     monkeypatch.setenv("SHARDWALK_SCRATCH", str(tmp_path / "scratch"))
 
 
-def test_cache_hit_reads_manifests_not_objects_and_still_catches_an_altered_object(s3_bucket: str) -> None:
+def test_cache_hit_reads_manifests_not_objects_and_still_catches_an_altered_object(s3_bucket: str, node_dirs: None) -> None:
     runs = f"{s3_bucket}/sw"
     first = Runner(_pipeline(), runs, _submit).run()
     attempt = first.stages["blob"].attempt
@@ -52,7 +53,7 @@ def test_cache_hit_reads_manifests_not_objects_and_still_catches_an_altered_obje
     assert third.stages["blob"].status == "done" and third.stages["blob"].attempt != attempt  # recomputed
 
 
-def test_a_manifest_without_etags_is_verified_by_reading_the_objects(s3_bucket: str, tmp_path: Path) -> None:
+def test_a_manifest_without_etags_is_verified_by_reading_the_objects(s3_bucket: str, tmp_path: Path, node_dirs: None) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.bin").write_bytes(b"a" * 1000)
