@@ -31,8 +31,7 @@ import pyarrow.parquet as pq
 from core import store
 from core.errors import ShardwalkError
 
-NODE_MARKER = ".shardwalk-node"  # in a node-local root (scratch, download cache) set explicitly per node
-
+NODE_MARKER = store.NODE_MARKER
 
 class NodeLocalPathError(ShardwalkError):
     """A helper was handed a path on another node's local disk (a bug: exit 1)."""
@@ -51,26 +50,17 @@ class Attempt:
 _ATTEMPT: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar("stage_attempt", default=None)
 
 
-def _marked(root: Path) -> Path:
-    """Create `root` and mark it node-local (only for roots set explicitly, e.g. one per simulated node)."""
-    root.mkdir(parents=True, exist_ok=True)
-    marker = root / NODE_MARKER
-    if not marker.is_file():
-        marker.write_text(str(root.resolve()))
-    return root
-
-
 def scratch_root() -> Path | None:
     """Node-local scratch for output in progress (SHARDWALK_SCRATCH, else None: the system temp dir)."""
     root = os.environ.get("SHARDWALK_SCRATCH")
-    return _marked(Path(root)) if root else None
+    return store.mark_node_root(Path(root)) if root else None
 
 
 def own_roots() -> set[Path]:
     """This node's marked roots: its scratch and its download cache."""
     roots = {Path(os.environ[v]).resolve() for v in ("SHARDWALK_SCRATCH", "SHARDWALK_LOCAL_CACHE") if os.environ.get(v)}
     for root in roots:
-        _marked(root)
+        store.mark_node_root(root)
     return roots
 
 

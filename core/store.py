@@ -37,6 +37,7 @@ from core.io import MANIFEST, build_manifest
 SCHEMES = ("file", "s3", "gs", "gcs")
 ATTEMPTS = "attempts"
 ORIGIN = ".origin"  # in a node-local copy: the committed attempt it was downloaded from
+NODE_MARKER = ".shardwalk-node"  # in a node-local root (scratch, download cache) set explicitly per node
 CHUNK = 8 << 20
 DEFAULT_CACHE_BYTES = 20 << 30
 
@@ -427,10 +428,19 @@ def require_committed(uri: str) -> Committed:
 # ----------------------------------------------------------------------------- node-local cache
 
 
+def mark_node_root(root: Path) -> Path:
+    """Create `root` and mark it as this node's (for roots set explicitly per node; see core/sink.py)."""
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / NODE_MARKER
+    if not marker.is_file():
+        marker.write_text(str(root.resolve()))
+    return root
+
+
 def cache_root() -> Path:
-    """This node's download cache (SHARDWALK_LOCAL_CACHE, else a per-user temp directory)."""
-    root = os.environ.get("SHARDWALK_LOCAL_CACHE") or os.path.join(tempfile.gettempdir(), f"shardwalk-cache-{os.getuid()}")
-    return Path(root)
+    """This node's download cache (SHARDWALK_LOCAL_CACHE, marked as this node's; else a per-user temp directory)."""
+    root = os.environ.get("SHARDWALK_LOCAL_CACHE")
+    return mark_node_root(Path(root)) if root else Path(tempfile.gettempdir(), f"shardwalk-cache-{os.getuid()}")
 
 
 def materialize(uri: str, names: Iterable[str] | None = None) -> tuple[Path, int]:

@@ -78,6 +78,28 @@ def test_a_damaged_manifest_is_not_committed(s3_bucket: str, tmp_path: Path) -> 
     assert store.committed_attempts(f"{s3_bucket}/sealed") == []
 
 
+def test_a_path_on_another_nodes_disk_is_refused_and_copies_map_to_their_store_object(
+        s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+
+    from core import sink
+    from core.io import plan_shards
+
+    other = tmp_path / "node1" / "cache"
+    monkeypatch.setenv("SHARDWALK_LOCAL_CACHE", str(other))
+    out = tmp_path / "out" / "sub"
+    out.mkdir(parents=True)
+    pq.write_table(pa.table({"id": [1, 2]}), out / "p.parquet")
+    store.upload_dir(tmp_path / "out", f"{s3_bucket}/stage")
+    copy, _ = store.materialize(f"{s3_bucket}/stage")  # node1's verified copy, under its marked cache
+    attempt = store.require_committed(f"{s3_bucket}/stage").uri
+    assert sink.readable(copy / "sub") == f"{attempt}/sub" and sink.readable(copy) == attempt
+    monkeypatch.setenv("SHARDWALK_LOCAL_CACHE", str(tmp_path / "node0" / "cache"))  # now we are node0
+    with pytest.raises(sink.NodeLocalPathError, match="another node"):
+        plan_shards(copy / "sub", 1)
+    assert plan_shards(sink.readable(copy / "sub"), 1)[0].num_rows == 2  # the store object instead
+
+
 INDEX = ["--set", "source=builtin:digits", "--set", "shards=2", "--set", "k=5", "--set", "recall_sample=100",
          "--set", "ef_construction=100", "--set", "knn_graph=false"]
 
