@@ -53,7 +53,7 @@ def _files(stage: dict[str, Any]) -> dict[str, Any]:
     from core.io import read_manifest
 
     manifest = store.require_committed(stage["attempt"]).manifest if stage.get("attempt") else read_manifest(stage["output"])
-    return manifest["files"]
+    return {rel: {k: v for k, v in e.items() if k != "etag"} for rel, e in manifest["files"].items()}  # etag: stores only
 
 
 def _graph(stage: dict[str, Any]) -> dict[int, list[int]]:
