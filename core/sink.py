@@ -33,6 +33,7 @@ from core.errors import ShardwalkError
 
 NODE_MARKER = store.NODE_MARKER
 
+
 class NodeLocalPathError(ShardwalkError):
     """A helper was handed a path on another node's local disk (a bug: exit 1)."""
 
