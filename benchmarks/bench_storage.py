@@ -7,7 +7,9 @@ Each configuration runs `shardwalk run index` twice in its own driver process (a
 time): a cold run into an empty runs dir (and an empty node-local download cache), then a rerun that is all
 cache hits. The S3 side talks HTTP to moto's server on 127.0.0.1, as to AWS. Reported: wall-clock ratios
 S3/local (cold run and cache-hit rerun), each driver's peak RSS (data must not pass through the driver),
-and bytes uploaded / downloaded per stage from the S3 run's record. Absolute times on a shared machine are
+the bytes the driver read from the store on the cache-hit rerun (`driver_bytes_read_cache_hit`: manifests,
+run records and the report it republishes; a hit compares sizes and ETags, it reads no object back) beside
+the bytes the committed outputs hold, and bytes uploaded / downloaded per stage from the S3 run's record. Absolute times on a shared machine are
 noise; read the ratios, with the load average recorded beside them.
 """
 
@@ -28,11 +30,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = """
 import json, resource, sys, time
+from core import store
 from pipelines.cli import main
 started = time.perf_counter()
 code = main(sys.argv[1:])
 print("BENCH " + json.dumps({"exit": code, "seconds": time.perf_counter() - started,
-                             "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                             "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                             "driver_bytes_read": store.bytes_read()}))
 """
 
 
@@ -98,6 +102,8 @@ def run(n: int, d: int, shards: int) -> dict[str, Any]:
         "cache_hit_rerun_ratio_s3_vs_local": s3["rerun"]["seconds"] / local["rerun"]["seconds"],
         "driver_peak_rss_mb": {"local": local["cold"]["driver_peak_rss_mb"], "s3": s3["cold"]["driver_peak_rss_mb"],
                                "s3_vs_local": s3["cold"]["driver_peak_rss_mb"] / local["cold"]["driver_peak_rss_mb"]},
+        "driver_bytes_read_cache_hit": s3["rerun"]["driver_bytes_read"],
+        "committed_output_bytes": sum(v["bytes_uploaded"] for v in transfer.values()),
         "bytes_uploaded": {k: v["bytes_uploaded"] for k, v in transfer.items()},
         "bytes_downloaded": {k: v["bytes_downloaded"] for k, v in transfer.items()},
         "seconds": {"local": {k: v["seconds"] for k, v in local.items()}, "s3": {k: v["seconds"] for k, v in s3.items()}},
@@ -123,6 +129,8 @@ def main() -> None:
     for key in ("wall_ratio_s3_vs_local", "cache_hit_rerun_ratio_s3_vs_local"):
         print(f"{key:<36}{result[key]:>12.2f}")
     print(f"{'driver_peak_rss_mb (s3 / local)':<36}{result['driver_peak_rss_mb']['s3_vs_local']:>12.2f}")
+    print(f"driver read {result['driver_bytes_read_cache_hit']:,} bytes on the cache-hit rerun "
+          f"(committed outputs: {result['committed_output_bytes']:,} bytes)")
     print(f"load average {result['load_average']}; JSON: {args.json}")
 
 

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from core import hnsw, store
-from core.io import MANIFEST, sha256_file
+from core import hnsw, sink, store
+from core.io import MANIFEST
 
 
 def shard_names(shard: int) -> list[str]:
@@ -30,14 +30,8 @@ def upload_shard(workdir: Path, shard: int, attempt: str) -> dict[str, dict[str,
     """Upload one shard's committed working files (its manifest vouches for them); return manifest entries."""
     manifest, _ = hnsw.load_shard_manifest(workdir, shard)
     entries = {}
-    for rel in [*manifest["files"], hnsw.shard_manifest_file(shard)]:
-        data_path = workdir / rel
-        uri = store.join(attempt, rel)
-        fs, root = store.resolve(uri)
-        with store.store_errors(uri), open(data_path, "rb") as src, fs.open_output_stream(root) as out:
-            while block := src.read(store.CHUNK):
-                out.write(block)
-        entries[rel] = {"bytes": data_path.stat().st_size, "sha256": sha256_file(data_path)}
+    for rel in [*manifest["files"], hnsw.shard_manifest_file(shard)]:  # hashed while it streams: one read
+        [entries[rel]] = sink.put_file(workdir / rel, attempt, rel).values()
     return entries
 
 

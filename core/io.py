@@ -53,6 +53,9 @@ def _resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
             return pafs.FileSystem.from_uri(text)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
             raise DataError(f"{text}: cannot open ({exc})") from None
+    from core.sink import check_local  # core.sink imports this module
+
+    check_local(text)  # never another node's scratch or cache (core/sink.py)
     return pafs.LocalFileSystem(), os.path.abspath(text)
 
 

@@ -2,14 +2,15 @@
 
 A stage still writes into a node-local scratch directory (hnswlib and most writers need local files); the
 worker that ran it uploads the result as a new attempt and commits it with its manifest (core/store.py).
-Inputs arrive as verified node-local copies from the download cache, so no stage reads another node's disk
-and no data passes through the driver: the driver only lists manifests and moves URIs.
+Actors and tasks the stage starts put their files straight into the attempt from their own nodes and the
+manifest lists them too (core/sink.py). Inputs arrive as verified node-local copies from the download cache
+(helpers on other nodes read the store objects behind them), so no stage reads another node's disk and no
+data passes through the driver: the driver only lists manifests and moves URIs.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from core import store
+from core import sink, store
 
 
 def stage_uri(runs_dir: str, name: str, key: str) -> str:
@@ -32,10 +33,8 @@ def record_uri(runs_dir: str, run_id: str) -> str:
 
 def scratch_root() -> str | None:
     """Node-local scratch for stage outputs in progress (SHARDWALK_SCRATCH, else the system temp dir)."""
-    root = os.environ.get("SHARDWALK_SCRATCH")
-    if root:
-        Path(root).mkdir(parents=True, exist_ok=True)
-    return root
+    root = sink.scratch_root()
+    return None if root is None else str(root)
 
 
 def execute_remote(fn: Callable[..., Any], final: str, inputs: Mapping[str, str], params: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -63,10 +62,13 @@ def _execute(fn: Callable[..., Any], final: str, inputs: Mapping[str, str], para
     for arg, uri in inputs.items():
         local_inputs[arg], fetched = store.materialize(uri)
         downloaded += fetched
-    with tempfile.TemporaryDirectory(prefix="shardwalk-stage-", dir=scratch_root()) as tmp:
+    attempt = store.join(final, store.ATTEMPTS, store.new_attempt_id())
+    with tempfile.TemporaryDirectory(prefix="shardwalk-stage-", dir=scratch_root()) as tmp, \
+            sink.stage_attempt(Path(tmp), attempt) as put:  # helpers on any node upload into `attempt`
         metrics = dict(fn(Path(tmp), **local_inputs, **params) or {})
         seconds = round(time.perf_counter() - started, 4)
-        committed, uploaded = store.upload_dir(Path(tmp), final, {"key": key, "metrics": metrics, "seconds": seconds})
+        committed, uploaded = store.upload_dir(Path(tmp), final, {"key": key, "metrics": metrics, "seconds": seconds},
+                                               attempt=attempt, uploaded=put.files, schemas=put.schemas)
     return {"rows": committed.manifest["rows"], "metrics": metrics, "seconds": seconds, "attempt": committed.uri,
             "bytes_uploaded": uploaded, "bytes_downloaded": downloaded}
 
@@ -100,12 +102,6 @@ def list_records(runs_dir: str, unreadable: Callable[[str, str], dict[str, Any]]
         if isinstance(record, dict):
             records.append(record)
     return records
-
-
-def upload_files(files: list[Path], dest: str) -> None:
-    """Copy a few small local files (a report) under a prefix; each is one PUT."""
-    for path in files:
-        store.write_bytes(store.join(dest, path.name), path.read_bytes())
 
 
 def dumps(payload: Any) -> str:

@@ -23,7 +23,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,17 @@ from core.io import MANIFEST, atomic_file, build_manifest
 SCHEMES = ("file", "s3", "gs", "gcs")
 ATTEMPTS = "attempts"
 ORIGIN = ".origin"  # in a node-local copy: the committed attempt it was downloaded from
+NODE_MARKER = ".shardwalk-node"  # in a node-local root (scratch, download cache) set explicitly per node
 CHUNK = 8 << 20
 DEFAULT_CACHE_BYTES = 20 << 30
+
+
+_BYTES_READ = [0]  # bytes this process read from stores (benchmarks report it for a cache-hit rerun)
+
+
+def bytes_read() -> int:
+    """Bytes this process has read from object stores so far (object bodies and small JSON alike)."""
+    return _BYTES_READ[0]
 
 
 class StoreUnavailableError(OSError):
@@ -98,7 +107,7 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return _filesystem(base.rstrip("/") + sep + query)
 
 
-def check_runs_dir(runs_dir: str | os.PathLike) -> str:
+def check_runs_dir(runs_dir: str | os.PathLike, what: str = "runs dir") -> str:
     """Validate a runs directory before anything is written; return it normalised (a path or a URI).
 
     Unknown schemes, '..', a missing bucket, refused credentials or a file where a directory belongs are
@@ -109,7 +118,7 @@ def check_runs_dir(runs_dir: str | os.PathLike) -> str:
     if not is_remote(text):
         path = local_path(text)
         if path.exists() and not path.is_dir():
-            raise ConfigError(f"{text}: runs dir is a file, not a directory")
+            raise ConfigError(f"{text}: {what} is a file, not a directory")
         return str(path)
     fs, root = resolve(text)
     bucket = root.split("/", 1)[0]
@@ -117,7 +126,7 @@ def check_runs_dir(runs_dir: str | os.PathLike) -> str:
         if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
             raise ConfigError(f"{text}: bucket '{bucket}' does not exist")
         if fs.get_file_info(root).type == pafs.FileType.File:
-            raise ConfigError(f"{text}: runs dir is an object (a file), not a prefix")
+            raise ConfigError(f"{text}: {what} is an object (a file), not a prefix")
     except OSError as exc:
         if "NETWORK_CONNECTION" in str(exc) or "curlCode" in str(exc):  # unreachable: not the user's input
             raise StoreUnavailableError(f"{text}: object store unreachable ({_first_line(exc)})") from None
@@ -152,9 +161,11 @@ def read_bytes(uri: str) -> bytes | None:
     with store_errors(uri):
         try:
             with fs.open_input_stream(path) as handle:
-                return handle.read()
+                data = handle.read()
         except FileNotFoundError:
             return None
+    _BYTES_READ[0] += len(data)
+    return data
 
 
 def write_json(uri: str, payload: Any) -> None:
@@ -177,6 +188,45 @@ def list_dir(uri: str) -> list[pafs.FileInfo]:
     fs, path = resolve(uri)
     with store_errors(uri):
         return fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+
+
+def etag(uri: str) -> tuple[int, str] | None:
+    """(size, ETag) of an object from one HEAD request (no body), or None if absent or the store has no ETag.
+
+    An S3 ETag is derived from the object's content (MD5 of it, or of its parts): a rewrite changes it.
+    """
+    fs, path = resolve(uri)
+    with store_errors(uri):
+        try:
+            with fs.open_input_file(path) as handle:
+                meta = handle.metadata()
+                size = handle.size()
+        except FileNotFoundError:
+            return None
+    tag = meta.get("ETag") if meta is not None else None
+    return (size, tag.decode().strip('"')) if tag else None
+
+
+def describe_object(uri: str) -> dict[str, Any]:
+    """A manifest entry for an object already in the store (bytes, sha256, ETag; rows and schema of Parquet).
+
+    Streams the object once; run it where the data may flow (a worker), not in a driver.
+    """
+    fs, path = resolve(uri)
+    digest, size = hashlib.sha256(), 0
+    with store_errors(uri), fs.open_input_stream(path) as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+            size += len(block)
+    entry: dict[str, Any] = {"bytes": size, "sha256": digest.hexdigest()}
+    if uri.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        with store_errors(uri), fs.open_input_file(path) as handle:
+            meta = pq.ParquetFile(handle).metadata
+        entry.update(rows=meta.num_rows, schema=str(meta.schema.to_arrow_schema()))
+    stamp(entry, uri)
+    return entry
 
 
 def delete_prefix(uri: str) -> None:
@@ -206,9 +256,14 @@ def new_attempt_id() -> str:
     return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def upload_dir(local: Path, uri: str, extra: dict[str, Any] | None = None) -> tuple[Committed, int]:
-    """Upload a finished local directory as a new attempt under `uri`, manifest last; return it and bytes sent."""
-    attempt = join(uri, ATTEMPTS, new_attempt_id())
+def upload_dir(local: Path, uri: str, extra: dict[str, Any] | None = None, *, attempt: str | None = None,
+               uploaded: Mapping[str, dict[str, Any]] | None = None, schemas: Iterable[str] = ()) -> tuple[Committed, int]:
+    """Upload a finished local directory as a new attempt under `uri`, manifest last; return it and bytes sent.
+
+    `uploaded` lists objects helpers already put into `attempt` (rel -> entry, see core/sink.py): the manifest
+    names them beside the local files, and their bytes count as sent.
+    """
+    attempt = attempt or join(uri, ATTEMPTS, new_attempt_id())
     manifest = build_manifest(local, {**(extra or {}), "attempt": attempt, "committed_at": time.time()})
     fs, root = resolve(attempt)
     sent = 0
@@ -218,8 +273,32 @@ def upload_dir(local: Path, uri: str, extra: dict[str, Any] | None = None) -> tu
                 while block := src.read(CHUNK):
                     out.write(block)
                     sent += len(block)
+            stamp(manifest["files"][rel], join(attempt, rel))
+        for rel, entry in (uploaded or {}).items():
+            manifest["files"][_safe_rel(attempt, rel)] = dict(entry)
+            manifest["rows"] += int(entry.get("rows", 0))
+            sent += int(entry.get("bytes", 0))
+        manifest["schemas"] = sorted({*manifest["schemas"], *schemas})
+        manifest = seal(manifest)
         write_json(join(attempt, MANIFEST), manifest)
     return Committed(attempt, manifest), sent
+
+
+def stamp(entry: dict[str, Any], uri: str) -> None:
+    """Record the store's ETag of a just-uploaded object in its manifest entry (cache hits compare it)."""
+    found = etag(uri)
+    if found is not None and found[0] == entry.get("bytes"):
+        entry["etag"] = found[1]
+
+
+def _seal_of(manifest: dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "seal"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with `seal`, the sha256 of its own canonical content: a damaged manifest is not trusted."""
+    return {**manifest, "seal": _seal_of(manifest)}
 
 
 def _manifest_of(attempt: str) -> dict[str, Any] | None:
@@ -227,7 +306,9 @@ def _manifest_of(attempt: str) -> dict[str, Any] | None:
         manifest = read_json(join(attempt, MANIFEST))
     except CorruptArtifactError:
         return None
-    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return None
+    return None if "seal" in manifest and manifest["seal"] != _seal_of(manifest) else manifest
 
 
 def committed_attempts(uri: str) -> list[Committed]:
@@ -277,6 +358,7 @@ def stream_object(c: Committed, rel: str, sink: Any) -> int:
                 while block := handle.read(CHUNK):
                     digest.update(block)
                     size += len(block)
+                    _BYTES_READ[0] += len(block)
                     if sink is not None:
                         sink.write(block)
         except FileNotFoundError:
@@ -286,10 +368,44 @@ def stream_object(c: Committed, rel: str, sink: Any) -> int:
     return size
 
 
+def unchanged_since_commit(c: Committed) -> bool:
+    """Every object still has the size and store ETag its manifest recorded (HEAD requests only, no bodies).
+
+    False when any differs, is missing, or the manifest holds no ETag (a store without them): the caller
+    then streams and hashes the objects instead.
+    """
+    entries = c.manifest["files"]
+    if not entries or not all(isinstance(e, dict) and e.get("etag") for e in entries.values()):
+        return False
+    for rel, entry in entries.items():
+        if etag(join(c.uri, _safe_rel(c.uri, rel))) != (entry.get("bytes"), entry["etag"]):
+            return False
+    return True
+
+
+def copy_object(c: Committed, rel: str, dest: str) -> None:
+    """Copy one committed object to `dest` in the same store, verified: server-side when its size and ETag are
+    still those recorded at commit (no bytes pass through this process), else streamed and hashed."""
+    entry, src = c.manifest["files"].get(rel), join(c.uri, _safe_rel(c.uri, rel))
+    if isinstance(entry, dict) and entry.get("etag") and etag(src) == (entry.get("bytes"), entry["etag"]):
+        fs, path = resolve(src)
+        with store_errors(dest):
+            fs.copy_file(path, resolve(dest)[1])
+        return
+    with tempfile.TemporaryFile() as tmp:
+        stream_object(c, rel, tmp)
+        tmp.seek(0)
+        write_bytes(dest, tmp.read())
+
+
 def find_committed(uri: str, *, verify: bool = True) -> Committed | None:
-    """The newest committed attempt whose objects all match; corrupt ones are uncommitted on the way."""
+    """The newest committed attempt whose objects all match; corrupt ones are uncommitted on the way.
+
+    An attempt whose objects all keep the size and ETag recorded at commit is trusted without reading them
+    (the sha256 is checked wherever the bytes are loaded); otherwise every object is streamed and hashed.
+    """
     for c in committed_attempts(uri):
-        if not verify:
+        if not verify or unchanged_since_commit(c):
             return c
         try:
             verify_attempt(c)
@@ -312,10 +428,19 @@ def require_committed(uri: str) -> Committed:
 # ----------------------------------------------------------------------------- node-local cache
 
 
+def mark_node_root(root: Path) -> Path:
+    """Create `root` and mark it as this node's (for roots set explicitly per node; see core/sink.py)."""
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / NODE_MARKER
+    if not marker.is_file():
+        marker.write_text(str(root.resolve()))
+    return root
+
+
 def cache_root() -> Path:
-    """This node's download cache (SHARDWALK_LOCAL_CACHE, else a per-user temp directory)."""
-    root = os.environ.get("SHARDWALK_LOCAL_CACHE") or os.path.join(tempfile.gettempdir(), f"shardwalk-cache-{os.getuid()}")
-    return Path(root)
+    """This node's download cache (SHARDWALK_LOCAL_CACHE, marked as this node's; else a per-user temp directory)."""
+    root = os.environ.get("SHARDWALK_LOCAL_CACHE")
+    return mark_node_root(Path(root)) if root else Path(tempfile.gettempdir(), f"shardwalk-cache-{os.getuid()}")
 
 
 def materialize(uri: str, names: Iterable[str] | None = None) -> tuple[Path, int]:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from core import store
 from core.errors import ConfigError, InputError, ShardwalkError, one_line
 from core.store import check_runs_dir
 from pipelines import PIPELINES
@@ -113,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--ef", type=int, default=None,
                        help="HNSW search breadth; higher = better recall, slower (default: the index's stored ef, else 64)")
     query.add_argument("--nprobe", type=int, default=None, help="k-means indexes: shards probed per query (default: stored)")
-    query.add_argument("--out", metavar="DIR", help="write every answer here as Parquet parts, streamed in blocks "
+    query.add_argument("--out", metavar="DIR_OR_URI", help="write every answer here as Parquet parts, streamed in blocks; "
+                       "a bucket URI gets a committed attempt (docs/storage.md) "
                        f"(default: answer the first {PREVIEW_QUERIES} queries, print 20 rows and the latency)")
     query.add_argument("--block-size", type=int, default=8192, help="queries per streamed block with --out (default 8192)")
     query.add_argument("--batch-size", type=int, default=256,
@@ -138,10 +140,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.export:
         from pipelines.export import check_target
-        from pipelines.storage import is_remote
 
-        if is_remote(args.runs_dir):  # the export reads stage outputs from a local runs directory
-            raise ConfigError(f"--export is not supported yet with an object-store --runs-dir ({args.runs_dir})")
         check_target(args.export, args.overwrite)  # refuse before hours of work, not after
     pipeline = module.build(config)
 
@@ -179,7 +178,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.export:
             from pipelines.export import export_run
 
-            written = export_run(record.to_json(), run_dir, args.export, overwrite=args.overwrite)
+            where = run_dir if run_dir is not None else store.join(args.runs_dir, "runs", record.run_id)
+            written = export_run(record.to_json(), where, args.export, overwrite=args.overwrite)
             print(f"exported {len(written)} results to {args.export}: {', '.join(written)}")
         return EXIT_OK
     print(f"shardwalk: stage '{failed.name}' failed: {failed.error.splitlines()[0]}", file=sys.stderr)
@@ -208,7 +208,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     record = load_run_ref(args.runs_dir, args.run_id)
     if record.get("status") != "succeeded":
         raise ConfigError(f"run {record['run_id']} is {record.get('status')}; only a succeeded run is exported")
-    run_dir = run_path(args.runs_dir, record["run_id"]).parent
+    remote = store.is_remote(args.runs_dir)  # then the report and stage outputs are read from the store
+    run_dir = store.join(args.runs_dir, "runs", record["run_id"]) if remote else run_path(args.runs_dir, record["run_id"]).parent
     written = export_run(record, run_dir, args.target, overwrite=args.overwrite)
     print(f"exported {len(written)} results to {args.target}: {', '.join(written)}")
     return EXIT_OK
@@ -234,11 +235,13 @@ def _cmd_query(args: argparse.Namespace) -> int:
     nprobe = args.nprobe if args.nprobe is not None else (stored.get("nprobe") or None)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.out is not None and store.is_remote(args.out):  # a bad URI or missing bucket: exit 2 before any work
+        store.check_runs_dir(args.out, what="--out")
     _connect(args.address)
     search = {"k": args.k, "ef": ef, "nprobe": nprobe}
     if args.out is not None:
         done = stream_query(index_dir, args.queries, args.out, block_size=args.block_size, **search)
-        print(f"wrote {done['rows']} answers in {done['parts']} Parquet parts to {Path(done['out'])}: ef={ef}, "
+        print(f"wrote {done['rows']} answers in {done['parts']} Parquet parts to {done['out']}: ef={ef}, "
               f"nprobe={nprobe or 'all'}, {done['queries_per_second']:.0f} queries/s over {done['seconds']:.1f} s; "
               f"distances: {DISTANCES.get(done['space'], done['space'])}")
         return EXIT_OK

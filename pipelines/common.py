@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from core import sink
 from core.dag import Pipeline
 from core.errors import DataError, InvariantError
 from core.io import plan_shards, source_fingerprint
@@ -45,7 +46,9 @@ def ingest(
     where = os.fspath(source)
     specs = plan_shards(source, shards or max(1, int(ray.cluster_resources().get("CPU", 1))))  # 0: one per CPU
     cols = Columns(**(columns or {}))
-    parts = get_all([validate_shard.remote(spec, str(out), where, require_label, cols) for spec in specs])
+    dest = sink.destination(out)  # on a store runs dir: tasks on any node put their parts into the attempt
+    parts = get_all([validate_shard.remote(spec, dest, where, require_label, cols) for spec in specs])
+    sink.record(p["files"] for p in parts)
     dims = {p["dim"] for p in parts}
     if len(dims) > 1:
         first = parts[0]
@@ -77,7 +80,7 @@ def map_labels(out: Path, parts: list[dict[str, Any]], where: str, column: str, 
     if require_label and len(classes) < 2:
         raise DataError(f"{where}: label column '{column}' has a single class {classes}; at least 2 are needed")
     if classes != list(range(len(classes))):
-        ray.get([encode_part.remote(p["path"], classes) for p in parts])
+        sink.record(ray.get([encode_part.remote(p, classes) for p in parts]))
     table = {"column": column, "classes": classes, "counts": [counts[c] for c in classes]}
     (out / LABELS_FILE).write_text(json.dumps(table, indent=1))
     return len(classes)

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import ray
 
 from core import scores as score_fns
+from core import sink
 from core.coreset_spec import CoresetSpec
 from core.dag import Pipeline
 from core.errors import DataError
@@ -85,23 +86,24 @@ def score(out: Path, ingest: Path, *, shards: int, test_fraction: float, split_s
 
 
 @ray.remote(num_cpus=1, max_retries=1)
-def _density_part(graph_part: str, out_path: str, k: int, test_fraction: float, split_seed: int) -> int:
-    """knn_density of one graph part, restricted to training rows, written beside the others."""
-    table = score_fns.knn_density(pq.read_table(graph_part), k=k)
+def _density_part(graph_part: str, out_dir: str, name: str, k: int, test_fraction: float,
+                  split_seed: int) -> tuple[int, dict[str, Any]]:
+    """knn_density of one graph part, restricted to training rows, put beside the others (rows, its entry)."""
+    table = score_fns.knn_density(pq.read_table(graph_part, page_checksum_verification=True), k=k)
     ids = table.column("id").to_numpy()
     train = ~Split(test_fraction, split_seed).test_rows(ids)
-    write_parquet(table.filter(train), out_path)
-    return int(train.sum())
+    return int(train.sum()), sink.put_parquet(table.filter(train), out_dir, name)
 
 
 def density(out: Path, graph: Path, *, k: int, test_fraction: float, split_seed: int) -> dict[str, Any]:
     """The `knn_density` score (mean distance to the k nearest neighbours) from the kNN graph parts."""
     parts = sorted(p for p in graph.rglob("*.parquet"))
-    rows = ray.get([
-        _density_part.remote(str(p), str(out / f"part-{i:05d}.parquet"), k, test_fraction, split_seed)
+    written = ray.get([  # tasks on any node read the parts from the store and put theirs into the attempt
+        _density_part.remote(sink.readable(p), sink.destination(out), f"part-{i:05d}.parquet", k, test_fraction, split_seed)
         for i, p in enumerate(parts)
     ])
-    return {"rows": sum(rows)}
+    sink.record(entry for _, entry in written)
+    return {"rows": sum(rows for rows, _ in written)}
 
 
 def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | None = None, *, shards: int,
@@ -120,23 +122,25 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
     metrics: dict[str, Any] = {name: info["rows"] for name, info in result.items()}
     labelled = pads.dataset(str(scores), format="parquet").to_table(columns=["id", "label"])
     metrics["training_rows"] = labelled.num_rows
-    dropped = dropped_classes(out, labelled, read_label_map(ingest) if ingest is not None else None)
+    dropped = dropped_classes(out, labelled, read_label_map(ingest) if ingest is not None else None, names=sorted(result))
     if dropped:
         metrics["dropped_classes"] = dropped
         metrics["warning"] = "coresets missing whole classes: " + "; ".join(f"{n} lacks {v}" for n, v in dropped.items())
     return metrics
 
 
-def dropped_classes(select_dir: Path, labelled: pa.Table, values: np.ndarray | None) -> dict[str, list[int]]:
+def dropped_classes(select_dir: Path, labelled: pa.Table, values: np.ndarray | None,
+                    names: list[str] | None = None) -> dict[str, list[int]]:
     """Per selection, the classes (the user's label values) of the training rows that it holds none of."""
     ids, labels = labelled.column("id").to_numpy(), labelled.column("label").to_numpy()
     present = np.unique(labels)
     dropped = {}
-    for sel in sorted(p for p in select_dir.iterdir() if p.is_dir()):
-        kept = np.unique(labels[np.isin(ids, read_selection(sel))])
+    names = names if names is not None else sorted(p.name for p in select_dir.iterdir() if p.is_dir())
+    for name in names:  # the parts may be in the stage's attempt on a store (core/sink.py)
+        kept = np.unique(labels[np.isin(ids, read_selection(sink.destination(select_dir / name)))])
         missing = np.setdiff1d(present, kept)
         if missing.size:
-            dropped[sel.name] = [int(v) for v in (values[missing] if values is not None else missing)]
+            dropped[name] = [int(v) for v in (values[missing] if values is not None else missing)]
     return dropped
 
 
@@ -175,9 +179,10 @@ def evaluate(out: Path, ingest: Path, select: Path, test: Path | None = None, *,
     train = TrainSpec(steps=steps, batch_size=batch_size, lr=lr, hidden=hidden, seed=seed, model=model)
     write_parquet(_test_ids(ingest, test, split), out / "test_ids.parquet")
     task = evaluate_coreset.options(num_gpus=1 if dev == "cuda" else 0)
-    common = {"device": dev, "test_source": str(test) if test is not None else None}
-    refs = [task.remote(str(ingest), str(select / n), split, train, **common) for n in names]
-    refs.append(task.remote(str(ingest), None, split, train, **common))
+    common = {"device": dev, "test_source": sink.readable(test) if test is not None else None}
+    data = sink.readable(ingest)  # tasks on any node read the store objects behind the node-local copies
+    refs = [task.remote(data, sink.readable(select / n), split, train, **common) for n in names]
+    refs.append(task.remote(data, None, split, train, **common))
     answers = ray.get(refs)
     accuracy = {n: a["accuracy"] for n, a in zip([*names, "full"], answers)}
     (out / "accuracy.json").write_text(json.dumps(accuracy, indent=1, sort_keys=True))

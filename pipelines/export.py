@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from core import store
 from core.errors import ConfigError
 from pipelines.common import LABELS_FILE, read_label_map
 
@@ -39,7 +41,9 @@ SUCCESS = "_SUCCESS"
 
 
 def _outputs(record: dict[str, Any]) -> dict[str, Path]:
-    return {name: Path(s["output"]) for name, s in record["stages"].items() if s.get("status") in DONE}
+    """Each finished stage's output as a local directory: a verified node-local copy of a committed attempt."""
+    return {name: store.materialize(s["attempt"])[0] if s.get("attempt") else Path(s["output"])
+            for name, s in record["stages"].items() if s.get("status") in DONE}
 
 
 def _read_parts(directory: Path) -> pa.Table:
@@ -64,7 +68,7 @@ def stage_layout(record: dict[str, Any], tmp: Path) -> list[str]:
     labels = read_label_map(outputs["ingest"]) if "ingest" in outputs else None
     written: list[str] = []
     if "build" in outputs:
-        shutil.copytree(outputs["build"], tmp / "index")
+        shutil.copytree(outputs["build"], tmp / "index", ignore=shutil.ignore_patterns(store.ORIGIN))
         meta = json.loads((outputs["build"] / "index.json").read_text()) if (outputs["build"] / "index.json").is_file() else {}
         space = meta.get("space", record["config"].get("space", "l2"))
         search = {**search_defaults(record["config"]), "space": space, "distance": DISTANCES.get(space, space)}
@@ -149,18 +153,31 @@ def _check_target(fs: pafs.FileSystem, path: str, target: str, overwrite: bool) 
     return occupied
 
 
-def export_run(record: dict[str, Any], run_dir: Path, target: str, *, overwrite: bool = False) -> list[str]:
-    """Export a finished run's results to `target` (a directory or URI); returns the names written."""
+def _report(run_dir: Path | str) -> bytes | None:
+    """The run's report.html beside its run record (a local directory or a store prefix), if any."""
+    if store.is_remote(str(run_dir)):
+        return store.read_bytes(store.join(str(run_dir), "report.html"))
+    path = Path(run_dir) / "report.html"
+    return path.read_bytes() if path.is_file() else None
+
+
+def export_run(record: dict[str, Any], run_dir: Path | str, target: str, *, overwrite: bool = False) -> list[str]:
+    """Export a finished run's results to `target` (a directory or URI); returns the names written.
+
+    `run_dir` holds the run record (a URI on an object-store runs dir, whose stage outputs are read from
+    their committed attempts, verified against their manifests).
+    """
     fs, path, local = _target(target)
     occupied = _check_target(fs, path, target, overwrite)
-    staging = Path(path).parent if local else Path(run_dir)
+    staging = Path(path).parent if local else Path(tempfile.gettempdir())
     staging.mkdir(parents=True, exist_ok=True)
     tmp = staging / f".tmp-export-{Path(path).name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         written = stage_layout(record, tmp)
-        if (run_dir / "report.html").is_file():
-            shutil.copy2(run_dir / "report.html", tmp / "report.html")
+        report = _report(run_dir)
+        if report is not None:
+            (tmp / "report.html").write_bytes(report)
             written.append("report.html")
         (tmp / "run.json").write_text(json.dumps(record, indent=1, default=str))
         (tmp / SUCCESS).write_text(json.dumps({"run_id": record["run_id"], "files": written}, indent=1))

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from core import hnsw
+from core import hnsw, sink
 from core import validate as validate_
 from core.dag import Pipeline
 from core.errors import ConfigError
@@ -112,7 +112,7 @@ def knn_graph(out: Path, build: Path, *, k: int, ef: int, nprobe: int) -> dict[s
 def evaluate(out: Path, ingest: Path, build: Path, graph: Path | None = None, *, k: int, ef: int, nprobe: int,
              recall_sample: int, seed: int) -> dict[str, Any]:
     """Recall@k of search and of the kNN graph against exact search, on a seeded sample of the data."""
-    specs = plan_shards(ingest, max(1, len(list(ingest.glob("*.parquet")))))
+    specs = plan_shards(sink.readable(ingest), max(1, len(list(ingest.glob("*.parquet")))))  # tasks on any node
     total = sum(s.num_rows for s in specs)
     fraction = min(1.0, recall_sample / total)
     parts = ray.get([sample_part.remote(s, fraction, seed) for s in specs])

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from core import sink
 from core import validate as validate_
 from core.dag import Pipeline
 from core.io import write_parquet
@@ -40,7 +41,7 @@ def validate(config: dict[str, Any]) -> None:
 
 def summarise(out: Path, ingest: Path) -> dict[str, Any]:
     """Per-dimension mean/std/min/max, vector norms and label counts, merged from per-part statistics."""
-    stats = ray.get([summarise_part.remote(str(p)) for p in part_paths(ingest)])
+    stats = ray.get([summarise_part.remote(sink.readable(p)) for p in part_paths(ingest)])
     n = sum(s["rows"] for s in stats)
     mean = sum(s["sum"] for s in stats) / n
     var = np.maximum(sum(s["sumsq"] for s in stats) / n - mean**2, 0.0)

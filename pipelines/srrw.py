@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import ray
 
+from core import sink
 from core import validate as validate_
 from core.agents import (
     agent_blocks,
@@ -176,7 +177,7 @@ def partition_stage(out: Path, agents: Path, *, partitions: int, base: str, seed
 
 def _loader(ingest_dir: Path, agents_dir: Path, model: dict[str, Any]) -> BlockLoader:
     return BlockLoader(
-        vectors=str(ingest_dir), assignment=str(agents_dir / "assignment.parquet"), model=model["kind"],
+        vectors=sink.readable(ingest_dir), assignment=sink.readable(agents_dir / "assignment.parquet"), model=model["kind"],
         lam=model["lam"], intercept=model["intercept"], binarize=class_threshold(ingest_dir, model["binarize"]),
         classes=None,
     )
@@ -282,12 +283,12 @@ def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[s
 def standardize_data(out: Path, ingest: Path) -> dict[str, Any]:
     """Every feature to mean 0 and variance 1 (constant features to 0): gradient steps then share one scale."""
     parts = part_paths(ingest)
-    stats = ray.get([summarise_part.remote(str(p)) for p in parts])
+    stats = ray.get([summarise_part.remote(sink.readable(p)) for p in parts])  # tasks on any node read the store
     n = sum(s["rows"] for s in stats)
     mean = sum(s["sum"] for s in stats) / n
     std = np.sqrt(np.maximum(sum(s["sumsq"] for s in stats) / n - mean**2, 0.0))
     scale = np.where(std > 0, std, 1.0)
-    ray.get([standardize_part.remote(str(p), str(out / p.name), mean, scale) for p in parts])
+    sink.record(ray.get([standardize_part.remote(sink.readable(p), sink.destination(out), p.name, mean, scale) for p in parts]))
     for extra in ingest.glob("_labels.json"):
         shutil.copy2(extra, out / extra.name)
     return {"rows": n, "dim": len(mean), "constant_features": int((std == 0).sum())}

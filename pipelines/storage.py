@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 from core import store
 from core.dag import RunRecord
-from core.stage_store import upload_files
 from pipelines.report import REPORT_FILES
 
 
@@ -24,11 +20,8 @@ def publish_remote(record: RunRecord, runs_dir: str) -> str | None:
         names = [n for n in c.manifest["files"] if n in REPORT_FILES or (n.endswith(".png") and "/" not in n)]
         if "report.html" not in names:
             continue
-        with tempfile.TemporaryDirectory(prefix="shardwalk-report-") as tmp:
-            for rel in names:  # each verified against its manifest while it streams
-                with open(Path(tmp) / rel, "wb") as sink:
-                    store.stream_object(c, rel, sink)
-            dest = store.join(runs_dir, "runs", record.run_id)
-            upload_files([Path(tmp) / n for n in names], dest)
+        dest = store.join(runs_dir, "runs", record.run_id)
+        for rel in names:  # a server-side copy when the object kept its committed ETag, else streamed and hashed
+            store.copy_object(c, rel, store.join(dest, rel))
         return store.join(dest, "report.html")
     return None

@@ -13,6 +13,7 @@ import pytest
 from core import store
 from core.dag import Pipeline, Runner, StageOptions, list_runs, load_run
 from core.errors import ConfigError
+from core.sink import NODE_MARKER
 
 POOL = cf.ThreadPoolExecutor(max_workers=4)
 CALLS: list[str] = []
@@ -68,7 +69,8 @@ def test_runs_on_s3_commit_every_artifact_in_the_bucket_and_rerun_hits(s3_bucket
     assert all(s.cache_hit for s in second.stages.values())
     assert [r["run_id"] for r in list_runs(runs)] == [second.run_id, first.run_id]
     assert load_run(runs, first.run_id)["stages"]["double"]["attempt"] == first.stages["double"].attempt
-    assert not any((tmp_path / "scratch").iterdir())  # scratch is cleaned after each upload
+    left = [p.name for p in (tmp_path / "scratch").iterdir()]
+    assert left == [NODE_MARKER]  # scratch is cleaned after each upload (the marker says whose node it is)
 
 
 def test_altered_cached_object_is_recomputed(s3_bucket: str) -> None:

@@ -1,13 +1,17 @@
 """A simulated cluster whose nodes each have their own scratch and download cache, runs dir on the S3 server.
 
-Every node's SHARDWALK_SCRATCH and SHARDWALK_LOCAL_CACHE point to a directory of its own, so a stage that
-read another node's local files would fail; the outputs must equal a single-machine run's.
+Every node's SHARDWALK_SCRATCH and SHARDWALK_LOCAL_CACHE point to a directory of its own, marked as that
+node's (core/sink.py): a worker handed a path inside another node's scratch or cache fails, as it would on
+a real cluster without shared disk. The index, coreset and srrw pipelines run there with their runs dir in
+the bucket, and their outputs must equal a run whose every worker sees one disk (a local runs dir).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -15,52 +19,138 @@ from core import store
 
 pytestmark = pytest.mark.multinode
 
-INDEX = ["--set", "source=builtin:digits", "--set", "shards=2", "--set", "k=5", "--set", "recall_sample=200",
-         "--set", "ef_construction=100", "--set", "replicas=1"]
+PIPELINES: dict[str, list[str]] = {
+    "index": ["source=builtin:digits", "shards=2", "k=5", "recall_sample=100", "ef_construction=100", "replicas=1"],
+    "coreset": ["source=builtin:digits", "shards=2", "proxy.epochs=2", "proxy.hidden=16", "select.rates=[0.5]",
+                "select.methods=['ccs-el2n','random','ccs-knn_density']", "evaluate.enabled=false", "knn.enabled=true",
+                "knn.k=5", "knn.ef_construction=50"],
+    "srrw": ["steps=1500", "checkpoint_every=500", "record_every=250", "standardize=true"],
+}
+# the one-disk reference runs only what is compared (the kNN side of coreset is checked against exact search)
+REFERENCE: dict[str, list[str]] = {
+    "coreset": [*PIPELINES["coreset"][:5], "select.methods=['ccs-el2n','random']", "evaluate.enabled=false"],
+    "srrw": PIPELINES["srrw"],
+}
 
 
-def _outputs(runs: str) -> dict[str, dict]:
+def _run(pipeline: str, runs_dir: str, address: str, settings: list[str]) -> dict[str, Any]:
     from core.dag import list_runs
+    from pipelines.cli import main
 
-    return {name: s for name, s in list_runs(runs)[0]["stages"].items()}
+    argv = ["run", pipeline, "--runs-dir", runs_dir, "--address", address]
+    for setting in settings:
+        argv += ["--set", setting]
+    assert main(argv) == 0
+    return next(r for r in list_runs(runs_dir) if r["pipeline"] == pipeline)["stages"]
 
 
-def _graph(attempt: str, tmp: Path) -> dict[int, list[int]]:
-    local, _ = store.materialize(attempt)
-    table = pq.read_table(local, columns=["id", "neighbors"]).to_pydict()
+def _local(stage: dict[str, Any]) -> Path:
+    """A verified local copy of a stage's committed output (a local runs dir's output is one already)."""
+    return store.materialize(stage["attempt"])[0] if stage.get("attempt") else Path(stage["output"])
+
+
+def _files(stage: dict[str, Any]) -> dict[str, Any]:
+    from core.io import read_manifest
+
+    manifest = store.require_committed(stage["attempt"]).manifest if stage.get("attempt") else read_manifest(stage["output"])
+    return {rel: {k: v for k, v in e.items() if k != "etag"} for rel, e in manifest["files"].items()}  # etag: stores only
+
+
+def _graph(stage: dict[str, Any]) -> dict[int, list[int]]:
+    table = pq.read_table(_local(stage), columns=["id", "neighbors"]).to_pydict()
     return dict(zip(table["id"], table["neighbors"]))
 
 
-def test_index_pipeline_on_nodes_without_shared_disk_equals_single_machine(s3_bucket: str, tmp_path: Path) -> None:
+def _selections(stage: dict[str, Any]) -> dict[str, list[int]]:
+    from workers.scorer import read_selection
+
+    root = _local(stage)
+    return {p.name: read_selection(p).tolist() for p in sorted(root.iterdir()) if p.is_dir()}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> dict[str, Any]:
+    """Every pipeline with its runs dir in the bucket (nodes share nothing); references on one local disk."""
+    import uuid
+
+    import pyarrow.fs as pafs
     import ray
     from ray.cluster_utils import Cluster
 
-    from pipelines.cli import main
-
-    single = f"{s3_bucket}/single"
+    nodes = tmp_path_factory.mktemp("nodes")
+    bucket = f"multi-{uuid.uuid4().hex[:8]}"
+    pafs.S3FileSystem(endpoint_override=s3_server, scheme="http", allow_bucket_creation=True, region="us-east-1").create_dir(bucket)
     if ray.is_initialized():
         ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
         for node in range(2):
-            env = {"SHARDWALK_SCRATCH": str(tmp_path / f"node{node}" / "scratch"),
-                   "SHARDWALK_LOCAL_CACHE": str(tmp_path / f"node{node}" / "cache")}
-            cluster.add_node(num_cpus=2, env_vars=env)
+            cluster.add_node(num_cpus=2, env_vars={"SHARDWALK_SCRATCH": str(nodes / f"node{node}" / "scratch"),
+                                                   "SHARDWALK_LOCAL_CACHE": str(nodes / f"node{node}" / "cache")})
         cluster.wait_for_nodes()
-        multi = f"{s3_bucket}/multi"
-        assert main(["run", "index", "--runs-dir", multi, "--address", cluster.address, *INDEX]) == 0
+        out = {"nodes": nodes}
+        for name, settings in PIPELINES.items():
+            out[name] = _run(name, f"s3://{bucket}/shardwalk", cluster.address, settings)
+        for name, settings in REFERENCE.items():
+            out[f"{name}-one-disk"] = _run(name, str(nodes / "one-disk"), cluster.address, settings)
+        return out
     finally:
         ray.shutdown()
         cluster.shutdown()
-    assert any((tmp_path / "node0" / "cache").iterdir()) or any((tmp_path / "node1" / "cache").iterdir())
-    assert main(["run", "index", "--runs-dir", single, *INDEX]) == 0
-    ray.shutdown()
-    got, want = _outputs(multi), _outputs(single)
-    ingest = store.require_committed(got["ingest"]["attempt"]).manifest["files"]
-    assert ingest == store.require_committed(want["ingest"]["attempt"]).manifest["files"]  # bit-identical parts
-    assert got["build"]["metrics"]["live"] == want["build"]["metrics"]["live"] == 1797
-    assert got["evaluate"]["metrics"]["search_recall_at_k"] >= 0.95 and want["evaluate"]["metrics"]["search_recall_at_k"] >= 0.95
-    a, b = _graph(got["knn_graph"]["attempt"], tmp_path), _graph(want["knn_graph"]["attempt"], tmp_path)
-    assert a.keys() == b.keys()
-    same = sum(len(set(a[i]) & set(b[i])) for i in a) / sum(len(b[i]) for i in b)
-    assert same >= 0.95  # hnswlib's multi-threaded inserts are not bit-deterministic; the graphs agree
+
+
+def test_nodes_used_their_own_scratch_and_cache(runs: dict[str, Any]) -> None:
+    nodes = runs["nodes"]
+    for node in ("node0", "node1"):
+        assert (nodes / node / "scratch" / ".shardwalk-node").is_file()  # each node's root, marked as its own
+    assert any(p.is_dir() for n in ("node0", "node1") for p in (nodes / n / "cache").iterdir())
+
+
+def _exact_graph(vectors: np.ndarray, k: int) -> np.ndarray:
+    """Brute-force k nearest neighbours (squared L2, self excluded) of a small table."""
+    sq = (vectors * vectors).sum(1)
+    dist = sq[:, None] + sq[None, :] - 2 * vectors @ vectors.T
+    np.fill_diagonal(dist, np.inf)
+    return np.argsort(dist, axis=1, kind="stable")[:, :k]
+
+
+def _agreement(graph: dict[int, list[int]], ids: np.ndarray, vectors: np.ndarray, k: int) -> float:
+    exact = ids[_exact_graph(vectors, k)]
+    return float(np.mean([len(set(graph[int(i)][:k]) & set(row.tolist())) / k for i, row in zip(ids, exact)]))
+
+
+def test_index_pipeline_on_nodes_without_shared_disk_equals_one_machine(runs: dict[str, Any]) -> None:
+    from core.datasets import load_builtin
+    from core.schema import to_numpy
+
+    got = runs["index"]
+    ingested = pq.read_table(_local(got["ingest"])).sort_by("id")
+    want = load_builtin("builtin:digits").sort_by("id")
+    assert ingested.column("id").equals(want.column("id")) and ingested.column("vector").equals(want.column("vector"))
+    assert got["build"]["metrics"]["live"] == 1797
+    assert got["evaluate"]["metrics"]["search_recall_at_k"] >= 0.95
+    graph = _graph(got["knn_graph"])
+    ids, vectors = to_numpy(ingested)
+    assert sorted(graph) == ids.tolist()
+    assert _agreement(graph, ids, vectors.astype(np.float64), 5) >= 0.95  # what one machine's hnswlib gives too
+
+
+def test_coreset_pipeline_on_nodes_without_shared_disk_equals_one_disk(runs: dict[str, Any]) -> None:
+    got, want = runs["coreset"], runs["coreset-one-disk"]
+    assert _files(got["score"]) == _files(want["score"])  # the actors' score parts, bit for bit
+    sel_got, sel_want = _selections(got["select"]), _selections(want["select"])
+    assert sorted(sel_got) == ["ccs-el2n-keep0.5", "ccs-knn_density-keep0.5", "random-keep0.5"]
+    assert sel_got["ccs-el2n-keep0.5"] == sel_want["ccs-el2n-keep0.5"]
+    assert sel_got["random-keep0.5"] == sel_want["random-keep0.5"]
+    assert len(sel_got["ccs-knn_density-keep0.5"]) == got["select"]["metrics"]["ccs-knn_density-keep0.5"] > 0
+    density = pq.read_table(_local(got["density"]))
+    assert density.num_rows == got["density"]["metrics"]["rows"] == got["score"]["metrics"]["rows"]  # training rows
+
+
+def test_srrw_pipeline_on_nodes_without_shared_disk_is_bit_identical(runs: dict[str, Any]) -> None:
+    got, want = runs["srrw"], runs["srrw-one-disk"]
+    assert _files(got["standardize"]) == _files(want["standardize"])
+    walk_got, walk_want = _files(got["walk"]), _files(want["walk"])
+    for name in ("tokens.parquet", "trajectory.parquet", "visits.parquet"):
+        assert walk_got[name]["sha256"] == walk_want[name]["sha256"]
+    assert got["evaluate"]["metrics"]["loss"] == want["evaluate"]["metrics"]["loss"]

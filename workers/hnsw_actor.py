@@ -29,12 +29,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from core import hnsw, hnsw_results, index_store
+from core import hnsw, hnsw_results, index_store, sink
 from core.errors import CorruptArtifactError, DataError, ShardStateError
 from core.io import confined, read_shard, write_json_atomic, write_parquet
 from core.row_chunks import RowChunks
 from core.schema import check_unique, validate_vectors, vector_dim
-from workers import knn_graph as graph_units
 from workers.index_eval import peak_rss_bytes, rss_bytes
 from workers.raykit import was_reconstructed
 
@@ -299,6 +298,7 @@ class LocalHnswShard:
         A copy, not a link: a saved index must not share an inode with the live working files (a saved file
         rewritten in place — a corruption test, a user's tool — would corrupt the live shard too).
         """
+        sink.check_local(directory)  # never another node's scratch (a stage on a store passes its attempt URI)
         manifest, _ = hnsw.load_shard_manifest(self.workdir, self.shard)
         for name in [*manifest["files"], hnsw.shard_manifest_file(self.shard)]:
             shutil.copyfile(confined(self.workdir, name, "shard manifest"), confined(directory, name, "shard manifest"))
@@ -399,15 +399,13 @@ class LocalHnswShard:
         return ids, np.asarray(index.get_items(_u64(ids), return_type="numpy"), np.float32)
 
     @ray.method(concurrency_group=GRAPH_IO)
-    def write_graph(self, batch: tuple[np.ndarray, np.ndarray], results: Sequence[Any], k: int, path: str) -> int:
-        """Merge the shards' answers for one batch of my points, drop self, write one Parquet part."""
+    def write_graph(self, batch: tuple[np.ndarray, np.ndarray], results: Sequence[Any], k: int, out: str,
+                    name: str) -> tuple[int, dict[str, Any]]:
+        """Merge the shards' answers for one batch of my points, drop self, put one Parquet part (rows, entry)."""
         ids = batch[0]
         merged = hnsw.merge_results(ray.get(list(results)), k + 1)
         table = hnsw_results.knn_graph_table(ids, *hnsw.drop_self(ids, *merged, k))
-        tmp = graph_units.part_tmp(path)
-        write_parquet(table, tmp)
-        os.replace(tmp, path)  # a writer killed mid-write leaves only the temporary, which a retry overwrites
-        return table.num_rows
+        return table.num_rows, sink.put_parquet(table, out, name)  # local: temporary + rename; store: the attempt
 
     # ------------------------------------------------------------------ introspection
 

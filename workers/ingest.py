@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from core import sink
 from core.errors import DataError
-from core.io import ShardSpec, read_shard, write_parquet
+from core.io import ShardSpec, read_shard
 from core.schema import (
     ID,
     LABEL,
@@ -39,7 +40,7 @@ def validate_shard(
         raise DataError(f"{where}: label column '{columns.label}' is missing; found {raw.column_names} (set label_column)")
     check_label_column(table, where, user_name=columns.label, offset=spec.start)
     table = validate_vectors(table, where=where, require_label=require_label, row_offset=spec.start)
-    path = write_parquet(table, Path(out_dir) / PART.format(spec.index))
+    files = sink.put_parquet(table, out_dir, PART.format(spec.index))  # on a store: straight into the attempt
     ids = table.column(ID).to_numpy()
     labels = None
     if LABEL in table.column_names:
@@ -48,7 +49,9 @@ def validate_shard(
     return {
         "labels": labels,
         "index": spec.index,
-        "path": str(path),
+        "path": next(iter(files)),
+        "dir": out_dir,
+        "files": files,
         "rows": table.num_rows,
         "start": spec.start,
         "dim": vector_dim(table),
@@ -72,23 +75,21 @@ def check_bucket_unique(*pieces: Piece) -> dict[str, Any]:
 
 
 @ray.remote(num_cpus=1, max_retries=2)
-def encode_part(path: str, classes: list[int]) -> int:
-    """Rewrite one part with its labels replaced by their class index 0..K-1; returns its rows."""
-    table = encode_labels(pq.read_table(path), np.asarray(classes, dtype=np.int64))
-    write_parquet(table, path)
-    return table.num_rows
+def encode_part(part: dict[str, Any], classes: list[int]) -> dict[str, Any]:
+    """Rewrite one part (of `validate_shard`) with its labels replaced by class indices 0..K-1; its new entry."""
+    table = encode_labels(pq.read_table(part["path"]), np.asarray(classes, dtype=np.int64))
+    return sink.put_parquet(table, part["dir"], PART.format(part["index"]))
 
 
 @ray.remote(num_cpus=1, max_retries=2)
-def standardize_part(path: str, out_path: str, mean: np.ndarray, scale: np.ndarray) -> int:
-    """Write one part with its vectors as (x - mean) / scale; other columns unchanged."""
+def standardize_part(path: str, out_dir: str, name: str, mean: np.ndarray, scale: np.ndarray) -> dict[str, Any]:
+    """Put one part with its vectors as (x - mean) / scale, other columns unchanged; its manifest entry."""
     table = pq.read_table(path)
     col = table.column(VECTOR).combine_chunks()
     d = col.type.list_size
     x = (col.values.to_numpy(zero_copy_only=False).reshape(-1, d) - mean) / scale
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).reshape(-1)), d)
-    write_parquet(table.set_column(table.schema.get_field_index(VECTOR), VECTOR, vectors), out_path)
-    return table.num_rows
+    return sink.put_parquet(table.set_column(table.schema.get_field_index(VECTOR), VECTOR, vectors), out_dir, name)
 
 
 @ray.remote(num_cpus=1, max_retries=2)

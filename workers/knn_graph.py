@@ -8,21 +8,22 @@ At most `in_flight` units run at once, so memory stays flat as N grows.
 A unit that fails because an actor died (or data it held was lost) is submitted again: the actor restarts
 (`max_restarts`) and reloads its shard from the working directory, and every step of a unit is
 deterministic, so the graph equals a fault-free run's. Parts are written under a fixed temporary name and
-renamed, so a writer killed mid-write leaves nothing a reader could take for a part.
+renamed, so a writer killed mid-write leaves nothing a reader could take for a part. On an object-store runs
+dir each owner puts its parts straight into the stage's attempt from its own node (core/sink.py) and the
+stage's manifest lists them, so no part depends on the disk of the node that runs the stage.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
-from core import hnsw
+from core import hnsw, sink, store
 from core.errors import ShardUnavailableError, ShardwalkError
 from workers.raykit import collect_quietly
 
@@ -41,7 +42,7 @@ class GraphRequest:
     nprobe: int
     router: dict[str, Any] | None
     batch_size: int
-    out: Path
+    out: Path | str  # a local directory or the stage's attempt prefix (core.sink.destination)
 
 
 @dataclass
@@ -67,14 +68,16 @@ def _submit(actors: list[list[Any]], unit: _Unit, req: GraphRequest) -> Any:
     batch = owner[turn % len(owner)].export_batch.remote(unit.batch, req.batch_size)
     answers = [row[(turn + t) % len(row)].search_routed.remote(batch, req.k + 1, req.ef, req.router, req.nprobe)
                for t, row in enumerate(actors)]
-    path = req.out / f"part-{unit.shard:05d}-{unit.batch:05d}.parquet"
+    name = f"part-{unit.shard:05d}-{unit.batch:05d}.parquet"
     unit.refs = [batch, *answers]
-    return owner[turn % len(owner)].write_graph.remote(batch, answers, req.k, str(path))
+    return owner[turn % len(owner)].write_graph.remote(batch, answers, req.k, str(req.out), name)
 
 
 def run(actors: list[list[Any]], shard_sizes: list[int], req: GraphRequest, in_flight: int | None = None) -> int:
     """Write every unit's part; returns the rows written. Raises ShardUnavailableError after UNIT_ATTEMPTS."""
-    req.out.mkdir(parents=True, exist_ok=True)
+    req = replace(req, out=sink.destination(req.out))
+    if not store.is_uri(req.out):
+        Path(req.out).mkdir(parents=True, exist_ok=True)
     todo = [_Unit(j, b) for j, size in enumerate(shard_sizes) for b in range(hnsw.ceil_div(size, req.batch_size))]
     todo.reverse()  # pop() from the end: shard 0's batches first
     window = max(1, in_flight or IN_FLIGHT_PER_SHARD * len(actors))
@@ -96,7 +99,9 @@ def _drain(actors: list[list[Any]], todo: list[_Unit], running: dict[Any, _Unit]
         done, _ = ray.wait(list(running), num_returns=1)
         unit = running.pop(done[0])
         try:
-            rows += ray.get(done[0])
+            written, entry = ray.get(done[0])
+            sink.record([entry])  # on a store: the part is in the stage's attempt; its manifest lists it
+            rows += written
         except Exception as exc:
             if not _lost_actor(exc):
                 cause = getattr(exc, "cause", None)
@@ -112,9 +117,3 @@ def _drain(actors: list[list[Any]], todo: list[_Unit], running: dict[Any, _Unit]
             todo.append(unit)
         unit.refs = []  # the batch and its answers are freed as soon as the part is written
     return rows
-
-
-def part_tmp(path: str) -> str:
-    """The fixed temporary name a part is written under before its rename (a retry overwrites it)."""
-    head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}.tmp")

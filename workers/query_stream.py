@@ -8,7 +8,9 @@ holds only object refs and counters: neither all queries nor all answers are eve
 
 The answers are written into a temporary sibling of the output directory, which is renamed into place with
 a manifest (`_SUCCESS`: files, rows, checksums) once every block is written: a failed or interrupted query
-leaves nothing at the output path.
+leaves nothing at the output path. On an object store (no rename) the answers go to a new attempt prefix
+`<out>/attempts/<id>/`, Ray Data's write tasks put the parts there, a task per part (on the workers, never
+the driver) hashes it, and the `_SUCCESS` manifest is written last (core/store.py's commit protocol).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from core import errors, sizing
+from core import errors, sizing, store
 from core.errors import ConfigError, DataError, InputError
 from core.hnsw_results import knn_graph_table
 from core.io import MANIFEST, build_manifest
@@ -162,6 +164,8 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
             f"search_dataset needs {needed:g} free CPUs for Ray Data's pool and read tasks, but the shard actors "
             f"leave {free:g}: open the index for streaming (`shardwalk query --out`, or "
             "ShardedIndex.open(path, cpus_per_actor=...) with fewer CPUs per actor)")
+    if store.is_remote(os.fspath(out)):
+        return _search_to_store(index, source, os.fspath(out), settings)
     final = _output_dir(out)
     dataset, where = _dataset(source, index.dim)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:12]}"
@@ -183,6 +187,44 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
     seconds = time.perf_counter() - started
     return {"rows": rows, "parts": parts, "seconds": seconds, "queries_per_second": rows / seconds if seconds else 0.0,
             "out": str(final), "space": index.meta.space}
+
+
+def _answers(index: Any, dataset: Any, settings: QuerySettings, where: str) -> Any:
+    """The lazy dataset of answers: `SearchBlocks` on a small actor pool."""
+    return dataset.map_batches(
+        SearchBlocks, fn_constructor_args=(index.meta, index.actors, settings, where),
+        batch_size=settings.block_size, batch_format="numpy", num_cpus=POOL_ACTOR_CPUS,
+        compute=ray.data.ActorPoolStrategy(size=settings.pool),
+    )
+
+
+def _search_to_store(index: Any, source: Any, out: str, settings: QuerySettings) -> dict[str, Any]:
+    """`search_dataset` into an object store: parts into a new attempt, hashed on workers, manifest last."""
+    store.check_runs_dir(out, what="--out")
+    dataset, where = _dataset(source, index.dim)
+    attempt = store.join(out, store.ATTEMPTS, store.new_attempt_id())
+    started = time.perf_counter()
+    try:
+        _answers(index, dataset, settings, where).write_parquet(attempt)
+        listed = [i.base_name for i in store.list_dir(attempt) if i.base_name.endswith(".parquet")]
+        entries = ray.get([_describe.remote(store.join(attempt, name)) for name in sorted(listed)])
+    except BaseException as exc:
+        store.delete_prefix(attempt)  # nothing committed: gc would remove it too
+        typed = _typed_cause(exc)
+        if typed is not None:
+            raise typed from None
+        raise
+    files = dict(zip(sorted(listed), entries))
+    rows = sum(e["rows"] for e in entries)
+    manifest = {"kind": KIND, "rows": rows, "schemas": sorted({e.pop("schema") for e in entries}), "files": files,
+                "k": settings.k, "ef": settings.ef, "nprobe": settings.nprobe, "attempt": attempt, "committed_at": time.time()}
+    store.write_json(store.join(attempt, MANIFEST), store.seal(manifest))
+    seconds = time.perf_counter() - started
+    return {"rows": rows, "parts": len(files), "seconds": seconds, "queries_per_second": rows / seconds if seconds else 0.0,
+            "out": attempt, "space": index.meta.space}
+
+
+_describe = ray.remote(num_cpus=0)(store.describe_object)  # hashing runs where Ray places it, not in the driver
 
 
 def _free_cpus(needed: float, wait_s: float = 10.0) -> float:

@@ -26,14 +26,15 @@ import pyarrow as pa
 import ray
 import torch
 
-from core import coreset, proxy, scores
+from core import coreset, proxy, scores, sink
 from core.errors import DataError, InvariantError
 from core.evaluation import Split, evaluate_selection
-from core.io import ShardSpec, plan_shards, read_shard, write_parquet
+from core.io import ShardSpec, plan_shards, read_shard
 from core.labelled import labelled_arrays
 from core.proxy import ProxySpec, TrainSpec
 from core.schema import LABEL, validate_vectors, vector_dim
 from core.selection_names import check_method, selection_name
+from core.store import is_uri
 from workers.autoconnect import ensure_ray
 
 PART = "part-{:05d}.parquet"
@@ -118,13 +119,13 @@ class ScoreShard:
         timing = {"rows": len(self.ids), "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}
         return recorder.model_parts(), timing
 
-    def write_slice(self, out_dir: str, slice_index: int, slices: int, *parts: dict[int, Any]) -> str:
-        """Combine every actor's per-model dynamics (in model order) and write my slice of the scores."""
+    def write_slice(self, out_dir: str, slice_index: int, slices: int, *parts: dict[int, Any]) -> dict[str, Any]:
+        """Combine every actor's per-model dynamics (in model order) and put my slice of the scores (its entry)."""
         bounds = np.linspace(0, len(self.ids), slices + 1).astype(int)
         sel = slice(int(bounds[slice_index]), int(bounds[slice_index + 1]))
         merged = {m: part.rows(sel) for group in parts for m, part in group.items()}
         table = scores.combine_parts(self.ids[sel], self.y[sel], merged)
-        return str(write_parquet(table, Path(out_dir) / PART.format(slice_index)))
+        return sink.put_parquet(table, out_dir, PART.format(slice_index))
 
     def score(self, total_rows: int, num_classes: int, spec: ProxySpec, device: str) -> dict[str, Any]:
         """Train the proxies (all-reducing gradients) and record my examples' dynamics."""
@@ -137,11 +138,11 @@ class ScoreShard:
         self.params = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
         return {"rows": len(self.ids), "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}
 
-    def write(self, out_dir: str) -> str:
-        """Persist my part of the scores table."""
+    def write(self, out_dir: str) -> dict[str, Any]:
+        """Put my part of the scores table (locally or straight into the stage's attempt); its manifest entry."""
         if self.scores is None:
             raise InvariantError("ScoreShard.write before score()")
-        return str(write_parquet(self.scores, Path(out_dir) / PART.format(self.rank)))
+        return sink.put_parquet(self.scores, out_dir, PART.format(self.rank))
 
     def final_params(self) -> np.ndarray:
         """The last proxy's flattened parameters (tests compare layouts with them)."""
@@ -220,7 +221,8 @@ def score_dataset(
     rows, dim = _source_size(source)
     plan = proxy.plan_scoring(rows, dim, models=spec.models, actors=shards, mode=mode or spec.layout,
                               actor_memory_bytes=actor_memory_bytes() if memory_bytes is None else memory_bytes)
-    specs = plan_shards(source, 1) * plan.actors if plan.mode == "models" else plan_shards(source, plan.actors)
+    readable = sink.readable(source) if isinstance(source, str | Path) else source  # actors on any node read it
+    specs = plan_shards(readable, 1) * plan.actors if plan.mode == "models" else plan_shards(readable, plan.actors)
     world = 1 if plan.mode == "models" else len(specs)
     cls = ScoreShard.options(**actor_resources(len(specs), num_cpus, dev))
     split = Split(test_fraction, split_seed)
@@ -241,16 +243,25 @@ def _score(source: Any, actors: list[Any], plan: proxy.ScoringPlan, spec: ProxyS
     """Run one scoring on started actors; the metrics of `score_dataset`."""
     total, classes = _global_labels(source, actors, plan.mode)
     started = time.perf_counter()
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    dest = _destination(out_dir)
     if plan.mode == "models":
-        per_actor, paths = _score_models(actors, plan, classes, spec, device, out_dir)
+        per_actor, entries = _score_models(actors, plan, classes, spec, device, dest)
     else:
-        per_actor, paths = _score_data(actors, total, classes, spec, device, out_dir)
+        per_actor, entries = _score_data(actors, total, classes, spec, device, dest)
+    sink.record(entries)  # parts the actors put into the stage's attempt: listed in its manifest
     seconds = time.perf_counter() - started
-    return {"rows": total, "classes": classes, "seconds": seconds, "parts": paths, "mode": plan.mode,
-            "actors": plan.actors, "device": device, "plan": plan.reason,
+    return {"rows": total, "classes": classes, "seconds": seconds, "parts": [loc for group in entries for loc in group],
+            "mode": plan.mode, "actors": plan.actors, "device": device, "plan": plan.reason,
             "actor_cpu_seconds": [round(a["cpu_seconds"], 3) for a in per_actor],
             "examples_per_second": total * spec.models * spec.epochs / seconds}
+
+
+def _destination(out_dir: str | Path) -> str:
+    """Where actors on any node put parts for `out_dir`: the stage's attempt on a store runs dir, else the dir."""
+    dest = sink.destination(out_dir)
+    if not is_uri(dest):
+        Path(dest).mkdir(parents=True, exist_ok=True)
+    return dest
 
 
 def _global_labels(source: Any, actors: list[Any], mode: str) -> tuple[int, int]:
@@ -266,7 +277,7 @@ def _global_labels(source: Any, actors: list[Any], mode: str) -> tuple[int, int]
 
 
 def _score_models(actors: list[Any], plan: proxy.ScoringPlan, classes: int, spec: ProxySpec, device: str,
-                  out_dir: str) -> tuple[list[dict[str, Any]], list[str]]:
+                  out_dir: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Independent proxies: each actor trains its own, then each writes a slice from everyone's parts."""
     calls = [a.score_models.remote(classes, spec, device, list(idx)) for a, idx in zip(actors, plan.models_of)]
     parts, timings = [c[0] for c in calls], [c[1] for c in calls]
@@ -276,7 +287,7 @@ def _score_models(actors: list[Any], plan: proxy.ScoringPlan, classes: int, spec
 
 
 def _score_data(actors: list[Any], total: int, classes: int, spec: ProxySpec, device: str,
-                out_dir: str) -> tuple[list[dict[str, Any]], list[str]]:
+                out_dir: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Data-parallel proxies over the shards (gloo all-reduce); each actor writes its own examples."""
     addr, port = ray.get(actors[0].rendezvous.remote())
     _get_fail_fast([a.join.remote(addr, port) for a in actors], actors)
@@ -318,11 +329,10 @@ class SelectShard:
         """One answer of the selection protocol (core/selection.py)."""
         return getattr(self._prepared(), name)(**kwargs)
 
-    def write(self, plan: coreset.Plan, out_dir: str) -> int:
-        """Write my part of the selection table; returns its row count."""
+    def write(self, plan: coreset.Plan, out_dir: str) -> tuple[int, dict[str, Any]]:
+        """Put my part of the selection table; returns its row count and manifest entry."""
         ids = self._prepared().selected(plan.spec, plan.order, plan.threshold)
-        write_parquet(coreset.selection_table(ids), Path(out_dir) / PART.format(self.index))
-        return len(ids)
+        return len(ids), sink.put_parquet(coreset.selection_table(ids), out_dir, PART.format(self.index))
 
 
 def select_distributed(
@@ -337,14 +347,14 @@ def select_distributed(
     """Run each selection ({method, keep, score?, class_balanced?, beta?, hardest?, strata?}) on `shards`
     actors that read their own part of the scores; each writes `out_dir/<name>/part-*.parquet`."""
     ensure_ray()
-    actors = [SelectShard.options(num_cpus=num_cpus).remote(s) for s in plan_shards(scores_dir, shards)]
+    actors = [SelectShard.options(num_cpus=num_cpus).remote(s) for s in plan_shards(sink.readable(scores_dir), shards)]
     out: dict[str, dict[str, Any]] = {}
     try:
         for sel in selections:
             name, plan = _plan_one(actors, sel, seed)
-            target = Path(out_dir) / name
-            target.mkdir(parents=True, exist_ok=True)
-            rows = sum(ray.get([a.write.remote(plan, str(target)) for a in actors]))
+            written = ray.get([a.write.remote(plan, _destination(Path(out_dir) / name)) for a in actors])
+            sink.record(entry for _, entry in written)
+            rows = sum(n for n, _ in written)
             if rows != plan.size:
                 raise InvariantError(f"{name}: shards wrote {rows} rows, the plan selects {plan.size}")
             out[name] = {"rows": rows, **plan.info}

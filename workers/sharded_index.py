@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from core import hnsw, hnsw_results, index_store, sizing, store
+from core import hnsw, hnsw_results, index_store, sink, sizing, store
 from core.errors import ConfigError, DataError, ShardUnavailableError
 from core.index_meta import IndexMeta
 from core.io import MANIFEST, Source, build_manifest, plan_shards, write_json_atomic
@@ -247,7 +247,12 @@ class ShardedIndex:
         return uri
 
     def _write_files(self, directory: Path) -> None:
-        raykit.wait_all([p.save_to.remote(str(directory)) for p in self._primaries()], f"save {directory}")
+        dest = sink.destination(directory)  # a stage output on a store: its attempt prefix (core/sink.py)
+        if store.is_uri(dest):  # each shard uploads its own files from its node; the stage's manifest lists them
+            entries = raykit.wait_all([p.upload_to.remote(dest) for p in self._primaries()], f"save {dest}")
+            sink.record({store.join(dest, rel): entry for rel, entry in shard.items()} for shard in entries)
+        else:
+            raykit.wait_all([p.save_to.remote(str(directory)) for p in self._primaries()], f"save {directory}")
         write_json_atomic(directory / hnsw.INDEX_FILE, self.meta.to_json())
 
     # ------------------------------------------------------------------ updates
