@@ -176,6 +176,11 @@ def _stage(name: str, c: Constants, seconds: float, work: str, cores: float, has
     return StageCost(name, c.stage_start_s + seconds + hashed / c.sha256_bytes_per_s, work, cores)
 
 
+def _start(c: Constants) -> StageCost:
+    """The driver's own start: its imports (as a fresh worker's first stage) and starting or joining Ray."""
+    return StageCost("start", c.ray_start_s + c.stage_start_s, "driver imports, start or join Ray", 0)
+
+
 def _ingest(c: Constants, rows: int, dim: int, cores: float) -> StageCost:
     data = rows * (4 * dim + 16)
     return _stage("ingest", c, data / (c.parquet_bytes_per_s * cores), f"read, validate, write {data / 1e9:.2f} GB",
@@ -242,7 +247,7 @@ def _index_stages(job: IndexJob, cluster: Cluster, c: Constants, layout: sizing.
     data = job.rows * 4 * job.dim
     index_bytes = layout.bytes_per_shard * layout.shards
     stages = [
-        StageCost("ray start", c.ray_start_s, "start or join Ray", 0),
+        _start(c),
         _ingest(c, job.rows, job.dim, cores),
         _stage("build", c, c.actor_start_s + data / (c.parquet_bytes_per_s * cores) + build,
                f"hnswlib inserts: {rows_per_node:,.0f} rows per node at {speed:.1f} cores", cores, index_bytes),
@@ -302,7 +307,7 @@ def plan_coreset(job: ScoringJob, cluster: Cluster, cal: Calibration) -> Plan:
     data = 8 * train * job.dim // (1 if layout.mode == "models" else layout.actors)
     memory = tuple(NodeMemory(i, a, a * (c.torch_worker_bytes + data), _budget(cluster.nodes[i]))
                    for i, a in zip(holders, per_node))
-    stages = [StageCost("ray start", c.ray_start_s, "start or join Ray", 0), _ingest(c, job.rows, job.dim, cluster.cpus)]
+    stages = [_start(c), _ingest(c, job.rows, job.dim, cluster.cpus)]
     if job.knn is not None:
         knn = plan_index(replace(job.knn, rows=job.rows, dim=job.dim), cluster, cal).stages
         stages += [s for s in knn if s.name in ("build", "knn_graph")]
@@ -361,7 +366,7 @@ def plan_srrw(job: WalkJob, cluster: Cluster, cal: Calibration) -> Plan:
     levels = math.ceil(math.log2(job.partitions)) if job.partitions > 1 else 0
     snapshots = job.tokens * max(1, job.steps // max(job.record_every, 1))
     stages = (
-        StageCost("ray start", c.ray_start_s, "start or join Ray", 0),
+        _start(c),
         _ingest(c, job.rows, job.dim, cluster.cpus),
         _stage("agents", c, job.edges * c.partition_s_per_edge / 2, f"graph of {job.edges:,} edges, placement", 1),
         _stage("partition", c, job.edges * c.partition_s_per_edge * levels, f"{levels} bisection levels", 1),

@@ -43,7 +43,7 @@ def test_stage_time_is_work_over_throughput_times_cores_plus_fixed_costs() -> No
     fixed = CONSTANTS.stage_start_s + data / CONSTANTS.sha256_bytes_per_s
     assert stage(one, "ingest").seconds == pytest.approx(fixed + data / (1e8 * 8))
     assert stage(two, "ingest").seconds == pytest.approx(fixed + data / (1e8 * 16))
-    assert stage(one, "ray start").seconds == CONSTANTS.ray_start_s
+    assert stage(one, "start").seconds == CONSTANTS.ray_start_s + CONSTANTS.stage_start_s
 
 
 def test_build_time_follows_rows_dim_and_the_calibrated_terms() -> None:

@@ -32,7 +32,7 @@ def test_plan_on_a_given_cluster_reports_layout_memory_stages_and_bottleneck(cap
     out = plan_json(capsys, "index", "--rows", "2000000", "--dim", "128", "--nodes", "2", "--cpus-per-node", "8",
                     "--memory-per-node", "32GiB")
     assert out["fits"] and out["nodes"] == 2 and out["layout"]["shards"] >= 2
-    assert [s["name"] for s in out["stages"]] == ["ray start", "ingest", "build", "knn_graph", "evaluate", "report"]
+    assert [s["name"] for s in out["stages"]] == ["start", "ingest", "build", "knn_graph", "evaluate", "report"]
     assert out["bottleneck"] in {"build", "knn_graph"} and out["seconds"] > 0
     assert len(out["memory_per_node"]) == 2 and all(m["fits"] for m in out["memory_per_node"])
 
