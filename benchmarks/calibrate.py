@@ -32,6 +32,7 @@ import numpy as np
 
 from core.calibration import DEFAULT_FILE, STANDARD_SHAPES, Calibration, Constants, NodeShape, save
 
+MAX_LOG_GROWTH = 0.3  # per ln(size): 3× HNSW's ln(n) search depth; more is noise from a loaded machine
 SIZES = {False: {"ref": 50_000, "small": 10_000, "queries": 2_000}, True: {"ref": 6_000, "small": 1_500, "queries": 500}}
 
 
@@ -86,7 +87,7 @@ def measure_hnsw(quick: bool) -> dict[str, float]:
     for name, table in (("build", per_row), ("query", per_query)):
         per_dim = max(0.0, (table[n, 128] - table[n, 32]) / 96)
         base = max(0.0, table[n, 32] - 32 * per_dim)
-        growth = max(0.0, (table[n, 128] / table[small, 128] - 1) / np.log(n / small))
+        growth = min(MAX_LOG_GROWTH, max(0.0, (table[n, 128] / table[small, 128] - 1) / np.log(n / small)))
         out |= {f"{name}_s_per_row": base, f"{name}_s_per_row_per_dim": per_dim, f"{name}_log_growth": float(growth)}
     return out
 
@@ -162,7 +163,7 @@ def measure_training(quick: bool) -> dict[str, float]:
 
 def measure_walk(quick: bool) -> dict[str, float]:
     """An SRRW hop's compute at two data sizes per agent (→ fixed and per-feature terms); KL partitioning."""
-    from core.agents import standard_graph
+    from core.agents import spread, standard_graph
     from core.objectives import build_objective
     from core.srrw import SRRW, run_sa_srrw, walk_partition
 
@@ -177,10 +178,13 @@ def measure_walk(quick: bool) -> dict[str, float]:
         per_hop[rows * (dim + 1)] = result.stats["walk_seconds"] / steps
     (f1, t1), (f2, t2) = sorted(per_hop.items())
     slope = max(0.0, (t2 - t1) / (f2 - f1))
+    generated, big = _timed(standard_graph, "barabasi_albert", n=5000 if quick else 20_000, m=4, seed=0)
+    placed, _ = _timed(spread, np.arange(5 * big.number_of_nodes()), None, sorted(big.nodes), mode="iid")
+    graph_s = (generated + placed) / big.number_of_edges()
     big = standard_graph("barabasi_albert", n=1000 if quick else 2000, m=4, seed=0)
     seconds, _ = _timed(walk_partition, SRRW(big, 10.0), big, 2)
     return {"hop_s": max(0.0, t1 - slope * f1), "hop_s_per_feature": slope,
-            "partition_s_per_edge": seconds / big.number_of_edges()}
+            "partition_s_per_edge": seconds / big.number_of_edges(), "graph_s_per_edge": graph_s}
 
 
 def _tree_pss(root: int, skip_workers: bool) -> tuple[int, int]:
@@ -240,11 +244,12 @@ def measure_ray() -> dict[str, float]:
         return 0.0
 
     stage_start, _ = _timed(lambda: ray.get(stage_imports.remote()))
+    stage_overhead = min(_timed(lambda: ray.get(stage_imports.remote()))[0] for _ in range(5))
     handoff = _ping_ms() / 1000
     for actor in (plain, with_torch):
         ray.kill(actor)
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    out = {"ray_start_s": started, "actor_start_s": actor_start, "stage_start_s": stage_start,
+    out = {"ray_start_s": started, "actor_start_s": actor_start, "stage_start_s": stage_start, "stage_overhead_s": stage_overhead,
            "worker_bytes": worker, "torch_worker_bytes": torch_worker, "ray_head_bytes": head,
            "ray_node_bytes": node, "ray_memory_fraction": resources.get("memory", 0) / physical,
            "handoff_s": handoff, "allreduce_s": 2 * handoff}  # all-reduce: not measured, two hand-offs' worth

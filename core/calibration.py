@@ -54,6 +54,7 @@ class Constants:
     blas_flops_per_s: float  # float32 matmul, one core (exact recall ground truth)
     ray_start_s: float  # embedded Ray start (or joining a cluster)
     stage_start_s: float  # a stage's first task on a fresh worker: imports, scheduling
+    stage_overhead_s: float  # any later stage: a task on a warm worker, its commit
     actor_start_s: float  # one actor ready to answer (process start + imports)
     worker_bytes: int  # PSS of one Ray worker process with shardwalk's libraries imported
     torch_worker_bytes: int  # the same with torch imported (scoring actors)
@@ -67,6 +68,7 @@ class Constants:
     hop_s_per_feature: float  # plus this × rows on the agent × dim
     handoff_s: float  # one actor-to-actor call carrying a token
     partition_s_per_edge: float  # Kernighan–Lin partitioning of the agent graph
+    graph_s_per_edge: float  # generating the agent graph and placing the data on it
     ref_rows: int = 20_000
     ref_M: int = 16
     ref_ef_construction: int = 200

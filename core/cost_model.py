@@ -172,8 +172,8 @@ def _threads_speedup(c: Constants, threads: float) -> float:
 
 
 def _stage(name: str, c: Constants, seconds: float, work: str, cores: float, hashed: float = 0.0) -> StageCost:
-    """A stage: its first task's start-up, its work, and the sha256 of its committed output bytes."""
-    return StageCost(name, c.stage_start_s + seconds + hashed / c.sha256_bytes_per_s, work, cores)
+    """A stage: its task's overhead on a warm worker, its work, and the sha256 of its committed output bytes."""
+    return StageCost(name, c.stage_overhead_s + seconds + hashed / c.sha256_bytes_per_s, work, cores)
 
 
 def _start(c: Constants) -> StageCost:
@@ -182,13 +182,16 @@ def _start(c: Constants) -> StageCost:
 
 
 def _ingest(c: Constants, rows: int, dim: int, cores: float) -> StageCost:
-    data = rows * (4 * dim + 16)
-    return _stage("ingest", c, data / (c.parquet_bytes_per_s * cores), f"read, validate, write {data / 1e9:.2f} GB",
-                  cores, data)
+    data = rows * (4 * dim + 16)  # the first stage's workers import the pipeline's modules
+    return _stage("ingest", c, c.stage_start_s + data / (c.parquet_bytes_per_s * cores),
+                  f"read, validate, write {data / 1e9:.2f} GB", cores, data)
 
 
-def _ray_base(c: Constants, cluster: Cluster) -> int:
-    return c.ray_head_bytes + c.ray_node_bytes * (len(cluster.nodes) - 1)
+def _peak(c: Constants, cluster: Cluster, memory: Sequence[NodeMemory], transient: int = 0) -> int:
+    """The whole cluster's peak: Ray's own processes, an idle worker per CPU and the stage's task, what the
+    actors hold, and `transient` bytes in flight (the parts being read)."""
+    base = c.ray_head_bytes + c.ray_node_bytes * (len(cluster.nodes) - 1)
+    return base + (int(cluster.cpus) + 1) * c.worker_bytes + sum(m.need_bytes for m in memory) + transient
 
 
 def _budget(node: sizing.Node) -> int:
@@ -227,7 +230,7 @@ def plan_index(job: IndexJob, cluster: Cluster, cal: Calibration) -> Plan:
     memory = tuple(NodeMemory(i, a, a * (c.worker_bytes + shard_bytes), _budget(cluster.nodes[i]))
                    for i, a in zip(holders, per_node))
     stages = _index_stages(job, cluster, c, layout, max(per_node))
-    peak = _ray_base(c, cluster) + sum(m.need_bytes for m in memory) + int(cluster.cpus) * c.worker_bytes
+    peak = _peak(c, cluster, memory, job.rows * 4 * job.dim)
     info = {"shards": layout.shards, "replicas": job.replicas, "actors": actors, "threads_per_actor": layout.threads,
             "cpus_per_actor": layout.cpus_per_actor, "index_bytes": shard_bytes * layout.shards}
     problems = _bound_problem(cluster, actors, "shard actors (shards × replicas)")
@@ -320,7 +323,7 @@ def plan_coreset(job: ScoringJob, cluster: Cluster, cal: Calibration) -> Plan:
         stages.append(_stage("evaluate", c, c.torch_start_s + work / par,
                              f"{job.evaluate_models} fresh models × {job.evaluate_steps} steps", par))
     stages.append(_stage("report", c, 0.0, "figures", 1))
-    peak = _ray_base(c, cluster) + sum(m.need_bytes for m in memory) + int(cluster.cpus) * c.worker_bytes
+    peak = _peak(c, cluster, memory)
     info = {"layout": layout.mode, "actors": layout.actors, "why": layout.reason, "training_rows": train}
     problems = _bound_problem(cluster, layout.actors, "scoring actors (shards)")
     advice = ["fewer shards, or more nodes"] if problems else []
@@ -368,7 +371,7 @@ def plan_srrw(job: WalkJob, cluster: Cluster, cal: Calibration) -> Plan:
     stages = (
         _start(c),
         _ingest(c, job.rows, job.dim, cluster.cpus),
-        _stage("agents", c, job.edges * c.partition_s_per_edge / 2, f"graph of {job.edges:,} edges, placement", 1),
+        _stage("agents", c, job.edges * c.graph_s_per_edge, f"graph of {job.edges:,} edges, placement", 1),
         _stage("partition", c, job.edges * c.partition_s_per_edge * levels, f"{levels} bisection levels", 1),
         _stage("walk", c, c.actor_start_s + walk,
                f"{hops:,} hops, {handoffs * 1000:.1f} hand-offs per 1,000, {par:g} walking at once", par,
@@ -381,7 +384,7 @@ def plan_srrw(job: WalkJob, cluster: Cluster, cal: Calibration) -> Plan:
     held = min(1.0, (1 + 0.1 * job.halo) / job.partitions)  # own agents plus the halo's ghost copies
     actor = c.worker_bytes + int(8 * job.rows * job.dim * held) + 16 * job.tokens * job.agents
     memory = tuple(NodeMemory(i, a, a * actor, _budget(cluster.nodes[i])) for i, a in zip(holders, per_node))
-    peak = _ray_base(c, cluster) + sum(m.need_bytes for m in memory) + int(cluster.cpus) * c.worker_bytes
+    peak = _peak(c, cluster, memory)
     info = {"partitions": job.partitions, "tokens": job.tokens, "hops": hops, "seconds_per_hop": per_hop,
             "handoffs_per_hop": handoffs, "cut_fraction": job.cut_fraction}
     problems = _bound_problem(cluster, job.partitions, "walker actors (partitions)")

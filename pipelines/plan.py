@@ -20,7 +20,7 @@ from typing import Any
 from core import cost_model as cm
 from core.calibration import STANDARD_SHAPES, Calibration, NodeShape
 from core.datasets import is_builtin, parse_builtin
-from core.errors import ConfigError
+from core.errors import ConfigError, InputError
 from core.sizing import GIB, Node
 
 # rows, dim, classes of the built-in datasets (without loading them)
@@ -219,8 +219,8 @@ def check_fits(pipeline: str, config: dict[str, Any], nodes: list[Node], cal: Ca
     change. None when the job's size cannot be known before it runs (e.g. a source that cannot be read)."""
     try:
         job = job_of(pipeline, config, Sizes(), cut=False)
-    except ConfigError:
-        return None  # the stages report bad sources themselves, naming them
+    except (InputError, OSError):
+        return None  # the stages report bad sources and graphs themselves, naming them
     plan = cm.plan_job(job, cm.Cluster(tuple(nodes)), cal)
     if plan.fits:
         return plan

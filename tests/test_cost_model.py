@@ -19,10 +19,10 @@ CONSTANTS = calibration.Constants(
     build_s_per_row=1e-4, build_s_per_row_per_dim=1e-6, build_log_growth=0.1, query_s_per_row=2e-5,
     query_s_per_row_per_dim=2e-7, query_log_growth=0.1, thread_efficiency=0.9, index_memory_ratio=1.0,
     graph_s_per_row=1e-5, parquet_bytes_per_s=1e8, sha256_bytes_per_s=1e9, blas_flops_per_s=1e10,
-    ray_start_s=5.0, stage_start_s=1.0, actor_start_s=0.5, worker_bytes=100 << 20, torch_worker_bytes=250 << 20,
+    ray_start_s=5.0, stage_start_s=1.0, stage_overhead_s=0.25, actor_start_s=0.5, worker_bytes=100 << 20, torch_worker_bytes=250 << 20,
     ray_head_bytes=600 << 20, ray_node_bytes=50 << 20, ray_memory_fraction=0.7, train_s_per_unit=1e-9,
     torch_start_s=2.0, allreduce_s=3e-3, hop_s=2e-5, hop_s_per_feature=1e-8, handoff_s=2e-3,
-    partition_s_per_edge=1e-5,
+    partition_s_per_edge=1e-5, graph_s_per_edge=1e-6,
 )
 SHAPE = calibration.NodeShape("box", 8, 32 * GIB)
 CAL = calibration.Calibration(CONSTANTS, {"name": "test machine"}, {"box": SHAPE}, "box", "test.json")
@@ -40,7 +40,7 @@ def test_stage_time_is_work_over_throughput_times_cores_plus_fixed_costs() -> No
     rows, dim = 1_000_000, 128
     one, two = (cm.plan_index(cm.IndexJob(rows, dim), cluster(n), CAL) for n in (1, 2))
     data = rows * (4 * dim + 16)
-    fixed = CONSTANTS.stage_start_s + data / CONSTANTS.sha256_bytes_per_s
+    fixed = CONSTANTS.stage_overhead_s + CONSTANTS.stage_start_s + data / CONSTANTS.sha256_bytes_per_s
     assert stage(one, "ingest").seconds == pytest.approx(fixed + data / (1e8 * 8))
     assert stage(two, "ingest").seconds == pytest.approx(fixed + data / (1e8 * 16))
     assert stage(one, "start").seconds == CONSTANTS.ray_start_s + CONSTANTS.stage_start_s
@@ -52,7 +52,7 @@ def test_build_time_follows_rows_dim_and_the_calibrated_terms() -> None:
     per_row = (1e-4 + 1e-6 * 64) * (1 + 0.1 * math.log(200_000 / 20_000))
     read = 200_000 * 4 * 64 / 1e8
     hashed = sizing.index_bytes(200_000, 64, 16) / 1e9
-    assert stage(plan, "build").seconds == pytest.approx(1.0 + 0.5 + read + 200_000 * per_row + hashed)
+    assert stage(plan, "build").seconds == pytest.approx(0.25 + 0.5 + read + 200_000 * per_row + hashed)
     doubled = cm.plan_index(dataclasses.replace(job, ef_construction=400), cluster(1, cpus=1), CAL)
     assert stage(doubled, "build").seconds > 1.9 * stage(plan, "build").seconds - 2 * (1.5 + read + hashed)
 
@@ -110,7 +110,7 @@ def test_walk_hop_rate_from_compute_cut_handoffs_and_latency() -> None:
     hop = 2e-5 + 1e-8 * 20 * 40
     per_hop = hop + 0.01 * 2e-3
     assert plan.layout["seconds_per_hop"] == pytest.approx(per_hop)
-    assert stage(plan, "walk").seconds == pytest.approx(1.0 + 0.5 + 16 * 10_000 * per_hop / 2 + 16 * 2000 * 8 * 2 / 1e9)
+    assert stage(plan, "walk").seconds == pytest.approx(0.25 + 0.5 + 16 * 10_000 * per_hop / 2 + 16 * 2000 * 8 * 2 / 1e9)
     alone = cm.plan_srrw(dataclasses.replace(job, partitions=1), cluster(1, cpus=2), CAL)
     assert alone.layout["handoffs_per_hop"] == 0.0
     slow = dataclasses.replace(CAL, constants=dataclasses.replace(CONSTANTS, handoff_s=2e-2))
@@ -130,7 +130,7 @@ def test_coreset_score_stage_uses_the_scoring_layout_rule() -> None:
     plan = cm.plan_coreset(job, cluster(1, cpus=2), CAL)
     assert plan.layout["layout"] == "models" and plan.layout["actors"] == 2
     per_proxy = 100_000 * 15 * (40 * 256 + 256 * 10) * 1e-9
-    assert stage(plan, "score").seconds == pytest.approx(1.0 + 0.5 + 2.0 + 2 * per_proxy)
+    assert stage(plan, "score").seconds == pytest.approx(0.25 + 0.5 + 2.0 + 2 * per_proxy)
     assert [m.actors for m in plan.memory] == [2]
 
 
