@@ -244,12 +244,27 @@ def measure_ray() -> dict[str, float]:
         return 0.0
 
     stage_start, _ = _timed(lambda: ray.get(stage_imports.remote()))
+
+    @ray.remote(num_cpus=0)
+    def figures() -> None:  # a report stage: its modules (matplotlib), four PNG figures
+        import io
+
+        import matplotlib.pyplot as plt
+
+        import pipelines.reports  # noqa: F401
+        for _ in range(4):
+            fig, ax = plt.subplots(figsize=(6, 4))
+            ax.plot(np.random.default_rng(0).random(2000))
+            fig.savefig(io.BytesIO(), format="png", dpi=100)
+            plt.close(fig)
+
+    report, _ = _timed(lambda: ray.get(figures.remote()))
     stage_overhead = min(_timed(lambda: ray.get(stage_imports.remote()))[0] for _ in range(5))
     handoff = _ping_ms() / 1000
     for actor in (plain, with_torch):
         ray.kill(actor)
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    out = {"ray_start_s": started, "actor_start_s": actor_start, "stage_start_s": stage_start, "stage_overhead_s": stage_overhead,
+    out = {"ray_start_s": started, "actor_start_s": actor_start, "stage_start_s": stage_start, "stage_overhead_s": stage_overhead, "report_s": report,
            "worker_bytes": worker, "torch_worker_bytes": torch_worker, "ray_head_bytes": head,
            "ray_node_bytes": node, "ray_memory_fraction": resources.get("memory", 0) / physical,
            "handoff_s": handoff, "allreduce_s": 2 * handoff}  # all-reduce: not measured, two hand-offs' worth

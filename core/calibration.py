@@ -55,6 +55,7 @@ class Constants:
     ray_start_s: float  # embedded Ray start (or joining a cluster)
     stage_start_s: float  # a stage's first task on a fresh worker: imports, scheduling
     stage_overhead_s: float  # any later stage: a task on a warm worker, its commit
+    report_s: float  # a report stage: matplotlib imported in a fresh worker, a figure rendered
     actor_start_s: float  # one actor ready to answer (process start + imports)
     worker_bytes: int  # PSS of one Ray worker process with shardwalk's libraries imported
     torch_worker_bytes: int  # the same with torch imported (scoring actors)

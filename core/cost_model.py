@@ -20,6 +20,7 @@ from core.limits import actor_bound
 
 HEADROOM = 0.10  # share of a node's Ray memory a plan keeps free (allocator slack, Python garbage, spikes)
 MAX_NODES = 4096  # the smallest-cluster search gives up beyond this many nodes
+SELECT_ROUNDS = 8  # actor calls per coreset selection (prepare, the summaries CCS asks for, write)
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,8 @@ class ScoringJob:
     batch_size: int = 256
     layout: str = "auto"
     test_fraction: float = 0.2
+    methods: int = 4
+    rates: int = 4
     evaluate_models: int = 17  # one per (method, rate) plus the full-data model; 0 = evaluation off
     evaluate_steps: int = 600
     evaluate_batch: int = 128
@@ -187,11 +190,11 @@ def _ingest(c: Constants, rows: int, dim: int, cores: float) -> StageCost:
                   f"read, validate, write {data / 1e9:.2f} GB", cores, data)
 
 
-def _peak(c: Constants, cluster: Cluster, memory: Sequence[NodeMemory], transient: int = 0) -> int:
-    """The whole cluster's peak: Ray's own processes, an idle worker per CPU and the stage's task, what the
-    actors hold, and `transient` bytes in flight (the parts being read)."""
+def _peak(c: Constants, cluster: Cluster, memory: Sequence[NodeMemory]) -> int:
+    """The whole cluster's peak: Ray's own processes, an idle worker per CPU and the stage's task, and what
+    the actors hold."""
     base = c.ray_head_bytes + c.ray_node_bytes * (len(cluster.nodes) - 1)
-    return base + (int(cluster.cpus) + 1) * c.worker_bytes + sum(m.need_bytes for m in memory) + transient
+    return base + (int(cluster.cpus) + 1) * c.worker_bytes + sum(m.need_bytes for m in memory)
 
 
 def _budget(node: sizing.Node) -> int:
@@ -227,10 +230,11 @@ def plan_index(job: IndexJob, cluster: Cluster, cal: Calibration) -> Plan:
     actors = layout.shards * job.replicas
     per_node = _spread(actors, len(holders))
     shard_bytes = int(layout.bytes_per_shard * c.index_memory_ratio)
-    memory = tuple(NodeMemory(i, a, a * (c.worker_bytes + shard_bytes), _budget(cluster.nodes[i]))
+    staged = math.ceil(job.rows / layout.shards) * (4 * job.dim + 8)  # a primary keeps its raw rows while it builds
+    memory = tuple(NodeMemory(i, a, a * (c.worker_bytes + shard_bytes + staged), _budget(cluster.nodes[i]))
                    for i, a in zip(holders, per_node))
     stages = _index_stages(job, cluster, c, layout, max(per_node))
-    peak = _peak(c, cluster, memory, job.rows * 4 * job.dim)
+    peak = _peak(c, cluster, memory)
     info = {"shards": layout.shards, "replicas": job.replicas, "actors": actors, "threads_per_actor": layout.threads,
             "cpus_per_actor": layout.cpus_per_actor, "index_bytes": shard_bytes * layout.shards}
     problems = _bound_problem(cluster, actors, "shard actors (shards × replicas)")
@@ -267,7 +271,7 @@ def _index_stages(job: IndexJob, cluster: Cluster, c: Constants, layout: sizing.
     sweep = 6 * sample * layout.shards * per_query * (128 / job.ef) / speed
     stages.append(_stage("evaluate", c, c.actor_start_s + data / (c.parquet_bytes_per_s * cores) + exact + sweep,
                          f"exact search of {sample} samples over {job.rows:,} rows", cores))
-    stages.append(_stage("report", c, 0.0, "figures", 1))
+    stages.append(_stage("report", c, c.report_s, "figures", 1))
     return tuple(stages)
 
 
@@ -302,7 +306,8 @@ def plan_coreset(job: ScoringJob, cluster: Cluster, cal: Calibration) -> Plan:
     check_positive(rows=job.rows, dim=job.dim)
     c = cal.constants
     train = max(1, int(job.rows * (1 - job.test_fraction)))
-    actor_mem = min(n.memory_bytes for n in cluster.nodes) / 4  # workers.scorer.actor_memory_bytes
+    mems = [n.memory_bytes for n in cluster.nodes if n.cpus > 0]  # as workers.scorer.actor_memory_bytes
+    actor_mem = min(mems) / 4 if mems and min(mems) > 0 else 2e9
     layout = plan_scoring(train, job.dim, models=job.models, actors=job.shards, mode=job.layout,
                           actor_memory_bytes=actor_mem)
     holders = [i for i, n in enumerate(cluster.nodes) if n.cpus >= 1]
@@ -315,14 +320,17 @@ def plan_coreset(job: ScoringJob, cluster: Cluster, cal: Calibration) -> Plan:
         knn = plan_index(replace(job.knn, rows=job.rows, dim=job.dim), cluster, cal).stages
         stages += [s for s in knn if s.name in ("build", "knn_graph")]
     stages.append(_score_stage(job, train, layout, cluster, c))
-    stages.append(_stage("select", c, train * job.dim * 4 / c.parquet_bytes_per_s, "per-shard summaries", 1))
+    selections = job.methods * job.rates  # per method: fresh shard actors; per selection: a few rounds of calls
+    select = (job.methods * c.actor_start_s * math.ceil(job.shards / cluster.cpus)
+              + selections * SELECT_ROUNDS * c.handoff_s * 2 + train * 8 * 4 / c.parquet_bytes_per_s)
+    stages.append(_stage("select", c, select, f"{selections} selections from per-shard summaries", 1))
     if job.evaluate_models:
         unit = job.dim * job.evaluate_hidden + job.evaluate_hidden * job.classes
         work = job.evaluate_models * job.evaluate_steps * job.evaluate_batch * unit * c.train_s_per_unit
         par = min(cluster.cpus, job.evaluate_models)
         stages.append(_stage("evaluate", c, c.torch_start_s + work / par,
                              f"{job.evaluate_models} fresh models × {job.evaluate_steps} steps", par))
-    stages.append(_stage("report", c, 0.0, "figures", 1))
+    stages.append(_stage("report", c, c.report_s, "figures", 1))
     peak = _peak(c, cluster, memory)
     info = {"layout": layout.mode, "actors": layout.actors, "why": layout.reason, "training_rows": train}
     problems = _bound_problem(cluster, layout.actors, "scoring actors (shards)")
@@ -377,7 +385,7 @@ def plan_srrw(job: WalkJob, cluster: Cluster, cal: Calibration) -> Plan:
                f"{hops:,} hops, {handoffs * 1000:.1f} hand-offs per 1,000, {par:g} walking at once", par,
                job.tokens * job.agents * 8 * max(1, job.steps // max(job.checkpoint_every, 1))),
         _stage("evaluate", c, 2.0 * snapshots * job.rows * job.dim / c.blas_flops_per_s, f"{snapshots:,} snapshots", 1),
-        _stage("report", c, 0.0, "figures", 1),
+        _stage("report", c, c.report_s, "figures", 1),
     )
     holders = [i for i, n in enumerate(cluster.nodes) if n.cpus >= 1]
     per_node = _spread(job.partitions, len(holders))

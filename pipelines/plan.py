@@ -129,10 +129,12 @@ def job_of(pipeline: str, config: dict[str, Any], args: Sizes, *, cut: bool = Tr
 
 def _scoring_job(config: dict[str, Any], rows: int, dim: int, classes: int) -> cm.ScoringJob:
     proxy, evaluate, knn = config["proxy"], config["evaluate"], config["knn"]
-    models = len(config["select"]["methods"]) * len(config["select"]["rates"]) + 1 if evaluate["enabled"] else 0
+    methods, rates = len(config["select"]["methods"]), len(config["select"]["rates"])
+    models = methods * rates + 1 if evaluate["enabled"] else 0
     knn_job = (cm.IndexJob(rows, dim, M=knn["M"], ef_construction=knn["ef_construction"], ef=knn["ef"], k=knn["k"])
                if knn["enabled"] else None)
     return cm.ScoringJob(rows, dim, classes=classes, shards=config["shards"], models=proxy["models"],
+                         methods=methods, rates=rates,
                          epochs=proxy["epochs"], hidden=proxy["hidden"], batch_size=proxy["batch_size"],
                          layout=proxy.get("layout", "auto"), test_fraction=config["test_fraction"],
                          evaluate_models=models, evaluate_steps=evaluate["steps"], evaluate_batch=evaluate["batch_size"],

@@ -19,7 +19,7 @@ CONSTANTS = calibration.Constants(
     build_s_per_row=1e-4, build_s_per_row_per_dim=1e-6, build_log_growth=0.1, query_s_per_row=2e-5,
     query_s_per_row_per_dim=2e-7, query_log_growth=0.1, thread_efficiency=0.9, index_memory_ratio=1.0,
     graph_s_per_row=1e-5, parquet_bytes_per_s=1e8, sha256_bytes_per_s=1e9, blas_flops_per_s=1e10,
-    ray_start_s=5.0, stage_start_s=1.0, stage_overhead_s=0.25, actor_start_s=0.5, worker_bytes=100 << 20, torch_worker_bytes=250 << 20,
+    ray_start_s=5.0, stage_start_s=1.0, stage_overhead_s=0.25, report_s=3.0, actor_start_s=0.5, worker_bytes=100 << 20, torch_worker_bytes=250 << 20,
     ray_head_bytes=600 << 20, ray_node_bytes=50 << 20, ray_memory_fraction=0.7, train_s_per_unit=1e-9,
     torch_start_s=2.0, allreduce_s=3e-3, hop_s=2e-5, hop_s_per_feature=1e-8, handoff_s=2e-3,
     partition_s_per_edge=1e-5, graph_s_per_edge=1e-6,
@@ -66,12 +66,13 @@ def test_index_layout_is_core_sizing_plan_so_plan_and_run_agree() -> None:
         assert plan.layout["threads_per_actor"] == expected.threads
 
 
-def test_memory_per_node_is_shard_bytes_plus_one_worker_per_actor() -> None:
+def test_memory_per_node_is_shard_bytes_staged_rows_and_one_worker_per_actor() -> None:
     c = cluster(2)
     plan = cm.plan_index(cm.IndexJob(10_000_000, 128, shards=4, replicas=1), c, CAL)
     per_shard = math.ceil(sizing.index_bytes(10_000_000, 128, 16) / 4)
+    staged = 2_500_000 * (4 * 128 + 8)
     assert [m.actors for m in plan.memory] == [2, 2]
-    assert all(m.need_bytes == 2 * (per_shard + CONSTANTS.worker_bytes) for m in plan.memory)
+    assert all(m.need_bytes == 2 * (per_shard + staged + CONSTANTS.worker_bytes) for m in plan.memory)
     assert all(m.budget_bytes == int(20 * GIB * (1 - cm.HEADROOM)) for m in plan.memory)
     assert plan.fits
 
