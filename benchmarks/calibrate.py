@@ -232,8 +232,10 @@ def measure_ray() -> dict[str, float]:
     plain = Probe.remote(False)
     pid = ray.get(plain.pid.remote())
     actor_start = time.perf_counter() - began
+    began = time.perf_counter()
     with_torch = Probe.remote(True)
     torch_pid = ray.get(with_torch.pid.remote())
+    torch_actor_start = time.perf_counter() - began
     time.sleep(1.0)
     worker, torch_worker = pss_bytes(pid), pss_bytes(torch_pid)
 
@@ -264,7 +266,7 @@ def measure_ray() -> dict[str, float]:
     for actor in (plain, with_torch):
         ray.kill(actor)
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    out = {"ray_start_s": started, "actor_start_s": actor_start, "stage_start_s": stage_start, "stage_overhead_s": stage_overhead, "report_s": report,
+    out = {"ray_start_s": started, "actor_start_s": actor_start, "torch_actor_start_s": torch_actor_start, "stage_start_s": stage_start, "stage_overhead_s": stage_overhead, "report_s": report,
            "worker_bytes": worker, "torch_worker_bytes": torch_worker, "ray_head_bytes": head,
            "ray_node_bytes": node, "ray_memory_fraction": resources.get("memory", 0) / physical,
            "handoff_s": handoff, "allreduce_s": 2 * handoff}  # all-reduce: not measured, two hand-offs' worth

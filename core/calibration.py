@@ -57,6 +57,7 @@ class Constants:
     stage_overhead_s: float  # any later stage: a task on a warm worker, its commit
     report_s: float  # a report stage: matplotlib imported in a fresh worker, a figure rendered
     actor_start_s: float  # one actor ready to answer (process start + imports)
+    torch_actor_start_s: float  # the same for an actor that imports torch (scoring, selection)
     worker_bytes: int  # PSS of one Ray worker process with shardwalk's libraries imported
     torch_worker_bytes: int  # the same with torch imported (scoring actors)
     ray_head_bytes: int  # idle PSS of an embedded Ray head (GCS, raylet, agents) plus the driver

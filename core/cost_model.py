@@ -321,7 +321,7 @@ def plan_coreset(job: ScoringJob, cluster: Cluster, cal: Calibration) -> Plan:
         stages += [s for s in knn if s.name in ("build", "knn_graph")]
     stages.append(_score_stage(job, train, layout, cluster, c))
     selections = job.methods * job.rates  # per method: fresh shard actors; per selection: a few rounds of calls
-    select = (job.methods * c.actor_start_s * math.ceil(job.shards / cluster.cpus)
+    select = (job.methods * c.torch_actor_start_s * math.ceil(job.shards / cluster.cpus)
               + selections * SELECT_ROUNDS * c.handoff_s * 2 + train * 8 * 4 / c.parquet_bytes_per_s)
     stages.append(_stage("select", c, select, f"{selections} selections from per-shard summaries", 1))
     if job.evaluate_models:
@@ -352,7 +352,8 @@ def _score_stage(job: ScoringJob, train: int, layout: object, cluster: Cluster, 
         sync = steps * c.allreduce_s if actors > 1 else 0.0
         seconds = job.models * (per_proxy / actors * crowding + sync)
         work = f"{job.models} proxies data-parallel on {actors} actors, {steps:,} all-reduces each"
-    return _stage("score", c, c.actor_start_s + c.torch_start_s + seconds, work, min(actors, cluster.cpus))
+    starts = c.torch_actor_start_s * math.ceil(actors / cluster.cpus)  # actors beyond the cores start in turn
+    return _stage("score", c, starts + c.torch_start_s + seconds, work, min(actors, cluster.cpus))
 
 
 # ----------------------------------------------------------------------------- SRRW

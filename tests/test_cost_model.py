@@ -19,7 +19,7 @@ CONSTANTS = calibration.Constants(
     build_s_per_row=1e-4, build_s_per_row_per_dim=1e-6, build_log_growth=0.1, query_s_per_row=2e-5,
     query_s_per_row_per_dim=2e-7, query_log_growth=0.1, thread_efficiency=0.9, index_memory_ratio=1.0,
     graph_s_per_row=1e-5, parquet_bytes_per_s=1e8, sha256_bytes_per_s=1e9, blas_flops_per_s=1e10,
-    ray_start_s=5.0, stage_start_s=1.0, stage_overhead_s=0.25, report_s=3.0, actor_start_s=0.5, worker_bytes=100 << 20, torch_worker_bytes=250 << 20,
+    ray_start_s=5.0, torch_actor_start_s=1.5, stage_start_s=1.0, stage_overhead_s=0.25, report_s=3.0, actor_start_s=0.5, worker_bytes=100 << 20, torch_worker_bytes=250 << 20,
     ray_head_bytes=600 << 20, ray_node_bytes=50 << 20, ray_memory_fraction=0.7, train_s_per_unit=1e-9,
     torch_start_s=2.0, allreduce_s=3e-3, hop_s=2e-5, hop_s_per_feature=1e-8, handoff_s=2e-3,
     partition_s_per_edge=1e-5, graph_s_per_edge=1e-6,
@@ -131,7 +131,7 @@ def test_coreset_score_stage_uses_the_scoring_layout_rule() -> None:
     plan = cm.plan_coreset(job, cluster(1, cpus=2), CAL)
     assert plan.layout["layout"] == "models" and plan.layout["actors"] == 2
     per_proxy = 100_000 * 15 * (40 * 256 + 256 * 10) * 1e-9
-    assert stage(plan, "score").seconds == pytest.approx(0.25 + 0.5 + 2.0 + 2 * per_proxy)
+    assert stage(plan, "score").seconds == pytest.approx(0.25 + 1.5 + 2.0 + 2 * per_proxy)
     assert [m.actors for m in plan.memory] == [2]
 
 
