@@ -208,7 +208,7 @@ def _spread(count: int, holders: int) -> list[int]:
 
 def _bound_problem(cluster: Cluster, actors: int, what: str) -> list[str]:
     mem = sum(n.memory_bytes for n in cluster.nodes)
-    bound = actor_bound(cluster.cpus, mem, env={})
+    bound = actor_bound(cluster.cpus, mem)  # SHARDWALK_MAX_ACTORS applies, as in the run
     if actors > bound.limit:
         return [f"{actors} {what} exceed this cluster's actor bound {bound.limit} ({bound.reason})"]
     return []
