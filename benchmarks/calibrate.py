@@ -32,6 +32,7 @@ import numpy as np
 
 from core.calibration import DEFAULT_FILE, STANDARD_SHAPES, Calibration, Constants, NodeShape, save
 
+SHARD_ACTOR_MODULES = ("workers.hnsw_actor", "workers.hnsw_shard")  # the HnswShard module, after / before its split
 MAX_LOG_GROWTH = 0.3  # per ln(size): 3× HNSW's ln(n) search depth; more is noise from a loaded machine
 SIZES = {False: {"ref": 50_000, "small": 10_000, "queries": 2_000}, True: {"ref": 6_000, "small": 1_500, "queries": 500}}
 
@@ -219,9 +220,16 @@ def measure_ray() -> dict[str, float]:
     @ray.remote(num_cpus=0)
     class Probe:
         def __init__(self, torch_too: bool) -> None:
+            import importlib
+
             import hnswlib  # noqa: F401
 
-            import workers.hnsw_shard  # noqa: F401
+            for module in SHARD_ACTOR_MODULES:  # what a shard actor's process imports
+                try:
+                    importlib.import_module(module)
+                    break
+                except ModuleNotFoundError:
+                    continue
             if torch_too:
                 import core.proxy  # noqa: F401
 
