@@ -328,7 +328,7 @@ def plan_coreset(job: ScoringJob, cluster: Cluster, cal: Calibration) -> Plan:
         unit = job.dim * job.evaluate_hidden + job.evaluate_hidden * job.classes
         work = job.evaluate_models * job.evaluate_steps * job.evaluate_batch * unit * c.train_s_per_unit
         par = min(cluster.cpus, job.evaluate_models)
-        stages.append(_stage("evaluate", c, c.torch_start_s + work / par,
+        stages.append(_stage("evaluate", c, c.torch_actor_start_s + c.torch_start_s + work / par,
                              f"{job.evaluate_models} fresh models × {job.evaluate_steps} steps", par))
     stages.append(_stage("report", c, c.report_s, "figures", 1))
     peak = _peak(c, cluster, memory)
