@@ -110,6 +110,7 @@ class IndexJob:
     memory_fraction: float = sizing.MEMORY_FRACTION
     knn_graph: bool = True
     recall_sample: int = 500
+    nprobe: int = 0  # k-means routing: shards asked per query (0: all, as with hash routing)
 
 
 @dataclass(frozen=True)
@@ -261,14 +262,15 @@ def _index_stages(job: IndexJob, cluster: Cluster, c: Constants, layout: sizing.
     ]
     query_scale = job.ef / c.ref_ef
     per_query = _hnsw_s_per_row(c, shard_rows, job.dim, build=False, scale=query_scale)
-    if job.knn_graph:  # broadcast: every point is asked of every shard; the owners merge and write
-        answer = rows_per_node / job.replicas * layout.shards * per_query / speed
+    asked = min(job.nprobe, layout.shards) if job.nprobe else layout.shards
+    if job.knn_graph:  # every point is asked of `asked` shards (all: broadcast); the owners merge and write
+        answer = rows_per_node / job.replicas * asked * per_query / speed
         book = job.rows * c.graph_s_per_row / min(layout.shards, cores)
         stages.append(_stage("knn_graph", c, c.actor_start_s + answer + book,
-                             f"{job.rows:,} queries × {layout.shards} shards", cores, job.rows * (12 * job.k + 8)))
+                             f"{job.rows:,} queries × {asked} shards", cores, job.rows * (12 * job.k + 8)))
     sample = min(job.recall_sample, job.rows)
     exact = 2.0 * sample * job.rows * job.dim / (c.blas_flops_per_s * cores)
-    sweep = 6 * sample * layout.shards * per_query * (128 / job.ef) / speed
+    sweep = 6 * sample * asked * per_query * (128 / job.ef) / speed
     stages.append(_stage("evaluate", c, c.actor_start_s + data / (c.parquet_bytes_per_s * cores) + exact + sweep,
                          f"exact search of {sample} samples over {job.rows:,} rows", cores))
     stages.append(_stage("report", c, c.report_s, "figures", 1))

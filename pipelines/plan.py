@@ -120,7 +120,8 @@ def job_of(pipeline: str, config: dict[str, Any], args: Sizes, *, cut: bool = Tr
         raise ConfigError(f"shardwalk plan knows the index, coreset and srrw pipelines, not {pipeline!r}")
     rows, dim, classes = _size(config, args)
     if pipeline == "index":
-        keys = ("M", "ef_construction", "ef", "k", "shards", "replicas", "memory_fraction", "knn_graph", "recall_sample")
+        keys = ("M", "ef_construction", "ef", "k", "shards", "replicas", "memory_fraction", "knn_graph", "recall_sample",
+                "nprobe")
         return cm.IndexJob(rows, dim, **{k: config[k] for k in keys})
     if pipeline == "coreset":
         return _scoring_job(config, rows, dim, args.classes or classes or 10)

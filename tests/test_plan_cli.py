@@ -99,7 +99,7 @@ def test_parse_bytes_understands_units() -> None:
 def test_check_fits_refuses_an_index_larger_than_the_cluster_saying_what_to_change() -> None:
     config = {"source": "builtin:synthetic?n=100000000&d=64", "vector_column": "vector", "M": 16,
               "ef_construction": 200, "ef": 64, "k": 10, "shards": 0, "replicas": 2, "memory_fraction": 0.5,
-              "knn_graph": True, "recall_sample": 500}
+              "knn_graph": True, "recall_sample": 500, "nprobe": 0}
     with pytest.raises(ConfigError, match=r"does not fit.*change: \d+ nodes like these.*fewer replicas.*smaller M"):
         check_fits("index", config, [Node(2.0, 14 * GIB)], calibration.load())
     small = {**config, "source": "builtin:synthetic?n=10000&d=32", "replicas": 1}
