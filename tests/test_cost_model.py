@@ -191,3 +191,11 @@ def test_the_shipped_calibration_loads_and_names_its_machine() -> None:
     cal = calibration.load(calibration.DEFAULT_FILE)
     assert cal.machine["name"] and cal.machine["cpus"] >= 1
     assert cal.default_shape in cal.node_shapes
+
+
+def test_k_means_routing_asks_nprobe_shards_instead_of_all() -> None:
+    job = cm.IndexJob(1_000_000, 64, shards=4)
+    broadcast, routed = (stage(cm.plan_index(dataclasses.replace(job, nprobe=p), cluster(2), CAL), "knn_graph")
+                         for p in (0, 1))
+    assert "× 4 shards" in broadcast.work and "× 1 shards" in routed.work
+    assert routed.seconds < broadcast.seconds / 2
