@@ -30,6 +30,7 @@ EPILOG = """examples:
   shardwalk show 20261128-120000-index-ab12cd     (or a unique prefix, or: shardwalk show latest)
   shardwalk diff 20261128-120000 latest
   shardwalk query runs/cache/build-<key> --queries q.parquet -k 10 --out hits.parquet
+  shardwalk plan index --rows 100000000 --dim 768 --node-shape r5.8xlarge
 
 Every run writes runs/runs/<run id>/run.json; stage outputs live under runs/cache/ and are reused by any
 later run whose stage key (name, version, parameters, upstream keys) matches. RAY_ADDRESS or --address
@@ -121,7 +122,33 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--batch-size", type=int, default=256,
                        help="queries per search call without --out (latency percentiles are per batch; default 256)")
     query.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or embedded)")
+    _plan_parser(sub)
     return parser
+
+
+def _plan_parser(sub: argparse._SubParsersAction) -> None:
+    plan = sub.add_parser(
+        "plan", help="predict shards, actors, memory per node and wall time per stage; the smallest cluster that fits",
+        description="Predict a job before running it: shards and actors, memory per node (with headroom), whether "
+        "it fits, wall time per stage and the bottleneck. Without --nodes: the smallest cluster of --node-shape "
+        "that fits. Constants come from a calibration file (`python -m benchmarks.calibrate`).",
+    )
+    plan.add_argument("pipeline", metavar="PIPELINE", help="index, coreset or srrw")
+    plan.add_argument("--config", metavar="FILE.toml", help="TOML file of config keys (see examples/)")
+    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override one config key (repeatable), as for `shardwalk run`")
+    plan.add_argument("--rows", type=int, help="rows of the data (default: read from the source's Parquet footers)")
+    plan.add_argument("--dim", type=int, help="vector dimension (default: from the source's schema)")
+    plan.add_argument("--classes", type=int, help="coreset: label classes (default: the source's, else 10)")
+    plan.add_argument("--agents", type=int, help="srrw: agents (default: the configured graph's)")
+    plan.add_argument("--edges", type=int, help="srrw: edges of the agent graph (default: the configured graph's)")
+    plan.add_argument("--cut-fraction", type=float, help="srrw: share of edges between partitions (default: measured)")
+    plan.add_argument("--nodes", type=int, help="cluster size (default: the smallest that fits)")
+    plan.add_argument("--cpus-per-node", type=int, help="CPUs per node (default: the node shape's)")
+    plan.add_argument("--memory-per-node", metavar="SIZE", help="physical memory per node, e.g. 64GiB (default: the shape's)")
+    plan.add_argument("--node-shape", metavar="NAME", help="a node shape of the calibration or a cloud type (e.g. r5.8xlarge)")
+    plan.add_argument("--calibration", metavar="FILE", help="calibration JSON (default: $SHARDWALK_CALIBRATION or the shipped one)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -152,6 +179,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         resources = _connect(args.address)
         requested = module.actors(config) if hasattr(module, "actors") else actors_requested(config)
         check_actors(requested, actor_bound(resources.get("CPU", 1), resources.get("memory", 0)), pipeline.name)
+        _refuse_unfit(pipeline.name, config)
 
     with make_reporter(pipeline) as reporter:  # Ray starts (on_start) only if some stage is not a cache hit
         record = Runner(pipeline, args.runs_dir, submit, force=args.force, config=config, on_event=reporter,
@@ -184,6 +212,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"shardwalk: stage '{failed.name}' failed: {failed.error.splitlines()[0]}", file=sys.stderr)
     return EXIT_BAD_INPUT if failed.bad_input else EXIT_INTERNAL
+
+
+def _refuse_unfit(pipeline: str, config: dict) -> None:
+    """Exit 2 before any actor starts when the plan says the job does not fit the connected cluster."""
+    from core.calibration import load
+    from pipelines.plan import check_fits
+    from workers.cluster import cluster_nodes
+
+    if pipeline in ("index", "coreset", "srrw"):
+        check_fits(pipeline, config, cluster_nodes(), load())
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from pipelines.plan import run_plan
+
+    return run_plan(args)
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -274,7 +318,7 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show, "diff": _cmd_diff, "export": _cmd_export,
-            "gc": _cmd_gc, "query": _cmd_query}
+            "gc": _cmd_gc, "query": _cmd_query, "plan": _cmd_plan}
 
 
 def _interrupt(signum: int, frame: object) -> None:

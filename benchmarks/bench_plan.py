@@ -1,0 +1,229 @@
+"""Predictions of `shardwalk plan` against measurements: wall time and peak memory of real runs.
+
+    python -m benchmarks.bench_plan --json benchmarks/results/plan_validation.json           # ~1.5 h (1M rows)
+    python -m benchmarks.bench_plan --quick --json benchmarks/results/plan_validation.json   # ~15 min, no 1M
+    python -m benchmarks.bench_plan --only index-200k,srrw-karate-2 --json F   # rerun noisy points into F
+    python -m benchmarks.bench_plan --smoke --json /tmp/plan.json              # tiny sizes: does it run?
+
+Every point runs `shardwalk run PIPELINE` in a fresh process with a fresh runs directory (no cache hits),
+sampling the PSS of the whole process tree (driver, Ray, every worker; benchmarks/memory.py) every 0.5 s,
+and compares wall time, each stage's seconds and the peak with what `core.cost_model` predicts from the
+calibration in use (the shipped one, or --calibration). Points: the index pipeline at 100k, 200k and 1M
+rows (128-d, bench_scale's clustered data), coreset scoring at two sizes, SRRW on two graphs with 1 and 2
+walker actors, and the index pipeline at 100k on a simulated 3-node cluster (`ray.cluster_utils.Cluster`:
+a head without CPUs and two 1-CPU nodes). A row is `within_35pct` when both its time and its peak memory
+are within ±35 % of the measurement. The load average is recorded around every point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.memory import TreeSampler, pss_bytes
+from core import cost_model as cm
+from core.calibration import Calibration, load
+from core.sizing import Node
+
+TOLERANCE = 0.35
+
+
+@dataclass(frozen=True)
+class Point:
+    """One validation point: a pipeline, its --set options, the data it writes first, and where it runs.
+    The model sees the job exactly as `shardwalk plan` derives it from the same config."""
+
+    name: str
+    pipeline: str
+    sets: dict[str, Any]
+    data: Callable[[Path], None] = field(default=lambda work: None)
+    simulated_nodes: int = 0  # > 0: run on a ray.cluster_utils.Cluster (head without CPUs + this many 1-CPU nodes)
+
+
+def _vectors_dir(n: int, dim: int = 128) -> Callable[[Path], None]:
+    def write(work: Path) -> None:
+        import pyarrow.parquet as pq
+
+        from benchmarks.bench_scale import PART_ROWS, _centres, generate_rows, vectors_table
+
+        (work / "data").mkdir(parents=True, exist_ok=True)
+        centres = _centres(n, dim, 0)
+        for part, start in enumerate(range(0, n, PART_ROWS)):
+            rows = min(PART_ROWS, n - start)
+            x = generate_rows(rows, dim, 0, part + 1, centres)
+            pq.write_table(vectors_table(np.arange(start, start + rows), x), work / "data" / f"part-{part:05d}.parquet")
+    return write
+
+
+def _labelled_dir(n: int, dim: int = 40) -> Callable[[Path], None]:
+    def write(work: Path) -> None:
+        import pyarrow.parquet as pq
+
+        from core.datasets import synthetic
+        from core.schema import from_numpy
+
+        (work / "data").mkdir(parents=True, exist_ok=True)
+        x, y = synthetic(n, dim)
+        pq.write_table(from_numpy(x, labels=y), work / "data" / "part-00000.parquet")
+    return write
+
+
+def points(smoke: bool) -> list[Point]:
+    """The validation points (tiny sizes with `smoke`)."""
+    index_sizes = {"100k": 100_000, "200k": 200_000, "1m": 1_000_000} if not smoke else {"100k": 5_000}
+    out = [Point(f"index-{label}", "index", {}, _vectors_dir(n)) for label, n in index_sizes.items()]
+    proxy = {"proxy.models": 4, "proxy.epochs": 2 if smoke else 5, "evaluate.enabled": False}
+    for n in ((3_000,) if smoke else (20_000, 60_000)):
+        out.append(Point(f"coreset-{n // 1000}k", "coreset", {**proxy, "shards": 2}, _labelled_dir(n)))
+    steps = 2_000 if smoke else 20_000
+    for graph, source, extra in (("karate", "builtin:breast_cancer", {}),
+                                 ("barabasi_albert", "builtin:digits", {"graph.n": 900, "model.binarize": 5})):
+        for actors in (1, 2):
+            sets = {"graph.name": graph, "source": source, "partitions": actors, "tokens": 4, "steps": steps, **extra}
+            label = "ba900" if graph == "barabasi_albert" else graph
+            out.append(Point(f"srrw-{label}-{actors}", "srrw", sets))
+    n = 5_000 if smoke else 100_000
+    out.append(Point(f"index-{n // 1000}k-3nodes", "index", {}, _vectors_dir(n), simulated_nodes=2))
+    return out
+
+
+def _job(pipeline: str, sets: dict[str, Any]) -> Any:
+    """The job as `shardwalk plan` derives it from the same config (sizes from the source, graph measured)."""
+    from pipelines.config import load_config, pipeline_module
+    from pipelines.plan import Sizes, job_of
+
+    config = load_config(pipeline_module(pipeline), None, [f"{k}={_toml(v)}" for k, v in sets.items()])
+    return job_of(pipeline, config, Sizes())
+
+
+def _toml(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def run_point(point: Point, cal: Calibration, work: Path) -> dict[str, Any]:
+    """Run one point, predict it, and compare."""
+    point.data(work)
+    sets = dict(point.sets) | ({"source": str(work / "data")} if (work / "data").exists() else {})
+    job = _job(point.pipeline, sets)
+    load_before = os.getloadavg()
+    if point.simulated_nodes:
+        measured, nodes = _run_on_simulated_cluster(point, sets, work)
+    else:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        nodes = [Node(float(os.cpu_count() or 1), int(physical * cal.constants.ray_memory_fraction))]
+        measured = _run_sampled(_command(point.pipeline, sets, work), None, baseline=0)
+    plan = cm.plan_job(job, cm.Cluster(tuple(nodes)), cal)
+    stages = _stage_seconds(work)
+    return _compare(point, plan, measured, stages, load_before)
+
+
+def _command(pipeline: str, sets: dict[str, Any], work: Path, address: str | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", pipeline, "--runs-dir", str(work / "runs")]
+    for key, value in sets.items():
+        cmd += ["--set", f"{key}={_toml(value)}"]
+    return cmd + (["--address", address] if address else [])
+
+
+def _run_sampled(cmd: list[str], root: int | None, baseline: int) -> dict[str, Any]:
+    """Wall seconds and peak PSS of `cmd`'s tree (or of `root`'s tree, which holds a simulated cluster)."""
+    began = time.perf_counter()
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        sampler = TreeSampler(proc.pid if root is None else root)
+        sampler.start()
+        _, err = proc.communicate()
+        sampler.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[3:6])}: exit {proc.returncode}: {err.strip().splitlines()[-1:]}")
+    return {"seconds": time.perf_counter() - began, "peak_bytes": sampler.peak_pss - baseline}
+
+
+def _run_on_simulated_cluster(point: Point, sets: dict[str, Any], work: Path) -> tuple[dict[str, Any], list[Node]]:
+    from benchmarks.faultkit import simulated_cluster
+    from workers.cluster import cluster_nodes
+
+    own = pss_bytes(os.getpid())
+    with simulated_cluster(workers=point.simulated_nodes) as cluster:
+        nodes = cluster_nodes()
+        measured = _run_sampled(_command(point.pipeline, sets, work, cluster.address), os.getpid(), own)
+    return measured, nodes
+
+
+def _stage_seconds(work: Path) -> dict[str, float]:
+    record = json.loads(next((work / "runs" / "runs").glob("*/run.json")).read_text())
+    return {name: s.get("seconds") or 0.0 for name, s in record["stages"].items()}
+
+
+def _within(predicted: float, measured: float) -> bool:
+    return measured > 0 and abs(predicted - measured) <= TOLERANCE * measured
+
+
+def _compare(point: Point, plan: cm.Plan, measured: dict[str, Any], stages: dict[str, float],
+             load_before: tuple[float, ...]) -> dict[str, Any]:
+    time_ok = _within(plan.seconds, measured["seconds"])
+    memory_ok = _within(plan.peak_bytes, measured["peak_bytes"])
+    per_stage = {s.name: {"predicted_seconds": round(s.seconds, 2), "measured_seconds": stages.get(s.name)}
+                 for s in plan.stages}
+    return {"name": point.name, "pipeline": point.pipeline, "settings": point.sets, "layout": plan.layout,
+            "nodes": len(plan.cluster.nodes), "predicted_seconds": round(plan.seconds, 2),
+            "measured_seconds": round(measured["seconds"], 2), "seconds_ratio": plan.seconds / measured["seconds"],
+            "predicted_peak_bytes": plan.peak_bytes, "measured_peak_bytes": measured["peak_bytes"],
+            "peak_ratio": plan.peak_bytes / max(measured["peak_bytes"], 1), "within_35pct_time": time_ok,
+            "within_35pct_memory": memory_ok, "within_35pct": time_ok and memory_ok, "stages": per_stage,
+            "bottleneck_predicted": plan.bottleneck.name,
+            "bottleneck_measured": max(stages, key=stages.get) if stages else None,
+            "load_average_before": list(load_before), "load_average_after": list(os.getloadavg())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", required=True, help="results file (rows of an existing file are kept unless rerun)")
+    parser.add_argument("--quick", action="store_true", help="skip the 1M-row index point")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs, measures nothing useful")
+    parser.add_argument("--only", default="", help="comma-separated point names to (re)run, e.g. index-200k,srrw-karate-2")
+    parser.add_argument("--calibration", help="calibration file (default: the shipped one)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    cal = load(args.calibration)
+    chosen = [p for p in points(args.smoke) if not (args.quick and p.name == "index-1m")]
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {p.name for p in chosen}
+        if unknown:
+            parser.error(f"unknown point(s) {sorted(unknown)}; choose from {[p.name for p in chosen]}")
+        chosen = [p for p in chosen if p.name in wanted]
+    previous = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() and args.only else {}
+    rows = {r["name"]: r for r in previous.get("rows", [])}
+    for point in chosen:
+        with tempfile.TemporaryDirectory(prefix="bench-plan-") as tmp:
+            try:
+                rows[point.name] = run_point(point, cal, Path(tmp))
+            except RuntimeError as exc:  # a failed run is recorded, and the other points still run
+                rows[point.name] = {"name": point.name, "error": str(exc)[:2000], "within_35pct": False}
+                print(f"{point.name:>22}: failed: {str(exc)[:300]}", flush=True)
+                continue
+        r = rows[point.name]
+        print(f"{r['name']:>22}: time {r['predicted_seconds']:8.1f} s predicted / {r['measured_seconds']:8.1f} s measured "
+              f"({r['seconds_ratio']:.2f}), peak {r['peak_ratio']:.2f}, within 35 %: {r['within_35pct']}, "
+              f"load {r['load_average_before'][0]:.1f}", flush=True)
+    result = {"calibration": {"file": cal.source, "machine": cal.machine}, "tolerance": TOLERANCE,
+              "smoke": args.smoke, "quick": args.quick, "rows": list(rows.values()),
+              "all_within_35pct": all(r["within_35pct"] for r in rows.values()),
+              "load_average_end": list(os.getloadavg())}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
