@@ -11,9 +11,16 @@ import pytest
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+def _order(item: pytest.Item) -> int:
+    """0: local Ray or none; 1: the shared simulated cluster; 2: multi-node tests that build their own."""
+    if item.get_closest_marker("multinode") is None:
+        return 0
+    return 1 if "ray_cluster" in getattr(item, "fixturenames", ()) else 2
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run multi-node tests last, so the session's local Ray is started once and shut down once."""
-    items.sort(key=lambda item: item.get_closest_marker("multinode") is not None)
+    """Local-Ray tests first, then every test on the shared simulated cluster, so each Ray starts once."""
+    items.sort(key=_order)
 
 
 @pytest.fixture(scope="session")
@@ -37,13 +44,39 @@ def ray_local(_ray_session: None) -> Iterator[None]:
     yield
 
 
-@pytest.fixture(scope="module")
+_SHARED: dict[str, object] = {}  # the one simulated cluster of the session, while tests use it
+
+
+@pytest.fixture
 def ray_cluster() -> Iterator[object]:
-    """A simulated cluster: head with 0 CPUs plus 2 worker nodes of 1 CPU; tests may add or remove nodes."""
+    """A simulated cluster (0-CPU head + 2 worker nodes of 1 CPU) shared by every test that asks for it.
+
+    Started on first use and kept across modules (each start costs ~10 s); a test that removes a worker
+    node adds one back, so every test begins with two live 1-CPU workers.
+    """
     from benchmarks.faultkit import simulated_cluster
 
-    with simulated_cluster(workers=2) as cluster:
-        yield cluster
+    if "cluster" not in _SHARED:
+        context = simulated_cluster(workers=2)
+        _SHARED["context"], _SHARED["cluster"] = context, context.__enter__()
+    yield _SHARED["cluster"]
+
+
+def _stop_shared_cluster() -> None:
+    context = _SHARED.pop("context", None)
+    _SHARED.pop("cluster", None)
+    if context is not None:
+        context.__exit__(None, None, None)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Stop the shared cluster once the tests that use it are done (tests are ordered by `_order`)."""
+    if _SHARED and _order(item) != 1:
+        _stop_shared_cluster()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _stop_shared_cluster()
 
 
 # ----------------------------------------------------------------------------- S3 (moto) on loopback
@@ -55,12 +88,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-# Set before Ray starts so every Ray worker inherits the endpoint and the dummy credentials.
-S3_PORT = int(os.environ.get("SHARDWALK_TEST_S3_PORT") or _free_port())
+# Set before Ray starts so every Ray worker inherits the endpoint and the dummy credentials. Each pytest-xdist
+# worker runs its own server: it takes a port of its own rather than the one its parent process chose.
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+S3_PORT = _free_port() if _XDIST_WORKER else int(os.environ.get("SHARDWALK_TEST_S3_PORT") or _free_port())
 os.environ["SHARDWALK_TEST_S3_PORT"] = str(S3_PORT)
 for _key, _value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                      "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "AWS_EC2_METADATA_DISABLED": "true"}.items():
-    os.environ.setdefault(_key, _value)
+    if _XDIST_WORKER and _key == "AWS_ENDPOINT_URL":
+        os.environ[_key] = _value
+    else:
+        os.environ.setdefault(_key, _value)
 
 
 @pytest.fixture(scope="session")

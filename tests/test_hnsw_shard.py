@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from benchmarks.faultkit import add_node
 from core import hnsw
 from core.datasets import synthetic
 from core.errors import ConfigError, CorruptArtifactError, DataError, ShardUnavailableError
@@ -296,3 +297,4 @@ def test_replicas_on_different_nodes_survive_a_node_loss(ray_cluster, data, quer
         after = index.search(queries, k=5)
         assert after.coverage == 1.0
         assert hnsw.recall_at_k(after.ids, full.ids) >= 0.95
+    add_node(ray_cluster)  # the cluster is shared: give back the lost node's CPU
