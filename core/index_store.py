@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from core import hnsw, sink, store
+from core import hnsw, node_cache, sink, store
 from core.io import MANIFEST
 
 
@@ -55,14 +55,14 @@ def fetch_index_json(uri: str) -> Path:
     """A verified local copy of the index's JSON files (what the driver reads before spawning shards)."""
     c = store.require_committed(uri)
     names = [rel for rel in c.manifest["files"] if rel.endswith(".json")]
-    return store.materialize(c.uri, names)[0]
+    return node_cache.materialize(c.uri, names)[0]
 
 
 def fetch_shard(uri: str, shard: int) -> Path:
     """A verified node-local copy of one shard's files (run inside the shard actor, on its node)."""
     c = store.require_committed(uri)
     names = [rel for rel in shard_names(shard) if rel in c.manifest["files"]]
-    return store.materialize(c.uri, names)[0]
+    return node_cache.materialize(c.uri, names)[0]
 
 
 def store_uri_of(path: str | os.PathLike) -> str | None:
@@ -70,4 +70,4 @@ def store_uri_of(path: str | os.PathLike) -> str | None:
     text = os.fspath(path)
     if store.is_remote(text):
         return text
-    return store.origin(text) if Path(text).is_dir() else None
+    return node_cache.origin(text) if Path(text).is_dir() else None

@@ -28,10 +28,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core import store
+from core import node_cache, store
 from core.errors import ShardwalkError
 
-NODE_MARKER = store.NODE_MARKER
+NODE_MARKER = node_cache.NODE_MARKER
 
 
 class NodeLocalPathError(ShardwalkError):
@@ -54,14 +54,14 @@ _ATTEMPT: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar("stage
 def scratch_root() -> Path | None:
     """Node-local scratch for output in progress (SHARDWALK_SCRATCH, else None: the system temp dir)."""
     root = os.environ.get("SHARDWALK_SCRATCH")
-    return store.mark_node_root(Path(root)) if root else None
+    return node_cache.mark_node_root(Path(root)) if root else None
 
 
 def own_roots() -> set[Path]:
     """This node's marked roots: its scratch and its download cache."""
     roots = {Path(os.environ[v]).resolve() for v in ("SHARDWALK_SCRATCH", "SHARDWALK_LOCAL_CACHE") if os.environ.get(v)}
     for root in roots:
-        store.mark_node_root(root)
+        node_cache.mark_node_root(root)
     return roots
 
 
@@ -119,7 +119,7 @@ def readable(path: str | os.PathLike) -> str:
         return text
     here = Path(text).absolute()
     for parent in [here, *here.parents]:
-        origin = store.origin(parent) if parent.is_dir() else None
+        origin = node_cache.origin(parent) if parent.is_dir() else None
         if origin is not None:
             rel = here.relative_to(parent).as_posix()
             return origin if rel == "." else store.join(origin, rel)

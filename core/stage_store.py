@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from core import sink, store
+from core import node_cache, sink, store
 
 
 def stage_uri(runs_dir: str, name: str, key: str) -> str:
@@ -60,7 +60,7 @@ def _execute(fn: Callable[..., Any], final: str, inputs: Mapping[str, str], para
     started = time.perf_counter()
     local_inputs, downloaded = {}, 0
     for arg, uri in inputs.items():
-        local_inputs[arg], fetched = store.materialize(uri)
+        local_inputs[arg], fetched = node_cache.materialize(uri)
         downloaded += fetched
     attempt = store.join(final, store.ATTEMPTS, store.new_attempt_id())
     with tempfile.TemporaryDirectory(prefix="shardwalk-stage-", dir=scratch_root()) as tmp, \

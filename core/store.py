@@ -18,7 +18,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import socket
 import tempfile
 import time
@@ -32,14 +31,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from core.errors import ConfigError, CorruptArtifactError, DataError
-from core.io import MANIFEST, atomic_file, build_manifest
+from core.io import MANIFEST, build_manifest
 
 SCHEMES = ("file", "s3", "gs", "gcs")
 ATTEMPTS = "attempts"
 ORIGIN = ".origin"  # in a node-local copy: the committed attempt it was downloaded from
-NODE_MARKER = ".shardwalk-node"  # in a node-local root (scratch, download cache) set explicitly per node
 CHUNK = 8 << 20
-DEFAULT_CACHE_BYTES = 20 << 30
 
 
 _BYTES_READ = [0]  # bytes this process read from stores (benchmarks report it for a cache-hit rerun)
@@ -275,7 +272,7 @@ def upload_dir(local: Path, uri: str, extra: dict[str, Any] | None = None, *, at
                     sent += len(block)
             stamp(manifest["files"][rel], join(attempt, rel))
         for rel, entry in (uploaded or {}).items():
-            manifest["files"][_safe_rel(attempt, rel)] = dict(entry)
+            manifest["files"][safe_rel(attempt, rel)] = dict(entry)
             manifest["rows"] += int(entry.get("rows", 0))
             sent += int(entry.get("bytes", 0))
         manifest["schemas"] = sorted({*manifest["schemas"], *schemas})
@@ -332,7 +329,7 @@ def uncommitted_attempts(uri: str) -> list[str]:
             if i.type == pafs.FileType.Directory and _manifest_of(join(uri, ATTEMPTS, i.base_name)) is None]
 
 
-def _safe_rel(attempt: str, rel: str) -> str:
+def safe_rel(attempt: str, rel: str) -> str:
     parts = rel.split("/") if isinstance(rel, str) else [""]
     if any(p in ("..", ".", "") or "\\" in p for p in parts):
         raise CorruptArtifactError(f"{attempt}: the manifest names an unsafe path {rel!r}")
@@ -347,7 +344,7 @@ def verify_attempt(c: Committed, names: Iterable[str] | None = None) -> None:
 
 def stream_object(c: Committed, rel: str, sink: Any) -> int:
     entry = c.manifest["files"].get(rel)
-    uri = join(c.uri, _safe_rel(c.uri, rel))
+    uri = join(c.uri, safe_rel(c.uri, rel))
     if not isinstance(entry, dict):
         raise CorruptArtifactError(f"{uri}: not listed in its manifest")
     fs, path = resolve(uri)
@@ -378,7 +375,7 @@ def unchanged_since_commit(c: Committed) -> bool:
     if not entries or not all(isinstance(e, dict) and e.get("etag") for e in entries.values()):
         return False
     for rel, entry in entries.items():
-        if etag(join(c.uri, _safe_rel(c.uri, rel))) != (entry.get("bytes"), entry["etag"]):
+        if etag(join(c.uri, safe_rel(c.uri, rel))) != (entry.get("bytes"), entry["etag"]):
             return False
     return True
 
@@ -386,7 +383,7 @@ def unchanged_since_commit(c: Committed) -> bool:
 def copy_object(c: Committed, rel: str, dest: str) -> None:
     """Copy one committed object to `dest` in the same store, verified: server-side when its size and ETag are
     still those recorded at commit (no bytes pass through this process), else streamed and hashed."""
-    entry, src = c.manifest["files"].get(rel), join(c.uri, _safe_rel(c.uri, rel))
+    entry, src = c.manifest["files"].get(rel), join(c.uri, safe_rel(c.uri, rel))
     if isinstance(entry, dict) and entry.get("etag") and etag(src) == (entry.get("bytes"), entry["etag"]):
         fs, path = resolve(src)
         with store_errors(dest):
@@ -423,78 +420,3 @@ def require_committed(uri: str) -> Committed:
     if not attempts:
         raise DataError(f"{uri}: no committed output there (no {MANIFEST} manifest)")
     return attempts[0]
-
-
-# ----------------------------------------------------------------------------- node-local cache
-
-
-def mark_node_root(root: Path) -> Path:
-    """Create `root` and mark it as this node's (for roots set explicitly per node; see core/sink.py)."""
-    root.mkdir(parents=True, exist_ok=True)
-    marker = root / NODE_MARKER
-    if not marker.is_file():
-        marker.write_text(str(root.resolve()))
-    return root
-
-
-def cache_root() -> Path:
-    """This node's download cache (SHARDWALK_LOCAL_CACHE, marked as this node's; else a per-user temp directory)."""
-    root = os.environ.get("SHARDWALK_LOCAL_CACHE")
-    return mark_node_root(Path(root)) if root else Path(tempfile.gettempdir(), f"shardwalk-cache-{os.getuid()}")
-
-
-def materialize(uri: str, names: Iterable[str] | None = None) -> tuple[Path, int]:
-    """A verified local copy of a committed remote output (or of the named files); returns it and bytes fetched.
-
-    Files already in the cache (same manifest digest) are reused; each download is hashed while it streams
-    and only renamed into place when it matches, so the cache never holds an unverified file.
-    """
-    c = require_committed(uri)
-    target = cache_root() / c.digest[:32]
-    target.mkdir(parents=True, exist_ok=True)
-    os.utime(target)  # most recently used: last to be evicted
-    fetched = 0
-    for rel in list(names) if names is not None else list(c.manifest["files"]):
-        dest = target / _safe_rel(c.uri, rel)
-        if dest.is_file() and dest.stat().st_size == c.manifest["files"].get(rel, {}).get("bytes"):
-            continue
-        with atomic_file(dest) as tmp, open(tmp, "wb") as sink:
-            fetched += stream_object(c, rel, sink)
-    _write_atomic(target / MANIFEST, json.dumps(c.manifest, indent=1, sort_keys=True))
-    _write_atomic(target / ORIGIN, c.uri)
-    evict(keep=target)
-    return target, fetched
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Several shard actors of one node may materialise into the same entry at once."""
-    with atomic_file(path) as tmp:
-        tmp.write_text(text)
-
-
-def origin(path: str | os.PathLike) -> str | None:
-    """The committed attempt a node-local copy came from (so actors on other nodes read the store, not it)."""
-    marker = Path(path) / ORIGIN
-    return marker.read_text().strip() if marker.is_file() else None
-
-
-def _tree_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def evict(keep: Path | None = None) -> list[Path]:
-    """Remove least recently used cache entries until the cache fits its byte budget."""
-    root = cache_root()
-    budget = int(os.environ.get("SHARDWALK_LOCAL_CACHE_BYTES", DEFAULT_CACHE_BYTES))
-    entries = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
-    sizes = {p: _tree_bytes(p) for p in entries}
-    total, removed = sum(sizes.values()), []
-    for p in entries:
-        if total <= budget:
-            break
-        if keep is not None and p.resolve() == keep.resolve():
-            continue
-        shutil.rmtree(p, ignore_errors=True)
-        total -= sizes[p]
-        removed.append(p)
-    return removed

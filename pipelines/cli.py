@@ -16,6 +16,7 @@ from pathlib import Path
 
 from core import store
 from core.errors import ConfigError, InputError, ShardwalkError, one_line
+from core.run_records import RunRecord
 from core.store import check_runs_dir
 from pipelines import PIPELINES
 
@@ -37,6 +38,10 @@ later run whose stage key (name, version, parameters, upstream keys) matches. RA
 joins a Ray cluster; otherwise an embedded local Ray starts (no dashboard, loopback only)."""
 
 
+EXPORT_HELP = ("also write the results under stable names (index/, knn_graph/, coresets/, srrw/, report.html) "
+               "to this directory or URI")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shardwalk",
@@ -52,6 +57,14 @@ def _parser() -> argparse.ArgumentParser:
         help="where run records and cached stage outputs live (default: ./runs or $SHARDWALK_RUNS_DIR)",
     )
 
+    _run_parser(sub, runs_dir)
+    _records_parsers(sub, runs_dir)
+    _query_parser(sub, runs_dir)
+    _plan_parser(sub)
+    return parser
+
+
+def _run_parser(sub: argparse._SubParsersAction, runs_dir: argparse.ArgumentParser) -> None:
     run = sub.add_parser(
         "run",
         parents=[runs_dir],
@@ -70,10 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address ('auto' joins the local cluster; default: $RAY_ADDRESS or embedded)")
     run.add_argument("--force", action="store_true", help="rerun every stage, ignoring cached outputs")
     run.add_argument("--show-config", action="store_true", help="print the resolved config (JSON) and exit")
-    export_help = "also write the results under stable names (index/, knn_graph/, coresets/, srrw/, report.html) to this directory or URI"
-    run.add_argument("--export", metavar="DIR_OR_URI", help=export_help)
+    run.add_argument("--export", metavar="DIR_OR_URI", help=EXPORT_HELP)
     run.add_argument("--overwrite", action="store_true", help="--export may replace a non-empty target")
 
+
+def _records_parsers(sub: argparse._SubParsersAction, runs_dir: argparse.ArgumentParser) -> None:
+    """export, runs, show, diff, gc: the commands that read or tidy what runs left."""
+    export_help = EXPORT_HELP
     export = sub.add_parser("export", parents=[runs_dir], help="export a finished run's results under stable names",
                             description="Export a run's results: " + export_help.split("results ", 1)[1] + ".")
     export.add_argument("run_id", metavar="RUN_ID", help="a run id, unique prefix or 'latest'")
@@ -102,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="only touch things older than this (e.g. 90s, 15m, 24h, 7d; default 24h: writers may still be uploading)")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
 
+
+def _query_parser(sub: argparse._SubParsersAction, runs_dir: argparse.ArgumentParser) -> None:
     query = sub.add_parser(
         "query", parents=[runs_dir], help="search a saved sharded HNSW index",
         description="Search a saved ShardedIndex with Parquet query vectors (an `id` and a `vector` column): a file, "
@@ -122,8 +140,6 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--batch-size", type=int, default=256,
                        help="queries per search call without --out (latency percentiles are per batch; default 256)")
     query.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or embedded)")
-    _plan_parser(sub)
-    return parser
 
 
 def _plan_parser(sub: argparse._SubParsersAction) -> None:
@@ -195,12 +211,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print_run(record.to_json(), args.runs_dir)
     if report:
         print(f"report: {report}")
-    for stage in record.stages.values():
-        if stage.warning:
-            print(f"shardwalk: warning: stage '{stage.name}': {stage.warning}", file=sys.stderr)
-    for stage in record.stages.values():  # results that finished but should not be trusted as they are
-        if (stage.metrics or {}).get("warning"):
-            print(f"shardwalk: warning: stage '{stage.name}': {stage.metrics['warning']}", file=sys.stderr)
+    _print_warnings(record)
     failed = record.failed_stage()
     if failed is None:
         if args.export:
@@ -212,6 +223,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"shardwalk: stage '{failed.name}' failed: {failed.error.splitlines()[0]}", file=sys.stderr)
     return EXIT_BAD_INPUT if failed.bad_input else EXIT_INTERNAL
+
+
+def _print_warnings(record: RunRecord) -> None:
+    """A stage's own warning, then results that finished but should not be trusted as they are."""
+    for stage in record.stages.values():
+        if stage.warning:
+            print(f"shardwalk: warning: stage '{stage.name}': {stage.warning}", file=sys.stderr)
+    for stage in record.stages.values():
+        if (stage.metrics or {}).get("warning"):
+            print(f"shardwalk: warning: stage '{stage.name}': {stage.metrics['warning']}", file=sys.stderr)
 
 
 def _refuse_unfit(pipeline: str, config: dict) -> None:

@@ -32,7 +32,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from core import store
+from core import node_cache, store
 from core.errors import ConfigError
 from pipelines.common import LABELS_FILE, read_label_map
 
@@ -42,7 +42,7 @@ SUCCESS = "_SUCCESS"
 
 def _outputs(record: dict[str, Any]) -> dict[str, Path]:
     """Each finished stage's output as a local directory: a verified node-local copy of a committed attempt."""
-    return {name: store.materialize(s["attempt"])[0] if s.get("attempt") else Path(s["output"])
+    return {name: node_cache.materialize(s["attempt"])[0] if s.get("attempt") else Path(s["output"])
             for name, s in record["stages"].items() if s.get("status") in DONE}
 
 

@@ -10,7 +10,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from core import store
+from core import node_cache, store
 from core.errors import ConfigError, CorruptArtifactError, DataError
 
 
@@ -82,18 +82,18 @@ def test_materialize_verifies_reuses_and_refuses_corruption(s3_bucket: str, tmp_
     monkeypatch.setenv("SHARDWALK_LOCAL_CACHE", str(tmp_path / "cache"))
     dest = f"{s3_bucket}/idx"
     c, _ = store.upload_dir(_output(tmp_path), dest)
-    local, fetched = store.materialize(dest)
+    local, fetched = node_cache.materialize(dest)
     assert fetched > 0 and pq.read_table(local / "part-0.parquet").num_rows == 5
-    assert store.origin(local) == c.uri
-    again, fetched = store.materialize(dest)
+    assert node_cache.origin(local) == c.uri
+    again, fetched = node_cache.materialize(dest)
     assert again == local and fetched == 0  # reused, nothing downloaded
     store.write_bytes(f"{c.uri}/part-0.parquet", b"garbage")
     (local / "part-0.parquet").unlink()
     with pytest.raises(CorruptArtifactError, match=f"{c.uri}/part-0.parquet"):
-        store.materialize(dest)
+        node_cache.materialize(dest)
     assert not (local / "part-0.parquet").exists()  # nothing unverified lands in the cache
     with pytest.raises(DataError, match="no committed output"):
-        store.materialize(f"{s3_bucket}/nothing")
+        node_cache.materialize(f"{s3_bucket}/nothing")
 
 
 def test_local_cache_is_bounded(s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,8 +101,8 @@ def test_local_cache_is_bounded(s3_bucket: str, tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("SHARDWALK_LOCAL_CACHE_BYTES", "1")
     store.upload_dir(_output(tmp_path, "a", rows=3), f"{s3_bucket}/one")
     store.upload_dir(_output(tmp_path, "b", rows=4), f"{s3_bucket}/two")
-    first, _ = store.materialize(f"{s3_bucket}/one")
-    second, _ = store.materialize(f"{s3_bucket}/two")
+    first, _ = node_cache.materialize(f"{s3_bucket}/one")
+    second, _ = node_cache.materialize(f"{s3_bucket}/two")
     assert second.is_dir() and not first.exists()  # the older entry was evicted, the one in use kept
 
 

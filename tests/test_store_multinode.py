@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from core import store
+from core import node_cache, store
 
 pytestmark = pytest.mark.multinode
 
@@ -46,7 +46,7 @@ def _run(pipeline: str, runs_dir: str, address: str, settings: list[str]) -> dic
 
 def _local(stage: dict[str, Any]) -> Path:
     """A verified local copy of a stage's committed output (a local runs dir's output is one already)."""
-    return store.materialize(stage["attempt"])[0] if stage.get("attempt") else Path(stage["output"])
+    return node_cache.materialize(stage["attempt"])[0] if stage.get("attempt") else Path(stage["output"])
 
 
 def _files(stage: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from core import store
+from core import node_cache, store
 from core.dag import Pipeline, Runner, StageOptions
 from core.io import MANIFEST
 
@@ -91,7 +91,7 @@ def test_a_path_on_another_nodes_disk_is_refused_and_copies_map_to_their_store_o
     out.mkdir(parents=True)
     pq.write_table(pa.table({"id": [1, 2]}), out / "p.parquet")
     store.upload_dir(tmp_path / "out", f"{s3_bucket}/stage")
-    copy, _ = store.materialize(f"{s3_bucket}/stage")  # node1's verified copy, under its marked cache
+    copy, _ = node_cache.materialize(f"{s3_bucket}/stage")  # node1's verified copy, under its marked cache
     attempt = store.require_committed(f"{s3_bucket}/stage").uri
     assert sink.readable(copy / "sub") == f"{attempt}/sub" and sink.readable(copy) == attempt
     monkeypatch.setenv("SHARDWALK_LOCAL_CACHE", str(tmp_path / "node0" / "cache"))  # now we are node0
@@ -124,7 +124,7 @@ def test_export_and_query_answers_with_a_store_runs_dir(ray_local: None, s3_buck
     assert main(["query", "latest", "--runs-dir", runs, "--queries", str(queries), "-k", "2", "--out", answers]) == 0
     committed = store.require_committed(answers)
     assert committed.manifest["kind"] == "query-answers" and committed.manifest["rows"] == 40
-    hits = pq.read_table(store.materialize(answers)[0]).to_pydict()  # verified against the manifest
+    hits = pq.read_table(node_cache.materialize(answers)[0]).to_pydict()  # verified against the manifest
     assert sorted(hits["id"]) == list(range(40)) and all(n[0] == i for i, n in zip(hits["id"], hits["neighbors"]))
 
     capsys.readouterr()
