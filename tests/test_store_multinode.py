@@ -62,7 +62,7 @@ def _graph(stage: dict[str, Any]) -> dict[int, list[int]]:
 
 
 def _selections(stage: dict[str, Any]) -> dict[str, list[int]]:
-    from workers.scorer import read_selection
+    from core.selection_names import read_selection
 
     root = _local(stage)
     return {p.name: read_selection(p).tolist() for p in sorted(root.iterdir()) if p.is_dir()}
