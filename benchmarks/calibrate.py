@@ -145,7 +145,7 @@ def measure_training(quick: bool) -> dict[str, float]:
     """Proxy training seconds per (example × epoch × (dim·hidden + hidden·classes)) on one thread; warm-up."""
     import torch
 
-    from core.proxy import score_shard
+    from core.proxy import ProxySpec, score_shard
 
     torch.set_num_threads(1)
     rows, dim, hidden, classes, epochs = (2000 if quick else 8000), 64, 128, 10, 2
@@ -154,8 +154,8 @@ def measure_training(quick: bool) -> dict[str, float]:
     ids = np.arange(rows, dtype=np.int64)
 
     def once() -> float:
-        return _timed(score_shard, x, y, ids, classes, total_rows=rows, models=1, epochs=epochs, hidden=hidden,
-                      batch_size=128)[0]
+        spec = ProxySpec(models=1, epochs=epochs, hidden=hidden, batch_size=128)
+        return _timed(score_shard, x, y, ids, classes, spec, total_rows=rows)[0]
 
     first, second = once(), once()
     unit = dim * hidden + hidden * classes
