@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from core import sizing
+from core import sizing, validate
 from core.calibration import Calibration, Constants, NodeShape
 from core.errors import ConfigError
 from core.limits import actor_bound
@@ -153,13 +153,6 @@ class WalkJob:
     record_every: int = 500
 
 
-def check_positive(**values: float) -> None:
-    """ConfigError naming the first value that is not > 0 (rows, dim, memory, ...)."""
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ConfigError(f"{name} must be > 0, got {value!r}")
-
-
 # ----------------------------------------------------------------------------- shared formulas
 
 
@@ -220,7 +213,7 @@ def _bound_problem(cluster: Cluster, actors: int, what: str) -> list[str]:
 
 def plan_index(job: IndexJob, cluster: Cluster, cal: Calibration) -> Plan:
     """Layout (core.sizing.plan), memory per node and stage times of the index pipeline on `cluster`."""
-    check_positive(rows=job.rows, dim=job.dim)
+    validate.positive(rows=job.rows, dim=job.dim)
     c = cal.constants
     try:
         layout = sizing.plan(cluster.nodes, job.rows, job.dim, job.M, shards=job.shards or None,
@@ -305,7 +298,7 @@ def plan_coreset(job: ScoringJob, cluster: Cluster, cal: Calibration) -> Plan:
     """Scoring layout (core.proxy.plan_scoring), memory and stage times of the coreset pipeline."""
     from core.proxy import plan_scoring  # imports torch: only when a coreset job is planned
 
-    check_positive(rows=job.rows, dim=job.dim)
+    validate.positive(rows=job.rows, dim=job.dim)
     c = cal.constants
     train = max(1, int(job.rows * (1 - job.test_fraction)))
     mems = [n.memory_bytes for n in cluster.nodes if n.cpus > 0]  # as workers.scorer.actor_memory_bytes
@@ -369,7 +362,7 @@ def handoffs_per_hop(job: WalkJob) -> float:
 
 def plan_srrw(job: WalkJob, cluster: Cluster, cal: Calibration) -> Plan:
     """Walker actors' memory and the walk's time from compute per hop, hand-offs per hop and their latency."""
-    check_positive(agents=job.agents, rows=job.rows, dim=job.dim)
+    validate.positive(agents=job.agents, rows=job.rows, dim=job.dim)
     c = cal.constants
     hop = c.hop_s + c.hop_s_per_feature * (job.rows / job.agents) * job.dim
     handoffs = handoffs_per_hop(job)

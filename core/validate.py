@@ -25,6 +25,13 @@ def integer(key: str, value: Any, minimum: int = 1) -> int:
     return int(value)
 
 
+def positive(**values: Any) -> None:
+    """ConfigError naming the first value that is not a number > 0 (rows, dim, agents, memory, ...)."""
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float | np.number) or not value > 0:
+            raise ConfigError(f"{key} must be > 0, got {value!r}")
+
+
 def number(key: str, value: Any, minimum: float = 0.0) -> float:
     """A finite number (not a bool) >= `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int | float | np.number) or not math.isfinite(value) \

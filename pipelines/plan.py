@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from core import cost_model as cm
+from core import validate
 from core.calibration import STANDARD_SHAPES, Calibration, NodeShape
 from core.datasets import is_builtin, parse_builtin
 from core.errors import ConfigError, InputError
@@ -106,7 +107,7 @@ def _size(config: dict[str, Any], args: Sizes) -> tuple[int, int, int | None]:
         dim = found_dim if dim is None else dim
     if dim is None:
         raise ConfigError(f"source {config['source']!r} has variable-length vectors: give --dim")
-    cm.check_positive(rows=rows, dim=dim)
+    validate.positive(rows=rows, dim=dim)
     return rows, dim, classes
 
 
@@ -149,7 +150,7 @@ def _walk_job(config: dict[str, Any], rows: int, dim: int, args: Sizes, measure_
         agents = graph_agents if agents is None else agents
         edges = graph_edges if edges is None else edges
         cut = graph_cut if cut is None else cut
-    cm.check_positive(agents=agents, edges=edges)
+    validate.positive(agents=agents, edges=edges)
     if not 0 <= cut <= 1:
         raise ConfigError(f"--cut-fraction must be in [0, 1], got {cut}")
     keys = ("tokens", "steps", "partitions", "halo", "checkpoint_every", "record_every")
