@@ -282,7 +282,7 @@ def partition(graph: nx.Graph, parts: int, *, seed: int = 0, weight: str | None 
     `weight` names an edge attribute to minimise instead of the edge count (e.g. a walk's probability
     flow μ_i P_ij, so the token crosses partitions as rarely as possible).
     """
-    _check_parts(graph, parts)
+    check_parts(graph, parts)
     out: dict[int, int] = {}
     _bisect(graph, sorted(graph.nodes()), parts, 0, seed, out, weight)
     return out
@@ -326,7 +326,7 @@ BALANCE = 1.10  # a part may hold up to 10 % more agents than an even share
 
 def range_partition(graph: nx.Graph, parts: int) -> dict[int, int]:
     """Contiguous ranges of the sorted agent ids (the naive baseline: it ignores the edges)."""
-    _check_parts(graph, parts)
+    check_parts(graph, parts)
     nodes = sorted(graph.nodes())
     bounds = np.linspace(0, len(nodes), parts + 1).astype(int)
     return {n: int(np.searchsorted(bounds, i, side="right") - 1) for i, n in enumerate(nodes)}
@@ -338,7 +338,7 @@ def louvain_partition(graph: nx.Graph, parts: int, *, seed: int = 0, weight: str
     Documented fallback: when the packing is more than 10 % off balance (a community larger than a share,
     or fewer communities than parts, e.g. a complete graph), the Kernighan–Lin `partition` is used instead.
     """
-    _check_parts(graph, parts)
+    check_parts(graph, parts)
     comms = nx.algorithms.community.louvain_communities(graph, weight=weight or "weight", seed=seed)
     load = [0] * parts
     out: dict[int, int] = {}
@@ -351,7 +351,8 @@ def louvain_partition(graph: nx.Graph, parts: int, *, seed: int = 0, weight: str
     return out
 
 
-def _check_parts(graph: nx.Graph, parts: int) -> None:
+def check_parts(graph: nx.Graph, parts: int) -> None:
+    """ConfigError unless `parts` is a count of actors the graph's agents can fill."""
     if not isinstance(parts, int) or isinstance(parts, bool) or parts < 1:
         raise ConfigError(f"partitions must be an integer >= 1, got {parts!r}")
     if parts > graph.number_of_nodes():

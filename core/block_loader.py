@@ -13,6 +13,7 @@ import pyarrow.dataset as pads
 from core.agents import agent_blocks
 from core.labelled import read_labelled
 from core.objectives import build_objective
+from core.sizing import walk_data_bytes
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class BlockLoader:
     intercept: bool = True
     binarize: int | None = None  # logistic on multi-class data: label >= binarize → 1
     classes: int | None = None
+
+    def data_bytes(self, dim: int) -> int:
+        """Bytes of every assigned row at θ's dimension `dim`, from the assignment's row count alone."""
+        return walk_data_bytes(pads.dataset(self.assignment).count_rows(), dim)
 
     def load(self, agents: list[int]) -> Any:
         """The objective restricted to `agents` (keyed by agent id), read straight from Parquet."""

@@ -151,6 +151,7 @@ class WalkJob:
     cut_fraction: float = 0.1
     checkpoint_every: int = 5000
     record_every: int = 500
+    replicate: bool | str = "auto"  # as WalkerLayout.replicate: "auto" is decided for the cluster planned on
 
 
 # ----------------------------------------------------------------------------- shared formulas
@@ -356,13 +357,17 @@ def _score_stage(job: ScoringJob, train: int, layout: object, cluster: Cluster, 
 
 def handoffs_per_hop(job: WalkJob) -> float:
     """Expected hand-offs per hop: the cut edges the walk crosses, halved by each halo ring (measured:
-    22.3 / 11.8 / 7.7 / 5.3 per 1,000 hops at halo 0..3 on a 2,000-agent RGG, i.e. ≈ cut / (1 + halo))."""
-    return 0.0 if job.partitions == 1 else job.cut_fraction / (1 + job.halo)
+    22.3 / 11.8 / 7.7 / 5.3 per 1,000 hops at halo 0..3 on a 2,000-agent RGG, i.e. ≈ cut / (1 + halo));
+    none when every actor holds every agent."""
+    return 0.0 if job.partitions == 1 or job.replicate is True else job.cut_fraction / (1 + job.halo)
 
 
 def plan_srrw(job: WalkJob, cluster: Cluster, cal: Calibration) -> Plan:
     """Walker actors' memory and the walk's time from compute per hop, hand-offs per hop and their latency."""
     validate.positive(agents=job.agents, rows=job.rows, dim=job.dim)
+    if job.replicate == "auto":  # the walker's own rule, on the cluster planned on
+        fits = sizing.replicate_fits(sizing.walk_data_bytes(job.rows, job.dim), job.partitions, cluster.nodes)
+        job = replace(job, replicate=fits)
     c = cal.constants
     hop = c.hop_s + c.hop_s_per_feature * (job.rows / job.agents) * job.dim
     handoffs = handoffs_per_hop(job)
@@ -385,11 +390,13 @@ def plan_srrw(job: WalkJob, cluster: Cluster, cal: Calibration) -> Plan:
     )
     holders = [i for i, n in enumerate(cluster.nodes) if n.cpus >= 1]
     per_node = _spread(job.partitions, len(holders))
-    held = min(1.0, (1 + 0.1 * job.halo) / job.partitions)  # own agents plus the halo's ghost copies
+    # own agents plus the halo's ghost copies, or all of them
+    held = 1.0 if job.replicate else min(1.0, (1 + 0.1 * job.halo) / job.partitions)
     actor = c.worker_bytes + int(8 * job.rows * job.dim * held) + 16 * job.tokens * job.agents
     memory = tuple(NodeMemory(i, a, a * actor, _budget(cluster.nodes[i])) for i, a in zip(holders, per_node))
     peak = _peak(c, cluster, memory)
-    info = {"partitions": job.partitions, "tokens": job.tokens, "hops": hops, "seconds_per_hop": per_hop,
+    info = {"partitions": job.partitions, "replicate": job.replicate, "tokens": job.tokens, "hops": hops,
+            "seconds_per_hop": per_hop,
             "handoffs_per_hop": handoffs, "cut_fraction": job.cut_fraction}
     problems = _bound_problem(cluster, job.partitions, "walker actors (partitions)")
     return Plan("srrw", cluster, info, stages, memory, peak, tuple(problems),

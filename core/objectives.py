@@ -65,6 +65,11 @@ class _Objective(abc.ABC):
     def nodes(self) -> list[int]:
         return sorted(self.blocks)
 
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of every agent's rows: what a walker actor holding all agents keeps (`replicate`)."""
+        return int(sum(x.nbytes + y.nbytes for x, y in self.blocks.values()))
+
     _PER_NODE = ("blocks",)  # dict attributes keyed by agent
 
     def _clone(self, keys: dict[int, int]) -> _Objective:

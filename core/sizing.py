@@ -100,3 +100,27 @@ def _fewest_shards(total: int, budgets: Sequence[int], fraction: float) -> int:
         f"the index needs ~{total / GIB:.2f} GiB but the cluster's nodes offer {sum(budgets) / GIB:.2f} GiB "
         f"in all (memory_fraction={fraction}): no number of shards fits; add nodes or memory"
     )
+
+
+# ----------------------------------------------------------------------------- SA-SRRW walker layout
+
+# Share of a node's memory that its walker actors' full copies of the agents' data may take before
+# `replicate = "auto"` falls back to partitioning (the rest: Ray, tokens in flight, the kernel's arrays).
+REPLICATE_MEMORY_FRACTION = 0.25
+
+
+def walk_data_bytes(rows: int, dim: int) -> int:
+    """Bytes of the agents' data as a walker holds it: float64 features (θ's dimension) and a label per row."""
+    return int(rows) * (int(dim) + 1) * 8
+
+
+def replicate_fits(data_bytes: int, partitions: int, nodes: Sequence[Node],
+                   fraction: float = REPLICATE_MEMORY_FRACTION) -> bool:
+    """Whether `partitions` actors can each hold all `data_bytes`: actors go one per CPU node in turn
+    (Ray's SPREAD), and every such node's share of copies must fit `fraction` of its memory. One partition
+    has nothing to gain; no CPU node means nothing is known, so both say no."""
+    holders = [n for n in nodes if n.cpus >= 1]
+    if partitions < 2 or not holders:
+        return False
+    per_node = math.ceil(partitions / len(holders))
+    return all(per_node * data_bytes <= fraction * n.memory_bytes for n in holders)

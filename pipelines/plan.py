@@ -153,7 +153,7 @@ def _walk_job(config: dict[str, Any], rows: int, dim: int, args: Sizes, measure_
     validate.positive(agents=agents, edges=edges)
     if not 0 <= cut <= 1:
         raise ConfigError(f"--cut-fraction must be in [0, 1], got {cut}")
-    keys = ("tokens", "steps", "partitions", "halo", "checkpoint_every", "record_every")
+    keys = ("tokens", "steps", "partitions", "halo", "checkpoint_every", "record_every", "replicate")
     return cm.WalkJob(agents, edges, rows, dim, cut_fraction=cut, **{k: config[k] for k in keys})
 
 

@@ -73,7 +73,8 @@ DEFAULTS: dict[str, Any] = {
     "partitions": 2,
     "partitioner": "kl",  # kl | louvain | range (core.srrw.walk_partition)
     "halo": 1,
-    "replicate": False,  # true: every walker actor holds every agent's data and the tokens are split (no hand-offs)
+    "replicate": "auto",  # true: every walker actor holds every agent's data and the tokens are split (no hand-offs);
+    #                       auto: so when a copy per actor fits the nodes' memory, else the agents are partitioned
     "checkpoint_every": 5000,
     "record_every": 500,
     "standardize": False,  # true: scale every feature to mean 0, variance 1 before the walk
@@ -94,7 +95,7 @@ def walker_layout(config: dict[str, Any]) -> WalkerLayout:
     """How the config spreads the walk over walker actors (the walk stage gets its partitions as a table)."""
     return WalkerLayout(partitions=config.get("partitions", 1), partitioner=config.get("partitioner", "kl"),
                         halo=config["halo"], checkpoint_every=config["checkpoint_every"],
-                        replicate=config.get("replicate", False))
+                        replicate=config.get("replicate", "auto"))
 
 
 def validate(config: dict[str, Any]) -> None:
@@ -237,6 +238,7 @@ def walk_stage(out: Path, ingest: Path, agents: Path, partition: Path, *, model:
     }), out / "trajectory.parquet")
     secs = result.stats["walk_seconds"]
     return {"tokens": len(toks), "handoffs": int(result.stats["handoffs"]),
+            "layout": "replicate" if result.stats["replicated"] else "partitioned",
             "hops_per_s": round(sum(t.n for t in toks) / secs, 1) if secs else None}
 
 
@@ -312,8 +314,7 @@ def add_walk_stages(p: Pipeline, config: dict[str, Any], *, data: str = "ingest"
                     partition_name: str = "partition", walk_name: str = "walk", curves_name: str = "evaluate") -> None:
     """Add `walk` (the tokens on walker actors) and its `evaluate` (curves against θ*) from a validated config."""
     settings = {k: config[k] for k in WALK_KEYS}
-    if config.get("replicate"):  # only when set, so the cache keys of existing walks stay as they were
-        settings |= {"replicate": True, "partitions": config["partitions"]}
+    settings |= {"replicate": config["replicate"], "partitions": config["partitions"]}
     p.stage(walk_name, walk_stage, inputs={"ingest": data, "agents": agents_name, "partition": partition_name},
             num_cpus=0, params={"model": config["model"], "settings": settings, "seed": config["seed"]})
     p.stage(curves_name, evaluate, inputs={"ingest": data, "agents": agents_name, "walk": walk_name}, version="3",

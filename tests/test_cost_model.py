@@ -105,7 +105,7 @@ def test_smallest_cluster_gives_up_with_a_config_error() -> None:
 
 def test_walk_hop_rate_from_compute_cut_handoffs_and_latency() -> None:
     job = cm.WalkJob(agents=2000, edges=16_000, rows=40_000, dim=40, tokens=16, steps=10_000, partitions=2,
-                     halo=1, cut_fraction=0.02)
+                     halo=1, cut_fraction=0.02, replicate=False)
     assert cm.handoffs_per_hop(job) == pytest.approx(0.01)
     plan = cm.plan_srrw(job, cluster(1, cpus=2), CAL)
     hop = 2e-5 + 1e-8 * 20 * 40
@@ -116,6 +116,16 @@ def test_walk_hop_rate_from_compute_cut_handoffs_and_latency() -> None:
     assert alone.layout["handoffs_per_hop"] == 0.0
     slow = dataclasses.replace(CAL, constants=dataclasses.replace(CONSTANTS, handoff_s=2e-2))
     assert stage(cm.plan_srrw(job, cluster(1, cpus=2), slow), "walk").seconds > stage(plan, "walk").seconds
+
+
+def test_walk_replicates_when_a_copy_per_actor_fits_as_the_walker_decides() -> None:
+    job = cm.WalkJob(agents=2000, edges=16_000, rows=40_000, dim=40, tokens=16, steps=10_000, partitions=2,
+                     cut_fraction=0.02)  # replicate = "auto": 13 MB of data per copy
+    big = cm.plan_srrw(job, cluster(2, cpus=2), CAL)
+    assert big.layout["replicate"] is True and big.layout["handoffs_per_hop"] == 0.0
+    tiny = cm.plan_srrw(job, cluster(1, cpus=2, ray_memory=40 << 20), CAL)  # 2 copies > a quarter of 40 MiB
+    assert tiny.layout["replicate"] is False and tiny.layout["handoffs_per_hop"] == pytest.approx(0.01)
+    assert stage(big, "walk").seconds < stage(tiny, "walk").seconds
 
 
 def test_one_token_walks_its_own_path_whatever_the_actors() -> None:

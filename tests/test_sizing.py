@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import ConfigError
-from core.sizing import GIB, Node, bytes_per_row, index_bytes, plan
+from core.sizing import GIB, Node, bytes_per_row, index_bytes, plan, replicate_fits, walk_data_bytes
 
 ROWS, DIM, M = 1_000_000, 128, 16
 
@@ -62,3 +62,14 @@ def test_bytes_per_row_counts_vector_and_links() -> None:
 def test_layouts_that_cannot_fit_are_refused(nodes: list[Node], kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         plan(nodes, ROWS, DIM, M, **kwargs)
+
+
+def test_walkers_replicate_only_when_every_node_holds_its_copies() -> None:
+    data = walk_data_bytes(1_000_000, 40)  # 328 MB per copy
+    assert data == 1_000_000 * 41 * 8
+    assert replicate_fits(data, 2, [Node(2, 24 * GIB)])  # two copies on one node: 656 MB <= 6 GiB
+    assert not replicate_fits(data, 2, [Node(2, 2 * GIB)])  # 656 MB > a quarter of 2 GiB
+    assert replicate_fits(data, 2, [Node(0, 1 * GIB), Node(1, 2 * GIB), Node(1, 2 * GIB)])  # one copy a CPU node
+    assert not replicate_fits(data, 2, [Node(1, 2 * GIB), Node(1, GIB)])  # the smaller node cannot hold its copy
+    assert not replicate_fits(data, 1, [Node(2, 24 * GIB)])  # one actor: nothing to replicate
+    assert not replicate_fits(data, 2, [Node(0, 24 * GIB)])  # no CPU node: nothing known

@@ -41,7 +41,7 @@ def test_distributed_matches_reference(ray_local, partitions):
     obj = _objective()
     kw = dict(steps=1500, alpha=5.0, seed=4, record_path=True, record_every=100, polyak=True)
     ref = run_sa_srrw(obj, LES, **kw)
-    dist = run_distributed_sa_srrw(obj, LES, partitions=partitions, **kw)
+    dist = run_distributed_sa_srrw(obj, LES, partitions=partitions, replicate=False, **kw)
     _assert_same(dist, ref)
     np.testing.assert_array_equal(dist.theta_bar, ref.theta_bar)
     if partitions > 1:
@@ -51,6 +51,22 @@ def test_distributed_matches_reference(ray_local, partitions):
     parts = walk_partition(chain, LES, partitions, seed=4)
     owner = np.asarray([parts[int(v)] for v in chain.nodes])
     assert count_handoffs(chain, ref.tokens[0].path, owner, halo=1) == dist.tokens[0].handoffs
+
+
+def test_auto_layout_replicates_when_the_data_fits_and_partitions_when_not(ray_local, monkeypatch):
+    import workers.walker as walker
+    from core.sizing import Node
+
+    obj = _objective()
+    kw = dict(steps=800, alpha=5.0, seed=4, tokens=4, record_path=True)
+    ref = run_sa_srrw(obj, LES, **kw)
+    fits = run_distributed_sa_srrw(obj, LES, partitions=2, **kw)  # replicate = "auto", the default
+    _assert_same(fits, ref)
+    assert fits.stats["replicated"] == 1.0 and fits.stats["handoffs"] == 0 and fits.stats["partitions"] == 2
+    monkeypatch.setattr(walker, "cluster_nodes", lambda: [Node(2, 4 * obj.data_bytes)])  # a copy each > 1/4
+    split = run_distributed_sa_srrw(obj, LES, partitions=2, **kw)
+    _assert_same(split, ref)
+    assert split.stats["replicated"] == 0.0 and split.stats["handoffs"] > 0
 
 
 def test_more_tokens_or_partitions_than_agents_are_config_errors(ray_local):
@@ -66,17 +82,18 @@ def test_more_tokens_or_partitions_than_agents_are_config_errors(ray_local):
 def test_concurrent_tokens_and_baselines_match(ray_local, base):
     obj = _objective()
     kw = dict(steps=600, seed=7, tokens=3, base=base, record_path=True, alpha=2.0 if base == "srw" else 0.0)
-    _assert_same(run_distributed_sa_srrw(obj, LES, partitions=2, **kw), run_sa_srrw(obj, LES, **kw))
+    _assert_same(run_distributed_sa_srrw(obj, LES, partitions=2, replicate=False, **kw), run_sa_srrw(obj, LES, **kw))
 
 
 def test_checkpoint_and_resume_continue_the_trajectory(ray_local, tmp_path):
     obj = _objective()
     kw = dict(alpha=10.0, seed=2, tokens=2, record_path=True)
-    first = run_distributed_sa_srrw(obj, LES, steps=350, checkpoint_dir=tmp_path, checkpoint_every=100, **kw)
+    first = run_distributed_sa_srrw(obj, LES, steps=350, checkpoint_dir=tmp_path, checkpoint_every=100,
+                                    replicate=False, **kw)
     assert sorted(p.name for p in tmp_path.glob("*.json")) == ["run.json", "token-0.json", "token-1.json"]
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
     resumed = run_distributed_sa_srrw(obj, LES, steps=800, checkpoint_dir=tmp_path, checkpoint_every=100,
-                                      resume=True, partitions=3, **kw)
+                                      resume=True, partitions=3, replicate=False, **kw)
     assert [t.n for t in first.tokens] == [350, 350]
     _assert_same(resumed, run_sa_srrw(obj, LES, steps=800, **kw))
     with pytest.raises(ConfigError, match="different settings"):
@@ -156,7 +173,8 @@ def test_pipeline_rejects_bad_config(tmp_path, capsys):
 def test_distributed_matches_reference_on_a_multinode_cluster(ray_cluster, tmp_path):
     obj = _objective()
     kw = dict(steps=800, alpha=10.0, seed=3, tokens=2, record_path=True)
-    dist = run_distributed_sa_srrw(obj, LES, partitions=2, checkpoint_dir=tmp_path, checkpoint_every=300, **kw)
+    dist = run_distributed_sa_srrw(obj, LES, partitions=2, replicate=False, checkpoint_dir=tmp_path,
+                                   checkpoint_every=300, **kw)
     _assert_same(dist, run_sa_srrw(obj, LES, **kw))
 
 

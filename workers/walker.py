@@ -10,6 +10,10 @@ at the end of each chunk), so the actor is never idle while tokens are in flight
 finished token is delivered to a small async `_TokenSink` actor, whose `wait(key)` ObjectRef is all the
 driver waits on. Tokens are checkpointed every N steps (core.token_store) and a run resumes from there.
 
+When every actor's copy of all agents' data fits its node (`replicate = "auto"`, the default), the actors
+instead all hold every agent and split the tokens: nothing is ever handed off, so throughput grows with
+actors up to the number of tokens. Partitioning is for data that no single actor can hold.
+
 Same seed ⇒ same node sequence and θ as `core.srrw.run_sa_srrw`, for any partitioning. Actors are spread
 over the cluster's nodes; on a multi-node cluster the checkpoint directory (and a `BlockLoader`'s Parquet
 paths) must be on storage every node can read. A lost actor loses its tokens: rerun with `resume=True`.
@@ -28,6 +32,7 @@ import numpy as np
 import ray
 
 from core import store
+from core.agents import check_parts
 from core.block_loader import BlockLoader
 from core.errors import ConfigError, ShardwalkError
 from core.io import read_json_sealed, write_json_sealed
@@ -37,6 +42,7 @@ from core.srrw.spec import RUN_OPTIONS, record_differences, resume_record, split
 from core.srrw.token import spec_tokens
 from core.token_store import checkpoint_hint, load_token, save_token
 from workers.autoconnect import ensure_ray
+from workers.cluster import cluster_nodes
 
 __all__ = ["RUN_META", "BlockLoader", "WalkPartition", "run_distributed_sa_srrw"]
 
@@ -224,7 +230,7 @@ def _start_actors(chain: SRRW, graph: nx.Graph, objective: Any, spec: WalkSpec, 
                   owner: np.ndarray, sink: Any, ckpt: str | None, actors: list[Any]) -> None:
     """One walker actor per partition (appended to `actors` as they start, so a failure can clean up)."""
     edges = np.asarray(list(graph.edges()), dtype=np.int64)
-    for p in range(layout.partitions if layout.replicate else int(owner.max()) + 1):
+    for p in range(min(layout.partitions, spec.tokens) if layout.replicate else int(owner.max()) + 1):
         mine = np.full(chain.num_nodes, p) if layout.replicate else owner  # replicated: every agent is p's
         held = np.flatnonzero(halo_mask(chain, mine == p, layout.halo))
         share = objective if isinstance(objective, BlockLoader) else objective.restrict(held)
@@ -241,7 +247,10 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
     `partitions=`, `partitioner=`, `halo=`, `checkpoint_every=`). Further keywords: `parts` (agent ->
     partition, overrides the partitioner), `checkpoint_dir`, `resume`, `dim` (needed with a
     `BlockLoader`, whose actors read their own agents' rows). More tokens or partitions than agents is
-    a ConfigError.
+    a ConfigError. With `replicate="auto"` (the default) every actor holds all agents and the tokens are
+    split between actors (no hand-offs, `parts` unused) whenever a copy per actor fits the nodes'
+    memory (`core.srrw.spec.replicate_fits`); otherwise the agents are partitioned. `stats["replicated"]`
+    says which ran.
     """
     ensure_ray()
     if spec is None:
@@ -255,6 +264,7 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
     chain = SRRW(graph, spec.alpha, spec.base)
     if spec.tokens > chain.num_nodes:
         raise ConfigError(f"tokens={spec.tokens} exceeds the number of agents ({chain.num_nodes}); use at most one token per agent")
+    check_parts(graph, layout.partitions)  # whether the layout then partitions or replicates
     dim = rest.get("dim")
     if isinstance(objective, BlockLoader):
         if dim is None:
@@ -262,6 +272,8 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
     else:
         objective = bind(objective, chain)
         dim = objective.dim
+    data = objective.data_bytes(dim) if isinstance(objective, BlockLoader) else objective.data_bytes
+    layout = layout.resolved(data, cluster_nodes())
     owner = _owner_map(chain, graph, spec, layout, rest.get("parts"))
     ckpt = str(rest["checkpoint_dir"]) if rest.get("checkpoint_dir") is not None else None
     toks = _initial_tokens(chain, dim, spec, ckpt, bool(rest.get("resume", False)))
@@ -284,10 +296,11 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
     finally:
         for actor in [*actors, sink]:
             ray.kill(actor)
-    return _result(results, seconds, busy)
+    return _result(results, seconds, busy, layout)
 
 
-def _result(results: list[tuple[Token | None, BaseException | None]], seconds: float, busy: list[dict]) -> SAResult:
+def _result(results: list[tuple[Token | None, BaseException | None]], seconds: float, busy: list[dict],
+            layout: WalkerLayout) -> SAResult:
     """The tokens back from the sink (re-raising a walker's failure) and the actors' counts."""
     done = []
     for token, error in results:
@@ -297,5 +310,6 @@ def _result(results: list[tuple[Token | None, BaseException | None]], seconds: f
     total = {k: float(sum(b[k] for b in busy)) for k in busy[0]}
     stats = {"walk_seconds": seconds, "handoffs": float(sum(t.handoffs for t in done)), "partitions": float(len(busy)),
              "actor_cpu_seconds": total["cpu_seconds"], "actor_kernel_cpu_seconds": total["kernel_cpu_seconds"],
-             "handoff_calls": total["calls_out"], "steps_walked": total["steps_walked"], "chunks": total["chunks"]}
+             "handoff_calls": total["calls_out"], "steps_walked": total["steps_walked"], "chunks": total["chunks"],
+             "replicated": float(layout.replicate)}
     return SAResult(np.mean([t.theta for t in done], axis=0), done, stats)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from core.errors import ConfigError
+from core.sizing import Node, replicate_fits
 from core.srrw.chain import check_chain_settings
 
 
@@ -122,7 +124,9 @@ class WalkerLayout:
     checkpoint_every: int = 0
     chunk: int = 0  # work between an actor's looks at its inbox: lock-step iterations (numpy kernel) or hops
     #                 per token (compiled kernel); 0: 1 iteration or 256 hops
-    replicate: bool = False  # every actor holds every agent; tokens are split over actors, never handed off
+    # True: every actor holds every agent and the tokens are split over actors, never handed off; "auto":
+    # so whenever a full copy of the data per actor fits the nodes (`replicate_fits`), else partitioned
+    replicate: bool | Literal["auto"] = "auto"
     num_cpus: float = 0
     timeout: float | None = None
 
@@ -136,12 +140,19 @@ class WalkerLayout:
         for name in ("halo", "checkpoint_every"):
             if not _is_count(getattr(self, name), 0):
                 raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        if not isinstance(self.replicate, bool):
-            raise ConfigError(f"replicate must be true or false, got {self.replicate!r}")
+        if not isinstance(self.replicate, bool) and self.replicate != "auto":
+            raise ConfigError(f"replicate must be true, false or 'auto', got {self.replicate!r}")
         if not _is_count(self.chunk, 0):
             raise ConfigError(f"chunk must be an integer >= 0, got {self.chunk!r}")
         if not _is_real(self.num_cpus) or self.num_cpus < 0:
             raise ConfigError(f"num_cpus must be a number >= 0, got {self.num_cpus!r}")
+
+
+    def resolved(self, data_bytes: int, nodes: Sequence[Node]) -> WalkerLayout:
+        """This layout with `replicate = "auto"` decided for `data_bytes` of agent data on `nodes`."""
+        if self.replicate != "auto":
+            return self
+        return dataclasses.replace(self, replicate=replicate_fits(data_bytes, self.partitions, nodes))
 
 
 RUN_OPTIONS = ("parts", "checkpoint_dir", "resume", "dim")  # per-run inputs that are neither spec nor layout
