@@ -167,7 +167,8 @@ def run_sampled(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, 
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])}...: exit {proc.returncode}")
     return {"seconds": time.perf_counter() - started, "peak_pss_bytes": sampler.peak_pss,
-            "peak_root_rss_bytes": sampler.peak_root_rss, "samples": sampler.samples, "stdout": out}
+            "peak_root_rss_bytes": sampler.peak_root_rss, "samples": sampler.samples,
+            "peak_breakdown": [[name, size] for name, size in sampler.peak_breakdown], "stdout": out}
 
 
 def _py(*args: str) -> list[str]:

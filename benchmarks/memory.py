@@ -45,6 +45,16 @@ def pss_bytes(pid: int) -> int:
     return 0
 
 
+def process_name(pid: int) -> str:
+    """What a process is, as `ps` shows it (Ray names its workers `ray::Actor.method` or `ray::IDLE`)."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    text = " ".join(w.decode(errors="replace") for w in words if w)
+    return text[:80] or "?"
+
+
 def rss_bytes(pid: int) -> int:
     try:
         return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -59,6 +69,7 @@ class TreeSampler(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.interval = root, interval
         self.peak_pss = self.peak_root_rss = self.samples = 0
+        self.peak_breakdown: list[tuple[str, int]] = []  # (process, PSS bytes) at the peak, largest first
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -67,7 +78,11 @@ class TreeSampler(threading.Thread):
             self._halt.wait(self.interval)
 
     def sample(self) -> None:
-        self.peak_pss = max(self.peak_pss, sum(pss_bytes(p) for p in descendants(self.root)))
+        sizes = {pid: pss_bytes(pid) for pid in descendants(self.root)}
+        if sum(sizes.values()) > self.peak_pss:
+            self.peak_pss = sum(sizes.values())
+            top = sorted(sizes.items(), key=lambda kv: -kv[1])[:12]
+            self.peak_breakdown = [(process_name(pid), size) for pid, size in top]
         self.peak_root_rss = max(self.peak_root_rss, rss_bytes(self.root))
         self.samples += 1
 

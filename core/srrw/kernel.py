@@ -28,7 +28,7 @@ from core.srrw.spec import Schedule
 from core.srrw.token import Token
 
 DONE, LEAVE, CHECKPOINT, FAILED = "done", "leave", "checkpoint", "failed"
-UNIFORMS = 256  # uniforms pre-drawn per token and refill: one Generator call per 256 hops
+UNIFORMS = 4096  # uniforms pre-drawn per token and refill: one Generator call (and kernel return) per 4,096 hops
 TABLE_CHUNK = 1 << 14
 
 
