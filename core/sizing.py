@@ -83,10 +83,19 @@ def plan(
             f"shards={shards}: each shard needs ~{per_shard / GIB:.2f} GiB but the largest node offers "
             f"{max(budgets) / GIB:.2f} GiB (memory_fraction={memory_fraction}); use more shards or bigger nodes"
         )
-    per_node = math.ceil(shards * replicas / len(holders))  # actors per node: every replica is one
-    cpus = min(n.cpus for n in holders) / per_node
-    cpus = math.floor(cpus * 1000) / 1000  # Ray counts CPUs in 1e-4 units: never ask for more than exists
+    cpus = cpus_per_actor(holders, shards * replicas)
     return ShardPlan(shards, cpus, max(1, math.floor(cpus + 1e-9)), per_shard)
+
+
+def cpus_per_actor(nodes: Sequence[Node], actors: int) -> float:
+    """Each actor's share of a node's CPUs when `actors` spread evenly over the nodes with CPUs (every
+    replica is one actor); its floor (at least 1) is the actor's hnswlib threads."""
+    holders = [n for n in nodes if n.cpus >= 1]
+    if not holders:
+        return 0.0
+    per_node = math.ceil(actors / len(holders))
+    cpus = min(n.cpus for n in holders) / per_node
+    return math.floor(cpus * 1000) / 1000  # Ray counts CPUs in 1e-4 units: never ask for more than exists
 
 
 def _fewest_shards(total: int, budgets: Sequence[int], fraction: float) -> int:

@@ -31,7 +31,7 @@ import ray
 
 from core import hnsw, hnsw_results, index_store, sink
 from core.errors import CorruptArtifactError, DataError, ShardStateError
-from core.io import confined, read_shard, write_json_atomic, write_parquet
+from core.io import confined, read_shard, release_arrow_memory, write_json_atomic, write_parquet
 from core.row_chunks import RowChunks
 from core.schema import check_unique, validate_vectors, vector_dim
 from workers.index_eval import peak_rss_bytes, rss_bytes
@@ -65,11 +65,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def _targets(ids: np.ndarray, vecs: np.ndarray, shards: int, router: dict[str, Any] | None) -> np.ndarray:
     """The shard each row goes to: the hash of its id, or its nearest k-means centroid."""
     return hnsw.hash_shard(ids, shards) if router is None else hnsw.Router.from_json(router).assign(vecs)
-
-
-def _release_arrow_memory() -> None:
-    """Hand freed Arrow buffers back to the OS (mimalloc keeps them otherwise: hundreds of MB after a read)."""
-    pa.default_memory_pool().release_unused()
 
 
 def _need(value: Any, step: str) -> Any:
@@ -129,7 +124,7 @@ class LocalHnswShard:
         self._released = 0
         staged = self.staged = RowChunks.from_table(table, vector_dim(table))  # views of the Arrow batches: no copy
         del table
-        _release_arrow_memory()  # the Parquet reader's transient buffers
+        release_arrow_memory()  # the Parquet reader's transient buffers
         rng = np.random.default_rng([seed, spec.index])
         pick = rng.choice(len(staged), size=min(sample, len(staged)), replace=False) if sample else np.empty(0, np.int64)
         return {"rows": len(staged), "dim": staged.dim, "start": spec.start, "sample": staged.take(np.sort(pick))}
@@ -174,7 +169,7 @@ class LocalHnswShard:
             self.staged = self.targets = None
         if released > self._released:
             self._released = released
-            _release_arrow_memory()
+            release_arrow_memory()
         return out if len(out) > 1 else out[0]
 
     def check_ids(self, refs: Sequence[Any], where: str) -> int:
@@ -224,7 +219,7 @@ class LocalHnswShard:
         check_unique(ids, "id", where)
         self.live, self.deleted = np.sort(ids), np.empty(0, np.int64)
         self._persist()
-        _release_arrow_memory()
+        release_arrow_memory()
         return self.stats()
 
     def _new_index(self, capacity: int) -> hnswlib.Index:

@@ -65,6 +65,13 @@ def plan_layout(source: Source, where: str, shards: int | None, replicas: int, M
     return sizing.plan(cluster_nodes(), rows, max(dim, 1), M, shards=shards, replicas=replicas, memory_fraction=memory_fraction)
 
 
+def cluster_threads(meta: IndexMeta) -> int:
+    """hnswlib threads per shard actor of a saved index on the connected cluster (core/sizing.py's rule:
+    a node's CPUs shared by the actors it holds), so a reopened index searches as fast as it was built,
+    even when the builder's CPUs were not yet released when it opened."""
+    return hnsw.threads_for(sizing.cpus_per_actor(cluster_nodes(), meta.shards * meta.replicas))
+
+
 def read_parts(
     prim: list[Any], specs: Sequence[Any], where: str, dim: int | None, sample: int, trusted: bool
 ) -> tuple[list[Any], list[dict[str, Any]], int]:

@@ -11,7 +11,7 @@ import ray
 
 from core import hnsw
 from core.datasets import hash_unit
-from core.io import read_shard
+from core.io import read_shard, releasing_arrow_memory
 from core.schema import to_numpy
 
 
@@ -27,6 +27,7 @@ def peak_rss_bytes() -> int:
 
 
 @ray.remote(num_cpus=1)
+@releasing_arrow_memory
 def sample_part(spec: Any, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The rows of one part whose seeded id hash falls below `fraction` (layout-independent sample)."""
     ids, vecs = to_numpy(read_shard(spec, ["id", "vector"]))
@@ -35,7 +36,9 @@ def sample_part(spec: Any, fraction: float, seed: int) -> tuple[np.ndarray, np.n
 
 
 @ray.remote(num_cpus=1)
+@releasing_arrow_memory
 def exact_part(spec: Any, queries: np.ndarray, k: int, space: str) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force top-k of `queries` within one part (merged by the caller into the exact answer)."""
     ids, vecs = to_numpy(read_shard(spec, ["id", "vector"]))
-    return hnsw.exact_search(queries, vecs, ids, k, space)
+    # 8,192 rows a block: the distance block and its temporaries stay ~50 MB (32,768 took ~200 MB a task)
+    return hnsw.exact_search(queries, vecs, ids, k, space, data_block=8192)

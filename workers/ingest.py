@@ -12,7 +12,7 @@ import ray
 
 from core import sink
 from core.errors import DataError
-from core.io import ShardSpec, read_shard
+from core.io import ShardSpec, read_shard, releasing_arrow_memory
 from core.schema import (
     ID,
     LABEL,
@@ -30,6 +30,7 @@ PART = "part-{:05d}.parquet"
 
 
 @ray.remote(num_cpus=1, max_retries=2)
+@releasing_arrow_memory
 def validate_shard(
     spec: ShardSpec, out_dir: str, where: str, require_label: bool, columns: Columns = Columns()
 ) -> dict[str, Any]:
@@ -61,6 +62,7 @@ def validate_shard(
 
 
 @ray.remote(num_cpus=1, max_retries=2)
+@releasing_arrow_memory
 def split_part_ids(part: dict[str, Any], buckets: int) -> Any:
     """Read one part's ids once and hand each bucket its share (`num_returns=buckets`)."""
     ids = pq.read_table(part["path"], columns=[ID]).column(ID).to_numpy()
@@ -75,6 +77,7 @@ def check_bucket_unique(*pieces: Piece) -> dict[str, Any]:
 
 
 @ray.remote(num_cpus=1, max_retries=2)
+@releasing_arrow_memory
 def encode_part(part: dict[str, Any], classes: list[int]) -> dict[str, Any]:
     """Rewrite one part (of `validate_shard`) with its labels replaced by class indices 0..K-1; its new entry."""
     table = encode_labels(pq.read_table(part["path"]), np.asarray(classes, dtype=np.int64))
@@ -82,6 +85,7 @@ def encode_part(part: dict[str, Any], classes: list[int]) -> dict[str, Any]:
 
 
 @ray.remote(num_cpus=1, max_retries=2)
+@releasing_arrow_memory
 def standardize_part(path: str, out_dir: str, name: str, mean: np.ndarray, scale: np.ndarray) -> dict[str, Any]:
     """Put one part with its vectors as (x - mean) / scale, other columns unchanged; its manifest entry."""
     table = pq.read_table(path)
@@ -93,6 +97,7 @@ def standardize_part(path: str, out_dir: str, name: str, mean: np.ndarray, scale
 
 
 @ray.remote(num_cpus=1, max_retries=2)
+@releasing_arrow_memory
 def summarise_part(path: str) -> dict[str, Any]:
     """Sufficient statistics of one part: per-dimension sums, norms, label counts."""
     table = pq.read_table(path)

@@ -76,6 +76,7 @@ class ShardedIndex:
         self._owned = str(workdir) if owned else None
         self._set_meta(meta)
         self._rr = 0
+        self.threads = 0  # hnswlib threads given to new actors (0: what each actor's reserved CPUs give)
         self._finalizer = self._register_cleanup()
 
     def _set_meta(self, meta: IndexMeta) -> None:
@@ -103,6 +104,13 @@ class ShardedIndex:
 
     def _add_replicas(self, cpus: float) -> None:
         index_actors.add_replicas(self.actors, self.meta.replicas, self.workdir, cpus, self._pgs)
+        self._thread([a for row in self.actors for a in row[1:]])
+
+    def _thread(self, actors: list[Any]) -> None:
+        """Newly started actors run `self.threads` hnswlib threads (the sizing rule's, not only the CPUs
+        they could reserve: a reserve taken while the last stage's actors still held the CPUs is short)."""
+        if self.threads and actors:
+            raykit.wait_all([a.set_threads.remote(self.threads) for a in actors], "set threads")
         self._renew_cleanup()
 
     @classmethod
@@ -147,7 +155,9 @@ class ShardedIndex:
         work, owned = index_actors.make_workdir(workdir)
         actors, pgs, cpus = cls._spawn_or_clean(layout.shards, replicas, work, cpus_per_actor)
         index = cls(IndexMeta(layout.shards, replicas, partition, space=space), actors, work, pgs, owned)
+        index.threads = layout.threads  # the node's CPUs, whatever was free to reserve just now
         try:
+            index._thread(index._primaries())
             index._build_restarting(cpus, inp)
             index._add_replicas(cpus)
         except BaseException:
@@ -173,6 +183,7 @@ class ShardedIndex:
                     raise
                 log.warning("%s; building again with new shard actors (restart %d of %d)", exc, attempt + 1, BUILD_RESTARTS)
                 self.actors = index_actors.replace_primaries(self.actors, self.workdir, cpus, self._pgs)
+                self._thread(self._primaries())
                 self._renew_cleanup()
 
     def _primaries(self) -> list[Any]:
@@ -202,6 +213,8 @@ class ShardedIndex:
         try:
             stats = raykit.wait_all([p.load_from.remote(remote or str(src)) for p in index._primaries()], f"open {remote or src}")
             index._record_sizes(stats)
+            index.threads = max(hnsw.threads_for(cpus), index_build.cluster_threads(index.meta))
+            index._thread(index._primaries())
             index._add_replicas(cpus)
         except BaseException:
             index.close()
@@ -349,6 +362,7 @@ class ShardedIndex:
 
     def set_threads(self, threads: int) -> None:
         """hnswlib threads of every shard actor (a restarted actor goes back to its reserved CPUs)."""
+        self.threads = threads
         raykit.wait_all([a.set_threads.remote(threads) for row in self.actors for a in row], "set threads")
 
     # ------------------------------------------------------------------ the all-points kNN graph
