@@ -293,7 +293,7 @@ def test_replicas_on_different_nodes_survive_a_node_loss(ray_cluster, data, quer
         primary_node = next(a["node_id"] for a in placed if a["replica"] == 0)
         victim = next(n for n in ray_cluster.worker_nodes if n.node_id == primary_node)
         ray_cluster.remove_node(victim, allow_graceful=False)
-        index.replica_timeout = 3.0  # a live replica answers these 100 queries in well under a second
+        index.replica_timeout = 10.0
         after = index.search(queries, k=5)
         assert after.coverage == 1.0
         assert hnsw.recall_at_k(after.ids, full.ids) >= 0.95
