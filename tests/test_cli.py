@@ -127,8 +127,19 @@ def test_console_script_bad_input_has_no_traceback(tmp_path) -> None:
     ]
 
 
+def _slow_pipeline_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `slow_pipeline` importable here (same module name, so the same cache keys as the CLI's runs)."""
+    from ray import cloudpickle
+
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    import slow_pipeline
+
+    cloudpickle.register_pickle_by_value(slow_pipeline)  # the session's Ray workers cannot import it
+
+
+@pytest.mark.ray
 @pytest.mark.slow
-def test_killed_driver_resumes_from_committed_stages(tmp_path) -> None:
+def test_killed_driver_resumes_from_committed_stages(ray_local, tmp_path, capsys, monkeypatch) -> None:
     runs, markers = tmp_path / "runs", tmp_path / "markers"
     markers.mkdir()
     args = ["run", "slow_pipeline", "--runs-dir", str(runs), "--set", f"marker_dir={markers}"]
@@ -141,13 +152,14 @@ def test_killed_driver_resumes_from_committed_stages(tmp_path) -> None:
     proc.communicate(timeout=60)
     assert [name.split("-")[0] for name in _committed(runs)] == ["numbers"]
 
-    rerun = _cli(args)
-    _, err = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, err
+    # the rerun and the clean run are new drivers too: in this process, on the session's Ray (no second start)
+    _slow_pipeline_in_process(monkeypatch)
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
     assert "stage numbers: cache hit" in err and "stage total: done" in err
     (clean_runs := tmp_path / "clean").mkdir()
-    clean = _cli(["run", "slow_pipeline", "--runs-dir", str(clean_runs), "--set", f"marker_dir={markers}"])
-    assert clean.wait(timeout=300) == 0
+    assert main(["run", "slow_pipeline", "--runs-dir", str(clean_runs), "--set", f"marker_dir={markers}"]) == 0
     for stage in ("numbers", "total"):
         resumed = next((runs / "cache").glob(f"{stage}-*")) / f"{stage}.parquet"
         fresh = next((clean_runs / "cache").glob(f"{stage}-*")) / f"{stage}.parquet"
