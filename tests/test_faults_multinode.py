@@ -49,7 +49,7 @@ def test_walk_resumes_from_its_checkpoint_after_losing_a_partitions_node(ray_clu
     obj, graph = walk_problem()
     ckpt = tmp_path / "ckpt"
     # One CPU per partition: with two 1-CPU workers each partition sits on its own worker node.
-    kw = {**WALK, "partitions": 2, "num_cpus": 1, "checkpoint_every": EVERY}
+    kw = {**WALK, "partitions": 2, "replicate": False, "num_cpus": 1, "checkpoint_every": EVERY}  # one agent half per node
     before = set(actors("WalkPartition", None))
     faulted = Background(lambda: run_distributed_sa_srrw(obj, graph, steps=STEPS, checkpoint_dir=ckpt,
                                                           timeout=20, **kw))
