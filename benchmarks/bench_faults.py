@@ -267,7 +267,7 @@ def walker_node_loss(cluster: Any, work: Path, quick: bool) -> dict[str, Any]:
 
     obj, graph = walk_problem()
     steps = 15_000 if quick else 40_000
-    kw = {"alpha": 5.0, "seed": 9, "tokens": 1, "partitions": 2, "num_cpus": 1, "checkpoint_every": 50}
+    kw = {"alpha": 5.0, "seed": 9, "tokens": 1, "partitions": 2, "replicate": False, "num_cpus": 1, "checkpoint_every": 50}
     began = time.perf_counter()
     clean = run_distributed_sa_srrw(obj, graph, steps=steps, checkpoint_dir=work / "clean", timeout=TIMEOUT_S, **kw)
     clean_s = time.perf_counter() - began
