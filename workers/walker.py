@@ -249,7 +249,7 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
     `BlockLoader`, whose actors read their own agents' rows). More tokens or partitions than agents is
     a ConfigError. With `replicate="auto"` (the default) every actor holds all agents and the tokens are
     split between actors (no hand-offs, `parts` unused) whenever a copy per actor fits the nodes'
-    memory (`core.srrw.spec.replicate_fits`); otherwise the agents are partitioned. `stats["replicated"]`
+    memory (`core.sizing.replicate_fits`); otherwise the agents are partitioned. `stats["replicated"]`
     says which ran.
     """
     ensure_ray()
