@@ -78,3 +78,23 @@ def test_bad_inputs():
         LogisticRegression({0: (np.ones((1, 2)), np.array([2]))})
     with pytest.raises(ConfigError, match="lam"):
         LogisticRegression({0: (np.ones((1, 2)), np.array([1]))}, lam=-1)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_stacked_loss_gradient_hessian_equal_the_agents_average(classes):
+    """f over every agent's stacked rows (one weighted sum) equals the average of the agents' mean losses."""
+    blocks = _blocks(n_agents=7, rows=3, d=4, classes=classes, seed=5)
+    obj = (LogisticRegression if classes == 2 else SoftmaxRegression)(blocks, lam=0.2)
+    theta = np.random.default_rng(6).normal(size=obj.dim)
+    n = len(blocks)
+    loss = sum(obj._loss_block(x, y, theta) for x, y in blocks.values()) / n + 0.1 * theta @ theta
+    grad = sum(obj.grad(k, theta) for k in blocks) / n
+    hess = sum(obj._weighted_hess(x, y, np.full(len(y), 1 / len(y)), theta) for x, y in blocks.values()) / n
+    np.testing.assert_allclose(obj.loss(theta), loss, rtol=1e-13)
+    np.testing.assert_allclose(obj.full_grad(theta), grad, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(obj.hessian(theta), hess + 0.2 * np.eye(obj.dim), rtol=1e-12, atol=1e-14)
+    right = sum(int((obj.predict(x, theta) == y).sum()) for x, y in blocks.values())
+    assert obj.accuracy(theta) == right / sum(len(y) for _, y in blocks.values())
+    part = obj.restrict([1, 4])  # a restricted copy stacks its own agents only
+    assert part.loss(theta) == pytest.approx((obj._loss_block(*blocks[1], theta) + obj._loss_block(*blocks[4], theta)) / 2
+                                             + 0.1 * theta @ theta, rel=1e-13)
