@@ -22,6 +22,7 @@ import hashlib
 import os
 import platform
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -206,6 +207,19 @@ def _tree_pss(root: int, skip_workers: bool) -> tuple[int, int]:
     return total, node
 
 
+def _walk_start() -> float:
+    """A 10-step walk on fresh walker actors: what a walk stage pays before its hops (actors, imports, kernel)."""
+    from core.agents import standard_graph
+    from core.objectives import build_objective
+    from workers.walker import run_distributed_sa_srrw
+
+    graph = standard_graph("karate")
+    rng = np.random.default_rng(0)
+    blocks = {n: (rng.normal(size=(4, 8)), rng.integers(0, 2, 4).astype(float)) for n in graph.nodes}
+    objective = build_objective("logistic", blocks, lam=0.1)
+    return _timed(run_distributed_sa_srrw, objective, graph, steps=10, tokens=4, partitions=1)[0]
+
+
 def measure_ray() -> dict[str, float]:
     """Embedded Ray's start-up and idle footprint, actor start-up and footprint, a stage's first task, hand-off."""
     import ray
@@ -272,13 +286,14 @@ def measure_ray() -> dict[str, float]:
     report, _ = _timed(lambda: ray.get(figures.remote()))
     stage_overhead = min(_timed(lambda: ray.get(stage_imports.remote()))[0] for _ in range(5))
     handoff = _ping_ms() / 1000
+    walk_start = statistics.median(_walk_start() for _ in range(3))
     for actor in (plain, with_torch):
         ray.kill(actor)
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     out = {"ray_start_s": started, "actor_start_s": actor_start, "torch_actor_start_s": torch_actor_start, "stage_start_s": stage_start, "stage_overhead_s": stage_overhead, "report_s": report,
            "worker_bytes": worker, "torch_worker_bytes": torch_worker, "ray_head_bytes": head,
            "ray_node_bytes": node, "ray_memory_fraction": resources.get("memory", 0) / physical,
-           "handoff_s": handoff, "allreduce_s": 2 * handoff}  # all-reduce: not measured, two hand-offs' worth
+           "handoff_s": handoff, "walk_start_s": walk_start, "allreduce_s": 2 * handoff}  # all-reduce: not measured, two hand-offs' worth
     ray.shutdown()
     return out
 

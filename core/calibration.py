@@ -19,7 +19,7 @@ from core.errors import ConfigError, CorruptArtifactError
 from core.io import read_json_sealed, write_json_sealed
 
 SCHEMA = "shardwalk-calibration"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: walk_start_s
 DEFAULT_FILE = Path(__file__).with_name("calibration.json")  # shipped with the package (measured here)
 ENV = "SHARDWALK_CALIBRATION"  # a calibration file to use instead of the shipped one
 
@@ -69,6 +69,7 @@ class Constants:
     hop_s: float  # one SRRW hop in a walker's loop, excluding the gradient's data term
     hop_s_per_feature: float  # plus this × rows on the agent × dim
     handoff_s: float  # one actor-to-actor call carrying a token
+    walk_start_s: float  # a walk's fixed cost: walker actors started (imports, numba cache load), first tokens back
     partition_s_per_edge: float  # Kernighan–Lin partitioning of the agent graph
     graph_s_per_edge: float  # generating the agent graph and placing the data on it
     ref_rows: int = 20_000

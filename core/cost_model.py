@@ -382,7 +382,7 @@ def plan_srrw(job: WalkJob, cluster: Cluster, cal: Calibration) -> Plan:
         _ingest(c, job.rows, job.dim, cluster.cpus),
         _stage("agents", c, job.edges * c.graph_s_per_edge, f"graph of {job.edges:,} edges, placement", 1),
         _stage("partition", c, job.edges * c.partition_s_per_edge * levels, f"{levels} bisection levels", 1),
-        _stage("walk", c, c.actor_start_s + walk,
+        _stage("walk", c, c.walk_start_s + walk,
                f"{hops:,} hops, {handoffs * 1000:.1f} hand-offs per 1,000, {par:g} walking at once", par,
                job.tokens * job.agents * 8 * max(1, job.steps // max(job.checkpoint_every, 1))),
         _stage("evaluate", c, 2.0 * snapshots * job.rows * job.dim / c.blas_flops_per_s, f"{snapshots:,} snapshots", 1),

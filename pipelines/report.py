@@ -8,14 +8,12 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")  # headless: workers and CI have no display
-import matplotlib.pyplot as plt
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 REPORT_FILES = ("report.md", "report.html")
 
@@ -30,9 +28,20 @@ class Section:
     table: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _pyplot() -> Any:
+    """matplotlib's pyplot, headless (workers and CI have no display), imported by the first figure only:
+    every stage of a pipeline imports its module, and only the report stage draws."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def figure(width: float = 6.4, height: float = 4.0, cols: int = 1) -> tuple[Figure, Any]:
     """A new figure with `cols` axes side by side (one axis, or an array of them) in the report's style."""
-    fig, axes = plt.subplots(1, cols, figsize=(width, height), dpi=110)
+    fig, axes = _pyplot().subplots(1, cols, figsize=(width, height), dpi=110)
     for ax in np.atleast_1d(axes):
         ax.grid(True, alpha=0.3)
     return fig, axes
@@ -42,7 +51,7 @@ def save_figure(fig: Figure, out: Path, name: str) -> str:
     """Save and close a figure; returns the file name to put in a Section."""
     fig.tight_layout()
     fig.savefig(out / name, format="png")
-    plt.close(fig)
+    _pyplot().close(fig)
     return name
 
 

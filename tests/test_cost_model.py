@@ -21,7 +21,7 @@ CONSTANTS = calibration.Constants(
     graph_s_per_row=1e-5, parquet_bytes_per_s=1e8, sha256_bytes_per_s=1e9, blas_flops_per_s=1e10,
     ray_start_s=5.0, torch_actor_start_s=1.5, stage_start_s=1.0, stage_overhead_s=0.25, report_s=3.0, actor_start_s=0.5, worker_bytes=100 << 20, torch_worker_bytes=250 << 20,
     ray_head_bytes=600 << 20, ray_node_bytes=50 << 20, ray_memory_fraction=0.7, train_s_per_unit=1e-9,
-    torch_start_s=2.0, allreduce_s=3e-3, hop_s=2e-5, hop_s_per_feature=1e-8, handoff_s=2e-3,
+    torch_start_s=2.0, allreduce_s=3e-3, hop_s=2e-5, hop_s_per_feature=1e-8, handoff_s=2e-3, walk_start_s=2.5,
     partition_s_per_edge=1e-5, graph_s_per_edge=1e-6,
 )
 SHAPE = calibration.NodeShape("box", 8, 32 * GIB)
@@ -111,7 +111,7 @@ def test_walk_hop_rate_from_compute_cut_handoffs_and_latency() -> None:
     hop = 2e-5 + 1e-8 * 20 * 40
     per_hop = hop + 0.01 * 2e-3
     assert plan.layout["seconds_per_hop"] == pytest.approx(per_hop)
-    assert stage(plan, "walk").seconds == pytest.approx(0.25 + 0.5 + 16 * 10_000 * per_hop / 2 + 16 * 2000 * 8 * 2 / 1e9)
+    assert stage(plan, "walk").seconds == pytest.approx(0.25 + 2.5 + 16 * 10_000 * per_hop / 2 + 16 * 2000 * 8 * 2 / 1e9)
     alone = cm.plan_srrw(dataclasses.replace(job, partitions=1), cluster(1, cpus=2), CAL)
     assert alone.layout["handoffs_per_hop"] == 0.0
     slow = dataclasses.replace(CAL, constants=dataclasses.replace(CONSTANTS, handoff_s=2e-2))

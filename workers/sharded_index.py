@@ -369,7 +369,7 @@ class ShardedIndex:
 
     def knn_graph(
         self, out_dir: str | os.PathLike, k: int = 10, ef: int = 64, nprobe: int | None = None,
-        batch_size: int = 4096, in_flight: int | None = None,
+        batch_size: int = graph_units.BATCH, in_flight: int | None = None,
     ) -> dict[str, Any]:
         """Write docs/design.md's knn-graph table (every live point, self excluded) as Parquet parts in `out_dir`.
 
