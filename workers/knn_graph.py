@@ -31,8 +31,8 @@ log = logging.getLogger("shardwalk")
 
 UNIT_ATTEMPTS = 4  # tries of one unit: the first plus retries after actor deaths
 # Points per unit: hnswlib starts its threads per call and idles on the call's tail; at 4,096 that cost 6 %
-# of the graph's time against one call over all points (200k × 128, 2 threads), at 16,384 it is small,
-# and two units in flight per shard still hold only a few MB.
+# of the graph's time against one call over all points (200k × 128, 2 threads). Four times fewer calls
+# (not yet measured end to end); two units in flight per shard still hold only a few MB.
 BATCH = 16_384
 IN_FLIGHT_PER_SHARD = 2  # units in flight per shard: one answering while the next is exported and written
 
