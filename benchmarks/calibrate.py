@@ -10,7 +10,7 @@ hnswlib build and query seconds per row at two dimensions and two sizes (→ the
 hnswlib's speed-up with all cores, index bytes against core.sizing's rule, kNN-graph bookkeeping per row,
 Parquet read+validate+write and sha256 throughput, float32 matmul flops, the embedded Ray's start-up and
 idle footprint, an actor's start-up and footprint (with and without torch), the first task of a stage,
-the actor→actor hand-off latency, proxy training time per example-unit and torch's warm-up, an SRRW hop's
+the actor→actor hand-off latency, a whole run's time outside its stages, proxy training time per example-unit and torch's warm-up, an SRRW hop's
 compute (two data sizes) and graph partitioning per edge.
 """
 
@@ -207,6 +207,30 @@ def _tree_pss(root: int, skip_workers: bool) -> tuple[int, int]:
     return total, node
 
 
+IDLE_DRIVER = ("import sys; import pipelines.cli; from pipelines.runtime import connect; connect(); "
+               "print('ready', flush=True); sys.stdin.readline()")  # ends (and stops its Ray) when stdin closes
+
+
+def _idle_driver_pss() -> tuple[int, int]:
+    """(PSS of a CLI-like driver with its embedded Ray, idle workers left out; PSS of the raylet and agents).
+
+    Measured in a fresh process: this one has imported torch and held every earlier measurement's arrays,
+    which a `shardwalk run` driver never has."""
+    import subprocess
+
+    with subprocess.Popen([sys.executable, "-c", IDLE_DRIVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError("the idle driver did not start Ray")
+            time.sleep(2.0)  # let the prestarted workers settle before the idle footprint is read
+            return _tree_pss(proc.pid, skip_workers=True)
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=120)
+
+
 def _walk_start() -> float:
     """A 10-step walk on fresh walker actors: what a walk stage pays before its hops (actors, imports, kernel)."""
     from core.agents import standard_graph
@@ -228,9 +252,8 @@ def measure_ray() -> dict[str, float]:
     from benchmarks.memory import pss_bytes
     from pipelines.runtime import connect
 
+    head, node = _idle_driver_pss()
     started, resources = _timed(connect)
-    time.sleep(2.0)  # let the prestarted workers settle before the idle footprint is read
-    head, node = _tree_pss(os.getpid(), skip_workers=True)
 
     @ray.remote(num_cpus=0)
     class Probe:
@@ -298,6 +321,35 @@ def measure_ray() -> dict[str, float]:
     return out
 
 
+def _outside_stages(env: dict[str, str]) -> float:
+    """One tiny `shardwalk run srrw` in a fresh process: its wall seconds less its stages' own seconds."""
+    import json
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="calibrate-driver-") as runs:
+        sets = {"graph.name": '"karate"', "source": '"builtin:breast_cancer"', "steps": 200, "tokens": 1, "partitions": 1}
+        cmd = [sys.executable, "-m", "pipelines.cli", "run", "srrw", "--runs-dir", runs]
+        for key, value in sets.items():
+            cmd += ["--set", f"{key}={value}"]
+        began = time.perf_counter()
+        done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wall = time.perf_counter() - began
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[2:5])}: exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}")
+        record = json.loads(next(Path(runs).glob("runs/*/run.json")).read_text())
+    return wall - sum(stage.get("seconds") or 0.0 for stage in record["stages"].values())
+
+
+def measure_driver(cal: Calibration) -> dict[str, float]:
+    """A run's life outside its stages (interpreter, CLI imports, embedded Ray start and stop, run records):
+    what every `shardwalk run` pays once, measured as bench_plan sees it. The runs check their fit with
+    `cal` (the constants measured so far), not with a calibration file this one is about to replace."""
+    with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
+        save(cal, Path(tmp) / "partial.json")
+        env = {**os.environ, "SHARDWALK_CALIBRATION": str(Path(tmp) / "partial.json")}
+        return {"driver_s": statistics.median(_outside_stages(env) for _ in range(3))}
+
+
 def machine(quick: bool, provisional: bool, load_before: tuple[float, ...]) -> dict[str, Any]:
     """Where the constants come from: host, CPU model, cores, memory, load, date; provisional or not."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -328,6 +380,9 @@ def calibrate(quick: bool, provisional: bool = False) -> Calibration:
     about = machine(quick, provisional, load_before)
     here = NodeShape("this-machine", about["cpus"], about["memory_bytes"])
     shapes = {"this-machine": here, **{n: NodeShape(n, c, m) for n, (c, m) in STANDARD_SHAPES.items()}}
+    partial = Calibration(Constants(**values, driver_s=0.0), about, shapes, "this-machine")
+    values |= measure_driver(partial)  # after measure_ray's shutdown: each run starts its own Ray
+    about["load_average_after"] = list(os.getloadavg())
     return Calibration(Constants(**values), about, shapes, "this-machine")
 
 

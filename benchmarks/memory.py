@@ -69,13 +69,17 @@ class TreeSampler(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.interval = root, interval
         self.peak_pss = self.peak_root_rss = self.samples = 0
+        self.cpu_seconds = 0.0
         self.peak_breakdown: list[tuple[str, int]] = []  # (process, PSS bytes) at the peak, largest first
         self._halt = threading.Event()
 
     def run(self) -> None:
+        import time
+
         while not self._halt.is_set():
             self.sample()
             self._halt.wait(self.interval)
+        self.cpu_seconds = time.thread_time()  # what sampling took from the measured job (/proc walks)
 
     def sample(self) -> None:
         sizes = {pid: pss_bytes(pid) for pid in descendants(self.root)}

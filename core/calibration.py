@@ -19,7 +19,7 @@ from core.errors import ConfigError, CorruptArtifactError
 from core.io import read_json_sealed, write_json_sealed
 
 SCHEMA = "shardwalk-calibration"
-SCHEMA_VERSION = 2  # 2: walk_start_s
+SCHEMA_VERSION = 3  # 2: walk_start_s; 3: driver_s
 DEFAULT_FILE = Path(__file__).with_name("calibration.json")  # shipped with the package (measured here)
 ENV = "SHARDWALK_CALIBRATION"  # a calibration file to use instead of the shipped one
 
@@ -52,7 +52,8 @@ class Constants:
     parquet_bytes_per_s: float  # read + validate + write Parquet, one core
     sha256_bytes_per_s: float  # commit manifests hash every output byte
     blas_flops_per_s: float  # float32 matmul, one core (exact recall ground truth)
-    ray_start_s: float  # embedded Ray start (or joining a cluster)
+    ray_start_s: float  # embedded Ray start, in the driver's process
+    driver_s: float  # a run's seconds outside its stages with an embedded Ray (python, imports, Ray start + stop, records)
     stage_start_s: float  # a stage's first task on a fresh worker: imports, scheduling
     stage_overhead_s: float  # any later stage: a task on a warm worker, its commit
     report_s: float  # a report stage: matplotlib imported in a fresh worker, a figure rendered
@@ -60,7 +61,7 @@ class Constants:
     torch_actor_start_s: float  # the same for an actor that imports torch (scoring, selection)
     worker_bytes: int  # PSS of one Ray worker process with shardwalk's libraries imported
     torch_worker_bytes: int  # the same with torch imported (scoring actors)
-    ray_head_bytes: int  # idle PSS of an embedded Ray head (GCS, raylet, agents) plus the driver
+    ray_head_bytes: int  # idle PSS of a CLI driver and its embedded Ray head (GCS, raylet, agents), idle workers aside
     ray_node_bytes: int  # idle PSS of one more node (raylet and agents)
     ray_memory_fraction: float  # Ray's `memory` resource / physical memory of the node
     train_s_per_unit: float  # proxy training: seconds per (example × epoch × (dim·hidden + hidden·classes)), one core

@@ -14,7 +14,7 @@ from typing import Any
 from core import validate
 from core.errors import ConfigError
 from core.evaluation import Split
-from core.proxy import ProxySpec, TrainSpec, check_device
+from core.proxy_spec import ProxySpec, TrainSpec, check_device
 from core.selection_names import parse_method
 
 MAX_SHARDS = 1024

@@ -3,7 +3,7 @@
 Time of a stage = its work / (throughput per core × the cores it uses) + fixed costs (Ray start, a stage's
 first task, actor start-up, commit hashing). Memory of a node = the data and index it holds + a worker
 process per actor. The index layout is `core.sizing.plan` itself, and the scoring layout
-`core.proxy.plan_scoring`, so a plan and the run it predicts make the same choices. Every constant comes
+`core.proxy_spec.plan_scoring`, so a plan and the run it predicts make the same choices. Every constant comes
 from a calibration (`core.calibration`), measured by `python -m benchmarks.calibrate`. Pure: no Ray.
 """
 
@@ -174,9 +174,12 @@ def _stage(name: str, c: Constants, seconds: float, work: str, cores: float, has
     return StageCost(name, c.stage_overhead_s + seconds + hashed / c.sha256_bytes_per_s, work, cores)
 
 
-def _start(c: Constants) -> StageCost:
-    """The driver's own start: its imports (as a fresh worker's first stage) and starting or joining Ray."""
-    return StageCost("start", c.ray_start_s + c.stage_start_s, "driver imports, start or join Ray", 0)
+def _start(c: Constants, cluster: Cluster) -> StageCost:
+    """A run's seconds outside its stages: interpreter, imports, run records, and Ray started and stopped by the
+    run (one node: `shardwalk run` embeds Ray) or joined (a cluster of several nodes is already up)."""
+    if len(cluster.nodes) > 1:
+        return StageCost("start", max(c.driver_s - c.ray_start_s, 0.0), "driver: imports, join the cluster, records", 0)
+    return StageCost("start", c.driver_s, "driver: imports, start and stop Ray, records", 0)
 
 
 def _ingest(c: Constants, rows: int, dim: int, cores: float) -> StageCost:
@@ -249,7 +252,7 @@ def _index_stages(job: IndexJob, cluster: Cluster, c: Constants, layout: sizing.
     data = job.rows * 4 * job.dim
     index_bytes = layout.bytes_per_shard * layout.shards
     stages = [
-        _start(c),
+        _start(c, cluster),
         _ingest(c, job.rows, job.dim, cores),
         _stage("build", c, c.actor_start_s + data / (c.parquet_bytes_per_s * cores) + build,
                f"hnswlib inserts: {rows_per_node:,.0f} rows per node at {speed:.1f} cores", cores, index_bytes),
@@ -296,8 +299,8 @@ def _index_advice(job: IndexJob, problems: Sequence[str]) -> list[str]:
 
 
 def plan_coreset(job: ScoringJob, cluster: Cluster, cal: Calibration) -> Plan:
-    """Scoring layout (core.proxy.plan_scoring), memory and stage times of the coreset pipeline."""
-    from core.proxy import plan_scoring  # imports torch: only when a coreset job is planned
+    """Scoring layout (core.proxy_spec.plan_scoring), memory and stage times of the coreset pipeline."""
+    from core.proxy_spec import plan_scoring
 
     validate.positive(rows=job.rows, dim=job.dim)
     c = cal.constants
@@ -311,7 +314,7 @@ def plan_coreset(job: ScoringJob, cluster: Cluster, cal: Calibration) -> Plan:
     data = 8 * train * job.dim // (1 if layout.mode == "models" else layout.actors)
     memory = tuple(NodeMemory(i, a, a * (c.torch_worker_bytes + data), _budget(cluster.nodes[i]))
                    for i, a in zip(holders, per_node))
-    stages = [_start(c), _ingest(c, job.rows, job.dim, cluster.cpus)]
+    stages = [_start(c, cluster), _ingest(c, job.rows, job.dim, cluster.cpus)]
     if job.knn is not None:
         knn = plan_index(replace(job.knn, rows=job.rows, dim=job.dim), cluster, cal).stages
         stages += [s for s in knn if s.name in ("build", "knn_graph")]
@@ -378,7 +381,7 @@ def plan_srrw(job: WalkJob, cluster: Cluster, cal: Calibration) -> Plan:
     levels = math.ceil(math.log2(job.partitions)) if job.partitions > 1 else 0
     snapshots = job.tokens * max(1, job.steps // max(job.record_every, 1))
     stages = (
-        _start(c),
+        _start(c, cluster),
         _ingest(c, job.rows, job.dim, cluster.cpus),
         _stage("agents", c, job.edges * c.graph_s_per_edge, f"graph of {job.edges:,} edges, placement", 1),
         _stage("partition", c, job.edges * c.partition_s_per_edge * levels, f"{levels} bisection levels", 1),

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from core import proxy, validate
+from core import validate
 from core.coreset import rs2_epoch
 from core.datasets import test_mask
 from core.errors import DataError
 from core.labelled import read_labelled
-from core.proxy import TrainSpec
+from core.proxy_spec import TrainSpec
 from core.selection_names import read_selection
 
 VALIDATION_SEED_OFFSET = 7919  # the validation split is seeded apart from the test split
@@ -100,5 +100,7 @@ def evaluate_selection(
         _, x_test, y_test = read_labelled(test_source)
     classes = int(max(y.max(), y_test.max(initial=0))) + 1
     sampler = None if rs2_keep is None else rs2_rows(ids[train_rows], validate.keep(rs2_keep, "rs2_keep"), train.seed)
+    from core import proxy  # torch: only where a model trains, not in every process that imports Split
+
     model = proxy.fit(x[train_rows], y[train_rows], classes, train, sampler=sampler, device=device)
     return {"accuracy": proxy.accuracy(model, x_test, y_test), "train_rows": int(train_rows.sum())}

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 import shutil
 import socket
@@ -231,11 +232,21 @@ def source_fingerprint(source: Source) -> str:
 # ----------------------------------------------------------------------------- writing
 
 
+ROW_GROUP_BYTES = 64 << 20  # uncompressed bytes per row group written, at most (pyarrow's default: 1M rows)
+
+
+def row_group_rows(table: pa.Table) -> int:
+    """Rows per row group: a power of two (≥ 1,024) of at most ROW_GROUP_BYTES, so a reader of a row range
+    (the exact search's 65,536-row blocks, a streamed query block) decodes that range, not a whole part."""
+    per_row = max(table.nbytes / max(table.num_rows, 1), 1.0)
+    return max(1024, 1 << int(math.log2(max(ROW_GROUP_BYTES / per_row, 1.0))))
+
+
 def write_parquet(table: pa.Table, path: str | os.PathLike) -> Path:
     """Write one Parquet file (zstd, a CRC on every page so readers can verify it) and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, compression="zstd", write_page_checksum=True)
+    pq.write_table(table, path, compression="zstd", write_page_checksum=True, row_group_size=row_group_rows(table))
     return path
 
 

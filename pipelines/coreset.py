@@ -32,12 +32,11 @@ from core.dag import Pipeline
 from core.errors import DataError
 from core.evaluation import Split
 from core.io import write_parquet
-from core.proxy import ProxySpec, TrainSpec, resolve_device
+from core.proxy_spec import ProxySpec, TrainSpec, resolve_device
 from core.selection_names import parse_method, read_selection
 from pipelines.common import COLUMN_DEFAULTS, LABELS_FILE, ingest_stage, read_label_map
 from pipelines.reports import coreset_report
 from workers.ingest import part_paths
-from workers.scorer import cluster_gpus, evaluate_coreset, score_dataset, select_distributed
 
 DEFAULTS: dict[str, Any] = {
     "source": "builtin:digits",
@@ -80,6 +79,8 @@ def knn_index_config(config: dict[str, Any]) -> dict[str, Any]:
 def score(out: Path, ingest: Path, *, shards: int, test_fraction: float, split_seed: int, proxy: dict,
           device: str = "auto") -> dict[str, Any]:
     """Train the proxies on up to `shards` actors (independent proxies or data-parallel); scores parts."""
+    from workers.scorer import score_dataset  # torch: only in the stages that start scorer actors
+
     result = score_dataset(str(ingest), shards, out, spec=ProxySpec.from_config(proxy), test_fraction=test_fraction,
                            split_seed=split_seed, device=device)
     return {k: result[k] for k in ("rows", "classes", "seconds", "examples_per_second", "mode", "actors", "device")}
@@ -112,6 +113,8 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
 
     `keep` is a fraction of the training rows (the scored ones); a coreset that loses a class is flagged.
     """
+    from workers.scorer import select_distributed
+
     result: dict[str, Any] = {}
     for name in methods:
         spec = parse_method(name)
@@ -173,6 +176,8 @@ def evaluate(out: Path, ingest: Path, select: Path, test: Path | None = None, *,
 
     The held-out ids (and the user's labels) go to test_ids.parquet: the rows every accuracy is measured on.
     """
+    from workers.scorer import cluster_gpus, evaluate_coreset
+
     names = sorted(p.name for p in select.iterdir() if p.is_dir())
     dev = resolve_device(device, cluster_gpus())
     split = Split(test_fraction, split_seed)

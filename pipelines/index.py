@@ -103,10 +103,11 @@ def build_index(
         }
 
 
-def knn_graph(out: Path, build: Path, *, k: int, ef: int, nprobe: int) -> dict[str, Any]:
-    """Every point's k nearest neighbours (self excluded), written by the shard actors as Parquet parts."""
+def knn_graph(out: Path, build: Path, ingest: Path, *, k: int, ef: int, nprobe: int) -> dict[str, Any]:
+    """Every point's k nearest neighbours (self excluded), written by the shard actors as Parquet parts;
+    the points are read from the ingest parts the index was built from."""
     with ShardedIndex.open(build) as index:
-        return index.knn_graph(out, k=k, ef=ef, nprobe=_nprobe(nprobe))
+        return index.knn_graph(out, k=k, ef=ef, nprobe=_nprobe(nprobe), built_from=sink.readable(ingest))
 
 
 def evaluate(out: Path, ingest: Path, build: Path, graph: Path | None = None, *, k: int, ef: int, nprobe: int,
@@ -152,7 +153,7 @@ def add_index_stages(p: Pipeline, config: dict[str, Any], *, ingest: str = "inge
     p.stage("build", build_index, inputs={"ingest": ingest}, params={key: config[key] for key in BUILD_KEYS},
             num_cpus=0)
     if config["knn_graph"]:  # the all-points graph is a third of the job: skip it when only the index is wanted
-        p.stage("knn_graph", knn_graph, inputs={"build": "build"},
+        p.stage("knn_graph", knn_graph, inputs={"build": "build", "ingest": ingest},
                 params={"k": config["k"], "ef": config["ef"], "nprobe": config["nprobe"]}, num_cpus=0)
 
 

@@ -19,7 +19,7 @@ CONSTANTS = calibration.Constants(
     build_s_per_row=1e-4, build_s_per_row_per_dim=1e-6, build_log_growth=0.1, query_s_per_row=2e-5,
     query_s_per_row_per_dim=2e-7, query_log_growth=0.1, thread_efficiency=0.9, index_memory_ratio=1.0,
     graph_s_per_row=1e-5, parquet_bytes_per_s=1e8, sha256_bytes_per_s=1e9, blas_flops_per_s=1e10,
-    ray_start_s=5.0, torch_actor_start_s=1.5, stage_start_s=1.0, stage_overhead_s=0.25, report_s=3.0, actor_start_s=0.5, worker_bytes=100 << 20, torch_worker_bytes=250 << 20,
+    ray_start_s=5.0, driver_s=9.0, torch_actor_start_s=1.5, stage_start_s=1.0, stage_overhead_s=0.25, report_s=3.0, actor_start_s=0.5, worker_bytes=100 << 20, torch_worker_bytes=250 << 20,
     ray_head_bytes=600 << 20, ray_node_bytes=50 << 20, ray_memory_fraction=0.7, train_s_per_unit=1e-9,
     torch_start_s=2.0, allreduce_s=3e-3, hop_s=2e-5, hop_s_per_feature=1e-8, handoff_s=2e-3, walk_start_s=2.5,
     partition_s_per_edge=1e-5, graph_s_per_edge=1e-6,
@@ -43,7 +43,8 @@ def test_stage_time_is_work_over_throughput_times_cores_plus_fixed_costs() -> No
     fixed = CONSTANTS.stage_overhead_s + CONSTANTS.stage_start_s + data / CONSTANTS.sha256_bytes_per_s
     assert stage(one, "ingest").seconds == pytest.approx(fixed + data / (1e8 * 8))
     assert stage(two, "ingest").seconds == pytest.approx(fixed + data / (1e8 * 16))
-    assert stage(one, "start").seconds == CONSTANTS.ray_start_s + CONSTANTS.stage_start_s
+    assert stage(one, "start").seconds == CONSTANTS.driver_s  # one node: the run starts and stops its own Ray
+    assert stage(two, "start").seconds == CONSTANTS.driver_s - CONSTANTS.ray_start_s  # a cluster: it joins
 
 
 def test_build_time_follows_rows_dim_and_the_calibrated_terms() -> None:
@@ -135,7 +136,6 @@ def test_one_token_walks_its_own_path_whatever_the_actors() -> None:
 
 
 def test_coreset_score_stage_uses_the_scoring_layout_rule() -> None:
-    torch = pytest.importorskip("torch")  # noqa: F841  (core.proxy imports torch)
     job = cm.ScoringJob(100_000, 40, classes=10, shards=2, models=4, epochs=15, hidden=256, test_fraction=0.0,
                         evaluate_models=0)
     plan = cm.plan_coreset(job, cluster(1, cpus=2), CAL)

@@ -70,6 +70,23 @@ def test_batch_size_and_batches_in_flight_do_not_change_the_graph(index: Any, cl
     assert not list(tmp_path.glob(".*")), "a temporary part was left behind"
 
 
+def test_points_read_from_the_built_from_parts_give_the_same_graph(index: Any, clean: Any, data: np.ndarray,
+                                                                   tmp_path: Path) -> None:
+    """The pipeline's path: batches are row ranges of the ingest parts, not hnswlib get_items copies."""
+    from core.io import write_parquet
+    from core.schema import from_numpy
+
+    table = from_numpy(data)
+    for i, (a, b) in enumerate([(0, 700), (700, 1100), (1100, N)]):  # ranges that straddle the files
+        write_parquet(table.slice(a, b - a), tmp_path / "built" / f"part-{i:05d}.parquet")
+    stats = index.knn_graph(tmp_path / "graph", k=5, ef=64, batch_size=256, built_from=tmp_path / "built")
+    assert stats["rows"] == N and stats["parts"] == 6
+    assert _table(tmp_path / "graph").equals(clean)
+    with pytest.raises(ConfigError, match=r"part-00000.parquet: holds 700 rows but the index holds 1,500"):
+        index.knn_graph(tmp_path / "g2", k=5, built_from=tmp_path / "built" / "part-00000.parquet")
+    assert not (tmp_path / "g2").exists()
+
+
 @pytest.mark.parametrize("batch_size", [0, -3, 2.5])
 def test_a_bad_batch_size_is_refused(index: Any, tmp_path: Path, batch_size: Any) -> None:
     with pytest.raises(ConfigError, match="batch_size must be an integer >= 1"):

@@ -3,6 +3,8 @@
 One *unit* = one batch of one shard's live points: its owner exports the batch (a call result, so the
 driver owns it and it outlives the actor), every (probed) shard answers the whole batch with all its
 hnswlib threads, and a replica of the owner merges (vectorised, core.hnsw) and writes one Parquet part.
+Given the vectors the index was built from (the pipeline's ingest parts), a unit is a row range of them
+instead, read by its owner from Parquet (hnswlib's get_items copies one point at a time, under the GIL).
 At most `in_flight` units run at once, so memory stays flat as N grows.
 
 A unit that fails because an actor died (or data it held was lost) is submitted again: the actor restarts
@@ -25,15 +27,17 @@ from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from core import hnsw, sink, store
 from core.errors import ShardUnavailableError, ShardwalkError
+from core.io import ShardSpec
 from workers.raykit import collect_quietly
 
 log = logging.getLogger("shardwalk")
 
 UNIT_ATTEMPTS = 4  # tries of one unit: the first plus retries after actor deaths
-# Points per unit: hnswlib starts its threads per call and idles on the call's tail; at 4,096 that cost 6 %
-# of the graph's time against one call over all points (200k × 128, 2 threads). Four times fewer calls
-# (not yet measured end to end); two units in flight per shard still hold only a few MB.
-BATCH = 16_384
+# Points per unit, as core.io's row groups of 128-d vectors (a unit reads whole row groups). Measured at
+# 200k × 128 on 2 threads, 3 runs each (the raw actor search: 11.1-11.6 s): read from the ingest parts at
+# 65,536 12.2-13.1 s; exported from hnswlib at 65,536 13.0-13.7 s, at 16,384 12.8-15.0 s; read at 16,384
+# 13.3-17.1 s. Two units in flight per shard hold ~70 MB.
+BATCH = 65_536
 IN_FLIGHT_PER_SHARD = 2  # units in flight per shard: one answering while the next is exported and written
 
 
@@ -51,10 +55,11 @@ class GraphRequest:
 
 @dataclass
 class _Unit:
-    shard: int
+    shard: int  # the owner: exports the batch (or reads it from `rows`), merges and writes its part
     batch: int
     attempt: int = 0
     refs: list[Any] = field(default_factory=list)
+    rows: ShardSpec | None = None  # a row range of the vectors the index was built from
 
 
 def _lost_actor(exc: BaseException) -> bool:
@@ -69,20 +74,30 @@ def _submit(actors: list[list[Any]], unit: _Unit, req: GraphRequest) -> Any:
     """Export → search on every shard → merge and write; returns the write's ref (rows written)."""
     owner = actors[unit.shard]
     turn = unit.batch + unit.attempt
-    batch = owner[turn % len(owner)].export_batch.remote(unit.batch, req.batch_size)
+    writer = owner[turn % len(owner)]
+    batch = (writer.export_batch.remote(unit.batch, req.batch_size) if unit.rows is None
+             else writer.read_batch.remote(unit.rows))
     answers = [row[(turn + t) % len(row)].search_routed.remote(batch, req.k + 1, req.ef, req.router, req.nprobe)
                for t, row in enumerate(actors)]
     name = f"part-{unit.shard:05d}-{unit.batch:05d}.parquet"
     unit.refs = [batch, *answers]
-    return owner[turn % len(owner)].write_graph.remote(batch, answers, req.k, str(req.out), name)
+    return writer.write_graph.remote(batch, answers, req.k, str(req.out), name)
 
 
-def run(actors: list[list[Any]], shard_sizes: list[int], req: GraphRequest, in_flight: int | None = None) -> int:
+def units_of(shard_sizes: list[int], batch_size: int, rows: list[ShardSpec] | None = None) -> list[_Unit]:
+    """Every shard's batches of its live points, or the row ranges `rows` of the built-from vectors, owned by
+    the shards in turn."""
+    if rows is not None:
+        return [_Unit(b % len(shard_sizes), b, rows=spec) for b, spec in enumerate(rows)]
+    return [_Unit(j, b) for j, size in enumerate(shard_sizes) for b in range(hnsw.ceil_div(size, batch_size))]
+
+
+def run(actors: list[list[Any]], units: list[_Unit], req: GraphRequest, in_flight: int | None = None) -> int:
     """Write every unit's part; returns the rows written. Raises ShardUnavailableError after UNIT_ATTEMPTS."""
     req = replace(req, out=sink.destination(req.out))
     if not store.is_uri(req.out):
         Path(req.out).mkdir(parents=True, exist_ok=True)
-    todo = [_Unit(j, b) for j, size in enumerate(shard_sizes) for b in range(hnsw.ceil_div(size, req.batch_size))]
+    todo = list(units)
     todo.reverse()  # pop() from the end: shard 0's batches first
     window = max(1, in_flight or IN_FLIGHT_PER_SHARD * len(actors))
     running: dict[Any, _Unit] = {}

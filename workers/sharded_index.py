@@ -25,7 +25,7 @@ import ray
 from core import hnsw, hnsw_results, index_store, sink, sizing, store
 from core.errors import ConfigError, DataError, ShardUnavailableError
 from core.index_meta import IndexMeta
-from core.io import MANIFEST, Source, build_manifest, plan_shards, write_json_atomic
+from core.io import MANIFEST, ShardSpec, Source, build_manifest, plan_shards, write_json_atomic
 from core.schema import from_numpy
 from workers import index_actors, index_build, index_search, query_stream, raykit
 from workers import knn_graph as graph_units
@@ -369,13 +369,15 @@ class ShardedIndex:
 
     def knn_graph(
         self, out_dir: str | os.PathLike, k: int = 10, ef: int = 64, nprobe: int | None = None,
-        batch_size: int = graph_units.BATCH, in_flight: int | None = None,
+        batch_size: int = graph_units.BATCH, in_flight: int | None = None, *, built_from: Source | None = None,
     ) -> dict[str, Any]:
         """Write docs/design.md's knn-graph table (every live point, self excluded) as Parquet parts in `out_dir`.
 
         Batches of each shard's points are answered whole by every (probed) shard; the owning shard
         merges, drops self and writes its part; at most `in_flight` batches (default two per shard) are
         in flight. A batch that loses an actor is retried after the actor restarts (workers/knn_graph.py).
+        `built_from`: the vectors this index holds exactly (its build's source, no rows added or deleted
+        since); batches are then read from it rather than copied out of hnswlib point by point.
         """
         shards = len(self.actors)
         k, ef, nprobe = hnsw.validate_search(k, ef, max(len(self) - 1, 0), nprobe, shards)
@@ -383,9 +385,18 @@ class ShardedIndex:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         router = self.meta.router if nprobe < shards else None
         req = graph_units.GraphRequest(k, ef, nprobe, router, batch_size, Path(out_dir))
-        sizes = list(self.meta.shard_sizes)
-        rows = graph_units.run(self.actors, sizes, req, in_flight)
-        return {"rows": int(rows), "parts": sum(hnsw.ceil_div(n, batch_size) for n in sizes), "k": k}
+        rows = None if built_from is None else self._rows_of(built_from, batch_size)
+        units = graph_units.units_of(list(self.meta.shard_sizes), batch_size, rows)
+        return {"rows": int(graph_units.run(self.actors, units, req, in_flight)), "parts": len(units), "k": k}
+
+    def _rows_of(self, built_from: Source, batch_size: int) -> list[ShardSpec]:
+        """`built_from` in row ranges of at most `batch_size`; it must hold as many rows as the index."""
+        total = sum(s.num_rows for s in plan_shards(built_from, 1))
+        if total != len(self):
+            where = os.fspath(built_from) if isinstance(built_from, str | os.PathLike) else "built_from"
+            raise ConfigError(f"{where}: holds {total:,} rows but the index holds {len(self):,} live points; "
+                              f"pass the vectors it was built from, or no built_from")
+        return plan_shards(built_from, hnsw.ceil_div(total, batch_size))
 
     # ------------------------------------------------------------------ introspection and lifetime
 
