@@ -37,9 +37,7 @@ from core.calibration import Calibration, load
 from core.sizing import Node
 
 TOLERANCE = 0.35
-# A PSS sample walks every process's page tables (20 ms of CPU with Ray idle, more under load): at 0.5 s it
-# took ~1.5 s of a 13 s run on 2 cores (measured: the same srrw run is 11.4-11.9 s unsampled, 13.1 s sampled)
-SAMPLE_INTERVAL_S = 1.0
+SAMPLE_INTERVAL_S = 1.0  # at 0.5 s sampling took ~1.5 s of a 13 s run (the srrw run: 11.4-11.9 s unsampled)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ like to an index (dense clusters, uneven spread). Written as Parquet parts of 10
 queries come from the same clusters (never in the base) with exact ground truth by brute force.
 
 Side by side, in one run, each in its own process tree whose PSS (driver, raylet, GCS, every worker) is
-sampled every 0.5 s (benchmarks/memory.py):
+sampled every second (benchmarks/memory.py):
 - hnswlib: build M16/efC200, then the batched all-points knn_query k = 11 at ef 64, then a recall/QPS sweep
   on the held-out queries, with T threads (T = CPUs);
 - shardwalk: `shardwalk run index --set source=PARTS` with its defaults (shards and threads sized to the
