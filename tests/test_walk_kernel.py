@@ -220,3 +220,22 @@ def test_compiled_walk_records_snapshots_and_checkpoints_like_a_straight_run(tmp
     np.testing.assert_array_equal(np.array(tok.curve_theta), np.array(straight.curve_theta))
     assert _same(tok, straight)
     np.testing.assert_array_equal(tok.theta_bar, straight.theta_bar)
+
+
+def test_step_tables_grown_in_steps_equal_the_sequential_products() -> None:
+    """StepTables grow in place (capacity doubling); every entry is the sequential Python-float recurrence."""
+    import math
+
+    from core.srrw.kernel import TABLE_CHUNK, StepTables
+
+    tables = StepTables(0.8, 0.9, 5.0)
+    for n in (0, 5, TABLE_CHUNK - 1, TABLE_CHUNK, 3 * TABLE_CHUNK + 7, 2 * TABLE_CHUNK):  # forward, then a no-op
+        add, beta, log_scale = tables.ensure(n)
+        assert len(add) == len(beta) == len(log_scale) - 1 > n
+    log_c, want_add, want_beta = [0.0], [], []
+    for k in range(len(add)):
+        gamma = (k + 2.0) ** -0.8
+        log_c.append(log_c[-1] + math.log1p(-gamma))
+        want_add.append(math.log(gamma) - log_c[-1])
+        want_beta.append(5.0 * (k + 2.0) ** -0.9)
+    assert np.array_equal(add, want_add) and np.array_equal(beta, want_beta) and np.array_equal(log_scale, log_c)

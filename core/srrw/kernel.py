@@ -35,27 +35,45 @@ TABLE_CHUNK = 1 << 14
 class StepTables:
     """γ_n, log c_n and β_n as functions of the step count, computed once with Python floats.
 
-    log c depends on n only (c_n = Π(1 − γ)), so every token at step n shares it.
+    log c depends on n only (c_n = Π(1 − γ)), so every token at step n shares it. The arrays grow in place
+    (capacity doubling, only the new entries written): rebuilding them whole from lists at every extension
+    cost 3 s of a 1,000,000-step walk, in every walker actor.
     """
 
     def __init__(self, a: float, b: float, lr: float) -> None:
         self.a, self.b, self.lr = a, b, lr
-        self.log_scale = [0.0]  # log c after n steps
-        self.add: list[float] = []  # log γ − log c' of the arrival that makes step n+1
-        self.beta: list[float] = []  # lr·(n+2)^(−b) of that arrival
-        self.arrays = (np.zeros(0), np.zeros(0), np.zeros(1))
+        self.size = 0  # arrivals covered
+        self._add = np.zeros(0)  # log γ − log c' of the arrival that makes step n+1
+        self._beta = np.zeros(0)  # lr·(n+2)^(−b) of that arrival
+        self._log_scale = np.zeros(1)  # log c after n steps
+        self.arrays = (self._add, self._beta, self._log_scale)
 
     def ensure(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(add, beta, log_scale) arrays covering the arrival at step count `n`."""
-        if n >= len(self.add):
-            for k in range(len(self.add), n + TABLE_CHUNK):
+        if n >= self.size:
+            start, stop = self.size, n + TABLE_CHUNK
+            add, beta, scale = [], [], []
+            last = float(self._log_scale[start])
+            for k in range(start, stop):
                 gamma = (k + 2.0) ** -self.a
-                nxt = self.log_scale[-1] + math.log1p(-gamma)
-                self.log_scale.append(nxt)
-                self.add.append(math.log(gamma) - nxt)
-                self.beta.append(self.lr * (k + 2.0) ** -self.b)
-            self.arrays = (np.asarray(self.add), np.asarray(self.beta), np.asarray(self.log_scale))
+                last = last + math.log1p(-gamma)
+                scale.append(last)
+                add.append(math.log(gamma) - last)
+                beta.append(self.lr * (k + 2.0) ** -self.b)
+            if stop > len(self._add):
+                cap = max(stop, 2 * len(self._add))
+                self._add, self._beta = _grown(self._add, cap), _grown(self._beta, cap)
+                self._log_scale = _grown(self._log_scale, cap + 1)
+            self._add[start:stop], self._beta[start:stop], self._log_scale[start + 1 : stop + 1] = add, beta, scale
+            self.size = stop
+            self.arrays = (self._add[:stop], self._beta[:stop], self._log_scale[: stop + 1])
         return self.arrays
+
+
+def _grown(values: np.ndarray, capacity: int) -> np.ndarray:
+    out = np.zeros(capacity, values.dtype)
+    out[: len(values)] = values
+    return out
 
 
 @lru_cache(maxsize=16)
