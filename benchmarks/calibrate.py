@@ -329,8 +329,9 @@ def measure_ray() -> dict[str, float]:
 
 def _outside_stages(env: dict[str, str]) -> float:
     """One tiny `shardwalk run srrw` in a fresh process: its wall seconds less its stages' own seconds."""
-    import json
     import subprocess
+
+    from core.dag import list_runs
 
     with tempfile.TemporaryDirectory(prefix="calibrate-driver-") as runs:
         sets = {"graph.name": '"karate"', "source": '"builtin:breast_cancer"', "steps": 200, "tokens": 1, "partitions": 1}
@@ -342,7 +343,7 @@ def _outside_stages(env: dict[str, str]) -> float:
         wall = time.perf_counter() - began
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[2:5])}: exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}")
-        record = json.loads(next(Path(runs).glob("runs/*/run.json")).read_text())
+        record = list_runs(runs)[0]
     return wall - sum(stage.get("seconds") or 0.0 for stage in record["stages"].values())
 
 

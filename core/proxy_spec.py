@@ -46,7 +46,7 @@ class ProxySpec:
     lr: float = 0.05
     el2n_epoch: int = 2
     seed: int = 0
-    layout: str = "auto"  # auto | models | data (core.proxy.plan_scoring)
+    layout: str = "auto"  # auto | models | data (plan_scoring below)
     _prefix: dataclasses.InitVar[str] = ""
 
     def __post_init__(self, _prefix: str) -> None:

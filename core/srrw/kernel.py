@@ -42,7 +42,6 @@ class StepTables:
 
     def __init__(self, a: float, b: float, lr: float) -> None:
         self.a, self.b, self.lr = a, b, lr
-        self.size = 0  # arrivals covered
         self._add = np.zeros(0)  # log γ − log c' of the arrival that makes step n+1
         self._beta = np.zeros(0)  # lr·(n+2)^(−b) of that arrival
         self._log_scale = np.zeros(1)  # log c after n steps
@@ -50,8 +49,9 @@ class StepTables:
 
     def ensure(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(add, beta, log_scale) arrays covering the arrival at step count `n`."""
-        if n >= self.size:
-            start, stop = self.size, n + TABLE_CHUNK
+        start = len(self.arrays[0])  # arrivals covered
+        if n >= start:
+            stop = n + TABLE_CHUNK
             add, beta, scale = [], [], []
             last = float(self._log_scale[start])
             for k in range(start, stop):
@@ -65,7 +65,6 @@ class StepTables:
                 self._add, self._beta = _grown(self._add, cap), _grown(self._beta, cap)
                 self._log_scale = _grown(self._log_scale, cap + 1)
             self._add[start:stop], self._beta[start:stop], self._log_scale[start + 1 : stop + 1] = add, beta, scale
-            self.size = stop
             self.arrays = (self._add[:stop], self._beta[:stop], self._log_scale[: stop + 1])
         return self.arrays
 
