@@ -23,10 +23,11 @@ from pipelines import PIPELINES
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 PREVIEW_QUERIES = 1000  # `shardwalk query` without --out answers at most this many (in memory)
 DEFAULT_RUNS_DIR = "runs"
+CONFIG_HELP = "TOML file of config keys, or example:NAME for a sample shipped in the package (NAME: a pipeline)"
 
 EPILOG = """examples:
   shardwalk run ingest --set source=builtin:mnist5k --set shards=4
-  shardwalk run index --config examples/index.toml --address auto
+  shardwalk run index --config example:index --address auto
   shardwalk runs
   shardwalk show 20261128-120000-index-ab12cd     (or a unique prefix, or: shardwalk show latest)
   shardwalk diff 20261128-120000 latest
@@ -75,7 +76,7 @@ def _run_parser(sub: argparse._SubParsersAction, runs_dir: argparse.ArgumentPars
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("pipeline", metavar="PIPELINE", help="one of: " + ", ".join(sorted(PIPELINES)))
-    run.add_argument("--config", metavar="FILE.toml", help="TOML file of config keys (see examples/)")
+    run.add_argument("--config", metavar="FILE.toml", help=CONFIG_HELP)
     run.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one config key (repeatable); values are TOML literals: 4, 0.5, true, [0.1, 0.3], text",
@@ -150,7 +151,7 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
         "that fits. Constants come from a calibration file (`python -m benchmarks.calibrate`).",
     )
     plan.add_argument("pipeline", metavar="PIPELINE", help="index, coreset or srrw")
-    plan.add_argument("--config", metavar="FILE.toml", help="TOML file of config keys (see examples/)")
+    plan.add_argument("--config", metavar="FILE.toml", help=CONFIG_HELP)
     plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override one config key (repeatable), as for `shardwalk run`")
     plan.add_argument("--rows", type=int, help="rows of the data (default: read from the source's Parquet footers)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+from importlib import resources
 from types import ModuleType
 from typing import Any
 
@@ -96,10 +97,30 @@ def _relative_to(config_file: str | os.PathLike, key: str, value: Any) -> Any:
     return os.path.join(os.path.dirname(os.path.abspath(config_file)), value)
 
 
+EXAMPLE_PREFIX = "example:"
+
+
+def example_names() -> list[str]:
+    """The sample configs shipped inside the package (`pipelines/examples/*.toml`)."""
+    return sorted(p.name[:-5] for p in resources.files("pipelines").joinpath("examples").iterdir() if p.name.endswith(".toml"))
+
+
+def resolve_config_file(config_file: str | os.PathLike) -> str | os.PathLike:
+    """`example:NAME` names a shipped sample config, so it works from any folder; anything else is a path."""
+    text = os.fspath(config_file)
+    if not text.startswith(EXAMPLE_PREFIX):
+        return config_file
+    name = text[len(EXAMPLE_PREFIX):]
+    if name not in example_names():
+        raise ConfigError(f"{text}: no such example (known: {', '.join(example_names())})")
+    return str(resources.files("pipelines").joinpath("examples", f"{name}.toml"))
+
+
 def load_config(module: ModuleType, config_file: str | os.PathLike | None, overrides: list[str]) -> dict[str, Any]:
     """Defaults ← TOML file ← --set overrides, then the pipeline's own range checks."""
     config = copy.deepcopy(module.DEFAULTS)
     if config_file is not None:
+        config_file = resolve_config_file(config_file)
         try:
             with open(config_file, "rb") as handle:
                 data = tomllib.load(handle)

