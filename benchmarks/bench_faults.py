@@ -56,17 +56,16 @@ from benchmarks.faultkit import (
     lose_node,
     new_actors,
     poll,
+    refusal_result,
+    scenario_result,
     simulated_cluster,
     walk_problem,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _scenario(name: str, finished: bool, identical: bool, faulted_s: float, clean_s: float, note: str) -> dict[str, Any]:
-    return {"name": name, "finished": bool(finished), "identical": bool(identical),
-            "time_ratio": round(faulted_s / clean_s, 3) if clean_s > 0 else None,
-            "faulted_seconds": round(faulted_s, 3), "clean_seconds": round(clean_s, 3), "note": note}
+# Data-safety and trust scenarios (issues 24 and 25), one module each: `scenarios(work, quick) -> list[dict]`
+# built with faultkit.scenario_result / refusal_result. Each starts whatever it needs (Ray, a local S3 server).
+SAFETY_MODULES: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------- driver SIGKILL (subprocess)
@@ -114,7 +113,7 @@ def driver_sigkill(work: Path, quick: bool) -> dict[str, Any]:
     clean.wait(timeout=TIMEOUT_S)
     clean_s = time.perf_counter() - began
     if clean.returncode != 0:
-        return _scenario("driver_sigkill_rerun", False, False, 0.0, clean_s, "clean run failed (see its log)")
+        return scenario_result("driver_sigkill_rerun", False, False, 0.0, clean_s, "clean run failed (see its log)")
     runs = work / "killed"
     began = time.perf_counter()
     proc = _cli(runs, sets)
@@ -127,7 +126,7 @@ def driver_sigkill(work: Path, quick: bool) -> dict[str, Any]:
     faulted_s = time.perf_counter() - began
     same = rerun.returncode == 0 and _committed_files(runs) == _committed_files(work / "clean")
     note = "killed while score ran; rerun: ingest cache hit" if killed_while_running else "driver ended before the kill"
-    return _scenario("driver_sigkill_rerun", rerun.returncode == 0 and killed_while_running, same, faulted_s, clean_s,
+    return scenario_result("driver_sigkill_rerun", rerun.returncode == 0 and killed_while_running, same, faulted_s, clean_s,
                      note + ("" if rerun.returncode == 0 else f"; rerun exited {rerun.returncode}"))
 
 
@@ -228,7 +227,7 @@ def hnsw_scenarios(quick: bool) -> list[dict[str, Any]]:
     out = []
     clean_ids, clean_s, _ = _hnsw_build(data, queries, 1, fast)
     ids, faulted_s, err = _hnsw_build(data, queries, 1, fast, step="insert pieces")
-    out.append(_scenario("hnsw_kill_during_shard_build", ids is not None,
+    out.append(scenario_result("hnsw_kill_during_shard_build", ids is not None,
                          ids is not None and np.array_equal(ids, clean_ids), faulted_s, clean_s,
                          err or "built again from the source with new shard actors"))
     clean2, clean2_s, _ = _hnsw_build(data, queries, 2, fast)
@@ -243,7 +242,7 @@ def hnsw_scenarios(quick: bool) -> list[dict[str, Any]]:
     with mock.patch.object(ShardedIndex, "_add_replicas", add_replicas), \
             _kill_at("start replicas", lambda: holder["index"].actors[1][0]):
         ids, _, err = _hnsw_build(data, queries, 2, fast)
-    out.append(_scenario("hnsw_kill_after_shard_persisted", ids is not None,
+    out.append(scenario_result("hnsw_kill_after_shard_persisted", ids is not None,
                          ids is not None and np.array_equal(ids, clean2), time.perf_counter() - began, clean2_s,
                          err or "restarted actor reloaded its persisted shard"))
     for replicas in (1, 2):
@@ -252,7 +251,7 @@ def hnsw_scenarios(quick: bool) -> list[dict[str, Any]]:
             ref = index.search(queries, k=10, ef=64, batch_size=4).ids
             clean_s = time.perf_counter() - began
             ids, faulted_s, err = _search_killed(index, queries)
-        out.append(_scenario(f"hnsw_kill_during_search_r{replicas}", ids is not None,
+        out.append(scenario_result(f"hnsw_kill_during_search_r{replicas}", ids is not None,
                              ids is not None and np.array_equal(ids, ref), faulted_s, clean_s,
                              err or ("failed over to the other replica" if replicas > 1 else "retried on the restarted actor")))
     return out
@@ -284,7 +283,7 @@ def walker_node_loss(cluster: Any, work: Path, quick: bool) -> dict[str, Any]:
     lose_node(cluster, sorted(placed.values())[0])
     run.join(TIMEOUT_S)
     if run.error is None:
-        return _scenario("walker_node_loss_resume", True, False, time.perf_counter() - began, clean_s,
+        return scenario_result("walker_node_loss_resume", True, False, time.perf_counter() - began, clean_s,
                          "the walk ended before the node loss took effect (not a fault run)")
     poll("the faulted walkers to stop", lambda: not (set(actors("WalkPartition")) & set(placed)))
     at = load_token(ckpt, 0).n
@@ -292,7 +291,7 @@ def walker_node_loss(cluster: Any, work: Path, quick: bool) -> dict[str, Any]:
     resumed = run_distributed_sa_srrw(obj, graph, steps=steps, checkpoint_dir=ckpt, resume=True, timeout=TIMEOUT_S, **kw)
     faulted_s = time.perf_counter() - began
     same = all(np.array_equal(a.theta, b.theta) and a.logy == b.logy for a, b in zip(resumed.tokens, clean.tokens))
-    return _scenario("walker_node_loss_resume", True, same, faulted_s, clean_s,
+    return scenario_result("walker_node_loss_resume", True, same, faulted_s, clean_s,
                      f"driver gave up with {type(run.error).__name__}; resumed from step {at} of {steps}")
 
 
@@ -309,7 +308,7 @@ def coreset_node_loss(cluster: Any, work: Path, quick: bool) -> dict[str, Any]:
     code = run(work / "clean")
     clean_s = time.perf_counter() - began
     if code != 0:
-        return _scenario("coreset_node_loss", False, False, 0.0, clean_s, "clean run failed")
+        return scenario_result("coreset_node_loss", False, False, 0.0, clean_s, "clean run failed")
     runs = work / "faulted"
     before = set(actors("ScoreShard", None))
     began = time.perf_counter()
@@ -320,7 +319,7 @@ def coreset_node_loss(cluster: Any, work: Path, quick: bool) -> dict[str, Any]:
     add_node(cluster)  # as an autoscaler would: the retried stage needs the lost node's CPU
     job.join(TIMEOUT_S)
     if job.is_alive():  # never start a second run beside it: both would redirect the process's stdout
-        return _scenario("coreset_node_loss", False, False, time.perf_counter() - began, clean_s,
+        return scenario_result("coreset_node_loss", False, False, time.perf_counter() - began, clean_s,
                          f"the faulted run did not finish within {TIMEOUT_S:.0f} s")
     note = "score stage retried in place"
     if job.result != 0:
@@ -333,7 +332,7 @@ def coreset_node_loss(cluster: Any, work: Path, quick: bool) -> dict[str, Any]:
     finished = job.result == 0
     same = finished and {k: v for k, v in _committed_files(runs).items() if k.startswith(("select", "score"))} == {
         k: v for k, v in _committed_files(work / "clean").items() if k.startswith(("select", "score"))}
-    return _scenario("coreset_node_loss", finished, same, faulted_s, clean_s, note)
+    return scenario_result("coreset_node_loss", finished, same, faulted_s, clean_s, note)
 
 
 def cluster_scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
@@ -344,13 +343,6 @@ def cluster_scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- hardening (issue 17)
-
-
-def _refused(name: str, code: int, expected: int, message: str, ok: bool, seconds: float, note: str) -> dict[str, Any]:
-    """A scenario whose documented outcome is a refusal: the exit code and the one line the user reads."""
-    return {"name": name, "finished": False, "identical": False, "refused": True, "exit_code": code,
-            "expected_exit_code": expected, "as_documented": bool(ok and code == expected), "message": message,
-            "time_ratio": None, "faulted_seconds": round(seconds, 3), "clean_seconds": None, "note": note}
 
 
 def _in_process(args: list[str]) -> tuple[int, str, float]:
@@ -394,12 +386,12 @@ def walk_scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
     args = ["run", "srrw", "--runs-dir", str(runs), f"--set=steps={4000 if quick else 20000}", "--set=checkpoint_every=500"]
     code, _, clean_s = _in_process(args)
     if code != 0:
-        return [_scenario("srrw_clean_run", False, False, 0.0, 1.0, f"the clean srrw run exited {code}")]
+        return [scenario_result("srrw_clean_run", False, False, 0.0, 1.0, f"the clean srrw run exited {code}")]
     walk, clean = _walk_tokens(runs)
     forced, _, forced_s = _in_process([*args, "--force"])
     record = max((json.loads(p.read_text()) for p in (runs / "runs").glob("*/run.json")), key=lambda r: r["started"])
     recomputed = record["stages"]["walk"]["status"] == "done"
-    out = [_scenario("force_after_finished_walk", forced == 0 and recomputed, forced == 0 and _walk_tokens(runs)[1] == clean,
+    out = [scenario_result("force_after_finished_walk", forced == 0 and recomputed, forced == 0 and _walk_tokens(runs)[1] == clean,
                      forced_s, clean_s, "walk recomputed from step 0 (no checkpoint kept after commit, state retired by --force)"
                      if recomputed else "the walk was not recomputed")]
     # a walk killed mid-way leaves its checkpoint; someone edits `"node"` in it
@@ -414,9 +406,9 @@ def walk_scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
     manifest.write_text(manifest.read_text().replace(f'"node": {token.node}', f'"node": {token.node + 1}'))
     code, message, refused_s = _in_process(args)
     ok = "token-0.json" in message and "--force" in message and f"delete {state}" in message
-    out.append(_refused("corrupt_checkpoint_json", code, 2, message, ok, refused_s, "edited 'node' in token-0.json"))
+    out.append(refusal_result("corrupt_checkpoint_json", code, 2, message, ok, refused_s, "edited 'node' in token-0.json"))
     code, _, rerun_s = _in_process([*args, "--force"])
-    out.append(_scenario("corrupt_checkpoint_json_then_force", code == 0, code == 0 and _walk_tokens(runs)[1] == clean,
+    out.append(scenario_result("corrupt_checkpoint_json_then_force", code == 0, code == 0 and _walk_tokens(runs)[1] == clean,
                          rerun_s, clean_s, "--force retired the damaged checkpoint and walked from scratch"))
     return out
 
@@ -449,7 +441,7 @@ def hostile_manifest(work: Path) -> dict[str, Any]:
     before = sorted(p.name for p in index_dir.parent.rglob("*"))
     code, message, seconds = _in_process(["query", str(index_dir), "--queries", str(queries), "-k", "3"])
     untouched = sorted(p.name for p in index_dir.parent.rglob("*")) == before
-    return _refused("hostile_index_manifest", code, 2, message, untouched and "not committed" in message, seconds,
+    return refusal_result("hostile_index_manifest", code, 2, message, untouched and "not committed" in message, seconds,
                     "nothing written outside the index" if untouched else "FILES CHANGED outside the index")
 
 
@@ -475,7 +467,7 @@ def wrong_address(work: Path) -> list[dict[str, Any]]:
         kept = committed is not None and sorted(p.name for p in (runs / "cache").iterdir()) == committed
         record = max((json.loads(p.read_text()) for p in (runs / "runs").glob("*/run.json")), key=lambda r: r["started"])
         ok = kept and message.count("shardwalk:") == 1 and record["status"] == "failed"
-        out.append(_refused(name, code, 1, message, ok, seconds,
+        out.append(refusal_result(name, code, 1, message, ok, seconds,
                             f"run record '{record['status']}'; committed outputs {'kept' if kept else 'NOT kept'}"))
     return out
 
@@ -521,7 +513,7 @@ def full_disk(work: Path) -> dict[str, Any]:
             code, message, seconds = _subprocess(args)
         leftovers = [p for p in runs.rglob("*") if p.is_file()] if runs.exists() else []
     ok = "No space left on device" in message and not leftovers
-    return _refused("full_disk_run_record", code, 1, message, ok, seconds, f"{how}; files left: {len(leftovers)}")
+    return refusal_result("full_disk_run_record", code, 1, message, ok, seconds, f"{how}; files left: {len(leftovers)}")
 
 
 def hardening_scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
@@ -537,6 +529,18 @@ def hardening_scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
         out.append(hostile_manifest(work))
     finally:
         ray.shutdown()
+    return out
+
+
+def safety_scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
+    """Every SAFETY_MODULES module's scenarios, each in a folder of its own."""
+    import importlib
+
+    out: list[dict[str, Any]] = []
+    for name in SAFETY_MODULES:
+        module = importlib.import_module(f"benchmarks.{name}")
+        (work / name).mkdir(parents=True, exist_ok=True)
+        out += module.scenarios(work / name, quick)
     return out
 
 
@@ -565,9 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_faults", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--quick", action="store_true", help="smaller data and walks")
-    parser.add_argument("--only", default="", help="comma-separated subset: driver,hnsw,cluster,hardening")
+    parser.add_argument("--only", default="", help="comma-separated subset: driver,hnsw,cluster,hardening,safety")
     args = parser.parse_args(argv)
-    groups = set(filter(None, args.only.split(","))) or {"driver", "hnsw", "cluster", "hardening"}
+    groups = set(filter(None, args.only.split(","))) or {"driver", "hnsw", "cluster", "hardening", "safety"}
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     work = Path(tempfile.mkdtemp(prefix="bench-faults-"))
     load_before = os.getloadavg()  # figures taken under load mislead: the JSON says how busy the machine was
@@ -590,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
             scenarios += hardening_scenarios(work, args.quick)
         if "cluster" in groups:
             scenarios += cluster_scenarios(work, args.quick)
+        if "safety" in groups:
+            scenarios += safety_scenarios(work, args.quick)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {"quick": args.quick, "load_average_before": load_before, "load_average_after": os.getloadavg(),

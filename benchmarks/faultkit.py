@@ -18,6 +18,20 @@ import numpy as np
 TIMEOUT_S = 300.0
 
 
+def scenario_result(name: str, finished: bool, identical: bool, faulted_s: float, clean_s: float, note: str) -> dict[str, Any]:
+    """One bench_faults row: did the faulted job finish, with the fault-free answer, how much slower."""
+    return {"name": name, "finished": bool(finished), "identical": bool(identical),
+            "time_ratio": round(faulted_s / clean_s, 3) if clean_s > 0 else None,
+            "faulted_seconds": round(faulted_s, 3), "clean_seconds": round(clean_s, 3), "note": note}
+
+
+def refusal_result(name: str, code: int, expected: int, message: str, ok: bool, seconds: float, note: str) -> dict[str, Any]:
+    """A scenario whose documented outcome is a refusal: the exit code and the one line the user reads."""
+    return {"name": name, "finished": False, "identical": False, "refused": True, "exit_code": code,
+            "expected_exit_code": expected, "as_documented": bool(ok and code == expected), "message": message,
+            "time_ratio": None, "faulted_seconds": round(seconds, 3), "clean_seconds": None, "note": note}
+
+
 def poll(what: str, ready: Callable[[], Any], timeout: float = TIMEOUT_S) -> Any:
     """Call `ready` until it returns something truthy; TimeoutError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
