@@ -85,7 +85,7 @@ def _run_parser(sub: argparse._SubParsersAction, runs_dir: argparse.ArgumentPars
     run.add_argument("--force", action="store_true", help="rerun every stage, ignoring cached outputs")
     run.add_argument("--show-config", action="store_true", help="print the resolved config (JSON) and exit")
     run.add_argument("--export", metavar="DIR_OR_URI", help=EXPORT_HELP)
-    run.add_argument("--overwrite", action="store_true", help="--export may replace a non-empty target")
+    run.add_argument("--overwrite", action="store_true", help="--export may replace a previous export there")
 
 
 def _records_parsers(sub: argparse._SubParsersAction, runs_dir: argparse.ArgumentParser) -> None:
@@ -95,7 +95,7 @@ def _records_parsers(sub: argparse._SubParsersAction, runs_dir: argparse.Argumen
                             description="Export a run's results: " + export_help.split("results ", 1)[1] + ".")
     export.add_argument("run_id", metavar="RUN_ID", help="a run id, unique prefix or 'latest'")
     export.add_argument("target", metavar="DIR_OR_URI")
-    export.add_argument("--overwrite", action="store_true", help="replace a non-empty target")
+    export.add_argument("--overwrite", action="store_true", help="replace a previous export there (nothing else)")
 
     runs = sub.add_parser("runs", parents=[runs_dir], help="list runs, newest first",
                           description="List runs, newest first (whole ids; tab-separated when piped).")
@@ -135,8 +135,9 @@ def _query_parser(sub: argparse._SubParsersAction, runs_dir: argparse.ArgumentPa
                        help="HNSW search breadth; higher = better recall, slower (default: the index's stored ef, else 64)")
     query.add_argument("--nprobe", type=int, default=None, help="k-means indexes: shards probed per query (default: stored)")
     query.add_argument("--out", metavar="DIR_OR_URI", help="write every answer here as Parquet parts, streamed in blocks; "
-                       "a bucket URI gets a committed attempt (docs/storage.md) "
+                       "and published there in one step (README \"Reading query answers\") "
                        f"(default: answer the first {PREVIEW_QUERIES} queries, print 20 rows and the latency)")
+    query.add_argument("--overwrite", action="store_true", help="--out may replace an earlier query's answers there")
     query.add_argument("--block-size", type=int, default=8192, help="queries per streamed block with --out (default 8192)")
     query.add_argument("--batch-size", type=int, default=256,
                        help="queries per search call without --out (latency percentiles are per batch; default 256)")
@@ -185,7 +186,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.export:
         from pipelines.export import check_target
 
-        check_target(args.export, args.overwrite)  # refuse before hours of work, not after
+        check_target(args.export, args.overwrite, args.runs_dir)  # refuse before hours of work, not after
     pipeline = module.build(config)
 
     def submit(fn, fn_args, options):
@@ -219,7 +220,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             from pipelines.export import export_run
 
             where = run_dir if run_dir is not None else store.join(args.runs_dir, "runs", record.run_id)
-            written = export_run(record.to_json(), where, args.export, overwrite=args.overwrite)
+            written = export_run(record.to_json(), where, args.export, overwrite=args.overwrite, runs_dir=args.runs_dir)
             print(f"exported {len(written)} results to {args.export}: {', '.join(written)}")
         return EXIT_OK
     print(f"shardwalk: stage '{failed.name}' failed: {failed.error.splitlines()[0]}", file=sys.stderr)
@@ -276,7 +277,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"run {record['run_id']} is {record.get('status')}; only a succeeded run is exported")
     remote = store.is_remote(args.runs_dir)  # then the report and stage outputs are read from the store
     run_dir = store.join(args.runs_dir, "runs", record["run_id"]) if remote else run_path(args.runs_dir, record["run_id"]).parent
-    written = export_run(record, run_dir, args.target, overwrite=args.overwrite)
+    written = export_run(record, run_dir, args.target, overwrite=args.overwrite, runs_dir=args.runs_dir)
     print(f"exported {len(written)} results to {args.target}: {', '.join(written)}")
     return EXIT_OK
 
@@ -294,19 +295,23 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
+    from pipelines.export import export_index
     from pipelines.index import DISTANCES, preview_query, resolve_index, stream_query
 
-    index_dir, stored = resolve_index(args.index_dir, args.runs_dir)
+    exported = export_index(args.index_dir)  # a store export's index is in its current version
+    index_dir, stored = exported if exported is not None else resolve_index(args.index_dir, args.runs_dir)
     ef = args.ef or stored.get("ef") or 64
     nprobe = args.nprobe if args.nprobe is not None else (stored.get("nprobe") or None)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.out is not None and store.is_remote(args.out):  # a bad URI or missing bucket: exit 2 before any work
-        store.check_runs_dir(args.out, what="--out")
+    if args.out is not None:  # a bad URI, a missing bucket, an occupied --out: exit 2 before any work
+        from workers.query_stream import check_out
+
+        check_out(args.out, args.overwrite)
     _connect(args.address)
     search = {"k": args.k, "ef": ef, "nprobe": nprobe}
     if args.out is not None:
-        done = stream_query(index_dir, args.queries, args.out, block_size=args.block_size, **search)
+        done = stream_query(index_dir, args.queries, args.out, block_size=args.block_size, overwrite=args.overwrite, **search)
         print(f"wrote {done['rows']} answers in {done['parts']} Parquet parts to {done['out']}: ef={ef}, "
               f"nprobe={nprobe or 'all'}, {done['queries_per_second']:.0f} queries/s over {done['seconds']:.1f} s; "
               f"distances: {DISTANCES.get(done['space'], done['space'])}")

@@ -12,17 +12,25 @@ Layout (whatever the run produced of it; see README "Outputs"):
     labels.json                 class index -> the user's label value
     report.html, run.json
 
-On a local disk the layout is built in a hidden sibling and renamed into place; on an object store
-(no rename) the files are written and `_SUCCESS` last, so readers wait for the marker.
+    _SHARDWALK_EXPORT.json      the export's marker, written last: run id, pipeline, every file's bytes + sha256
+
+An export is recognised by its marker, so `--overwrite` replaces only a previous export (every file in the
+target listed in its marker); anything else that is not empty, the runs dir, a folder holding it or inside
+it, and a bucket root are refused. On a local disk the layout is built in a hidden sibling and swapped in
+(core/publish.py). An object store has no rename: each export is written under its own prefix
+`_versions/<id>/` and the marker at the target, the pointer naming that prefix (`current`), is written last
+in one PUT; readers follow it (`export_location`). The replaced version is kept until the next export.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import shutil
 import tempfile
+import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +40,15 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from core import node_cache, store
-from core.errors import ConfigError
+from core import node_cache, publish, store
+from core.errors import ConfigError, DataError
+from core.io import sha256_file
 from pipelines.common import LABELS_FILE, read_label_map
 
 DONE = ("done", "cached")
-SUCCESS = "_SUCCESS"
+MARKER = "_SHARDWALK_EXPORT.json"
+VERSIONS = "_versions"  # on a store: one prefix per export; the marker at the target points at the current one
+FORMAT = "shardwalk-export"
 
 
 def _outputs(record: dict[str, Any]) -> dict[str, Path]:
@@ -122,35 +133,108 @@ def _srrw(outputs: dict[str, Path], tmp: Path) -> list[str]:
     return written
 
 
-def _target(target: str) -> tuple[pafs.FileSystem, str, bool]:
-    """(filesystem, path, is_local) of an export target."""
-    if "://" in target and not target.startswith("file://"):
+@dataclass(frozen=True)
+class Target:
+    """An export target: as the user gave it, its filesystem and path there, and whether it is a local disk."""
+
+    given: str
+    fs: pafs.FileSystem
+    path: str
+    local: bool
+
+
+def _target(target: str) -> Target:
+    if store.is_remote(target):
+        fs, path = store.resolve(target)
+        return Target(target, fs, path.rstrip("/"), False)
+    return Target(target, pafs.LocalFileSystem(), str(store.local_path(target)), True)
+
+
+def check_target(target: str, overwrite: bool, runs_dir: str | None = None) -> dict[str, Any] | None:
+    """Refuse a target that is not ours to replace, before any work; returns the previous export's marker."""
+    return _checked(_target(target), overwrite, runs_dir)
+
+
+def _checked(t: Target, overwrite: bool, runs_dir: str | None) -> dict[str, Any] | None:
+    if not t.local and publish.is_bucket_root(t.given):
+        raise ConfigError(f"--export {t.given}: a bucket root is never an export target; name a prefix in it "
+                          f"(e.g. {t.given.rstrip('/')}/results)")
+    if runs_dir is not None and publish.overlaps(t.given, runs_dir):
+        raise ConfigError(f"--export {t.given}: overlaps the runs dir {runs_dir} (it is the runs dir, holds it or "
+                          "lies inside it); choose a location outside it")
+    previous = _previous_export(t)
+    if previous is not None and not overwrite:
+        raise ConfigError(f"--export {t.given}: exists and is not empty (the export of run {previous['run_id']}); "
+                          "pass --overwrite to replace it")
+    return previous
+
+
+def _previous_export(t: Target) -> dict[str, Any] | None:
+    """The marker of the export at the target, None when it is missing or empty; refuses anything else."""
+    with store.store_errors(t.given):
+        info = t.fs.get_file_info(t.path)
+        if info.type == pafs.FileType.NotFound:
+            return None
+        if info.type == pafs.FileType.File:
+            raise ConfigError(f"--export {t.given}: exists and is a file, not a directory")
+        entries = t.fs.get_file_info(pafs.FileSelector(t.path, recursive=True, allow_not_found=True))
+    if not entries:
+        return None
+    marker = _read_marker(t)
+    if marker is None:
+        raise ConfigError(f"--export {t.given}: holds files that are not a shardwalk export (no valid {MARKER}); "
+                          "refusing to replace them: choose a new or empty location")
+    names = sorted(e.path[len(t.path) + 1:] for e in entries if e.type == pafs.FileType.File)
+    ours = (lambda rel: rel in marker["files"]) if t.local else (lambda rel: rel.startswith(f"{VERSIONS}/"))
+    foreign = [rel for rel in names if rel != MARKER and not ours(rel)]
+    if foreign:
+        raise ConfigError(f"--export {t.given}: holds {foreign[0]}" + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
+                          + ", which its export does not list; refusing to replace it")
+    return marker
+
+
+def _read_marker(t: Target) -> dict[str, Any] | None:
+    """The target's export marker when it is a well-formed one (on a store, a pointer to a version), else None."""
+    with store.store_errors(t.given):
         try:
-            fs, path = pafs.FileSystem.from_uri(target)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise ConfigError(f"--export {target}: cannot open ({exc})") from None
-        return fs, path, False
-    path = target[len("file://"):] if target.startswith("file://") else target
-    return pafs.LocalFileSystem(), os.path.abspath(path), True
+            with t.fs.open_input_stream(f"{t.path}/{MARKER}") as handle:
+                marker = json.loads(handle.read())
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+    if not (isinstance(marker, dict) and marker.get("format") == FORMAT and isinstance(marker.get("files"), dict)
+            and isinstance(marker.get("run_id"), str)):
+        return None
+    if t.local:
+        return marker
+    current = marker.get("current")
+    parts = current.split("/") if isinstance(current, str) else []
+    ok = len(parts) == 2 and parts[0] == VERSIONS and parts[1] not in ("", ".", "..") and "\\" not in parts[1]
+    return marker if ok else None
 
 
-def check_target(target: str, overwrite: bool) -> None:
-    """Refuse an occupied export target before any work is done."""
-    fs, path, _ = _target(target)
-    _check_target(fs, path, target, overwrite)
+def export_location(target: str) -> str:
+    """Where the complete export at `target` is read: the directory itself locally, the current version on a store."""
+    t = _target(target)
+    marker = _read_marker(t)
+    if marker is None:
+        raise DataError(f"{target}: no shardwalk export there (no valid {MARKER})")
+    return t.path if t.local else store.join(target, marker["current"])
 
 
-def _check_target(fs: pafs.FileSystem, path: str, target: str, overwrite: bool) -> bool:
-    """True when the target holds something (then `overwrite` must be set)."""
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        return False
-    if info.type == pafs.FileType.File:
-        raise ConfigError(f"--export {target}: exists and is a file, not a directory")
-    occupied = bool(fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
-    if occupied and not overwrite:
-        raise ConfigError(f"--export {target}: exists and is not empty; pass --overwrite to replace it")
-    return occupied
+def export_index(ref: str) -> tuple[str, dict[str, Any]] | None:
+    """(index URI, stored search defaults) when `ref` is a store export or its `index/`; None for anything else."""
+    if not store.is_remote(ref):
+        return None
+    body, sep, query = ref.partition("?")
+    body = body.rstrip("/")
+    for root in (body, body[: -len("/index")] if body.endswith("/index") else None):
+        if root is None or publish.is_bucket_root(root):
+            continue
+        uri = root + sep + query
+        if (marker := _read_marker(_target(uri))) is not None:
+            index = store.join(uri, marker["current"], "index")
+            return index, store.read_json(store.join(index, "search.json")) or {}
+    return None
 
 
 def _report(run_dir: Path | str) -> bytes | None:
@@ -161,17 +245,18 @@ def _report(run_dir: Path | str) -> bytes | None:
     return path.read_bytes() if path.is_file() else None
 
 
-def export_run(record: dict[str, Any], run_dir: Path | str, target: str, *, overwrite: bool = False) -> list[str]:
+def export_run(record: dict[str, Any], run_dir: Path | str, target: str, *, overwrite: bool = False,
+               runs_dir: str | None = None) -> list[str]:
     """Export a finished run's results to `target` (a directory or URI); returns the names written.
 
     `run_dir` holds the run record (a URI on an object-store runs dir, whose stage outputs are read from
-    their committed attempts, verified against their manifests).
+    their committed attempts, verified against their manifests); `runs_dir`, when given, is never overlapped.
     """
-    fs, path, local = _target(target)
-    occupied = _check_target(fs, path, target, overwrite)
-    staging = Path(path).parent if local else Path(tempfile.gettempdir())
+    t = _target(target)
+    previous = _checked(t, overwrite, runs_dir)
+    staging = Path(t.path).parent if t.local else Path(tempfile.gettempdir())
     staging.mkdir(parents=True, exist_ok=True)
-    tmp = staging / f".tmp-export-{Path(path).name}-{uuid.uuid4().hex[:8]}"
+    tmp = staging / f".tmp-export-{Path(t.path).name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         written = stage_layout(record, tmp)
@@ -180,30 +265,41 @@ def export_run(record: dict[str, Any], run_dir: Path | str, target: str, *, over
             (tmp / "report.html").write_bytes(report)
             written.append("report.html")
         (tmp / "run.json").write_text(json.dumps(record, indent=1, default=str))
-        (tmp / SUCCESS).write_text(json.dumps({"run_id": record["run_id"], "files": written}, indent=1))
-        if local:
-            _swap_local(tmp, Path(path))
+        marker = _marker(record, tmp, written)
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1))  # last: the export is complete
+        _unchanged_since_check(t, previous)
+        if t.local:
+            publish.swap_dir(tmp, Path(t.path))
         else:
-            _upload(tmp, fs, path, occupied)
+            _publish_version(tmp, t, marker, previous)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return written
 
 
-def _swap_local(tmp: Path, final: Path) -> None:
-    old = final.parent / f".old-export-{final.name}-{uuid.uuid4().hex[:8]}"
-    if final.exists():
-        os.rename(final, old)  # an empty directory, or the previous export under --overwrite
-    os.rename(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+def _marker(record: dict[str, Any], tmp: Path, written: list[str]) -> dict[str, Any]:
+    files = {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in sorted(tmp.rglob("*")) if p.is_file()}
+    return {"format": FORMAT, "version": 1, "run_id": record["run_id"], "pipeline": record.get("pipeline"),
+            "exported_at": time.time(), "results": written, "files": files}
 
 
-def _upload(tmp: Path, fs: pafs.FileSystem, path: str, occupied: bool) -> None:
-    if occupied:
-        fs.delete_dir_contents(path, missing_dir_ok=True)
-    marker = tmp / SUCCESS
-    body = marker.read_bytes()
-    marker.unlink()
-    pafs.copy_files(str(tmp), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-    with fs.open_output_stream(f"{path}/{SUCCESS}") as handle:  # last: the export is complete
-        handle.write(body)
+def _unchanged_since_check(t: Target, previous: dict[str, Any] | None) -> None:
+    """Refuse to replace a target someone wrote to while the export was being built."""
+    now = _previous_export(t)
+    if (now or {}).get("exported_at") != (previous or {}).get("exported_at"):
+        raise ConfigError(f"--export {t.given}: changed while the export was being built; nothing was replaced")
+
+
+def _publish_version(tmp: Path, t: Target, marker: dict[str, Any], previous: dict[str, Any] | None) -> None:
+    """Upload the export under a fresh version prefix, then flip the pointer (one PUT); drop older versions."""
+    version = f"{VERSIONS}/{store.new_attempt_id()}"
+    with store.store_errors(t.given):
+        pafs.copy_files(str(tmp), f"{t.path}/{version}", source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=t.fs)
+    store.write_json(store.join(t.given, MARKER), {**marker, "current": version})
+    keep = {version.split("/")[1], (previous or {}).get("current", "").rpartition("/")[2]}  # a reader may be on it
+    with contextlib.suppress(OSError):  # the new export is complete; the next export retries the tidy-up
+        for info in t.fs.get_file_info(pafs.FileSelector(f"{t.path}/{VERSIONS}", allow_not_found=True)):
+            if info.base_name not in keep:
+                t.fs.delete_dir(info.path)

@@ -185,12 +185,13 @@ DISTANCES = {"l2": "squared L2", "ip": "1 - inner product", "cosine": "1 - cosin
 
 def stream_query(
     index_dir: str | os.PathLike, queries_source: Any, out_dir: str | os.PathLike, *, k: int = 10, ef: int = 64,
-    nprobe: int | None = None, block_size: int = 8192,
+    nprobe: int | None = None, block_size: int = 8192, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Answer a query source of any size into a directory of Parquet parts (streamed with Ray Data)."""
     index = open_for_stream(index_dir, QuerySettings().pool)
     with index:
-        return index.search_dataset(queries_source, out_dir, k=k, ef=ef, nprobe=nprobe, block_size=block_size)
+        return index.search_dataset(queries_source, out_dir, k=k, ef=ef, nprobe=nprobe, block_size=block_size,
+                                    overwrite=overwrite)
 
 
 def preview_query(index_dir: str | os.PathLike, queries_source: str | os.PathLike, rows: int, **search: Any) -> pa.Table:

@@ -6,11 +6,15 @@ for the shard actors) whose actors hold handles to the shard actors, send each b
 shard, merge (core.hnsw) and emit knn-graph rows; `write_parquet` writes them from the workers. The driver
 holds only object refs and counters: neither all queries nor all answers are ever in one process.
 
-The answers are written into a temporary sibling of the output directory, which is renamed into place with
-a manifest (`_SUCCESS`: files, rows, checksums) once every block is written: a failed or interrupted query
-leaves nothing at the output path. On an object store (no rename) the answers go to a new attempt prefix
-`<out>/attempts/<id>/`, Ray Data's write tasks put the parts there, a task per part (on the workers, never
-the driver) hashes it, and the `_SUCCESS` manifest is written last (core/store.py's commit protocol).
+`out` is what a user reads, so it holds exactly one complete result: a non-empty `out` is refused unless
+it holds an earlier query's answers and `overwrite` is set. The answers are written into a temporary sibling
+of the output directory, which is swapped into place with a manifest (`_SUCCESS`: files, rows, checksums)
+once every block is written: a failed or interrupted query leaves the earlier answers as they were. On an
+object store (no rename) the answers go to an attempt in a hidden sibling prefix `.<name>.shardwalk-attempts/`
+(outside what a reader of `out` lists): Ray Data's write tasks put the parts there, a task per part (on the
+workers, never the driver) hashes it, and the sealed manifest is written last (core/store.py's commit
+protocol). Then the attempt is published: `out/_SUCCESS` is removed first, the earlier parts deleted, the
+new ones copied in server-side and `out/_SUCCESS` written last; the attempt is dropped once published.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from core import errors, sizing, store
+from core import errors, publish, sizing, store
 from core.errors import ConfigError, DataError, InputError
 from core.hnsw_results import knn_graph_table
 from core.io import MANIFEST, build_manifest
@@ -41,6 +46,7 @@ from workers.datasets import check_columns, is_ray_dataset
 
 POOL_ACTOR_CPUS = 0.25  # a pool actor mostly waits for shard actors; read tasks need the CPUs left over
 KIND = "query-answers"
+STAGING = ".shardwalk-attempts"  # `<parent>/.<name>.shardwalk-attempts/`: a store query's attempts, beside `out`
 
 
 @dataclass(frozen=True)
@@ -149,9 +155,11 @@ def _dataset(source: Any, dim: int) -> tuple[Any, str]:
     return dataset, where
 
 
-def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: QuerySettings) -> dict[str, Any]:
+def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: QuerySettings, *,
+                   overwrite: bool = False) -> dict[str, Any]:
     """Stream `source` through `index` into Parquet parts under `out`; returns rows, parts and throughput."""
     settings.validate()
+    check_out(out, overwrite)
     from core import hnsw
 
     hnsw.validate_search(settings.k, settings.ef, len(index), settings.nprobe, len(index.actors))
@@ -165,8 +173,8 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
             f"leave {free:g}: open the index for streaming (`shardwalk query --out`, or "
             "ShardedIndex.open(path, cpus_per_actor=...) with fewer CPUs per actor)")
     if store.is_remote(os.fspath(out)):
-        return _search_to_store(index, source, os.fspath(out), settings)
-    final = _output_dir(out)
+        return _search_to_store(index, source, os.fspath(out), settings, overwrite)
+    final = _output_dir(out, overwrite)
     dataset, where = _dataset(source, index.dim)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:12]}"
     started = time.perf_counter()
@@ -177,7 +185,7 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
             compute=ray.data.ActorPoolStrategy(size=settings.pool),
         )
         answers.write_parquet(str(tmp))
-        rows, parts = _commit(tmp, final, settings)
+        rows, parts = _commit(tmp, final, settings, overwrite)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         typed = _typed_cause(exc)
@@ -198,11 +206,12 @@ def _answers(index: Any, dataset: Any, settings: QuerySettings, where: str) -> A
     )
 
 
-def _search_to_store(index: Any, source: Any, out: str, settings: QuerySettings) -> dict[str, Any]:
-    """`search_dataset` into an object store: parts into a new attempt, hashed on workers, manifest last."""
-    store.check_runs_dir(out, what="--out")
+def _search_to_store(index: Any, source: Any, out: str, settings: QuerySettings, overwrite: bool) -> dict[str, Any]:
+    """`search_dataset` into an object store: parts into a new attempt beside `out`, hashed on workers,
+    manifest last; then published at `out`."""
+    _store_out(out, overwrite)
     dataset, where = _dataset(source, index.dim)
-    attempt = store.join(out, store.ATTEMPTS, store.new_attempt_id())
+    attempt = store.join(_staging(out), store.ATTEMPTS, store.new_attempt_id())
     started = time.perf_counter()
     try:
         _answers(index, dataset, settings, where).write_parquet(attempt)
@@ -218,10 +227,12 @@ def _search_to_store(index: Any, source: Any, out: str, settings: QuerySettings)
     rows = sum(e["rows"] for e in entries)
     manifest = {"kind": KIND, "rows": rows, "schemas": sorted({e.pop("schema") for e in entries}), "files": files,
                 "k": settings.k, "ef": settings.ef, "nprobe": settings.nprobe, "attempt": attempt, "committed_at": time.time()}
-    store.write_json(store.join(attempt, MANIFEST), store.seal(manifest))
+    manifest = store.seal(manifest)
+    store.write_json(store.join(attempt, MANIFEST), manifest)
+    _publish_answers(store.Committed(attempt, manifest), out, _store_out(out, overwrite))
     seconds = time.perf_counter() - started
     return {"rows": rows, "parts": len(files), "seconds": seconds, "queries_per_second": rows / seconds if seconds else 0.0,
-            "out": attempt, "space": index.meta.space}
+            "out": out, "space": index.meta.space}
 
 
 _describe = ray.remote(num_cpus=0)(store.describe_object)  # hashing runs where Ray places it, not in the driver
@@ -237,34 +248,115 @@ def _free_cpus(needed: float, wait_s: float = 10.0) -> float:
     return free
 
 
-def _output_dir(out: str | os.PathLike) -> Path:
-    """The output directory: new, empty, or an earlier query's answers (replaced); anything else is refused."""
-    final = Path(out).absolute()
+def check_out(out: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse an output location before any work: a bad URI, a bucket root, a file, anything non-empty but an
+    earlier query's answers, and those without `overwrite`."""
+    if store.is_remote(os.fspath(out)):
+        _store_out(os.fspath(out), overwrite)
+    else:
+        _output_dir(out, overwrite)
+
+
+def _output_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The output directory: new, empty, or an earlier query's answers (with `overwrite`); anything else is refused."""
+    final = store.local_path(out)
     if final.exists():
         if not final.is_dir():
             raise ConfigError(f"{final}: exists and is not a directory; the answers are written as a directory of Parquet parts")
-        if any(final.iterdir()) and not _is_answers(final):
-            raise ConfigError(f"{final}: exists and is not an earlier query's answers; refusing to overwrite")
+        if any(final.iterdir()):
+            if not _is_answers(final):
+                raise ConfigError(f"{final}: exists and is not an earlier query's answers; refusing to overwrite")
+            if not overwrite:
+                raise ConfigError(f"{final}: holds an earlier query's answers; pass --overwrite to replace them")
     return final
 
 
 def _is_answers(directory: Path) -> bool:
+    """An earlier query's answers and nothing else: its manifest lists every file in the directory."""
     try:
-        return json.loads((directory / MANIFEST).read_text()).get("kind") == KIND
-    except (OSError, ValueError, AttributeError):
+        manifest = json.loads((directory / MANIFEST).read_text())
+        listed = set(manifest["files"]) if manifest.get("kind") == KIND else None
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return False
+    found = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()} - {MANIFEST}
+    return listed is not None and found <= listed
 
 
-def _commit(tmp: Path, final: Path, settings: QuerySettings) -> tuple[int, int]:
+def _staging(out: str) -> str:
+    """The hidden sibling of `out` that holds its attempts (a reader of `out` never lists it)."""
+    base, sep, query = out.partition("?")
+    parent, _, name = base.rstrip("/").rpartition("/")
+    return f"{parent}/.{name}{STAGING}{sep}{query}"
+
+
+def _objects(uri: str) -> list[str]:
+    """The names of every object under a store prefix, relative to it."""
+    fs, root = store.resolve(uri)
+    root = root.rstrip("/")
+    with store.store_errors(uri):
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    return sorted(i.path[len(root) + 1:] for i in infos if i.type == pafs.FileType.File)
+
+
+def _store_out(out: str, overwrite: bool) -> list[str]:
+    """The objects under a store `out` to replace (an earlier query's); refuses anything else, or them without
+    `overwrite`."""
+    store.check_runs_dir(out, what="--out")
+    if publish.is_bucket_root(out):
+        raise ConfigError(f"{out}: a bucket root is never a query's --out; name a prefix in it")
+    found = _objects(out)
+    if not found:
+        return []
+    foreign = [rel for rel in found if rel not in _answer_objects(out)]
+    if foreign:
+        raise ConfigError(f"{out}: holds {foreign[0]}, which is not an earlier query's answers; refusing to overwrite")
+    if not overwrite:
+        raise ConfigError(f"{out}: holds an earlier query's answers; pass --overwrite to replace them")
+    return found
+
+
+def _answer_objects(out: str) -> set[str]:
+    """Names under `out` an earlier query wrote: its published parts and manifest, the parts of an interrupted
+    publish (named by its attempt beside `out`), or an older release's `attempts/<id>/`."""
+    ours: set[str] = set()
+    for c in store.committed_attempts(out):
+        if c.manifest.get("kind") == KIND:
+            own = c.uri.partition("?")[0].rstrip("/") == out.partition("?")[0].rstrip("/")
+            prefix = "" if own else f"{store.ATTEMPTS}/{c.uri.partition('?')[0].rstrip('/').rpartition('/')[2]}/"
+            ours |= {prefix + rel for rel in [*c.manifest["files"], MANIFEST]}
+    for c in store.committed_attempts(_staging(out)):
+        if c.manifest.get("kind") == KIND:
+            ours |= set(c.manifest["files"])
+    return ours
+
+
+def _publish_answers(c: store.Committed, out: str, earlier: list[str]) -> None:
+    """Replace the answers at `out` with the committed attempt `c`: the old manifest goes first, the new last."""
+    fs, root = store.resolve(out)
+    root = root.rstrip("/")
+    with store.store_errors(out):
+        for rel in sorted(earlier, key=lambda rel: rel != MANIFEST):  # from here on `out` claims no result
+            fs.delete_file(f"{root}/{rel}")
+    files = {}
+    for rel, entry in c.manifest["files"].items():
+        store.copy_object(c, rel, store.join(out, rel))  # server-side when unchanged since the commit
+        files[rel] = {k: v for k, v in entry.items() if k != "etag"}
+        store.stamp(files[rel], store.join(out, rel))
+    body = {k: v for k, v in c.manifest.items() if k != "seal"}
+    store.write_json(store.join(out, MANIFEST), store.seal({**body, "files": files, "attempt": out,
+                                                            "published_from": c.uri, "committed_at": time.time()}))
+    store.delete_prefix(_staging(out))
+
+
+def _commit(tmp: Path, final: Path, settings: QuerySettings, overwrite: bool) -> tuple[int, int]:
     """Manifest (files, rows, checksums), then swap `tmp` into place; returns (rows, parts)."""
     tmp.mkdir(parents=True, exist_ok=True)
     parts = sorted(tmp.glob("*.parquet"))
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
     extra = {"kind": KIND, "rows": rows, "k": settings.k, "ef": settings.ef, "nprobe": settings.nprobe}
     (tmp / MANIFEST).write_text(json.dumps(build_manifest(tmp, extra), indent=1, sort_keys=True))
-    from workers.sharded_index import swap_in  # the index's own move-aside-then-rename
-
-    swap_in(tmp, final)
+    _output_dir(final, overwrite)  # nothing but earlier answers arrived there meanwhile
+    publish.swap_dir(tmp, final)
     return rows, len(parts)
 
 

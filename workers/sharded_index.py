@@ -350,15 +350,16 @@ class ShardedIndex:
 
     def search_dataset(
         self, source: Any, out: str | os.PathLike, *, k: int = 10, ef: int = 64, nprobe: int | None = None,
-        block_size: int = 8192, pool: int = 2,
+        block_size: int = 8192, pool: int = 2, overwrite: bool = False,
     ) -> dict[str, Any]:
         """Answer a query source of any size (Parquet file, directory, URI or ray.data.Dataset with `id` and
         `vector`) block by block on Ray Data, writing knn-graph rows as Parquet parts into directory `out`.
 
-        Neither all queries nor all answers are ever held in one process (workers/query_stream.py).
+        Neither all queries nor all answers are ever held in one process (workers/query_stream.py). A
+        non-empty `out` is refused unless it holds an earlier query's answers and `overwrite` is set.
         """
         settings = query_stream.QuerySettings(k, ef, nprobe, block_size, pool)
-        return query_stream.search_dataset(self, source, out, settings)
+        return query_stream.search_dataset(self, source, out, settings, overwrite=overwrite)
 
     def set_threads(self, threads: int) -> None:
         """hnswlib threads of every shard actor (a restarted actor goes back to its reserved CPUs)."""

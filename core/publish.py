@@ -1,0 +1,92 @@
+"""Publishing a user-facing result (an export, query answers): where it is, and replacing it in one step.
+
+A user reads these locations directly, so they must hold one complete result at every instant: a new
+result is built beside the old one and swapped in with the interrupts that could split the swap held back;
+a location that overlaps the runs directory or is a bucket root is never a target. Locations are compared
+canonically: a local path with its symlinks resolved, a store location as (scheme, bucket/key) whatever
+endpoint, query string or doubled slash spells it. (The `gc` work adds the project-wide canonical form;
+this module keeps its own small one until then.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from core import store
+
+_SCHEME_FAMILY = {"gcs": "gs"}
+
+
+def canonical(location: str | os.PathLike) -> tuple[str, str]:
+    """("file", resolved absolute path) or (scheme, "bucket/key") of a path or URI; endpoint-independent."""
+    text = os.fspath(location)
+    if not store.is_remote(text):
+        return "file", str(store.local_path(text).resolve())
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    key = "/".join(p for p in parts.path.split("/") if p)
+    return _SCHEME_FAMILY.get(scheme, scheme), "/".join(p for p in (parts.netloc, key) if p)
+
+
+def overlaps(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when one location is the other or contains it (canonical comparison)."""
+    (kind_a, path_a), (kind_b, path_b) = canonical(a), canonical(b)
+    if kind_a != kind_b:
+        return False
+    return path_a == path_b or path_a.startswith(path_b.rstrip("/") + "/") or path_b.startswith(path_a.rstrip("/") + "/")
+
+
+def is_bucket_root(location: str | os.PathLike) -> bool:
+    """A store URI naming a whole bucket (`s3://bucket`, `s3://bucket/`): never a place to publish into."""
+    kind, path = canonical(location)
+    return kind != "file" and "/" not in path
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM until the block ends, then deliver them: a two-step swap is never split by Ctrl-C.
+
+    Only the main thread can change handlers; elsewhere the block runs as it is.
+    """
+    pending: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    try:
+        previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in held}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if pending:
+            signal.raise_signal(pending[0])  # the restored handler runs now (KeyboardInterrupt for Ctrl-C)
+
+
+def swap_dir(tmp: Path, final: Path) -> None:
+    """Put the finished directory `tmp` at `final`; a previous `final` is moved aside first and removed after.
+
+    The two renames run with interrupts deferred, so Ctrl-C leaves the old result or the new one in place;
+    a hard kill between them leaves the old one complete in its `.old-*` sibling.
+    """
+    trash = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:12]}"
+    with interrupts_deferred():
+        moved = final.exists()
+        if moved:
+            os.rename(final, trash)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            if moved:
+                os.rename(trash, final)
+            raise
+    if moved:
+        shutil.rmtree(trash, ignore_errors=True)
