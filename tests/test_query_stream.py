@@ -109,7 +109,9 @@ def test_a_ray_dataset_streams_and_bad_ones_are_refused(saved: tuple[Path, np.nd
         (root / "answers").mkdir()
         done = index.search_dataset(ds, root / "answers", k=4, block_size=16)
         assert done["rows"] == 50
-        again = index.search_dataset(ds.limit(20), root / "answers", k=2, block_size=16)  # earlier answers: replaced
+        with pytest.raises(ConfigError, match="holds an earlier query's answers; pass --overwrite"):
+            index.search_dataset(ds.limit(20), root / "answers", k=2, block_size=16)
+        again = index.search_dataset(ds.limit(20), root / "answers", k=2, block_size=16, overwrite=True)  # replaced
         table = pq.read_table(root / "answers").sort_by("id")
         assert again["rows"] == 20 and table.column("id").to_pylist() == list(range(20))
         assert len(table.column("neighbors")[0]) == 2

@@ -12,6 +12,8 @@ import pytest
 from core import node_cache, store
 from core.dag import Pipeline, Runner, StageOptions
 from core.io import MANIFEST
+from pipelines.export import MARKER as EXPORT_MARKER
+from pipelines.export import export_location
 
 BLOB = 2 << 20  # big enough that reading it back would dwarf every manifest
 POOL = cf.ThreadPoolExecutor(2)
@@ -116,7 +118,8 @@ def test_export_and_query_answers_with_a_store_runs_dir(ray_local: None, s3_buck
     assert (exported / "index" / "index.json").is_file() and (exported / "index" / MANIFEST).is_file()
     assert (exported / "report.html").is_file() and not (exported / "index" / store.ORIGIN).exists()
     assert main(["export", "latest", f"{s3_bucket}/results", "--runs-dir", runs]) == 0
-    assert store.read_bytes(f"{s3_bucket}/results/{MANIFEST}") is not None  # written last
+    where = export_location(f"{s3_bucket}/results")  # the version the pointer (written last) names
+    assert store.read_json(f"{where}/{EXPORT_MARKER}")["run_id"] == store.read_json(f"{where}/run.json")["run_id"]
 
     queries = tmp_path / "q.parquet"
     pq.write_table(load_builtin("builtin:digits").slice(0, 40), queries)
@@ -126,6 +129,12 @@ def test_export_and_query_answers_with_a_store_runs_dir(ray_local: None, s3_buck
     assert committed.manifest["kind"] == "query-answers" and committed.manifest["rows"] == 40
     hits = pq.read_table(node_cache.materialize(answers)[0]).to_pydict()  # verified against the manifest
     assert sorted(hits["id"]) == list(range(40)) and all(n[0] == i for i, n in zip(hits["id"], hits["neighbors"]))
+    capsys.readouterr()
+    again = ["query", f"{s3_bucket}/results/index", "--queries", str(queries), "-k", "2", "--out", answers]
+    assert main(again) == 2 and "pass --overwrite" in capsys.readouterr().err  # an occupied --out is refused
+    assert main([*again, "--overwrite"]) == 0  # the export's index, found through its pointer
+    fs, path = store.resolve(answers)
+    assert pq.read_table(path, filesystem=fs).num_rows == 40  # exactly one result where the user reads
 
     capsys.readouterr()
     bad = "s3://no-such-bucket-s212/answers"
