@@ -78,15 +78,18 @@ def swap_dir(tmp: Path, final: Path) -> None:
     a hard kill between them leaves the old one complete in its `.old-*` sibling.
     """
     trash = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:12]}"
-    with interrupts_deferred():
-        moved = final.exists()
-        if moved:
-            os.rename(final, trash)
-        try:
-            os.rename(tmp, final)
-        except BaseException:
-            if moved:
-                os.rename(trash, final)
-            raise
-    if moved:
-        shutil.rmtree(trash, ignore_errors=True)
+    swapped = False
+    try:
+        with interrupts_deferred():  # a held Ctrl-C is delivered on leaving: after the swap, before the tidy-up
+            if final.exists():
+                os.rename(final, trash)
+            try:
+                os.rename(tmp, final)
+            except BaseException:
+                if trash.exists():
+                    os.rename(trash, final)
+                raise
+            swapped = True
+    finally:
+        if swapped:
+            shutil.rmtree(trash, ignore_errors=True)
