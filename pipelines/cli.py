@@ -134,8 +134,8 @@ def _query_parser(sub: argparse._SubParsersAction, runs_dir: argparse.ArgumentPa
     query.add_argument("--ef", type=int, default=None,
                        help="HNSW search breadth; higher = better recall, slower (default: the index's stored ef, else 64)")
     query.add_argument("--nprobe", type=int, default=None, help="k-means indexes: shards probed per query (default: stored)")
-    query.add_argument("--out", metavar="DIR_OR_URI", help="write every answer here as Parquet parts, streamed in blocks; "
-                       "and published there in one step (README \"Reading query answers\") "
+    query.add_argument("--out", metavar="DIR_OR_URI", help="write every answer here as Parquet parts, streamed in blocks "
+                       "and published in one step; a non-empty --out needs --overwrite (README \"Reading query answers\") "
                        f"(default: answer the first {PREVIEW_QUERIES} queries, print 20 rows and the latency)")
     query.add_argument("--overwrite", action="store_true", help="--out may replace an earlier query's answers there")
     query.add_argument("--block-size", type=int, default=8192, help="queries per streamed block with --out (default 8192)")
