@@ -11,7 +11,6 @@ Layout (whatever the run produced of it; see README "Outputs"):
     srrw/theta.parquet, srrw/visits.parquet
     labels.json                 class index -> the user's label value
     report.html, run.json
-
     _SHARDWALK_EXPORT.json      the export's marker, written last: run id, pipeline, every file's bytes + sha256
 
 An export is recognised by its marker, so `--overwrite` replaces only a previous export (every file in the
