@@ -46,7 +46,7 @@ def project_digest() -> str:
 
 
 def is_project_code(fn: Callable[..., Any]) -> bool:
-    return getattr(fn, "__module__", "").split(".")[0] in PROJECT_PACKAGES
+    return (getattr(fn, "__module__", None) or "").split(".")[0] in PROJECT_PACKAGES
 
 
 def _source_of(fn: Callable[..., Any]) -> bytes:
@@ -54,7 +54,8 @@ def _source_of(fn: Callable[..., Any]) -> bytes:
     fn = inspect.unwrap(fn)
     for target in (inspect.getmodule(fn), fn):
         try:
-            return inspect.getsource(target).encode() if target is not None else b""
+            if target is not None:
+                return inspect.getsource(target).encode()
         except (OSError, TypeError):
             continue
     code = getattr(fn, "__code__", None)

@@ -152,3 +152,15 @@ def test_a_missing_input_file_is_a_data_error_naming_it(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match="no such file or directory"):
         input_digest(str(tmp_path / "nope.parquet"))
+
+
+def test_a_stage_without_source_is_keyed_on_its_bytecode() -> None:
+    from core.fingerprint import code_digest
+
+    def compiled(body: str):
+        namespace: dict = {}
+        exec(f"def work(out, *, n):\n    return {body}\n", namespace)  # no file behind it (a notebook, exec)
+        return namespace["work"]
+
+    assert code_digest(compiled("n")) == code_digest(compiled("n"))
+    assert code_digest(compiled("n")) != code_digest(compiled("n + 1"))
