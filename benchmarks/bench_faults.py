@@ -67,6 +67,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # built with faultkit.scenario_result / refusal_result. Each starts whatever it needs (Ray, a local S3 server).
 SAFETY_MODULES: tuple[str, ...] = (
     "faults_exports",
+    "faults_cache",
 )
 
 

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from core import stage_store, store
-from core.cache_key import stage_key
-from core.errors import ConfigError, InputError, one_line
+from core.cache_key import input_paths, key_of, key_parts
+from core.errors import ConfigError, InputError, UpstreamVanishedError, one_line
+from core.fingerprint import code_digest, input_digest
 from core.io import (
     atomic_dir,
+    check_declared_rows,
     is_committed,
-    read_manifest,
     remove_orphaned_temporaries,
     verify_dir,
     write_json_atomic,
@@ -71,6 +72,7 @@ class Stage:
     version: str = "1"
     num_cpus: float = 1.0
     max_retries: int = 2
+    declares_rows: bool = False  # its metric `rows` is the Parquet rows it wrote: a commit that disagrees is refused
 
     @property
     def fn_path(self) -> str:
@@ -94,8 +96,13 @@ class Pipeline:
         version: str = "1",
         num_cpus: float = 1.0,
         max_retries: int = 2,
+        declares_rows: bool = False,
     ) -> Stage:
-        """Declare a stage; `inputs` maps the fn's keyword to an upstream stage (a list means same names)."""
+        """Declare a stage; `inputs` maps the fn's keyword to an upstream stage (a list means same names).
+
+        `declares_rows`: the stage's metric `rows` counts the Parquet rows it wrote, and its output is only
+        committed when its manifest holds exactly that many (a lost or doubled part is refused).
+        """
         check_name(name, "stage name")
         if name in self.stages:
             raise ConfigError(f"pipeline '{self.name}': stage '{name}' declared twice")
@@ -105,17 +112,31 @@ class Pipeline:
                 raise ConfigError(f"pipeline '{self.name}': stage '{name}' needs unknown or later stage '{upstream}'")
         params = dict(params or {})
         _check_signature(name, fn, mapping, params)
-        stage = Stage(name, fn, mapping, params, version, num_cpus, max_retries)
+        stage = Stage(name, fn, mapping, params, version, num_cpus, max_retries, declares_rows)
         self.stages[name] = stage
         return stage
 
     def keys(self) -> dict[str, str]:
         """Every stage's cache key, computed in declaration (hence topological) order."""
-        keys: dict[str, str] = {}
+        return {name: key_of(name, parts) for name, parts in self.key_parts().items()}
+
+    def key_parts(self) -> dict[str, dict[str, str]]:
+        """What every stage's key is made of: version, code, params, the files its parameters name, upstream keys.
+
+        Reads the stage's code and stats (or hashes, when small) each input file once per call; the key
+        function itself (core/cache_key.py) is pure.
+        """
+        parts: dict[str, dict[str, str]] = {}
+        files: dict[str, str] = {}
         for s in self.stages.values():
-            upstream = {arg: keys[up] for arg, up in s.inputs.items()}
-            keys[s.name] = stage_key(s.name, f"{s.version}|{s.fn_path}", s.params, upstream)
-        return keys
+            upstream = {arg: key_of(up, parts[up]) for arg, up in s.inputs.items()}
+            named = dict(input_paths(s.params))
+            for loc in named.values():
+                if loc not in files:
+                    files[loc] = input_digest(loc)
+            inputs = {where: files[loc] for where, loc in named.items()}
+            parts[s.name] = key_parts(s.name, f"{s.version}|{s.fn_path}", s.params, upstream, code_digest(s.fn), inputs)
+        return parts
 
 
 def _check_signature(name: str, fn: StageFn, inputs: Mapping[str, str], params: Mapping[str, Any]) -> None:
@@ -148,22 +169,34 @@ def stage_state_dir() -> Path | str | None:
     return _STATE_DIR.get()
 
 
-def execute_stage(fn: StageFn, final: str, inputs: Mapping[str, str], params: Mapping[str, Any], key: str) -> dict[str, Any]:
+def execute_stage(fn: StageFn, final: str, inputs: Mapping[str, str], params: Mapping[str, Any], key: str,
+                  declares_rows: bool = False) -> dict[str, Any]:
     """Run one stage into a temporary directory and commit it; runs inside the executor's worker."""
     started = time.perf_counter()
     extra: dict[str, Any] = {"key": key}
+    committed: dict[str, Any] = {}
     token = _STATE_DIR.set(state_dir(final))
     try:
-        with atomic_dir(final, extra) as tmp:
+        with atomic_dir(final, extra, commit_check(extra, declares_rows, final, committed)) as tmp:
             metrics = fn(tmp, **{k: Path(v) for k, v in inputs.items()}, **params)
             extra["metrics"] = dict(metrics or {})
             extra["seconds"] = round(time.perf_counter() - started, 4)
     finally:
         _STATE_DIR.reset(token)
     shutil.rmtree(state_dir(final), ignore_errors=True)
-    manifest = read_manifest(final)
-    # this attempt's own figures: a concurrent run may have committed first, and its manifest holds its own
-    return {"rows": manifest["rows"], "metrics": extra["metrics"], "seconds": extra["seconds"]}
+    # this attempt's own figures (the manifest it committed): a concurrent run may have committed first
+    return {"rows": committed["rows"], "metrics": extra["metrics"], "seconds": extra["seconds"]}
+
+
+def commit_check(extra: Mapping[str, Any], declares_rows: bool, where: str,
+                 seen: dict[str, Any] | None = None) -> Callable[[dict[str, Any]], None]:
+    """The check a stage's manifest passes before it is committed (its declared rows), keeping a copy in `seen`."""
+    def check(manifest: dict[str, Any]) -> None:
+        if declares_rows:
+            check_declared_rows(manifest, extra.get("metrics", {}).get("rows"), where)
+        if seen is not None:
+            seen.update(manifest)
+    return check
 
 
 def _cache_hit(final: Path, problems: list[str] | None = None) -> dict[str, Any] | None:
@@ -205,12 +238,14 @@ class Runner:
         self.force = force
         self.on_event = on_event or (lambda run, stage: None)
         self.on_start = on_start  # readies the executor (connects) before the first stage that must run
-        self.keys = pipeline.keys()
+        parts = pipeline.key_parts()
+        self.keys = {name: key_of(name, p) for name, p in parts.items()}
         self.record = RunRecord(run_id or new_run_id(pipeline.name), pipeline.name, dict(config or {}))
+        self.recomputed: set[str] = set()  # stages rerun because their committed output vanished mid-run
         for s in pipeline.stages.values():
             key = self.keys[s.name]
             out = stage_store.stage_uri(self.runs_dir, s.name, key) if self.remote else str(output_dir(self.runs_dir, s, key))
-            self.record.stages[s.name] = StageRecord(s.name, key, out)
+            self.record.stages[s.name] = StageRecord(s.name, key, out, key_parts=parts[s.name])
 
     def _save(self) -> None:
         if self.remote:
@@ -295,6 +330,8 @@ class Runner:
             return
         if problems:
             rec.warning = f"the cached output was corrupt and is recomputed ({problems[0]})"
+        if not self._inputs_present(s):
+            return
         if self.on_start is not None:  # nothing committed is retired before the executor is reachable
             self.on_start()
             self.on_start = None
@@ -303,7 +340,7 @@ class Runner:
         if self.force:  # a forced stage starts from scratch, not from an earlier attempt's checkpoints
             _retire(state_dir(final))
         inputs = {arg: self.record.stages[up].output for arg, up in s.inputs.items()}
-        args = (s.fn, str(final), inputs, dict(s.params), rec.key)
+        args = (s.fn, str(final), inputs, dict(s.params), rec.key, s.declares_rows)
         rec.status = "running"
         self._emit(rec)
         futures[self.submit(execute_stage, args, StageOptions(s.name, s.num_cpus, s.max_retries))] = s.name
@@ -317,16 +354,73 @@ class Runner:
             rec.metrics, rec.attempt = hit.manifest.get("metrics", {}), hit.uri
             self._emit(rec)
             return
+        if not self._inputs_present(s):
+            return
         if self.on_start is not None:  # nothing is retired before the executor is reachable
             self.on_start()
             self.on_start = None
         if self.force:  # a forced stage starts from scratch, not from an earlier attempt's checkpoints
             store.delete_prefix(stage_store.state_uri(rec.output))
         inputs = {arg: self.record.stages[up].attempt or self.record.stages[up].output for arg, up in s.inputs.items()}
-        args = (s.fn, rec.output, inputs, dict(s.params), rec.key)
+        args = (s.fn, rec.output, inputs, dict(s.params), rec.key, s.declares_rows)
         rec.status = "running"
         self._emit(rec)
         futures[self.submit(stage_store.execute_remote, args, StageOptions(s.name, s.num_cpus, s.max_retries))] = s.name
+
+    def _committed(self, rec: StageRecord) -> bool:
+        """Whether the committed output a stage record points at (its pinned attempt on a store) still exists."""
+        if self.remote:
+            return bool(store.committed_attempts(rec.attempt or rec.output))
+        return is_committed(rec.output)
+
+    def _recompute_vanished(self, s: Stage) -> bool:
+        """Put upstream stages whose committed output vanished back to pending (once each); True if any was.
+
+        An output deleted from the store or disk after the runner counted it is lost work, not bad input:
+        it is recomputed, with a warning on its record, before `s` reads it.
+        """
+        ups = {up: self.record.stages[up] for up in s.inputs.values()}
+        if any(rec.status in ("pending", "running") for rec in ups.values()):
+            return True  # being recomputed already
+        vanished = sorted(up for up, rec in ups.items() if not self._committed(rec))
+        if not vanished:
+            return False
+        again = [up for up in vanished if up in self.recomputed]
+        if again:
+            raise UpstreamVanishedError(f"the committed output of stage '{again[0]}' vanished again after it was "
+                                        f"recomputed ({self.record.stages[again[0]].output})")
+        for up in vanished:
+            rec = self.record.stages[up]
+            lost = rec.attempt or rec.output
+            rec.status, rec.cache_hit, rec.attempt, rec.rows, rec.seconds = "pending", False, None, None, None
+            rec.warning = f"its committed output {lost} vanished before stage '{s.name}' read it; recomputed"
+            self.recomputed.add(up)
+            self._emit(rec)
+        return True
+
+    def _inputs_present(self, s: Stage) -> bool:
+        """False when `s` cannot start now: an upstream output vanished (recomputed first) or vanished again (failed)."""
+        try:
+            return not self._recompute_vanished(s)
+        except UpstreamVanishedError as exc:
+            rec = self.record.stages[s.name]
+            rec.status, rec.error_type, rec.error, rec.bad_input = "failed", type(exc).__name__, one_line(exc), False
+            self._emit(rec)
+            return False
+
+    def _retry_after_vanished(self, rec: StageRecord, cause: BaseException) -> bool:
+        """A stage that failed while an upstream output it read vanished waits for that output to be recomputed."""
+        try:
+            present = self._inputs_present(self.pipeline.stages[rec.name])
+        except OSError:  # the store is unreachable: report the stage's own failure
+            return False
+        if present:
+            return False
+        if rec.status != "failed":
+            rec.status, rec.error, rec.error_type = "pending", None, None
+            rec.warning = f"an upstream output vanished while it ran ({one_line(cause)}); rerun after recomputing it"
+            self._emit(rec)
+        return True
 
     def _finish(self, name: str, fut: cf.Future) -> None:
         rec = self.record.stages[name]
@@ -334,8 +428,10 @@ class Runner:
             result = fut.result()
         except BaseException as exc:  # the record must say which stage failed and why
             cause = getattr(exc, "cause", None) or exc  # Ray wraps the stage's exception
+            if self._retry_after_vanished(rec, cause):
+                return
             rec.status, rec.error_type, rec.error = "failed", type(cause).__name__, one_line(cause)
-            rec.bad_input = isinstance(cause, InputError)
+            rec.bad_input = isinstance(cause, InputError) and not isinstance(cause, UpstreamVanishedError)
             if not rec.bad_input:
                 rec.error += "\n" + "".join(traceback.format_exception(cause))[-4000:]
         else:

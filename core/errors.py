@@ -51,3 +51,13 @@ def one_line(exc: BaseException) -> str:
 
 class ShardStateError(ShardwalkError, RuntimeError):
     """A shard actor was asked for a step before the one it depends on (a driver bug, not bad input)."""
+
+
+class CommitRefusedError(ShardwalkError):
+    """A stage's output failed its commit checks (its temporary directory was removed or replaced while it ran,
+    or it holds other row counts than the stage declared): nothing is committed (exit 1: not the input's fault)."""
+
+
+class UpstreamVanishedError(ShardwalkError):
+    """A committed upstream output disappeared before a stage read it (deleted from the store or disk): the
+    runner recomputes it; exit 1 if it keeps vanishing (not the input's fault)."""

@@ -32,7 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from core import datasets
-from core.errors import CorruptArtifactError, DataError
+from core.errors import CommitRefusedError, CorruptArtifactError, DataError
 from core.schema import from_numpy
 
 P = ParamSpec("P")
@@ -242,10 +242,30 @@ def row_group_rows(table: pa.Table) -> int:
     return max(1024, 1 << int(math.log2(max(ROW_GROUP_BYTES / per_row, 1.0))))
 
 
+def make_dirs(directory: str | os.PathLike) -> Path:
+    """`mkdir -p`, except that a vanished temporary output directory (`.tmp-*`) is never recreated.
+
+    A stage's temporary directory removed mid-stage (an overeager cleanup, `gc`) took the parts already
+    written with it: recreating it would let the stage commit the rest as if it were whole.
+    """
+    directory = Path(directory)
+    missing = []
+    here = directory.absolute()
+    while not here.exists() and here != here.parent:
+        missing.append(here)
+        here = here.parent
+    vanished = next((d for d in missing if d.name.startswith(TEMP_PREFIX)), None)
+    if vanished is not None:
+        raise CommitRefusedError(f"{vanished}: a stage's temporary output directory vanished while it was written; "
+                                 "not recreating it (the stage fails and nothing is committed)")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
 def write_parquet(table: pa.Table, path: str | os.PathLike) -> Path:
     """Write one Parquet file (zstd, a CRC on every page so readers can verify it) and return its path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     pq.write_table(table, path, compression="zstd", write_page_checksum=True, row_group_size=row_group_rows(table))
     return path
 
@@ -269,7 +289,7 @@ def build_manifest(directory: str | os.PathLike, extra: dict[str, Any] | None = 
     files: dict[str, dict[str, Any]] = {}
     rows = 0
     schemas: dict[str, str] = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST and p != root / TOKEN):
         rel = path.relative_to(root).as_posix()
         entry: dict[str, Any] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
         if path.suffix == ".parquet":
@@ -342,21 +362,66 @@ def is_committed(directory: str | os.PathLike) -> bool:
     return (Path(directory) / MANIFEST).is_file()
 
 
+TOKEN = ".shardwalk-token"  # in a temporary output directory: the random token its creator wrote (never committed)
+
+
+def new_token(directory: Path) -> str:
+    """Write a fresh random token into a just-created temporary directory; its writer checks it at commit."""
+    token = uuid.uuid4().hex
+    (directory / TOKEN).write_text(token)
+    return token
+
+
+def claim_token(directory: Path, token: str, remove: bool = True) -> None:
+    """Check that `directory` is still the one that got `token` at creation, and remove the token.
+
+    CommitRefusedError when it was removed (and perhaps recreated by a writer) while the stage ran: what it
+    holds now is not everything the stage wrote.
+    """
+    try:
+        found = (directory / TOKEN).read_text()
+    except OSError:
+        found = None
+    if found != token:
+        raise CommitRefusedError(f"{directory}: the temporary output directory was removed or replaced while the "
+                                 "stage ran (its token is gone); nothing is committed")
+    if remove:
+        (directory / TOKEN).unlink()
+
+
+def check_declared_rows(manifest: Mapping[str, Any], declared: Any, where: str) -> None:
+    """Refuse an output whose Parquet rows differ from the rows its stage declared (parts lost or doubled)."""
+    if isinstance(declared, bool) or not isinstance(declared, int):
+        raise CommitRefusedError(f"{where}: the stage declares its rows but returned no integer 'rows' metric ({declared!r})")
+    if manifest["rows"] != declared:
+        raise CommitRefusedError(f"{where}: the output holds {manifest['rows']:,} rows but the stage wrote "
+                                 f"{declared:,}; nothing is committed")
+
+
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike, extra: dict[str, Any] | None = None) -> Iterator[Path]:
+def atomic_dir(final: str | os.PathLike, extra: dict[str, Any] | None = None,
+               check: Callable[[dict[str, Any]], None] | None = None) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success commit it to `final` with a manifest.
 
-    If another writer committed `final` first, ours is discarded (both hold the same content by
-    construction of the cache key). On any exception the temporary directory is removed.
+    The directory carries a random token written at its creation: if it is gone at commit, the directory
+    was removed (and maybe recreated) under the writer, and nothing is committed. `check(manifest)` may
+    refuse the manifest (raise) before anything is committed. If another writer committed `final` first,
+    ours is discarded (both hold the same content by construction of the cache key). On any exception the
+    temporary directory is removed.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f"{TEMP_PREFIX}{final.name}@{socket.gethostname()}@{os.getpid()}@{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
+    token = new_token(tmp)
     try:
         yield tmp
+        claim_token(tmp, token, remove=False)
         manifest = build_manifest(tmp, extra)
+        if check is not None:
+            check(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        claim_token(tmp, token)
         commit_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -424,7 +489,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     writer killed or failing mid-write leaves no partial file where a reader looks.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     try:
         yield tmp

@@ -51,6 +51,7 @@ class StageRecord:
     attempt: str | None = None  # object-store runs dir: the committed attempt this run used
     bytes_uploaded: int = 0
     bytes_downloaded: int = 0
+    key_parts: dict[str, str] = field(default_factory=dict)  # what the key is made of (core.cache_key.key_parts)
 
 
 @dataclass

@@ -20,6 +20,8 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from core import node_cache, sink, store
+from core.errors import DataError, UpstreamVanishedError
+from core.io import TEMP_PREFIX, TOKEN, claim_token, new_token
 
 
 def stage_uri(runs_dir: str, name: str, key: str) -> str:
@@ -37,13 +39,14 @@ def scratch_root() -> str | None:
     return None if root is None else str(root)
 
 
-def execute_remote(fn: Callable[..., Any], final: str, inputs: Mapping[str, str], params: Mapping[str, Any], key: str) -> dict[str, Any]:
+def execute_remote(fn: Callable[..., Any], final: str, inputs: Mapping[str, str], params: Mapping[str, Any], key: str,
+                   declares_rows: bool = False) -> dict[str, Any]:
     """Download inputs to the node cache, run the stage into local scratch, upload and commit a new attempt."""
     from core.dag import _STATE_DIR  # the stage's resumable state: keyed like its output, in the store
 
     state = _STATE_DIR.set(state_uri(final))
     try:
-        result = _execute(fn, final, inputs, params, key)
+        result = _execute(fn, final, inputs, params, key, declares_rows)
     finally:
         _STATE_DIR.reset(state)  # Ray reuses worker processes: never leak into the next task
     store.delete_prefix(state_uri(final))  # committed: the state is spent
@@ -56,19 +59,36 @@ def state_uri(final: str) -> str:
     return f"{parent}/.state-{name}"
 
 
-def _execute(fn: Callable[..., Any], final: str, inputs: Mapping[str, str], params: Mapping[str, Any], key: str) -> dict[str, Any]:
+def _materialize_input(uri: str) -> tuple[Path, int]:
+    """A verified local copy of an upstream output; UpstreamVanishedError (not bad input) if it is gone."""
+    try:
+        return node_cache.materialize(uri)
+    except DataError:
+        if store.committed_attempts(uri):
+            raise
+        raise UpstreamVanishedError(f"{uri}: the committed output of an upstream stage vanished") from None
+
+
+def _execute(fn: Callable[..., Any], final: str, inputs: Mapping[str, str], params: Mapping[str, Any], key: str,
+             declares_rows: bool = False) -> dict[str, Any]:
+    from core.dag import commit_check
+
     started = time.perf_counter()
     local_inputs, downloaded = {}, 0
     for arg, uri in inputs.items():
-        local_inputs[arg], fetched = node_cache.materialize(uri)
+        local_inputs[arg], fetched = _materialize_input(uri)
         downloaded += fetched
     attempt = store.join(final, store.ATTEMPTS, store.new_attempt_id())
-    with tempfile.TemporaryDirectory(prefix="shardwalk-stage-", dir=scratch_root()) as tmp, \
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}stage-", dir=scratch_root(), ignore_cleanup_errors=True) as tmp, \
             sink.stage_attempt(Path(tmp), attempt) as put:  # helpers on any node upload into `attempt`
+        token = new_token(Path(tmp))  # the scratch's and the attempt's: both checked before the commit
+        store.write_bytes(store.join(attempt, TOKEN), token.encode())
         metrics = dict(fn(Path(tmp), **local_inputs, **params) or {})
         seconds = round(time.perf_counter() - started, 4)
+        claim_token(Path(tmp), token)
         committed, uploaded = store.upload_dir(Path(tmp), final, {"key": key, "metrics": metrics, "seconds": seconds},
-                                               attempt=attempt, uploaded=put.files, schemas=put.schemas)
+                                               attempt=attempt, uploaded=put.files, schemas=put.schemas, token=token,
+                                               check=commit_check({"metrics": metrics}, declares_rows, attempt))
     return {"rows": committed.manifest["rows"], "metrics": metrics, "seconds": seconds, "attempt": committed.uri,
             "bytes_uploaded": uploaded, "bytes_downloaded": downloaded}
 

@@ -22,7 +22,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from core.errors import ConfigError, CorruptArtifactError, DataError
-from core.io import MANIFEST, build_manifest
+from core.errors import CommitRefusedError, ConfigError, CorruptArtifactError, DataError
+from core.io import MANIFEST, TOKEN, build_manifest
 
 SCHEMES = ("file", "s3", "gs", "gcs")
 ATTEMPTS = "attempts"
@@ -254,11 +254,14 @@ def new_attempt_id() -> str:
 
 
 def upload_dir(local: Path, uri: str, extra: dict[str, Any] | None = None, *, attempt: str | None = None,
-               uploaded: Mapping[str, dict[str, Any]] | None = None, schemas: Iterable[str] = ()) -> tuple[Committed, int]:
+               uploaded: Mapping[str, dict[str, Any]] | None = None, schemas: Iterable[str] = (),
+               token: str | None = None, check: Callable[[dict[str, Any]], None] | None = None) -> tuple[Committed, int]:
     """Upload a finished local directory as a new attempt under `uri`, manifest last; return it and bytes sent.
 
     `uploaded` lists objects helpers already put into `attempt` (rel -> entry, see core/sink.py): the manifest
-    names them beside the local files, and their bytes count as sent.
+    names them beside the local files, and their bytes count as sent. `token`: the object `attempt/.shardwalk-token`
+    written when the attempt began must still hold it (else the attempt was deleted mid-stage and is not
+    committed); `check(manifest)` may refuse the manifest before it is written.
     """
     attempt = attempt or join(uri, ATTEMPTS, new_attempt_id())
     manifest = build_manifest(local, {**(extra or {}), "attempt": attempt, "committed_at": time.time()})
@@ -276,6 +279,11 @@ def upload_dir(local: Path, uri: str, extra: dict[str, Any] | None = None, *, at
             manifest["rows"] += int(entry.get("rows", 0))
             sent += int(entry.get("bytes", 0))
         manifest["schemas"] = sorted({*manifest["schemas"], *schemas})
+        if check is not None:
+            check(manifest)
+        if token is not None and read_bytes(join(attempt, TOKEN)) != token.encode():
+            raise CommitRefusedError(f"{attempt}: the attempt was deleted while its stage ran (its token is gone); "
+                                     "nothing is committed")
         manifest = seal(manifest)
         write_json(join(attempt, MANIFEST), manifest)
     return Committed(attempt, manifest), sent

@@ -284,13 +284,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from pipelines.progress import print_run
-    from pipelines.runs_view import load_run_ref
+    from pipelines.runs_view import load_run_ref, print_cache_misses
 
     record = load_run_ref(args.runs_dir, args.run_id)
     if args.json:
         print(json.dumps(record, indent=1))
     else:
         print_run(record, args.runs_dir)
+        print_cache_misses(args.runs_dir, record)
     return EXIT_OK
 
 

@@ -11,9 +11,10 @@ import numpy as np
 import ray
 
 from core import sink
+from core.cache_key import InputPath
 from core.dag import Pipeline
 from core.errors import DataError, InvariantError
-from core.io import plan_shards, source_fingerprint
+from core.io import plan_shards
 from core.schema import Columns
 from core.unique import check_unique, id_buckets
 from workers.ingest import check_bucket_unique, encode_part, split_part_ids, validate_shard
@@ -27,21 +28,20 @@ INGEST_VERSION = "2"  # 2: labels mapped to 0..K-1 and the map written beside th
 def ingest_stage(p: Pipeline, config: dict[str, Any], *, require_label: bool, name: str = "ingest") -> None:
     """Add the validated ingest of `config['source']` (with its column options) to a pipeline."""
     columns = Columns.from_config(config)
-    p.stage(name, ingest, version=INGEST_VERSION, num_cpus=0, params={
-        "source": config["source"], "shards": config["shards"], "require_label": require_label,
-        "fingerprint": source_fingerprint(config["source"]),
-        "columns": {"id": columns.id, "vector": columns.vector, "label": columns.label},
+    source = config["source"]  # an input file, directory or URI: its fingerprint is part of the key
+    p.stage(name, ingest, version=INGEST_VERSION, num_cpus=0, declares_rows=True, params={
+        "source": InputPath(source) if isinstance(source, str) else source, "shards": config["shards"],
+        "require_label": require_label, "columns": {"id": columns.id, "vector": columns.vector, "label": columns.label},
     })
 
 
 def ingest(
-    out: Path, *, source: str, shards: int, require_label: bool = False, fingerprint: str = "",
-    columns: dict[str, str] | None = None,
+    out: Path, *, source: str, shards: int, require_label: bool = False, columns: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Validate `source` shard by shard on workers and write one part file per shard into `out`.
 
-    `fingerprint` is unused here: it is part of the cache key so that edited input files rerun.
-    `columns` maps the user's `id`/`vector`/`label` column names (see `core.schema.Columns`).
+    `columns` maps the user's `id`/`vector`/`label` column names (see `core.schema.Columns`). The metric
+    `rows` is declared (the commit refuses an output holding other than that many rows).
     """
     where = os.fspath(source)
     specs = plan_shards(source, shards or max(1, int(ray.cluster_resources().get("CPU", 1))))  # 0: one per CPU

@@ -9,6 +9,7 @@ from importlib import resources
 from types import ModuleType
 from typing import Any
 
+from core.cache_key import InputPath
 from core.errors import ConfigError
 from pipelines import PIPELINES
 
@@ -56,6 +57,8 @@ def parse_assignment(item: str) -> tuple[list[str], Any]:
 
 
 def _coerce(key: str, default: Any, value: Any) -> Any:
+    if isinstance(default, InputPath) and isinstance(value, str):
+        return InputPath(value)  # a file or URI: what it holds becomes part of the cache key
     if isinstance(default, bool) or isinstance(value, bool):
         if isinstance(default, bool) and isinstance(value, bool):
             return value
@@ -85,12 +88,12 @@ def _apply(config: dict[str, Any], path: list[str], value: Any, origin: str) -> 
             node = node[part]
 
 
-PATH_KEYS = ("source", "test_source")
-
-
-def _relative_to(config_file: str | os.PathLike, key: str, value: Any) -> Any:
-    """A relative local path under a PATH_KEYS key of a config file means: next to that file."""
-    if key not in PATH_KEYS or not isinstance(value, str) or not value or "://" in value or value.startswith("builtin:"):
+def _relative_to(config_file: str | os.PathLike, default: Any, value: Any) -> Any:
+    """A relative local path given in a config file for a path setting (an `InputPath` in DEFAULTS, in any
+    table) means: next to that file."""
+    if isinstance(default, dict) and isinstance(value, dict):
+        return {k: _relative_to(config_file, default.get(k), v) for k, v in value.items()}
+    if not isinstance(default, InputPath) or not isinstance(value, str) or not value or "://" in value or value.startswith("builtin:"):
         return value
     if os.path.isabs(value):
         return value
@@ -129,7 +132,7 @@ def load_config(module: ModuleType, config_file: str | os.PathLike | None, overr
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{config_file}: malformed TOML ({exc})") from None
         for key, value in data.items():
-            _apply(config, [key], _relative_to(config_file, key, value), os.fspath(config_file))
+            _apply(config, [key], _relative_to(config_file, config.get(key), value), os.fspath(config_file))
     for item in overrides:
         path, value = parse_assignment(item)
         _apply(config, path, value, "--set")

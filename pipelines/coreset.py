@@ -27,6 +27,7 @@ import ray
 
 from core import scores as score_fns
 from core import sink
+from core.cache_key import InputPath
 from core.coreset_spec import CoresetSpec
 from core.dag import Pipeline
 from core.errors import DataError
@@ -39,10 +40,10 @@ from pipelines.reports import coreset_report
 from workers.ingest import part_paths
 
 DEFAULTS: dict[str, Any] = {
-    "source": "builtin:digits",
+    "source": InputPath("builtin:digits"),
     **COLUMN_DEFAULTS,
     "shards": 2,
-    "test_source": "",  # your own labelled test split (then test_fraction = 0); ids must not overlap `source`
+    "test_source": InputPath(""),  # your own labelled test split (then test_fraction = 0); ids must not overlap `source`
     "test_fraction": 0.2,  # held out of `source` for evaluation; `keep` applies to the remaining training rows
     "split_seed": 0,
     "device": "auto",  # auto | cpu | cuda: where the proxies and evaluation models train (cuda: untested on real GPUs)

@@ -21,6 +21,7 @@ import pyarrow.dataset as pads
 
 from core import hnsw
 from core import validate as validate_
+from core.cache_key import InputPath
 from core.dag import Pipeline
 from core.errors import ConfigError
 from core.evaluation import Split
@@ -37,7 +38,7 @@ from pipelines.demo_report import write_demo_report
 from workers.sharded_index import ShardedIndex
 
 DEFAULTS: dict[str, Any] = {
-    "source": "builtin:mnist5k",
+    "source": InputPath("builtin:mnist5k"),
     **COLUMN_DEFAULTS,
     "shards": 2,
     "test_fraction": 0.2,

@@ -22,6 +22,7 @@ import ray
 
 from core import hnsw, sink
 from core import validate as validate_
+from core.cache_key import InputPath
 from core.dag import Pipeline
 from core.errors import ConfigError
 from core.hnsw_results import knn_graph_table
@@ -34,7 +35,7 @@ from workers.query_stream import QuerySettings, open_for_stream
 from workers.sharded_index import ShardedIndex
 
 DEFAULTS: dict[str, Any] = {
-    "source": "builtin:mnist5k",
+    "source": InputPath("builtin:mnist5k"),
     **COLUMN_DEFAULTS,
     "shards": 0,  # 0 = sized to the cluster (core/sizing.py): one shard per node with CPUs, more if memory asks
     "memory_fraction": 0.5,  # share of a node's memory its shards may take (sizing and the fit check)
@@ -154,7 +155,7 @@ def add_index_stages(p: Pipeline, config: dict[str, Any], *, ingest: str = "inge
             num_cpus=0)
     if config["knn_graph"]:  # the all-points graph is a third of the job: skip it when only the index is wanted
         p.stage("knn_graph", knn_graph, inputs={"build": "build", "ingest": ingest},
-                params={"k": config["k"], "ef": config["ef"], "nprobe": config["nprobe"]}, num_cpus=0)
+                params={"k": config["k"], "ef": config["ef"], "nprobe": config["nprobe"]}, num_cpus=0, declares_rows=True)
 
 
 def build(config: dict[str, Any]) -> Pipeline:

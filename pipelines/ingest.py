@@ -15,6 +15,7 @@ import ray
 
 from core import sink
 from core import validate as validate_
+from core.cache_key import InputPath
 from core.dag import Pipeline
 from core.io import write_parquet
 from pipelines.common import COLUMN_DEFAULTS, ingest_stage, read_label_map
@@ -22,7 +23,7 @@ from pipelines.reports import ingest_report
 from workers.ingest import part_paths, summarise_part
 
 DEFAULTS: dict[str, Any] = {
-    "source": "builtin:digits",
+    "source": InputPath("builtin:digits"),
     **COLUMN_DEFAULTS,
     "shards": 2,
     "require_label": False,

@@ -162,3 +162,37 @@ def print_diff(runs_dir: str | os.PathLike, ref_a: str, ref_b: str, *, as_json: 
 
 def _fmt(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def cache_miss_reasons(runs_dir: str | os.PathLike, record: dict[str, Any]) -> dict[str, str]:
+    """Why each stage of `record` that ran was not a cache hit: which parts of its key (code, params, an input
+    file, an upstream stage, its version) differ from the newest earlier run of the same pipeline and stage."""
+    from core.cache_key import changed_parts
+
+    earlier = [r for r in list_runs(runs_dir) if not is_unreadable(r) and r.get("pipeline") == record.get("pipeline")
+               and r.get("run_id") != record.get("run_id") and (r.get("started") or 0) < (record.get("started") or 0)]
+    reasons = {}
+    for name, stage in record.get("stages", {}).items():
+        if stage.get("cache_hit") or stage.get("status") not in ("done", "failed", "running", "interrupted"):
+            continue
+        parts = stage.get("key_parts") or {}
+        before = next((r for r in earlier if isinstance(r.get("stages", {}).get(name), dict)
+                       and r["stages"][name].get("key_parts")), None)
+        if not parts or before is None:
+            reasons[name] = "no earlier run of this stage to compare with"
+        elif before["stages"][name].get("key") == stage.get("key"):
+            reasons[name] = (f"same key as run {before['run_id']}: its output was missing, corrupt or forced"
+                             + (f" ({stage['warning']})" if stage.get("warning") else ""))
+        else:
+            changed = changed_parts(before["stages"][name]["key_parts"], parts)
+            reasons[name] = f"{', '.join(changed)} changed since run {before['run_id']}"
+    return reasons
+
+
+def print_cache_misses(runs_dir: str | os.PathLike, record: dict[str, Any], stream: TextIO | None = None) -> None:
+    """The `cache_miss_reasons` of a run, one line per stage that ran."""
+    reasons = cache_miss_reasons(runs_dir, record)
+    if reasons:
+        print("why stages ran (not cache hits):", file=stream or sys.stdout)
+    for name, reason in reasons.items():
+        print(f"  {name}: {reason}", file=stream or sys.stdout)

@@ -36,6 +36,7 @@ from core.agents import (
     standard_graph,
 )
 from core.block_loader import BlockLoader
+from core.cache_key import InputPath
 from core.dag import Pipeline, stage_state_dir
 from core.datasets import test_mask
 from core.diagnostics import divergence_warning, last_fraction_mean
@@ -50,13 +51,13 @@ from pipelines.reports import srrw_report
 from workers.ingest import part_paths, standardize_part, summarise_part
 
 DEFAULTS: dict[str, Any] = {
-    "source": "builtin:breast_cancer",
+    "source": InputPath("builtin:breast_cancer"),
     **COLUMN_DEFAULTS,
     "shards": 2,
     "graph": {
         "name": "karate",  # a core.agents.standard_graph name, or "file" to read `edges`
-        "edges": "",  # Parquet edge list (src, dst) when name = "file"
-        "assignment": "",  # Parquet (node, id) table; empty: spread the data over the agents
+        "edges": InputPath(""),  # Parquet edge list (src, dst) when name = "file"
+        "assignment": InputPath(""),  # Parquet (node, id) table; empty: spread the data over the agents
         "spread": "label_skew",  # iid | label_skew
         "n": 0,  # graph size parameters (0: the generator's default)
         "m": 0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,11 +14,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from core.dag import Pipeline, Runner, StageOptions, load_run, run_path
 from core.errors import ConfigError, DataError
-from core.io import TEMP_PREFIX
+from core.io import TEMP_PREFIX, write_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = cf.ThreadPoolExecutor(max_workers=4)
@@ -161,3 +164,80 @@ def test_a_run_removes_temporaries_of_killed_writers_only(tmp_path: Path) -> Non
     assert Runner(make(), tmp_path, thread_submit).run().status == "succeeded"
     assert not orphan.exists()
     assert live.is_dir() and remote.is_dir()
+
+
+# ----------------------------------------------------------------------------- commit checks (issue 24 item 4)
+
+
+def parts_then_cleanup(out: Path, *, recreate: str) -> dict[str, Any]:
+    """Writes a part, loses its temporary directory to an overeager cleanup, then writes another part."""
+    write_parquet(pa.table({"id": [0, 1]}), out / "part-0.parquet")
+    shutil.rmtree(out)
+    if recreate == "mkdir":  # a writer that makes its own directories
+        out.mkdir()
+        pq.write_table(pa.table({"id": [2, 3]}), out / "part-1.parquet")
+    else:
+        write_parquet(pa.table({"id": [2, 3]}), out / "part-1.parquet")
+    return {"rows": 4}
+
+
+@pytest.mark.parametrize("recreate", ["write_parquet", "mkdir"])
+def test_a_temporary_directory_deleted_mid_stage_fails_the_stage_and_commits_nothing(tmp_path: Path, recreate: str) -> None:
+    p = Pipeline("lost")
+    p.stage("parts", parts_then_cleanup, params={"recreate": recreate})
+    record = Runner(p, tmp_path, thread_submit).run()
+    stage = record.stages["parts"]
+    assert stage.status == "failed" and stage.error_type == "CommitRefusedError" and not stage.bad_input  # exit 1
+    assert not (Path(stage.output) / "_SUCCESS").exists() and not Path(stage.output).exists()
+    assert not list((tmp_path / "cache").glob(f"{TEMP_PREFIX}*"))
+
+
+def writes_rows(out: Path, *, written: int, declared: int) -> dict[str, Any]:
+    write_parquet(pa.table({"id": list(range(written))}), out / "part-0.parquet")
+    return {"rows": declared}
+
+
+@pytest.mark.parametrize(("written", "declared", "status"), [(5, 5, "done"), (3, 5, "failed"), (5, 3, "failed")])
+def test_an_output_whose_rows_disagree_with_the_declared_rows_is_refused(tmp_path: Path, written: int, declared: int,
+                                                                        status: str) -> None:
+    p = Pipeline("rows")
+    p.stage("parts", writes_rows, params={"written": written, "declared": declared}, declares_rows=True)
+    stage = Runner(p, tmp_path, thread_submit).run().stages["parts"]
+    assert stage.status == status
+    if status == "failed":
+        assert stage.error_type == "CommitRefusedError" and f"holds {written:,} rows" in stage.error and not stage.bad_input
+        assert not Path(stage.output).exists()
+    else:
+        assert stage.rows == 5
+
+
+# ----------------------------------------------------------------------------- vanished upstream outputs (item 7)
+
+
+def _vanishing_submit(victim: str, times: int) -> Any:
+    """A submit that deletes `victim`'s committed output right before each of its first `times` other submits."""
+    left = [times]
+
+    def submit(fn: Any, args: tuple, options: StageOptions) -> cf.Future:
+        if options.name != victim and left[0] > 0:
+            left[0] -= 1
+            shutil.rmtree(args[2]["source"])
+        return POOL.submit(fn, *args)
+    return submit
+
+
+def test_an_upstream_output_that_vanished_is_recomputed_with_a_warning(tmp_path: Path) -> None:
+    Runner(make(), tmp_path, thread_submit).run()
+    CALLS.clear()
+    record = Runner(make(factor=5), tmp_path, _vanishing_submit("source", 1)).run()  # `source` is a hit, then vanishes
+    assert record.status == "succeeded"
+    assert CALLS.count("source") == 1 and record.stages["source"].status == "done"
+    assert "vanished" in record.stages["source"].warning
+    assert json.loads((Path(record.stages["double"].output) / "v.json").read_text()) == 15
+
+
+def test_an_upstream_output_that_keeps_vanishing_fails_as_an_internal_error(tmp_path: Path) -> None:
+    Runner(make(), tmp_path, thread_submit).run()
+    record = Runner(make(factor=5), tmp_path, _vanishing_submit("source", 10)).run()
+    stage = record.stages["double"]
+    assert stage.status == "failed" and stage.error_type == "UpstreamVanishedError" and not stage.bad_input

@@ -194,3 +194,42 @@ def test_store_stopped_mid_stage_fails_it_naming_the_uri_then_a_rerun_completes(
         assert record.status == "succeeded" and record.stages["double"].metrics == {"value": 8}
     finally:
         server.stop()
+
+
+# ----------------------------------------------------------------------------- issue 24: commit checks, vanished upstream
+
+
+def loses_its_attempt(out: Path, *, n: int) -> dict[str, Any]:
+    """A stage whose attempt prefix is deleted mid-stage (as a careless `gc` would)."""
+    from core import sink
+
+    (out / "n.json").write_text(json.dumps(n))
+    store.delete_prefix(sink.destination(out))
+    return {"n": n}
+
+
+def test_an_attempt_deleted_mid_stage_is_not_committed(s3_bucket: str) -> None:
+    runs = f"{s3_bucket}/lost"
+    p = Pipeline("lost")
+    p.stage("source", loses_its_attempt, params={"n": 3})
+    stage = Runner(p, runs, thread_submit).run().stages["source"]
+    assert stage.status == "failed" and stage.error_type == "CommitRefusedError" and not stage.bad_input
+    assert store.committed_attempts(stage.output) == []
+
+
+def test_a_vanished_upstream_attempt_is_recomputed_not_reported_as_bad_input(s3_bucket: str) -> None:
+    runs = f"{s3_bucket}/vanish"
+    first = Runner(make(), runs, thread_submit).run()
+    lost = first.stages["source"].attempt
+
+    def submit(fn: Any, args: tuple, options: StageOptions) -> cf.Future:
+        if options.name == "double" and lost in args[2].values():  # deleted after the runner counted it a hit
+            store.delete_prefix(lost)
+        return POOL.submit(fn, *args)
+
+    CALLS.clear()
+    record = Runner(make(factor=5), runs, submit).run()
+    assert record.status == "succeeded", record.stages["double"].error
+    assert CALLS == ["source", "double"]  # the first `double` failed fetching its input, before its body ran
+    assert "vanished" in record.stages["source"].warning and record.stages["source"].attempt != lost
+    assert _value(record) == 15

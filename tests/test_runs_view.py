@@ -84,3 +84,43 @@ def test_diff_shows_settings_and_metrics_that_differ(runs_dir: str, capsys) -> N
     assert main(["diff", RUN_A, RUN_B, "--runs-dir", runs_dir]) == 0
     out = capsys.readouterr().out
     assert "recall_at_10" in out and "ef" in out and "metric_01" not in out
+
+
+def reads_file(out: Path, *, src: str, n: int) -> dict:
+    (out / "copy.txt").write_text(Path(src).read_text() * n)
+    return {}
+
+
+def after(out: Path, work: Path) -> dict:
+    (out / "done.txt").write_text("ok")
+    return {}
+
+
+def _toy_run(runs: Path, src: Path, n: int) -> str:
+    import concurrent.futures as cf
+
+    from core.cache_key import InputPath
+    from core.dag import Pipeline, Runner
+
+    p = Pipeline("toy")
+    p.stage("work", reads_file, params={"src": InputPath(str(src)), "n": n})
+    p.stage("after", after, inputs=["work"])
+    with cf.ThreadPoolExecutor(2) as pool:
+        return Runner(p, runs, lambda fn, args, options: pool.submit(fn, *args)).run().run_id
+
+
+def test_show_says_why_each_stage_missed_the_cache(tmp_path: Path, capsys) -> None:
+    src, runs = tmp_path / "in.txt", tmp_path / "runs"
+    src.write_text("a")
+    first = _toy_run(runs, src, 1)
+    src.write_text("b")  # edited in place
+    second = _toy_run(runs, src, 1)
+    third = _toy_run(runs, src, 2)
+    capsys.readouterr()
+    assert main(["show", first, "--runs-dir", str(runs)]) == 0
+    assert "work: no earlier run of this stage" in capsys.readouterr().out
+    assert main(["show", second, "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert f"work: input src changed since run {first}" in out and f"after: upstream work changed since run {first}" in out
+    assert main(["show", third, "--runs-dir", str(runs)]) == 0
+    assert f"work: params changed since run {second}" in capsys.readouterr().out

@@ -27,7 +27,7 @@ from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from core import hnsw, sink, store
 from core.errors import ShardUnavailableError, ShardwalkError
-from core.io import ShardSpec
+from core.io import ShardSpec, make_dirs
 from workers.raykit import collect_quietly
 
 log = logging.getLogger("shardwalk")
@@ -96,7 +96,7 @@ def run(actors: list[list[Any]], units: list[_Unit], req: GraphRequest, in_fligh
     """Write every unit's part; returns the rows written. Raises ShardUnavailableError after UNIT_ATTEMPTS."""
     req = replace(req, out=sink.destination(req.out))
     if not store.is_uri(req.out):
-        Path(req.out).mkdir(parents=True, exist_ok=True)
+        make_dirs(req.out)  # never recreates a stage's vanished temporary directory
     todo = list(units)
     todo.reverse()  # pop() from the end: shard 0's batches first
     window = max(1, in_flight or IN_FLIGHT_PER_SHARD * len(actors))

@@ -25,7 +25,7 @@ import ray
 from core import hnsw, hnsw_results, index_store, sink, sizing, store
 from core.errors import ConfigError, DataError, ShardUnavailableError
 from core.index_meta import IndexMeta
-from core.io import MANIFEST, ShardSpec, Source, build_manifest, plan_shards, write_json_atomic
+from core.io import MANIFEST, TOKEN, ShardSpec, Source, build_manifest, plan_shards, write_json_atomic
 from core.schema import from_numpy
 from workers import index_actors, index_build, index_search, query_stream, raykit
 from workers import knn_graph as graph_units
@@ -233,7 +233,7 @@ class ShardedIndex:
             return self._save_remote(os.fspath(path))
         final = Path(path).absolute()
         if not atomic:
-            if not final.is_dir() or any(final.iterdir()):
+            if not final.is_dir() or any(p.name != TOKEN for p in final.iterdir()):  # its owner's commit token only
                 raise ConfigError(f"{final}: save(atomic=False) needs an existing empty directory")
             self._write_files(final)
             return final
