@@ -126,6 +126,20 @@ def test_a_hostile_manifest_on_a_store_is_refused_before_any_request_leaves(
     assert not list((tmp_path / "cache").rglob("secret.json"))
 
 
+def test_names_listed_from_a_store_are_never_parsed_as_uris(s3_server: str, s3_bucket: str, second_server: CountingServer,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """A planted `runs/<name>/` or `attempts/<name>/` whose name carries a query string redirects nothing."""
+    fs, bucket = _s3(s3_server), s3_bucket.removeprefix("s3://")
+    planted = f"x?scheme=http&endpoint_override=127.0.0.1:{second_server.port}"
+    _put(fs, f"{bucket}/runs/runs/{planted}/run.json", b"{}")
+    _put(fs, f"{bucket}/out/attempts/{planted}/{MANIFEST}", b"{}")
+
+    assert main(["runs", "--runs-dir", f"{s3_bucket}/runs"]) == 0
+    assert "is not a run id" in capsys.readouterr().out
+    assert store.find_committed(f"{s3_bucket}/out") is None
+    assert second_server.requests == []
+
+
 # ----------------------------------------------------------------------------- item 4: records are data
 
 
