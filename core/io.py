@@ -442,6 +442,9 @@ def _seal_digest(payload: Mapping[str, Any]) -> str:
 def write_json_sealed(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
     """Write a JSON object atomically together with the sha256 of its own content (checkpoint manifests).
 
+    The seal catches damage and stray edits; it is unkeyed, so it is not authentication (anyone who can
+    write the file can reseal it).
+
     `path` may be an object-store URI (one PUT: a reader sees the old object or the new one).
     """
     from core import store

@@ -317,7 +317,10 @@ def _seal_of(manifest: dict[str, Any]) -> str:
 
 
 def seal(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest with `seal`, the sha256 of its own canonical content: a damaged manifest is not trusted."""
+    """The manifest with `seal`, the sha256 of its own canonical content: a damaged manifest is not trusted.
+
+    An integrity check, not authentication: the hash is unkeyed, so whoever can write the store can reseal.
+    """
     return {**manifest, "seal": _seal_of(manifest)}
 
 
