@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks.faults_trust import CountingServer
 from core import store
 from core.errors import CorruptArtifactError
 from core.io import MANIFEST, read_json_sealed, write_json_sealed
@@ -31,32 +32,6 @@ from core.names import artifact_name
 from core.srrw import SRRW, Schedule, load_token, make_tokens, save_token
 from pipelines import cli
 from pipelines.cli import main
-
-
-class CountingServer:
-    """A second moto server on 127.0.0.1 that records the path of every HTTP request it receives."""
-
-    def __init__(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self.requests: list[str] = []
-
-    def __enter__(self) -> CountingServer:
-        self.server.start()
-        wsgi = self.server._server  # werkzeug's server: wrap its app to see every request
-        inner = wsgi.app
-
-        def counted(environ: dict[str, Any], start_response: Any) -> Any:
-            self.requests.append(f"{environ['REQUEST_METHOD']} {environ.get('PATH_INFO')}")
-            return inner(environ, start_response)
-
-        wsgi.app = counted
-        self.port = self.server.get_host_and_port()[1]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
 
 
 @pytest.fixture
