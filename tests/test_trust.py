@@ -183,6 +183,17 @@ def test_a_checkpoint_names_its_rng_from_an_allowlist(tmp_path: Path) -> None:
     assert np.random.random() == expected  # nothing in numpy was called
 
 
+def test_a_checkpoint_on_a_store_cannot_name_an_array_on_another_server(s3_bucket: str, second_server: CountingServer) -> None:
+    directory = f"{s3_bucket}/ckpt"
+    manifest = save_token(directory, make_tokens(SRRW(nx.karate_club_graph(), 5.0, "mhrw"), 3, Schedule(), seed=1)[0])
+    meta = read_json_sealed(manifest, "token checkpoint")
+    meta["files"]["theta"]["file"] = f"t.npy?scheme=http&endpoint_override=127.0.0.1:{second_server.port}"
+    write_json_sealed(manifest, meta)
+    with pytest.raises(CorruptArtifactError, match="names an unsafe path.*to start the walk from scratch"):
+        load_token(directory, 0)
+    assert second_server.requests == []
+
+
 def _listening(port: int) -> list[str]:
     """Local addresses (hex, as /proc/net/tcp* shows them) of the sockets listening on `port`."""
     found = []
