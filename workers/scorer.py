@@ -98,6 +98,8 @@ class ScoreShard:
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0: serve the gloo group's store on this node's own address; returns (address, port)."""
         addr = ray.util.get_node_ip_address()
+        if self.world == 1:  # no group, so nothing to listen for
+            return addr, 0
         self.store = gloo.serve_store(addr, self.world)
         return addr, self.store.port
 
