@@ -68,6 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAFETY_MODULES: tuple[str, ...] = (
     "faults_exports",
     "faults_cache",
+    "faults_trust",
 )
 
 

@@ -363,7 +363,9 @@ def load_shard_manifest(directory: Path, shard: int) -> tuple[dict[str, Any], Hn
     manifest = read_json(path, CorruptArtifactError(f"{path}: shard manifest is missing"), "shard manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("shard") != shard:
         raise CorruptArtifactError(f"{path}: not a manifest of shard {shard} in format {FORMAT}")
-    check_checksums(directory, manifest.get("files", {}), "shard manifest")
+    if not isinstance(manifest.get("files"), dict):
+        raise CorruptArtifactError(f"{path}: shard manifest has no 'files' table")
+    check_checksums(directory, manifest["files"], "shard manifest")
     try:
         params = HnswParams(**manifest["params"])
     except (KeyError, TypeError) as exc:

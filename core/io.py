@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from core import datasets
 from core.errors import CommitRefusedError, CorruptArtifactError, DataError
+from core.names import artifact_name
 from core.schema import from_numpy
 
 P = ParamSpec("P")
@@ -320,10 +321,7 @@ def confined(root: str | os.PathLike, rel: str, listed_in: str) -> Path:
     would otherwise make a later copy, link or delete act outside it.
     """
     base = Path(root)
-    parts = rel.split("/") if isinstance(rel, str) else [""]
-    if any(p in ("..", ".", "") or "\\" in p for p in parts):  # also catches "/abs" and "a//b"
-        raise CorruptArtifactError(f"{base}: the {listed_in} names an unsafe path {rel!r}")
-    path = base.joinpath(*parts)
+    path = base.joinpath(*artifact_name(rel, f"{base} ({listed_in})").split("/"))  # also refuses "/abs" and "a//b"
     if not path.resolve().is_relative_to(base.resolve()):
         raise CorruptArtifactError(f"{base}: the {listed_in} names {rel!r}, which leads outside the directory")
     return path
@@ -508,6 +506,9 @@ def _seal_digest(payload: Mapping[str, Any]) -> str:
 
 def write_json_sealed(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
     """Write a JSON object atomically together with the sha256 of its own content (checkpoint manifests).
+
+    The seal catches damage and stray edits; it is unkeyed, so it is not authentication (anyone who can
+    write the file can reseal it).
 
     `path` may be an object-store URI (one PUT: a reader sees the old object or the new one).
     """

@@ -20,6 +20,7 @@ from typing import Any
 from core import stage_store, store
 from core.errors import ConfigError
 from core.io import pid_alive, read_json, write_json_atomic
+from core.names import artifact_name, is_artifact_name
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 UNREADABLE = "unreadable"  # the status of a run record that could not be read
@@ -27,7 +28,7 @@ UNREADABLE = "unreadable"  # the status of a run record that could not be read
 
 def check_name(name: str, what: str) -> str:
     """Reject names that could escape the runs directory or confuse a shell."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name or not is_artifact_name(name):
         raise ConfigError(f"invalid {what} {name!r}: use letters, digits, '_', '-', '.' (no '..', no '/')")
     return name
 
@@ -70,7 +71,8 @@ class RunRecord:
     stages: dict[str, StageRecord] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record as JSON; `stage_order` keeps the pipeline's order (run.json sorts `stages` by name)."""
+        return {**asdict(self), "stage_order": list(self.stages)}
 
     def failed_stage(self) -> StageRecord | None:
         return next((s for s in self.stages.values() if s.status == "failed"), None)
@@ -119,6 +121,36 @@ def load_run(runs_dir: str | os.PathLike, run_id: str) -> dict[str, Any]:
         return record
     path = run_path(runs_dir, run_id)
     return read_json(path, ConfigError(f"no run '{run_id}' under {Path(runs_dir) / 'runs'}"), "run record")
+
+
+def placed_stages(record: dict[str, Any], runs_dir: str | os.PathLike) -> dict[str, Any]:
+    """`record` with each stage's output and attempt rebuilt under the trusted `runs_dir` from checked names.
+
+    A record is data: its `output` / `attempt` strings could name any path or URI (another server through
+    `?endpoint_override=`, a folder outside the runs dir). Readers take only the stage's name, key and attempt
+    id from it and place them where the Runner puts them (core.dag.output_dir, core.stage_store.stage_uri).
+    """
+    from core.errors import CorruptArtifactError
+
+    where = f"run record {record.get('run_id')!r} under {runs_dir}"
+    stages = record.get("stages")
+    if not isinstance(stages, dict):
+        raise CorruptArtifactError(f"{where}: no 'stages' table")
+    remote = store.is_remote(os.fspath(runs_dir))
+    placed = {}
+    for name, stage in stages.items():
+        if not isinstance(stage, dict) or not isinstance(stage.get("key"), str):
+            raise CorruptArtifactError(f"{where}: stage {str(name)[:80]!r} has no key")
+        folder = f"{artifact_name(name, where)}-{artifact_name(stage['key'], where)[:24]}"
+        attempt = stage.get("attempt")
+        if remote:
+            output = store.join(os.fspath(runs_dir), "cache", folder)
+            if attempt is not None:
+                attempt = store.join(output, store.ATTEMPTS, artifact_name(str(attempt).rstrip("/").rsplit("/", 1)[-1], where))
+        else:
+            output, attempt = str(_local(runs_dir) / "cache" / folder), None  # a local runs dir has no attempts
+        placed[name] = {**stage, "output": output, "attempt": attempt}
+    return {**record, "stages": placed}
 
 
 def unreadable_record(run_id: str, reason: str, started: float = 0.0) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 from core import node_cache, sink, store
 from core.errors import DataError, UpstreamVanishedError
 from core.io import TEMP_PREFIX, TOKEN, claim_token, new_token
+from core.names import is_artifact_name
 
 
 def stage_uri(runs_dir: str, name: str, key: str) -> str:
@@ -113,6 +114,10 @@ def list_records(runs_dir: str, unreadable: Callable[[str, str], dict[str, Any]]
     records = []
     for info in store.list_dir(store.join(runs_dir, "runs")):
         if info.type != pafs.FileType.Directory:
+            continue
+        if not is_artifact_name(info.base_name):  # a listed name is data: never parsed into a URI
+            if unreadable is not None:
+                records.append(unreadable(info.base_name[:80], f"{store.join(runs_dir, 'runs')}: {info.base_name[:80]!r} is not a run id"))
             continue
         uri = store.join(runs_dir, "runs", info.base_name, "run.json")
         try:

@@ -32,6 +32,7 @@ import pyarrow.fs as pafs
 
 from core.errors import CommitRefusedError, ConfigError, CorruptArtifactError, DataError
 from core.io import MANIFEST, TOKEN, build_manifest
+from core.names import artifact_name, is_artifact_name
 
 SCHEMES = ("file", "s3", "gs", "gcs")
 ATTEMPTS = "attempts"
@@ -104,6 +105,17 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return _filesystem(base.rstrip("/") + sep + query)
 
 
+def locate(uri: str, rel: str, listed_in: str) -> tuple[pafs.FileSystem, str, str]:
+    """(filesystem, path, URI to show) of `rel`, a name read from an artifact, under the trusted `uri`.
+
+    Only `uri` is parsed; `rel` must pass the name grammar (core/names.py) and is appended as a path on the
+    filesystem object, never re-parsed as a URI (a `?endpoint_override=` or `%2e%2e` in it cannot redirect).
+    """
+    fs, root = resolve(uri)
+    rel = artifact_name(rel, listed_in)
+    return fs, f"{root.rstrip('/')}/{rel}", join(uri, rel)
+
+
 def check_runs_dir(runs_dir: str | os.PathLike, what: str = "runs dir") -> str:
     """Validate a runs directory before anything is written; return it normalised (a path or a URI).
 
@@ -154,7 +166,15 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 def read_bytes(uri: str) -> bytes | None:
     """The object's bytes, or None if it does not exist."""
-    fs, path = resolve(uri)
+    return _read_at(*resolve(uri), uri)
+
+
+def read_child(uri: str, rel: str, listed_in: str) -> bytes | None:
+    """The bytes of `rel` (a name read from an artifact) under the trusted `uri`, or None if it does not exist."""
+    return _read_at(*locate(uri, rel, listed_in))
+
+
+def _read_at(fs: pafs.FileSystem, path: str, uri: str) -> bytes | None:
     with store_errors(uri):
         try:
             with fs.open_input_stream(path) as handle:
@@ -192,7 +212,10 @@ def etag(uri: str) -> tuple[int, str] | None:
 
     An S3 ETag is derived from the object's content (MD5 of it, or of its parts): a rewrite changes it.
     """
-    fs, path = resolve(uri)
+    return _etag_at(*resolve(uri), uri)
+
+
+def _etag_at(fs: pafs.FileSystem, path: str, uri: str) -> tuple[int, str] | None:
     with store_errors(uri):
         try:
             with fs.open_input_file(path) as handle:
@@ -302,7 +325,10 @@ def _seal_of(manifest: dict[str, Any]) -> str:
 
 
 def seal(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest with `seal`, the sha256 of its own canonical content: a damaged manifest is not trusted."""
+    """The manifest with `seal`, the sha256 of its own canonical content: a damaged manifest is not trusted.
+
+    An integrity check, not authentication: the hash is unkeyed, so whoever can write the store can reseal.
+    """
     return {**manifest, "seal": _seal_of(manifest)}
 
 
@@ -323,7 +349,7 @@ def committed_attempts(uri: str) -> list[Committed]:
         return [Committed(uri.rstrip("/"), own)]
     found = []
     for info in list_dir(join(uri, ATTEMPTS)):
-        if info.type == pafs.FileType.Directory:
+        if info.type == pafs.FileType.Directory and is_artifact_name(info.base_name):  # a listed name is data too
             attempt = join(uri, ATTEMPTS, info.base_name)
             manifest = _manifest_of(attempt)
             if manifest is not None:
@@ -334,14 +360,12 @@ def committed_attempts(uri: str) -> list[Committed]:
 def uncommitted_attempts(uri: str) -> list[str]:
     """Attempts under `uri` that never wrote their manifest (killed or failed writers)."""
     return [join(uri, ATTEMPTS, i.base_name) for i in list_dir(join(uri, ATTEMPTS))
-            if i.type == pafs.FileType.Directory and _manifest_of(join(uri, ATTEMPTS, i.base_name)) is None]
+            if i.type == pafs.FileType.Directory and is_artifact_name(i.base_name) and _manifest_of(join(uri, ATTEMPTS, i.base_name)) is None]
 
 
 def safe_rel(attempt: str, rel: str) -> str:
-    parts = rel.split("/") if isinstance(rel, str) else [""]
-    if any(p in ("..", ".", "") or "\\" in p for p in parts):
-        raise CorruptArtifactError(f"{attempt}: the manifest names an unsafe path {rel!r}")
-    return rel
+    """`rel` if the manifest of `attempt` may name it (core/names.py), else CorruptArtifactError."""
+    return artifact_name(rel, f"{join(attempt, MANIFEST)}")
 
 
 def verify_attempt(c: Committed, names: Iterable[str] | None = None) -> None:
@@ -351,11 +375,11 @@ def verify_attempt(c: Committed, names: Iterable[str] | None = None) -> None:
 
 
 def stream_object(c: Committed, rel: str, sink: Any) -> int:
+    """Stream one listed object into `sink` (None: just hash it), refused unless its size and sha256 match."""
     entry = c.manifest["files"].get(rel)
-    uri = join(c.uri, safe_rel(c.uri, rel))
+    fs, path, uri = locate(c.uri, rel, join(c.uri, MANIFEST))
     if not isinstance(entry, dict):
         raise CorruptArtifactError(f"{uri}: not listed in its manifest")
-    fs, path = resolve(uri)
     digest, size = hashlib.sha256(), 0
     with store_errors(uri):
         try:
@@ -383,7 +407,7 @@ def unchanged_since_commit(c: Committed) -> bool:
     if not entries or not all(isinstance(e, dict) and e.get("etag") for e in entries.values()):
         return False
     for rel, entry in entries.items():
-        if etag(join(c.uri, safe_rel(c.uri, rel))) != (entry.get("bytes"), entry["etag"]):
+        if _etag_at(*locate(c.uri, rel, join(c.uri, MANIFEST))) != (entry.get("bytes"), entry["etag"]):
             return False
     return True
 
@@ -391,9 +415,8 @@ def unchanged_since_commit(c: Committed) -> bool:
 def copy_object(c: Committed, rel: str, dest: str) -> None:
     """Copy one committed object to `dest` in the same store, verified: server-side when its size and ETag are
     still those recorded at commit (no bytes pass through this process), else streamed and hashed."""
-    entry, src = c.manifest["files"].get(rel), join(c.uri, safe_rel(c.uri, rel))
-    if isinstance(entry, dict) and entry.get("etag") and etag(src) == (entry.get("bytes"), entry["etag"]):
-        fs, path = resolve(src)
+    entry, (fs, path, src) = c.manifest["files"].get(rel), locate(c.uri, rel, join(c.uri, MANIFEST))
+    if isinstance(entry, dict) and entry.get("etag") and _etag_at(fs, path, src) == (entry.get("bytes"), entry["etag"]):
         with store_errors(dest):
             fs.copy_file(path, resolve(dest)[1])
         return

@@ -103,10 +103,13 @@ def _read_arrays(directory: str, meta: dict[str, Any], manifest: str | Path, hin
         return arrays
     arrays = {}
     for name, entry in files.items():
-        if not isinstance(entry["file"], str) or "/" in entry["file"] or entry["file"].startswith("."):
-            raise CorruptArtifactError(f"{manifest}: names an unsafe object {entry['file']!r}{hint}")
+        if not isinstance(entry["file"], str) or "/" in entry["file"]:  # a checkpoint's arrays sit beside it
+            raise CorruptArtifactError(f"{manifest}: names an unsafe object {str(entry['file'])[:200]!r}{hint}")
         obj = store.join(directory, entry["file"])
-        data = store.read_bytes(obj)
+        try:
+            data = store.read_child(directory, entry["file"], f"{manifest}")
+        except CorruptArtifactError as exc:
+            raise CorruptArtifactError(f"{exc}{hint}") from None
         if data is None or hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise CorruptArtifactError(f"{obj}: missing or checksum does not match {Path(manifest).name}{hint}")
         arrays[name] = np.load(io.BytesIO(data), allow_pickle=False)

@@ -13,8 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from core.dag import list_runs, load_run
-from core.errors import ConfigError, InputError
-from core.run_records import UNREADABLE, is_unreadable
+from core.errors import ConfigError
+from core.run_records import UNREADABLE, is_unreadable, placed_stages
 from pipelines.progress import _fmt_time, run_status
 
 LATEST = "latest"
@@ -44,22 +44,26 @@ def resolve_run_id(runs_dir: str | os.PathLike, ref: str) -> str:
 
 
 def load_run_ref(runs_dir: str | os.PathLike, ref: str) -> dict[str, Any]:
-    """The run record named by `ref`, its stages in pipeline order."""
-    record = load_run(runs_dir, resolve_run_id(runs_dir, ref))
+    """The run record named by `ref`, its stages in pipeline order, their outputs placed under `runs_dir`.
+
+    The record is data: nothing in it is imported or used as a location (core.run_records.placed_stages).
+    """
+    record = placed_stages(load_run(runs_dir, resolve_run_id(runs_dir, ref)), runs_dir)
     record["stages"] = {name: record["stages"][name] for name in stage_order(record)}
     return record
 
 
 def stage_order(record: dict[str, Any]) -> list[str]:
-    """The pipeline's own stage order (run.json stores stages sorted by name), rebuilt from the config."""
-    names = list(record["stages"])
-    try:
-        from pipelines.config import pipeline_module
+    """The pipeline's stage order as the record kept it (`stage_order`; run.json sorts `stages` by name).
 
-        order = list(pipeline_module(record["pipeline"]).build(record["config"]).stages)
-    except (InputError, KeyError, TypeError, ValueError, ImportError):
-        return names  # a pipeline that no longer builds: keep the recorded order
-    return [n for n in order if n in record["stages"]] + [n for n in names if n not in order]
+    Never rebuilt by importing the record's `pipeline`: a record that anyone with write access to a shared
+    runs dir could have written must not choose code to run. Older records keep their sorted order.
+    """
+    names = list(record["stages"])
+    order = record.get("stage_order")
+    if not isinstance(order, list):
+        return names
+    return [n for n in order if isinstance(n, str) and n in record["stages"]] + [n for n in names if n not in order]
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ def _record(run_id: str, started: float, *, ef: int, recall: float) -> dict:
         for name in sorted(ORDER)  # run.json is written with sorted keys
     }
     return {"run_id": run_id, "pipeline": "index", "config": config, "status": "succeeded",
-            "started": started, "finished": started + 5, "stages": stages}
+            "started": started, "finished": started + 5, "stages": stages, "stage_order": ORDER}
 
 
 @pytest.fixture

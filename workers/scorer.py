@@ -6,18 +6,16 @@ Scoring has two layouts, chosen by core.proxy.plan_scoring from the data size an
   straight from the others' object refs and writes one slice of the scores table. Scores are added in
   model order, so 1, 2 or 3 actors give the same bits.
 - `data`: every `ScoreShard` reads its own rows (core.io.read_shard), the proxies train data-parallel
-  with gradients, example count and loss all-reduced in one gloo call per minibatch (rank 0 picks a free
-  port on its node), and each actor writes the scores of the examples it holds.
+  with gradients, example count and loss all-reduced in one gloo call per minibatch (rank 0 serves the
+  rendezvous on its node's own address, workers/gloo.py), and each actor writes the scores of the examples it holds.
 `device = "cuda"` makes every actor request one GPU (`num_gpus`); "auto" uses cuda when the cluster has GPUs. Selection: `SelectShard` actors read their part of the scores and answer
 the small-summary protocol of core/coreset.py; each writes its part of every selection table.
 """
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from core.proxy import ProxySpec, TrainSpec
 from core.schema import LABEL, validate_vectors, vector_dim
 from core.selection_names import check_method, selection_name
 from core.store import is_uri
+from workers import gloo
 from workers.autoconnect import ensure_ray
 
 PART = "part-{:05d}.parquet"
@@ -74,6 +73,8 @@ class ScoreShard:
         self.spec, self.rank, self.world, self.split = spec, rank, world, split
         self.scores: pa.Table | None = None
         self.params: np.ndarray | None = None
+        self.store: Any = None  # rank 0: the gloo group's TCPStore server (workers/gloo.py)
+        self.group: Any = None
 
     def _load(self) -> None:
         """Read and validate my rows; keep the training split (errors surface typed from a method call)."""
@@ -95,19 +96,18 @@ class ScoreShard:
         return self.rank
 
     def rendezvous(self) -> tuple[str, int]:
-        """Rank 0: this node's IP and a free port for the gloo group."""
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("", 0))
-            port = sock.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        """Rank 0: serve the gloo group's store on this node's own address; returns (address, port)."""
+        addr = ray.util.get_node_ip_address()
+        if self.world == 1:  # no group, so nothing to listen for
+            return addr, 0
+        self.store = gloo.serve_store(addr, self.world)
+        return addr, self.store.port
 
     def join(self, addr: str, port: int) -> None:
-        """Join the gloo process group (all ranks must call this concurrently)."""
+        """Join the gloo group (all ranks must call this concurrently); its sockets bind this node's address."""
         if self.world > 1:
-            torch.distributed.init_process_group(
-                "gloo", init_method=f"tcp://{addr}:{port}", rank=self.rank, world_size=self.world,
-                timeout=timedelta(seconds=120),
-            )
+            store = self.store if self.rank == 0 else gloo.join_store(addr, port, self.world)
+            self.group = gloo.gloo_group(store, self.rank, self.world, ray.util.get_node_ip_address())
 
     @ray.method(num_returns=2)
     def score_models(self, num_classes: int, spec: ProxySpec, device: str, indices: list[int]) -> tuple[Any, dict[str, Any]]:
@@ -130,7 +130,7 @@ class ScoreShard:
     def score(self, total_rows: int, num_classes: int, spec: ProxySpec, device: str) -> dict[str, Any]:
         """Train the proxies (all-reducing gradients) and record my examples' dynamics."""
         started, cpu = time.perf_counter(), time.process_time()
-        allreduce = (lambda t: torch.distributed.all_reduce(t)) if self.world > 1 else None
+        allreduce = (lambda t: gloo.all_reduce(self.group, t)) if self.world > 1 else None
         recorder, model = proxy.score_shard(
             self.x, self.y, self.ids, num_classes, spec, total_rows=total_rows, allreduce=allreduce, device=device
         )
@@ -151,8 +151,8 @@ class ScoreShard:
         return self.params
 
     def leave(self) -> None:
-        if self.world > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        """Drop the gloo group and the store (their sockets close with them)."""
+        self.group = self.store = None
 
 
 def _get_fail_fast(refs: list[Any], actors: list[Any]) -> list[Any]:

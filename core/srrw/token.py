@@ -76,7 +76,7 @@ class Token:
     @classmethod
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Token:
         """The token `state()` described (KeyError/ValueError/TypeError on a malformed description)."""
-        bitgen = getattr(np.random, meta["rng"]["bit_generator"])()
+        bitgen = bit_generator(meta["rng"]["bit_generator"])
         bitgen.state = meta["rng"]
         return cls(
             key=int(meta["key"]), theta=np.array(arrays["theta"], dtype=np.float64),
@@ -89,10 +89,23 @@ class Token:
         )
 
 
+# The bit generators a token may name: the ones numpy ships (tokens use PCG64). A checkpoint is data, so its
+# name is looked up here, never with getattr on a module.
+BIT_GENERATORS = {cls.__name__: cls for cls in (np.random.PCG64, np.random.PCG64DXSM, np.random.Philox,
+                                                np.random.SFC64, np.random.MT19937)}
+
+
+def bit_generator(name: Any) -> np.random.BitGenerator:
+    """A fresh bit generator of the kind `name` (from BIT_GENERATORS; ValueError for any other name)."""
+    if not isinstance(name, str) or name not in BIT_GENERATORS:
+        raise ValueError(f"unknown RNG bit generator {str(name)[:80]!r} (known: {', '.join(sorted(BIT_GENERATORS))})")
+    return BIT_GENERATORS[name](0)
+
+
 def _unpack_token(packed: tuple[Any, ...]) -> Token:
     (key, n, node, prev, arrived, log_scale, handoffs, bitgen_name, bitgen_state, theta, logy, theta_bar,
      path, curve_n, curve_theta) = packed
-    bitgen = getattr(np.random, bitgen_name)(0)
+    bitgen = bit_generator(bitgen_name)
     bitgen.state = bitgen_state
     theta_arr = np.frombuffer(theta, dtype=np.float64).copy()
     curves = np.frombuffer(curve_theta, dtype=np.float64).reshape(len(curve_n), len(theta_arr))
