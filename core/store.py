@@ -35,7 +35,6 @@ from core.io import MANIFEST, build_manifest
 
 SCHEMES = ("file", "s3", "gs", "gcs")
 ATTEMPTS = "attempts"
-ORIGIN = ".origin"  # in a node-local copy: the committed attempt it was downloaded from
 CHUNK = 8 << 20
 
 

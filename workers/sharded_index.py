@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from core import hnsw, hnsw_results, index_store, sink, sizing, store
+from core import hnsw, hnsw_results, index_store, node_cache, sink, sizing, store
 from core.errors import ConfigError, DataError, ShardUnavailableError
 from core.index_meta import IndexMeta
 from core.io import MANIFEST, ShardSpec, Source, build_manifest, plan_shards, write_json_atomic
@@ -199,10 +199,18 @@ class ShardedIndex:
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, replicas: int | None = None, cpus_per_actor: float | None = None, workdir: str | os.PathLike | None = None) -> ShardedIndex:
-        """Reopen a saved index (a directory or a store URI): every shard verifies its checksums and loads its file."""
+        """Reopen a saved index (a directory or a store URI): every shard verifies its checksums and loads its file.
+
+        On a store the newest committed attempt is resolved once, here, and every shard loads that attempt:
+        a save committing meanwhile is not mixed in.
+        """
         remote = index_store.store_uri_of(path)
-        src = Path(path) if remote is None else index_store.fetch_index_json(remote)
-        meta = IndexMeta.from_json(hnsw.read_index_manifest(src), str(src / hnsw.INDEX_FILE))
+        with node_cache.holding():  # the JSON copy stays until it is read
+            if remote is not None:  # one attempt, resolved here, is what every shard loads
+                remote, src = index_store.open_attempt(remote)
+            else:
+                src = Path(path)
+            meta = IndexMeta.from_json(hnsw.read_index_manifest(src), str(src / hnsw.INDEX_FILE))
         ensure_ray()
         if replicas is not None:
             hnsw.validate_layout(shards=meta.shards, replicas=replicas, partition=meta.partition)
