@@ -118,3 +118,26 @@ def test_the_root_is_created_private_and_a_foreign_or_group_writable_root_is_ref
     monkeypatch.setattr(node_cache.os, "getuid", lambda: os.stat(cache).st_uid + 1)  # as seen by another user
     with pytest.raises(node_cache.NodeCacheError, match=f"{cache}: the node cache root belongs to uid"):
         node_cache.cache_root()
+
+
+def test_a_stage_holds_its_inputs_until_it_ends_and_knows_their_attempts(
+        s3_bucket: str, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every input of a running stage stays (the kNN graph's index was evicted by its other input before);
+    helpers are pointed at the attempts the stage downloaded, not at a file on disk."""
+    from core import sink, stage_store
+
+    monkeypatch.setenv("SHARDWALK_LOCAL_CACHE_BYTES", "1")
+    build, ingest = _upload(tmp_path, f"{s3_bucket}/build", "b"), _upload(tmp_path, f"{s3_bucket}/ingest", "i")
+    seen: dict[str, object] = {}
+
+    def stage(out: Path, build: Path, ingest: Path) -> dict:
+        node_cache.evict()
+        seen.update(files=[p.name for p in (build / "part-0.parquet", ingest / "_labels.json") if p.is_file()],
+                    readable=(sink.readable(build), sink.readable(ingest / "part-0.parquet")))
+        (out / "done.txt").write_text("ok")
+        return {}
+
+    stage_store.execute_remote(stage, f"{s3_bucket}/cache/graph-k", {"build": build.uri, "ingest": ingest.uri}, {}, "k")
+    assert seen == {"files": ["part-0.parquet", "_labels.json"], "readable": (build.uri, f"{ingest.uri}/part-0.parquet")}
+    assert len(node_cache.evict()) == 2  # released when the stage ended
+    assert sink.readable(cache / build.digest[:32]) == str(cache / build.digest[:32])  # and no longer mapped
