@@ -148,3 +148,26 @@ def test_sharded_index_open_loads_the_attempt_the_driver_read(ray_local: None, s
         assert index.meta.space == "l2" and len(index) == 200
     assert store.require_committed(uri).uri != first  # the other version did commit meanwhile
     np.testing.assert_array_equal(ids[:, 0], ids_a[:5])
+
+
+def test_a_local_index_saved_again_between_open_and_shard_load_is_refused_not_mixed(tmp_path: Path) -> None:
+    from core.errors import CorruptArtifactError
+    from core.io import build_manifest, write_json_atomic
+    from workers.sharded_index import _shard_digests
+
+    ids_a, xa, ids_b, xb = _versions()
+    index_dir = tmp_path / "index"
+    index_dir.mkdir()
+
+    def save(ids: np.ndarray, x: np.ndarray, workdir: str) -> None:
+        _shard(tmp_path / workdir, ids, x, "l2").save_to(str(index_dir))
+        write_json_atomic(index_dir / MANIFEST, build_manifest(index_dir, {"kind": "index"}))
+
+    save(ids_a, xa, "a")
+    [opened] = _shard_digests(index_dir, 1)  # what the driver read
+    save(ids_b, xb, "b")  # saved again before the shard loads
+    with pytest.raises(CorruptArtifactError, match="shard 0 changed after the index was opened"):
+        LocalHnswShard(0, 0, str(tmp_path / "w1"), 1.0).load_from(str(index_dir), opened)
+    [current] = _shard_digests(index_dir, 1)
+    shard = LocalHnswShard(0, 0, str(tmp_path / "w2"), 1.0)
+    assert shard.load_from(str(index_dir), current)["live"] == len(ids_b)

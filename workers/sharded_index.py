@@ -25,7 +25,7 @@ import ray
 from core import hnsw, hnsw_results, index_store, node_cache, sink, sizing, store
 from core.errors import ConfigError, DataError, ShardUnavailableError
 from core.index_meta import IndexMeta
-from core.io import MANIFEST, ShardSpec, Source, build_manifest, plan_shards, write_json_atomic
+from core.io import MANIFEST, ShardSpec, Source, build_manifest, plan_shards, read_manifest, write_json_atomic
 from core.schema import from_numpy
 from workers import index_actors, index_build, index_search, query_stream, raykit
 from workers import knn_graph as graph_units
@@ -60,6 +60,13 @@ def swap_in(tmp: Path, final: Path) -> None:
     os.rename(tmp, final)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _shard_digests(directory: Path, shards: int) -> list[str | None]:
+    """The sha256 of each shard's manifest as the committed directory lists it (what its shard must load)."""
+    listed = read_manifest(directory)["files"]
+    entries = [listed.get(hnsw.shard_manifest_file(j)) for j in range(shards)]
+    return [e.get("sha256") if isinstance(e, dict) else None for e in entries]
 
 
 class ShardedIndex:
@@ -211,6 +218,7 @@ class ShardedIndex:
             else:
                 src = Path(path)
             meta = IndexMeta.from_json(hnsw.read_index_manifest(src), str(src / hnsw.INDEX_FILE))
+            expect = [None] * meta.shards if remote is not None else _shard_digests(src, meta.shards)
         ensure_ray()
         if replicas is not None:
             hnsw.validate_layout(shards=meta.shards, replicas=replicas, partition=meta.partition)
@@ -219,7 +227,8 @@ class ShardedIndex:
         actors, pgs, cpus = cls._spawn_or_clean(meta.shards, meta.replicas, work, cpus_per_actor)
         index = cls(meta, actors, work, pgs, owned)
         try:
-            stats = raykit.wait_all([p.load_from.remote(remote or str(src)) for p in index._primaries()], f"open {remote or src}")
+            loads = [p.load_from.remote(remote or str(src), expect[j]) for j, p in enumerate(index._primaries())]
+            stats = raykit.wait_all(loads, f"open {remote or src}")
             index._record_sizes(stats)
             index.threads = max(hnsw.threads_for(cpus), index_build.cluster_threads(index.meta))
             index._thread(index._primaries())
