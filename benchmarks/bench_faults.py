@@ -69,6 +69,7 @@ SAFETY_MODULES: tuple[str, ...] = (
     "faults_exports",
     "faults_cache",
     "faults_trust",
+    "faults_reads",
 )
 
 

@@ -3,8 +3,10 @@
 hnswlib reads and writes local files only. Saving: every primary shard actor uploads its native file (and
 its deleted-ids table and manifest) from its node-local working directory straight into the attempt prefix
 and returns their sizes and sha256; the driver then writes `index.json` and the `_SUCCESS` manifest, last.
-Opening: the driver fetches only the small JSON files; every shard actor downloads its own files into its
-node's checksum-keyed cache (verified while streaming) and loads them, so searches never touch the store.
+Opening: the driver resolves the newest committed attempt once and fetches only its small JSON files; every
+shard actor is handed that exact attempt, downloads its own files into its node's checksum-keyed cache
+(verified while streaming) and loads them, so a save committing meanwhile never mixes versions and searches
+never touch the store.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from core import hnsw, node_cache, sink, store
+from core.errors import InvariantError
 from core.io import MANIFEST
 
 
@@ -51,23 +54,25 @@ def new_attempt(uri: str) -> str:
     return store.join(uri, store.ATTEMPTS, store.new_attempt_id())
 
 
-def fetch_index_json(uri: str) -> Path:
-    """A verified local copy of the index's JSON files (what the driver reads before spawning shards)."""
+def open_attempt(uri: str) -> tuple[str, Path]:
+    """The committed attempt every reader of this open uses (resolved once, on the driver) and a verified
+    local copy of its JSON files (what the driver reads before spawning shards)."""
     c = store.require_committed(uri)
     names = [rel for rel in c.manifest["files"] if rel.endswith(".json")]
-    return node_cache.materialize(c.uri, names)[0]
+    return c.uri, node_cache.fetch(c, names)[0]
 
 
-def fetch_shard(uri: str, shard: int) -> Path:
-    """A verified node-local copy of one shard's files (run inside the shard actor, on its node)."""
-    c = store.require_committed(uri)
+def fetch_shard(attempt: str, shard: int) -> Path:
+    """A verified node-local copy of one shard's files from the pinned `attempt` (inside the shard actor)."""
+    c = store.require_committed(attempt)
+    if c.uri != attempt.rstrip("/"):
+        raise InvariantError(f"{attempt}: a shard is loaded from the attempt its driver opened, not the newest one")
     names = [rel for rel in shard_names(shard) if rel in c.manifest["files"]]
-    return node_cache.materialize(c.uri, names)[0]
+    return node_cache.fetch(c, names)[0]
 
 
 def store_uri_of(path: str | os.PathLike) -> str | None:
-    """The store URI behind a path: itself if remote, its origin if it is a node-local copy, else None."""
-    text = os.fspath(path)
-    if store.is_remote(text):
-        return text
-    return node_cache.origin(text) if Path(text).is_dir() else None
+    """The store URI behind a path: itself if remote, the attempt this process downloaded it from if it is a
+    node-local copy it holds (the stage's input), else None (a local index)."""
+    location = sink.readable(path)
+    return location if store.is_remote(location) else None

@@ -8,7 +8,8 @@ stage task `record`s them: its manifest, written last, lists every object. With 
 calls write into `out` (temporary name, then rename) and `record` does nothing.
 
 Inputs reach the stage task as node-local copies; `readable(path)` maps such a copy to the store object it
-came from, so a helper on another node reads the store, not a disk it cannot see. `check_local` refuses a
+came from (the attempt this process downloaded it from, held in memory while the stage runs), so a helper on
+another node reads the store, not a disk it cannot see. `check_local` refuses a
 path inside another node's scratch or cache (roots marked by `.shardwalk-node`): on a simulated cluster, where
 every "node" shares one disk, that turns a silent cross-node read into the error a real cluster would give.
 """
@@ -113,17 +114,17 @@ def record(groups: Iterable[Mapping[str, Mapping[str, Any]]]) -> None:
 
 
 def readable(path: str | os.PathLike) -> str:
-    """A location any node can read: the store object behind a node-local copy, else the path itself."""
+    """A location any node can read: the committed attempt behind a node-local copy this process holds (the
+    stage's own inputs, as it downloaded them), else the path itself. Never looked up in a file on disk."""
     text = os.fspath(path)
     if store.is_uri(text):
         return text
-    here = Path(text).absolute()
-    for parent in [here, *here.parents]:
-        origin = node_cache.origin(parent) if parent.is_dir() else None
-        if origin is not None:
-            rel = here.relative_to(parent).as_posix()
-            return origin if rel == "." else store.join(origin, rel)
-    return text
+    held = node_cache.source_of(text)
+    if held is None:
+        return text
+    entry, attempt = held
+    rel = Path(text).absolute().relative_to(entry).as_posix()
+    return attempt if rel == "." else store.join(attempt, rel)
 
 
 def put_parquet(table: pa.Table, dest_dir: str, name: str) -> dict[str, dict[str, Any]]:

@@ -47,7 +47,8 @@ def execute_remote(fn: Callable[..., Any], final: str, inputs: Mapping[str, str]
 
     state = _STATE_DIR.set(state_uri(final))
     try:
-        result = _execute(fn, final, inputs, params, key, declares_rows)
+        with node_cache.holding():  # the stage's inputs stay in the node cache (pinned) until it ends
+            result = _execute(fn, final, inputs, params, key, declares_rows)
     finally:
         _STATE_DIR.reset(state)  # Ray reuses worker processes: never leak into the next task
     store.delete_prefix(state_uri(final))  # committed: the state is spent

@@ -36,7 +36,6 @@ from core.names import artifact_name, is_artifact_name
 
 SCHEMES = ("file", "s3", "gs", "gcs")
 ATTEMPTS = "attempts"
-ORIGIN = ".origin"  # in a node-local copy: the committed attempt it was downloaded from
 CHUNK = 8 << 20
 
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from core import store
+from core import node_cache, store
 from core.errors import ConfigError, InputError, ShardwalkError, one_line
 from core.run_records import RunRecord
 from core.store import check_runs_dir
@@ -331,6 +331,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
 def _checked_runs_dir(runs_dir: str) -> str:
     """Validate --runs-dir before anything is written: the normalised URI, or the local path as given."""
     checked = check_runs_dir(runs_dir)
+    if store.is_remote(checked):  # inputs come through this node's cache: a symlinked or foreign root is refused now
+        node_cache.cache_root()
     return checked if "://" in checked else runs_dir
 
 

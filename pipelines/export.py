@@ -78,7 +78,7 @@ def stage_layout(record: dict[str, Any], tmp: Path) -> list[str]:
     labels = read_label_map(outputs["ingest"]) if "ingest" in outputs else None
     written: list[str] = []
     if "build" in outputs:
-        shutil.copytree(outputs["build"], tmp / "index", ignore=shutil.ignore_patterns(store.ORIGIN))
+        shutil.copytree(outputs["build"], tmp / "index", ignore=shutil.ignore_patterns(".*"))
         meta = json.loads((outputs["build"] / "index.json").read_text()) if (outputs["build"] / "index.json").is_file() else {}
         space = meta.get("space", record["config"].get("space", "l2"))
         search = {**search_defaults(record["config"]), "space": space, "distance": DISTANCES.get(space, space)}

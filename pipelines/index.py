@@ -260,7 +260,7 @@ def resolve_index(ref: str, runs_dir: str | os.PathLike) -> tuple[str, dict[str,
     stage = record["stages"].get("build")
     if stage is None or stage.get("status") not in ("done", "cached"):
         raise ConfigError(f"run {record['run_id']} has no committed index (no finished 'build' stage)")
-    return stage["output"], search_defaults(record["config"])
+    return stage.get("attempt") or stage["output"], search_defaults(record["config"])  # the attempt the run used
 
 
 def _defaults_of_cached_index(ref: str, runs_dir: str | os.PathLike) -> dict[str, Any]:

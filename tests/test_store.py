@@ -84,7 +84,7 @@ def test_materialize_verifies_reuses_and_refuses_corruption(s3_bucket: str, tmp_
     c, _ = store.upload_dir(_output(tmp_path), dest)
     local, fetched = node_cache.materialize(dest)
     assert fetched > 0 and pq.read_table(local / "part-0.parquet").num_rows == 5
-    assert node_cache.origin(local) == c.uri
+    assert node_cache.source_of(local) == (local, c.uri)  # what this process downloaded, from where
     again, fetched = node_cache.materialize(dest)
     assert again == local and fetched == 0  # reused, nothing downloaded
     store.write_bytes(f"{c.uri}/part-0.parquet", b"garbage")
@@ -101,9 +101,10 @@ def test_local_cache_is_bounded(s3_bucket: str, tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("SHARDWALK_LOCAL_CACHE_BYTES", "1")
     store.upload_dir(_output(tmp_path, "a", rows=3), f"{s3_bucket}/one")
     store.upload_dir(_output(tmp_path, "b", rows=4), f"{s3_bucket}/two")
-    first, _ = node_cache.materialize(f"{s3_bucket}/one")
+    with node_cache.holding():  # in use only inside the block
+        first, _ = node_cache.materialize(f"{s3_bucket}/one")
     second, _ = node_cache.materialize(f"{s3_bucket}/two")
-    assert second.is_dir() and not first.exists()  # the older entry was evicted, the one in use kept
+    assert second.is_dir() and not first.exists()  # the older entry, no longer in use, was evicted
 
 
 def test_store_down_is_a_one_line_error_naming_the_uri(tmp_path: Path) -> None:

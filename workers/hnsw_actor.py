@@ -29,9 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from core import hnsw, hnsw_results, index_store, sink
+from core import hnsw, hnsw_results, index_store, node_cache, sink, store
 from core.errors import CorruptArtifactError, DataError, ShardStateError
-from core.io import confined, read_shard, release_arrow_memory, write_json_atomic, write_parquet
+from core.io import confined, read_shard, release_arrow_memory, sha256_file, write_json_atomic, write_parquet
 from core.row_chunks import RowChunks
 from core.schema import check_unique, to_numpy, validate_vectors, vector_dim
 from workers.index_eval import peak_rss_bytes, rss_bytes
@@ -270,16 +270,26 @@ class LocalHnswShard:
             raise CorruptArtifactError(f"{self.workdir}: shard {self.shard} holds {self.live.size} live ids, manifest says {manifest['live']}")
         self.index = index
 
-    def load_from(self, source_dir: str | None) -> dict[str, Any]:
-        """Verify a saved shard (checksums), link it into my working directory, load it."""
-        if source_dir is not None and index_store.store_uri_of(source_dir) is not None:  # download on my node
-            source_dir = str(index_store.fetch_shard(index_store.store_uri_of(source_dir), self.shard))
-        if source_dir is not None and Path(source_dir).resolve() != self.workdir.resolve():
-            src = Path(source_dir)
-            manifest, _ = hnsw.load_shard_manifest(src, self.shard)
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            for name in [*manifest["files"], hnsw.shard_manifest_file(self.shard)]:
-                _link_or_copy(confined(src, name, "shard manifest"), confined(self.workdir, name, "shard manifest"))
+    def load_from(self, source_dir: str | None, expect: str | None = None) -> dict[str, Any]:
+        """Verify a saved shard (checksums), link it into my working directory, load it.
+
+        `source_dir` on a store is the exact committed attempt the driver opened: downloaded on my node. In a
+        local directory, `expect` is the sha256 of my shard manifest as the driver read it: a directory saved
+        again meanwhile is refused rather than mixed with the version the driver opened.
+        """
+        with node_cache.holding():  # the downloaded copy is kept until it is linked into my working directory
+            if source_dir is not None and store.is_remote(source_dir):
+                source_dir = str(index_store.fetch_shard(source_dir, self.shard))
+            if source_dir is not None and Path(source_dir).resolve() != self.workdir.resolve():
+                src = Path(source_dir)
+                manifest, _ = hnsw.load_shard_manifest(src, self.shard)
+                self.workdir.mkdir(parents=True, exist_ok=True)
+                for name in [*manifest["files"], hnsw.shard_manifest_file(self.shard)]:
+                    _link_or_copy(confined(src, name, "shard manifest"), confined(self.workdir, name, "shard manifest"))
+                mine = self.workdir / hnsw.shard_manifest_file(self.shard)  # checked in my private copy: no race
+                if expect is not None and sha256_file(mine) != expect:
+                    raise CorruptArtifactError(f"{src}: shard {self.shard} changed after the index was opened "
+                                               "(saved again meanwhile); open it again")
         self._load_workdir()
         return self.stats()
 

@@ -117,11 +117,16 @@ def open_for_stream(path: str | os.PathLike, pool: int) -> Any:
     Each shard actor still runs its node's CPUs as hnswlib threads (core/sizing.py): the reservation only
     keeps Ray Data's read tasks schedulable (an actor pool that takes every CPU starves them and hangs).
     """
-    from core import hnsw, index_store
+    from core import hnsw, index_store, node_cache
     from workers.sharded_index import ShardedIndex
 
     remote = index_store.store_uri_of(path)
-    shards = hnsw.read_index_manifest(Path(path) if remote is None else index_store.fetch_index_json(remote))["shards"]
+    with node_cache.holding():
+        if remote is not None:  # pinned: the shards open this attempt, whatever commits meanwhile
+            path, src = index_store.open_attempt(remote)
+        else:
+            src = Path(path)
+        shards = hnsw.read_index_manifest(src)["shards"]
     free = float(ray.available_resources().get("CPU", 0.0))
     reserve = max(0.0, free - 1.0 - pool * POOL_ACTOR_CPUS) / shards
     index = ShardedIndex.open(path, cpus_per_actor=math.floor(reserve * 1000) / 1000)

@@ -22,10 +22,19 @@ from typing import Any
 import numpy as np
 import ray
 
-from core import hnsw, hnsw_results, index_store, sink, sizing, store
+from core import hnsw, hnsw_results, index_store, node_cache, sink, sizing, store
 from core.errors import ConfigError, DataError, ShardUnavailableError
 from core.index_meta import IndexMeta
-from core.io import MANIFEST, TOKEN, ShardSpec, Source, build_manifest, plan_shards, write_json_atomic
+from core.io import (
+    MANIFEST,
+    TOKEN,
+    ShardSpec,
+    Source,
+    build_manifest,
+    plan_shards,
+    read_manifest,
+    write_json_atomic,
+)
 from core.schema import from_numpy
 from workers import index_actors, index_build, index_search, query_stream, raykit
 from workers import knn_graph as graph_units
@@ -60,6 +69,13 @@ def swap_in(tmp: Path, final: Path) -> None:
     os.rename(tmp, final)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _shard_digests(directory: Path, shards: int) -> list[str | None]:
+    """The sha256 of each shard's manifest as the committed directory lists it (what its shard must load)."""
+    listed = read_manifest(directory)["files"]
+    entries = [listed.get(hnsw.shard_manifest_file(j)) for j in range(shards)]
+    return [e.get("sha256") if isinstance(e, dict) else None for e in entries]
 
 
 class ShardedIndex:
@@ -199,10 +215,19 @@ class ShardedIndex:
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, replicas: int | None = None, cpus_per_actor: float | None = None, workdir: str | os.PathLike | None = None) -> ShardedIndex:
-        """Reopen a saved index (a directory or a store URI): every shard verifies its checksums and loads its file."""
+        """Reopen a saved index (a directory or a store URI): every shard verifies its checksums and loads its file.
+
+        On a store the newest committed attempt is resolved once, here, and every shard loads that attempt:
+        a save committing meanwhile is not mixed in.
+        """
         remote = index_store.store_uri_of(path)
-        src = Path(path) if remote is None else index_store.fetch_index_json(remote)
-        meta = IndexMeta.from_json(hnsw.read_index_manifest(src), str(src / hnsw.INDEX_FILE))
+        with node_cache.holding():  # the JSON copy stays until it is read
+            if remote is not None:  # one attempt, resolved here, is what every shard loads
+                remote, src = index_store.open_attempt(remote)
+            else:
+                src = Path(path)
+            meta = IndexMeta.from_json(hnsw.read_index_manifest(src), str(src / hnsw.INDEX_FILE))
+            expect = [None] * meta.shards if remote is not None else _shard_digests(src, meta.shards)
         ensure_ray()
         if replicas is not None:
             hnsw.validate_layout(shards=meta.shards, replicas=replicas, partition=meta.partition)
@@ -211,7 +236,8 @@ class ShardedIndex:
         actors, pgs, cpus = cls._spawn_or_clean(meta.shards, meta.replicas, work, cpus_per_actor)
         index = cls(meta, actors, work, pgs, owned)
         try:
-            stats = raykit.wait_all([p.load_from.remote(remote or str(src)) for p in index._primaries()], f"open {remote or src}")
+            loads = [p.load_from.remote(remote or str(src), expect[j]) for j, p in enumerate(index._primaries())]
+            stats = raykit.wait_all(loads, f"open {remote or src}")
             index._record_sizes(stats)
             index.threads = max(hnsw.threads_for(cpus), index_build.cluster_threads(index.meta))
             index._thread(index._primaries())
