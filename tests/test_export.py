@@ -83,7 +83,8 @@ def _fake_coreset_run(tmp_path: Path, run_id: str = "r1") -> dict:
     """A finished coreset run record whose stage outputs are written here (no Ray needed)."""
     import pyarrow as pa
 
-    ingest, score, select = (tmp_path / "cache" / n for n in ("ingest", "score", "select"))
+    # where the Runner puts them: <runs>/cache/<stage>-<key> (readers re-place a record's outputs there)
+    ingest, score, select = (tmp_path / "cache" / f"{n}-{n}key" for n in ("ingest", "score", "select"))
     for d in (ingest, score, select / "ccs-aum-cb-keep0.5"):
         d.mkdir(parents=True)
     (ingest / "_labels.json").write_text(json.dumps({"column": "cls", "classes": [7, 107], "counts": [2, 2]}))
@@ -91,7 +92,8 @@ def _fake_coreset_run(tmp_path: Path, run_id: str = "r1") -> dict:
                    score / "part-00000.parquet")
     pq.write_table(pa.table({"id": pa.array([1, 3], pa.int64()), "weight": [1.0, 1.0]}),
                    select / "ccs-aum-cb-keep0.5" / "part-00000.parquet")
-    stages = {n: {"name": n, "status": "done", "output": str(tmp_path / "cache" / n)} for n in ("ingest", "score", "select")}
+    stages = {n: {"name": n, "key": f"{n}key", "status": "done", "output": str(tmp_path / "cache" / f"{n}-{n}key")}
+              for n in ("ingest", "score", "select")}
     return {"run_id": run_id, "pipeline": "coreset", "config": {}, "status": "succeeded", "stages": stages}
 
 
@@ -149,7 +151,7 @@ def test_overwrite_replaces_an_export_but_not_files_added_to_it(tmp_path: Path) 
 def _recorded_run(runs: Path, tmp_path: Path) -> str:
     """A succeeded run record under `runs` (its outputs written beside it), as `shardwalk run` leaves one."""
     run_id = "20261206-070000-coreset-ab12cd"
-    record = _fake_coreset_run(tmp_path / "outputs", run_id)
+    record = _fake_coreset_run(runs, run_id)
     (runs / "runs" / run_id).mkdir(parents=True)
     (runs / "runs" / run_id / "run.json").write_text(json.dumps(record))
     return run_id
