@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core import stage_store, store
+from core import lease, stage_store, store
 from core.cache_key import stage_key
 from core.errors import ConfigError, InputError, one_line
 from core.io import (
@@ -34,6 +34,7 @@ from core.io import (
     verify_dir,
     write_json_atomic,
 )
+from core.location import canonical
 from core.run_records import (  # noqa: F401  (run records are part of the runner's public API)
     RunRecord,
     StageRecord,
@@ -154,7 +155,7 @@ def execute_stage(fn: StageFn, final: str, inputs: Mapping[str, str], params: Ma
     extra: dict[str, Any] = {"key": key}
     token = _STATE_DIR.set(state_dir(final))
     try:
-        with atomic_dir(final, extra) as tmp:
+        with lease.held(final), atomic_dir(final, extra) as tmp:  # the lease keeps gc away while it runs
             metrics = fn(tmp, **{k: Path(v) for k, v in inputs.items()}, **params)
             extra["metrics"] = dict(metrics or {})
             extra["seconds"] = round(time.perf_counter() - started, 4)
@@ -206,7 +207,8 @@ class Runner:
         self.on_event = on_event or (lambda run, stage: None)
         self.on_start = on_start  # readies the executor (connects) before the first stage that must run
         self.keys = pipeline.keys()
-        self.record = RunRecord(run_id or new_run_id(pipeline.name), pipeline.name, dict(config or {}))
+        self.record = RunRecord(run_id or new_run_id(pipeline.name), pipeline.name, dict(config or {}),
+                                runs_dir=canonical(self.runs_dir))
         for s in pipeline.stages.values():
             key = self.keys[s.name]
             out = stage_store.stage_uri(self.runs_dir, s.name, key) if self.remote else str(output_dir(self.runs_dir, s, key))

@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from core import node_cache, sink, store
+from core import lease, node_cache, sink, store
 
 
 def stage_uri(runs_dir: str, name: str, key: str) -> str:
@@ -52,8 +52,9 @@ def execute_remote(fn: Callable[..., Any], final: str, inputs: Mapping[str, str]
 
 def state_uri(final: str) -> str:
     """`core.dag.state_dir` for a stage output on a store: `<runs>/cache/.state-<stage>-<key>`."""
-    parent, name = final.rstrip("/").rsplit("/", 1)
-    return f"{parent}/.state-{name}"
+    base, sep, query = final.partition("?")  # a query string (the endpoint) stays at the end
+    parent, name = base.rstrip("/").rsplit("/", 1)
+    return f"{parent}/.state-{name}{sep}{query}"
 
 
 def _execute(fn: Callable[..., Any], final: str, inputs: Mapping[str, str], params: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def _execute(fn: Callable[..., Any], final: str, inputs: Mapping[str, str], para
         local_inputs[arg], fetched = node_cache.materialize(uri)
         downloaded += fetched
     attempt = store.join(final, store.ATTEMPTS, store.new_attempt_id())
-    with tempfile.TemporaryDirectory(prefix="shardwalk-stage-", dir=scratch_root()) as tmp, \
+    with lease.held(attempt), tempfile.TemporaryDirectory(prefix="shardwalk-stage-", dir=scratch_root()) as tmp, \
             sink.stage_attempt(Path(tmp), attempt) as put:  # helpers on any node upload into `attempt`
         metrics = dict(fn(Path(tmp), **local_inputs, **params) or {})
         seconds = round(time.perf_counter() - started, 4)
