@@ -199,13 +199,16 @@ def _stage_garbage(stage_uri: str, where: str, keep: set[str], older_than: float
     now, children = time.time(), store.list_dir(store.join(stage_uri, store.ATTEMPTS))
     live, stale = _remote_leases(stage_uri, children, now)
     found = [Garbage(u, "stale lease", f"not refreshed for {age:.0f}s", stage_uri) for u, age in stale if age > older_than]
-    committed = [c.uri.partition("?")[0].rstrip("/").rsplit("/", 1)[1] for c in store.committed_attempts(stage_uri)]
-    # the newest committed attempt of a referenced output: what a cache hit serves, and what a stage that has
-    # just committed (its run record not yet saved) will name
-    newest = committed[0] if committed and where in keep else None
+    committed = {c.uri.partition("?")[0].rstrip("/").rsplit("/", 1)[1]: c.manifest.get("committed_at")
+                 for c in store.committed_attempts(stage_uri)}
+    # the newest committed attempt of a referenced output is what a cache hit serves; one committed within a
+    # lease's lifetime may not be in its run's record yet (the driver saves it after the writer returns)
+    newest = next(iter(committed), None) if where in keep else None
+    grace = now - lease.LeaseSettings.from_env().lifetime_s
     for info in children:
         name = info.base_name
-        if info.type != pafs.FileType.Directory or name in live or name == newest:
+        just_committed = isinstance(committed.get(name), int | float) and committed[name] > grace
+        if info.type != pafs.FileType.Directory or name in live or name == newest or just_committed:
             continue
         started = _attempt_started(name)
         if f"{where}/{store.ATTEMPTS}/{name}" in keep or (started is not None and now - started <= older_than):

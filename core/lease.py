@@ -34,6 +34,11 @@ class LeaseSettings:
     period_s: float = 30.0
     live_periods: float = 4.0
 
+    @property
+    def lifetime_s(self) -> float:
+        """How long a lease holds without a refresh."""
+        return self.live_periods * self.period_s
+
     @classmethod
     def from_env(cls) -> LeaseSettings:
         """SHARDWALK_LEASE_PERIOD_S overrides the period (tests and benchmarks shorten it)."""

@@ -96,10 +96,18 @@ def test_spellings_of_one_location_are_one(tmp_path: Path, monkeypatch: pytest.M
 # ----------------------------------------------------------------------------- spellings and runs dirs
 
 
-def test_a_query_string_runs_dir_works_and_gc_under_the_other_spelling_keeps_its_outputs(s3_bucket: str, s3_server: str) -> None:
+@pytest.fixture
+def no_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leases of 10 ms: gc's grace for just-committed attempts is over by the time it runs (references decide)."""
+    monkeypatch.setenv("SHARDWALK_LEASE_PERIOD_S", "0.01")
+
+
+def test_a_query_string_runs_dir_works_and_gc_under_the_other_spelling_keeps_its_outputs(
+        s3_bucket: str, s3_server: str, no_grace: None) -> None:
     with_query, plain = _query_spelling(s3_bucket, s3_server), f"{s3_bucket}/runs"
     first = Runner(make(), with_query, thread_submit).run()  # today: NodeLocalPathError from sink.record
     assert first.status == "succeeded", first.stages["source"].error
+    time.sleep(0.1)
     for spelling in (plain, with_query):
         assert collect(spelling, older_than=0) == []  # today: every committed attempt removed under `plain`
     assert _all_hits(plain) and _all_hits(with_query)
@@ -107,9 +115,10 @@ def test_a_query_string_runs_dir_works_and_gc_under_the_other_spelling_keeps_its
     store.verify_attempt(store.require_committed(attempt))
 
 
-def test_gc_keeps_the_outputs_of_a_run_made_with_the_plain_spelling(s3_bucket: str, s3_server: str) -> None:
+def test_gc_keeps_the_outputs_of_a_run_made_with_the_plain_spelling(s3_bucket: str, s3_server: str, no_grace: None) -> None:
     plain = f"{s3_bucket}/runs"
     Runner(make(), plain, thread_submit).run()
+    time.sleep(0.1)
     assert collect(_query_spelling(s3_bucket, s3_server), older_than=0) == []
     assert _all_hits(plain)
 
@@ -126,7 +135,7 @@ def test_gc_refuses_runs_recorded_under_another_runs_dir(tmp_path: Path, capsys:
     assert sorted(p.name for p in (tmp_path / "b" / "cache").iterdir()) == before
 
 
-def test_gc_refuses_a_copied_prefix_on_a_store(s3_bucket: str) -> None:
+def test_gc_refuses_a_copied_prefix_on_a_store(s3_bucket: str, no_grace: None) -> None:
     Runner(make(), f"{s3_bucket}/a", thread_submit).run()
     fs, root = store.resolve(s3_bucket)
     for info in fs.get_file_info(pafs.FileSelector(f"{root}/a", recursive=True)):
