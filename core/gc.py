@@ -116,9 +116,11 @@ def _ago(seconds: float) -> str:
 
 def find_garbage(runs_dir: str, older_than: float) -> list[Garbage]:
     """What `collect` would remove (a dry run)."""
+    now = time.time()  # before the records are read: every age and grace is measured from then
+    keep = referenced(runs_dir)
     if store.is_remote(runs_dir):
-        return _remote_garbage(runs_dir.rstrip("/"), older_than)
-    return _local_garbage(Path(store.local_path(runs_dir)), older_than)
+        return _remote_garbage(runs_dir.rstrip("/"), keep, older_than, now)
+    return _local_garbage(Path(store.local_path(runs_dir)), keep, older_than, now)
 
 
 # ----------------------------------------------------------------------------- local runs dir
@@ -140,8 +142,8 @@ def _local_leases(cache: Path, now: float) -> tuple[set[str], list[tuple[Path, f
     return live, stale
 
 
-def _local_garbage(runs_dir: Path, older_than: float) -> list[Garbage]:
-    keep, root, now = referenced(str(runs_dir)), canonical(runs_dir), time.time()
+def _local_garbage(runs_dir: Path, keep: set[str], older_than: float, now: float) -> list[Garbage]:
+    root = canonical(runs_dir)
     cache = runs_dir / "cache"
     live, stale = _local_leases(cache, now)
     found = [Garbage(str(p), "stale lease", f"not refreshed for {age:.0f}s", str(cache))
@@ -185,18 +187,18 @@ def _remote_leases(stage_uri: str, children: Iterable[pafs.FileInfo], now: float
     return live, stale
 
 
-def _remote_garbage(runs_dir: str, older_than: float) -> list[Garbage]:
-    keep, root, found = referenced(runs_dir), canonical(runs_dir), []
+def _remote_garbage(runs_dir: str, keep: set[str], older_than: float, now: float) -> list[Garbage]:
+    root, found = canonical(runs_dir), []
     for stage in store.list_dir(store.join(runs_dir, "cache")):
         if stage.type != pafs.FileType.Directory or stage.base_name.startswith("."):
             continue  # `.state-*`: a stage's resumable state, spent on commit
         found += _stage_garbage(store.join(runs_dir, "cache", stage.base_name), f"{root}/cache/{stage.base_name}",
-                                keep, older_than)
+                                keep, older_than, now)
     return found
 
 
-def _stage_garbage(stage_uri: str, where: str, keep: set[str], older_than: float) -> list[Garbage]:
-    now, children = time.time(), store.list_dir(store.join(stage_uri, store.ATTEMPTS))
+def _stage_garbage(stage_uri: str, where: str, keep: set[str], older_than: float, now: float) -> list[Garbage]:
+    children = store.list_dir(store.join(stage_uri, store.ATTEMPTS))
     live, stale = _remote_leases(stage_uri, children, now)
     found = [Garbage(u, "stale lease", f"not refreshed for {age:.0f}s", stage_uri) for u, age in stale if age > older_than]
     committed = {c.uri.partition("?")[0].rstrip("/").rsplit("/", 1)[1]: c.manifest.get("committed_at")
