@@ -66,7 +66,7 @@ from benchmarks.faultkit import (
 ROOT = Path(__file__).resolve().parents[1]
 # Data-safety and trust scenarios (issues 24 and 25), one module each: `scenarios(work, quick) -> list[dict]`
 # built with faultkit.scenario_result / refusal_result. Each starts whatever it needs (Ray, a local S3 server).
-SAFETY_MODULES: tuple[str, ...] = ()
+SAFETY_MODULES: tuple[str, ...] = ("faults_gc",)
 
 
 # ----------------------------------------------------------------------------- driver SIGKILL (subprocess)
