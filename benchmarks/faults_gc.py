@@ -8,6 +8,7 @@
   gc_during_running_stage    `gc --older-than 1s` while `run ingest` writes a large synthetic set on a local runs
                              dir: the running stage's temporary directory (its lease) survives, the run finishes
                              and its committed files equal a clean run's.
+  gc_during_running_stage_s3 the same on the S3 server: the running attempt (parts already uploaded) survives.
 """
 
 from __future__ import annotations
@@ -122,48 +123,70 @@ def gc_other_uri_spelling(work: Path, endpoint: str, name: str, run_with: str, g
     return scenario_result(name, finished, identical, faulted_s, clean_s, note)
 
 
-def _running_lease(runs: Path) -> Path | None:
-    from core import lease
+def _running_lease(runs: str) -> str | None:
+    """The lease of a running ingest stage under `runs` (a local dir or a store prefix), if any."""
+    from core import lease, store
 
-    return next((p for p in (runs / "cache").glob(f"{lease.PREFIX}ingest-*")), None) if (runs / "cache").is_dir() else None
+    if not store.is_remote(runs):
+        cache = Path(runs) / "cache"
+        return next((str(p) for p in cache.glob(f"{lease.PREFIX}ingest-*")), None) if cache.is_dir() else None
+    for stage in store.list_dir(store.join(runs, "cache")):
+        if stage.base_name.startswith("ingest-"):
+            attempts = store.join(runs, "cache", stage.base_name, store.ATTEMPTS)
+            found = [i.base_name for i in store.list_dir(attempts) if i.base_name.startswith(lease.PREFIX)]
+            if found:
+                return store.join(attempts, found[0])
+    return None
 
 
-def _committed(runs: Path) -> dict[str, Any]:
-    """Each stage's committed files (name -> sha256), from the run's own manifest."""
+def _still_there(where: str) -> bool:
+    from core import store
+
+    return store.read_bytes(where) is not None if store.is_remote(where) else Path(where).exists()
+
+
+def _committed(runs: str) -> dict[str, Any]:
+    """Each stage's committed files (name -> sha256), from the manifest of what the run recorded."""
+    from core import store
     from core.io import read_manifest
 
-    record = _latest(str(runs))
-    return {name: {rel: e for rel, e in read_manifest(s["output"])["files"].items()}
-            for name, s in record["stages"].items()}
+    files = {}
+    for name, s in _latest(runs)["stages"].items():
+        manifest = store.require_committed(s["attempt"]).manifest if s.get("attempt") else read_manifest(s["output"])
+        files[name] = {rel: e["sha256"] if isinstance(e, dict) else e for rel, e in manifest["files"].items()}
+    return files
 
 
-def gc_during_running_stage(work: Path, quick: bool) -> dict[str, Any]:
-    """`gc --older-than 1s` while ingest writes; the run finishes with a clean run's bytes."""
+def gc_during_running_stage(name: str, clean: str, runs: str, quick: bool) -> dict[str, Any]:
+    """`gc --older-than 1s` while ingest writes into `runs`; the run finishes with a clean run's bytes."""
     from core.gc import collect
 
-    n = 50_000 if quick else 200_000
+    n = 100_000 if quick else 200_000
     sets = ["--set", f"source=builtin:synthetic?n={n}&d=64", "--set", "shards=4"]
-    code, _, message, clean_s = _cli(["run", "ingest", "--runs-dir", str(work / "clean"), *sets])
+    code, _, message, clean_s = _cli(["run", "ingest", "--runs-dir", clean, *sets])
     if code != 0:
-        return scenario_result("gc_during_running_stage", False, False, 0.0, 1.0, f"clean run exited {code}: {message}")
-    runs = work / "faulted"
+        return scenario_result(name, False, False, 0.0, 1.0, f"clean run exited {code}: {message}")
     outcome: dict[str, Any] = {}
 
     def gc_while_running() -> None:
+        """gc passes until the stage ends; count those that found its attempt over 1 s old and still running."""
         held = poll("the ingest stage's lease", lambda: _running_lease(runs), timeout=300)
-        outcome["removed"] = collect(str(runs), older_than=1.0)
-        outcome["overlapped"] = held.exists()  # still running when gc finished
+        began, outcome["removed"], outcome["late"] = time.monotonic(), [], 0
+        while _still_there(held):
+            outcome["removed"] += collect(runs, older_than=1.0)
+            outcome["late"] += time.monotonic() - began > 1.0 and _still_there(held)
+            time.sleep(0.2)
 
     thread = threading.Thread(target=gc_while_running, daemon=True)
     thread.start()
-    code, _, message, faulted_s = _cli(["run", "ingest", "--runs-dir", str(runs), *sets])
+    code, _, message, faulted_s = _cli(["run", "ingest", "--runs-dir", runs, *sets])
     thread.join(timeout=300)
-    finished = code == 0 and _latest(str(runs))["status"] == "succeeded"
-    identical = finished and _committed(runs) == _committed(work / "clean")
+    finished = code == 0 and _latest(runs)["status"] == "succeeded"
+    identical = finished and _committed(runs) == _committed(clean)
     removed = outcome.get("removed")
-    note = (f"gc ran while the stage held its lease: {outcome.get('overlapped')}; removed "
+    note = (f"{outcome.get('late')} gc pass(es) ran while the stage, over 1 s old, held its lease; removed "
             f"{len(removed) if removed is not None else '?'} item(s)" + (f"; run: {message}" if code else ""))
-    return scenario_result("gc_during_running_stage", finished and removed == [], identical, faulted_s, clean_s, note)
+    return scenario_result(name, finished and removed == [], identical, faulted_s, clean_s, note)
 
 
 def scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
@@ -181,7 +204,9 @@ def scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
             plain = f"s3://gcbench/{uuid.uuid4().hex[:6]}"
             query = f"{plain}?endpoint_override={endpoint}&scheme=http"
             out.append(gc_other_uri_spelling(work, endpoint, "gc_other_uri_spelling_reverse", query, plain))
-            out.append(gc_during_running_stage(work / "running", quick))
+            out.append(gc_during_running_stage("gc_during_running_stage", str(work / "clean"), str(work / "faulted"), quick))
+            prefix = f"s3://gcbench/{uuid.uuid4().hex[:6]}"
+            out.append(gc_during_running_stage("gc_during_running_stage_s3", f"{prefix}-clean", f"{prefix}-faulted", quick))
         finally:
             ray.shutdown()
     return out
