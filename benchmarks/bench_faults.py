@@ -19,7 +19,8 @@ Hardening (issue 17; a refusal is the documented outcome where noted):
                                   what to delete and that --force recomputes; then `--force` finishes, identical.
   hostile_index_manifest          a shard manifest naming ../probe.txt, _SUCCESS removed: `shardwalk query`
                                   refused (exit 2), nothing written outside the index.
-  wrong_address_*                 `run --force --address` to a closed port / an unroutable host: one line, exit 1
+  wrong_address_*                 `run --force --address` to a closed port / a local listener that accepts and never
+                                  answers (127.0.0.1: benchmarks reach loopback only): one line, exit 1
                                   within SHARDWALK_CONNECT_TIMEOUT_S, run record `failed`, committed outputs kept.
   full_disk_run_record            the runs directory on a full 64 KiB tmpfs (or a simulated ENOSPC where mounting
                                   is not allowed): one line, exit 1, no zero-byte temporary.
@@ -70,6 +71,7 @@ SAFETY_MODULES: tuple[str, ...] = (
     "faults_cache",
     "faults_trust",
     "faults_reads",
+    "faults_gc",
 )
 
 
@@ -458,6 +460,35 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _silent_listener() -> Iterator[int]:
+    """A port on 127.0.0.1 that accepts connections and never answers (a hung or firewalled head); closed after."""
+    import socket
+    import threading
+
+    held: list[socket.socket] = []
+    stop = threading.Event()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        server.settimeout(0.1)
+
+        def accept() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    held.append(server.accept()[0])
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        try:
+            yield server.getsockname()[1]
+        finally:
+            stop.set()
+            thread.join()
+            for conn in held:
+                conn.close()
+
+
 def wrong_address(work: Path) -> list[dict[str, Any]]:
     """A wrong --address with --force: one line, exit 1, within the connect timeout, nothing committed deleted."""
     runs = work / "address"
@@ -465,16 +496,22 @@ def wrong_address(work: Path) -> list[dict[str, Any]]:
     code, _, _ = _subprocess(["run", "ingest", "--runs-dir", str(runs), *sets])
     committed = sorted(p.name for p in (runs / "cache").iterdir()) if code == 0 else None
     out = []
-    for name, address in (("wrong_address_refused", f"127.0.0.1:{_closed_port()}"),
-                          ("wrong_address_unroutable", "10.255.255.1:6379")):
-        code, message, seconds = _subprocess(["run", "ingest", "--runs-dir", str(runs), "--force", *sets,
-                                              "--address", address], env={"SHARDWALK_CONNECT_TIMEOUT_S": "10"})
-        kept = committed is not None and sorted(p.name for p in (runs / "cache").iterdir()) == committed
-        record = max((json.loads(p.read_text()) for p in (runs / "runs").glob("*/run.json")), key=lambda r: r["started"])
-        ok = kept and message.count("shardwalk:") == 1 and record["status"] == "failed"
-        out.append(refusal_result(name, code, 1, message, ok, seconds,
-                            f"run record '{record['status']}'; committed outputs {'kept' if kept else 'NOT kept'}"))
+    with _silent_listener() as silent:
+        for name, address in (("wrong_address_refused", f"127.0.0.1:{_closed_port()}"),
+                              ("wrong_address_silent", f"127.0.0.1:{silent}")):
+            out.append(_wrong_address(runs, sets, committed, name, address))
     return out
+
+
+def _wrong_address(runs: Path, sets: list[str], committed: list[str] | None, name: str, address: str) -> dict[str, Any]:
+    """One `run --force --address ADDRESS` that must be refused: one line, exit 1, record failed, outputs kept."""
+    code, message, seconds = _subprocess(["run", "ingest", "--runs-dir", str(runs), "--force", *sets,
+                                          "--address", address], env={"SHARDWALK_CONNECT_TIMEOUT_S": "10"})
+    kept = committed is not None and sorted(p.name for p in (runs / "cache").iterdir()) == committed
+    record = max((json.loads(p.read_text()) for p in (runs / "runs").glob("*/run.json")), key=lambda r: r["started"])
+    ok = kept and message.count("shardwalk:") == 1 and record["status"] == "failed"
+    return refusal_result(name, code, 1, message, ok, seconds,
+                          f"run record '{record['status']}'; committed outputs {'kept' if kept else 'NOT kept'}")
 
 
 @contextlib.contextmanager

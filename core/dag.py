@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core import stage_store, store
+from core import lease, stage_store, store
 from core.cache_key import input_paths, key_of, key_parts
 from core.errors import ConfigError, InputError, UpstreamVanishedError, one_line
 from core.fingerprint import code_digest, input_digest
@@ -35,6 +35,7 @@ from core.io import (
     verify_dir,
     write_json_atomic,
 )
+from core.location import canonical
 from core.run_records import (  # noqa: F401  (run records are part of the runner's public API)
     RunRecord,
     StageRecord,
@@ -177,7 +178,7 @@ def execute_stage(fn: StageFn, final: str, inputs: Mapping[str, str], params: Ma
     committed: dict[str, Any] = {}
     token = _STATE_DIR.set(state_dir(final))
     try:
-        with atomic_dir(final, extra, commit_check(extra, declares_rows, final, committed)) as tmp:
+        with lease.held(final), atomic_dir(final, extra, commit_check(extra, declares_rows, final, committed)) as tmp:
             metrics = fn(tmp, **{k: Path(v) for k, v in inputs.items()}, **params)
             extra["metrics"] = dict(metrics or {})
             extra["seconds"] = round(time.perf_counter() - started, 4)
@@ -240,7 +241,8 @@ class Runner:
         self.on_start = on_start  # readies the executor (connects) before the first stage that must run
         parts = pipeline.key_parts()
         self.keys = {name: key_of(name, p) for name, p in parts.items()}
-        self.record = RunRecord(run_id or new_run_id(pipeline.name), pipeline.name, dict(config or {}))
+        self.record = RunRecord(run_id or new_run_id(pipeline.name), pipeline.name, dict(config or {}),
+                                runs_dir=canonical(self.runs_dir))
         self.recomputed: set[str] = set()  # stages rerun because their committed output vanished mid-run
         for s in pipeline.stages.values():
             key = self.keys[s.name]

@@ -68,6 +68,7 @@ class RunRecord:
     finished: float | None = None
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
+    runs_dir: str | None = None  # canonical (core/location.py): gc refuses another runs dir's records
     stages: dict[str, StageRecord] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:

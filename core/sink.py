@@ -105,12 +105,14 @@ def record(groups: Iterable[Mapping[str, Mapping[str, Any]]]) -> None:
         for location, entry in group.items():
             if attempt is None or not store.is_remote(location):
                 continue  # local files are hashed by the stage's own commit
-            if not location.startswith(attempt.uri + "/"):
+            root, query = attempt.uri.partition("?")[::2]  # a query string (endpoint) ends both URIs
+            path, _, own_query = location.partition("?")
+            if not path.startswith(root + "/") or own_query != query:
                 raise NodeLocalPathError(f"{location}: not inside the running stage's attempt {attempt.uri}")
             entry = dict(entry)
             if "schema" in entry:
                 attempt.schemas.add(entry.pop("schema"))
-            attempt.files[location[len(attempt.uri) + 1:]] = entry
+            attempt.files[path[len(root) + 1:]] = entry
 
 
 def readable(path: str | os.PathLike) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from core import node_cache, sink, store
+from core import lease, node_cache, sink, store
 from core.errors import DataError, UpstreamVanishedError
 from core.io import TEMP_PREFIX, TOKEN, claim_token, new_token
 from core.names import is_artifact_name
@@ -57,8 +57,9 @@ def execute_remote(fn: Callable[..., Any], final: str, inputs: Mapping[str, str]
 
 def state_uri(final: str) -> str:
     """`core.dag.state_dir` for a stage output on a store: `<runs>/cache/.state-<stage>-<key>`."""
-    parent, name = final.rstrip("/").rsplit("/", 1)
-    return f"{parent}/.state-{name}"
+    base, sep, query = final.partition("?")  # a query string (the endpoint) stays at the end
+    parent, name = base.rstrip("/").rsplit("/", 1)
+    return f"{parent}/.state-{name}{sep}{query}"
 
 
 def _materialize_input(uri: str) -> tuple[Path, int]:
@@ -81,7 +82,7 @@ def _execute(fn: Callable[..., Any], final: str, inputs: Mapping[str, str], para
         local_inputs[arg], fetched = _materialize_input(uri)
         downloaded += fetched
     attempt = store.join(final, store.ATTEMPTS, store.new_attempt_id())
-    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}stage-", dir=scratch_root(), ignore_cleanup_errors=True) as tmp, \
+    with lease.held(attempt), tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}stage-", dir=scratch_root(), ignore_cleanup_errors=True) as tmp, \
             sink.stage_attempt(Path(tmp), attempt) as put:  # helpers on any node upload into `attempt`
         token = new_token(Path(tmp))  # the scratch's and the attempt's: both checked before the commit
         store.write_bytes(store.join(attempt, TOKEN), token.encode())

@@ -113,11 +113,12 @@ def _records_parsers(sub: argparse._SubParsersAction, runs_dir: argparse.Argumen
     gc = sub.add_parser(
         "gc", parents=[runs_dir], help="remove uncommitted attempts and outputs no run record references",
         description="Remove uncommitted attempts (killed writers) and cached outputs that no run record names. "
-        "Committed output a run record references is never removed.",
+        "Committed output a run record references is never removed, nor anything a running stage holds a live "
+        "lease on; a runs dir other than the one the runs were recorded under is refused.",
     )
     gc.add_argument("--older-than", default="24h", metavar="DURATION",
                     help="only touch things older than this (e.g. 90s, 15m, 24h, 7d; default 24h: writers may still be uploading)")
-    gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed and why, remove nothing")
 
 
 def _query_parser(sub: argparse._SubParsersAction, runs_dir: argparse.ArgumentParser) -> None:
@@ -342,7 +343,7 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     garbage = collect(args.runs_dir, parse_duration(args.older_than), dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for g in garbage:
-        print(f"{verb} {g.reason}: {g.location}")
+        print(f"{verb} {g.reason}: {g.location}" + (f" ({g.detail})" if g.detail else ""))
     print(f"{verb} {len(garbage)} item(s) under {args.runs_dir}")
     return EXIT_OK
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from core import store
 from core.dag import list_runs, load_run
 from core.errors import ConfigError
 from core.run_records import UNREADABLE, is_unreadable, placed_stages
@@ -23,7 +23,7 @@ LATEST = "latest"
 def resolve_run_id(runs_dir: str | os.PathLike, ref: str) -> str:
     """`latest`, a full run id, or any prefix that names exactly one run."""
     records = list_runs(runs_dir)
-    where = Path(runs_dir) / "runs"
+    where = store.join(os.fspath(runs_dir), "runs")  # not Path(): it would turn s3://b into s3:/b
     if not records:
         raise ConfigError(f"no runs under {where}")
     if ref == LATEST:
@@ -88,7 +88,7 @@ def print_runs(runs_dir: str | os.PathLike, *, as_json: bool = False, stream: Te
         print(json.dumps(rows, indent=1), file=stream)
         return
     if not rows:
-        print(f"no runs under {Path(runs_dir) / 'runs'}", file=stream)
+        print(f"no runs under {store.join(os.fspath(runs_dir), 'runs')}", file=stream)
         return
     if not stream.isatty():
         for r in rows:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -55,14 +56,30 @@ def probe(address: str, timeout: float) -> None:
     TCP connect with a deadline tells a typo or a firewalled head from a live cluster in seconds.
     """
     host, port = _bootstrap_target(address)
+    deadline = time.monotonic() + timeout
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            _expect_grpc(sock, max(0.1, deadline - time.monotonic()))
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or one_line(exc))
         raise ClusterUnreachableError(
             f"cannot reach the Ray cluster at {address} ({host}:{port}: {reason} after at most {timeout:g} s); "
             "check --address / RAY_ADDRESS"
         ) from None
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
+
+
+def _expect_grpc(sock: socket.socket, timeout: float) -> None:
+    """Ray's GCS (and Ray Client) speak gRPC: an HTTP/2 server answers the client preface with a frame.
+
+    A peer that accepts and never answers would keep `ray.init` in its retry loops for many minutes.
+    """
+    sock.settimeout(timeout)
+    sock.sendall(HTTP2_PREFACE)
+    if not sock.recv(9):
+        raise ConnectionResetError(104, "closed the connection without answering (not a Ray cluster?)")
 
 
 LOOPBACK = "127.0.0.1"

@@ -132,7 +132,7 @@ def test_a_failed_connection_deletes_nothing_and_ends_the_record_failed(tmp_path
     committed = Path(first.stages["source"].output)
 
     def unreachable() -> None:
-        raise ClusterUnreachableError("cannot reach the Ray cluster at 10.0.0.1:6379")
+        raise ClusterUnreachableError("cannot reach the Ray cluster at 127.0.0.1:6379")
 
     runner = Runner(_one_stage(), tmp_path, thread_submit, force=True, on_start=unreachable)
     with pytest.raises(ClusterUnreachableError):
@@ -217,6 +217,14 @@ def test_probe_refuses_an_address_nothing_answers_on() -> None:
     port = _closed_port()
     with pytest.raises(ClusterUnreachableError, match=f"127.0.0.1:{port}"):
         probe(f"127.0.0.1:{port}", timeout=5)
+
+
+def test_probe_refuses_a_listener_that_accepts_and_never_answers() -> None:
+    from benchmarks.bench_faults import _silent_listener
+    from pipelines.runtime import probe
+
+    with _silent_listener() as port, pytest.raises(ClusterUnreachableError, match=f"127.0.0.1:{port}: timed out"):
+        probe(f"127.0.0.1:{port}", timeout=1)  # today: accepted, then `ray.init` retries for many minutes
 
 
 def test_cli_wrong_address_is_one_line_exit_1_and_keeps_committed_outputs(tmp_path: Path) -> None:
