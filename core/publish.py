@@ -4,8 +4,7 @@ A user reads these locations directly, so they must hold one complete result at 
 result is built beside the old one and swapped in with the interrupts that could split the swap held back;
 a location that overlaps the runs directory or is a bucket root is never a target. Locations are compared
 canonically: a local path with its symlinks resolved, a store location as (scheme, bucket/key) whatever
-endpoint, query string or doubled slash spells it. (The `gc` work adds the project-wide canonical form;
-this module keeps its own small one until then.)
+endpoint, query string or doubled slash spells it (core/location.py).
 """
 
 from __future__ import annotations
@@ -17,36 +16,20 @@ import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from core import store
-
-_SCHEME_FAMILY = {"gcs": "gs"}
-
-
-def canonical(location: str | os.PathLike) -> tuple[str, str]:
-    """("file", resolved absolute path) or (scheme, "bucket/key") of a path or URI; endpoint-independent."""
-    text = os.fspath(location)
-    if not store.is_remote(text):
-        return "file", str(store.local_path(text).resolve())
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    key = "/".join(p for p in parts.path.split("/") if p)
-    return _SCHEME_FAMILY.get(scheme, scheme), "/".join(p for p in (parts.netloc, key) if p)
+from core.location import canonical, contains
 
 
 def overlaps(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """True when one location is the other or contains it (canonical comparison)."""
-    (kind_a, path_a), (kind_b, path_b) = canonical(a), canonical(b)
-    if kind_a != kind_b:
-        return False
-    return path_a == path_b or path_a.startswith(path_b.rstrip("/") + "/") or path_b.startswith(path_a.rstrip("/") + "/")
+    """True when one location is the other or contains it (canonical comparison, core/location.py)."""
+    return contains(a, b) or contains(b, a)
 
 
 def is_bucket_root(location: str | os.PathLike) -> bool:
     """A store URI naming a whole bucket (`s3://bucket`, `s3://bucket/`): never a place to publish into."""
-    kind, path = canonical(location)
-    return kind != "file" and "/" not in path
+    text = os.fspath(location)
+    return store.is_remote(text) and "/" not in canonical(text).split("://", 1)[1].strip("/")
 
 
 @contextlib.contextmanager
