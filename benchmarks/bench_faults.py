@@ -58,6 +58,7 @@ from benchmarks.faultkit import (
     new_actors,
     poll,
     refusal_result,
+    run_cli,
     scenario_result,
     simulated_cluster,
     walk_problem,
@@ -368,13 +369,8 @@ def _in_process(args: list[str]) -> tuple[int, str, float]:
 
 def _subprocess(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str, float]:
     """`shardwalk ARGS` as its own process (a fresh driver, no Ray yet): exit code, `shardwalk:` lines, seconds."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    full_env.pop("RAY_ADDRESS", None)
-    began = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("shardwalk:")]
-    return proc.returncode, " | ".join(lines), time.perf_counter() - began
+    code, lines, _, seconds = run_cli(args, env)
+    return code, lines, seconds
 
 
 def _walk_tokens(runs: Path) -> tuple[Path, Any]:

@@ -8,14 +8,19 @@ background thread, and the small SRRW problem every walker fault runs.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 TIMEOUT_S = 300.0
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def scenario_result(name: str, finished: bool, identical: bool, faulted_s: float, clean_s: float, note: str) -> dict[str, Any]:
@@ -130,3 +135,44 @@ def walk_problem() -> tuple[Any, Any]:
         x = rng.normal(size=(2, 4)) + (node % 3)
         blocks[node] = (add_intercept(x), (x @ w > 0).astype(np.int64))
     return LogisticRegression(blocks, lam=0.1), graph
+
+
+class CountingServer:
+    """A moto S3 server on 127.0.0.1 (port 0) that records every HTTP request it receives (method and path)."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.requests: list[str] = []
+
+    def __enter__(self) -> CountingServer:
+        import logging
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request otherwise
+        self.server.start()
+        wsgi = self.server._server  # werkzeug's server: wrap its app to see every request
+        inner = wsgi.app
+
+        def counted(environ: dict[str, Any], start_response: Any) -> Any:
+            self.requests.append(f"{environ['REQUEST_METHOD']} {environ.get('PATH_INFO')}")
+            return inner(environ, start_response)
+
+        wsgi.app = counted
+        self.port = self.server.get_host_and_port()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str, float]:
+    """`shardwalk ARGS` as its own process: exit code, its `shardwalk:` lines, stdout, seconds."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env.pop("RAY_ADDRESS", None)
+    began = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("shardwalk:")]
+    return proc.returncode, " | ".join(lines), proc.stdout, time.perf_counter() - began

@@ -15,10 +15,7 @@ files, must receive no request). Scenarios:
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -29,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.faultkit import refusal_result, scenario_result
+from benchmarks.faultkit import CountingServer, refusal_result, run_cli, scenario_result
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 900
@@ -39,40 +36,16 @@ EXPORT_DATA = ("index", "knn_graph", "labels.json")  # what an export must hold 
 # ----------------------------------------------------------------------------- local S3 servers
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def _moto() -> Iterator[tuple[str, list[str]]]:
-    """A moto S3 server on 127.0.0.1 with a bucket `bench`; yields its endpoint and the requests it received."""
+    """A request-counting moto S3 server on 127.0.0.1 with a bucket `bench`; yields its endpoint and requests."""
     import pyarrow.fs as pafs
-    from moto.server import ThreadedMotoServer
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    seen: list[str] = []
-    app = server._server.app
-
-    def counting(environ: dict, start_response: Any) -> Any:
-        seen.append(f"{environ['REQUEST_METHOD']} {environ.get('PATH_INFO')}")
-        return app(environ, start_response)
-
-    server._server.app = counting
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_creation=True,
+    with CountingServer() as server:
+        pafs.S3FileSystem(endpoint_override=server.endpoint, scheme="http", allow_bucket_creation=True,
                           region="us-east-1").create_dir("bench")
-        seen.clear()  # count only what others send
-        yield endpoint, seen
-    finally:
-        server.stop()
+        server.requests.clear()  # count only what others send
+        yield server.endpoint, server.requests
 
 
 def _aws(endpoint: str) -> dict[str, str]:
@@ -82,13 +55,8 @@ def _aws(endpoint: str) -> dict[str, str]:
 
 def _shardwalk(args: list[str], env: dict[str, str]) -> tuple[int, str, float]:
     """`shardwalk ARGS` as its own process: exit code, its `shardwalk:` lines, seconds."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-    full_env.pop("RAY_ADDRESS", None)
-    began = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("shardwalk:")]
-    return proc.returncode, " | ".join(lines), time.perf_counter() - began
+    code, lines, _, seconds = run_cli(args, env)
+    return code, lines, seconds
 
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -14,57 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.faultkit import refusal_result, scenario_result
+from benchmarks.faultkit import CountingServer, refusal_result, run_cli, scenario_result
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT_S = 300
-
-
-class CountingServer:
-    """A moto S3 server on 127.0.0.1 (port 0) that records every HTTP request it receives (method and path)."""
-
-    def __init__(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self.requests: list[str] = []
-
-    def __enter__(self) -> CountingServer:
-        import logging
-
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request otherwise
-        self.server.start()
-        wsgi = self.server._server  # werkzeug's server: wrap its app to see every request
-        inner = wsgi.app
-
-        def counted(environ: dict[str, Any], start_response: Any) -> Any:
-            self.requests.append(f"{environ['REQUEST_METHOD']} {environ.get('PATH_INFO')}")
-            return inner(environ, start_response)
-
-        wsgi.app = counted
-        self.port = self.server.get_host_and_port()[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
-
-
-def _cli(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str, float]:
-    """`shardwalk ARGS` as its own process: exit code, its `shardwalk:` lines, stdout, seconds."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    full_env.pop("RAY_ADDRESS", None)
-    began = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("shardwalk:")]
-    return proc.returncode, " | ".join(lines), proc.stdout, time.perf_counter() - began
 
 
 def _put(fs: Any, path: str, body: bytes) -> dict[str, Any]:
@@ -93,7 +49,7 @@ def hostile_manifest_on_store(work: Path) -> dict[str, Any]:
         env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
                "AWS_ENDPOINT_URL": primary.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
                "SHARDWALK_LOCAL_CACHE": str(work / "cache")}
-        code, message, _, seconds = _cli(["query", "s3://trust/hidx", "--queries", str(queries), "-k", "1"], env)
+        code, message, _, seconds = run_cli(["query", "s3://trust/hidx", "--queries", str(queries), "-k", "1"], env)
         leaked = list(second.requests)
     ok = "CorruptArtifactError" in message and "unsafe path" in message and not leaked
     return refusal_result("hostile_manifest_on_store", code, 2, message, ok, seconds,
@@ -125,7 +81,7 @@ def _views(runs: Path, out: Path, env: dict[str, str]) -> tuple[bool, list[str],
     """show --json, diff --json and export of the two records: all exit 0?, their outputs, seconds."""
     began, outputs, codes = time.perf_counter(), [], []
     for args in (["show", "latest", "--json"], ["diff", "20260101-000000-a", "latest", "--json"], ["export", "latest", str(out)]):
-        code, _, stdout, _ = _cli([*args, "--runs-dir", str(runs)], env)
+        code, _, stdout, _ = run_cli([*args, "--runs-dir", str(runs)], env)
         codes.append(code)
         outputs.append(stdout.replace(str(runs), "RUNS").replace(str(out), "OUT"))
     outputs.append((out / "run.json").read_text().replace(str(runs), "RUNS") if (out / "run.json").is_file() else "")

@@ -126,3 +126,23 @@ def s3_bucket(s3_server: str) -> str:
     fs = pafs.S3FileSystem(endpoint_override=s3_server, scheme="http", allow_bucket_creation=True, region="us-east-1")
     fs.create_dir(name)
     return f"s3://{name}"
+
+
+@pytest.fixture
+def second_server(s3_server: str) -> Iterator[object]:
+    """A second moto server on 127.0.0.1 that a hostile name would redirect to: tests assert it saw nothing.
+
+    Checked to count a request before a test relies on it; `.endpoint`, `.port` and `.requests`.
+    """
+    import contextlib
+    import urllib.error
+    import urllib.request
+
+    from benchmarks.faultkit import CountingServer
+
+    with CountingServer() as server:
+        with contextlib.suppress(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/no-such-bucket/probe", timeout=10).read()
+        assert server.requests == ["GET /no-such-bucket/probe"]  # the counter sees requests
+        server.requests.clear()
+        yield server

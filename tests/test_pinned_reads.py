@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks.faultkit import CountingServer
 from core import hnsw, index_store, sink, store
 from core.errors import InvariantError
 from core.index_meta import IndexMeta
@@ -74,31 +74,9 @@ def test_query_of_a_run_uses_the_attempt_its_build_stage_recorded(monkeypatch: p
 # ----------------------------------------------------------------------------- no `.origin` redirection
 
 
-@pytest.fixture
-def second_server() -> Iterator[tuple[str, list[str]]]:
-    """A second local S3 server (moto on 127.0.0.1); yields its endpoint and the list of requests it received."""
-    from moto.server import ThreadedMotoServer
-
-    from tests.conftest import _free_port
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    seen: list[str] = []
-    app = server._server.app
-
-    def counting(environ: dict, start_response: object) -> object:
-        seen.append(f"{environ['REQUEST_METHOD']} {environ.get('PATH_INFO')}")
-        return app(environ, start_response)
-
-    server._server.app = counting
-    yield f"127.0.0.1:{port}", seen
-    server.stop()
-
-
 def test_a_planted_origin_file_redirects_nothing(s3_bucket: str, tmp_path: Path,
-                                                  second_server: tuple[str, list[str]]) -> None:
-    endpoint, seen = second_server
+                                                  second_server: CountingServer) -> None:
+    endpoint, seen = f"127.0.0.1:{second_server.port}", second_server.requests
     planted = f"s3://planted/runs?endpoint_override={endpoint}&scheme=http"
     runs = tmp_path / "team" / "runs"
     parts = runs / "cache" / "ingest-abc"

@@ -6,14 +6,10 @@ hostile name would redirect requests to: it must see no request at all.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.faults_trust import CountingServer
+from benchmarks.faultkit import CountingServer
 from core import store
 from core.errors import CorruptArtifactError
 from core.io import MANIFEST, read_json_sealed, write_json_sealed
@@ -32,17 +28,6 @@ from core.names import artifact_name
 from core.srrw import SRRW, Schedule, load_token, make_tokens, save_token
 from pipelines import cli
 from pipelines.cli import main
-
-
-@pytest.fixture
-def second_server(s3_server: str) -> Iterator[CountingServer]:
-    """The server a hostile name points at; checked to count a request before each test relies on it."""
-    with CountingServer() as server:
-        with contextlib.suppress(urllib.error.HTTPError):
-            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/no-such-bucket/probe", timeout=10).read()
-        assert server.requests == ["GET /no-such-bucket/probe"]  # the counter sees requests
-        server.requests.clear()
-        yield server
 
 
 def _s3(s3_server: str) -> pafs.S3FileSystem:
