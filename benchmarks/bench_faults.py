@@ -570,12 +570,12 @@ def hardening_scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
     return out
 
 
-def safety_scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
-    """Every SAFETY_MODULES module's scenarios, each in a folder of its own."""
+def safety_scenarios(work: Path, quick: bool, names: tuple[str, ...] = SAFETY_MODULES) -> list[dict[str, Any]]:
+    """The named SAFETY_MODULES modules' scenarios, each in a folder of its own."""
     import importlib
 
     out: list[dict[str, Any]] = []
-    for name in SAFETY_MODULES:
+    for name in names:
         module = importlib.import_module(f"benchmarks.{name}")
         (work / name).mkdir(parents=True, exist_ok=True)
         out += module.scenarios(work / name, quick)
@@ -607,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_faults", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--quick", action="store_true", help="smaller data and walks")
-    parser.add_argument("--only", default="", help="comma-separated subset: driver,hnsw,cluster,hardening,safety")
+    parser.add_argument("--only", default="", help="comma-separated subset: driver,hnsw,cluster,hardening,safety, or safety modules by name")
     args = parser.parse_args(argv)
     groups = set(filter(None, args.only.split(","))) or {"driver", "hnsw", "cluster", "hardening", "safety"}
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -632,8 +632,9 @@ def main(argv: list[str] | None = None) -> int:
             scenarios += hardening_scenarios(work, args.quick)
         if "cluster" in groups:
             scenarios += cluster_scenarios(work, args.quick)
-        if "safety" in groups:
-            scenarios += safety_scenarios(work, args.quick)
+        if "safety" in groups or groups & set(SAFETY_MODULES):
+            names = SAFETY_MODULES if "safety" in groups else tuple(n for n in SAFETY_MODULES if n in groups)
+            scenarios += safety_scenarios(work, args.quick, names)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {"quick": args.quick, "load_average_before": load_before, "load_average_after": os.getloadavg(),

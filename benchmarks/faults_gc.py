@@ -80,8 +80,11 @@ def _latest(runs: str) -> dict[str, Any]:
 
 
 def _tree(root: Path) -> dict[str, str]:
+    """sha256 of every exported file but the export's marker (it records when the export was made)."""
+    from pipelines.export import MARKER
+
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MARKER}
 
 
 def _queries(work: Path) -> Path:

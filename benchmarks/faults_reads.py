@@ -125,9 +125,12 @@ def _open_and_search(workdir: Path, uri: str, queries: np.ndarray) -> np.ndarray
 # ----------------------------------------------------------------------------- tiny node-cache budget
 
 
+def _index_source(quick: bool) -> str:
+    return "builtin:digits" if quick else "builtin:mnist5k"
+
+
 def _index_sets(quick: bool) -> list[str]:
-    source = "builtin:digits" if quick else "builtin:mnist5k"
-    sets = [f"source={source}", "shards=2", "k=5", "recall_sample=100", "ef_construction=64"]
+    sets = [f"source={_index_source(quick)}", "shards=2", "k=5", "recall_sample=100", "ef_construction=64"]
     return [a for s in sets for a in ("--set", s)]
 
 
@@ -155,10 +158,11 @@ def tiny_node_cache_budget(work: Path, endpoint: str, quick: bool) -> tuple[dict
 # ----------------------------------------------------------------------------- planted .origin
 
 
-def _queries(path: Path) -> Path:
+def _queries(path: Path, source: str) -> Path:
+    """50 queries of the indexed data set's own dimension."""
     from core.datasets import load_builtin
 
-    table = load_builtin("builtin:digits").slice(0, 50)
+    table = load_builtin(source).slice(0, 50)
     pq.write_table(pa.table({"id": table.column("id"), "vector": table.column("vector")}), path)
     return path
 
@@ -167,7 +171,7 @@ def _answers(out: Path) -> Any:
     return pq.read_table(out).sort_by("id").select(["id", "neighbors"]).to_pylist() if out.exists() else None
 
 
-def planted_origin(work: Path, endpoint: str, index_dir: Path | None) -> dict[str, Any]:
+def planted_origin(work: Path, endpoint: str, index_dir: Path | None, quick: bool) -> dict[str, Any]:
     """An ingest run under folders holding `.origin` (pointing at a second server), and a query of an exported
     index holding one: results equal those without, and the second server received nothing."""
     with _moto() as (second, seen):
@@ -183,7 +187,7 @@ def planted_origin(work: Path, endpoint: str, index_dir: Path | None) -> dict[st
         same = clean_code == code == 0 and _cache_files(work / "clean" / "runs") == _cache_files(team / "runs")
         note = f"runs dir's ancestors planted: run exit {code}"
         if index_dir is not None and index_dir.is_dir():
-            queries = _queries(work / "queries.parquet")
+            queries = _queries(work / "queries.parquet", _index_source(quick))
             query = ["query", str(index_dir), "--queries", str(queries), "-k", "5"]
             _shardwalk([*query, "--out", str(work / "answers-clean")], env)
             (index_dir / ".origin").write_text(planted)
@@ -231,7 +235,7 @@ def scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
         with _moto() as (endpoint, _):
             out = [concurrent_save_during_open(work / "open", endpoint)]
             tiny, index_dir = tiny_node_cache_budget(work / "tiny", endpoint, quick)
-            out += [tiny, planted_origin(work / "origin", endpoint, index_dir), symlinked_cache_root(work / "link", endpoint)]
+            out += [tiny, planted_origin(work / "origin", endpoint, index_dir, quick), symlinked_cache_root(work / "link", endpoint)]
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -147,7 +147,9 @@ def placed_stages(record: dict[str, Any], runs_dir: str | os.PathLike) -> dict[s
         if remote:
             output = store.join(os.fspath(runs_dir), "cache", folder)
             if attempt is not None:
-                attempt = store.join(output, store.ATTEMPTS, artifact_name(str(attempt).rstrip("/").rsplit("/", 1)[-1], where))
+                # the id only: a runs dir spelled with a query string (`?endpoint_override=…`) records it on the URI
+                attempt_id = str(attempt).split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+                attempt = store.join(output, store.ATTEMPTS, artifact_name(attempt_id, where))
         else:
             output, attempt = str(_local(runs_dir) / "cache" / folder), None  # a local runs dir has no attempts
         placed[name] = {**stage, "output": output, "attempt": attempt}

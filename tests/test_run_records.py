@@ -63,3 +63,15 @@ def test_list_runs_on_an_object_store_surfaces_an_unreadable_record(s3_bucket: s
     records = {r["run_id"]: r for r in list_runs(runs)}
     assert set(records) == {GOOD, BAD} and records[BAD]["status"] == UNREADABLE
     assert "not valid JSON" in records[BAD]["error"]
+
+
+def test_a_recorded_attempt_on_a_query_string_runs_dir_is_placed_under_the_given_runs_dir() -> None:
+    """A run made with `s3://b/runs?endpoint_override=…` records its attempts with the query string."""
+    from core.run_records import placed_stages
+
+    spelled = "s3://b/runs?endpoint_override=127.0.0.1:9000&scheme=http"
+    attempt = "s3://b/runs/cache/build-abc/attempts/20261206T081514-vm-1-85b6b969?endpoint_override=127.0.0.1:9000&scheme=http"
+    record = {"run_id": "r", "stages": {"build": {"key": "abc", "attempt": attempt}}}
+    placed = placed_stages(record, "s3://b/runs")["stages"]["build"]
+    assert placed["attempt"] == "s3://b/runs/cache/build-abc/attempts/20261206T081514-vm-1-85b6b969"
+    assert placed_stages(record, spelled)["stages"]["build"]["attempt"].endswith("85b6b969?endpoint_override=127.0.0.1:9000&scheme=http")
