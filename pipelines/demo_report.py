@@ -13,7 +13,7 @@ import pyarrow.dataset as pads
 
 from core.coreset import default_beta
 from core.io import read_table
-from pipelines.report import Section, figure, save_figure, write_report
+from pipelines.report import Section, coinciding_note, figure, save_figure, series_style, write_report
 
 KEEP_RE = re.compile(r"^(?P<method>.+)-keep(?P<keep>[0-9.]+)$")
 
@@ -81,9 +81,9 @@ def _accuracy_section(out: Path, evaluate: Path) -> tuple[Section, dict[str, Any
         if match:
             curves.setdefault(match["method"], {})[float(match["keep"])] = value
     fig, ax = figure()
-    for method, points in sorted(curves.items()):
+    for i, (method, points) in enumerate(sorted(curves.items())):
         keeps = sorted(points)
-        ax.plot(keeps, [points[k] for k in keeps], marker="o", label=method)
+        ax.plot(keeps, [points[k] for k in keeps], label=method, **series_style(i))
     ax.axhline(full, color="k", ls="--", label=f"full data ({full:.3f})")
     ax.set(xlabel="keep fraction", ylabel="test accuracy (end of training)", xscale="log",
            title="Accuracy vs coreset size")
@@ -96,7 +96,8 @@ def _accuracy_section(out: Path, evaluate: Path) -> tuple[Section, dict[str, Any
     headline = {"full-data accuracy": full, f"best CCS accuracy at keep {low:g}": best_ccs,
                 f"random accuracy at keep {low:g}": curves.get("random", {}).get(low, float("nan"))}
     text = ("A fresh model trained for the same number of steps on each coreset (as in the CCS paper), "
-            "final test accuracy on a held-out split.")
+             "final test accuracy on a held-out split." + coinciding_note(
+                 {m: [p.get(k, float("nan")) for k in keeps] for m, p in sorted(curves.items())}))
     return Section("Coreset: accuracy vs keep rate", text, save_figure(fig, out, "accuracy_vs_keep.png"), rows), headline
 
 

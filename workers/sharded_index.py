@@ -35,7 +35,7 @@ from core.io import (
     read_manifest,
     write_json_atomic,
 )
-from core.schema import from_numpy
+from core.schema import Columns, from_numpy
 from workers import index_actors, index_build, index_search, query_stream, raykit
 from workers import knn_graph as graph_units
 from workers.autoconnect import ensure_ray
@@ -376,15 +376,17 @@ class ShardedIndex:
 
     def search_dataset(
         self, source: Any, out: str | os.PathLike, *, k: int = 10, ef: int = 64, nprobe: int | None = None,
-        block_size: int = 8192, pool: int = 2, overwrite: bool = False,
+        block_size: int = 8192, pool: int = 2, overwrite: bool = False, id_column: str = "id",
+        vector_column: str = "vector",
     ) -> dict[str, Any]:
-        """Answer a query source of any size (Parquet file, directory, URI or ray.data.Dataset with `id` and
-        `vector`) block by block on Ray Data, writing knn-graph rows as Parquet parts into directory `out`.
+        """Answer a query source of any size (Parquet file, directory, URI or ray.data.Dataset with an id and
+        a vector column: `id_column`, `vector_column`) block by block on Ray Data, writing knn-graph rows
+        (`id`, `neighbors`, `distances`) as Parquet parts into directory `out`.
 
         Neither all queries nor all answers are ever held in one process (workers/query_stream.py). A
         non-empty `out` is refused unless it holds an earlier query's answers and `overwrite` is set.
         """
-        settings = query_stream.QuerySettings(k, ef, nprobe, block_size, pool)
+        settings = query_stream.QuerySettings(k, ef, nprobe, block_size, pool, Columns(id_column, vector_column))
         return query_stream.search_dataset(self, source, out, settings, overwrite=overwrite)
 
     def set_threads(self, threads: int) -> None:
