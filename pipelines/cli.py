@@ -33,6 +33,7 @@ EPILOG = """examples:
   shardwalk runs
   shardwalk show 20261128-120000-index-ab12cd     (or a unique prefix, or: shardwalk show latest)
   shardwalk diff 20261128-120000 latest
+  shardwalk report 20261128-120000 latest --out compare.html
   shardwalk query runs/cache/build-<key> --queries q.parquet -k 10 --out hits.parquet
   shardwalk plan index --rows 100000000 --dim 768 --node-shape r5.8xlarge
 
@@ -113,6 +114,14 @@ def _records_parsers(sub: argparse._SubParsersAction, runs_dir: argparse.Argumen
     diff.add_argument("run_a", metavar="RUN_A", help="a run id, unique prefix or 'latest'")
     diff.add_argument("run_b", metavar="RUN_B", help="a run id, unique prefix or 'latest'")
     diff.add_argument("--json", action="store_true", help="print the differences as JSON")
+
+    report = sub.add_parser(
+        "report", parents=[runs_dir], help="runs of one pipeline side by side in one HTML file",
+        description="Compare runs of one pipeline (alpha = 0 against alpha = 10, two coreset settings, two index "
+        "layouts): curves overlaid, every metric in one table, the settings that differ highlighted.",
+    )
+    report.add_argument("run_ids", nargs="+", metavar="RUN", help="run ids, unique prefixes or 'latest'")
+    report.add_argument("--out", required=True, metavar="FILE.html", help="where to write the page")
 
     gc = sub.add_parser(
         "gc", parents=[runs_dir], help="remove uncommitted attempts and outputs no run record references",
@@ -277,6 +286,15 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.compare import compare_runs
+
+    done = compare_runs(args.runs_dir, args.run_ids, args.out)
+    print(f"wrote {done['out']}: {len(done['runs'])} runs, {done['figures']} figure(s), "
+          f"{done['settings_differ']} setting(s) that differ")
+    return EXIT_OK
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from core.dag import run_path
     from pipelines.export import export_run
@@ -383,7 +401,7 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show, "diff": _cmd_diff, "export": _cmd_export,
-            "gc": _cmd_gc, "query": _cmd_query, "plan": _cmd_plan}
+            "gc": _cmd_gc, "query": _cmd_query, "plan": _cmd_plan, "report": _cmd_report}
 
 
 def _interrupt(signum: int, frame: object) -> None:
