@@ -108,14 +108,14 @@ def _alpha_of(tag: str) -> str:
 def _srrw_sections(out: Path, walks: Mapping[str, Path]) -> tuple[list[Section], dict[str, Any]]:
     fig, (ax_err, ax_acc) = figure(10.0, 4.0, cols=2)
     rows, headline = [], {}
-    for key in sorted(k for k in walks if k.startswith("curves_")):
+    for i, key in enumerate(sorted(k for k in walks if k.startswith("curves_"))):
         tag = key[len("curves_"):]
         role, alpha = tag.split("_a")[0], _alpha_of(tag)
         curve = read_table(walks[key] / "curves.parquet").to_pandas()
         test = read_table(walks[f"test_{tag}"] / "test_curve.parquet").to_pandas()
         label = f"{role}, α = {alpha}"
-        ax_err.plot(curve["step"].clip(lower=1), curve["sq_error"], label=label)
-        ax_acc.plot(test["step"].clip(lower=1), test["test_accuracy"], label=label)
+        ax_err.plot(curve["step"].clip(lower=1), curve["sq_error"], label=label, markevery=0.1, **series_style(i))
+        ax_acc.plot(test["step"].clip(lower=1), test["test_accuracy"], label=label, markevery=0.1, **series_style(i))
         final = curve.iloc[-1]
         rows.append({"data": role, "alpha": float(alpha), "‖θ−θ*‖²": float(final["sq_error"]),
                      "train loss": float(final["loss"]), "test accuracy": float(test.iloc[-1]["test_accuracy"])})
