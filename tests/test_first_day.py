@@ -353,6 +353,7 @@ def test_query_with_the_users_columns_says_what_its_speed_includes(ray_local: No
     out, err = capfd.readouterr()
     assert "40 queries in" in out and "including Ray start-up" in out and "streaming alone" in out
     assert "Running Dataset" not in err and "Execution plan" not in err  # Ray Data's logs: only with --verbose
+    assert "Progress bars disabled" not in err
     answers = pq.read_table(tmp_path / "ans")
     assert sorted(answers.column("id").to_pylist()) == [i * 7 for i in range(40)]
     assert main(["query", str(tmp_path / "idx"), "--queries", queries, *cols]) == 0
@@ -362,7 +363,13 @@ def test_query_with_the_users_columns_says_what_its_speed_includes(ray_local: No
 def test_ray_notices_are_quiet_unless_verbose(monkeypatch) -> None:
     import logging
 
-    from workers.quiet import TOKEN_AUTH_LOGGER, VERBOSE, quiet_ray_data, quiet_ray_driver
+    from workers.quiet import (
+        DATA_PROGRESS_LOGGER,
+        TOKEN_AUTH_LOGGER,
+        VERBOSE,
+        quiet_ray_data,
+        quiet_ray_driver,
+    )
 
     logger = logging.getLogger(TOKEN_AUTH_LOGGER)
     monkeypatch.setattr(logger, "level", logging.NOTSET)
@@ -381,6 +388,7 @@ def test_ray_notices_are_quiet_unless_verbose(monkeypatch) -> None:
     quiet_ray_data()
     assert not context.enable_progress_bars and not context.print_on_execution_start
     assert logging.getLogger("ray.data").level == logging.WARNING
+    assert logging.getLogger(DATA_PROGRESS_LOGGER).level == logging.ERROR
 
 
 def test_a_closed_pipe_ends_quietly(monkeypatch) -> None:

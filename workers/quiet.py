@@ -27,6 +27,7 @@ def get_all(refs: list[Any]) -> list[Any]:
 
 VERBOSE = "SHARDWALK_VERBOSE"  # set (to anything but "" or "0") by `--verbose`: leave Ray's logs as Ray sets them
 TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"  # a logger name, not an import
+DATA_PROGRESS_LOGGER = "ray.data._internal.progress"  # says, at WARNING, that the progress bars are off
 
 
 def verbose() -> bool:
@@ -50,4 +51,5 @@ def quiet_ray_data() -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger(DATA_PROGRESS_LOGGER).setLevel(logging.ERROR)  # "Progress bars disabled. To enable, ..."
     warnings.filterwarnings("ignore", category=UserWarning, module=r"ray\.data")
