@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from core import store
 from core.dag import RunRecord
 from pipelines.report import REPORT_FILES, with_header
@@ -9,8 +11,6 @@ from pipelines.report import REPORT_FILES, with_header
 
 def _committed_text(c: store.Committed, rel: str) -> str:
     """A committed text file, verified against its manifest as it streams."""
-    import io
-
     sink = io.BytesIO()
     store.stream_object(c, rel, sink)
     return sink.getvalue().decode()
