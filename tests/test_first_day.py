@@ -330,13 +330,14 @@ def test_query_columns_are_checked_from_the_footer_before_ray_starts(tmp_path: P
         cli.main(["query", "idx", "--queries", queries, "--id-column", "doc_id", "--vector-column", "embedding"])
 
 
-def test_search_dataset_takes_the_same_column_options() -> None:
+def test_the_python_api_takes_the_same_column_options() -> None:
     import inspect
 
     from workers.sharded_index import ShardedIndex
 
-    params = inspect.signature(ShardedIndex.search_dataset).parameters
-    assert params["id_column"].default == "id" and params["vector_column"].default == "vector"
+    for method in (ShardedIndex.build, ShardedIndex.search_dataset):
+        params = inspect.signature(method).parameters
+        assert params["id_column"].default == "id" and params["vector_column"].default == "vector"
 
 
 @pytest.mark.ray
@@ -344,10 +345,12 @@ def test_query_with_the_users_columns_says_what_its_speed_includes(ray_local: No
     from pipelines.cli import main
     from workers.sharded_index import ShardedIndex
 
-    x = np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32)
-    with ShardedIndex.build(x, shards=1, M=8, ef_construction=40) as index:
+    (tmp_path / "base").mkdir()
+    base = _doc_embedding_queries(tmp_path / "base", n=200)  # the Python API takes the same column options
+    with ShardedIndex.build(str(base), shards=1, M=8, ef_construction=40, id_column="doc_id",
+                            vector_column="embedding") as index:
         index.save(tmp_path / "idx")
-    queries = str(_doc_embedding_queries(tmp_path))
+    queries = str(_doc_embedding_queries(tmp_path))  # the first 40 of the same rows
     cols = ["--id-column", "doc_id", "--vector-column", "embedding"]
     assert main(["query", str(tmp_path / "idx"), "--queries", queries, *cols, "--out", str(tmp_path / "ans")]) == 0
     out, err = capfd.readouterr()
@@ -356,6 +359,7 @@ def test_query_with_the_users_columns_says_what_its_speed_includes(ray_local: No
     assert "Progress bars disabled" not in err
     answers = pq.read_table(tmp_path / "ans")
     assert sorted(answers.column("id").to_pylist()) == [i * 7 for i in range(40)]
+    assert [n[0] for n in answers.column("neighbors").to_pylist()] == answers.column("id").to_pylist()
     assert main(["query", str(tmp_path / "idx"), "--queries", queries, *cols]) == 0
     assert "search alone" in capfd.readouterr().out
 
