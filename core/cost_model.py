@@ -185,7 +185,7 @@ def _start(c: Constants, cluster: Cluster) -> StageCost:
 def _ingest(c: Constants, rows: int, dim: int, cores: float) -> StageCost:
     data = rows * (4 * dim + 16)  # the first stage's workers import the pipeline's modules
     return _stage("ingest", c, c.stage_start_s + data / (c.parquet_bytes_per_s * cores),
-                  f"read, validate, write {data / 1e9:.2f} GB", cores, data)
+                  f"read, validate, write {data / 2**30:.2f} GiB", cores, data)
 
 
 def _peak(c: Constants, cluster: Cluster, memory: Sequence[NodeMemory]) -> int:
@@ -234,7 +234,7 @@ def plan_index(job: IndexJob, cluster: Cluster, cal: Calibration) -> Plan:
     stages = _index_stages(job, cluster, c, layout, max(per_node))
     peak = _peak(c, cluster, memory)
     info = {"shards": layout.shards, "replicas": job.replicas, "actors": actors, "threads_per_actor": layout.threads,
-            "cpus_per_actor": layout.cpus_per_actor, "index_bytes": shard_bytes * layout.shards}
+            "cpus_per_actor": layout.cpus_per_actor, "index_bytes": layout.bytes_per_shard * layout.shards}
     problems = _bound_problem(cluster, actors, "shard actors (shards × replicas)")
     return Plan("index", cluster, info, stages, memory, peak, tuple(problems), tuple(_index_advice(job, problems)))
 
@@ -276,7 +276,8 @@ def _index_stages(job: IndexJob, cluster: Cluster, c: Constants, layout: sizing.
 
 def _unfit_index(job: IndexJob, cluster: Cluster, why: str) -> Plan:
     """A plan for a layout core.sizing refuses: no stages, the reason, and what would fit instead."""
-    return Plan("index", cluster, {"shards": job.shards or None, "replicas": job.replicas}, (), (), 0,
+    info = {"shards": job.shards or None, "replicas": job.replicas, "index_bytes": sizing.index_bytes(job.rows, job.dim, job.M)}
+    return Plan("index", cluster, info, (), (), 0,
                 (why,), tuple(_index_advice(job, [why])))
 
 

@@ -212,6 +212,18 @@ def read_table(source: Source, columns: Sequence[str] | None = None) -> pa.Table
     return read_shard(plan_shards(source, 1)[0], columns)
 
 
+def source_schema(source: Source) -> pa.Schema:
+    """The schema of a source's first Parquet file (footer only), of a builtin or of an in-memory table."""
+    if isinstance(source, pa.Table | np.ndarray) or datasets.is_builtin(source):
+        return plan_shards(source, 1)[0].table.schema
+    fs, files = _parquet_files(source)
+    try:
+        with fs.open_input_file(files[0]) as handle:
+            return pq.ParquetFile(handle).schema_arrow
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{files[0]}: not a readable Parquet file ({exc})") from None
+
+
 def source_fingerprint(source: Source) -> str:
     """A cheap identity of a source for cache keys: path, size and mtime of every file (or content hash)."""
     if datasets.is_builtin(source):

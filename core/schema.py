@@ -60,6 +60,21 @@ def apply_columns(table: pa.Table, columns: Columns, where: str) -> pa.Table:
     return table.rename_columns([renames.get(n, n) for n in names])
 
 
+def check_vector_columns(schema: pa.Schema, columns: Columns, where: str, *, dim: int | None = None) -> None:
+    """A source's schema holds the (mapped) id and vector columns, of dimension `dim` when known: checked from
+    a footer, before any cluster starts, naming the option to set on a miss."""
+    names = list(schema.names)
+    mapped = apply_columns(schema.empty_table(), Columns(columns.id, columns.vector), where)
+    missing = [(option, user) for option, user, canonical in (("id_column", columns.id, ID), ("vector_column", columns.vector, VECTOR))
+               if canonical not in mapped.column_names]
+    if missing:
+        hint = " and ".join(f"--{opt.replace('_', '-')} NAME ({opt})" for opt, _ in missing)
+        raise DataError(f"{where}: missing column(s) {[u for _, u in missing]}; found {names}; name yours with {hint}")
+    typ = mapped.schema.field(VECTOR).type
+    if dim is not None and pa.types.is_fixed_size_list(typ) and typ.list_size != dim:
+        raise DataError(f"{where}: column '{columns.vector}' has dimension {typ.list_size}, expected {dim}")
+
+
 def check_label_column(table: pa.Table, where: str, *, user_name: str = LABEL, offset: int = 0) -> None:
     """Class labels must be integers without nulls; floats are refused rather than silently truncated."""
     if LABEL not in table.column_names:

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from core.store import check_runs_dir
 from pipelines import PIPELINES
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_CLOSED_PIPE = 1  # Python's docs (signal: "Note on SIGPIPE") and rich's Console exit 1, quietly
 PREVIEW_QUERIES = 1000  # `shardwalk query` without --out answers at most this many (in memory)
 DEFAULT_RUNS_DIR = "runs"
 CONFIG_HELP = "TOML file of config keys, or example:NAME for a sample shipped in the package (NAME: a pipeline)"
@@ -31,6 +33,7 @@ EPILOG = """examples:
   shardwalk runs
   shardwalk show 20261128-120000-index-ab12cd     (or a unique prefix, or: shardwalk show latest)
   shardwalk diff 20261128-120000 latest
+  shardwalk report 20261128-120000 latest --out compare.html
   shardwalk query runs/cache/build-<key> --queries q.parquet -k 10 --out hits.parquet
   shardwalk plan index --rows 100000000 --dim 768 --node-shape r5.8xlarge
 
@@ -39,6 +42,7 @@ later run whose stage key (name, version, parameters, upstream keys) matches. RA
 joins a Ray cluster; otherwise an embedded local Ray starts (no dashboard, loopback only)."""
 
 
+VERBOSE_HELP = "also print Ray's and Ray Data's own logs (token-auth notice, execution plans, progress lines)"
 EXPORT_HELP = ("also write the results under stable names (index/, knn_graph/, coresets/, srrw/, report.html) "
                "to this directory or URI")
 
@@ -86,6 +90,7 @@ def _run_parser(sub: argparse._SubParsersAction, runs_dir: argparse.ArgumentPars
     run.add_argument("--show-config", action="store_true", help="print the resolved config (JSON) and exit")
     run.add_argument("--export", metavar="DIR_OR_URI", help=EXPORT_HELP)
     run.add_argument("--overwrite", action="store_true", help="--export may replace a previous export there")
+    run.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
 
 
 def _records_parsers(sub: argparse._SubParsersAction, runs_dir: argparse.ArgumentParser) -> None:
@@ -110,6 +115,14 @@ def _records_parsers(sub: argparse._SubParsersAction, runs_dir: argparse.Argumen
     diff.add_argument("run_b", metavar="RUN_B", help="a run id, unique prefix or 'latest'")
     diff.add_argument("--json", action="store_true", help="print the differences as JSON")
 
+    report = sub.add_parser(
+        "report", parents=[runs_dir], help="runs of one pipeline side by side in one HTML file",
+        description="Compare runs of one pipeline (alpha = 0 against alpha = 10, two coreset settings, two index "
+        "layouts): curves overlaid, every metric in one table, the settings that differ highlighted.",
+    )
+    report.add_argument("run_ids", nargs="+", metavar="RUN", help="run ids, unique prefixes or 'latest'")
+    report.add_argument("--out", required=True, metavar="FILE.html", help="where to write the page")
+
     gc = sub.add_parser(
         "gc", parents=[runs_dir], help="remove uncommitted attempts and outputs no run record references",
         description="Remove uncommitted attempts (killed writers) and cached outputs that no run record names. "
@@ -124,7 +137,8 @@ def _records_parsers(sub: argparse._SubParsersAction, runs_dir: argparse.Argumen
 def _query_parser(sub: argparse._SubParsersAction, runs_dir: argparse.ArgumentParser) -> None:
     query = sub.add_parser(
         "query", parents=[runs_dir], help="search a saved sharded HNSW index",
-        description="Search a saved ShardedIndex with Parquet query vectors (an `id` and a `vector` column): a file, "
+        description="Search a saved ShardedIndex with Parquet query vectors (an `id` and a `vector` column, or "
+        "those named by --id-column / --vector-column): a file, "
         "a directory or a URI of any size, streamed in blocks through the shard actors (Ray Data) with --out. "
         "Distances are squared L2 (space l2), 1 - inner product (ip) or 1 - cosine similarity (cosine).",
     )
@@ -142,7 +156,12 @@ def _query_parser(sub: argparse._SubParsersAction, runs_dir: argparse.ArgumentPa
     query.add_argument("--block-size", type=int, default=8192, help="queries per streamed block with --out (default 8192)")
     query.add_argument("--batch-size", type=int, default=256,
                        help="queries per search call without --out (latency percentiles are per batch; default 256)")
+    query.add_argument("--id-column", default="id", metavar="NAME",
+                       help="the queries' id column (like a pipeline's id_column; default: id)")
+    query.add_argument("--vector-column", default="vector", metavar="NAME",
+                       help="the queries' vector column (like a pipeline's vector_column; default: vector)")
     query.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or embedded)")
+    query.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
 
 
 def _plan_parser(sub: argparse._SubParsersAction) -> None:
@@ -210,7 +229,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         run_dir = run_path(args.runs_dir, record.run_id).parent
         for stage in record.stages.values():
             if stage.status in ("done", "cached"):
-                publish(Path(stage.output), run_dir)
+                publish(Path(stage.output), run_dir, record.to_json())
     print_run(record.to_json(), args.runs_dir)
     if report:
         print(f"report: {report}")
@@ -268,6 +287,15 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.compare import compare_runs
+
+    done = compare_runs(args.runs_dir, args.run_ids, args.out)
+    print(f"wrote {done['out']}: {len(done['runs'])} runs, {done['figures']} figure(s), "
+          f"{done['settings_differ']} setting(s) that differ")
+    return EXIT_OK
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from core.dag import run_path
     from pipelines.export import export_run
@@ -297,36 +325,61 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
+    from core.schema import Columns
     from pipelines.export import export_index
     from pipelines.index import DISTANCES, preview_query, resolve_index, stream_query
+    from workers.query_stream import check_query_source
 
+    began = time.perf_counter()
     exported = export_index(args.index_dir)  # a store export's index is in its current version
     index_dir, stored = exported if exported is not None else resolve_index(args.index_dir, args.runs_dir)
     ef = args.ef or stored.get("ef") or 64
     nprobe = args.nprobe if args.nprobe is not None else (stored.get("nprobe") or None)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    columns = Columns(args.id_column, args.vector_column)
+    check_query_source(args.queries, columns, _index_dim(index_dir))  # the query file's columns: before Ray starts
     if args.out is not None:  # a bad URI, a missing bucket, an occupied --out: exit 2 before any work
         from workers.query_stream import check_out
 
         check_out(args.out, args.overwrite)
+    started = time.perf_counter()
     _connect(args.address)
+    ray_start = time.perf_counter() - started
     search = {"k": args.k, "ef": ef, "nprobe": nprobe}
+    timings: dict = {}
     if args.out is not None:
-        done = stream_query(index_dir, args.queries, args.out, block_size=args.block_size, overwrite=args.overwrite, **search)
-        print(f"wrote {done['rows']} answers in {done['parts']} Parquet parts to {done['out']}: ef={ef}, "
-              f"nprobe={nprobe or 'all'}, {done['queries_per_second']:.0f} queries/s over {done['seconds']:.1f} s; "
+        done = stream_query(index_dir, args.queries, args.out, block_size=args.block_size, overwrite=args.overwrite,
+                            columns=columns, timings=timings, **search)
+        total = time.perf_counter() - began
+        print(f"wrote {done['rows']:,} answers in {done['parts']} Parquet parts to {done['out']}: ef={ef}, "
+              f"nprobe={nprobe or 'all'}; {done['rows']:,} queries in {total:.1f} s including Ray start-up "
+              f"({ray_start:.1f} s) and opening the index ({timings['open_seconds']:.1f} s); streaming alone "
+              f"(read, search, write): {done['queries_per_second']:,.0f} queries/s over {done['seconds']:.1f} s; "
               f"distances: {DISTANCES.get(done['space'], done['space'])}")
         return EXIT_OK
-    timings: dict = {}
-    table = preview_query(index_dir, args.queries, PREVIEW_QUERIES, batch_size=args.batch_size, timings=timings, **search)
+    table = preview_query(index_dir, args.queries, PREVIEW_QUERIES, batch_size=args.batch_size, timings=timings,
+                          columns=columns, **search)
+    total = time.perf_counter() - began
     print(table.slice(0, 20).to_pandas().to_string())
-    print(f"{timings['queries']} queries (at most the first {PREVIEW_QUERIES}; --out DIR answers all), ef={ef}, "
-          f"nprobe={nprobe or 'all'}: {timings['qps']:.1f} queries/s; "
-          f"latency per batch of {timings['batch_size']}: p50 {timings['latency_ms_p50']:.2f} ms, "
-          f"p95 {timings['latency_ms_p95']:.2f} ms, p99 {timings['latency_ms_p99']:.2f} ms; "
-          f"distances: {DISTANCES.get(timings['space'], timings['space'])}")
+    print(f"{timings['queries']:,} queries (at most the first {PREVIEW_QUERIES:,}; --out DIR answers all), ef={ef}, "
+          f"nprobe={nprobe or 'all'}: {timings['queries']:,} queries in {total:.1f} s including Ray start-up "
+          f"({ray_start:.1f} s) and opening the index ({timings['open_seconds']:.1f} s); search alone "
+          f"{timings['qps']:,.0f} queries/s; latency per batch of {timings['batch_size']}: "
+          f"p50 {timings['latency_ms_p50']:.2f} ms, p95 {timings['latency_ms_p95']:.2f} ms, "
+          f"p99 {timings['latency_ms_p99']:.2f} ms; distances: {DISTANCES.get(timings['space'], timings['space'])}")
     return EXIT_OK
+
+
+def _index_dim(index_dir: str) -> int | None:
+    """The dimension a local index was built with (its manifest), to check the queries against before Ray
+    starts; None for an index on a store (its shards check each block)."""
+    from core import hnsw
+
+    if "://" in str(index_dir):
+        return None
+    dim = hnsw.read_index_manifest(Path(index_dir)).get("dim")
+    return dim if isinstance(dim, int) else None
 
 
 def _checked_runs_dir(runs_dir: str) -> str:
@@ -349,7 +402,7 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "show": _cmd_show, "diff": _cmd_diff, "export": _cmd_export,
-            "gc": _cmd_gc, "query": _cmd_query, "plan": _cmd_plan}
+            "gc": _cmd_gc, "query": _cmd_query, "plan": _cmd_plan, "report": _cmd_report}
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -388,14 +441,31 @@ def _stop_ray() -> None:
         ray.shutdown()
 
 
+def _closed_pipe() -> int:
+    """The reader went away (`shardwalk runs | head`): stop quietly, as Python's docs advise for SIGPIPE —
+    point stdout at devnull so the interpreter's final flush cannot raise again — and exit 1, as rich does."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_CLOSED_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; maps typed errors to exit codes."""
     args = _parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        from workers.quiet import VERBOSE
+
+        os.environ[VERBOSE] = "1"
     try:
         if getattr(args, "runs_dir", None) is not None:
             args.runs_dir = _checked_runs_dir(args.runs_dir)
         with _sigterm_interrupts():
-            return COMMANDS[args.command](args)
+            code = COMMANDS[args.command](args)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at the interpreter's exit
+            return code
+    except BrokenPipeError:  # an OSError: caught before the one-line handler below
+        return _closed_pipe()
     except InputError as exc:
         print(f"shardwalk: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT

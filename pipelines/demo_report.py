@@ -13,7 +13,7 @@ import pyarrow.dataset as pads
 
 from core.coreset import default_beta
 from core.io import read_table
-from pipelines.report import Section, figure, save_figure, write_report
+from pipelines.report import Section, coinciding_note, figure, save_figure, series_style, write_report
 
 KEEP_RE = re.compile(r"^(?P<method>.+)-keep(?P<keep>[0-9.]+)$")
 
@@ -81,9 +81,9 @@ def _accuracy_section(out: Path, evaluate: Path) -> tuple[Section, dict[str, Any
         if match:
             curves.setdefault(match["method"], {})[float(match["keep"])] = value
     fig, ax = figure()
-    for method, points in sorted(curves.items()):
+    for i, (method, points) in enumerate(sorted(curves.items())):
         keeps = sorted(points)
-        ax.plot(keeps, [points[k] for k in keeps], marker="o", label=method)
+        ax.plot(keeps, [points[k] for k in keeps], label=method, **series_style(i))
     ax.axhline(full, color="k", ls="--", label=f"full data ({full:.3f})")
     ax.set(xlabel="keep fraction", ylabel="test accuracy (end of training)", xscale="log",
            title="Accuracy vs coreset size")
@@ -96,7 +96,8 @@ def _accuracy_section(out: Path, evaluate: Path) -> tuple[Section, dict[str, Any
     headline = {"full-data accuracy": full, f"best CCS accuracy at keep {low:g}": best_ccs,
                 f"random accuracy at keep {low:g}": curves.get("random", {}).get(low, float("nan"))}
     text = ("A fresh model trained for the same number of steps on each coreset (as in the CCS paper), "
-            "final test accuracy on a held-out split.")
+             "final test accuracy on a held-out split." + coinciding_note(
+                 {m: [p.get(k, float("nan")) for k in keeps] for m, p in sorted(curves.items())}))
     return Section("Coreset: accuracy vs keep rate", text, save_figure(fig, out, "accuracy_vs_keep.png"), rows), headline
 
 
@@ -107,14 +108,14 @@ def _alpha_of(tag: str) -> str:
 def _srrw_sections(out: Path, walks: Mapping[str, Path]) -> tuple[list[Section], dict[str, Any]]:
     fig, (ax_err, ax_acc) = figure(10.0, 4.0, cols=2)
     rows, headline = [], {}
-    for key in sorted(k for k in walks if k.startswith("curves_")):
+    for i, key in enumerate(sorted(k for k in walks if k.startswith("curves_"))):
         tag = key[len("curves_"):]
         role, alpha = tag.split("_a")[0], _alpha_of(tag)
         curve = read_table(walks[key] / "curves.parquet").to_pandas()
         test = read_table(walks[f"test_{tag}"] / "test_curve.parquet").to_pandas()
         label = f"{role}, α = {alpha}"
-        ax_err.plot(curve["step"].clip(lower=1), curve["sq_error"], label=label)
-        ax_acc.plot(test["step"].clip(lower=1), test["test_accuracy"], label=label)
+        ax_err.plot(curve["step"].clip(lower=1), curve["sq_error"], label=label, markevery=0.1, **series_style(i))
+        ax_acc.plot(test["step"].clip(lower=1), test["test_accuracy"], label=label, markevery=0.1, **series_style(i))
         final = curve.iloc[-1]
         rows.append({"data": role, "alpha": float(alpha), "‖θ−θ*‖²": float(final["sq_error"]),
                      "train loss": float(final["loss"]), "test accuracy": float(test.iloc[-1]["test_accuracy"])})

@@ -7,8 +7,9 @@ Layout (whatever the run produced of it; see README "Outputs"):
     coresets/<method>-keep<rate>.parquet   id, weight (+ label: the user's value)
     coresets/accuracy.json      test accuracy of a fresh model per coreset and on the full training split
     coresets/test_ids.parquet   the held-out ids (id, label) the accuracies were measured on
-    srrw/curves.parquet         per walk, token and step: loss, accuracy (training), sq_error
-    srrw/theta.parquet, srrw/visits.parquet
+    srrw/curves.parquet         per walk, token and step: loss, accuracy (training), sq_error; the walk named by
+                                `walk` (its data, α, base walk, layout), `alpha`, `base`, `layout`, `stage`
+    srrw/theta.parquet, srrw/visits.parquet (+ `name`), srrw/nodes.parquet (node → your name; named graphs)
     labels.json                 class index -> the user's label value
     report.html, run.json
     _SHARDWALK_EXPORT.json      the export's marker, written last: run id, pipeline, every file's bytes + sha256
@@ -88,7 +89,7 @@ def stage_layout(record: dict[str, Any], tmp: Path) -> list[str]:
         shutil.copytree(outputs["knn_graph"], tmp / "knn_graph", ignore=shutil.ignore_patterns("_*", ".*"))
         written.append("knn_graph/")
     written += _coresets(outputs, tmp, labels)
-    written += _srrw(outputs, tmp)
+    written += _srrw(outputs, tmp, record)
     if "ingest" in outputs and (outputs["ingest"] / LABELS_FILE).is_file():
         shutil.copy2(outputs["ingest"] / LABELS_FILE, tmp / "labels.json")
         written.append("labels.json")
@@ -113,22 +114,70 @@ def _coresets(outputs: dict[str, Path], tmp: Path, labels: Any) -> list[str]:
     return written
 
 
-def _srrw(outputs: dict[str, Path], tmp: Path) -> list[str]:
+def walk_description(record: dict[str, Any], stage: str) -> dict[str, Any]:
+    """Which walk a curves stage of `record` evaluated: its data, α, base walk and actor layout.
+
+    The srrw pipeline has one walk (the config's `alpha`, `base`, tokens and partitions); the demo names its
+    walks `curves_<data>_a<alpha>` over its `[srrw]` section (one token, the MHRW base).
+    """
+    config = record.get("config") or {}
+    walk_stage = "walk" + stage[len("curves"):] if stage.startswith("curves_") else "walk"
+    chosen = ((record.get("stages") or {}).get(walk_stage) or {}).get("metrics") or {}
+    if stage.startswith("curves_") and isinstance(config.get("srrw"), dict):
+        tag = stage[len("curves_"):]
+        data, _, alpha = tag.partition("_a")
+        section = config["srrw"]
+        alpha_value, base, tokens, partitions = float(alpha.replace("_", ".") or "nan"), "mhrw", 1, section.get("partitions")
+    else:
+        data, alpha_value, base = "source", config.get("alpha"), config.get("base")
+        tokens, partitions = config.get("tokens"), config.get("partitions")
+    layout = f"{tokens} token(s) on {partitions} walker actor(s)" + (f", {chosen['layout']}" if chosen.get("layout") else "")
+    alpha_text = f"{alpha_value:g}" if isinstance(alpha_value, int | float) else str(alpha_value)
+    return {"walk": f"{data}: alpha={alpha_text}, base={base}, {layout}", "data": data,
+            "alpha": float(alpha_value) if isinstance(alpha_value, int | float) else None, "base": str(base),
+            "layout": layout}
+
+
+def _srrw(outputs: dict[str, Path], tmp: Path, record: dict[str, Any] | None = None) -> list[str]:
     curves = {name: out for name, out in outputs.items() if (out / "curves.parquet").is_file()}
     if not curves:
         return []
     (tmp / "srrw").mkdir()
-    tables = [pq.read_table(out / "curves.parquet").append_column("walk", pa.array([name] * pq.read_metadata(out / "curves.parquet").num_rows))
-              for name, out in sorted(curves.items())]
+    tables = []
+    for name, out in sorted(curves.items()):
+        table = pq.read_table(out / "curves.parquet")
+        described = walk_description(record or {}, name)
+        for column, typ in (("walk", pa.string()), ("alpha", pa.float64()), ("base", pa.string()), ("layout", pa.string())):
+            table = table.append_column(column, pa.array([described[column]] * table.num_rows, typ))
+        tables.append(table.append_column("stage", pa.array([name] * table.num_rows, pa.string())))
     pq.write_table(pa.concat_tables(tables), tmp / "srrw" / "curves.parquet")
     written = ["srrw/curves.parquet"]
     if len(curves) == 1:  # the srrw pipeline: one walk, its final θ and visits too
-        walk = outputs.get("walk")
-        for name, src in (("theta.parquet", next(iter(curves.values())) / "theta.parquet"),
-                          ("visits.parquet", walk / "visits.parquet" if walk else None)):
-            if src is not None and src.is_file():
-                shutil.copy2(src, tmp / "srrw" / name)
-                written.append(f"srrw/{name}")
+        written += _one_walk(outputs, next(iter(curves.values())), tmp)
+    return written
+
+
+def _one_walk(outputs: dict[str, Path], curves: Path, tmp: Path) -> list[str]:
+    """θ, the visits (with the user's node names, when the graph named them) and the node-name map."""
+    written = []
+    if (curves / "theta.parquet").is_file():
+        shutil.copy2(curves / "theta.parquet", tmp / "srrw" / "theta.parquet")
+        written.append("srrw/theta.parquet")
+    agents = outputs.get("agents")
+    names = agents / "nodes.parquet" if agents is not None and (agents / "nodes.parquet").is_file() else None
+    if names is not None:
+        shutil.copy2(names, tmp / "srrw" / "nodes.parquet")
+        written.append("srrw/nodes.parquet")
+    walk = outputs.get("walk")
+    if walk is not None and (walk / "visits.parquet").is_file():
+        visits = pq.read_table(walk / "visits.parquet")
+        if names is not None:  # node numbers → the names the edge list gave them
+            nodes = pq.read_table(names)
+            lookup = dict(zip(nodes.column("node").to_pylist(), nodes.column("name").to_pylist()))
+            visits = visits.append_column("name", pa.array([lookup.get(n) for n in visits.column("node").to_pylist()],
+                                                           nodes.schema.field("name").type))
+        pq.write_table(visits, tmp / "srrw" / "visits.parquet")
+        written.append("srrw/visits.parquet")
     return written
 
 

@@ -27,7 +27,7 @@ from core.dag import Pipeline
 from core.errors import ConfigError
 from core.hnsw_results import knn_graph_table
 from core.io import atomic_file, plan_shards, read_shard, read_table, write_parquet
-from core.schema import to_numpy, validate_vectors
+from core.schema import Columns, apply_columns, to_numpy, validate_vectors
 from pipelines.common import COLUMN_DEFAULTS, ingest_stage
 from pipelines.reports import index_report
 from workers.index_eval import exact_part, sample_part
@@ -129,6 +129,8 @@ def evaluate(out: Path, ingest: Path, build: Path, graph: Path | None = None, *,
     exact = hnsw.merge_results(ray.get([exact_part.remote(s, q_ref, k + 1, space) for s in specs]), k + 1)
     search_recall = hnsw.recall_at_k(found[ef][:, :k], exact[0][:, :k])
     result = {"sample": len(q_ids), "k": k, "ef": ef, "nprobe": nprobe, "search_recall_at_k": search_recall}
+    if len(q_ids) != min(recall_sample, total):
+        result["sample_note"] = sample_note(len(q_ids), recall_sample, total)
     sweep_rows = [{"ef": e, "recall_at_k": hnsw.recall_at_k(found[e][:, :k], exact[0][:, :k])} for e in sweep]
     if graph is not None:
         truth = hnsw.drop_self(q_ids, *exact, k)[0]
@@ -138,6 +140,14 @@ def evaluate(out: Path, ingest: Path, build: Path, graph: Path | None = None, *,
         result["graph_recall_at_k"] = hnsw.recall_at_k(got, truth)
     (out / "recall.json").write_text(json.dumps({**result, "recall_vs_ef": sweep_rows}, indent=1))
     return result
+
+
+def sample_note(sample: int, recall_sample: int, rows: int) -> str:
+    """Why `sample` is not `recall_sample`: each point is kept by a seeded hash of its id (the same points
+    whatever the sharding), so the count is recall_sample on average, not exactly."""
+    return (f"{sample} points sampled for recall_sample={recall_sample}: each of the {rows:,} points is kept when a "
+            f"seeded hash of its id falls below {recall_sample}/{rows:,} (the same sample for any sharding), so "
+            "the count varies around recall_sample")
 
 
 BUILD_KEYS = ("shards", "space", "M", "ef_construction", "random_seed", "partition", "replicas", "memory_fraction")
@@ -186,20 +196,27 @@ DISTANCES = {"l2": "squared L2", "ip": "1 - inner product", "cosine": "1 - cosin
 
 def stream_query(
     index_dir: str | os.PathLike, queries_source: Any, out_dir: str | os.PathLike, *, k: int = 10, ef: int = 64,
-    nprobe: int | None = None, block_size: int = 8192, overwrite: bool = False,
+    nprobe: int | None = None, block_size: int = 8192, overwrite: bool = False, columns: Columns = Columns(),
+    timings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Answer a query source of any size into a directory of Parquet parts (streamed with Ray Data)."""
+    """Answer a query source of any size into a directory of Parquet parts (streamed with Ray Data);
+    `timings` receives `open_seconds`, the time to start the shard actors and load the index."""
+    began = time.perf_counter()
     index = open_for_stream(index_dir, QuerySettings().pool)
+    if timings is not None:
+        timings["open_seconds"] = time.perf_counter() - began
     with index:
         return index.search_dataset(queries_source, out_dir, k=k, ef=ef, nprobe=nprobe, block_size=block_size,
-                                    overwrite=overwrite)
+                                    overwrite=overwrite, id_column=columns.id, vector_column=columns.vector)
 
 
-def preview_query(index_dir: str | os.PathLike, queries_source: str | os.PathLike, rows: int, **search: Any) -> pa.Table:
+def preview_query(index_dir: str | os.PathLike, queries_source: str | os.PathLike, rows: int, *,
+                  columns: Columns = Columns(), **search: Any) -> pa.Table:
     """Answers for the first `rows` queries only (what `shardwalk query` prints without --out)."""
     spec = plan_shards(queries_source, 1)[0]
-    head = read_shard(dataclasses.replace(spec, stop=min(spec.stop, spec.start + rows)))
-    return query_index(index_dir, head, where=os.fspath(queries_source), **search)
+    where = os.fspath(queries_source)
+    head = read_shard(dataclasses.replace(spec, stop=min(spec.stop, spec.start + rows)), [columns.id, columns.vector])
+    return query_index(index_dir, apply_columns(head, columns, where), where=where, **search)
 
 
 def query_index(
@@ -213,12 +230,14 @@ def query_index(
     percentiles. For small query tables in memory; a source of any size streams with `stream_query`.
     """
     where = where or ("queries" if isinstance(queries_source, pa.Table) else os.fspath(queries_source))
+    began = time.perf_counter()
     with ShardedIndex.open(index_dir) as index:
+        opened = time.perf_counter() - began
         table = validate_vectors(read_table(queries_source), where=where, dim=index.dim)
         q_ids, queries = to_numpy(table)
         ids, dists, seconds = _timed_search(index, queries, k, ef, nprobe, batch_size)
         if timings is not None:
-            timings.update(search_timings(seconds, len(queries), batch_size), space=index.meta.space)
+            timings.update(search_timings(seconds, len(queries), batch_size), space=index.meta.space, open_seconds=opened)
     result = knn_graph_table(q_ids, ids, dists)
     if out_path is not None:
         with atomic_file(out_path) as tmp:  # a reader sees the old file or the whole new one

@@ -229,8 +229,8 @@ def check_fits(pipeline: str, config: dict[str, Any], nodes: list[Node], cal: Ca
     if plan.fits:
         return plan
     need = [m for m in plan.memory if not m.fits]
-    what = "; ".join(plan.problems) or (f"node {need[0].node} needs {need[0].need_bytes / GIB:.1f} GiB "
-                                        f"but Ray lets it use {need[0].budget_bytes / GIB:.1f} GiB")
+    what = "; ".join(plan.problems) or (f"node {need[0].node} needs {gib(need[0].need_bytes)} "
+                                        f"but Ray lets it use {gib(need[0].budget_bytes)}")
     advice = _node_count_advice(plan, job, cal)
     raise ConfigError(f"pipeline '{pipeline}' does not fit this cluster of {len(nodes)} node(s): {what}; "
                       f"change: {', or '.join(advice)} (see `shardwalk plan {pipeline}`)")
@@ -271,11 +271,11 @@ def print_plan(plan: cm.Plan, cal: Calibration) -> None:
     shape = f" × {plan.cluster.shape}" if plan.cluster.shape else ""
     cpus, mem = plan.cluster.nodes[0].cpus, plan.cluster.nodes[0].memory_bytes
     console.print(f"[bold]{plan.pipeline}[/] on {len(plan.cluster.nodes)} node(s){shape} "
-                  f"({cpus:g} CPUs, {mem / GIB:.1f} GiB Ray memory each); calibration: {cal.machine.get('name')}")
+                  f"({cpus:g} CPUs, {gib(mem)} Ray memory each); calibration: {cal.machine.get('name')}")
     console.print("layout: " + ", ".join(f"{k}={_fmt(v)}" for k, v in plan.layout.items()))
     memory = Table("node", "actors", "needs", f"may use (Ray memory − {cm.HEADROOM:.0%})", "fits", title="memory per node")
     for m in plan.memory[:8]:
-        memory.add_row(str(m.node), str(m.actors), f"{m.need_bytes / GIB:.2f} GiB", f"{m.budget_bytes / GIB:.2f} GiB",
+        memory.add_row(str(m.node), str(m.actors), gib(m.need_bytes), gib(m.budget_bytes),
                        "yes" if m.fits else "[red]no[/]")
     if len(plan.memory) > 8:
         memory.add_row("…", f"{len(plan.memory) - 8} more like these", "", "", "")
@@ -287,7 +287,7 @@ def print_plan(plan: cm.Plan, cal: Calibration) -> None:
     if plan.stages:
         console.print(stages)
         console.print(f"total ≈ {_duration(plan.seconds)}; bottleneck: {plan.bottleneck.name}; "
-                      f"peak memory of the whole cluster ≈ {plan.peak_bytes / GIB:.1f} GiB (Ray's own processes included)")
+                      f"peak memory of the whole cluster ≈ {gib(plan.peak_bytes)} (Ray's own processes included)")
     verdict = "[green]fits[/]" if plan.fits else "[red]does not fit[/]: " + "; ".join(plan.problems)
     console.print(verdict)
     if plan.advice:
@@ -298,8 +298,13 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     if isinstance(value, int) and value > 10**6:
-        return f"{value / GIB:.1f} GiB" if value > GIB else f"{value:,}"
+        return gib(value) if value > GIB else f"{value:,}"
     return str(value)
+
+
+def gib(value: float) -> str:
+    """Every byte figure the plan prints, in one format (core/sizing.py's messages use the same)."""
+    return f"{value / GIB:.2f} GiB"
 
 
 def _duration(seconds: float) -> str:

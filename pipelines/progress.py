@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import socket
 import sys
@@ -24,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from core.dag import Pipeline, RunRecord, StageRecord
+from pipelines.settings import MISSING
 
 DONE = {"done", "cached", "failed", "skipped"}
 Reporter = Callable[[RunRecord, StageRecord], None]
@@ -84,9 +86,36 @@ def run_status(record: dict[str, Any]) -> str:
     return status
 
 
+def _value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, list | dict | bool) or value is None else str(value)
+
+
 def _compact(metrics: dict[str, Any]) -> str:
     """Every metric, whole: the table wraps the column rather than cutting it."""
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+def _output_exists(stage: dict[str, Any]) -> bool:
+    """A stage's output is listed only when it was committed and (on a local disk) is still there."""
+    output = stage.get("output")
+    if stage.get("status") not in ("done", "cached") or not output:
+        return False
+    return "://" in str(output) or Path(output).exists()
+
+
+def print_settings(record: dict[str, Any], console: Console) -> None:
+    """The run's settings: those that differ from the pipeline's defaults first, marked `*`, then the rest."""
+    from pipelines.settings import settings_rows
+
+    rows = settings_rows(record)
+    if not rows:
+        return
+    table = Table(title="settings (* differs from the default)", title_justify="left")
+    for col in ("", "key", "value", "default"):
+        table.add_column(col, overflow="fold")
+    for key, value, default, changed in rows:
+        table.add_row("*" if changed else "", key, _value(value), "" if default is MISSING else _value(default))
+    console.print(table)
 
 
 def print_run(record: dict[str, Any], runs_dir: str | os.PathLike, console: Console | None = None) -> None:
@@ -103,10 +132,15 @@ def print_run(record: dict[str, Any], runs_dir: str | os.PathLike, console: Cons
         rows = str(rec["rows"]) if rec.get("rows") is not None else "-"
         table.add_row(*map(Text, (rec["name"], status, rows, seconds, _compact(rec.get("metrics") or {}))))
     console.print(table)
+    print_settings(record, console)
     for rec in record["stages"].values():
         if rec["status"] == "failed":
             error = (rec.get("error") or "").splitlines()[0]
             console.print(Text.assemble((f"{rec['name']} failed:", "red"), f" {error}"))
+    outputs = [rec for rec in record["stages"].values() if _output_exists(rec)]
+    if outputs:
+        console.print("outputs:", markup=False, highlight=False)
+    for rec in outputs:
         console.print(f"  {rec['name']}: {rec['output']}", markup=False, highlight=False, soft_wrap=True)
     report = Path(runs_dir) / "runs" / record["run_id"] / "report.html"
     if report.is_file():

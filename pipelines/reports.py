@@ -17,7 +17,7 @@ from core import hnsw
 from core.io import read_manifest, read_table
 from pipelines.common import read_label_map
 from pipelines.demo_report import _accuracy_section as accuracy_section
-from pipelines.report import Section, figure, save_figure, write_report
+from pipelines.report import Section, figure, save_figure, series_style, write_report
 
 
 def _parts(directory: Path, columns: list[str] | None = None):
@@ -41,22 +41,32 @@ def _recall_section(out: Path, evaluate: Path) -> Section:
     return Section("Recall vs ef", text, save_figure(fig, out, "recall_vs_ef.png"), rows)
 
 
+def _shard_axis(ax: Any, shards: int) -> None:
+    """One tick per shard, whole numbers only, and room either side (one shard is not an axis from −0.4 to 0.4)."""
+    ax.set_xticks(range(shards), [str(i) for i in range(shards)])
+    ax.set_xlim(-0.75, max(shards, 1) - 0.25)
+    ax.set_xlabel("shard")
+
+
 def shard_sections(out: Path, build: Path) -> list[Section]:
     meta = json.loads((build / hnsw.INDEX_FILE).read_text())
     sizes = meta.get("shard_sizes", [])
     fig, ax = figure()
-    ax.bar(range(len(sizes)), sizes)
+    ax.bar(range(len(sizes)), sizes, width=0.6)
     if sizes:
         ax.axhline(np.mean(sizes), color="k", ls="--", lw=1, label="mean")
         ax.legend(fontsize=8)
-    ax.set(xlabel="shard", ylabel="live vectors", title="Shard balance")
-    balance = Section("Shard balance", f"Vectors per shard ({meta.get('partition', '?')} partition).",
+    _shard_axis(ax, len(sizes))
+    ax.set(ylabel="live vectors", title="Shard balance")
+    one = " One shard: nothing to balance." if len(sizes) == 1 else ""
+    balance = Section("Shard balance", f"Vectors per shard ({meta.get('partition', '?')} partition).{one}",
                       save_figure(fig, out, "shard_balance.png"))
     shard_bytes = [(build / hnsw.shard_file(i)).stat().st_size if (build / hnsw.shard_file(i)).is_file() else 0
                    for i in range(len(sizes))]
     fig, ax = figure()
-    ax.bar(range(len(shard_bytes)), np.asarray(shard_bytes) / 2**20)
-    ax.set(xlabel="shard", ylabel="MiB", title="Index memory per shard (hnswlib file size)")
+    ax.bar(range(len(shard_bytes)), np.asarray(shard_bytes) / 2**20, width=0.6)
+    _shard_axis(ax, len(shard_bytes))
+    ax.set(ylabel="MiB", title="Index memory per shard (hnswlib file size)")
     per_vector = sum(shard_bytes) / max(sum(sizes), 1)
     memory = Section("Memory", f"Each shard's hnswlib index (vectors + graph), about {per_vector:.0f} bytes per vector; "
                      "an actor holds its shard in memory.", save_figure(fig, out, "index_memory.png"),
@@ -104,8 +114,10 @@ def balance_section(out: Path, scores: Path, select: Path, values: np.ndarray | 
     ax.set_yticks(range(len(shares)), ["all training rows", *names], fontsize=7)
     ax.set(xlabel="share of the coreset", title="Class balance of each coreset")
     ax.legend(fontsize=7, ncols=min(len(classes), 10), loc="lower center", bbox_to_anchor=(0.5, 1.08))
+    one = (f" The training rows hold one class ({values[classes[0]] if values is not None else classes[0]}): every "
+           "coreset is all of it." if len(classes) == 1 else "")
     return Section("Class balance", "Share of each class (your label values) in the training rows and in each "
-                   "coreset; a class missing from a coreset is flagged in the select stage's warning.",
+                   "coreset; a class missing from a coreset is flagged in the select stage's warning." + one,
                    save_figure(fig, out, "class_balance.png"))
 
 
@@ -139,18 +151,20 @@ def srrw_report(out: Path, walk: Path, evaluate: Path) -> dict[str, Any]:
     """‖θ−θ*‖² and loss / training and held-out accuracy along the walk, visits vs the target measure."""
     curves = read_table(evaluate / "curves.parquet").to_pandas()
     fig, ax = figure()
-    for token, c in curves.groupby("token"):
-        ax.plot(c["step"].clip(lower=1), c["sq_error"], label=f"token {token}")
+    for i, (token, c) in enumerate(curves.groupby("token")):
+        ax.plot(c["step"].clip(lower=1), c["sq_error"], label=f"token {token}", markevery=0.1, **series_style(i))
     ax.set(xscale="log", yscale="log", xlabel="steps", ylabel="‖θ_n − θ*‖²", title="Optimisation error")
     ax.legend(fontsize=8)
     error = Section("Error", "Distance to the exact optimum θ* (Newton); the run's `sq_error_last_quarter` averages "
                     "the last quarter of these snapshots.", save_figure(fig, out, "srrw_error.png"))
     fig, (ax_loss, ax_acc) = figure(10.0, 4.0, cols=2)
-    for token, c in curves.groupby("token"):
-        ax_loss.plot(c["step"].clip(lower=1), c["loss"], label=f"token {token}")
-        ax_acc.plot(c["step"].clip(lower=1), c["accuracy"], label=f"token {token}, training")
+    for i, (token, c) in enumerate(curves.groupby("token")):
+        style = {**series_style(i), "markevery": 0.1}
+        ax_loss.plot(c["step"].clip(lower=1), c["loss"], label=f"token {token}", **style)
+        ax_acc.plot(c["step"].clip(lower=1), c["accuracy"], label=f"token {token}, training", **style)
         if "test_accuracy" in c and c["test_accuracy"].notna().any():
-            ax_acc.plot(c["step"].clip(lower=1), c["test_accuracy"], ls="--", label=f"token {token}, held-out")
+            ax_acc.plot(c["step"].clip(lower=1), c["test_accuracy"], label=f"token {token}, held-out",
+                        **{**style, "ls": ":"})
     metrics = read_manifest(evaluate).get("metrics", {})
     if "loss_star" in metrics:
         ax_loss.axhline(metrics["loss_star"], color="k", ls="--", lw=1, label="loss*")

@@ -16,6 +16,7 @@ from core.dag import list_runs, load_run
 from core.errors import ConfigError
 from core.run_records import UNREADABLE, is_unreadable, placed_stages
 from pipelines.progress import _fmt_time, run_status
+from pipelines.settings import flatten
 
 LATEST = "latest"
 
@@ -105,22 +106,13 @@ def print_runs(runs_dir: str | os.PathLike, *, as_json: bool = False, stream: Te
     Console(file=stream).print(table)
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
-
-
 def run_differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
     """(section, key, value in A, value in B) for every setting, stage outcome and metric that differs."""
     rows: list[tuple[str, str, Any, Any]] = []
     if a.get("pipeline") != b.get("pipeline"):
         rows.append(("run", "pipeline", a.get("pipeline"), b.get("pipeline")))
     for section, fa, fb in (
-        ("setting", _flatten(a.get("config", {})), _flatten(b.get("config", {}))),
+        ("setting", flatten(a.get("config", {})), flatten(b.get("config", {}))),
         ("metric", _stage_values(a, "metrics"), _stage_values(b, "metrics")),
         ("stage", _stage_values(a, "outcome"), _stage_values(b, "outcome")),
     ):
@@ -135,7 +127,7 @@ def _stage_values(record: dict[str, Any], what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, stage in record.get("stages", {}).items():
         if what == "metrics":
-            out.update({f"{name}.{k}": v for k, v in _flatten(stage.get("metrics") or {}).items()})
+            out.update({f"{name}.{k}": v for k, v in flatten(stage.get("metrics") or {}).items()})
         else:
             out[f"{name}.status"] = stage.get("status")
             out[f"{name}.key"] = stage.get("key")

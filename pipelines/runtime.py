@@ -15,6 +15,7 @@ import ray
 
 from core.dag import StageOptions
 from core.errors import ClusterUnreachableError, ConfigError, one_line
+from workers.quiet import quiet_ray_driver
 
 log = logging.getLogger("shardwalk")
 
@@ -128,6 +129,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[
     ClusterUnreachableError line.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    quiet_ray_driver()
     if ray.is_initialized():
         return ray.cluster_resources()
     address = address or os.environ.get("RAY_ADDRESS") or None

@@ -195,8 +195,11 @@ def test_run_tables_print_error_text_verbatim(tmp_path) -> None:
 
     error = "RuntimeError: [/__w/pytorch/third_party/gloo/transport/tcp/pair.cc:553] Connection closed by peer"
     record = {"run_id": "r1", "pipeline": "p[x]", "status": "failed", "started": 1.0, "finished": 2.0,
-              "stages": {"score": {"name": "score", "status": "failed", "rows": None, "seconds": None,
+              "stages": {"ingest": {"name": "ingest", "status": "done", "rows": 1, "seconds": 1.0, "metrics": {},
+                                    "output": str(tmp_path / "[red]")},
+                         "score": {"name": "score", "status": "failed", "rows": None, "seconds": None,
                                    "metrics": {"note": "[bold]"}, "output": "/runs/[red]/score", "error": error}}}
+    (tmp_path / "[red]").mkdir()
     (tmp_path / "runs" / "r1").mkdir(parents=True)
     (tmp_path / "runs" / "r1" / "run.json").write_text(json.dumps(record))
     out = io.StringIO()
@@ -205,4 +208,5 @@ def test_run_tables_print_error_text_verbatim(tmp_path) -> None:
     print_runs(tmp_path, stream=out)
     text = out.getvalue()
     assert f"score failed: {error}" in text
-    assert "/runs/[red]/score" in text and "note=[bold]" in text and "p[x]" in text
+    assert str(tmp_path / "[red]") in text and "note=[bold]" in text and "p[x]" in text
+    assert "/runs/[red]/score" not in text  # a failed stage committed nothing: no path to list

@@ -56,6 +56,8 @@ def test_index_pipeline_on_s3_runs_show_query(ray_local: None, s3_bucket: str, t
     runs = f"{s3_bucket}/shardwalk"
     first, _ = _run_twice_on_s3("index", INDEX, runs, work, capsys)
     assert first["stages"]["evaluate"]["metrics"]["search_recall_at_k"] >= 0.95
+    report = store.read_bytes(f"{runs}/runs/{first['run_id']}/report.html")
+    assert report is not None and b"<section class='run'>" in report and first["run_id"].encode() in report  # the header
     _query(first["stages"]["build"]["output"], tmp_path)
 
 

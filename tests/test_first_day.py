@@ -294,3 +294,291 @@ def test_binarize_compares_the_users_label_values(tmp_path: Path) -> None:
     assert class_threshold(tmp_path, 100) == 1  # values 107 and 207 (indices 1, 2) are the positive class
     assert class_threshold(tmp_path, 207) == 2 and class_threshold(tmp_path, -1) is None
     assert class_threshold(tmp_path / "none", 5) == 5  # no label map: indices are the values
+
+
+# ----------------------------------------------------------------------------- issue 27: round two
+
+
+def _doc_embedding_queries(tmp_path: Path, dim: int = 8, n: int = 40) -> Path:
+    """A user's queries with their own column names, `doc_id` and `embedding`."""
+    x = np.random.default_rng(3).standard_normal((n, dim)).astype(np.float32)
+    path = tmp_path / "queries.parquet"
+    pq.write_table(pa.table({"doc_id": np.arange(n, dtype=np.int64) * 7,
+                             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), dim)}), path)
+    return path
+
+
+def test_query_columns_are_checked_from_the_footer_before_ray_starts(tmp_path: Path, monkeypatch, capsys) -> None:
+    import pipelines.cli as cli
+    import pipelines.index as index_pipeline
+
+    def no_ray(address: str | None) -> dict:
+        raise AssertionError("Ray would start here")
+
+    monkeypatch.setattr(cli, "_connect", no_ray)
+    monkeypatch.setattr(index_pipeline, "resolve_index", lambda ref, runs_dir: (str(tmp_path / "idx"), {}))
+    monkeypatch.setattr(cli, "_index_dim", lambda index_dir: 8)
+    queries = str(_doc_embedding_queries(tmp_path))
+    assert cli.main(["query", "idx", "--queries", queries]) == 2  # today's main: starts Ray first, then fails
+    err = capsys.readouterr().err
+    assert "missing column(s) ['id', 'vector']; found ['doc_id', 'embedding']" in err and "--id-column" in err
+    monkeypatch.setattr(cli, "_index_dim", lambda index_dir: 16)
+    assert cli.main(["query", "idx", "--queries", queries, "--id-column", "doc_id", "--vector-column", "embedding"]) == 2
+    assert "column 'embedding' has dimension 8, expected 16" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "_index_dim", lambda index_dir: 8)
+    with pytest.raises(AssertionError, match="Ray would start here"):  # every check passed: Ray is next
+        cli.main(["query", "idx", "--queries", queries, "--id-column", "doc_id", "--vector-column", "embedding"])
+
+
+def test_the_python_api_takes_the_same_column_options() -> None:
+    import inspect
+
+    from workers.sharded_index import ShardedIndex
+
+    for method in (ShardedIndex.build, ShardedIndex.search_dataset):
+        params = inspect.signature(method).parameters
+        assert params["id_column"].default == "id" and params["vector_column"].default == "vector"
+
+
+@pytest.mark.ray
+def test_query_with_the_users_columns_says_what_its_speed_includes(ray_local: None, tmp_path: Path, capfd) -> None:
+    from pipelines.cli import main
+    from workers.sharded_index import ShardedIndex
+
+    (tmp_path / "base").mkdir()
+    base = _doc_embedding_queries(tmp_path / "base", n=200)  # the Python API takes the same column options
+    with ShardedIndex.build(str(base), shards=1, M=8, ef_construction=40, id_column="doc_id",
+                            vector_column="embedding") as index:
+        index.save(tmp_path / "idx")
+    queries = str(_doc_embedding_queries(tmp_path))  # the first 40 of the same rows
+    cols = ["--id-column", "doc_id", "--vector-column", "embedding"]
+    assert main(["query", str(tmp_path / "idx"), "--queries", queries, *cols, "--out", str(tmp_path / "ans")]) == 0
+    out, err = capfd.readouterr()
+    assert "40 queries in" in out and "including Ray start-up" in out and "streaming alone" in out
+    assert "Running Dataset" not in err and "Execution plan" not in err  # Ray Data's logs: only with --verbose
+    assert "Progress bars disabled" not in err
+    answers = pq.read_table(tmp_path / "ans")
+    assert sorted(answers.column("id").to_pylist()) == [i * 7 for i in range(40)]
+    assert [n[0] for n in answers.column("neighbors").to_pylist()] == answers.column("id").to_pylist()
+    assert main(["query", str(tmp_path / "idx"), "--queries", queries, *cols]) == 0
+    assert "search alone" in capfd.readouterr().out
+
+
+def test_ray_notices_are_quiet_unless_verbose(monkeypatch) -> None:
+    import logging
+
+    from workers.quiet import (
+        DATA_PROGRESS_LOGGER,
+        TOKEN_AUTH_LOGGER,
+        VERBOSE,
+        quiet_ray_data,
+        quiet_ray_driver,
+    )
+
+    logger = logging.getLogger(TOKEN_AUTH_LOGGER)
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    monkeypatch.setenv(VERBOSE, "1")
+    quiet_ray_driver()
+    assert logger.level == logging.NOTSET
+    monkeypatch.delenv(VERBOSE)
+    quiet_ray_driver()
+    assert logger.level == logging.ERROR
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    monkeypatch.setattr(context, "enable_progress_bars", True)
+    monkeypatch.setattr(context, "print_on_execution_start", True)
+    monkeypatch.setattr(logging.getLogger("ray.data"), "level", logging.DEBUG)
+    quiet_ray_data()
+    assert not context.enable_progress_bars and not context.print_on_execution_start
+    assert logging.getLogger("ray.data").level == logging.WARNING
+    assert logging.getLogger(DATA_PROGRESS_LOGGER).level == logging.ERROR
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch) -> None:
+    import io
+    import sys
+
+    from pipelines.cli import main
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main(["run", "index", "--show-config"]) == 1  # today's main: "shardwalk: BrokenPipeError ..."
+    assert err.getvalue() == ""
+
+
+def _record(tmp_path: Path, **config) -> dict:
+    """A failed index run: ingest committed, build failed, knn_graph skipped, evaluate's folder gone since."""
+    from pipelines.index import DEFAULTS
+
+    committed = tmp_path / "cache" / "ingest-k1"
+    committed.mkdir(parents=True)
+    stages = {
+        "ingest": {"name": "ingest", "key": "k1", "status": "done", "output": str(committed), "metrics": {"rows": 3}},
+        "build": {"name": "build", "key": "k2", "status": "failed", "output": str(tmp_path / "cache" / "build-k2"),
+                  "error": "DataError: boom", "metrics": {}},
+        "knn_graph": {"name": "knn_graph", "key": "k3", "status": "skipped", "error": "upstream failed",
+                      "output": str(tmp_path / "cache" / "knn_graph-k3"), "metrics": {}},
+        "evaluate": {"name": "evaluate", "key": "k4", "status": "done", "output": str(tmp_path / "cache" / "evaluate-k4"),
+                     "metrics": {"warning": "recall looks low"}},
+    }
+    json_config = json.loads(json.dumps(DEFAULTS, default=str))  # as run.json keeps it
+    return {"run_id": "20261206-070000-index-abc123", "pipeline": "index", "status": "failed", "started": 1.8e9,
+            "config": {**json_config, **config}, "stages": stages}
+
+
+def test_show_lists_settings_and_only_outputs_that_exist(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from pipelines.progress import print_run
+
+    record = _record(tmp_path, ef=32, source="mine.parquet")
+    buffer = io.StringIO()
+    print_run(record, tmp_path, Console(file=buffer, width=200))
+    text = buffer.getvalue()
+    assert "build failed: DataError: boom" in text
+    assert str(tmp_path / "cache" / "ingest-k1") in text
+    for missing in ("build-k2", "knn_graph-k3", "evaluate-k4"):  # failed, skipped, vanished: no such folder
+        assert missing not in text
+    changed = [line for line in text.splitlines() if line.strip().startswith("│ *")]
+    assert any("ef" in line and "32" in line and "64" in line for line in changed)
+    assert any("source" in line and "mine.parquet" in line for line in changed)
+    assert not any(" M " in line for line in changed)
+
+
+def test_every_report_starts_with_the_run_header(tmp_path: Path) -> None:
+    from pipelines.report import Section, publish, write_report
+
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    write_report(stage, "shardwalk index report", "intro", [Section("Recall", "text")])
+    record = _record(tmp_path, ef=32, source="mine.parquet")
+    publish(stage, tmp_path / "run", record)
+    page = (tmp_path / "run" / "report.html").read_text()
+    header = page[page.index("</h1>"):page.index("<h2>")]
+    for expected in (record["run_id"], "index", "mine.parquet", "ef = 32", "shardwalk</th><td>",
+                     "warning: stage &#x27;evaluate&#x27;: recall looks low"):
+        assert expected in header, expected
+    assert "M = " not in header  # a default is not a difference
+    md = (tmp_path / "run" / "report.md").read_text().splitlines()
+    assert md[0] == "# shardwalk index report" and record["run_id"] in md[2] and any("ef = 32" in line for line in md[:12])
+    assert (stage / "report.html").read_text().count("<section class='run'>") == 0  # the cached output is untouched
+
+
+def test_one_shard_axis_and_coinciding_curves(tmp_path: Path) -> None:
+    from pipelines.demo_report import _accuracy_section
+    from pipelines.report import figure
+    from pipelines.reports import _shard_axis
+
+    _fig, ax = figure()
+    ax.bar([0], [100])
+    _shard_axis(ax, 1)
+    assert list(ax.get_xticks()) == [0] and ax.get_xlim()[0] < -0.5
+    (tmp_path / "accuracy.json").write_text(json.dumps({
+        "full": 0.9, "random-keep0.1": 0.5, "random-keep0.5": 0.8, "ccs-aum-keep0.1": 0.5, "ccs-aum-keep0.5": 0.8,
+        "topk-el2n-keep0.1": 0.3, "topk-el2n-keep0.5": 0.7}))
+    section, _ = _accuracy_section(tmp_path, tmp_path)
+    assert "Identical curves" in section.text and "ccs-aum = random" in section.text
+
+
+def test_srrw_export_names_the_walk_and_the_nodes(tmp_path: Path) -> None:
+    from pipelines.export import export_run
+
+    dirs = {n: tmp_path / "cache" / f"{n}-{n}key" for n in ("ingest", "agents", "walk", "evaluate")}
+    for d in dirs.values():
+        d.mkdir(parents=True)
+    pq.write_table(pa.table({"node": pa.array([0, 1, 2], pa.int64()), "name": ["Medici", "Pazzi", "Strozzi"]}),
+                   dirs["agents"] / "nodes.parquet")
+    pq.write_table(pa.table({"token": pa.array([0, 0, 0], pa.int64()), "node": pa.array([0, 1, 2], pa.int64()),
+                             "visit": [0.5, 0.25, 0.25]}), dirs["walk"] / "visits.parquet")
+    pq.write_table(pa.table({"token": pa.array([0, 0], pa.int64()), "step": pa.array([100, 200], pa.int64()),
+                             "loss": [0.7, 0.6], "accuracy": [0.5, 0.6], "sq_error": [1.0, 0.5]}),
+                   dirs["evaluate"] / "curves.parquet")
+    pq.write_table(pa.table({"dim": [0], "theta": [0.1], "theta_star": [0.2]}), dirs["evaluate"] / "theta.parquet")
+    stages = {n: {"name": n, "key": f"{n}key", "status": "done", "output": str(d), "metrics": {}} for n, d in dirs.items()}
+    stages["walk"]["metrics"] = {"layout": "replicate"}
+    record = {"run_id": "r1", "pipeline": "srrw", "status": "succeeded", "stages": stages,
+              "config": {"alpha": 10.0, "base": "mhrw", "tokens": 1, "partitions": 2}}
+    written = export_run(record, tmp_path, str(tmp_path / "out"))
+    assert "srrw/nodes.parquet" in written
+    visits = pq.read_table(tmp_path / "out" / "srrw" / "visits.parquet")
+    assert visits.column("name").to_pylist() == ["Medici", "Pazzi", "Strozzi"]  # today's main: node numbers only
+    curves = pq.read_table(tmp_path / "out" / "srrw" / "curves.parquet")
+    assert set(curves.column("walk").to_pylist()) == {"source: alpha=10, base=mhrw, 1 token(s) on 2 walker actor(s), replicate"}
+    assert curves.column("alpha").to_pylist() == [10.0, 10.0] and curves.column("stage").to_pylist() == ["evaluate"] * 2
+
+
+def test_demo_walks_are_named_by_their_alpha() -> None:
+    from pipelines.export import walk_description
+
+    record = {"config": {"srrw": {"partitions": 2}}, "stages": {}}
+    described = walk_description(record, "curves_coreset_a10")
+    assert described["data"] == "coreset" and described["alpha"] == 10.0 and described["base"] == "mhrw"
+
+
+def test_outputs_table_says_which_pipelines_write_labels_json() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith("labels.json "))
+    assert "(all)" not in line and "label column" in line  # an index of unlabelled vectors writes none
+
+
+def test_plan_prints_one_figure_for_the_index(capsys) -> None:
+    import re
+
+    from pipelines.cli import main
+
+    args = ["plan", "index", "--rows", "200000000", "--dim", "96", "--nodes", "1", "--cpus-per-node", "8",
+            "--memory-per-node", "64GiB"]
+    assert main(args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    layout = re.search(r"index_bytes=([0-9.]+ GiB)", out)
+    verdict = re.search(r"the index needs ~([0-9.]+ GiB)", out)
+    assert layout and verdict and layout[1] == verdict[1]  # today's main: 129.1 GiB vs 105.98 GiB
+
+
+def test_evaluate_says_why_the_sample_is_not_recall_sample() -> None:
+    from pipelines.index import sample_note
+
+    note = sample_note(471, 500, 5000)
+    assert note.startswith("471 points sampled for recall_sample=500") and "hash of its id" in note
+
+
+def _fake_index_run(runs: Path, run_id: str, ef: int, recall: list[float], pipeline: str = "index") -> None:
+    evaluate = runs / "cache" / f"evaluate-{run_id[-6:]}"
+    evaluate.mkdir(parents=True)
+    (evaluate / "recall.json").write_text(json.dumps({"recall_vs_ef": [{"ef": e, "recall_at_k": r}
+                                                                       for e, r in zip((16, 64), recall)]}))
+    record = {"run_id": run_id, "pipeline": pipeline, "status": "succeeded", "started": 1.8e9 + ef,
+              "config": {"source": "mine.parquet", "ef": ef, "M": 16},
+              "stages": {"evaluate": {"name": "evaluate", "key": run_id[-6:], "status": "done", "output": "x",
+                                      "metrics": {"search_recall_at_k": recall[-1]}}}}
+    (runs / "runs" / run_id).mkdir(parents=True)
+    (runs / "runs" / run_id / "run.json").write_text(json.dumps(record))
+
+
+def test_report_puts_runs_side_by_side(tmp_path: Path, capsys) -> None:
+    from pipelines.cli import main
+
+    runs = tmp_path / "runs"
+    _fake_index_run(runs, "20261206-070000-index-aaaaaa", 32, [0.8, 0.9])
+    _fake_index_run(runs, "20261206-070100-index-bbbbbb", 64, [0.85, 0.97])
+    out = tmp_path / "compare.html"
+    assert main(["report", "20261206-0700", "20261206-0701", "--runs-dir", str(runs), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert embedded_pngs(out) == 1  # the recall curves, overlaid
+    assert "<tr class=differs><th>ef</th><td>32</td><td>64</td></tr>" in page
+    assert "<th>M</th>" not in page  # the same in both runs: not a setting that differs
+    assert "<tr class=differs><th>evaluate.search_recall_at_k</th><td>0.9</td><td>0.97</td></tr>" in page
+    _fake_index_run(runs, "20261206-070200-srrw-cccccc", 1, [0.1, 0.2], pipeline="srrw")
+    assert main(["report", "20261206-0700", "20261206-0702", "--runs-dir", str(runs), "--out", str(out)]) == 2
+    assert "runs of one pipeline" in capsys.readouterr().err

@@ -150,3 +150,41 @@ def test_readme_snippet_runs_as_written_against_the_wheel(installed: Installed, 
     script.write_text(PRELUDE + readme_snippets()[number] + CHECKS)
     done = installed.run("python", str(script), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_first_day_round_two_from_the_installed_wheel(installed: Installed, tmp_path: Path) -> None:
+    """Issue 27 replayed from the pip install, outside the checkout: own column names on every command, the
+    query file checked before Ray, throughput lines that say what they include, no Ray notices, reports
+    with a header, `show` with settings, two runs side by side, a closed pipe ending quietly."""
+    x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    table = pa.table({"doc_id": np.arange(300) * 3, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 8)})
+    pq.write_table(table, tmp_path / "emb.parquet")
+    pq.write_table(table.slice(0, 50), tmp_path / "q.parquet")
+    base = ["shardwalk", "run", "index", "--runs-dir", "runs", "--set", "source=emb.parquet", "--set", "id_column=doc_id",
+            "--set", "vector_column=embedding", "--set", "shards=1", "--set", "knn_graph=false", "--set", "recall_sample=50"]
+    done = installed.run(*base, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Token authentication" not in done.stderr
+    query = ["shardwalk", "query", "latest", "--runs-dir", "runs", "--queries", "q.parquet"]
+    wrong = installed.run(*query, cwd=tmp_path)
+    assert wrong.returncode == 2 and "--id-column" in wrong.stderr and "Token authentication" not in wrong.stderr
+    cols = ["--id-column", "doc_id", "--vector-column", "embedding"]
+    done = installed.run(*query, *cols, "--out", "answers", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "including Ray start-up" in done.stdout and "streaming alone" in done.stdout
+    assert "Running Dataset" not in done.stderr and "Token authentication" not in done.stderr
+    assert installed.run(*base, "--set", "ef=32", cwd=tmp_path).returncode == 0
+    show = installed.run("shardwalk", "show", "latest", "--runs-dir", "runs", cwd=tmp_path)
+    assert show.returncode == 0 and "differs from the default" in show.stdout
+    (latest,) = [p for p in (tmp_path / "runs" / "runs").iterdir() if "ef = 32" in (p / "report.html").read_text()]
+    page = (latest / "report.html").read_text()
+    assert "<section class='run'>" in page and latest.name in page and "emb.parquet" in page
+    ids = sorted(p.name for p in (tmp_path / "runs" / "runs").iterdir())
+    done = installed.run("shardwalk", "report", *ids, "--runs-dir", "runs", "--out", "compare.html", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "<tr class=differs><th>ef</th>" in (tmp_path / "compare.html").read_text()
+    closed = subprocess.Popen([str(installed.venv / "bin" / "shardwalk"), "runs", "--runs-dir", "runs"], cwd=tmp_path,
+                              env=installed.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    closed.stdout.close()  # the reader is gone before the first line: `shardwalk runs | head`
+    assert closed.wait(timeout=120) in (0, 1) and closed.stderr.read() == b""

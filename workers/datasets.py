@@ -51,7 +51,10 @@ def staged_dataset(dataset: Any, parent: str | None = None) -> Iterator[str]:
     shard actors positional reads, which a streaming Dataset does not. On a multi-node cluster `parent`
     must be on the shared file system (the build's `workdir`).
     """
+    from workers.quiet import quiet_ray_data
+
     check_columns(dataset)
+    quiet_ray_data()
     directory = tempfile.mkdtemp(prefix="shardwalk-dataset-", dir=parent)
     try:
         dataset.map_batches(as_vectors_table, batch_format="numpy").write_parquet(directory)

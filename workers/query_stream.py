@@ -27,7 +27,7 @@ import shutil
 import time
 import uuid
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,10 @@ from core import errors, publish, sizing, store
 from core.errors import ConfigError, DataError, InputError
 from core.hnsw_results import knn_graph_table
 from core.io import MANIFEST, build_manifest
+from core.schema import Columns
 from workers.cluster import cluster_nodes
 from workers.datasets import check_columns, is_ray_dataset
+from workers.quiet import quiet_ray_data
 
 POOL_ACTOR_CPUS = 0.25  # a pool actor mostly waits for shard actors; read tasks need the CPUs left over
 KIND = "query-answers"
@@ -58,6 +60,7 @@ class QuerySettings:
     nprobe: int | None = None
     block_size: int = 8192
     pool: int = 2
+    columns: Columns = field(default_factory=Columns)  # the query source's id and vector columns (`id_column`, `vector_column`)
 
     def validate(self) -> QuerySettings:
         for name in ("block_size", "pool"):
@@ -67,10 +70,11 @@ class QuerySettings:
         return self
 
 
-def query_vectors(batch: dict[str, np.ndarray], dim: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+def query_vectors(batch: dict[str, np.ndarray], dim: int, where: str,
+                  columns: Columns = Columns()) -> tuple[np.ndarray, np.ndarray]:
     """(ids, float32 (n, dim) vectors) of a Ray Data block, or DataError naming the problem."""
-    ids = np.asarray(batch["id"])
-    vecs = np.asarray(batch["vector"])
+    ids = np.asarray(batch[columns.id])
+    vecs = np.asarray(batch[columns.vector])
     if vecs.dtype == object:  # variable-length lists arrive as arrays of arrays
         sizes = {np.asarray(v).size for v in vecs}
         if sizes - {dim}:
@@ -101,8 +105,8 @@ class SearchBlocks:
         self.settings, self.where = settings, where
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        ids, vecs = query_vectors(batch, self.index.dim, self.where)
         s = self.settings
+        ids, vecs = query_vectors(batch, self.index.dim, self.where, s.columns)
         if self.index.meta.space == "cosine":
             zero = np.linalg.norm(vecs, axis=1) == 0
             if zero.any():
@@ -139,24 +143,37 @@ def open_for_stream(path: str | os.PathLike, pool: int) -> Any:
     return index
 
 
-def _dataset(source: Any, dim: int) -> tuple[Any, str]:
-    """The source as a ray.data.Dataset of `id` and `vector`, checked against the index dimension up front."""
+def check_query_source(source: Any, columns: Columns = Columns(), dim: int | None = None) -> None:
+    """The query source's id and vector columns (and dimension), from its footer: no Ray, no index needed."""
+    from core.io import source_schema
+    from core.schema import check_vector_columns
+
     if is_ray_dataset(source):
-        check_columns(source)
-        dataset, where = source.select_columns(["id", "vector"]), "ray.data.Dataset"
+        check_columns(source, (columns.id, columns.vector))
+        return
+    check_vector_columns(source_schema(source), columns, os.fspath(source), dim=dim)
+
+
+def _dataset(source: Any, dim: int, columns: Columns = Columns()) -> tuple[Any, str]:
+    """The source as a ray.data.Dataset of its id and vector columns, checked against the index dimension up front."""
+    wanted = [columns.id, columns.vector]
+    if is_ray_dataset(source):
+        check_columns(source, tuple(wanted))
+        dataset, where = source.select_columns(wanted), "ray.data.Dataset"
     else:
         where = os.fspath(source)
+        check_query_source(source, columns, dim)
         try:
-            dataset = ray.data.read_parquet(where, columns=["id", "vector"])
+            dataset = ray.data.read_parquet(where, columns=wanted)
         except (FileNotFoundError, OSError, pa.ArrowInvalid, ValueError) as exc:
             raise DataError(f"{where}: cannot read the queries ({' '.join(str(exc).split())[:200]})") from None
     schema = dataset.schema()
-    typ = schema.base_schema.field("vector").type if schema is not None else None
+    typ = schema.base_schema.field(columns.vector).type if schema is not None else None
     # fixed_size_list (Parquet) or Ray's tensor extension (arrays): the dimension is in the type
     found = typ.list_size if typ is not None and pa.types.is_fixed_size_list(typ) else getattr(typ, "shape", (dim,))[-1:]
     found = found[0] if isinstance(found, tuple) and found else found
     if isinstance(found, int) and found != dim:
-        raise DataError(f"{where}: column 'vector' has dimension {found}, expected {dim}")
+        raise DataError(f"{where}: column '{columns.vector}' has dimension {found}, expected {dim}")
     return dataset, where
 
 
@@ -164,6 +181,8 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
                    overwrite: bool = False) -> dict[str, Any]:
     """Stream `source` through `index` into Parquet parts under `out`; returns rows, parts and throughput."""
     settings.validate()
+    quiet_ray_data()
+    check_query_source(source, settings.columns, index.dim)  # a wrong column name: before any work
     check_out(out, overwrite)
     from core import hnsw
 
@@ -180,7 +199,7 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
     if store.is_remote(os.fspath(out)):
         return _search_to_store(index, source, os.fspath(out), settings, overwrite)
     final = _output_dir(out, overwrite)
-    dataset, where = _dataset(source, index.dim)
+    dataset, where = _dataset(source, index.dim, settings.columns)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:12]}"
     started = time.perf_counter()
     try:
@@ -215,7 +234,7 @@ def _search_to_store(index: Any, source: Any, out: str, settings: QuerySettings,
     """`search_dataset` into an object store: parts into a new attempt beside `out`, hashed on workers,
     manifest last; then published at `out`."""
     _store_out(out, overwrite)
-    dataset, where = _dataset(source, index.dim)
+    dataset, where = _dataset(source, index.dim, settings.columns)
     attempt = store.join(_staging(out), store.ATTEMPTS, store.new_attempt_id())
     started = time.perf_counter()
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from typing import Any
 
 import ray
@@ -21,3 +23,33 @@ def get_all(refs: list[Any]) -> list[Any]:
     except Exception:
         os.environ[QUIET] = "1"
         raise
+
+
+VERBOSE = "SHARDWALK_VERBOSE"  # set (to anything but "" or "0") by `--verbose`: leave Ray's logs as Ray sets them
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"  # a logger name, not an import
+DATA_PROGRESS_LOGGER = "ray.data._internal.progress"  # says, at WARNING, that the progress bars are off
+
+
+def verbose() -> bool:
+    """Whether the user asked for Ray's and Ray Data's own logs (`--verbose` or SHARDWALK_VERBOSE=1)."""
+    return os.environ.get(VERBOSE, "") not in ("", "0")
+
+
+def quiet_ray_driver() -> None:
+    """Ray's every-run notice that token authentication is on is not news: raise that logger to ERROR."""
+    if not verbose():
+        logging.getLogger(TOKEN_AUTH_LOGGER).setLevel(logging.ERROR)
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's execution plans, progress lines and pool-size warnings stay in its log file unless verbose."""
+    if verbose():
+        return
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger(DATA_PROGRESS_LOGGER).setLevel(logging.ERROR)  # "Progress bars disabled. To enable, ..."
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"ray\.data")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 
 from core import hnsw, hnsw_results, index_store, node_cache, sink, sizing, store
@@ -33,13 +34,14 @@ from core.io import (
     build_manifest,
     plan_shards,
     read_manifest,
+    source_schema,
     write_json_atomic,
 )
-from core.schema import from_numpy
+from core.schema import Columns, apply_columns, check_vector_columns, from_numpy
 from workers import index_actors, index_build, index_search, query_stream, raykit
 from workers import knn_graph as graph_units
 from workers.autoconnect import ensure_ray
-from workers.datasets import is_ray_dataset, staged_dataset
+from workers.datasets import check_columns, is_ray_dataset, staged_dataset
 from workers.hnsw_actor import EXACT_THRESHOLD
 
 BUILD_RESTARTS = 2  # fresh builds after a primary dies mid-build
@@ -76,6 +78,24 @@ def _shard_digests(directory: Path, shards: int) -> list[str | None]:
     listed = read_manifest(directory)["files"]
     entries = [listed.get(hnsw.shard_manifest_file(j)) for j in range(shards)]
     return [e.get("sha256") if isinstance(e, dict) else None for e in entries]
+
+
+def _renamed(source: Source, columns: Columns) -> Source:
+    """`source` with the user's id and vector columns as `id` and `vector`: a table renamed in place, a Parquet
+    source (checked from its footer first) read through Ray Data and staged like a ray.data.Dataset."""
+    if columns.is_default() or isinstance(source, np.ndarray):
+        return source
+    if isinstance(source, pa.Table):
+        return apply_columns(source, columns, "input")
+    if is_ray_dataset(source):
+        check_columns(source, (columns.id, columns.vector))
+        return source.rename_columns({columns.id: "id", columns.vector: "vector"})
+    where = os.fspath(source)
+    check_vector_columns(source_schema(source), columns, where)
+    import ray.data
+
+    dataset = ray.data.read_parquet(where).select_columns([columns.id, columns.vector])
+    return dataset.rename_columns({columns.id: "id", columns.vector: "vector"})
 
 
 class ShardedIndex:
@@ -146,9 +166,11 @@ class ShardedIndex:
         workdir: str | os.PathLike | None = None,
         validate: bool = True,
         memory_fraction: float = sizing.MEMORY_FRACTION,
+        id_column: str = "id",
+        vector_column: str = "vector",
     ) -> ShardedIndex:
         """Build an index over `source` (Parquet path/URI, pyarrow.Table, numpy array, builtin:NAME or a
-        ray.data.Dataset with `id` and `vector` columns).
+        ray.data.Dataset with `id` and `vector` columns, or those named by `id_column` / `vector_column`).
 
         `shards=None` sizes the index to the cluster (core/sizing.py: one shard per node with CPUs, more if
         a node's memory cannot hold its share); `cpus_per_actor=None` gives each actor its node's CPUs
@@ -157,6 +179,7 @@ class ShardedIndex:
         hnsw.validate_layout(shards=shards or 1, replicas=replicas, partition=partition)
         hnsw.validate_params(dim=1, space=space, M=M, ef_construction=ef_construction, random_seed=random_seed)
         ensure_ray()
+        source = _renamed(source, Columns(id_column, vector_column))
         if is_ray_dataset(source):
             with staged_dataset(source, None if workdir is None else os.fspath(workdir)) as staged:
                 return cls.build(staged, shards, space, M, ef_construction, partition, replicas, random_seed=random_seed,
@@ -376,15 +399,17 @@ class ShardedIndex:
 
     def search_dataset(
         self, source: Any, out: str | os.PathLike, *, k: int = 10, ef: int = 64, nprobe: int | None = None,
-        block_size: int = 8192, pool: int = 2, overwrite: bool = False,
+        block_size: int = 8192, pool: int = 2, overwrite: bool = False, id_column: str = "id",
+        vector_column: str = "vector",
     ) -> dict[str, Any]:
-        """Answer a query source of any size (Parquet file, directory, URI or ray.data.Dataset with `id` and
-        `vector`) block by block on Ray Data, writing knn-graph rows as Parquet parts into directory `out`.
+        """Answer a query source of any size (Parquet file, directory, URI or ray.data.Dataset with an id and
+        a vector column: `id_column`, `vector_column`) block by block on Ray Data, writing knn-graph rows
+        (`id`, `neighbors`, `distances`) as Parquet parts into directory `out`.
 
         Neither all queries nor all answers are ever held in one process (workers/query_stream.py). A
         non-empty `out` is refused unless it holds an earlier query's answers and `overwrite` is set.
         """
-        settings = query_stream.QuerySettings(k, ef, nprobe, block_size, pool)
+        settings = query_stream.QuerySettings(k, ef, nprobe, block_size, pool, Columns(id_column, vector_column))
         return query_stream.search_dataset(self, source, out, settings, overwrite=overwrite)
 
     def set_threads(self, threads: int) -> None:
