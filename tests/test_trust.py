@@ -147,7 +147,8 @@ def test_a_record_cannot_point_a_stage_at_another_server(s3_bucket: str, second_
     monkeypatch.setenv("SHARDWALK_LOCAL_CACHE", str(tmp_path / "cache"))
 
     assert main(["export", "latest", str(tmp_path / "out"), "--runs-dir", runs]) == 2
-    assert "names an unsafe path" in capsys.readouterr().err
+    # only the attempt's id is taken from the record: it is looked for under the runs dir the user gave
+    assert f"{runs}/cache/ingest-{'k' * 24}/attempts/elsewhere: no committed output there" in capsys.readouterr().err
     assert second_server.requests == []
 
 
