@@ -237,7 +237,7 @@ def test_a_lease_is_refreshed_while_held_removed_after_and_never_recreates_its_p
         assert _refreshed(where) > first
     assert not Path(where).exists()
     with lease.held(tmp_path / "gone" / "stage-abc", settings) as where:
-        shutil.rmtree(tmp_path / "gone")
+        (tmp_path / "gone").rename(tmp_path / "moved")  # vanishes at once (rmtree could race a refresh)
         time.sleep(0.1)  # several refresh periods
         assert not (tmp_path / "gone").exists()
     assert lease.is_live(0.1, {"period_s": 0.05}, settings) and not lease.is_live(0.3, {"period_s": 0.05}, settings)
