@@ -80,11 +80,12 @@ def _latest(runs: str) -> dict[str, Any]:
 
 
 def _tree(root: Path) -> dict[str, str]:
-    """sha256 of every exported file but the export's marker (it records when the export was made)."""
+    """sha256 of every exported data file: not the marker (when the export was made) nor run.json (it names
+    the stage outputs under the runs dir as the exporting command spelled it)."""
     from pipelines.export import MARKER
 
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MARKER}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in (MARKER, "run.json")}
 
 
 def _queries(work: Path) -> Path:
