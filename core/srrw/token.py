@@ -32,6 +32,7 @@ class Token:
     arrived: bool  # False: X_{n+1} was drawn but its x/θ update is still due (at its owner)
     rng: np.random.Generator
     handoffs: int = 0  # times the token moved between walker actors (bookkeeping only)
+    partial: bool = False  # logy holds only the walk's shared entries (in transit: core.srrw.shard)
     theta_bar: np.ndarray | None = None
     path: list[int] | None = None  # X_0, X_1, ... as internal indices (SRRW.nodes[i] is the agent id)
     curve_n: list[int] = field(default_factory=list)
@@ -42,7 +43,7 @@ class Token:
         state objects; this halves the cost of a hand-off and round-trips every float exactly."""
         bitgen = self.rng.bit_generator
         packed = (
-            self.key, self.n, self.node, self.prev, self.arrived, self.log_scale, self.handoffs,
+            self.key, self.n, self.node, self.prev, self.arrived, self.log_scale, self.handoffs, self.partial,
             type(bitgen).__name__, bitgen.state,
             self.theta.tobytes(), np.asarray(self.logy, dtype=np.float64).tobytes(),
             None if self.theta_bar is None else self.theta_bar.tobytes(), self.path,
@@ -58,6 +59,8 @@ class Token:
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """(JSON-able metadata, arrays) fully describing the token."""
+        if self.partial:
+            raise ValueError(f"token {self.key} holds only part of its visit measure; gather it first")
         meta = {
             "key": self.key, "n": self.n, "node": self.node, "prev": self.prev, "arrived": self.arrived,
             "log_scale": self.log_scale, "rng": self.rng.bit_generator.state,
@@ -103,7 +106,7 @@ def bit_generator(name: Any) -> np.random.BitGenerator:
 
 
 def _unpack_token(packed: tuple[Any, ...]) -> Token:
-    (key, n, node, prev, arrived, log_scale, handoffs, bitgen_name, bitgen_state, theta, logy, theta_bar,
+    (key, n, node, prev, arrived, log_scale, handoffs, partial, bitgen_name, bitgen_state, theta, logy, theta_bar,
      path, curve_n, curve_theta) = packed
     bitgen = bit_generator(bitgen_name)
     bitgen.state = bitgen_state
@@ -112,7 +115,7 @@ def _unpack_token(packed: tuple[Any, ...]) -> Token:
     return Token(
         key=key, theta=theta_arr, logy=np.frombuffer(logy, dtype=np.float64).tolist(), log_scale=log_scale,
         n=n, node=node, prev=prev, arrived=arrived, rng=np.random.Generator(bitgen), handoffs=handoffs,
-        theta_bar=None if theta_bar is None else np.frombuffer(theta_bar, dtype=np.float64).copy(),
+        partial=partial, theta_bar=None if theta_bar is None else np.frombuffer(theta_bar, dtype=np.float64).copy(),
         path=path, curve_n=curve_n, curve_theta=list(curves.copy()),
     )
 
