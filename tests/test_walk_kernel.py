@@ -88,9 +88,9 @@ def test_hand_offs_between_two_halves_in_one_process_keep_the_trajectory(record_
 def test_sharded_measures_over_three_parts_with_many_tokens_keep_the_trajectory(record_path, halo):
     """Each part keeps its view of every token's measure; only the shared entries travel with a token,
     and the gathered tokens equal the reference's bit for bit (as 3 walker actors would run it)."""
-    from core.srrw.shard import MeasureShard, gather, shared_agents, views
-
     import networkx as nx
+
+    from core.srrw.shard import MeasureShard, gather, shared_agents, views
 
     grid = nx.convert_node_labels_to_integers(nx.grid_2d_graph(15, 8))  # rows of 8: range parts are bands
     spec = WalkSpec.build(steps=600, alpha=10.0, tokens=40, seed=4, record_path=record_path, polyak=True)

@@ -53,6 +53,23 @@ def test_distributed_matches_reference(ray_local, partitions):
     assert count_handoffs(chain, ref.tokens[0].path, owner, halo=1) == dist.tokens[0].handoffs
 
 
+def test_many_tokens_partitioned_carry_only_shared_measure_entries_and_match_reference(ray_local):
+    """40 tokens on 3 partitions of a grid (compiled kernel): bit for bit the reference, while a crossing
+    carries the shared entries of the visit measure only, and the metrics say so."""
+    import networkx as nx
+
+    grid = nx.convert_node_labels_to_integers(nx.grid_2d_graph(24, 8))
+    obj = _objective(grid)
+    kw = dict(steps=2000, alpha=10.0, seed=2, tokens=40, polyak=True)
+    ref = run_sa_srrw(obj, grid, **kw)
+    dist = run_distributed_sa_srrw(obj, grid, partitions=3, replicate=False, partitioner="range", **kw)
+    _assert_same(dist, ref)
+    st = dist.stats
+    assert st["handoffs"] > 100 and 0 < st["shared_entries"] < grid.number_of_nodes() / 2
+    assert 0 < st["bytes_per_crossing"] < 8 * grid.number_of_nodes()  # less than the whole measure
+    assert 0 < st["cut_fraction"] < 0.2 and st["handoffs_per_1000_hops"] > 0 and st["hops_per_actor_cpu_second"] > 0
+
+
 def test_auto_layout_replicates_when_the_data_fits_and_partitions_when_not(ray_local, monkeypatch):
     import workers.walker as walker
     from core.sizing import Node

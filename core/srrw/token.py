@@ -51,6 +51,11 @@ class Token:
         )
         return _unpack_token, (packed,)
 
+    def wire_bytes(self) -> int:
+        """Bytes of the payload a hand-off carries (`__reduce__`'s arrays and fields; Ray's framing aside)."""
+        packed = self.__reduce__()[1][0]
+        return sum(len(v) if isinstance(v, bytes) else len(repr(v)) for v in packed)
+
     def visit_measure(self) -> np.ndarray:
         """x_n, normalised (it sums to 1 by construction; renormalising only removes rounding)."""
         logy = np.asarray(self.logy, dtype=np.float64)
