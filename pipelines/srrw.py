@@ -72,7 +72,7 @@ DEFAULTS: dict[str, Any] = {
     "steps": 20000,
     "tokens": 1,
     "partitions": 2,
-    "partitioner": "kl",  # kl | louvain | range (core.srrw.walk_partition)
+    "partitioner": "metis",  # metis | kl | louvain | range (core.srrw.walk_partition)
     "halo": 1,
     "replicate": "auto",  # true: every walker actor holds every agent's data and the tokens are split (no hand-offs);
     #                       auto: so when a copy per actor fits the nodes' memory, else the agents are partitioned
@@ -94,7 +94,7 @@ def walk_spec(config: dict[str, Any]) -> WalkSpec:
 
 def walker_layout(config: dict[str, Any]) -> WalkerLayout:
     """How the config spreads the walk over walker actors (the walk stage gets its partitions as a table)."""
-    return WalkerLayout(partitions=config.get("partitions", 1), partitioner=config.get("partitioner", "kl"),
+    return WalkerLayout(partitions=config.get("partitions", 1), partitioner=config.get("partitioner", "metis"),
                         halo=config["halo"], checkpoint_every=config["checkpoint_every"],
                         replicate=config.get("replicate", "auto"))
 
@@ -167,7 +167,7 @@ def _load_graph(agents_dir: Path):
 
 
 def partition_stage(out: Path, agents: Path, *, partitions: int, base: str, seed: int,
-                    partitioner: str = "kl") -> dict[str, Any]:
+                    partitioner: str = "metis") -> dict[str, Any]:
     """Balanced partition of the agents that the walk crosses rarely: parts.parquet (node, part)."""
     g = _load_graph(agents)
     parts = walk_partition(SRRW(g, 0.0, base), g, partitions, seed=seed, method=partitioner)

@@ -64,7 +64,7 @@ def _rgg(n=300, seed=1):
     return g.subgraph(max(nx.connected_components(g), key=len)).copy()
 
 
-@pytest.mark.parametrize("method", ["kl", "louvain", "range"])
+@pytest.mark.parametrize("method", ["metis", "kl", "louvain", "range"])
 def test_partitioners_are_balanced_and_geometric_ones_cut_less(method):
     from core.agents import cut_edge_fraction
     from core.srrw import SRRW, walk_partition
@@ -90,7 +90,21 @@ def test_louvain_falls_back_when_it_cannot_split_and_bad_counts_are_errors():
     with pytest.raises(ConfigError, match="partitioner must be one of"):
         from core.srrw import SRRW, walk_partition
 
-        walk_partition(SRRW(complete, 0.0), complete, 2, method="metis")
+        walk_partition(SRRW(complete, 0.0), complete, 2, method="spectral")
+
+
+def test_metis_is_the_default_partitioner_seeded_and_cuts_no_more_than_kl():
+    from core.agents import cut_edge_fraction
+    from core.srrw import SRRW, WalkerLayout, walk_partition
+
+    assert WalkerLayout().partitioner == "metis"
+    g = _rgg(600, seed=3)
+    chain = SRRW(g, 0.0)
+    metis = walk_partition(chain, g, 3, seed=5)
+    assert metis == walk_partition(chain, g, 3, seed=5)  # the same seed, the same parts
+    sizes = np.bincount(list(metis.values()))
+    assert len(sizes) == 3 and sizes.max() <= 1.1 * g.number_of_nodes() / 3 + 1
+    assert cut_edge_fraction(g, metis) <= cut_edge_fraction(g, walk_partition(chain, g, 3, seed=5, method="kl"))
 
 
 def test_count_handoffs_follows_the_walker_rule():

@@ -14,16 +14,16 @@ from core.errors import ConfigError
 from core.srrw.chain import SRRW
 
 
-def walk_partition(chain: SRRW, graph: nx.Graph, parts: int, *, seed: int = 0, method: str = "kl") -> dict[int, int]:
+def walk_partition(chain: SRRW, graph: nx.Graph, parts: int, *, seed: int = 0, method: str = "metis") -> dict[int, int]:
     """Balanced partition of the agents that the token crosses rarely.
 
-    `method`: "kl" (recursive Kernighan–Lin bisection), "louvain" (Louvain communities packed into balanced
+    `method`: "metis" (METIS multilevel k-way through pymetis, the default), "kl" (recursive Kernighan–Lin bisection), "louvain" (Louvain communities packed into balanced
     parts, falling back to Kernighan–Lin when that is off balance) or "range" (contiguous id ranges, the
     baseline). The base chain crosses edge {i, j} at the stationary rate 2 μ_i P_ij (reversibility makes it
-    symmetric), so "kl" and "louvain" run both on plain edge counts and on that flow, and keep whichever
+    symmetric), so "metis", "kl" and "louvain" run both on plain edge counts and on that flow, and keep whichever
     gives the lower crossing rate (both are local searches; neither wins always).
     """
-    from core.agents import PARTITIONERS, louvain_partition, partition, range_partition
+    from core.agents import PARTITIONERS, louvain_partition, metis_partition, partition, range_partition
 
     if method not in PARTITIONERS:
         raise ConfigError(f"partitioner must be one of {list(PARTITIONERS)}, got {method!r}")
@@ -38,7 +38,7 @@ def walk_partition(chain: SRRW, graph: nx.Graph, parts: int, *, seed: int = 0, m
     def crossing(p: dict[int, int]) -> float:
         return sum(d["flow"] for u, v, d in flow.edges(data=True) if p[u] != p[v])
 
-    split = partition if method == "kl" else louvain_partition
+    split = {"metis": metis_partition, "kl": partition, "louvain": louvain_partition}[method]
     candidates = [split(flow, parts, seed=seed), split(flow, parts, seed=seed, weight="flow")]
     return min(candidates, key=crossing)
 

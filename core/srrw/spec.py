@@ -119,7 +119,7 @@ class WalkerLayout:
     """How a walk is spread over walker actors (never changes its trajectory)."""
 
     partitions: int = 2
-    partitioner: str = "kl"  # kl | louvain | range (core.srrw.partition.walk_partition)
+    partitioner: str = "metis"  # metis | kl | louvain | range (core.srrw.partition.walk_partition)
     halo: int = 1  # ghost agents within this many hops of an actor's own
     checkpoint_every: int = 0
     chunk: int = 0  # work between an actor's looks at its inbox: lock-step iterations (numpy kernel) or hops
