@@ -81,9 +81,24 @@ def test_auto_layout_replicates_when_the_data_fits_and_partitions_when_not(ray_l
     _assert_same(fits, ref)
     assert fits.stats["replicated"] == 1.0 and fits.stats["handoffs"] == 0 and fits.stats["partitions"] == 2
     monkeypatch.setattr(walker, "cluster_nodes", lambda: [Node(2, 4 * obj.data_bytes)])  # a copy each > 1/4
+    monkeypatch.setattr(walker, "walk_tokens_fit", lambda *args: None)  # tiny node: tokens checked elsewhere
     split = run_distributed_sa_srrw(obj, LES, partitions=2, **kw)
     _assert_same(split, ref)
     assert split.stats["replicated"] == 0.0 and split.stats["handoffs"] > 0
+
+
+def test_more_tokens_than_memory_allows_or_an_empty_partition_are_refused(ray_local, monkeypatch):
+    import workers.walker as walker
+    from core.sizing import Node, walk_token_bytes
+
+    obj = _objective()
+    per_token = walk_token_bytes(LES.number_of_nodes(), obj.dim, 4096)
+    monkeypatch.setattr(walker, "cluster_nodes", lambda: [Node(2, 4 * (obj.data_bytes + 10 * per_token))])
+    with pytest.raises(ConfigError, match=r"tokens=20 do not fit .* at most 10 tokens fit"):
+        run_distributed_sa_srrw(obj, LES, steps=10, tokens=20, partitions=1)
+    gap = {int(v): 0 if v < 40 else 2 for v in LES.nodes()}  # partition 1 gets no agent
+    with pytest.raises(ConfigError, match=r"partition\(s\) \[1\] of 3 have no agents"):
+        run_distributed_sa_srrw(obj, LES, steps=10, tokens=2, partitions=3, replicate=False, parts=gap)
 
 
 def test_more_tokens_or_partitions_than_agents_are_config_errors(ray_local):

@@ -36,8 +36,19 @@ from core.agents import check_parts, cut_edge_fraction
 from core.block_loader import BlockLoader
 from core.errors import ConfigError, ShardwalkError
 from core.io import read_json_sealed, write_json_sealed
+from core.sizing import walk_token_bytes, walk_tokens_fit
 from core.srrw import SRRW, SAResult, Token, WalkerLayout, WalkSpec, bind, halo_mask, walk_partition
-from core.srrw.kernel import CHECKPOINT, DONE, FAILED, LEAVE, Resident, WalkContext, advance, warm_up
+from core.srrw.kernel import (
+    CHECKPOINT,
+    DONE,
+    FAILED,
+    LEAVE,
+    UNIFORMS,
+    Resident,
+    WalkContext,
+    advance,
+    warm_up,
+)
 from core.srrw.shard import MeasureShard, gather, shared_agents, views
 from core.srrw.spec import RUN_OPTIONS, record_differences, resume_record, split_settings
 from core.srrw.token import spec_tokens
@@ -275,6 +286,22 @@ def _owner_map(chain: SRRW, graph: nx.Graph, spec: WalkSpec, layout: WalkerLayou
     return np.asarray([parts[int(v)] for v in chain.nodes], dtype=np.int64)
 
 
+def _check_tokens_fit(chain: SRRW, spec: WalkSpec, layout: WalkerLayout, owner: np.ndarray, data: int, dim: int) -> None:
+    """ConfigError naming how many tokens fit when the walker actors cannot hold `spec.tokens` of them."""
+    parts = int(owner.max()) + 1
+    empty = sorted(set(range(parts)) - set(owner.tolist()))
+    if empty:
+        raise ConfigError(f"partition(s) {empty} of {parts} have no agents; number the partitions 0..P-1 without gaps")
+    held = [halo_mask(chain, owner == p, layout.halo) for p in range(parts)]
+    entries = chain.num_nodes if layout.replicate else max(int(v.sum()) for v in views(chain, held))
+    actors = min(layout.partitions, spec.tokens) if layout.replicate else parts
+    share = data if layout.replicate else int(data * max(float(h.mean()) for h in held))
+    fit = walk_tokens_fit(walk_token_bytes(entries, dim, UNIFORMS), share, actors, cluster_nodes())
+    if fit is not None and spec.tokens > fit:
+        raise ConfigError(f"tokens={spec.tokens} do not fit the walker actors' memory: each token takes "
+                          f"{walk_token_bytes(entries, dim, UNIFORMS):,} bytes on an actor; at most {fit} tokens fit")
+
+
 def _start_actors(chain: SRRW, graph: nx.Graph, objective: Any, spec: WalkSpec, layout: WalkerLayout,
                   owner: np.ndarray, sink: Any, ckpt: str | None, actors: list[Any],
                   toks: list[Token]) -> np.ndarray | None:
@@ -333,6 +360,7 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
     data = objective.data_bytes(dim) if isinstance(objective, BlockLoader) else objective.data_bytes
     layout = layout.resolved(data, cluster_nodes())
     owner = _owner_map(chain, graph, spec, layout, rest.get("parts"))
+    _check_tokens_fit(chain, spec, layout, owner, data, dim)
     ckpt = str(rest["checkpoint_dir"]) if rest.get("checkpoint_dir") is not None else None
     toks = _initial_tokens(chain, dim, spec, ckpt, bool(rest.get("resume", False)))
     if ckpt:
