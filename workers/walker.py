@@ -320,7 +320,7 @@ def _start_actors(chain: SRRW, graph: nx.Graph, objective: Any, spec: WalkSpec, 
     ray.get([actor.connect.remote(actors, measures) for actor in actors], timeout=layout.timeout)
     if shared is not None:
         for tok in toks:
-            tok.logy, tok.partial = np.asarray(tok.logy)[shared].tolist(), True
+            tok.logy, tok.partial = np.asarray(tok.logy)[shared], True
     return shared
 
 

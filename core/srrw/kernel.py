@@ -29,6 +29,7 @@ from core.srrw.token import Token
 
 DONE, LEAVE, CHECKPOINT, FAILED = "done", "leave", "checkpoint", "failed"
 UNIFORMS = 4096  # uniforms pre-drawn per token and refill: one Generator call (and kernel return) per 4,096 hops
+FIRST_UNIFORMS = 256  # drawn when a token joins (into the buffer's tail): a visitor often leaves within a few hundred
 TABLE_CHUNK = 1 << 14
 
 
@@ -124,7 +125,7 @@ class Resident:
                      "logy": np.zeros((0, num_nodes)), "node": np.zeros(0, dtype=np.int64),
                      "prev": np.zeros(0, dtype=np.int64), "n": np.zeros(0, dtype=np.int64),
                      "arrived": np.zeros(0, dtype=bool), "uniforms": np.zeros((0, UNIFORMS)),
-                     "pos": np.zeros(0, dtype=np.int64)}
+                     "pos": np.zeros(0, dtype=np.int64), "base": np.zeros(0, dtype=np.int64)}
         self.rng_start: list[dict[str, Any]] = []  # each stream's state where its uniforms begin
         self._row_numbers = np.zeros(0, dtype=np.int64)
         self._views()
@@ -161,19 +162,22 @@ class Resident:
         for tok in tokens:
             _check_fits(tok, self, tables)
         self._reserve(self.size + len(tokens))
-        b = self._buf
+        b, rows = self._buf, slice(self.size, self.size + len(tokens))
+        b["theta"][rows] = [tok.theta for tok in tokens]
+        if b["bar"] is not None:
+            b["bar"][rows] = [tok.theta_bar for tok in tokens]
+        b["node"][rows] = [tok.node for tok in tokens]
+        b["prev"][rows] = [tok.prev for tok in tokens]
+        b["n"][rows] = [tok.n for tok in tokens]
+        b["arrived"][rows] = [tok.arrived for tok in tokens]
+        b["pos"][rows] = b["base"][rows] = UNIFORMS - FIRST_UNIFORMS
         for k, tok in enumerate(tokens, start=self.size):
-            b["theta"][k] = tok.theta
-            if b["bar"] is not None:
-                b["bar"][k] = tok.theta_bar
             if self.shard is not None and tok.partial:
                 self.shard.restore(tok, b["logy"][k])
             else:
                 b["logy"][k] = tok.logy
-            b["node"][k], b["prev"][k], b["n"][k], b["arrived"][k] = tok.node, tok.prev, tok.n, tok.arrived
-            b["pos"][k] = 0
             self.rng_start.append(tok.rng.bit_generator.state)
-            b["uniforms"][k] = tok.rng.random(UNIFORMS)
+            b["uniforms"][k, UNIFORMS - FIRST_UNIFORMS :] = tok.rng.random(FIRST_UNIFORMS)
         self.size += len(tokens)
         self.tokens.extend(tokens)
         self._views()
@@ -183,7 +187,7 @@ class Resident:
         rng = self._rewind(k)
         self.rng_start[k] = rng.bit_generator.state
         self.uniforms[k] = rng.random(UNIFORMS)
-        self.pos[k] = 0
+        self.pos[k] = self.base[k] = 0
 
     def draw(self, rows: np.ndarray) -> np.ndarray:
         """The next uniform of each row's own stream."""
@@ -197,7 +201,7 @@ class Resident:
         """Row k's stream positioned just after the uniforms it has used (what a scalar walk would hold)."""
         rng = self.tokens[k].rng
         rng.bit_generator.state = self.rng_start[k]
-        rng.bit_generator.advance(int(self.pos[k]))
+        rng.bit_generator.advance(int(self.pos[k] - self.base[k]))
         return rng
 
     def take(self, rows: list[int], tables: StepTables) -> list[Token]:

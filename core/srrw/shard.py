@@ -59,7 +59,7 @@ class MeasureShard:
     def park(self, tok: Token, row: np.ndarray) -> None:
         """Keep the row's view entries here; the token leaves with the shared entries only."""
         self.kept[tok.key] = row[self.view].copy()
-        tok.logy, tok.partial = row[self.shared].tolist(), True
+        tok.logy, tok.partial = row[self.shared], True
 
     def exclusive_entries(self) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """(exclusive agent indices, each token's values there): this actor's part of `gather`."""

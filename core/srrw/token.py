@@ -24,7 +24,8 @@ class Token:
 
     key: int
     theta: np.ndarray
-    logy: list[float]  # log of the unnormalised visit measure y, x = c·y (a list: tokens compare with ==)
+    logy: list[float]  # log of the unnormalised visit measure y, x = c·y (a list: tokens compare with ==; an
+    #                    array of the shared entries while `partial`)
     log_scale: float  # log c
     n: int  # steps taken (θ_n, x_n)
     node: int  # internal index of X_n (or of X_{n+1} when `arrived` is False)
@@ -107,7 +108,10 @@ def bit_generator(name: Any) -> np.random.BitGenerator:
     """A fresh bit generator of the kind `name` (from BIT_GENERATORS; ValueError for any other name)."""
     if not isinstance(name, str) or name not in BIT_GENERATORS:
         raise ValueError(f"unknown RNG bit generator {str(name)[:80]!r} (known: {', '.join(sorted(BIT_GENERATORS))})")
-    return BIT_GENERATORS[name](0)
+    return BIT_GENERATORS[name](_SEED)
+
+
+_SEED = np.random.SeedSequence(0)  # any seed: the state is overwritten; reusing one skips building a sequence
 
 
 def _unpack_token(packed: tuple[Any, ...]) -> Token:
@@ -115,10 +119,11 @@ def _unpack_token(packed: tuple[Any, ...]) -> Token:
      path, curve_n, curve_theta) = packed
     bitgen = bit_generator(bitgen_name)
     bitgen.state = bitgen_state
+    measure = np.frombuffer(logy, dtype=np.float64)
     theta_arr = np.frombuffer(theta, dtype=np.float64).copy()
     curves = np.frombuffer(curve_theta, dtype=np.float64).reshape(len(curve_n), len(theta_arr))
     return Token(
-        key=key, theta=theta_arr, logy=np.frombuffer(logy, dtype=np.float64).tolist(), log_scale=log_scale,
+        key=key, theta=theta_arr, logy=measure.copy() if partial else measure.tolist(), log_scale=log_scale,
         n=n, node=node, prev=prev, arrived=arrived, rng=np.random.Generator(bitgen), handoffs=handoffs,
         partial=partial, theta_bar=None if theta_bar is None else np.frombuffer(theta_bar, dtype=np.float64).copy(),
         path=path, curve_n=curve_n, curve_theta=list(curves.copy()),
