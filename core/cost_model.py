@@ -147,7 +147,7 @@ class WalkJob:
     tokens: int = 1
     steps: int = 20_000
     partitions: int = 2
-    halo: int = 1
+    halo: int | str = "auto"  # "auto": the walker picks it from a pilot's cross rate; planned as AUTO_HALO
     cut_fraction: float = 0.1
     checkpoint_every: int = 5000
     record_every: int = 500
@@ -362,7 +362,14 @@ def handoffs_per_hop(job: WalkJob) -> float:
     """Expected hand-offs per hop: the cut edges the walk crosses, halved by each halo ring (measured:
     22.3 / 11.8 / 7.7 / 5.3 per 1,000 hops at halo 0..3 on a 2,000-agent RGG, i.e. ≈ cut / (1 + halo));
     none when every actor holds every agent."""
-    return 0.0 if job.partitions == 1 or job.replicate is True else job.cut_fraction / (1 + job.halo)
+    return 0.0 if job.partitions == 1 or job.replicate is True else job.cut_fraction / (1 + _halo(job))
+
+
+AUTO_HALO = 2  # the depth a plan assumes for halo = "auto" (the sized RGG's pilot picks 2-3)
+
+
+def _halo(job: WalkJob) -> int:
+    return AUTO_HALO if job.halo == "auto" else int(job.halo)
 
 
 TOKEN_UNIFORMS = 4096  # uniforms a resident token holds (core.srrw.kernel.UNIFORMS)
@@ -377,8 +384,8 @@ def _walk_cost(job: WalkJob, cluster: Cluster, c: Constants) -> dict[str, float]
     par = min(job.partitions, job.tokens, cluster.cpus)
     walk = max(hops * per_hop / par, job.steps * per_hop)  # all hops spread, or one token's own path
     # own agents plus the halo's ghost copies, or all of them; a token's measure entries: all, or the actor's view
-    held = 1.0 if job.replicate else min(1.0, (1 + 0.1 * job.halo) / job.partitions)
-    view = 1.0 if job.replicate else min(1.0, (1 + 0.1 * (job.halo + 1)) / job.partitions)
+    held = 1.0 if job.replicate else min(1.0, (1 + 0.1 * _halo(job)) / job.partitions)
+    view = 1.0 if job.replicate else min(1.0, (1 + 0.1 * (_halo(job) + 1)) / job.partitions)
     token = sizing.walk_token_bytes(int(view * job.agents), job.dim, TOKEN_UNIFORMS)
     actor = c.worker_bytes + int(8 * job.rows * job.dim * held) + job.tokens * token
     return {"handoffs_per_hop": handoffs, "seconds_per_hop": per_hop, "walk_seconds": c.walk_start_s + walk,

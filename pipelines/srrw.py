@@ -73,7 +73,7 @@ DEFAULTS: dict[str, Any] = {
     "tokens": 1,
     "partitions": 2,
     "partitioner": "metis",  # metis | kl | louvain | range (core.srrw.walk_partition)
-    "halo": 1,
+    "halo": "auto",  # ghost rings per actor: an integer, or "auto" (from a pilot walk's cross rate)
     "replicate": "auto",  # true: every walker actor holds every agent's data and the tokens are split (no hand-offs);
     #                       auto: so when a copy per actor fits the nodes' memory, else the agents are partitioned
     "checkpoint_every": 5000,

@@ -118,3 +118,25 @@ def test_count_handoffs_follows_the_walker_rule():
     assert count_handoffs(chain, path, owner, halo=0) == 3  # 2→3, 3→2, 2→3
     assert count_handoffs(chain, path, owner, halo=1) == 3  # with ghosts it moves only at 4, 1 and 4 again
     assert count_handoffs(chain, path, owner, halo=2) == 1  # actor 0 holds 0..4: only the step to 5 moves
+
+
+def test_halo_auto_is_chosen_from_a_pilot_walks_cross_rate():
+    """The pilot's rates fall with depth; the choice is the shallowest within 25 % of the lowest allowed."""
+    from core.srrw import SRRW
+    from core.srrw.partition import HALO_WITHIN, choose_halo
+
+    g = _rgg(400, seed=2)
+    chain = SRRW(g, 10.0)
+    parts = _owner(chain, g)
+    halo, rates = choose_halo(chain, parts, seed=1, tokens=4, steps=800)
+    assert rates[0] > 0 and rates[max(rates)] <= rates[0]
+    assert halo in rates and rates[halo] <= HALO_WITHIN * min(rates.values())
+    assert all(rates[h] > HALO_WITHIN * min(rates.values()) for h in rates if h < halo)
+    assert choose_halo(chain, parts, seed=1, tokens=4, steps=800) == (halo, rates)  # seeded
+
+
+def _owner(chain, g):
+    from core.srrw import walk_partition
+
+    parts = walk_partition(chain, g, 2, seed=0)
+    return np.asarray([parts[int(v)] for v in chain.nodes])

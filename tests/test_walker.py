@@ -41,7 +41,7 @@ def test_distributed_matches_reference(ray_local, partitions):
     obj = _objective()
     kw = dict(steps=1500, alpha=5.0, seed=4, record_path=True, record_every=100, polyak=True)
     ref = run_sa_srrw(obj, LES, **kw)
-    dist = run_distributed_sa_srrw(obj, LES, partitions=partitions, replicate=False, **kw)
+    dist = run_distributed_sa_srrw(obj, LES, partitions=partitions, replicate=False, halo=1, **kw)
     _assert_same(dist, ref)
     np.testing.assert_array_equal(dist.theta_bar, ref.theta_bar)
     if partitions > 1:

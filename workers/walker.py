@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from core.srrw.kernel import (
     advance,
     warm_up,
 )
+from core.srrw.partition import choose_halo
 from core.srrw.shard import MeasureShard, gather, shared_agents, views
 from core.srrw.spec import RUN_OPTIONS, record_differences, resume_record, split_settings
 from core.srrw.token import spec_tokens
@@ -360,6 +362,10 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
     data = objective.data_bytes(dim) if isinstance(objective, BlockLoader) else objective.data_bytes
     layout = layout.resolved(data, cluster_nodes())
     owner = _owner_map(chain, graph, spec, layout, rest.get("parts"))
+    halo_rates: dict[int, float] = {}
+    if layout.halo == "auto":
+        halo, halo_rates = (1, {}) if layout.replicate else choose_halo(chain, owner, seed=spec.seed)
+        layout = dataclasses.replace(layout, halo=halo)
     _check_tokens_fit(chain, spec, layout, owner, data, dim)
     ckpt = str(rest["checkpoint_dir"]) if rest.get("checkpoint_dir") is not None else None
     toks = _initial_tokens(chain, dim, spec, ckpt, bool(rest.get("resume", False)))
@@ -388,7 +394,8 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
             ray.kill(actor)
     stats = _result(results, seconds, busy, layout)
     cut = 0.0 if layout.replicate else cut_edge_fraction(graph, {int(v): int(p) for v, p in zip(chain.nodes, owner)})
-    stats.stats |= {"cut_fraction": cut,
+    stats.stats |= {"cut_fraction": cut, "halo": float(layout.halo),
+                    **{f"pilot_handoffs_per_1000_hops_halo{h}": r for h, r in halo_rates.items()},
                     "shared_entries": float(len(shared)) if shared is not None else float(chain.num_nodes)}
     return stats
 
