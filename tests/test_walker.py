@@ -62,7 +62,7 @@ def test_many_tokens_partitioned_carry_only_shared_measure_entries_and_match_ref
     obj = _objective(grid)
     kw = dict(steps=2000, alpha=10.0, seed=2, tokens=40, polyak=True)
     ref = run_sa_srrw(obj, grid, **kw)
-    dist = run_distributed_sa_srrw(obj, grid, partitions=3, replicate=False, partitioner="range", **kw)
+    dist = run_distributed_sa_srrw(obj, grid, partitions=3, replicate=False, partitioner="range", halo=1, **kw)
     _assert_same(dist, ref)
     st = dist.stats
     assert st["handoffs"] > 100 and 0 < st["shared_entries"] < grid.number_of_nodes() / 2
