@@ -237,10 +237,16 @@ def walk_stage(out: Path, ingest: Path, agents: Path, partition: Path, *, model:
         "token": pa.array([r[0] for r in rows], pa.int64()), "step": pa.array([r[1] for r in rows], pa.int64()),
         "theta": pa.array([r[2] for r in rows], pa.list_(pa.float64())),
     }), out / "trajectory.parquet")
-    secs = result.stats["walk_seconds"]
-    return {"tokens": len(toks), "handoffs": int(result.stats["handoffs"]),
-            "layout": "replicate" if result.stats["replicated"] else "partitioned",
-            "hops_per_s": round(sum(t.n for t in toks) / secs, 1) if secs else None}
+    st = result.stats
+    secs = st["walk_seconds"]
+    thetas = np.stack([t.theta for t in toks])
+    return {"tokens": len(toks), "handoffs": int(st["handoffs"]),
+            "layout": "replicate" if st["replicated"] else "partitioned",
+            "hops_per_s": round(sum(t.n for t in toks) / secs, 1) if secs else None,
+            "hops_per_actor_cpu_second": round(st["hops_per_actor_cpu_second"], 1),
+            "bytes_per_crossing": round(st["bytes_per_crossing"], 1), "cut_fraction": round(st["cut_fraction"], 5),
+            "handoffs_per_1000_hops": round(st["handoffs_per_1000_hops"], 3), "halo": int(st["halo"]),
+            "theta_spread_across_tokens": float(np.linalg.norm(thetas.std(axis=0)))}
 
 
 def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[str, Any], standardize: bool = False) -> dict[str, Any]:

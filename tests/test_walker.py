@@ -172,6 +172,9 @@ def test_pipeline_end_to_end_matches_reference(ray_local, tmp_path):
     metrics = _stage_dir(runs, "evaluate")["metrics"]
     assert metrics["test_rows"] == int(held.sum()) and 0.8 < metrics["test_accuracy"] <= 1
     assert sorted(curves.step.unique()) == [400, 800, 1200] and np.isfinite(curves.sq_error).all()
+    walk = _stage_dir(runs, "walk")["metrics"]  # the throughput figures and the spread across tokens
+    assert walk["hops_per_actor_cpu_second"] > 0 and walk["theta_spread_across_tokens"] > 0
+    assert {"bytes_per_crossing", "cut_fraction", "handoffs_per_1000_hops", "halo"} <= set(walk)
     # the pipeline's walk is the reference walk on the same data and placement
     x, y = load_arrays("builtin:breast_cancer")
     g = build_graph(pq.read_table(out["agents"] / "edges.parquet"))
