@@ -294,12 +294,49 @@ def _distributed_rows(obj, g, kw: dict[str, Any], hops: int, kl_parts: dict[int,
     return out, same
 
 
+MANY_TOKENS = 256
+MANY_LAYOUTS = {"1actor": {"partitions": 1, "replicate": True}, "2actors_replicate": {"partitions": 2, "replicate": True},
+                "2actors_partitioned": {"partitions": 2, "replicate": False}}  # partitioned: the default (metis)
+
+
+def many_tokens(obj, g, kw: dict[str, Any], total_hops: int) -> dict[str, Any]:
+    """256 tokens sharing a fixed total of hops: 1 actor, 2 actors replicated, 2 actors partitioned (metis,
+    measures sharded), each checked bit for bit against the single-process reference of the same walk."""
+    from workers.walker import run_distributed_sa_srrw
+
+    tokens = MANY_TOKENS
+    many = {**kw, "tokens": tokens, "steps": max(1, total_hops // tokens)}
+    hops = tokens * many["steps"]
+    ref = run_sa_srrw(obj, g, **many)
+    out: dict[str, Any] = {"tokens_many": tokens, "steps_per_token_many": many["steps"],
+                           f"hops_per_s_reference_{tokens}tokens": hops / ref.stats["walk_seconds"],
+                           "trajectory_identical_by_layout": {}, f"stats_{tokens}tokens": {}}
+    for key, layout in MANY_LAYOUTS.items():
+        res = run_distributed_sa_srrw(obj, g, **layout, **many)
+        st = res.stats
+        out[f"hops_per_s_distributed_{tokens}tokens_{key}"] = hops / st["walk_seconds"]
+        out["trajectory_identical_by_layout"][f"{tokens}tokens_{key}"] = _same(res, ref)
+        out[f"stats_{tokens}tokens"][key] = {k: st[k] for k in (
+            "walk_seconds", "handoffs", "handoff_calls", "chunks", "actor_cpu_seconds", "actor_kernel_cpu_seconds",
+            "handoffs_per_1000_hops", "hops_per_actor_cpu_second", "bytes_per_crossing", "cut_fraction",
+            "shared_entries")}
+    part = out[f"stats_{tokens}tokens"]["2actors_partitioned"]
+    rate = {k: out[f"hops_per_s_distributed_{tokens}tokens_{k}"] for k in MANY_LAYOUTS}
+    out |= {f"ratio_{tokens}tokens_partitioned_vs_replicate": rate["2actors_partitioned"] / rate["2actors_replicate"],
+            f"ratio_{tokens}tokens_partitioned_vs_1actor": rate["2actors_partitioned"] / rate["1actor"],
+            "cut_fraction": part["cut_fraction"], "handoffs_per_1000_hops_measured": part["handoffs_per_1000_hops"],
+            "bytes_per_crossing": part["bytes_per_crossing"], "bytes_whole_measure": 8 * g.number_of_nodes(),
+            "hops_per_actor_cpu_second": {k: v["hops_per_actor_cpu_second"] for k, v in out[f"stats_{tokens}tokens"].items()},
+            "theta_spread_across_tokens": float(np.linalg.norm(np.std([t.theta for t in ref.tokens], axis=0)))}
+    return out
+
+
 def _partitioners(g, chain: SRRW, paths: list, seed: int) -> dict[str, Any]:
     """Per partitioner: the cut-edge fraction and hand-offs per 1,000 hops (by halo) on recorded paths."""
     from core.srrw import count_handoffs
 
     partitions: dict[str, Any] = {}
-    for method in ("kl", "louvain", "range"):
+    for method in ("metis", "kl", "louvain", "range"):
         parts, part_s, _ = _timed(walk_partition, chain, g, 2, seed=seed, method=method)
         owner = np.asarray([parts[int(v)] for v in chain.nodes])
         walked = sum(t.n for t in paths)
@@ -313,7 +350,7 @@ def _partitioners(g, chain: SRRW, paths: list, seed: int) -> dict[str, Any]:
 
 
 def sized(agents: int, tokens: int, steps: int, *, lr: float, lam: float, spread_mode: str, seed: int,
-          rounds: int = 3) -> dict[str, Any]:
+          rounds: int = 3, many_hops: int = 0) -> dict[str, Any]:
     """The sized case: reference vs 1 and 2 walker actors, and the partitioners' cut and hand-offs."""
     import pickle
 
@@ -335,6 +372,9 @@ def sized(agents: int, tokens: int, steps: int, *, lr: float, lam: float, spread
     out["cpu_seconds"].update(dist.pop("cpu_seconds"))
     out["hops_per_s_reference_walk_rounds"] += dist.pop("reference_rounds", [])
     out.update(dist)
+    if many_hops:
+        out.update(many_tokens(obj, g, kw, many_hops))
+        same &= all(out["trajectory_identical_by_layout"].values())
     out["trajectory_identical"] = bool(same)
     for info in partitions.values():
         info.pop("parts")
@@ -365,6 +405,11 @@ def _headline(out: dict[str, Any]) -> dict[str, Any]:
     head["targets"] = {"2actors_vs_1actor_ge_1.6": head["ratio_2actors_vs_1actor"] >= 1.6,
                        "2actors_vs_reference_ge_1.2": head["ratio_2actors_vs_reference"] >= 1.2,
                        "trajectory_identical": out["trajectory_identical"]}
+    many = MANY_TOKENS
+    if f"ratio_{many}tokens_partitioned_vs_replicate" in out:
+        head["targets"] |= {
+            f"{many}tokens_partitioned_vs_replicate_ge_0.8": out[f"ratio_{many}tokens_partitioned_vs_replicate"] >= 0.8,
+            f"{many}tokens_partitioned_vs_1actor_ge_1.4": out[f"ratio_{many}tokens_partitioned_vs_1actor"] >= 1.4}
     return head
 
 
@@ -387,6 +432,14 @@ def _print_sized(s: dict[str, Any]) -> None:
         print(f"  {key:14s} {c['hops_per_actor_cpu_second']:.0f} hops per actor CPU-second; {c['handoff_calls']:.0f} hand-off calls "
               f"for {c['tokens_handed_off']:.0f} tokens; {c['hops_per_kernel_call']:.1f} hops per kernel call")
     print(f"  token bytes on the wire {s['token_bytes_on_wire']['token']}; identical trajectories: {s['trajectory_identical']}")
+    many = MANY_TOKENS
+    if f"ratio_{many}tokens_partitioned_vs_replicate" in s:
+        rates = "; ".join(f"{k} {s[f'hops_per_s_distributed_{many}tokens_{k}']:.0f}" for k in MANY_LAYOUTS)
+        print(f"  {many} tokens x {s['steps_per_token_many']} steps: {rates} hops/s; partitioned "
+              f"x{s[f'ratio_{many}tokens_partitioned_vs_replicate']:.2f} vs replicate, "
+              f"x{s[f'ratio_{many}tokens_partitioned_vs_1actor']:.2f} vs 1 actor; cut {s['cut_fraction']:.4f}, "
+              f"{s['handoffs_per_1000_hops_measured']:.2f} hand-offs per 1000 hops, {s['bytes_per_crossing']:.0f} bytes "
+              f"per crossing (whole measure {s['bytes_whole_measure']})")
     for name, ok in s["targets"].items():
         print(f"  [{'met' if ok else 'NOT met'}] {name}")
 
@@ -426,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sized", action="store_true", help="only the sized case: RGG of 2,000 agents x mnist1d, 16 tokens")
     ap.add_argument("--agents", type=int, default=2000, help="agents of the sized case (--quick: 300)")
     ap.add_argument("--tokens", type=int, default=16, help="tokens of the sized case")
+    ap.add_argument("--many-hops", type=int, default=16_000_000,
+                    help="total hops of the sized case's 256-token runs (0: skip them; ≥ 10 s per run on 2 cores)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the sized case's timed runs (best kept)")
     ap.add_argument("--json", required=True, help="where to write the results")
     args = ap.parse_args(argv)
@@ -482,8 +537,9 @@ def _main_sized(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     try:
         steps = min(args.sized_steps, 1000) if args.quick else args.sized_steps
+        many = min(args.many_hops, 256 * 1000) if args.quick else args.many_hops
         s = sized(agents, args.tokens, steps, lr=args.lr, lam=args.lam, spread_mode=args.spread, seed=args.seed,
-                  rounds=1 if args.quick else args.rounds)
+                  rounds=1 if args.quick else args.rounds, many_hops=many)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

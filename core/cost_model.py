@@ -147,7 +147,7 @@ class WalkJob:
     tokens: int = 1
     steps: int = 20_000
     partitions: int = 2
-    halo: int = 1
+    halo: int | str = "auto"  # "auto": the walker picks it from a pilot's cross rate; planned as AUTO_HALO
     cut_fraction: float = 0.1
     checkpoint_every: int = 5000
     record_every: int = 500
@@ -363,22 +363,49 @@ def handoffs_per_hop(job: WalkJob) -> float:
     """Expected hand-offs per hop: the cut edges the walk crosses, halved by each halo ring (measured:
     22.3 / 11.8 / 7.7 / 5.3 per 1,000 hops at halo 0..3 on a 2,000-agent RGG, i.e. ≈ cut / (1 + halo));
     none when every actor holds every agent."""
-    return 0.0 if job.partitions == 1 or job.replicate is True else job.cut_fraction / (1 + job.halo)
+    return 0.0 if job.partitions == 1 or job.replicate is True else job.cut_fraction / (1 + _halo(job))
 
 
-def plan_srrw(job: WalkJob, cluster: Cluster, cal: Calibration) -> Plan:
-    """Walker actors' memory and the walk's time from compute per hop, hand-offs per hop and their latency."""
-    validate.positive(agents=job.agents, rows=job.rows, dim=job.dim)
-    if job.replicate == "auto":  # the walker's own rule, on the cluster planned on
-        fits = sizing.replicate_fits(sizing.walk_data_bytes(job.rows, job.dim), job.partitions, cluster.nodes)
-        job = replace(job, replicate=fits)
-    c = cal.constants
+AUTO_HALO = 2  # the depth a plan assumes for halo = "auto" (the sized RGG's pilot picks 2-3)
+
+
+def _halo(job: WalkJob) -> int:
+    return AUTO_HALO if job.halo == "auto" else int(job.halo)
+
+
+TOKEN_UNIFORMS = 4096  # uniforms a resident token holds (core.srrw.kernel.UNIFORMS)
+
+
+def _walk_cost(job: WalkJob, cluster: Cluster, c: Constants) -> dict[str, float]:
+    """One layout's (job.replicate True or False) hand-offs, seconds per hop, walk seconds and bytes per actor."""
     hop = c.hop_s + c.hop_s_per_feature * (job.rows / job.agents) * job.dim
     handoffs = handoffs_per_hop(job)
     per_hop = hop + handoffs * c.handoff_s
     hops = job.tokens * job.steps
     par = min(job.partitions, job.tokens, cluster.cpus)
     walk = max(hops * per_hop / par, job.steps * per_hop)  # all hops spread, or one token's own path
+    # own agents plus the halo's ghost copies, or all of them; a token's measure entries: all, or the actor's view
+    held = 1.0 if job.replicate else min(1.0, (1 + 0.1 * _halo(job)) / job.partitions)
+    view = 1.0 if job.replicate else min(1.0, (1 + 0.1 * (_halo(job) + 1)) / job.partitions)
+    token = sizing.walk_token_bytes(int(view * job.agents), job.dim, TOKEN_UNIFORMS)
+    actor = c.worker_bytes + int(8 * job.rows * job.dim * held) + job.tokens * token
+    return {"handoffs_per_hop": handoffs, "seconds_per_hop": per_hop, "walk_seconds": c.walk_start_s + walk,
+            "walking_at_once": par, "actor_bytes": actor}
+
+
+def plan_srrw(job: WalkJob, cluster: Cluster, cal: Calibration) -> Plan:
+    """Walker actors' memory and the walk's time from compute per hop, hand-offs per hop and their latency;
+    both layouts are predicted (`layouts`), the one the walker would choose is the plan."""
+    validate.positive(agents=job.agents, rows=job.rows, dim=job.dim)
+    c = cal.constants
+    fits = sizing.replicate_fits(sizing.walk_data_bytes(job.rows, job.dim), job.partitions, cluster.nodes)
+    layouts = {name: _walk_cost(replace(job, replicate=flag), cluster, c)
+               for name, flag in (("replicate", True), ("partitioned", False))}
+    layouts["replicate"]["data_fits"] = fits
+    if job.replicate == "auto":  # the walker's own rule, on the cluster planned on
+        job = replace(job, replicate=fits)
+    cost = layouts["replicate" if job.replicate else "partitioned"]
+    hops = job.tokens * job.steps
     levels = math.ceil(math.log2(job.partitions)) if job.partitions > 1 else 0
     snapshots = job.tokens * max(1, job.steps // max(job.record_every, 1))
     stages = (
@@ -386,22 +413,21 @@ def plan_srrw(job: WalkJob, cluster: Cluster, cal: Calibration) -> Plan:
         _ingest(c, job.rows, job.dim, cluster.cpus),
         _stage("agents", c, job.edges * c.graph_s_per_edge, f"graph of {job.edges:,} edges, placement", 1),
         _stage("partition", c, job.edges * c.partition_s_per_edge * levels, f"{levels} bisection levels", 1),
-        _stage("walk", c, c.walk_start_s + walk,
-               f"{hops:,} hops, {handoffs * 1000:.1f} hand-offs per 1,000, {par:g} walking at once", par,
+        _stage("walk", c, cost["walk_seconds"],
+               f"{hops:,} hops, {cost['handoffs_per_hop'] * 1000:.1f} hand-offs per 1,000, "
+               f"{cost['walking_at_once']:g} walking at once", cost["walking_at_once"],
                job.tokens * job.agents * 8 * max(1, job.steps // max(job.checkpoint_every, 1))),
         _stage("evaluate", c, 2.0 * snapshots * job.rows * job.dim / c.blas_flops_per_s, f"{snapshots:,} snapshots", 1),
         _stage("report", c, c.report_s, "figures", 1),
     )
     holders = [i for i, n in enumerate(cluster.nodes) if n.cpus >= 1]
     per_node = _spread(job.partitions, len(holders))
-    # own agents plus the halo's ghost copies, or all of them
-    held = 1.0 if job.replicate else min(1.0, (1 + 0.1 * job.halo) / job.partitions)
-    actor = c.worker_bytes + int(8 * job.rows * job.dim * held) + 16 * job.tokens * job.agents
+    actor = int(cost["actor_bytes"])
     memory = tuple(NodeMemory(i, a, a * actor, _budget(cluster.nodes[i])) for i, a in zip(holders, per_node))
     peak = _peak(c, cluster, memory)
     info = {"partitions": job.partitions, "replicate": job.replicate, "tokens": job.tokens, "hops": hops,
-            "seconds_per_hop": per_hop,
-            "handoffs_per_hop": handoffs, "cut_fraction": job.cut_fraction}
+            "seconds_per_hop": cost["seconds_per_hop"],
+            "handoffs_per_hop": cost["handoffs_per_hop"], "cut_fraction": job.cut_fraction, "layouts": layouts}
     problems = _bound_problem(cluster, job.partitions, "walker actors (partitions)")
     return Plan("srrw", cluster, info, stages, memory, peak, tuple(problems),
                 ("fewer partitions, or more nodes",) if problems else ())

@@ -133,3 +133,22 @@ def replicate_fits(data_bytes: int, partitions: int, nodes: Sequence[Node],
         return False
     per_node = math.ceil(partitions / len(holders))
     return all(per_node * data_bytes <= fraction * n.memory_bytes for n in holders)
+
+
+def walk_token_bytes(measure_entries: int, dim: int, uniforms: int) -> int:
+    """Bytes one token takes on a walker actor: its kept visit-measure entries, its pre-drawn uniforms and θ
+    (with θ̄ and a gradient's worth of room) while resident."""
+    return 8 * (measure_entries + uniforms + 3 * dim)
+
+
+def walk_tokens_fit(token_bytes: int, data_bytes: int, actors: int, nodes: Sequence[Node],
+                    fraction: float = REPLICATE_MEMORY_FRACTION) -> int | None:
+    """How many tokens the walker actors can hold: each actor's data plus every token (all may gather on one
+    actor) within `fraction` of its node's memory, actors spread one per CPU node in turn. None: no CPU node
+    is known (nothing to check against)."""
+    holders = [n for n in nodes if n.cpus >= 1]
+    if not holders:
+        return None
+    per_node = math.ceil(actors / len(holders))
+    room = min(fraction * n.memory_bytes / per_node for n in holders) - data_bytes
+    return max(0, int(room // max(token_bytes, 1)))

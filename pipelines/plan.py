@@ -182,7 +182,7 @@ def graph_size(config: dict[str, Any], measure_cut: bool = True) -> tuple[int, i
     if parts == 1 or not measure_cut or sample.number_of_nodes() > 4 * CUT_SAMPLE_AGENTS:
         return graph.number_of_nodes(), graph.number_of_edges(), 0.0 if parts == 1 else 0.5
     owner = walk_partition(SRRW(sample, config["alpha"], config["base"]), sample, parts,
-                           seed=config["seed"], method=config.get("partitioner", "kl"))
+                           seed=config["seed"], method=config.get("partitioner", "metis"))
     return graph.number_of_nodes(), graph.number_of_edges(), cut_edge_fraction(sample, owner)
 
 

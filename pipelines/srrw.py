@@ -72,8 +72,8 @@ DEFAULTS: dict[str, Any] = {
     "steps": 20000,
     "tokens": 1,
     "partitions": 2,
-    "partitioner": "kl",  # kl | louvain | range (core.srrw.walk_partition)
-    "halo": 1,
+    "partitioner": "metis",  # metis | kl | louvain | range (core.srrw.walk_partition)
+    "halo": "auto",  # ghost rings per actor: an integer, or "auto" (from a pilot walk's cross rate)
     "replicate": "auto",  # true: every walker actor holds every agent's data and the tokens are split (no hand-offs);
     #                       auto: so when a copy per actor fits the nodes' memory, else the agents are partitioned
     "checkpoint_every": 5000,
@@ -94,7 +94,7 @@ def walk_spec(config: dict[str, Any]) -> WalkSpec:
 
 def walker_layout(config: dict[str, Any]) -> WalkerLayout:
     """How the config spreads the walk over walker actors (the walk stage gets its partitions as a table)."""
-    return WalkerLayout(partitions=config.get("partitions", 1), partitioner=config.get("partitioner", "kl"),
+    return WalkerLayout(partitions=config.get("partitions", 1), partitioner=config.get("partitioner", "metis"),
                         halo=config["halo"], checkpoint_every=config["checkpoint_every"],
                         replicate=config.get("replicate", "auto"))
 
@@ -167,7 +167,7 @@ def _load_graph(agents_dir: Path):
 
 
 def partition_stage(out: Path, agents: Path, *, partitions: int, base: str, seed: int,
-                    partitioner: str = "kl") -> dict[str, Any]:
+                    partitioner: str = "metis") -> dict[str, Any]:
     """Balanced partition of the agents that the walk crosses rarely: parts.parquet (node, part)."""
     g = _load_graph(agents)
     parts = walk_partition(SRRW(g, 0.0, base), g, partitions, seed=seed, method=partitioner)
@@ -237,10 +237,16 @@ def walk_stage(out: Path, ingest: Path, agents: Path, partition: Path, *, model:
         "token": pa.array([r[0] for r in rows], pa.int64()), "step": pa.array([r[1] for r in rows], pa.int64()),
         "theta": pa.array([r[2] for r in rows], pa.list_(pa.float64())),
     }), out / "trajectory.parquet")
-    secs = result.stats["walk_seconds"]
-    return {"tokens": len(toks), "handoffs": int(result.stats["handoffs"]),
-            "layout": "replicate" if result.stats["replicated"] else "partitioned",
-            "hops_per_s": round(sum(t.n for t in toks) / secs, 1) if secs else None}
+    st = result.stats
+    secs = st["walk_seconds"]
+    thetas = np.stack([t.theta for t in toks])
+    return {"tokens": len(toks), "handoffs": int(st["handoffs"]),
+            "layout": "replicate" if st["replicated"] else "partitioned",
+            "hops_per_s": round(sum(t.n for t in toks) / secs, 1) if secs else None,
+            "hops_per_actor_cpu_second": round(st["hops_per_actor_cpu_second"], 1),
+            "bytes_per_crossing": round(st["bytes_per_crossing"], 1), "cut_fraction": round(st["cut_fraction"], 5),
+            "handoffs_per_1000_hops": round(st["handoffs_per_1000_hops"], 3), "halo": int(st["halo"]),
+            "theta_spread_across_tokens": float(np.linalg.norm(thetas.std(axis=0)))}
 
 
 def evaluate(out: Path, ingest: Path, agents: Path, walk: Path, *, model: dict[str, Any], standardize: bool = False) -> dict[str, Any]:

@@ -121,7 +121,7 @@ def test_walk_hop_rate_from_compute_cut_handoffs_and_latency() -> None:
 
 def test_walk_replicates_when_a_copy_per_actor_fits_as_the_walker_decides() -> None:
     job = cm.WalkJob(agents=2000, edges=16_000, rows=40_000, dim=40, tokens=16, steps=10_000, partitions=2,
-                     cut_fraction=0.02)  # replicate = "auto": 13 MB of data per copy
+                     cut_fraction=0.02, halo=1)  # replicate = "auto": 13 MB of data per copy
     big = cm.plan_srrw(job, cluster(2, cpus=2), CAL)
     assert big.layout["replicate"] is True and big.layout["handoffs_per_hop"] == 0.0
     tiny = cm.plan_srrw(job, cluster(1, cpus=2, ray_memory=40 << 20), CAL)  # 2 copies > a quarter of 40 MiB

@@ -55,6 +55,9 @@ def test_plan_of_a_walk_measures_the_graph_cut(capsys) -> None:
     out = plan_json(capsys, "srrw", "--set", "tokens=4", "--nodes", "1", "--node-shape", "this-machine")
     assert out["layout"]["tokens"] == 4 and 0 < out["layout"]["cut_fraction"] < 1
     assert "walk" in [s["name"] for s in out["stages"]]
+    both = out["layout"]["layouts"]  # both layouts predicted, whichever the walker would choose
+    assert both["partitioned"]["handoffs_per_hop"] > 0 == both["replicate"]["handoffs_per_hop"]
+    assert both["partitioned"]["actor_bytes"] < both["replicate"]["actor_bytes"]
 
 
 def test_plan_prints_a_readable_table(capsys) -> None:

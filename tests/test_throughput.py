@@ -64,7 +64,7 @@ def _rgg(n=300, seed=1):
     return g.subgraph(max(nx.connected_components(g), key=len)).copy()
 
 
-@pytest.mark.parametrize("method", ["kl", "louvain", "range"])
+@pytest.mark.parametrize("method", ["metis", "kl", "louvain", "range"])
 def test_partitioners_are_balanced_and_geometric_ones_cut_less(method):
     from core.agents import cut_edge_fraction
     from core.srrw import SRRW, walk_partition
@@ -90,7 +90,21 @@ def test_louvain_falls_back_when_it_cannot_split_and_bad_counts_are_errors():
     with pytest.raises(ConfigError, match="partitioner must be one of"):
         from core.srrw import SRRW, walk_partition
 
-        walk_partition(SRRW(complete, 0.0), complete, 2, method="metis")
+        walk_partition(SRRW(complete, 0.0), complete, 2, method="spectral")
+
+
+def test_metis_is_the_default_partitioner_seeded_and_cuts_no_more_than_kl():
+    from core.agents import cut_edge_fraction
+    from core.srrw import SRRW, WalkerLayout, walk_partition
+
+    assert WalkerLayout().partitioner == "metis"
+    g = _rgg(600, seed=3)
+    chain = SRRW(g, 0.0)
+    metis = walk_partition(chain, g, 3, seed=5)
+    assert metis == walk_partition(chain, g, 3, seed=5)  # the same seed, the same parts
+    sizes = np.bincount(list(metis.values()))
+    assert len(sizes) == 3 and sizes.max() <= 1.1 * g.number_of_nodes() / 3 + 1
+    assert cut_edge_fraction(g, metis) <= cut_edge_fraction(g, walk_partition(chain, g, 3, seed=5, method="kl"))
 
 
 def test_count_handoffs_follows_the_walker_rule():
@@ -104,3 +118,25 @@ def test_count_handoffs_follows_the_walker_rule():
     assert count_handoffs(chain, path, owner, halo=0) == 3  # 2→3, 3→2, 2→3
     assert count_handoffs(chain, path, owner, halo=1) == 3  # with ghosts it moves only at 4, 1 and 4 again
     assert count_handoffs(chain, path, owner, halo=2) == 1  # actor 0 holds 0..4: only the step to 5 moves
+
+
+def test_halo_auto_is_chosen_from_a_pilot_walks_cross_rate():
+    """The pilot's rates fall with depth; the choice is the shallowest within 25 % of the lowest allowed."""
+    from core.srrw import SRRW
+    from core.srrw.partition import HALO_WITHIN, choose_halo
+
+    g = _rgg(400, seed=2)
+    chain = SRRW(g, 10.0)
+    parts = _owner(chain, g)
+    halo, rates = choose_halo(chain, parts, seed=1, tokens=4, steps=800)
+    assert rates[0] > 0 and rates[max(rates)] <= rates[0]
+    assert halo in rates and rates[halo] <= HALO_WITHIN * min(rates.values())
+    assert all(rates[h] > HALO_WITHIN * min(rates.values()) for h in rates if h < halo)
+    assert choose_halo(chain, parts, seed=1, tokens=4, steps=800) == (halo, rates)  # seeded
+
+
+def _owner(chain, g):
+    from core.srrw import walk_partition
+
+    parts = walk_partition(chain, g, 2, seed=0)
+    return np.asarray([parts[int(v)] for v in chain.nodes])

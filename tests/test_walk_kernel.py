@@ -84,6 +84,48 @@ def test_hand_offs_between_two_halves_in_one_process_keep_the_trajectory(record_
     assert all(_same(a, b) for a, b in zip(ref, toks))
 
 
+@pytest.mark.parametrize(("record_path", "halo"), [(True, 1), (False, 0), (False, 2)])
+def test_sharded_measures_over_three_parts_with_many_tokens_keep_the_trajectory(record_path, halo):
+    """Each part keeps its view of every token's measure; only the shared entries travel with a token,
+    and the gathered tokens equal the reference's bit for bit (as 3 walker actors would run it)."""
+    import networkx as nx
+
+    from core.srrw.shard import MeasureShard, gather, shared_agents, views
+
+    grid = nx.convert_node_labels_to_integers(nx.grid_2d_graph(15, 8))  # rows of 8: range parts are bands
+    spec = WalkSpec.build(steps=600, alpha=10.0, tokens=40, seed=4, record_path=record_path, polyak=True)
+    ref = run_sa_srrw(_objective(grid), grid, spec).tokens
+    chain = SRRW(grid, spec.alpha)
+    obj = bind(_objective(grid), chain)
+    owner = np.arange(chain.num_nodes) * 3 // chain.num_nodes
+    held = [halo_mask(chain, owner == p, halo) for p in range(3)]
+    shared = shared_agents(views(chain, held))
+    assert 0 < len(shared) < chain.num_nodes
+    toks = spec_tokens(chain, obj.dim, spec)
+    parts = []
+    for p, view in enumerate(views(chain, held)):
+        shard = MeasureShard(view, shared)
+        for tok in toks:
+            shard.seed(tok.key, tok.logy)
+        ctx = WalkContext(chain, obj.restrict(np.flatnonzero(held[p])), spec.schedule, spec.steps, held[p])
+        parts.append((ctx, Resident(obj.dim, chain.num_nodes, polyak=True, shard=shard), shard))
+    for tok in toks:
+        tok.logy, tok.partial = [tok.logy[i] for i in shared.tolist()], True
+        parts[owner[tok.node]][1].add([tok], parts[0][0].tables)
+    moves = carried = 0
+    while any(len(res) for _, res, _ in parts):
+        for ctx, res, _ in parts:
+            for tok, status, _ in advance(res, ctx, 9):
+                assert tok.partial
+                if status == LEAVE:
+                    moves, carried = moves + 1, max(carried, len(tok.logy))
+                    parts[owner[tok.node]][1].add([tok], ctx.tables)
+    assert moves > 40 and carried == len(shared)
+    for tok in toks:
+        gather(tok, shared, [shard.exclusive_entries() for _, _, shard in parts])
+    assert all(_same(a, b) for a, b in zip(ref, toks))
+
+
 def test_compiled_and_numpy_kernels_walk_the_same_recursion():
     """Two implementations of one recursion (their exp/tanh may round differently): close, same path."""
     spec = WalkSpec.build(steps=300, alpha=0.0, tokens=2, seed=5)

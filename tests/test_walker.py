@@ -41,7 +41,7 @@ def test_distributed_matches_reference(ray_local, partitions):
     obj = _objective()
     kw = dict(steps=1500, alpha=5.0, seed=4, record_path=True, record_every=100, polyak=True)
     ref = run_sa_srrw(obj, LES, **kw)
-    dist = run_distributed_sa_srrw(obj, LES, partitions=partitions, replicate=False, **kw)
+    dist = run_distributed_sa_srrw(obj, LES, partitions=partitions, replicate=False, halo=1, **kw)
     _assert_same(dist, ref)
     np.testing.assert_array_equal(dist.theta_bar, ref.theta_bar)
     if partitions > 1:
@@ -51,6 +51,23 @@ def test_distributed_matches_reference(ray_local, partitions):
     parts = walk_partition(chain, LES, partitions, seed=4)
     owner = np.asarray([parts[int(v)] for v in chain.nodes])
     assert count_handoffs(chain, ref.tokens[0].path, owner, halo=1) == dist.tokens[0].handoffs
+
+
+def test_many_tokens_partitioned_carry_only_shared_measure_entries_and_match_reference(ray_local):
+    """40 tokens on 3 partitions of a grid (compiled kernel): bit for bit the reference, while a crossing
+    carries the shared entries of the visit measure only, and the metrics say so."""
+    import networkx as nx
+
+    grid = nx.convert_node_labels_to_integers(nx.grid_2d_graph(24, 8))
+    obj = _objective(grid)
+    kw = dict(steps=2000, alpha=10.0, seed=2, tokens=40, polyak=True)
+    ref = run_sa_srrw(obj, grid, **kw)
+    dist = run_distributed_sa_srrw(obj, grid, partitions=3, replicate=False, partitioner="range", halo=1, **kw)
+    _assert_same(dist, ref)
+    st = dist.stats
+    assert st["handoffs"] > 100 and 0 < st["shared_entries"] < grid.number_of_nodes() / 2
+    assert 0 < st["bytes_per_crossing"] < 8 * grid.number_of_nodes()  # less than the whole measure
+    assert 0 < st["cut_fraction"] < 0.2 and st["handoffs_per_1000_hops"] > 0 and st["hops_per_actor_cpu_second"] > 0
 
 
 def test_auto_layout_replicates_when_the_data_fits_and_partitions_when_not(ray_local, monkeypatch):
@@ -64,9 +81,24 @@ def test_auto_layout_replicates_when_the_data_fits_and_partitions_when_not(ray_l
     _assert_same(fits, ref)
     assert fits.stats["replicated"] == 1.0 and fits.stats["handoffs"] == 0 and fits.stats["partitions"] == 2
     monkeypatch.setattr(walker, "cluster_nodes", lambda: [Node(2, 4 * obj.data_bytes)])  # a copy each > 1/4
+    monkeypatch.setattr(walker, "walk_tokens_fit", lambda *args: None)  # tiny node: tokens checked elsewhere
     split = run_distributed_sa_srrw(obj, LES, partitions=2, **kw)
     _assert_same(split, ref)
     assert split.stats["replicated"] == 0.0 and split.stats["handoffs"] > 0
+
+
+def test_more_tokens_than_memory_allows_or_an_empty_partition_are_refused(ray_local, monkeypatch):
+    import workers.walker as walker
+    from core.sizing import Node, walk_token_bytes
+
+    obj = _objective()
+    per_token = walk_token_bytes(LES.number_of_nodes(), obj.dim, 4096)
+    monkeypatch.setattr(walker, "cluster_nodes", lambda: [Node(2, 4 * (obj.data_bytes + 10 * per_token))])
+    with pytest.raises(ConfigError, match=r"tokens=20 do not fit .* at most 10 tokens fit"):
+        run_distributed_sa_srrw(obj, LES, steps=10, tokens=20, partitions=1)
+    gap = {int(v): 0 if v < 40 else 2 for v in LES.nodes()}  # partition 1 gets no agent
+    with pytest.raises(ConfigError, match=r"partition\(s\) \[1\] of 3 have no agents"):
+        run_distributed_sa_srrw(obj, LES, steps=10, tokens=2, partitions=3, replicate=False, parts=gap)
 
 
 def test_more_tokens_or_partitions_than_agents_are_config_errors(ray_local):
@@ -140,6 +172,9 @@ def test_pipeline_end_to_end_matches_reference(ray_local, tmp_path):
     metrics = _stage_dir(runs, "evaluate")["metrics"]
     assert metrics["test_rows"] == int(held.sum()) and 0.8 < metrics["test_accuracy"] <= 1
     assert sorted(curves.step.unique()) == [400, 800, 1200] and np.isfinite(curves.sq_error).all()
+    walk = _stage_dir(runs, "walk")["metrics"]  # the throughput figures and the spread across tokens
+    assert walk["hops_per_actor_cpu_second"] > 0 and walk["theta_spread_across_tokens"] > 0
+    assert {"bytes_per_crossing", "cut_fraction", "handoffs_per_1000_hops", "halo"} <= set(walk)
     # the pipeline's walk is the reference walk on the same data and placement
     x, y = load_arrays("builtin:breast_cancer")
     g = build_graph(pq.read_table(out["agents"] / "edges.parquet"))

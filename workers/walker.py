@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,25 @@ import numpy as np
 import ray
 
 from core import store
-from core.agents import check_parts
+from core.agents import check_parts, cut_edge_fraction
 from core.block_loader import BlockLoader
 from core.errors import ConfigError, ShardwalkError
 from core.io import read_json_sealed, write_json_sealed
+from core.sizing import walk_token_bytes, walk_tokens_fit
 from core.srrw import SRRW, SAResult, Token, WalkerLayout, WalkSpec, bind, halo_mask, walk_partition
-from core.srrw.kernel import CHECKPOINT, DONE, FAILED, LEAVE, Resident, WalkContext, advance, warm_up
+from core.srrw.kernel import (
+    CHECKPOINT,
+    DONE,
+    FAILED,
+    LEAVE,
+    UNIFORMS,
+    Resident,
+    WalkContext,
+    advance,
+    warm_up,
+)
+from core.srrw.partition import choose_halo
+from core.srrw.shard import MeasureShard, gather, shared_agents, views
 from core.srrw.spec import RUN_OPTIONS, record_differences, resume_record, split_settings
 from core.srrw.token import spec_tokens
 from core.token_store import checkpoint_hint, load_token, save_token
@@ -47,7 +61,12 @@ from workers.cluster import cluster_nodes
 __all__ = ["RUN_META", "BlockLoader", "WalkPartition", "run_distributed_sa_srrw"]
 
 RUN_META = "run.json"
-COMPILED_CHUNK = 4096  # hops per token between inbox looks with the compiled kernel (≈ 4 ms per token)
+COMPILED_CHUNK = 4096  # at most this many hops per token per compiled kernel call (≈ 4 ms per token)
+SLICE_HOPS = 65536  # hops per compiled kernel call, shared by the resident tokens (≈ 60 ms between inbox looks)
+MIN_HOPS_PER_TOKEN = 64
+FLUSH_TOKENS = 32  # a peer's outbox is sent when it holds this many tokens ...
+FLUSH_AGE_S = 0.002  # ... or its oldest token waited this long (or the actor has nothing left to walk)
+BYTES_SAMPLE_EVERY = 16  # payload bytes per crossing are summed over every 16th hand-off call
 
 
 @ray.remote(num_cpus=0)
@@ -75,7 +94,8 @@ class WalkPartition:
     """One partition of the agent graph: its data, the resident tokens, and peers to hand tokens to."""
 
     def __init__(self, part: int, edges: np.ndarray, owner: np.ndarray, objective: Any, spec: WalkSpec,
-                 layout: WalkerLayout, sink: Any, checkpoint_dir: str | None = None) -> None:
+                 layout: WalkerLayout, sink: Any, checkpoint_dir: str | None = None,
+                 shared: np.ndarray | None = None) -> None:
         graph = nx.Graph()
         graph.add_edges_from(edges.tolist())
         chain = SRRW(graph, spec.alpha, spec.base)
@@ -86,20 +106,27 @@ class WalkPartition:
             objective = objective.relabel({int(chain.nodes[i]): int(i) for i in mine})
         every = layout.checkpoint_every if checkpoint_dir else 0
         self.ctx = WalkContext(chain, objective, spec.schedule, spec.steps, held, every)
-        self.chunk = layout.chunk or (COMPILED_CHUNK if self.ctx.compiled else 1)
+        self.chunk = layout.chunk
         warm_up(self.ctx, objective.dim)
-        self.resident = Resident(objective.dim, chain.num_nodes, spec.schedule.polyak)
+        self.shard = None if shared is None else MeasureShard(views(chain, [held])[0], shared)
+        self.resident = Resident(objective.dim, chain.num_nodes, spec.schedule.polyak, self.shard)
         self.owner, self.sink, self.checkpoint_dir = owner, sink, checkpoint_dir
         self.inbox: list[Token] = []
         self.admitted: dict[int, int] = {}  # token key -> its step count when it joined the batch
         self.peers: list[Any] = []
-        self.counts = {"steps_walked": 0, "chunks": 0, "calls_out": 0, "tokens_out": 0, "calls_in": 0}
+        self.outbox: dict[int, list[Token]] = {}  # peer -> tokens bound for it, sent by size or age
+        self.outbox_since: dict[int, float] = {}
+        self.counts = {"steps_walked": 0, "chunks": 0, "calls_out": 0, "tokens_out": 0, "calls_in": 0,
+                       "bytes_sampled": 0, "tokens_sampled": 0}
         self.kernel_cpu = 0.0
         self.cpu_start = time.process_time()
 
-    async def connect(self, peers: list[Any]) -> int:
-        """Learn the peers and start walking whatever arrives."""
+    async def connect(self, peers: list[Any], measures: np.ndarray | None = None) -> int:
+        """Learn the peers (and, sharded, every token's starting measure) and start walking whatever arrives."""
         self.peers = peers
+        if self.shard is not None:
+            for key, logy in enumerate(measures):
+                self.shard.seed(key, logy)
         self.wake = asyncio.Event()
         self.loop = asyncio.get_running_loop().create_task(self._run())
         return len(self.ctx.objective.blocks)
@@ -116,12 +143,13 @@ class WalkPartition:
             if self.inbox:
                 self._admit()
             if not len(self.resident):
+                self._flush(everything=True)
                 self.wake.clear()
                 await self.wake.wait()
                 continue
             cpu = time.thread_time()
             try:
-                exits = advance(self.resident, self.ctx, self.chunk)
+                exits = advance(self.resident, self.ctx, self._budget())
             except Exception as exc:  # an unexpected failure: every resident token reports it
                 exits = [(tok, FAILED, exc) for tok in self.resident.take(list(range(len(self.resident))), self.ctx.tables)]
             self.counts["chunks"] += 1
@@ -129,24 +157,41 @@ class WalkPartition:
             self.kernel_cpu += time.thread_time() - cpu
             await asyncio.sleep(0)
 
+    def _budget(self) -> int:
+        """Work per kernel call: `chunk`, or a slice of ≈ SLICE_HOPS hops shared by the resident tokens."""
+        if self.chunk:
+            return self.chunk
+        if not self.ctx.compiled:
+            return 1
+        return max(MIN_HOPS_PER_TOKEN, min(COMPILED_CHUNK, SLICE_HOPS // len(self.resident)))
+
     def _admit(self) -> None:
-        """Arrived tokens join the batch; a token this walk cannot take is reported, not lost."""
+        """Arrived tokens join the batch together; a token this walk cannot take is reported, not lost."""
         tokens, self.inbox = self.inbox, []
-        for tok in tokens:
-            try:
-                self.resident.add([tok], self.ctx.tables)
-                self.admitted[tok.key] = tok.n
-            except Exception as exc:
-                self.sink.deliver.remote(tok.key, None, exc)
+        try:
+            self.resident.add(tokens, self.ctx.tables)
+            taken = tokens
+        except Exception:
+            taken = []
+            for tok in tokens:
+                try:
+                    self.resident.add([tok], self.ctx.tables)
+                    taken.append(tok)
+                except Exception as exc:
+                    self.sink.deliver.remote(tok.key, None, exc)
+        for tok in taken:
+            self.admitted[tok.key] = tok.n
 
     def _dispatch(self, exits: list[tuple[Token, str, Exception | None]]) -> None:
         """Leavers to their owners (one call per peer), checkpoints saved, finished tokens delivered."""
-        outbox: dict[int, list[Token]] = {}
+        now = time.monotonic()
         for tok, status, error in exits:
             self.counts["steps_walked"] += tok.n - self.admitted.pop(tok.key, tok.n)
             if status == LEAVE:
                 tok.handoffs += 1
-                outbox.setdefault(int(self.owner[tok.node]), []).append(tok)
+                peer = int(self.owner[tok.node])
+                self.outbox.setdefault(peer, []).append(tok)
+                self.outbox_since.setdefault(peer, now)
                 continue
             try:
                 if status in (CHECKPOINT, DONE) and self.checkpoint_dir:
@@ -157,10 +202,27 @@ class WalkPartition:
                 self.inbox.append(tok)
             else:
                 self.sink.deliver.remote(tok.key, tok if status == DONE else None, error)
-        for peer, batch in outbox.items():
+        self._flush(everything=False)
+
+    def _flush(self, everything: bool) -> None:
+        """Send each peer's outbox once it holds FLUSH_TOKENS tokens or is FLUSH_AGE_S old (or `everything`):
+        `.remote` returns at once, so sending never blocks the walk."""
+        now = time.monotonic()
+        for peer in list(self.outbox):
+            batch = self.outbox[peer]
+            if not (everything or len(batch) >= FLUSH_TOKENS or now - self.outbox_since[peer] >= FLUSH_AGE_S):
+                continue
+            del self.outbox[peer], self.outbox_since[peer]
+            if self.counts["calls_out"] % BYTES_SAMPLE_EVERY == 0:  # payload size, on a sample of calls
+                self.counts["bytes_sampled"] += sum(tok.wire_bytes() for tok in batch)
+                self.counts["tokens_sampled"] += len(batch)
             self.peers[peer].receive.remote(batch)
             self.counts["calls_out"] += 1
             self.counts["tokens_out"] += len(batch)
+
+    async def measures(self) -> tuple[np.ndarray, dict[int, np.ndarray]] | None:
+        """This actor's exclusive entries of every token's measure (core.srrw.shard.gather), once all are done."""
+        return None if self.shard is None else self.shard.exclusive_entries()
 
     async def stats(self) -> dict[str, float]:
         """Counts and CPU seconds: the process's (Ray's threads included) and the walking thread's (kernel
@@ -226,17 +288,42 @@ def _owner_map(chain: SRRW, graph: nx.Graph, spec: WalkSpec, layout: WalkerLayou
     return np.asarray([parts[int(v)] for v in chain.nodes], dtype=np.int64)
 
 
+def _check_tokens_fit(chain: SRRW, spec: WalkSpec, layout: WalkerLayout, owner: np.ndarray, data: int, dim: int) -> None:
+    """ConfigError naming how many tokens fit when the walker actors cannot hold `spec.tokens` of them."""
+    parts = int(owner.max()) + 1
+    empty = sorted(set(range(parts)) - set(owner.tolist()))
+    if empty:
+        raise ConfigError(f"partition(s) {empty} of {parts} have no agents; number the partitions 0..P-1 without gaps")
+    held = [halo_mask(chain, owner == p, layout.halo) for p in range(parts)]
+    entries = chain.num_nodes if layout.replicate else max(int(v.sum()) for v in views(chain, held))
+    actors = min(layout.partitions, spec.tokens) if layout.replicate else parts
+    share = data if layout.replicate else int(data * max(float(h.mean()) for h in held))
+    fit = walk_tokens_fit(walk_token_bytes(entries, dim, UNIFORMS), share, actors, cluster_nodes())
+    if fit is not None and spec.tokens > fit:
+        raise ConfigError(f"tokens={spec.tokens} do not fit the walker actors' memory: each token takes "
+                          f"{walk_token_bytes(entries, dim, UNIFORMS):,} bytes on an actor; at most {fit} tokens fit")
+
+
 def _start_actors(chain: SRRW, graph: nx.Graph, objective: Any, spec: WalkSpec, layout: WalkerLayout,
-                  owner: np.ndarray, sink: Any, ckpt: str | None, actors: list[Any]) -> None:
-    """One walker actor per partition (appended to `actors` as they start, so a failure can clean up)."""
+                  owner: np.ndarray, sink: Any, ckpt: str | None, actors: list[Any],
+                  toks: list[Token]) -> np.ndarray | None:
+    """One walker actor per partition (appended to `actors` as they start, so a failure can clean up); the
+    shared measure entries when the tokens' measures are sharded (partitioned and not checkpointed)."""
     edges = np.asarray(list(graph.edges()), dtype=np.int64)
-    for p in range(min(layout.partitions, spec.tokens) if layout.replicate else int(owner.max()) + 1):
-        mine = np.full(chain.num_nodes, p) if layout.replicate else owner  # replicated: every agent is p's
-        held = np.flatnonzero(halo_mask(chain, mine == p, layout.halo))
-        share = objective if isinstance(objective, BlockLoader) else objective.restrict(held)
+    count = min(layout.partitions, spec.tokens) if layout.replicate else int(owner.max()) + 1
+    mine = [np.full(chain.num_nodes, p) if layout.replicate else owner for p in range(count)]  # replicated: all p's
+    held = [halo_mask(chain, mine[p] == p, layout.halo) for p in range(count)]
+    shared = None if layout.replicate or ckpt else shared_agents(views(chain, held))
+    for p in range(count):
+        share = objective if isinstance(objective, BlockLoader) else objective.restrict(np.flatnonzero(held[p]))
         actors.append(WalkPartition.options(num_cpus=layout.num_cpus, scheduling_strategy="SPREAD").remote(
-            p, edges, mine, share, spec, layout, sink, ckpt))
-    ray.get([actor.connect.remote(actors) for actor in actors], timeout=layout.timeout)
+            p, edges, mine[p], share, spec, layout, sink, ckpt, shared))
+    measures = None if shared is None else ray.put(np.asarray([tok.logy for tok in toks], dtype=np.float64))
+    ray.get([actor.connect.remote(actors, measures) for actor in actors], timeout=layout.timeout)
+    if shared is not None:
+        for tok in toks:
+            tok.logy, tok.partial = np.asarray(tok.logy)[shared], True
+    return shared
 
 
 def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | None = None,
@@ -275,6 +362,11 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
     data = objective.data_bytes(dim) if isinstance(objective, BlockLoader) else objective.data_bytes
     layout = layout.resolved(data, cluster_nodes())
     owner = _owner_map(chain, graph, spec, layout, rest.get("parts"))
+    halo_rates: dict[int, float] = {}
+    if layout.halo == "auto":
+        halo, halo_rates = (1, {}) if layout.replicate else choose_halo(chain, owner, seed=spec.seed)
+        layout = dataclasses.replace(layout, halo=halo)
+    _check_tokens_fit(chain, spec, layout, owner, data, dim)
     ckpt = str(rest["checkpoint_dir"]) if rest.get("checkpoint_dir") is not None else None
     toks = _initial_tokens(chain, dim, spec, ckpt, bool(rest.get("resume", False)))
     if ckpt:
@@ -282,7 +374,7 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
     sink = _TokenSink.remote()
     actors: list[Any] = []
     try:
-        _start_actors(chain, graph, objective, spec, layout, owner, sink, ckpt, actors)
+        shared = _start_actors(chain, graph, objective, spec, layout, owner, sink, ckpt, actors, toks)
         waits = [sink.wait.remote(tok.key) for tok in toks]
         began = time.perf_counter()
         first: dict[int, list[Token]] = {}
@@ -293,10 +385,20 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
         results = _await_tokens(waits, actors, layout.timeout)
         seconds = time.perf_counter() - began
         busy = ray.get([actor.stats.remote() for actor in actors], timeout=layout.timeout)
+        if shared is not None and all(error is None for _, error in results):
+            parts = ray.get([actor.measures.remote() for actor in actors], timeout=layout.timeout)
+            for tok, _ in results:
+                gather(tok, shared, parts)
     finally:
         for actor in [*actors, sink]:
             ray.kill(actor)
-    return _result(results, seconds, busy, layout)
+    stats = _result(results, seconds, busy, layout)
+    cut = 0.0 if layout.replicate else cut_edge_fraction(graph, {int(v): int(p) for v, p in zip(chain.nodes, owner)})
+    stats.stats |= {"cut_fraction": cut, "halo": float(layout.halo),
+                    **{f"pilot_handoffs_per_1000_hops_halo{h}": r for h, r in halo_rates.items()},
+                    "shared_entries": float(len(shared)) if shared is not None else float(chain.num_nodes)}
+    return stats
+
 
 
 def _result(results: list[tuple[Token | None, BaseException | None]], seconds: float, busy: list[dict],
@@ -312,4 +414,8 @@ def _result(results: list[tuple[Token | None, BaseException | None]], seconds: f
              "actor_cpu_seconds": total["cpu_seconds"], "actor_kernel_cpu_seconds": total["kernel_cpu_seconds"],
              "handoff_calls": total["calls_out"], "steps_walked": total["steps_walked"], "chunks": total["chunks"],
              "replicated": float(layout.replicate)}
+    steps = max(total["steps_walked"], 1.0)
+    stats |= {"handoffs_per_1000_hops": 1000.0 * stats["handoffs"] / steps,
+              "hops_per_actor_cpu_second": total["steps_walked"] / max(total["cpu_seconds"], 1e-9),
+              "bytes_per_crossing": total["bytes_sampled"] / total["tokens_sampled"] if total["tokens_sampled"] else 0.0}
     return SAResult(np.mean([t.theta for t in done], axis=0), done, stats)

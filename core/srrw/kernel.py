@@ -29,6 +29,7 @@ from core.srrw.token import Token
 
 DONE, LEAVE, CHECKPOINT, FAILED = "done", "leave", "checkpoint", "failed"
 UNIFORMS = 4096  # uniforms pre-drawn per token and refill: one Generator call (and kernel return) per 4,096 hops
+FIRST_UNIFORMS = 256  # drawn when a token joins (into the buffer's tail): a visitor often leaves within a few hundred
 TABLE_CHUNK = 1 << 14
 
 
@@ -108,25 +109,44 @@ class WalkContext:
 
 
 class Resident:
-    """The tokens resident in one process as arrays; row k is `tokens[k]`."""
+    """The tokens resident in one process as arrays; row k is `tokens[k]`.
 
-    def __init__(self, dim: int, num_nodes: int, polyak: bool) -> None:
+    The arrays are views of buffers with spare capacity: a joining token is written after the last row and a
+    leaving one is replaced by the last row, so a hand-off costs one row's copy, not the whole batch's (row
+    order never matters: every operation is elementwise or inside one row). With a `shard` (a walker actor
+    of a partitioned walk) a token's visit measure outside the shared entries stays here between visits.
+    """
+
+    def __init__(self, dim: int, num_nodes: int, polyak: bool, shard: Any = None) -> None:
         self.tokens: list[Token] = []
-        self.dim, self.num_nodes, self.polyak = dim, num_nodes, polyak
-        self.theta = np.zeros((0, dim))
-        self.bar = np.zeros((0, dim)) if polyak else None
-        self.logy = np.zeros((0, num_nodes))
-        self.node = np.zeros(0, dtype=np.int64)
-        self.prev = np.zeros(0, dtype=np.int64)
-        self.n = np.zeros(0, dtype=np.int64)
-        self.arrived = np.zeros(0, dtype=bool)
-        self.uniforms = np.zeros((0, UNIFORMS))
-        self.pos = np.zeros(0, dtype=np.int64)
+        self.dim, self.num_nodes, self.polyak, self.shard = dim, num_nodes, polyak, shard
+        self.size = 0
+        self._buf = {"theta": np.zeros((0, dim)), "bar": np.zeros((0, dim)) if polyak else None,
+                     "logy": np.zeros((0, num_nodes)), "node": np.zeros(0, dtype=np.int64),
+                     "prev": np.zeros(0, dtype=np.int64), "n": np.zeros(0, dtype=np.int64),
+                     "arrived": np.zeros(0, dtype=bool), "uniforms": np.zeros((0, UNIFORMS)),
+                     "pos": np.zeros(0, dtype=np.int64), "base": np.zeros(0, dtype=np.int64)}
         self.rng_start: list[dict[str, Any]] = []  # each stream's state where its uniforms begin
         self._row_numbers = np.zeros(0, dtype=np.int64)
+        self._views()
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    def _views(self) -> None:
+        for name, buf in self._buf.items():
+            setattr(self, name, None if buf is None else buf[: self.size])
+
+    def _reserve(self, rows: int) -> None:
+        cap = len(self._buf["node"])
+        if rows <= cap:
+            return
+        cap = max(rows, 2 * cap, 8)
+        for name, buf in self._buf.items():
+            if buf is not None:
+                grown = np.zeros((cap, *buf.shape[1:]), dtype=buf.dtype)
+                grown[: self.size] = buf[: self.size]
+                self._buf[name] = grown
 
     @property
     def row_numbers(self) -> np.ndarray:
@@ -141,29 +161,33 @@ class Resident:
             return
         for tok in tokens:
             _check_fits(tok, self, tables)
-        cat = np.concatenate
-        self.theta = cat([self.theta, np.stack([np.asarray(t.theta, dtype=np.float64) for t in tokens])])
-        if self.bar is not None:
-            self.bar = cat([self.bar, np.stack([np.asarray(t.theta_bar, dtype=np.float64) for t in tokens])])
-        self.logy = cat([self.logy, np.asarray([t.logy for t in tokens], dtype=np.float64)])
-        self.node = cat([self.node, np.asarray([t.node for t in tokens], dtype=np.int64)])
-        self.prev = cat([self.prev, np.asarray([t.prev for t in tokens], dtype=np.int64)])
-        self.n = cat([self.n, np.asarray([t.n for t in tokens], dtype=np.int64)])
-        self.arrived = cat([self.arrived, np.asarray([t.arrived for t in tokens], dtype=bool)])
-        self.pos = cat([self.pos, np.zeros(len(tokens), dtype=np.int64)])
-        fresh = []
-        for tok in tokens:
+        self._reserve(self.size + len(tokens))
+        b, rows = self._buf, slice(self.size, self.size + len(tokens))
+        b["theta"][rows] = [tok.theta for tok in tokens]
+        if b["bar"] is not None:
+            b["bar"][rows] = [tok.theta_bar for tok in tokens]
+        b["node"][rows] = [tok.node for tok in tokens]
+        b["prev"][rows] = [tok.prev for tok in tokens]
+        b["n"][rows] = [tok.n for tok in tokens]
+        b["arrived"][rows] = [tok.arrived for tok in tokens]
+        b["pos"][rows] = b["base"][rows] = UNIFORMS - FIRST_UNIFORMS
+        for k, tok in enumerate(tokens, start=self.size):
+            if self.shard is not None and tok.partial:
+                self.shard.restore(tok, b["logy"][k])
+            else:
+                b["logy"][k] = tok.logy
             self.rng_start.append(tok.rng.bit_generator.state)
-            fresh.append(tok.rng.random(UNIFORMS))
-        self.uniforms = cat([self.uniforms, np.asarray(fresh)])
+            b["uniforms"][k, UNIFORMS - FIRST_UNIFORMS :] = tok.rng.random(FIRST_UNIFORMS)
+        self.size += len(tokens)
         self.tokens.extend(tokens)
+        self._views()
 
     def refill(self, k: int) -> None:
         """Row k's next uniforms, from where its stream stands."""
         rng = self._rewind(k)
         self.rng_start[k] = rng.bit_generator.state
         self.uniforms[k] = rng.random(UNIFORMS)
-        self.pos[k] = 0
+        self.pos[k] = self.base[k] = 0
 
     def draw(self, rows: np.ndarray) -> np.ndarray:
         """The next uniform of each row's own stream."""
@@ -177,7 +201,7 @@ class Resident:
         """Row k's stream positioned just after the uniforms it has used (what a scalar walk would hold)."""
         rng = self.tokens[k].rng
         rng.bit_generator.state = self.rng_start[k]
-        rng.bit_generator.advance(int(self.pos[k]))
+        rng.bit_generator.advance(int(self.pos[k] - self.base[k]))
         return rng
 
     def take(self, rows: list[int], tables: StepTables) -> list[Token]:
@@ -187,28 +211,35 @@ class Resident:
         for k in rows:
             tok = self.tokens[k]
             tok.theta = self.theta[k].copy()
-            tok.logy = self.logy[k].tolist()
+            if self.shard is not None:
+                self.shard.park(tok, self.logy[k])
+            else:
+                tok.logy = self.logy[k].tolist()
             tok.node, tok.prev, tok.n = int(self.node[k]), int(self.prev[k]), int(self.n[k])
             tok.arrived, tok.log_scale = bool(self.arrived[k]), float(log_scale[tok.n])
             if self.bar is not None:
                 tok.theta_bar = self.bar[k].copy()
             self._rewind(k)
             out.append(tok)
-        keep = np.ones(len(self.tokens), dtype=bool)
-        keep[rows] = False
-        idx = np.flatnonzero(keep)
-        self.tokens = [self.tokens[i] for i in idx.tolist()]
-        self.rng_start = [self.rng_start[i] for i in idx.tolist()]
-        for name in ("theta", "bar", "logy", "node", "prev", "n", "arrived", "uniforms", "pos"):
-            if getattr(self, name) is not None:
-                setattr(self, name, getattr(self, name)[idx])
+        for k in sorted(set(rows), reverse=True):  # the last row fills each gap
+            last = self.size - 1
+            if k != last:
+                for buf in self._buf.values():
+                    if buf is not None:
+                        buf[k] = buf[last]
+                self.tokens[k], self.rng_start[k] = self.tokens[last], self.rng_start[last]
+            self.tokens.pop()
+            self.rng_start.pop()
+            self.size -= 1
+        self._views()
         return out
 
 
 def _check_fits(tok: Token, res: Resident, tables: StepTables) -> None:
     """A token from another walk (other agents, model or schedule) is refused, not walked."""
-    if len(tok.logy) != res.num_nodes or np.shape(tok.theta) != (res.dim,):
-        raise ConfigError(f"token {tok.key} has {len(tok.logy)} agents and θ of shape {np.shape(tok.theta)}; "
+    agents = res.shard.num_nodes if tok.partial and res.shard is not None else len(tok.logy)
+    if (tok.partial and res.shard is None) or agents != res.num_nodes or np.shape(tok.theta) != (res.dim,):
+        raise ConfigError(f"token {tok.key} has {agents} agents and θ of shape {np.shape(tok.theta)}; "
                           f"this walk has {res.num_nodes} agents and dimension {res.dim}")
     if (tok.theta_bar is not None) != res.polyak:
         raise ConfigError(f"token {tok.key}: polyak averaging {'off' if res.polyak else 'on'} in the token, not in the walk")

@@ -119,8 +119,9 @@ class WalkerLayout:
     """How a walk is spread over walker actors (never changes its trajectory)."""
 
     partitions: int = 2
-    partitioner: str = "kl"  # kl | louvain | range (core.srrw.partition.walk_partition)
-    halo: int = 1  # ghost agents within this many hops of an actor's own
+    partitioner: str = "metis"  # metis | kl | louvain | range (core.srrw.partition.walk_partition)
+    halo: int | Literal["auto"] = "auto"  # ghost agents within this many hops of an actor's own ("auto":
+    #                                       from a pilot walk's cross rate, core.srrw.partition.choose_halo)
     checkpoint_every: int = 0
     chunk: int = 0  # work between an actor's looks at its inbox: lock-step iterations (numpy kernel) or hops
     #                 per token (compiled kernel); 0: 1 iteration or 256 hops
@@ -137,7 +138,9 @@ class WalkerLayout:
             raise ConfigError(f"partitions must be an integer >= 1, got {self.partitions!r}")
         if self.partitioner not in PARTITIONERS:
             raise ConfigError(f"partitioner must be one of {list(PARTITIONERS)}, got {self.partitioner!r}")
-        for name in ("halo", "checkpoint_every"):
+        if self.halo != "auto" and not _is_count(self.halo, 0):
+            raise ConfigError(f"halo must be an integer >= 0 or 'auto', got {self.halo!r}")
+        for name in ("checkpoint_every",):
             if not _is_count(getattr(self, name), 0):
                 raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
         if not isinstance(self.replicate, bool) and self.replicate != "auto":

@@ -24,7 +24,8 @@ class Token:
 
     key: int
     theta: np.ndarray
-    logy: list[float]  # log of the unnormalised visit measure y, x = c·y (a list: tokens compare with ==)
+    logy: list[float]  # log of the unnormalised visit measure y, x = c·y (a list: tokens compare with ==; an
+    #                    array of the shared entries while `partial`)
     log_scale: float  # log c
     n: int  # steps taken (θ_n, x_n)
     node: int  # internal index of X_n (or of X_{n+1} when `arrived` is False)
@@ -32,6 +33,7 @@ class Token:
     arrived: bool  # False: X_{n+1} was drawn but its x/θ update is still due (at its owner)
     rng: np.random.Generator
     handoffs: int = 0  # times the token moved between walker actors (bookkeeping only)
+    partial: bool = False  # logy holds only the walk's shared entries (in transit: core.srrw.shard)
     theta_bar: np.ndarray | None = None
     path: list[int] | None = None  # X_0, X_1, ... as internal indices (SRRW.nodes[i] is the agent id)
     curve_n: list[int] = field(default_factory=list)
@@ -42,13 +44,18 @@ class Token:
         state objects; this halves the cost of a hand-off and round-trips every float exactly."""
         bitgen = self.rng.bit_generator
         packed = (
-            self.key, self.n, self.node, self.prev, self.arrived, self.log_scale, self.handoffs,
+            self.key, self.n, self.node, self.prev, self.arrived, self.log_scale, self.handoffs, self.partial,
             type(bitgen).__name__, bitgen.state,
             self.theta.tobytes(), np.asarray(self.logy, dtype=np.float64).tobytes(),
             None if self.theta_bar is None else self.theta_bar.tobytes(), self.path,
             self.curve_n, np.asarray(self.curve_theta, dtype=np.float64).tobytes(),
         )
         return _unpack_token, (packed,)
+
+    def wire_bytes(self) -> int:
+        """Bytes of the payload a hand-off carries (`__reduce__`'s arrays and fields; Ray's framing aside)."""
+        packed = self.__reduce__()[1][0]
+        return sum(len(v) if isinstance(v, bytes) else len(repr(v)) for v in packed)
 
     def visit_measure(self) -> np.ndarray:
         """x_n, normalised (it sums to 1 by construction; renormalising only removes rounding)."""
@@ -58,6 +65,8 @@ class Token:
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """(JSON-able metadata, arrays) fully describing the token."""
+        if self.partial:
+            raise ValueError(f"token {self.key} holds only part of its visit measure; gather it first")
         meta = {
             "key": self.key, "n": self.n, "node": self.node, "prev": self.prev, "arrived": self.arrived,
             "log_scale": self.log_scale, "rng": self.rng.bit_generator.state,
@@ -99,20 +108,24 @@ def bit_generator(name: Any) -> np.random.BitGenerator:
     """A fresh bit generator of the kind `name` (from BIT_GENERATORS; ValueError for any other name)."""
     if not isinstance(name, str) or name not in BIT_GENERATORS:
         raise ValueError(f"unknown RNG bit generator {str(name)[:80]!r} (known: {', '.join(sorted(BIT_GENERATORS))})")
-    return BIT_GENERATORS[name](0)
+    return BIT_GENERATORS[name](_SEED)
+
+
+_SEED = np.random.SeedSequence(0)  # any seed: the state is overwritten; reusing one skips building a sequence
 
 
 def _unpack_token(packed: tuple[Any, ...]) -> Token:
-    (key, n, node, prev, arrived, log_scale, handoffs, bitgen_name, bitgen_state, theta, logy, theta_bar,
+    (key, n, node, prev, arrived, log_scale, handoffs, partial, bitgen_name, bitgen_state, theta, logy, theta_bar,
      path, curve_n, curve_theta) = packed
     bitgen = bit_generator(bitgen_name)
     bitgen.state = bitgen_state
+    measure = np.frombuffer(logy, dtype=np.float64)
     theta_arr = np.frombuffer(theta, dtype=np.float64).copy()
     curves = np.frombuffer(curve_theta, dtype=np.float64).reshape(len(curve_n), len(theta_arr))
     return Token(
-        key=key, theta=theta_arr, logy=np.frombuffer(logy, dtype=np.float64).tolist(), log_scale=log_scale,
+        key=key, theta=theta_arr, logy=measure.copy() if partial else measure.tolist(), log_scale=log_scale,
         n=n, node=node, prev=prev, arrived=arrived, rng=np.random.Generator(bitgen), handoffs=handoffs,
-        theta_bar=None if theta_bar is None else np.frombuffer(theta_bar, dtype=np.float64).copy(),
+        partial=partial, theta_bar=None if theta_bar is None else np.frombuffer(theta_bar, dtype=np.float64).copy(),
         path=path, curve_n=curve_n, curve_theta=list(curves.copy()),
     )
 
