@@ -1,9 +1,10 @@
 """The all-points kNN graph without an index, on actors (core/knn_partition.py does the arithmetic).
 
-1. k-means on a seeded sample (sample tasks, trained on the driver: 64 rows per partition);
-2. `scatter` tasks, one per row range of the ingest parts, read their rows, assign each to its `overlap`
-   nearest partitions and split them by the actor owning those partitions (partition p → actor p mod A);
-   the actors fetch their pieces from the object store themselves (no driver funnel);
+1. every actor reads its share of the ingest parts' row ranges and returns a seeded sample; k-means trains
+   on the driver (64 sampled rows per partition);
+2. every actor assigns its rows to their `overlap` nearest partitions and splits them by the actor owning
+   those partitions (partition p → actor p mod A); the actors fetch their pieces from the object store
+   themselves (no driver funnel);
 3. each actor builds the exact local graph of every partition it owns and sends every point's candidates to
    the point's home actor (the owner of its nearest partition);
 4. each home actor merges its points' candidates (exact top-k union), refines them (neighbours of
@@ -26,32 +27,17 @@ import ray
 
 from core import hnsw, sink, store
 from core import knn_partition as kp
+from core.datasets import hash_unit
 from core.hnsw_results import knn_graph_table
-from core.io import make_dirs, plan_shards, read_shard, releasing_arrow_memory
+from core.io import make_dirs, plan_shards, read_shard, release_arrow_memory
 from core.schema import to_numpy
 from core.sizing import cpus_per_actor
 from workers import raykit
 from workers.cluster import cluster_nodes
 from workers.index_actors import default_cpus
-from workers.index_eval import sample_part
 
-READ_ROWS = 65_536  # rows per scatter task
+READ_ROWS = 65_536  # rows per row range an actor reads (whole row groups of 128-d vectors)
 WRITE_ROWS = 262_144  # rows per written part
-
-
-@ray.remote(num_cpus=0)
-@releasing_arrow_memory
-def scatter(spec: Any, router: hnsw.Router | None, overlap: int, owners: np.ndarray, actors: int) -> Any:
-    """One row range split by actor: per actor (ids, vectors, partitions it owns else -1, home actor)."""
-    ids, x = to_numpy(read_shard(spec, ["id", "vector"]))
-    member = np.zeros((len(ids), 1), np.int64) if router is None else kp.assign(router, x, overlap)
-    owner = owners[member]
-    home = owner[:, 0]
-    pieces = []
-    for a in range(actors):
-        mine = (owner == a).any(axis=1)
-        pieces.append((ids[mine].copy(), x[mine].copy(), np.where(owner == a, member, -1)[mine], home[mine]))
-    return tuple(pieces) if actors > 1 else pieces[0]
 
 
 @ray.remote(max_restarts=0)
@@ -66,6 +52,33 @@ class GraphActor:
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
         self._limits = threadpool_limits(limits=max(1, threads))  # BLAS threads = this actor's CPUs
         self.ids = np.empty(0, np.int64)
+
+    def read(self, specs: list[Any], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Read my row ranges of the ingest parts; return the seeded sample of them k-means trains on."""
+        got = [to_numpy(read_shard(spec, ["id", "vector"])) for spec in specs]
+        got = [g for g in got if len(g[0])]
+        self.raw = (np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])) if got else None
+        release_arrow_memory()
+        if self.raw is None or fraction <= 0:
+            return np.empty(0, np.int64), np.empty((0, 0), np.float32)
+        keep = hash_unit(self.raw[0], seed) < fraction
+        return self.raw[0][keep], self.raw[1][keep]
+
+    def scatter(self, router: hnsw.Router | None, overlap: int, owners: np.ndarray, actors: int) -> Any:
+        """My rows split by actor: per actor (ids, vectors, partitions it owns else -1, home actor)."""
+        pieces = []
+        if self.raw is None:
+            empty = (np.empty(0, np.int64), np.empty((0, 1), np.float32), np.empty((0, overlap), np.int64), np.empty(0, np.int64))
+            return tuple([empty] * actors) if actors > 1 else empty
+        ids, x = self.raw
+        self.raw = None
+        member = np.zeros((len(ids), 1), np.int64) if router is None else kp.assign(router, x, overlap)
+        owner = owners[member]
+        home = owner[:, 0]
+        for a in range(actors):
+            mine = (owner == a).any(axis=1)
+            pieces.append((ids[mine], x[mine], np.where(owner == a, member, -1)[mine], home[mine]))
+        return tuple(pieces) if actors > 1 else pieces[0]
 
     def load(self, refs: list[Any]) -> int:
         """Fetch my pieces from every scatter task (straight from the object store); rows held."""
@@ -106,16 +119,13 @@ class GraphActor:
                 "local_seconds": getattr(self, "local_seconds", 0.0), "finish_seconds": time.perf_counter() - began}
 
 
-def _router(source: str, specs: list[Any], total: int, parts: int, space: str, seed: int) -> hnsw.Router | None:
-    """Balanced k-means centroids from a seeded sample of the source (None: a single partition)."""
+def _router(samples: list[tuple[np.ndarray, np.ndarray]], parts: int, space: str, seed: int) -> hnsw.Router | None:
+    """Balanced k-means centroids from the actors' seeded samples (None: a single partition)."""
     if parts == 1:
         return None
-    fraction = min(1.0, 1.2 * kp.sample_rows(total, parts) / total)
-    got = ray.get([sample_part.remote(s, fraction, seed) for s in specs])
-    sample = np.concatenate([g[1] for g in got])
-    if len(sample) < parts:
-        sample = np.concatenate([to_numpy(read_shard(s, ["id", "vector"]))[1] for s in specs])
-    return kp.train_partitions(sample, parts, space, seed)
+    got = [s for s in samples if len(s[0])]
+    ids, sample = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
+    return kp.train_partitions(sample[np.argsort(ids, kind="stable")], parts, space, seed)
 
 
 def actor_layout(actors: int | None) -> tuple[int, int, float]:
@@ -138,14 +148,16 @@ def build_graph(source: str, out: str, *, k: int, settings: kp.GraphSettings, sp
     kp.check_k(k, total)
     specs = plan_shards(source, max(1, hnsw.ceil_div(total, READ_ROWS)))
     parts = kp.partitions_for(total, settings)
-    router = _router(source, specs, total, parts, space, settings.seed)
     count, auto_threads, cpus = actor_layout(actors)
     threads = threads or auto_threads
     owners = np.arange(parts, dtype=np.int64) % count
     handles = [GraphActor.options(num_cpus=cpus).remote(a, threads) for a in range(count)]
     try:
-        r_ref = ray.put(router)
-        pieces = [scatter.options(num_returns=count).remote(s, r_ref, settings.overlap, owners, count) for s in specs]
+        # each actor reads its row ranges itself (no driver funnel) and returns a seeded sample for k-means
+        fraction = 0.0 if parts == 1 else min(1.0, 1.2 * kp.sample_rows(total, parts) / total)
+        samples = ray.get([h.read.remote(specs[a::count], fraction, settings.seed) for a, h in enumerate(handles)])
+        r_ref = ray.put(_router(samples, parts, space, settings.seed))
+        pieces = [h.scatter.options(num_returns=count).remote(r_ref, settings.overlap, owners, count) for h in handles]
         pieces = [p if count > 1 else [p] for p in pieces]
         ray.get([h.load.remote([p[a] for p in pieces]) for a, h in enumerate(handles)])
         del pieces
