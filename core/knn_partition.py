@@ -19,6 +19,7 @@ from core import hnsw
 from core.errors import ConfigError
 
 METHODS = ("auto", "hnsw", "partition", "exact")
+FAST = {"reassoc", "contract", "nsz", "arcp"}  # vectorised sums; never "ninf"/"nnan": padding is +inf
 RERANK_MARGIN = 8  # candidates kept from the BLAS distances beyond k, re-ranked with exact distances
 BLOCK = 1024  # rows of a partition whose distances to the whole partition are one matmul (block × size floats)
 
@@ -110,7 +111,7 @@ def sort_rows(ids: np.ndarray, dists: np.ndarray, k: int) -> tuple[np.ndarray, n
     return ids, dists
 
 
-@njit(inline="always")
+@njit(inline="always", fastmath=FAST)
 def _dist(x, i, j, l2):  # pragma: no cover - compiled
     """One pair's distance, accumulated in a fixed order: the same value whichever kernel asks."""
     s = np.float32(0.0)
@@ -140,26 +141,26 @@ def _insert(best_i, best_d, c, s):  # pragma: no cover - compiled
     return True
 
 
-@njit(parallel=True, cache=True)
-def _select_block(dot, sq, x, ids, start, kk, k, l2):  # pragma: no cover - compiled
-    """Rows start..start+len(dot) of the local graph: the kk best by BLAS distance (sq - 2·dot), then
-    the best k of those by exact distance and (distance, id)."""
-    b, n = dot.shape
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _select_block(dist, x, ids, start, kk, k, l2):  # pragma: no cover - compiled
+    """Rows start..start+len(dist) of the local graph: the kk best by the BLAS distance (self among them),
+    then the best k others by exact distance and (distance, id)."""
+    b, n = dist.shape
     out_i = np.full((b, k), -1, np.int64)
     out_d = np.full((b, k), np.inf, np.float32)
     for r in prange(b):
         me = start + r
         cand = np.full(kk, -1, np.int64)
         cand_d = np.full(kk, np.inf, np.float32)
+        row = dist[r]
+        worst = np.float32(np.inf)
         for j in range(n):
-            if j == me:
-                continue
-            s = sq[j] - 2.0 * dot[r, j] if l2 else -dot[r, j]
-            if s < cand_d[kk - 1]:
-                _insert(cand, cand_d, j, s)
+            if row[j] < worst:
+                _insert(cand, cand_d, j, row[j])
+                worst = cand_d[kk - 1]
         for t in range(kk):
             j = cand[t]
-            if j >= 0:
+            if j >= 0 and j != me:
                 _insert(out_i[r], out_d[r], ids[j], _dist(x, me, j, l2))
     return out_i, out_d
 
@@ -178,12 +179,14 @@ def local_graph(ids: np.ndarray, x: np.ndarray, k: int, space: str = "l2", block
     if n < 2:
         return hnsw.empty_result(n, k)
     l2 = space == "l2"
-    sq = np.einsum("ij,ij->i", x, x) if l2 else np.zeros(n, np.float32)
-    kk = min(k + RERANK_MARGIN, n - 1)
+    # one product gives |y|² − 2·x·y (l2) or −x·y: the rows' own |x|² cannot change their order
+    left = np.hstack([x, np.ones((n, 1), np.float32)]) if l2 else x
+    right = np.hstack([-2.0 * x, np.einsum("ij,ij->i", x, x)[:, None]]).T.copy() if l2 else -x.T
+    kk = min(k + RERANK_MARGIN, n - 1) + 1  # + self
     out_i, out_d = hnsw.empty_result(n, k)
     for start in range(0, n, block):
         stop = min(n, start + block)
-        out_i[start:stop], out_d[start:stop] = _select_block(x[start:stop] @ x.T, sq, x, ids, start, kk, k, l2)
+        out_i[start:stop], out_d[start:stop] = _select_block(left[start:stop] @ right, x, ids, start, kk, k, l2)
     return out_i, out_d
 
 
@@ -195,7 +198,7 @@ def merge(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.nd
     return hnsw.merge_results(parts, k)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=FAST)
 def _refine_round(x, nbrs, dists, l2):  # pragma: no cover - compiled
     n, k = nbrs.shape
     new_n = nbrs.copy()
