@@ -110,3 +110,30 @@ def test_bad_graph_settings_name_the_key(value: object, key: str) -> None:
 def test_a_bool_switches_the_graph_with_default_settings() -> None:
     assert kp.GraphSettings.from_config(False) == kp.GraphSettings(enabled=False)
     assert kp.GraphSettings.from_config({"method": "partition"}).method == "partition"
+
+
+def test_knn_graph_false_still_switches_the_graph_table_off() -> None:
+    from pipelines import index as index_pipeline
+    from pipelines.config import load_config
+
+    config = load_config(index_pipeline, None, ["knn_graph=false"])
+    assert config["knn_graph"]["enabled"] is False
+    off_keys = index_pipeline.build(config).keys()
+    assert "knn_graph" not in off_keys
+    on = load_config(index_pipeline, None, ["knn_graph.overlap=3"])
+    on_keys = index_pipeline.build(on).keys()
+    assert on["knn_graph"]["overlap"] == 3 and "knn_graph" in on_keys
+
+
+def test_graph_settings_are_part_of_the_cache_key() -> None:
+    from pipelines import index as index_pipeline
+    from pipelines.config import load_config
+
+    def key(*sets: str) -> dict:
+        config = load_config(index_pipeline, None, list(sets))
+        return index_pipeline.build(config).keys()
+
+    base = key("knn_graph.method=partition")
+    assert key("knn_graph.method=partition", "knn_graph.overlap=3")["knn_graph"] != base["knn_graph"]
+    assert key("knn_graph.method=partition", "knn_graph.overlap=3")["build"] == base["build"]
+    assert "build" not in key("hnsw=false")

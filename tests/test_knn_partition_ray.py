@@ -67,20 +67,6 @@ def test_graph_only_run_without_hnsw_reports_graph_recall(ray_local: None, tmp_p
     assert metrics["graph_recall_at_k"] >= 0.95 and "search_recall_at_k" not in metrics
 
 
-def test_graph_settings_are_part_of_the_cache_key() -> None:
-    from pipelines import index as index_pipeline
-    from pipelines.config import load_config
-
-    def key(*sets: str) -> dict:
-        config = load_config(index_pipeline, None, list(sets))
-        return index_pipeline.build(config).keys()
-
-    base = key("knn_graph.method=partition")
-    assert key("knn_graph.method=partition", "knn_graph.overlap=3")["knn_graph"] != base["knn_graph"]
-    assert key("knn_graph.method=partition", "knn_graph.overlap=3")["build"] == base["build"]
-    assert "build" not in key("hnsw=false")
-
-
 @pytest.mark.parametrize("sets, needle", [(["knn_graph.method=magic"], "knn_graph.method"),
                                           (["hnsw=false", "knn_graph.method=hnsw"], "hnsw=false"),
                                           (["hnsw=false", "knn_graph=false"], "hnsw=false")])
