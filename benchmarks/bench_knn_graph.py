@@ -43,7 +43,7 @@ LEVERS = [  # (name, settings changed from the defaults)
     ("partition_rows=1024", {"partition_rows": 1024}), ("partition_rows=4096", {"partition_rows": 4096}),
     ("overlap=1", {"overlap": 1}), ("overlap=3", {"overlap": 3}),
     ("refine_rounds=0", {"refine_rounds": 0}), ("refine_rounds=2", {"refine_rounds": 2}),
-    ("block=256", {"block": 256}), ("block=4096", {"block": 4096}),
+    ("block=256", {"block": 256}), ("block=1024", {"block": 1024}),
 ]
 
 

@@ -21,7 +21,7 @@ from core.errors import ConfigError
 METHODS = ("auto", "hnsw", "partition", "exact")
 FAST = {"reassoc", "contract", "nsz", "arcp"}  # vectorised sums; never "ninf"/"nnan": padding is +inf
 RERANK_MARGIN = 8  # candidates kept from the BLAS distances beyond k, re-ranked with exact distances
-BLOCK = 1024  # rows of a partition whose distances to the whole partition are one matmul (block × size floats)
+BLOCK = 4096  # rows of a partition per product with the whole partition (block × size floats); bench: 4096 8.3 s, 1024 9.7 s, 256 20.9 s at 100k
 
 
 @dataclass(frozen=True)
