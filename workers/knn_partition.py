@@ -174,4 +174,7 @@ def build_graph(source: str, out: str, *, k: int, settings: kp.GraphSettings, sp
     return {"method": "exact" if parts == 1 else "partition", "rows": sum(d["rows"] for d in done),
             "partitions": parts, "overlap": settings.overlap, "actors": count, "threads_per_actor": threads,
             "refine_rates": [d["refine_rates"] for d in done],
-            "scatter_seconds": round(trained - began, 3), "graph_seconds": round(time.perf_counter() - began, 3)}
+            "scatter_seconds": round(trained - began, 3),
+            "local_seconds": round(max(d["local_seconds"] for d in done), 3),
+            "finish_seconds": round(max(d["finish_seconds"] for d in done), 3),
+            "graph_seconds": round(time.perf_counter() - began, 3)}
