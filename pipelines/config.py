@@ -77,7 +77,9 @@ def _apply(config: dict[str, Any], path: list[str], value: Any, origin: str) -> 
             known = ", ".join(sorted(node)) if isinstance(node, dict) else ""
             raise ConfigError(f"{origin}: unknown config key {dotted!r} (known: {known})")
         if i == len(path) - 1:
-            if isinstance(node[part], dict):
+            if isinstance(node[part], dict) and isinstance(value, bool) and "enabled" in node[part]:
+                node[part]["enabled"] = value  # `--set knn_graph=false` switches a table with an `enabled` key
+            elif isinstance(node[part], dict):
                 if not isinstance(value, dict):
                     raise ConfigError(f"{origin}: config key '{dotted}' is a table")
                 for sub, subvalue in value.items():

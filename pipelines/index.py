@@ -2,6 +2,8 @@
 
     shardwalk run index --set source=builtin:mnist5k            # shards and threads sized to the cluster
     shardwalk run index --set source=data/ --set shards=8        # an explicit shard count wins
+    shardwalk run index --set knn_graph.method=hnsw             # the graph through the HNSW index (before 0.x)
+    shardwalk run index --set hnsw=false                         # the kNN graph only: no HNSW build
     shardwalk query runs/cache/build-<key> --queries queries/ -k 10 --out answers/   # streamed, any size
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -27,12 +30,15 @@ from core.dag import Pipeline
 from core.errors import ConfigError
 from core.hnsw_results import knn_graph_table
 from core.io import atomic_file, plan_shards, read_shard, read_table, write_parquet
+from core.knn_partition import GraphSettings
 from core.schema import Columns, apply_columns, to_numpy, validate_vectors
 from pipelines.common import COLUMN_DEFAULTS, ingest_stage
 from pipelines.reports import index_report
 from workers.index_eval import exact_part, sample_part
 from workers.query_stream import QuerySettings, open_for_stream
 from workers.sharded_index import ShardedIndex
+
+log = logging.getLogger("shardwalk")
 
 DEFAULTS: dict[str, Any] = {
     "source": InputPath("builtin:mnist5k"),
@@ -48,7 +54,9 @@ DEFAULTS: dict[str, Any] = {
     "ef": 64,
     "k": 10,
     "nprobe": 0,  # k-means partition: shards probed per query; 0 = all
-    "knn_graph": True,  # false: skip the all-points kNN graph (build and evaluate search only)
+    "hnsw": True,  # false: no HNSW index, the kNN graph only (knn_graph.method must not be hnsw)
+    # the all-points kNN graph (core/knn_partition.py); `knn_graph = false` skips it
+    "knn_graph": {"enabled": True, **GraphSettings().as_params()},
     "recall_sample": 500,
     "seed": 0,
 }
@@ -67,6 +75,11 @@ def validate(config: dict[str, Any]) -> None:
     )
     for key in ("k", "ef", "recall_sample"):
         validate_.integer(key, config[key])
+    graph = GraphSettings.from_config(config["knn_graph"])
+    if not isinstance(config.get("hnsw", True), bool):
+        raise ConfigError(f"hnsw must be true or false, got {config['hnsw']!r}")
+    if not config.get("hnsw", True) and (not graph.enabled or graph.method == "hnsw"):
+        raise ConfigError("hnsw=false builds only the kNN graph: knn_graph must be on with a method other than hnsw")
     if config["nprobe"] and not shards:
         raise ConfigError("nprobe must be 0 (all shards) unless shards is set explicitly (shards=0 sizes the index to the cluster)")
     if config["nprobe"] < 0 or (shards and config["nprobe"] > shards):
@@ -111,8 +124,36 @@ def knn_graph(out: Path, build: Path, ingest: Path, *, k: int, ef: int, nprobe: 
         return index.knn_graph(out, k=k, ef=ef, nprobe=_nprobe(nprobe), built_from=sink.readable(ingest))
 
 
-def evaluate(out: Path, ingest: Path, build: Path, graph: Path | None = None, *, k: int, ef: int, nprobe: int,
-             recall_sample: int, seed: int) -> dict[str, Any]:
+def knn_graph_direct(out: Path, ingest: Path, *, k: int, space: str, method: str, partition_rows: int, overlap: int,
+                     refine_rounds: int, block: int, seed: int) -> dict[str, Any]:
+    """Every point's k nearest neighbours without an index: partitions of the ingest parts, a local graph
+    on each partition's actor, merged and refined (workers/knn_partition.py)."""
+    from workers.knn_partition import build_graph
+
+    settings = GraphSettings(method=method, partition_rows=partition_rows, overlap=overlap,
+                             refine_rounds=refine_rounds, block=block, seed=seed)
+    return build_graph(sink.readable(ingest), str(out), k=k, settings=settings, space=space)
+
+
+GRAPH_RECALL_TARGET = 0.95  # below this the evaluation carries a warning
+
+
+def graph_recall(graph: Path, q_ids: np.ndarray, truth: np.ndarray, k: int) -> dict[str, Any]:
+    """Recall@k of the graph's rows for the sampled ids, and a warning when under GRAPH_RECALL_TARGET."""
+    rows = pq.read_table(graph, filters=pc.field("id").isin(pa.array(q_ids))).to_pydict()
+    graph_nbrs = dict(zip(rows["id"], rows["neighbors"]))
+    got = np.array([graph_nbrs[i][:k] for i in q_ids.tolist()], np.int64)
+    recall = hnsw.recall_at_k(got, truth)
+    result: dict[str, Any] = {"graph_recall_at_k": recall}
+    if recall < GRAPH_RECALL_TARGET:
+        result["graph_recall_warning"] = (f"graph recall@{k} {recall:.3f} is below {GRAPH_RECALL_TARGET}: "
+                                          "raise knn_graph.overlap, partition_rows or refine_rounds")
+        log.warning("knn graph: %s", result["graph_recall_warning"])
+    return result
+
+
+def evaluate(out: Path, ingest: Path, build: Path | None = None, graph: Path | None = None, *, k: int, ef: int,
+             nprobe: int, recall_sample: int, seed: int, space: str = "l2") -> dict[str, Any]:
     """Recall@k of search and of the kNN graph against exact search, on a seeded sample of the data."""
     specs = plan_shards(sink.readable(ingest), max(1, len(list(ingest.glob("*.parquet")))))  # tasks on any node
     total = sum(s.num_rows for s in specs)
@@ -121,23 +162,23 @@ def evaluate(out: Path, ingest: Path, build: Path, graph: Path | None = None, *,
     q_ids = np.concatenate([p[0] for p in parts])
     queries = np.concatenate([p[1] for p in parts])
     sweep = sorted({16, 32, 64, 128, 256, ef})  # the report's recall-vs-ef curve, on the same sample
-    with ShardedIndex.open(build) as index:
-        space = index.meta.space
-        k = min(k, len(index) - 1)
-        found = {e: index.search(queries, k=k + 1, ef=e, nprobe=_nprobe(nprobe)).ids for e in sweep}
+    found: dict[int, np.ndarray] = {}
+    k = min(k, total - 1)
+    if build is not None:
+        with ShardedIndex.open(build) as index:
+            space = index.meta.space
+            found = {e: index.search(queries, k=k + 1, ef=e, nprobe=_nprobe(nprobe)).ids for e in sweep}
     q_ref = ray.put(queries)
     exact = hnsw.merge_results(ray.get([exact_part.remote(s, q_ref, k + 1, space) for s in specs]), k + 1)
-    search_recall = hnsw.recall_at_k(found[ef][:, :k], exact[0][:, :k])
-    result = {"sample": len(q_ids), "k": k, "ef": ef, "nprobe": nprobe, "search_recall_at_k": search_recall}
+    result: dict[str, Any] = {"sample": len(q_ids), "k": k, "ef": ef, "nprobe": nprobe}
     if len(q_ids) != min(recall_sample, total):
         result["sample_note"] = sample_note(len(q_ids), recall_sample, total)
-    sweep_rows = [{"ef": e, "recall_at_k": hnsw.recall_at_k(found[e][:, :k], exact[0][:, :k])} for e in sweep]
+    sweep_rows = []
+    if found:
+        result["search_recall_at_k"] = hnsw.recall_at_k(found[ef][:, :k], exact[0][:, :k])
+        sweep_rows = [{"ef": e, "recall_at_k": hnsw.recall_at_k(found[e][:, :k], exact[0][:, :k])} for e in sweep]
     if graph is not None:
-        truth = hnsw.drop_self(q_ids, *exact, k)[0]
-        rows = pq.read_table(graph, filters=pc.field("id").isin(pa.array(q_ids))).to_pydict()
-        graph_nbrs = dict(zip(rows["id"], rows["neighbors"]))
-        got = np.array([graph_nbrs[i][:k] for i in q_ids.tolist()], np.int64)
-        result["graph_recall_at_k"] = hnsw.recall_at_k(got, truth)
+        result.update(graph_recall(graph, q_ids, hnsw.drop_self(q_ids, *exact, k)[0], k))
     (out / "recall.json").write_text(json.dumps({**result, "recall_vs_ef": sweep_rows}, indent=1))
     return result
 
@@ -160,30 +201,38 @@ def index_section(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_index_stages(p: Pipeline, config: dict[str, Any], *, ingest: str = "ingest") -> None:
-    """Add `build` (and `knn_graph` when `config['knn_graph']`) from a validated index config."""
-    p.stage("build", build_index, inputs={"ingest": ingest}, params={key: config[key] for key in BUILD_KEYS},
-            num_cpus=0)
-    if config["knn_graph"]:  # the all-points graph is a third of the job: skip it when only the index is wanted
+    """Add `build` (unless `hnsw` is off) and `knn_graph` (when on) from a validated index config."""
+    graph = GraphSettings.from_config(config["knn_graph"])
+    if config.get("hnsw", True):
+        p.stage("build", build_index, inputs={"ingest": ingest}, params={key: config[key] for key in BUILD_KEYS},
+                num_cpus=0)
+    if not graph.enabled:  # the all-points graph is a third of the job: skip it when only the index is wanted
+        return
+    if graph.method == "hnsw":
         p.stage("knn_graph", knn_graph, inputs={"build": "build", "ingest": ingest},
                 params={"k": config["k"], "ef": config["ef"], "nprobe": config["nprobe"]}, num_cpus=0, declares_rows=True)
+    else:  # no index needed: the method and its settings are the stage's params (its cache key)
+        p.stage("knn_graph", knn_graph_direct, inputs={"ingest": ingest}, num_cpus=0, declares_rows=True,
+                params={"k": config["k"], "space": config["space"], **graph.as_params()})
 
 
 def build(config: dict[str, Any]) -> Pipeline:
-    """ingest → build → knn_graph → evaluate."""
+    """ingest → build → knn_graph → evaluate (→ report when there is an index)."""
     p = Pipeline("index")
     ingest_stage(p, config, require_label=False)
     add_index_stages(p, config)
-    inputs = {"ingest": "ingest", "build": "build", **({"graph": "knn_graph"} if config["knn_graph"] else {})}
+    with_graph = {"graph": "knn_graph"} if GraphSettings.from_config(config["knn_graph"]).enabled else {}
+    with_build = {"build": "build"} if config.get("hnsw", True) else {}
     p.stage(
         "evaluate",
         evaluate,
-        inputs=inputs,
-        params={key: config[key] for key in ("k", "ef", "nprobe", "recall_sample", "seed")},
+        inputs={"ingest": "ingest", **with_build, **with_graph},
+        params={key: config[key] for key in ("k", "ef", "nprobe", "recall_sample", "seed", "space")},
         num_cpus=0,
-        version="2",
+        version="3",
     )
-    report_inputs = {"build": "build", "evaluate": "evaluate", **({"graph": "knn_graph"} if config["knn_graph"] else {})}
-    p.stage("report", index_report, inputs=report_inputs, num_cpus=0)
+    if with_build:
+        p.stage("report", index_report, inputs={"build": "build", "evaluate": "evaluate", **with_graph}, num_cpus=0)
     return p
 
 

@@ -22,6 +22,7 @@ from core import validate
 from core.calibration import STANDARD_SHAPES, Calibration, NodeShape
 from core.datasets import is_builtin, parse_builtin
 from core.errors import ConfigError, InputError
+from core.knn_partition import GraphSettings
 from core.sizing import GIB, Node
 
 # rows, dim, classes of the built-in datasets (without loading them)
@@ -123,7 +124,9 @@ def job_of(pipeline: str, config: dict[str, Any], args: Sizes, *, cut: bool = Tr
     if pipeline == "index":
         keys = ("M", "ef_construction", "ef", "k", "shards", "replicas", "memory_fraction", "knn_graph", "recall_sample",
                 "nprobe")
-        return cm.IndexJob(rows, dim, **{k: config[k] for k in keys})
+        job = {k: config[k] for k in keys}
+        job["knn_graph"] = GraphSettings.from_config(config["knn_graph"]).enabled  # a table or a bool
+        return cm.IndexJob(rows, dim, **job)
     if pipeline == "coreset":
         return _scoring_job(config, rows, dim, args.classes or classes or 10)
     return _walk_job(config, rows, dim, args, cut)

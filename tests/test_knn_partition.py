@@ -1,0 +1,139 @@
+"""The kNN graph without an index (core/knn_partition.py): exact where it claims to be, recall where not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core import hnsw
+from core import knn_partition as kp
+from core.errors import ConfigError
+
+
+def _clustered(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(1, n // 100), dim)).astype(np.float32)
+    return (centres[rng.integers(0, len(centres), n)] + 0.3 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def _brute(ids: np.ndarray, x: np.ndarray, k: int, space: str = "l2") -> tuple[np.ndarray, np.ndarray]:
+    """Exact graph by the slow obvious route: every pair's exact distance, sorted by (distance, id)."""
+    xp = hnsw.prepare(x, space)
+    if space == "l2":
+        d = np.array([[np.float32(((xp[j] - xp[i]) ** 2).sum()) for j in range(len(x))] for i in range(len(x))])
+    else:
+        d = 1.0 - xp @ xp.T
+    np.fill_diagonal(d, np.inf)
+    idm = np.broadcast_to(ids, d.shape)
+    return kp.sort_rows(idm.copy(), d.astype(np.float32), k)
+
+
+def test_local_graph_equals_brute_force_for_any_block_size() -> None:
+    x = _clustered(300)
+    ids = np.arange(1000, 1300)[::-1].copy()  # ids not in row order
+    truth_i, truth_d = _brute(ids, x, 7)
+    for block in (1, 17, 300, 4096):
+        got_i, got_d = kp.local_graph(ids, x, 7, block=block)
+        np.testing.assert_array_equal(got_i, truth_i)
+        np.testing.assert_allclose(got_d, truth_d, rtol=1e-5, atol=1e-5)
+
+
+def test_duplicate_vectors_break_ties_by_id_and_never_list_self() -> None:
+    x = _clustered(200)
+    x[50:55] = x[10]  # six copies of one vector
+    ids = np.arange(200)[::-1].copy()
+    got_i, got_d = kp.local_graph(ids, x, 6)
+    copies = ids[[10, 50, 51, 52, 53, 54]]
+    row = got_i[10]
+    assert row[0] != ids[10] and ids[10] not in row
+    np.testing.assert_array_equal(row[:5], np.sort(copies[copies != ids[10]]))  # all at distance 0, by id
+    assert (got_d[10][:5] == 0).all()
+
+
+def test_exact_method_equals_brute_force_and_any_partition_count_of_one_is_the_same() -> None:
+    x = _clustered(400)
+    ids = np.random.default_rng(3).permutation(400) * 3
+    truth_i, _ = _brute(ids, x, 5)
+    got_i, _, info = kp.build_graph(ids, x, 5, kp.GraphSettings(method="exact"))
+    assert info["partitions"] == 1
+    np.testing.assert_array_equal(got_i, truth_i)
+    big, _, _ = kp.build_graph(ids, x, 5, kp.GraphSettings(partition_rows=4096))  # one partition holds all
+    np.testing.assert_array_equal(big, truth_i)
+
+
+@pytest.mark.parametrize("space", ["l2", "cosine"])
+def test_partition_method_reaches_recall_and_is_deterministic(space: str) -> None:
+    x = _clustered(3000, dim=24)
+    ids = np.arange(3000)
+    truth, _ = _brute(ids, x, 10, space) if space == "cosine" else kp.local_graph(ids, x, 10)
+    settings = kp.GraphSettings(partition_rows=512, overlap=2, refine_rounds=1)
+    got, dists, info = kp.build_graph(ids, x, 10, settings, space)
+    assert info["partitions"] > 4
+    assert hnsw.recall_at_k(got, truth) >= 0.95
+    assert (np.diff(dists, axis=1) >= 0).all() and not (got == ids[:, None]).any()
+    again, _, _ = kp.build_graph(ids, x, 10, settings, space)
+    np.testing.assert_array_equal(got, again)
+
+
+def test_refinement_raises_recall_of_a_poor_partition_graph() -> None:
+    x = _clustered(3000, dim=24)
+    ids = np.arange(3000)
+    truth, _ = kp.local_graph(ids, x, 10)
+    base = kp.GraphSettings(partition_rows=128, overlap=2, refine_rounds=0)
+    poor = hnsw.recall_at_k(kp.build_graph(ids, x, 10, base)[0], truth)
+    better = hnsw.recall_at_k(kp.build_graph(ids, x, 10, kp.GraphSettings(partition_rows=128, overlap=2, refine_rounds=2))[0], truth)
+    assert poor < 0.96 and better > poor + 0.03
+
+
+def test_merge_pieces_takes_the_union_without_duplicates() -> None:
+    home = np.array([1, 2, 3])
+    a = (np.array([3, 1]), np.array([[7, 8], [9, -1]]), np.array([[0.5, 0.7], [0.1, np.inf]], np.float32))
+    b = (np.array([3]), np.array([[8, 6]]), np.array([[0.7, 0.2]], np.float32))
+    nb, d = kp.merge_pieces(home, [a, b], 3)
+    np.testing.assert_array_equal(nb, [[9, -1, -1], [-1, -1, -1], [6, 7, 8]])
+    np.testing.assert_allclose(d[2], [0.2, 0.5, 0.7])
+
+
+@pytest.mark.parametrize("k, rows", [(0, 10), (-1, 10), (10, 10), (11, 10)])
+def test_k_outside_one_to_rows_minus_one_is_refused(k: int, rows: int) -> None:
+    with pytest.raises(ConfigError, match="^k"):
+        kp.check_k(k, rows)
+
+
+@pytest.mark.parametrize("value, key", [({"method": "magic"}, "knn_graph.method"), ({"overlap": 0}, "knn_graph.overlap"),
+                                        ({"nope": 1}, "knn_graph"), ("yes", "knn_graph")])
+def test_bad_graph_settings_name_the_key(value: object, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{key}"):
+        kp.GraphSettings.from_config(value)
+
+
+def test_a_bool_switches_the_graph_with_default_settings() -> None:
+    assert kp.GraphSettings.from_config(False) == kp.GraphSettings(enabled=False)
+    assert kp.GraphSettings.from_config({"method": "partition"}).method == "partition"
+
+
+def test_knn_graph_false_still_switches_the_graph_table_off() -> None:
+    from pipelines import index as index_pipeline
+    from pipelines.config import load_config
+
+    config = load_config(index_pipeline, None, ["knn_graph=false"])
+    assert config["knn_graph"]["enabled"] is False
+    off_keys = index_pipeline.build(config).keys()
+    assert "knn_graph" not in off_keys
+    on = load_config(index_pipeline, None, ["knn_graph.overlap=3"])
+    on_keys = index_pipeline.build(on).keys()
+    assert on["knn_graph"]["overlap"] == 3 and "knn_graph" in on_keys
+
+
+def test_graph_settings_are_part_of_the_cache_key() -> None:
+    from pipelines import index as index_pipeline
+    from pipelines.config import load_config
+
+    def key(*sets: str) -> dict:
+        config = load_config(index_pipeline, None, list(sets))
+        return index_pipeline.build(config).keys()
+
+    base = key("knn_graph.method=partition")
+    assert key("knn_graph.method=partition", "knn_graph.overlap=3")["knn_graph"] != base["knn_graph"]
+    assert key("knn_graph.method=partition", "knn_graph.overlap=3")["build"] == base["build"]
+    assert "build" not in key("hnsw=false")

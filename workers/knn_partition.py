@@ -1,0 +1,180 @@
+"""The all-points kNN graph without an index, on actors (core/knn_partition.py does the arithmetic).
+
+1. every actor reads its share of the ingest parts' row ranges and returns a seeded sample; k-means trains
+   on the driver (64 sampled rows per partition);
+2. every actor assigns its rows to their `overlap` nearest partitions and splits them by the actor owning
+   those partitions (partition p → actor p mod A); the actors fetch their pieces from the object store
+   themselves (no driver funnel);
+3. each actor builds the exact local graph of every partition it owns and sends every point's candidates to
+   the point's home actor (the owner of its nearest partition);
+4. each home actor merges its points' candidates (exact top-k union), refines them (neighbours of
+   neighbours among the points it holds) and writes its Parquet parts.
+
+Memory per actor (docs/design.md, "kNN graph without an index"): with n rows of d floats, A actors, overlap o,
+k neighbours and B = `block` rows per matmul over partitions of ~R rows,
+  held ≈ (o·n/A)·(4d + 8 + 8o) + 2·(o·n/A)·o·k·12 + B·R·4 bytes.
+A failed actor fails the stage (no per-unit retry as on the HNSW path); the stage can be run again.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import ray
+
+from core import hnsw, sink, store
+from core import knn_partition as kp
+from core.datasets import hash_unit
+from core.hnsw_results import knn_graph_table
+from core.io import make_dirs, plan_shards, read_shard, release_arrow_memory
+from core.schema import to_numpy
+from core.sizing import cpus_per_actor
+from workers import raykit
+from workers.cluster import cluster_nodes
+from workers.index_actors import default_cpus
+
+READ_ROWS = 65_536  # rows per row range an actor reads (whole row groups of 128-d vectors)
+WRITE_ROWS = 262_144  # rows per written part
+
+
+@ray.remote(max_restarts=0)
+class GraphActor:
+    """Holds the points of its partitions; builds their local graphs; merges, refines and writes its home points."""
+
+    def __init__(self, index: int, threads: int) -> None:
+        import numba
+        from threadpoolctl import threadpool_limits
+
+        self.index = index
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        self._limits = threadpool_limits(limits=max(1, threads))  # BLAS threads = this actor's CPUs
+        self.ids = np.empty(0, np.int64)
+
+    def read(self, specs: list[Any], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Read my row ranges of the ingest parts; return the seeded sample of them k-means trains on."""
+        got = [to_numpy(read_shard(spec, ["id", "vector"])) for spec in specs]
+        got = [g for g in got if len(g[0])]
+        self.raw = (np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])) if got else None
+        release_arrow_memory()
+        if self.raw is None or fraction <= 0:
+            return np.empty(0, np.int64), np.empty((0, 0), np.float32)
+        keep = hash_unit(self.raw[0], seed) < fraction
+        return self.raw[0][keep], self.raw[1][keep]
+
+    def scatter(self, router: hnsw.Router | None, overlap: int, owners: np.ndarray, actors: int) -> Any:
+        """My rows split by actor: per actor (ids, vectors, partitions it owns else -1, home actor)."""
+        pieces = []
+        if self.raw is None:
+            empty = (np.empty(0, np.int64), np.empty((0, 1), np.float32), np.empty((0, overlap), np.int64), np.empty(0, np.int64))
+            return tuple([empty] * actors) if actors > 1 else empty
+        ids, x = self.raw
+        self.raw = None
+        member = np.zeros((len(ids), 1), np.int64) if router is None else kp.assign(router, x, overlap)
+        owner = owners[member]
+        home = owner[:, 0]
+        for a in range(actors):
+            mine = (owner == a).any(axis=1)
+            pieces.append((ids[mine], x[mine], np.where(owner == a, member, -1)[mine], home[mine]))
+        return tuple(pieces) if actors > 1 else pieces[0]
+
+    def load(self, refs: list[Any]) -> int:
+        """Fetch my pieces from every scatter task (straight from the object store); rows held."""
+        pieces = [p for p in ray.get(refs) if len(p[0])]
+        if not pieces:
+            return 0
+        ids = np.concatenate([p[0] for p in pieces])
+        order = np.argsort(ids, kind="stable")
+        self.ids = ids[order]
+        self.x = np.concatenate([p[1] for p in pieces])[order]
+        self.member = np.concatenate([p[2] for p in pieces])[order]
+        self.home = np.concatenate([p[3] for p in pieces])[order]
+        return len(self.ids)
+
+    def candidates(self, owned: list[int], k: int, space: str, block: int, actors: int) -> Any:
+        """Local graphs of my partitions; per home actor, (ids, candidate ids, candidate distances)."""
+        began = time.perf_counter()
+        if len(self.ids) == 0:
+            empty = (self.ids, np.empty((0, k), np.int64), np.empty((0, k), np.float32))
+            return tuple([empty] * actors) if actors > 1 else empty
+        ci, cd = kp.local_candidates(self.ids, self.x, self.member, owned, k, space, block)
+        self.local_seconds = time.perf_counter() - began
+        out = [(self.ids[self.home == b], ci[self.home == b], cd[self.home == b]) for b in range(actors)]
+        return tuple(out) if actors > 1 else out[0]
+
+    def finish(self, refs: list[Any], k: int, rounds: int, space: str, out: str) -> dict[str, Any]:
+        """Merge my home points' candidates, refine, write `part-AAAAA-CCCCC.parquet` parts."""
+        began = time.perf_counter()
+        home_ids = self.ids[self.home == self.index] if len(self.ids) else self.ids
+        nb, d = kp.merge_pieces(home_ids, ray.get(refs), k)
+        nb, d, rates = kp.refine_home(home_ids, nb, d, self.ids, self.x, rounds, space) if len(self.ids) else (nb, d, [])
+        entries = []
+        for c, start in enumerate(range(0, len(home_ids), WRITE_ROWS)):
+            stop = start + WRITE_ROWS
+            table = knn_graph_table(home_ids[start:stop], nb[start:stop], d[start:stop])
+            entries.append(sink.put_parquet(table, out, f"part-{self.index:05d}-{c:05d}.parquet"))
+        return {"rows": len(home_ids), "entries": entries, "refine_rates": rates,
+                "local_seconds": getattr(self, "local_seconds", 0.0), "finish_seconds": time.perf_counter() - began}
+
+
+def _router(samples: list[tuple[np.ndarray, np.ndarray]], parts: int, space: str, seed: int) -> hnsw.Router | None:
+    """Balanced k-means centroids from the actors' seeded samples (None: a single partition)."""
+    if parts == 1:
+        return None
+    got = [s for s in samples if len(s[0])]
+    ids, sample = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
+    return kp.train_partitions(sample[np.argsort(ids, kind="stable")], parts, space, seed)
+
+
+def actor_layout(actors: int | None) -> tuple[int, int, float]:
+    """(actors, threads each, CPUs reserved each): one actor per node with CPUs unless told."""
+    nodes = cluster_nodes()
+    count = actors or max(1, sum(1 for n in nodes if n.cpus >= 1))
+    threads = max(1, math.floor(cpus_per_actor(nodes, count) + 1e-9))
+    return count, threads, default_cpus(count)
+
+
+def build_graph(source: str, out: str, *, k: int, settings: kp.GraphSettings, space: str = "l2",
+                actors: int | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Write the graph of every row of `source` (Parquet vectors) as `out/part-*.parquet`; a summary."""
+    began = time.perf_counter()
+    out = sink.destination(out)
+    if not store.is_uri(out):
+        make_dirs(out)
+    probe = plan_shards(source, 1)
+    total = sum(s.num_rows for s in probe)
+    kp.check_k(k, total)
+    specs = plan_shards(source, max(1, hnsw.ceil_div(total, READ_ROWS)))
+    parts = kp.partitions_for(total, settings)
+    count, auto_threads, cpus = actor_layout(actors)
+    threads = threads or auto_threads
+    owners = np.arange(parts, dtype=np.int64) % count
+    handles = [GraphActor.options(num_cpus=cpus).remote(a, threads) for a in range(count)]
+    try:
+        # each actor reads its row ranges itself (no driver funnel) and returns a seeded sample for k-means
+        fraction = 0.0 if parts == 1 else min(1.0, 1.2 * kp.sample_rows(total, parts) / total)
+        samples = ray.get([h.read.remote(specs[a::count], fraction, settings.seed) for a, h in enumerate(handles)])
+        r_ref = ray.put(_router(samples, parts, space, settings.seed))
+        pieces = [h.scatter.options(num_returns=count).remote(r_ref, settings.overlap, owners, count) for h in handles]
+        pieces = [p if count > 1 else [p] for p in pieces]
+        ray.get([h.load.remote([p[a] for p in pieces]) for a, h in enumerate(handles)])
+        del pieces
+        trained = time.perf_counter()
+        cands = [h.candidates.options(num_returns=count).remote(np.flatnonzero(owners == a).tolist(), k, space,
+                                                               settings.block, count) for a, h in enumerate(handles)]
+        cands = [c if count > 1 else [c] for c in cands]
+        rounds = settings.refine_rounds if parts > 1 else 0
+        done = ray.get([h.finish.remote([c[b] for c in cands], k, rounds, space, out) for b, h in enumerate(handles)])
+    finally:
+        raykit.release(handles, [], None)
+    for d in done:
+        sink.record(d["entries"])
+    return {"method": "exact" if parts == 1 else "partition", "rows": sum(d["rows"] for d in done),
+            "partitions": parts, "overlap": settings.overlap, "actors": count, "threads_per_actor": threads,
+            "refine_rates": [d["refine_rates"] for d in done],
+            "scatter_seconds": round(trained - began, 3),
+            "local_seconds": round(max(d["local_seconds"] for d in done), 3),
+            "finish_seconds": round(max(d["finish_seconds"] for d in done), 3),
+            "graph_seconds": round(time.perf_counter() - began, 3)}
