@@ -92,5 +92,9 @@ class CoresetSpec:
         methods = self.select.parsed()
         if any(m.get("score") == "knn_density" for m in methods) and not self.knn:
             raise ConfigError("score 'knn_density' needs knn.enabled = true")
+        if any(m["method"] == "d2" for m in methods) and not self.knn:
+            raise ConfigError("d2 methods pass messages over the kNN graph: they need knn.enabled = true")
+        if any(m["method"] == "d2" and m.get("score") == "knn_density" for m in methods):
+            raise ConfigError("d2 needs a difficulty score (el2n, aum, forgetting, entropy); the graph is its own density")
         if any(m.get("score") == "knn_density" and m["class_balanced"] for m in methods):
             raise ConfigError("knn_density selections cannot be class-balanced (the kNN scores carry no labels)")

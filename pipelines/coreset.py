@@ -122,7 +122,8 @@ def density(out: Path, graph: Path, *, k: int, test_fraction: float, split_seed:
     return {"rows": sum(rows for rows, _ in written)}
 
 
-def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | None = None, *, shards: int,
+def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | None = None, graph: Path | None = None,
+           *, shards: int,
            rates: list[float], methods: list[str], strata: int, seed: int, beta: str | float = "auto",
            tune: dict | None = None) -> dict[str, Any]:
     """Every (method, rate) selection, computed by shard actors from small per-shard summaries.
@@ -137,6 +138,13 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
     result: dict[str, Any] = {}
     for name in methods:
         spec = parse_method(name)
+        if spec["method"] == "d2":
+            from workers.d2_select import select_d2
+
+            if graph is None:
+                raise DataError(f"selection method '{name}' needs the kNN graph (knn.enabled = true)")
+            result.update(select_d2(graph, scores, shards, [{**spec, "keep": float(r)} for r in rates], out, seed=seed))
+            continue
         source = density if spec.get("score") == "knn_density" else scores
         sels = []
         for r in rates:
@@ -313,6 +321,8 @@ def add_coreset_stages(p: Pipeline, config: dict[str, Any], *, graph: str | None
             graph = "knn_graph"
         p.stage("density", density, inputs={"graph": graph}, params={"k": config["knn"]["k"], **split}, num_cpus=0)
         select_inputs["density"] = "density"
+        if any(m["method"] == "d2" for m in spec.select.parsed()):
+            select_inputs["graph"] = graph
     p.stage("score", score, inputs=["ingest"], num_cpus=0, version="2",
             params={"shards": spec.shards, **split, "device": spec.device, "proxy": dataclasses.asdict(spec.proxy),
                     "standardize": spec.standardize})
