@@ -2,7 +2,8 @@
 
     shardwalk run coreset --set source=builtin:mnist5k --set shards=2 --set select.rates=[0.3,0.1]
 
-Methods are named `ccs-SCORE[-cb]`, `topk-SCORE[-easy][-cb]` and `random[-cb]` (`-cb` = class-balanced);
+Methods are named `ccs-SCORE[-cb]`, `d2-SCORE[-cb]` (over the kNN graph), `topk-SCORE[-easy][-cb]` and
+`random[-cb]` (`-cb` = class-balanced);
 each (method, rate) becomes one selection table `select/<method…>-keep<rate>/part-*.parquet`, and
 `evaluate` trains a fresh model on every coreset (and on the full training split) for the same
 number of steps and reports the final test accuracy (on `test_source`, or the `test_fraction` held out of
