@@ -12,13 +12,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import ray
 
 from core import d2, sink
 from core.coreset import selection_table
 from core.errors import InvariantError
-from core.io import ShardSpec, plan_shards, read_shard
+from core.io import ShardSpec, plan_shards, read_shard, read_table
 from core.scores import HARD_HIGH
 from core.selection import budget, check_keep
 from core.selection_names import selection_name
@@ -53,7 +52,7 @@ class D2Actor:
 
     def load(self, score: str) -> tuple[Any, int]:
         """Read my graph rows (training rows only) and the scores; the exact sum of my edge distances."""
-        table = pads.dataset(self.scores, format="parquet").to_table(columns=["id", "label", score])
+        table = read_table(self.scores, ["id", "label", score])  # a path or a store URI
         self.train_ids = table.column("id").to_numpy()
         self.values = table.column(score).to_numpy(zero_copy_only=False)
         self.labels_all = table.column("label").to_numpy()
