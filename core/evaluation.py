@@ -15,10 +15,12 @@ import numpy as np
 
 from core import validate
 from core.coreset import rs2_epoch
+from core.coreset_checks import majority_rate
 from core.datasets import test_mask
 from core.errors import DataError
 from core.labelled import read_labelled
 from core.proxy_spec import TrainSpec
+from core.scaling import FeatureSums, fit_scaling
 from core.selection_names import read_selection
 
 VALIDATION_SEED_OFFSET = 7919  # the validation split is seeded apart from the test split
@@ -83,24 +85,32 @@ def evaluate_selection(
     rs2_keep: float | None = None,
     device: str = "cpu",
     test_source: Any = None,
+    standardize: str | bool = "auto",
 ) -> dict[str, Any]:
     """Train a fresh model on the selected training rows (all when None) for `train.steps` steps; test accuracy.
 
     `rs2_keep` instead trains on a fresh RS2 subset of that fraction every pass; `test_source` is the
     user's own test split (labels encoded like `source`), ignored when `split.validation` > 0.
+    `standardize` (core/scaling.py) is fitted on the whole training split (less any validation rows),
+    whatever the coreset, and applied to every split; `majority` is the majority-class rate on the test rows.
     """
     ids, x, y = read_labelled(source)
     test_rows = split.test_rows(ids)
-    train_rows = _restrict(ids, ~test_rows, selected)  # a selection holds ids of the whole training split
+    fitted_on = ~test_rows
+    train_rows = _restrict(ids, fitted_on, selected)  # a selection holds ids of the whole training split
     if split.validation > 0:
         test_rows = split.validation_rows(ids)
         train_rows &= ~test_rows
+        fitted_on = fitted_on & ~test_rows
+    scaling = fit_scaling(FeatureSums.of(x[fitted_on]), standardize)
     x_test, y_test = x[test_rows], y[test_rows]
     if test_source is not None and split.validation <= 0:
         _, x_test, y_test = read_labelled(test_source)
+    x, x_test = scaling(x), scaling(x_test)
     classes = int(max(y.max(), y_test.max(initial=0))) + 1
     sampler = None if rs2_keep is None else rs2_rows(ids[train_rows], validate.keep(rs2_keep, "rs2_keep"), train.seed)
     from core import proxy  # torch: only where a model trains, not in every process that imports Split
 
     model = proxy.fit(x[train_rows], y[train_rows], classes, train, sampler=sampler, device=device)
-    return {"accuracy": proxy.accuracy(model, x_test, y_test), "train_rows": int(train_rows.sum())}
+    return {"accuracy": proxy.accuracy(model, x_test, y_test), "train_rows": int(train_rows.sum()),
+            "majority": majority_rate(y[fitted_on], y_test), "standardized": scaling.applied}

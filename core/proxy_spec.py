@@ -71,10 +71,12 @@ class TrainSpec:
     hidden: int = 128
     seed: int = 0
     model: str = "mlp"
+    seeds: int = 3  # the evaluate stage trains each coreset's model with seeds seed … seed + seeds − 1
     _prefix: dataclasses.InitVar[str] = ""
 
     def __post_init__(self, _prefix: str) -> None:
         validate.steps(self.steps, f"{_prefix}steps")
+        validate.integer(f"{_prefix}seeds", self.seeds)
         _check_model(self, _prefix)
 
     @classmethod

@@ -59,6 +59,29 @@ def default_beta(keep: float) -> float:
     return 0.3 * (0.5 - keep) / 0.4
 
 
+BETA_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)  # the CCS paper's grid for β = "auto"
+VALIDATION = 0.15  # the share of the training rows held out to choose β
+
+
+def check_beta(value: Any, key: str = "beta") -> str | float:
+    """A β setting: "auto" or a number in [0, 1)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) < 1.0:
+        raise ConfigError(f"{key} must be \"auto\" or a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def beta_candidates(keep: float) -> list[float]:
+    """The grid's β values that leave room for the budget (β + keep ≤ 1)."""
+    return [b for b in BETA_GRID if b + keep <= 1.0 + 1e-12]
+
+
+def choose_beta(accuracy: Mapping[float, float]) -> float:
+    """The β of the highest validation accuracy; ties go to the smaller β (the less the data is cut)."""
+    return min(accuracy, key=lambda b: (-accuracy[b], b))
+
+
 def check_keep(keep: float) -> float:
     """A keep fraction in (0, 1) (core.validate.keep)."""
     return validate.keep(keep)

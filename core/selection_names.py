@@ -15,12 +15,12 @@ from core.errors import ConfigError
 from core.io import read_table
 from core.scores import HARD_HIGH
 
-METHODS = ("ccs", "random", "topk")  # rs2 is a sampler (core.coreset.rs2_epoch), not a selection
-GRAMMAR = "ccs-SCORE[-cb], topk-SCORE[-easy][-cb], random[-cb]"
+METHODS = ("ccs", "random", "topk", "d2")  # rs2 is a sampler (core.coreset.rs2_epoch), not a selection
+GRAMMAR = "ccs-SCORE[-cb], d2-SCORE[-cb], topk-SCORE[-easy][-cb], random[-cb]"
 
 
 def check_method_name(method: Any, name: Any = None) -> str:
-    """A bare selection method (ccs, random, topk); the message shows the whole grammar."""
+    """A bare selection method (ccs, random, topk, d2); the message shows the whole grammar."""
     if method not in METHODS:
         raise ConfigError(f"unknown selection method '{method if name is None else name}'; use {GRAMMAR}")
     return str(method)

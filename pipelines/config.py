@@ -59,6 +59,8 @@ def parse_assignment(item: str) -> tuple[list[str], Any]:
 def _coerce(key: str, default: Any, value: Any) -> Any:
     if isinstance(default, InputPath) and isinstance(value, str):
         return InputPath(value)  # a file or URI: what it holds becomes part of the cache key
+    if isinstance(default, str) and default == "auto":
+        return value  # "auto" or an explicit value (true, 0.2 …): the pipeline's validate checks which
     if isinstance(default, bool) or isinstance(value, bool):
         if isinstance(default, bool) and isinstance(value, bool):
             return value

@@ -2,13 +2,20 @@
 
     shardwalk run coreset --set source=builtin:mnist5k --set shards=2 --set select.rates=[0.3,0.1]
 
-Methods are named `ccs-SCORE[-cb]`, `topk-SCORE[-easy][-cb]` and `random[-cb]` (`-cb` = class-balanced);
+Methods are named `ccs-SCORE[-cb]`, `d2-SCORE[-cb]` (over the kNN graph), `topk-SCORE[-easy][-cb]` and
+`random[-cb]` (`-cb` = class-balanced);
 each (method, rate) becomes one selection table `select/<method…>-keep<rate>/part-*.parquet`, and
 `evaluate` trains a fresh model on every coreset (and on the full training split) for the same
 number of steps and reports the final test accuracy (on `test_source`, or the `test_fraction` held out of
 `source`; the held-out ids are written to `evaluate/test_ids.parquet`). `keep` is a fraction of the
 training rows, i.e. of `source` minus the held-out split; `select` reports that count as `training_rows`
 and flags (metric `warning`) any coreset that holds no example of some class.
+
+`standardize = "auto"` scales the features for the proxies and the evaluation models (fitted on the
+training rows only, core/scaling.py); `select.beta = "auto"` chooses CCS's hard-cut fraction per rate on a
+validation split (workers/beta_tuning.py); `evaluate.seeds` models per coreset give mean ± std, and a
+difference from random counts as significant by Welch's t-test (core/coreset_checks.py). Results that mean
+nothing (a full-data model at the majority-class rate, diverged proxies, all methods tied) are `warning`s.
 """
 
 from __future__ import annotations
@@ -25,8 +32,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 
+from core import coreset_checks, sink
 from core import scores as score_fns
-from core import sink
 from core.cache_key import InputPath
 from core.coreset_spec import CoresetSpec
 from core.dag import Pipeline
@@ -34,7 +41,7 @@ from core.errors import DataError
 from core.evaluation import Split
 from core.io import write_parquet
 from core.proxy_spec import ProxySpec, TrainSpec, resolve_device
-from core.selection_names import parse_method, read_selection
+from core.selection_names import parse_method, read_selection, selection_name
 from pipelines.common import COLUMN_DEFAULTS, LABELS_FILE, ingest_stage, read_label_map
 from pipelines.reports import coreset_report
 from workers.ingest import part_paths
@@ -47,12 +54,13 @@ DEFAULTS: dict[str, Any] = {
     "test_fraction": 0.2,  # held out of `source` for evaluation; `keep` applies to the remaining training rows
     "split_seed": 0,
     "device": "auto",  # auto | cpu | cuda: where the proxies and evaluation models train (cuda: untested on real GPUs)
+    "standardize": "auto",  # auto | true | false: features to mean 0 / variance 1 (fitted on training rows) for the models
     "knn": {"enabled": False, "k": 10, "M": 16, "ef_construction": 100, "ef": 64},
     "proxy": {"model": "mlp", "hidden": 128, "models": 2, "epochs": 8, "batch_size": 256, "lr": 0.05,
               "el2n_epoch": 2, "seed": 0, "layout": "auto"},
-    "select": {"rates": [0.7, 0.5, 0.3, 0.1], "methods": ["ccs-aum-cb", "ccs-el2n-cb", "random", "topk-el2n"],
-               "strata": 50, "seed": 0},
-    "evaluate": {"enabled": True, "steps": 600, "batch_size": 128, "lr": 0.05, "hidden": 128, "seed": 0},
+    "select": {"rates": [0.7, 0.5, 0.3, 0.1], "methods": ["ccs-el2n-cb", "ccs-aum-cb", "random", "topk-el2n"],
+               "strata": 50, "seed": 0, "beta": "auto"},  # beta: "auto" (validation split) or a number in [0, 1)
+    "evaluate": {"enabled": True, "steps": 600, "batch_size": 128, "lr": 0.05, "hidden": 128, "seed": 0, "seeds": 3},
 }
 
 
@@ -77,14 +85,21 @@ def knn_index_config(config: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- stages
 
 
+SCORING_FILE = "_scoring.json"  # the leading underscore keeps Parquet readers of the scores off it
+
+
 def score(out: Path, ingest: Path, *, shards: int, test_fraction: float, split_seed: int, proxy: dict,
-          device: str = "auto") -> dict[str, Any]:
+          device: str = "auto", standardize: str | bool = "auto") -> dict[str, Any]:
     """Train the proxies on up to `shards` actors (independent proxies or data-parallel); scores parts."""
     from workers.scorer import score_dataset  # torch: only in the stages that start scorer actors
 
     result = score_dataset(str(ingest), shards, out, spec=ProxySpec.from_config(proxy), test_fraction=test_fraction,
-                           split_seed=split_seed, device=device)
-    return {k: result[k] for k in ("rows", "classes", "seconds", "examples_per_second", "mode", "actors", "device")}
+                           split_seed=split_seed, device=device, standardize=standardize)
+    keys = ("rows", "classes", "seconds", "examples_per_second", "mode", "actors", "device", "standardized",
+            "scoring_epochs", "proxy_cpu_seconds")
+    metrics = {k: result[k] for k in keys}
+    (out / SCORING_FILE).write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    return metrics
 
 
 @ray.remote(num_cpus=1, max_retries=1)
@@ -108,29 +123,96 @@ def density(out: Path, graph: Path, *, k: int, test_fraction: float, split_seed:
     return {"rows": sum(rows for rows, _ in written)}
 
 
-def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | None = None, *, shards: int,
-           rates: list[float], methods: list[str], strata: int, seed: int) -> dict[str, Any]:
+def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | None = None, graph: Path | None = None,
+           *, shards: int,
+           rates: list[float], methods: list[str], strata: int, seed: int, beta: str | float = "auto",
+           tune: dict | None = None) -> dict[str, Any]:
     """Every (method, rate) selection, computed by shard actors from small per-shard summaries.
 
     `keep` is a fraction of the training rows (the scored ones); a coreset that loses a class is flagged.
+    `beta = "auto"` picks each CCS method's β per rate on a validation split (`tune`: split, training
+    settings, device, standardize); the chosen β (`selections.json`) and each method's cost (`cost.json`) are in the metrics too.
     """
     from workers.scorer import select_distributed
 
+    chosen = _tuned_betas(scores, density, ingest, shards, rates, methods, strata, seed, tune) if beta == "auto" else {}
     result: dict[str, Any] = {}
     for name in methods:
         spec = parse_method(name)
+        if spec["method"] == "d2":
+            from workers.d2_select import select_d2
+
+            if graph is None:
+                raise DataError(f"selection method '{name}' needs the kNN graph (knn.enabled = true)")
+            result.update(select_d2(graph, scores, shards, [{**spec, "keep": float(r)} for r in rates], out, seed=seed))
+            continue
         source = density if spec.get("score") == "knn_density" else scores
-        sels = [{**spec, "keep": float(r), **({"strata": strata} if spec["method"] == "ccs" else {})} for r in rates]
+        sels = []
+        for r in rates:
+            sel = {**spec, "keep": float(r)}
+            if spec["method"] == "ccs":
+                b = chosen[(name, float(r))]["beta"] if beta == "auto" else float(beta)
+                sel.update(strata=strata, beta=b, name=selection_name("ccs", float(r), spec["score"], spec["class_balanced"]))
+            sels.append(sel)
         result.update(select_distributed(source, shards, sels, out, seed=seed))
+    cost = method_costs(scores, methods, rates, chosen)
     (out / "selections.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+    (out / "cost.json").write_text(json.dumps(cost, indent=1, sort_keys=True))
     metrics: dict[str, Any] = {name: info["rows"] for name, info in result.items()}
-    labelled = pads.dataset(str(scores), format="parquet").to_table(columns=["id", "label"])
+    metrics["beta"] = {name: info["beta"] for name, info in result.items() if "beta" in info}
+    metrics["cost"] = cost
+    labelled = pads.dataset(str(scores), format="parquet").to_table()
     metrics["training_rows"] = labelled.num_rows
     dropped = dropped_classes(out, labelled, read_label_map(ingest) if ingest is not None else None, names=sorted(result))
     if dropped:
         metrics["dropped_classes"] = dropped
-        metrics["warning"] = "coresets missing whole classes: " + "; ".join(f"{n} lacks {v}" for n, v in dropped.items())
+    missing = "coresets missing whole classes: " + "; ".join(f"{n} lacks {v}" for n, v in dropped.items()) if dropped else None
+    columns = {c: labelled.column(c).to_numpy() for c in score_fns.DYNAMICS_SCORES if c in labelled.column_names}
+    warning = coreset_checks.join_warnings(coreset_checks.scores_warning(columns), missing)
+    if warning:
+        metrics["warning"] = warning
     return metrics
+
+
+def _tuned_betas(scores: Path, density: Path | None, ingest: Path | None, shards: int, rates: list[float],
+                 methods: list[str], strata: int, seed: int, tune: dict | None) -> dict[tuple[str, float], dict]:
+    """β per (CCS method, rate), chosen on a validation split (workers/beta_tuning.py)."""
+    from workers.beta_tuning import tune_betas
+    from workers.scorer import cluster_gpus
+
+    ccs = [name for name in methods if parse_method(name)["method"] == "ccs"]
+    if not ccs:
+        return {}
+    if ingest is None:
+        raise DataError("select.beta = \"auto\" needs the ingested data to validate on")
+    tune = tune or {}
+    split = Split(tune.get("test_fraction", 0.2), tune.get("split_seed", 0))
+    train = TrainSpec(**tune.get("train", {}))
+    device = resolve_device(tune.get("device", "auto"), cluster_gpus())
+    out: dict[tuple[str, float], dict] = {}
+    for source in (scores, density):  # density-based methods select from the knn_density scores
+        group = [n for n in ccs if (parse_method(n)["score"] == "knn_density") == (source is density)]
+        if not group or source is None:
+            continue
+        tuned = tune_betas(source, ingest, shards, [parse_method(n) for n in group], rates, split=split, train=train,
+                           seed=seed, strata=strata, device=device, standardize=tune.get("standardize", "auto"))
+        out.update({(group[m], r): v for (m, r), v in tuned.items()})
+    return out
+
+
+def method_costs(scores: Path, methods: list[str], rates: list[float], tuned: dict[tuple[str, float], dict]) -> dict:
+    """Per method: the scoring epochs and proxy CPU-seconds its scores cost, and its β tuning's CPU-seconds."""
+    scoring_file = scores / SCORING_FILE
+    scoring = json.loads(scoring_file.read_text()) if scoring_file.exists() else {}
+    out = {}
+    for name in methods:
+        spec = parse_method(name)
+        dynamics = spec.get("score") in score_fns.DYNAMICS_SCORES
+        out[name] = {"scoring_epochs": scoring.get("scoring_epochs", 0) if dynamics else 0,
+                     "proxy_cpu_seconds": scoring.get("proxy_cpu_seconds", 0.0) if dynamics else 0.0,
+                     "beta_tuning_cpu_seconds": round(sum(tuned[(name, float(r))]["cpu_seconds"]
+                                                          for r in rates if (name, float(r)) in tuned), 3)}
+    return out
 
 
 def dropped_classes(select_dir: Path, labelled: pa.Table, values: np.ndarray | None,
@@ -172,27 +254,44 @@ def held_out_split(out: Path, ingest: Path, ingest_test: Path, *, source: str, t
 
 def evaluate(out: Path, ingest: Path, select: Path, test: Path | None = None, *, test_fraction: float,
              split_seed: int, steps: int, batch_size: int, lr: float, hidden: int, seed: int, model: str,
-             device: str = "auto") -> dict[str, Any]:
-    """Train a fresh model on each coreset and on the full training split; final test accuracy of each.
+             seeds: int = 1, device: str = "auto", standardize: str | bool = "auto") -> dict[str, Any]:
+    """Train `seeds` fresh models on each coreset and on the full training split (all tasks at once);
+    test accuracy mean ± std of each, compared with random by Welch's t-test (core/coreset_checks.py).
 
     The held-out ids (and the user's labels) go to test_ids.parquet: the rows every accuracy is measured on.
+    accuracy.json holds the means; accuracy_seeds.json every seed, the spread and the comparison.
     """
     from workers.scorer import cluster_gpus, evaluate_coreset
 
     names = sorted(p.name for p in select.iterdir() if p.is_dir())
     dev = resolve_device(device, cluster_gpus())
     split = Split(test_fraction, split_seed)
-    train = TrainSpec(steps=steps, batch_size=batch_size, lr=lr, hidden=hidden, seed=seed, model=model)
+    trains = [TrainSpec(steps=steps, batch_size=batch_size, lr=lr, hidden=hidden, seed=seed + s, model=model, seeds=seeds)
+              for s in range(seeds)]
     write_parquet(_test_ids(ingest, test, split), out / "test_ids.parquet")
     task = evaluate_coreset.options(num_gpus=1 if dev == "cuda" else 0)
-    common = {"device": dev, "test_source": sink.readable(test) if test is not None else None}
+    common = {"device": dev, "test_source": sink.readable(test) if test is not None else None, "standardize": standardize}
     data = sink.readable(ingest)  # tasks on any node read the store objects behind the node-local copies
-    refs = [task.remote(data, sink.readable(select / n), split, train, **common) for n in names]
-    refs.append(task.remote(data, None, split, train, **common))
+    jobs = [(n, t) for n in [*names, "full"] for t in trains]
+    refs = [task.remote(data, None if n == "full" else sink.readable(select / n), split, t, **common) for n, t in jobs]
     answers = ray.get(refs)
-    accuracy = {n: a["accuracy"] for n, a in zip([*names, "full"], answers)}
+    per_seed: dict[str, list[float]] = {}
+    for (n, _), a in zip(jobs, answers):
+        per_seed.setdefault(n, []).append(a["accuracy"])
+    verdict = coreset_checks.summarise(per_seed, answers[-1]["majority"])
+    accuracy = {n: e["mean"] for n, e in verdict["accuracy"].items()}
     (out / "accuracy.json").write_text(json.dumps(accuracy, indent=1, sort_keys=True))
-    return {k: round(v, 4) for k, v in accuracy.items()}
+    (out / "accuracy_seeds.json").write_text(json.dumps(verdict, indent=1, sort_keys=True))
+    metrics: dict[str, Any] = {k: round(v, 4) for k, v in accuracy.items()}
+    metrics["std"] = {n: round(e["std"], 4) for n, e in verdict["accuracy"].items()}
+    metrics["seeds"] = seeds
+    metrics["standardized"] = bool(answers[-1]["standardized"])
+    metrics["majority_rate"] = round(verdict["majority"], 4)
+    metrics["beats_random"] = {n: round(e["difference"], 4) for n, e in verdict["accuracy"].items()
+                               if e.get("significant") and e["difference"] > 0}
+    if verdict["warning"]:
+        metrics["warning"] = verdict["warning"]
+    return metrics
 
 
 def _test_ids(ingest: Path, test: Path | None, split: Split) -> pa.Table:
@@ -223,12 +322,18 @@ def add_coreset_stages(p: Pipeline, config: dict[str, Any], *, graph: str | None
             graph = "knn_graph"
         p.stage("density", density, inputs={"graph": graph}, params={"k": config["knn"]["k"], **split}, num_cpus=0)
         select_inputs["density"] = "density"
-    p.stage("score", score, inputs=["ingest"], num_cpus=0,
-            params={"shards": spec.shards, **split, "device": spec.device, "proxy": dataclasses.asdict(spec.proxy)})
+        if any(m["method"] == "d2" for m in spec.select.parsed()):
+            select_inputs["graph"] = graph
+    p.stage("score", score, inputs=["ingest"], num_cpus=0, version="2",
+            params={"shards": spec.shards, **split, "device": spec.device, "proxy": dataclasses.asdict(spec.proxy),
+                    "standardize": spec.standardize})
     sel = spec.select
-    p.stage("select", select, inputs=select_inputs, version="2", num_cpus=0, params={
+    train = dataclasses.asdict(spec.evaluate if spec.evaluate is not None else TrainSpec())
+    tune = {**split, "train": {k: v for k, v in train.items() if k != "seeds"}, "device": spec.device,
+            "standardize": spec.standardize}
+    p.stage("select", select, inputs=select_inputs, version="3", num_cpus=0, params={
         "shards": spec.shards, "rates": list(sel.rates), "methods": list(sel.methods), "strata": sel.strata,
-        "seed": sel.seed})
+        "seed": sel.seed, "beta": sel.beta, **({"tune": tune} if sel.beta == "auto" else {})})
     if spec.evaluate is not None:
         inputs = {"ingest": "ingest", "select": "select"}
         if spec.test_source:
@@ -236,8 +341,9 @@ def add_coreset_stages(p: Pipeline, config: dict[str, Any], *, graph: str | None
             p.stage("test_split", held_out_split, inputs={"ingest": "ingest", "ingest_test": "ingest_test"}, num_cpus=0,
                     params={"source": str(config["source"]), "test_source": spec.test_source})
             inputs["test"] = "test_split"
-        p.stage("evaluate", evaluate, inputs=inputs, version="2", num_cpus=0,
-                params={**split, **dataclasses.asdict(spec.evaluate), "device": spec.device})
+        p.stage("evaluate", evaluate, inputs=inputs, version="3", num_cpus=0,
+                params={**split, **dataclasses.asdict(spec.evaluate), "device": spec.device,
+                        "standardize": spec.standardize})
 
 
 def build(config: dict[str, Any]) -> Pipeline:

@@ -46,9 +46,9 @@ DEFAULTS: dict[str, Any] = {
     "index": {"M": 16, "ef_construction": 100, "ef": 64, "k": 10, "sweep_shards": [1, 2, 4],
               "sweep_ef": [16, 32, 64, 128], "queries": 500},
     "proxy": dict(coreset_pipeline.DEFAULTS["proxy"]),
-    "select": {**coreset_pipeline.DEFAULTS["select"], "methods": ["ccs-aum", "ccs-el2n-cb", "random", "topk-el2n"]},
+    "select": dict(coreset_pipeline.DEFAULTS["select"]),  # the coreset pipeline's methods: ccs-el2n-cb first
     "evaluate": {k: v for k, v in coreset_pipeline.DEFAULTS["evaluate"].items() if k != "enabled"},
-    "srrw": {"coreset": "ccs-aum-keep0.3", "baseline": "random-keep0.3", "graph": "barabasi_albert",
+    "srrw": {"coreset": "ccs-el2n-cb-keep0.3", "baseline": "random-keep0.3", "graph": "barabasi_albert",
              "agents": 100, "m": 2, "alphas": [0.0, 10.0], "steps": 30000, "a": 0.8, "b": 0.9, "lr": 2.0,
              "lam": 0.01, "binarize": 5, "partitions": 2, "record_every": 1000, "seed": 0},
 }

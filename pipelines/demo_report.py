@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,11 +10,10 @@ from typing import Any
 import numpy as np
 import pyarrow.dataset as pads
 
-from core.coreset import default_beta
+from core import coreset_checks
+from core.coreset_checks import KEEP_RE
 from core.io import read_table
 from pipelines.report import Section, coinciding_note, figure, save_figure, series_style, write_report
-
-KEEP_RE = re.compile(r"^(?P<method>.+)-keep(?P<keep>[0-9.]+)$")
 
 
 def _sweep_section(out: Path, sweep: Path) -> tuple[Section, dict[str, Any]]:
@@ -44,14 +42,11 @@ def _selection_ids(select: Path, name: str) -> np.ndarray:
     return read_table(select / name, ["id"]).column("id").to_numpy()
 
 
-def _score_section(out: Path, scores: Path, select: Path, name: str) -> Section:
-    match = KEEP_RE.match(name)
-    keep = float(match["keep"]) if match else 0.3
+def _score_section(out: Path, scores: Path, select: Path, name: str, beta: float = 0.0) -> Section:
     score = "aum" if "aum" in name else "el2n"
     table = pads.dataset(str(scores), format="parquet").to_table(columns=["id", score])
     values = table.column(score).to_numpy()
     chosen = np.isin(table.column("id").to_numpy(), _selection_ids(select, name))
-    beta = default_beta(keep)
     # AUM: low = hard, so the hard cutoff drops the lowest β·N; other scores drop the highest.
     hard_low = score == "aum"
     cut = np.quantile(values, beta if hard_low else 1 - beta) if beta > 0 else (values.min() if hard_low else values.max())
@@ -72,32 +67,85 @@ def _score_section(out: Path, scores: Path, select: Path, name: str) -> Section:
     return Section("Coreset: what CCS keeps", text, save_figure(fig, out, "score_histogram.png"))
 
 
+def seed_verdict(evaluate: Path) -> dict[str, Any]:
+    """The evaluate stage's verdict (accuracy_seeds.json: mean ± std, comparison with random, warning);
+    an older output with only accuracy.json reads as one seed each."""
+    seeds = evaluate / "accuracy_seeds.json"
+    if seeds.exists():
+        return json.loads(seeds.read_text())
+    means = json.loads((evaluate / "accuracy.json").read_text())
+    return coreset_checks.summarise({k: [v] for k, v in means.items()}, majority=0.0)
+
+
+def beat_random(verdict: Mapping[str, Any]) -> str:
+    """One sentence: which method beat random at which keep and by how much, with the spread and the test."""
+    acc = verdict["accuracy"]
+    compared = [(n, e) for n, e in acc.items() if "versus" in e]
+    if not compared:
+        return "no coreset was compared with a random one of the same size (add `random` to select.methods)"
+    wins = [(n, e) for n, e in compared if e["significant"] and e["difference"] > 0]
+    name, e = max(wins or compared, key=lambda ne: ne[1]["difference"])
+    ref = acc[e["versus"]]
+    match = KEEP_RE.match(name)
+    where = f"{match['method']} at keep {match['keep']}" if match else name
+    test = verdict.get("test", coreset_checks.TEST).split(",")[0]
+    tested = f"{test}: p = {e['p_value']:.3g}" if e["p_value"] is not None else "not testable: no spread or one seed"
+    numbers = f"{e['mean']:.4f} ± {e['std']:.4f} vs {ref['mean']:.4f} ± {ref['std']:.4f}, {e['n']} seeds, {tested}"
+    if wins:
+        return f"{where} beat random by {e['difference']:+.4f} ({numbers})"
+    return f"no method beat random significantly; the largest difference is {where}, {e['difference']:+.4f} ({numbers})"
+
+
+def warnings_section(verdict: Mapping[str, Any] | None, scores: Path | None) -> Section | None:
+    """The results that mean nothing as they are, first thing in the report (None when there is none)."""
+    found = [verdict["warning"]] if verdict and verdict.get("warning") else []
+    if scores is not None:
+        table = pads.dataset(str(scores), format="parquet").to_table()
+        columns = {c: table.column(c).to_numpy() for c in ("el2n", "forgetting", "aum", "entropy") if c in table.column_names}
+        found += [w for w in [coreset_checks.scores_warning(columns)] if w]
+    if not found:
+        return None
+    return Section("Warnings", "Do not trust the results below as they are:\n\n" + "\n".join(f"- {w}" for w in found))
+
+
 def _accuracy_section(out: Path, evaluate: Path) -> tuple[Section, dict[str, Any]]:
-    accuracy = json.loads((evaluate / "accuracy.json").read_text())
-    full = accuracy.pop("full")
-    curves: dict[str, dict[float, float]] = {}
-    for name, value in accuracy.items():
+    verdict = seed_verdict(evaluate)
+    acc = dict(verdict["accuracy"])
+    full = acc.pop("full")
+    curves: dict[str, dict[float, dict[str, Any]]] = {}
+    for name, entry in acc.items():
         match = KEEP_RE.match(name)
         if match:
-            curves.setdefault(match["method"], {})[float(match["keep"])] = value
+            curves.setdefault(match["method"], {})[float(match["keep"])] = entry
     fig, ax = figure()
     for i, (method, points) in enumerate(sorted(curves.items())):
         keeps = sorted(points)
-        ax.plot(keeps, [points[k] for k in keeps], label=method, **series_style(i))
-    ax.axhline(full, color="k", ls="--", label=f"full data ({full:.3f})")
+        ax.errorbar(keeps, [points[k]["mean"] for k in keeps], yerr=[points[k]["std"] for k in keeps], capsize=3,
+                    label=method, **series_style(i))
+    ax.axhline(full["mean"], color="k", ls="--", label=f"full data ({full['mean']:.3f})")
     ax.set(xlabel="keep fraction", ylabel="test accuracy (end of training)", xscale="log",
-           title="Accuracy vs coreset size")
+           title=f"Accuracy vs coreset size (mean ± std, {full['n']} seeds)")
     ax.legend(fontsize=8)
     keeps = sorted({k for points in curves.values() for k in points})
-    rows = [{"method": m, **{f"keep {k:g}": points.get(k, float("nan")) for k in keeps}} for m, points in sorted(curves.items())]
-    rows.append({"method": "full data", **{f"keep {k:g}": full for k in keeps}})
+
+    def cell(e: Mapping[str, Any] | None) -> str:
+        if e is None:
+            return ""
+        mark = (" ▲" if e["difference"] > 0 else " ▼") if e.get("significant") else ""
+        return f"{e['mean']:.4f} ± {e['std']:.4f}{mark}"
+
+    rows = [{"method": m, **{f"keep {k:g}": cell(points.get(k)) for k in keeps}} for m, points in sorted(curves.items())]
+    rows.append({"method": "full data", **{f"keep {k:g}": cell(full) for k in keeps}})
     low = min(keeps)
-    best_ccs = max((p.get(low, 0.0) for m, p in curves.items() if m.startswith("ccs")), default=float("nan"))
-    headline = {"full-data accuracy": full, f"best CCS accuracy at keep {low:g}": best_ccs,
-                f"random accuracy at keep {low:g}": curves.get("random", {}).get(low, float("nan"))}
-    text = ("A fresh model trained for the same number of steps on each coreset (as in the CCS paper), "
-             "final test accuracy on a held-out split." + coinciding_note(
-                 {m: [p.get(k, float("nan")) for k in keeps] for m, p in sorted(curves.items())}))
+    best_ccs = max((p[low]["mean"] for m, p in curves.items() if m.startswith("ccs") and low in p), default=float("nan"))
+    headline = {"full-data accuracy": full["mean"], f"best CCS accuracy at keep {low:g}": best_ccs,
+                f"random accuracy at keep {low:g}": curves.get("random", {}).get(low, {}).get("mean", float("nan")),
+                "versus random": beat_random(verdict)}
+    text = (f"A fresh model trained for the same number of steps on each coreset (as in the CCS paper), final test "
+            f"accuracy on a held-out split: mean ± sample std over {full['n']} training seed(s). ▲/▼: the "
+            f"difference from a random coreset of the same size is significant ({verdict.get('test', coreset_checks.TEST)}); "
+            "unmarked differences are within the spread. " + beat_random(verdict) + "." + coinciding_note(
+                {m: [p[k]["mean"] if k in p else float("nan") for k in keeps] for m, p in sorted(curves.items())}))
     return Section("Coreset: accuracy vs keep rate", text, save_figure(fig, out, "accuracy_vs_keep.png"), rows), headline
 
 
@@ -154,15 +202,18 @@ def write_demo_report(out: Path, *, summary: Path, sweep: Path, scores: Path, se
     sweep_section, h_index = _sweep_section(out, sweep)
     accuracy_section, h_acc = _accuracy_section(out, evaluate)
     selection = json.loads((select / "selections.json").read_text())
-    chosen = next((n for n in selection if n.startswith("ccs-aum") and "keep0.3" in n), sorted(selection)[0])
+    ccs = sorted((n for n in selection if n.startswith("ccs") and n.endswith("keep0.3")), key=lambda n: "el2n-cb" not in n)
+    chosen = (ccs or sorted(selection))[0]
     srrw_sections, h_srrw = _srrw_sections(out, walks)
     headline = {**h_index, **h_acc, **h_srrw}
     headline_rows = [{"measure": k, "value": v} for k, v in headline.items()]
+    warned = warnings_section(seed_verdict(evaluate), scores)
     sections = [
+        *([warned] if warned else []),
         Section("Headline", "The numbers below come from this run; every figure is drawn from committed stage outputs.",
                 table=headline_rows),
         sweep_section,
-        _score_section(out, scores, select, chosen),
+        _score_section(out, scores, select, chosen, float(selection[chosen].get("beta", 0.0))),
         accuracy_section,
         *srrw_sections,
         *extra,

@@ -107,7 +107,7 @@ def _coresets(outputs: dict[str, Path], tmp: Path, labels: Any) -> list[str]:
         pq.write_table(_with_user_labels(_read_parts(sel), labelled, labels), tmp / "coresets" / f"{sel.name}.parquet")
         written.append(f"coresets/{sel.name}.parquet")
     evaluate = outputs.get("evaluate")
-    for name in ("accuracy.json", "test_ids.parquet"):
+    for name in ("accuracy.json", "accuracy_seeds.json", "test_ids.parquet"):
         if evaluate is not None and (evaluate / name).is_file():
             shutil.copy2(evaluate / name, tmp / "coresets" / name)
             written.append(f"coresets/{name}")

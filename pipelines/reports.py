@@ -17,6 +17,7 @@ from core import hnsw
 from core.io import read_manifest, read_table
 from pipelines.common import read_label_map
 from pipelines.demo_report import _accuracy_section as accuracy_section
+from pipelines.demo_report import seed_verdict, warnings_section
 from pipelines.report import Section, figure, save_figure, series_style, write_report
 
 
@@ -139,6 +140,9 @@ def coreset_report(out: Path, ingest: Path, scores: Path, select: Path, evaluate
     sections = [balance_section(out, scores, select, read_label_map(ingest)), *_score_sections(out, scores)]
     if evaluate is not None:
         sections.insert(0, accuracy_section(out, evaluate)[0])  # the demo's figure and table, same data
+    warned = warnings_section(seed_verdict(evaluate) if evaluate is not None else None, scores)
+    if warned is not None:
+        sections.insert(0, warned)  # first: a result that means nothing must not be read as one
     write_report(out, "shardwalk coreset report", "Coreset selection: what each coreset keeps and how well it trains.",
                  sections)
     return {"figures": sum(1 for s in sections if s.figure)}

@@ -78,7 +78,7 @@ DEFAULTS: dict[str, Any] = {
     #                       auto: so when a copy per actor fits the nodes' memory, else the agents are partitioned
     "checkpoint_every": 5000,
     "record_every": 500,
-    "standardize": False,  # true: scale every feature to mean 0, variance 1 before the walk
+    "standardize": True,  # scale every feature to mean 0, variance 1 before the walk (false: use the features as they are)
     "test_fraction": 0.2,  # held out of the agents' data (seeded by id): the walking model's held-out accuracy
     "split_seed": 0,
     "seed": 0,

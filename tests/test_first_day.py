@@ -273,7 +273,8 @@ def test_srrw_on_unscaled_features_warns_and_standardize_fixes_it(ray_module: No
 
     runs = str(tmp_path / "runs")
     base = ["run", "srrw", "--runs-dir", runs, "--set", f"source={_unscaled_source(tmp_path)}",
-            "--set", "steps=3000", "--set", "partitions=1", "--set", "record_every=200", "--set", "checkpoint_every=0"]
+            "--set", "steps=3000", "--set", "partitions=1", "--set", "record_every=200", "--set", "checkpoint_every=0",
+            "--set", "standardize=false"]
     assert main(base) == 0
     assert "warning: stage 'evaluate'" in capsys.readouterr().err
     metrics = load_run_ref(runs, "latest")["stages"]["evaluate"]["metrics"]

@@ -152,14 +152,14 @@ def test_pipeline_end_to_end_matches_reference(ray_local, tmp_path):
     import pyarrow.parquet as pq
 
     from core.agents import agent_blocks, build_graph
-    from core.datasets import load_arrays
+    from core.labelled import read_labelled
     from core.objectives import build_objective
     from pipelines.cli import main
 
     runs = tmp_path / "runs"
     sets = ["steps=1200", "checkpoint_every=500", "record_every=400", "alpha=5.0", "tokens=2"]
     assert main(["run", "srrw", "--runs-dir", str(runs), *[f"--set={s}" for s in sets]]) == 0
-    out = {s: Path(_stage_dir(runs, s)["output"]) for s in ("agents", "walk", "evaluate")}
+    out = {s: Path(_stage_dir(runs, s)["output"]) for s in ("standardize", "agents", "walk", "evaluate")}
     curves = pq.read_table(out["evaluate"] / "curves.parquet").to_pandas()
     assert set(curves.columns) >= {"token", "step", "loss", "accuracy", "test_accuracy", "sq_error"}
     # the seeded held-out split (test_fraction 0.2) is placed on no agent and scores the walking model
@@ -175,8 +175,9 @@ def test_pipeline_end_to_end_matches_reference(ray_local, tmp_path):
     walk = _stage_dir(runs, "walk")["metrics"]  # the throughput figures and the spread across tokens
     assert walk["hops_per_actor_cpu_second"] > 0 and walk["theta_spread_across_tokens"] > 0
     assert {"bytes_per_crossing", "cut_fraction", "handoffs_per_1000_hops", "halo"} <= set(walk)
-    # the pipeline's walk is the reference walk on the same data and placement
-    x, y = load_arrays("builtin:breast_cancer")
+    # the pipeline's walk is the reference walk on the same (standardised: the default) data and placement
+    ids, x, y = read_labelled(out["standardize"], validated=True)
+    x, y = x[np.argsort(ids)], y[np.argsort(ids)]
     g = build_graph(pq.read_table(out["agents"] / "edges.parquet"))
     blocks = agent_blocks(pq.read_table(out["agents"] / "assignment.parquet"), np.arange(len(y)), x, y, g)
     ref = run_sa_srrw(build_objective("logistic", blocks, lam=0.1), g, steps=1200, alpha=5.0, lr=5.0, tokens=2)

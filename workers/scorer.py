@@ -30,6 +30,7 @@ from core.evaluation import Split, evaluate_selection
 from core.io import ShardSpec, plan_shards, read_shard
 from core.labelled import labelled_arrays
 from core.proxy import ProxySpec, TrainSpec
+from core.scaling import FeatureSums, Scaling, fit_scaling
 from core.schema import LABEL, validate_vectors, vector_dim
 from core.selection_names import check_method, selection_name
 from core.store import is_uri
@@ -89,7 +90,11 @@ class ScoreShard:
     def summary(self) -> dict[str, Any]:
         """Rows and labels held here (small), for the global class count."""
         self._load()
-        return {"rows": len(self.ids), "labels": np.unique(self.y).tolist()}
+        return {"rows": len(self.ids), "labels": np.unique(self.y).tolist(), "sums": FeatureSums.of(self.x)}
+
+    def scale(self, scaling: Scaling) -> None:
+        """Apply the scaling fitted on every actor's training rows to my rows (core/scaling.py)."""
+        self.x = scaling(self.x)
 
     def ping(self) -> int:
         """Liveness probe that leaves my state alone (`summary` would re-read my rows over it)."""
@@ -206,6 +211,7 @@ def score_dataset(
     mode: str | None = None,
     device: str = "auto",
     memory_bytes: float | None = None,
+    standardize: str | bool = "auto",
     **proxy_params: Any,
 ) -> dict[str, Any]:
     """Score every (training) example of `source` on up to `shards` actors; scores parts land in `out_dir`.
@@ -213,7 +219,7 @@ def score_dataset(
     `spec` holds the proxies' settings (or give its fields as keywords, e.g. `models=3`). `mode`
     (default `spec.layout`): "models" (independent proxies per actor), "data" (data-parallel) or "auto"
     (core.proxy.plan_scoring from the data size, `memory_bytes` per actor, the proxies and `shards`).
-    `device`: auto | cpu | cuda.
+    `device`: auto | cpu | cuda. `standardize` (core/scaling.py) is fitted on the training rows of all actors.
     """
     spec = spec if spec is not None else ProxySpec(**proxy_params)
     ensure_ray()
@@ -228,7 +234,7 @@ def score_dataset(
     split = Split(test_fraction, split_seed)
     actors = [cls.remote(s, i, world, split=split, threads=threads) for i, s in enumerate(specs)]
     try:
-        result = _score(source, actors, plan, spec, dev, str(out_dir))
+        result = _score(source, actors, plan, spec, dev, str(out_dir), standardize)
         if return_params:
             last = (spec.models - 1) % plan.actors if plan.mode == "models" else 0
             result["params"] = ray.get(actors[last].final_params.remote())
@@ -239,9 +245,12 @@ def score_dataset(
 
 
 def _score(source: Any, actors: list[Any], plan: proxy.ScoringPlan, spec: ProxySpec, device: str,
-           out_dir: str) -> dict[str, Any]:
+           out_dir: str, standardize: str | bool = "auto") -> dict[str, Any]:
     """Run one scoring on started actors; the metrics of `score_dataset`."""
-    total, classes = _global_labels(source, actors, plan.mode)
+    total, classes, sums = _global_labels(source, actors, plan.mode)
+    scaling = fit_scaling(sums, standardize)
+    if scaling.applied:
+        ray.get([a.scale.remote(scaling) for a in actors])
     started = time.perf_counter()
     dest = _destination(out_dir)
     if plan.mode == "models":
@@ -253,7 +262,9 @@ def _score(source: Any, actors: list[Any], plan: proxy.ScoringPlan, spec: ProxyS
     return {"rows": total, "classes": classes, "seconds": seconds, "parts": [loc for group in entries for loc in group],
             "mode": plan.mode, "actors": plan.actors, "device": device, "plan": plan.reason,
             "actor_cpu_seconds": [round(a["cpu_seconds"], 3) for a in per_actor],
-            "examples_per_second": total * spec.models * spec.epochs / seconds}
+            "examples_per_second": total * spec.models * spec.epochs / seconds, "standardized": scaling.applied,
+            "scoring_epochs": spec.models * spec.epochs,
+            "proxy_cpu_seconds": round(sum(a["cpu_seconds"] for a in per_actor), 3)}
 
 
 def _destination(out_dir: str | Path) -> str:
@@ -264,16 +275,20 @@ def _destination(out_dir: str | Path) -> str:
     return dest
 
 
-def _global_labels(source: Any, actors: list[Any], mode: str) -> tuple[int, int]:
-    """(training rows, classes) over all actors' rows; every actor loads its rows here."""
+def _global_labels(source: Any, actors: list[Any], mode: str) -> tuple[int, int, FeatureSums]:
+    """(training rows, classes, feature sums) over all actors' rows; every actor loads its rows here."""
     summaries = ray.get([a.summary.remote() for a in actors])
     labels = sorted({lab for s in summaries for lab in s["labels"]})
     total = summaries[0]["rows"] if mode == "models" else sum(s["rows"] for s in summaries)
+    sums = summaries[0]["sums"]  # models mode: every actor holds the whole training split
+    if mode != "models":
+        for s in summaries[1:]:  # in rank order, so the scaling is the same bits for the same layout
+            sums = sums + s["sums"]
     if len(labels) < 2:
         raise DataError(f"{source}: label-based scores need at least 2 classes, found {labels}")
     if labels[0] < 0:
         raise DataError(f"{source}: labels must be >= 0, found {labels[0]}")
-    return total, labels[-1] + 1
+    return total, labels[-1] + 1, sums
 
 
 def _score_models(actors: list[Any], plan: proxy.ScoringPlan, classes: int, spec: ProxySpec, device: str,
@@ -306,17 +321,23 @@ class SelectShard:
         self.table: pa.Table | None = None
         self.selector: coreset.ShardSelector | None = None
 
-    def prepare(self, score: str | None, seed: int, hard_high: bool) -> None:
-        """Build the selector for one (score, seed); my rows are read once, the score column validated here."""
+    def prepare(self, score: str | None, seed: int, hard_high: bool, holdout: Split | None = None) -> None:
+        """Build the selector for one (score, seed); my rows are read once, the score column validated here.
+
+        `holdout` leaves out its validation rows (β tuning selects among the rest).
+        """
         if self.table is None:  # read in a method, not __init__, so read errors surface typed
             self.table = read_shard(self.spec)
-        names = self.table.column_names
+        table = self.table
+        if holdout is not None:
+            table = table.filter(pa.array(~holdout.validation_rows(table.column("id").to_numpy())))
+        names = table.column_names
         if score is not None and score not in names:
             raise DataError(f"scores: missing score column '{score}'; found {names}")
-        values = None if score is None else self.table.column(score).to_numpy(zero_copy_only=False)
-        labels = self.table.column(LABEL).to_numpy() if LABEL in names else None
+        values = None if score is None else table.column(score).to_numpy(zero_copy_only=False)
+        labels = table.column(LABEL).to_numpy() if LABEL in names else None
         self.selector = coreset.ShardSelector(
-            self.table.column("id").to_numpy(), values, labels, seed=seed, hard_high=hard_high,
+            table.column("id").to_numpy(), values, labels, seed=seed, hard_high=hard_high,
             row_offset=self.start,
         )
 
@@ -328,6 +349,10 @@ class SelectShard:
     def ask(self, name: str, kwargs: dict[str, Any]) -> Any:
         """One answer of the selection protocol (core/selection.py)."""
         return getattr(self._prepared(), name)(**kwargs)
+
+    def ids(self, plan: coreset.Plan) -> np.ndarray:
+        """My selected ids under `plan` (a candidate coreset: small, nothing written)."""
+        return self._prepared().selected(plan.spec, plan.order, plan.threshold)
 
     def write(self, plan: coreset.Plan, out_dir: str) -> tuple[int, dict[str, Any]]:
         """Put my part of the selection table; returns its row count and manifest entry."""
@@ -344,8 +369,9 @@ def select_distributed(
     seed: int = 0,
     num_cpus: float = 0,
 ) -> dict[str, dict[str, Any]]:
-    """Run each selection ({method, keep, score?, class_balanced?, beta?, hardest?, strata?}) on `shards`
-    actors that read their own part of the scores; each writes `out_dir/<name>/part-*.parquet`."""
+    """Run each selection ({method, keep, score?, class_balanced?, beta?, hardest?, strata?, name?}) on
+    `shards` actors that read their own part of the scores; each writes `out_dir/<name>/part-*.parquet`
+    (`name` defaults to core.selection_names.selection_name, which shows an explicit β)."""
     ensure_ray()
     actors = [SelectShard.options(num_cpus=num_cpus).remote(s) for s in plan_shards(sink.readable(scores_dir), shards)]
     out: dict[str, dict[str, Any]] = {}
@@ -364,19 +390,35 @@ def select_distributed(
     return out
 
 
-def _plan_one(actors: list, sel: dict[str, Any], seed: int) -> tuple[str, coreset.Plan]:
+def selection_ids(scores_dir: str | Path, shards: int, selections: Sequence[dict[str, Any]], *, seed: int = 0,
+                  holdout: Split | None = None, num_cpus: float = 0) -> list[np.ndarray]:
+    """The ids of each selection (as `select_distributed`, among the rows `holdout` leaves), nothing written."""
+    ensure_ray()
+    actors = [SelectShard.options(num_cpus=num_cpus).remote(s) for s in plan_shards(sink.readable(scores_dir), shards)]
+    try:
+        out = []
+        for sel in selections:
+            _, plan = _plan_one(actors, sel, seed, holdout)
+            out.append(np.sort(np.concatenate(ray.get([a.ids.remote(plan) for a in actors]))))
+        return out
+    finally:
+        for a in actors:
+            ray.kill(a)
+
+
+def _plan_one(actors: list, sel: dict[str, Any], seed: int, holdout: Split | None = None) -> tuple[str, coreset.Plan]:
     sel = dict(sel)
     method, keep = sel.pop("method", None), sel.pop("keep", None)
-    score = sel.pop("score", None)
+    score, name = sel.pop("score", None), sel.pop("name", None)
     check_method(method, score)
     hard = coreset.is_hard_high(score, sel.pop("hard_high", None)) if score is not None else True
-    ray.get([a.prepare.remote(score if method != "random" else None, seed, hard) for a in actors])
+    ray.get([a.prepare.remote(score if method != "random" else None, seed, hard, holdout) for a in actors])
 
     def ask(name: str, **kwargs: Any) -> list:
         return ray.get([a.ask.remote(name, kwargs) for a in actors])
 
     plan = coreset.plan_selection(ask, method, keep, **sel)
-    return selection_name(method, keep, score, bool(sel.get("class_balanced")), sel.get("beta")), plan
+    return name or selection_name(method, keep, score, bool(sel.get("class_balanced")), sel.get("beta")), plan
 
 
 @ray.remote(num_cpus=1, max_retries=1)
@@ -390,8 +432,12 @@ def evaluate_coreset(
     rs2_keep: float | None = None,
     device: str = "cpu",
     test_source: Any = None,
+    standardize: str | bool = "auto",
 ) -> dict[str, Any]:
     """core.evaluation.evaluate_selection as a task: it reads the source itself, so nothing passes through
     the driver. `device` is the resolved torch device (the caller requests `num_gpus=1` for "cuda")."""
     torch.set_num_threads(threads)
-    return evaluate_selection(source, selected, split, train, rs2_keep=rs2_keep, device=device, test_source=test_source)
+    cpu = time.process_time()
+    result = evaluate_selection(source, selected, split, train, rs2_keep=rs2_keep, device=device,
+                                test_source=test_source, standardize=standardize)
+    return {**result, "cpu_seconds": time.process_time() - cpu}

@@ -1,0 +1,213 @@
+"""Coresets users can trust (issue 26): feature scaling fitted on training rows, mean ± std with a significance
+test against random, β chosen from data, and warnings for results that mean nothing."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core import coreset_checks
+from core.datasets import load_arrays, load_builtin
+from core.errors import ConfigError
+from core.evaluation import Split, evaluate_selection
+from core.proxy_spec import TrainSpec
+from core.scaling import FeatureSums, fit_scaling
+from core.selection import BETA_GRID, beta_candidates, check_beta, choose_beta
+from pipelines import coreset as coreset_pipeline
+from pipelines.config import load_config
+
+
+def test_breast_cancer_builtin_is_raw_so_the_setting_does_the_scaling() -> None:
+    x, _ = load_arrays("builtin:breast_cancer")
+    assert np.abs(x).max() > 1000  # areas in their own units, not standardised inside the loader
+    assert fit_scaling(FeatureSums.of(x), "auto").applied
+    unit, _ = load_arrays("builtin:digits")  # already in [0, 1]: auto leaves it alone
+    assert not fit_scaling(FeatureSums.of(unit), "auto").applied
+    assert fit_scaling(FeatureSums.of(unit), True).applied and not fit_scaling(FeatureSums.of(x), False).applied
+
+
+def test_scaling_is_fitted_on_training_rows_and_sums_add_over_shards() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(50.0, 20.0, size=(400, 3)).astype(np.float32)
+    whole = fit_scaling(FeatureSums.of(x), "auto")
+    halves = fit_scaling(FeatureSums.of(x[:150]) + FeatureSums.of(x[150:]), "auto")
+    np.testing.assert_allclose(whole.mean, halves.mean, rtol=1e-12)
+    np.testing.assert_allclose(whole.scale, halves.scale, rtol=1e-9)
+    scaled = whole(x)
+    assert scaled.dtype == np.float32 and np.abs(scaled.mean(axis=0)).max() < 1e-4
+    constant = fit_scaling(FeatureSums.of(np.ones((5, 2))), True)
+    assert np.all(constant.scale == 1.0) and np.all(constant(np.ones((5, 2))) == 0)
+
+
+def test_evaluation_on_raw_features_learns_only_when_standardised() -> None:
+    """On main the raw features gave the majority-class rate for every coreset and the full data."""
+    table = load_builtin("builtin:breast_cancer")
+    split, train = Split(0.25, 0), TrainSpec(steps=150, batch_size=32, hidden=16)
+    raw = evaluate_selection(table, None, split, train, standardize=False)
+    scaled = evaluate_selection(table, None, split, train)  # "auto"
+    assert scaled["standardized"] and not raw["standardized"]
+    assert scaled["accuracy"] > 0.9 > scaled["majority"]
+    assert coreset_checks.majority_warning(scaled["accuracy"], scaled["majority"]) is None
+    assert coreset_checks.majority_warning(raw["majority"], raw["majority"]) is not None  # what raw training gave
+
+
+def test_spread_and_welch_test_against_random() -> None:
+    per_seed = {"ccs-el2n-cb-keep0.1": [0.88, 0.885, 0.879], "random-keep0.1": [0.86, 0.862, 0.858],
+                "topk-el2n-keep0.1": [0.861, 0.859, 0.863], "full": [0.93, 0.935, 0.932]}
+    verdict = coreset_checks.summarise(per_seed, majority=0.11)
+    acc = verdict["accuracy"]
+    assert acc["ccs-el2n-cb-keep0.1"]["versus"] == "random-keep0.1"
+    assert acc["ccs-el2n-cb-keep0.1"]["significant"] and acc["ccs-el2n-cb-keep0.1"]["difference"] > 0.019
+    assert not acc["topk-el2n-keep0.1"]["significant"]  # within the spread
+    assert acc["random-keep0.1"]["std"] == pytest.approx(0.002) and "versus" not in acc["random-keep0.1"]
+    assert verdict["warning"] is None and "Welch" in verdict["test"]
+    # identical values (no spread) or a single seed cannot be tested
+    assert not coreset_checks.versus([0.37] * 3, [0.63] * 3)["significant"]
+    assert coreset_checks.versus([0.9], [0.8])["p_value"] is None
+
+
+def test_warnings_for_majority_rate_ties_and_diverged_proxies() -> None:
+    tied = {"ccs-aum-keep0.1": [0.6814] * 2, "random-keep0.1": [0.6814] * 2, "full": [0.6814] * 2}
+    warning = coreset_checks.summarise(tied, majority=0.6814)["warning"]
+    assert "majority class" in warning and "all selection methods score the same" in warning
+    exploded = {"aum": np.array([-5e5, 3.0, 4e5]), "el2n": np.array([0.1, 0.2, 0.3])}
+    assert "AUM spans" in coreset_checks.scores_warning(exploded)
+    assert "not finite" in coreset_checks.scores_warning({"el2n": np.array([0.1, np.nan])})
+    assert coreset_checks.scores_warning({"aum": np.array([-12.0, 20.0])}) is None
+
+
+def test_beta_grid_choice_and_setting() -> None:
+    assert beta_candidates(0.1) == list(BETA_GRID) and beta_candidates(0.75) == [0.0, 0.01, 0.02, 0.05, 0.1, 0.2]
+    assert choose_beta({0.0: 0.80, 0.1: 0.85, 0.2: 0.85}) == 0.1  # ties go to the smaller cut
+    assert check_beta("auto") == "auto" and check_beta(0.2) == 0.2
+    for bad in (1.0, -0.1, "high", True):
+        with pytest.raises(ConfigError, match="beta"):
+            check_beta(bad)
+
+
+def test_coreset_config_accepts_auto_or_explicit_values() -> None:
+    config = copy.deepcopy(coreset_pipeline.DEFAULTS)
+    assert config["standardize"] == "auto" and config["select"]["beta"] == "auto" and config["evaluate"]["seeds"] == 3
+    assert config["select"]["methods"][0] == "ccs-el2n-cb"
+    for item in ("standardize=true", "select.beta=0.2", "evaluate.seeds=5"):
+        load_config(coreset_pipeline, None, [item])
+    for item, key in (('standardize="maybe"', "standardize"), ("select.beta=1.5", "select.beta"),
+                      ("evaluate.seeds=0", "evaluate.seeds")):
+        with pytest.raises(ConfigError, match=key):
+            load_config(coreset_pipeline, None, [item])
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_unscaled_run_warns_and_reports_spread_beta_and_cost(ray_local: None, tmp_path: Path, capsys) -> None:
+    from pipelines.cli import main
+    from pipelines.runs_view import load_run_ref
+
+    runs = str(tmp_path / "runs")
+    args = ["run", "coreset", "--runs-dir", runs, "--set", "source=builtin:breast_cancer", "--set", "select.rates=[0.3]",
+            "--set", 'select.methods=["ccs-el2n-cb", "random"]', "--set", "proxy.epochs=2", "--set", "proxy.hidden=8",
+            "--set", "evaluate.steps=60", "--set", "evaluate.hidden=8", "--set", "evaluate.seeds=2",
+            "--set", "standardize=false"]
+    assert main(args) == 0
+    assert "warning: stage 'evaluate': the full-data model scores" in capsys.readouterr().err
+    record = load_run_ref(runs, "latest")
+    stages = record["stages"]
+    select, evaluate = stages["select"]["metrics"], stages["evaluate"]["metrics"]
+    assert select["beta"]["ccs-el2n-cb-keep0.3"] in BETA_GRID
+    assert select["cost"]["ccs-el2n-cb"]["scoring_epochs"] == 2 * 2 and select["cost"]["random"]["scoring_epochs"] == 0
+    assert select["cost"]["ccs-el2n-cb"]["beta_tuning_cpu_seconds"] > 0
+    assert stages["score"]["metrics"]["proxy_cpu_seconds"] > 0 and stages["score"]["metrics"]["standardized"] is False
+    assert evaluate["seeds"] == 2 and set(evaluate["std"]) == {"ccs-el2n-cb-keep0.3", "random-keep0.3", "full"}
+    seeds = json.loads((Path(stages["evaluate"]["output"]) / "accuracy_seeds.json").read_text())
+    assert len(seeds["accuracy"]["full"]["values"]) == 2
+    report = (Path(runs) / "runs" / record["run_id"] / "report.md").read_text()
+    assert report.index("## Warnings") < report.index("## Coreset: accuracy vs keep rate")
+    assert "±" in report and "Welch" in report
+
+
+def _graph(n: int = 500, k: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4))
+    ids = rng.permutation(10 * n)[:n].astype(np.int64)
+    dist = ((x[:, None] - x[None]) ** 2).sum(-1)
+    np.fill_diagonal(dist, np.inf)
+    nn = np.argsort(dist, axis=1)[:, :k]
+    return {"id": ids, "neighbors": ids[nn], "distances": np.take_along_axis(dist, nn, 1),
+            "el2n": rng.random(n), "label": rng.integers(0, 3, n)}
+
+
+def _d2_one_at_a_time(g: dict[str, np.ndarray], keep: float, class_balanced: bool) -> np.ndarray:
+    """The paper's greedy, one pick at a time, on the whole graph (the reference the sharded rounds must equal)."""
+    from core import d2
+    from core.datasets import hash_unit
+
+    ids, nbr, dd = g["id"], g["neighbors"], g["distances"]
+    lookup = d2.hardness_table(ids, g["el2n"], True)
+    mean = d2.mean_distance([d2.distance_sum(d2.GraphRows(ids, nbr, dd))])
+    s = lookup(ids) + (np.exp(-dd / mean) * lookup(nbr)).sum(1)
+    key, pos = hash_unit(ids, 0), {int(i): r for r, i in enumerate(ids)}
+    labels = g["label"] if class_balanced else np.zeros(len(ids), dtype=np.int64)
+    one = d2.D2Shard(d2.GraphRows(ids, nbr, dd), lookup, labels if class_balanced else None, mean_distance=mean)
+    left = d2.class_budget_map(d2.local_ask([one]), int(np.floor(keep * len(ids) + 1e-9)), class_balanced)
+    taken = np.zeros(len(ids), dtype=bool)
+    while sum(left.values()):
+        rows = np.flatnonzero(~taken & np.array([left[int(c)] > 0 for c in labels]))
+        u = rows[np.lexsort((ids[rows], key[rows], -s[rows]))[0]]
+        taken[u], left[int(labels[u])] = True, left[int(labels[u])] - 1
+        for v, d in zip(nbr[u], dd[u]):
+            s[pos[int(v)]] -= np.exp(-d / mean) * max(s[u], 0.0)
+    return np.sort(ids[taken])
+
+
+@pytest.mark.parametrize("class_balanced", [False, True])
+def test_d2_rounds_equal_the_one_at_a_time_greedy_for_any_sharding(class_balanced: bool) -> None:
+    from core import d2
+
+    g = _graph()
+    for keep in (0.1, 0.5):
+        want = _d2_one_at_a_time(g, keep, class_balanced)
+        for shards, batch in ((1, 256), (2, 7), (3, 1)):
+            got = d2.d2_select_arrays(g["id"], g["neighbors"], g["distances"], g["el2n"], g["label"], keep,
+                                      class_balanced=class_balanced, shards=shards, batch=batch)
+            np.testing.assert_array_equal(got, want)
+    # diversity: D2 spreads over the graph where top-k hardest piles up
+    chosen = d2.d2_select_arrays(g["id"], g["neighbors"], g["distances"], g["el2n"], None, 0.1)
+    hardest = g["id"][np.argsort(-g["el2n"])[: len(chosen)]]
+    linked = lambda sel: np.isin(g["neighbors"][np.isin(g["id"], sel)], sel).sum()  # noqa: E731
+    assert linked(chosen) < linked(hardest)
+
+
+@pytest.mark.ray
+def test_d2_actors_select_the_same_ids_for_1_and_3_shards(ray_local: None, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from core import d2
+    from core.selection_names import read_selection
+    from workers.d2_select import select_d2
+
+    g = _graph(300)
+    graph = pa.table({"id": g["id"], "neighbors": pa.array(g["neighbors"].tolist(), pa.list_(pa.int64())),
+                      "distances": pa.array(g["distances"].astype(np.float32).tolist(), pa.list_(pa.float32()))})
+    for i, (a, b) in enumerate(((0, 100), (100, 210), (210, 300))):
+        (tmp_path / "graph").mkdir(exist_ok=True)
+        pq.write_table(graph.slice(a, b - a), tmp_path / "graph" / f"part-{i:05d}.parquet")
+    train = g["id"][:250]  # the rest are test rows: neither selected nor neighbours
+    scores = pa.table({"id": train, "label": g["label"][:250], "el2n": g["el2n"][:250]})
+    (tmp_path / "scores").mkdir()
+    pq.write_table(scores, tmp_path / "scores" / "part-00000.parquet")
+    sel = [{"score": "el2n", "keep": 0.2, "class_balanced": True}]
+    for shards in (1, 3):
+        info = select_d2(tmp_path / "graph", tmp_path / "scores", shards, sel, tmp_path / f"out{shards}")
+        assert info["d2-el2n-cb-keep0.2"]["rows"] == 50
+    one, three = (read_selection(tmp_path / f"out{s}" / "d2-el2n-cb-keep0.2") for s in (1, 3))
+    np.testing.assert_array_equal(one, three)
+    rows = d2.training_rows(g["id"], g["neighbors"], g["distances"].astype(np.float32), train)
+    want = d2.d2_select_arrays(rows.ids, rows.neighbors, rows.distances, g["el2n"][:250], g["label"][:250], 0.2,
+                               class_balanced=True)
+    np.testing.assert_array_equal(one, want)
+    assert np.isin(one, train).all()

@@ -1,0 +1,54 @@
+"""β from data: CCS's hard-cut fraction chosen per keep rate on a validation split, on Ray workers in parallel.
+
+For each CCS method and keep rate, every β of core.selection.BETA_GRID (with β + keep ≤ 1) selects a
+candidate coreset among the training rows less a held-out validation share (`VALIDATION`); a fresh model
+is fitted on each candidate (evaluation tasks, all at once) and scored on the validation rows, never on the
+test split. The highest validation accuracy wins, ties to the smaller β. Candidates are exact selections
+(the same ids for any sharding) and training is seeded, so the choice does not depend on the layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from core import sink
+from core.evaluation import Split
+from core.proxy_spec import TrainSpec
+from core.selection import VALIDATION, beta_candidates, choose_beta
+from workers.scorer import evaluate_coreset, selection_ids
+
+TUNING_SEED_OFFSET = 1000  # tuning trains with seeds apart from the reported evaluation's
+
+
+def tune_betas(scores_dir: str | Path, source: Any, shards: int, methods: Sequence[dict[str, Any]],
+               rates: Sequence[float], *, split: Split, train: TrainSpec, seed: int = 0, strata: int = 50,
+               device: str = "cpu", standardize: str | bool = "auto") -> dict[tuple[int, float], dict[str, Any]]:
+    """Per (index into `methods`, rate): {beta, validation accuracy per β, cpu_seconds of its candidates}.
+
+    `methods` are parsed CCS method specs (core.selection_names.parse_method); `source` is what the
+    evaluation tasks read (the ingest output).
+    """
+    holdout = Split(split.test_fraction, split.split_seed, VALIDATION)
+    jobs = [(m, r, b) for m in range(len(methods)) for r in rates for b in beta_candidates(r)]
+    if not jobs:
+        return {}
+    sels = [{**methods[m], "keep": float(r), "beta": b, "strata": strata} for m, r, b in jobs]
+    candidates = selection_ids(scores_dir, shards, sels, seed=seed, holdout=holdout)
+    tuning = dataclasses.replace(train, seed=train.seed + TUNING_SEED_OFFSET)
+    task = evaluate_coreset.options(num_gpus=1 if device == "cuda" else 0)
+    data = sink.readable(source) if isinstance(source, str | Path) else source
+    refs = [task.remote(data, ids, holdout, tuning, device=device, standardize=standardize) for ids in candidates]
+    results = ray.get(refs)
+    out: dict[tuple[int, float], dict[str, Any]] = {}
+    for (m, r, b), res in zip(jobs, results):
+        entry = out.setdefault((m, float(r)), {"validation": {}, "cpu_seconds": 0.0})
+        entry["validation"][b] = float(res["accuracy"])
+        entry["cpu_seconds"] += float(res["cpu_seconds"])
+    for entry in out.values():
+        entry["beta"] = choose_beta(entry["validation"])
+    return out
