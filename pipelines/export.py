@@ -229,10 +229,12 @@ def _previous_export(t: Target) -> dict[str, Any] | None:
     if not entries:
         return None
     marker = _read_marker(t)
+    names = sorted(e.path[len(t.path) + 1:] for e in entries if e.type == pafs.FileType.File)
+    if marker is None and not t.local and all(rel.startswith(f"{VERSIONS}/") for rel in names):
+        return None  # a first export interrupted before its pointer: only our own unpublished version objects
     if marker is None:
         raise ConfigError(f"--export {t.given}: holds files that are not a shardwalk export (no valid {MARKER}); "
                           "refusing to replace them: choose a new or empty location")
-    names = sorted(e.path[len(t.path) + 1:] for e in entries if e.type == pafs.FileType.File)
     ours = (lambda rel: rel in marker["files"]) if t.local else (lambda rel: rel.startswith(f"{VERSIONS}/"))
     foreign = [rel for rel in names if rel != MARKER and not ours(rel)]
     if foreign:
