@@ -188,15 +188,27 @@ def write_json(uri: str, payload: Any) -> None:
     write_bytes(uri, json.dumps(payload, indent=1, sort_keys=True, default=str).encode())
 
 
+JSON_READS = 3  # tries before an object that does not parse is called corrupt
+
+
 def read_json(uri: str) -> Any | None:
-    """Parsed JSON at `uri`, None if absent, CorruptArtifactError if it is not JSON."""
-    data = read_bytes(uri)
-    if data is None:
-        return None
-    try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptArtifactError(f"{uri}: not valid JSON ({exc})") from None
+    """Parsed JSON at `uri`, None if absent, CorruptArtifactError if it is not JSON.
+
+    A rewritten object (a run record while its run goes on) can come back torn: pyarrow sizes an S3 object
+    with a HEAD, then GETs that many bytes, and a newer, longer version in between is cut at the old size.
+    So a read that does not parse is tried again; only one that keeps failing is corrupt.
+    """
+    for attempt in range(JSON_READS):
+        data = read_bytes(uri)
+        if data is None:
+            return None
+        try:
+            return json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            if attempt == JSON_READS - 1:
+                raise CorruptArtifactError(f"{uri}: not valid JSON ({exc})") from None
+            time.sleep(0.05 * (attempt + 1))
+    return None
 
 
 def list_dir(uri: str) -> list[pafs.FileInfo]:
