@@ -39,7 +39,7 @@ from core.coreset_spec import CoresetSpec
 from core.dag import Pipeline
 from core.errors import DataError
 from core.evaluation import Split
-from core.io import write_parquet
+from core.io import read_manifest, write_parquet
 from core.proxy_spec import ProxySpec, TrainSpec, resolve_device
 from core.selection_names import parse_method, read_selection, selection_name
 from pipelines.common import COLUMN_DEFAULTS, LABELS_FILE, ingest_stage, read_label_map
@@ -85,9 +85,6 @@ def knn_index_config(config: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- stages
 
 
-SCORING_FILE = "_scoring.json"  # the leading underscore keeps Parquet readers of the scores off it
-
-
 def score(out: Path, ingest: Path, *, shards: int, test_fraction: float, split_seed: int, proxy: dict,
           device: str = "auto", standardize: str | bool = "auto") -> dict[str, Any]:
     """Train the proxies on up to `shards` actors (independent proxies or data-parallel); scores parts."""
@@ -97,9 +94,7 @@ def score(out: Path, ingest: Path, *, shards: int, test_fraction: float, split_s
                            split_seed=split_seed, device=device, standardize=standardize)
     keys = ("rows", "classes", "seconds", "examples_per_second", "mode", "actors", "device", "standardized",
             "scoring_epochs", "proxy_cpu_seconds")
-    metrics = {k: result[k] for k in keys}
-    (out / SCORING_FILE).write_text(json.dumps(metrics, indent=1, sort_keys=True))
-    return metrics
+    return {k: result[k] for k in keys}  # timings live in the manifest's metrics, never in the committed files
 
 
 @ray.remote(num_cpus=1, max_retries=1)
@@ -131,7 +126,7 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
 
     `keep` is a fraction of the training rows (the scored ones); a coreset that loses a class is flagged.
     `beta = "auto"` picks each CCS method's β per rate on a validation split (`tune`: split, training
-    settings, device, standardize); the chosen β (`selections.json`) and each method's cost (`cost.json`) are in the metrics too.
+    settings, device, standardize); the chosen β (`selections.json`) and each method's cost (CPU-seconds: metrics only, never a committed file) are in the metrics too.
     """
     from workers.scorer import select_distributed
 
@@ -157,10 +152,9 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
         result.update(select_distributed(source, shards, sels, out, seed=seed))
     cost = method_costs(scores, methods, rates, chosen)
     (out / "selections.json").write_text(json.dumps(result, indent=1, sort_keys=True))
-    (out / "cost.json").write_text(json.dumps(cost, indent=1, sort_keys=True))
     metrics: dict[str, Any] = {name: info["rows"] for name, info in result.items()}
     metrics["beta"] = {name: info["beta"] for name, info in result.items() if "beta" in info}
-    metrics["cost"] = cost
+    metrics["cost"] = cost  # CPU-seconds: in the metrics, not a file, so committed outputs stay byte-identical
     labelled = pads.dataset(str(scores), format="parquet").to_table()
     metrics["training_rows"] = labelled.num_rows
     dropped = dropped_classes(out, labelled, read_label_map(ingest) if ingest is not None else None, names=sorted(result))
@@ -202,8 +196,7 @@ def _tuned_betas(scores: Path, density: Path | None, ingest: Path | None, shards
 
 def method_costs(scores: Path, methods: list[str], rates: list[float], tuned: dict[tuple[str, float], dict]) -> dict:
     """Per method: the scoring epochs and proxy CPU-seconds its scores cost, and its β tuning's CPU-seconds."""
-    scoring_file = scores / SCORING_FILE
-    scoring = json.loads(scoring_file.read_text()) if scoring_file.exists() else {}
+    scoring = read_manifest(scores).get("metrics", {})  # the score stage's figures, from its commit
     out = {}
     for name in methods:
         spec = parse_method(name)
