@@ -54,6 +54,7 @@ from benchmarks.faultkit import (
     Background,
     actors,
     add_node,
+    free_port,
     lose_node,
     new_actors,
     poll,
@@ -448,14 +449,6 @@ def hostile_manifest(work: Path) -> dict[str, Any]:
                     "nothing written outside the index" if untouched else "FILES CHANGED outside the index")
 
 
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def _silent_listener() -> Iterator[int]:
     """A port on 127.0.0.1 that accepts connections and never answers (a hung or firewalled head); closed after."""
@@ -493,7 +486,7 @@ def wrong_address(work: Path) -> list[dict[str, Any]]:
     committed = sorted(p.name for p in (runs / "cache").iterdir()) if code == 0 else None
     out = []
     with _silent_listener() as silent:
-        for name, address in (("wrong_address_refused", f"127.0.0.1:{_closed_port()}"),
+        for name, address in (("wrong_address_refused", f"127.0.0.1:{free_port()}"),
                               ("wrong_address_silent", f"127.0.0.1:{silent}")):
             out.append(_wrong_address(runs, sets, committed, name, address))
     return out

@@ -19,13 +19,14 @@ import argparse
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.faultkit import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = """
@@ -38,12 +39,6 @@ print("BENCH " + json.dumps({"exit": code, "seconds": time.perf_counter() - star
                              "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                              "driver_bytes_read": store.bytes_read()}))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _drive(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
@@ -78,7 +73,7 @@ def run(n: int, d: int, shards: int) -> dict[str, Any]:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request otherwise
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

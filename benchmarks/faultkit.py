@@ -176,3 +176,12 @@ def run_cli(args: list[str], env: dict[str, str] | None = None) -> tuple[int, st
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("shardwalk:")]
     return proc.returncode, " | ".join(lines), proc.stdout, time.perf_counter() - began
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (bound once, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import os
-import socket
 import threading
 import time
 import uuid
@@ -26,13 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.faultkit import poll, scenario_result
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from benchmarks.faultkit import free_port, poll, scenario_result
 
 
 @contextlib.contextmanager
@@ -43,7 +36,7 @@ def _s3_server() -> Iterator[str]:
     import pyarrow.fs as pafs
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
     previous = {k: os.environ.get(k) for k in env}
