@@ -8,7 +8,7 @@ once on the training split; β of every CCS method is chosen per keep rate on a 
 training rows (workers/beta_tuning.py, `select.beta = "auto"`); every coreset (keep = 0.5, 0.3, 0.1) then
 trains a fresh model for the SAME number of steps, and the test accuracy at the end of training is
 reported as mean ± sample std over seeds (the seed drives both the selection's hash keys and the training),
-each compared with random by Welch's t-test (core/coreset_checks.py). Features are scaled as the pipeline's
+each compared with random by Welch's t-test (core/coresets/checks.py). Features are scaled as the pipeline's
 `standardize = "auto"` decides. Also checked: 1, 2 and 4 shards and the single-process API select identical
 ids for every method. `--n` sizes a generated dataset (mnist1d: `builtin:mnist1d?n=N`; then 4 proxies).
 `--scoring-only` measures scoring throughput with 1 and 2 actors instead.
@@ -30,16 +30,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 
-from core import coreset, coreset_checks
-from core.datasets import load_builtin
-from core.evaluation import Split
-from core.io import write_json_atomic, write_parquet
-from core.proxy import TrainSpec
-from core.selection import VALIDATION
-from core.selection_names import parse_method, read_selection, selection_name
-from pipelines.runtime import connect
-from workers.beta_tuning import tune_betas
-from workers.scorer import evaluate_coreset, score_dataset, select_distributed, selection_ids
+from shardwalk.core.coresets import checks as coreset_checks
+from shardwalk.core.coresets import single_process as coreset
+from shardwalk.core.coresets.evaluation import Split
+from shardwalk.core.coresets.proxy import TrainSpec
+from shardwalk.core.coresets.selection import VALIDATION
+from shardwalk.core.coresets.selection_names import parse_method, read_selection, selection_name
+from shardwalk.core.data.builtin import load_builtin
+from shardwalk.core.storage.files import write_json_atomic, write_parquet
+from shardwalk.pipelines.runtime import connect
+from shardwalk.workers.beta_tuning import tune_betas
+from shardwalk.workers.scorer import evaluate_coreset, score_dataset, select_distributed, selection_ids
 
 DEFAULT_METHOD = "ccs-el2n-cb"  # the coreset pipeline's and the demo's default (the winner of this benchmark)
 METHODS = [DEFAULT_METHOD, "ccs-aum-cb", "ccs-el2n", "d2-el2n-cb", "d2-el2n", "random", "random-cb", "topk-el2n"]
@@ -154,8 +155,8 @@ def _d2(source: Path, scores_dir: Path, root: Path, methods: list[str], rates: l
         ) -> dict[str, Any]:
     """The kNN graph (2 shards, k = 10, as the pipeline's knn section), then every D2 selection per seed; timed,
     and checked identical for 1, 2 and 4 shards."""
-    from workers.d2_select import select_d2
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.workers.d2_select import select_d2
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     t = time.perf_counter()
     with ShardedIndex.build(source, shards=2, space="l2", M=16, ef_construction=100) as index:

@@ -87,7 +87,7 @@ def _coreset_sets(quick: bool) -> list[str]:
 
 def _cli(runs: Path, sets: list[str]) -> subprocess.Popen:
     """`shardwalk run coreset` as its own process (stderr to a file beside the runs dir: never a full pipe)."""
-    args = [sys.executable, "-m", "pipelines.cli", "run", "coreset", "--runs-dir", str(runs)]
+    args = [sys.executable, "-m", "shardwalk.pipelines.cli", "run", "coreset", "--runs-dir", str(runs)]
     args += [a for s in sets for a in ("--set", s)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     runs.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,7 @@ def _stage_status(runs: Path, stage: str) -> str | None:
 
 def _committed_files(runs: Path) -> dict[str, bytes]:
     """Every data file of every committed stage output (not the manifests: they hold timings)."""
-    from core.io import MANIFEST
+    from shardwalk.core.storage.files import MANIFEST
 
     out = {}
     for stage_dir in sorted((runs / "cache").iterdir()):
@@ -147,7 +147,7 @@ def _kill_at(step: str, victim: Callable[[], Any]) -> Iterator[list[bool]]:
     """Kill (restartable) `victim()` when ShardedIndex reaches its `raykit.wait_all(…, step)`."""
     import ray
 
-    from workers import raykit
+    from shardwalk.workers import raykit
 
     real, done = raykit.wait_all, []
 
@@ -164,7 +164,7 @@ def _kill_at(step: str, victim: Callable[[], Any]) -> Iterator[list[bool]]:
 def _hnsw_build(data: np.ndarray, queries: np.ndarray, replicas: int, fast: dict[str, Any],
                 step: str | None = None) -> tuple[Any, float, str]:
     """Build (optionally killing shard 1's primary at `step`) and search; (ids or None, seconds, error)."""
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     spawned: list[Any] = []
     real_spawn = ShardedIndex._spawn
@@ -188,7 +188,7 @@ def _hnsw_build(data: np.ndarray, queries: np.ndarray, replicas: int, fast: dict
 
 def _search_until_ok(index: Any, queries: np.ndarray, timeout: float = 120.0) -> np.ndarray:
     """Search; while a killed actor is still restarting its calls fail, so retry until it is back."""
-    from core.errors import ShardUnavailableError
+    from shardwalk.core.errors import ShardUnavailableError
 
     deadline = time.monotonic() + timeout
     while True:
@@ -225,8 +225,8 @@ def _search_killed(index: Any, queries: np.ndarray) -> tuple[Any, float, str]:
 
 
 def hnsw_scenarios(quick: bool) -> list[dict[str, Any]]:
-    from core.datasets import synthetic
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.core.data.builtin import synthetic
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     n, d = (1500, 16) if quick else (5000, 32)
     data = synthetic(n=n, d=d, seed=11)[0]
@@ -270,8 +270,8 @@ def hnsw_scenarios(quick: bool) -> list[dict[str, Any]]:
 
 
 def walker_node_loss(cluster: Any, work: Path, quick: bool) -> dict[str, Any]:
-    from core.srrw import load_token
-    from workers.walker import run_distributed_sa_srrw
+    from shardwalk.core.srrw import load_token
+    from shardwalk.workers.walker import run_distributed_sa_srrw
 
     obj, graph = walk_problem()
     steps = 15_000 if quick else 40_000
@@ -305,7 +305,7 @@ def walker_node_loss(cluster: Any, work: Path, quick: bool) -> dict[str, Any]:
 
 
 def coreset_node_loss(cluster: Any, work: Path, quick: bool) -> dict[str, Any]:
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     sets = _coreset_sets(quick)
 
@@ -358,7 +358,7 @@ def _in_process(args: list[str]) -> tuple[int, str, float]:
     """`shardwalk ARGS` in this process (the session's Ray): exit code, its `shardwalk:` lines, seconds."""
     import io
 
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     err = io.StringIO()
     began = time.perf_counter()
@@ -384,7 +384,7 @@ def _walk_tokens(runs: Path) -> tuple[Path, Any]:
 
 def walk_scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
     """An edited checkpoint JSON is refused with what to do; `--force` recomputes a finished walk from scratch."""
-    from core.dag import state_dir
+    from shardwalk.core.dag.attempt import state_dir
 
     runs = work / "runs"
     args = ["run", "srrw", "--runs-dir", str(runs), f"--set=steps={4000 if quick else 20000}", "--set=checkpoint_every=500"]
@@ -402,7 +402,7 @@ def walk_scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
     shutil.rmtree(walk)
     state = state_dir(walk)
     state.mkdir(parents=True, exist_ok=True)
-    from core.srrw import SRRW, Schedule, make_tokens, save_token
+    from shardwalk.core.srrw import SRRW, Schedule, make_tokens, save_token
 
     obj, graph = walk_problem()
     token = make_tokens(SRRW(graph, 5.0, "mhrw"), obj.dim, Schedule(), seed=0)[0]
@@ -423,11 +423,11 @@ def hostile_manifest(work: Path) -> dict[str, Any]:
 
     import pyarrow.parquet as pq
 
-    from core import hnsw
-    from core.datasets import synthetic
-    from core.io import MANIFEST
-    from core.schema import from_numpy
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.core.data.builtin import synthetic
+    from shardwalk.core.data.schema import from_numpy
+    from shardwalk.core.index import hnsw
+    from shardwalk.core.storage.files import MANIFEST
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     data = synthetic(n=1500, d=16, seed=11)[0]
     index_dir = work / "hostile" / "index"
@@ -532,13 +532,13 @@ def full_disk(work: Path) -> dict[str, Any]:
         if how == "simulated":  # ENOSPC from every run-record write, as a full disk gives it
             import errno
 
-            from core import io
+            from shardwalk.core.storage import files
 
             def full(path: Any, payload: Any) -> None:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-            with mock.patch.object(io, "write_json_atomic", full), mock.patch("core.dag.write_json_atomic", full):
+            with mock.patch.object(files, "write_json_atomic", full), mock.patch("shardwalk.core.dag.runner.write_json_atomic", full):
                 code, message, seconds = _in_process(args)
         else:
             code, message, seconds = _subprocess(args)
@@ -551,7 +551,7 @@ def hardening_scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
     """Issue 17's scriptable faults. A lost shard during knn_graph (item 2) is issue 13's to add."""
     import ray
 
-    from pipelines.runtime import connect
+    from shardwalk.pipelines.runtime import connect
 
     out = [*wrong_address(work), full_disk(work)]  # fresh drivers: before this process starts Ray
     connect(num_cpus=2)
@@ -613,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         if "hnsw" in groups:
             import ray
 
-            from pipelines.runtime import connect
+            from shardwalk.pipelines.runtime import connect
 
             connect(num_cpus=2)
             try:

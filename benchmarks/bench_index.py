@@ -30,12 +30,12 @@ import hnswlib
 import numpy as np
 import ray
 
-from core import hnsw
-from core.datasets import load_arrays, synthetic
-from core.io import read_table
-from core.schema import to_numpy, validate_vectors
-from pipelines.runtime import connect
-from workers.sharded_index import ShardedIndex
+from shardwalk.core.data.builtin import load_arrays, synthetic
+from shardwalk.core.data.schema import to_numpy, validate_vectors
+from shardwalk.core.index import hnsw
+from shardwalk.core.storage.sources import read_table
+from shardwalk.pipelines.runtime import connect
+from shardwalk.workers.sharded_index import ShardedIndex
 
 K = 10
 REPEATS = 3

@@ -114,9 +114,9 @@ def pynndescent_job(spec: dict[str, Any]) -> dict[str, Any]:
 
 def shardwalk_job(spec: dict[str, Any]) -> dict[str, Any]:
     """In-process builder runs on the ingested parts: strong scaling, levers (each timed alone)."""
-    from core.knn_partition import GraphSettings
-    from pipelines.runtime import connect
-    from workers.knn_partition import build_graph
+    from shardwalk.core.index.knn_partition import GraphSettings
+    from shardwalk.pipelines.runtime import connect
+    from shardwalk.workers.knn_partition import build_graph
 
     connect(num_cpus=THREADS)
     work, ingest = Path(spec["work"]), spec["ingest"]
@@ -145,8 +145,8 @@ def shardwalk_job(spec: dict[str, Any]) -> dict[str, Any]:
 
 def search_job(spec: dict[str, Any]) -> dict[str, Any]:
     """`ShardedIndex.search` QPS (an index built with defaults, not timed) on hnswlib's batches."""
-    from pipelines.runtime import connect
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.pipelines.runtime import connect
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     connect(num_cpus=THREADS)
     work = Path(spec["work"])
@@ -182,7 +182,7 @@ def prepare(work: Path, n: int, dim: int, queries: int, graph_sample: int) -> No
 def shardwalk_run(work: Path) -> dict[str, Any]:
     """`shardwalk run index --set hnsw=false` with defaults: the graph stage's seconds, the run's PSS."""
     runs = work / "runs"
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "index", "--runs-dir", str(runs),
+    cmd = [sys.executable, "-m", "shardwalk.pipelines.cli", "run", "index", "--runs-dir", str(runs),
            "--set", f"source={work / 'base'}", "--set", "hnsw=false", "--set", f"k={K}", "--set", "recall_sample=1000"]
     run = run_sampled(cmd)
     record = json.loads(next((runs / "runs").glob("*/run.json")).read_text())

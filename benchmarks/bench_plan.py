@@ -7,7 +7,7 @@
 
 Every point runs `shardwalk run PIPELINE` in a fresh process with a fresh runs directory (no cache hits),
 sampling the PSS of the whole process tree (driver, Ray, every worker; benchmarks/memory.py) every second,
-and compares wall time, each stage's seconds and the peak with what `core.cost_model` predicts from the
+and compares wall time, each stage's seconds and the peak with what `shardwalk.core.plan.cost_model` predicts from the
 calibration in use (the shipped one, or --calibration). Points: the index pipeline at 100k, 200k and 1M
 rows (128-d, bench_scale's clustered data), coreset scoring at two sizes, SRRW on two graphs with 1 and 2
 walker actors, and the index pipeline at 100k on a simulated 3-node cluster (`ray.cluster_utils.Cluster`:
@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.memory import TreeSampler, pss_bytes
-from core import cost_model as cm
-from core.calibration import Calibration, load
-from core.sizing import Node
+from shardwalk.core.plan import cost_model as cm
+from shardwalk.core.plan.calibration import Calibration, load
+from shardwalk.core.plan.sizing import Node
 
 TOLERANCE = 0.35
 SAMPLE_INTERVAL_S = 1.0  # at 0.5 s sampling took ~1.5 s of a 13 s run (the srrw run: 11.4-11.9 s unsampled)
@@ -71,8 +71,8 @@ def _labelled_dir(n: int, dim: int = 40) -> Callable[[Path], None]:
     def write(work: Path) -> None:
         import pyarrow.parquet as pq
 
-        from core.datasets import synthetic
-        from core.schema import from_numpy
+        from shardwalk.core.data.builtin import synthetic
+        from shardwalk.core.data.schema import from_numpy
 
         (work / "data").mkdir(parents=True, exist_ok=True)
         x, y = synthetic(n, dim)
@@ -101,8 +101,8 @@ def points(smoke: bool) -> list[Point]:
 
 def _job(pipeline: str, sets: dict[str, Any]) -> Any:
     """The job as `shardwalk plan` derives it from the same config (sizes from the source, graph measured)."""
-    from pipelines.config import load_config, pipeline_module
-    from pipelines.plan import Sizes, job_of
+    from shardwalk.pipelines.config import load_config, pipeline_module
+    from shardwalk.pipelines.plan import Sizes, job_of
 
     config = load_config(pipeline_module(pipeline), None, [f"{k}={_toml(v)}" for k, v in sets.items()])
     return job_of(pipeline, config, Sizes())
@@ -130,7 +130,7 @@ def run_point(point: Point, cal: Calibration, work: Path) -> dict[str, Any]:
 
 
 def _command(pipeline: str, sets: dict[str, Any], work: Path, address: str | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", pipeline, "--runs-dir", str(work / "runs")]
+    cmd = [sys.executable, "-m", "shardwalk.pipelines.cli", "run", pipeline, "--runs-dir", str(work / "runs")]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={_toml(value)}"]
     return cmd + (["--address", address] if address else [])
@@ -152,7 +152,7 @@ def _run_sampled(cmd: list[str], root: int | None, baseline: int) -> dict[str, A
 
 def _run_on_simulated_cluster(point: Point, sets: dict[str, Any], work: Path) -> tuple[dict[str, Any], list[Node]]:
     from benchmarks.faultkit import simulated_cluster
-    from workers.cluster import cluster_nodes
+    from shardwalk.workers.cluster import cluster_nodes
 
     own = pss_bytes(os.getpid())
     with simulated_cluster(workers=point.simulated_nodes) as cluster:

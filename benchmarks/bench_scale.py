@@ -177,14 +177,14 @@ def _py(*args: str) -> list[str]:
 
 def ray_idle(seconds: float = 8.0) -> int:
     """Peak PSS of an embedded Ray doing nothing (its idle footprint, subtracted in peak_memory_ratio)."""
-    code = f"from pipelines.runtime import connect; import time; connect(); time.sleep({seconds})"
+    code = f"from shardwalk.pipelines.runtime import connect; import time; connect(); time.sleep({seconds})"
     return run_sampled([sys.executable, "-c", code])["peak_pss_bytes"]
 
 
 def shardwalk_side(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """`shardwalk run index` with defaults; then held-out queries and the graph sample on its outputs."""
     runs = work / "runs"
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "index", "--runs-dir", str(runs),
+    cmd = [sys.executable, "-m", "shardwalk.pipelines.cli", "run", "index", "--runs-dir", str(runs),
            "--set", f"source={work / 'base'}", "--set", f"ef={EF}", "--set", f"k={K}"]
     run = run_sampled(cmd)
     record = json.loads(next((runs / "runs").glob("*/run.json")).read_text())
@@ -200,8 +200,8 @@ def query_side(work: Path, build_dir: str) -> dict[str, Any]:
 
 
 def search_job(spec: dict[str, Any]) -> dict[str, Any]:
-    from pipelines.runtime import connect
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.pipelines.runtime import connect
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     connect()
     work = Path(spec["work"])
@@ -227,7 +227,7 @@ def stream_side(work: Path, build_dir: str, repeats: int) -> dict[str, Any]:
             if not link.exists():
                 link.symlink_to(part)
     out = work / "answers"
-    run = run_sampled([sys.executable, "-m", "pipelines.cli", "query", build_dir, "--queries", str(source), "--out", str(out)])
+    run = run_sampled([sys.executable, "-m", "shardwalk.pipelines.cli", "query", build_dir, "--queries", str(source), "--out", str(out)])
     ids = pq.read_table(out, columns=["id"]).column("id").to_numpy()
     n = sum(pq.ParquetFile(p).metadata.num_rows for p in (work / "base").glob("*.parquet"))
     counts = np.bincount(ids, minlength=n)

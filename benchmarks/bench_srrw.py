@@ -3,7 +3,7 @@
     python -m benchmarks.bench_srrw [--graph karate] [--data breast_cancer] [--trials 100] [--steps 50000]
                                     [--quick] --json OUT.json
 
-MSE = E‖θ_n − θ*‖² over `trials` independent walks (vectorised: core.srrw.run_sa_srrw_batch, the same
+MSE = E‖θ_n − θ*‖² over `trials` independent walks (vectorised: shardwalk.core.srrw.run_sa_srrw_batch, the same
 algorithm as the reference) for α ∈ {0, 1, 5, 10, 20} (α = 0: the MHRW base walk) and i.i.d. agent
 sampling in regime a = 0.8 < b = 0.9, plus α = 10 with a = b = 0.9 and a = 1 > b = 0.9, on an
 L2-regularised logistic regression over real data spread over the agents of a standard graph.
@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from core.agents import agent_blocks, cut_edge_fraction, spread, standard_graph
-from core.datasets import load_arrays
-from core.errors import ConfigError
-from core.objectives import build_objective
-from core.srrw import SRRW, halo_mask, run_sa_srrw, run_sa_srrw_batch, walk_partition
+from shardwalk.core.data.builtin import load_arrays
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.srrw import SRRW, halo_mask, run_sa_srrw, run_sa_srrw_batch, walk_partition
+from shardwalk.core.srrw.agents import agent_blocks, cut_edge_fraction, spread, standard_graph
+from shardwalk.core.srrw.objectives import build_objective
 
 ALPHAS = (0.0, 1.0, 5.0, 10.0, 20.0)
 PARTITIONED = ("partitioned", "partitioned_halo3")  # the sized case's 2-actor layouts beside the default
@@ -108,7 +108,7 @@ def speed(g, obj, *, steps: int, lr: float, seed: int, partitions: int, halo: in
     """Hops/s of the reference and of P walker actors with 1 and 4 tokens; exactness checked on the way."""
     import ray
 
-    from workers.walker import run_distributed_sa_srrw
+    from shardwalk.workers.walker import run_distributed_sa_srrw
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, logging_level="ERROR")
@@ -247,7 +247,7 @@ def _actor_row(out: dict[str, Any], key: str, res, wall: float, hops: int) -> No
 _CEILING_JOB = """
 import json, sys, time
 from benchmarks.bench_srrw import _sized_problem
-from core.srrw import run_sa_srrw
+from shardwalk.core.srrw import run_sa_srrw
 agents, tokens, steps, seed = (int(a) for a in sys.argv[1:5])
 g, obj = _sized_problem(agents, "label_skew", 0.1, 0)
 kw = dict(alpha=10.0, a=0.8, b=0.9, lr=5.0, seed=seed, tokens=tokens)
@@ -273,7 +273,7 @@ def _distributed_rows(obj, g, kw: dict[str, Any], hops: int, kl_parts: dict[int,
     """The reference, 1 and 2 walker actors (the default layout) in `rounds` interleaved rounds, so a slow
     spell of this shared machine hits each alike; then the partitioned layout once, over a fifth of the
     steps (its rate is steady; the hand-offs make a full-length run take minutes)."""
-    from workers.walker import run_distributed_sa_srrw
+    from shardwalk.workers.walker import run_distributed_sa_srrw
 
     out: dict[str, Any] = {"cpu_seconds": {}, "counts": {}}
     same = True
@@ -305,7 +305,7 @@ MANY_LAYOUTS = {"1actor": {"partitions": 1, "replicate": True}, "2actors_replica
 def many_tokens(obj, g, kw: dict[str, Any], total_hops: int) -> dict[str, Any]:
     """256 tokens sharing a fixed total of hops: 1 actor, 2 actors replicated, 2 actors partitioned (metis,
     measures sharded), each checked bit for bit against the single-process reference of the same walk."""
-    from workers.walker import run_distributed_sa_srrw
+    from shardwalk.workers.walker import run_distributed_sa_srrw
 
     tokens = MANY_TOKENS
     many = {**kw, "tokens": tokens, "steps": max(1, total_hops // tokens)}
@@ -336,7 +336,7 @@ def many_tokens(obj, g, kw: dict[str, Any], total_hops: int) -> dict[str, Any]:
 
 def _partitioners(g, chain: SRRW, paths: list, seed: int) -> dict[str, Any]:
     """Per partitioner: the cut-edge fraction and hand-offs per 1,000 hops (by halo) on recorded paths."""
-    from core.srrw import count_handoffs
+    from shardwalk.core.srrw import count_handoffs
 
     partitions: dict[str, Any] = {}
     for method in ("metis", "kl", "louvain", "range"):

@@ -31,8 +31,8 @@ from benchmarks.faultkit import free_port
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = """
 import json, resource, sys, time
-from core import store
-from pipelines.cli import main
+from shardwalk.core.storage import store
+from shardwalk.pipelines.cli import main
 started = time.perf_counter()
 code = main(sys.argv[1:])
 print("BENCH " + json.dumps({"exit": code, "seconds": time.perf_counter() - started,
@@ -60,7 +60,7 @@ def _config(runs_dir: str, source: str, shards: int, env: dict[str, str]) -> dic
 def _transfer(runs_dir: str, env: dict[str, str]) -> dict[str, dict[str, int]]:
     """Bytes uploaded / downloaded per stage, from the cold run's record in the bucket."""
     os.environ.update(env)
-    from core.dag import list_runs
+    from shardwalk.core.dag.runner import list_runs
 
     cold = list_runs(runs_dir)[-1]  # newest first: the last is the cold run
     return {name: {"bytes_uploaded": s.get("bytes_uploaded", 0), "bytes_downloaded": s.get("bytes_downloaded", 0)}

@@ -7,7 +7,7 @@
 Run it on a node of the machine type your cluster uses, while nothing else runs on it (the load average is
 recorded in the file's `machine`). What it measures, each on one core unless said otherwise:
 hnswlib build and query seconds per row at two dimensions and two sizes (→ the dim and log-size terms),
-hnswlib's speed-up with all cores, index bytes against core.sizing's rule, kNN-graph bookkeeping per row,
+hnswlib's speed-up with all cores, index bytes against shardwalk.core.plan.sizing's rule, kNN-graph bookkeeping per row,
 Parquet read+validate+write and sha256 throughput, float32 matmul flops, the embedded Ray's start-up and
 idle footprint, an actor's start-up and footprint (with and without torch), the first task of a stage,
 the actor→actor hand-off latency, a whole run's time outside its stages, proxy training time per example-unit and torch's warm-up, an SRRW hop's
@@ -31,9 +31,16 @@ from typing import Any
 
 import numpy as np
 
-from core.calibration import DEFAULT_FILE, STANDARD_SHAPES, Calibration, Constants, NodeShape, save
+from shardwalk.core.plan.calibration import (
+    DEFAULT_FILE,
+    STANDARD_SHAPES,
+    Calibration,
+    Constants,
+    NodeShape,
+    save,
+)
 
-SHARD_ACTOR_MODULES = ("workers.hnsw_actor", "workers.hnsw_shard")  # the HnswShard module, after / before its split
+SHARD_ACTOR_MODULES = ("shardwalk.workers.hnsw_actor", "workers.hnsw_shard")  # the HnswShard module, after / before its split
 MAX_LOG_GROWTH = 0.3  # per ln(size): 3× HNSW's ln(n) search depth; more is noise from a loaded machine
 REPEATS = {False: 3, True: 1}  # hnswlib timings are medians of this many builds: one swung ±15 % between runs here
 SIZES = {False: {"ref": 50_000, "small": 10_000, "queries": 2_000}, True: {"ref": 6_000, "small": 1_500, "queries": 500}}
@@ -68,7 +75,7 @@ def _query(index: Any, q: np.ndarray) -> float:
 
 def measure_hnsw(quick: bool) -> dict[str, float]:
     """Build / query seconds per row (1 thread) at dims 32 and 128 and two sizes; threads; bytes per row."""
-    from core.sizing import index_bytes
+    from shardwalk.core.plan.sizing import index_bytes
 
     n, small, nq = SIZES[quick]["ref"], SIZES[quick]["small"], SIZES[quick]["queries"]
     x = _vectors(n, 128)
@@ -108,9 +115,9 @@ def measure_io(quick: bool) -> dict[str, float]:
     """Parquet read + validate + write, sha256, kNN-graph bookkeeping per row, float32 matmul flops."""
     import pyarrow.parquet as pq
 
-    from core import hnsw
-    from core.io import write_parquet
-    from core.schema import KNN_GRAPH_SCHEMA, from_numpy, validate_vectors
+    from shardwalk.core.data.schema import KNN_GRAPH_SCHEMA, from_numpy, validate_vectors
+    from shardwalk.core.index import hnsw
+    from shardwalk.core.storage.files import write_parquet
 
     rows = 20_000 if quick else 100_000
     x = _vectors(rows, 128)
@@ -140,7 +147,7 @@ def measure_io(quick: bool) -> dict[str, float]:
 def _write_graph(path: Path, ids: np.ndarray, nbrs: np.ndarray, dists: np.ndarray, schema: Any) -> None:
     import pyarrow as pa
 
-    from core.io import write_parquet
+    from shardwalk.core.storage.files import write_parquet
 
     offsets = pa.array(np.arange(0, nbrs.size + 1, nbrs.shape[1], dtype=np.int32))
     write_parquet(pa.table([pa.array(ids), pa.ListArray.from_arrays(offsets, pa.array(nbrs.reshape(-1))),
@@ -152,7 +159,7 @@ def measure_training(quick: bool) -> dict[str, float]:
     """Proxy training seconds per (example × epoch × (dim·hidden + hidden·classes)) on one thread; warm-up."""
     import torch
 
-    from core.proxy import ProxySpec, score_shard
+    from shardwalk.core.coresets.proxy import ProxySpec, score_shard
 
     torch.set_num_threads(1)
     rows, dim, hidden, classes, epochs = (2000 if quick else 8000), 64, 128, 10, 2
@@ -171,9 +178,9 @@ def measure_training(quick: bool) -> dict[str, float]:
 
 def measure_walk(quick: bool) -> dict[str, float]:
     """An SRRW hop's compute at two data sizes per agent (→ fixed and per-feature terms); KL partitioning."""
-    from core.agents import spread, standard_graph
-    from core.objectives import build_objective
-    from core.srrw import SRRW, run_sa_srrw, walk_partition
+    from shardwalk.core.srrw import SRRW, run_sa_srrw, walk_partition
+    from shardwalk.core.srrw.agents import spread, standard_graph
+    from shardwalk.core.srrw.objectives import build_objective
 
     graph = standard_graph("barabasi_albert", n=300, m=3, seed=0)
     steps = 4000 if quick else 20_000
@@ -213,7 +220,7 @@ def _tree_pss(root: int, skip_workers: bool) -> tuple[int, int]:
     return total, node
 
 
-IDLE_DRIVER = ("import sys; import pipelines.cli; from pipelines.runtime import connect; connect(); "
+IDLE_DRIVER = ("import sys; import shardwalk.pipelines.cli; from shardwalk.pipelines.runtime import connect; connect(); "
                "print('ready', flush=True); sys.stdin.readline()")  # ends (and stops its Ray) when stdin closes
 
 
@@ -239,9 +246,9 @@ def _idle_driver_pss() -> tuple[int, int]:
 
 def _walk_start() -> float:
     """A 10-step walk on fresh walker actors: what a walk stage pays before its hops (actors, imports, kernel)."""
-    from core.agents import standard_graph
-    from core.objectives import build_objective
-    from workers.walker import run_distributed_sa_srrw
+    from shardwalk.core.srrw.agents import standard_graph
+    from shardwalk.core.srrw.objectives import build_objective
+    from shardwalk.workers.walker import run_distributed_sa_srrw
 
     graph = standard_graph("karate")
     rng = np.random.default_rng(0)
@@ -256,7 +263,7 @@ def measure_ray() -> dict[str, float]:
 
     from benchmarks.bench_srrw import _ping_ms
     from benchmarks.memory import pss_bytes
-    from pipelines.runtime import connect
+    from shardwalk.pipelines.runtime import connect
 
     head, node = _idle_driver_pss()
     started, resources = _timed(connect)
@@ -275,7 +282,7 @@ def measure_ray() -> dict[str, float]:
                 except ModuleNotFoundError:
                     continue
             if torch_too:
-                import core.proxy  # noqa: F401
+                import shardwalk.core.coresets.proxy  # noqa: F401
 
         def pid(self) -> int:
             return os.getpid()
@@ -293,7 +300,7 @@ def measure_ray() -> dict[str, float]:
 
     @ray.remote(num_cpus=0)
     def stage_imports() -> float:
-        import pipelines.index  # noqa: F401
+        import shardwalk.pipelines.index  # noqa: F401
 
         return 0.0
 
@@ -305,7 +312,7 @@ def measure_ray() -> dict[str, float]:
 
         import matplotlib.pyplot as plt
 
-        import pipelines.reports  # noqa: F401
+        import shardwalk.pipelines.reports.stage  # noqa: F401
         for _ in range(4):
             fig, ax = plt.subplots(figsize=(6, 4))
             ax.plot(np.random.default_rng(0).random(2000))
@@ -331,11 +338,11 @@ def _outside_stages(env: dict[str, str]) -> float:
     """One tiny `shardwalk run srrw` in a fresh process: its wall seconds less its stages' own seconds."""
     import subprocess
 
-    from core.dag import list_runs
+    from shardwalk.core.dag.runner import list_runs
 
     with tempfile.TemporaryDirectory(prefix="calibrate-driver-") as runs:
         sets = {"graph.name": '"karate"', "source": '"builtin:breast_cancer"', "steps": 200, "tokens": 1, "partitions": 1}
-        cmd = [sys.executable, "-m", "pipelines.cli", "run", "srrw", "--runs-dir", runs]
+        cmd = [sys.executable, "-m", "shardwalk.pipelines.cli", "run", "srrw", "--runs-dir", runs]
         for key, value in sets.items():
             cmd += ["--set", f"{key}={value}"]
         began = time.perf_counter()

@@ -16,8 +16,8 @@ def knn_graph_kill(quick: bool) -> dict[str, Any]:
     import pyarrow.parquet as pq
     import ray
 
-    from core.datasets import synthetic
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.core.data.builtin import synthetic
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     n, d = (1500, 16) if quick else (5000, 32)
     data = synthetic(n=n, d=d, seed=11)[0]

@@ -124,8 +124,8 @@ class Background(threading.Thread):
 
 def walk_problem() -> tuple[Any, Any]:
     """A small logistic problem over les_miserables agents."""
-    from core.agents import standard_graph
-    from core.objectives import LogisticRegression, add_intercept
+    from shardwalk.core.srrw.agents import standard_graph
+    from shardwalk.core.srrw.objectives import LogisticRegression, add_intercept
 
     graph = standard_graph("les_miserables")
     rng = np.random.default_rng(0)
@@ -172,7 +172,7 @@ def run_cli(args: list[str], env: dict[str, str] | None = None) -> tuple[int, st
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     full_env.pop("RAY_ADDRESS", None)
     began = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=full_env,
+    proc = subprocess.run([sys.executable, "-m", "shardwalk.pipelines.cli", *args], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("shardwalk:")]
     return proc.returncode, " | ".join(lines), proc.stdout, time.perf_counter() - began

@@ -44,7 +44,7 @@ def _submit(fn: Any, args: tuple, options: Any) -> cf.Future:
 
 def _outputs(record: Any, skip: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """stage -> {file: sha256} of every committed output of a run (manifests hold timings: compared by content)."""
-    from core.io import read_manifest
+    from shardwalk.core.storage.files import read_manifest
 
     stages = record["stages"] if isinstance(record, dict) else {n: vars(s) for n, s in record.stages.items()}
     return {name: {rel: e.get("sha256") for rel, e in read_manifest(s["output"])["files"].items()}
@@ -61,7 +61,7 @@ def _exit_code(record: Any) -> int:
 
 STAGE_CODE = '''from pathlib import Path
 import pyarrow as pa
-from core.io import write_parquet
+from shardwalk.core.storage.files import write_parquet
 
 
 def scale(out: Path, *, n: int) -> dict:
@@ -73,7 +73,7 @@ def scale(out: Path, *, n: int) -> dict:
 
 def _custom_run(folder: Path, runs: Path, factor: int) -> Any:
     """Write the user's module with this body, import it afresh and run its one-stage pipeline."""
-    from core.dag import Pipeline, Runner
+    from shardwalk.core.dag.runner import Pipeline, Runner
 
     (folder / "faults_cache_userstage.py").write_text(STAGE_CODE.format(factor=factor))
     sys.modules.pop("faults_cache_userstage", None)
@@ -106,8 +106,8 @@ def edited_stage_code(work: Path) -> dict[str, Any]:
 
 
 def _srrw(runs: Path, edges: Path, quick: bool) -> dict[str, Any]:
-    from core.run_records import list_runs
-    from pipelines.cli import main
+    from shardwalk.core.dag.run_records import list_runs
+    from shardwalk.pipelines.cli import main
 
     sets = ["graph.name=file", f"graph.edges={edges}", f"steps={2000 if quick else 10000}", "record_every=500",
             "checkpoint_every=1000"]
@@ -121,7 +121,7 @@ def _srrw(runs: Path, edges: Path, quick: bool) -> dict[str, Any]:
 def _write_graph(path: Path, name: str, **params: int) -> None:
     import pyarrow.parquet as pq
 
-    from core.agents import edges_table, standard_graph
+    from shardwalk.core.srrw.agents import edges_table, standard_graph
 
     pq.write_table(edges_table(standard_graph(name, **params)), path)
 
@@ -159,9 +159,9 @@ CLEANUP_AFTER = [-1]  # the injected fault (not a parameter: the faulted run and
 
 
 def parts_with_cleanup(out: Path, *, parts: int) -> dict[str, Any]:
-    """Writes `parts` Parquet parts as helpers do (core.sink.put_parquet); an overeager cleanup deletes the
+    """Writes `parts` Parquet parts as helpers do (shardwalk.core.storage.sink.put_parquet); an overeager cleanup deletes the
     stage's temporary directory after part CLEANUP_AFTER (-1: never)."""
-    from core import sink
+    from shardwalk.core.storage import sink
 
     rows = 0
     for i in range(parts):
@@ -174,7 +174,7 @@ def parts_with_cleanup(out: Path, *, parts: int) -> dict[str, Any]:
 
 
 def _parts_run(runs: Path, cleanup_after: int) -> Any:
-    from core.dag import Pipeline, Runner
+    from shardwalk.core.dag.runner import Pipeline, Runner
 
     p = Pipeline("parts")
     p.stage("parts", parts_with_cleanup, params={"parts": 4}, declares_rows=True)
@@ -186,7 +186,7 @@ def _parts_run(runs: Path, cleanup_after: int) -> Any:
 
 
 def deleted_temp_dir_mid_stage(work: Path) -> dict[str, Any]:
-    from core.io import TEMP_PREFIX, is_committed
+    from shardwalk.core.storage.files import TEMP_PREFIX, is_committed
 
     began = time.perf_counter()
     faulted = _parts_run(work / "faulted", cleanup_after=1)
@@ -207,7 +207,7 @@ def deleted_temp_dir_mid_stage(work: Path) -> dict[str, Any]:
 
 
 def numbers(out: Path, *, n: int) -> dict[str, Any]:
-    from core.io import write_parquet
+    from shardwalk.core.storage.files import write_parquet
 
     write_parquet(pa.table({"v": pa.array(range(n), pa.int64())}), out / "part-0.parquet")
     return {"rows": n}
@@ -216,7 +216,7 @@ def numbers(out: Path, *, n: int) -> dict[str, Any]:
 def scaled(out: Path, numbers: Path, *, factor: int) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
-    from core.io import write_parquet
+    from shardwalk.core.storage.files import write_parquet
 
     v = pq.read_table(numbers / "part-0.parquet").column("v").to_pylist()
     write_parquet(pa.table({"v": pa.array([x * factor for x in v], pa.int64())}), out / "part-0.parquet")
@@ -225,7 +225,7 @@ def scaled(out: Path, numbers: Path, *, factor: int) -> dict[str, Any]:
 
 def _chain_run(runs: Path, factor: int, lose_upstream: bool = False) -> Any:
     """numbers → scaled; with `lose_upstream`, `numbers`' committed output is deleted right before `scaled` starts."""
-    from core.dag import Pipeline, Runner
+    from shardwalk.core.dag.runner import Pipeline, Runner
 
     p = Pipeline("chain")
     p.stage("numbers", numbers, params={"n": 500})

@@ -27,6 +27,7 @@ from typing import Any
 from unittest import mock
 
 from benchmarks.faultkit import refusal_result, scenario_result
+from shardwalk.core.storage import store
 
 
 def _index_sets(quick: bool) -> list[str]:
@@ -37,7 +38,7 @@ def _index_sets(quick: bool) -> list[str]:
 
 def _cli(*args: str) -> tuple[int, str]:
     """`shardwalk ARGS` in this process: (exit code, what it printed on stderr)."""
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
@@ -65,7 +66,7 @@ def _s3() -> Iterator[Callable[[], str]]:
            "AWS_ENDPOINT_URL": endpoint, "AWS_EC2_METADATA_DISABLED": "true"}
 
     def bucket() -> str:
-        name = f"faults-{uuid.uuid4().hex[:10]}"  # fresh names: core.store caches filesystems by URI
+        name = f"faults-{uuid.uuid4().hex[:10]}"  # fresh names: shardwalk.core.storage.store caches filesystems by URI
         pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True).create_dir(name)
         return f"s3://{name}"
 
@@ -81,7 +82,7 @@ def _objects(uri: str) -> dict[str, str]:
     """Every object under a store prefix (or bucket) and the sha256 of its bytes."""
     import pyarrow.fs as pafs
 
-    from core import store
+    from shardwalk.core.storage import store
 
     fs, root = store.resolve(uri)
     root = root.rstrip("/")
@@ -96,9 +97,8 @@ def _local_files(root: Path) -> dict[str, bytes]:
 
 def _readable_export(target: str) -> dict[str, Any] | None:
     """The export's pointer when the documented reader gets a complete export there (every file matches), else None."""
-    from core import store
-    from core.errors import ShardwalkError
-    from pipelines.export import MARKER, export_location
+    from shardwalk.core.errors import ShardwalkError
+    from shardwalk.pipelines.export import MARKER, export_location
 
     try:
         where = export_location(target)
@@ -115,9 +115,8 @@ def _readable_export(target: str) -> dict[str, Any] | None:
 def _query_out_twice(work: Path, runs: Path, bucket: str) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
-    from core import store
-    from core.datasets import load_arrays
-    from core.schema import from_numpy
+    from shardwalk.core.data.builtin import load_arrays
+    from shardwalk.core.data.schema import from_numpy
 
     x, _ = load_arrays("builtin:synthetic?n=400&d=8")
     queries = work / "queries.parquet"
@@ -183,7 +182,6 @@ def scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
     """The user-facing-output scenarios: refusals as documented, or finished and identical with nothing lost."""
     import ray
 
-    from core import store
 
     out: list[dict[str, Any]] = []
     with _s3() as new_bucket:

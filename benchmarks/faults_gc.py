@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.faultkit import free_port, poll, scenario_result
+from shardwalk.core.storage import store
 
 
 @contextlib.contextmanager
@@ -56,7 +57,7 @@ def _s3_server() -> Iterator[str]:
 
 def _cli(args: list[str]) -> tuple[int, str, str, float]:
     """`shardwalk ARGS` in this process (its Ray): exit code, stdout, the `shardwalk:` lines, seconds."""
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     began = time.perf_counter()
@@ -67,7 +68,7 @@ def _cli(args: list[str]) -> tuple[int, str, str, float]:
 
 
 def _latest(runs: str) -> dict[str, Any]:
-    from core.dag import list_runs
+    from shardwalk.core.dag.runner import list_runs
 
     return list_runs(runs)[0]
 
@@ -75,7 +76,7 @@ def _latest(runs: str) -> dict[str, Any]:
 def _tree(root: Path) -> dict[str, str]:
     """sha256 of every exported data file: not the marker (when the export was made) nor run.json (it names
     the stage outputs under the runs dir as the exporting command spelled it)."""
-    from pipelines.export import MARKER
+    from shardwalk.pipelines.export import MARKER
 
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file() and p.name not in (MARKER, "run.json")}
@@ -84,8 +85,8 @@ def _tree(root: Path) -> dict[str, str]:
 def _queries(work: Path) -> Path:
     import pyarrow.parquet as pq
 
-    from core.datasets import load_arrays
-    from core.schema import from_numpy
+    from shardwalk.core.data.builtin import load_arrays
+    from shardwalk.core.data.schema import from_numpy
 
     data = load_arrays("builtin:digits")[0][:50]
     path = work / "queries.parquet"
@@ -122,7 +123,8 @@ def gc_other_uri_spelling(work: Path, endpoint: str, name: str, run_with: str, g
 
 def _running_lease(runs: str) -> str | None:
     """The lease of a running ingest stage under `runs` (a local dir or a store prefix), if any."""
-    from core import lease, store
+    from shardwalk.core.dag import lease
+    from shardwalk.core.storage import store
 
     if not store.is_remote(runs):
         cache = Path(runs) / "cache"
@@ -137,15 +139,13 @@ def _running_lease(runs: str) -> str | None:
 
 
 def _still_there(where: str) -> bool:
-    from core import store
 
     return store.read_bytes(where) is not None if store.is_remote(where) else Path(where).exists()
 
 
 def _committed(runs: str) -> dict[str, Any]:
     """Each stage's committed files (name -> sha256), from the manifest of what the run recorded."""
-    from core import store
-    from core.io import read_manifest
+    from shardwalk.core.storage.files import read_manifest
 
     files = {}
     for name, s in _latest(runs)["stages"].items():
@@ -156,7 +156,7 @@ def _committed(runs: str) -> dict[str, Any]:
 
 def gc_during_running_stage(name: str, clean: str, runs: str, quick: bool) -> dict[str, Any]:
     """`gc --older-than 1s` while ingest writes into `runs`; the run finishes with a clean run's bytes."""
-    from core.gc import collect
+    from shardwalk.core.dag.gc import collect
 
     n = 100_000 if quick else 200_000
     sets = ["--set", f"source=builtin:synthetic?n={n}&d=64", "--set", "shards=4"]
@@ -189,7 +189,7 @@ def gc_during_running_stage(name: str, clean: str, runs: str, quick: bool) -> di
 def scenarios(work: Path, quick: bool) -> list[dict[str, Any]]:
     import ray
 
-    from pipelines.runtime import connect
+    from shardwalk.pipelines.runtime import connect
 
     out: list[dict[str, Any]] = []
     with _s3_server() as endpoint:

@@ -72,7 +72,7 @@ def concurrent_save_during_open(work: Path, endpoint: str) -> dict[str, Any]:
     """Driver resolves the attempt, another save commits, the shard loads: answers of the opened version."""
     os.environ.update(_aws(endpoint))
     os.environ["SHARDWALK_LOCAL_CACHE"] = str(work / "cache-open")
-    from core import hnsw, index_store
+    from shardwalk.core.index import hnsw, index_store
 
     uri = "s3://bench/concurrent/idx"
     rng = np.random.default_rng(3)
@@ -94,9 +94,9 @@ def concurrent_save_during_open(work: Path, endpoint: str) -> dict[str, Any]:
 
 
 def _save_one_shard(workdir: Path, uri: str, ids: np.ndarray, x: np.ndarray, space: str) -> str:
-    from core import hnsw, index_store
-    from core.index_meta import IndexMeta
-    from workers.hnsw_actor import LocalHnswShard
+    from shardwalk.core.index import hnsw, index_store
+    from shardwalk.core.index.index_meta import IndexMeta
+    from shardwalk.workers.hnsw_actor import LocalHnswShard
 
     shard = LocalHnswShard(0, 0, str(workdir), 1.0)
     shard.begin_build(len(ids), asdict(hnsw.HnswParams(dim=x.shape[1], space=space, M=8, ef_construction=64)))
@@ -108,7 +108,7 @@ def _save_one_shard(workdir: Path, uri: str, ids: np.ndarray, x: np.ndarray, spa
 
 
 def _load_and_search(workdir: Path, attempt: str, queries: np.ndarray) -> np.ndarray:
-    from workers.hnsw_actor import LocalHnswShard
+    from shardwalk.workers.hnsw_actor import LocalHnswShard
 
     shard = LocalHnswShard(0, 0, str(workdir), 1.0)
     shard.load_from(attempt)
@@ -116,7 +116,7 @@ def _load_and_search(workdir: Path, attempt: str, queries: np.ndarray) -> np.nda
 
 
 def _open_and_search(workdir: Path, uri: str, queries: np.ndarray) -> np.ndarray:
-    from core import index_store
+    from shardwalk.core.index import index_store
 
     attempt, _ = index_store.open_attempt(uri)
     return _load_and_search(workdir, attempt, queries)
@@ -160,7 +160,7 @@ def tiny_node_cache_budget(work: Path, endpoint: str, quick: bool) -> tuple[dict
 
 def _queries(path: Path, source: str) -> Path:
     """50 queries of the indexed data set's own dimension."""
-    from core.datasets import load_builtin
+    from shardwalk.core.data.builtin import load_builtin
 
     table = load_builtin(source).slice(0, 50)
     pq.write_table(pa.table({"id": table.column("id"), "vector": table.column("vector")}), path)

@@ -12,7 +12,7 @@ class InputError(ShardwalkError, ValueError):
 
 
 class DataError(InputError):
-    """A table, array or file does not meet its data contract (see core/schema.py)."""
+    """A table, array or file does not meet its data contract (see core/data/schema.py)."""
 
 
 class ConfigError(InputError):

@@ -8,12 +8,12 @@ Every failure is a one-line ConfigError naming the key and the value.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
-from core.errors import ConfigError
+from shardwalk.core.errors import ConfigError
 
 MAX_SHARDS = 4096
 
@@ -104,15 +104,3 @@ def alpha(value: Any, key: str = "alpha") -> float:
 def alphas(key: str, values: Any) -> list[float]:
     """A non-empty list of alphas."""
     return listed(key, values, "numbers >= 0", alpha)
-
-
-def hnsw_build(section: dict[str, Any], prefix: str = "") -> None:
-    """M (>= 2) and ef_construction (>= 1) of an HNSW build, named as the config names them."""
-    integer(f"{prefix}M", section["M"], 2)
-    integer(f"{prefix}ef_construction", section["ef_construction"])
-
-
-def hnsw_search(section: dict[str, Any], prefix: str = "", keys: Sequence[str] = ("k", "ef")) -> None:
-    """k and ef (>= 1) of a search, named as the config names them."""
-    for key in keys:
-        integer(f"{prefix}{key}", section[key])

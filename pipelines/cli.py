@@ -15,11 +15,11 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from core import node_cache, store
-from core.errors import ConfigError, InputError, ShardwalkError, one_line
-from core.run_records import RunRecord
-from core.store import check_runs_dir
-from pipelines import PIPELINES
+from shardwalk.core.dag.run_records import RunRecord
+from shardwalk.core.errors import ConfigError, InputError, ShardwalkError, one_line
+from shardwalk.core.storage import node_cache, store
+from shardwalk.core.storage.store import check_runs_dir
+from shardwalk.pipelines import PIPELINES
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_CLOSED_PIPE = 1  # Python's docs (signal: "Note on SIGPIPE") and rich's Console exit 1, quietly
@@ -190,13 +190,13 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from core.dag import Runner, run_path
-    from core.limits import actor_bound, actors_requested, check_actors
-    from pipelines.config import load_config, pipeline_module
-    from pipelines.progress import make_reporter, print_run
-    from pipelines.report import publish
-    from pipelines.runtime import connect, ray_submit
-    from pipelines.storage import is_remote, publish_remote
+    from shardwalk.core.dag.runner import Runner, run_path
+    from shardwalk.core.plan.limits import actor_bound, actors_requested, check_actors
+    from shardwalk.pipelines.config import load_config, pipeline_module
+    from shardwalk.pipelines.progress import make_reporter, print_run
+    from shardwalk.pipelines.reports.render import publish
+    from shardwalk.pipelines.runtime import connect, ray_submit
+    from shardwalk.pipelines.storage import is_remote, publish_remote
 
     module = pipeline_module(args.pipeline)
     config = load_config(module, args.config, args.overrides)
@@ -204,7 +204,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(config, indent=2))
         return EXIT_OK
     if args.export:
-        from pipelines.export import check_target
+        from shardwalk.pipelines.export import check_target
 
         check_target(args.export, args.overwrite, args.runs_dir)  # refuse before hours of work, not after
     pipeline = module.build(config)
@@ -237,7 +237,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     failed = record.failed_stage()
     if failed is None:
         if args.export:
-            from pipelines.export import export_run
+            from shardwalk.pipelines.export import export_run
 
             where = run_dir if run_dir is not None else store.join(args.runs_dir, "runs", record.run_id)
             written = export_run(record.to_json(), where, args.export, overwrite=args.overwrite, runs_dir=args.runs_dir)
@@ -259,36 +259,36 @@ def _print_warnings(record: RunRecord) -> None:
 
 def _refuse_unfit(pipeline: str, config: dict) -> None:
     """Exit 2 before any actor starts when the plan says the job does not fit the connected cluster."""
-    from core.calibration import load
-    from pipelines.plan import check_fits
-    from workers.cluster import cluster_nodes
+    from shardwalk.core.plan.calibration import load
+    from shardwalk.pipelines.plan import check_fits
+    from shardwalk.workers.cluster import cluster_nodes
 
     if pipeline in ("index", "coreset", "srrw"):
         check_fits(pipeline, config, cluster_nodes(), load())
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from pipelines.plan import run_plan
+    from shardwalk.pipelines.plan import run_plan
 
     return run_plan(args)
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from pipelines.runs_view import print_runs
+    from shardwalk.pipelines.runs_view import print_runs
 
     print_runs(args.runs_dir, as_json=args.json)
     return EXIT_OK
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from pipelines.runs_view import print_diff
+    from shardwalk.pipelines.runs_view import print_diff
 
     print_diff(args.runs_dir, args.run_a, args.run_b, as_json=args.json)
     return EXIT_OK
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from pipelines.compare import compare_runs
+    from shardwalk.pipelines.reports.compare import compare_runs
 
     done = compare_runs(args.runs_dir, args.run_ids, args.out)
     print(f"wrote {done['out']}: {len(done['runs'])} runs, {done['figures']} figure(s), "
@@ -297,9 +297,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from core.dag import run_path
-    from pipelines.export import export_run
-    from pipelines.runs_view import load_run_ref
+    from shardwalk.core.dag.runner import run_path
+    from shardwalk.pipelines.export import export_run
+    from shardwalk.pipelines.runs_view import load_run_ref
 
     record = load_run_ref(args.runs_dir, args.run_id)
     if record.get("status") != "succeeded":
@@ -312,8 +312,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from pipelines.progress import print_run
-    from pipelines.runs_view import load_run_ref, print_cache_misses
+    from shardwalk.pipelines.progress import print_run
+    from shardwalk.pipelines.runs_view import load_run_ref, print_cache_misses
 
     record = load_run_ref(args.runs_dir, args.run_id)
     if args.json:
@@ -325,10 +325,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from core.schema import Columns
-    from pipelines.export import export_index
-    from pipelines.index import DISTANCES, preview_query, resolve_index, stream_query
-    from workers.query_stream import check_query_source
+    from shardwalk.core.data.schema import Columns
+    from shardwalk.pipelines.export import export_index
+    from shardwalk.pipelines.index import DISTANCES, preview_query, resolve_index, stream_query
+    from shardwalk.workers.query_stream import check_query_source
 
     began = time.perf_counter()
     exported = export_index(args.index_dir)  # a store export's index is in its current version
@@ -340,7 +340,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
     columns = Columns(args.id_column, args.vector_column)
     check_query_source(args.queries, columns, _index_dim(index_dir))  # the query file's columns: before Ray starts
     if args.out is not None:  # a bad URI, a missing bucket, an occupied --out: exit 2 before any work
-        from workers.query_stream import check_out
+        from shardwalk.workers.query_stream import check_out
 
         check_out(args.out, args.overwrite)
     started = time.perf_counter()
@@ -374,7 +374,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 def _index_dim(index_dir: str) -> int | None:
     """The dimension a local index was built with (its manifest), to check the queries against before Ray
     starts; None for an index on a store (its shards check each block)."""
-    from core import hnsw
+    from shardwalk.core.index import hnsw
 
     if "://" in str(index_dir):
         return None
@@ -391,7 +391,7 @@ def _checked_runs_dir(runs_dir: str) -> str:
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
-    from core.gc import collect, parse_duration
+    from shardwalk.core.dag.gc import collect, parse_duration
 
     garbage = collect(args.runs_dir, parse_duration(args.older_than), dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
@@ -412,7 +412,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def _connect(address: str | None) -> dict:
     """Connect to Ray, then take SIGTERM back: `ray.init` installs its own handlers (a `sys.exit` in Python,
     a crash reporter in its C++ core that aborted the driver), and a stop must unwind like Ctrl-C."""
-    from pipelines.runtime import connect
+    from shardwalk.pipelines.runtime import connect
 
     resources = connect(address)
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
@@ -454,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; maps typed errors to exit codes."""
     args = _parser().parse_args(argv)
     if getattr(args, "verbose", False):
-        from workers.quiet import VERBOSE
+        from shardwalk.workers.quiet import VERBOSE
 
         os.environ[VERBOSE] = "1"
     try:

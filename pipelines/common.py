@@ -10,15 +10,15 @@ from typing import Any
 import numpy as np
 import ray
 
-from core import sink
-from core.cache_key import InputPath
-from core.dag import Pipeline
-from core.errors import DataError, InvariantError
-from core.io import plan_shards
-from core.schema import Columns
-from core.unique import check_unique, id_buckets
-from workers.ingest import check_bucket_unique, encode_part, split_part_ids, validate_shard
-from workers.quiet import get_all
+from shardwalk.core.dag.cache_key import InputPath
+from shardwalk.core.dag.runner import Pipeline
+from shardwalk.core.data.schema import Columns
+from shardwalk.core.data.unique import check_unique, id_buckets
+from shardwalk.core.errors import DataError, InvariantError
+from shardwalk.core.storage import sink
+from shardwalk.core.storage.sources import plan_shards
+from shardwalk.workers.ingest import check_bucket_unique, encode_part, split_part_ids, validate_shard
+from shardwalk.workers.quiet import get_all
 
 LABELS_FILE = "_labels.json"  # leading underscore: Parquet dataset readers skip it
 COLUMN_DEFAULTS: dict[str, str] = {"id_column": "id", "vector_column": "vector", "label_column": "label"}
@@ -40,7 +40,7 @@ def ingest(
 ) -> dict[str, Any]:
     """Validate `source` shard by shard on workers and write one part file per shard into `out`.
 
-    `columns` maps the user's `id`/`vector`/`label` column names (see `core.schema.Columns`). The metric
+    `columns` maps the user's `id`/`vector`/`label` column names (see `shardwalk.core.data.schema.Columns`). The metric
     `rows` is declared (the commit refuses an output holding other than that many rows).
     """
     where = os.fspath(source)

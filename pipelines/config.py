@@ -9,9 +9,9 @@ from importlib import resources
 from types import ModuleType
 from typing import Any
 
-from core.cache_key import InputPath
-from core.errors import ConfigError
-from pipelines import PIPELINES
+from shardwalk.core.dag.cache_key import InputPath
+from shardwalk.core.errors import ConfigError
+from shardwalk.pipelines import PIPELINES
 
 try:
     import tomllib
@@ -109,7 +109,7 @@ EXAMPLE_PREFIX = "example:"
 
 def example_names() -> list[str]:
     """The sample configs shipped inside the package (`pipelines/examples/*.toml`)."""
-    return sorted(p.name[:-5] for p in resources.files("pipelines").joinpath("examples").iterdir() if p.name.endswith(".toml"))
+    return sorted(p.name[:-5] for p in resources.files("shardwalk.pipelines").joinpath("examples").iterdir() if p.name.endswith(".toml"))
 
 
 def resolve_config_file(config_file: str | os.PathLike) -> str | os.PathLike:
@@ -120,7 +120,7 @@ def resolve_config_file(config_file: str | os.PathLike) -> str | os.PathLike:
     name = text[len(EXAMPLE_PREFIX):]
     if name not in example_names():
         raise ConfigError(f"{text}: no such example (known: {', '.join(example_names())})")
-    return str(resources.files("pipelines").joinpath("examples", f"{name}.toml"))
+    return str(resources.files("shardwalk.pipelines").joinpath("examples", f"{name}.toml"))
 
 
 def load_config(module: ModuleType, config_file: str | os.PathLike | None, overrides: list[str]) -> dict[str, Any]:

@@ -12,9 +12,9 @@ training rows, i.e. of `source` minus the held-out split; `select` reports that 
 and flags (metric `warning`) any coreset that holds no example of some class.
 
 `standardize = "auto"` scales the features for the proxies and the evaluation models (fitted on the
-training rows only, core/scaling.py); `select.beta = "auto"` chooses CCS's hard-cut fraction per rate on a
+training rows only, core/coresets/scaling.py); `select.beta = "auto"` chooses CCS's hard-cut fraction per rate on a
 validation split (workers/beta_tuning.py); `evaluate.seeds` models per coreset give mean ± std, and a
-difference from random counts as significant by Welch's t-test (core/coreset_checks.py). Results that mean
+difference from random counts as significant by Welch's t-test (core/coresets/checks.py). Results that mean
 nothing (a full-data model at the majority-class rate, diverged proxies, all methods tied) are `warning`s.
 """
 
@@ -32,19 +32,20 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 
-from core import coreset_checks, sink
-from core import scores as score_fns
-from core.cache_key import InputPath
-from core.coreset_spec import CoresetSpec
-from core.dag import Pipeline
-from core.errors import DataError
-from core.evaluation import Split
-from core.io import read_manifest, write_parquet
-from core.proxy_spec import ProxySpec, TrainSpec, resolve_device
-from core.selection_names import parse_method, read_selection, selection_name
-from pipelines.common import COLUMN_DEFAULTS, LABELS_FILE, ingest_stage, read_label_map
-from pipelines.reports import coreset_report
-from workers.ingest import part_paths
+from shardwalk.core.coresets import checks as coreset_checks
+from shardwalk.core.coresets import scores as score_fns
+from shardwalk.core.coresets.evaluation import Split
+from shardwalk.core.coresets.proxy_spec import ProxySpec, TrainSpec, resolve_device
+from shardwalk.core.coresets.selection_names import parse_method, read_selection, selection_name
+from shardwalk.core.coresets.spec import CoresetSpec
+from shardwalk.core.dag.cache_key import InputPath
+from shardwalk.core.dag.runner import Pipeline
+from shardwalk.core.errors import DataError
+from shardwalk.core.storage import sink
+from shardwalk.core.storage.files import read_manifest, write_parquet
+from shardwalk.pipelines.common import COLUMN_DEFAULTS, LABELS_FILE, ingest_stage, read_label_map
+from shardwalk.pipelines.reports.stage import coreset_report
+from shardwalk.workers.ingest import part_paths
 
 DEFAULTS: dict[str, Any] = {
     "source": InputPath("builtin:digits"),
@@ -68,14 +69,14 @@ def validate(config: dict[str, Any]) -> None:
     """Reject bad values before any stage runs (the same checks the demo runs on its sections)."""
     CoresetSpec.from_config(config)
     if config["knn"]["enabled"]:
-        from pipelines import index as index_pipeline
+        from shardwalk.pipelines import index as index_pipeline
 
         index_pipeline.validate(knn_index_config(config))
 
 
 def knn_index_config(config: dict[str, Any]) -> dict[str, Any]:
     """The index config of the `knn` section (the kNN graph that `knn_density` scores come from)."""
-    from pipelines.index import index_section
+    from shardwalk.pipelines.index import index_section
 
     knn = config["knn"]
     return index_section({"shards": config["shards"], "M": knn["M"], "ef_construction": knn["ef_construction"],
@@ -88,7 +89,7 @@ def knn_index_config(config: dict[str, Any]) -> dict[str, Any]:
 def score(out: Path, ingest: Path, *, shards: int, test_fraction: float, split_seed: int, proxy: dict,
           device: str = "auto", standardize: str | bool = "auto") -> dict[str, Any]:
     """Train the proxies on up to `shards` actors (independent proxies or data-parallel); scores parts."""
-    from workers.scorer import score_dataset  # torch: only in the stages that start scorer actors
+    from shardwalk.workers.scorer import score_dataset  # torch: only in the stages that start scorer actors
 
     result = score_dataset(str(ingest), shards, out, spec=ProxySpec.from_config(proxy), test_fraction=test_fraction,
                            split_seed=split_seed, device=device, standardize=standardize)
@@ -128,14 +129,14 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
     `beta = "auto"` picks each CCS method's β per rate on a validation split (`tune`: split, training
     settings, device, standardize); the chosen β (`selections.json`) and each method's cost (CPU-seconds: metrics only, never a committed file) are in the metrics too.
     """
-    from workers.scorer import select_distributed
+    from shardwalk.workers.scorer import select_distributed
 
     chosen = _tuned_betas(scores, density, ingest, shards, rates, methods, strata, seed, tune) if beta == "auto" else {}
     result: dict[str, Any] = {}
     for name in methods:
         spec = parse_method(name)
         if spec["method"] == "d2":
-            from workers.d2_select import select_d2
+            from shardwalk.workers.d2_select import select_d2
 
             if graph is None:
                 raise DataError(f"selection method '{name}' needs the kNN graph (knn.enabled = true)")
@@ -171,8 +172,8 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
 def _tuned_betas(scores: Path, density: Path | None, ingest: Path | None, shards: int, rates: list[float],
                  methods: list[str], strata: int, seed: int, tune: dict | None) -> dict[tuple[str, float], dict]:
     """β per (CCS method, rate), chosen on a validation split (workers/beta_tuning.py)."""
-    from workers.beta_tuning import tune_betas
-    from workers.scorer import cluster_gpus
+    from shardwalk.workers.beta_tuning import tune_betas
+    from shardwalk.workers.scorer import cluster_gpus
 
     ccs = [name for name in methods if parse_method(name)["method"] == "ccs"]
     if not ccs:
@@ -215,7 +216,7 @@ def dropped_classes(select_dir: Path, labelled: pa.Table, values: np.ndarray | N
     present = np.unique(labels)
     dropped = {}
     names = names if names is not None else sorted(p.name for p in select_dir.iterdir() if p.is_dir())
-    for name in names:  # the parts may be in the stage's attempt on a store (core/sink.py)
+    for name in names:  # the parts may be in the stage's attempt on a store (core/storage/sink.py)
         kept = np.unique(labels[np.isin(ids, read_selection(sink.destination(select_dir / name)))])
         missing = np.setdiff1d(present, kept)
         if missing.size:
@@ -249,12 +250,12 @@ def evaluate(out: Path, ingest: Path, select: Path, test: Path | None = None, *,
              split_seed: int, steps: int, batch_size: int, lr: float, hidden: int, seed: int, model: str,
              seeds: int = 1, device: str = "auto", standardize: str | bool = "auto") -> dict[str, Any]:
     """Train `seeds` fresh models on each coreset and on the full training split (all tasks at once);
-    test accuracy mean ± std of each, compared with random by Welch's t-test (core/coreset_checks.py).
+    test accuracy mean ± std of each, compared with random by Welch's t-test (core/coresets/checks.py).
 
     The held-out ids (and the user's labels) go to test_ids.parquet: the rows every accuracy is measured on.
     accuracy.json holds the means; accuracy_seeds.json every seed, the spread and the comparison.
     """
-    from workers.scorer import cluster_gpus, evaluate_coreset
+    from shardwalk.workers.scorer import cluster_gpus, evaluate_coreset
 
     names = sorted(p.name for p in select.iterdir() if p.is_dir())
     dev = resolve_device(device, cluster_gpus())
@@ -309,7 +310,7 @@ def add_coreset_stages(p: Pipeline, config: dict[str, Any], *, graph: str | None
     select_inputs = {"scores": "score", "ingest": "ingest"}
     if spec.knn:
         if graph is None:
-            from pipelines.index import add_index_stages
+            from shardwalk.pipelines.index import add_index_stages
 
             add_index_stages(p, knn_index_config(config))
             graph = "knn_graph"

@@ -19,23 +19,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from core import hnsw
-from core import validate as validate_
-from core.cache_key import InputPath
-from core.dag import Pipeline
-from core.errors import ConfigError
-from core.evaluation import Split
-from core.io import read_table, write_parquet
-from core.labelled import read_labelled
-from core.objectives import build_objective
-from core.schema import to_numpy
-from core.selection_names import method_selection_name, read_selection
-from pipelines import coreset as coreset_pipeline
-from pipelines import index as index_pipeline
-from pipelines import srrw as srrw_pipeline
-from pipelines.common import COLUMN_DEFAULTS, ingest_stage
-from pipelines.demo_report import write_demo_report
-from workers.sharded_index import ShardedIndex
+from shardwalk.core import validate as validate_
+from shardwalk.core.coresets.evaluation import Split
+from shardwalk.core.coresets.selection_names import method_selection_name, read_selection
+from shardwalk.core.dag.cache_key import InputPath
+from shardwalk.core.dag.runner import Pipeline
+from shardwalk.core.data.schema import to_numpy
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.index import hnsw
+from shardwalk.core.srrw.objectives import build_objective
+from shardwalk.core.storage.files import write_parquet
+from shardwalk.core.storage.labelled import read_labelled
+from shardwalk.core.storage.sources import read_table
+from shardwalk.pipelines import coreset as coreset_pipeline
+from shardwalk.pipelines import index as index_pipeline
+from shardwalk.pipelines import srrw as srrw_pipeline
+from shardwalk.pipelines.common import COLUMN_DEFAULTS, ingest_stage
+from shardwalk.pipelines.reports.demo import write_demo_report
+from shardwalk.workers.sharded_index import ShardedIndex
 
 DEFAULTS: dict[str, Any] = {
     "source": InputPath("builtin:mnist5k"),
@@ -158,8 +159,8 @@ def report(out: Path, summary: Path, sweep: Path, scores: Path, select: Path, ev
 
     The union of the pipelines' reports: their shard-balance, memory and class-balance figures are added.
     """
-    from pipelines.common import read_label_map
-    from pipelines.reports import balance_section, shard_sections
+    from shardwalk.pipelines.common import read_label_map
+    from shardwalk.pipelines.reports.stage import balance_section, shard_sections
 
     extra = [*shard_sections(out, build)] if build is not None else []
     if ingest is not None:
@@ -170,7 +171,7 @@ def report(out: Path, summary: Path, sweep: Path, scores: Path, select: Path, ev
 
 def summarise_stage(out: Path, ingest: Path) -> dict[str, Any]:
     """Rows, dimension and classes of the ingested data (for the report's header)."""
-    from pipelines.ingest import summarise
+    from shardwalk.pipelines.ingest import summarise
 
     return summarise(out, ingest)
 

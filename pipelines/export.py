@@ -17,7 +17,7 @@ Layout (whatever the run produced of it; see README "Outputs"):
 An export is recognised by its marker, so `--overwrite` replaces only a previous export (every file in the
 target listed in its marker); anything else that is not empty, the runs dir, a folder holding it or inside
 it, and a bucket root are refused. On a local disk the layout is built in a hidden sibling and swapped in
-(core/publish.py). An object store has no rename: each export is written under its own prefix
+(core/storage/publish.py). An object store has no rename: each export is written under its own prefix
 `_versions/<id>/` and the marker at the target, the pointer naming that prefix (`current`), is written last
 in one PUT; readers follow it (`export_location`). The replaced version is kept until the next export.
 """
@@ -40,10 +40,10 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from core import node_cache, publish, store
-from core.errors import ConfigError, DataError
-from core.io import sha256_file
-from pipelines.common import LABELS_FILE, read_label_map
+from shardwalk.core.errors import ConfigError, DataError
+from shardwalk.core.storage import node_cache, publish, store
+from shardwalk.core.storage.files import sha256_file
+from shardwalk.pipelines.common import LABELS_FILE, read_label_map
 
 DONE = ("done", "cached")
 MARKER = "_SHARDWALK_EXPORT.json"
@@ -73,7 +73,7 @@ def _with_user_labels(table: pa.Table, labelled: pa.Table | None, values: Any) -
 
 def stage_layout(record: dict[str, Any], tmp: Path) -> list[str]:
     """Write the export layout of one run into the empty directory `tmp`; returns the names written."""
-    from pipelines.index import DISTANCES, search_defaults
+    from shardwalk.pipelines.index import DISTANCES, search_defaults
 
     outputs = _outputs(record)
     labels = read_label_map(outputs["ingest"]) if "ingest" in outputs else None

@@ -23,27 +23,29 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from core import hnsw, sink
-from core import validate as validate_
-from core.cache_key import InputPath
-from core.dag import Pipeline
-from core.errors import ConfigError
-from core.hnsw_results import knn_graph_table
-from core.io import atomic_file, plan_shards, read_shard, read_table, write_parquet
-from core.knn_partition import GraphSettings
-from core.schema import Columns, apply_columns, to_numpy, validate_vectors
-from pipelines.common import COLUMN_DEFAULTS, ingest_stage
-from pipelines.reports import index_report
-from workers.index_eval import exact_part, sample_part
-from workers.query_stream import QuerySettings, open_for_stream
-from workers.sharded_index import ShardedIndex
+from shardwalk.core import validate as validate_
+from shardwalk.core.dag.cache_key import InputPath
+from shardwalk.core.dag.runner import Pipeline
+from shardwalk.core.data.schema import Columns, apply_columns, to_numpy, validate_vectors
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.index import hnsw
+from shardwalk.core.index.hnsw_results import knn_graph_table
+from shardwalk.core.index.knn_partition import GraphSettings
+from shardwalk.core.storage import sink
+from shardwalk.core.storage.files import atomic_file, write_parquet
+from shardwalk.core.storage.sources import plan_shards, read_shard, read_table
+from shardwalk.pipelines.common import COLUMN_DEFAULTS, ingest_stage
+from shardwalk.pipelines.reports.stage import index_report
+from shardwalk.workers.index_eval import exact_part, sample_part
+from shardwalk.workers.query_stream import QuerySettings, open_for_stream
+from shardwalk.workers.sharded_index import ShardedIndex
 
 log = logging.getLogger("shardwalk")
 
 DEFAULTS: dict[str, Any] = {
     "source": InputPath("builtin:mnist5k"),
     **COLUMN_DEFAULTS,
-    "shards": 0,  # 0 = sized to the cluster (core/sizing.py): one shard per node with CPUs, more if memory asks
+    "shards": 0,  # 0 = sized to the cluster (core/plan/sizing.py): one shard per node with CPUs, more if memory asks
     "memory_fraction": 0.5,  # share of a node's memory its shards may take (sizing and the fit check)
     "space": "l2",
     "M": 16,
@@ -55,7 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "k": 10,
     "nprobe": 0,  # k-means partition: shards probed per query; 0 = all
     "hnsw": True,  # false: no HNSW index, the kNN graph only (knn_graph.method must not be hnsw)
-    # the all-points kNN graph (core/knn_partition.py); `knn_graph = false` skips it
+    # the all-points kNN graph (core/index/knn_partition.py); `knn_graph = false` skips it
     "knn_graph": {"enabled": True, **GraphSettings().as_params()},
     "recall_sample": 500,
     "seed": 0,
@@ -128,7 +130,7 @@ def knn_graph_direct(out: Path, ingest: Path, *, k: int, space: str, method: str
                      refine_rounds: int, block: int, seed: int) -> dict[str, Any]:
     """Every point's k nearest neighbours without an index: partitions of the ingest parts, a local graph
     on each partition's actor, merged and refined (workers/knn_partition.py)."""
-    from workers.knn_partition import build_graph
+    from shardwalk.workers.knn_partition import build_graph
 
     settings = GraphSettings(method=method, partition_rows=partition_rows, overlap=overlap,
                              refine_rounds=refine_rounds, block=block, seed=seed)
@@ -317,7 +319,7 @@ def search_timings(seconds: list[float], queries: int, batch_size: int) -> dict[
 
 def resolve_index(ref: str, runs_dir: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     """(index directory or URI, its stored search defaults) for a path/URI or a run id, prefix or `latest`."""
-    from pipelines.runs_view import load_run_ref
+    from shardwalk.pipelines.runs_view import load_run_ref
 
     if "://" in ref or Path(ref).exists():
         stored = Path(ref) / SEARCH_FILE
@@ -333,7 +335,7 @@ def resolve_index(ref: str, runs_dir: str | os.PathLike) -> tuple[str, dict[str,
 
 def _defaults_of_cached_index(ref: str, runs_dir: str | os.PathLike) -> dict[str, Any]:
     """The search defaults of the newest run whose `build` stage wrote this cache directory, if any."""
-    from core.dag import list_runs
+    from shardwalk.core.dag.runner import list_runs
 
     target = os.path.abspath(ref)
     for record in list_runs(runs_dir):

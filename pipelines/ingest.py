@@ -13,14 +13,14 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from core import sink
-from core import validate as validate_
-from core.cache_key import InputPath
-from core.dag import Pipeline
-from core.io import write_parquet
-from pipelines.common import COLUMN_DEFAULTS, ingest_stage, read_label_map
-from pipelines.reports import ingest_report
-from workers.ingest import part_paths, summarise_part
+from shardwalk.core import validate as validate_
+from shardwalk.core.dag.cache_key import InputPath
+from shardwalk.core.dag.runner import Pipeline
+from shardwalk.core.storage import sink
+from shardwalk.core.storage.files import write_parquet
+from shardwalk.pipelines.common import COLUMN_DEFAULTS, ingest_stage, read_label_map
+from shardwalk.pipelines.reports.stage import ingest_report
+from shardwalk.workers.ingest import part_paths, summarise_part
 
 DEFAULTS: dict[str, Any] = {
     "source": InputPath("builtin:digits"),
@@ -31,7 +31,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 def actors(config: dict[str, Any]) -> int:
-    """Ingest starts no actors: its shards are tasks (core.limits bounds actor-starting pipelines)."""
+    """Ingest starts no actors: its shards are tasks (shardwalk.core.plan.limits bounds actor-starting pipelines)."""
     return 0
 
 

@@ -5,7 +5,7 @@
     shardwalk plan coreset --config example:coreset --nodes 3 --cpus-per-node 8 --memory-per-node 32GiB --json
 
 The job is the pipeline's config (file, --set) with its data's size from --rows/--dim or the source's
-Parquet footers; the model is `core.cost_model` with constants from a calibration file. `check_fits` is the
+Parquet footers; the model is `shardwalk.core.plan.cost_model` with constants from a calibration file. `check_fits` is the
 refusal `shardwalk run` applies once connected, with the cluster Ray reports.
 """
 
@@ -17,13 +17,13 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from core import cost_model as cm
-from core import validate
-from core.calibration import STANDARD_SHAPES, Calibration, NodeShape
-from core.datasets import is_builtin, parse_builtin
-from core.errors import ConfigError, InputError
-from core.knn_partition import GraphSettings
-from core.sizing import GIB, Node
+from shardwalk.core import validate
+from shardwalk.core.data.builtin import is_builtin, parse_builtin
+from shardwalk.core.errors import ConfigError, InputError
+from shardwalk.core.index.knn_partition import GraphSettings
+from shardwalk.core.plan import cost_model as cm
+from shardwalk.core.plan.calibration import STANDARD_SHAPES, Calibration, NodeShape
+from shardwalk.core.plan.sizing import GIB, Node
 
 # rows, dim, classes of the built-in datasets (without loading them)
 BUILTIN_SHAPES = {"digits": (1797, 64, 10), "breast_cancer": (569, 30, 2), "mnist5k": (5000, 784, 10)}
@@ -137,8 +137,8 @@ def _scoring_job(config: dict[str, Any], rows: int, dim: int, classes: int) -> c
     methods, rates = len(config["select"]["methods"]), len(config["select"]["rates"])
     models = (methods * rates + 1) * evaluate.get("seeds", 1) if evaluate["enabled"] else 0
     if config["select"].get("beta", "auto") == "auto":  # β tuning fits one model per grid candidate (select stage)
-        from core.selection import beta_candidates
-        from core.selection_names import parse_method
+        from shardwalk.core.coresets.selection import beta_candidates
+        from shardwalk.core.coresets.selection_names import parse_method
 
         ccs = sum(parse_method(m)["method"] == "ccs" for m in config["select"]["methods"])
         models += ccs * sum(len(beta_candidates(float(r))) for r in config["select"]["rates"])
@@ -172,10 +172,10 @@ def graph_size(config: dict[str, Any], measure_cut: bool = True) -> tuple[int, i
     A graph of more than CUT_SAMPLE_AGENTS agents is generated (cheap) but partitioned at that size only:
     partitioning is the slow part, and the same generator's cut fraction changes little with size.
     """
-    from core.agents import build_graph, cut_edge_fraction, standard_graph
-    from core.io import read_table
-    from core.srrw import SRRW, walk_partition
-    from pipelines.srrw import _graph_params
+    from shardwalk.core.srrw import SRRW, walk_partition
+    from shardwalk.core.srrw.agents import build_graph, cut_edge_fraction, standard_graph
+    from shardwalk.core.storage.sources import read_table
+    from shardwalk.pipelines.srrw import _graph_params
 
     spec = config["graph"]
     if spec["name"] == "file":
@@ -312,7 +312,7 @@ def _fmt(value: Any) -> str:
 
 
 def gib(value: float) -> str:
-    """Every byte figure the plan prints, in one format (core/sizing.py's messages use the same)."""
+    """Every byte figure the plan prints, in one format (core/plan/sizing.py's messages use the same)."""
     return f"{value / GIB:.2f} GiB"
 
 
@@ -326,8 +326,8 @@ def _duration(seconds: float) -> str:
 
 def run_plan(args: Any) -> int:
     """`shardwalk plan`: print the plan (or its JSON); exit 0 whether or not it fits (the verdict is printed)."""
-    from core.calibration import load
-    from pipelines.config import load_config, pipeline_module
+    from shardwalk.core.plan.calibration import load
+    from shardwalk.pipelines.config import load_config, pipeline_module
 
     cal = load(args.calibration)
     module = pipeline_module(args.pipeline)

@@ -24,8 +24,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from core.dag import Pipeline, RunRecord, StageRecord
-from pipelines.settings import MISSING
+from shardwalk.core.dag.runner import Pipeline, RunRecord, StageRecord
+from shardwalk.pipelines.settings import MISSING
 
 DONE = {"done", "cached", "failed", "skipped"}
 Reporter = Callable[[RunRecord, StageRecord], None]
@@ -105,7 +105,7 @@ def _output_exists(stage: dict[str, Any]) -> bool:
 
 def print_settings(record: dict[str, Any], console: Console) -> None:
     """The run's settings: those that differ from the pipeline's defaults first, marked `*`, then the rest."""
-    from pipelines.settings import settings_rows
+    from shardwalk.pipelines.settings import settings_rows
 
     rows = settings_rows(record)
     if not rows:

@@ -11,12 +11,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from core import store
-from core.dag import list_runs, load_run
-from core.errors import ConfigError
-from core.run_records import UNREADABLE, is_unreadable, placed_stages
-from pipelines.progress import _fmt_time, run_status
-from pipelines.settings import flatten
+from shardwalk.core.dag.run_records import UNREADABLE, is_unreadable, placed_stages
+from shardwalk.core.dag.runner import list_runs, load_run
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.storage import store
+from shardwalk.pipelines.progress import _fmt_time, run_status
+from shardwalk.pipelines.settings import flatten
 
 LATEST = "latest"
 
@@ -47,7 +47,7 @@ def resolve_run_id(runs_dir: str | os.PathLike, ref: str) -> str:
 def load_run_ref(runs_dir: str | os.PathLike, ref: str) -> dict[str, Any]:
     """The run record named by `ref`, its stages in pipeline order, their outputs placed under `runs_dir`.
 
-    The record is data: nothing in it is imported or used as a location (core.run_records.placed_stages).
+    The record is data: nothing in it is imported or used as a location (shardwalk.core.dag.run_records.placed_stages).
     """
     record = placed_stages(load_run(runs_dir, resolve_run_id(runs_dir, ref)), runs_dir)
     record["stages"] = {name: record["stages"][name] for name in stage_order(record)}
@@ -163,7 +163,7 @@ def _fmt(value: Any) -> str:
 def cache_miss_reasons(runs_dir: str | os.PathLike, record: dict[str, Any]) -> dict[str, str]:
     """Why each stage of `record` that ran was not a cache hit: which parts of its key (code, params, an input
     file, an upstream stage, its version) differ from the newest earlier run of the same pipeline and stage."""
-    from core.cache_key import changed_parts
+    from shardwalk.core.dag.cache_key import changed_parts
 
     earlier = [r for r in list_runs(runs_dir) if not is_unreadable(r) and r.get("pipeline") == record.get("pipeline")
                and r.get("run_id") != record.get("run_id") and (r.get("started") or 0) < (record.get("started") or 0)]

@@ -13,9 +13,9 @@ from typing import Any
 
 import ray
 
-from core.dag import StageOptions
-from core.errors import ClusterUnreachableError, ConfigError, one_line
-from workers.quiet import quiet_ray_driver
+from shardwalk.core.dag.runner import StageOptions
+from shardwalk.core.errors import ClusterUnreachableError, ConfigError, one_line
+from shardwalk.workers.quiet import quiet_ray_driver
 
 log = logging.getLogger("shardwalk")
 

@@ -10,7 +10,7 @@ import importlib
 import json
 from typing import Any
 
-from pipelines import PIPELINES
+from shardwalk.pipelines import PIPELINES
 
 MISSING = object()  # a key the pipeline's defaults do not have (another version's, or a module of your own)
 

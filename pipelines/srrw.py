@@ -4,7 +4,7 @@
         --set source=builtin:digits --set model.binarize=5
 
 `agents` makes (or reads) the agent graph and places the data on agents; `partition` splits the agents
-over walker actors; `walk` runs `workers.walker.run_distributed_sa_srrw` (each actor reads its own
+over walker actors; `walk` runs `shardwalk.workers.walker.run_distributed_sa_srrw` (each actor reads its own
 agents' rows; tokens checkpointed in the stage's state directory, resumed on a rerun); `evaluate` computes θ*
 with a full-batch Newton solve and writes the curves (loss, training accuracy, ‖θ−θ*‖²) as Parquet, and
 warns (metric `warning`, printed after the run) when the final loss stays far above loss*.
@@ -23,9 +23,15 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import ray
 
-from core import sink
-from core import validate as validate_
-from core.agents import (
+from shardwalk.core import validate as validate_
+from shardwalk.core.dag.attempt import stage_state_dir
+from shardwalk.core.dag.cache_key import InputPath
+from shardwalk.core.dag.runner import Pipeline
+from shardwalk.core.data.builtin import test_mask
+from shardwalk.core.data.schema import validate_assignment
+from shardwalk.core.errors import ConfigError, DataError
+from shardwalk.core.srrw import SRRW, WalkerLayout, WalkSpec, walk_partition
+from shardwalk.core.srrw.agents import (
     agent_blocks,
     build_graph,
     cut_edge_fraction,
@@ -35,27 +41,23 @@ from core.agents import (
     spread,
     standard_graph,
 )
-from core.block_loader import BlockLoader
-from core.cache_key import InputPath
-from core.dag import Pipeline, stage_state_dir
-from core.datasets import test_mask
-from core.diagnostics import divergence_warning, last_fraction_mean
-from core.errors import ConfigError, DataError
-from core.io import read_table, write_parquet
-from core.labelled import read_labelled
-from core.objectives import build_objective
-from core.schema import validate_assignment
-from core.srrw import SRRW, WalkerLayout, WalkSpec, walk_partition
-from pipelines.common import COLUMN_DEFAULTS, ingest_stage, read_label_map
-from pipelines.reports import srrw_report
-from workers.ingest import part_paths, standardize_part, summarise_part
+from shardwalk.core.srrw.block_loader import BlockLoader
+from shardwalk.core.srrw.diagnostics import divergence_warning, last_fraction_mean
+from shardwalk.core.srrw.objectives import build_objective
+from shardwalk.core.storage import sink
+from shardwalk.core.storage.files import write_parquet
+from shardwalk.core.storage.labelled import read_labelled
+from shardwalk.core.storage.sources import read_table
+from shardwalk.pipelines.common import COLUMN_DEFAULTS, ingest_stage, read_label_map
+from shardwalk.pipelines.reports.stage import srrw_report
+from shardwalk.workers.ingest import part_paths, standardize_part, summarise_part
 
 DEFAULTS: dict[str, Any] = {
     "source": InputPath("builtin:breast_cancer"),
     **COLUMN_DEFAULTS,
     "shards": 2,
     "graph": {
-        "name": "karate",  # a core.agents.standard_graph name, or "file" to read `edges`
+        "name": "karate",  # a shardwalk.core.srrw.agents.standard_graph name, or "file" to read `edges`
         "edges": InputPath(""),  # Parquet edge list (src, dst) when name = "file"
         "assignment": InputPath(""),  # Parquet (node, id) table; empty: spread the data over the agents
         "spread": "label_skew",  # iid | label_skew
@@ -72,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "steps": 20000,
     "tokens": 1,
     "partitions": 2,
-    "partitioner": "metis",  # metis | kl | louvain | range (core.srrw.walk_partition)
+    "partitioner": "metis",  # metis | kl | louvain | range (shardwalk.core.srrw.walk_partition)
     "halo": "auto",  # ghost rings per actor: an integer, or "auto" (from a pilot walk's cross rate)
     "replicate": "auto",  # true: every walker actor holds every agent's data and the tokens are split (no hand-offs);
     #                       auto: so when a copy per actor fits the nodes' memory, else the agents are partitioned
@@ -195,7 +197,7 @@ def class_threshold(ingest_dir: Path, binarize: int) -> int | None:
 
 def _dim(ingest_dir: Path, model: dict[str, Any]) -> tuple[int, int]:
     """(θ dimension, classes) from the ingest schema and labels."""
-    from core.schema import vector_dim
+    from shardwalk.core.data.schema import vector_dim
 
     d = vector_dim(pads.dataset(str(ingest_dir), format="parquet").schema) + int(model["intercept"])
     _, labels = _ids_labels(ingest_dir)
@@ -206,7 +208,7 @@ def _dim(ingest_dir: Path, model: dict[str, Any]) -> tuple[int, int]:
 def walk_stage(out: Path, ingest: Path, agents: Path, partition: Path, *, model: dict[str, Any],
                settings: dict[str, Any], seed: int) -> dict[str, Any]:
     """Run the tokens on walker actors; write tokens.parquet (final θ) and trajectory.parquet (θ snapshots)."""
-    from workers.walker import run_distributed_sa_srrw
+    from shardwalk.workers.walker import run_distributed_sa_srrw
 
     spec, layout = walk_spec({**settings, "seed": seed}), walker_layout(settings)
     g = _load_graph(agents)

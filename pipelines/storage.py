@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 
-from core import store
-from core.dag import RunRecord
-from pipelines.report import REPORT_FILES, with_header
+from shardwalk.core.dag.runner import RunRecord
+from shardwalk.core.storage import store
+from shardwalk.pipelines.reports.render import REPORT_FILES, with_header
 
 
 def _committed_text(c: store.Committed, rel: str) -> str:

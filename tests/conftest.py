@@ -37,7 +37,7 @@ def ray_local(_ray_session: None) -> Iterator[None]:
     """A local Ray with 2 CPUs, started on first use and shared by the whole session."""
     import ray
 
-    from pipelines.runtime import connect
+    from shardwalk.pipelines.runtime import connect
 
     if not ray.is_initialized():
         connect(num_cpus=2)

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.dag import Pipeline
-from core.io import write_parquet
+from shardwalk.core.dag.runner import Pipeline
+from shardwalk.core.storage.files import write_parquet
 
 DEFAULTS: dict[str, Any] = {"rows": 1000, "marker_dir": ""}
 

@@ -7,7 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from core.agents import (
+from shardwalk.core.errors import ConfigError, DataError, GraphError
+from shardwalk.core.srrw.agents import (
     agent_blocks,
     build_graph,
     cut_edge_fraction,
@@ -16,7 +17,6 @@ from core.agents import (
     spread,
     standard_graph,
 )
-from core.errors import ConfigError, DataError, GraphError
 
 
 def _edges(pairs):

@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from core.agents import edges_table, standard_graph
-from core.cache_key import InputPath, canonical, changed_parts, key_of, key_parts, stage_key
-from core.dag import Pipeline
-from core.errors import ConfigError, DataError
+from shardwalk.core.dag.cache_key import InputPath, canonical, changed_parts, key_of, key_parts, stage_key
+from shardwalk.core.dag.runner import Pipeline
+from shardwalk.core.errors import ConfigError, DataError
+from shardwalk.core.srrw.agents import edges_table, standard_graph
 
 
 def test_key_ignores_param_order_and_numpy_scalar_types() -> None:
@@ -76,8 +76,8 @@ def test_a_changed_stage_body_under_the_same_name_changes_the_key(tmp_path: Path
 
 
 def test_project_stages_are_keyed_on_the_project_sources() -> None:
-    from core.fingerprint import code_digest, project_digest
-    from pipelines.srrw import agents
+    from shardwalk.core.dag.fingerprint import code_digest, project_digest
+    from shardwalk.pipelines.srrw import agents
 
     assert code_digest(agents) == project_digest()
     assert code_digest(_one_stage) != project_digest()  # your own code: its module source as well
@@ -113,8 +113,8 @@ def _write_edges(path: Path, graph) -> None:
 
 @pytest.mark.parametrize("setting", ["edges", "assignment"])
 def test_srrw_graph_files_edited_in_place_change_the_keys_of_the_stages_that_read_them(tmp_path: Path, setting: str) -> None:
-    import pipelines.srrw as srrw
-    from pipelines.config import load_config
+    import shardwalk.pipelines.srrw as srrw
+    from shardwalk.pipelines.config import load_config
 
     path = tmp_path / f"{setting}.parquet"
     _write_edges(path, standard_graph("karate"))
@@ -129,8 +129,8 @@ def test_srrw_graph_files_edited_in_place_change_the_keys_of_the_stages_that_rea
 
 
 def test_a_relative_graph_file_in_a_config_file_is_next_to_that_file(tmp_path: Path) -> None:
-    import pipelines.srrw as srrw
-    from pipelines.config import load_config
+    import shardwalk.pipelines.srrw as srrw
+    from shardwalk.pipelines.config import load_config
 
     (tmp_path / "conf.toml").write_text('[graph]\nname = "file"\nedges = "ring.parquet"\n')
     config = load_config(srrw, tmp_path / "conf.toml", [])
@@ -148,14 +148,14 @@ def test_key_parts_name_what_changed() -> None:
 
 
 def test_a_missing_input_file_is_a_data_error_naming_it(tmp_path: Path) -> None:
-    from core.fingerprint import input_digest
+    from shardwalk.core.dag.fingerprint import input_digest
 
     with pytest.raises(DataError, match="no such file or directory"):
         input_digest(str(tmp_path / "nope.parquet"))
 
 
 def test_a_stage_without_source_is_keyed_on_its_bytecode() -> None:
-    from core.fingerprint import code_digest
+    from shardwalk.core.dag.fingerprint import code_digest
 
     def compiled(body: str):
         namespace: dict = {}

@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.io import MANIFEST, verify_dir
-from pipelines.cli import main
+from shardwalk.core.storage.files import MANIFEST, verify_dir
+from shardwalk.pipelines.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARDWALK = [sys.executable, "-m", "pipelines.cli"]
+SHARDWALK = [sys.executable, "-m", "shardwalk.pipelines.cli"]
 
 
 def _committed(runs: Path) -> list[str]:
@@ -190,8 +190,8 @@ def test_run_tables_print_error_text_verbatim(tmp_path) -> None:
 
     from rich.console import Console
 
-    from pipelines.progress import print_run
-    from pipelines.runs_view import print_runs
+    from shardwalk.pipelines.progress import print_run
+    from shardwalk.pipelines.runs_view import print_runs
 
     error = "RuntimeError: [/__w/pytorch/third_party/gloo/transport/tcp/pair.cc:553] Connection closed by peer"
     record = {"run_id": "r1", "pipeline": "p[x]", "status": "failed", "started": 1.0, "finished": 2.0,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from core import store
-from core.datasets import load_builtin
-from pipelines.cli import main
+from shardwalk.core.data.builtin import load_builtin
+from shardwalk.core.storage import store
+from shardwalk.pipelines.cli import main
 from tests.test_demo import SMALL
 
 INDEX = ["--set", "source=builtin:digits", "--set", "shards=2", "--set", "k=5", "--set", "recall_sample=200",

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from core.errors import ConfigError
-from pipelines.config import load_config, parse_assignment, parse_value, pipeline_module
+from shardwalk.core.errors import ConfigError
+from shardwalk.pipelines.config import load_config, parse_assignment, parse_value, pipeline_module
 
 
 def _module(**defaults):

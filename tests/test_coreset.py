@@ -1,4 +1,4 @@
-"""Pure tests of core/coreset.py: CCS against a brute-force reference, layout independence, bad inputs."""
+"""Pure tests of core/coresets/single_process.py: CCS against a brute-force reference, layout independence, bad inputs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from core import coreset
-from core.datasets import hash_unit
-from core.errors import ConfigError, DataError
+from shardwalk.core.coresets import single_process as coreset
+from shardwalk.core.data.builtin import hash_unit
+from shardwalk.core.errors import ConfigError, DataError
 
 
 def _data(n: int = 3000, classes: int = 5, seed: int = 0, ties: bool = False) -> dict[str, np.ndarray]:

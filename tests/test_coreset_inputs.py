@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.datasets import load_arrays
-from core.errors import ConfigError
-from pipelines import coreset as coreset_pipeline
+from shardwalk.core.data.builtin import load_arrays
+from shardwalk.core.errors import ConfigError
+from shardwalk.pipelines import coreset as coreset_pipeline
 from tests.report_check import embedded_pngs
 
 SMALL = ["--set", "select.rates=[0.5]", "--set", 'select.methods=["ccs-el2n-cb", "random"]',
@@ -55,8 +55,8 @@ def test_dropped_class_is_reported_in_the_users_values(tmp_path: Path) -> None:
 
 @pytest.mark.ray
 def test_own_test_split_with_test_fraction_zero(ray_local: None, tmp_path: Path, capsys) -> None:
-    from pipelines.cli import main
-    from pipelines.runs_view import load_run_ref
+    from shardwalk.pipelines.cli import main
+    from shardwalk.pipelines.runs_view import load_run_ref
 
     train, test = _split(tmp_path)
     runs = str(tmp_path / "runs")

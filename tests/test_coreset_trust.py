@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import coreset_checks
-from core.datasets import load_arrays, load_builtin
-from core.errors import ConfigError
-from core.evaluation import Split, evaluate_selection
-from core.proxy_spec import TrainSpec
-from core.scaling import FeatureSums, fit_scaling
-from core.selection import BETA_GRID, beta_candidates, check_beta, choose_beta
-from pipelines import coreset as coreset_pipeline
-from pipelines.config import load_config
+from shardwalk.core.coresets import checks as coreset_checks
+from shardwalk.core.coresets.evaluation import Split, evaluate_selection
+from shardwalk.core.coresets.proxy_spec import TrainSpec
+from shardwalk.core.coresets.scaling import FeatureSums, fit_scaling
+from shardwalk.core.coresets.selection import BETA_GRID, beta_candidates, check_beta, choose_beta
+from shardwalk.core.data.builtin import load_arrays, load_builtin
+from shardwalk.core.errors import ConfigError
+from shardwalk.pipelines import coreset as coreset_pipeline
+from shardwalk.pipelines.config import load_config
 
 
 def test_breast_cancer_builtin_is_raw_so_the_setting_does_the_scaling() -> None:
@@ -104,8 +104,8 @@ def test_coreset_config_accepts_auto_or_explicit_values() -> None:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_unscaled_run_warns_and_reports_spread_beta_and_cost(ray_local: None, tmp_path: Path, capsys) -> None:
-    from pipelines.cli import main
-    from pipelines.runs_view import load_run_ref
+    from shardwalk.pipelines.cli import main
+    from shardwalk.pipelines.runs_view import load_run_ref
 
     runs = str(tmp_path / "runs")
     args = ["run", "coreset", "--runs-dir", runs, "--set", "source=builtin:breast_cancer", "--set", "select.rates=[0.3]",
@@ -142,8 +142,8 @@ def _graph(n: int = 500, k: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
 
 def _d2_one_at_a_time(g: dict[str, np.ndarray], keep: float, class_balanced: bool) -> np.ndarray:
     """The paper's greedy, one pick at a time, on the whole graph (the reference the sharded rounds must equal)."""
-    from core import d2
-    from core.datasets import hash_unit
+    from shardwalk.core.coresets import d2
+    from shardwalk.core.data.builtin import hash_unit
 
     ids, nbr, dd = g["id"], g["neighbors"], g["distances"]
     lookup = d2.hardness_table(ids, g["el2n"], True)
@@ -165,7 +165,7 @@ def _d2_one_at_a_time(g: dict[str, np.ndarray], keep: float, class_balanced: boo
 
 @pytest.mark.parametrize("class_balanced", [False, True])
 def test_d2_rounds_equal_the_one_at_a_time_greedy_for_any_sharding(class_balanced: bool) -> None:
-    from core import d2
+    from shardwalk.core.coresets import d2
 
     g = _graph()
     for keep in (0.1, 0.5):
@@ -186,9 +186,9 @@ def test_d2_actors_select_the_same_ids_for_1_and_3_shards(ray_local: None, tmp_p
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from core import d2
-    from core.selection_names import read_selection
-    from workers.d2_select import select_d2
+    from shardwalk.core.coresets import d2
+    from shardwalk.core.coresets.selection_names import read_selection
+    from shardwalk.workers.d2_select import select_d2
 
     g = _graph(300)
     graph = pa.table({"id": g["id"], "neighbors": pa.array(g["neighbors"].tolist(), pa.list_(pa.int64())),

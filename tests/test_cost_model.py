@@ -1,4 +1,4 @@
-"""The cost model and its calibration file, purely (no Ray): formulas, agreement with core.sizing, fit and
+"""The cost model and its calibration file, purely (no Ray): formulas, agreement with shardwalk.core.plan.sizing, fit and
 the smallest cluster, the sealed file's checks."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from core import calibration, sizing
-from core import cost_model as cm
-from core.errors import ConfigError, CorruptArtifactError
+from shardwalk.core.errors import ConfigError, CorruptArtifactError
+from shardwalk.core.plan import calibration, sizing
+from shardwalk.core.plan import cost_model as cm
 
 GIB = 1 << 30
 CONSTANTS = calibration.Constants(
@@ -182,7 +182,7 @@ def test_an_edited_calibration_fails_its_checksum_naming_the_file(tmp_path: Path
     (lambda p: p["node_shapes"]["box"].update(cpus=0), "node shape 'box'"),
 ])
 def test_a_calibration_failing_its_schema_is_refused_naming_the_file(tmp_path: Path, edit, message) -> None:
-    from core.io import write_json_sealed
+    from shardwalk.core.storage.store import write_json_sealed
 
     payload = calibration.to_json(CAL)
     edit(payload)

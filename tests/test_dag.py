@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.dag import Pipeline, Runner, StageOptions, load_run, run_path
-from core.errors import ConfigError, DataError
-from core.io import TEMP_PREFIX, write_parquet
+from shardwalk.core.dag.runner import Pipeline, Runner, StageOptions, load_run, run_path
+from shardwalk.core.errors import ConfigError, DataError
+from shardwalk.core.storage.files import TEMP_PREFIX, write_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = cf.ThreadPoolExecutor(max_workers=4)
@@ -149,7 +149,7 @@ def test_a_run_removes_temporaries_of_killed_writers_only(tmp_path: Path) -> Non
     cache = tmp_path / "cache"
     code = (
         "import os, signal, sys\n"
-        "from core.io import atomic_dir\n"
+        "from shardwalk.core.storage.files import atomic_dir\n"
         "with atomic_dir(sys.argv[1]) as tmp:\n"
         "    (tmp / 'half.parquet').write_text('partial')\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"

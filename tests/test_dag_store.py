@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from core import store
-from core.dag import Pipeline, Runner, StageOptions, list_runs, load_run
-from core.errors import ConfigError
-from core.sink import NODE_MARKER
+from shardwalk.core.dag.runner import Pipeline, Runner, StageOptions, list_runs, load_run
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.storage import sink, store
+from shardwalk.core.storage.sink import NODE_MARKER
 
 POOL = cf.ThreadPoolExecutor(max_workers=4)
 CALLS: list[str] = []
@@ -98,7 +98,7 @@ def test_unknown_run_is_a_config_error_naming_the_store(s3_bucket: str) -> None:
 
 
 def test_gc_removes_a_killed_writers_attempt_and_nothing_else(s3_bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     runs = f"{s3_bucket}/gc"
     record = Runner(make(), runs, thread_submit).run()
@@ -121,7 +121,7 @@ def test_gc_removes_a_killed_writers_attempt_and_nothing_else(s3_bucket: str, ca
 def test_gc_on_a_local_runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from core.gc import collect
+    from shardwalk.core.dag.gc import collect
 
     monkeypatch.chdir(tmp_path)
     runs = Path("runs")  # relative, as the CLI's default: records hold relative paths
@@ -135,7 +135,7 @@ def test_gc_on_a_local_runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def checkpointing(out: Path, *, n: int) -> dict[str, Any]:
-    from core.dag import stage_state_dir
+    from shardwalk.core.dag.attempt import stage_state_dir
 
     where = stage_state_dir()
     store.write_bytes(store.join(where, "state.json"), json.dumps(n).encode())
@@ -201,7 +201,6 @@ def test_store_stopped_mid_stage_fails_it_naming_the_uri_then_a_rerun_completes(
 
 def loses_its_attempt(out: Path, *, n: int) -> dict[str, Any]:
     """A stage whose attempt prefix is deleted mid-stage (as a careless `gc` would)."""
-    from core import sink
 
     (out / "n.json").write_text(json.dumps(n))
     store.delete_prefix(sink.destination(out))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
+from shardwalk.pipelines.cli import main
 from tests.report_check import embedded_pngs
 
 SMALL = [

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import PIPELINES
-from pipelines.config import load_config, pipeline_module
+from shardwalk.pipelines import PIPELINES
+from shardwalk.pipelines.config import load_config, pipeline_module
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "pipelines" / "examples").glob("*.toml"))
 

@@ -10,11 +10,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from core.datasets import load_arrays
-from core.errors import ConfigError
-from core.schema import from_numpy, validate_knn_graph
-from pipelines.cli import main
-from pipelines.export import MARKER
+from shardwalk.core.data.builtin import load_arrays
+from shardwalk.core.data.schema import from_numpy, validate_knn_graph
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.storage import store
+from shardwalk.pipelines.cli import main
+from shardwalk.pipelines.export import MARKER
 from tests.report_check import embedded_pngs
 
 SMALL = ["--set", "source=builtin:synthetic?n=400&d=8", "--set", "shards=2", "--set", "M=8",
@@ -68,8 +69,8 @@ def test_index_export_layout_query_and_refusals(ray_local: None, tmp_path: Path,
 
 
 def test_export_target_that_is_a_file_is_refused(tmp_path: Path) -> None:
-    from core.errors import ConfigError
-    from pipelines.export import check_target
+    from shardwalk.core.errors import ConfigError
+    from shardwalk.pipelines.export import check_target
 
     (tmp_path / "f").write_text("x")
     with pytest.raises(ConfigError, match="exists and is a file"):
@@ -98,7 +99,7 @@ def _fake_coreset_run(tmp_path: Path, run_id: str = "r1") -> dict:
 
 
 def test_local_export_of_a_coreset_run_names_and_labels(tmp_path: Path) -> None:
-    from pipelines.export import export_run
+    from shardwalk.pipelines.export import export_run
 
     record = _fake_coreset_run(tmp_path)
     export_run(record, tmp_path, f"file://{tmp_path / 'out'}")
@@ -122,7 +123,7 @@ def _foreign_folder(path: Path) -> dict[str, bytes]:
 
 
 def test_overwrite_onto_a_folder_that_is_not_an_export_is_refused_and_left_alone(tmp_path: Path) -> None:
-    from pipelines.export import export_run
+    from shardwalk.pipelines.export import export_run
 
     target = tmp_path / "mine"
     before = _foreign_folder(target)
@@ -132,7 +133,7 @@ def test_overwrite_onto_a_folder_that_is_not_an_export_is_refused_and_left_alone
 
 
 def test_overwrite_replaces_an_export_but_not_files_added_to_it(tmp_path: Path) -> None:
-    from pipelines.export import export_run
+    from shardwalk.pipelines.export import export_run
 
     target = tmp_path / "out"
     export_run(_fake_coreset_run(tmp_path / "a", "r1"), tmp_path, str(target))
@@ -172,7 +173,7 @@ def test_export_onto_the_runs_dir_or_a_folder_holding_it_is_refused(tmp_path: Pa
 
 
 def _store_tree(uri: str) -> dict[str, bytes]:
-    from core import store
+    from shardwalk.core.storage import store
 
     fs, root = store.resolve(uri)
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
@@ -184,8 +185,7 @@ def _complete_export(target: str) -> dict:
     """Read the export the documented way (the marker's `current`) and check every file it lists."""
     import hashlib
 
-    from core import store
-    from pipelines.export import export_location
+    from shardwalk.pipelines.export import export_location
 
     where = export_location(target)
     marker = store.read_json(f"{where}/{MARKER}")
@@ -196,7 +196,7 @@ def _complete_export(target: str) -> dict:
 
 
 def test_a_store_export_is_read_through_its_pointer_and_replaced_by_a_new_version(s3_bucket: str, tmp_path: Path) -> None:
-    from pipelines.export import export_run
+    from shardwalk.pipelines.export import export_run
 
     target = f"{s3_bucket}/results"
     assert export_run(_fake_coreset_run(tmp_path / "a", "r1"), tmp_path, target) == [
@@ -213,8 +213,7 @@ def test_a_store_export_is_read_through_its_pointer_and_replaced_by_a_new_versio
 
 
 def test_a_bucket_root_or_a_foreign_prefix_is_never_overwritten(s3_bucket: str, tmp_path: Path) -> None:
-    from core import store
-    from pipelines.export import export_run
+    from shardwalk.pipelines.export import export_run
 
     store.write_bytes(f"{s3_bucket}/sw/runs/x/run.json", b"{}")
     store.write_bytes(f"{s3_bucket}/theirs/notes.txt", b"mine")
@@ -233,7 +232,7 @@ def test_a_bucket_root_or_a_foreign_prefix_is_never_overwritten(s3_bucket: str, 
 @pytest.mark.parametrize("when", ["before the upload", "after the upload"])
 def test_an_interrupted_store_overwrite_leaves_the_previous_export_complete(
         s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
-    from pipelines.export import export_run
+    from shardwalk.pipelines.export import export_run
 
     target = f"{s3_bucket}/results"
     export_run(_fake_coreset_run(tmp_path / "a", "r1"), tmp_path, target)

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from core import store
-from core.errors import ConfigError, DataError
-from pipelines import export
+from shardwalk.core.errors import ConfigError, DataError
+from shardwalk.core.storage import store
+from shardwalk.pipelines import export
 from tests.test_export import _fake_coreset_run
 
 # (run id, --overwrite, interrupt before the n-th instrumented call or never, onto the foreign folder instead)

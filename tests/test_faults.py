@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from core import hnsw
-from core.datasets import synthetic
-from core.errors import CorruptArtifactError, DataError, ShardUnavailableError
-from core.io import MANIFEST
-from core.schema import from_numpy
+from shardwalk.core.data.builtin import synthetic
+from shardwalk.core.data.schema import from_numpy
+from shardwalk.core.errors import CorruptArtifactError, DataError, ShardUnavailableError
+from shardwalk.core.index import hnsw
+from shardwalk.core.storage.files import MANIFEST
 
 pytestmark = pytest.mark.ray
 
@@ -47,7 +47,7 @@ def queries(data: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def clean(_ray_module: None, data: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The fault-free answer every faulted run must reproduce exactly."""
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     with ShardedIndex.build(data, shards=2, **FAST) as index:
         result = index.search(queries, k=10, ef=64, batch_size=4)
@@ -57,7 +57,7 @@ def clean(_ray_module: None, data: np.ndarray, queries: np.ndarray) -> tuple[np.
 @pytest.fixture(scope="module")
 def _ray_module() -> None:
     """Module-scoped twin of `ray_local` (the same session Ray) for the module-scoped fixtures."""
-    from pipelines.runtime import connect
+    from shardwalk.pipelines.runtime import connect
 
     if not ray.is_initialized():
         connect(num_cpus=2)
@@ -86,7 +86,7 @@ def _kill_on(monkeypatch: pytest.MonkeyPatch, step: str, victim: Callable[[], An
 
     Returns a list that receives the victim's pid once the kill happened (empty: the step never came).
     """
-    from workers import raykit
+    from shardwalk.workers import raykit
 
     real, killed = raykit.wait_all, []
 
@@ -108,7 +108,7 @@ def test_actor_killed_after_persisting_its_shard_mid_build(
     _ray_module: None, monkeypatch: pytest.MonkeyPatch, data: np.ndarray, queries: np.ndarray, clean: tuple
 ) -> None:
     """Killed while the build is still running (adding replicas): it reloads its persisted shard."""
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     holder: dict[str, Any] = {}
     original = ShardedIndex._add_replicas
@@ -132,7 +132,7 @@ def test_actor_killed_while_building_its_shard(
     _ray_module: None, monkeypatch: pytest.MonkeyPatch, data: np.ndarray, queries: np.ndarray, clean: tuple
 ) -> None:
     """Issue 6: kill an HnswShard during build → the build completes and search equals a fault-free run."""
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     spawned: list[Any] = []
     original = ShardedIndex._spawn
@@ -156,8 +156,8 @@ def test_build_gives_up_after_its_restarts(
     _ray_module: None, monkeypatch: pytest.MonkeyPatch, data: np.ndarray, tmp_path: Path
 ) -> None:
     """A primary dying on every attempt ends in ShardUnavailableError, and the working directory is removed."""
-    import workers.sharded_index as hs
-    from workers import index_actors, raykit
+    import shardwalk.workers.sharded_index as hs
+    from shardwalk.workers import index_actors, raykit
 
     monkeypatch.setattr(hs, "BUILD_RESTARTS", 1)
     real, killed = raykit.wait_all, []
@@ -211,7 +211,7 @@ def test_replicated_shard_killed_during_batch_search(
     _ray_module: None, monkeypatch: pytest.MonkeyPatch, data: np.ndarray, queries: np.ndarray, clean: tuple
 ) -> None:
     """With 2 replicas the search fails over and the killed replica restarts from its persisted shard."""
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     with ShardedIndex.build(data, shards=2, replicas=2, **FAST) as index:
         victim = index.actors[0][0]
@@ -227,7 +227,7 @@ def test_single_replica_shard_killed_during_batch_search(
     _ray_module: None, monkeypatch: pytest.MonkeyPatch, data: np.ndarray, queries: np.ndarray, clean: tuple
 ) -> None:
     """Issue 6: the killed actor restarts, reloads its persisted shard and the search result is identical."""
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     with ShardedIndex.build(data, shards=2, **FAST) as index:
         (ids, dists), _ = _search_killing(index, queries, index.actors[1][0], monkeypatch)
@@ -241,7 +241,7 @@ def test_single_replica_shard_killed_during_batch_search(
 @pytest.fixture(scope="module")
 def saved(_ray_module: None, data: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pristine saved index; tests corrupt copies of it."""
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     path = tmp_path_factory.mktemp("saved") / "index"
     with ShardedIndex.build(data, shards=2, **FAST) as index:
@@ -257,14 +257,14 @@ def copy(saved: Path, tmp_path: Path) -> Path:
 
 
 def _open(path: Path) -> None:
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     ShardedIndex.open(path).close()
 
 
 def test_pristine_copy_opens_and_answers(copy: Path, queries: np.ndarray, clean: tuple) -> None:
     """The control for the corruption tests below: an untouched copy opens and answers exactly."""
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     with ShardedIndex.open(copy) as index:
         ids, _ = index.search(queries, k=10, ef=64, batch_size=4)
@@ -379,7 +379,7 @@ def test_a_manifest_path_escaping_the_index_writes_nothing(copy: Path, tmp_path:
 
 
 def test_confined_refuses_escapes_and_symlinks(tmp_path: Path) -> None:
-    from core.io import confined
+    from shardwalk.core.storage.files import confined
 
     root = tmp_path / "root"
     root.mkdir()
@@ -398,7 +398,7 @@ def test_an_index_without_its_commit_marker_is_refused(copy: Path) -> None:
 
 def test_query_cli_refuses_a_hostile_index_with_exit_2(copy: Path, queries: np.ndarray, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     payload = _plant_escaping_entry(copy, "../probe.txt")
     qfile = tmp_path / "q.parquet"
@@ -422,7 +422,7 @@ def _committed(runs: Path) -> list[str]:
 def test_damaged_parquet_input_exits_2_naming_the_file(
     ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
 ) -> None:
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     source = tmp_path / "in"
     source.mkdir()
@@ -460,7 +460,7 @@ WALK = {"alpha": 5.0, "seed": 6, "tokens": 2, "partitions": 2}
 
 @pytest.fixture(scope="module")
 def _pristine_checkpoint(_ray_module: None, walk_setup: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from workers.walker import run_distributed_sa_srrw
+    from shardwalk.workers.walker import run_distributed_sa_srrw
 
     obj, graph = walk_setup
     ckpt = tmp_path_factory.mktemp("walk") / "ckpt"
@@ -475,7 +475,7 @@ def checkpoint(_pristine_checkpoint: Path, tmp_path: Path) -> Path:
 
 
 def _resume(walk_setup: tuple, ckpt: Path) -> Any:
-    from workers.walker import run_distributed_sa_srrw
+    from shardwalk.workers.walker import run_distributed_sa_srrw
 
     obj, graph = walk_setup
     return run_distributed_sa_srrw(obj, graph, steps=600, checkpoint_dir=ckpt, checkpoint_every=100, resume=True,
@@ -484,7 +484,7 @@ def _resume(walk_setup: tuple, ckpt: Path) -> Any:
 
 def test_intact_checkpoint_resumes_to_the_reference(walk_setup: tuple, checkpoint: Path) -> None:
     """The control: resuming an untouched checkpoint gives the uninterrupted reference trajectory."""
-    from core.srrw import run_sa_srrw
+    from shardwalk.core.srrw import run_sa_srrw
 
     obj, graph = walk_setup
     ref = run_sa_srrw(obj, graph, steps=600, alpha=5.0, seed=6, tokens=2)
@@ -531,9 +531,9 @@ def test_damaged_token_manifest_is_refused_naming_it(walk_setup: tuple, checkpoi
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings(walk_setup: tuple, checkpoint: Path) -> None:
-    from core.errors import ConfigError
-    from core.io import read_json_sealed, write_json_sealed
-    from workers.walker import RUN_META
+    from shardwalk.core.errors import ConfigError
+    from shardwalk.core.storage.store import read_json_sealed, write_json_sealed
+    from shardwalk.workers.walker import RUN_META
 
     meta = read_json_sealed(checkpoint / RUN_META, "checkpoint run record")
     meta["alpha"] = 0.5
@@ -543,7 +543,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(walk_setup: tuple, checkp
 
 
 def test_an_edited_checkpoint_run_record_is_refused(walk_setup: tuple, checkpoint: Path) -> None:
-    from workers.walker import RUN_META
+    from shardwalk.workers.walker import RUN_META
 
     path = checkpoint / RUN_META
     path.write_text(path.read_text().replace('"alpha": 5.0', '"alpha": 0.5'))
@@ -565,8 +565,8 @@ def test_an_edited_token_node_is_refused(walk_setup: tuple, checkpoint: Path) ->
 
 def test_corrupted_cached_output_is_rerun_or_refused(ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A flipped byte inside a committed stage output must not be served silently on the next run."""
-    from core.io import verify_dir
-    from pipelines.cli import main
+    from shardwalk.core.storage.files import verify_dir
+    from shardwalk.pipelines.cli import main
 
     runs = tmp_path / "runs"
     args = ["run", "ingest", "--runs-dir", str(runs), "--set", "source=builtin:digits", "--set", "shards=2"]

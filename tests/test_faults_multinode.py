@@ -21,7 +21,7 @@ import pytest
 import ray
 
 from benchmarks.faultkit import Background, actors, add_node, lose_node, new_actors, poll, walk_problem
-from core.io import MANIFEST, verify_dir
+from shardwalk.core.storage.files import MANIFEST, verify_dir
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slow]
 
@@ -36,15 +36,15 @@ WALK: dict[str, Any] = {"alpha": 5.0, "seed": 9, "tokens": 1}
 
 
 def _checkpointed_n(ckpt: Path) -> int:
-    from core.srrw import load_token
+    from shardwalk.core.srrw import load_token
 
     token = load_token(ckpt, 0) if (ckpt / "token-0.json").is_file() else None
     return token.n if token is not None else 0
 
 
 def test_walk_resumes_from_its_checkpoint_after_losing_a_partitions_node(ray_cluster: Any, tmp_path: Path) -> None:
-    from core.srrw import run_sa_srrw
-    from workers.walker import run_distributed_sa_srrw
+    from shardwalk.core.srrw import run_sa_srrw
+    from shardwalk.workers.walker import run_distributed_sa_srrw
 
     obj, graph = walk_problem()
     ckpt = tmp_path / "ckpt"
@@ -92,14 +92,14 @@ CORESET_SETS = [
 
 
 def _coreset(runs: Path) -> int:
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     return main(["run", "coreset", "--runs-dir", str(runs), *[a for s in CORESET_SETS for a in ("--set", s)]])
 
 
 def _selections(runs: Path) -> dict[str, list[int]]:
     """Every selection table of the committed `select` stage: name -> sorted ids."""
-    from core.selection_names import read_selection
+    from shardwalk.core.coresets.selection_names import read_selection
 
     (select,) = [p for p in (runs / "cache").glob("select-*") if (p / MANIFEST).is_file()]
     return {p.name: read_selection(p).tolist() for p in sorted(select.iterdir()) if p.is_dir()}
@@ -155,7 +155,7 @@ def _held(out: Path, *, rows: int, marker_dir: str) -> dict[str, Any]:
 
 
 def _held_pipeline(marker_dir: Path) -> Any:
-    from core.dag import Pipeline
+    from shardwalk.core.dag.runner import Pipeline
 
     p = Pipeline("held")
     p.stage("squares", _held, params={"rows": 1000, "marker_dir": str(marker_dir)}, num_cpus=1)
@@ -167,8 +167,8 @@ def test_stage_task_on_a_lost_node_is_retried_by_ray(ray_cluster: Any, tmp_path:
 
     from ray import cloudpickle
 
-    from core.dag import Runner
-    from pipelines.runtime import ray_submit
+    from shardwalk.core.dag.runner import Runner
+    from shardwalk.pipelines.runtime import ray_submit
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import test modules
     markers = tmp_path / "markers"

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.datasets import load_arrays
-from core.errors import DataError
-from core.schema import Columns, apply_columns, check_label_column, encode_labels
+from shardwalk.core.data.builtin import load_arrays
+from shardwalk.core.data.schema import Columns, apply_columns, check_label_column, encode_labels
+from shardwalk.core.errors import DataError
 from tests.report_check import embedded_pngs
 
 
@@ -73,7 +73,7 @@ def test_encode_labels_maps_sorted_values_to_indices() -> None:
 
 
 def test_relative_source_resolves_against_the_config_files_folder(tmp_path: Path, monkeypatch) -> None:
-    from pipelines.config import load_config, pipeline_module
+    from shardwalk.pipelines.config import load_config, pipeline_module
 
     folder = tmp_path / "project"
     folder.mkdir()
@@ -93,14 +93,14 @@ def test_relative_source_resolves_against_the_config_files_folder(tmp_path: Path
 def ray_module(_ray_session: None) -> None:
     import ray
 
-    from pipelines.runtime import connect
+    from shardwalk.pipelines.runtime import connect
 
     if not ray.is_initialized():
         connect(num_cpus=2)
 
 
 def _ingest(tmp_path: Path, table: pa.Table, name: str, **kwargs) -> Path:
-    from pipelines.common import ingest
+    from shardwalk.pipelines.common import ingest
 
     src = tmp_path / f"{name}.parquet"
     pq.write_table(table, src)
@@ -112,8 +112,8 @@ def _ingest(tmp_path: Path, table: pa.Table, name: str, **kwargs) -> Path:
 
 @pytest.mark.ray
 def test_sparse_labels_give_the_same_scores_as_dense_ones(ray_module: None, tmp_path: Path) -> None:
-    from pipelines.common import read_label_map
-    from workers.scorer import score_dataset
+    from shardwalk.pipelines.common import read_label_map
+    from shardwalk.workers.scorer import score_dataset
 
     dense = _labels()
     sparse = np.array([7, 107, 207])[dense]
@@ -151,14 +151,14 @@ def test_label_problems_caught_at_ingest_naming_the_users_file(ray_module: None,
 
 @pytest.mark.ray
 def test_emb_column_mapped_through_the_cli(ray_module: None, tmp_path: Path) -> None:
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     src = tmp_path / "emb.parquet"
     pq.write_table(_user_table(_labels(), id_name="doc_id", vector_name="emb"), src)
     runs = str(tmp_path / "runs")
     base = ["run", "ingest", "--runs-dir", runs, "--set", f"source={src}"]
     assert main([*base, "--set", "vector_column=emb", "--set", "id_column=doc_id"]) == 0
-    from pipelines.runs_view import load_run_ref
+    from shardwalk.pipelines.runs_view import load_run_ref
 
     run_dir = Path(runs) / "runs" / load_run_ref(runs, "latest")["run_id"]
     assert embedded_pngs(run_dir / "report.html") >= 3  # label counts, per-dimension scale and range
@@ -176,7 +176,7 @@ def _florentine_edges() -> pa.Table:
 
 
 def test_string_node_names_are_numbered_once_in_sorted_order() -> None:
-    from core.agents import build_graph, map_node_names, name_nodes
+    from shardwalk.core.srrw.agents import build_graph, map_node_names, name_nodes
 
     edges, names = name_nodes(_florentine_edges(), where="florentine.parquet")
     assert names.to_pylist() == sorted(names.to_pylist()) and "Medici" in names.to_pylist()
@@ -190,7 +190,7 @@ def test_string_node_names_are_numbered_once_in_sorted_order() -> None:
 
 
 def test_integer_edge_lists_are_left_alone() -> None:
-    from core.agents import name_nodes
+    from shardwalk.core.srrw.agents import name_nodes
 
     table = pa.table({"src": pa.array([0, 1], pa.int64()), "dst": pa.array([1, 2], pa.int64())})
     assert name_nodes(table)[1] is None
@@ -199,7 +199,7 @@ def test_integer_edge_lists_are_left_alone() -> None:
 def test_networkx_graph_with_names_relabelled_with_its_names() -> None:
     import networkx as nx
 
-    from core.agents import build_graph, relabel_graph
+    from shardwalk.core.srrw.agents import build_graph, relabel_graph
 
     with pytest.raises(DataError, match="relabel_graph"):
         build_graph(nx.davis_southern_women_graph())
@@ -209,7 +209,7 @@ def test_networkx_graph_with_names_relabelled_with_its_names() -> None:
 
 @pytest.mark.ray
 def test_srrw_agents_stage_reads_an_edge_list_of_names(ray_module: None, tmp_path: Path) -> None:
-    from pipelines.srrw import DEFAULTS, agents
+    from shardwalk.pipelines.srrw import DEFAULTS, agents
 
     data = _ingest(tmp_path, _user_table(_labels()), "data")
     edges = tmp_path / "florentine.parquet"
@@ -226,7 +226,7 @@ def test_srrw_agents_stage_reads_an_edge_list_of_names(ray_module: None, tmp_pat
 
 @pytest.mark.ray
 def test_add_without_ids_assigns_fresh_unique_ids(ray_local: None) -> None:
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     x, _ = load_arrays("builtin:synthetic?n=300&d=8&classes=3")
     x = x.astype(np.float32)
@@ -243,7 +243,7 @@ def test_add_without_ids_assigns_fresh_unique_ids(ray_local: None) -> None:
 
 
 def test_last_quarter_mean_and_divergence_warning() -> None:
-    from core.diagnostics import divergence_warning, last_fraction_mean
+    from shardwalk.core.srrw.diagnostics import divergence_warning, last_fraction_mean
 
     steps = np.array([100, 200, 300, 400])
     assert last_fraction_mean(steps, np.array([9.0, 9.0, 2.0, 4.0])) == 3.0  # steps >= 300
@@ -268,8 +268,8 @@ def _unscaled_source(tmp_path: Path) -> Path:
 
 @pytest.mark.ray
 def test_srrw_on_unscaled_features_warns_and_standardize_fixes_it(ray_module: None, tmp_path: Path, capsys) -> None:
-    from pipelines.cli import main
-    from pipelines.runs_view import load_run_ref
+    from shardwalk.pipelines.cli import main
+    from shardwalk.pipelines.runs_view import load_run_ref
 
     runs = str(tmp_path / "runs")
     base = ["run", "srrw", "--runs-dir", runs, "--set", f"source={_unscaled_source(tmp_path)}",
@@ -289,7 +289,7 @@ def test_srrw_on_unscaled_features_warns_and_standardize_fixes_it(ray_module: No
 
 
 def test_binarize_compares_the_users_label_values(tmp_path: Path) -> None:
-    from pipelines.srrw import class_threshold
+    from shardwalk.pipelines.srrw import class_threshold
 
     (tmp_path / "_labels.json").write_text(json.dumps({"column": "label", "classes": [7, 107, 207], "counts": [1, 1, 1]}))
     assert class_threshold(tmp_path, 100) == 1  # values 107 and 207 (indices 1, 2) are the positive class
@@ -310,8 +310,8 @@ def _doc_embedding_queries(tmp_path: Path, dim: int = 8, n: int = 40) -> Path:
 
 
 def test_query_columns_are_checked_from_the_footer_before_ray_starts(tmp_path: Path, monkeypatch, capsys) -> None:
-    import pipelines.cli as cli
-    import pipelines.index as index_pipeline
+    import shardwalk.pipelines.cli as cli
+    import shardwalk.pipelines.index as index_pipeline
 
     def no_ray(address: str | None) -> dict:
         raise AssertionError("Ray would start here")
@@ -334,7 +334,7 @@ def test_query_columns_are_checked_from_the_footer_before_ray_starts(tmp_path: P
 def test_the_python_api_takes_the_same_column_options() -> None:
     import inspect
 
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     for method in (ShardedIndex.build, ShardedIndex.search_dataset):
         params = inspect.signature(method).parameters
@@ -343,8 +343,8 @@ def test_the_python_api_takes_the_same_column_options() -> None:
 
 @pytest.mark.ray
 def test_query_with_the_users_columns_says_what_its_speed_includes(ray_local: None, tmp_path: Path, capfd) -> None:
-    from pipelines.cli import main
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.pipelines.cli import main
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     (tmp_path / "base").mkdir()
     base = _doc_embedding_queries(tmp_path / "base", n=200)  # the Python API takes the same column options
@@ -368,7 +368,7 @@ def test_query_with_the_users_columns_says_what_its_speed_includes(ray_local: No
 def test_ray_notices_are_quiet_unless_verbose(monkeypatch) -> None:
     import logging
 
-    from workers.quiet import (
+    from shardwalk.workers.quiet import (
         DATA_PROGRESS_LOGGER,
         TOKEN_AUTH_LOGGER,
         VERBOSE,
@@ -400,7 +400,7 @@ def test_a_closed_pipe_ends_quietly(monkeypatch) -> None:
     import io
     import sys
 
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     class ClosedPipe(io.StringIO):
         def write(self, text: str) -> int:
@@ -418,7 +418,7 @@ def test_a_closed_pipe_ends_quietly(monkeypatch) -> None:
 
 def _record(tmp_path: Path, **config) -> dict:
     """A failed index run: ingest committed, build failed, knn_graph skipped, evaluate's folder gone since."""
-    from pipelines.index import DEFAULTS
+    from shardwalk.pipelines.index import DEFAULTS
 
     committed = tmp_path / "cache" / "ingest-k1"
     committed.mkdir(parents=True)
@@ -441,7 +441,7 @@ def test_show_lists_settings_and_only_outputs_that_exist(tmp_path: Path) -> None
 
     from rich.console import Console
 
-    from pipelines.progress import print_run
+    from shardwalk.pipelines.progress import print_run
 
     record = _record(tmp_path, ef=32, source="mine.parquet")
     buffer = io.StringIO()
@@ -458,7 +458,7 @@ def test_show_lists_settings_and_only_outputs_that_exist(tmp_path: Path) -> None
 
 
 def test_every_report_starts_with_the_run_header(tmp_path: Path) -> None:
-    from pipelines.report import Section, publish, write_report
+    from shardwalk.pipelines.reports.render import Section, publish, write_report
 
     stage = tmp_path / "stage"
     stage.mkdir()
@@ -477,9 +477,9 @@ def test_every_report_starts_with_the_run_header(tmp_path: Path) -> None:
 
 
 def test_one_shard_axis_and_coinciding_curves(tmp_path: Path) -> None:
-    from pipelines.demo_report import _accuracy_section
-    from pipelines.report import figure
-    from pipelines.reports import _shard_axis
+    from shardwalk.pipelines.reports.demo import _accuracy_section
+    from shardwalk.pipelines.reports.render import figure
+    from shardwalk.pipelines.reports.stage import _shard_axis
 
     _fig, ax = figure()
     ax.bar([0], [100])
@@ -493,7 +493,7 @@ def test_one_shard_axis_and_coinciding_curves(tmp_path: Path) -> None:
 
 
 def test_srrw_export_names_the_walk_and_the_nodes(tmp_path: Path) -> None:
-    from pipelines.export import export_run
+    from shardwalk.pipelines.export import export_run
 
     dirs = {n: tmp_path / "cache" / f"{n}-{n}key" for n in ("ingest", "agents", "walk", "evaluate")}
     for d in dirs.values():
@@ -520,7 +520,7 @@ def test_srrw_export_names_the_walk_and_the_nodes(tmp_path: Path) -> None:
 
 
 def test_demo_walks_are_named_by_their_alpha() -> None:
-    from pipelines.export import walk_description
+    from shardwalk.pipelines.export import walk_description
 
     record = {"config": {"srrw": {"partitions": 2}}, "stages": {}}
     described = walk_description(record, "curves_coreset_a10")
@@ -536,7 +536,7 @@ def test_outputs_table_says_which_pipelines_write_labels_json() -> None:
 def test_plan_prints_one_figure_for_the_index(capsys) -> None:
     import re
 
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     args = ["plan", "index", "--rows", "200000000", "--dim", "96", "--nodes", "1", "--cpus-per-node", "8",
             "--memory-per-node", "64GiB"]
@@ -548,7 +548,7 @@ def test_plan_prints_one_figure_for_the_index(capsys) -> None:
 
 
 def test_evaluate_says_why_the_sample_is_not_recall_sample() -> None:
-    from pipelines.index import sample_note
+    from shardwalk.pipelines.index import sample_note
 
     note = sample_note(471, 500, 5000)
     assert note.startswith("471 points sampled for recall_sample=500") and "hash of its id" in note
@@ -568,7 +568,7 @@ def _fake_index_run(runs: Path, run_id: str, ef: int, recall: list[float], pipel
 
 
 def test_report_puts_runs_side_by_side(tmp_path: Path, capsys) -> None:
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     runs = tmp_path / "runs"
     _fake_index_run(runs, "20261206-070000-index-aaaaaa", 32, [0.8, 0.9])

@@ -16,11 +16,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from core import lease, sink, store
-from core.dag import Pipeline, Runner, StageOptions
-from core.errors import ConfigError
-from core.gc import collect
-from core.location import canonical, contains, same_location
+from shardwalk.core.dag import lease
+from shardwalk.core.dag.gc import collect
+from shardwalk.core.dag.runner import Pipeline, Runner, StageOptions
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.storage import sink, store
+from shardwalk.core.storage.location import canonical, contains, same_location
 
 POOL = cf.ThreadPoolExecutor(max_workers=4)
 STARTED, RELEASE = threading.Event(), threading.Event()
@@ -124,7 +125,7 @@ def test_gc_keeps_the_outputs_of_a_run_made_with_the_plain_spelling(s3_bucket: s
 
 
 def test_gc_refuses_runs_recorded_under_another_runs_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     Runner(make(), tmp_path / "a", thread_submit).run()
     shutil.copytree(tmp_path / "a", tmp_path / "b")  # records still name a/cache/...
@@ -147,7 +148,7 @@ def test_gc_refuses_a_copied_prefix_on_a_store(s3_bucket: str, no_grace: None) -
 
 
 def test_runs_view_names_a_store_runs_dir_with_both_slashes(s3_bucket: str) -> None:
-    from pipelines.runs_view import resolve_run_id
+    from shardwalk.pipelines.runs_view import resolve_run_id
 
     with pytest.raises(ConfigError, match=f"no runs under {s3_bucket}/empty/runs$"):  # today: s3:/...
         resolve_run_id(f"{s3_bucket}/empty", "latest")
@@ -187,7 +188,7 @@ def test_gc_leaves_a_running_stage_alone_on_a_store(s3_bucket: str) -> None:
 
 
 def test_a_dead_writers_stale_lease_and_attempt_are_collected_and_dry_run_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     runs = tmp_path / "runs"
     Runner(make(), runs, thread_submit).run()

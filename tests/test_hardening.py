@@ -17,10 +17,18 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from core.dag import Pipeline, Runner, StageOptions, execute_stage, load_run, stage_state_dir, state_dir
-from core.errors import ClusterUnreachableError, CorruptArtifactError
-from core.io import read_json_sealed, write_json_atomic, write_json_sealed
-from core.srrw import SRRW, Schedule, load_token, make_tokens, save_token
+from shardwalk.core.dag.attempt import stage_state_dir, state_dir
+from shardwalk.core.dag.runner import (
+    Pipeline,
+    Runner,
+    StageOptions,
+    execute_stage,
+    load_run,
+)
+from shardwalk.core.errors import ClusterUnreachableError, CorruptArtifactError
+from shardwalk.core.srrw import SRRW, Schedule, load_token, make_tokens, save_token
+from shardwalk.core.storage.files import write_json_atomic
+from shardwalk.core.storage.store import read_json_sealed, write_json_sealed
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = cf.ThreadPoolExecutor(max_workers=2)
@@ -212,7 +220,7 @@ def _closed_port() -> int:
 
 
 def test_probe_refuses_an_address_nothing_answers_on() -> None:
-    from pipelines.runtime import probe
+    from shardwalk.pipelines.runtime import probe
 
     port = _closed_port()
     with pytest.raises(ClusterUnreachableError, match=f"127.0.0.1:{port}"):
@@ -221,7 +229,7 @@ def test_probe_refuses_an_address_nothing_answers_on() -> None:
 
 def test_probe_refuses_a_listener_that_accepts_and_never_answers() -> None:
     from benchmarks.bench_faults import _silent_listener
-    from pipelines.runtime import probe
+    from shardwalk.pipelines.runtime import probe
 
     with _silent_listener() as port, pytest.raises(ClusterUnreachableError, match=f"127.0.0.1:{port}: timed out"):
         probe(f"127.0.0.1:{port}", timeout=1)  # today: accepted, then `ray.init` retries for many minutes
@@ -235,7 +243,7 @@ def test_cli_wrong_address_is_one_line_exit_1_and_keeps_committed_outputs(tmp_pa
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SHARDWALK_CONNECT_TIMEOUT_S": "5"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "ingest", "--runs-dir", str(runs), "--force",
+        [sys.executable, "-m", "shardwalk.pipelines.cli", "run", "ingest", "--runs-dir", str(runs), "--force",
          "--set", "source=builtin:digits", "--address", f"127.0.0.1:{port}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
@@ -264,7 +272,7 @@ def test_sigterm_ends_the_run_interrupted_and_keeps_committed_stages(tmp_path: P
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SHARDWALK_TEST_SLOW": "300"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "run", "tests.slow_pipeline", "--runs-dir", str(runs),
+        [sys.executable, "-m", "shardwalk.pipelines.cli", "run", "tests.slow_pipeline", "--runs-dir", str(runs),
          "--set", f"marker_dir={markers}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 240
@@ -289,8 +297,9 @@ def test_a_flipped_byte_in_a_checksummed_parquet_page_is_refused_naming_the_file
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from core.errors import DataError
-    from core.io import read_table, write_parquet
+    from shardwalk.core.errors import DataError
+    from shardwalk.core.storage.files import write_parquet
+    from shardwalk.core.storage.sources import read_table
 
     vectors = pa.array(np.arange(4000, dtype=np.float32).reshape(1000, 4).tolist(), pa.list_(pa.float32(), 4))
     table = pa.table({"id": np.arange(1000), "vector": vectors})
@@ -311,8 +320,8 @@ def test_a_flipped_byte_in_a_checksummed_parquet_page_is_refused_naming_the_file
 
 
 def test_the_duplicate_id_check_reads_each_part_once_and_finds_the_first_later_row() -> None:
-    from core.errors import DataError
-    from core.unique import bucket_report, check_unique, id_buckets, split_by_bucket
+    from shardwalk.core.data.unique import bucket_report, check_unique, id_buckets, split_by_bucket
+    from shardwalk.core.errors import DataError
 
     parts = [(np.array([0, 1, 2]), 0), (np.array([3, 1, 4]), 3), (np.array([5, 6, 3]), 6)]
     buckets = id_buckets(len(parts))
@@ -330,8 +339,8 @@ def test_the_duplicate_id_check_reads_each_part_once_and_finds_the_first_later_r
 
 
 def test_work_directories_of_killed_drivers_are_swept(tmp_path: Path) -> None:
-    from workers.index_actors import WORKDIR_PREFIX
-    from workers.index_actors import make_workdir as _workdir
+    from shardwalk.workers.index_actors import WORKDIR_PREFIX
+    from shardwalk.workers.index_actors import make_workdir as _workdir
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     host = socket.gethostname()
@@ -350,8 +359,8 @@ def test_work_directories_of_killed_drivers_are_swept(tmp_path: Path) -> None:
 
 
 def test_the_actor_bound_follows_the_cluster_and_can_be_overridden() -> None:
-    from core.errors import ConfigError
-    from core.limits import actor_bound, actors_requested, check_actors
+    from shardwalk.core.errors import ConfigError
+    from shardwalk.core.plan.limits import actor_bound, actors_requested, check_actors
 
     gib = 2**30
     assert actor_bound(2, 24 * gib, env={}).limit == 8  # CPU-bound on a 2-core machine

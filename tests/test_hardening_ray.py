@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from core.dag import state_dir
+from shardwalk.core.dag.attempt import state_dir
 
 pytestmark = pytest.mark.ray
 
@@ -26,7 +26,7 @@ def _last_run(runs: Path) -> str:
 
 
 def test_a_damaged_walk_checkpoint_names_the_way_out_and_force_recomputes(ray_local, tmp_path, capsys) -> None:
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     runs = tmp_path / "runs"
     args = ["run", "srrw", "--runs-dir", str(runs), *SRRW]
@@ -108,8 +108,8 @@ def test_the_embedded_ray_listens_on_loopback_only_and_on_no_fixed_port(ray_loca
 def test_after_the_first_error_of_a_fan_out_ray_stops_logging_the_others(ray_local, monkeypatch) -> None:
     import ray
 
-    from core.errors import DataError
-    from workers.quiet import QUIET, get_all
+    from shardwalk.core.errors import DataError
+    from shardwalk.workers.quiet import QUIET, get_all
 
     monkeypatch.delenv(QUIET, raising=False)
 
@@ -125,7 +125,7 @@ def test_after_the_first_error_of_a_fan_out_ray_stops_logging_the_others(ray_loc
 
 def test_too_many_shards_are_refused_before_any_stage_runs(ray_local, tmp_path, capsys) -> None:
     """shards=1000 on digits started 121 actors and took 11 GB; now the session's 2 CPUs allow 8."""
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     runs = tmp_path / "runs"
     code = main(["run", "index", "--runs-dir", str(runs), "--set", "source=builtin:digits", "--set", "shards=1000"])

@@ -1,4 +1,4 @@
-"""Pure tests of core/hnsw.py: validation, merging, exact search, partitioning, manifests (no Ray)."""
+"""Pure tests of core/index/hnsw.py: validation, merging, exact search, partitioning, manifests (no Ray)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import hnswlib
 import numpy as np
 import pytest
 
-from core import hnsw
-from core.datasets import synthetic
-from core.errors import ConfigError, CorruptArtifactError, DataError
+from shardwalk.core.data.builtin import synthetic
+from shardwalk.core.errors import ConfigError, CorruptArtifactError, DataError
+from shardwalk.core.index import hnsw
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import pytest
 import ray
 
 from benchmarks.faultkit import add_node
-from core import hnsw
-from core.datasets import synthetic
-from core.errors import ConfigError, CorruptArtifactError, DataError, ShardUnavailableError
-from core.schema import from_numpy, validate_knn_graph
-from workers.sharded_index import ShardedIndex
+from shardwalk.core.data.builtin import synthetic
+from shardwalk.core.data.schema import from_numpy, validate_knn_graph
+from shardwalk.core.errors import ConfigError, CorruptArtifactError, DataError, ShardUnavailableError
+from shardwalk.core.index import hnsw
+from shardwalk.workers.sharded_index import ShardedIndex
 
 pytestmark = pytest.mark.ray
 
@@ -51,7 +51,7 @@ def _ray_module() -> None:
     """Module-scoped twin of `ray_local` (same session Ray) so the shared index can be module-scoped."""
     import ray as _ray
 
-    from pipelines.runtime import connect
+    from shardwalk.pipelines.runtime import connect
 
     if not _ray.is_initialized():
         connect(num_cpus=2)

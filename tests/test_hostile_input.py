@@ -10,9 +10,9 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.errors import ConfigError, DataError
-from core.schema import to_numpy, validate_vectors
-from pipelines.config import load_config
+from shardwalk.core.data.schema import to_numpy, validate_vectors
+from shardwalk.core.errors import ConfigError, DataError
+from shardwalk.pipelines.config import load_config
 
 FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.none())
 ROWS = st.lists(st.lists(FLOATS, min_size=0, max_size=4), min_size=0, max_size=8)

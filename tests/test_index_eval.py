@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 
-import workers.index_eval as index_eval
-from core import hnsw
-from core.io import plan_shards
-from core.schema import from_numpy
+import shardwalk.workers.index_eval as index_eval
+from shardwalk.core.data.schema import from_numpy
+from shardwalk.core.index import hnsw
+from shardwalk.core.storage.sources import plan_shards
 
 
 def test_exact_part_in_pieces_equals_one_pass_over_the_part(tmp_path, monkeypatch) -> None:

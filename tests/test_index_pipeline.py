@@ -9,12 +9,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from core import hnsw
-from core.datasets import load_arrays
-from core.errors import ConfigError
-from core.schema import from_numpy, validate_knn_graph
-from pipelines import index as index_pipeline
-from pipelines.cli import main
+from shardwalk.core.data.builtin import load_arrays
+from shardwalk.core.data.schema import from_numpy, validate_knn_graph
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.index import hnsw
+from shardwalk.pipelines import index as index_pipeline
+from shardwalk.pipelines.cli import main
 
 pytestmark = pytest.mark.ray
 

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core import hnsw, hnsw_results
-from core.errors import ShardStateError
-from core.index_meta import IndexMeta
-from core.row_chunks import RowChunks
-from workers.hnsw_actor import LocalHnswShard
+from shardwalk.core.errors import ShardStateError
+from shardwalk.core.index import hnsw, hnsw_results
+from shardwalk.core.index.index_meta import IndexMeta
+from shardwalk.core.index.row_chunks import RowChunks
+from shardwalk.workers.hnsw_actor import LocalHnswShard
 
 D = 8
 
@@ -130,7 +130,7 @@ def test_a_dead_rank_probe_pings_instead_of_re_reading_the_shard(monkeypatch: py
     """`summary()` re-reads a rank's rows over its state; the liveness probe must not call it."""
     import ray
 
-    from workers import scorer
+    from shardwalk.workers import scorer
 
     calls: list[str] = []
 
@@ -153,7 +153,7 @@ def test_a_dead_rank_probe_pings_instead_of_re_reading_the_shard(monkeypatch: py
 def test_row_chunks_view_route_and_release_batches_front_to_back() -> None:
     import pyarrow as pa
 
-    from core.schema import from_numpy
+    from shardwalk.core.data.schema import from_numpy
 
     x = np.arange(10 * D, dtype=np.float32).reshape(10, D)
     table = pa.concat_tables([from_numpy(x[:4], ids=np.arange(4)), from_numpy(x[4:], ids=np.arange(4, 10))])

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core import store
-from core.errors import CorruptArtifactError
+from shardwalk.core.errors import CorruptArtifactError
+from shardwalk.core.storage import store
 
 pytestmark = pytest.mark.ray
 
@@ -20,7 +20,7 @@ def _data(n: int = 300, d: int = 8) -> np.ndarray:
 
 
 def test_save_to_s3_and_open_from_s3_search_the_same(ray_local: None, s3_bucket: str, tmp_path: Path) -> None:
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     data = _data()
     uri = f"{s3_bucket}/indexes/demo"
@@ -36,7 +36,7 @@ def test_save_to_s3_and_open_from_s3_search_the_same(ray_local: None, s3_bucket:
 
     queries = tmp_path / "q.parquet"
     pq.write_table(pa.table({"id": np.arange(5), "vector": pa.FixedSizeListArray.from_arrays(pa.array(data[:5].ravel()), 8)}), queries)
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     assert main(["query", uri, "--queries", str(queries), "-k", "3", "--out", str(tmp_path / "hits.parquet")]) == 0
     hits = pq.read_table(tmp_path / "hits.parquet").to_pydict()
@@ -44,7 +44,7 @@ def test_save_to_s3_and_open_from_s3_search_the_same(ray_local: None, s3_bucket:
 
 
 def test_altered_shard_object_is_refused_naming_it(ray_local: None, s3_bucket: str) -> None:
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     uri = f"{s3_bucket}/indexes/flip"
     with ShardedIndex.build(_data(120), shards=2, M=8, ef_construction=50) as index:

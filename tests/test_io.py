@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.errors import CorruptArtifactError, DataError
-from core.io import MANIFEST, atomic_dir, plan_shards, read_shard, read_table, source_fingerprint, verify_dir
-from core.schema import from_numpy
+from shardwalk.core.data.schema import from_numpy
+from shardwalk.core.errors import CorruptArtifactError, DataError
+from shardwalk.core.storage.files import MANIFEST, atomic_dir, verify_dir
+from shardwalk.core.storage.sources import plan_shards, read_shard, read_table, source_fingerprint
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from core.datasets import synthetic
-from core.errors import ConfigError, ShardUnavailableError
+from shardwalk.core.data.builtin import synthetic
+from shardwalk.core.errors import ConfigError, ShardUnavailableError
 
 pytestmark = pytest.mark.ray
 
@@ -28,7 +28,7 @@ def data() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def _ray_module() -> None:
-    from pipelines.runtime import connect
+    from shardwalk.pipelines.runtime import connect
 
     if not ray.is_initialized():
         connect(num_cpus=2)
@@ -36,7 +36,7 @@ def _ray_module() -> None:
 
 @pytest.fixture(scope="module")
 def index(_ray_module: None, data: np.ndarray) -> Iterator[Any]:
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     with ShardedIndex.build(data, shards=2, **FAST) as built:
         yield built
@@ -73,8 +73,8 @@ def test_batch_size_and_batches_in_flight_do_not_change_the_graph(index: Any, cl
 def test_points_read_from_the_built_from_parts_give_the_same_graph(index: Any, clean: Any, data: np.ndarray,
                                                                    tmp_path: Path) -> None:
     """The pipeline's path: batches are row ranges of the ingest parts, not hnswlib get_items copies."""
-    from core.io import write_parquet
-    from core.schema import from_numpy
+    from shardwalk.core.data.schema import from_numpy
+    from shardwalk.core.storage.files import write_parquet
 
     table = from_numpy(data)
     for i, (a, b) in enumerate([(0, 700), (700, 1100), (1100, N)]):  # ranges that straddle the files
@@ -138,7 +138,7 @@ def test_shard_actor_killed_during_knn_graph_restarts_and_the_graph_is_identical
 def test_a_shard_that_never_comes_back_fails_the_graph_with_a_typed_error(
     _ray_module: None, data: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     with ShardedIndex.build(data[:400], shards=2, **FAST) as small:
         _kill_when_graph_waits(monkeypatch, small.actors[0][0], no_restart=True)
@@ -148,9 +148,9 @@ def test_a_shard_that_never_comes_back_fails_the_graph_with_a_typed_error(
 
 def test_a_build_without_shards_is_sized_to_the_cluster(_ray_module: None, data: np.ndarray) -> None:
     """Local Ray = one node with CPUs: one shard whose actor runs the free CPUs as hnswlib threads."""
-    from core.sizing import Node, plan
-    from workers.cluster import cluster_nodes
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.core.plan.sizing import Node, plan
+    from shardwalk.workers.cluster import cluster_nodes
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     nodes = cluster_nodes()
     assert nodes == [Node(2.0, nodes[0].memory_bytes)]

@@ -1,13 +1,13 @@
-"""The kNN graph without an index (core/knn_partition.py): exact where it claims to be, recall where not."""
+"""The kNN graph without an index (core/index/knn_partition.py): exact where it claims to be, recall where not."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from core import hnsw
-from core import knn_partition as kp
-from core.errors import ConfigError
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.index import hnsw
+from shardwalk.core.index import knn_partition as kp
 
 
 def _clustered(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
@@ -113,8 +113,8 @@ def test_a_bool_switches_the_graph_with_default_settings() -> None:
 
 
 def test_knn_graph_false_still_switches_the_graph_table_off() -> None:
-    from pipelines import index as index_pipeline
-    from pipelines.config import load_config
+    from shardwalk.pipelines import index as index_pipeline
+    from shardwalk.pipelines.config import load_config
 
     config = load_config(index_pipeline, None, ["knn_graph=false"])
     assert config["knn_graph"]["enabled"] is False
@@ -126,8 +126,8 @@ def test_knn_graph_false_still_switches_the_graph_table_off() -> None:
 
 
 def test_graph_settings_are_part_of_the_cache_key() -> None:
-    from pipelines import index as index_pipeline
-    from pipelines.config import load_config
+    from shardwalk.pipelines import index as index_pipeline
+    from shardwalk.pipelines.config import load_config
 
     def key(*sets: str) -> dict:
         config = load_config(index_pipeline, None, list(sets))

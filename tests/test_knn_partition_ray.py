@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from core import hnsw
-from core import knn_partition as kp
-from core.schema import from_numpy, validate_knn_graph
-from pipelines.cli import main
+from shardwalk.core.data.schema import from_numpy, validate_knn_graph
+from shardwalk.core.index import hnsw
+from shardwalk.core.index import knn_partition as kp
+from shardwalk.pipelines.cli import main
 
 pytestmark = pytest.mark.ray
 
@@ -36,7 +36,7 @@ def _graph(out: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("actors", [1, 2])
 def test_actors_build_the_exact_graph_and_a_partitioned_one_at_recall(ray_local: None, tmp_path: Path, actors: int) -> None:
-    from workers.knn_partition import build_graph
+    from shardwalk.workers.knn_partition import build_graph
 
     src, ids, x = _source(tmp_path)
     order = np.argsort(ids)

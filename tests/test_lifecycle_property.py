@@ -22,11 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core import node_cache, sink, store
-from core.dag import Pipeline, Runner, StageOptions, list_runs
-from core.gc import collect
-from core.io import verify_dir
-from pipelines.export import export_run
+from shardwalk.core.dag.gc import collect
+from shardwalk.core.dag.runner import Pipeline, Runner, StageOptions, list_runs
+from shardwalk.core.storage import node_cache, sink, store
+from shardwalk.core.storage.files import verify_dir
+from shardwalk.pipelines.export import export_run
 
 STAGES = cf.ThreadPoolExecutor(max_workers=6)
 WRITING_S, GC_PASSES = 0.1, 4

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core import node_cache, store
+from shardwalk.core.storage import node_cache, sink, store
 
 
 def _upload(tmp_path: Path, uri: str, name: str, rows: int = 50) -> store.Committed:
@@ -124,7 +124,7 @@ def test_a_stage_holds_its_inputs_until_it_ends_and_knows_their_attempts(
         s3_bucket: str, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every input of a running stage stays (the kNN graph's index was evicted by its other input before);
     helpers are pointed at the attempts the stage downloaded, not at a file on disk."""
-    from core import sink, stage_store
+    from shardwalk.core.dag import stage_store
 
     monkeypatch.setenv("SHARDWALK_LOCAL_CACHE_BYTES", "1")
     build, ingest = _upload(tmp_path, f"{s3_bucket}/build", "b"), _upload(tmp_path, f"{s3_bucket}/ingest", "i")

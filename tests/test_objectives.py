@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import ConfigError, DataError
-from core.objectives import LogisticRegression, SoftmaxRegression, TorchObjective, add_intercept
+from shardwalk.core.errors import ConfigError, DataError
+from shardwalk.core.srrw.objectives import (
+    LogisticRegression,
+    SoftmaxRegression,
+    TorchObjective,
+    add_intercept,
+)
 
 
 def _blocks(n_agents=5, rows=4, d=3, classes=2, seed=0):

@@ -12,11 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.faultkit import CountingServer
-from core import hnsw, index_store, sink, store
-from core.errors import InvariantError
-from core.index_meta import IndexMeta
-from core.io import MANIFEST, plan_shards
-from workers.hnsw_actor import LocalHnswShard
+from shardwalk.core.errors import InvariantError
+from shardwalk.core.index import hnsw, index_store
+from shardwalk.core.index.index_meta import IndexMeta
+from shardwalk.core.storage import sink, store
+from shardwalk.core.storage.files import MANIFEST
+from shardwalk.core.storage.sources import plan_shards
+from shardwalk.workers.hnsw_actor import LocalHnswShard
 
 D = 8
 
@@ -63,7 +65,7 @@ def test_a_save_committing_between_open_and_shard_load_does_not_mix_versions(
 
 
 def test_query_of_a_run_uses_the_attempt_its_build_stage_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines import index, runs_view
+    from shardwalk.pipelines import index, runs_view
 
     stage = {"status": "cached", "output": "s3://b/runs/cache/build-k", "attempt": "s3://b/runs/cache/build-k/attempts/t1"}
     monkeypatch.setattr(runs_view, "load_run_ref", lambda runs_dir, ref: {"run_id": "r", "config": {"ef": 32},
@@ -104,8 +106,8 @@ def test_a_planted_origin_file_redirects_nothing(s3_bucket: str, tmp_path: Path,
 @pytest.mark.ray
 def test_sharded_index_open_loads_the_attempt_the_driver_read(ray_local: None, s3_bucket: str, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers import sharded_index
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.workers import sharded_index
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     uri, (ids_a, xa, ids_b, xb) = f"{s3_bucket}/ray-idx", _versions()
     first = _save(tmp_path / "a", uri, ids_a, xa, "l2")
@@ -129,9 +131,9 @@ def test_sharded_index_open_loads_the_attempt_the_driver_read(ray_local: None, s
 
 
 def test_a_local_index_saved_again_between_open_and_shard_load_is_refused_not_mixed(tmp_path: Path) -> None:
-    from core.errors import CorruptArtifactError
-    from core.io import build_manifest, write_json_atomic
-    from workers.sharded_index import _shard_digests
+    from shardwalk.core.errors import CorruptArtifactError
+    from shardwalk.core.storage.files import build_manifest, write_json_atomic
+    from shardwalk.workers.sharded_index import _shard_digests
 
     ids_a, xa, ids_b, xb = _versions()
     index_dir = tmp_path / "index"

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from core import calibration
-from core.errors import ConfigError
-from core.sizing import GIB, Node
-from pipelines.cli import main
-from pipelines.plan import check_fits, parse_bytes, source_size
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.plan import calibration
+from shardwalk.core.plan.sizing import GIB, Node
+from shardwalk.pipelines.cli import main
+from shardwalk.pipelines.plan import check_fits, parse_bytes, source_size
 
 
 def plan_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
@@ -86,7 +86,7 @@ def test_a_damaged_calibration_file_exits_2_naming_the_file(capsys, tmp_path: Pa
     good.write_text(json.dumps(payload))
     assert str(good) in refused(capsys, "plan", "index", "--rows", "10", "--dim", "8", "--calibration", str(good))
     wrong = tmp_path / "wrong.json"
-    from core.io import write_json_sealed
+    from shardwalk.core.storage.store import write_json_sealed
 
     write_json_sealed(wrong, {**calibration.to_json(calibration.load()), "schema_version": 0})
     err = refused(capsys, "plan", "index", "--rows", "10", "--dim", "8", "--calibration", str(wrong))

@@ -1,4 +1,4 @@
-"""core/publish.py: canonical locations and a swap that Ctrl-C never splits (pure, no Ray)."""
+"""core/storage/publish.py: canonical locations and a swap that Ctrl-C never splits (pure, no Ray)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core import publish
-from core.location import canonical
+from shardwalk.core.storage import publish
+from shardwalk.core.storage.location import canonical
 
 
 def test_locations_compare_canonically(tmp_path: Path) -> None:

@@ -11,11 +11,11 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from core import store
-from core.errors import ConfigError
-from core.io import MANIFEST
-from workers import query_stream
-from workers.query_stream import KIND, QuerySettings, check_out
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.storage import store
+from shardwalk.core.storage.files import MANIFEST
+from shardwalk.workers import query_stream
+from shardwalk.workers.query_stream import KIND, QuerySettings, check_out
 
 
 def _answers(local: Path, ids: range) -> Path:

@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from core.errors import ConfigError, DataError
-from core.hnsw_results import knn_graph_table
-from core.schema import from_numpy
-from workers.query_stream import QuerySettings, _output_dir, query_vectors
+from shardwalk.core.data.schema import from_numpy
+from shardwalk.core.errors import ConfigError, DataError
+from shardwalk.core.index.hnsw_results import knn_graph_table
+from shardwalk.workers.query_stream import QuerySettings, _output_dir, query_vectors
 
 N, D = 1200, 8
 
@@ -33,7 +33,7 @@ def test_block_vectors_are_checked_and_converted() -> None:
 
 
 def test_answers_follow_the_knn_graph_contract() -> None:
-    from core.schema import KNN_GRAPH_SCHEMA
+    from shardwalk.core.data.schema import KNN_GRAPH_SCHEMA
 
     table = knn_graph_table(np.array([5, 6]), np.array([[1, 2], [3, -1]]), np.array([[0.1, 0.2], [0.3, np.inf]], np.float32))
     assert table.schema == KNN_GRAPH_SCHEMA and table.column("neighbors").to_pylist() == [[1, 2], [3, -1]]
@@ -61,8 +61,8 @@ def test_an_output_path_that_is_not_answers_is_refused(tmp_path: Path) -> None:
 def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, np.ndarray]]:
     import ray
 
-    from pipelines.runtime import connect
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.pipelines.runtime import connect
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     if not ray.is_initialized():
         connect(num_cpus=2)
@@ -85,7 +85,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, np.n
 
 
 def test_a_parquet_directory_streams_into_parts_with_every_answer_once(saved: tuple[Path, np.ndarray]) -> None:
-    from pipelines.index import query_index, stream_query
+    from shardwalk.pipelines.index import query_index, stream_query
 
     root, _ = saved
     done = stream_query(root / "index", root / "queries", root / "out", k=3, block_size=100)
@@ -101,7 +101,7 @@ def test_a_parquet_directory_streams_into_parts_with_every_answer_once(saved: tu
 def test_a_ray_dataset_streams_and_bad_ones_are_refused(saved: tuple[Path, np.ndarray]) -> None:
     import ray.data
 
-    from workers.query_stream import open_for_stream
+    from shardwalk.workers.query_stream import open_for_stream
 
     root, x = saved
     with open_for_stream(root / "index", 2) as index:
@@ -126,7 +126,7 @@ def test_a_ray_dataset_streams_and_bad_ones_are_refused(saved: tuple[Path, np.nd
 
 def test_cli_query_streams_and_refuses_bad_input_with_exit_2(saved: tuple[Path, np.ndarray], tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     root, x = saved
     bad = tmp_path / "bad.parquet"

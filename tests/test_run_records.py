@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from core import gc
-from core.dag import list_runs
-from core.errors import DataError
-from core.run_records import UNREADABLE
-from pipelines.cli import main
-from pipelines.runs_view import resolve_run_id
+from shardwalk.core.dag import gc
+from shardwalk.core.dag.run_records import UNREADABLE
+from shardwalk.core.dag.runner import list_runs
+from shardwalk.core.errors import DataError
+from shardwalk.pipelines.cli import main
+from shardwalk.pipelines.runs_view import resolve_run_id
 
 GOOD = "20261201-030000-index-aaaaaa"
 BAD = "20261201-040000-index-bbbbbb"
@@ -55,7 +55,7 @@ def test_gc_refuses_to_guess_what_an_unreadable_record_references(runs_dir: Path
 
 
 def test_list_runs_on_an_object_store_surfaces_an_unreadable_record(s3_bucket: str) -> None:
-    from core import store
+    from shardwalk.core.storage import store
 
     runs = f"{s3_bucket}/shardwalk"
     store.write_bytes(f"{runs}/runs/{GOOD}/run.json", json.dumps({"run_id": GOOD, "started": 1.0, "stages": {}}).encode())
@@ -67,7 +67,7 @@ def test_list_runs_on_an_object_store_surfaces_an_unreadable_record(s3_bucket: s
 
 def test_a_recorded_attempt_on_a_query_string_runs_dir_is_placed_under_the_given_runs_dir() -> None:
     """A run made with `s3://b/runs?endpoint_override=…` records its attempts with the query string."""
-    from core.run_records import placed_stages
+    from shardwalk.core.dag.run_records import placed_stages
 
     spelled = "s3://b/runs?endpoint_override=127.0.0.1:9000&scheme=http"
     attempt = "s3://b/runs/cache/build-abc/attempts/20261206T081514-vm-1-85b6b969?endpoint_override=127.0.0.1:9000&scheme=http"

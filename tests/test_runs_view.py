@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
-from pipelines.index import DEFAULTS as INDEX_DEFAULTS
+from shardwalk.pipelines.cli import main
+from shardwalk.pipelines.index import DEFAULTS as INDEX_DEFAULTS
 
 RUN_A = "20261201-030000-index-aaaaaa"
 RUN_B = "20261201-040000-index-bbbbbb"
@@ -99,8 +99,8 @@ def after(out: Path, work: Path) -> dict:
 def _toy_run(runs: Path, src: Path, n: int) -> str:
     import concurrent.futures as cf
 
-    from core.cache_key import InputPath
-    from core.dag import Pipeline, Runner
+    from shardwalk.core.dag.cache_key import InputPath
+    from shardwalk.core.dag.runner import Pipeline, Runner
 
     p = Pipeline("toy")
     p.stage("work", reads_file, params={"src": InputPath(str(src)), "n": n})

@@ -6,8 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from core.errors import DataError
-from core.schema import (
+from shardwalk.core.data.schema import (
     from_numpy,
     to_numpy,
     validate_assignment,
@@ -16,6 +15,7 @@ from core.schema import (
     validate_scores,
     validate_vectors,
 )
+from shardwalk.core.errors import DataError
 
 
 def _table(vectors, ids=None):

@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from core import coreset
-from core.errors import ConfigError, DataError
-from core.schema import from_numpy
+from shardwalk.core.coresets import single_process as coreset
+from shardwalk.core.data.schema import from_numpy
+from shardwalk.core.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.ray
 
@@ -20,7 +20,7 @@ PROXY = {"models": 1, "epochs": 3, "batch_size": 64, "hidden": 16}
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory: pytest.TempPathFactory, ray_local_module: None) -> dict:
-    from workers.scorer import score_dataset
+    from shardwalk.workers.scorer import score_dataset
 
     root = tmp_path_factory.mktemp("scores")
     one = score_dataset(SOURCE, 1, root / "one", return_params=True, num_cpus=0.5, **PROXY)
@@ -32,7 +32,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory, ray_local_module: None) -> 
 def ray_local_module(_ray_session: None) -> None:
     import ray
 
-    from pipelines.runtime import connect
+    from shardwalk.pipelines.runtime import connect
 
     if not ray.is_initialized():
         connect(num_cpus=2)
@@ -51,8 +51,8 @@ def test_gloo_allreduce_trains_the_same_model_as_one_actor(scored):
 
 
 def test_selection_identical_for_1_2_4_shards_and_equals_single_process(scored, tmp_path: Path):
-    from core.selection_names import read_selection
-    from workers.scorer import select_distributed
+    from shardwalk.core.coresets.selection_names import read_selection
+    from shardwalk.workers.scorer import select_distributed
 
     selections = [
         {"method": "ccs", "keep": 0.1, "score": "aum"},
@@ -79,7 +79,7 @@ def test_selection_identical_for_1_2_4_shards_and_equals_single_process(scored, 
 
 
 def test_bad_selection_requests(scored, tmp_path: Path):
-    from workers.scorer import select_distributed
+    from shardwalk.workers.scorer import select_distributed
 
     scores_dir = scored["root"] / "one"
     with pytest.raises(ConfigError, match="method"):
@@ -91,7 +91,7 @@ def test_bad_selection_requests(scored, tmp_path: Path):
 
 
 def test_scoring_needs_labels_and_two_classes(ray_local_module, tmp_path: Path):
-    from workers.scorer import score_dataset
+    from shardwalk.workers.scorer import score_dataset
 
     x = np.random.default_rng(0).normal(size=(50, 4))
     with pytest.raises(DataError, match="label"):
@@ -106,7 +106,7 @@ def test_scoring_needs_labels_and_two_classes(ray_local_module, tmp_path: Path):
 def test_coreset_pipeline_end_to_end(ray_local_module, tmp_path: Path, capsys):
     import json
 
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     runs = str(tmp_path / "runs")
     args = ["run", "coreset", "--runs-dir", runs, "--set", f"source={SOURCE}", "--set", "select.rates=[0.5, 0.1]",
@@ -131,7 +131,7 @@ def test_coreset_pipeline_end_to_end(ray_local_module, tmp_path: Path, capsys):
 
 def test_independent_proxies_give_identical_scores_for_1_2_3_actors(ray_local_module, tmp_path: Path):
     """Models mode: each proxy is the same model whichever actor trains it, and parts add in model order."""
-    from workers.scorer import score_dataset
+    from shardwalk.workers.scorer import score_dataset
 
     params = {**PROXY, "models": 3, "epochs": 1}  # bit-identity across layouts does not depend on epochs
     runs = {k: score_dataset(SOURCE, k, tmp_path / f"m{k}", mode="models", num_cpus=0.5, **params) for k in (1, 2, 3)}
@@ -146,7 +146,7 @@ def test_independent_proxies_give_identical_scores_for_1_2_3_actors(ray_local_mo
 
 
 def test_auto_layout_and_cuda_requests(ray_local_module, tmp_path: Path, monkeypatch):
-    from workers import scorer
+    from shardwalk.workers import scorer
 
     params = {**PROXY, "models": 2, "epochs": 1}
     small = scorer.score_dataset(SOURCE, 2, tmp_path / "a", num_cpus=0.5, **params)
@@ -158,7 +158,7 @@ def test_auto_layout_and_cuda_requests(ray_local_module, tmp_path: Path, monkeyp
 
 
 def test_cli_cuda_without_a_gpu_exits_2_naming_the_setting(ray_local_module, tmp_path: Path, capsys):
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     args = ["run", "coreset", "--runs-dir", str(tmp_path / "runs"), "--set", 'device="cuda"',
             "--set", "source=builtin:synthetic?n=200&d=4&classes=2", "--set", "evaluate.enabled=false"]

@@ -1,4 +1,4 @@
-"""Pure tests of core/scores.py: each score against a hand-computed value, and the recorder against history."""
+"""Pure tests of core/coresets/scores.py: each score against a hand-computed value, and the recorder against history."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from core import scores
-from core.errors import DataError
+from shardwalk.core.coresets import scores
+from shardwalk.core.errors import DataError
 
 
 def test_el2n_matches_hand_value_and_averages_models():

@@ -1,11 +1,19 @@
-"""Cluster-sized defaults (core/sizing.py) on simulated clusters: pure, no Ray."""
+"""Cluster-sized defaults (core/plan/sizing.py) on simulated clusters: pure, no Ray."""
 
 from __future__ import annotations
 
 import pytest
 
-from core.errors import ConfigError
-from core.sizing import GIB, Node, bytes_per_row, index_bytes, plan, replicate_fits, walk_data_bytes
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.plan.sizing import (
+    GIB,
+    Node,
+    bytes_per_row,
+    index_bytes,
+    plan,
+    replicate_fits,
+    walk_data_bytes,
+)
 
 ROWS, DIM, M = 1_000_000, 128, 16
 

@@ -8,10 +8,8 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from core.agents import standard_graph
-from core.errors import ConfigError, CorruptArtifactError, DataError, DivergenceError, GraphError
-from core.objectives import LogisticRegression, add_intercept
-from core.srrw import (
+from shardwalk.core.errors import ConfigError, CorruptArtifactError, DataError, DivergenceError, GraphError
+from shardwalk.core.srrw import (
     CHECKPOINT,
     DONE,
     SRRW,
@@ -23,6 +21,8 @@ from core.srrw import (
     save_token,
     walk,
 )
+from shardwalk.core.srrw.agents import standard_graph
+from shardwalk.core.srrw.objectives import LogisticRegression, add_intercept
 
 KARATE = standard_graph("karate")
 
@@ -206,8 +206,8 @@ def test_token_pickles_exactly_for_transit():
 
 
 def test_walk_partition_is_balanced_and_not_worse_than_plain():
-    from core.agents import partition
-    from core.srrw import walk_partition
+    from shardwalk.core.srrw import walk_partition
+    from shardwalk.core.srrw.agents import partition
 
     g = standard_graph("les_miserables")
     chain = SRRW(g, 0.0)
@@ -231,7 +231,7 @@ def test_objective_must_cover_exactly_the_agents():
 
 
 def test_halo_mask_adds_ghost_agents_within_h_hops():
-    from core.srrw import halo_mask
+    from shardwalk.core.srrw import halo_mask
 
     chain = SRRW(nx.path_graph(6), 0.0)
     own = np.array([True, True, False, False, False, False])

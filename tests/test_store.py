@@ -10,8 +10,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from core import node_cache, store
-from core.errors import ConfigError, CorruptArtifactError, DataError
+from shardwalk.core.errors import ConfigError, CorruptArtifactError, DataError
+from shardwalk.core.storage import node_cache, store
 
 
 def _output(tmp_path: Path, name: str = "out", rows: int = 5) -> Path:
@@ -129,8 +129,7 @@ def test_a_torn_read_of_a_rewritten_object_is_read_again_and_lasting_garbage_is_
     """pyarrow sizes an S3 object, then reads that many bytes: a longer new version in between comes back cut."""
     import pytest
 
-    from core import store
-    from core.errors import CorruptArtifactError
+    from shardwalk.core.errors import CorruptArtifactError
 
     reads = iter([b'{"status": "runn', b'{"status": "running", "stages": {}}'])
     monkeypatch.setattr(store, "read_bytes", lambda uri: next(reads))

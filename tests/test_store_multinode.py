@@ -1,7 +1,7 @@
 """A simulated cluster whose nodes each have their own scratch and download cache, runs dir on the S3 server.
 
 Every node's SHARDWALK_SCRATCH and SHARDWALK_LOCAL_CACHE point to a directory of its own, marked as that
-node's (core/sink.py): a worker handed a path inside another node's scratch or cache fails, as it would on
+node's (core/storage/sink.py): a worker handed a path inside another node's scratch or cache fails, as it would on
 a real cluster without shared disk. The index, coreset and srrw pipelines run there with their runs dir in
 the bucket, and their outputs must equal a run whose every worker sees one disk (a local runs dir).
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from core import node_cache, store
+from shardwalk.core.storage import node_cache, store
 
 pytestmark = pytest.mark.multinode
 
@@ -34,8 +34,8 @@ REFERENCE: dict[str, list[str]] = {
 
 
 def _run(pipeline: str, runs_dir: str, address: str, settings: list[str]) -> dict[str, Any]:
-    from core.dag import list_runs
-    from pipelines.cli import main
+    from shardwalk.core.dag.runner import list_runs
+    from shardwalk.pipelines.cli import main
 
     argv = ["run", pipeline, "--runs-dir", runs_dir, "--address", address]
     for setting in settings:
@@ -50,7 +50,7 @@ def _local(stage: dict[str, Any]) -> Path:
 
 
 def _files(stage: dict[str, Any]) -> dict[str, Any]:
-    from core.io import read_manifest
+    from shardwalk.core.storage.files import read_manifest
 
     manifest = store.require_committed(stage["attempt"]).manifest if stage.get("attempt") else read_manifest(stage["output"])
     return {rel: {k: v for k, v in e.items() if k != "etag"} for rel, e in manifest["files"].items()}  # etag: stores only
@@ -62,7 +62,7 @@ def _graph(stage: dict[str, Any]) -> dict[int, list[int]]:
 
 
 def _selections(stage: dict[str, Any]) -> dict[str, list[int]]:
-    from core.selection_names import read_selection
+    from shardwalk.core.coresets.selection_names import read_selection
 
     root = _local(stage)
     return {p.name: read_selection(p).tolist() for p in sorted(root.iterdir()) if p.is_dir()}
@@ -120,8 +120,8 @@ def _agreement(graph: dict[int, list[int]], ids: np.ndarray, vectors: np.ndarray
 
 
 def test_index_pipeline_on_nodes_without_shared_disk_equals_one_machine(runs: dict[str, Any]) -> None:
-    from core.datasets import load_builtin
-    from core.schema import to_numpy
+    from shardwalk.core.data.builtin import load_builtin
+    from shardwalk.core.data.schema import to_numpy
 
     got = runs["index"]
     ingested = pq.read_table(_local(got["ingest"])).sort_by("id")

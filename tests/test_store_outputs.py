@@ -9,11 +9,11 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from core import node_cache, store
-from core.dag import Pipeline, Runner, StageOptions
-from core.io import MANIFEST
-from pipelines.export import MARKER as EXPORT_MARKER
-from pipelines.export import export_location
+from shardwalk.core.dag.runner import Pipeline, Runner, StageOptions
+from shardwalk.core.storage import node_cache, sink, store
+from shardwalk.core.storage.files import MANIFEST
+from shardwalk.pipelines.export import MARKER as EXPORT_MARKER
+from shardwalk.pipelines.export import export_location
 
 BLOB = 2 << 20  # big enough that reading it back would dwarf every manifest
 POOL = cf.ThreadPoolExecutor(2)
@@ -84,8 +84,7 @@ def test_a_path_on_another_nodes_disk_is_refused_and_copies_map_to_their_store_o
         s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pyarrow as pa
 
-    from core import sink
-    from core.io import plan_shards
+    from shardwalk.core.storage.sources import plan_shards
 
     other = tmp_path / "node1" / "cache"
     monkeypatch.setenv("SHARDWALK_LOCAL_CACHE", str(other))
@@ -109,8 +108,8 @@ INDEX = ["--set", "source=builtin:digits", "--set", "shards=2", "--set", "k=5", 
 @pytest.mark.ray
 def test_export_and_query_answers_with_a_store_runs_dir(ray_local: None, s3_bucket: str, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    from core.datasets import load_builtin
-    from pipelines.cli import main
+    from shardwalk.core.data.builtin import load_builtin
+    from shardwalk.pipelines.cli import main
 
     runs = f"{s3_bucket}/sw"
     assert main(["run", "index", "--runs-dir", runs, *INDEX, "--export", str(tmp_path / "exported")]) == 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import proxy
-from core.errors import ConfigError
+from shardwalk.core.coresets import proxy
+from shardwalk.core.errors import ConfigError
 
 
 def test_plan_scoring_chooses_independent_proxies_when_the_data_fits():
@@ -44,14 +44,14 @@ def test_proxies_are_the_same_whichever_subset_an_actor_trains():
     spec = proxy.ProxySpec(models=3, epochs=2, batch_size=32, hidden=8)
     whole, _ = proxy.score_shard(x, y, ids, 3, spec, total_rows=120)
     split = [proxy.score_shard(x, y, ids, 3, spec, total_rows=120, model_indices=idx)[0] for idx in ([2], [0, 1])]
-    from core.scores import combine_parts
+    from shardwalk.core.coresets.scores import combine_parts
 
     merged = {m: part for rec in split for m, part in rec.model_parts().items()}
     assert combine_parts(ids, y, merged).equals(whole.scores())
 
 
 def test_cli_rejects_a_bad_device(tmp_path, capsys):
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     assert main(["run", "coreset", "--runs-dir", str(tmp_path), "--set", 'device="gpu"']) == 2
     assert "device must be one of" in capsys.readouterr().err
@@ -66,8 +66,8 @@ def _rgg(n=300, seed=1):
 
 @pytest.mark.parametrize("method", ["metis", "kl", "louvain", "range"])
 def test_partitioners_are_balanced_and_geometric_ones_cut_less(method):
-    from core.agents import cut_edge_fraction
-    from core.srrw import SRRW, walk_partition
+    from shardwalk.core.srrw import SRRW, walk_partition
+    from shardwalk.core.srrw.agents import cut_edge_fraction
 
     g = _rgg()
     parts = walk_partition(SRRW(g, 0.0), g, 2, seed=0, method=method)
@@ -81,21 +81,21 @@ def test_partitioners_are_balanced_and_geometric_ones_cut_less(method):
 def test_louvain_falls_back_when_it_cannot_split_and_bad_counts_are_errors():
     import networkx as nx
 
-    from core.agents import louvain_partition, partition
+    from shardwalk.core.srrw.agents import louvain_partition, partition
 
     complete = nx.complete_graph(9)  # one community: packing cannot balance, Kernighan–Lin is used
     assert louvain_partition(complete, 3) == partition(complete, 3)
     with pytest.raises(ConfigError, match="exceeds the number of agents"):
         louvain_partition(complete, 10)
     with pytest.raises(ConfigError, match="partitioner must be one of"):
-        from core.srrw import SRRW, walk_partition
+        from shardwalk.core.srrw import SRRW, walk_partition
 
         walk_partition(SRRW(complete, 0.0), complete, 2, method="spectral")
 
 
 def test_metis_is_the_default_partitioner_seeded_and_cuts_no_more_than_kl():
-    from core.agents import cut_edge_fraction
-    from core.srrw import SRRW, WalkerLayout, walk_partition
+    from shardwalk.core.srrw import SRRW, WalkerLayout, walk_partition
+    from shardwalk.core.srrw.agents import cut_edge_fraction
 
     assert WalkerLayout().partitioner == "metis"
     g = _rgg(600, seed=3)
@@ -110,7 +110,7 @@ def test_metis_is_the_default_partitioner_seeded_and_cuts_no_more_than_kl():
 def test_count_handoffs_follows_the_walker_rule():
     import networkx as nx
 
-    from core.srrw import SRRW, count_handoffs
+    from shardwalk.core.srrw import SRRW, count_handoffs
 
     chain = SRRW(nx.path_graph(6), 0.0)
     owner = np.array([0, 0, 0, 1, 1, 1])
@@ -122,8 +122,8 @@ def test_count_handoffs_follows_the_walker_rule():
 
 def test_halo_auto_is_chosen_from_a_pilot_walks_cross_rate():
     """The pilot's rates fall with depth; the choice is the shallowest within 25 % of the lowest allowed."""
-    from core.srrw import SRRW
-    from core.srrw.partition import HALO_WITHIN, choose_halo
+    from shardwalk.core.srrw import SRRW
+    from shardwalk.core.srrw.partition import HALO_WITHIN, choose_halo
 
     g = _rgg(400, seed=2)
     chain = SRRW(g, 10.0)
@@ -136,7 +136,7 @@ def test_halo_auto_is_chosen_from_a_pilot_walks_cross_rate():
 
 
 def _owner(chain, g):
-    from core.srrw import walk_partition
+    from shardwalk.core.srrw import walk_partition
 
     parts = walk_partition(chain, g, 2, seed=0)
     return np.asarray([parts[int(v)] for v in chain.nodes])

@@ -21,13 +21,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.faultkit import CountingServer
-from core import store
-from core.errors import CorruptArtifactError
-from core.io import MANIFEST, read_json_sealed, write_json_sealed
-from core.names import artifact_name
-from core.srrw import SRRW, Schedule, load_token, make_tokens, save_token
-from pipelines import cli
-from pipelines.cli import main
+from shardwalk.core.errors import CorruptArtifactError
+from shardwalk.core.srrw import SRRW, Schedule, load_token, make_tokens, save_token
+from shardwalk.core.storage import store
+from shardwalk.core.storage.files import MANIFEST
+from shardwalk.core.storage.names import artifact_name
+from shardwalk.core.storage.store import read_json_sealed, write_json_sealed
+from shardwalk.pipelines import cli
+from shardwalk.pipelines.cli import main
 
 
 def _s3(s3_server: str) -> pafs.S3FileSystem:
@@ -193,7 +194,7 @@ def _listening(port: int) -> list[str]:
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="reads Linux's socket table")
 def test_the_gloo_rendezvous_listens_on_the_node_address_only() -> None:
-    from workers import gloo
+    from shardwalk.workers import gloo
 
     served = gloo.serve_store("127.0.0.1", 2)
     assert _listening(served.port) == ["0100007F"]  # 127.0.0.1, not 0.0.0.0 or ::

@@ -9,19 +9,19 @@ import dataclasses
 import numpy as np
 import pytest
 
-from core import validate
-from core.coreset_spec import CoresetSpec
-from core.errors import ConfigError
-from core.evaluation import Split, evaluate_selection
-from core.labelled import labelled_arrays, read_labelled
-from core.proxy import ProxySpec, TrainSpec
-from core.schema import from_numpy
-from core.selection_names import method_selection_name, parse_method, selection_name
-from pipelines import coreset as coreset_pipeline
-from pipelines import demo, index
-from pipelines import srrw as srrw_pipeline
-from pipelines.cli import main
-from pipelines.config import load_config
+from shardwalk.core import validate
+from shardwalk.core.coresets.evaluation import Split, evaluate_selection
+from shardwalk.core.coresets.proxy import ProxySpec, TrainSpec
+from shardwalk.core.coresets.selection_names import method_selection_name, parse_method, selection_name
+from shardwalk.core.coresets.spec import CoresetSpec
+from shardwalk.core.data.schema import from_numpy
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.storage.labelled import labelled_arrays, read_labelled
+from shardwalk.pipelines import coreset as coreset_pipeline
+from shardwalk.pipelines import demo, index
+from shardwalk.pipelines import srrw as srrw_pipeline
+from shardwalk.pipelines.cli import main
+from shardwalk.pipelines.config import load_config
 
 
 def _error_line(capsys, args: list[str], tmp_path) -> str:

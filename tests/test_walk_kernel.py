@@ -8,12 +8,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from core.agents import standard_graph
-from core.errors import ConfigError
-from core.objectives import LogisticRegression, SoftmaxRegression, add_intercept
-from core.srrw import SRRW, Schedule, WalkSpec, bind, halo_mask, run_sa_srrw, walk
-from core.srrw.kernel import LEAVE, Resident, WalkContext, advance, walk_all
-from core.srrw.token import spec_tokens
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.srrw import SRRW, Schedule, WalkSpec, bind, halo_mask, run_sa_srrw, walk
+from shardwalk.core.srrw.agents import standard_graph
+from shardwalk.core.srrw.kernel import LEAVE, Resident, WalkContext, advance, walk_all
+from shardwalk.core.srrw.objectives import LogisticRegression, SoftmaxRegression, add_intercept
+from shardwalk.core.srrw.token import spec_tokens
 
 LES = standard_graph("les_miserables")
 
@@ -90,7 +90,7 @@ def test_sharded_measures_over_three_parts_with_many_tokens_keep_the_trajectory(
     and the gathered tokens equal the reference's bit for bit (as 3 walker actors would run it)."""
     import networkx as nx
 
-    from core.srrw.shard import MeasureShard, gather, shared_agents, views
+    from shardwalk.core.srrw.shard import MeasureShard, gather, shared_agents, views
 
     grid = nx.convert_node_labels_to_integers(nx.grid_2d_graph(15, 8))  # rows of 8: range parts are bands
     spec = WalkSpec.build(steps=600, alpha=10.0, tokens=40, seed=4, record_path=record_path, polyak=True)
@@ -205,8 +205,8 @@ def _changed(spec: WalkSpec, field: str) -> WalkSpec:
 
 @pytest.mark.parametrize("field", FIELDS)
 def test_resuming_with_any_other_spec_field_is_refused_naming_it(tmp_path, field):
-    from core.io import write_json_sealed
-    from workers.walker import _initial_tokens, _meta_path, _run_record
+    from shardwalk.core.storage.store import write_json_sealed
+    from shardwalk.workers.walker import _initial_tokens, _meta_path, _run_record
 
     spec = WalkSpec.build(steps=100, alpha=1.0, tokens=2, seed=6)
     chain = SRRW(LES, 1.0)
@@ -245,7 +245,7 @@ def test_this_machines_elementwise_functions_do_not_depend_on_position():
 
 
 def test_compiled_walk_records_snapshots_and_checkpoints_like_a_straight_run(tmp_path):
-    from core.srrw import CHECKPOINT, DONE, load_token, make_tokens, save_token
+    from shardwalk.core.srrw import CHECKPOINT, DONE, load_token, make_tokens, save_token
 
     chain = SRRW(LES, 5.0)
     obj = bind(_objective(), chain)
@@ -268,7 +268,7 @@ def test_step_tables_grown_in_steps_equal_the_sequential_products() -> None:
     """StepTables grow in place (capacity doubling); every entry is the sequential Python-float recurrence."""
     import math
 
-    from core.srrw.kernel import TABLE_CHUNK, StepTables
+    from shardwalk.core.srrw.kernel import TABLE_CHUNK, StepTables
 
     tables = StepTables(0.8, 0.9, 5.0)
     for n in (0, 5, TABLE_CHUNK - 1, TABLE_CHUNK, 3 * TABLE_CHUNK + 7, 2 * TABLE_CHUNK):  # forward, then a no-op

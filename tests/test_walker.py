@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.agents import standard_graph
-from core.errors import ConfigError, DivergenceError
-from core.objectives import LogisticRegression, add_intercept
-from core.srrw import SRRW, count_handoffs, run_sa_srrw, walk_partition
-from workers.walker import run_distributed_sa_srrw
+from shardwalk.core.errors import ConfigError, DivergenceError
+from shardwalk.core.srrw import SRRW, count_handoffs, run_sa_srrw, walk_partition
+from shardwalk.core.srrw.agents import standard_graph
+from shardwalk.core.srrw.objectives import LogisticRegression, add_intercept
+from shardwalk.workers.walker import run_distributed_sa_srrw
 
 pytestmark = pytest.mark.ray
 
@@ -71,8 +71,8 @@ def test_many_tokens_partitioned_carry_only_shared_measure_entries_and_match_ref
 
 
 def test_auto_layout_replicates_when_the_data_fits_and_partitions_when_not(ray_local, monkeypatch):
-    import workers.walker as walker
-    from core.sizing import Node
+    import shardwalk.workers.walker as walker
+    from shardwalk.core.plan.sizing import Node
 
     obj = _objective()
     kw = dict(steps=800, alpha=5.0, seed=4, tokens=4, record_path=True)
@@ -88,8 +88,8 @@ def test_auto_layout_replicates_when_the_data_fits_and_partitions_when_not(ray_l
 
 
 def test_more_tokens_than_memory_allows_or_an_empty_partition_are_refused(ray_local, monkeypatch):
-    import workers.walker as walker
-    from core.sizing import Node, walk_token_bytes
+    import shardwalk.workers.walker as walker
+    from shardwalk.core.plan.sizing import Node, walk_token_bytes
 
     obj = _objective()
     per_token = walk_token_bytes(LES.number_of_nodes(), obj.dim, 4096)
@@ -151,10 +151,10 @@ def test_pipeline_end_to_end_matches_reference(ray_local, tmp_path):
 
     import pyarrow.parquet as pq
 
-    from core.agents import agent_blocks, build_graph
-    from core.labelled import read_labelled
-    from core.objectives import build_objective
-    from pipelines.cli import main
+    from shardwalk.core.srrw.agents import agent_blocks, build_graph
+    from shardwalk.core.srrw.objectives import build_objective
+    from shardwalk.core.storage.labelled import read_labelled
+    from shardwalk.pipelines.cli import main
 
     runs = tmp_path / "runs"
     sets = ["steps=1200", "checkpoint_every=500", "record_every=400", "alpha=5.0", "tokens=2"]
@@ -163,7 +163,7 @@ def test_pipeline_end_to_end_matches_reference(ray_local, tmp_path):
     curves = pq.read_table(out["evaluate"] / "curves.parquet").to_pandas()
     assert set(curves.columns) >= {"token", "step", "loss", "accuracy", "test_accuracy", "sq_error"}
     # the seeded held-out split (test_fraction 0.2) is placed on no agent and scores the walking model
-    from core.datasets import test_mask
+    from shardwalk.core.data.builtin import test_mask
 
     placed = pq.read_table(out["agents"] / "assignment.parquet").column("id").to_numpy()
     held = test_mask(np.arange(569), 0.2, 0)
@@ -186,7 +186,7 @@ def test_pipeline_end_to_end_matches_reference(ray_local, tmp_path):
 
 
 def test_pipeline_divergence_commits_no_walk_output(ray_local, tmp_path, capsys):
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     runs = tmp_path / "runs"
     code = main(["run", "srrw", "--runs-dir", str(runs), "--set", "steps=3000", "--set", "lr=1e12",
@@ -198,7 +198,7 @@ def test_pipeline_divergence_commits_no_walk_output(ray_local, tmp_path, capsys)
 
 
 def test_pipeline_rejects_bad_config(tmp_path, capsys):
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     for bad in ("alpha=-1.0", "a=0.5", "b=1.5", "graph.spread=random"):
         assert main(["run", "srrw", "--runs-dir", str(tmp_path), "--set", bad]) == 2
@@ -219,7 +219,7 @@ def test_pipeline_bad_graph_or_placement_exits_2(ray_local, tmp_path, capsys, ca
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.cli import main
+    from shardwalk.pipelines.cli import main
 
     edges = [(0, 1), (1, 2), (2, 0), (3, 4)] if case == "disconnected" else [(0, 1), (1, 2), (2, 3), (3, 0)]
     pq.write_table(pa.table({"src": [e[0] for e in edges], "dst": [e[1] for e in edges]}), tmp_path / "e.parquet")

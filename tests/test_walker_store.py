@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from core import store
-from core.errors import CorruptArtifactError
-from core.srrw import run_sa_srrw
+from shardwalk.core.errors import CorruptArtifactError
+from shardwalk.core.srrw import run_sa_srrw
+from shardwalk.core.storage import store
 from tests.test_walker import LES, _assert_same, _objective
 
 pytestmark = pytest.mark.ray
 
 
 def test_resume_from_bucket_checkpoints_matches_the_reference(ray_local, s3_bucket):
-    from workers.walker import run_distributed_sa_srrw
+    from shardwalk.workers.walker import run_distributed_sa_srrw
 
     obj = _objective()
     kw = dict(alpha=10.0, seed=2, tokens=2, record_path=True)
@@ -31,8 +31,8 @@ def test_resume_from_bucket_checkpoints_matches_the_reference(ray_local, s3_buck
 def test_altered_bucket_checkpoint_is_refused_naming_it(s3_bucket):
     import networkx as nx
 
-    from core.srrw import SRRW, Schedule, make_tokens
-    from core.token_store import load_token, save_token
+    from shardwalk.core.srrw import SRRW, Schedule, make_tokens
+    from shardwalk.core.srrw.token_store import load_token, save_token
 
     chain = SRRW(nx.path_graph(4), alpha=1.0)
     token = make_tokens(chain, 3, Schedule(), tokens=1, seed=0)[0]

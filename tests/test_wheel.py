@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import PIPELINES
+from shardwalk.pipelines import PIPELINES
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("core", "workers", "pipelines", "benchmarks", "pyproject.toml", "README.md")
+SOURCES = ("shardwalk", "core", "workers", "pipelines", "pyproject.toml", "README.md")
 TINY_RUNS = {
     "index": ["source=builtin:digits", "shards=2", "recall_sample=50"],
     "coreset": ["source=builtin:digits", "shards=2", "proxy.epochs=2", "proxy.models=1", "select.rates=[0.5]",
@@ -55,7 +55,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     source.mkdir()
     for name in SOURCES:
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
-        copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__", "results")}
+        copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__"), "symlinks": True}
                                            if (ROOT / name).is_dir() else {}))
     dist = base / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
@@ -80,17 +80,26 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 
 def test_wheel_holds_every_subpackage_and_the_files_the_cli_reads(installed: Installed) -> None:
     names = set(zipfile.ZipFile(installed.wheel).namelist())
-    sources = {str(p.relative_to(ROOT)) for d in ("core", "workers", "pipelines")
+    sources = {f"shardwalk/{p.relative_to(ROOT)}" for d in ("core", "workers", "pipelines")
                for p in (ROOT / d).rglob("*.py") if "__pycache__" not in p.parts}
     assert sources - names == set()
-    assert {"core/calibration.json", *(f"pipelines/examples/{p}.toml" for p in PIPELINES)} <= names
-    assert not any(n.startswith("tests/") for n in names)
+    assert {"shardwalk/__init__.py", "shardwalk/core/plan/calibration.json",
+            *(f"shardwalk/pipelines/examples/{p}.toml" for p in PIPELINES)} <= names
+    assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"shardwalk"}
 
 
-def test_the_fresh_environment_imports_shardwalk_from_its_own_site_packages(installed: Installed) -> None:
-    done = installed.run("python", "-c", "import core.srrw, pipelines, workers; print(core.srrw.__file__)")
+def test_the_fresh_environment_has_one_import_name_from_its_own_site_packages(installed: Installed) -> None:
+    tops = ("import importlib.metadata as m, json; "
+            "print(json.dumps(sorted({f.parts[0] for f in m.distribution('shardwalk').files} - {'..'})))")
+    done = installed.run("python", "-c", tops)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [t for t in json.loads(done.stdout) if not t.endswith(".dist-info")] == ["shardwalk"]
+    done = installed.run("python", "-c", "import shardwalk.core.srrw; print(shardwalk.core.srrw.__file__)")
     assert done.returncode == 0, done.stderr[-2000:]
     assert Path(done.stdout.strip()).is_relative_to(installed.venv)
+    for generic in ("core", "workers", "pipelines", "benchmarks"):
+        done = installed.run("python", "-c", f"import {generic}")
+        assert done.returncode != 0 and "ModuleNotFoundError" in done.stderr, generic
 
 
 @pytest.mark.parametrize("pipeline", sorted(PIPELINES))

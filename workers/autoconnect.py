@@ -9,6 +9,6 @@ def ensure_ray() -> None:
     """Connect with the CLI's safe defaults (no dashboard, RAY_ADDRESS honoured) unless Ray already runs here."""
     if ray.is_initialized():
         return
-    from pipelines.runtime import connect  # the one place the connection defaults live
+    from shardwalk.pipelines.runtime import connect  # the one place the connection defaults live
 
     connect()

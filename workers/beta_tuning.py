@@ -1,6 +1,6 @@
 """β from data: CCS's hard-cut fraction chosen per keep rate on a validation split, on Ray workers in parallel.
 
-For each CCS method and keep rate, every β of core.selection.BETA_GRID (with β + keep ≤ 1) selects a
+For each CCS method and keep rate, every β of shardwalk.core.coresets.selection.BETA_GRID (with β + keep ≤ 1) selects a
 candidate coreset among the training rows less a held-out validation share (`VALIDATION`); a fresh model
 is fitted on each candidate (evaluation tasks, all at once) and scored on the validation rows, never on the
 test split. The highest validation accuracy wins, ties to the smaller β. Candidates are exact selections
@@ -16,11 +16,11 @@ from typing import Any
 
 import ray
 
-from core import sink
-from core.evaluation import Split
-from core.proxy_spec import TrainSpec
-from core.selection import VALIDATION, beta_candidates, choose_beta
-from workers.scorer import evaluate_coreset, selection_ids
+from shardwalk.core.coresets.evaluation import Split
+from shardwalk.core.coresets.proxy_spec import TrainSpec
+from shardwalk.core.coresets.selection import VALIDATION, beta_candidates, choose_beta
+from shardwalk.core.storage import sink
+from shardwalk.workers.scorer import evaluate_coreset, selection_ids
 
 TUNING_SEED_OFFSET = 1000  # tuning trains with seeds apart from the reported evaluation's
 
@@ -30,7 +30,7 @@ def tune_betas(scores_dir: str | Path, source: Any, shards: int, methods: Sequen
                device: str = "cpu", standardize: str | bool = "auto") -> dict[tuple[int, float], dict[str, Any]]:
     """Per (index into `methods`, rate): {beta, validation accuracy per β, cpu_seconds of its candidates}.
 
-    `methods` are parsed CCS method specs (core.selection_names.parse_method); `source` is what the
+    `methods` are parsed CCS method specs (shardwalk.core.coresets.selection_names.parse_method); `source` is what the
     evaluation tasks read (the ingest output).
     """
     holdout = Split(split.test_fraction, split.split_seed, VALIDATION)

@@ -1,10 +1,10 @@
-"""What the connected Ray cluster offers, as core.sizing sees it (the one place sizing touches Ray)."""
+"""What the connected Ray cluster offers, as shardwalk.core.plan.sizing sees it (the one place sizing touches Ray)."""
 
 from __future__ import annotations
 
 import ray
 
-from core.sizing import Node
+from shardwalk.core.plan.sizing import Node
 
 
 def cluster_nodes() -> list[Node]:

@@ -1,4 +1,4 @@
-"""D2Shard actors: D2-Pruning (core/d2.py) over the kNN graph stage's parts, each actor holding its own rows.
+"""D2Shard actors: D2-Pruning (core/coresets/d2.py) over the kNN graph stage's parts, each actor holding its own rows.
 
 Each actor reads its share of the graph parts and the scores (id → hardness lookup, labels), keeps its
 training rows, and answers the greedy's rounds with its top rows; the driver only sees those and their
@@ -14,15 +14,16 @@ import numpy as np
 import pyarrow.compute as pc
 import ray
 
-from core import d2, sink
-from core.coreset import selection_table
-from core.errors import InvariantError
-from core.io import ShardSpec, plan_shards, read_shard, read_table
-from core.scores import HARD_HIGH
-from core.selection import budget, check_keep
-from core.selection_names import selection_name
-from core.store import is_uri
-from workers.autoconnect import ensure_ray
+from shardwalk.core.coresets import d2
+from shardwalk.core.coresets.scores import HARD_HIGH
+from shardwalk.core.coresets.selection import budget, check_keep
+from shardwalk.core.coresets.selection_names import selection_name
+from shardwalk.core.coresets.single_process import selection_table
+from shardwalk.core.errors import InvariantError
+from shardwalk.core.storage import sink
+from shardwalk.core.storage.sources import ShardSpec, plan_shards, read_shard, read_table
+from shardwalk.core.storage.store import is_uri
+from shardwalk.workers.autoconnect import ensure_ray
 
 PART = "part-{:05d}.parquet"
 
@@ -61,7 +62,7 @@ class D2Actor:
         return d2.distance_sum(self.rows)
 
     def prepare(self, score: str, hard_high: bool, class_balanced: bool, mean_distance: float, seed: int) -> None:
-        """Forward message passing over my rows (core/d2.py)."""
+        """Forward message passing over my rows (core/coresets/d2.py)."""
         if self.rows is None:
             raise InvariantError("D2Actor.prepare before load()")
         lookup = d2.hardness_table(self.train_ids, self.values, hard_high)

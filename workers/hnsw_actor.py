@@ -1,7 +1,7 @@
 """The `HnswShard` actor: one replica of one shard — read my part, route it, call hnswlib, persist.
 
 Data flow of a build (the driver, workers/sharded_index.py, moves only ObjectRefs, paths and summaries):
-  1. each primary reads *its own* rows of the source (core.io.read_shard) and validates them;
+  1. each primary reads *its own* rows of the source (shardwalk.core.storage.sources.read_shard) and validates them;
   2. `assign` picks each row's target shard (hash of id, or nearest k-means centroid); `route_chunk` then
      splits the part chunk by chunk, and the target primaries insert each chunk's pieces (`add_pieces`)
      while the next chunk is routed, so only about two chunks of routed copies exist at any time;
@@ -29,13 +29,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from core import hnsw, hnsw_results, index_store, node_cache, sink, store
-from core.errors import CorruptArtifactError, DataError, ShardStateError
-from core.io import confined, read_shard, release_arrow_memory, sha256_file, write_json_atomic, write_parquet
-from core.row_chunks import RowChunks
-from core.schema import check_unique, to_numpy, validate_vectors, vector_dim
-from workers.index_eval import peak_rss_bytes, rss_bytes
-from workers.raykit import was_reconstructed
+from shardwalk.core.data.schema import check_unique, to_numpy, validate_vectors, vector_dim
+from shardwalk.core.errors import CorruptArtifactError, DataError, ShardStateError
+from shardwalk.core.index import hnsw, hnsw_results, index_store
+from shardwalk.core.index.row_chunks import RowChunks
+from shardwalk.core.storage import node_cache, sink, store
+from shardwalk.core.storage.files import confined, sha256_file, write_json_atomic, write_parquet
+from shardwalk.core.storage.sources import read_shard, release_arrow_memory
+from shardwalk.workers.index_eval import peak_rss_bytes, rss_bytes
+from shardwalk.workers.raykit import was_reconstructed
 
 # The kNN graph's single-threaded steps (export a batch; merge + write a part) run in a second actor thread,
 # overlapping the next batch's hnswlib search. They only read the index or no actor state at all, and the

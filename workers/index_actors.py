@@ -14,9 +14,9 @@ import ray
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from core.io import owned_prefix, remove_orphaned_temporaries
-from workers import raykit
-from workers.hnsw_actor import HnswShard
+from shardwalk.core.storage.files import owned_prefix, remove_orphaned_temporaries
+from shardwalk.workers import raykit
+from shardwalk.workers.hnsw_actor import HnswShard
 
 READY_TIMEOUT_S = 300.0
 WORKDIR_PREFIX = "shardwalk-index-"

@@ -16,13 +16,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from core import datasets, hnsw, index_store, sizing
-from core.errors import DataError, ShardUnavailableError
-from core.index_meta import IndexMeta
-from core.io import Source, in_memory_table, plan_shards, read_shard
-from core.schema import validate_vectors
-from workers import raykit
-from workers.cluster import cluster_nodes
+from shardwalk.core.data import builtin as datasets
+from shardwalk.core.data.schema import validate_vectors
+from shardwalk.core.errors import DataError, ShardUnavailableError
+from shardwalk.core.index import hnsw, index_store
+from shardwalk.core.index.index_meta import IndexMeta
+from shardwalk.core.plan import sizing
+from shardwalk.core.storage.sources import Source, in_memory_table, plan_shards, read_shard
+from shardwalk.workers import raykit
+from shardwalk.workers.cluster import cluster_nodes
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def plan_layout(source: Source, where: str, shards: int | None, replicas: int, M
 
 
 def cluster_threads(meta: IndexMeta) -> int:
-    """hnswlib threads per shard actor of a saved index on the connected cluster (core/sizing.py's rule:
+    """hnswlib threads per shard actor of a saved index on the connected cluster (core/plan/sizing.py's rule:
     a node's CPUs shared by the actors it holds), so a reopened index searches as fast as it was built,
     even when the builder's CPUs were not yet released when it opened."""
     return hnsw.threads_for(sizing.cpus_per_actor(cluster_nodes(), meta.shards * meta.replicas))

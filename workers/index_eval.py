@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import ray
 
-from core import hnsw
-from core.datasets import hash_unit
-from core.io import read_shard, releasing_arrow_memory
-from core.schema import to_numpy
+from shardwalk.core.data.builtin import hash_unit
+from shardwalk.core.data.schema import to_numpy
+from shardwalk.core.index import hnsw
+from shardwalk.core.storage.sources import read_shard, releasing_arrow_memory
 
 EXACT_ROWS = 65_536  # rows of a part read and searched at once by the exact evaluation
 

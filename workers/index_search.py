@@ -10,10 +10,10 @@ import pyarrow as pa
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from core import hnsw
-from core.errors import ShardUnavailableError
-from core.io import plan_shards, read_shard
-from core.schema import to_numpy, validate_vectors
+from shardwalk.core.data.schema import to_numpy, validate_vectors
+from shardwalk.core.errors import ShardUnavailableError
+from shardwalk.core.index import hnsw
+from shardwalk.core.storage.sources import plan_shards, read_shard
 
 RESTART_RETRIES = 2  # extra attempts per call after an actor death (search is read-only, so retrying is safe)
 

@@ -10,10 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from core import sink
-from core.errors import DataError
-from core.io import ShardSpec, read_shard, releasing_arrow_memory
-from core.schema import (
+from shardwalk.core.data.schema import (
     ID,
     LABEL,
     VECTOR,
@@ -24,7 +21,10 @@ from core.schema import (
     validate_vectors,
     vector_dim,
 )
-from core.unique import Piece, bucket_report, split_by_bucket
+from shardwalk.core.data.unique import Piece, bucket_report, split_by_bucket
+from shardwalk.core.errors import DataError
+from shardwalk.core.storage import sink
+from shardwalk.core.storage.sources import ShardSpec, read_shard, releasing_arrow_memory
 
 PART = "part-{:05d}.parquet"
 
@@ -72,7 +72,7 @@ def split_part_ids(part: dict[str, Any], buckets: int) -> Any:
 
 @ray.remote(num_cpus=1, max_retries=2)
 def check_bucket_unique(*pieces: Piece) -> dict[str, Any]:
-    """One bucket's size and first duplicate id across all parts (core.unique.bucket_report)."""
+    """One bucket's size and first duplicate id across all parts (shardwalk.core.data.unique.bucket_report)."""
     return bucket_report(list(pieces))
 
 

@@ -2,7 +2,7 @@
 
 One *unit* = one batch of one shard's live points: its owner exports the batch (a call result, so the
 driver owns it and it outlives the actor), every (probed) shard answers the whole batch with all its
-hnswlib threads, and a replica of the owner merges (vectorised, core.hnsw) and writes one Parquet part.
+hnswlib threads, and a replica of the owner merges (vectorised, shardwalk.core.index.hnsw) and writes one Parquet part.
 Given the vectors the index was built from (the pipeline's ingest parts), a unit is a row range of them
 instead, read by its owner from Parquet (hnswlib's get_items copies one point at a time, under the GIL).
 At most `in_flight` units run at once, so memory stays flat as N grows.
@@ -11,7 +11,7 @@ A unit that fails because an actor died (or data it held was lost) is submitted 
 (`max_restarts`) and reloads its shard from the working directory, and every step of a unit is
 deterministic, so the graph equals a fault-free run's. Parts are written under a fixed temporary name and
 renamed, so a writer killed mid-write leaves nothing a reader could take for a part. On an object-store runs
-dir each owner puts its parts straight into the stage's attempt from its own node (core/sink.py) and the
+dir each owner puts its parts straight into the stage's attempt from its own node (core/storage/sink.py) and the
 stage's manifest lists them, so no part depends on the disk of the node that runs the stage.
 """
 
@@ -25,15 +25,17 @@ from typing import Any
 import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
-from core import hnsw, sink, store
-from core.errors import ShardUnavailableError, ShardwalkError
-from core.io import ShardSpec, make_dirs
-from workers.raykit import collect_quietly
+from shardwalk.core.errors import ShardUnavailableError, ShardwalkError
+from shardwalk.core.index import hnsw
+from shardwalk.core.storage import sink, store
+from shardwalk.core.storage.files import make_dirs
+from shardwalk.core.storage.sources import ShardSpec
+from shardwalk.workers.raykit import collect_quietly
 
 log = logging.getLogger("shardwalk")
 
 UNIT_ATTEMPTS = 4  # tries of one unit: the first plus retries after actor deaths
-# Points per unit, as core.io's row groups of 128-d vectors (a unit reads whole row groups). Measured at
+# Points per unit, as shardwalk.core.storage.files' row groups of 128-d vectors (a unit reads whole row groups). Measured at
 # 200k × 128 on 2 threads, 3 runs each (the raw actor search: 11.1-11.6 s): read from the ingest parts at
 # 65,536 12.2-13.1 s; exported from hnswlib at 65,536 13.0-13.7 s, at 16,384 12.8-15.0 s; read at 16,384
 # 13.3-17.1 s. Two units in flight per shard hold ~70 MB.
@@ -50,7 +52,7 @@ class GraphRequest:
     nprobe: int
     router: dict[str, Any] | None
     batch_size: int
-    out: Path | str  # a local directory or the stage's attempt prefix (core.sink.destination)
+    out: Path | str  # a local directory or the stage's attempt prefix (shardwalk.core.storage.sink.destination)
 
 
 @dataclass

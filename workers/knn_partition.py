@@ -1,4 +1,4 @@
-"""The all-points kNN graph without an index, on actors (core/knn_partition.py does the arithmetic).
+"""The all-points kNN graph without an index, on actors (core/index/knn_partition.py does the arithmetic).
 
 1. every actor reads its share of the ingest parts' row ranges and returns a seeded sample; k-means trains
    on the driver (64 sampled rows per partition);
@@ -25,16 +25,18 @@ from typing import Any
 import numpy as np
 import ray
 
-from core import hnsw, sink, store
-from core import knn_partition as kp
-from core.datasets import hash_unit
-from core.hnsw_results import knn_graph_table
-from core.io import make_dirs, plan_shards, read_shard, release_arrow_memory
-from core.schema import to_numpy
-from core.sizing import cpus_per_actor
-from workers import raykit
-from workers.cluster import cluster_nodes
-from workers.index_actors import default_cpus
+from shardwalk.core.data.builtin import hash_unit
+from shardwalk.core.data.schema import to_numpy
+from shardwalk.core.index import hnsw
+from shardwalk.core.index import knn_partition as kp
+from shardwalk.core.index.hnsw_results import knn_graph_table
+from shardwalk.core.plan.sizing import cpus_per_actor
+from shardwalk.core.storage import sink, store
+from shardwalk.core.storage.files import make_dirs
+from shardwalk.core.storage.sources import plan_shards, read_shard, release_arrow_memory
+from shardwalk.workers import raykit
+from shardwalk.workers.cluster import cluster_nodes
+from shardwalk.workers.index_actors import default_cpus
 
 READ_ROWS = 65_536  # rows per row range an actor reads (whole row groups of 128-d vectors)
 WRITE_ROWS = 262_144  # rows per written part

@@ -3,7 +3,7 @@
 Engine: Ray Data. The source (Parquet file, directory, URI or a ray.data.Dataset) is read in blocks by
 read tasks; `map_batches` runs `SearchBlocks` on a small actor pool (fractional CPUs: the pool mostly waits
 for the shard actors) whose actors hold handles to the shard actors, send each block to every (probed)
-shard, merge (core.hnsw) and emit knn-graph rows; `write_parquet` writes them from the workers. The driver
+shard, merge (shardwalk.core.index.hnsw) and emit knn-graph rows; `write_parquet` writes them from the workers. The driver
 holds only object refs and counters: neither all queries nor all answers are ever in one process.
 
 `out` is what a user reads, so it holds exactly one complete result: a non-empty `out` is refused unless
@@ -12,7 +12,7 @@ of the output directory, which is swapped into place with a manifest (`_SUCCESS`
 once every block is written: a failed or interrupted query leaves the earlier answers as they were. On an
 object store (no rename) the answers go to an attempt in a hidden sibling prefix `.<name>.shardwalk-attempts/`
 (outside what a reader of `out` lists): Ray Data's write tasks put the parts there, a task per part (on the
-workers, never the driver) hashes it, and the sealed manifest is written last (core/store.py's commit
+workers, never the driver) hashes it, and the sealed manifest is written last (core/storage/store.py's commit
 protocol). Then the attempt is published: `out/_SUCCESS` is removed first, the earlier parts deleted, the
 new ones copied in server-side and `out/_SUCCESS` written last; the attempt is dropped once published.
 """
@@ -37,14 +37,16 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from core import errors, publish, sizing, store
-from core.errors import ConfigError, DataError, InputError
-from core.hnsw_results import knn_graph_table
-from core.io import MANIFEST, build_manifest
-from core.schema import Columns
-from workers.cluster import cluster_nodes
-from workers.datasets import check_columns, is_ray_dataset
-from workers.quiet import quiet_ray_data
+from shardwalk.core import errors
+from shardwalk.core.data.schema import Columns
+from shardwalk.core.errors import ConfigError, DataError, InputError
+from shardwalk.core.index.hnsw_results import knn_graph_table
+from shardwalk.core.plan import sizing
+from shardwalk.core.storage import node_cache, publish, store
+from shardwalk.core.storage.files import MANIFEST, build_manifest
+from shardwalk.workers.cluster import cluster_nodes
+from shardwalk.workers.quiet import quiet_ray_data
+from shardwalk.workers.ray_datasets import check_columns, is_ray_dataset
 
 POOL_ACTOR_CPUS = 0.25  # a pool actor mostly waits for shard actors; read tasks need the CPUs left over
 KIND = "query-answers"
@@ -95,7 +97,7 @@ class SearchBlocks:
     """A pool actor of the stream: a handle to the shard actors (no cleanup duty) answering block by block."""
 
     def __init__(self, meta: Any, actors: list[list[Any]], settings: QuerySettings, where: str) -> None:
-        from workers.sharded_index import ShardedIndex
+        from shardwalk.workers.sharded_index import ShardedIndex
 
         class _Handle(ShardedIndex):  # the driver's index owns the actors: closing this handle frees nothing
             def _register_cleanup(self) -> weakref.finalize:
@@ -118,11 +120,11 @@ class SearchBlocks:
 def open_for_stream(path: str | os.PathLike, pool: int) -> Any:
     """Open a saved index for streaming: its shard actors reserve what the pool and read tasks leave.
 
-    Each shard actor still runs its node's CPUs as hnswlib threads (core/sizing.py): the reservation only
+    Each shard actor still runs its node's CPUs as hnswlib threads (core/plan/sizing.py): the reservation only
     keeps Ray Data's read tasks schedulable (an actor pool that takes every CPU starves them and hangs).
     """
-    from core import hnsw, index_store, node_cache
-    from workers.sharded_index import ShardedIndex
+    from shardwalk.core.index import hnsw, index_store
+    from shardwalk.workers.sharded_index import ShardedIndex
 
     remote = index_store.store_uri_of(path)
     with node_cache.holding():
@@ -145,8 +147,8 @@ def open_for_stream(path: str | os.PathLike, pool: int) -> Any:
 
 def check_query_source(source: Any, columns: Columns = Columns(), dim: int | None = None) -> None:
     """The query source's id and vector columns (and dimension), from its footer: no Ray, no index needed."""
-    from core.io import source_schema
-    from core.schema import check_vector_columns
+    from shardwalk.core.data.schema import check_vector_columns
+    from shardwalk.core.storage.sources import source_schema
 
     if is_ray_dataset(source):
         check_columns(source, (columns.id, columns.vector))
@@ -184,7 +186,7 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
     quiet_ray_data()
     check_query_source(source, settings.columns, index.dim)  # a wrong column name: before any work
     check_out(out, overwrite)
-    from core import hnsw
+    from shardwalk.core.index import hnsw
 
     hnsw.validate_search(settings.k, settings.ef, len(index), settings.nprobe, len(index.actors))
     # The pool's actors need their CPUs, and reading a Parquet source a whole one: without them Ray Data would

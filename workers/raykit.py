@@ -11,7 +11,7 @@ import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 from ray.util.placement_group import remove_placement_group
 
-from core.errors import ConfigError, CorruptArtifactError, DataError, ShardUnavailableError
+from shardwalk.core.errors import ConfigError, CorruptArtifactError, DataError, ShardUnavailableError
 
 
 def wait_all(refs: list[Any], what: str, timeout: float | None = None) -> list[Any]:

@@ -1,15 +1,15 @@
 """ScoreShard / SelectShard actors: score and select a sharded dataset without gathering it.
 
-Scoring has two layouts, chosen by core.proxy.plan_scoring from the data size and the actors:
+Scoring has two layouts, chosen by shardwalk.core.coresets.proxy.plan_scoring from the data size and the actors:
 - `models`: the proxies are independent, so each `ScoreShard` reads the whole training split and trains
   its own proxies (no synchronisation at all); every actor then receives all per-model contributions
   straight from the others' object refs and writes one slice of the scores table. Scores are added in
   model order, so 1, 2 or 3 actors give the same bits.
-- `data`: every `ScoreShard` reads its own rows (core.io.read_shard), the proxies train data-parallel
+- `data`: every `ScoreShard` reads its own rows (shardwalk.core.storage.sources.read_shard), the proxies train data-parallel
   with gradients, example count and loss all-reduced in one gloo call per minibatch (rank 0 serves the
   rendezvous on its node's own address, workers/gloo.py), and each actor writes the scores of the examples it holds.
 `device = "cuda"` makes every actor request one GPU (`num_gpus`); "auto" uses cuda when the cluster has GPUs. Selection: `SelectShard` actors read their part of the scores and answer
-the small-summary protocol of core/coreset.py; each writes its part of every selection table.
+the small-summary protocol of core/coresets/single_process.py; each writes its part of every selection table.
 """
 
 from __future__ import annotations
@@ -24,18 +24,20 @@ import pyarrow as pa
 import ray
 import torch
 
-from core import coreset, proxy, scores, sink
-from core.errors import DataError, InvariantError
-from core.evaluation import Split, evaluate_selection
-from core.io import ShardSpec, plan_shards, read_shard
-from core.labelled import labelled_arrays
-from core.proxy import ProxySpec, TrainSpec
-from core.scaling import FeatureSums, Scaling, fit_scaling
-from core.schema import LABEL, validate_vectors, vector_dim
-from core.selection_names import check_method, selection_name
-from core.store import is_uri
-from workers import gloo
-from workers.autoconnect import ensure_ray
+from shardwalk.core.coresets import proxy, scores
+from shardwalk.core.coresets import single_process as coreset
+from shardwalk.core.coresets.evaluation import Split, evaluate_selection
+from shardwalk.core.coresets.proxy import ProxySpec, TrainSpec
+from shardwalk.core.coresets.scaling import FeatureSums, Scaling, fit_scaling
+from shardwalk.core.coresets.selection_names import check_method, selection_name
+from shardwalk.core.data.schema import LABEL, validate_vectors, vector_dim
+from shardwalk.core.errors import DataError, InvariantError
+from shardwalk.core.storage import sink
+from shardwalk.core.storage.labelled import labelled_arrays
+from shardwalk.core.storage.sources import ShardSpec, plan_shards, read_shard
+from shardwalk.core.storage.store import is_uri
+from shardwalk.workers import gloo
+from shardwalk.workers.autoconnect import ensure_ray
 
 PART = "part-{:05d}.parquet"
 PROBE_TIMEOUT_S = 30.0  # how long a rank may take to answer before it counts as alive but busy
@@ -93,7 +95,7 @@ class ScoreShard:
         return {"rows": len(self.ids), "labels": np.unique(self.y).tolist(), "sums": FeatureSums.of(self.x)}
 
     def scale(self, scaling: Scaling) -> None:
-        """Apply the scaling fitted on every actor's training rows to my rows (core/scaling.py)."""
+        """Apply the scaling fitted on every actor's training rows to my rows (core/coresets/scaling.py)."""
         self.x = scaling(self.x)
 
     def ping(self) -> int:
@@ -218,8 +220,8 @@ def score_dataset(
 
     `spec` holds the proxies' settings (or give its fields as keywords, e.g. `models=3`). `mode`
     (default `spec.layout`): "models" (independent proxies per actor), "data" (data-parallel) or "auto"
-    (core.proxy.plan_scoring from the data size, `memory_bytes` per actor, the proxies and `shards`).
-    `device`: auto | cpu | cuda. `standardize` (core/scaling.py) is fitted on the training rows of all actors.
+    (shardwalk.core.coresets.proxy.plan_scoring from the data size, `memory_bytes` per actor, the proxies and `shards`).
+    `device`: auto | cpu | cuda. `standardize` (core/coresets/scaling.py) is fitted on the training rows of all actors.
     """
     spec = spec if spec is not None else ProxySpec(**proxy_params)
     ensure_ray()
@@ -314,7 +316,7 @@ def _score_data(actors: list[Any], total: int, classes: int, spec: ProxySpec, de
 
 @ray.remote
 class SelectShard:
-    """Holds one part of a scores table and answers the selection protocol of core/coreset.py."""
+    """Holds one part of a scores table and answers the selection protocol of core/coresets/single_process.py."""
 
     def __init__(self, spec: ShardSpec):
         self.spec, self.index, self.start = spec, spec.index, spec.start
@@ -347,7 +349,7 @@ class SelectShard:
         return self.selector
 
     def ask(self, name: str, kwargs: dict[str, Any]) -> Any:
-        """One answer of the selection protocol (core/selection.py)."""
+        """One answer of the selection protocol (core/coresets/selection.py)."""
         return getattr(self._prepared(), name)(**kwargs)
 
     def ids(self, plan: coreset.Plan) -> np.ndarray:
@@ -371,7 +373,7 @@ def select_distributed(
 ) -> dict[str, dict[str, Any]]:
     """Run each selection ({method, keep, score?, class_balanced?, beta?, hardest?, strata?, name?}) on
     `shards` actors that read their own part of the scores; each writes `out_dir/<name>/part-*.parquet`
-    (`name` defaults to core.selection_names.selection_name, which shows an explicit β)."""
+    (`name` defaults to shardwalk.core.coresets.selection_names.selection_name, which shows an explicit β)."""
     ensure_ray()
     actors = [SelectShard.options(num_cpus=num_cpus).remote(s) for s in plan_shards(sink.readable(scores_dir), shards)]
     out: dict[str, dict[str, Any]] = {}
@@ -434,7 +436,7 @@ def evaluate_coreset(
     test_source: Any = None,
     standardize: str | bool = "auto",
 ) -> dict[str, Any]:
-    """core.evaluation.evaluate_selection as a task: it reads the source itself, so nothing passes through
+    """shardwalk.core.coresets.evaluation.evaluate_selection as a task: it reads the source itself, so nothing passes through
     the driver. `device` is the resolved torch device (the caller requests `num_gpus=1` for "cuda")."""
     torch.set_num_threads(threads)
     cpu = time.process_time()

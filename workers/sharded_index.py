@@ -23,26 +23,19 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from core import hnsw, hnsw_results, index_store, node_cache, sink, sizing, store
-from core.errors import ConfigError, DataError, ShardUnavailableError
-from core.index_meta import IndexMeta
-from core.io import (
-    MANIFEST,
-    TOKEN,
-    ShardSpec,
-    Source,
-    build_manifest,
-    plan_shards,
-    read_manifest,
-    source_schema,
-    write_json_atomic,
-)
-from core.schema import Columns, apply_columns, check_vector_columns, from_numpy
-from workers import index_actors, index_build, index_search, query_stream, raykit
-from workers import knn_graph as graph_units
-from workers.autoconnect import ensure_ray
-from workers.datasets import check_columns, is_ray_dataset, staged_dataset
-from workers.hnsw_actor import EXACT_THRESHOLD
+from shardwalk.core.data.schema import Columns, apply_columns, check_vector_columns, from_numpy
+from shardwalk.core.errors import ConfigError, DataError, ShardUnavailableError
+from shardwalk.core.index import hnsw, hnsw_results, index_store
+from shardwalk.core.index.index_meta import IndexMeta
+from shardwalk.core.plan import sizing
+from shardwalk.core.storage import node_cache, sink, store
+from shardwalk.core.storage.files import MANIFEST, TOKEN, build_manifest, read_manifest, write_json_atomic
+from shardwalk.core.storage.sources import ShardSpec, Source, plan_shards, source_schema
+from shardwalk.workers import index_actors, index_build, index_search, query_stream, raykit
+from shardwalk.workers import knn_graph as graph_units
+from shardwalk.workers.autoconnect import ensure_ray
+from shardwalk.workers.hnsw_actor import EXACT_THRESHOLD
+from shardwalk.workers.ray_datasets import check_columns, is_ray_dataset, staged_dataset
 
 BUILD_RESTARTS = 2  # fresh builds after a primary dies mid-build
 
@@ -172,7 +165,7 @@ class ShardedIndex:
         """Build an index over `source` (Parquet path/URI, pyarrow.Table, numpy array, builtin:NAME or a
         ray.data.Dataset with `id` and `vector` columns, or those named by `id_column` / `vector_column`).
 
-        `shards=None` sizes the index to the cluster (core/sizing.py: one shard per node with CPUs, more if
+        `shards=None` sizes the index to the cluster (core/plan/sizing.py: one shard per node with CPUs, more if
         a node's memory cannot hold its share); `cpus_per_actor=None` gives each actor its node's CPUs
         (those free right now, at most). `validate=False` trusts a Parquet source validated upstream.
         """
@@ -309,7 +302,7 @@ class ShardedIndex:
         return uri
 
     def _write_files(self, directory: Path) -> None:
-        dest = sink.destination(directory)  # a stage output on a store: its attempt prefix (core/sink.py)
+        dest = sink.destination(directory)  # a stage output on a store: its attempt prefix (core/storage/sink.py)
         if store.is_uri(dest):  # each shard uploads its own files from its node; the stage's manifest lists them
             entries = raykit.wait_all([p.upload_to.remote(dest) for p in self._primaries()], f"save {dest}")
             sink.record({store.join(dest, rel): entry for rel, entry in shard.items()} for shard in entries)

@@ -1,20 +1,20 @@
 """SA-SRRW on Ray: the agent graph is partitioned over `WalkPartition` actors and tokens walk between them.
 
 Each actor holds its agents' data blocks (plus ghost copies within `halo` hops) and runs the very same
-vectorised kernel as the single-process reference (core.srrw.kernel): the tokens resident on its agents
+vectorised kernel as the single-process reference (shardwalk.core.srrw.kernel): the tokens resident on its agents
 advance together in lock step, with no Ray call. A token whose next agent lies outside the actor's
 agents is handed straight to the owning actor (`peer.receive.remote(tokens)`, one call per peer per
 chunk of steps), never through the driver. The actor is async: hand-offs arrive into a local inbox while
 it walks, and join the batch between chunks of `WalkerLayout.chunk` lock-step iterations (leavers are sent
 at the end of each chunk), so the actor is never idle while tokens are in flight. A
 finished token is delivered to a small async `_TokenSink` actor, whose `wait(key)` ObjectRef is all the
-driver waits on. Tokens are checkpointed every N steps (core.token_store) and a run resumes from there.
+driver waits on. Tokens are checkpointed every N steps (shardwalk.core.srrw.token_store) and a run resumes from there.
 
 When every actor's copy of all agents' data fits its node (`replicate = "auto"`, the default), the actors
 instead all hold every agent and split the tokens: nothing is ever handed off, so throughput grows with
 actors up to the number of tokens. Partitioning is for data that no single actor can hold.
 
-Same seed ⇒ same node sequence and θ as `core.srrw.run_sa_srrw`, for any partitioning. Actors are spread
+Same seed ⇒ same node sequence and θ as `shardwalk.core.srrw.run_sa_srrw`, for any partitioning. Actors are spread
 over the cluster's nodes; on a multi-node cluster the checkpoint directory (and a `BlockLoader`'s Parquet
 paths) must be on storage every node can read. A lost actor loses its tokens: rerun with `resume=True`.
 """
@@ -32,14 +32,12 @@ import networkx as nx
 import numpy as np
 import ray
 
-from core import store
-from core.agents import check_parts, cut_edge_fraction
-from core.block_loader import BlockLoader
-from core.errors import ConfigError, ShardwalkError
-from core.io import read_json_sealed, write_json_sealed
-from core.sizing import walk_token_bytes, walk_tokens_fit
-from core.srrw import SRRW, SAResult, Token, WalkerLayout, WalkSpec, bind, halo_mask, walk_partition
-from core.srrw.kernel import (
+from shardwalk.core.errors import ConfigError, ShardwalkError
+from shardwalk.core.plan.sizing import walk_token_bytes, walk_tokens_fit
+from shardwalk.core.srrw import SRRW, SAResult, Token, WalkerLayout, WalkSpec, bind, halo_mask, walk_partition
+from shardwalk.core.srrw.agents import check_parts, cut_edge_fraction
+from shardwalk.core.srrw.block_loader import BlockLoader
+from shardwalk.core.srrw.kernel import (
     CHECKPOINT,
     DONE,
     FAILED,
@@ -50,13 +48,15 @@ from core.srrw.kernel import (
     advance,
     warm_up,
 )
-from core.srrw.partition import choose_halo
-from core.srrw.shard import MeasureShard, gather, shared_agents, views
-from core.srrw.spec import RUN_OPTIONS, record_differences, resume_record, split_settings
-from core.srrw.token import spec_tokens
-from core.token_store import checkpoint_hint, load_token, save_token
-from workers.autoconnect import ensure_ray
-from workers.cluster import cluster_nodes
+from shardwalk.core.srrw.partition import choose_halo
+from shardwalk.core.srrw.shard import MeasureShard, gather, shared_agents, views
+from shardwalk.core.srrw.spec import RUN_OPTIONS, record_differences, resume_record, split_settings
+from shardwalk.core.srrw.token import spec_tokens
+from shardwalk.core.srrw.token_store import checkpoint_hint, load_token, save_token
+from shardwalk.core.storage import store
+from shardwalk.core.storage.store import read_json_sealed, write_json_sealed
+from shardwalk.workers.autoconnect import ensure_ray
+from shardwalk.workers.cluster import cluster_nodes
 
 __all__ = ["RUN_META", "BlockLoader", "WalkPartition", "run_distributed_sa_srrw"]
 
@@ -221,7 +221,7 @@ class WalkPartition:
             self.counts["tokens_out"] += len(batch)
 
     async def measures(self) -> tuple[np.ndarray, dict[int, np.ndarray]] | None:
-        """This actor's exclusive entries of every token's measure (core.srrw.shard.gather), once all are done."""
+        """This actor's exclusive entries of every token's measure (shardwalk.core.srrw.shard.gather), once all are done."""
         return None if self.shard is None else self.shard.exclusive_entries()
 
     async def stats(self) -> dict[str, float]:
@@ -328,7 +328,7 @@ def _start_actors(chain: SRRW, graph: nx.Graph, objective: Any, spec: WalkSpec, 
 
 def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | None = None,
                             layout: WalkerLayout | None = None, /, **settings: Any) -> SAResult:
-    """`core.srrw.run_sa_srrw` on walker actors; the same walk spec gives the same result.
+    """`shardwalk.core.srrw.run_sa_srrw` on walker actors; the same walk spec gives the same result.
 
     Pass a `WalkSpec` and a `WalkerLayout`, or their fields as keywords (`steps=`, `alpha=`, ...,
     `partitions=`, `partitioner=`, `halo=`, `checkpoint_every=`). Further keywords: `parts` (agent ->
@@ -336,7 +336,7 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
     `BlockLoader`, whose actors read their own agents' rows). More tokens or partitions than agents is
     a ConfigError. With `replicate="auto"` (the default) every actor holds all agents and the tokens are
     split between actors (no hand-offs, `parts` unused) whenever a copy per actor fits the nodes'
-    memory (`core.sizing.replicate_fits`); otherwise the agents are partitioned. `stats["replicated"]`
+    memory (`shardwalk.core.plan.sizing.replicate_fits`); otherwise the agents are partitioned. `stats["replicated"]`
     says which ran.
     """
     ensure_ray()

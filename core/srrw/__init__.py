@@ -7,17 +7,17 @@ Hu, Doshi & Eun, "Accelerating Distributed Stochastic Optimization via SRRW" (IC
     token.py      a token's state, its streams           kernel.py     the walk: resident tokens, lock step
     compiled.py   the walk compiled (logistic models)    reference.py  run_sa_srrw, in one process
     partition.py  partitioners, halo, hand-off rule      trials.py     many trials at once (MSE studies)
-    core.token_store  token checkpoints
+    shardwalk.core.srrw.token_store  token checkpoints
 """
 
-from core.srrw.chain import BASES, SRRW
-from core.srrw.kernel import CHECKPOINT, DONE, FAILED, LEAVE, walk
-from core.srrw.partition import count_handoffs, halo_mask, walk_partition
-from core.srrw.reference import SAResult, bind, run_sa_srrw
-from core.srrw.spec import Schedule, WalkerLayout, WalkSpec, resume_record
-from core.srrw.token import Token, make_tokens, new_token, token_streams
-from core.srrw.trials import run_sa_srrw_batch
-from core.token_store import checkpoint_hint, load_token, save_token
+from shardwalk.core.srrw.chain import BASES, SRRW
+from shardwalk.core.srrw.kernel import CHECKPOINT, DONE, FAILED, LEAVE, walk
+from shardwalk.core.srrw.partition import count_handoffs, halo_mask, walk_partition
+from shardwalk.core.srrw.reference import SAResult, bind, run_sa_srrw
+from shardwalk.core.srrw.spec import Schedule, WalkerLayout, WalkSpec, resume_record
+from shardwalk.core.srrw.token import Token, make_tokens, new_token, token_streams
+from shardwalk.core.srrw.token_store import checkpoint_hint, load_token, save_token
+from shardwalk.core.srrw.trials import run_sa_srrw_batch
 
 __all__ = [
     "BASES", "CHECKPOINT", "DONE", "FAILED", "LEAVE", "SRRW", "SAResult", "Schedule", "Token", "WalkSpec",

@@ -3,7 +3,7 @@
     K_ij[x] = P_ij (x_j/μ_j)^(−α) / Σ_{k∈N(i)∪{i}} P_ik (x_k/μ_k)^(−α)
 
 The rows are kept twice: as per-agent arrays (dense matrices for tests, partitioning) and padded to one
-width (`Rows`), which is what the vectorised walk (core.srrw.kernel) gathers from for many tokens at once.
+width (`Rows`), which is what the vectorised walk (shardwalk.core.srrw.kernel) gathers from for many tokens at once.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from core.agents import check_graph
-from core.errors import ConfigError
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.srrw.agents import check_graph
 
 BASES = ("mhrw", "srw", "nbrw", "iid")
 

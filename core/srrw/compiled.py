@@ -1,6 +1,6 @@
 """The SA-SRRW walk compiled with numba, for logistic-regression objectives (docs/design.md, SRRW).
 
-The same recursion as core.srrw.kernel, one token at a time: a token walks up to `budget` hops here
+The same recursion as shardwalk.core.srrw.kernel, one token at a time: a token walks up to `budget` hops here
 until it must leave, checkpoint, finish or refill its uniforms. With no per-step Python or numpy call
 a hop costs about a microsecond, so an actor's work is proportional to the tokens it holds. Every sum runs
 in a fixed order inside one token's loop, so a token's bits do not depend on the other tokens; the
@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from shardwalk.core.srrw.objectives import LogisticRegression
+
 CONTINUE, DONE, LEAVE, CHECKPOINT, FAILED, REFILL, RECORD = 0, 1, 2, 3, 4, 5, 6
 BASE_CODES = {"mhrw": 0, "srw": 0, "iid": 1, "nbrw": 2}
 
 
 def supports(objective: Any, schedule: Any) -> bool:
     """Whether this kernel can walk `objective` under `schedule`."""
-    from core.objectives import LogisticRegression
-
     return isinstance(objective, LogisticRegression) and not schedule.record_path
 
 

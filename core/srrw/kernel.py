@@ -6,7 +6,7 @@ then X_{n+2} ~ K_{X_{n+1},·}[x_{n+1}]. x = c·y is kept as log y and log c, so 
 
 Every token resident in a process (the reference: all of them; a walker actor: those on its agents)
 advances in lock step, one numpy call per operation for all of them — or, for a logistic objective whose
-path is not recorded, one token at a time in the numba kernel (core.srrw.compiled), same recursion. A token's trajectory does not
+path is not recorded, one token at a time in the numba kernel (shardwalk.core.srrw.compiled), same recursion. A token's trajectory does not
 depend on which tokens share the batch: each draws from its own stream (pre-drawn in chunks; the
 stream is rewound to the draws actually used when the token leaves), and every operation is either
 elementwise or a reduction within the token's own row, so its floating-point result is the same in any
@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import ConfigError, DivergenceError
-from core.srrw.chain import SRRW
-from core.srrw.spec import Schedule
-from core.srrw.token import Token
+from shardwalk.core.errors import ConfigError, DivergenceError
+from shardwalk.core.srrw.chain import SRRW
+from shardwalk.core.srrw.spec import Schedule
+from shardwalk.core.srrw.token import Token
 
 DONE, LEAVE, CHECKPOINT, FAILED = "done", "leave", "checkpoint", "failed"
 UNIFORMS = 4096  # uniforms pre-drawn per token and refill: one Generator call (and kernel return) per 4,096 hops
@@ -95,7 +95,7 @@ class WalkContext:
     compiled: bool | None = None  # the numba kernel (None: whenever it supports the objective and schedule)
 
     def __post_init__(self) -> None:
-        from core.srrw import compiled
+        from shardwalk.core.srrw import compiled  # numba: imported (and compiled) only by a walk that uses it
 
         s = self.schedule
         self.tables = step_tables(float(s.a), float(s.b), float(s.lr))
@@ -279,8 +279,8 @@ def advance(res: Resident, ctx: WalkContext, max_iters: int) -> list[tuple[Token
 
 
 def _advance_compiled(res: Resident, ctx: WalkContext, budget: int) -> list[tuple[Token, str, Exception | None]]:
-    """One call of the numba kernel over every resident token (core.srrw.compiled)."""
-    from core.srrw import compiled as cc
+    """One call of the numba kernel over every resident token (shardwalk.core.srrw.compiled)."""
+    from shardwalk.core.srrw import compiled as cc  # numba: imported only by a walk that uses it
 
     s, chain, r = ctx.schedule, ctx.chain, ctx.chain.rows
     add, beta, _ = ctx.tables.ensure(min(int(res.n.max(initial=0)) + budget + 1, ctx.stop))

@@ -10,8 +10,19 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
-from core.errors import ConfigError
-from core.srrw.chain import SRRW
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.srrw.agents import (
+    PARTITIONERS,
+    louvain_partition,
+    metis_partition,
+    partition,
+    range_partition,
+)
+from shardwalk.core.srrw.chain import SRRW
+from shardwalk.core.srrw.kernel import WalkContext, walk_all
+from shardwalk.core.srrw.objectives import LogisticRegression
+from shardwalk.core.srrw.spec import Schedule
+from shardwalk.core.srrw.token import make_tokens
 
 
 def walk_partition(chain: SRRW, graph: nx.Graph, parts: int, *, seed: int = 0, method: str = "metis") -> dict[int, int]:
@@ -23,8 +34,6 @@ def walk_partition(chain: SRRW, graph: nx.Graph, parts: int, *, seed: int = 0, m
     symmetric), so "metis", "kl" and "louvain" run both on plain edge counts and on that flow, and keep whichever
     gives the lower crossing rate (both are local searches; neither wins always).
     """
-    from core.agents import PARTITIONERS, louvain_partition, metis_partition, partition, range_partition
-
     if method not in PARTITIONERS:
         raise ConfigError(f"partitioner must be one of {list(PARTITIONERS)}, got {method!r}")
     if method == "range":
@@ -85,10 +94,6 @@ def choose_halo(chain: SRRW, owner: np.ndarray, *, seed: int = 0, tokens: int = 
     (`count_handoffs`) is replayed on its paths for each depth. Deeper halos hold more agents' data on each
     actor, so a depth is considered only while every actor holds at most HALO_MAX_SHARE of its even share.
     """
-    from core.objectives import LogisticRegression
-    from core.srrw.kernel import WalkContext, walk_all
-    from core.srrw.spec import Schedule
-    from core.srrw.token import make_tokens
 
     parts = int(owner.max()) + 1
     if parts < 2:

@@ -1,6 +1,6 @@
-"""The single-process SA-SRRW reference: every token walks in this process, vectorised (core.srrw.kernel).
+"""The single-process SA-SRRW reference: every token walks in this process, vectorised (shardwalk.core.srrw.kernel).
 
-Walker actors (workers.walker) run the same kernel on the tokens resident on their agents, so the
+Walker actors (shardwalk.workers.walker) run the same kernel on the tokens resident on their agents, so the
 reference and any distributed layout give the same node sequence and θ bit for bit.
 """
 
@@ -13,11 +13,11 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from core.errors import DataError, GraphError
-from core.srrw.chain import SRRW
-from core.srrw.kernel import WalkContext, walk_all
-from core.srrw.spec import WalkSpec
-from core.srrw.token import Token, spec_tokens
+from shardwalk.core.errors import DataError, GraphError
+from shardwalk.core.srrw.chain import SRRW
+from shardwalk.core.srrw.kernel import WalkContext, walk_all
+from shardwalk.core.srrw.spec import WalkSpec
+from shardwalk.core.srrw.token import Token, spec_tokens
 
 
 def bind(objective: Any, chain: SRRW) -> Any:

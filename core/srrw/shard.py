@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import ConfigError
-from core.srrw.chain import SRRW
-from core.srrw.partition import halo_mask
-from core.srrw.token import Token
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.srrw.chain import SRRW
+from shardwalk.core.srrw.partition import halo_mask
+from shardwalk.core.srrw.token import Token
 
 
 def views(chain: SRRW, held: list[np.ndarray]) -> list[np.ndarray]:

@@ -17,9 +17,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from core.errors import ConfigError
-from core.sizing import Node, replicate_fits
-from core.srrw.chain import check_chain_settings
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.plan.sizing import Node, replicate_fits
+from shardwalk.core.srrw.agents import PARTITIONERS
+from shardwalk.core.srrw.chain import check_chain_settings
 
 
 def _is_real(v: object) -> bool:
@@ -119,9 +120,9 @@ class WalkerLayout:
     """How a walk is spread over walker actors (never changes its trajectory)."""
 
     partitions: int = 2
-    partitioner: str = "metis"  # metis | kl | louvain | range (core.srrw.partition.walk_partition)
+    partitioner: str = "metis"  # metis | kl | louvain | range (shardwalk.core.srrw.partition.walk_partition)
     halo: int | Literal["auto"] = "auto"  # ghost agents within this many hops of an actor's own ("auto":
-    #                                       from a pilot walk's cross rate, core.srrw.partition.choose_halo)
+    #                                       from a pilot walk's cross rate, shardwalk.core.srrw.partition.choose_halo)
     checkpoint_every: int = 0
     chunk: int = 0  # work between an actor's looks at its inbox: lock-step iterations (numpy kernel) or hops
     #                 per token (compiled kernel); 0: 1 iteration or 256 hops
@@ -132,8 +133,6 @@ class WalkerLayout:
     timeout: float | None = None
 
     def __post_init__(self) -> None:
-        from core.agents import PARTITIONERS
-
         if not _is_count(self.partitions, 1):
             raise ConfigError(f"partitions must be an integer >= 1, got {self.partitions!r}")
         if self.partitioner not in PARTITIONERS:

@@ -2,7 +2,7 @@
 
 A token carries θ, the visit measure (as log y with x = c·y; log c is a function of the step n), the
 current and previous agent, its own RNG stream and what it records. Ray pickles it as plain bytes and
-ints (`__reduce__`); on disk it is JSON + .npy (core.token_store), never pickle.
+ints (`__reduce__`); on disk it is JSON + .npy (shardwalk.core.srrw.token_store), never pickle.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import ConfigError
-from core.srrw.chain import SRRW
-from core.srrw.spec import Schedule, WalkSpec
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.srrw.chain import SRRW
+from shardwalk.core.srrw.spec import Schedule, WalkSpec
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Token:
     arrived: bool  # False: X_{n+1} was drawn but its x/θ update is still due (at its owner)
     rng: np.random.Generator
     handoffs: int = 0  # times the token moved between walker actors (bookkeeping only)
-    partial: bool = False  # logy holds only the walk's shared entries (in transit: core.srrw.shard)
+    partial: bool = False  # logy holds only the walk's shared entries (in transit: shardwalk.core.srrw.shard)
     theta_bar: np.ndarray | None = None
     path: list[int] | None = None  # X_0, X_1, ... as internal indices (SRRW.nodes[i] is the agent id)
     curve_n: list[int] = field(default_factory=list)

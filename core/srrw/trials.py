@@ -2,7 +2,7 @@
 
 Not the walk of record: the trials share one RNG that draws a vector per step (so a study of 100 trials
 is one stream), which keeps the benchmark's MSE tables reproducible from their seed. Token walks, the
-reference and walker actors use core.srrw.kernel, with one stream per token.
+reference and walker actors use shardwalk.core.srrw.kernel, with one stream per token.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from core.errors import ConfigError, DivergenceError
-from core.srrw.chain import SRRW
-from core.srrw.reference import bind
-from core.srrw.spec import Schedule
-from core.srrw.token import token_streams
+from shardwalk.core.errors import ConfigError, DivergenceError
+from shardwalk.core.srrw.chain import SRRW
+from shardwalk.core.srrw.reference import bind
+from shardwalk.core.srrw.spec import Schedule
+from shardwalk.core.srrw.token import token_streams
 
 
 def _padded_data(objective: Any, n_nodes: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

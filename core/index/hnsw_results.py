@@ -1,0 +1,70 @@
+"""Shard answers → one result: hnswlib labels as padded ids, routed pieces joined, batches merged, tables.
+
+Pure (numpy / pyarrow): the shard actors and the driver-side index call these, so a search, the kNN graph
+and a streamed query build their rows the same way (docs/design.md, "HNSW shards" and "kNN graph").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from shardwalk.core.data.schema import KNN_GRAPH_SCHEMA
+from shardwalk.core.index.hnsw import empty_result, merge_results
+
+
+def pad_to_k(ids: np.ndarray, dists: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Widen (q, kk) answers to (q, k) with -1 / +inf: a shard with fewer than k live items answers fewer."""
+    if ids.shape[1] < k:
+        pad_i, pad_d = empty_result(len(ids), k - ids.shape[1])
+        ids, dists = np.hstack([ids, pad_i]), np.hstack([dists, pad_d])
+    return ids, dists
+
+
+def labels_as_ids(labels: np.ndarray, dists: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """hnswlib's (uint64 labels, distances) as int64 ids / float32 distances padded to k columns."""
+    return pad_to_k(np.asarray(labels, np.uint64).view(np.int64), np.asarray(dists, np.float32), k)
+
+
+def concat_pieces(pieces: Sequence[tuple[np.ndarray, np.ndarray]], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Routed (ids, vectors) pieces as one (ids, float32 (n, dim)); a single piece stays a zero-copy view."""
+    parts = [p for p in pieces if len(p[0])]
+    if len(parts) == 1:
+        return parts[0][0].astype(np.int64, copy=False), np.ascontiguousarray(parts[0][1], np.float32)
+    ids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
+    vecs = np.concatenate([p[1].reshape(-1, dim) for p in parts]) if parts else np.empty((0, dim), np.float32)
+    return ids.astype(np.int64, copy=False), np.ascontiguousarray(vecs, np.float32)
+
+
+def merge_batches(
+    q: int, k: int, answered: Iterable[tuple[int, int, np.ndarray, tuple[np.ndarray, np.ndarray]]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(q, k) result from shard answers, each (batch start, batch stop, rows of the batch it answers, answer).
+
+    Every batch is merged over the shards that answered it (shardwalk.core.index.hnsw.merge_results); a batch nobody
+    answered stays padding.
+    """
+    ids, dists = empty_result(q, k)
+    per_batch: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for start, stop, rows, (answer_ids, answer_dists) in answered:
+        pi, pd = empty_result(stop - start, k)
+        pi[rows], pd[rows] = answer_ids, answer_dists
+        per_batch.setdefault(start, []).append((pi, pd))
+    for start, parts in per_batch.items():
+        mi, md = merge_results(parts, k)
+        ids[start : start + len(mi)], dists[start : start + len(mi)] = mi, md
+    return ids, dists
+
+
+def knn_graph_table(ids: Any, nbrs: np.ndarray, dists: np.ndarray) -> pa.Table:
+    """docs/design.md's knn-graph table: one row per query id with its k neighbour ids and distances."""
+    k = nbrs.shape[1]
+    offsets = pa.array(np.arange(0, nbrs.size + 1, k, dtype=np.int32))
+    return pa.table(
+        [pa.array(ids), pa.ListArray.from_arrays(offsets, pa.array(nbrs.reshape(-1))),
+         pa.ListArray.from_arrays(offsets, pa.array(dists.reshape(-1), pa.float32()))],
+        schema=KNN_GRAPH_SCHEMA,
+    )

@@ -1,0 +1,346 @@
+"""The all-points kNN graph without an HNSW index: balanced k-means partitions, an exact local graph in each
+(blocked brute force, X·Yᵀ by BLAS), per-point merge across a point's partitions, neighbours-of-neighbours
+refinement across partition borders (docs/design.md, "kNN graph without an index").
+
+Pure numpy/numba, no Ray: workers/knn_partition.py runs these on the shard actors. Every result row is sorted
+by (distance, id) with exactly recomputed distances, so ties (duplicate vectors) break by id and the graph
+does not depend on how rows were blocked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.index import hnsw
+
+METHODS = ("auto", "hnsw", "partition", "exact")
+FAST = {"reassoc", "contract", "nsz", "arcp"}  # vectorised sums; never "ninf"/"nnan": padding is +inf
+RERANK_MARGIN = 8  # candidates kept from the BLAS distances beyond k, re-ranked with exact distances
+BLOCK = 4096  # rows of a partition per product with the whole partition (block × size floats); bench: 4096 8.3 s, 1024 9.7 s, 256 20.9 s at 100k
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """How the all-points graph is built (the pipelines' `knn_graph` table; docs/design.md lists each)."""
+
+    enabled: bool = True
+    method: str = "auto"  # auto | hnsw | partition | exact
+    partition_rows: int = 2048  # target rows per partition (P = ceil(overlap · n / partition_rows))
+    overlap: int = 2  # partitions each point is assigned to (its nearest centroids)
+    refine_rounds: int = 1  # neighbours-of-neighbours rounds after the merge (0 = none)
+    block: int = BLOCK
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, value: object, key: str = "knn_graph") -> GraphSettings:
+        """A `knn_graph` value: a bool (on/off with defaults) or a table of the fields above."""
+        if isinstance(value, bool):
+            return cls(enabled=value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be true, false or a table, got {value!r}")
+        unknown = set(value) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"{key}: unknown keys {sorted(unknown)} (known: {sorted(cls.__dataclass_fields__)})")
+        settings = cls(**value)
+        settings.check(key)
+        return settings
+
+    def check(self, key: str = "knn_graph") -> None:
+        """ConfigError naming the first bad field."""
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"{key}.enabled must be true or false, got {self.enabled!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"{key}.method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        for name, minimum in (("partition_rows", 16), ("overlap", 1), ("refine_rounds", 0), ("block", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"{key}.{name} must be an integer >= {minimum}, got {value!r}")
+
+    def as_params(self) -> dict[str, object]:
+        """The settings a graph stage's output depends on (its cache key)."""
+        return {"method": self.method, "partition_rows": self.partition_rows, "overlap": self.overlap,
+                "refine_rounds": self.refine_rounds, "block": self.block, "seed": self.seed}
+
+
+def check_k(k: int, rows: int, key: str = "k") -> None:
+    """k must leave at least one other point: 1 <= k < rows."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"{key} must be an integer >= 1, got {k!r}")
+    if k >= rows:
+        raise ConfigError(f"{key}={k} must be below the number of rows ({rows}): a point has only {rows - 1} others")
+
+
+def partitions_for(rows: int, settings: GraphSettings) -> int:
+    """P: enough partitions that each holds ~partition_rows points (one when everything fits in one)."""
+    if settings.method == "exact":
+        return 1
+    return max(1, min(rows // max(1, settings.partition_rows // settings.overlap), hnsw.ceil_div(settings.overlap * rows, settings.partition_rows)))
+
+
+# ----------------------------------------------------------------------------- partitions
+
+
+def sample_rows(rows: int, parts: int) -> int:
+    """Rows k-means trains on: 64 per partition, at least 10,000 (all of a small table)."""
+    return min(rows, max(64 * parts, 10_000))
+
+
+def train_partitions(sample: np.ndarray, parts: int, space: str, seed: int = 0) -> hnsw.Router:
+    """Balanced k-means centroids (shardwalk.core.index.hnsw's router: offsets keep every cell within 1.5x the mean)."""
+    return hnsw.train_router(sample, parts, space, iters=10, seed=seed)
+
+
+def assign(router: hnsw.Router, x: np.ndarray, overlap: int) -> np.ndarray:
+    """(n, overlap) partitions of each vector, nearest first."""
+    return router.probe(x, min(overlap, len(router.centroids)))
+
+
+# ----------------------------------------------------------------------------- exact local graph
+
+
+def sort_rows(ids: np.ndarray, dists: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's first k by (distance, id); non-finite distances are padding (-1 / inf)."""
+    order = np.lexsort((ids, dists), axis=-1)[:, :k]
+    ids, dists = np.take_along_axis(ids, order, 1), np.take_along_axis(dists, order, 1)
+    ids[~np.isfinite(dists)] = hnsw.PAD_ID
+    return ids, dists
+
+
+@njit(inline="always", fastmath=FAST)
+def _dist(x, i, j, l2):  # pragma: no cover - compiled
+    """One pair's distance, accumulated in a fixed order: the same value whichever kernel asks."""
+    s = np.float32(0.0)
+    if l2:
+        for u in range(x.shape[1]):
+            diff = x[j, u] - x[i, u]
+            s += diff * diff
+        return s
+    for u in range(x.shape[1]):
+        s += x[i, u] * x[j, u]
+    return np.float32(1.0) - s
+
+
+@njit(inline="always")
+def _insert(best_i, best_d, c, s):  # pragma: no cover - compiled
+    """Put (s, c) into the row sorted by (distance, id) if it beats the last entry; True if it went in."""
+    last = len(best_d) - 1
+    if s > best_d[last] or (s == best_d[last] and best_i[last] >= 0 and c > best_i[last]):
+        return False
+    pos = last
+    while pos > 0 and (best_d[pos - 1] > s or (best_d[pos - 1] == s and best_i[pos - 1] > c)):
+        best_d[pos] = best_d[pos - 1]
+        best_i[pos] = best_i[pos - 1]
+        pos -= 1
+    best_d[pos] = s
+    best_i[pos] = c
+    return True
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _select_block(dist, x, ids, start, kk, k, l2):  # pragma: no cover - compiled
+    """Rows start..start+len(dist) of the local graph: the kk best by the BLAS distance (self among them),
+    then the best k others by exact distance and (distance, id)."""
+    b, n = dist.shape
+    out_i = np.full((b, k), -1, np.int64)
+    out_d = np.full((b, k), np.inf, np.float32)
+    for r in prange(b):
+        me = start + r
+        cand = np.full(kk, -1, np.int64)
+        cand_d = np.full(kk, np.inf, np.float32)
+        row = dist[r]
+        worst = np.float32(np.inf)
+        for j in range(n):
+            if row[j] < worst:
+                _insert(cand, cand_d, j, row[j])
+                worst = cand_d[kk - 1]
+        for t in range(kk):
+            j = cand[t]
+            if j >= 0 and j != me:
+                _insert(out_i[r], out_d[r], ids[j], _dist(x, me, j, l2))
+    return out_i, out_d
+
+
+def local_graph(ids: np.ndarray, x: np.ndarray, k: int, space: str = "l2", block: int = BLOCK
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest among `x` for each of its rows (self excluded) by blocked brute force.
+
+    Each block of rows is one BLAS product against every row; the best k + RERANK_MARGIN candidates by
+    that distance are re-ranked by exact pairwise distances and sorted by (distance, id).
+    Memory: block × len(x) float32 beside x.
+    """
+    x = hnsw.prepare(x, space)
+    ids = np.asarray(ids, np.int64)
+    n = len(x)
+    if n < 2:
+        return hnsw.empty_result(n, k)
+    l2 = space == "l2"
+    # one product gives |y|² − 2·x·y (l2) or −x·y: the rows' own |x|² cannot change their order
+    left = np.hstack([x, np.ones((n, 1), np.float32)]) if l2 else x
+    right = np.hstack([-2.0 * x, np.einsum("ij,ij->i", x, x)[:, None]]).T.copy() if l2 else -x.T
+    kk = min(k + RERANK_MARGIN, n - 1) + 1  # + self
+    out_i, out_d = hnsw.empty_result(n, k)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        out_i[start:stop], out_d[start:stop] = _select_block(left[start:stop] @ right, x, ids, start, kk, k, l2)
+    return out_i, out_d
+
+
+# ----------------------------------------------------------------------------- merge and refinement
+
+
+def merge(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per point, the exact top-k of the union of its candidate lists (duplicates dropped, by (distance, id))."""
+    return hnsw.merge_results(parts, k)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _refine_round(x, nbrs, dists, l2):  # pragma: no cover - compiled
+    n, k = nbrs.shape
+    new_n = nbrs.copy()
+    new_d = dists.copy()
+    changed = np.zeros(n, np.int64)
+    for i in prange(n):
+        for a in range(k):
+            j = nbrs[i, a]
+            if j < 0:
+                continue
+            for b in range(k):
+                c = nbrs[j, b]
+                if c < 0 or c == i:
+                    continue
+                dup = False
+                for t in range(k):
+                    if new_n[i, t] == c:
+                        dup = True
+                        break
+                if not dup and _insert(new_n[i], new_d[i], c, _dist(x, i, c, l2)):
+                    changed[i] += 1
+    return new_n, new_d, changed.sum()
+
+
+def refine(x: np.ndarray, nbrs: np.ndarray, dists: np.ndarray, rounds: int, space: str = "l2",
+           min_update_rate: float = 0.001) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Neighbours-of-neighbours rounds over rows 0..n-1 (nbrs hold row numbers): each point tries its
+    neighbours' neighbours; stops early once the share of updated entries falls below `min_update_rate`.
+    Returns the graph and each round's update rate."""
+    x = hnsw.prepare(x, space)
+    rates = []
+    for _ in range(rounds):
+        nbrs, dists, changed = _refine_round(x, nbrs, dists, space == "l2")
+        rates.append(float(changed) / max(1, nbrs.size))
+        if rates[-1] < min_update_rate:
+            break
+    return nbrs, dists, rates
+
+
+# ----------------------------------------------------------------------------- the steps an actor runs
+
+
+def local_candidates(ids: np.ndarray, x: np.ndarray, member: np.ndarray, owned: Sequence[int], k: int,
+                     space: str = "l2", block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """(n, overlap·k) candidate ids / distances of every held row from the local graphs of the `owned`
+    partitions it belongs to (column block s: its s-th nearest partition); padding elsewhere."""
+    n, overlap = member.shape
+    cand_i = np.full((n, overlap * k), hnsw.PAD_ID, np.int64)
+    cand_d = np.full((n, overlap * k), np.inf, np.float32)
+    for p in owned:
+        inside = member == p
+        sel = np.flatnonzero(inside.any(axis=1))
+        if len(sel) < 2:
+            continue
+        nb, d = local_graph(ids[sel], x[sel], k, space, block)
+        slot = np.argmax(inside[sel], axis=1)
+        for s in range(overlap):
+            at = slot == s
+            cand_i[sel[at], s * k:(s + 1) * k] = nb[at]
+            cand_d[sel[at], s * k:(s + 1) * k] = d[at]
+    return cand_i, cand_d
+
+
+def merge_pieces(home_ids: np.ndarray, pieces: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The graph rows of `home_ids` (sorted): per point, the exact top-k of the union of the candidate rows
+    (ids, cand_ids, cand_dists) every holder sent for it."""
+    rows_of, cands, dists = [], [], []
+    for ids, ci, cd in pieces:
+        if len(ids):
+            pos = np.searchsorted(home_ids, ids)
+            rows_of.append(pos)
+            cands.append(ci)
+            dists.append(cd)
+    if not rows_of:
+        return hnsw.empty_result(len(home_ids), k)
+    pos = np.concatenate(rows_of)
+    ci, cd = np.concatenate(cands), np.concatenate(dists)
+    order = np.argsort(pos, kind="stable")
+    pos, ci, cd = pos[order], ci[order], cd[order]
+    first = np.searchsorted(pos, pos, side="left")
+    slot = np.arange(len(pos)) - first
+    width = ci.shape[1]
+    slots = int(slot.max()) + 1
+    all_i = np.full((len(home_ids), slots * width), hnsw.PAD_ID, np.int64)
+    all_d = np.full((len(home_ids), slots * width), np.inf, np.float32)
+    for s in range(slots):
+        at = slot == s
+        all_i[pos[at], s * width:(s + 1) * width] = ci[at]
+        all_d[pos[at], s * width:(s + 1) * width] = cd[at]
+    return merge([(all_i, all_d)], k)
+
+
+def refine_home(home_ids: np.ndarray, nbrs: np.ndarray, dists: np.ndarray, store_ids: np.ndarray,
+                store_x: np.ndarray, rounds: int, space: str = "l2") -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Refine the graph rows of `home_ids` with the vectors this actor holds (`store_ids` sorted, unique):
+    neighbours-of-neighbours among held points whose lists are known here; neighbours held elsewhere stay
+    in the list (never expanded)."""
+    if rounds == 0 or len(home_ids) == 0:
+        return nbrs, dists, []
+    n = len(store_ids)
+    home_rows = np.searchsorted(store_ids, home_ids)
+    k = nbrs.shape[1]
+    pos = np.minimum(np.searchsorted(store_ids, nbrs), n - 1)
+    held = (store_ids[pos] == nbrs) & (nbrs >= 0)
+    outside = np.unique(nbrs[~held & (nbrs >= 0)])
+    code = np.where(held, pos, np.where(nbrs >= 0, -2 - np.searchsorted(outside, nbrs), hnsw.PAD_ID))
+    graph_n = np.full((n, k), hnsw.PAD_ID, np.int64)
+    graph_d = np.full((n, k), np.inf, np.float32)
+    graph_n[home_rows], graph_d[home_rows] = code, dists
+    graph_n, graph_d, rates = refine(store_x, graph_n, graph_d, rounds, space)
+    got, d = graph_n[home_rows], graph_d[home_rows]
+    real = np.where(got >= 0, store_ids[np.maximum(got, 0)],
+                    np.where(got <= -2, outside[np.maximum(-2 - got, 0)] if len(outside) else hnsw.PAD_ID, hnsw.PAD_ID))
+    real, d = sort_rows(real, d, k)
+    return real, d, [r * n / max(1, len(home_ids)) for r in rates]
+
+
+# ----------------------------------------------------------------------------- one process, end to end
+
+
+def build_graph(ids: np.ndarray, x: np.ndarray, k: int, settings: GraphSettings, space: str = "l2"
+                ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
+    """The partition method in one process, the same steps the actors run (tests and small data)."""
+    order = np.argsort(ids, kind="stable")
+    ids, x = np.asarray(ids, np.int64)[order], np.ascontiguousarray(x, np.float32)[order]
+    n = len(x)
+    check_k(k, n)
+    parts = partitions_for(n, settings)
+    if parts == 1:
+        member = np.zeros((n, 1), np.int64)
+    else:
+        router = train_partitions(x[training_rows(n, parts, settings.seed)], parts, space, settings.seed)
+        member = assign(router, x, settings.overlap)
+    cand = local_candidates(ids, x, member, range(parts), k, space, settings.block)
+    nb, d = merge_pieces(ids, [(ids, *cand)], k)
+    nb, d, rates = refine_home(ids, nb, d, ids, x, settings.refine_rounds if parts > 1 else 0, space)
+    back = np.empty_like(order)
+    back[order] = np.arange(n)
+    return nb[back], d[back], {"partitions": parts, "refine_rates": rates}
+
+
+def training_rows(rows: int, parts: int, seed: int) -> np.ndarray:
+    """Row numbers k-means trains on (seeded, sorted)."""
+    return np.sort(np.random.default_rng(seed).choice(rows, sample_rows(rows, parts), replace=False))

@@ -1,0 +1,470 @@
+"""Predict a job's layout, memory per node and wall time per stage before anything runs (`shardwalk plan`).
+
+Time of a stage = its work / (throughput per core × the cores it uses) + fixed costs (Ray start, a stage's
+first task, actor start-up, commit hashing). Memory of a node = the data and index it holds + a worker
+process per actor. The index layout is `shardwalk.core.plan.sizing.plan` itself, and the scoring layout
+`shardwalk.core.coresets.proxy_spec.plan_scoring`, so a plan and the run it predicts make the same choices. Every constant comes
+from a calibration (`shardwalk.core.plan.calibration`), measured by `python -m benchmarks.calibrate`. Pure: no Ray.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from shardwalk.core import validate
+from shardwalk.core.coresets.proxy_spec import plan_scoring
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.plan import sizing
+from shardwalk.core.plan.calibration import Calibration, Constants, NodeShape
+from shardwalk.core.plan.limits import actor_bound
+
+HEADROOM = 0.10  # share of a node's Ray memory a plan keeps free (allocator slack, Python garbage, spikes)
+MAX_NODES = 4096  # the smallest-cluster search gives up beyond this many nodes
+SELECT_ROUNDS = 8  # actor calls per coreset selection (prepare, the summaries CCS asks for, write)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The nodes a job runs on (Ray's CPUs and `memory` resource per node) and their shape's name, if any."""
+
+    nodes: tuple[sizing.Node, ...]
+    shape: str = ""
+
+    @classmethod
+    def of_shape(cls, shape: NodeShape, count: int, ray_memory_fraction: float) -> Cluster:
+        """`count` nodes of `shape`; Ray offers tasks `ray_memory_fraction` of each node's memory."""
+        node = sizing.Node(float(shape.cpus), int(shape.memory_bytes * ray_memory_fraction))
+        return cls((node,) * count, shape.name)
+
+    @property
+    def cpus(self) -> float:
+        return sum(n.cpus for n in self.nodes)
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """One stage's predicted seconds, what dominates them, and the cores it keeps busy."""
+
+    name: str
+    seconds: float
+    work: str
+    cores: float
+
+
+@dataclass(frozen=True)
+class NodeMemory:
+    """What one node must hold at the job's peak against what Ray lets it use (less the headroom)."""
+
+    node: int
+    actors: int
+    need_bytes: int
+    budget_bytes: int
+
+    @property
+    def fits(self) -> bool:
+        return self.need_bytes <= self.budget_bytes
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A job's predicted layout, memory and time on one cluster, whether it fits, and what to change if not."""
+
+    pipeline: str
+    cluster: Cluster
+    layout: dict
+    stages: tuple[StageCost, ...]
+    memory: tuple[NodeMemory, ...]
+    peak_bytes: int  # the whole cluster's predicted peak (Ray's own processes included)
+    problems: tuple[str, ...] = ()
+    advice: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems and all(m.fits for m in self.memory)
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.stages)
+
+    @property
+    def bottleneck(self) -> StageCost:
+        return max(self.stages, key=lambda s: s.seconds)
+
+
+# ----------------------------------------------------------------------------- job descriptions
+
+
+@dataclass(frozen=True)
+class IndexJob:
+    """The index pipeline's work: rows × dim vectors, hnswlib parameters, layout settings."""
+
+    rows: int
+    dim: int
+    M: int = 16
+    ef_construction: int = 200
+    ef: int = 64
+    k: int = 10
+    shards: int = 0  # 0: sized to the cluster (shardwalk.core.plan.sizing)
+    replicas: int = 1
+    memory_fraction: float = sizing.MEMORY_FRACTION
+    knn_graph: bool = True
+    recall_sample: int = 500
+    nprobe: int = 0  # k-means routing: shards asked per query (0: all, as with hash routing)
+
+
+@dataclass(frozen=True)
+class ScoringJob:
+    """The coreset pipeline's work: rows × dim examples, proxies, selection and evaluation models."""
+
+    rows: int
+    dim: int
+    classes: int = 10
+    shards: int = 2
+    models: int = 2
+    epochs: int = 8
+    hidden: int = 128
+    batch_size: int = 256
+    layout: str = "auto"
+    test_fraction: float = 0.2
+    methods: int = 4
+    rates: int = 4
+    evaluate_models: int = 17  # one per (method, rate) plus the full-data model; 0 = evaluation off
+    evaluate_steps: int = 600
+    evaluate_batch: int = 128
+    evaluate_hidden: int = 128
+    knn: IndexJob | None = None
+
+
+@dataclass(frozen=True)
+class WalkJob:
+    """The srrw pipeline's work: tokens × steps hops over `agents` holding rows × dim, on `partitions` actors."""
+
+    agents: int
+    edges: int
+    rows: int
+    dim: int
+    tokens: int = 1
+    steps: int = 20_000
+    partitions: int = 2
+    halo: int | str = "auto"  # "auto": the walker picks it from a pilot's cross rate; planned as AUTO_HALO
+    cut_fraction: float = 0.1
+    checkpoint_every: int = 5000
+    record_every: int = 500
+    replicate: bool | str = "auto"  # as WalkerLayout.replicate: "auto" is decided for the cluster planned on
+
+
+# ----------------------------------------------------------------------------- shared formulas
+
+
+def _hnsw_s_per_row(c: Constants, rows: float, dim: int, *, build: bool, scale: float) -> float:
+    """Seconds per row per core of an hnswlib build (or one query) on an index of `rows` vectors."""
+    base, per_dim, growth = ((c.build_s_per_row, c.build_s_per_row_per_dim, c.build_log_growth) if build
+                             else (c.query_s_per_row, c.query_s_per_row_per_dim, c.query_log_growth))
+    size = max(1.0, 1.0 + growth * math.log(max(rows, 2.0) / c.ref_rows))
+    return (base + per_dim * dim) * scale * size
+
+
+def _threads_speedup(c: Constants, threads: float) -> float:
+    return 1.0 + max(threads - 1.0, 0.0) * c.thread_efficiency
+
+
+def _stage(name: str, c: Constants, seconds: float, work: str, cores: float, hashed: float = 0.0) -> StageCost:
+    """A stage: its task's overhead on a warm worker, its work, and the sha256 of its committed output bytes."""
+    return StageCost(name, c.stage_overhead_s + seconds + hashed / c.sha256_bytes_per_s, work, cores)
+
+
+def _start(c: Constants, cluster: Cluster) -> StageCost:
+    """A run's seconds outside its stages: interpreter, imports, run records, and Ray started and stopped by the
+    run (one node: `shardwalk run` embeds Ray) or joined (a cluster of several nodes is already up)."""
+    if len(cluster.nodes) > 1:
+        return StageCost("start", max(c.driver_s - c.ray_start_s, 0.0), "driver: imports, join the cluster, records", 0)
+    return StageCost("start", c.driver_s, "driver: imports, start and stop Ray, records", 0)
+
+
+def _ingest(c: Constants, rows: int, dim: int, cores: float) -> StageCost:
+    data = rows * (4 * dim + 16)  # the first stage's workers import the pipeline's modules
+    return _stage("ingest", c, c.stage_start_s + data / (c.parquet_bytes_per_s * cores),
+                  f"read, validate, write {data / 2**30:.2f} GiB", cores, data)
+
+
+def _peak(c: Constants, cluster: Cluster, memory: Sequence[NodeMemory]) -> int:
+    """The whole cluster's peak: Ray's own processes, an idle worker per CPU and the stage's task, and what
+    the actors hold."""
+    base = c.ray_head_bytes + c.ray_node_bytes * (len(cluster.nodes) - 1)
+    return base + (int(cluster.cpus) + 1) * c.worker_bytes + sum(m.need_bytes for m in memory)
+
+
+def _budget(node: sizing.Node) -> int:
+    return int(node.memory_bytes * (1 - HEADROOM))
+
+
+def _spread(count: int, holders: int) -> list[int]:
+    """`count` actors placed round-robin over `holders` nodes (Ray's SPREAD placement)."""
+    return [count // holders + (1 if i < count % holders else 0) for i in range(holders)]
+
+
+def _bound_problem(cluster: Cluster, actors: int, what: str) -> list[str]:
+    mem = sum(n.memory_bytes for n in cluster.nodes)
+    bound = actor_bound(cluster.cpus, mem)  # SHARDWALK_MAX_ACTORS applies, as in the run
+    if actors > bound.limit:
+        return [f"{actors} {what} exceed this cluster's actor bound {bound.limit} ({bound.reason})"]
+    return []
+
+
+# ----------------------------------------------------------------------------- index
+
+
+def plan_index(job: IndexJob, cluster: Cluster, cal: Calibration) -> Plan:
+    """Layout (shardwalk.core.plan.sizing.plan), memory per node and stage times of the index pipeline on `cluster`."""
+    validate.positive(rows=job.rows, dim=job.dim)
+    c = cal.constants
+    try:
+        layout = sizing.plan(cluster.nodes, job.rows, job.dim, job.M, shards=job.shards or None,
+                             replicas=job.replicas, memory_fraction=job.memory_fraction)
+    except ConfigError as exc:
+        return _unfit_index(job, cluster, str(exc))
+    holders = [i for i, n in enumerate(cluster.nodes) if n.cpus >= 1]
+    actors = layout.shards * job.replicas
+    per_node = _spread(actors, len(holders))
+    shard_bytes = int(layout.bytes_per_shard * c.index_memory_ratio)
+    staged = math.ceil(job.rows / layout.shards) * (4 * job.dim + 8)  # a primary keeps its raw rows while it builds
+    memory = tuple(NodeMemory(i, a, a * (c.worker_bytes + shard_bytes + staged), _budget(cluster.nodes[i]))
+                   for i, a in zip(holders, per_node))
+    stages = _index_stages(job, cluster, c, layout, max(per_node))
+    peak = _peak(c, cluster, memory)
+    info = {"shards": layout.shards, "replicas": job.replicas, "actors": actors, "threads_per_actor": layout.threads,
+            "cpus_per_actor": layout.cpus_per_actor, "index_bytes": layout.bytes_per_shard * layout.shards}
+    problems = _bound_problem(cluster, actors, "shard actors (shards × replicas)")
+    return Plan("index", cluster, info, stages, memory, peak, tuple(problems), tuple(_index_advice(job, problems)))
+
+
+def _index_stages(job: IndexJob, cluster: Cluster, c: Constants, layout: sizing.ShardPlan,
+                  actors_per_node: int) -> tuple[StageCost, ...]:
+    cores = cluster.cpus
+    node_cpus = min(n.cpus for n in cluster.nodes if n.cpus >= 1)
+    threads = min(layout.threads * actors_per_node, node_cpus)  # a node's actors share its CPUs
+    speed = _threads_speedup(c, threads / actors_per_node) * actors_per_node  # cores' worth per node
+    shard_rows = job.rows / layout.shards
+    rows_per_node = shard_rows * actors_per_node  # replicas build their own copy
+    build_scale = job.M * job.ef_construction / (c.ref_M * c.ref_ef_construction)
+    build = rows_per_node * _hnsw_s_per_row(c, shard_rows, job.dim, build=True, scale=build_scale) / speed
+    data = job.rows * 4 * job.dim
+    index_bytes = layout.bytes_per_shard * layout.shards
+    stages = [
+        _start(c, cluster),
+        _ingest(c, job.rows, job.dim, cores),
+        _stage("build", c, c.actor_start_s + data / (c.parquet_bytes_per_s * cores) + build,
+               f"hnswlib inserts: {rows_per_node:,.0f} rows per node at {speed:.1f} cores", cores, index_bytes),
+    ]
+    query_scale = job.ef / c.ref_ef
+    per_query = _hnsw_s_per_row(c, shard_rows, job.dim, build=False, scale=query_scale)
+    asked = min(job.nprobe, layout.shards) if job.nprobe else layout.shards
+    if job.knn_graph:  # every point is asked of `asked` shards (all: broadcast); the owners merge and write
+        answer = rows_per_node / job.replicas * asked * per_query / speed
+        book = job.rows * c.graph_s_per_row / min(layout.shards, cores)
+        stages.append(_stage("knn_graph", c, c.actor_start_s + answer + book,
+                             f"{job.rows:,} queries × {asked} shards", cores, job.rows * (12 * job.k + 8)))
+    sample = min(job.recall_sample, job.rows)
+    exact = 2.0 * sample * job.rows * job.dim / (c.blas_flops_per_s * cores)
+    sweep = 6 * sample * asked * per_query * (128 / job.ef) / speed
+    stages.append(_stage("evaluate", c, c.actor_start_s + data / (c.parquet_bytes_per_s * cores) + exact + sweep,
+                         f"exact search of {sample} samples over {job.rows:,} rows", cores))
+    stages.append(_stage("report", c, c.report_s, "figures", 1))
+    return tuple(stages)
+
+
+def _unfit_index(job: IndexJob, cluster: Cluster, why: str) -> Plan:
+    """A plan for a layout shardwalk.core.plan.sizing refuses: no stages, the reason, and what would fit instead."""
+    info = {"shards": job.shards or None, "replicas": job.replicas, "index_bytes": sizing.index_bytes(job.rows, job.dim, job.M)}
+    return Plan("index", cluster, info, (), (), 0,
+                (why,), tuple(_index_advice(job, [why])))
+
+
+def _index_advice(job: IndexJob, problems: Sequence[str]) -> list[str]:
+    """What to change when the index does not fit: fewer replicas, a smaller M (each costs 8 bytes a row)."""
+    if not problems:
+        return []
+    advice = ["more nodes, or nodes with more memory"]
+    if job.replicas > 1:
+        advice.append(f"fewer replicas (replicas={job.replicas} holds {job.replicas} copies)")
+    saved = 8 * (job.M - 8) / sizing.bytes_per_row(job.dim, job.M)
+    if saved >= 0.1:  # links are 8·M bytes a row: worth it only when they weigh against the vector
+        advice.append(f"smaller M (M=8 needs {saved:.0%} less memory, at some recall)")
+    if job.shards:
+        advice.append("shards=0 (sized to the cluster) or more shards")
+    return advice
+
+
+# ----------------------------------------------------------------------------- coreset scoring
+
+
+def plan_coreset(job: ScoringJob, cluster: Cluster, cal: Calibration) -> Plan:
+    """Scoring layout (shardwalk.core.coresets.proxy_spec.plan_scoring), memory and stage times of the coreset pipeline."""
+    validate.positive(rows=job.rows, dim=job.dim)
+    c = cal.constants
+    train = max(1, int(job.rows * (1 - job.test_fraction)))
+    mems = [n.memory_bytes for n in cluster.nodes if n.cpus > 0]  # as shardwalk.workers.scorer.actor_memory_bytes
+    actor_mem = min(mems) / 4 if mems and min(mems) > 0 else 2e9
+    layout = plan_scoring(train, job.dim, models=job.models, actors=job.shards, mode=job.layout,
+                          actor_memory_bytes=actor_mem)
+    holders = [i for i, n in enumerate(cluster.nodes) if n.cpus >= 1]
+    per_node = _spread(layout.actors, len(holders))
+    data = 8 * train * job.dim // (1 if layout.mode == "models" else layout.actors)
+    memory = tuple(NodeMemory(i, a, a * (c.torch_worker_bytes + data), _budget(cluster.nodes[i]))
+                   for i, a in zip(holders, per_node))
+    stages = [_start(c, cluster), _ingest(c, job.rows, job.dim, cluster.cpus)]
+    if job.knn is not None:
+        knn = plan_index(replace(job.knn, rows=job.rows, dim=job.dim), cluster, cal).stages
+        stages += [s for s in knn if s.name in ("build", "knn_graph")]
+    stages.append(_score_stage(job, train, layout, cluster, c))
+    selections = job.methods * job.rates  # per method: fresh shard actors; per selection: a few rounds of calls
+    select = (job.methods * c.torch_actor_start_s * math.ceil(job.shards / cluster.cpus)
+              + selections * SELECT_ROUNDS * c.handoff_s * 2 + train * 8 * 4 / c.parquet_bytes_per_s)
+    stages.append(_stage("select", c, select, f"{selections} selections from per-shard summaries", 1))
+    if job.evaluate_models:
+        unit = job.dim * job.evaluate_hidden + job.evaluate_hidden * job.classes
+        work = job.evaluate_models * job.evaluate_steps * job.evaluate_batch * unit * c.train_s_per_unit
+        par = min(cluster.cpus, job.evaluate_models)
+        stages.append(_stage("evaluate", c, c.torch_actor_start_s + c.torch_start_s + work / par,
+                             f"{job.evaluate_models} fresh models × {job.evaluate_steps} steps", par))
+    stages.append(_stage("report", c, c.report_s, "figures", 1))
+    peak = _peak(c, cluster, memory)
+    info = {"layout": layout.mode, "actors": layout.actors, "why": layout.reason, "training_rows": train}
+    problems = _bound_problem(cluster, layout.actors, "scoring actors (shards)")
+    advice = ["fewer shards, or more nodes"] if problems else []
+    return Plan("coreset", cluster, info, tuple(stages), memory, peak, tuple(problems), tuple(advice))
+
+
+def _score_stage(job: ScoringJob, train: int, layout: object, cluster: Cluster, c: Constants) -> StageCost:
+    """Proxies on actors: independent (busiest actor's proxies) or data-parallel (one all-reduce per batch)."""
+    unit = job.dim * job.hidden + job.hidden * job.classes
+    per_proxy = train * job.epochs * unit * c.train_s_per_unit
+    actors = layout.actors
+    crowding = max(1.0, actors / cluster.cpus)  # more actors than cores: they take turns
+    if layout.mode == "models":
+        seconds = math.ceil(job.models / actors) * per_proxy * crowding
+        work = f"{math.ceil(job.models / actors)} proxies per actor on {actors} actors, no synchronisation"
+    else:
+        steps = job.epochs * math.ceil(train / job.batch_size)
+        sync = steps * c.allreduce_s if actors > 1 else 0.0
+        seconds = job.models * (per_proxy / actors * crowding + sync)
+        work = f"{job.models} proxies data-parallel on {actors} actors, {steps:,} all-reduces each"
+    starts = c.torch_actor_start_s * math.ceil(actors / cluster.cpus)  # actors beyond the cores start in turn
+    return _stage("score", c, starts + c.torch_start_s + seconds, work, min(actors, cluster.cpus))
+
+
+# ----------------------------------------------------------------------------- SRRW
+
+
+def handoffs_per_hop(job: WalkJob) -> float:
+    """Expected hand-offs per hop: the cut edges the walk crosses, halved by each halo ring (measured:
+    22.3 / 11.8 / 7.7 / 5.3 per 1,000 hops at halo 0..3 on a 2,000-agent RGG, i.e. ≈ cut / (1 + halo));
+    none when every actor holds every agent."""
+    return 0.0 if job.partitions == 1 or job.replicate is True else job.cut_fraction / (1 + _halo(job))
+
+
+AUTO_HALO = 2  # the depth a plan assumes for halo = "auto" (the sized RGG's pilot picks 2-3)
+
+
+def _halo(job: WalkJob) -> int:
+    return AUTO_HALO if job.halo == "auto" else int(job.halo)
+
+
+TOKEN_UNIFORMS = 4096  # uniforms a resident token holds (shardwalk.core.srrw.kernel.UNIFORMS)
+
+
+def _walk_cost(job: WalkJob, cluster: Cluster, c: Constants) -> dict[str, float]:
+    """One layout's (job.replicate True or False) hand-offs, seconds per hop, walk seconds and bytes per actor."""
+    hop = c.hop_s + c.hop_s_per_feature * (job.rows / job.agents) * job.dim
+    handoffs = handoffs_per_hop(job)
+    per_hop = hop + handoffs * c.handoff_s
+    hops = job.tokens * job.steps
+    par = min(job.partitions, job.tokens, cluster.cpus)
+    walk = max(hops * per_hop / par, job.steps * per_hop)  # all hops spread, or one token's own path
+    # own agents plus the halo's ghost copies, or all of them; a token's measure entries: all, or the actor's view
+    held = 1.0 if job.replicate else min(1.0, (1 + 0.1 * _halo(job)) / job.partitions)
+    view = 1.0 if job.replicate else min(1.0, (1 + 0.1 * (_halo(job) + 1)) / job.partitions)
+    token = sizing.walk_token_bytes(int(view * job.agents), job.dim, TOKEN_UNIFORMS)
+    actor = c.worker_bytes + int(8 * job.rows * job.dim * held) + job.tokens * token
+    return {"handoffs_per_hop": handoffs, "seconds_per_hop": per_hop, "walk_seconds": c.walk_start_s + walk,
+            "walking_at_once": par, "actor_bytes": actor}
+
+
+def plan_srrw(job: WalkJob, cluster: Cluster, cal: Calibration) -> Plan:
+    """Walker actors' memory and the walk's time from compute per hop, hand-offs per hop and their latency;
+    both layouts are predicted (`layouts`), the one the walker would choose is the plan."""
+    validate.positive(agents=job.agents, rows=job.rows, dim=job.dim)
+    c = cal.constants
+    fits = sizing.replicate_fits(sizing.walk_data_bytes(job.rows, job.dim), job.partitions, cluster.nodes)
+    layouts = {name: _walk_cost(replace(job, replicate=flag), cluster, c)
+               for name, flag in (("replicate", True), ("partitioned", False))}
+    layouts["replicate"]["data_fits"] = fits
+    if job.replicate == "auto":  # the walker's own rule, on the cluster planned on
+        job = replace(job, replicate=fits)
+    cost = layouts["replicate" if job.replicate else "partitioned"]
+    hops = job.tokens * job.steps
+    levels = math.ceil(math.log2(job.partitions)) if job.partitions > 1 else 0
+    snapshots = job.tokens * max(1, job.steps // max(job.record_every, 1))
+    stages = (
+        _start(c, cluster),
+        _ingest(c, job.rows, job.dim, cluster.cpus),
+        _stage("agents", c, job.edges * c.graph_s_per_edge, f"graph of {job.edges:,} edges, placement", 1),
+        _stage("partition", c, job.edges * c.partition_s_per_edge * levels, f"{levels} bisection levels", 1),
+        _stage("walk", c, cost["walk_seconds"],
+               f"{hops:,} hops, {cost['handoffs_per_hop'] * 1000:.1f} hand-offs per 1,000, "
+               f"{cost['walking_at_once']:g} walking at once", cost["walking_at_once"],
+               job.tokens * job.agents * 8 * max(1, job.steps // max(job.checkpoint_every, 1))),
+        _stage("evaluate", c, 2.0 * snapshots * job.rows * job.dim / c.blas_flops_per_s, f"{snapshots:,} snapshots", 1),
+        _stage("report", c, c.report_s, "figures", 1),
+    )
+    holders = [i for i, n in enumerate(cluster.nodes) if n.cpus >= 1]
+    per_node = _spread(job.partitions, len(holders))
+    actor = int(cost["actor_bytes"])
+    memory = tuple(NodeMemory(i, a, a * actor, _budget(cluster.nodes[i])) for i, a in zip(holders, per_node))
+    peak = _peak(c, cluster, memory)
+    info = {"partitions": job.partitions, "replicate": job.replicate, "tokens": job.tokens, "hops": hops,
+            "seconds_per_hop": cost["seconds_per_hop"],
+            "handoffs_per_hop": cost["handoffs_per_hop"], "cut_fraction": job.cut_fraction, "layouts": layouts}
+    problems = _bound_problem(cluster, job.partitions, "walker actors (partitions)")
+    return Plan("srrw", cluster, info, stages, memory, peak, tuple(problems),
+                ("fewer partitions, or more nodes",) if problems else ())
+
+
+# ----------------------------------------------------------------------------- smallest cluster
+
+
+PLANNERS = {IndexJob: plan_index, ScoringJob: plan_coreset, WalkJob: plan_srrw}
+
+
+def plan_job(job: IndexJob | ScoringJob | WalkJob, cluster: Cluster, cal: Calibration) -> Plan:
+    """The plan of any job description on `cluster`."""
+    return PLANNERS[type(job)](job, cluster, cal)
+
+
+def smallest_cluster(job: IndexJob | ScoringJob | WalkJob, shape: NodeShape, cal: Calibration) -> Plan:
+    """The plan on the fewest nodes of `shape` on which the job fits (ConfigError if none up to MAX_NODES)."""
+    node = Cluster.of_shape(shape, 1, cal.constants.ray_memory_fraction).nodes[0]
+    return fewest_nodes(job, node, cal, shape.name)
+
+
+def fewest_nodes(job: IndexJob | ScoringJob | WalkJob, node: sizing.Node, cal: Calibration, shape: str = "") -> Plan:
+    """The plan on the fewest copies of `node` on which the job fits (ConfigError if none up to MAX_NODES)."""
+    def plan_on(count: int) -> Plan:
+        return plan_job(job, Cluster((node,) * count, shape), cal)
+
+    low, high = 1, 1
+    while not plan_on(high).fits:
+        low, high = high + 1, high * 2
+        if high > MAX_NODES:
+            raise ConfigError(f"the job fits on no cluster of up to {MAX_NODES} nodes of {node.cpus:g} CPUs and "
+                              f"{node.memory_bytes / 2**30:.1f} GiB Ray memory ({shape or 'as given'})")
+    while low < high:  # fits is monotone in the node count for these layouts: bisect
+        mid = (low + high) // 2
+        if plan_on(mid).fits:
+            high = mid
+        else:
+            low = mid + 1
+    return plan_on(low)
