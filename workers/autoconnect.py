@@ -22,7 +22,6 @@ from workers.quiet import quiet_ray_driver
 
 CONNECT_TIMEOUT_S = 30.0  # override with SHARDWALK_CONNECT_TIMEOUT_S
 LOOPBACK = "127.0.0.1"
-LOCAL_NAMES = {LOOPBACK, "localhost", "::1"}  # Ray no longer swaps these for the routable IP (see workers/__init__)
 
 
 def connect_timeout() -> float:
@@ -85,10 +84,9 @@ def probe(address: str, timeout: float) -> None:
             _expect_grpc(sock, max(0.1, deadline - time.monotonic()))
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or one_line(exc))
-        hint = " (a `ray start` cluster listens on its node's IP: try --address auto)" if host in LOCAL_NAMES else ""
         raise ClusterUnreachableError(
             f"cannot reach the Ray cluster at {address} ({host}:{port}: {reason} after at most {timeout:g} s); "
-            f"check --address / RAY_ADDRESS{hint}"
+            "check --address / RAY_ADDRESS"
         ) from None
 
 
