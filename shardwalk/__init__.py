@@ -8,7 +8,14 @@ Names resolve on first use, so `import shardwalk` stays cheap and starts no Ray.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+# Ray reads this switch once, when `ray` is first imported: "0" makes the IP of a node started by this process
+# 127.0.0.1, so an embedded Ray binds loopback only. Set here, before anything under shardwalk imports ray;
+# shardwalk.workers.autoconnect refuses to start an embedded Ray if it did not take effect (ray imported first).
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+os.environ.setdefault(LOOPBACK_SWITCH, "0")
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {

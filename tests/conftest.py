@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+import shardwalk  # noqa: F401  (first: it sets Ray's loopback switch before a test module imports ray)
+
 # Quiet, loopback-only, no dashboard: the same defaults the CLI uses.
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 

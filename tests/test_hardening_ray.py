@@ -49,6 +49,15 @@ def test_a_damaged_walk_checkpoint_names_the_way_out_and_force_recomputes(ray_lo
 
 def _listening(pids: set[int]) -> list[str]:
     """host:port of every listening TCP socket owned by `pids` (from /proc, Linux)."""
+    return _sockets(pids, {"0A"}, 1)  # 0A = LISTEN
+
+
+def _dialled(pids: set[int]) -> list[str]:
+    """Remote host:port of every TCP socket owned by `pids` that is connected or connecting (from /proc, Linux)."""
+    return _sockets(pids, {"01", "02"}, 2)  # ESTABLISHED, SYN_SENT
+
+
+def _sockets(pids: set[int], states: set[str], column: int) -> list[str]:
     inodes = {}
     for pid in pids:
         for fd in Path(f"/proc/{pid}/fd").glob("*"):
@@ -62,8 +71,8 @@ def _listening(pids: set[int]) -> list[str]:
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
-                host, port = fields[1].split(":")
+            if fields[3] in states and fields[9] in inodes:
+                host, port = fields[column].split(":")
                 found.append(f"{host}:{int(port, 16)}")
     return found
 
@@ -88,12 +97,13 @@ LOOPBACK_HEX = {"0100007F", "0000000000000000FFFF00000100007F", "000000000000000
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="reads Linux /proc")
-def test_the_embedded_ray_listens_on_loopback_only_and_on_no_fixed_port(ray_local) -> None:
+def test_the_embedded_ray_listens_and_dials_on_loopback_only(ray_local) -> None:
+    """Every server of the embedded Ray, its workers' included, on 127.0.0.1, and every connection between them
+    (the dashboard agent's HTTP port is Ray's default 52365: `ray.init` has no public setting for it)."""
     import ray
 
     node = ray.nodes()[0]
     assert node["NodeManagerAddress"] == "127.0.0.1"
-    assert node["DashboardAgentListenPort"] != 52365  # the port a separate `ray start` needs
 
     @ray.remote
     def warm() -> int:
@@ -103,6 +113,9 @@ def test_the_embedded_ray_listens_on_loopback_only_and_on_no_fixed_port(ray_loca
     sockets = _listening(_descendants(os.getpid()))
     assert len(sockets) >= 3, sockets  # GCS, raylet, agents at least: the check saw Ray's processes
     assert all(s.split(":")[0] in LOOPBACK_HEX for s in sockets), sockets
+    peers = _dialled(_descendants(os.getpid()))
+    assert peers, peers  # the driver's own connections to the GCS and raylet at least
+    assert all(p.split(":")[0] in LOOPBACK_HEX for p in peers), peers  # nothing of ours dials a routable address
 
 
 def test_after_the_first_error_of_a_fan_out_ray_stops_logging_the_others(ray_local, monkeypatch) -> None:

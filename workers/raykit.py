@@ -56,10 +56,19 @@ def release(actors: list[Any], pgs: list[Any], workdir: str | None) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+RAY_INTERNAL_DEPRECATION = r"(?s).*Use get_actor_id\(\) instead"  # what RuntimeContext.actor_id warns
+
+
 def was_reconstructed() -> bool:
-    """Whether Ray restarted the calling actor (its internals warn about a deprecated accessor: silence that)."""
-    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+    """Whether Ray restarted the calling actor (`RuntimeContext.was_current_actor_reconstructed`, public API).
+
+    Ray 2.60 offers no other public restart count without the dashboard (its state API needs it). The
+    property itself is not deprecated, but its body reads the deprecated `RuntimeContext.actor_id`: only
+    that one warning of Ray's own making is silenced.
+    """
+    context = ray.get_runtime_context() if ray.is_initialized() else None
+    if context is None or context.get_actor_id() is None:
         return False  # an actor class used in-process (tests): never restarted
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+        warnings.filterwarnings("ignore", message=RAY_INTERNAL_DEPRECATION, category=DeprecationWarning)
+        return bool(context.was_current_actor_reconstructed)
