@@ -1,6 +1,6 @@
 """What one running attempt of a stage sees: where its resumable state lives, and its commit check.
 
-Shared by the local runner (core/dag/runner/runner.py) and the object-store executor (core/dag/runner/stage_store.py).
+Shared by the local runner (core/dag/runner.py) and the object-store executor (core/dag/stage_store.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Content-addressed stage keys: hash(stage name, version, code, canonical params, input files, upstream keys).
 
-Pure: the digests of a stage's code and of the files its parameters name are computed by core/dag/runner/fingerprint.py
+Pure: the digests of a stage's code and of the files its parameters name are computed by core/dag/fingerprint.py
 and passed in, so equal arguments always give equal keys. A key is the digest of its named parts
 (`key_parts`); run records keep the parts so `shardwalk show` can say which one changed on a cache miss.
 """

@@ -1,6 +1,6 @@
 """The I/O half of cache keys: digests of the code a stage runs and of the files its parameters name.
 
-Kept apart from core/dag/runner/cache_key.py (pure) so the key function never touches a disk or a store. Cheap by
+Kept apart from core/dag/cache_key.py (pure) so the key function never touches a disk or a store. Cheap by
 design: the project's own sources are hashed once per process; an input file costs a stat (a HEAD on a
 store) unless it is small enough to hash (< SMALL_FILE_BYTES), which also ignores a mere `touch`.
 """

@@ -1,7 +1,7 @@
 """Garbage collection of a runs dir: uncommitted attempts and outputs that no run record names.
 
 Never removes committed output a run record still references, anything a running writer holds a live lease
-on (core/dag/runner/lease.py), nor anything younger than `older_than` seconds. Locations are compared in canonical form
+on (core/dag/lease.py), nor anything younger than `older_than` seconds. Locations are compared in canonical form
 (core/storage/location.py), so any spelling of the runs dir works; a runs dir other than the one the records were
 written under is refused. Works on object stores and local directories alike.
 """

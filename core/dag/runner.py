@@ -4,7 +4,7 @@ The runner orchestrates and never computes. It is executor-agnostic: `submit(fn,
 a `concurrent.futures.Future`; pipelines/runtime.py passes Ray tasks (`ObjectRef.future()`), tests pass
 a thread pool. A stage's output is committed by `execute_stage` inside the worker (temporary directory,
 `_SUCCESS` manifest, atomic rename), so a failed or killed stage never leaves a committed output.
-Run records (run.json) and reading them back live in core/dag/runner/run_records.py.
+Run records (run.json) and reading them back live in core/dag/run_records.py.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class Pipeline:
         """What every stage's key is made of: version, code, params, the files its parameters name, upstream keys.
 
         Reads the stage's code and stats (or hashes, when small) each input file once per call; the key
-        function itself (core/dag/runner/cache_key.py) is pure.
+        function itself (core/dag/cache_key.py) is pure.
         """
         parts: dict[str, dict[str, str]] = {}
         files: dict[str, str] = {}

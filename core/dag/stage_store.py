@@ -1,4 +1,4 @@
-"""Stage outputs and run records on an object store (the remote half of core/dag/runner/runner.py).
+"""Stage outputs and run records on an object store (the remote half of core/dag/runner.py).
 
 A stage still writes into a node-local scratch directory (hnswlib and most writers need local files); the
 worker that ran it uploads the result as a new attempt and commits it with its manifest (core/storage/store.py).
