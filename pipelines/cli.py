@@ -21,6 +21,9 @@ from shardwalk.core.storage import node_cache, store
 from shardwalk.core.storage.store import check_runs_dir
 from shardwalk.pipelines import PIPELINES
 
+# Each command imports the rest when it runs, on purpose: Ray, torch and matplotlib take seconds to import,
+# and `--help`, `runs`, `show`, `diff` and bad input answer without them.
+
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_CLOSED_PIPE = 1  # Python's docs (signal: "Note on SIGPIPE") and rich's Console exit 1, quietly
 PREVIEW_QUERIES = 1000  # `shardwalk query` without --out answers at most this many (in memory)

@@ -34,8 +34,10 @@ from shardwalk.core.storage.sources import read_table
 from shardwalk.pipelines import coreset as coreset_pipeline
 from shardwalk.pipelines import index as index_pipeline
 from shardwalk.pipelines import srrw as srrw_pipeline
-from shardwalk.pipelines.common import COLUMN_DEFAULTS, ingest_stage
+from shardwalk.pipelines.common import COLUMN_DEFAULTS, ingest_stage, read_label_map
+from shardwalk.pipelines.ingest import summarise
 from shardwalk.pipelines.reports.demo import write_demo_report
+from shardwalk.pipelines.reports.stage import balance_section, shard_sections
 from shardwalk.workers.sharded_index import ShardedIndex
 
 DEFAULTS: dict[str, Any] = {
@@ -159,9 +161,6 @@ def report(out: Path, summary: Path, sweep: Path, scores: Path, select: Path, ev
 
     The union of the pipelines' reports: their shard-balance, memory and class-balance figures are added.
     """
-    from shardwalk.pipelines.common import read_label_map
-    from shardwalk.pipelines.reports.stage import balance_section, shard_sections
-
     extra = [*shard_sections(out, build)] if build is not None else []
     if ingest is not None:
         extra.append(balance_section(out, scores, select, read_label_map(ingest)))
@@ -171,8 +170,6 @@ def report(out: Path, summary: Path, sweep: Path, scores: Path, select: Path, ev
 
 def summarise_stage(out: Path, ingest: Path) -> dict[str, Any]:
     """Rows, dimension and classes of the ingested data (for the report's header)."""
-    from shardwalk.pipelines.ingest import summarise
-
     return summarise(out, ingest)
 
 

@@ -73,7 +73,7 @@ def _with_user_labels(table: pa.Table, labelled: pa.Table | None, values: Any) -
 
 def stage_layout(record: dict[str, Any], tmp: Path) -> list[str]:
     """Write the export layout of one run into the empty directory `tmp`; returns the names written."""
-    from shardwalk.pipelines.index import DISTANCES, search_defaults
+    from shardwalk.pipelines.index import DISTANCES, search_defaults  # Ray: only an exported index needs it
 
     outputs = _outputs(record)
     labels = read_label_map(outputs["ingest"]) if "ingest" in outputs else None

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from shardwalk.core.dag.cache_key import changed_parts
 from shardwalk.core.dag.run_records import UNREADABLE, is_unreadable, placed_stages
 from shardwalk.core.dag.runner import list_runs, load_run
 from shardwalk.core.errors import ConfigError
@@ -163,8 +164,6 @@ def _fmt(value: Any) -> str:
 def cache_miss_reasons(runs_dir: str | os.PathLike, record: dict[str, Any]) -> dict[str, str]:
     """Why each stage of `record` that ran was not a cache hit: which parts of its key (code, params, an input
     file, an upstream stage, its version) differ from the newest earlier run of the same pipeline and stage."""
-    from shardwalk.core.dag.cache_key import changed_parts
-
     earlier = [r for r in list_runs(runs_dir) if not is_unreadable(r) and r.get("pipeline") == record.get("pipeline")
                and r.get("run_id") != record.get("run_id") and (r.get("started") or 0) < (record.get("started") or 0)]
     reasons = {}

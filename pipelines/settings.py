@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from shardwalk.pipelines import PIPELINES
@@ -68,8 +69,6 @@ def run_warnings(record: dict[str, Any]) -> list[str]:
 
 def shardwalk_version() -> str:
     """The installed distribution's version (the wheel's), else `unknown` (a bare checkout on the path)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("shardwalk")
     except PackageNotFoundError:

@@ -28,7 +28,7 @@ from shardwalk.core.dag.attempt import stage_state_dir
 from shardwalk.core.dag.cache_key import InputPath
 from shardwalk.core.dag.runner import Pipeline
 from shardwalk.core.data.builtin import test_mask
-from shardwalk.core.data.schema import validate_assignment
+from shardwalk.core.data.schema import validate_assignment, vector_dim
 from shardwalk.core.errors import ConfigError, DataError
 from shardwalk.core.srrw import SRRW, WalkerLayout, WalkSpec, walk_partition
 from shardwalk.core.srrw.agents import (
@@ -197,8 +197,6 @@ def class_threshold(ingest_dir: Path, binarize: int) -> int | None:
 
 def _dim(ingest_dir: Path, model: dict[str, Any]) -> tuple[int, int]:
     """(θ dimension, classes) from the ingest schema and labels."""
-    from shardwalk.core.data.schema import vector_dim
-
     d = vector_dim(pads.dataset(str(ingest_dir), format="parquet").schema) + int(model["intercept"])
     _, labels = _ids_labels(ingest_dir)
     classes = 2 if model["binarize"] >= 0 else int(labels.max()) + 1
@@ -208,7 +206,9 @@ def _dim(ingest_dir: Path, model: dict[str, Any]) -> tuple[int, int]:
 def walk_stage(out: Path, ingest: Path, agents: Path, partition: Path, *, model: dict[str, Any],
                settings: dict[str, Any], seed: int) -> dict[str, Any]:
     """Run the tokens on walker actors; write tokens.parquet (final θ) and trajectory.parquet (θ snapshots)."""
-    from shardwalk.workers.walker import run_distributed_sa_srrw
+    from shardwalk.workers.walker import (
+        run_distributed_sa_srrw,  # Ray: loaded when a walk runs, not by plan or --show-config
+    )
 
     spec, layout = walk_spec({**settings, "seed": seed}), walker_layout(settings)
     g = _load_graph(agents)

@@ -45,7 +45,7 @@ def quiet_ray_data() -> None:
     """Ray Data's execution plans, progress lines and pool-size warnings stay in its log file unless verbose."""
     if verbose():
         return
-    from ray.data import DataContext
+    from ray.data import DataContext  # Ray Data (~1 s): only where a Dataset is used
 
     context = DataContext.get_current()
     context.enable_progress_bars = False

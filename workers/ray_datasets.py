@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from shardwalk.core.errors import DataError
+from shardwalk.workers.quiet import quiet_ray_data
 
 REQUIRED = ("id", "vector")
 
@@ -51,8 +52,6 @@ def staged_dataset(dataset: Any, parent: str | None = None) -> Iterator[str]:
     shard actors positional reads, which a streaming Dataset does not. On a multi-node cluster `parent`
     must be on the shared file system (the build's `workdir`).
     """
-    from shardwalk.workers.quiet import quiet_ray_data
-
     check_columns(dataset)
     quiet_ray_data()
     directory = tempfile.mkdtemp(prefix="shardwalk-dataset-", dir=parent)

@@ -21,8 +21,10 @@ from shardwalk.core.errors import ConfigError
 from shardwalk.core.storage import store
 from shardwalk.core.storage.files import atomic_file
 from shardwalk.core.storage.sources import read_table
+from shardwalk.pipelines.export import _outputs
 from shardwalk.pipelines.reports.demo import KEEP_RE
-from shardwalk.pipelines.reports.render import CSS, figure, series_style
+from shardwalk.pipelines.reports.render import CSS, _pyplot, figure, series_style
+from shardwalk.pipelines.runs_view import load_run_ref
 from shardwalk.pipelines.settings import flatten, shardwalk_version
 
 HIGHLIGHT = "tr.differs td{background:#fff4c2}tr.differs th{background:#ffe58a}"
@@ -55,8 +57,6 @@ def _metrics(records: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
 
 
 def _png(fig: Any) -> str:
-    from shardwalk.pipelines.reports.render import _pyplot
-
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png")
@@ -117,8 +117,6 @@ def _walk_figure(runs: Sequence[tuple[str, dict[str, Path]]]) -> str | None:
 
 def _finish(fig: Any, ax: Any, drawn: int) -> str | None:
     if not drawn:
-        from shardwalk.pipelines.reports.render import _pyplot
-
         _pyplot().close(fig)
         return None
     ax.legend(fontsize=7)
@@ -149,9 +147,6 @@ def _table(title: str, rows: dict[str, list[Any]], labels: Sequence[str], highli
 
 def compare_runs(runs_dir: str | os.PathLike, refs: Sequence[str], out: str) -> dict[str, Any]:
     """Write the side-by-side report of the runs `refs` (one pipeline) to `out`; returns what it holds."""
-    from shardwalk.pipelines.export import _outputs
-    from shardwalk.pipelines.runs_view import load_run_ref
-
     if not out.endswith((".html", ".htm")):
         raise ConfigError(f"--out {out}: the comparison is one self-contained HTML file; name it FILE.html")
     records = [load_run_ref(runs_dir, ref) for ref in refs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import html
 import json
 import shutil
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from shardwalk.pipelines.settings import changed_settings, run_warnings, shardwalk_version
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -139,8 +142,6 @@ def write_report(out: Path, title: str, intro: str, sections: Sequence[Section])
 
 def header_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
     """What a reader needs to tell one run's report from another's: run, pipeline, source, version, settings."""
-    from shardwalk.pipelines.settings import changed_settings, shardwalk_version
-
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
     changed = changed_settings(record)
     settings = ", ".join(f"{k} = {_setting(v)}" for k, v in changed.items()) or "all defaults"
@@ -154,16 +155,12 @@ def _setting(value: Any) -> str:
 
 
 def _started(record: dict[str, Any]) -> str:
-    import datetime as dt
-
     started = record.get("started")
     return dt.datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M:%S") if isinstance(started, int | float) else "?"
 
 
 def header_html(record: dict[str, Any]) -> str:
     """The run header of report.html: a table of `header_rows`, then the run's warnings."""
-    from shardwalk.pipelines.settings import run_warnings
-
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in header_rows(record))
     warnings = run_warnings(record)
     listed = ("<ul class='warnings'>" + "".join(f"<li>warning: {html.escape(w)}</li>" for w in warnings) + "</ul>"
@@ -173,8 +170,6 @@ def header_html(record: dict[str, Any]) -> str:
 
 def header_md(record: dict[str, Any]) -> str:
     """The run header of report.md: the same rows and warnings as `header_html`."""
-    from shardwalk.pipelines.settings import run_warnings
-
     lines = [f"- **{k}**: {v}" for k, v in header_rows(record)]
     lines += [f"- **warning**: {w}" for w in run_warnings(record)] or ["- no warnings"]
     return "\n".join(lines)
