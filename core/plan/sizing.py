@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shardwalk.core.errors import ConfigError
+from shardwalk.core.index.spec import DEFAULT_BUILD
 
-MEMORY_FRACTION = 0.5  # share of a node's memory one node's shards may take, by default
+MEMORY_FRACTION = DEFAULT_BUILD.memory_fraction  # share of a node's memory one node's shards may take, by default
 GIB = 1 << 30
 MAX_AUTO_SHARDS = 1024  # the automatic rule never proposes more shards than this
 
