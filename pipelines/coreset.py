@@ -41,6 +41,7 @@ from shardwalk.core.coresets.spec import CoresetSpec
 from shardwalk.core.dag.cache_key import InputPath
 from shardwalk.core.dag.runner import Pipeline
 from shardwalk.core.errors import DataError
+from shardwalk.core.index.spec import DEFAULT_BUILD, DEFAULT_SEARCH
 from shardwalk.core.storage import sink
 from shardwalk.core.storage.files import read_manifest, write_parquet
 from shardwalk.pipelines.common import COLUMN_DEFAULTS, LABELS_FILE, ingest_stage, read_label_map
@@ -56,12 +57,12 @@ DEFAULTS: dict[str, Any] = {
     "split_seed": 0,
     "device": "auto",  # auto | cpu | cuda: where the proxies and evaluation models train (cuda: untested on real GPUs)
     "standardize": "auto",  # auto | true | false: features to mean 0 / variance 1 (fitted on training rows) for the models
-    "knn": {"enabled": False, "k": 10, "M": 16, "ef_construction": 100, "ef": 64},
-    "proxy": {"model": "mlp", "hidden": 128, "models": 2, "epochs": 8, "batch_size": 256, "lr": 0.05,
-              "el2n_epoch": 2, "seed": 0, "layout": "auto"},
+    # the kNN graph's index: the index job's defaults, but a cheaper build (ef_construction 100, enough for density)
+    "knn": {"enabled": False, "k": DEFAULT_SEARCH.k, "M": DEFAULT_BUILD.M, "ef_construction": 100, "ef": DEFAULT_SEARCH.ef},
+    "proxy": dataclasses.asdict(ProxySpec()),  # its defaults live in ProxySpec (core/coresets/proxy_spec.py)
     "select": {"rates": [0.7, 0.5, 0.3, 0.1], "methods": ["ccs-el2n-cb", "ccs-aum-cb", "random", "topk-el2n"],
                "strata": 50, "seed": 0, "beta": "auto"},  # beta: "auto" (validation split) or a number in [0, 1)
-    "evaluate": {"enabled": True, "steps": 600, "batch_size": 128, "lr": 0.05, "hidden": 128, "seed": 0, "seeds": 3},
+    "evaluate": {"enabled": True, **dataclasses.asdict(TrainSpec())},
 }
 
 

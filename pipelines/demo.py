@@ -44,8 +44,9 @@ DEFAULTS: dict[str, Any] = {
     "shards": 2,
     "test_fraction": 0.2,
     "split_seed": 0,
-    "index": {"M": 16, "ef_construction": 100, "ef": 64, "k": 10, "sweep_shards": [1, 2, 4],
-              "sweep_ef": [16, 32, 64, 128], "queries": 500},
+    # M, ef_construction, ef, k: the coreset pipeline's kNN index (this section builds it)
+    "index": {**{key: coreset_pipeline.DEFAULTS["knn"][key] for key in ("M", "ef_construction", "ef", "k")},
+              "sweep_shards": [1, 2, 4], "sweep_ef": [16, 32, 64, 128], "queries": 500},
     "proxy": dict(coreset_pipeline.DEFAULTS["proxy"]),
     "select": dict(coreset_pipeline.DEFAULTS["select"]),  # the coreset pipeline's methods: ccs-el2n-cb first
     "evaluate": {k: v for k, v in coreset_pipeline.DEFAULTS["evaluate"].items() if k != "enabled"},

@@ -15,7 +15,14 @@ from shardwalk.core import validate
 from shardwalk.core.errors import ConfigError
 from shardwalk.core.index import hnsw
 from shardwalk.core.index.index_meta import IndexMeta
-from shardwalk.core.index.spec import BUILD_KEYS, DEFAULT_BUILD, DEFAULT_SEARCH, BuildSpec, IndexSpec, SearchSpec
+from shardwalk.core.index.spec import (
+    BUILD_KEYS,
+    DEFAULT_BUILD,
+    DEFAULT_SEARCH,
+    BuildSpec,
+    IndexSpec,
+    SearchSpec,
+)
 from shardwalk.core.plan import cost_model, sizing
 from shardwalk.pipelines import index as index_pipeline
 from shardwalk.workers import index_build, index_search, query_stream

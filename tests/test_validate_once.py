@@ -133,3 +133,14 @@ def _evaluate_in_process() -> None:
     assert full["accuracy"] > 0.8
     rs2 = evaluate_selection(table, None, split, train, rs2_keep=0.5)
     assert rs2["train_rows"] == len(train_ids) and 0.0 <= rs2["accuracy"] <= 1.0
+
+
+def test_each_default_is_written_once() -> None:
+    from shardwalk.core.index.spec import DEFAULT_BUILD, DEFAULT_SEARCH
+
+    assert coreset_pipeline.DEFAULTS["proxy"] == dataclasses.asdict(ProxySpec()) and ProxySpec().batch_size == 256
+    assert {k: v for k, v in coreset_pipeline.DEFAULTS["evaluate"].items() if k != "enabled"} == \
+        dataclasses.asdict(TrainSpec())
+    knn = coreset_pipeline.DEFAULTS["knn"]
+    assert (knn["M"], knn["ef"], knn["k"]) == (DEFAULT_BUILD.M, DEFAULT_SEARCH.ef, DEFAULT_SEARCH.k)
+    assert {k: demo.DEFAULTS["index"][k] for k in demo.INDEX_KEYS} == {k: knn[k] for k in demo.INDEX_KEYS}
