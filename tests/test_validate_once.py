@@ -55,7 +55,7 @@ def test_one_wording_per_parameter() -> None:
         validate.steps(0)
     with pytest.raises(ConfigError, match=r"^alpha must be a finite number >= 0, got -1$"):
         validate.alpha(-1)
-    with pytest.raises(ConfigError, match=r"^shards must be in \[1, 4096\], got 0$"):
+    with pytest.raises(ConfigError, match=r"^shards must be in \[1, 1024\], got 0$"):
         validate.shards(0)
     assert validate.shards(0, auto=True) == 0
     with pytest.raises(ConfigError, match=r"^keep must be a fraction in \(0, 1\), got 1$"):
@@ -144,3 +144,22 @@ def test_each_default_is_written_once() -> None:
     knn = coreset_pipeline.DEFAULTS["knn"]
     assert (knn["M"], knn["ef"], knn["k"]) == (DEFAULT_BUILD.M, DEFAULT_SEARCH.ef, DEFAULT_SEARCH.k)
     assert {k: demo.DEFAULTS["index"][k] for k in demo.INDEX_KEYS} == {k: knn[k] for k in demo.INDEX_KEYS}
+
+
+def test_one_actor_cap_for_every_group_a_setting_names() -> None:
+    from shardwalk.core.index.spec import BuildSpec
+    from shardwalk.core.plan import sizing
+
+    cap = validate.MAX_ACTORS
+    assert validate.shards(cap) == cap
+    with pytest.raises(ConfigError, match=rf"^shards must be in \[1, {cap}\], got {cap + 1}$"):
+        validate.shards(cap + 1)
+    with pytest.raises(ConfigError, match=rf"^shards × replicas = 600 × 2 asks for 1200 actors in one group; at most {cap}$"):
+        BuildSpec(shards=600, replicas=2)
+    bad = copy.deepcopy(coreset_pipeline.DEFAULTS)
+    bad["shards"] = cap + 1
+    with pytest.raises(ConfigError, match=rf"^shards must be in \[1, {cap}\]"):
+        CoresetSpec.from_config(bad)
+    with pytest.raises(ConfigError, match=rf"^partitions asks for {cap + 1} actors in one group; at most {cap}$"):
+        srrw_pipeline.validate({**srrw_pipeline.DEFAULTS, "partitions": cap + 1})
+    assert sizing.MAX_ACTORS is cap  # the automatic sizing's search stops at the same cap

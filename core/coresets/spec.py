@@ -19,8 +19,6 @@ from shardwalk.core.coresets.selection import check_beta
 from shardwalk.core.coresets.selection_names import parse_method
 from shardwalk.core.errors import ConfigError
 
-MAX_SHARDS = 1024
-
 
 @dataclass(frozen=True)
 class SelectSpec:
@@ -74,7 +72,7 @@ class CoresetSpec:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> CoresetSpec:
         """Check every value and the rules between them; ConfigError naming the key."""
-        shards = validate.shards(config["shards"], maximum=MAX_SHARDS)
+        shards = validate.shards(config["shards"])
         split = Split(config["test_fraction"], config["split_seed"])
         evaluate = {k: v for k, v in config["evaluate"].items() if k != "enabled"}
         spec = cls(shards, split, ProxySpec.from_config(config["proxy"]), SelectSpec.from_config(config["select"]),

@@ -37,6 +37,7 @@ class BuildSpec:
     def __post_init__(self) -> None:
         validate.shards(self.shards, auto=True)
         hnsw.validate_layout(shards=self.shards or 1, replicas=self.replicas, partition=self.partition)
+        validate.actor_group(f"shards × replicas = {self.shards} × {self.replicas}", self.shards * self.replicas)
         fraction = self.memory_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
             raise ConfigError(f"memory_fraction must be in (0, 1], got {fraction!r}")

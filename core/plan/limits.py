@@ -1,7 +1,9 @@
 """The one upper bound on how many actors a pipeline may start, derived from the cluster it runs on.
 
 Rule: at most `min(ACTORS_PER_CPU × CPUs, MEMORY_FRACTION × memory / ACTOR_BYTES)` actors in any one
-stage (at least 1), where CPUs and memory are the cluster's totals as Ray reports them. An actor is a whole
+stage (at least 1), where CPUs and memory are the cluster's totals as Ray reports them. Before the cluster
+is known, a config is held to the static cap `core/validate.py`'s MAX_ACTORS (1024) on any one group: the
+same cap bounds what the automatic sizing proposes, so every count meets both. An actor is a whole
 Python process (Ray worker, libraries, its shard): `shards=1000` on 1,797 digits started 121 actors and
 took 11 GB before it was killed. `SHARDWALK_MAX_ACTORS=N` replaces the derived bound (explicit override).
 """
