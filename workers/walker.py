@@ -60,7 +60,7 @@ from shardwalk.workers.cluster import cluster_nodes
 
 __all__ = ["RUN_META", "BlockLoader", "WalkPartition", "run_distributed_sa_srrw"]
 
-RUN_META = "run.json"
+RUN_META = "checkpoint.json"  # the checkpoints' settings record (not the DAG's run record, runs/<id>/run.json)
 COMPILED_CHUNK = 4096  # at most this many hops per token per compiled kernel call (≈ 4 ms per token)
 SLICE_HOPS = 65536  # hops per compiled kernel call, shared by the resident tokens (≈ 60 ms between inbox looks)
 MIN_HOPS_PER_TOKEN = 64
@@ -242,11 +242,12 @@ def _initial_tokens(chain: SRRW, dim: int, spec: WalkSpec, checkpoint_dir: str |
         return fresh
     meta_path = _meta_path(checkpoint_dir)
     exists = store.read_bytes(meta_path) is not None if store.is_remote(checkpoint_dir) else meta_path.is_file()
-    if exists:
-        found = read_json_sealed(meta_path, "checkpoint run record", checkpoint_hint(checkpoint_dir))
-        diff = record_differences(found, _run_record(spec, chain, dim))
-        if diff:
-            raise ConfigError(f"{checkpoint_dir}: checkpoints were made with different settings ({', '.join(diff)})")
+    if not exists:  # no settings record (none yet, or an earlier version's `run.json`): tokens are not ours to trust
+        return fresh
+    found = read_json_sealed(meta_path, "checkpoint run record", checkpoint_hint(checkpoint_dir))
+    diff = record_differences(found, _run_record(spec, chain, dim))
+    if diff:
+        raise ConfigError(f"{checkpoint_dir}: checkpoints were made with different settings ({', '.join(diff)})")
     loaded = [load_token(checkpoint_dir, k) for k in range(spec.tokens)]
     return [tok if tok is not None else fresh[k] for k, tok in enumerate(loaded)]
 
