@@ -1,6 +1,6 @@
 """One validator per parameter, so an error reads the same wherever it arises (docs/design.md "Validation").
 
-Pipelines call these from their `validate` with the user's dotted key (`index.M`, `select.rates`);
+Pipelines call these from their `validate` with the user's dotted key (`index.M`, `select.keep`);
 lower layers either take settings objects built here or call the same function with the bare name.
 Every failure is a one-line ConfigError naming the key and the value.
 """
@@ -68,7 +68,7 @@ def listed(key: str, values: Any, what: str, each: Callable[[Any, str], Any]) ->
 
 
 def keeps(key: str, values: Any) -> list[float]:
-    """A non-empty list of keep fractions (a selection's `rates`)."""
+    """A non-empty list of keep fractions (a selection's `keep`)."""
     return listed(key, values, "keep fractions in (0, 1)", keep)
 
 

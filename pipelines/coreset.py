@@ -1,6 +1,6 @@
 """Coreset pipeline: ingest → (kNN graph → knn_density) → train proxies + score → select → evaluate.
 
-    shardwalk run coreset --set source=builtin:mnist5k --set shards=2 --set select.rates=[0.3,0.1]
+    shardwalk run coreset --set source=builtin:mnist5k --set shards=2 --set select.keep=[0.3,0.1]
 
 Methods are named `ccs-SCORE[-cb]`, `d2-SCORE[-cb]` (over the kNN graph), `topk-SCORE[-easy][-cb]` and
 `random[-cb]` (`-cb` = class-balanced);
@@ -60,7 +60,7 @@ DEFAULTS: dict[str, Any] = {
     # the kNN graph's index: the index job's defaults, but a cheaper build (ef_construction 100, enough for density)
     "knn": {"enabled": False, "k": DEFAULT_SEARCH.k, "M": DEFAULT_BUILD.M, "ef_construction": 100, "ef": DEFAULT_SEARCH.ef},
     "proxy": dataclasses.asdict(ProxySpec()),  # its defaults live in ProxySpec (core/coresets/proxy_spec.py)
-    "select": {"rates": [0.7, 0.5, 0.3, 0.1], "methods": ["ccs-el2n-cb", "ccs-aum-cb", "random", "topk-el2n"],
+    "select": {"keep": [0.7, 0.5, 0.3, 0.1], "methods": ["ccs-el2n-cb", "ccs-aum-cb", "random", "topk-el2n"],
                "strata": 50, "seed": 0, "beta": "auto"},  # beta: "auto" (validation split) or a number in [0, 1)
     "evaluate": {"enabled": True, **dataclasses.asdict(TrainSpec())},
 }
@@ -122,9 +122,9 @@ def density(out: Path, graph: Path, *, k: int, test_fraction: float, split_seed:
 
 def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | None = None, graph: Path | None = None,
            *, shards: int,
-           rates: list[float], methods: list[str], strata: int, seed: int, beta: str | float = "auto",
+           keep: list[float], methods: list[str], strata: int, seed: int, beta: str | float = "auto",
            tune: dict | None = None) -> dict[str, Any]:
-    """Every (method, rate) selection, computed by shard actors from small per-shard summaries.
+    """Every (method, keep) selection, computed by shard actors from small per-shard summaries.
 
     `keep` is a fraction of the training rows (the scored ones); a coreset that loses a class is flagged.
     `beta = "auto"` picks each CCS method's β per rate on a validation split (`tune`: split, training
@@ -132,7 +132,7 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
     """
     from shardwalk.workers.scorer import select_distributed
 
-    chosen = _tuned_betas(scores, density, ingest, shards, rates, methods, strata, seed, tune) if beta == "auto" else {}
+    chosen = _tuned_betas(scores, density, ingest, shards, keep, methods, strata, seed, tune) if beta == "auto" else {}
     result: dict[str, Any] = {}
     for name in methods:
         spec = parse_method(name)
@@ -141,18 +141,18 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
 
             if graph is None:
                 raise DataError(f"selection method '{name}' needs the kNN graph (knn.enabled = true)")
-            result.update(select_d2(graph, scores, shards, [{**spec, "keep": float(r)} for r in rates], out, seed=seed))
+            result.update(select_d2(graph, scores, shards, [{**spec, "keep": float(r)} for r in keep], out, seed=seed))
             continue
         source = density if spec.get("score") == "knn_density" else scores
         sels = []
-        for r in rates:
+        for r in keep:
             sel = {**spec, "keep": float(r)}
             if spec["method"] == "ccs":
                 b = chosen[(name, float(r))]["beta"] if beta == "auto" else float(beta)
                 sel.update(strata=strata, beta=b, name=selection_name("ccs", float(r), spec["score"], spec["class_balanced"]))
             sels.append(sel)
         result.update(select_distributed(source, shards, sels, out, seed=seed))
-    cost = method_costs(scores, methods, rates, chosen)
+    cost = method_costs(scores, methods, keep, chosen)
     (out / "selections.json").write_text(json.dumps(result, indent=1, sort_keys=True))
     metrics: dict[str, Any] = {name: info["rows"] for name, info in result.items()}
     metrics["beta"] = {name: info["beta"] for name, info in result.items() if "beta" in info}
@@ -327,7 +327,7 @@ def add_coreset_stages(p: Pipeline, config: dict[str, Any], *, graph: str | None
     tune = {**split, "train": {k: v for k, v in train.items() if k != "seeds"}, "device": spec.device,
             "standardize": spec.standardize}
     p.stage("select", select, inputs=select_inputs, version="3", num_cpus=0, params={
-        "shards": spec.shards, "rates": list(sel.rates), "methods": list(sel.methods), "strata": sel.strata,
+        "shards": spec.shards, "keep": list(sel.keep), "methods": list(sel.methods), "strata": sel.strata,
         "seed": sel.seed, "beta": sel.beta, **({"tune": tune} if sel.beta == "auto" else {})})
     if spec.evaluate is not None:
         inputs = {"ingest": "ingest", "select": "select"}

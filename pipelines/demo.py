@@ -97,7 +97,7 @@ def validate(config: dict[str, Any]) -> None:
     validate_.positive_ints("index.sweep_ef", idx["sweep_ef"])
     validate_.integer("index.queries", idx["queries"])
     wanted = {walk["coreset"], walk["baseline"]}
-    names = {method_selection_name(m, r) for m in config["select"]["methods"] for r in config["select"]["rates"]}
+    names = {method_selection_name(m, r) for m in config["select"]["methods"] for r in config["select"]["keep"]}
     if not wanted <= names:
         raise ConfigError(f"srrw.coreset/baseline must be among the selections {sorted(names)}, got {sorted(wanted)}")
 

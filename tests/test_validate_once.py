@@ -44,7 +44,7 @@ def test_demo_index_section_fails_like_the_index_pipeline(tmp_path, capsys, demo
 
 
 def test_demo_proxy_and_select_sections_fail_like_the_coreset_pipeline(tmp_path, capsys) -> None:
-    for key, value in (("proxy.epochs", "0"), ("select.rates", "[1.5]"), ("evaluate.steps", "0")):
+    for key, value in (("proxy.epochs", "0"), ("select.keep", "[1.5]"), ("evaluate.steps", "0")):
         from_demo = _error_line(capsys, ["demo", "--set", f"{key}={value}"], tmp_path)
         from_coreset = _error_line(capsys, ["coreset", "--set", f"{key}={value}"], tmp_path)
         assert from_demo == from_coreset and key in from_demo

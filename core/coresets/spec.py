@@ -22,9 +22,9 @@ from shardwalk.core.errors import ConfigError
 
 @dataclass(frozen=True)
 class SelectSpec:
-    """Which coresets to select: every method name at every keep rate."""
+    """Which coresets to select: every method name at every keep fraction."""
 
-    rates: tuple[float, ...]
+    keep: tuple[float, ...]  # fractions of the training rows each coreset keeps
     methods: tuple[str, ...]
     strata: int = 50
     seed: int = 0
@@ -32,7 +32,7 @@ class SelectSpec:
 
     def __post_init__(self) -> None:
         check_beta(self.beta, "select.beta")
-        validate.keeps("select.rates", list(self.rates))
+        validate.keeps("select.keep", list(self.keep))
         if not self.methods:
             raise ConfigError("select.methods must name at least one selection method")
         for name in self.methods:
@@ -43,11 +43,11 @@ class SelectSpec:
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> SelectSpec:
         """The spec of a `select` section."""
-        rates, methods = section["rates"], section["methods"]
-        validate.keeps("select.rates", rates)
+        keep, methods = section["keep"], section["methods"]
+        validate.keeps("select.keep", keep)
         if not isinstance(methods, list | tuple):
             raise ConfigError(f"select.methods must be a list of method names, got {methods!r}")
-        return cls(tuple(float(r) for r in rates), tuple(methods), section["strata"], section["seed"],
+        return cls(tuple(float(r) for r in keep), tuple(methods), section["strata"], section["seed"],
                    section.get("beta", "auto"))
 
     def parsed(self) -> list[dict[str, Any]]:
