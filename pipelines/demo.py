@@ -66,8 +66,8 @@ def index_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def coreset_config(config: dict[str, Any]) -> dict[str, Any]:
     """The coreset pipeline's config for the demo's sections: its kNN graph is the demo's index."""
-    shared = ("source", *COLUMN_DEFAULTS, "shards", "test_fraction", "split_seed", "proxy", "select")
-    return {**coreset_pipeline.DEFAULTS, **{k: config[k] for k in shared}, "test_source": "",
+    shared = ("source", *COLUMN_DEFAULTS, "test_fraction", "split_seed", "proxy", "select")
+    return {**coreset_pipeline.DEFAULTS, **{k: config[k] for k in shared}, "actors": config["shards"], "test_source": "",
             "evaluate": {"enabled": True, **config["evaluate"]},
             "knn": {"enabled": True, **{k: config["index"][k] for k in INDEX_KEYS}}}
 

@@ -144,7 +144,7 @@ def _scoring_job(config: dict[str, Any], rows: int, dim: int, classes: int) -> c
         models += ccs * sum(len(beta_candidates(float(r))) for r in config["select"]["keep"])
     knn_job = (cm.IndexJob(rows, dim, M=knn["M"], ef_construction=knn["ef_construction"], ef=knn["ef"], k=knn["k"])
                if knn["enabled"] else None)
-    return cm.ScoringJob(rows, dim, classes=classes, shards=config["shards"], models=proxy["models"],
+    return cm.ScoringJob(rows, dim, classes=classes, shards=config["actors"], models=proxy["models"],
                          methods=methods, rates=rates,
                          epochs=proxy["epochs"], hidden=proxy["hidden"], batch_size=proxy["batch_size"],
                          layout=proxy.get("layout", "auto"), test_fraction=config["test_fraction"],

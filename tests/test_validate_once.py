@@ -157,9 +157,24 @@ def test_one_actor_cap_for_every_group_a_setting_names() -> None:
     with pytest.raises(ConfigError, match=rf"^shards × replicas = 600 × 2 asks for 1200 actors in one group; at most {cap}$"):
         BuildSpec(shards=600, replicas=2)
     bad = copy.deepcopy(coreset_pipeline.DEFAULTS)
-    bad["shards"] = cap + 1
-    with pytest.raises(ConfigError, match=rf"^shards must be in \[1, {cap}\]"):
+    bad["actors"] = cap + 1
+    with pytest.raises(ConfigError, match=rf"^actors must be in \[1, {cap}\]"):
         CoresetSpec.from_config(bad)
     with pytest.raises(ConfigError, match=rf"^partitions asks for {cap + 1} actors in one group; at most {cap}$"):
         srrw_pipeline.validate({**srrw_pipeline.DEFAULTS, "partitions": cap + 1})
     assert sizing.MAX_ACTORS is cap  # the automatic sizing's search stops at the same cap
+
+
+def test_the_coreset_names_its_actors_actors(tmp_path, capsys) -> None:
+    from shardwalk.core.plan.limits import actors_requested
+
+    config = load_config(coreset_pipeline, None, ["actors=3"])
+    assert CoresetSpec.from_config(config).actors == 3 and "shards" not in config
+    assert actors_requested(config) == 3  # the cluster's actor bound sees them
+    p = coreset_pipeline.build(config)
+    assert p.stages["score"].params["actors"] == p.stages["select"].params["actors"] == 3
+    assert p.stages["ingest"].params["shards"] == 3  # one ingest part per actor
+    err = _error_line(capsys, ["coreset", "--set", "shards=2"], tmp_path)
+    assert "unknown config key 'shards'" in err and "actors" in err
+    err = _error_line(capsys, ["coreset", "--set", "select.rates=[0.5]"], tmp_path)
+    assert "unknown config key 'select.rates'" in err and "keep" in err

@@ -59,7 +59,7 @@ class SelectSpec:
 class CoresetSpec:
     """A validated coreset config: split, proxies, selections, evaluation (None when disabled)."""
 
-    shards: int
+    actors: int  # scorer and selection actors (and the ingest parts, the kNN index's shards)
     split: Split
     proxy: ProxySpec
     select: SelectSpec
@@ -72,10 +72,10 @@ class CoresetSpec:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> CoresetSpec:
         """Check every value and the rules between them; ConfigError naming the key."""
-        shards = validate.shards(config["shards"])
+        actors = validate.shards(config["actors"], "actors")
         split = Split(config["test_fraction"], config["split_seed"])
         evaluate = {k: v for k, v in config["evaluate"].items() if k != "enabled"}
-        spec = cls(shards, split, ProxySpec.from_config(config["proxy"]), SelectSpec.from_config(config["select"]),
+        spec = cls(actors, split, ProxySpec.from_config(config["proxy"]), SelectSpec.from_config(config["select"]),
                    TrainSpec.from_config(evaluate) if config["evaluate"]["enabled"] else None,
                    bool(config["knn"]["enabled"]), check_device(config.get("device", "auto")),
                    str(config.get("test_source") or ""), check_standardize(config.get("standardize", "auto")))

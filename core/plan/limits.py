@@ -47,11 +47,13 @@ def actor_bound(cpus: float, memory_bytes: float, env: Mapping[str, str] = os.en
 
 
 def actors_requested(config: Mapping[str, Any]) -> int:
-    """The largest actor group a config asks one stage for: `shards × replicas`, `sweep_shards`, `partitions`,
+    """The largest actor group a config asks one stage for: `shards × replicas`, `actors`, `sweep_shards`, `partitions`,
     looked up in the config and its sections (the demo nests one section per pipeline)."""
     found = 0
     if isinstance(config.get("shards"), int):
         found = config["shards"] * (config["replicas"] if isinstance(config.get("replicas"), int) else 1)
+    if isinstance(config.get("actors"), int):
+        found = max(found, config["actors"])
     sweep = config.get("sweep_shards")
     if isinstance(sweep, list) and all(isinstance(s, int) for s in sweep) and sweep:
         found = max(found, *sweep)
