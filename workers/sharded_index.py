@@ -170,7 +170,8 @@ class ShardedIndex:
         (those free right now, at most). `validate=False` trusts a Parquet source validated upstream.
         The keywords are checked here, once, into a BuildSpec (core/index/spec.py).
         """
-        spec = BuildSpec(shards or 0, replicas, partition, space, M, ef_construction, random_seed, memory_fraction)
+        spec = BuildSpec(shards=shards or 0, replicas=replicas, partition=partition, space=space, M=M,
+                         ef_construction=ef_construction, random_seed=random_seed, memory_fraction=memory_fraction)
         return cls.build_spec(source, spec, cpus_per_actor=cpus_per_actor, sample_size=sample_size, workdir=workdir,
                               validate=validate, id_column=id_column, vector_column=vector_column)
 
