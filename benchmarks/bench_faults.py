@@ -81,8 +81,8 @@ SAFETY_MODULES: tuple[str, ...] = (
 
 
 def _coreset_sets(quick: bool) -> list[str]:
-    return ["source=builtin:digits", "shards=2", "evaluate.enabled=false", "proxy.models=1",
-            f"proxy.epochs={6 if quick else 15}", "select.rates=[0.5,0.2]", 'select.methods=["ccs-aum","random"]']
+    return ["source=builtin:digits", "actors=2", "evaluate.enabled=false", "proxy.models=1",
+            f"proxy.epochs={6 if quick else 15}", "select.keep=[0.5,0.2]", 'select.methods=["ccs-aum","random"]']
 
 
 def _cli(runs: Path, sets: list[str]) -> subprocess.Popen:

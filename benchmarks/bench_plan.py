@@ -86,7 +86,7 @@ def points(smoke: bool) -> list[Point]:
     out = [Point(f"index-{label}", "index", {}, _vectors_dir(n)) for label, n in index_sizes.items()]
     proxy = {"proxy.models": 4, "proxy.epochs": 2 if smoke else 5, "evaluate.enabled": False}
     for n in ((3_000,) if smoke else (20_000, 60_000)):
-        out.append(Point(f"coreset-{n // 1000}k", "coreset", {**proxy, "shards": 2}, _labelled_dir(n)))
+        out.append(Point(f"coreset-{n // 1000}k", "coreset", {**proxy, "actors": 2}, _labelled_dir(n)))
     steps = 2_000 if smoke else 20_000
     for graph, source, extra in (("karate", "builtin:breast_cancer", {}),
                                  ("barabasi_albert", "builtin:digits", {"graph.n": 900, "model.binarize": 5})):

@@ -1,6 +1,6 @@
 """One validator per parameter, so an error reads the same wherever it arises (docs/design.md "Validation").
 
-Pipelines call these from their `validate` with the user's dotted key (`index.M`, `select.rates`);
+Pipelines call these from their `validate` with the user's dotted key (`index.M`, `select.keep`);
 lower layers either take settings objects built here or call the same function with the bare name.
 Every failure is a one-line ConfigError naming the key and the value.
 """
@@ -15,7 +15,11 @@ import numpy as np
 
 from shardwalk.core.errors import ConfigError
 
-MAX_SHARDS = 4096
+# The one static cap on a group of actors (or parallel parts) a setting names: index shards × replicas, scorer
+# actors, ingest parts, walker shards, and the shard count the automatic sizing may propose. It holds before
+# the cluster is known; at start the cluster's own bound (core/plan/limits.py: 4 per CPU, 256 MiB each in half
+# its memory) applies too, and is the lower one on any cluster under 256 CPUs. docs/design.md "Actor caps".
+MAX_ACTORS = 1024
 
 
 def integer(key: str, value: Any, minimum: int = 1) -> int:
@@ -64,7 +68,7 @@ def listed(key: str, values: Any, what: str, each: Callable[[Any, str], Any]) ->
 
 
 def keeps(key: str, values: Any) -> list[float]:
-    """A non-empty list of keep fractions (a selection's `rates`)."""
+    """A non-empty list of keep fractions (a selection's `keep`)."""
     return listed(key, values, "keep fractions in (0, 1)", keep)
 
 
@@ -76,7 +80,7 @@ def choice(key: str, value: Any, options: Iterable[str]) -> str:
     return str(value)
 
 
-def shards(value: Any, key: str = "shards", maximum: int = MAX_SHARDS, *, auto: bool = False) -> int:
+def shards(value: Any, key: str = "shards", maximum: int = MAX_ACTORS, *, auto: bool = False) -> int:
     """A shard count in [1, maximum] (or 0 = sized to the cluster when `auto`)."""
     if auto and not isinstance(value, bool) and isinstance(value, int) and value == 0:
         return 0
@@ -84,6 +88,12 @@ def shards(value: Any, key: str = "shards", maximum: int = MAX_SHARDS, *, auto: 
         zero = " (or 0 to size it to the cluster)" if auto else ""
         raise ConfigError(f"{key} must be in [1, {maximum}]{zero}, got {value!r}")
     return int(value)
+
+
+def actor_group(key: str, actors: int) -> None:
+    """ConfigError when one group of actors (e.g. shards × replicas) exceeds MAX_ACTORS."""
+    if actors > MAX_ACTORS:
+        raise ConfigError(f"{key} asks for {actors} actors in one group; at most {MAX_ACTORS}")
 
 
 def positive_ints(key: str, values: Any) -> list[int]:

@@ -1,6 +1,6 @@
 """Coreset pipeline: ingest → (kNN graph → knn_density) → train proxies + score → select → evaluate.
 
-    shardwalk run coreset --set source=builtin:mnist5k --set shards=2 --set select.rates=[0.3,0.1]
+    shardwalk run coreset --set source=builtin:mnist5k --set actors=2 --set select.keep=[0.3,0.1]
 
 Methods are named `ccs-SCORE[-cb]`, `d2-SCORE[-cb]` (over the kNN graph), `topk-SCORE[-easy][-cb]` and
 `random[-cb]` (`-cb` = class-balanced);
@@ -41,6 +41,7 @@ from shardwalk.core.coresets.spec import CoresetSpec
 from shardwalk.core.dag.cache_key import InputPath
 from shardwalk.core.dag.runner import Pipeline
 from shardwalk.core.errors import DataError
+from shardwalk.core.index.spec import DEFAULT_BUILD, DEFAULT_SEARCH
 from shardwalk.core.storage import sink
 from shardwalk.core.storage.files import read_manifest, write_parquet
 from shardwalk.pipelines.common import COLUMN_DEFAULTS, LABELS_FILE, ingest_stage, read_label_map
@@ -50,18 +51,18 @@ from shardwalk.workers.ingest import part_paths
 DEFAULTS: dict[str, Any] = {
     "source": InputPath("builtin:digits"),
     **COLUMN_DEFAULTS,
-    "shards": 2,
+    "actors": 2,  # scorer and selection actors; also the ingest parts and the kNN index's shards (one per actor)
     "test_source": InputPath(""),  # your own labelled test split (then test_fraction = 0); ids must not overlap `source`
     "test_fraction": 0.2,  # held out of `source` for evaluation; `keep` applies to the remaining training rows
     "split_seed": 0,
     "device": "auto",  # auto | cpu | cuda: where the proxies and evaluation models train (cuda: untested on real GPUs)
     "standardize": "auto",  # auto | true | false: features to mean 0 / variance 1 (fitted on training rows) for the models
-    "knn": {"enabled": False, "k": 10, "M": 16, "ef_construction": 100, "ef": 64},
-    "proxy": {"model": "mlp", "hidden": 128, "models": 2, "epochs": 8, "batch_size": 256, "lr": 0.05,
-              "el2n_epoch": 2, "seed": 0, "layout": "auto"},
-    "select": {"rates": [0.7, 0.5, 0.3, 0.1], "methods": ["ccs-el2n-cb", "ccs-aum-cb", "random", "topk-el2n"],
+    # the kNN graph's index: the index job's defaults, but a cheaper build (ef_construction 100, enough for density)
+    "knn": {"enabled": False, "k": DEFAULT_SEARCH.k, "M": DEFAULT_BUILD.M, "ef_construction": 100, "ef": DEFAULT_SEARCH.ef},
+    "proxy": dataclasses.asdict(ProxySpec()),  # its defaults live in ProxySpec (core/coresets/proxy_spec.py)
+    "select": {"keep": [0.7, 0.5, 0.3, 0.1], "methods": ["ccs-el2n-cb", "ccs-aum-cb", "random", "topk-el2n"],
                "strata": 50, "seed": 0, "beta": "auto"},  # beta: "auto" (validation split) or a number in [0, 1)
-    "evaluate": {"enabled": True, "steps": 600, "batch_size": 128, "lr": 0.05, "hidden": 128, "seed": 0, "seeds": 3},
+    "evaluate": {"enabled": True, **dataclasses.asdict(TrainSpec())},
 }
 
 
@@ -79,19 +80,19 @@ def knn_index_config(config: dict[str, Any]) -> dict[str, Any]:
     from shardwalk.pipelines.index import index_section
 
     knn = config["knn"]
-    return index_section({"shards": config["shards"], "M": knn["M"], "ef_construction": knn["ef_construction"],
+    return index_section({"shards": config["actors"], "M": knn["M"], "ef_construction": knn["ef_construction"],
                           "ef": knn["ef"], "k": knn["k"], "knn_graph": True})
 
 
 # ----------------------------------------------------------------------------- stages
 
 
-def score(out: Path, ingest: Path, *, shards: int, test_fraction: float, split_seed: int, proxy: dict,
+def score(out: Path, ingest: Path, *, actors: int, test_fraction: float, split_seed: int, proxy: dict,
           device: str = "auto", standardize: str | bool = "auto") -> dict[str, Any]:
-    """Train the proxies on up to `shards` actors (independent proxies or data-parallel); scores parts."""
+    """Train the proxies on up to `actors` actors (independent proxies or data-parallel); scores parts."""
     from shardwalk.workers.scorer import score_dataset  # torch: only in the stages that start scorer actors
 
-    result = score_dataset(str(ingest), shards, out, spec=ProxySpec.from_config(proxy), test_fraction=test_fraction,
+    result = score_dataset(str(ingest), actors, out, spec=ProxySpec.from_config(proxy), test_fraction=test_fraction,
                            split_seed=split_seed, device=device, standardize=standardize)
     keys = ("rows", "classes", "seconds", "examples_per_second", "mode", "actors", "device", "standardized",
             "scoring_epochs", "proxy_cpu_seconds")
@@ -120,10 +121,10 @@ def density(out: Path, graph: Path, *, k: int, test_fraction: float, split_seed:
 
 
 def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | None = None, graph: Path | None = None,
-           *, shards: int,
-           rates: list[float], methods: list[str], strata: int, seed: int, beta: str | float = "auto",
+           *, actors: int,
+           keep: list[float], methods: list[str], strata: int, seed: int, beta: str | float = "auto",
            tune: dict | None = None) -> dict[str, Any]:
-    """Every (method, rate) selection, computed by shard actors from small per-shard summaries.
+    """Every (method, keep) selection, computed by shard actors from small per-shard summaries.
 
     `keep` is a fraction of the training rows (the scored ones); a coreset that loses a class is flagged.
     `beta = "auto"` picks each CCS method's β per rate on a validation split (`tune`: split, training
@@ -131,7 +132,7 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
     """
     from shardwalk.workers.scorer import select_distributed
 
-    chosen = _tuned_betas(scores, density, ingest, shards, rates, methods, strata, seed, tune) if beta == "auto" else {}
+    chosen = _tuned_betas(scores, density, ingest, actors, keep, methods, strata, seed, tune) if beta == "auto" else {}
     result: dict[str, Any] = {}
     for name in methods:
         spec = parse_method(name)
@@ -140,18 +141,18 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
 
             if graph is None:
                 raise DataError(f"selection method '{name}' needs the kNN graph (knn.enabled = true)")
-            result.update(select_d2(graph, scores, shards, [{**spec, "keep": float(r)} for r in rates], out, seed=seed))
+            result.update(select_d2(graph, scores, actors, [{**spec, "keep": float(r)} for r in keep], out, seed=seed))
             continue
         source = density if spec.get("score") == "knn_density" else scores
         sels = []
-        for r in rates:
+        for r in keep:
             sel = {**spec, "keep": float(r)}
             if spec["method"] == "ccs":
                 b = chosen[(name, float(r))]["beta"] if beta == "auto" else float(beta)
                 sel.update(strata=strata, beta=b, name=selection_name("ccs", float(r), spec["score"], spec["class_balanced"]))
             sels.append(sel)
-        result.update(select_distributed(source, shards, sels, out, seed=seed))
-    cost = method_costs(scores, methods, rates, chosen)
+        result.update(select_distributed(source, actors, sels, out, seed=seed))
+    cost = method_costs(scores, methods, keep, chosen)
     (out / "selections.json").write_text(json.dumps(result, indent=1, sort_keys=True))
     metrics: dict[str, Any] = {name: info["rows"] for name, info in result.items()}
     metrics["beta"] = {name: info["beta"] for name, info in result.items() if "beta" in info}
@@ -319,19 +320,20 @@ def add_coreset_stages(p: Pipeline, config: dict[str, Any], *, graph: str | None
         if any(m["method"] == "d2" for m in spec.select.parsed()):
             select_inputs["graph"] = graph
     p.stage("score", score, inputs=["ingest"], num_cpus=0, version="2",
-            params={"shards": spec.shards, **split, "device": spec.device, "proxy": dataclasses.asdict(spec.proxy),
+            params={"actors": spec.actors, **split, "device": spec.device, "proxy": dataclasses.asdict(spec.proxy),
                     "standardize": spec.standardize})
     sel = spec.select
     train = dataclasses.asdict(spec.evaluate if spec.evaluate is not None else TrainSpec())
     tune = {**split, "train": {k: v for k, v in train.items() if k != "seeds"}, "device": spec.device,
             "standardize": spec.standardize}
     p.stage("select", select, inputs=select_inputs, version="3", num_cpus=0, params={
-        "shards": spec.shards, "rates": list(sel.rates), "methods": list(sel.methods), "strata": sel.strata,
+        "actors": spec.actors, "keep": list(sel.keep), "methods": list(sel.methods), "strata": sel.strata,
         "seed": sel.seed, "beta": sel.beta, **({"tune": tune} if sel.beta == "auto" else {})})
     if spec.evaluate is not None:
         inputs = {"ingest": "ingest", "select": "select"}
         if spec.test_source:
-            ingest_stage(p, {**config, "source": spec.test_source}, require_label=True, name="ingest_test")
+            ingest_stage(p, {**config, "source": spec.test_source, "shards": spec.actors}, require_label=True,
+                         name="ingest_test")
             p.stage("test_split", held_out_split, inputs={"ingest": "ingest", "ingest_test": "ingest_test"}, num_cpus=0,
                     params={"source": str(config["source"]), "test_source": spec.test_source})
             inputs["test"] = "test_split"
@@ -343,7 +345,7 @@ def add_coreset_stages(p: Pipeline, config: dict[str, Any], *, graph: str | None
 def build(config: dict[str, Any]) -> Pipeline:
     """ingest → [build → knn_graph → density] → score → select → evaluate → report."""
     p = Pipeline("coreset")
-    ingest_stage(p, config, require_label=True)
+    ingest_stage(p, {**config, "shards": config["actors"]}, require_label=True)  # one part per actor
     add_coreset_stages(p, config)
     report_inputs = {"ingest": "ingest", "scores": "score", "select": "select"}
     if config["evaluate"]["enabled"]:

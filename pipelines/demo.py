@@ -46,8 +46,9 @@ DEFAULTS: dict[str, Any] = {
     "shards": 2,
     "test_fraction": 0.2,
     "split_seed": 0,
-    "index": {"M": 16, "ef_construction": 100, "ef": 64, "k": 10, "sweep_shards": [1, 2, 4],
-              "sweep_ef": [16, 32, 64, 128], "queries": 500},
+    # M, ef_construction, ef, k: the coreset pipeline's kNN index (this section builds it)
+    "index": {**{key: coreset_pipeline.DEFAULTS["knn"][key] for key in ("M", "ef_construction", "ef", "k")},
+              "sweep_shards": [1, 2, 4], "sweep_ef": [16, 32, 64, 128], "queries": 500},
     "proxy": dict(coreset_pipeline.DEFAULTS["proxy"]),
     "select": dict(coreset_pipeline.DEFAULTS["select"]),  # the coreset pipeline's methods: ccs-el2n-cb first
     "evaluate": {k: v for k, v in coreset_pipeline.DEFAULTS["evaluate"].items() if k != "enabled"},
@@ -67,8 +68,8 @@ def index_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def coreset_config(config: dict[str, Any]) -> dict[str, Any]:
     """The coreset pipeline's config for the demo's sections: its kNN graph is the demo's index."""
-    shared = ("source", *COLUMN_DEFAULTS, "shards", "test_fraction", "split_seed", "proxy", "select")
-    return {**coreset_pipeline.DEFAULTS, **{k: config[k] for k in shared}, "test_source": "",
+    shared = ("source", *COLUMN_DEFAULTS, "test_fraction", "split_seed", "proxy", "select")
+    return {**coreset_pipeline.DEFAULTS, **{k: config[k] for k in shared}, "actors": config["shards"], "test_source": "",
             "evaluate": {"enabled": True, **config["evaluate"]},
             "knn": {"enabled": True, **{k: config["index"][k] for k in INDEX_KEYS}}}
 
@@ -98,7 +99,7 @@ def validate(config: dict[str, Any]) -> None:
     validate_.positive_ints("index.sweep_ef", idx["sweep_ef"])
     validate_.integer("index.queries", idx["queries"])
     wanted = {walk["coreset"], walk["baseline"]}
-    names = {method_selection_name(m, r) for m in config["select"]["methods"] for r in config["select"]["rates"]}
+    names = {method_selection_name(m, r) for m in config["select"]["methods"] for r in config["select"]["keep"]}
     if not wanted <= names:
         raise ConfigError(f"srrw.coreset/baseline must be among the selections {sorted(names)}, got {sorted(wanted)}")
 

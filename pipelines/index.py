@@ -23,7 +23,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from shardwalk.core import validate as validate_
 from shardwalk.core.dag.cache_key import InputPath
 from shardwalk.core.dag.runner import Pipeline
 from shardwalk.core.data.schema import Columns, apply_columns, to_numpy, validate_vectors
@@ -31,6 +30,7 @@ from shardwalk.core.errors import ConfigError
 from shardwalk.core.index import hnsw
 from shardwalk.core.index.hnsw_results import knn_graph_table
 from shardwalk.core.index.knn_partition import GraphSettings
+from shardwalk.core.index.spec import BUILD_KEYS, DEFAULT_BUILD, DEFAULT_SEARCH, BuildSpec, IndexSpec
 from shardwalk.core.storage import sink
 from shardwalk.core.storage.files import atomic_file, write_parquet
 from shardwalk.core.storage.sources import plan_shards, read_shard, read_table
@@ -45,16 +45,16 @@ log = logging.getLogger("shardwalk")
 DEFAULTS: dict[str, Any] = {
     "source": InputPath("builtin:mnist5k"),
     **COLUMN_DEFAULTS,
-    "shards": 0,  # 0 = sized to the cluster (core/plan/sizing.py): one shard per node with CPUs, more if memory asks
-    "memory_fraction": 0.5,  # share of a node's memory its shards may take (sizing and the fit check)
-    "space": "l2",
-    "M": 16,
-    "ef_construction": 200,
-    "random_seed": 100,
-    "partition": "hash",
-    "replicas": 1,
-    "ef": 64,
-    "k": 10,
+    "shards": DEFAULT_BUILD.shards,  # 0 = sized to the cluster (core/plan/sizing.py): one shard per node with CPUs, more if memory asks
+    "memory_fraction": DEFAULT_BUILD.memory_fraction,  # share of a node's memory its shards may take (sizing and the fit check)
+    "space": DEFAULT_BUILD.space,
+    "M": DEFAULT_BUILD.M,
+    "ef_construction": DEFAULT_BUILD.ef_construction,
+    "random_seed": DEFAULT_BUILD.random_seed,
+    "partition": DEFAULT_BUILD.partition,
+    "replicas": DEFAULT_BUILD.replicas,
+    "ef": DEFAULT_SEARCH.ef,
+    "k": DEFAULT_SEARCH.k,
     "nprobe": 0,  # k-means partition: shards probed per query; 0 = all
     "hnsw": True,  # false: no HNSW index, the kNN graph only (knn_graph.method must not be hnsw)
     # the all-points kNN graph (core/index/knn_partition.py); `knn_graph = false` skips it
@@ -65,27 +65,8 @@ DEFAULTS: dict[str, Any] = {
 
 
 def validate(config: dict[str, Any]) -> None:
-    """Reject bad values before any stage runs."""
-    shards = validate_.shards(config["shards"], auto=True)
-    hnsw.validate_layout(shards=shards or 1, replicas=config["replicas"], partition=config["partition"])
-    fraction = config["memory_fraction"]
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
-        raise ConfigError(f"memory_fraction must be in (0, 1], got {fraction!r}")
-    hnsw.validate_params(
-        dim=1, space=config["space"], M=config["M"], ef_construction=config["ef_construction"],
-        random_seed=config["random_seed"],
-    )
-    for key in ("k", "ef", "recall_sample"):
-        validate_.integer(key, config[key])
-    graph = GraphSettings.from_config(config["knn_graph"])
-    if not isinstance(config.get("hnsw", True), bool):
-        raise ConfigError(f"hnsw must be true or false, got {config['hnsw']!r}")
-    if not config.get("hnsw", True) and (not graph.enabled or graph.method == "hnsw"):
-        raise ConfigError("hnsw=false builds only the kNN graph: knn_graph must be on with a method other than hnsw")
-    if config["nprobe"] and not shards:
-        raise ConfigError("nprobe must be 0 (all shards) unless shards is set explicitly (shards=0 sizes the index to the cluster)")
-    if config["nprobe"] < 0 or (shards and config["nprobe"] > shards):
-        raise ConfigError(f"nprobe must be in [0, shards={config['shards']}] (0 = all), got {config['nprobe']}")
+    """Reject bad values before any stage runs (core/index/spec.py: the spec is built and checked here, once)."""
+    IndexSpec.from_config(config)
 
 
 def _nprobe(nprobe: int) -> int | None:
@@ -95,16 +76,13 @@ def _nprobe(nprobe: int) -> int | None:
 # ----------------------------------------------------------------------------- stages
 
 
-def build_index(
-    out: Path, ingest: Path, *, shards: int, space: str, M: int, ef_construction: int, random_seed: int,
-    partition: str, replicas: int, memory_fraction: float = 0.5,
-) -> dict[str, Any]:
-    """Build the sharded index from the ingested parts and save it as this stage's output."""
-    with ShardedIndex.build(
-        str(ingest), shards=shards or None, space=space, M=M, ef_construction=ef_construction, partition=partition,
-        replicas=replicas, random_seed=random_seed, validate=False,  # the ingest stage validated the parts
-        memory_fraction=memory_fraction,
-    ) as index:
+def build_index(out: Path, ingest: Path, **build: Any) -> dict[str, Any]:
+    """Build the sharded index from the ingested parts and save it as this stage's output.
+
+    `build` holds the BuildSpec's fields (the stage's cache key): the spec is rebuilt from them here, once.
+    """
+    spec = BuildSpec(**build)
+    with ShardedIndex.build_spec(str(ingest), spec, validate=False) as index:  # the ingest stage validated the parts
         index.save(out, atomic=False)
         stats = index.stats()
         return {
@@ -193,9 +171,6 @@ def sample_note(sample: int, recall_sample: int, rows: int) -> str:
             "the count varies around recall_sample")
 
 
-BUILD_KEYS = ("shards", "space", "M", "ef_construction", "random_seed", "partition", "replicas", "memory_fraction")
-
-
 def index_section(config: dict[str, Any]) -> dict[str, Any]:
     """An index config (this pipeline's keys) from another pipeline's section: unnamed keys take DEFAULTS."""
     return {**{k: v for k, v in DEFAULTS.items() if k not in COLUMN_DEFAULTS and k != "source"},
@@ -246,7 +221,7 @@ DISTANCES = {"l2": "squared L2", "ip": "1 - inner product", "cosine": "1 - cosin
 
 
 def stream_query(
-    index_dir: str | os.PathLike, queries_source: Any, out_dir: str | os.PathLike, *, k: int = 10, ef: int = 64,
+    index_dir: str | os.PathLike, queries_source: Any, out_dir: str | os.PathLike, *, k: int = DEFAULT_SEARCH.k, ef: int = DEFAULT_SEARCH.ef,
     nprobe: int | None = None, block_size: int = 8192, overwrite: bool = False, columns: Columns = Columns(),
     timings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -271,7 +246,7 @@ def preview_query(index_dir: str | os.PathLike, queries_source: str | os.PathLik
 
 
 def query_index(
-    index_dir: str | os.PathLike, queries_source: str | os.PathLike, k: int = 10, ef: int = 64,
+    index_dir: str | os.PathLike, queries_source: str | os.PathLike, k: int = DEFAULT_SEARCH.k, ef: int = DEFAULT_SEARCH.ef,
     nprobe: int | None = None, out_path: str | os.PathLike | None = None, *, batch_size: int = 256,
     timings: dict[str, Any] | None = None, where: str | None = None,
 ) -> pa.Table:

@@ -134,17 +134,17 @@ def job_of(pipeline: str, config: dict[str, Any], args: Sizes, *, cut: bool = Tr
 
 def _scoring_job(config: dict[str, Any], rows: int, dim: int, classes: int) -> cm.ScoringJob:
     proxy, evaluate, knn = config["proxy"], config["evaluate"], config["knn"]
-    methods, rates = len(config["select"]["methods"]), len(config["select"]["rates"])
+    methods, rates = len(config["select"]["methods"]), len(config["select"]["keep"])
     models = (methods * rates + 1) * evaluate.get("seeds", 1) if evaluate["enabled"] else 0
     if config["select"].get("beta", "auto") == "auto":  # β tuning fits one model per grid candidate (select stage)
         from shardwalk.core.coresets.selection import beta_candidates
         from shardwalk.core.coresets.selection_names import parse_method
 
         ccs = sum(parse_method(m)["method"] == "ccs" for m in config["select"]["methods"])
-        models += ccs * sum(len(beta_candidates(float(r))) for r in config["select"]["rates"])
+        models += ccs * sum(len(beta_candidates(float(r))) for r in config["select"]["keep"])
     knn_job = (cm.IndexJob(rows, dim, M=knn["M"], ef_construction=knn["ef_construction"], ef=knn["ef"], k=knn["k"])
                if knn["enabled"] else None)
-    return cm.ScoringJob(rows, dim, classes=classes, shards=config["shards"], models=proxy["models"],
+    return cm.ScoringJob(rows, dim, classes=classes, shards=config["actors"], models=proxy["models"],
                          methods=methods, rates=rates,
                          epochs=proxy["epochs"], hidden=proxy["hidden"], batch_size=proxy["batch_size"],
                          layout=proxy.get("layout", "auto"), test_fraction=config["test_fraction"],

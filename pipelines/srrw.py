@@ -105,7 +105,7 @@ def validate(config: dict[str, Any]) -> None:
     """Reject out-of-range values before anything runs."""
     validate_.shards(config["shards"])
     walk_spec(config)
-    walker_layout(config)
+    validate_.actor_group("partitions", walker_layout(config).partitions)  # walker actors: the one actor cap
     validate_.fraction("test_fraction", config["test_fraction"], closed_low=True)
     graph = config["graph"]
     if graph["name"] == "file" and not graph["edges"]:

@@ -70,7 +70,7 @@ def test_bad_input_exits_2_with_one_line_and_commits_nothing(ray_local, tmp_path
     ("args", "needle"),
     [
         (["--set", "nope=1"], "unknown config key 'nope'"),
-        (["--set", "shards=0"], "shards must be in [1, 4096]"),
+        (["--set", "shards=0"], "shards must be in [1, 1024]"),
         (["--config", "{bad}"], "malformed TOML"),
     ],
 )

@@ -15,9 +15,9 @@ from shardwalk.core.errors import ConfigError
 from shardwalk.pipelines import coreset as coreset_pipeline
 from tests.report_check import embedded_pngs
 
-SMALL = ["--set", "select.rates=[0.5]", "--set", 'select.methods=["ccs-el2n-cb", "random"]',
+SMALL = ["--set", "select.keep=[0.5]", "--set", 'select.methods=["ccs-el2n-cb", "random"]',
          "--set", "proxy.models=1", "--set", "proxy.epochs=2", "--set", "proxy.hidden=8",
-         "--set", "evaluate.steps=30", "--set", "evaluate.hidden=8", "--set", "shards=1"]
+         "--set", "evaluate.steps=30", "--set", "evaluate.hidden=8", "--set", "actors=1"]
 
 
 def _split(tmp_path: Path, *, overlap: bool = False) -> tuple[Path, Path]:

@@ -108,7 +108,7 @@ def test_unscaled_run_warns_and_reports_spread_beta_and_cost(ray_local: None, tm
     from shardwalk.pipelines.runs_view import load_run_ref
 
     runs = str(tmp_path / "runs")
-    args = ["run", "coreset", "--runs-dir", runs, "--set", "source=builtin:breast_cancer", "--set", "select.rates=[0.3]",
+    args = ["run", "coreset", "--runs-dir", runs, "--set", "source=builtin:breast_cancer", "--set", "select.keep=[0.3]",
             "--set", 'select.methods=["ccs-el2n-cb", "random"]', "--set", "proxy.epochs=2", "--set", "proxy.hidden=8",
             "--set", "evaluate.steps=60", "--set", "evaluate.hidden=8", "--set", "evaluate.seeds=2",
             "--set", "standardize=false"]

@@ -551,6 +551,23 @@ def test_an_edited_checkpoint_run_record_is_refused(walk_setup: tuple, checkpoin
         _resume(walk_setup, checkpoint)
 
 
+def test_an_earlier_versions_checkpoint_starts_over(walk_setup: tuple, checkpoint: Path) -> None:
+    """Checkpoints whose settings record has the old name (`run.json`) are not resumed: the walk starts over,
+    so their tokens are never read (here one is garbage), and it still ends on the reference trajectory."""
+    from shardwalk.core.srrw import run_sa_srrw
+    from shardwalk.workers.walker import RUN_META
+
+    assert RUN_META == "checkpoint.json"
+    (checkpoint / RUN_META).rename(checkpoint / "run.json")
+    (checkpoint / "token-0.json").write_bytes(b"\x00 not a token")
+    obj, graph = walk_setup
+    ref = run_sa_srrw(obj, graph, steps=600, alpha=5.0, seed=6, tokens=2)
+    resumed = _resume(walk_setup, checkpoint)
+    for got, want in zip(resumed.tokens, ref.tokens):
+        np.testing.assert_array_equal(got.theta, want.theta)
+    assert (checkpoint / RUN_META).is_file()
+
+
 def test_an_edited_token_node_is_refused(walk_setup: tuple, checkpoint: Path) -> None:
     """Changing `"node"` in a token's JSON used to resume (and commit) a different walk with exit 0."""
     path = checkpoint / "token-0.json"

@@ -85,8 +85,8 @@ def test_walk_resumes_from_its_checkpoint_after_losing_a_partitions_node(ray_clu
 # ----------------------------------------------------------------------------- coreset scoring on a lost node
 
 CORESET_SETS = [
-    "source=builtin:digits", "shards=2", "evaluate.enabled=false", "proxy.models=1", "proxy.epochs=3",
-    "proxy.batch_size=64", "select.rates=[0.5,0.2]", 'select.methods=["ccs-aum","ccs-el2n-cb","random"]',
+    "source=builtin:digits", "actors=2", "evaluate.enabled=false", "proxy.models=1", "proxy.epochs=3",
+    "proxy.batch_size=64", "select.keep=[0.5,0.2]", 'select.methods=["ccs-aum","ccs-el2n-cb","random"]',
     "select.beta=0.1",  # the node loss is in `score`: a fixed β spares the β-tuning fits (tests/test_coreset_trust.py has them)
 ]
 

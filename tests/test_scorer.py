@@ -109,7 +109,7 @@ def test_coreset_pipeline_end_to_end(ray_local_module, tmp_path: Path, capsys):
     from shardwalk.pipelines.cli import main
 
     runs = str(tmp_path / "runs")
-    args = ["run", "coreset", "--runs-dir", runs, "--set", f"source={SOURCE}", "--set", "select.rates=[0.5, 0.1]",
+    args = ["run", "coreset", "--runs-dir", runs, "--set", f"source={SOURCE}", "--set", "select.keep=[0.5, 0.1]",
             "--set", 'select.methods=["ccs-el2n-cb", "topk-aum"]',
             "--set", "proxy.models=1", "--set", "proxy.epochs=3", "--set", "proxy.hidden=16",
             "--set", "evaluate.steps=50", "--set", "evaluate.hidden=16"]

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.multinode
 
 PIPELINES: dict[str, list[str]] = {
     "index": ["source=builtin:digits", "shards=2", "k=5", "recall_sample=100", "ef_construction=100", "replicas=1"],
-    "coreset": ["source=builtin:digits", "shards=2", "proxy.epochs=2", "proxy.hidden=16", "select.rates=[0.5]",
+    "coreset": ["source=builtin:digits", "actors=2", "proxy.epochs=2", "proxy.hidden=16", "select.keep=[0.5]",
                 "select.methods=['ccs-el2n','random','ccs-knn_density']", "evaluate.enabled=false", "knn.enabled=true",
                 "knn.k=5", "knn.ef_construction=50"],
     "srrw": ["steps=1500", "checkpoint_every=500", "record_every=250", "standardize=true"],

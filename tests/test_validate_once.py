@@ -44,7 +44,7 @@ def test_demo_index_section_fails_like_the_index_pipeline(tmp_path, capsys, demo
 
 
 def test_demo_proxy_and_select_sections_fail_like_the_coreset_pipeline(tmp_path, capsys) -> None:
-    for key, value in (("proxy.epochs", "0"), ("select.rates", "[1.5]"), ("evaluate.steps", "0")):
+    for key, value in (("proxy.epochs", "0"), ("select.keep", "[1.5]"), ("evaluate.steps", "0")):
         from_demo = _error_line(capsys, ["demo", "--set", f"{key}={value}"], tmp_path)
         from_coreset = _error_line(capsys, ["coreset", "--set", f"{key}={value}"], tmp_path)
         assert from_demo == from_coreset and key in from_demo
@@ -55,7 +55,7 @@ def test_one_wording_per_parameter() -> None:
         validate.steps(0)
     with pytest.raises(ConfigError, match=r"^alpha must be a finite number >= 0, got -1$"):
         validate.alpha(-1)
-    with pytest.raises(ConfigError, match=r"^shards must be in \[1, 4096\], got 0$"):
+    with pytest.raises(ConfigError, match=r"^shards must be in \[1, 1024\], got 0$"):
         validate.shards(0)
     assert validate.shards(0, auto=True) == 0
     with pytest.raises(ConfigError, match=r"^keep must be a fraction in \(0, 1\), got 1$"):
@@ -133,3 +133,48 @@ def _evaluate_in_process() -> None:
     assert full["accuracy"] > 0.8
     rs2 = evaluate_selection(table, None, split, train, rs2_keep=0.5)
     assert rs2["train_rows"] == len(train_ids) and 0.0 <= rs2["accuracy"] <= 1.0
+
+
+def test_each_default_is_written_once() -> None:
+    from shardwalk.core.index.spec import DEFAULT_BUILD, DEFAULT_SEARCH
+
+    assert coreset_pipeline.DEFAULTS["proxy"] == dataclasses.asdict(ProxySpec()) and ProxySpec().batch_size == 256
+    assert {k: v for k, v in coreset_pipeline.DEFAULTS["evaluate"].items() if k != "enabled"} == \
+        dataclasses.asdict(TrainSpec())
+    knn = coreset_pipeline.DEFAULTS["knn"]
+    assert (knn["M"], knn["ef"], knn["k"]) == (DEFAULT_BUILD.M, DEFAULT_SEARCH.ef, DEFAULT_SEARCH.k)
+    assert {k: demo.DEFAULTS["index"][k] for k in demo.INDEX_KEYS} == {k: knn[k] for k in demo.INDEX_KEYS}
+
+
+def test_one_actor_cap_for_every_group_a_setting_names() -> None:
+    from shardwalk.core.index.spec import BuildSpec
+    from shardwalk.core.plan import sizing
+
+    cap = validate.MAX_ACTORS
+    assert validate.shards(cap) == cap
+    with pytest.raises(ConfigError, match=rf"^shards must be in \[1, {cap}\], got {cap + 1}$"):
+        validate.shards(cap + 1)
+    with pytest.raises(ConfigError, match=rf"^shards × replicas = 600 × 2 asks for 1200 actors in one group; at most {cap}$"):
+        BuildSpec(shards=600, replicas=2)
+    bad = copy.deepcopy(coreset_pipeline.DEFAULTS)
+    bad["actors"] = cap + 1
+    with pytest.raises(ConfigError, match=rf"^actors must be in \[1, {cap}\]"):
+        CoresetSpec.from_config(bad)
+    with pytest.raises(ConfigError, match=rf"^partitions asks for {cap + 1} actors in one group; at most {cap}$"):
+        srrw_pipeline.validate({**srrw_pipeline.DEFAULTS, "partitions": cap + 1})
+    assert sizing.MAX_ACTORS is cap  # the automatic sizing's search stops at the same cap
+
+
+def test_the_coreset_names_its_actors_actors(tmp_path, capsys) -> None:
+    from shardwalk.core.plan.limits import actors_requested
+
+    config = load_config(coreset_pipeline, None, ["actors=3"])
+    assert CoresetSpec.from_config(config).actors == 3 and "shards" not in config
+    assert actors_requested(config) == 3  # the cluster's actor bound sees them
+    p = coreset_pipeline.build(config)
+    assert p.stages["score"].params["actors"] == p.stages["select"].params["actors"] == 3
+    assert p.stages["ingest"].params["shards"] == 3  # one ingest part per actor
+    err = _error_line(capsys, ["coreset", "--set", "shards=2"], tmp_path)
+    assert "unknown config key 'shards'" in err and "actors" in err
+    err = _error_line(capsys, ["coreset", "--set", "select.rates=[0.5]"], tmp_path)
+    assert "unknown config key 'select.rates'" in err and "keep" in err

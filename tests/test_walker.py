@@ -122,7 +122,7 @@ def test_checkpoint_and_resume_continue_the_trajectory(ray_local, tmp_path):
     kw = dict(alpha=10.0, seed=2, tokens=2, record_path=True)
     first = run_distributed_sa_srrw(obj, LES, steps=350, checkpoint_dir=tmp_path, checkpoint_every=100,
                                     replicate=False, **kw)
-    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["run.json", "token-0.json", "token-1.json"]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["checkpoint.json", "token-0.json", "token-1.json"]
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
     resumed = run_distributed_sa_srrw(obj, LES, steps=800, checkpoint_dir=tmp_path, checkpoint_every=100,
                                       resume=True, partitions=3, replicate=False, **kw)

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("shardwalk", "core", "workers", "pipelines", "pyproject.toml", "README.md")
 TINY_RUNS = {
     "index": ["source=builtin:digits", "shards=2", "recall_sample=50"],
-    "coreset": ["source=builtin:digits", "shards=2", "proxy.epochs=2", "proxy.models=1", "select.rates=[0.5]",
+    "coreset": ["source=builtin:digits", "actors=2", "proxy.epochs=2", "proxy.models=1", "select.keep=[0.5]",
                 'select.methods=["ccs-aum", "random"]', "evaluate.steps=50"],
     "srrw": ["steps=500", "record_every=250"],
 }

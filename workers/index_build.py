@@ -21,6 +21,7 @@ from shardwalk.core.data.schema import validate_vectors
 from shardwalk.core.errors import DataError, ShardUnavailableError
 from shardwalk.core.index import hnsw, index_store
 from shardwalk.core.index.index_meta import IndexMeta
+from shardwalk.core.index.spec import BuildSpec
 from shardwalk.core.plan import sizing
 from shardwalk.core.storage.sources import Source, in_memory_table, plan_shards, read_shard
 from shardwalk.workers import raykit
@@ -34,10 +35,7 @@ class BuildInput:
     specs: tuple[Any, ...]
     where: str
     trusted: bool
-    space: str
-    M: int
-    ef_construction: int
-    random_seed: int
+    spec: BuildSpec  # checked when it was made: used as it is
     sample_size: int
 
 
@@ -55,7 +53,7 @@ def prepare_source(source: Source, validate: bool) -> tuple[Source, str, bool]:
     return source, os.fspath(source), not validate
 
 
-def plan_layout(source: Source, where: str, shards: int | None, replicas: int, M: int, memory_fraction: float) -> sizing.ShardPlan:
+def plan_layout(source: Source, where: str, spec: BuildSpec) -> sizing.ShardPlan:
     """Shards and CPUs per actor for this source on the connected cluster (an explicit `shards` wins)."""
     specs = plan_shards(source, 1)
     rows = sum(s.num_rows for s in specs)
@@ -64,7 +62,8 @@ def plan_layout(source: Source, where: str, shards: int | None, replicas: int, M
         raise DataError(f"{where}: missing column(s) ['vector']; found {first.column_names}")
     vector = first.column("vector")
     dim = vector.type.list_size if pa.types.is_fixed_size_list(vector.type) else np.asarray(vector[0].as_py() or []).size
-    return sizing.plan(cluster_nodes(), rows, max(dim, 1), M, shards=shards, replicas=replicas, memory_fraction=memory_fraction)
+    return sizing.plan(cluster_nodes(), rows, max(dim, 1), spec.M, shards=spec.shards or None, replicas=spec.replicas,
+                       memory_fraction=spec.memory_fraction)
 
 
 def cluster_threads(meta: IndexMeta) -> int:
@@ -102,9 +101,8 @@ def build_shards(prim: list[Any], meta: IndexMeta, inp: BuildInput) -> tuple[Ind
     """Read, route and insert every part into fresh shards; returns the new meta and the shards' stats."""
     sample = hnsw.ceil_div(inp.sample_size, len(inp.specs)) if meta.partition == "kmeans" else 0
     readers, metas, dim = read_parts(prim, inp.specs, inp.where, None, sample, inp.trusted)
-    router = _router(metas, meta, len(prim), inp.space)
-    params = hnsw.validate_params(dim=dim, space=inp.space, M=inp.M, ef_construction=inp.ef_construction,
-                                  random_seed=inp.random_seed)
+    router = _router(metas, meta, len(prim), inp.spec.space)
+    params = inp.spec.params(dim)
     assigned = raykit.wait_all([r.assign.remote(len(prim), router) for r in readers], "route input")
     if meta.partition != "hash":  # hash routing already puts all copies of an id in one shard
         raykit.wait_all([p.check_ids.remote([ids[j] for _, ids in assigned], inp.where) for j, p in enumerate(prim)], "check ids")
@@ -113,7 +111,7 @@ def build_shards(prim: list[Any], meta: IndexMeta, inp: BuildInput) -> tuple[Ind
     raykit.wait_all([p.begin_build.remote(int(capacity[j]), asdict(params)) for j, p in enumerate(prim)], "build shards")
     stream_pieces(prim, readers, hnsw.route_chunks(max(m["rows"] for m in metas)))
     stats = raykit.wait_all([p.finish_build.remote(inp.where) for p in prim], "build shards")
-    built = dataclasses.replace(meta, space=inp.space, dim=dim, params=params, router=router,
+    built = dataclasses.replace(meta, space=inp.spec.space, dim=dim, params=params, router=router,
                                 build_seconds=time.perf_counter() - started)
     return built, stats
 

@@ -41,6 +41,7 @@ from shardwalk.core import errors
 from shardwalk.core.data.schema import Columns
 from shardwalk.core.errors import ConfigError, DataError, InputError
 from shardwalk.core.index.hnsw_results import knn_graph_table
+from shardwalk.core.index.spec import DEFAULT_SEARCH, SearchSpec
 from shardwalk.core.plan import sizing
 from shardwalk.core.storage import node_cache, publish, store
 from shardwalk.core.storage.files import MANIFEST, build_manifest
@@ -57,9 +58,7 @@ STAGING = ".shardwalk-attempts"  # `<parent>/.<name>.shardwalk-attempts/`: a sto
 class QuerySettings:
     """How to answer a stream: neighbours, search breadth, shards probed, rows per block, pool actors."""
 
-    k: int = 10
-    ef: int = 64
-    nprobe: int | None = None
+    search: SearchSpec = DEFAULT_SEARCH  # k, ef, nprobe: checked when it was made
     block_size: int = 8192
     pool: int = 2
     columns: Columns = field(default_factory=Columns)  # the query source's id and vector columns (`id_column`, `vector_column`)
@@ -70,6 +69,18 @@ class QuerySettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         return self
+
+    @property
+    def k(self) -> int:
+        return self.search.k
+
+    @property
+    def ef(self) -> int:
+        return self.search.ef
+
+    @property
+    def nprobe(self) -> int | None:
+        return self.search.nprobe
 
 
 def query_vectors(batch: dict[str, np.ndarray], dim: int, where: str,
@@ -96,7 +107,7 @@ def query_vectors(batch: dict[str, np.ndarray], dim: int, where: str,
 class SearchBlocks:
     """A pool actor of the stream: a handle to the shard actors (no cleanup duty) answering block by block."""
 
-    def __init__(self, meta: Any, actors: list[list[Any]], settings: QuerySettings, where: str) -> None:
+    def __init__(self, meta: Any, actors: list[list[Any]], settings: QuerySettings, where: str, nprobe: int) -> None:
         from shardwalk.workers.sharded_index import ShardedIndex
 
         class _Handle(ShardedIndex):  # the driver's index owns the actors: closing this handle frees nothing
@@ -104,7 +115,7 @@ class SearchBlocks:
                 return weakref.finalize(self, lambda: None)
 
         self.index = _Handle(meta, actors, Path("."), [], False)
-        self.settings, self.where = settings, where
+        self.settings, self.where, self.nprobe = settings, where, nprobe  # checked once, by `search_dataset`
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         s = self.settings
@@ -113,7 +124,7 @@ class SearchBlocks:
             zero = np.linalg.norm(vecs, axis=1) == 0
             if zero.any():
                 raise DataError(f"{self.where}: the vector of id {int(ids[np.flatnonzero(zero)[0]])} is zero (cosine space)")
-        result = self.index.search(vecs, k=s.k, ef=s.ef, nprobe=s.nprobe, batch_size=max(len(vecs), 1))
+        result = self.index.search_spec(vecs, s.search, self.nprobe, batch_size=max(len(vecs), 1))
         return knn_graph_table(ids, result.ids, result.dists)
 
 
@@ -186,9 +197,7 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
     quiet_ray_data()
     check_query_source(source, settings.columns, index.dim)  # a wrong column name: before any work
     check_out(out, overwrite)
-    from shardwalk.core.index import hnsw
-
-    hnsw.validate_search(settings.k, settings.ef, len(index), settings.nprobe, len(index.actors))
+    nprobe = settings.search.probes(len(index), len(index.actors))
     # The pool's actors need their CPUs, and reading a Parquet source a whole one: without them Ray Data would
     # wait forever (as it did on a freshly built index whose shard actors hold every CPU).
     needed = settings.pool * POOL_ACTOR_CPUS + (0.0 if is_ray_dataset(source) else 1.0)
@@ -199,18 +208,13 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
             f"leave {free:g}: open the index for streaming (`shardwalk query --out`, or "
             "ShardedIndex.open(path, cpus_per_actor=...) with fewer CPUs per actor)")
     if store.is_remote(os.fspath(out)):
-        return _search_to_store(index, source, os.fspath(out), settings, overwrite)
+        return _search_to_store(index, source, os.fspath(out), settings, nprobe, overwrite)
     final = _output_dir(out, overwrite)
     dataset, where = _dataset(source, index.dim, settings.columns)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:12]}"
     started = time.perf_counter()
     try:
-        answers = dataset.map_batches(
-            SearchBlocks, fn_constructor_args=(index.meta, index.actors, settings, where),
-            batch_size=settings.block_size, batch_format="numpy", num_cpus=POOL_ACTOR_CPUS,
-            compute=ray.data.ActorPoolStrategy(size=settings.pool),
-        )
-        answers.write_parquet(str(tmp))
+        _answers(index, dataset, settings, where, nprobe).write_parquet(str(tmp))
         rows, parts = _commit(tmp, final, settings, overwrite)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -223,16 +227,17 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
             "out": str(final), "space": index.meta.space}
 
 
-def _answers(index: Any, dataset: Any, settings: QuerySettings, where: str) -> Any:
+def _answers(index: Any, dataset: Any, settings: QuerySettings, where: str, nprobe: int) -> Any:
     """The lazy dataset of answers: `SearchBlocks` on a small actor pool."""
     return dataset.map_batches(
-        SearchBlocks, fn_constructor_args=(index.meta, index.actors, settings, where),
+        SearchBlocks, fn_constructor_args=(index.meta, index.actors, settings, where, nprobe),
         batch_size=settings.block_size, batch_format="numpy", num_cpus=POOL_ACTOR_CPUS,
         compute=ray.data.ActorPoolStrategy(size=settings.pool),
     )
 
 
-def _search_to_store(index: Any, source: Any, out: str, settings: QuerySettings, overwrite: bool) -> dict[str, Any]:
+def _search_to_store(index: Any, source: Any, out: str, settings: QuerySettings, nprobe: int,
+                     overwrite: bool) -> dict[str, Any]:
     """`search_dataset` into an object store: parts into a new attempt beside `out`, hashed on workers,
     manifest last; then published at `out`."""
     _store_out(out, overwrite)
@@ -240,7 +245,7 @@ def _search_to_store(index: Any, source: Any, out: str, settings: QuerySettings,
     attempt = store.join(_staging(out), store.ATTEMPTS, store.new_attempt_id())
     started = time.perf_counter()
     try:
-        _answers(index, dataset, settings, where).write_parquet(attempt)
+        _answers(index, dataset, settings, where, nprobe).write_parquet(attempt)
         listed = [i.base_name for i in store.list_dir(attempt) if i.base_name.endswith(".parquet")]
         entries = ray.get([_describe.remote(store.join(attempt, name)) for name in sorted(listed)])
     except BaseException as exc:

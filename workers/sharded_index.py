@@ -27,7 +27,7 @@ from shardwalk.core.data.schema import Columns, apply_columns, check_vector_colu
 from shardwalk.core.errors import ConfigError, DataError, ShardUnavailableError
 from shardwalk.core.index import hnsw, hnsw_results, index_store
 from shardwalk.core.index.index_meta import IndexMeta
-from shardwalk.core.plan import sizing
+from shardwalk.core.index.spec import DEFAULT_BUILD, DEFAULT_SEARCH, BuildSpec, SearchSpec
 from shardwalk.core.storage import node_cache, sink, store
 from shardwalk.core.storage.files import MANIFEST, TOKEN, build_manifest, read_manifest, write_json_atomic
 from shardwalk.core.storage.sources import ShardSpec, Source, plan_shards, source_schema
@@ -147,18 +147,18 @@ class ShardedIndex:
         cls,
         source: Source,
         shards: int | None = None,
-        space: str = "l2",
-        M: int = 16,
-        ef_construction: int = 200,
-        partition: str = "hash",
-        replicas: int = 1,
+        space: str = DEFAULT_BUILD.space,
+        M: int = DEFAULT_BUILD.M,
+        ef_construction: int = DEFAULT_BUILD.ef_construction,
+        partition: str = DEFAULT_BUILD.partition,
+        replicas: int = DEFAULT_BUILD.replicas,
         *,
-        random_seed: int = 100,
+        random_seed: int = DEFAULT_BUILD.random_seed,
         cpus_per_actor: float | None = None,
         sample_size: int = 50_000,
         workdir: str | os.PathLike | None = None,
         validate: bool = True,
-        memory_fraction: float = sizing.MEMORY_FRACTION,
+        memory_fraction: float = DEFAULT_BUILD.memory_fraction,
         id_column: str = "id",
         vector_column: str = "vector",
     ) -> ShardedIndex:
@@ -168,25 +168,34 @@ class ShardedIndex:
         `shards=None` sizes the index to the cluster (core/plan/sizing.py: one shard per node with CPUs, more if
         a node's memory cannot hold its share); `cpus_per_actor=None` gives each actor its node's CPUs
         (those free right now, at most). `validate=False` trusts a Parquet source validated upstream.
+        The keywords are checked here, once, into a BuildSpec (core/index/spec.py).
         """
-        hnsw.validate_layout(shards=shards or 1, replicas=replicas, partition=partition)
-        hnsw.validate_params(dim=1, space=space, M=M, ef_construction=ef_construction, random_seed=random_seed)
+        spec = BuildSpec(shards=shards or 0, replicas=replicas, partition=partition, space=space, M=M,
+                         ef_construction=ef_construction, random_seed=random_seed, memory_fraction=memory_fraction)
+        return cls.build_spec(source, spec, cpus_per_actor=cpus_per_actor, sample_size=sample_size, workdir=workdir,
+                              validate=validate, id_column=id_column, vector_column=vector_column)
+
+    @classmethod
+    def build_spec(
+        cls, source: Source, spec: BuildSpec, *, cpus_per_actor: float | None = None, sample_size: int = 50_000,
+        workdir: str | os.PathLike | None = None, validate: bool = True, id_column: str = "id",
+        vector_column: str = "vector",
+    ) -> ShardedIndex:
+        """`build` from a BuildSpec (already checked when it was made: nothing in it is checked again)."""
         ensure_ray()
         source = _renamed(source, Columns(id_column, vector_column))
         if is_ray_dataset(source):
             with staged_dataset(source, None if workdir is None else os.fspath(workdir)) as staged:
-                return cls.build(staged, shards, space, M, ef_construction, partition, replicas, random_seed=random_seed,
-                                 cpus_per_actor=cpus_per_actor, sample_size=sample_size, workdir=workdir,
-                                 validate=True, memory_fraction=memory_fraction)
+                return cls.build_spec(staged, spec, cpus_per_actor=cpus_per_actor, sample_size=sample_size,
+                                      workdir=workdir, validate=True)
         source, where, trusted = index_build.prepare_source(source, validate)
-        layout = index_build.plan_layout(source, where, shards, replicas, M, memory_fraction)
+        layout = index_build.plan_layout(source, where, spec)
         if cpus_per_actor is None:
-            cpus_per_actor = min(layout.cpus_per_actor, index_actors.default_cpus(layout.shards * replicas))
-        inp = index_build.BuildInput(tuple(plan_shards(source, layout.shards)), where, trusted, space, M,
-                                     ef_construction, random_seed, sample_size)
+            cpus_per_actor = min(layout.cpus_per_actor, index_actors.default_cpus(layout.shards * spec.replicas))
+        inp = index_build.BuildInput(tuple(plan_shards(source, layout.shards)), where, trusted, spec, sample_size)
         work, owned = index_actors.make_workdir(workdir)
-        actors, pgs, cpus = cls._spawn_or_clean(layout.shards, replicas, work, cpus_per_actor)
-        index = cls(IndexMeta(layout.shards, replicas, partition, space=space), actors, work, pgs, owned)
+        actors, pgs, cpus = cls._spawn_or_clean(layout.shards, spec.replicas, work, cpus_per_actor)
+        index = cls(IndexMeta(layout.shards, spec.replicas, spec.partition, space=spec.space), actors, work, pgs, owned)
         index.threads = layout.threads  # the node's CPUs, whatever was free to reserve just now
         try:
             index._thread(index._primaries())
@@ -365,17 +374,25 @@ class ShardedIndex:
     def search(
         self,
         queries: Any,
-        k: int = 10,
-        ef: int = 64,
-        nprobe: int | None = None,
+        k: int = DEFAULT_SEARCH.k,
+        ef: int = DEFAULT_SEARCH.ef,
+        nprobe: int | None = DEFAULT_SEARCH.nprobe,
         allow_ids: Sequence[int] | np.ndarray | None = None,
         allow_partial: bool = False,
         batch_size: int = 4096,
     ) -> SearchResult:
         """k nearest neighbours of each query: (q, k) int64 ids and float32 distances, -1/+inf padded."""
         q = index_search.as_query_array(queries, self.dim)
-        shards = len(self.actors)
-        k, ef, nprobe = hnsw.validate_search(k, ef, len(self), nprobe, shards)
+        spec = SearchSpec(k, ef, nprobe)  # the keywords, checked here once
+        return self.search_spec(q, spec, spec.probes(len(self), len(self.actors)), allow_ids, allow_partial, batch_size)
+
+    def search_spec(
+        self, q: np.ndarray, spec: SearchSpec, nprobe: int, allow_ids: Sequence[int] | np.ndarray | None = None,
+        allow_partial: bool = False, batch_size: int = 4096,
+    ) -> SearchResult:
+        """`search` with checked settings: `q` a float32 (q, dim) array, `spec` fitted to this index (`nprobe`
+        its `probes`). Nothing is checked again, so a stream's blocks are not re-validated one by one."""
+        shards, k, ef = len(self.actors), spec.k, spec.ef
         allow_ref = None if allow_ids is None else ray.put(np.unique(np.asarray(allow_ids, np.int64)))
         tasks = index_search.plan_tasks(q, index_search.shard_members(self.router, q, nprobe, shards), batch_size)
         calls = [index_search.ReplicaCall(t.shard, (t.payload, k, ef, allow_ref, self.exact_threshold), t.turn) for t in tasks]
@@ -391,7 +408,8 @@ class ShardedIndex:
         return index_search.call_replicas(self.actors, method, calls, allow_partial, timeout, offset)
 
     def search_dataset(
-        self, source: Any, out: str | os.PathLike, *, k: int = 10, ef: int = 64, nprobe: int | None = None,
+        self, source: Any, out: str | os.PathLike, *, k: int = DEFAULT_SEARCH.k, ef: int = DEFAULT_SEARCH.ef,
+        nprobe: int | None = DEFAULT_SEARCH.nprobe,
         block_size: int = 8192, pool: int = 2, overwrite: bool = False, id_column: str = "id",
         vector_column: str = "vector",
     ) -> dict[str, Any]:
@@ -402,7 +420,7 @@ class ShardedIndex:
         Neither all queries nor all answers are ever held in one process (workers/query_stream.py). A
         non-empty `out` is refused unless it holds an earlier query's answers and `overwrite` is set.
         """
-        settings = query_stream.QuerySettings(k, ef, nprobe, block_size, pool, Columns(id_column, vector_column))
+        settings = query_stream.QuerySettings(SearchSpec(k, ef, nprobe), block_size, pool, Columns(id_column, vector_column))
         return query_stream.search_dataset(self, source, out, settings, overwrite=overwrite)
 
     def set_threads(self, threads: int) -> None:
@@ -413,8 +431,8 @@ class ShardedIndex:
     # ------------------------------------------------------------------ the all-points kNN graph
 
     def knn_graph(
-        self, out_dir: str | os.PathLike, k: int = 10, ef: int = 64, nprobe: int | None = None,
-        batch_size: int = graph_units.BATCH, in_flight: int | None = None, *, built_from: Source | None = None,
+        self, out_dir: str | os.PathLike, k: int = DEFAULT_SEARCH.k, ef: int = DEFAULT_SEARCH.ef,
+        nprobe: int | None = DEFAULT_SEARCH.nprobe, batch_size: int = graph_units.BATCH, in_flight: int | None = None, *, built_from: Source | None = None,
     ) -> dict[str, Any]:
         """Write docs/design.md's knn-graph table (every live point, self excluded) as Parquet parts in `out_dir`.
 
@@ -424,8 +442,8 @@ class ShardedIndex:
         `built_from`: the vectors this index holds exactly (its build's source, no rows added or deleted
         since); batches are then read from it rather than copied out of hnswlib point by point.
         """
-        shards = len(self.actors)
-        k, ef, nprobe = hnsw.validate_search(k, ef, max(len(self) - 1, 0), nprobe, shards)
+        shards, spec = len(self.actors), SearchSpec(k, ef, nprobe)
+        k, ef, nprobe = spec.k, spec.ef, spec.probes(max(len(self) - 1, 0), shards)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         router = self.meta.router if nprobe < shards else None

@@ -60,7 +60,8 @@ from shardwalk.workers.cluster import cluster_nodes
 
 __all__ = ["RUN_META", "BlockLoader", "WalkPartition", "run_distributed_sa_srrw"]
 
-RUN_META = "run.json"
+RUN_META = "checkpoint.json"  # the checkpoints' settings record (not the DAG's run record, runs/<id>/run.json)
+EARLIER_RUN_META = "run.json"  # its name before: such checkpoints are not resumed, the walk starts over (CHANGELOG)
 COMPILED_CHUNK = 4096  # at most this many hops per token per compiled kernel call (≈ 4 ms per token)
 SLICE_HOPS = 65536  # hops per compiled kernel call, shared by the resident tokens (≈ 60 ms between inbox looks)
 MIN_HOPS_PER_TOKEN = 64
@@ -231,8 +232,13 @@ class WalkPartition:
                 "cpu_seconds": time.process_time() - self.cpu_start, "kernel_cpu_seconds": self.kernel_cpu}
 
 
-def _meta_path(directory: str) -> Any:
-    return store.join(directory, RUN_META) if store.is_remote(directory) else Path(directory) / RUN_META
+def _meta_path(directory: str, name: str = RUN_META) -> Any:
+    return store.join(directory, name) if store.is_remote(directory) else Path(directory) / name
+
+
+def _has(directory: str, name: str) -> bool:
+    path = _meta_path(directory, name)
+    return store.read_bytes(path) is not None if store.is_remote(directory) else path.is_file()
 
 
 def _initial_tokens(chain: SRRW, dim: int, spec: WalkSpec, checkpoint_dir: str | None, resume: bool) -> list[Token]:
@@ -241,12 +247,13 @@ def _initial_tokens(chain: SRRW, dim: int, spec: WalkSpec, checkpoint_dir: str |
     if not (resume and checkpoint_dir):
         return fresh
     meta_path = _meta_path(checkpoint_dir)
-    exists = store.read_bytes(meta_path) is not None if store.is_remote(checkpoint_dir) else meta_path.is_file()
-    if exists:
+    if _has(checkpoint_dir, RUN_META):
         found = read_json_sealed(meta_path, "checkpoint run record", checkpoint_hint(checkpoint_dir))
         diff = record_differences(found, _run_record(spec, chain, dim))
         if diff:
             raise ConfigError(f"{checkpoint_dir}: checkpoints were made with different settings ({', '.join(diff)})")
+    elif _has(checkpoint_dir, EARLIER_RUN_META):  # an earlier version's checkpoints: its settings are not checked here
+        return fresh
     loaded = [load_token(checkpoint_dir, k) for k in range(spec.tokens)]
     return [tok if tok is not None else fresh[k] for k, tok in enumerate(loaded)]
 

@@ -42,7 +42,7 @@ class ProxySpec:
     hidden: int = 128
     models: int = 2
     epochs: int = 8
-    batch_size: int = 128
+    batch_size: int = 256
     lr: float = 0.05
     el2n_epoch: int = 2
     seed: int = 0

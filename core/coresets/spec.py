@@ -19,14 +19,12 @@ from shardwalk.core.coresets.selection import check_beta
 from shardwalk.core.coresets.selection_names import parse_method
 from shardwalk.core.errors import ConfigError
 
-MAX_SHARDS = 1024
-
 
 @dataclass(frozen=True)
 class SelectSpec:
-    """Which coresets to select: every method name at every keep rate."""
+    """Which coresets to select: every method name at every keep fraction."""
 
-    rates: tuple[float, ...]
+    keep: tuple[float, ...]  # fractions of the training rows each coreset keeps
     methods: tuple[str, ...]
     strata: int = 50
     seed: int = 0
@@ -34,7 +32,7 @@ class SelectSpec:
 
     def __post_init__(self) -> None:
         check_beta(self.beta, "select.beta")
-        validate.keeps("select.rates", list(self.rates))
+        validate.keeps("select.keep", list(self.keep))
         if not self.methods:
             raise ConfigError("select.methods must name at least one selection method")
         for name in self.methods:
@@ -45,11 +43,11 @@ class SelectSpec:
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> SelectSpec:
         """The spec of a `select` section."""
-        rates, methods = section["rates"], section["methods"]
-        validate.keeps("select.rates", rates)
+        keep, methods = section["keep"], section["methods"]
+        validate.keeps("select.keep", keep)
         if not isinstance(methods, list | tuple):
             raise ConfigError(f"select.methods must be a list of method names, got {methods!r}")
-        return cls(tuple(float(r) for r in rates), tuple(methods), section["strata"], section["seed"],
+        return cls(tuple(float(r) for r in keep), tuple(methods), section["strata"], section["seed"],
                    section.get("beta", "auto"))
 
     def parsed(self) -> list[dict[str, Any]]:
@@ -61,7 +59,7 @@ class SelectSpec:
 class CoresetSpec:
     """A validated coreset config: split, proxies, selections, evaluation (None when disabled)."""
 
-    shards: int
+    actors: int  # scorer and selection actors (and the ingest parts, the kNN index's shards)
     split: Split
     proxy: ProxySpec
     select: SelectSpec
@@ -74,10 +72,10 @@ class CoresetSpec:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> CoresetSpec:
         """Check every value and the rules between them; ConfigError naming the key."""
-        shards = validate.shards(config["shards"], maximum=MAX_SHARDS)
+        actors = validate.shards(config["actors"], "actors")
         split = Split(config["test_fraction"], config["split_seed"])
         evaluate = {k: v for k, v in config["evaluate"].items() if k != "enabled"}
-        spec = cls(shards, split, ProxySpec.from_config(config["proxy"]), SelectSpec.from_config(config["select"]),
+        spec = cls(actors, split, ProxySpec.from_config(config["proxy"]), SelectSpec.from_config(config["select"]),
                    TrainSpec.from_config(evaluate) if config["evaluate"]["enabled"] else None,
                    bool(config["knn"]["enabled"]), check_device(config.get("device", "auto")),
                    str(config.get("test_source") or ""), check_standardize(config.get("standardize", "auto")))

@@ -34,6 +34,11 @@ PARTITIONS = ("hash", "kmeans")
 FORMAT = "shardwalk-hnsw/1"
 PAD_ID = -1
 HASH_SEED = 0x5EED  # fixed forever: changing it would re-route ids of existing indexes
+# The build parameters' defaults, written here only (core/index/spec.py, the pipeline and the API read them).
+DEFAULT_SPACE = "l2"
+DEFAULT_M = 16
+DEFAULT_EF_CONSTRUCTION = 200
+DEFAULT_RANDOM_SEED = 100
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -44,10 +49,10 @@ class HnswParams:
     """Build parameters of every shard (recorded in each manifest)."""
 
     dim: int
-    space: str = "l2"
-    M: int = 16
-    ef_construction: int = 200
-    random_seed: int = 100
+    space: str = DEFAULT_SPACE
+    M: int = DEFAULT_M
+    ef_construction: int = DEFAULT_EF_CONSTRUCTION
+    random_seed: int = DEFAULT_RANDOM_SEED
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -57,7 +62,8 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
 
 
 def validate_params(
-    *, dim: int, space: str = "l2", M: int = 16, ef_construction: int = 200, random_seed: int = 100
+    *, dim: int, space: str = DEFAULT_SPACE, M: int = DEFAULT_M, ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+    random_seed: int = DEFAULT_RANDOM_SEED,
 ) -> HnswParams:
     """Check build parameters once, before any actor starts."""
     if space not in SPACES:

@@ -73,6 +73,8 @@ class Constants:
     walk_start_s: float  # a walk's fixed cost: walker actors started (imports, numba cache load), first tokens back
     partition_s_per_edge: float  # Kernighan–Lin partitioning of the agent graph
     graph_s_per_edge: float  # generating the agent graph and placing the data on it
+    # The reference job the build and search constants were measured on (not defaults: a job with other
+    # values is scaled from these; the index job's defaults live in core/index/spec.py).
     ref_rows: int = 20_000
     ref_M: int = 16
     ref_ef_construction: int = 200

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from shardwalk.core import validate
 from shardwalk.core.coresets.proxy_spec import plan_scoring
 from shardwalk.core.errors import ConfigError
+from shardwalk.core.index.spec import DEFAULT_BUILD, DEFAULT_SEARCH
 from shardwalk.core.plan import sizing
 from shardwalk.core.plan.calibration import Calibration, Constants, NodeShape
 from shardwalk.core.plan.limits import actor_bound
@@ -103,13 +104,13 @@ class IndexJob:
 
     rows: int
     dim: int
-    M: int = 16
-    ef_construction: int = 200
-    ef: int = 64
-    k: int = 10
+    M: int = DEFAULT_BUILD.M
+    ef_construction: int = DEFAULT_BUILD.ef_construction
+    ef: int = DEFAULT_SEARCH.ef
+    k: int = DEFAULT_SEARCH.k
     shards: int = 0  # 0: sized to the cluster (shardwalk.core.plan.sizing)
     replicas: int = 1
-    memory_fraction: float = sizing.MEMORY_FRACTION
+    memory_fraction: float = DEFAULT_BUILD.memory_fraction
     knn_graph: bool = True
     recall_sample: int = 500
     nprobe: int = 0  # k-means routing: shards asked per query (0: all, as with hash routing)

@@ -1,7 +1,9 @@
 """The one upper bound on how many actors a pipeline may start, derived from the cluster it runs on.
 
 Rule: at most `min(ACTORS_PER_CPU × CPUs, MEMORY_FRACTION × memory / ACTOR_BYTES)` actors in any one
-stage (at least 1), where CPUs and memory are the cluster's totals as Ray reports them. An actor is a whole
+stage (at least 1), where CPUs and memory are the cluster's totals as Ray reports them. Before the cluster
+is known, a config is held to the static cap `core/validate.py`'s MAX_ACTORS (1024) on any one group: the
+same cap bounds what the automatic sizing proposes, so every count meets both. An actor is a whole
 Python process (Ray worker, libraries, its shard): `shards=1000` on 1,797 digits started 121 actors and
 took 11 GB before it was killed. `SHARDWALK_MAX_ACTORS=N` replaces the derived bound (explicit override).
 """
@@ -45,11 +47,13 @@ def actor_bound(cpus: float, memory_bytes: float, env: Mapping[str, str] = os.en
 
 
 def actors_requested(config: Mapping[str, Any]) -> int:
-    """The largest actor group a config asks one stage for: `shards × replicas`, `sweep_shards`, `partitions`,
+    """The largest actor group a config asks one stage for: `shards × replicas`, `actors`, `sweep_shards`, `partitions`,
     looked up in the config and its sections (the demo nests one section per pipeline)."""
     found = 0
     if isinstance(config.get("shards"), int):
         found = config["shards"] * (config["replicas"] if isinstance(config.get("replicas"), int) else 1)
+    if isinstance(config.get("actors"), int):
+        found = max(found, config["actors"])
     sweep = config.get("sweep_shards")
     if isinstance(sweep, list) and all(isinstance(s, int) for s in sweep) and sweep:
         found = max(found, *sweep)

@@ -21,10 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shardwalk.core.errors import ConfigError
+from shardwalk.core.index.spec import DEFAULT_BUILD
+from shardwalk.core.validate import MAX_ACTORS
 
-MEMORY_FRACTION = 0.5  # share of a node's memory one node's shards may take, by default
+MEMORY_FRACTION = DEFAULT_BUILD.memory_fraction  # share of a node's memory one node's shards may take, by default
 GIB = 1 << 30
-MAX_AUTO_SHARDS = 1024  # the automatic rule never proposes more shards than this
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def cpus_per_actor(nodes: Sequence[Node], actors: int) -> float:
 def _fewest_shards(total: int, budgets: Sequence[int], fraction: float) -> int:
     """The smallest S >= len(budgets) whose shards (total / S bytes each) pack into the node budgets."""
     shards = len(budgets)
-    while shards <= MAX_AUTO_SHARDS:
+    while shards <= MAX_ACTORS:  # the one actor cap (core/validate.py): never proposed past it
         if sum(b * shards // max(total, 1) for b in budgets) >= shards:
             return shards
         shards += 1
