@@ -200,6 +200,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from shardwalk.pipelines.reports.render import publish
     from shardwalk.pipelines.runtime import connect, ray_submit
     from shardwalk.pipelines.storage import is_remote, publish_remote
+    from shardwalk.workers.progress_channel import driver_host, listening
 
     module = pipeline_module(args.pipeline)
     config = load_config(module, args.config, args.overrides)
@@ -212,9 +213,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         check_target(args.export, args.overwrite, args.runs_dir)  # refuse before hours of work, not after
     pipeline = module.build(config)
 
+    channel: dict = {}  # the progress listener, opened once Ray is up (its address is the node's)
+
     def submit(fn, fn_args, options):
         connect(args.address)
-        return ray_submit(fn, fn_args, options)
+        if "listener" not in channel:
+            channel["listener"] = stack.enter_context(listening(driver_host(), display.progress))
+        return ray_submit(fn, fn_args, options, channel["listener"])
 
     def start() -> None:  # before the first stage that must run: nothing committed is retired if this fails
         resources = _connect(args.address)
@@ -222,9 +227,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         check_actors(requested, actor_bound(resources.get("CPU", 1), resources.get("memory", 0)), pipeline.name)
         _refuse_unfit(pipeline.name, config)
 
-    with make_reporter(pipeline) as reporter:  # Ray starts (on_start) only if some stage is not a cache hit
-        record = Runner(pipeline, args.runs_dir, submit, force=args.force, config=config, on_event=reporter,
-                        on_start=start).run()
+    with make_reporter(pipeline) as display, contextlib.ExitStack() as stack:  # Ray starts (on_start) only
+        record = Runner(pipeline, args.runs_dir, submit, force=args.force, config=config,  # if a stage must run
+                        on_event=display, on_start=start).run()
     report, run_dir = None, None
     if is_remote(args.runs_dir):
         report = publish_remote(record, args.runs_dir)
@@ -352,8 +357,9 @@ def _cmd_query(args: argparse.Namespace) -> int:
     search = {"k": args.k, "ef": ef, "nprobe": nprobe}
     timings: dict = {}
     if args.out is not None:
-        done = stream_query(index_dir, args.queries, args.out, block_size=args.block_size, overwrite=args.overwrite,
-                            columns=columns, timings=timings, **search)
+        with _query_progress() as report_to:
+            done = stream_query(index_dir, args.queries, args.out, block_size=args.block_size,
+                                overwrite=args.overwrite, columns=columns, timings=timings, progress_to=report_to, **search)
         total = time.perf_counter() - began
         print(f"wrote {done['rows']:,} answers in {done['parts']} Parquet parts to {done['out']}: ef={ef}, "
               f"nprobe={nprobe or 'all'}; {done['rows']:,} queries in {total:.1f} s including Ray start-up "
@@ -372,6 +378,16 @@ def _cmd_query(args: argparse.Namespace) -> int:
           f"p50 {timings['latency_ms_p50']:.2f} ms, p95 {timings['latency_ms_p95']:.2f} ms, "
           f"p99 {timings['latency_ms_p99']:.2f} ms; distances: {DISTANCES.get(timings['space'], timings['space'])}")
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _query_progress() -> Iterator[object]:
+    """The live display (or periodic lines) of queries answered; yields where the search tasks report."""
+    from shardwalk.pipelines.progress import make_reporter
+    from shardwalk.workers.progress_channel import driver_host, listening
+
+    with make_reporter("query", stage_word="") as display, listening(driver_host(), display.progress) as channel:
+        yield channel
 
 
 def _index_dim(index_dir: str) -> int | None:

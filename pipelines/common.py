@@ -18,6 +18,7 @@ from shardwalk.core.errors import DataError, InvariantError
 from shardwalk.core.storage import sink
 from shardwalk.core.storage.sources import plan_shards
 from shardwalk.workers.ingest import check_bucket_unique, encode_part, split_part_ids, validate_shard
+from shardwalk.workers.progress_channel import wait_counted
 from shardwalk.workers.quiet import get_all
 
 LABELS_FILE = "_labels.json"  # leading underscore: Parquet dataset readers skip it
@@ -47,7 +48,8 @@ def ingest(
     specs = plan_shards(source, shards or max(1, int(ray.cluster_resources().get("CPU", 1))))  # 0: one per CPU
     cols = Columns(**(columns or {}))
     dest = sink.destination(out)  # on a store runs dir: tasks on any node put their parts into the attempt
-    parts = get_all([validate_shard.remote(spec, dest, where, require_label, cols) for spec in specs])
+    parts = wait_counted([validate_shard.remote(spec, dest, where, require_label, cols) for spec in specs],
+                         "ingest", "validate", rows=[s.num_rows for s in specs], get=get_all)
     sink.record(p["files"] for p in parts)
     dims = {p["dim"] for p in parts}
     if len(dims) > 1:

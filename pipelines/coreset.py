@@ -47,6 +47,7 @@ from shardwalk.core.storage.files import read_manifest, write_parquet
 from shardwalk.pipelines.common import COLUMN_DEFAULTS, LABELS_FILE, ingest_stage, read_label_map
 from shardwalk.pipelines.reports.stage import coreset_report
 from shardwalk.workers.ingest import part_paths
+from shardwalk.workers.progress_channel import wait_counted
 
 DEFAULTS: dict[str, Any] = {
     "source": InputPath("builtin:digits"),
@@ -112,10 +113,10 @@ def _density_part(graph_part: str, out_dir: str, name: str, k: int, test_fractio
 def density(out: Path, graph: Path, *, k: int, test_fraction: float, split_seed: int) -> dict[str, Any]:
     """The `knn_density` score (mean distance to the k nearest neighbours) from the kNN graph parts."""
     parts = sorted(p for p in graph.rglob("*.parquet"))
-    written = ray.get([  # tasks on any node read the parts from the store and put theirs into the attempt
+    written = wait_counted([  # tasks on any node read the parts from the store and put theirs into the attempt
         _density_part.remote(sink.readable(p), sink.destination(out), f"part-{i:05d}.parquet", k, test_fraction, split_seed)
         for i, p in enumerate(parts)
-    ])
+    ], "density", "density", get=ray.get)
     sink.record(entry for _, entry in written)
     return {"rows": sum(rows for rows, _ in written)}
 
@@ -269,7 +270,7 @@ def evaluate(out: Path, ingest: Path, select: Path, test: Path | None = None, *,
     data = sink.readable(ingest)  # tasks on any node read the store objects behind the node-local copies
     jobs = [(n, t) for n in [*names, "full"] for t in trains]
     refs = [task.remote(data, None if n == "full" else sink.readable(select / n), split, t, **common) for n, t in jobs]
-    answers = ray.get(refs)
+    answers = wait_counted(refs, "evaluate coresets", "train models", "models", get=ray.get)
     per_seed: dict[str, list[float]] = {}
     for (n, _), a in zip(jobs, answers):
         per_seed.setdefault(n, []).append(a["accuracy"])

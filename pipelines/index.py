@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from shardwalk.core import progress
 from shardwalk.core.dag.cache_key import InputPath
 from shardwalk.core.dag.runner import Pipeline
 from shardwalk.core.data.schema import Columns, apply_columns, to_numpy, validate_vectors
@@ -37,6 +38,7 @@ from shardwalk.core.storage.sources import plan_shards, read_shard, read_table
 from shardwalk.pipelines.common import COLUMN_DEFAULTS, ingest_stage
 from shardwalk.pipelines.reports.stage import index_report
 from shardwalk.workers.index_eval import exact_part, sample_part
+from shardwalk.workers.progress_channel import Channel, targeting, wait_counted
 from shardwalk.workers.query_stream import QuerySettings, open_for_stream
 from shardwalk.workers.sharded_index import ShardedIndex
 
@@ -138,7 +140,7 @@ def evaluate(out: Path, ingest: Path, build: Path | None = None, graph: Path | N
     specs = plan_shards(sink.readable(ingest), max(1, len(list(ingest.glob("*.parquet")))))  # tasks on any node
     total = sum(s.num_rows for s in specs)
     fraction = min(1.0, recall_sample / total)
-    parts = ray.get([sample_part.remote(s, fraction, seed) for s in specs])
+    parts = wait_counted([sample_part.remote(s, fraction, seed) for s in specs], "evaluate", "sample", get=ray.get)
     q_ids = np.concatenate([p[0] for p in parts])
     queries = np.concatenate([p[1] for p in parts])
     sweep = sorted({16, 32, 64, 128, 256, ef})  # the report's recall-vs-ef curve, on the same sample
@@ -147,9 +149,13 @@ def evaluate(out: Path, ingest: Path, build: Path | None = None, graph: Path | N
     if build is not None:
         with ShardedIndex.open(build) as index:
             space = index.meta.space
-            found = {e: index.search(queries, k=k + 1, ef=e, nprobe=_nprobe(nprobe)).ids for e in sweep}
+            tracker = progress.Tracker("search sweep", len(sweep), "ef values", "queries")
+            for e in sweep:
+                found[e] = index.search(queries, k=k + 1, ef=e, nprobe=_nprobe(nprobe)).ids
+                tracker.advance(1, len(queries))
     q_ref = ray.put(queries)
-    exact = hnsw.merge_results(ray.get([exact_part.remote(s, q_ref, k + 1, space) for s in specs]), k + 1)
+    exact = hnsw.merge_results(wait_counted([exact_part.remote(s, q_ref, k + 1, space) for s in specs], "evaluate",
+                                            "exact search", rows=[s.num_rows for s in specs], get=ray.get), k + 1)
     result: dict[str, Any] = {"sample": len(q_ids), "k": k, "ef": ef, "nprobe": nprobe}
     if len(q_ids) != min(recall_sample, total):
         result["sample_note"] = sample_note(len(q_ids), recall_sample, total)
@@ -223,15 +229,16 @@ DISTANCES = {"l2": "squared L2", "ip": "1 - inner product", "cosine": "1 - cosin
 def stream_query(
     index_dir: str | os.PathLike, queries_source: Any, out_dir: str | os.PathLike, *, k: int = DEFAULT_SEARCH.k, ef: int = DEFAULT_SEARCH.ef,
     nprobe: int | None = None, block_size: int = 8192, overwrite: bool = False, columns: Columns = Columns(),
-    timings: dict[str, Any] | None = None,
+    timings: dict[str, Any] | None = None, progress_to: Channel | None = None,
 ) -> dict[str, Any]:
     """Answer a query source of any size into a directory of Parquet parts (streamed with Ray Data);
-    `timings` receives `open_seconds`, the time to start the shard actors and load the index."""
+    `timings` receives `open_seconds`, the time to start the shard actors and load the index; the pool
+    reports queries answered to `progress_to` (a driver's progress listener), if given."""
     began = time.perf_counter()
     index = open_for_stream(index_dir, QuerySettings().pool)
     if timings is not None:
         timings["open_seconds"] = time.perf_counter() - began
-    with index:
+    with index, targeting(progress_to, "query"):
         return index.search_dataset(queries_source, out_dir, k=k, ef=ef, nprobe=nprobe, block_size=block_size,
                                     overwrite=overwrite, id_column=columns.id, vector_column=columns.vector)
 

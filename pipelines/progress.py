@@ -8,6 +8,8 @@ import json
 import os
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,6 @@ from typing import Any
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     SpinnerColumn,
     TextColumn,
@@ -25,10 +26,11 @@ from rich.table import Table
 from rich.text import Text
 
 from shardwalk.core.dag.runner import Pipeline, RunRecord, StageRecord
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.progress import Meter, Throttle, Update, describe
 from shardwalk.pipelines.settings import MISSING
 
 DONE = {"done", "cached", "failed", "skipped"}
-Reporter = Callable[[RunRecord, StageRecord], None]
 
 
 def _stage_line(rec: StageRecord) -> str:
@@ -43,30 +45,106 @@ def _stage_line(rec: StageRecord) -> str:
     return f"stage {rec.name}: {rec.status}"
 
 
-@contextlib.contextmanager
-def make_reporter(pipeline: Pipeline, stream: Any = None) -> Iterator[Reporter]:
-    """A rich progress display when attached to a terminal, else one plain line per stage event."""
-    stream = stream or sys.stderr
-    if not stream.isatty():
-        def log_line(run: RunRecord, rec: StageRecord) -> None:
-            print(f"[{run.run_id}] {_stage_line(rec)}", file=stream, flush=True)
+LOG_INTERVAL_S = 30.0  # without a terminal: at most one progress line per stage this often (SHARDWALK_PROGRESS_INTERVAL_S)
 
-        yield log_line
+
+def log_interval() -> float:
+    """Seconds between two progress lines of a stage in a log (SHARDWALK_PROGRESS_INTERVAL_S, default 30)."""
+    text = os.environ.get("SHARDWALK_PROGRESS_INTERVAL_S", "")
+    try:
+        value = float(text) if text else LOG_INTERVAL_S
+    except ValueError:
+        raise ConfigError(f"SHARDWALK_PROGRESS_INTERVAL_S must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise ConfigError(f"SHARDWALK_PROGRESS_INTERVAL_S must be > 0, got {text!r}")
+    return value
+
+
+class StageDisplay:
+    """Stage events and in-stage progress (shardwalk.core.progress updates) for one run, on a terminal or as log lines.
+
+    On a terminal: a live rich display (one row for the run, one per running stage with its phase, units
+    done of total, rate and ETA). Otherwise one line per stage event and, per running stage, at most one
+    progress line every `interval` seconds, so a log under `ray job submit` or a redirect stays readable.
+    """
+
+    def __init__(self, pipeline_name: str, stream: Any, progress: Progress | None, interval: float = LOG_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic, stage_word: str = "stage ",
+                 overall: bool = True) -> None:
+        self.name, self.stream, self.live, self.interval, self.clock = pipeline_name, stream, progress, interval, clock
+        self.stage_word = stage_word  # "stage build: insert: ..." in a run; "query: answer: ..." for a query
+        self.run_id = ""
+        self.meters: dict[str, Meter] = {}
+        self.throttles: dict[str, Throttle] = {}
+        self.rows: dict[str, Any] = {}  # stage → its rich task id
+        self.ended: set[str] = set()  # stages no longer running: a late datagram about them is dropped
+        self.lock = threading.Lock()
+        self.overall = progress.add_task(pipeline_name, total=None) if progress is not None and overall else None
+
+    def __call__(self, run: RunRecord, rec: StageRecord) -> None:
+        with self.lock:
+            self.run_id = run.run_id
+            if rec.status == "running":
+                self.ended.discard(rec.name)
+            else:
+                self.ended.add(rec.name)
+                self._drop(rec.name)
+            if self.live is None:
+                print(f"[{run.run_id}] {_stage_line(rec)}", file=self.stream, flush=True)
+                return
+            if rec.status in DONE:
+                self.live.console.print(_stage_line(rec), markup=False, highlight=False)
+            finished = sum(s.status in DONE for s in run.stages.values())
+            if self.overall is None:
+                return
+            self.live.update(self.overall, completed=finished, total=len(run.stages),
+                             description=f"{self.name} ({finished}/{len(run.stages)} stages)")
+
+    def progress(self, stage: str, sender: str, update: Update) -> None:
+        """One update from a stage (from any thread: the progress listener calls this)."""
+        with self.lock:
+            if stage in self.ended:
+                return
+            meter = self.meters.setdefault(stage, Meter(self.clock))
+            meter.update(update, sender)
+            snap = meter.snapshot()
+            if snap is None:
+                return
+            if self.live is None:
+                throttle = self.throttles.setdefault(stage, Throttle(self.interval, self.clock, wait_first=True))
+                if throttle.due():
+                    prefix = f"[{self.run_id}] " if self.run_id else ""
+                    print(f"{prefix}{self.stage_word}{stage}: {describe(snap)}", file=self.stream, flush=True)
+                return
+            if stage not in self.rows:
+                self.rows[stage] = self.live.add_task(stage, total=None)
+            indent = "  " if self.overall is not None else ""
+            self.live.update(self.rows[stage], completed=snap.done, total=snap.total,
+                             description=f"{indent}{stage}: {describe(snap)}")
+
+    def _drop(self, stage: str) -> None:
+        self.meters.pop(stage, None)
+        self.throttles.pop(stage, None)
+        task = self.rows.pop(stage, None)
+        if task is not None and self.live is not None:
+            self.live.remove_task(task)
+
+
+@contextlib.contextmanager
+def make_reporter(pipeline: Pipeline | str, stream: Any = None, stage_word: str = "stage ") -> Iterator[StageDisplay]:
+    """A rich live display when attached to a terminal, else plain lines (stage events, throttled progress).
+
+    A pipeline gets a row for the run (stages done of all); a name alone (a query) only its progress rows.
+    """
+    stream = stream or sys.stderr
+    name = pipeline if isinstance(pipeline, str) else pipeline.name
+    if not stream.isatty():
+        yield StageDisplay(name, stream, None, log_interval(), stage_word=stage_word)
         return
     console = Console(file=stream)
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(pipeline.name, total=len(pipeline.stages))
-
-        def live(run: RunRecord, rec: StageRecord) -> None:
-            if rec.status in DONE:
-                console.print(_stage_line(rec), markup=False, highlight=False)
-            running = [s.name for s in run.stages.values() if s.status == "running"]
-            finished = sum(s.status in DONE for s in run.stages.values())
-            label = f"{pipeline.name}: {', '.join(running)}" if running else pipeline.name
-            progress.update(task, completed=finished, description=label)
-
-        yield live
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as live:
+        yield StageDisplay(name, stream, live, stage_word=stage_word, overall=not isinstance(pipeline, str))
 
 
 def _fmt_time(ts: Any) -> str:

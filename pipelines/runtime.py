@@ -10,6 +10,7 @@ import ray
 
 from shardwalk.core.dag.runner import StageOptions
 from shardwalk.workers.autoconnect import connect, probe
+from shardwalk.workers.progress_channel import Channel, run_reporting
 
 __all__ = ["RETRIED_ERRORS", "connect", "probe", "ray_submit"]
 
@@ -20,10 +21,14 @@ RETRIED_ERRORS = [ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableE
                   ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError]
 
 
-def ray_submit(fn: Callable[..., Any], args: tuple[Any, ...], options: StageOptions) -> cf.Future:
-    """Run `fn(*args)` as a Ray task, retried when a worker, node or actor it depends on is lost."""
-    remote = ray.remote(fn).options(
+def ray_submit(fn: Callable[..., Any], args: tuple[Any, ...], options: StageOptions,
+               channel: Channel | None = None) -> cf.Future:
+    """Run `fn(*args)` as a Ray task, retried when a worker, node or actor it depends on is lost.
+
+    With a `channel`, the stage's progress reports (shardwalk.core.progress) go to the driver's listener.
+    """
+    remote = ray.remote(run_reporting).options(
         num_cpus=options.num_cpus, max_retries=options.max_retries, retry_exceptions=RETRIED_ERRORS,
         name=f"stage:{options.name}",
     )
-    return remote.remote(*args).future()
+    return remote.remote(channel, options.name, fn, *args).future()

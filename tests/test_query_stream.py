@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,12 +85,23 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, np.n
     yield root, x
 
 
-def test_a_parquet_directory_streams_into_parts_with_every_answer_once(saved: tuple[Path, np.ndarray]) -> None:
+def test_a_parquet_directory_streams_into_parts_with_every_answer_once(saved: tuple[Path, np.ndarray],
+                                                                      capfd: pytest.CaptureFixture[str]) -> None:
     from shardwalk.pipelines.index import query_index, stream_query
+    from shardwalk.workers.progress_channel import listening
 
     root, _ = saved
-    done = stream_query(root / "index", root / "queries", root / "out", k=3, block_size=100)
+    answered: list[tuple[str, Any]] = []
+    arrived = threading.Event()
+    with listening("127.0.0.1", lambda stage, sender, update: (answered.append((stage, update)), arrived.set())) as channel:
+        done = stream_query(root / "index", root / "queries", root / "out", k=3, block_size=100, progress_to=channel)
+        assert arrived.wait(30)
     assert done["rows"] == N and done["parts"] >= 1
+    assert {stage for stage, _ in answered} == {"query"}  # the search tasks counted their queries answered
+    assert all(u.phase == "answer" and u.total == N and 0 < u.done <= N for _, u in answered)
+    # Ray's core logged an ERROR line on every query (an actor pool restarting actors with constructor arguments
+    # in the object store); the search runs as tasks now
+    assert "core_worker.cc" not in capfd.readouterr().err
     got = pq.read_table(root / "out").sort_by("id")
     assert got.column("id").to_pylist() == list(range(10_000, 10_000 + N))
     first = np.array(got.column("neighbors").to_pylist())[:, 0]

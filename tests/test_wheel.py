@@ -183,6 +183,7 @@ def test_first_day_round_two_from_the_installed_wheel(installed: Installed, tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     assert "including Ray start-up" in done.stdout and "streaming alone" in done.stdout
     assert "Running Dataset" not in done.stderr and "Token authentication" not in done.stderr
+    assert "core_worker.cc" not in done.stderr  # Ray's core ERROR line about restarting Ray Data's pool actors
     assert installed.run(*base, "--set", "ef=32", cwd=tmp_path).returncode == 0
     show = installed.run("shardwalk", "show", "latest", "--runs-dir", "runs", cwd=tmp_path)
     assert show.returncode == 0 and "differs from the default" in show.stdout

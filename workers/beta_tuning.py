@@ -20,6 +20,7 @@ from shardwalk.core.coresets.evaluation import Split
 from shardwalk.core.coresets.proxy_spec import TrainSpec
 from shardwalk.core.coresets.selection import VALIDATION, beta_candidates, choose_beta
 from shardwalk.core.storage import sink
+from shardwalk.workers.progress_channel import wait_counted
 from shardwalk.workers.scorer import evaluate_coreset, selection_ids
 
 TUNING_SEED_OFFSET = 1000  # tuning trains with seeds apart from the reported evaluation's
@@ -43,7 +44,7 @@ def tune_betas(scores_dir: str | Path, source: Any, shards: int, methods: Sequen
     task = evaluate_coreset.options(num_gpus=1 if device == "cuda" else 0)
     data = sink.readable(source) if isinstance(source, str | Path) else source
     refs = [task.remote(data, ids, holdout, tuning, device=device, standardize=standardize) for ids in candidates]
-    results = ray.get(refs)
+    results = wait_counted(refs, "tune beta", "tune beta", "models", get=ray.get)
     out: dict[tuple[int, float], dict[str, Any]] = {}
     for (m, r, b), res in zip(jobs, results):
         entry = out.setdefault((m, float(r)), {"validation": {}, "cpu_seconds": 0.0})

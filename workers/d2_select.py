@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.compute as pc
 import ray
 
+from shardwalk.core import progress
 from shardwalk.core.coresets import d2
 from shardwalk.core.coresets.scores import HARD_HIGH
 from shardwalk.core.coresets.selection import budget, check_keep
@@ -90,6 +91,7 @@ def select_d2(graph_dir: str | Path, scores_dir: str | Path, shards: int, select
     scores = str(sink.readable(scores_dir))
     actors = [D2Actor.options(num_cpus=0).remote(s, scores) for s in specs]
     out: dict[str, dict[str, Any]] = {}
+    tracker = progress.Tracker("select (D2)", len(selections), "selections")
     try:
         for sel in selections:
             score, keep, cb = sel["score"], check_keep(sel["keep"]), bool(sel.get("class_balanced"))
@@ -112,6 +114,7 @@ def select_d2(graph_dir: str | Path, scores_dir: str | Path, shards: int, select
             if rows != m:
                 raise InvariantError(f"{name}: shards wrote {rows} rows, D2 selects {m}")
             out[name] = {"rows": rows, "budget": m}
+            tracker.advance()
     finally:
         for a in actors:
             ray.kill(a)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from shardwalk.core import progress
 from shardwalk.core.data import builtin as datasets
 from shardwalk.core.data.schema import validate_vectors
 from shardwalk.core.errors import DataError, ShardUnavailableError
@@ -26,6 +27,7 @@ from shardwalk.core.plan import sizing
 from shardwalk.core.storage.sources import Source, in_memory_table, plan_shards, read_shard
 from shardwalk.workers import raykit
 from shardwalk.workers.cluster import cluster_nodes
+from shardwalk.workers.progress_channel import wait_counted
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ def read_parts(
 ) -> tuple[list[Any], list[dict[str, Any]], int]:
     """Primary i reads (and stages) part i; returns (readers, per-part summaries, the one dimension)."""
     readers = [prim[i % len(prim)] for i in range(len(specs))]
-    metas = raykit.wait_all([r.read_part.remote(s, sample, 0, where, dim, trusted) for r, s in zip(readers, specs)], "read input")
+    metas = wait_counted([r.read_part.remote(s, sample, 0, where, dim, trusted) for r, s in zip(readers, specs)],
+                         "read input", "read input", rows=[s.num_rows for s in specs])
     dims = {m["dim"] for m in metas if m["rows"]}
     if not dims:
         raise DataError(f"{where}: input is empty (0 rows)")
@@ -109,31 +112,38 @@ def build_shards(prim: list[Any], meta: IndexMeta, inp: BuildInput) -> tuple[Ind
     capacity = np.sum([counts for counts, _ in assigned], axis=0)
     started = time.perf_counter()
     raykit.wait_all([p.begin_build.remote(int(capacity[j]), asdict(params)) for j, p in enumerate(prim)], "build shards")
-    stream_pieces(prim, readers, hnsw.route_chunks(max(m["rows"] for m in metas)))
+    stream_pieces(prim, readers, hnsw.route_chunks(max(m["rows"] for m in metas)), sum(m["rows"] for m in metas))
     stats = raykit.wait_all([p.finish_build.remote(inp.where) for p in prim], "build shards")
     built = dataclasses.replace(meta, space=inp.spec.space, dim=dim, params=params, router=router,
                                 build_seconds=time.perf_counter() - started)
     return built, stats
 
 
-def stream_pieces(prim: list[Any], readers: Sequence[Any], chunks: int) -> None:
+def stream_pieces(prim: list[Any], readers: Sequence[Any], chunks: int, rows: int = 0) -> None:
     """Route and insert chunk by chunk, with one chunk in flight behind the one being inserted.
 
     Actor calls run in submission order, so a primary routes its chunk c before inserting chunk c; the
     driver drops chunk c's pieces (owned by it: they are call results) as soon as they are inserted.
+    Progress: chunks inserted of `chunks`, and about `rows / chunks` rows each (a chunk is a share of
+    every part).
     """
     inflight: list[list[Any]] = []
+    tracker = progress.Tracker("insert", chunks, "chunks", "rows")
+
+    def inserted() -> None:
+        raykit.wait_all(inflight[0], "insert pieces")
+        del inflight[0]
+        tracker.advance(1, rows * (tracker.done + 1) // chunks - rows * tracker.done // chunks)
+
     try:
         for chunk in range(chunks):
             routed = [r.route_chunk.options(num_returns=len(prim)).remote(chunk, chunks) for r in readers]
             routed = [row if len(prim) > 1 else [row] for row in routed]
             inflight.append([p.add_pieces.remote(*[row[j] for row in routed]) for j, p in enumerate(prim)])
             if len(inflight) == 2:
-                raykit.wait_all(inflight[0], "insert pieces")
-                del inflight[0]
+                inserted()
         while inflight:
-            raykit.wait_all(inflight[0], "insert pieces")
-            del inflight[0]
+            inserted()
     except ShardUnavailableError:
         raykit.collect_quietly([ref for refs in inflight for ref in refs])
         raise

@@ -25,6 +25,7 @@ from typing import Any
 import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
+from shardwalk.core import progress
 from shardwalk.core.errors import ShardUnavailableError, ShardwalkError
 from shardwalk.core.index import hnsw
 from shardwalk.core.storage import sink, store
@@ -113,6 +114,7 @@ def run(actors: list[list[Any]], units: list[_Unit], req: GraphRequest, in_fligh
 def _drain(actors: list[list[Any]], todo: list[_Unit], running: dict[Any, _Unit], req: GraphRequest, window: int) -> int:
     """Keep `window` units in flight until every unit's part is written; retry units that lost an actor."""
     rows = 0
+    tracker = progress.Tracker("knn graph", len(todo) + len(running), "batches", "rows")
     while todo or running:
         while todo and len(running) < window:
             unit = todo.pop()
@@ -123,6 +125,7 @@ def _drain(actors: list[list[Any]], todo: list[_Unit], running: dict[Any, _Unit]
             written, entry = ray.get(done[0])
             sink.record([entry])  # on a store: the part is in the stage's attempt; its manifest lists it
             rows += written
+            tracker.advance(1, written)
         except Exception as exc:
             if not _lost_actor(exc):
                 cause = getattr(exc, "cause", None)

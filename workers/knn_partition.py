@@ -37,6 +37,7 @@ from shardwalk.core.storage.sources import plan_shards, read_shard, release_arro
 from shardwalk.workers import raykit
 from shardwalk.workers.cluster import cluster_nodes
 from shardwalk.workers.index_actors import default_cpus
+from shardwalk.workers.progress_channel import new_sender, sending, target, wait_counted
 
 READ_ROWS = 65_536  # rows per row range an actor reads (whole row groups of 128-d vectors)
 WRITE_ROWS = 262_144  # rows per written part
@@ -95,13 +96,18 @@ class GraphActor:
         self.home = np.concatenate([p[3] for p in pieces])[order]
         return len(self.ids)
 
-    def candidates(self, owned: list[int], k: int, space: str, block: int, actors: int) -> Any:
-        """Local graphs of my partitions; per home actor, (ids, candidate ids, candidate distances)."""
+    def candidates(self, owned: list[int], k: int, space: str, block: int, actors: int,
+                   report: tuple[Any, str, int] | None = None) -> Any:
+        """Local graphs of my partitions; per home actor, (ids, candidate ids, candidate distances).
+
+        `report`: (progress channel, stage, partitions of all actors) to count my partitions done towards."""
         began = time.perf_counter()
         if len(self.ids) == 0:
             empty = (self.ids, np.empty((0, k), np.int64), np.empty((0, k), np.float32))
             return tuple([empty] * actors) if actors > 1 else empty
-        ci, cd = kp.local_candidates(self.ids, self.x, self.member, owned, k, space, block)
+        channel, stage, partitions = report if report is not None else (None, "", None)
+        with sending(channel, stage, new_sender()):
+            ci, cd = kp.local_candidates(self.ids, self.x, self.member, owned, k, space, block, partitions)
         self.local_seconds = time.perf_counter() - began
         out = [(self.ids[self.home == b], ci[self.home == b], cd[self.home == b]) for b in range(actors)]
         return tuple(out) if actors > 1 else out[0]
@@ -157,18 +163,24 @@ def build_graph(source: str, out: str, *, k: int, settings: kp.GraphSettings, sp
     try:
         # each actor reads its row ranges itself (no driver funnel) and returns a seeded sample for k-means
         fraction = 0.0 if parts == 1 else min(1.0, 1.2 * kp.sample_rows(total, parts) / total)
-        samples = ray.get([h.read.remote(specs[a::count], fraction, settings.seed) for a, h in enumerate(handles)])
+        samples = wait_counted([h.read.remote(specs[a::count], fraction, settings.seed) for a, h in enumerate(handles)],
+                               "knn graph: read", "read input", "actors", get=ray.get,
+                               rows=[sum(s.num_rows for s in specs[a::count]) for a in range(count)])
         r_ref = ray.put(_router(samples, parts, space, settings.seed))
         pieces = [h.scatter.options(num_returns=count).remote(r_ref, settings.overlap, owners, count) for h in handles]
         pieces = [p if count > 1 else [p] for p in pieces]
-        ray.get([h.load.remote([p[a] for p in pieces]) for a, h in enumerate(handles)])
+        wait_counted([h.load.remote([p[a] for p in pieces]) for a, h in enumerate(handles)], "knn graph: partition",
+                     "partition rows", "actors", get=ray.get)
         del pieces
         trained = time.perf_counter()
+        report = (*target(), parts) if target() is not None else None  # the actors count partitions done
         cands = [h.candidates.options(num_returns=count).remote(np.flatnonzero(owners == a).tolist(), k, space,
-                                                               settings.block, count) for a, h in enumerate(handles)]
+                                                               settings.block, count, report) for a, h in enumerate(handles)]
         cands = [c if count > 1 else [c] for c in cands]
         rounds = settings.refine_rounds if parts > 1 else 0
-        done = ray.get([h.finish.remote([c[b] for c in cands], k, rounds, space, out) for b, h in enumerate(handles)])
+        finishing = [h.finish.remote([c[b] for c in cands], k, rounds, space, out) for b, h in enumerate(handles)]
+        ray.wait([c[0] for c in cands], num_returns=count, fetch_local=False)  # local graphs: the actors report
+        done = wait_counted(finishing, "knn graph: merge and refine", "merge and refine", "actors", get=ray.get)
     finally:
         raykit.release(handles, [], None)
     for d in done:

@@ -1,8 +1,8 @@
 """Streaming batch queries: a query source of any size → answers written as Parquet parts.
 
 Engine: Ray Data. The source (Parquet file, directory, URI or a ray.data.Dataset) is read in blocks by
-read tasks; `map_batches` runs `SearchBlocks` on a small actor pool (fractional CPUs: the pool mostly waits
-for the shard actors) whose actors hold handles to the shard actors, send each block to every (probed)
+read tasks; `map_batches` runs `search_blocks` tasks (at most `pool` at a time, fractional CPUs: they mostly
+wait for the shard actors) that hold handles to the shard actors, send each block to every (probed)
 shard, merge (shardwalk.core.index.hnsw) and emit knn-graph rows; `write_parquet` writes them from the workers. The driver
 holds only object refs and counters: neither all queries nor all answers are ever in one process.
 
@@ -19,6 +19,7 @@ new ones copied in server-side and `out/_SUCCESS` written last; the attempt is d
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -37,7 +38,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from shardwalk.core import errors
+from shardwalk.core import errors, progress
 from shardwalk.core.data.schema import Columns
 from shardwalk.core.errors import ConfigError, DataError, InputError
 from shardwalk.core.index.hnsw_results import knn_graph_table
@@ -45,18 +46,20 @@ from shardwalk.core.index.spec import DEFAULT_SEARCH, SearchSpec
 from shardwalk.core.plan import sizing
 from shardwalk.core.storage import node_cache, publish, store
 from shardwalk.core.storage.files import MANIFEST, build_manifest
+from shardwalk.core.storage.sources import plan_shards
+from shardwalk.workers import progress_channel
 from shardwalk.workers.cluster import cluster_nodes
 from shardwalk.workers.quiet import quiet_ray_data
 from shardwalk.workers.ray_datasets import check_columns, is_ray_dataset
 
-POOL_ACTOR_CPUS = 0.25  # a pool actor mostly waits for shard actors; read tasks need the CPUs left over
+POOL_ACTOR_CPUS = 0.25  # a search task mostly waits for shard actors; read tasks need the CPUs left over
 KIND = "query-answers"
 STAGING = ".shardwalk-attempts"  # `<parent>/.<name>.shardwalk-attempts/`: a store query's attempts, beside `out`
 
 
 @dataclass(frozen=True)
 class QuerySettings:
-    """How to answer a stream: neighbours, search breadth, shards probed, rows per block, pool actors."""
+    """How to answer a stream: neighbours, search breadth, shards probed, rows per block, search tasks at a time."""
 
     search: SearchSpec = DEFAULT_SEARCH  # k, ef, nprobe: checked when it was made
     block_size: int = 8192
@@ -104,28 +107,46 @@ def query_vectors(batch: dict[str, np.ndarray], dim: int, where: str,
     return ids.astype(np.int64, copy=False), vecs
 
 
-class SearchBlocks:
-    """A pool actor of the stream: a handle to the shard actors (no cleanup duty) answering block by block."""
+@functools.cache
+def _handle_class() -> type:
+    """ShardedIndex for a handle inside a search task: closing it frees nothing (the driver owns the actors)."""
+    from shardwalk.workers.sharded_index import ShardedIndex  # imports this module
 
-    def __init__(self, meta: Any, actors: list[list[Any]], settings: QuerySettings, where: str, nprobe: int) -> None:
-        from shardwalk.workers.sharded_index import ShardedIndex
+    class _Handle(ShardedIndex):
+        def _register_cleanup(self) -> weakref.finalize:
+            return weakref.finalize(self, lambda: None)
 
-        class _Handle(ShardedIndex):  # the driver's index owns the actors: closing this handle frees nothing
-            def _register_cleanup(self) -> weakref.finalize:
-                return weakref.finalize(self, lambda: None)
+    return _Handle
 
-        self.index = _Handle(meta, actors, Path("."), [], False)
-        self.settings, self.where, self.nprobe = settings, where, nprobe  # checked once, by `search_dataset`
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        s = self.settings
-        ids, vecs = query_vectors(batch, self.index.dim, self.where, s.columns)
-        if self.index.meta.space == "cosine":
-            zero = np.linalg.norm(vecs, axis=1) == 0
-            if zero.any():
-                raise DataError(f"{self.where}: the vector of id {int(ids[np.flatnonzero(zero)[0]])} is zero (cosine space)")
-        result = self.index.search_spec(vecs, s.search, self.nprobe, batch_size=max(len(vecs), 1))
-        return knn_graph_table(ids, result.ids, result.dists)
+_ANSWERED: dict[str, int] = {}  # progress token → queries this worker process answered (its tasks reuse it)
+_SENDERS: dict[str, progress_channel.Sender] = {}
+
+
+def search_blocks(batch: dict[str, np.ndarray], meta: Any, actors: list[list[Any]], settings: QuerySettings,
+                  where: str, nprobe: int, report: tuple[Any, str, int | None] | None = None) -> pa.Table:
+    """A task of the stream: one block's answers from the shard actors (each block starts its replica
+    round-robin at a different replica), its queries counted towards `report` (channel, stage, total)."""
+    index = _handle_class()(meta, actors, Path("."), [], False)
+    ids, vecs = query_vectors(batch, index.dim, where, settings.columns)
+    if meta.space == "cosine":
+        zero = np.linalg.norm(vecs, axis=1) == 0
+        if zero.any():
+            raise DataError(f"{where}: the vector of id {int(ids[np.flatnonzero(zero)[0]])} is zero (cosine space)")
+    index._rr = int(ids[0]) if len(ids) else 0
+    result = index.search_spec(vecs, settings.search, nprobe, batch_size=max(len(vecs), 1))  # checked once, by `search_dataset`
+    if report is not None:
+        _count_answered(report, len(ids))
+    return knn_graph_table(ids, result.ids, result.dists)
+
+
+def _count_answered(report: tuple[Any, str, int | None], answered: int) -> None:
+    """Add to this process's count of queries answered and send it (summed with other processes' by the display)."""
+    channel, stage, total = report
+    if channel.token not in _SENDERS:
+        _SENDERS[channel.token] = progress_channel.Sender(channel, stage, progress_channel.new_sender())
+    _ANSWERED[channel.token] = _ANSWERED.get(channel.token, 0) + answered
+    _SENDERS[channel.token](progress.Update("answer", _ANSWERED[channel.token], total, "queries"))
 
 
 def open_for_stream(path: str | os.PathLike, pool: int) -> Any:
@@ -214,7 +235,7 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:12]}"
     started = time.perf_counter()
     try:
-        _answers(index, dataset, settings, where, nprobe).write_parquet(str(tmp))
+        _answers(index, dataset, settings, where, nprobe, _report_to(source)).write_parquet(str(tmp))
         rows, parts = _commit(tmp, final, settings, overwrite)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -227,12 +248,25 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
             "out": str(final), "space": index.meta.space}
 
 
-def _answers(index: Any, dataset: Any, settings: QuerySettings, where: str, nprobe: int) -> Any:
-    """The lazy dataset of answers: `SearchBlocks` on a small actor pool."""
+def _report_to(source: Any) -> tuple[Any, str, int | None] | None:
+    """Where the pool reports queries answered (this context's progress target) and of how many
+    (a Parquet source's footers; None for a Ray Dataset, whose count would run it)."""
+    where = progress_channel.target()
+    if where is None:
+        return None
+    total = None if is_ray_dataset(source) else sum(s.num_rows for s in plan_shards(source, 1))
+    return (*where, total)
+
+
+def _answers(index: Any, dataset: Any, settings: QuerySettings, where: str, nprobe: int,
+             report: tuple[Any, str, int | None] | None = None) -> Any:
+    """The lazy dataset of answers: `search_blocks` tasks, at most `settings.pool` at a time (reporting to
+    `report`, if any). Tasks, not an actor pool: a failed block is retried by Ray Data, no pool starts up, and
+    Ray's core logs nothing about restarting actors whose constructor arguments sit in the object store."""
     return dataset.map_batches(
-        SearchBlocks, fn_constructor_args=(index.meta, index.actors, settings, where, nprobe),
+        search_blocks, fn_args=(index.meta, index.actors, settings, where, nprobe, report),
         batch_size=settings.block_size, batch_format="numpy", num_cpus=POOL_ACTOR_CPUS,
-        compute=ray.data.ActorPoolStrategy(size=settings.pool),
+        compute=ray.data.TaskPoolStrategy(size=settings.pool),
     )
 
 
@@ -245,7 +279,7 @@ def _search_to_store(index: Any, source: Any, out: str, settings: QuerySettings,
     attempt = store.join(_staging(out), store.ATTEMPTS, store.new_attempt_id())
     started = time.perf_counter()
     try:
-        _answers(index, dataset, settings, where, nprobe).write_parquet(attempt)
+        _answers(index, dataset, settings, where, nprobe, _report_to(source)).write_parquet(attempt)
         listed = [i.base_name for i in store.list_dir(attempt) if i.base_name.endswith(".parquet")]
         entries = ray.get([_describe.remote(store.join(attempt, name)) for name in sorted(listed)])
     except BaseException as exc:

@@ -24,6 +24,7 @@ import pyarrow as pa
 import ray
 import torch
 
+from shardwalk.core import progress
 from shardwalk.core.coresets import proxy, scores
 from shardwalk.core.coresets import single_process as coreset
 from shardwalk.core.coresets.evaluation import Split, evaluate_selection
@@ -38,6 +39,7 @@ from shardwalk.core.storage.sources import ShardSpec, plan_shards, read_shard
 from shardwalk.core.storage.store import is_uri
 from shardwalk.workers import gloo
 from shardwalk.workers.autoconnect import ensure_ray
+from shardwalk.workers.progress_channel import wait_counted
 
 PART = "part-{:05d}.parquet"
 PROBE_TIMEOUT_S = 30.0  # how long a rank may take to answer before it counts as alive but busy
@@ -162,7 +164,7 @@ class ScoreShard:
         self.group = self.store = None
 
 
-def _get_fail_fast(refs: list[Any], actors: list[Any]) -> list[Any]:
+def _get_fail_fast(refs: list[Any], actors: list[Any], tracker: progress.Tracker | None = None) -> list[Any]:
     """`ray.get(refs)` of one collective step, raising as soon as any rank fails.
 
     Plain `ray.get` waits for every ref, and when one rank dies mid-collective the others stay blocked in
@@ -177,6 +179,8 @@ def _get_fail_fast(refs: list[Any], actors: list[Any]) -> list[Any]:
         except ray.exceptions.RayTaskError:
             _raise_if_a_rank_died(actors)
             raise
+        if tracker is not None:
+            tracker.advance(len(ready))
     return ray.get(refs)
 
 
@@ -256,7 +260,7 @@ def _score(source: Any, actors: list[Any], plan: proxy.ScoringPlan, spec: ProxyS
     started = time.perf_counter()
     dest = _destination(out_dir)
     if plan.mode == "models":
-        per_actor, entries = _score_models(actors, plan, classes, spec, device, dest)
+        per_actor, entries = _score_models(actors, plan, classes, spec, device, dest, total)
     else:
         per_actor, entries = _score_data(actors, total, classes, spec, device, dest)
     sink.record(entries)  # parts the actors put into the stage's attempt: listed in its manifest
@@ -294,11 +298,12 @@ def _global_labels(source: Any, actors: list[Any], mode: str) -> tuple[int, int,
 
 
 def _score_models(actors: list[Any], plan: proxy.ScoringPlan, classes: int, spec: ProxySpec, device: str,
-                  out_dir: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                  out_dir: str, rows: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Independent proxies: each actor trains its own, then each writes a slice from everyone's parts."""
     calls = [a.score_models.remote(classes, spec, device, list(idx)) for a, idx in zip(actors, plan.models_of)]
     parts, timings = [c[0] for c in calls], [c[1] for c in calls]
-    per_actor = ray.get(timings)
+    per_actor = wait_counted(timings, "score", "train proxies", "actors", get=ray.get, rows_unit="examples",
+                             rows=[len(idx) * spec.epochs * rows for idx in plan.models_of])
     paths = ray.get([a.write_slice.remote(out_dir, k, len(actors), *parts) for k, a in enumerate(actors)])
     return per_actor, paths
 
@@ -308,7 +313,8 @@ def _score_data(actors: list[Any], total: int, classes: int, spec: ProxySpec, de
     """Data-parallel proxies over the shards (gloo all-reduce); each actor writes its own examples."""
     addr, port = ray.get(actors[0].rendezvous.remote())
     _get_fail_fast([a.join.remote(addr, port) for a in actors], actors)
-    per_actor = _get_fail_fast([a.score.remote(total, classes, spec, device) for a in actors], actors)
+    tracker = progress.Tracker("train proxies (data-parallel)", len(actors), "ranks")
+    per_actor = _get_fail_fast([a.score.remote(total, classes, spec, device) for a in actors], actors, tracker)
     paths = ray.get([a.write.remote(out_dir) for a in actors])
     ray.get([a.leave.remote() for a in actors])
     return per_actor, paths
@@ -377,6 +383,7 @@ def select_distributed(
     ensure_ray()
     actors = [SelectShard.options(num_cpus=num_cpus).remote(s) for s in plan_shards(sink.readable(scores_dir), shards)]
     out: dict[str, dict[str, Any]] = {}
+    tracker = progress.Tracker("select", len(selections), "selections")
     try:
         for sel in selections:
             name, plan = _plan_one(actors, sel, seed)
@@ -386,6 +393,7 @@ def select_distributed(
             if rows != plan.size:
                 raise InvariantError(f"{name}: shards wrote {rows} rows, the plan selects {plan.size}")
             out[name] = {"rows": rows, **plan.info}
+            tracker.advance()
     finally:
         for a in actors:
             ray.kill(a)

@@ -35,6 +35,7 @@ from shardwalk.workers import index_actors, index_build, index_search, query_str
 from shardwalk.workers import knn_graph as graph_units
 from shardwalk.workers.autoconnect import ensure_ray
 from shardwalk.workers.hnsw_actor import EXACT_THRESHOLD
+from shardwalk.workers.progress_channel import wait_counted
 from shardwalk.workers.ray_datasets import check_columns, is_ray_dataset, staged_dataset
 
 BUILD_RESTARTS = 2  # fresh builds after a primary dies mid-build
@@ -262,7 +263,7 @@ class ShardedIndex:
         index = cls(meta, actors, work, pgs, owned)
         try:
             loads = [p.load_from.remote(remote or str(src), expect[j]) for j, p in enumerate(index._primaries())]
-            stats = raykit.wait_all(loads, f"open {remote or src}")
+            stats = wait_counted(loads, f"open {remote or src}", "open index", "shards")
             index._record_sizes(stats)
             index.threads = max(hnsw.threads_for(cpus), index_build.cluster_threads(index.meta))
             index._thread(index._primaries())
@@ -306,17 +307,17 @@ class ShardedIndex:
     def _save_remote(self, uri: str) -> str:
         """Save to an object store: shards upload their own files, the manifest is written last."""
         attempt = index_store.new_attempt(uri)
-        entries = raykit.wait_all([p.upload_to.remote(attempt) for p in self._primaries()], f"save {uri}")
+        entries = wait_counted([p.upload_to.remote(attempt) for p in self._primaries()], f"save {uri}", "save", "shards")
         index_store.commit_index(attempt, self.meta.to_json(), entries)
         return uri
 
     def _write_files(self, directory: Path) -> None:
         dest = sink.destination(directory)  # a stage output on a store: its attempt prefix (core/storage/sink.py)
         if store.is_uri(dest):  # each shard uploads its own files from its node; the stage's manifest lists them
-            entries = raykit.wait_all([p.upload_to.remote(dest) for p in self._primaries()], f"save {dest}")
+            entries = wait_counted([p.upload_to.remote(dest) for p in self._primaries()], f"save {dest}", "save", "shards")
             sink.record({store.join(dest, rel): entry for rel, entry in shard.items()} for shard in entries)
         else:
-            raykit.wait_all([p.save_to.remote(str(directory)) for p in self._primaries()], f"save {directory}")
+            wait_counted([p.save_to.remote(str(directory)) for p in self._primaries()], f"save {directory}", "save", "shards")
         write_json_atomic(directory / hnsw.INDEX_FILE, self.meta.to_json())
 
     # ------------------------------------------------------------------ updates

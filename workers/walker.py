@@ -32,6 +32,7 @@ import networkx as nx
 import numpy as np
 import ray
 
+from shardwalk.core import progress
 from shardwalk.core.errors import ConfigError, ShardwalkError
 from shardwalk.core.plan.sizing import walk_token_bytes, walk_tokens_fit
 from shardwalk.core.srrw import SRRW, SAResult, Token, WalkerLayout, WalkSpec, bind, halo_mask, walk_partition
@@ -268,12 +269,12 @@ def _run_record(spec: WalkSpec, chain: SRRW, dim: int) -> dict[str, Any]:
 HEALTH_CHECK_S = 5.0
 
 
-def _await_tokens(waits: list[Any], actors: list[Any], timeout: float | None) -> list[Any]:
-    """Wait for every token, checking the walker actors between waits.
+def _await_tokens(waits: list[Any], actors: list[Any], timeout: float | None, hops: int = 0) -> list[Any]:
+    """Wait for every token, checking the walker actors between waits (their hop counts are the progress).
 
     A partition lost with its node takes its tokens along and nothing would ever answer; its death
     surfaces here as RayActorError, which the DAG runner retries, and the retry resumes from the last
-    token checkpoint.
+    token checkpoint. A token's hops are counted when it leaves an actor (hand-off, checkpoint, end).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -281,7 +282,9 @@ def _await_tokens(waits: list[Any], actors: list[Any], timeout: float | None) ->
         if len(ready) == len(waits):
             return ray.get(waits)
         with contextlib.suppress(ray.exceptions.GetTimeoutError):  # busy is fine; dead raises RayActorError
-            ray.get([actor.stats.remote() for actor in actors], timeout=HEALTH_CHECK_S)
+            busy = ray.get([actor.stats.remote() for actor in actors], timeout=HEALTH_CHECK_S)
+            walked = int(sum(b["steps_walked"] for b in busy))
+            progress.report(progress.Update("walk", min(walked, hops), hops, "hops"))
         if deadline is not None and time.monotonic() > deadline:
             raise ray.exceptions.GetTimeoutError(f"walk: tokens not back within {timeout} s")
 
@@ -389,7 +392,7 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
             first.setdefault(tok.key % len(actors) if layout.replicate else int(owner[tok.node]), []).append(tok)
         for p, batch in first.items():
             actors[p].receive.remote(batch)
-        results = _await_tokens(waits, actors, layout.timeout)
+        results = _await_tokens(waits, actors, layout.timeout, sum(max(0, spec.steps - tok.n) for tok in toks))
         seconds = time.perf_counter() - began
         busy = ray.get([actor.stats.remote() for actor in actors], timeout=layout.timeout)
         if shared is not None and all(error is None for _, error in results):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from shardwalk.core import progress
 from shardwalk.core.errors import ConfigError
 from shardwalk.core.index import hnsw
 
@@ -242,16 +243,20 @@ def refine(x: np.ndarray, nbrs: np.ndarray, dists: np.ndarray, rounds: int, spac
 
 
 def local_candidates(ids: np.ndarray, x: np.ndarray, member: np.ndarray, owned: Sequence[int], k: int,
-                     space: str = "l2", block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+                     space: str = "l2", block: int = BLOCK, partitions: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(n, overlap·k) candidate ids / distances of every held row from the local graphs of the `owned`
-    partitions it belongs to (column block s: its s-th nearest partition); padding elsewhere."""
+    partitions it belongs to (column block s: its s-th nearest partition); padding elsewhere.
+
+    Progress: partitions done (of `partitions`, all holders' together; default `len(owned)`) and their rows."""
     n, overlap = member.shape
     cand_i = np.full((n, overlap * k), hnsw.PAD_ID, np.int64)
     cand_d = np.full((n, overlap * k), np.inf, np.float32)
+    tracker = progress.Tracker("local graphs", partitions or len(owned), "partitions", "rows")
     for p in owned:
         inside = member == p
         sel = np.flatnonzero(inside.any(axis=1))
         if len(sel) < 2:
+            tracker.advance(1, len(sel))
             continue
         nb, d = local_graph(ids[sel], x[sel], k, space, block)
         slot = np.argmax(inside[sel], axis=1)
@@ -259,6 +264,7 @@ def local_candidates(ids: np.ndarray, x: np.ndarray, member: np.ndarray, owned: 
             at = slot == s
             cand_i[sel[at], s * k:(s + 1) * k] = nb[at]
             cand_d[sel[at], s * k:(s + 1) * k] = d[at]
+        tracker.advance(1, len(sel))
     return cand_i, cand_d
 
 
