@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -122,10 +124,12 @@ class _FakeShard:
 
 def test_the_build_layer_takes_the_spec_without_checking_it_again(monkeypatch, calls: Counter) -> None:
     monkeypatch.setattr(index_build.raykit, "wait_all", lambda refs, what, timeout=None: list(refs))
+    monkeypatch.setattr(index_build, "wait_counted", lambda refs, *_, **__: list(refs))
     spec = BuildSpec(shards=2, M=8, ef_construction=40, random_seed=7)
     calls.clear()
     prim = [_FakeShard(2, 10, 3), _FakeShard(2, 10, 3)]
-    inp = index_build.BuildInput(("a", "b"), "input", True, spec, 100)
+    parts = (SimpleNamespace(num_rows=10), SimpleNamespace(num_rows=10))
+    inp = index_build.BuildInput(parts, "input", True, spec, 100)
     meta, stats = index_build.build_shards(prim, IndexMeta(2, 1, "hash", space="l2"), inp)
     assert sum(calls.values()) == 0, calls
     assert prim[0].params == asdict(hnsw.HnswParams(3, "l2", 8, 40, 7)) == asdict(meta.params)
@@ -160,9 +164,9 @@ def test_a_streamed_block_is_answered_without_checking_the_spec_again(monkeypatc
     meta = IndexMeta(2, 1, "hash", space="l2", dim=3, shard_sizes=(20, 20), live=40)
     settings = query_stream.QuerySettings(SearchSpec(k=3, ef=16))
     calls.clear()
-    block = query_stream.SearchBlocks(meta, [[None], [None]], settings, "queries", 2)
-    table = block({"id": ids[:5], "vector": x[:5]})
-    table = block({"id": ids[5:9], "vector": x[5:9]})
+    actors = [[None], [None]]
+    table = query_stream.search_blocks({"id": ids[:5], "vector": x[:5]}, meta, actors, settings, "queries", 2)
+    table = query_stream.search_blocks({"id": ids[5:9], "vector": x[5:9]}, meta, actors, settings, "queries", 2)
     assert calls["validate_search"] == calls["integer"] == calls["validate_queries"] == 0, calls
     expect = hnsw.exact_search(x[5:9], x, ids, 3, "l2")[0]
     assert np.array_equal(np.stack(table.column("neighbors").to_numpy(zero_copy_only=False)), expect)
@@ -174,7 +178,7 @@ def test_a_search_checks_its_keywords_once_at_the_boundary(monkeypatch, calls: C
     monkeypatch.setattr(ShardedIndex, "_call_replicas", lambda self, method, cs, partial: [
         hnsw.exact_search(c.args[0].value, x, ids, c.args[1], "l2") for c in cs])
     meta = IndexMeta(1, 1, "hash", space="l2", dim=3, shard_sizes=(40,), live=40)
-    index = query_stream.SearchBlocks(meta, [[None]], query_stream.QuerySettings(), "q", 1).index
+    index = query_stream._handle_class()(meta, [[None]], Path("."), [], False)
     calls.clear()
     found = index.search(x[:4], k=2, ef=8)
     assert calls["validate_search"] == 1 and found.ids[:, 0].tolist() == [0, 1, 2, 3]
