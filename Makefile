@@ -20,10 +20,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/shardwalk run demo
 
+# One pytest-xdist worker per core (at most 4), each with its own Ray and S3 server; the tests of a group
+# run on one worker (every multi-node test shares one), longest work first (GROUPS in tests/conftest.py).
+PYTEST_PARALLEL ?= -n auto --maxprocesses=4 --dist loadgroup --no-loadscope-reorder
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -13,6 +13,48 @@ import shardwalk  # noqa: F401  (first: it sets Ray's loopback switch before a t
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+# Under pytest-xdist (`make test`: `-n auto --dist loadgroup`) each worker is a process of its own with its
+# own local Ray, S3 server and simulated cluster. The tests of one group run on one worker, one after another.
+# The groups are named here by test id, not by `xdist_group` marks: xdist 3.8 marks a group by rewriting
+# `item._nodeid`, which pytest 9 no longer reads, so marks would silently group nothing.
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+MULTINODE_GROUP = "multinode"  # every simulated cluster on one worker: one at a time, the shared one started once
+GROUPS = {  # test id or module -> group
+    "tests/test_faults_multinode.py": MULTINODE_GROUP,
+    "tests/test_store_multinode.py": MULTINODE_GROUP,
+    "tests/test_hnsw_shard.py::test_replicas_on_different_nodes_survive_a_node_loss": MULTINODE_GROUP,
+    "tests/test_walker.py::test_distributed_matches_reference_on_a_multinode_cluster": MULTINODE_GROUP,
+    # modules whose module-scoped fixtures run Ray or build a wheel: built once, on one worker
+    "tests/test_wheel.py": "wheel",
+    "tests/test_faults.py": "faults",
+    "tests/test_scorer.py": "scorer",
+    "tests/test_knn_graph.py": "knn_graph",
+    "tests/test_query_stream.py": "query_stream",
+}
+if _XDIST_WORKER:
+    # Each worker's Ray gets its own object store: 10 % of the machine's memory each rather than Ray's 30 %.
+    os.environ.setdefault("RAY_DEFAULT_OBJECT_STORE_MEMORY_PROPORTION", "0.1")
+
+
+def group_of(nodeid: str) -> str | None:
+    """The xdist group of a test id (GROUPS by test, then by module), or None: any worker, alone."""
+    base = nodeid.split("[", 1)[0]
+    return GROUPS.get(base) or GROUPS.get(nodeid.split("::", 1)[0])
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadgroup` with the groups of `group_of` (and the order the workers collected, see below)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid) or nodeid
+
+    return GroupScheduling(config, log)
+
+
 def _order(item: pytest.Item) -> int:
     """0: local Ray or none; 1: the shared simulated cluster; 2: multi-node tests that build their own."""
     if item.get_closest_marker("multinode") is None:
@@ -20,9 +62,40 @@ def _order(item: pytest.Item) -> int:
     return 1 if "ray_cluster" in getattr(item, "fixturenames", ()) else 2
 
 
+def _dispatch_order(items: list[pytest.Item]) -> dict[str, tuple[int, int]]:
+    """Under xdist, the longest work goes out first (the multi-node group, the other groups by size, slow tests,
+    the rest), so the workers end together on short tests rather than one waiting on the other's long one."""
+    size: dict[str, int] = {}
+    for item in items:
+        if (group := group_of(item.nodeid)) is not None:
+            size[group] = size.get(group, 0) + (10 if item.get_closest_marker("slow") else 1)  # a slow test ~ 10
+    order = {}
+    for item in items:
+        group = group_of(item.nodeid)
+        if group == MULTINODE_GROUP:
+            order[item.nodeid] = (0, 0)
+        elif group is not None:
+            order[item.nodeid] = (1, -size[group])
+        else:
+            order[item.nodeid] = (2 if item.get_closest_marker("slow") else 3, 0)
+    return order
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Local-Ray tests first, then every test on the shared simulated cluster, so each Ray starts once."""
-    items.sort(key=_order)
+    """Local-Ray tests first, then every test on the shared simulated cluster, so each Ray starts once.
+
+    Under xdist every multi-node test is in one group (one worker runs the clusters, one at a time) and the
+    order is by expected length instead (`_dispatch_order`; `make test` keeps it: --no-loadscope-reorder).
+    """
+    if not _XDIST_WORKER:
+        items.sort(key=_order)
+        return
+    for item in items:
+        if (item.get_closest_marker("multinode") is not None) != (group_of(item.nodeid) == MULTINODE_GROUP):
+            raise pytest.UsageError(f"{item.nodeid}: a multi-node test, and only one, goes in the {MULTINODE_GROUP!r} "
+                                    "group (tests/conftest.py GROUPS)")
+    order = _dispatch_order(items)
+    items.sort(key=lambda item: (order[item.nodeid], group_of(item.nodeid) or "", _order(item)))
 
 
 @pytest.fixture(scope="session")
@@ -91,10 +164,11 @@ def _free_port() -> int:
 
 
 # Set before Ray starts so every Ray worker inherits the endpoint and the dummy credentials. Each pytest-xdist
-# worker runs its own server: it takes a port of its own rather than the one its parent process chose.
-_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-S3_PORT = _free_port() if _XDIST_WORKER else int(os.environ.get("SHARDWALK_TEST_S3_PORT") or _free_port())
-os.environ["SHARDWALK_TEST_S3_PORT"] = str(S3_PORT)
+# worker runs its own server: it takes a port of its own rather than the one its parent process chose (and
+# keeps it when a test imports this module a second time as `tests.conftest`).
+_PORT_VARIABLE = f"SHARDWALK_TEST_S3_PORT_{_XDIST_WORKER}" if _XDIST_WORKER else "SHARDWALK_TEST_S3_PORT"
+S3_PORT = int(os.environ.get(_PORT_VARIABLE) or _free_port())
+os.environ[_PORT_VARIABLE] = str(S3_PORT)
 for _key, _value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                      "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "AWS_EC2_METADATA_DISABLED": "true"}.items():
     if _XDIST_WORKER and _key == "AWS_ENDPOINT_URL":
