@@ -322,7 +322,7 @@ def many_tokens(obj, g, kw: dict[str, Any], total_hops: int) -> dict[str, Any]:
         out[f"stats_{tokens}tokens"][key] = {k: st[k] for k in (
             "walk_seconds", "handoffs", "handoff_calls", "chunks", "actor_cpu_seconds", "actor_kernel_cpu_seconds",
             "handoffs_per_1000_hops", "hops_per_actor_cpu_second", "bytes_per_crossing", "cut_fraction",
-            "shared_entries")}
+            "shared_entries", "halo", "actor_idle_seconds", "tokens_per_kernel_call") if k in st}
     part = out[f"stats_{tokens}tokens"]["2actors_partitioned"]
     rate = {k: out[f"hops_per_s_distributed_{tokens}tokens_{k}"] for k in MANY_LAYOUTS}
     out |= {f"ratio_{tokens}tokens_partitioned_vs_replicate": rate["2actors_partitioned"] / rate["2actors_replicate"],
@@ -484,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=16, help="tokens of the sized case")
     ap.add_argument("--many-hops", type=int, default=16_000_000,
                     help="total hops of the sized case's 256-token runs (0: skip them; ≥ 10 s per run on 2 cores)")
+    ap.add_argument("--many-only", action="store_true",
+                    help="only the sized case's 256-token runs (1 actor, 2 replicated, 2 partitioned): a lever's check")
+    ap.add_argument("--label", default="", help="a name for this run in the JSON (e.g. the lever measured)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the sized case's timed runs (best kept)")
     ap.add_argument("--json", required=True, help="where to write the results")
     args = ap.parse_args(argv)
@@ -541,6 +544,8 @@ def _main_sized(args: argparse.Namespace) -> int:
     try:
         steps = min(args.sized_steps, 1000) if args.quick else args.sized_steps
         many = min(args.many_hops, 256 * 1000) if args.quick else args.many_hops
+        if args.many_only:
+            return _main_many_only(args, agents, many, began)
         s = sized(agents, args.tokens, steps, lr=args.lr, lam=args.lam, spread_mode=args.spread, seed=args.seed,
                   rounds=1 if args.quick else args.rounds, many_hops=many)
     except ConfigError as exc:
@@ -550,6 +555,31 @@ def _main_sized(args: argparse.Namespace) -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))
     _print_sized(s)
+    return 0
+
+
+def _main_many_only(args: argparse.Namespace, agents: int, hops: int, began: float) -> int:
+    """The 256-token runs alone, appended to the JSON file as one labelled entry (lever by lever)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, logging_level="ERROR")
+    load = list(os.getloadavg())
+    g, obj = _sized_problem(agents, args.spread, args.lam, args.seed)
+    kw = {"alpha": 10.0, "a": 0.8, "b": 0.9, "lr": args.lr, "seed": args.seed}
+    run_sa_srrw(obj, g, **kw, steps=2)  # compiles (or loads) the numba kernel outside the timing
+    s = {"label": args.label, "agents": agents, "load_average_before": load, **many_tokens(obj, g, kw, hops),
+         "load_average_after": list(os.getloadavg()), "seconds": time.perf_counter() - began}
+    path = Path(args.json)
+    runs = json.loads(path.read_text())["runs"] if path.is_file() else []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"runs": [*runs, s]}, indent=1))
+    many = MANY_TOKENS
+    print(f"{args.label or 'run'}: load {load[0]:.2f}; {many} tokens x {s['steps_per_token_many']} steps: "
+          + "; ".join(f"{k} {s[f'hops_per_s_distributed_{many}tokens_{k}']:.0f}" for k in MANY_LAYOUTS)
+          + f" hops/s; partitioned x{s[f'ratio_{many}tokens_partitioned_vs_replicate']:.2f} vs replicate, "
+          f"x{s[f'ratio_{many}tokens_partitioned_vs_1actor']:.2f} vs 1 actor; identical: {s['trajectory_identical_by_layout']}")
+    print(json.dumps(s[f"stats_{many}tokens"]["2actors_partitioned"]))
     return 0
 
 

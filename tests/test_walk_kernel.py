@@ -281,3 +281,149 @@ def test_step_tables_grown_in_steps_equal_the_sequential_products() -> None:
         want_add.append(math.log(gamma) - log_c[-1])
         want_beta.append(5.0 * (k + 2.0) ** -0.9)
     assert np.array_equal(add, want_add) and np.array_equal(beta, want_beta) and np.array_equal(log_scale, log_c)
+
+
+# ----------------------------------------------------------------------------- tokens in transit as arrays
+
+
+def test_kernel_streams_step_exactly_as_numpy_pcg64():
+    """The kernels draw from a token's PCG64 words (shardwalk.core.srrw.compiled.next_uniform); the draws and the
+    state after them are numpy's `Generator(PCG64).random()`'s, bit for bit."""
+    from shardwalk.core.srrw.compiled import draw_uniforms
+    from shardwalk.core.srrw.token import rng_words, set_rng_words
+
+    for seed in range(12):
+        rng = np.random.Generator(np.random.PCG64(seed))
+        rng.random(seed * 7)
+        words = np.array([rng_words(rng, 0)], dtype=np.uint64)
+        got = np.empty(1)
+        draws = []
+        for _ in range(257):
+            draw_uniforms(words, np.zeros(1, dtype=np.int64), got)
+            draws.append(got[0])
+        assert np.array_equal(draws, rng.random(257))
+        assert rng_words(rng, 0) == words[0].tolist()
+        other = np.random.Generator(np.random.PCG64(99))
+        set_rng_words(other, words[0])
+        assert other.random() == rng.random()
+
+
+def test_a_batch_pickles_as_a_fixed_number_of_buffers_whatever_its_size():
+    """Ray ships a hand-off as zero-copy buffers: one per array of the batch, not one object per token."""
+    import pickle
+
+    from shardwalk.core.srrw.token import TokenBatch
+
+    spec = WalkSpec.build(steps=50, alpha=5.0, tokens=40, seed=1, polyak=True)
+    chain = SRRW(LES, spec.alpha)
+    obj = bind(_objective(), chain)
+    toks = spec_tokens(chain, obj.dim, spec)
+    counts = []
+    for size in (2, 40):
+        buffers: list = []
+        blob = pickle.dumps(TokenBatch.from_tokens(toks[:size]), protocol=5, buffer_callback=buffers.append)
+        counts.append(len(buffers))
+        back = pickle.loads(blob, buffers=buffers)
+        assert [_same(a, b) for a, b in zip(back.tokens(), toks[:size])] == [True] * size
+    assert counts[0] == counts[1] == 11
+
+
+def test_hand_offs_as_batches_between_three_parts_keep_the_trajectory():
+    """The walker actors' path: leavers taken as one batch, split by owner, concatenated per peer and added
+    as batches (sharded measures) — the gathered tokens equal the reference's bit for bit."""
+    import networkx as nx
+
+    from shardwalk.core.srrw.kernel import advance_batch
+    from shardwalk.core.srrw.shard import MeasureShard, gather, shared_agents, views
+    from shardwalk.core.srrw.token import TokenBatch
+
+    grid = nx.convert_node_labels_to_integers(nx.grid_2d_graph(15, 8))
+    spec = WalkSpec.build(steps=600, alpha=10.0, tokens=40, seed=4, polyak=True)
+    ref = run_sa_srrw(_objective(grid), grid, spec).tokens
+    chain = SRRW(grid, spec.alpha)
+    obj = bind(_objective(grid), chain)
+    owner = np.arange(chain.num_nodes) * 3 // chain.num_nodes
+    held = [halo_mask(chain, owner == p, 1) for p in range(3)]
+    shared = shared_agents(views(chain, held))
+    toks = spec_tokens(chain, obj.dim, spec)
+    parts = []
+    for p, view in enumerate(views(chain, held)):
+        shard = MeasureShard(view, shared)
+        shard.seed_all(np.array([tok.logy for tok in toks]))
+        ctx = WalkContext(chain, obj.restrict(np.flatnonzero(held[p])), spec.schedule, spec.steps, held[p])
+        parts.append((ctx, Resident(obj.dim, chain.num_nodes, polyak=True, shard=shard), shard))
+    for tok in toks:
+        tok.logy, tok.partial = np.asarray(tok.logy)[shared], True
+    first = TokenBatch.from_tokens(toks)
+    for p in range(3):
+        parts[p][1].add_batch(first.select(np.flatnonzero(owner[first.node] == p)), parts[p][0].tables)
+    done, moves = [], 0
+    while any(len(res) for _, res, _ in parts):
+        outbox: dict[int, list] = {}
+        for ctx, res, _ in parts:
+            stopped, statuses, errors = advance_batch(res, ctx, 37)
+            if stopped is None:
+                continue
+            assert stopped.partial and stopped.logy.shape[1] == len(shared) and not any(errors)
+            leave = np.array([s == LEAVE for s in statuses])
+            done += [stopped.token(i) for i in np.flatnonzero(~leave).tolist()]
+            rows = np.flatnonzero(leave)
+            for peer in range(3):
+                mine = rows[owner[stopped.node[rows]] == peer]
+                if len(mine):
+                    outbox.setdefault(peer, []).append(stopped.select(mine))
+                    moves += len(mine)
+        for peer, batches in outbox.items():
+            parts[peer][1].add_batch(TokenBatch.concat(batches), parts[peer][0].tables)
+    assert moves > 40 and len(done) == 40
+    for tok in done:
+        gather(tok, shared, [shard.exclusive_entries() for _, _, shard in parts])
+    done.sort(key=lambda t: t.key)
+    assert all(_same(a, b) for a, b in zip(ref, done))
+    assert all(np.array_equal(a.theta_bar, b.theta_bar) for a, b in zip(ref, done))
+
+
+def test_a_token_with_another_stream_or_off_the_graph_is_refused_and_nothing_joins():
+    from shardwalk.core.srrw.token import TokenBatch
+
+    spec = WalkSpec.build(steps=10, tokens=3)
+    chain = SRRW(LES, 0.0)
+    obj = bind(_objective(), chain)
+    ctx = WalkContext(chain, obj, spec.schedule, spec.steps)
+    res = Resident(obj.dim, chain.num_nodes, polyak=False)
+    toks = spec_tokens(chain, obj.dim, spec)
+    toks[1].rng = np.random.Generator(np.random.MT19937(0))
+    with pytest.raises(ConfigError, match="token 1 draws from a MT19937 stream; the walk needs PCG64"):
+        res.add(toks, ctx.tables)
+    batch = TokenBatch.from_tokens(spec_tokens(chain, obj.dim, spec))
+    batch.node[2] = chain.num_nodes
+    with pytest.raises(ConfigError, match=rf"token 2 stands at agent index {chain.num_nodes} .* 77 agents"):
+        res.add_batch(batch, ctx.tables)
+    assert len(res) == 0
+
+
+def test_capped_kernel_calls_let_tokens_take_turns_and_keep_the_trajectory():
+    """With `call_hops`, a compiled call stops handing out turns once that many hops are walked; the next
+    call continues with the next rows, and every token still walks its reference trajectory."""
+    spec = WalkSpec.build(steps=400, alpha=5.0, tokens=12, seed=2)
+    ref = run_sa_srrw(_objective(), LES, spec).tokens
+    chain = SRRW(LES, spec.alpha)
+    obj = bind(_objective(), chain)
+    ctx = WalkContext(chain, obj, spec.schedule, spec.steps)
+    assert ctx.compiled
+    toks = spec_tokens(chain, obj.dim, spec)
+    res = Resident(obj.dim, chain.num_nodes, polyak=False)
+    res.add(toks, ctx.tables)
+    for turn in range(2):
+        advance(res, ctx, 64, call_hops=100)  # 64 hops per turn: the second turn reaches the cap
+        assert res.n.tolist() == [64] * (2 * turn + 2) + [0] * (10 - 2 * turn)
+    while len(res):
+        advance(res, ctx, 64, call_hops=100)
+    assert all(_same(a, b) for a, b in zip(ref, toks))
+
+
+def test_the_plan_prices_a_token_with_the_walkers_stream_size() -> None:
+    from shardwalk.core.plan.cost_model import TOKEN_STREAM_WORDS
+    from shardwalk.core.srrw.token import RNG_WORDS
+
+    assert TOKEN_STREAM_WORDS == RNG_WORDS

@@ -90,9 +90,10 @@ def test_auto_layout_replicates_when_the_data_fits_and_partitions_when_not(ray_l
 def test_more_tokens_than_memory_allows_or_an_empty_partition_are_refused(ray_local, monkeypatch):
     import shardwalk.workers.walker as walker
     from shardwalk.core.plan.sizing import Node, walk_token_bytes
+    from shardwalk.core.srrw.token import RNG_WORDS
 
     obj = _objective()
-    per_token = walk_token_bytes(LES.number_of_nodes(), obj.dim, 4096)
+    per_token = walk_token_bytes(LES.number_of_nodes(), obj.dim, RNG_WORDS)  # no uniforms pre-drawn
     monkeypatch.setattr(walker, "cluster_nodes", lambda: [Node(2, 4 * (obj.data_bytes + 10 * per_token))])
     with pytest.raises(ConfigError, match=r"tokens=20 do not fit .* at most 10 tokens fit"):
         run_distributed_sa_srrw(obj, LES, steps=10, tokens=20, partitions=1)

@@ -3,8 +3,9 @@
 Each actor holds its agents' data blocks (plus ghost copies within `halo` hops) and runs the very same
 vectorised kernel as the single-process reference (shardwalk.core.srrw.kernel): the tokens resident on its agents
 advance together in lock step, with no Ray call. A token whose next agent lies outside the actor's
-agents is handed straight to the owning actor (`peer.receive.remote(tokens)`, one call per peer per
-chunk of steps), never through the driver. The actor is async: hand-offs arrive into a local inbox while
+agents is handed straight to the owning actor, never through the driver: leavers wait in a per-peer
+outbox, flushed by size or age as one `TokenBatch` (a few contiguous arrays for all its tokens, one
+zero-copy buffer each in Ray's serialisation) by `peer.receive.remote(batch)`. The actor is async: hand-offs arrive into a local inbox while
 it walks, and join the batch between chunks of `WalkerLayout.chunk` lock-step iterations (leavers are sent
 at the end of each chunk), so the actor is never idle while tokens are in flight. A
 finished token is delivered to a small async `_TokenSink` actor, whose `wait(key)` ObjectRef is all the
@@ -43,16 +44,15 @@ from shardwalk.core.srrw.kernel import (
     DONE,
     FAILED,
     LEAVE,
-    UNIFORMS,
     Resident,
     WalkContext,
-    advance,
+    advance_batch,
     warm_up,
 )
 from shardwalk.core.srrw.partition import choose_halo
 from shardwalk.core.srrw.shard import MeasureShard, gather, shared_agents, views
 from shardwalk.core.srrw.spec import RUN_OPTIONS, record_differences, resume_record, split_settings
-from shardwalk.core.srrw.token import spec_tokens
+from shardwalk.core.srrw.token import RNG_WORDS, TokenBatch, spec_tokens
 from shardwalk.core.srrw.token_store import checkpoint_hint, load_token, save_token
 from shardwalk.core.storage import store
 from shardwalk.core.storage.store import read_json_sealed, write_json_sealed
@@ -64,10 +64,10 @@ __all__ = ["RUN_META", "BlockLoader", "WalkPartition", "run_distributed_sa_srrw"
 RUN_META = "checkpoint.json"  # the checkpoints' settings record (not the DAG's run record, runs/<id>/run.json)
 EARLIER_RUN_META = "run.json"  # its name before: such checkpoints are not resumed, the walk starts over (CHANGELOG)
 COMPILED_CHUNK = 4096  # at most this many hops per token per compiled kernel call (≈ 4 ms per token)
-SLICE_HOPS = 65536  # hops per compiled kernel call, shared by the resident tokens (≈ 60 ms between inbox looks)
+SLICE_HOPS = 16384  # hops per compiled kernel call at most, the resident tokens taking turns (≈ 15 ms between inbox looks)
 MIN_HOPS_PER_TOKEN = 64
-FLUSH_TOKENS = 32  # a peer's outbox is sent when it holds this many tokens ...
-FLUSH_AGE_S = 0.002  # ... or its oldest token waited this long (or the actor has nothing left to walk)
+FLUSH_AGE_S = 0.002  # a peer's outbox is sent (one call) after a kernel call once its oldest token waited this
+#                      long, or when the actor has nothing left to walk: a Ray call costs far more than a token
 BYTES_SAMPLE_EVERY = 16  # payload bytes per crossing are summed over every 16th hand-off call
 
 
@@ -113,29 +113,29 @@ class WalkPartition:
         self.shard = None if shared is None else MeasureShard(views(chain, [held])[0], shared)
         self.resident = Resident(objective.dim, chain.num_nodes, spec.schedule.polyak, self.shard)
         self.owner, self.sink, self.checkpoint_dir = owner, sink, checkpoint_dir
-        self.inbox: list[Token] = []
-        self.admitted: dict[int, int] = {}  # token key -> its step count when it joined the batch
+        self.inbox: list[TokenBatch] = []
+        self.admitted = np.zeros(spec.tokens, dtype=np.int64)  # token key -> its step count when it joined
         self.peers: list[Any] = []
-        self.outbox: dict[int, list[Token]] = {}  # peer -> tokens bound for it, sent by size or age
+        self.outbox: dict[int, list[TokenBatch]] = {}  # peer -> tokens bound for it, sent by size or age
         self.outbox_since: dict[int, float] = {}
         self.counts = {"steps_walked": 0, "chunks": 0, "calls_out": 0, "tokens_out": 0, "calls_in": 0,
-                       "bytes_sampled": 0, "tokens_sampled": 0}
-        self.kernel_cpu = 0.0
+                       "bytes_sampled": 0, "tokens_sampled": 0, "tokens_per_call": 0}
+        self.kernel_cpu = self.idle = 0.0
         self.cpu_start = time.process_time()
 
     async def connect(self, peers: list[Any], measures: np.ndarray | None = None) -> int:
         """Learn the peers (and, sharded, every token's starting measure) and start walking whatever arrives."""
         self.peers = peers
         if self.shard is not None:
-            for key, logy in enumerate(measures):
-                self.shard.seed(key, logy)
+            self.shard.seed_all(measures)
         self.wake = asyncio.Event()
         self.loop = asyncio.get_running_loop().create_task(self._run())
         return len(self.ctx.objective.blocks)
 
-    async def receive(self, tokens: list[Token]) -> None:
-        """Tokens handed over by a peer (or the driver) join the batch at the next chunk."""
-        self.inbox.extend(tokens)
+    @ray.method(num_returns=0)  # fire and forget: no return object to create, reply with and release
+    async def receive(self, batch: TokenBatch) -> None:
+        """Tokens handed over by a peer (or the driver) join the resident ones before the next kernel call."""
+        self.inbox.append(batch)
         self.counts["calls_in"] += 1
         self.wake.set()
 
@@ -147,15 +147,20 @@ class WalkPartition:
             if not len(self.resident):
                 self._flush(everything=True)
                 self.wake.clear()
+                idle = time.perf_counter()
                 await self.wake.wait()
+                self.idle += time.perf_counter() - idle
                 continue
+            self.counts["tokens_per_call"] += len(self.resident)
             cpu = time.thread_time()
             try:
-                exits = advance(self.resident, self.ctx, self._budget())
+                stopped, statuses, errors = advance_batch(self.resident, self.ctx, self._budget(),
+                                                          0 if self.chunk else SLICE_HOPS)
             except Exception as exc:  # an unexpected failure: every resident token reports it
-                exits = [(tok, FAILED, exc) for tok in self.resident.take(list(range(len(self.resident))), self.ctx.tables)]
+                stopped = self.resident.take_batch(np.arange(len(self.resident)), self.ctx.tables)
+                statuses, errors = [FAILED] * len(stopped), [exc] * len(stopped)
             self.counts["chunks"] += 1
-            self._dispatch(exits)
+            self._dispatch(stopped, statuses, errors)
             self.kernel_cpu += time.thread_time() - cpu
             await asyncio.sleep(0)
 
@@ -168,55 +173,65 @@ class WalkPartition:
         return max(MIN_HOPS_PER_TOKEN, min(COMPILED_CHUNK, SLICE_HOPS // len(self.resident)))
 
     def _admit(self) -> None:
-        """Arrived tokens join the batch together; a token this walk cannot take is reported, not lost."""
-        tokens, self.inbox = self.inbox, []
-        try:
-            self.resident.add(tokens, self.ctx.tables)
-            taken = tokens
-        except Exception:
-            taken = []
-            for tok in tokens:
-                try:
-                    self.resident.add([tok], self.ctx.tables)
-                    taken.append(tok)
-                except Exception as exc:
-                    self.sink.deliver.remote(tok.key, None, exc)
-        for tok in taken:
-            self.admitted[tok.key] = tok.n
-
-    def _dispatch(self, exits: list[tuple[Token, str, Exception | None]]) -> None:
-        """Leavers to their owners (one call per peer), checkpoints saved, finished tokens delivered."""
-        now = time.monotonic()
-        for tok, status, error in exits:
-            self.counts["steps_walked"] += tok.n - self.admitted.pop(tok.key, tok.n)
-            if status == LEAVE:
-                tok.handoffs += 1
-                peer = int(self.owner[tok.node])
-                self.outbox.setdefault(peer, []).append(tok)
-                self.outbox_since.setdefault(peer, now)
-                continue
+        """Arrived batches join the resident tokens; a token this walk cannot take is reported, not lost."""
+        batches, self.inbox = self.inbox, []
+        for batch in batches:
             try:
-                if status in (CHECKPOINT, DONE) and self.checkpoint_dir:
-                    save_token(self.checkpoint_dir, tok)
-            except Exception as exc:
-                status, error = FAILED, exc
-            if status == CHECKPOINT:
-                self.inbox.append(tok)
-            else:
-                self.sink.deliver.remote(tok.key, tok if status == DONE else None, error)
+                self.resident.add_batch(batch, self.ctx.tables)
+                self.admitted[batch.key] = batch.n
+            except Exception:
+                for i in range(len(batch)):
+                    one = batch.select(np.array([i]))
+                    try:
+                        self.resident.add_batch(one, self.ctx.tables)
+                        self.admitted[one.key] = one.n
+                    except Exception as exc:
+                        self.sink.deliver.remote(int(one.key[0]), None, exc)
+
+    def _dispatch(self, stopped: TokenBatch | None, statuses: list[str], errors: list[Exception | None]) -> None:
+        """Leavers into their owners' outboxes, checkpoints saved, finished tokens delivered; outboxes flushed."""
+        if stopped is not None:
+            self.counts["steps_walked"] += int((stopped.n - self.admitted[stopped.key]).sum())
+            leave = np.array([status == LEAVE for status in statuses])
+            if leave.any():
+                self._post(stopped, np.flatnonzero(leave))
+            for i in np.flatnonzero(~leave).tolist():
+                self._finish(stopped, i, statuses[i], errors[i])
         self._flush(everything=False)
 
+    def _post(self, stopped: TokenBatch, rows: np.ndarray) -> None:
+        """Leaving tokens into the outbox of the peer owning the agent each stands at."""
+        now = time.monotonic()
+        stopped.handoffs[rows] += 1
+        peers = self.owner[stopped.node[rows]]
+        for peer in np.unique(peers).tolist():
+            self.outbox.setdefault(peer, []).append(stopped.select(rows[peers == peer]))
+            self.outbox_since.setdefault(peer, now)
+
+    def _finish(self, stopped: TokenBatch, i: int, status: str, error: Exception | None) -> None:
+        """A token that stopped here for good (DONE, FAILED) or for a checkpoint (then it walks on)."""
+        tok = stopped.token(i)
+        try:
+            if status in (CHECKPOINT, DONE) and self.checkpoint_dir:
+                save_token(self.checkpoint_dir, tok)
+        except Exception as exc:
+            status, error = FAILED, exc
+        if status == CHECKPOINT:
+            self.inbox.append(stopped.select(np.array([i])))
+        else:
+            self.sink.deliver.remote(tok.key, tok if status == DONE else None, error)
+
     def _flush(self, everything: bool) -> None:
-        """Send each peer's outbox once it holds FLUSH_TOKENS tokens or is FLUSH_AGE_S old (or `everything`):
-        `.remote` returns at once, so sending never blocks the walk."""
+        """Send each peer's outbox as one batch once it is FLUSH_AGE_S old (or `everything`): `.remote`
+        returns at once, so sending never blocks the walk."""
         now = time.monotonic()
         for peer in list(self.outbox):
-            batch = self.outbox[peer]
-            if not (everything or len(batch) >= FLUSH_TOKENS or now - self.outbox_since[peer] >= FLUSH_AGE_S):
+            if not (everything or now - self.outbox_since[peer] >= FLUSH_AGE_S):
                 continue
-            del self.outbox[peer], self.outbox_since[peer]
+            batch = TokenBatch.concat(self.outbox.pop(peer))
+            del self.outbox_since[peer]
             if self.counts["calls_out"] % BYTES_SAMPLE_EVERY == 0:  # payload size, on a sample of calls
-                self.counts["bytes_sampled"] += sum(tok.wire_bytes() for tok in batch)
+                self.counts["bytes_sampled"] += batch.nbytes
                 self.counts["tokens_sampled"] += len(batch)
             self.peers[peer].receive.remote(batch)
             self.counts["calls_out"] += 1
@@ -230,7 +245,8 @@ class WalkPartition:
         """Counts and CPU seconds: the process's (Ray's threads included) and the walking thread's (kernel
         calls and the dispatch of their exits)."""
         return {"agents": float(self.ctx.owned.sum()), **{k: float(v) for k, v in self.counts.items()},
-                "cpu_seconds": time.process_time() - self.cpu_start, "kernel_cpu_seconds": self.kernel_cpu}
+                "cpu_seconds": time.process_time() - self.cpu_start, "kernel_cpu_seconds": self.kernel_cpu,
+                "idle_seconds": self.idle}
 
 
 def _meta_path(directory: str, name: str = RUN_META) -> Any:
@@ -308,10 +324,11 @@ def _check_tokens_fit(chain: SRRW, spec: WalkSpec, layout: WalkerLayout, owner: 
     entries = chain.num_nodes if layout.replicate else max(int(v.sum()) for v in views(chain, held))
     actors = min(layout.partitions, spec.tokens) if layout.replicate else parts
     share = data if layout.replicate else int(data * max(float(h.mean()) for h in held))
-    fit = walk_tokens_fit(walk_token_bytes(entries, dim, UNIFORMS), share, actors, cluster_nodes())
+    per_token = walk_token_bytes(entries, dim, RNG_WORDS)  # no uniforms are pre-drawn: a stream is RNG_WORDS words
+    fit = walk_tokens_fit(per_token, share, actors, cluster_nodes())
     if fit is not None and spec.tokens > fit:
         raise ConfigError(f"tokens={spec.tokens} do not fit the walker actors' memory: each token takes "
-                          f"{walk_token_bytes(entries, dim, UNIFORMS):,} bytes on an actor; at most {fit} tokens fit")
+                          f"{per_token:,} bytes on an actor; at most {fit} tokens fit")
 
 
 def _start_actors(chain: SRRW, graph: nx.Graph, objective: Any, spec: WalkSpec, layout: WalkerLayout,
@@ -391,7 +408,7 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
         for tok in toks:
             first.setdefault(tok.key % len(actors) if layout.replicate else int(owner[tok.node]), []).append(tok)
         for p, batch in first.items():
-            actors[p].receive.remote(batch)
+            actors[p].receive.remote(TokenBatch.from_tokens(batch))
         results = _await_tokens(waits, actors, layout.timeout, sum(max(0, spec.steps - tok.n) for tok in toks))
         seconds = time.perf_counter() - began
         busy = ray.get([actor.stats.remote() for actor in actors], timeout=layout.timeout)
@@ -423,6 +440,7 @@ def _result(results: list[tuple[Token | None, BaseException | None]], seconds: f
     stats = {"walk_seconds": seconds, "handoffs": float(sum(t.handoffs for t in done)), "partitions": float(len(busy)),
              "actor_cpu_seconds": total["cpu_seconds"], "actor_kernel_cpu_seconds": total["kernel_cpu_seconds"],
              "handoff_calls": total["calls_out"], "steps_walked": total["steps_walked"], "chunks": total["chunks"],
+             "actor_idle_seconds": total["idle_seconds"], "tokens_per_kernel_call": total["tokens_per_call"] / max(total["chunks"], 1.0),
              "replicated": float(layout.replicate)}
     steps = max(total["steps_walked"], 1.0)
     stats |= {"handoffs_per_1000_hops": 1000.0 * stats["handoffs"] / steps,

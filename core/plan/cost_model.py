@@ -374,7 +374,7 @@ def _halo(job: WalkJob) -> int:
     return AUTO_HALO if job.halo == "auto" else int(job.halo)
 
 
-TOKEN_UNIFORMS = 4096  # uniforms a resident token holds (shardwalk.core.srrw.kernel.UNIFORMS)
+TOKEN_STREAM_WORDS = 6  # a resident token's PCG64 stream (shardwalk.core.srrw.token.RNG_WORDS; core.srrw imports core.plan)
 
 
 def _walk_cost(job: WalkJob, cluster: Cluster, c: Constants) -> dict[str, float]:
@@ -388,7 +388,7 @@ def _walk_cost(job: WalkJob, cluster: Cluster, c: Constants) -> dict[str, float]
     # own agents plus the halo's ghost copies, or all of them; a token's measure entries: all, or the actor's view
     held = 1.0 if job.replicate else min(1.0, (1 + 0.1 * _halo(job)) / job.partitions)
     view = 1.0 if job.replicate else min(1.0, (1 + 0.1 * (_halo(job) + 1)) / job.partitions)
-    token = sizing.walk_token_bytes(int(view * job.agents), job.dim, TOKEN_UNIFORMS)
+    token = sizing.walk_token_bytes(int(view * job.agents), job.dim, TOKEN_STREAM_WORDS)
     actor = c.worker_bytes + int(8 * job.rows * job.dim * held) + job.tokens * token
     return {"handoffs_per_hop": handoffs, "seconds_per_hop": per_hop, "walk_seconds": c.walk_start_s + walk,
             "walking_at_once": par, "actor_bytes": actor}

@@ -4,7 +4,7 @@ Sources: Doshi, Hu & Eun, "Self-Repellent Random Walks on General Graphs" (ICML 
 Hu, Doshi & Eun, "Accelerating Distributed Stochastic Optimization via SRRW" (ICLR 2024) for SA-SRRW.
 
     chain.py      the kernel K[x] and its rows          spec.py       WalkSpec, Schedule, WalkerLayout
-    token.py      a token's state, its streams           kernel.py     the walk: resident tokens, lock step
+    token.py      a token, its stream, TokenBatch        kernel.py     the walk: resident tokens, lock step
     compiled.py   the walk compiled (logistic models)    reference.py  run_sa_srrw, in one process
     partition.py  partitioners, halo, hand-off rule      trials.py     many trials at once (MSE studies)
     shardwalk.core.srrw.token_store  token checkpoints

@@ -1,7 +1,9 @@
 """The SA-SRRW walk compiled with numba, for logistic-regression objectives (docs/design.md, SRRW).
 
 The same recursion as shardwalk.core.srrw.kernel, one token at a time: a token walks up to `budget` hops here
-until it must leave, checkpoint, finish or refill its uniforms. With no per-step Python or numpy call
+until it must leave, checkpoint or finish. Each token draws its uniforms from its own PCG64 stream, kept as
+uint64 words and stepped here exactly as numpy's `Generator(PCG64).random()` steps it (`next_uniform`), so
+no uniforms are pre-drawn and a token that leaves has used exactly its draws. With no per-step Python or numpy call
 a hop costs about a microsecond, so an actor's work is proportional to the tokens it holds. Every sum runs
 in a fixed order inside one token's loop, so a token's bits do not depend on the other tokens; the
 reference and walker actors call this same function, hence the same trajectories. Used when the
@@ -19,7 +21,7 @@ from numba import njit
 
 from shardwalk.core.srrw.objectives import LogisticRegression
 
-CONTINUE, DONE, LEAVE, CHECKPOINT, FAILED, REFILL, RECORD = 0, 1, 2, 3, 4, 5, 6
+CONTINUE, DONE, LEAVE, CHECKPOINT, FAILED, RECORD = range(6)
 BASE_CODES = {"mhrw": 0, "srw": 0, "iid": 1, "nbrw": 2}
 
 
@@ -36,6 +38,42 @@ def data_arrays(objective: Any, num_nodes: int) -> tuple[np.ndarray, ...]:
     fused = objective.fused_blocks()
     rows = np.asarray([len(fused[k][1]) for k in keys.tolist()], dtype=np.int64)
     return slot, xh, ky, inv_m, rows
+
+
+_MASK32, _SHIFT32 = np.uint64(0xFFFFFFFF), np.uint64(32)
+_MULT_HIGH, _MULT_LOW = np.uint64(0x2360ED051FC65DA4), np.uint64(0x4385DF649FCCF645)  # PCG's 128-bit multiplier
+
+
+@njit(cache=True)
+def _mulhi(a, b):
+    """The high 64 bits of the 128-bit product a·b."""
+    a_lo, a_hi, b_lo, b_hi = a & _MASK32, a >> _SHIFT32, b & _MASK32, b >> _SHIFT32
+    p0, p1, p2, p3 = a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi
+    mid = (p0 >> _SHIFT32) + (p1 & _MASK32) + (p2 & _MASK32)
+    return p3 + (p1 >> _SHIFT32) + (p2 >> _SHIFT32) + (mid >> _SHIFT32)
+
+
+@njit(cache=True)
+def next_uniform(rng, b):
+    """numpy's PCG64 `random()` on stream row b (words: state high, low, increment high, low): one LCG step
+    of the 128-bit state, the XSL-RR output, its top 53 bits as a double in [0, 1)."""
+    hi, lo = rng[b, 0], rng[b, 1]
+    low = lo * _MULT_LOW
+    high = _mulhi(lo, _MULT_LOW) + lo * _MULT_HIGH + hi * _MULT_LOW
+    lo2 = low + rng[b, 3]
+    hi2 = high + rng[b, 2] + (np.uint64(1) if lo2 < low else np.uint64(0))
+    rng[b, 0], rng[b, 1] = hi2, lo2
+    v = hi2 ^ lo2
+    rot = hi2 >> np.uint64(58)
+    out = (v >> rot) | (v << ((np.uint64(64) - rot) & np.uint64(63)))
+    return np.float64(out >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True)
+def draw_uniforms(rng, rows, out):
+    """The next uniform of each row's stream (the numpy kernel's draws)."""
+    for i in range(rows.shape[0]):
+        out[i] = next_uniform(rng, rows[i])
 
 
 @njit(cache=True)
@@ -131,15 +169,22 @@ def _next_agent(b, u, j, prev, logy, nbr, log_base, cdf, total, deg, adj, adj_de
 
 
 @njit(cache=True)
-def walk_tokens(theta, bar, logy, node, prev, n, arrived, uniforms, pos, status, budget,
+def walk_tokens(theta, bar, logy, node, prev, n, arrived, rng, status, budget, call_hops, first,
                 nbr, log_base, cdf, total, deg, adj, adj_deg, slot, xh, ky, inv_m, rows,
                 gw, add_t, beta_t, alpha, base, lam, max_sq, project, polyak, stop, owned, every, rec):
-    """Walk each token until it must stop; `status[b]` says why (CONTINUE: its `budget` of hops is spent)."""
+    """Walk each token, from row `first` on (wrapping around), until it must stop: `status[b]` says why
+    (CONTINUE: its `budget` of hops is spent, or the call's `call_hops` were walked before its turn, when
+    `call_hops` > 0). Returns how many tokens had their turn."""
     v = np.empty(theta.shape[1])
     cum = np.empty(nbr.shape[1])
     num = logy.shape[1]
-    for b in range(node.shape[0]):
-        status[b] = CONTINUE
+    count = node.shape[0]
+    status[:] = CONTINUE
+    walked = 0
+    for i in range(count):
+        if call_hops > 0 and walked >= call_hops:
+            return i
+        b = (first + i) % count
         hops = 0
         while True:
             if not arrived[b]:
@@ -153,11 +198,7 @@ def walk_tokens(theta, bar, logy, node, prev, n, arrived, uniforms, pos, status,
                 break
             if hops >= budget:
                 break
-            if pos[b] >= uniforms.shape[1]:
-                status[b] = REFILL
-                break
-            u = uniforms[b, pos[b]]
-            pos[b] += 1
+            u = next_uniform(rng, b)
             j = node[b]
             nxt = _next_agent(b, u, j, prev, logy, nbr, log_base, cdf, total, deg, adj, adj_deg, alpha, base, num, cum)
             prev[b] = j
@@ -167,3 +208,5 @@ def walk_tokens(theta, bar, logy, node, prev, n, arrived, uniforms, pos, status,
             if not owned[nxt]:
                 status[b] = LEAVE
                 break
+        walked += hops
+    return count

@@ -7,8 +7,8 @@ then X_{n+2} ~ K_{X_{n+1},·}[x_{n+1}]. x = c·y is kept as log y and log c, so 
 Every token resident in a process (the reference: all of them; a walker actor: those on its agents)
 advances in lock step, one numpy call per operation for all of them — or, for a logistic objective whose
 path is not recorded, one token at a time in the numba kernel (shardwalk.core.srrw.compiled), same recursion. A token's trajectory does not
-depend on which tokens share the batch: each draws from its own stream (pre-drawn in chunks; the
-stream is rewound to the draws actually used when the token leaves), and every operation is either
+depend on which tokens share the batch: each draws from its own PCG64 stream (kept as words in its row and
+stepped by shardwalk.core.srrw.compiled.next_uniform, numpy's own recurrence), and every operation is either
 elementwise or a reduction within the token's own row, so its floating-point result is the same in any
 batch. The reference and every walker layout run this same code, hence the same bits.
 """
@@ -25,11 +25,9 @@ import numpy as np
 from shardwalk.core.errors import ConfigError, DivergenceError
 from shardwalk.core.srrw.chain import SRRW
 from shardwalk.core.srrw.spec import Schedule
-from shardwalk.core.srrw.token import Token
+from shardwalk.core.srrw.token import RNG_WORDS, Token, TokenBatch
 
 DONE, LEAVE, CHECKPOINT, FAILED = "done", "leave", "checkpoint", "failed"
-UNIFORMS = 4096  # uniforms pre-drawn per token and refill: one Generator call (and kernel return) per 4,096 hops
-FIRST_UNIFORMS = 256  # drawn when a token joins (into the buffer's tail): a visitor often leaves within a few hundred
 TABLE_CHUNK = 1 << 14
 
 
@@ -109,29 +107,31 @@ class WalkContext:
 
 
 class Resident:
-    """The tokens resident in one process as arrays; row k is `tokens[k]`.
+    """The tokens resident in one process as arrays, one row per token (its stream as PCG64 words included).
 
-    The arrays are views of buffers with spare capacity: a joining token is written after the last row and a
-    leaving one is replaced by the last row, so a hand-off costs one row's copy, not the whole batch's (row
-    order never matters: every operation is elementwise or inside one row). With a `shard` (a walker actor
-    of a partitioned walk) a token's visit measure outside the shared entries stays here between visits.
+    The arrays are views of buffers with spare capacity: joining tokens are written after the last row and
+    leaving ones are replaced by the last rows, so a hand-off costs its own rows' copies, not the whole
+    batch's (row order never matters: every operation is elementwise or inside one row). Tokens join and
+    leave as a `TokenBatch` (arrays, what travels between actors) or as Token objects (`add`/`take`: the
+    same objects come back, updated). With a `shard` (a walker actor of a partitioned walk) a token's visit
+    measure outside the shared entries stays here between visits.
     """
 
     def __init__(self, dim: int, num_nodes: int, polyak: bool, shard: Any = None) -> None:
-        self.tokens: list[Token] = []
         self.dim, self.num_nodes, self.polyak, self.shard = dim, num_nodes, polyak, shard
         self.size = 0
-        self._buf = {"theta": np.zeros((0, dim)), "bar": np.zeros((0, dim)) if polyak else None,
-                     "logy": np.zeros((0, num_nodes)), "node": np.zeros(0, dtype=np.int64),
-                     "prev": np.zeros(0, dtype=np.int64), "n": np.zeros(0, dtype=np.int64),
-                     "arrived": np.zeros(0, dtype=bool), "uniforms": np.zeros((0, UNIFORMS)),
-                     "pos": np.zeros(0, dtype=np.int64), "base": np.zeros(0, dtype=np.int64)}
-        self.rng_start: list[dict[str, Any]] = []  # each stream's state where its uniforms begin
+        self.turn = 0  # the row whose turn comes first in the next compiled call (tokens take turns)
+        ints = {name: np.zeros(0, dtype=np.int64) for name in ("key", "node", "prev", "n", "handoffs")}
+        self._buf = {**ints, "theta": np.zeros((0, dim)), "bar": np.zeros((0, dim)) if polyak else None,
+                     "logy": np.zeros((0, num_nodes)), "arrived": np.zeros(0, dtype=bool),
+                     "rng": np.zeros((0, RNG_WORDS), dtype=np.uint64)}
+        self.objects: list[Token | None] = []  # the Token object a row joined as (updated when it leaves)
+        self.records: list[Any] = []  # per row: (path, curve steps, curve θs) when recorded, else None
         self._row_numbers = np.zeros(0, dtype=np.int64)
         self._views()
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        return self.size
 
     def _views(self) -> None:
         for name, buf in self._buf.items():
@@ -151,109 +151,146 @@ class Resident:
     @property
     def row_numbers(self) -> np.ndarray:
         """0..B−1 (cached: gathers by row need it every step)."""
-        if len(self._row_numbers) != len(self.tokens):
-            self._row_numbers = np.arange(len(self.tokens))
+        if len(self._row_numbers) != self.size:
+            self._row_numbers = np.arange(self.size)
         return self._row_numbers
 
     def add(self, tokens: list[Token], tables: StepTables) -> None:
-        """Make `tokens` resident (their arrays copied in; the Token objects are kept and updated on exit)."""
-        if not tokens:
-            return
-        for tok in tokens:
-            _check_fits(tok, self, tables)
-        self._reserve(self.size + len(tokens))
-        b, rows = self._buf, slice(self.size, self.size + len(tokens))
-        b["theta"][rows] = [tok.theta for tok in tokens]
-        if b["bar"] is not None:
-            b["bar"][rows] = [tok.theta_bar for tok in tokens]
-        b["node"][rows] = [tok.node for tok in tokens]
-        b["prev"][rows] = [tok.prev for tok in tokens]
-        b["n"][rows] = [tok.n for tok in tokens]
-        b["arrived"][rows] = [tok.arrived for tok in tokens]
-        b["pos"][rows] = b["base"][rows] = UNIFORMS - FIRST_UNIFORMS
-        for k, tok in enumerate(tokens, start=self.size):
-            if self.shard is not None and tok.partial:
-                self.shard.restore(tok, b["logy"][k])
-            else:
-                b["logy"][k] = tok.logy
-            self.rng_start.append(tok.rng.bit_generator.state)
-            b["uniforms"][k, UNIFORMS - FIRST_UNIFORMS :] = tok.rng.random(FIRST_UNIFORMS)
-        self.size += len(tokens)
-        self.tokens.extend(tokens)
-        self._views()
+        """Make `tokens` resident; `take` (and `advance`) later update these same objects."""
+        if tokens:
+            self.add_batch(TokenBatch.from_tokens(tokens), tables, objects=tokens)
 
-    def refill(self, k: int) -> None:
-        """Row k's next uniforms, from where its stream stands."""
-        rng = self._rewind(k)
-        self.rng_start[k] = rng.bit_generator.state
-        self.uniforms[k] = rng.random(UNIFORMS)
-        self.pos[k] = self.base[k] = 0
+    def add_batch(self, batch: TokenBatch, tables: StepTables, objects: list[Token] | None = None) -> None:
+        """Make a batch's tokens resident (checked first: a batch this walk cannot take changes nothing)."""
+        count = len(batch)
+        if not count:
+            return
+        _check_fits(batch, self, tables)
+        self._reserve(self.size + count)
+        rows = slice(self.size, self.size + count)
+        b = self._buf
+        for name in ("key", "node", "prev", "n", "handoffs", "arrived", "theta", "rng"):
+            b[name][rows] = getattr(batch, name)
+        if b["bar"] is not None:
+            b["bar"][rows] = batch.bar
+        if batch.partial:
+            self.shard.restore(batch.key, b["logy"], np.arange(rows.start, rows.stop), batch.logy)
+        else:
+            b["logy"][rows] = batch.logy
+        self.objects += objects if objects is not None else [None] * count
+        self.records += batch.records if batch.records is not None else [None] * count
+        self.size += count
+        self._views()
 
     def draw(self, rows: np.ndarray) -> np.ndarray:
         """The next uniform of each row's own stream."""
-        for k in rows[self.pos[rows] >= UNIFORMS].tolist():
-            self.refill(k)
-        u = self.uniforms[rows, self.pos[rows]]
-        self.pos[rows] += 1
-        return u
+        from shardwalk.core.srrw import compiled
 
-    def _rewind(self, k: int) -> np.random.Generator:
-        """Row k's stream positioned just after the uniforms it has used (what a scalar walk would hold)."""
-        rng = self.tokens[k].rng
-        rng.bit_generator.state = self.rng_start[k]
-        rng.bit_generator.advance(int(self.pos[k] - self.base[k]))
-        return rng
-
-    def take(self, rows: list[int], tables: StepTables) -> list[Token]:
-        """Write rows' state back into their Token objects and remove them from the batch."""
-        _, _, log_scale = tables.ensure(int(self.n[rows].max()) if rows else 0)
-        out = []
-        for k in rows:
-            tok = self.tokens[k]
-            tok.theta = self.theta[k].copy()
-            if self.shard is not None:
-                self.shard.park(tok, self.logy[k])
-            else:
-                tok.logy = self.logy[k].tolist()
-            tok.node, tok.prev, tok.n = int(self.node[k]), int(self.prev[k]), int(self.n[k])
-            tok.arrived, tok.log_scale = bool(self.arrived[k]), float(log_scale[tok.n])
-            if self.bar is not None:
-                tok.theta_bar = self.bar[k].copy()
-            self._rewind(k)
-            out.append(tok)
-        for k in sorted(set(rows), reverse=True):  # the last row fills each gap
-            last = self.size - 1
-            if k != last:
-                for buf in self._buf.values():
-                    if buf is not None:
-                        buf[k] = buf[last]
-                self.tokens[k], self.rng_start[k] = self.tokens[last], self.rng_start[last]
-            self.tokens.pop()
-            self.rng_start.pop()
-            self.size -= 1
-        self._views()
+        out = np.empty(len(rows))
+        compiled.draw_uniforms(self.rng, np.asarray(rows, dtype=np.int64), out)
         return out
 
+    def record_of(self, k: int) -> Any:
+        """Row k's (path, curve steps, curve θs), made on first use."""
+        if self.records[k] is None:
+            self.records[k] = (None, [], [])
+        return self.records[k]
 
-def _check_fits(tok: Token, res: Resident, tables: StepTables) -> None:
+    def take_batch(self, rows: list[int] | np.ndarray, tables: StepTables) -> TokenBatch:
+        """The rows as a batch (a sharded measure keeps its own entries here), removed from the residents."""
+        rows = np.asarray(rows, dtype=np.int64)
+        _, _, log_scale = tables.ensure(int(self.n[rows].max()) if len(rows) else 0)
+        logy = self.logy[rows] if self.shard is None else self.shard.park(self.key[rows], self.logy, rows)
+        recorded = [self.records[k] for k in rows.tolist()]
+        batch = TokenBatch(
+            key=self.key[rows], n=self.n[rows], node=self.node[rows], prev=self.prev[rows], arrived=self.arrived[rows],
+            handoffs=self.handoffs[rows], log_scale=log_scale[self.n[rows]], theta=self.theta[rows],
+            bar=None if self.bar is None else self.bar[rows], logy=logy, rng=self.rng[rows],
+            partial=self.shard is not None,
+            records=None if all(r is None for r in recorded) else [r or (None, [], []) for r in recorded])
+        self._remove(rows)
+        return batch
+
+    def take(self, rows: list[int], tables: StepTables) -> list[Token]:
+        """The rows as Token objects (the ones they joined as, updated), removed from the residents."""
+        objects = [self.objects[k] for k in rows]
+        batch = self.take_batch(rows, tables)
+        return [batch.write_into(i, tok) if tok is not None else batch.token(i) for i, tok in enumerate(objects)]
+
+    def _remove(self, rows: np.ndarray) -> None:
+        """Drop rows: the last rows not dropped move into the gaps."""
+        rows = np.unique(rows)
+        size = self.size - len(rows)
+        holes = rows[rows < size]
+        movers = np.setdiff1d(np.arange(size, self.size), rows)
+        if len(holes):
+            for buf in self._buf.values():
+                if buf is not None:
+                    buf[holes] = buf[movers]
+            for h, m in zip(holes.tolist(), movers.tolist()):
+                self.objects[h], self.records[h] = self.objects[m], self.records[m]
+        del self.objects[size:], self.records[size:]
+        self.size = size
+        self._views()
+
+
+def _check_fits(batch: TokenBatch, res: Resident, tables: StepTables) -> None:
     """A token from another walk (other agents, model or schedule) is refused, not walked."""
-    agents = res.shard.num_nodes if tok.partial and res.shard is not None else len(tok.logy)
-    if (tok.partial and res.shard is None) or agents != res.num_nodes or np.shape(tok.theta) != (res.dim,):
-        raise ConfigError(f"token {tok.key} has {agents} agents and θ of shape {np.shape(tok.theta)}; "
+    key = int(batch.key[0])
+    agents = res.shard.num_nodes if batch.partial and res.shard is not None else batch.logy.shape[1]
+    dim = batch.theta.shape[1]
+    if (batch.partial and res.shard is None) or agents != res.num_nodes or dim != res.dim:
+        raise ConfigError(f"token {key} has {agents} agents and θ of shape ({dim},); "
                           f"this walk has {res.num_nodes} agents and dimension {res.dim}")
-    if (tok.theta_bar is not None) != res.polyak:
-        raise ConfigError(f"token {tok.key}: polyak averaging {'off' if res.polyak else 'on'} in the token, not in the walk")
-    _, _, log_scale = tables.ensure(tok.n)
-    if tok.log_scale != log_scale[tok.n]:
-        raise ConfigError(f"token {tok.key} was walked with another step-size schedule (log c at step {tok.n} differs)")
+    if batch.partial:
+        res.shard.check(batch.key, batch.logy.shape[1])
+    if (batch.bar is not None) != res.polyak:
+        raise ConfigError(f"token {key}: polyak averaging {'off' if res.polyak else 'on'} in the token, not in the walk")
+    bad = (batch.n < 0) | (batch.node < 0) | (batch.node >= res.num_nodes) | (batch.prev < -1) | (batch.prev >= res.num_nodes)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ConfigError(f"token {int(batch.key[i])} stands at agent index {int(batch.node[i])} (previous "
+                          f"{int(batch.prev[i])}) at step {int(batch.n[i])}; this walk has {res.num_nodes} agents")
+    _, _, log_scale = tables.ensure(int(batch.n.max()))
+    off = np.flatnonzero(batch.log_scale != log_scale[batch.n])
+    if len(off):
+        i = int(off[0])
+        raise ConfigError(f"token {int(batch.key[i])} was walked with another step-size schedule "
+                          f"(log c at step {int(batch.n[i])} differs)")
 
 
-def advance(res: Resident, ctx: WalkContext, max_iters: int) -> list[tuple[Token, str, Exception | None]]:
-    """Up to `max_iters` lock-step iterations (compiled: hops per token); the tokens that stopped (DONE,
-    LEAVE, CHECKPOINT, FAILED)."""
-    if ctx.compiled:
-        return _advance_compiled(res, ctx, max_iters)
+Exits = tuple[list[int], dict[int, str], dict[int, Exception]]
+
+
+def advance(res: Resident, ctx: WalkContext, max_iters: int, call_hops: int = 0) -> list[tuple[Token, str, Exception | None]]:
+    """Up to `max_iters` lock-step iterations (compiled: hops per token, and with `call_hops` > 0 at most
+    about that many hops in all, the tokens taking turns); the tokens that stopped (DONE, LEAVE, CHECKPOINT,
+    FAILED)."""
     out: list[tuple[Token, str, Exception | None]] = []
+    for rows, status, errors in _stops(res, ctx, max_iters, call_hops):
+        out += [(tok, status[k], errors.get(k)) for k, tok in zip(rows, res.take(rows, ctx.tables))]
+    return out
+
+
+def advance_batch(res: Resident, ctx: WalkContext, max_iters: int,
+                  call_hops: int = 0) -> tuple[TokenBatch | None, list[str], list[Exception | None]]:
+    """`advance` for tokens in transit: the stopped tokens as one batch, their statuses and errors by row."""
+    batches, statuses, failures = [], [], []
+    for rows, status, errors in _stops(res, ctx, max_iters, call_hops):
+        batches.append(res.take_batch(rows, ctx.tables))
+        statuses += [status[k] for k in rows]
+        failures += [errors.get(k) for k in rows]
+    return (TokenBatch.concat(batches) if batches else None), statuses, failures
+
+
+def _stops(res: Resident, ctx: WalkContext, max_iters: int, call_hops: int = 0) -> Any:
+    """Yield (rows, status by row, error by row) of tokens that stopped; the caller takes those rows out
+    before the walk goes on."""
+    if ctx.compiled:
+        stopped = _advance_compiled(res, ctx, max_iters, call_hops)
+        if stopped[0]:
+            yield stopped
+        return
     for _ in range(max_iters):
         if not len(res):
             break
@@ -274,34 +311,34 @@ def advance(res: Resident, ctx: WalkContext, max_iters: int) -> list[tuple[Token
                 _depart(res, ctx, go, status)
         if status:
             rows = sorted(status)
-            out += [(tok, *status[k]) for k, tok in zip(rows, res.take(rows, ctx.tables))]
-    return out
+            yield rows, {k: status[k][0] for k in rows}, {k: e for k in rows if (e := status[k][1]) is not None}
 
 
-def _advance_compiled(res: Resident, ctx: WalkContext, budget: int) -> list[tuple[Token, str, Exception | None]]:
-    """One call of the numba kernel over every resident token (shardwalk.core.srrw.compiled)."""
+def _advance_compiled(res: Resident, ctx: WalkContext, budget: int, call_hops: int = 0) -> Exits:
+    """One call of the numba kernel over the resident tokens (shardwalk.core.srrw.compiled), each in turn from where
+    the last call's turns ended; the rows that stopped."""
     from shardwalk.core.srrw import compiled as cc  # numba: imported only by a walk that uses it
 
     s, chain, r = ctx.schedule, ctx.chain, ctx.chain.rows
     add, beta, _ = ctx.tables.ensure(min(int(res.n.max(initial=0)) + budget + 1, ctx.stop))
     status = np.zeros(len(res), dtype=np.int64)
     bar = res.bar if res.bar is not None else np.zeros((0, 0))
-    cc.walk_tokens(res.theta, bar, res.logy, res.node, res.prev, res.n, res.arrived, res.uniforms, res.pos, status,
-                   int(budget), r.nbr, r.log_base, r.cdf, r.total, r.deg, r.adj, r.adj_deg, *ctx.data, chain.grad_weight,
+    first = res.turn % len(res) if len(res) else 0
+    turns = cc.walk_tokens(res.theta, bar, res.logy, res.node, res.prev, res.n, res.arrived, res.rng, status,
+                   int(budget), int(call_hops), first, r.nbr, r.log_base, r.cdf, r.total, r.deg, r.adj, r.adj_deg, *ctx.data, chain.grad_weight,
                    add, beta, float(chain.alpha), cc.BASE_CODES[chain.base], float(ctx.objective.lam),
                    float(s.max_norm) ** 2, float(s.project or 0.0), bool(s.polyak), int(ctx.stop), ctx.owned_all,
                    int(ctx.checkpoint_every), int(s.record_every))
-    for k in np.flatnonzero(status == cc.REFILL).tolist():
-        res.refill(k)
+    res.turn = first + turns
     if s.record_every:  # θ snapshots at the arrivals the kernel stopped at
         snap = np.flatnonzero(((status == cc.RECORD) | (status == cc.CHECKPOINT)) & (res.n % s.record_every == 0))
         _record(res, ctx, snap, res.n[snap], res.theta[snap])
     names = {cc.DONE: DONE, cc.LEAVE: LEAVE, cc.CHECKPOINT: CHECKPOINT, cc.FAILED: FAILED}
-    rows = [k for k, code in enumerate(status.tolist()) if code in names]
-    if not rows:
-        return []
-    errors = {k: _divergence(res, ctx, k) for k in rows if status[k] == cc.FAILED}
-    return [(tok, names[int(status[k])], errors.get(k)) for k, tok in zip(rows, res.take(rows, ctx.tables))]
+    rows = np.flatnonzero((status == cc.DONE) | (status == cc.LEAVE) | (status == cc.CHECKPOINT) | (status == cc.FAILED))
+    rows_list = rows.tolist()
+    codes = status[rows].tolist()
+    return (rows_list, {k: names[c] for k, c in zip(rows_list, codes)},
+            {k: _divergence(res, ctx, k) for k, c in zip(rows_list, codes) if c == cc.FAILED})
 
 
 def warm_up(ctx: WalkContext, dim: int) -> None:
@@ -360,12 +397,12 @@ def _record(res: Resident, ctx: WalkContext, rows: np.ndarray, n: np.ndarray, th
     rec = ctx.schedule.record_every
     if ctx.schedule.record_path:
         for k, node in zip(rows.tolist(), res.node[rows].tolist()):
-            res.tokens[k].path.append(node)
+            res.record_of(k)[0].append(node)
     if rec:
         for i in np.flatnonzero(n % rec == 0).tolist():
-            tok = res.tokens[int(rows[i])]
-            tok.curve_n.append(int(n[i]))
-            tok.curve_theta.append(theta[i].copy())
+            _, curve_n, curve_theta = res.record_of(int(rows[i]))
+            curve_n.append(int(n[i]))
+            curve_theta.append(theta[i].copy())
 
 
 def _depart(res: Resident, ctx: WalkContext, rows: np.ndarray | slice, status: dict) -> None:

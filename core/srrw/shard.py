@@ -33,38 +33,67 @@ def shared_agents(view_masks: list[np.ndarray]) -> np.ndarray:
 
 
 class MeasureShard:
-    """One actor's entries of every token's visit measure (its view), kept between the token's visits."""
+    """One actor's entries of every token's visit measure (its view), kept between the token's visits.
+
+    Row `key` of `kept` holds token `key`'s view entries while the token is away (`present`); batches of
+    tokens are restored into and parked from the resident rows with one fancy-indexed copy each.
+    """
 
     def __init__(self, view: np.ndarray, shared: np.ndarray) -> None:
         self.num_nodes = len(view)
         self.view = np.flatnonzero(view)
         self.shared = np.asarray(shared, dtype=np.int64)
         self.exclusive = np.setdiff1d(self.view, self.shared)  # entries no other actor reads
-        self.kept: dict[int, np.ndarray] = {}
+        self.kept = np.zeros((0, len(self.view)))
+        self.present = np.zeros(0, dtype=bool)
+
+    def _reserve(self, keys: int) -> None:
+        if keys > len(self.present):
+            cap = max(keys, 2 * len(self.present))
+            kept = np.zeros((cap, len(self.view)))
+            kept[: len(self.kept)] = self.kept
+            present = np.zeros(cap, dtype=bool)
+            present[: len(self.present)] = self.present
+            self.kept, self.present = kept, present
 
     def seed(self, key: int, logy: Any) -> None:
         """A token's measure at the start of the walk (every actor gets every token's)."""
-        self.kept[key] = np.asarray(logy, dtype=np.float64)[self.view]
+        self.seed_all(np.asarray(logy, dtype=np.float64)[None, :], np.array([key]))
 
-    def restore(self, tok: Token, row: np.ndarray) -> None:
-        """Fill a batch row with the token's measure: the kept view entries, then the shared ones it carried."""
-        kept = self.kept.pop(tok.key, None)
-        if kept is None or len(tok.logy) != len(self.shared):
-            raise ConfigError(f"token {tok.key} carries {len(tok.logy)} shared measure entries; this actor "
-                              f"expects {len(self.shared)} and {'has no' if kept is None else 'has'} its own entries")
-        row[self.view] = kept
-        row[self.shared] = tok.logy
-        tok.logy, tok.partial = [], False
+    def seed_all(self, measures: np.ndarray, keys: np.ndarray | None = None) -> None:
+        """Tokens' measures at the start of the walk, one row each (keys 0..K−1 unless given)."""
+        keys = np.arange(len(measures)) if keys is None else np.asarray(keys, dtype=np.int64)
+        self._reserve(int(keys.max()) + 1 if len(keys) else 0)
+        self.kept[keys] = np.asarray(measures, dtype=np.float64)[:, self.view]
+        self.present[keys] = True
 
-    def park(self, tok: Token, row: np.ndarray) -> None:
-        """Keep the row's view entries here; the token leaves with the shared entries only."""
-        self.kept[tok.key] = row[self.view].copy()
-        tok.logy, tok.partial = row[self.shared], True
+    def check(self, keys: np.ndarray, carried: int) -> None:
+        """ConfigError unless these tokens carry this walk's shared entries and their own entries are here."""
+        away = (keys >= len(self.present)) | (keys < 0)
+        away[~away] = ~self.present[keys[~away]]
+        if carried != len(self.shared) or away.any():
+            key = int(keys[np.flatnonzero(away)[0]]) if away.any() else int(keys[0])
+            raise ConfigError(f"token {key} carries {carried} shared measure entries; this actor expects "
+                              f"{len(self.shared)} and {'has no' if away.any() else 'has'} its own entries")
+
+    def restore(self, keys: np.ndarray, logy: np.ndarray, rows: np.ndarray, carried: np.ndarray) -> None:
+        """Fill resident rows with tokens' measures: the kept view entries, then the shared ones they carried."""
+        self.check(keys, carried.shape[1])
+        logy[rows[:, None], self.view] = self.kept[keys]
+        logy[rows[:, None], self.shared] = carried
+        self.present[keys] = False
+
+    def park(self, keys: np.ndarray, logy: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Keep the rows' view entries here; returns the shared entries the tokens leave with."""
+        self._reserve(int(keys.max()) + 1 if len(keys) else 0)
+        self.kept[keys] = logy[rows[:, None], self.view]
+        self.present[keys] = True
+        return logy[rows[:, None], self.shared]
 
     def exclusive_entries(self) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """(exclusive agent indices, each token's values there): this actor's part of `gather`."""
         pos = np.searchsorted(self.view, self.exclusive)
-        return self.exclusive, {key: vals[pos] for key, vals in self.kept.items()}
+        return self.exclusive, {key: self.kept[key, pos] for key in np.flatnonzero(self.present).tolist()}
 
 
 def gather(tok: Token, shared: np.ndarray, parts: list[tuple[np.ndarray, dict[int, np.ndarray]]]) -> None:

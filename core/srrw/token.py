@@ -1,8 +1,10 @@
-"""The walking state of one SA-SRRW token: what travels between walker actors and what a checkpoint holds.
+"""The walking state of SA-SRRW tokens: what travels between walker actors and what a checkpoint holds.
 
 A token carries θ, the visit measure (as log y with x = c·y; log c is a function of the step n), the
-current and previous agent, its own RNG stream and what it records. Ray pickles it as plain bytes and
-ints (`__reduce__`); on disk it is JSON + .npy (shardwalk.core.srrw.token_store), never pickle.
+current and previous agent, its own RNG stream (PCG64) and what it records. Between walker actors tokens
+travel as a `TokenBatch`: a few contiguous arrays for all the tokens of one hand-off (Ray ships each as one
+zero-copy buffer), never one Python object per token. On disk a token is JSON + .npy (shardwalk.core.srrw.token_store),
+never pickle.
 """
 
 from __future__ import annotations
@@ -51,11 +53,6 @@ class Token:
             self.curve_n, np.asarray(self.curve_theta, dtype=np.float64).tobytes(),
         )
         return _unpack_token, (packed,)
-
-    def wire_bytes(self) -> int:
-        """Bytes of the payload a hand-off carries (`__reduce__`'s arrays and fields; Ray's framing aside)."""
-        packed = self.__reduce__()[1][0]
-        return sum(len(v) if isinstance(v, bytes) else len(repr(v)) for v in packed)
 
     def visit_measure(self) -> np.ndarray:
         """x_n, normalised (it sums to 1 by construction; renormalising only removes rounding)."""
@@ -128,6 +125,126 @@ def _unpack_token(packed: tuple[Any, ...]) -> Token:
         partial=partial, theta_bar=None if theta_bar is None else np.frombuffer(theta_bar, dtype=np.float64).copy(),
         path=path, curve_n=curve_n, curve_theta=list(curves.copy()),
     )
+
+
+RNG_WORDS = 6  # a PCG64 stream as uint64 words: state (high, low), increment (high, low), has_uint32, uinteger
+_LOW = (1 << 64) - 1
+
+
+def rng_words(rng: np.random.Generator, key: int) -> list[int]:
+    """The token's PCG64 stream as RNG_WORDS integers (the walk kernels draw from these words directly)."""
+    state = rng.bit_generator.state
+    if state.get("bit_generator") != "PCG64":
+        raise ConfigError(f"token {key} draws from a {state.get('bit_generator')} stream; the walk needs PCG64 streams")
+    s, inc = state["state"]["state"], state["state"]["inc"]
+    return [s >> 64, s & _LOW, inc >> 64, inc & _LOW, state["has_uint32"], state["uinteger"]]
+
+
+def set_rng_words(rng: np.random.Generator, words: np.ndarray) -> None:
+    """Position a PCG64 generator at the stream state `words` (rng_words' inverse)."""
+    w = [int(v) for v in words]
+    rng.bit_generator.state = {"bit_generator": "PCG64", "state": {"state": (w[0] << 64) | w[1], "inc": (w[2] << 64) | w[3]},
+                               "has_uint32": w[4], "uinteger": w[5]}
+
+
+@dataclass
+class TokenBatch:
+    """Tokens in transit as arrays, row i one token: what a hand-off, a flush of an outbox, carries.
+
+    `logy` holds each token's whole log-measure, or with `partial` only the walk's shared entries (the rest
+    stays with the agents: shardwalk.core.srrw.shard). `records` (path, curve steps, curve θs per token) is present
+    only when the walk records them; everything else is a numeric array, so Ray serialises a batch as a
+    dozen buffers whatever its size.
+    """
+
+    key: np.ndarray  # int64
+    n: np.ndarray  # int64
+    node: np.ndarray  # int64
+    prev: np.ndarray  # int64
+    arrived: np.ndarray  # bool
+    handoffs: np.ndarray  # int64
+    log_scale: np.ndarray  # float64
+    theta: np.ndarray  # (B, d) float64
+    bar: np.ndarray | None  # (B, d) float64: Polyak averages, when kept
+    logy: np.ndarray  # (B, M) float64
+    rng: np.ndarray  # (B, RNG_WORDS) uint64
+    partial: bool = False
+    records: list[tuple[list[int] | None, list[int], list[np.ndarray]]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays (the payload of a hand-off; Ray's framing aside)."""
+        arrays = (self.key, self.n, self.node, self.prev, self.arrived, self.handoffs, self.log_scale, self.theta,
+                  self.logy, self.rng) + (() if self.bar is None else (self.bar,))
+        return sum(a.nbytes for a in arrays)
+
+    @classmethod
+    def from_tokens(cls, tokens: list[Token]) -> TokenBatch:
+        """The tokens packed (their streams must be PCG64; partial tokens must all be partial)."""
+        partial = {tok.partial for tok in tokens}
+        if len(partial) > 1:
+            raise ValueError("a batch holds whole tokens or partial tokens, not both")
+        recorded = any(tok.path is not None or tok.curve_n for tok in tokens)
+        bars = [tok.theta_bar for tok in tokens]
+        return cls(
+            key=np.array([tok.key for tok in tokens], dtype=np.int64), n=np.array([tok.n for tok in tokens], dtype=np.int64),
+            node=np.array([tok.node for tok in tokens], dtype=np.int64),
+            prev=np.array([tok.prev for tok in tokens], dtype=np.int64),
+            arrived=np.array([tok.arrived for tok in tokens], dtype=bool),
+            handoffs=np.array([tok.handoffs for tok in tokens], dtype=np.int64),
+            log_scale=np.array([tok.log_scale for tok in tokens], dtype=np.float64),
+            theta=np.array([tok.theta for tok in tokens], dtype=np.float64).reshape(len(tokens), -1),
+            bar=None if tokens and bars[0] is None else np.array(bars, dtype=np.float64).reshape(len(tokens), -1),
+            logy=np.array([np.asarray(tok.logy, dtype=np.float64) for tok in tokens]).reshape(len(tokens), -1),
+            rng=np.array([rng_words(tok.rng, tok.key) for tok in tokens], dtype=np.uint64).reshape(len(tokens), RNG_WORDS),
+            partial=partial == {True},
+            records=[(tok.path, tok.curve_n, tok.curve_theta) for tok in tokens] if recorded else None,
+        )
+
+    def write_into(self, i: int, tok: Token) -> Token:
+        """Row i's state into the Token object `tok` (its key must match); returns it."""
+        tok.theta, tok.n, tok.node, tok.prev = self.theta[i].copy(), int(self.n[i]), int(self.node[i]), int(self.prev[i])
+        tok.arrived, tok.handoffs, tok.log_scale = bool(self.arrived[i]), int(self.handoffs[i]), float(self.log_scale[i])
+        tok.theta_bar = None if self.bar is None else self.bar[i].copy()
+        tok.logy, tok.partial = (self.logy[i].copy(), True) if self.partial else (self.logy[i].tolist(), False)
+        set_rng_words(tok.rng, self.rng[i])
+        if self.records is not None:
+            tok.path, tok.curve_n, tok.curve_theta = self.records[i]
+        return tok
+
+    def token(self, i: int) -> Token:
+        """Row i as a new Token."""
+        tok = Token(key=int(self.key[i]), theta=self.theta[i], logy=[], log_scale=0.0, n=0, node=0, prev=-1,
+                    arrived=True, rng=np.random.Generator(bit_generator("PCG64")))
+        return self.write_into(i, tok)
+
+    def tokens(self) -> list[Token]:
+        return [self.token(i) for i in range(len(self))]
+
+    def select(self, rows: np.ndarray) -> TokenBatch:
+        """The batch of the given rows (copies)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return TokenBatch(
+            self.key[rows], self.n[rows], self.node[rows], self.prev[rows], self.arrived[rows], self.handoffs[rows],
+            self.log_scale[rows], self.theta[rows], None if self.bar is None else self.bar[rows], self.logy[rows],
+            self.rng[rows], self.partial, None if self.records is None else [self.records[i] for i in rows.tolist()])
+
+    @classmethod
+    def concat(cls, batches: list[TokenBatch]) -> TokenBatch:
+        """One batch of the rows of `batches`, in order (the same kind of tokens: whole or partial)."""
+        if len(batches) == 1:
+            return batches[0]
+        first = batches[0]
+        records = None
+        if any(b.records is not None for b in batches):
+            records = [r for b in batches for r in (b.records or [(None, [], [])] * len(b))]
+        return cls(*(np.concatenate([getattr(b, f) for b in batches]) for f in (
+            "key", "n", "node", "prev", "arrived", "handoffs", "log_scale", "theta")),
+            None if first.bar is None else np.concatenate([b.bar for b in batches]),
+            np.concatenate([b.logy for b in batches]), np.concatenate([b.rng for b in batches]), first.partial, records)
 
 
 def token_streams(seed: int, tokens: int) -> list[np.random.Generator]:
