@@ -138,16 +138,23 @@ def measure(source: str, *, k: int, M: int, ef_construction: int, ef: int, setti
     read_seconds = time.perf_counter() - began
     if len(x) < k + 1:
         raise DataError(f"sample of {source}: {len(x)} rows, but a kNN graph with k={k} needs at least k + 1 = {k + 1}")
+    costs = measure_arrays(x, k=k, M=M, ef_construction=ef_construction, ef=ef, settings=settings, space=space)
+    return dataclasses.replace(costs, source=source, read_seconds=read_seconds, seconds=time.perf_counter() - began)
+
+
+def measure_arrays(x: np.ndarray, *, k: int, M: int, ef_construction: int, ef: int, settings: kp.GraphSettings,
+                   space: str = "l2") -> SampleCosts:
+    """The one-core costs of `x`'s rows (k + 1 of them at least); `benchmarks.calibrate` runs it on generated data."""
     from threadpoolctl import threadpool_limits
 
+    began = time.perf_counter()
     with threadpool_limits(limits=1), _numba_threads(1):
         build, query = _time_hnsw(x, k, M, ef_construction, ef, space)
         graph = _time_partition(x, k, settings, space)
         exact_rows = min(len(x), EXACT_ROWS)
         exact = _timed(kp.local_graph, np.arange(exact_rows), x[:exact_rows], k, space, settings.block)
-    return SampleCosts(source, len(x), x.shape[1], build, query, exact_s_per_pair=exact / exact_rows**2,
-                       exact_rows=exact_rows, read_seconds=read_seconds,
-                       seconds=time.perf_counter() - began, **graph)
+    return SampleCosts("arrays", len(x), x.shape[1], build, query, exact_s_per_pair=exact / exact_rows**2,
+                       exact_rows=exact_rows, read_seconds=0.0, seconds=time.perf_counter() - began, **graph)
 
 
 def _timed(fn: Callable[..., object], *args: object) -> float:
