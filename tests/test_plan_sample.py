@@ -40,6 +40,19 @@ def test_hnsw_build_law_is_n_log_n_and_query_law_is_log_n() -> None:
     assert 1.0 < sc.query_growth(n_s, n) < sc.build_growth(n_s, n) < 1.5  # slow growth, not the 0.3·ln of generated data
 
 
+def test_the_build_growth_fitted_on_two_halves_stays_between_n_log_n_and_the_cap() -> None:
+    n = 30_000
+    pure = 1 / (math.log(n) - 1)
+X
+    halves = (alpha + beta * (math.log(n / 2) - 1), alpha + beta * (math.log(n) + math.log(2) - 1))
+    assert sc.fit_build_growth(*halves, n) == pytest.approx(beta / (alpha + beta * (math.log(n) - 1)))
+    assert sc.fit_build_growth(1e-4, 0.9e-4, n) == pytest.approx(pure)  # noise: never below n·ln n
+    assert sc.fit_build_growth(1e-4, 9e-4, n) == sc.MAX_BUILD_GROWTH  # nor beyond the cap
+    g = sc.fit_build_growth(*halves, n)
+    assert sc.build_growth(n, 10 * n, g) == pytest.approx(1 + g * math.log(10))
+    assert sc.build_growth(n, 10 * n, 0.0) == pytest.approx(sc.build_growth(n, 10 * n))
+
+
 def test_partition_graph_grows_linearly_at_a_fixed_cell_size_and_exact_quadratically() -> None:
     settings = GraphSettings()
     small, large = 200_000, 800_000

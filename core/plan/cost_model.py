@@ -306,7 +306,7 @@ def _hnsw_costs(job: IndexJob, cluster: Cluster, c: Constants, layout: sizing.Sh
     shard_rows = job.rows / layout.shards
     rows_per_node = shard_rows * actors_per_node  # replicas build their own copy
     if job.sample is not None:  # measured at the job's M, efC and ef on the data itself (sample_costs' laws)
-        per_insert = job.sample.build_s_per_row * build_growth(job.sample.rows, shard_rows)
+        per_insert = job.sample.build_s_per_row * build_growth(job.sample.rows, shard_rows, job.sample.build_log_growth)
         per_query = job.sample.query_s_per_row * query_growth(job.sample.rows, shard_rows)
     else:
         per_insert, per_query = calibrated_hnsw_s_per_row(job, c, shard_rows)

@@ -7,8 +7,12 @@ measurement runs on one thread and counts CPU seconds (`time.process_time`), lik
 one-core constants, so the cost model's thread and cluster arithmetic applies unchanged and a busy machine
 does not inflate the figures (contention still costs some cache). The laws (docs/design.md, "Sizing and plan"):
 
-- HNSW build: T(n) ~ n·ln n (each insert searches ~ln n layers' worth of candidates), so the average
-  seconds per insert over a build of n rows scale by (ln n − 1) / (ln n_s − 1) from the sample's n_s;
+- HNSW build: T(n) = α·n + β·n·ln n (each insert searches ~ln n layers' worth of candidates), so the
+  mean insert over a build of n rows is α + β·(ln n − 1). The sample is inserted in two halves, which fixes
+  α and β; the growth per ln n relative to the sample's mean, g = β / (α + β·(ln n_s − 1)), is kept within
+  [1 / (ln n_s − 1) (pure n·ln n, α = 0), MAX_BUILD_GROWTH] (memory no longer fitting a cache makes real
+  builds grow faster than ln n; a noisy split must not extrapolate wildly), and the mean insert at n is the
+  sample's × (1 + g·ln(n / n_s));
 - HNSW query: seconds per query ~ ln n (the index it searches);
 - partition graph: each row meets the ~overlap·R rows of its overlap cells (R = rows per cell, fixed by
   `partition_rows`), so local work ~ n·overlap²·R; assigning rows to P = overlap·n/R cells ~ n·P·d and
@@ -35,6 +39,7 @@ from shardwalk.core.errors import ConfigError, DataError
 from shardwalk.core.index import knn_partition as kp
 from shardwalk.core.storage.sources import plan_shards, read_shard
 
+MAX_BUILD_GROWTH = 0.3  # per ln n, as benchmarks.calibrate's cap (calibrations measured up to it at 10k-50k)
 SAMPLE_ROWS = 30_000  # rows a sample reads by default: a 128-d HNSW build of them takes seconds on one core
 MAX_SAMPLE_ROWS = 200_000
 SLICES = 8  # evenly spaced row ranges a sample is read from (data sorted by topic or time is still mixed)
@@ -59,6 +64,7 @@ class SampleCosts:
     exact_rows: int
     read_seconds: float  # reading the sample (wall)
     seconds: float  # reading + every measurement (wall)
+    build_log_growth: float = 0.0  # g of the build law fitted on the sample's two halves (0: pure n·ln n)
 
     def as_json(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -67,9 +73,24 @@ class SampleCosts:
 # ----------------------------------------------------------------------------- growth laws
 
 
-def build_growth(sample_rows: float, rows: float) -> float:
-    """Average-insert cost at `rows` over that at `sample_rows`: a build is ~ n·ln n, its mean insert ~ ln n − 1."""
-    return max(math.log(max(rows, 3.0)) - 1.0, 0.1) / max(math.log(max(sample_rows, 3.0)) - 1.0, 0.1)
+def build_growth(sample_rows: float, rows: float, slope: float = 0.0) -> float:
+    """Mean-insert cost of a build of `rows` over that of `sample_rows`: 1 + slope·ln(rows / sample_rows), with
+    slope 0 meaning pure n·ln n (mean insert ~ ln n − 1)."""
+    pure = max(math.log(max(rows, 3.0)) - 1.0, 0.1) / max(math.log(max(sample_rows, 3.0)) - 1.0, 0.1)
+    if slope <= 0:
+        return pure
+    return max(0.1, 1.0 + slope * math.log(max(rows, 3.0) / max(sample_rows, 3.0)))
+
+
+def fit_build_growth(first_half: float, second_half: float, rows: int) -> float:
+    """g of the build law from the mean insert of a build's first and second halves (rows/2 each): with
+    c(s) = α + β·ln s, the halves' means are α + β·(ln(n/2) − 1) and α + β·(ln n + ln 2 − 1)."""
+    pure = 1.0 / max(math.log(max(rows, 3.0)) - 1.0, 0.1)
+    beta = (second_half - first_half) / (2.0 * math.log(2.0))
+    mean = (first_half + second_half) / 2.0  # = α + β·(ln n − 1)
+    if not (mean > 0 and math.isfinite(beta)):
+        return pure
+    return min(MAX_BUILD_GROWTH, max(pure, beta / mean))
 
 
 def query_growth(sample_rows: float, rows: float) -> float:
@@ -149,12 +170,13 @@ def measure_arrays(x: np.ndarray, *, k: int, M: int, ef_construction: int, ef: i
 
     began = time.perf_counter()
     with threadpool_limits(limits=1), _numba_threads(1):
-        build, query = _time_hnsw(x, k, M, ef_construction, ef, space)
+        build, query, growth = _time_hnsw(x, k, M, ef_construction, ef, space)
         graph = _time_partition(x, k, settings, space)
         exact_rows = min(len(x), EXACT_ROWS)
         exact = _timed(kp.local_graph, np.arange(exact_rows), x[:exact_rows], k, space, settings.block)
     return SampleCosts("arrays", len(x), x.shape[1], build, query, exact_s_per_pair=exact / exact_rows**2,
-                       exact_rows=exact_rows, read_seconds=0.0, seconds=time.perf_counter() - began, **graph)
+                       exact_rows=exact_rows, read_seconds=0.0, seconds=time.perf_counter() - began,
+                       build_log_growth=growth, **graph)
 
 
 def _timed(fn: Callable[..., object], *args: object) -> float:
@@ -181,18 +203,22 @@ class _numba_threads:
         numba.set_num_threads(self.before)
 
 
-def _time_hnsw(x: np.ndarray, k: int, M: int, ef_construction: int, ef: int, space: str) -> tuple[float, float]:
-    """(seconds per insert, seconds per query) of hnswlib on one thread."""
+def _time_hnsw(x: np.ndarray, k: int, M: int, ef_construction: int, ef: int, space: str
+               ) -> tuple[float, float, float]:
+    """(seconds per insert, seconds per query, the build law's fitted growth) of hnswlib on one thread."""
     import hnswlib
 
     index = hnswlib.Index(space=space, dim=x.shape[1])
     index.init_index(max_elements=len(x), M=M, ef_construction=ef_construction, random_seed=100)
     index.set_num_threads(1)
-    build = _timed(index.add_items, x, np.arange(len(x)))
+    half = len(x) // 2
+    first = _timed(index.add_items, x[:half], np.arange(half))
+    second = _timed(index.add_items, x[half:], np.arange(half, len(x)))
     index.set_ef(max(ef, k + 1))
     queries = x[np.random.default_rng(0).choice(len(x), min(len(x), QUERY_ROWS), replace=False)]
     query = _timed(index.knn_query, queries, min(k + 1, len(x)))
-    return build / len(x), query / len(queries)
+    growth = fit_build_growth(first / max(half, 1), second / max(len(x) - half, 1), len(x))
+    return (first + second) / len(x), query / len(queries), growth
 
 
 def _time_partition(x: np.ndarray, k: int, settings: kp.GraphSettings, space: str) -> dict[str, float]:
