@@ -43,9 +43,9 @@ def test_hnsw_build_law_is_n_log_n_and_query_law_is_log_n() -> None:
 def test_the_build_growth_fitted_on_two_halves_stays_between_n_log_n_and_the_cap() -> None:
     n = 30_000
     pure = 1 / (math.log(n) - 1)
-X
+    alpha, beta = -5e-5, 2e-5  # c(s) = α + β·ln s, steeper than n·ln n (α < 0): g = β / (α + β·(ln n − 1))
     halves = (alpha + beta * (math.log(n / 2) - 1), alpha + beta * (math.log(n) + math.log(2) - 1))
-    assert sc.fit_build_growth(*halves, n) == pytest.approx(beta / (alpha + beta * (math.log(n) - 1)))
+    assert pure < sc.fit_build_growth(*halves, n) == pytest.approx(beta / (alpha + beta * (math.log(n) - 1)))
     assert sc.fit_build_growth(1e-4, 0.9e-4, n) == pytest.approx(pure)  # noise: never below n·ln n
     assert sc.fit_build_growth(1e-4, 9e-4, n) == sc.MAX_BUILD_GROWTH  # nor beyond the cap
     g = sc.fit_build_growth(*halves, n)
