@@ -4,6 +4,7 @@
     python -m benchmarks.bench_plan --quick --json benchmarks/results/plan_validation.json   # ~15 min, no 1M
     python -m benchmarks.bench_plan --only index-200k,srrw-karate-2 --json F   # rerun noisy points into F
     python -m benchmarks.bench_plan --smoke --json /tmp/plan.json              # tiny sizes: does it run?
+    python -m benchmarks.bench_plan --sample --json benchmarks/results/plan_sample.json  # ~5 min: plan --sample
 
 Every point runs `shardwalk run PIPELINE` in a fresh process with a fresh runs directory (no cache hits),
 sampling the PSS of the whole process tree (driver, Ray, every worker; benchmarks/memory.py) every second,
@@ -13,6 +14,14 @@ rows (128-d, bench_scale's clustered data), coreset scoring at two sizes, SRRW o
 walker actors, and the index pipeline at 100k on a simulated 3-node cluster (`ray.cluster_utils.Cluster`:
 a head without CPUs and two 1-CPU nodes). A row is `within_35pct` when both its time and its peak memory
 are within ±35 % of the measurement. The load average is recorded around every point.
+
+`--sample` validates `shardwalk plan --sample` instead (#29 item 4) on data that is not the calibration's:
+text-embedding-like vectors (128-d, a power-law spectrum over 64 topics, unit length; `textlike_rows`),
+run through the index pipeline with its defaults (HNSW build + partition graph) and again with
+`knn_graph.method=hnsw` (the build a cache hit, the graph through the index). Each measured `build` and
+`knn_graph` stage is set beside the plan from the calibration alone and the plan from a sample of the same
+source (measured in this process, as `plan --sample` does); a stage is `within_35pct` when the sampled
+prediction is within ±35 % of it.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +86,32 @@ def _labelled_dir(n: int, dim: int = 40) -> Callable[[Path], None]:
         (work / "data").mkdir(parents=True, exist_ok=True)
         x, y = synthetic(n, dim)
         pq.write_table(from_numpy(x, labels=y), work / "data" / "part-00000.parquet")
+    return write
+
+
+def textlike_rows(n: int, dim: int, seed: int, stream: int) -> np.ndarray:
+    """`n` unit vectors shaped like text embeddings: a power-law spectrum (σ_i ∝ i^-0.6) in a random basis
+    around 64 topic centres; the basis and topics depend on `seed` only, the rows on `stream` too."""
+    shared = np.random.default_rng([seed, 7])
+    basis, _ = np.linalg.qr(shared.standard_normal((dim, dim)))
+    spectrum = (np.arange(1, dim + 1) ** -0.6).astype(np.float32)
+    topics = shared.standard_normal((64, dim)).astype(np.float32) * spectrum * 1.5
+    rng = np.random.default_rng([seed, 8, stream])
+    z = rng.standard_normal((n, dim)).astype(np.float32) * spectrum + topics[rng.integers(0, 64, n)]
+    x = (z @ basis).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _textlike_dir(n: int, dim: int = 128) -> Callable[[Path], None]:
+    def write(work: Path) -> None:
+        import pyarrow.parquet as pq
+
+        from benchmarks.bench_scale import PART_ROWS, vectors_table
+
+        (work / "data").mkdir(parents=True, exist_ok=True)
+        for part, start in enumerate(range(0, n, PART_ROWS)):
+            x = textlike_rows(min(PART_ROWS, n - start), dim, 0, part + 1)
+            pq.write_table(vectors_table(np.arange(start, start + len(x)), x), work / "data" / f"part-{part:05d}.parquet")
     return write
 
 
@@ -188,6 +223,63 @@ def _compare(point: Point, plan: cm.Plan, measured: dict[str, Any], stages: dict
             "load_average_before": list(load_before), "load_average_after": list(os.getloadavg())}
 
 
+SAMPLE_VARIANTS = (("defaults", {}), ("graph-through-hnsw", {"knn_graph.method": "hnsw"}))
+
+
+def run_sample_comparison(rows: int, sample_rows: int, cal: Calibration, work: Path) -> dict[str, Any]:
+    """Measure the index pipeline on text-like data and set each stage beside the calibration's plan and
+    the sampled plan (the runs share a runs directory: the second reuses ingest and build)."""
+    from shardwalk.core.plan.sample_costs import measure
+
+    _textlike_dir(rows)(work)
+    source = str(work / "data")
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    cluster = cm.Cluster((Node(float(os.cpu_count() or 1), int(physical * cal.constants.ray_memory_fraction)),))
+    load_before = os.getloadavg()
+    job = _job("index", {"source": source})
+    began = time.perf_counter()
+    costs = measure(source, k=job.k, M=job.M, ef_construction=job.ef_construction, ef=job.ef, settings=job.graph,
+                    rows=sample_rows)
+    sample_wall = time.perf_counter() - began
+    out = {"data": f"text-like {rows:,} x 128 (benchmarks.bench_plan.textlike_rows)", "rows": rows,
+           "sample": costs.as_json() | {"wall_seconds": round(sample_wall, 2)}, "variants": [],
+           "load_average_before": list(load_before)}
+    for name, sets in SAMPLE_VARIANTS:
+        sets = {"source": source, **sets}
+        job = _job("index", sets)
+        measured = _run_sampled(_command("index", sets, work), None, baseline=0)
+        stages = _newest_run_stages(work)
+        by_cal = cm.plan_job(job, cluster, cal)
+        by_sample = cm.plan_job(replace(job, sample=costs), cluster, cal)
+        rows_out = {}
+        for stage in ("build", "knn_graph"):
+            got = stages.get(stage)
+            if not got or got["status"] != "done":
+                continue  # a cache hit: nothing measured
+            p_cal = next(s.seconds for s in by_cal.stages if s.name == stage)
+            p_sam = next(s.seconds for s in by_sample.stages if s.name == stage)
+            rows_out[stage] = {"measured_seconds": round(got["seconds"], 2), "predicted_calibration": round(p_cal, 2),
+                               "predicted_sample": round(p_sam, 2), "ratio_calibration": round(p_cal / got["seconds"], 3),
+                               "ratio_sample": round(p_sam / got["seconds"], 3),
+                               "within_35pct": _within(p_sam, got["seconds"])}
+        out["variants"].append({"name": name, "sets": {k: v for k, v in sets.items() if k != "source"},
+                                "graph_method": by_sample.layout.get("graph_method"), "stages": rows_out,
+                                "run_seconds": round(measured["seconds"], 2),
+                                "load_average_after": list(os.getloadavg())})
+        for stage, r in rows_out.items():
+            print(f"{name:>20} {stage:>9}: measured {r['measured_seconds']:7.1f} s, sampled plan "
+                  f"{r['predicted_sample']:7.1f} s ({r['ratio_sample']:.2f}), calibration {r['predicted_calibration']:7.1f} s "
+                  f"({r['ratio_calibration']:.2f})", flush=True)
+    checked = [r for v in out["variants"] for r in v["stages"].values()]
+    out["all_within_35pct"] = bool(checked) and all(r["within_35pct"] for r in checked)
+    return out
+
+
+def _newest_run_stages(work: Path) -> dict[str, dict[str, Any]]:
+    record = json.loads(max((work / "runs" / "runs").glob("*/run.json"), key=lambda p: p.stat().st_mtime).read_text())
+    return {name: {"status": s.get("status"), "seconds": s.get("seconds") or 0.0} for name, s in record["stages"].items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", required=True, help="results file (rows of an existing file are kept unless rerun)")
@@ -195,9 +287,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs, measures nothing useful")
     parser.add_argument("--only", default="", help="comma-separated point names to (re)run, e.g. index-200k,srrw-karate-2")
     parser.add_argument("--calibration", help="calibration file (default: the shipped one)")
+    parser.add_argument("--sample", action="store_true", help="validate `plan --sample` on text-like data instead")
+    parser.add_argument("--sample-data-rows", type=int, default=200_000, help="--sample: rows of the text-like data")
+    parser.add_argument("--sample-rows", type=int, default=30_000, help="--sample: rows the plan samples")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     cal = load(args.calibration)
+    if args.sample:
+        with tempfile.TemporaryDirectory(prefix="bench-plan-sample-") as tmp:
+            result = run_sample_comparison(args.sample_data_rows, args.sample_rows, cal, Path(tmp))
+        result |= {"calibration": {"file": cal.source, "machine": cal.machine}, "tolerance": TOLERANCE,
+                   "load_average_end": list(os.getloadavg())}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+        return 0
     chosen = [p for p in points(args.smoke) if not (args.quick and p.name == "index-1m")]
     if args.only:
         wanted = set(args.only.split(","))

@@ -7,6 +7,7 @@
 Run it on a node of the machine type your cluster uses, while nothing else runs on it (the load average is
 recorded in the file's `machine`). What it measures, each on one core unless said otherwise:
 hnswlib build and query seconds per row at two dimensions and two sizes (→ the dim and log-size terms),
+the kNN graph without an index (partition and exact: per pair, per dimension),
 hnswlib's speed-up with all cores, index bytes against shardwalk.core.plan.sizing's rule, kNN-graph bookkeeping per row,
 Parquet read+validate+write and sha256 throughput, float32 matmul flops, the embedded Ray's start-up and
 idle footprint, an actor's start-up and footprint (with and without torch), the first task of a stage,
@@ -105,6 +106,19 @@ def measure_hnsw(quick: bool) -> dict[str, float]:
         growth = min(MAX_LOG_GROWTH, max(0.0, (table[n, 128] / table[small, 128] - 1) / np.log(n / small)))
         out |= {f"{name}_s_per_row": base, f"{name}_s_per_row_per_dim": per_dim, f"{name}_log_growth": float(growth)}
     return out
+
+
+def measure_graph(quick: bool) -> dict[str, float]:
+    """The kNN graph without an index, one core, per dimension: shardwalk.core.plan.sample_costs on 128-d data."""
+    from shardwalk.core.index.knn_partition import GraphSettings
+    from shardwalk.core.plan.sample_costs import measure_arrays
+
+    dim = 128
+    got = measure_arrays(_vectors(SIZES[quick]["ref"], dim), k=11, M=16, ef_construction=200, ef=64,
+                         settings=GraphSettings())
+    return {"local_s_per_pair_per_dim": got.local_s_per_pair / dim, "exact_s_per_pair_per_dim": got.exact_s_per_pair / dim,
+            "assign_s_per_row_cell_per_dim": got.assign_s_per_row_cell / dim,
+            "train_s_per_unit_per_dim": got.train_s_per_unit / dim, "rest_s_per_row_per_dim": got.rest_s_per_row / dim}
 
 
 def _rss() -> int:
@@ -383,7 +397,7 @@ def calibrate(quick: bool, provisional: bool = False) -> Calibration:
     """Every measurement, in the order that keeps Ray's processes out of the single-core timings."""
     load_before = os.getloadavg()
     values: dict[str, float] = {}
-    for step in (measure_hnsw, measure_io, measure_training, measure_walk):
+    for step in (measure_hnsw, measure_graph, measure_io, measure_training, measure_walk):
         began = time.perf_counter()
         values |= step(quick)
         print(f"  {step.__name__}: {time.perf_counter() - began:.1f} s", file=sys.stderr)

@@ -189,6 +189,13 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--memory-per-node", metavar="SIZE", help="physical memory per node, e.g. 64GiB (default: the shape's)")
     plan.add_argument("--node-shape", metavar="NAME", help="a node shape of the calibration or a cloud type (e.g. r5.8xlarge)")
     plan.add_argument("--calibration", metavar="FILE", help="calibration JSON (default: $SHARDWALK_CALIBRATION or the shipped one)")
+    plan.add_argument("--sample", nargs="?", const="config", metavar="SOURCE",
+                      help="learn the data's costs: build and graph a sample of SOURCE (Parquet path/URI or builtin:) "
+                      "in this process, one core, a few seconds, and price the HNSW build and every kNN-graph method "
+                      "from it instead of the calibration's generated data; without a value, the config's source. "
+                      "Not automatic: it reads the data and takes seconds, while a plan without it is instant")
+    plan.add_argument("--sample-rows", type=int, metavar="N",
+                      help="rows the sample reads, from 8 evenly spaced row ranges (default: 30000)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from shardwalk.core import validate
 from shardwalk.core.data.builtin import is_builtin, parse_builtin
-from shardwalk.core.errors import ConfigError, InputError
+from shardwalk.core.errors import ConfigError, DataError, InputError
 from shardwalk.core.index.knn_partition import GraphSettings
 from shardwalk.core.plan import cost_model as cm
 from shardwalk.core.plan.calibration import STANDARD_SHAPES, Calibration, NodeShape
@@ -122,11 +122,10 @@ def job_of(pipeline: str, config: dict[str, Any], args: Sizes, *, cut: bool = Tr
         raise ConfigError(f"shardwalk plan knows the index, coreset and srrw pipelines, not {pipeline!r}")
     rows, dim, classes = _size(config, args)
     if pipeline == "index":
-        keys = ("M", "ef_construction", "ef", "k", "shards", "replicas", "memory_fraction", "knn_graph", "recall_sample",
-                "nprobe")
+        keys = ("M", "ef_construction", "ef", "k", "shards", "replicas", "memory_fraction", "recall_sample", "nprobe")
         job = {k: config[k] for k in keys}
-        job["knn_graph"] = GraphSettings.from_config(config["knn_graph"]).enabled  # a table or a bool
-        return cm.IndexJob(rows, dim, **job)
+        graph = GraphSettings.from_config(config["knn_graph"])  # a table or a bool
+        return cm.IndexJob(rows, dim, **job, knn_graph=graph.enabled, hnsw=config.get("hnsw", True), graph=graph)
     if pipeline == "coreset":
         return _scoring_job(config, rows, dim, args.classes or classes or 10)
     return _walk_job(config, rows, dim, args, cut)
@@ -217,14 +216,60 @@ def cluster_of(args: Any, cal: Calibration) -> cm.Cluster | None:
 
 
 def make_plan(pipeline: str, config: dict[str, Any], args: Any, cal: Calibration) -> cm.Plan:
-    """The plan on the given cluster, or on the smallest cluster of the node shape that fits."""
+    """The plan on the given cluster, or on the smallest cluster of the node shape that fits; with a sample,
+    priced with the sample's measured costs and carrying what was sampled in its notes."""
     sizes = Sizes(args.rows, args.dim, args.classes, args.agents, args.edges, args.cut_fraction)
     job = job_of(pipeline, config, sizes)
+    job, notes = with_sample(job, config, getattr(args, "sample", None), getattr(args, "sample_rows", None), cal)
     cluster = cluster_of(args, cal)
     if cluster is None:
-        return cm.smallest_cluster(job, shape_named(cal, args.node_shape), cal)
-    plan = cm.plan_job(job, cluster, cal)
-    return plan if plan.fits else replace(plan, advice=tuple(_node_count_advice(plan, job, cal)))
+        plan = cm.smallest_cluster(job, shape_named(cal, args.node_shape), cal)
+    else:
+        plan = cm.plan_job(job, cluster, cal)
+        plan = plan if plan.fits else replace(plan, advice=tuple(_node_count_advice(plan, job, cal)))
+    if isinstance(job, cm.IndexJob) and job.knn_graph and plan.stages:
+        plan = replace(plan, layout={**plan.layout, "graph_seconds_by_method": cm.method_seconds(job, plan.cluster, cal)})
+    return replace(plan, notes=plan.notes + tuple(notes))
+
+
+CONFIG_SOURCE = "config"  # `--sample` without a value: the config's source
+
+
+def with_sample(job: Any, config: dict[str, Any], sample: str | None, rows: int | None, cal: Calibration
+                ) -> tuple[Any, list[str]]:
+    """`job` with per-row costs measured on a sample of `sample` (CONFIG_SOURCE: the config's source), and
+    the plan's notes saying what was sampled, how long it took and how it compares with the calibration."""
+    if sample is None:
+        if rows is not None:
+            raise ConfigError("--sample-rows needs --sample")
+        return job, []
+    index_job = job if isinstance(job, cm.IndexJob) else getattr(job, "knn", None)
+    if index_job is None:
+        raise ConfigError("--sample prices HNSW builds and kNN graphs: it applies to `plan index` and to "
+                          "`plan coreset` with knn.enabled = true")
+    from shardwalk.core.plan.sample_costs import SAMPLE_ROWS, measure
+
+    source = str(config["source"]) if sample == CONFIG_SOURCE else sample
+    costs = measure(source, k=index_job.k, M=index_job.M, ef_construction=index_job.ef_construction,
+                    ef=index_job.ef, settings=index_job.graph, space=config.get("space", "l2"),
+                    rows=SAMPLE_ROWS if rows is None else rows, vector_column=config.get("vector_column", "vector"))
+    if costs.dim != index_job.dim:
+        raise DataError(f"sample of {source}: vectors have dimension {costs.dim}, the job {index_job.dim} (--dim)")
+    sampled = replace(index_job, sample=costs)
+    job = sampled if isinstance(job, cm.IndexJob) else replace(job, knn=sampled)
+    return job, sample_notes(costs, index_job, cal)
+
+
+def sample_notes(costs: Any, job: cm.IndexJob, cal: Calibration) -> list[str]:
+    """What the sample measured, against what the calibration would have assumed at the sample's size."""
+    build, query = cm.calibrated_hnsw_s_per_row(replace(job, sample=None), cal.constants, costs.rows)
+    local = cm.graph_unit_costs(replace(job, sample=None), cal.constants).local_s_per_pair
+    return [f"sampled {costs.rows:,} rows of {costs.source} in {costs.seconds:.1f} s (read {costs.read_seconds:.1f} s); "
+            "build and graph priced from them, one core, extrapolated by each method's growth law",
+            f"sample costs per core: HNSW insert {costs.build_s_per_row * 1e6:.0f} µs/row "
+            f"({costs.build_s_per_row / build:.2f}× the calibration's), query {costs.query_s_per_row * 1e6:.0f} µs/row "
+            f"({costs.query_s_per_row / query:.2f}×), partition-graph pair {costs.local_s_per_pair * 1e9:.2f} ns "
+            f"({costs.local_s_per_pair / local:.2f}×)"]
 
 
 def check_fits(pipeline: str, config: dict[str, Any], nodes: list[Node], cal: Calibration) -> cm.Plan | None:
@@ -266,9 +311,15 @@ def plan_json(plan: cm.Plan, cal: Calibration) -> dict[str, Any]:
         "memory_per_node": [asdict(m) | {"fits": m.fits} for m in plan.memory], "peak_bytes": plan.peak_bytes,
         "stages": [asdict(s) for s in plan.stages], "seconds": plan.seconds,
         "bottleneck": plan.bottleneck.name if plan.stages else None, "problems": list(plan.problems),
-        "advice": list(plan.advice), "headroom": cm.HEADROOM,
+        "advice": list(plan.advice), "notes": list(plan.notes), "headroom": cm.HEADROOM,
+        "sample": _sample_of(plan),
         "calibration": {"file": cal.source, "machine": cal.machine.get("name")},
     }
+
+
+def _sample_of(plan: cm.Plan) -> dict[str, Any] | None:
+    job = plan.job if isinstance(plan.job, cm.IndexJob) else getattr(plan.job, "knn", None)
+    return job.sample.as_json() if job is not None and job.sample is not None else None
 
 
 def print_plan(plan: cm.Plan, cal: Calibration) -> None:
@@ -281,7 +332,9 @@ def print_plan(plan: cm.Plan, cal: Calibration) -> None:
     cpus, mem = plan.cluster.nodes[0].cpus, plan.cluster.nodes[0].memory_bytes
     console.print(f"[bold]{plan.pipeline}[/] on {len(plan.cluster.nodes)} node(s){shape} "
                   f"({cpus:g} CPUs, {gib(mem)} Ray memory each); calibration: {cal.machine.get('name')}")
-    console.print("layout: " + ", ".join(f"{k}={_fmt(v)}" for k, v in plan.layout.items()))
+    console.print("layout: " + ", ".join(f"{k}={_fmt(v)}" for k, v in plan.layout.items() if not isinstance(v, dict)))
+    for note in plan.notes:
+        console.print(f"[dim]{note}[/]")
     memory = Table("node", "actors", "needs", f"may use (Ray memory − {cm.HEADROOM:.0%})", "fits", title="memory per node")
     for m in plan.memory[:8]:
         memory.add_row(str(m.node), str(m.actors), gib(m.need_bytes), gib(m.budget_bytes),
@@ -297,6 +350,11 @@ def print_plan(plan: cm.Plan, cal: Calibration) -> None:
         console.print(stages)
         console.print(f"total ≈ {_duration(plan.seconds)}; bottleneck: {plan.bottleneck.name}; "
                       f"peak memory of the whole cluster ≈ {gib(plan.peak_bytes)} (Ray's own processes included)")
+    by_method = plan.layout.get("graph_seconds_by_method")
+    if by_method:
+        console.print("kNN graph by knn_graph.method (ingested parts → graph; hnsw includes its build): " + ", ".join(
+            f"{m} {_duration(s)}" + (" (this job)" if m == plan.layout.get("graph_method") else "")
+            for m, s in by_method.items()))
     verdict = "[green]fits[/]" if plan.fits else "[red]does not fit[/]: " + "; ".join(plan.problems)
     console.print(verdict)
     if plan.advice:

@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from shardwalk.core.errors import ConfigError, CorruptArtifactError
+from shardwalk.core.index.knn_partition import GraphSettings
 from shardwalk.core.plan import calibration, sizing
 from shardwalk.core.plan import cost_model as cm
+
+HNSW_GRAPH = GraphSettings(method="hnsw")  # the graph through the index (these tests are about it)
 
 GIB = 1 << 30
 CONSTANTS = calibration.Constants(
@@ -69,7 +72,7 @@ def test_index_layout_is_core_sizing_plan_so_plan_and_run_agree() -> None:
 
 def test_memory_per_node_is_shard_bytes_staged_rows_and_one_worker_per_actor() -> None:
     c = cluster(2)
-    plan = cm.plan_index(cm.IndexJob(10_000_000, 128, shards=4, replicas=1), c, CAL)
+    plan = cm.plan_index(cm.IndexJob(10_000_000, 128, shards=4, replicas=1, graph=HNSW_GRAPH), c, CAL)
     per_shard = math.ceil(sizing.index_bytes(10_000_000, 128, 16) / 4)
     staged = 2_500_000 * (4 * 128 + 8)
     assert [m.actors for m in plan.memory] == [2, 2]
@@ -204,7 +207,7 @@ def test_the_shipped_calibration_loads_and_names_its_machine() -> None:
 
 
 def test_k_means_routing_asks_nprobe_shards_instead_of_all() -> None:
-    job = cm.IndexJob(1_000_000, 64, shards=4)
+    job = cm.IndexJob(1_000_000, 64, shards=4, graph=HNSW_GRAPH)
     broadcast, routed = (stage(cm.plan_index(dataclasses.replace(job, nprobe=p), cluster(2), CAL), "knn_graph")
                          for p in (0, 1))
     assert "× 4 shards" in broadcast.work and "× 1 shards" in routed.work

@@ -73,6 +73,14 @@ class Constants:
     walk_start_s: float  # a walk's fixed cost: walker actors started (imports, numba cache load), first tokens back
     partition_s_per_edge: float  # Kernighan–Lin partitioning of the agent graph
     graph_s_per_edge: float  # generating the agent graph and placing the data on it
+    # the kNN graph without an index (core/index/knn_partition.py), per dimension, one core CPU seconds;
+    # measured by benchmarks.calibrate.measure_graph (sample_costs.measure_arrays) on 50k × 128 of its generated data
+    # (2026-12-06, this machine); optional in the file, so calibration files written before them still load
+    local_s_per_pair_per_dim: float = 6.58e-11  # a local graph's (row, cell row) pair: matmul, selection, rerank
+    exact_s_per_pair_per_dim: float = 3.48e-11  # the exact graph's (row, row) pair
+    assign_s_per_row_cell_per_dim: float = 1.59e-10  # a row's distance to one k-means cell
+    train_s_per_unit_per_dim: float = 5.50e-9  # k-means: one training row against one cell (10 iterations)
+    rest_s_per_row_per_dim: float = 8.59e-8  # merge + one refinement round per row, at ref_k neighbours
     # The reference job the build and search constants were measured on (not defaults: a job with other
     # values is scaled from these; the index job's defaults live in core/index/spec.py).
     ref_rows: int = 20_000

@@ -12,14 +12,23 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from shardwalk.core import validate
 from shardwalk.core.coresets.proxy_spec import plan_scoring
 from shardwalk.core.errors import ConfigError
+from shardwalk.core.index.knn_partition import GraphSettings, partitions_for
 from shardwalk.core.index.spec import DEFAULT_BUILD, DEFAULT_SEARCH
 from shardwalk.core.plan import sizing
 from shardwalk.core.plan.calibration import Calibration, Constants, NodeShape
 from shardwalk.core.plan.limits import actor_bound
+from shardwalk.core.plan.sample_costs import (
+    SampleCosts,
+    build_growth,
+    exact_seconds,
+    partition_seconds,
+    query_growth,
+)
 
 HEADROOM = 0.10  # share of a node's Ray memory a plan keeps free (allocator slack, Python garbage, spikes)
 MAX_NODES = 4096  # the smallest-cluster search gives up beyond this many nodes
@@ -81,6 +90,7 @@ class Plan:
     problems: tuple[str, ...] = ()
     advice: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    job: Any = None  # the job description planned (IndexJob, ScoringJob or WalkJob)
 
     @property
     def fits(self) -> bool:
@@ -114,6 +124,9 @@ class IndexJob:
     knn_graph: bool = True
     recall_sample: int = 500
     nprobe: int = 0  # k-means routing: shards asked per query (0: all, as with hash routing)
+    hnsw: bool = True  # false: no HNSW build, the kNN graph only (the pipeline's `hnsw = false`)
+    graph: GraphSettings = field(default_factory=GraphSettings)  # the `knn_graph` table: method and its settings
+    sample: SampleCosts | None = None  # per-row costs measured on the user's data (`plan --sample`)
 
 
 @dataclass(frozen=True)
@@ -232,12 +245,17 @@ def plan_index(job: IndexJob, cluster: Cluster, cal: Calibration) -> Plan:
     per_node = _spread(actors, len(holders))
     shard_bytes = int(layout.bytes_per_shard * c.index_memory_ratio)
     staged = math.ceil(job.rows / layout.shards) * (4 * job.dim + 8)  # a primary keeps its raw rows while it builds
-    memory = tuple(NodeMemory(i, a, a * (c.worker_bytes + shard_bytes + staged), _budget(cluster.nodes[i]))
+    graph = c.worker_bytes + _graph_actor_bytes(job, len(holders)) if job.knn_graph and graph_method(job) != "hnsw" else 0
+    # the build's shard actors are gone when the graph's actors start: a node holds the larger of the two
+    memory = tuple(NodeMemory(i, a if job.hnsw else 1, max(a * (c.worker_bytes + shard_bytes + staged) if job.hnsw else 0,
+                                                         graph), _budget(cluster.nodes[i]))
                    for i, a in zip(holders, per_node))
     stages = _index_stages(job, cluster, c, layout, max(per_node))
     peak = _peak(c, cluster, memory)
     info = {"shards": layout.shards, "replicas": job.replicas, "actors": actors, "threads_per_actor": layout.threads,
             "cpus_per_actor": layout.cpus_per_actor, "index_bytes": layout.bytes_per_shard * layout.shards}
+    if job.knn_graph:
+        info["graph_method"] = graph_method(job)
     problems = _bound_problem(cluster, actors, "shard actors (shards × replicas)")
     return Plan("index", cluster, info, stages, memory, peak, tuple(problems), tuple(_index_advice(job, problems)))
 
@@ -245,36 +263,115 @@ def plan_index(job: IndexJob, cluster: Cluster, cal: Calibration) -> Plan:
 def _index_stages(job: IndexJob, cluster: Cluster, c: Constants, layout: sizing.ShardPlan,
                   actors_per_node: int) -> tuple[StageCost, ...]:
     cores = cluster.cpus
+    hnsw = _hnsw_costs(job, cluster, c, layout, actors_per_node)
+    data = job.rows * 4 * job.dim
+    stages = [_start(c, cluster), _ingest(c, job.rows, job.dim, cores)]
+    if job.hnsw:
+        stages.append(hnsw["build"])
+    if job.knn_graph:
+        method = graph_method(job)
+        stages.append(hnsw["knn_graph"] if method == "hnsw" else _direct_graph(job, cluster, c, method))
+    sample = min(job.recall_sample, job.rows)
+    exact = 2.0 * sample * job.rows * job.dim / (c.blas_flops_per_s * cores)
+    sweep = 6 * sample * hnsw["asked"] * hnsw["per_query"] * (128 / job.ef) / hnsw["speed"] if job.hnsw else 0.0
+    stages.append(_stage("evaluate", c, c.actor_start_s + data / (c.parquet_bytes_per_s * cores) + exact + sweep,
+                         f"exact search of {sample} samples over {job.rows:,} rows", cores))
+    if job.hnsw:
+        stages.append(_stage("report", c, c.report_s, "figures", 1))
+    return tuple(stages)
+
+
+def _graph_actor_bytes(job: IndexJob, actors: int) -> int:
+    """What one graph actor holds (workers/knn_partition.py's formula): its rows and memberships, candidate
+    lists, one block product."""
+    exact = graph_method(job) == "exact"
+    o = 1 if exact else job.graph.overlap
+    held = o * job.rows / (1 if exact else actors)
+    cell = job.rows if exact else min(job.rows, job.graph.partition_rows)
+    return int(held * (4 * job.dim + 16 + 8 * o) + 2 * held * o * job.k * 12 + min(job.graph.block, cell) * cell * 4)
+
+
+def graph_method(job: IndexJob) -> str:
+    """The method the graph stage runs: `auto` is `partition`, and both are `exact` when one cell holds all."""
+    if job.graph.method == "hnsw":
+        return "hnsw"
+    return "exact" if partitions_for(job.rows, job.graph) == 1 else "partition"
+
+
+def _hnsw_costs(job: IndexJob, cluster: Cluster, c: Constants, layout: sizing.ShardPlan,
+                actors_per_node: int) -> dict:
+    """The HNSW build stage and the graph through the index; from the sample's costs when there is one."""
     node_cpus = min(n.cpus for n in cluster.nodes if n.cpus >= 1)
     threads = min(layout.threads * actors_per_node, node_cpus)  # a node's actors share its CPUs
     speed = _threads_speedup(c, threads / actors_per_node) * actors_per_node  # cores' worth per node
     shard_rows = job.rows / layout.shards
     rows_per_node = shard_rows * actors_per_node  # replicas build their own copy
-    build_scale = job.M * job.ef_construction / (c.ref_M * c.ref_ef_construction)
-    build = rows_per_node * _hnsw_s_per_row(c, shard_rows, job.dim, build=True, scale=build_scale) / speed
+    if job.sample is not None:  # measured at the job's M, efC and ef on the data itself (sample_costs' laws)
+        per_insert = job.sample.build_s_per_row * build_growth(job.sample.rows, shard_rows, job.sample.build_log_growth)
+        per_query = job.sample.query_s_per_row * query_growth(job.sample.rows, shard_rows)
+    else:
+        per_insert, per_query = calibrated_hnsw_s_per_row(job, c, shard_rows)
     data = job.rows * 4 * job.dim
-    index_bytes = layout.bytes_per_shard * layout.shards
-    stages = [
-        _start(c, cluster),
-        _ingest(c, job.rows, job.dim, cores),
-        _stage("build", c, c.actor_start_s + data / (c.parquet_bytes_per_s * cores) + build,
-               f"hnswlib inserts: {rows_per_node:,.0f} rows per node at {speed:.1f} cores", cores, index_bytes),
-    ]
-    query_scale = job.ef / c.ref_ef
-    per_query = _hnsw_s_per_row(c, shard_rows, job.dim, build=False, scale=query_scale)
+    cores = cluster.cpus
+    build = _stage("build", c, c.actor_start_s + data / (c.parquet_bytes_per_s * cores) + rows_per_node * per_insert / speed,
+                   f"hnswlib inserts: {rows_per_node:,.0f} rows per node at {speed:.1f} cores", cores,
+                   layout.bytes_per_shard * layout.shards)
     asked = min(job.nprobe, layout.shards) if job.nprobe else layout.shards
-    if job.knn_graph:  # every point is asked of `asked` shards (all: broadcast); the owners merge and write
-        answer = rows_per_node / job.replicas * asked * per_query / speed
-        book = job.rows * c.graph_s_per_row / min(layout.shards, cores)
-        stages.append(_stage("knn_graph", c, c.actor_start_s + answer + book,
-                             f"{job.rows:,} queries × {asked} shards", cores, job.rows * (12 * job.k + 8)))
-    sample = min(job.recall_sample, job.rows)
-    exact = 2.0 * sample * job.rows * job.dim / (c.blas_flops_per_s * cores)
-    sweep = 6 * sample * asked * per_query * (128 / job.ef) / speed
-    stages.append(_stage("evaluate", c, c.actor_start_s + data / (c.parquet_bytes_per_s * cores) + exact + sweep,
-                         f"exact search of {sample} samples over {job.rows:,} rows", cores))
-    stages.append(_stage("report", c, c.report_s, "figures", 1))
-    return tuple(stages)
+    # every point is asked of `asked` shards (all: broadcast); the owners merge and write
+    answer = rows_per_node / job.replicas * asked * per_query / speed
+    book = job.rows * c.graph_s_per_row / min(layout.shards, cores)
+    graph = _stage("knn_graph", c, c.actor_start_s + answer + book, f"{job.rows:,} queries × {asked} shards", cores,
+                   job.rows * (12 * job.k + 8))
+    return {"build": build, "knn_graph": graph, "asked": asked, "per_query": per_query, "speed": speed}
+
+
+def calibrated_hnsw_s_per_row(job: IndexJob, c: Constants, rows: float) -> tuple[float, float]:
+    """(insert, query) seconds per row per core the calibration predicts for `job` on an index of `rows`."""
+    build_scale = job.M * job.ef_construction / (c.ref_M * c.ref_ef_construction)
+    return (_hnsw_s_per_row(c, rows, job.dim, build=True, scale=build_scale),
+            _hnsw_s_per_row(c, rows, job.dim, build=False, scale=job.ef / c.ref_ef))
+
+
+def graph_unit_costs(job: IndexJob, c: Constants) -> SampleCosts:
+    """The partition and exact graphs' one-core unit costs: the sample's, else the calibration's at job.dim."""
+    if job.sample is not None:
+        return job.sample
+    d, kk = float(job.dim), (job.k / c.ref_k) ** 2
+    return SampleCosts("calibration", c.ref_rows, job.dim, 0.0, 0.0, c.local_s_per_pair_per_dim * d,
+                       c.assign_s_per_row_cell_per_dim * d, c.train_s_per_unit_per_dim * d,
+                       c.rest_s_per_row_per_dim * d * kk, c.exact_s_per_pair_per_dim * d, 0, 0.0, 0.0)
+
+
+def _direct_graph(job: IndexJob, cluster: Cluster, c: Constants, method: str) -> StageCost:
+    """The graph without an index (workers/knn_partition.py): one actor per node with CPUs, all its CPUs as
+    threads; cell p on actor p mod A, so `exact` (one cell) runs on one actor."""
+    holders = [n for n in cluster.nodes if n.cpus >= 1]
+    actors = len(holders)
+    speed = _threads_speedup(c, min(n.cpus for n in holders))
+    costs = graph_unit_costs(job, c)
+    cores = cluster.cpus
+    read = job.rows * 4 * job.dim / (c.parquet_bytes_per_s * cores)
+    write = job.rows * c.graph_s_per_row / actors
+    if method == "exact":
+        work = exact_seconds(costs, job.rows) / speed
+        what = f"exact: {job.rows:,}² pairs on one actor at {speed:.1f} cores"
+    else:
+        steps = partition_seconds(costs, job.rows, job.graph)
+        parts = partitions_for(job.rows, job.graph)
+        work = steps["train"] + (steps["assign"] + steps["local"] + steps["rest"]) / (speed * min(actors, parts))
+        what = (f"partition: {parts:,} cells × overlap {job.graph.overlap}, {actors} actor(s) at {speed:.1f} cores"
+                + (" (sampled costs)" if job.sample is not None else ""))
+    return _stage("knn_graph", c, c.actor_start_s + read + work + write, what, cores, job.rows * (12 * job.k + 8))
+
+
+def method_seconds(job: IndexJob, cluster: Cluster, cal: Calibration) -> dict[str, float]:
+    """Seconds from the ingested parts to the graph for each method (hnsw: its build included)."""
+    out = {}
+    for method in ("hnsw", "partition", "exact"):
+        plan = plan_index(replace(job, knn_graph=True, hnsw=method == "hnsw",
+                                  graph=replace(job.graph, method=method)), cluster, cal)
+        out[method] = sum(s.seconds for s in plan.stages if s.name in ("build", "knn_graph"))
+    return out
 
 
 def _unfit_index(job: IndexJob, cluster: Cluster, why: str) -> Plan:
@@ -442,7 +539,7 @@ PLANNERS = {IndexJob: plan_index, ScoringJob: plan_coreset, WalkJob: plan_srrw}
 
 def plan_job(job: IndexJob | ScoringJob | WalkJob, cluster: Cluster, cal: Calibration) -> Plan:
     """The plan of any job description on `cluster`."""
-    return PLANNERS[type(job)](job, cluster, cal)
+    return replace(PLANNERS[type(job)](job, cluster, cal), job=job)
 
 
 def smallest_cluster(job: IndexJob | ScoringJob | WalkJob, shape: NodeShape, cal: Calibration) -> Plan:
