@@ -21,7 +21,7 @@ def test_resume_from_bucket_checkpoints_matches_the_reference(ray_local, s3_buck
     first = run_distributed_sa_srrw(obj, LES, steps=350, checkpoint_dir=ckpt, checkpoint_every=100, **kw)
     assert [t.n for t in first.tokens] == [350, 350]
     names = sorted(i.base_name for i in store.list_dir(ckpt))
-    assert [n for n in names if n.endswith(".json")] == ["run.json", "token-0.json", "token-1.json"]
+    assert [n for n in names if n.endswith(".json")] == ["checkpoint.json", "token-0.json", "token-1.json"]
     assert len([n for n in names if n.startswith("token-0-n")]) == len([n for n in names if n.startswith("token-1-n")])
     resumed = run_distributed_sa_srrw(obj, LES, steps=800, checkpoint_dir=ckpt, checkpoint_every=100,
                                       resume=True, partitions=3, **kw)
