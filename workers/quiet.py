@@ -26,7 +26,7 @@ def get_all(refs: list[Any]) -> list[Any]:
 
 
 VERBOSE = "SHARDWALK_VERBOSE"  # set (to anything but "" or "0") by `--verbose`: leave Ray's logs as Ray sets them
-TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"  # a logger name, not an import
+TOKEN_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"  # how Ray 2.60's every-run notice starts
 DATA_PROGRESS_LOGGER = "ray.data._internal.progress"  # says, at WARNING, that the progress bars are off
 
 
@@ -35,10 +35,25 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE, "") not in ("", "0")
 
 
+class _DropNotice(logging.Filter):
+    """Drops one notice by its text (Ray logs it from a module of its own internals, not a public logger)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
 def quiet_ray_driver() -> None:
-    """Ray's every-run notice that token authentication is on is not news: raise that logger to ERROR."""
-    if not verbose():
-        logging.getLogger(TOKEN_AUTH_LOGGER).setLevel(logging.ERROR)
+    """Ray's every-run notice that token authentication is on is not news: drop it from the `ray` logger's
+    handlers (where Ray's own records end up)."""
+    if verbose():
+        return
+    for handler in logging.getLogger("ray").handlers:
+        if not any(isinstance(f, _DropNotice) for f in handler.filters):
+            handler.addFilter(_DropNotice(TOKEN_AUTH_NOTICE))
 
 
 def quiet_ray_data() -> None:
