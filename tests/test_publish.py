@@ -36,6 +36,11 @@ def test_ctrl_c_between_the_two_renames_of_a_swap_waits_until_the_new_result_is_
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(os, "rename", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        publish.swap_dir(tmp, final)
+    # Ctrl-C as a user's shell delivers it: Python's own handler (a pytest-xdist worker ignores SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            publish.swap_dir(tmp, final)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert (final / "a.txt").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
