@@ -8,6 +8,7 @@ Every failure is a one-line ConfigError naming the key and the value.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -114,3 +115,15 @@ def alpha(value: Any, key: str = "alpha") -> float:
 def alphas(key: str, values: Any) -> list[float]:
     """A non-empty list of alphas."""
     return listed(key, values, "numbers >= 0", alpha)
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A positive number of seconds from the environment variable `name` (unset or empty: `default`)."""
+    text = os.environ.get(name, "")
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {text!r}")
+    return value

@@ -25,8 +25,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from shardwalk.core import validate
 from shardwalk.core.dag.runner import Pipeline, RunRecord, StageRecord
-from shardwalk.core.errors import ConfigError
 from shardwalk.core.progress import Meter, Throttle, Update, describe
 from shardwalk.pipelines.settings import MISSING
 
@@ -50,14 +50,7 @@ LOG_INTERVAL_S = 30.0  # without a terminal: at most one progress line per stage
 
 def log_interval() -> float:
     """Seconds between two progress lines of a stage in a log (SHARDWALK_PROGRESS_INTERVAL_S, default 30)."""
-    text = os.environ.get("SHARDWALK_PROGRESS_INTERVAL_S", "")
-    try:
-        value = float(text) if text else LOG_INTERVAL_S
-    except ValueError:
-        raise ConfigError(f"SHARDWALK_PROGRESS_INTERVAL_S must be a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise ConfigError(f"SHARDWALK_PROGRESS_INTERVAL_S must be > 0, got {text!r}")
-    return value
+    return validate.env_seconds("SHARDWALK_PROGRESS_INTERVAL_S", LOG_INTERVAL_S)
 
 
 class StageDisplay:

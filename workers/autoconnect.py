@@ -17,6 +17,7 @@ import ray
 from ray.util import get_node_ip_address
 
 from shardwalk import LOOPBACK_SWITCH
+from shardwalk.core import validate
 from shardwalk.core.errors import ClusterUnreachableError, ConfigError, one_line
 from shardwalk.workers.quiet import quiet_ray_driver
 
@@ -26,14 +27,7 @@ LOOPBACK = "127.0.0.1"
 
 def connect_timeout() -> float:
     """Seconds to wait for a cluster's address to answer before giving up (SHARDWALK_CONNECT_TIMEOUT_S)."""
-    text = os.environ.get("SHARDWALK_CONNECT_TIMEOUT_S", "")
-    try:
-        value = float(text) if text else CONNECT_TIMEOUT_S
-    except ValueError:
-        raise ConfigError(f"SHARDWALK_CONNECT_TIMEOUT_S must be a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise ConfigError(f"SHARDWALK_CONNECT_TIMEOUT_S must be > 0, got {text!r}")
-    return value
+    return validate.env_seconds("SHARDWALK_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S)
 
 
 def ray_temp_dir() -> Path:
