@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shardwalk.core import validate
-from shardwalk.core.coresets.proxy_spec import plan_scoring
+from shardwalk.core.coresets.proxy_spec import ProxySpec, TrainSpec, plan_scoring
 from shardwalk.core.errors import ConfigError
 from shardwalk.core.index.knn_partition import GraphSettings, partitions_for
 from shardwalk.core.index.spec import DEFAULT_BUILD, DEFAULT_SEARCH
@@ -137,18 +137,18 @@ class ScoringJob:
     dim: int
     classes: int = 10
     shards: int = 2
-    models: int = 2
-    epochs: int = 8
-    hidden: int = 128
-    batch_size: int = 256
-    layout: str = "auto"
+    models: int = ProxySpec.models  # the proxy defaults live in ProxySpec alone
+    epochs: int = ProxySpec.epochs
+    hidden: int = ProxySpec.hidden
+    batch_size: int = ProxySpec.batch_size
+    layout: str = ProxySpec.layout
     test_fraction: float = 0.2
     methods: int = 4
     rates: int = 4
     evaluate_models: int = 17  # one per (method, rate) plus the full-data model; 0 = evaluation off
-    evaluate_steps: int = 600
-    evaluate_batch: int = 128
-    evaluate_hidden: int = 128
+    evaluate_steps: int = TrainSpec.steps
+    evaluate_batch: int = TrainSpec.batch_size
+    evaluate_hidden: int = TrainSpec.hidden
     knn: IndexJob | None = None
 
 
