@@ -187,6 +187,21 @@ def test_gc_leaves_a_running_stage_alone_on_a_store(s3_bucket: str) -> None:
     assert "early.parquet" in committed.manifest["files"]
 
 
+def test_a_lease_that_cannot_be_read_protects_its_stage(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lease rewritten under every GET fails mid-body (seen on moto under load): gc must not take it as stale."""
+    read_json = store.read_json
+
+    def failing_on_leases(uri: str) -> Any:
+        if f"/{lease.PREFIX}" in uri:
+            raise store.StoreUnavailableError(f"{uri}: object store request failed (Failed to flush response stream)")
+        return read_json(uri)
+
+    monkeypatch.setattr(store, "read_json", failing_on_leases)
+    record, removed = _gc_while_running(f"{s3_bucket}/runs")
+    assert removed == []
+    assert record.status == "succeeded", record.stages["slow"].error
+
+
 def test_a_dead_writers_stale_lease_and_attempt_are_collected_and_dry_run_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from shardwalk.pipelines.cli import main
 

@@ -137,3 +137,28 @@ def test_a_torn_read_of_a_rewritten_object_is_read_again_and_lasting_garbage_is_
     monkeypatch.setattr(store, "read_bytes", lambda uri: b"{not json")
     with pytest.raises(CorruptArtifactError, match="not valid JSON"):
         store.read_json("s3://b/runs/r/run.json")
+
+
+class _FlakyStore:
+    """A filesystem whose first `failures` GETs fail mid-body, as the AWS SDK does on an object rewritten under it."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    def open_input_stream(self, path: str) -> pa.BufferReader:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise OSError("AWS Error INTERNAL_FAILURE during GetObject operation: Failed to flush response stream")
+        return pa.BufferReader(b'{"ok": 1}')
+
+
+def test_a_get_that_fails_mid_body_is_tried_again_and_a_lasting_failure_is_store_unavailable(monkeypatch) -> None:
+    monkeypatch.setattr(store.time, "sleep", lambda s: None)
+    flaky = _FlakyStore(failures=store.READ_TRIES - 1)
+    monkeypatch.setattr(store, "resolve", lambda uri: (flaky, "b/lease"))
+    assert store.read_json("s3://b/lease") == {"ok": 1} and flaky.calls == store.READ_TRIES
+    down = _FlakyStore(failures=store.READ_TRIES)
+    monkeypatch.setattr(store, "resolve", lambda uri: (down, "b/lease"))
+    with pytest.raises(store.StoreUnavailableError, match="s3://b/lease.*Failed to flush"):
+        store.read_bytes("s3://b/lease")
+    assert down.calls == store.READ_TRIES

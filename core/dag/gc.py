@@ -179,6 +179,9 @@ def _remote_leases(stage_uri: str, children: Iterable[pafs.FileInfo], now: float
             body = store.read_json(where)
         except CorruptArtifactError:
             body = None
+        except OSError:  # rewritten or removed under every read: treated as live, like a local lease
+            live.add(name)
+            continue
         stamp = info.mtime.timestamp() if info.mtime is not None else (body or {}).get("refreshed")
         age = now - stamp if isinstance(stamp, int | float) else 0.0
         if lease.is_live(age, body):

@@ -175,13 +175,27 @@ def read_child(uri: str, rel: str, listed_in: str) -> bytes | None:
     return _read_at(*locate(uri, rel, listed_in))
 
 
+READ_TRIES = 3  # tries of one GET before the store is called unavailable
+
+
 def _read_at(fs: pafs.FileSystem, path: str, uri: str) -> bytes | None:
-    with store_errors(uri):
+    """One object's bytes, None if absent; a failed GET is tried again.
+
+    A small object rewritten or removed while it is read (a lease, a run record) can fail mid-body (the AWS SDK's
+    "Failed to flush response stream"); so can a store under load. Neither is the user's fault, and the next GET
+    sees the new version or its absence.
+    """
+    for attempt in range(READ_TRIES):
         try:
             with fs.open_input_stream(path) as handle:
                 data = handle.read()
+            break
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            if attempt == READ_TRIES - 1:
+                raise StoreUnavailableError(f"{uri}: object store request failed ({_first_line(exc)})") from None
+            time.sleep(0.05 * (attempt + 1))
     _BYTES_READ[0] += len(data)
     return data
 
