@@ -40,7 +40,8 @@ from shardwalk.core.data.builtin import load_builtin
 from shardwalk.core.storage.files import write_json_atomic, write_parquet
 from shardwalk.pipelines.runtime import connect
 from shardwalk.workers.beta_tuning import tune_betas
-from shardwalk.workers.scorer import evaluate_coreset, score_dataset, select_distributed, selection_ids
+from shardwalk.workers.scorer import evaluate_coreset, score_dataset
+from shardwalk.workers.selector import select_distributed, selection_ids
 
 DEFAULT_METHOD = "ccs-el2n-cb"  # the coreset pipeline's and the demo's default (the winner of this benchmark)
 METHODS = [DEFAULT_METHOD, "ccs-aum-cb", "ccs-el2n", "d2-el2n-cb", "d2-el2n", "random", "random-cb", "topk-el2n"]

@@ -131,7 +131,7 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
     `beta = "auto"` picks each CCS method's β per rate on a validation split (`tune`: split, training
     settings, device, standardize); the chosen β (`selections.json`) and each method's cost (CPU-seconds: metrics only, never a committed file) are in the metrics too.
     """
-    from shardwalk.workers.scorer import select_distributed
+    from shardwalk.workers.selector import select_distributed
 
     chosen = _tuned_betas(scores, density, ingest, actors, keep, methods, strata, seed, tune) if beta == "auto" else {}
     result: dict[str, Any] = {}

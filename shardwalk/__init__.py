@@ -34,7 +34,7 @@ _EXPORTS: dict[str, str] = {
     "TrainSpec": "shardwalk.core.coresets.proxy_spec",
     "read_labelled": "shardwalk.core.storage.labelled",
     "score_dataset": "shardwalk.workers.scorer",
-    "select_distributed": "shardwalk.workers.scorer",
+    "select_distributed": "shardwalk.workers.selector",
     "evaluate_coreset": "shardwalk.workers.scorer",
     # SA-SRRW: the single-process reference, then the same trajectory on walker actors
     "SRRW": "shardwalk.core.srrw",

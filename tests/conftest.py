@@ -11,6 +11,11 @@ import shardwalk  # noqa: F401  (first: it sets Ray's loopback switch before a t
 
 # Quiet, loopback-only, no dashboard: the same defaults the CLI uses.
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray keeps one idle worker per CPU and kills the rest after 1 s. The suite runs hundreds of short stages and tasks
+# one after another, and a worker that has imported torch or numba saves the next task 2-4 s of CPU: keep them.
+# (Ray's config variables, read when a Ray starts; every Ray of the session inherits them, CLI subprocesses too.)
+os.environ.setdefault("RAY_num_workers_soft_limit", "8")
+os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", "600000")
 
 
 # Under pytest-xdist (`make test`: `-n auto --dist loadgroup`) each worker is a process of its own with its

@@ -52,7 +52,7 @@ def test_gloo_allreduce_trains_the_same_model_as_one_actor(scored):
 
 def test_selection_identical_for_1_2_4_shards_and_equals_single_process(scored, tmp_path: Path):
     from shardwalk.core.coresets.selection_names import read_selection
-    from shardwalk.workers.scorer import select_distributed
+    from shardwalk.workers.selector import select_distributed
 
     selections = [
         {"method": "ccs", "keep": 0.1, "score": "aum"},
@@ -79,7 +79,7 @@ def test_selection_identical_for_1_2_4_shards_and_equals_single_process(scored, 
 
 
 def test_bad_selection_requests(scored, tmp_path: Path):
-    from shardwalk.workers.scorer import select_distributed
+    from shardwalk.workers.selector import select_distributed
 
     scores_dir = scored["root"] / "one"
     with pytest.raises(ConfigError, match="method"):

@@ -21,7 +21,8 @@ from shardwalk.core.coresets.proxy_spec import TrainSpec
 from shardwalk.core.coresets.selection import VALIDATION, beta_candidates, choose_beta
 from shardwalk.core.storage import sink
 from shardwalk.workers.progress_channel import wait_counted
-from shardwalk.workers.scorer import evaluate_coreset, selection_ids
+from shardwalk.workers.scorer import evaluate_coreset
+from shardwalk.workers.selector import selection_ids
 
 TUNING_SEED_OFFSET = 1000  # tuning trains with seeds apart from the reported evaluation's
 

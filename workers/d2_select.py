@@ -26,8 +26,6 @@ from shardwalk.core.storage.sources import ShardSpec, plan_shards, read_shard, r
 from shardwalk.core.storage.store import is_uri
 from shardwalk.workers.autoconnect import ensure_ray
 
-PART = "part-{:05d}.parquet"
-
 
 def _padded(table: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, neighbours padded with -1, distances padded with 0) of a knn-graph table."""
@@ -80,7 +78,7 @@ class D2Actor:
     def write(self, out_dir: str, index: int) -> tuple[int, dict[str, Any]]:
         """Put my part of the selection table; its row count and manifest entry."""
         ids = self.shard.selected() if self.shard is not None else np.zeros(0, dtype=np.int64)
-        return len(ids), sink.put_parquet(selection_table(ids), out_dir, PART.format(index))
+        return len(ids), sink.put_parquet(selection_table(ids), out_dir, sink.PART.format(index))
 
 
 def select_d2(graph_dir: str | Path, scores_dir: str | Path, shards: int, selections: list[dict[str, Any]],

@@ -26,8 +26,6 @@ from shardwalk.core.errors import DataError
 from shardwalk.core.storage import sink
 from shardwalk.core.storage.sources import ShardSpec, read_shard, releasing_arrow_memory
 
-PART = "part-{:05d}.parquet"
-
 
 @ray.remote(num_cpus=1, max_retries=2)
 @releasing_arrow_memory
@@ -41,7 +39,7 @@ def validate_shard(
         raise DataError(f"{where}: label column '{columns.label}' is missing; found {raw.column_names} (set label_column)")
     check_label_column(table, where, user_name=columns.label, offset=spec.start)
     table = validate_vectors(table, where=where, require_label=require_label, row_offset=spec.start)
-    files = sink.put_parquet(table, out_dir, PART.format(spec.index))  # on a store: straight into the attempt
+    files = sink.put_parquet(table, out_dir, sink.PART.format(spec.index))  # on a store: straight into the attempt
     ids = table.column(ID).to_numpy()
     labels = None
     if LABEL in table.column_names:
@@ -81,7 +79,7 @@ def check_bucket_unique(*pieces: Piece) -> dict[str, Any]:
 def encode_part(part: dict[str, Any], classes: list[int]) -> dict[str, Any]:
     """Rewrite one part (of `validate_shard`) with its labels replaced by class indices 0..K-1; its new entry."""
     table = encode_labels(pq.read_table(part["path"]), np.asarray(classes, dtype=np.int64))
-    return sink.put_parquet(table, part["dir"], PART.format(part["index"]))
+    return sink.put_parquet(table, part["dir"], sink.PART.format(part["index"]))
 
 
 @ray.remote(num_cpus=1, max_retries=2)

@@ -1,4 +1,4 @@
-"""ScoreShard / SelectShard actors: score and select a sharded dataset without gathering it.
+"""ScoreShard actors and evaluation tasks: score a sharded dataset without gathering it, train on coresets.
 
 Scoring has two layouts, chosen by shardwalk.core.coresets.proxy.plan_scoring from the data size and the actors:
 - `models`: the proxies are independent, so each `ScoreShard` reads the whole training split and trains
@@ -8,14 +8,13 @@ Scoring has two layouts, chosen by shardwalk.core.coresets.proxy.plan_scoring fr
 - `data`: every `ScoreShard` reads its own rows (shardwalk.core.storage.sources.read_shard), the proxies train data-parallel
   with gradients, example count and loss all-reduced in one gloo call per minibatch (rank 0 serves the
   rendezvous on its node's own address, workers/gloo.py), and each actor writes the scores of the examples it holds.
-`device = "cuda"` makes every actor request one GPU (`num_gpus`); "auto" uses cuda when the cluster has GPUs. Selection: `SelectShard` actors read their part of the scores and answer
-the small-summary protocol of core/coresets/single_process.py; each writes its part of every selection table.
+`device = "cuda"` makes every actor request one GPU (`num_gpus`); "auto" uses cuda when the cluster has GPUs.
+Selection is workers/selector.py (no torch there: its actors start without importing it).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +25,18 @@ import torch
 
 from shardwalk.core import progress
 from shardwalk.core.coresets import proxy, scores
-from shardwalk.core.coresets import single_process as coreset
 from shardwalk.core.coresets.evaluation import Split, evaluate_selection
 from shardwalk.core.coresets.proxy import ProxySpec, TrainSpec
 from shardwalk.core.coresets.scaling import FeatureSums, Scaling, fit_scaling
-from shardwalk.core.coresets.selection_names import check_method, selection_name
 from shardwalk.core.data.schema import LABEL, validate_vectors, vector_dim
 from shardwalk.core.errors import DataError, InvariantError
 from shardwalk.core.storage import sink
 from shardwalk.core.storage.labelled import labelled_arrays
 from shardwalk.core.storage.sources import ShardSpec, plan_shards, read_shard
-from shardwalk.core.storage.store import is_uri
 from shardwalk.workers import gloo
 from shardwalk.workers.autoconnect import ensure_ray
 from shardwalk.workers.progress_channel import wait_counted
 
-PART = "part-{:05d}.parquet"
 PROBE_TIMEOUT_S = 30.0  # how long a rank may take to answer before it counts as alive but busy
 
 
@@ -134,7 +129,7 @@ class ScoreShard:
         sel = slice(int(bounds[slice_index]), int(bounds[slice_index + 1]))
         merged = {m: part.rows(sel) for group in parts for m, part in group.items()}
         table = scores.combine_parts(self.ids[sel], self.y[sel], merged)
-        return sink.put_parquet(table, out_dir, PART.format(slice_index))
+        return sink.put_parquet(table, out_dir, sink.PART.format(slice_index))
 
     def score(self, total_rows: int, num_classes: int, spec: ProxySpec, device: str) -> dict[str, Any]:
         """Train the proxies (all-reducing gradients) and record my examples' dynamics."""
@@ -151,7 +146,7 @@ class ScoreShard:
         """Put my part of the scores table (locally or straight into the stage's attempt); its manifest entry."""
         if self.scores is None:
             raise InvariantError("ScoreShard.write before score()")
-        return sink.put_parquet(self.scores, out_dir, PART.format(self.rank))
+        return sink.put_parquet(self.scores, out_dir, sink.PART.format(self.rank))
 
     def final_params(self) -> np.ndarray:
         """The last proxy's flattened parameters (tests compare layouts with them)."""
@@ -258,7 +253,7 @@ def _score(source: Any, actors: list[Any], plan: proxy.ScoringPlan, spec: ProxyS
     if scaling.applied:
         ray.get([a.scale.remote(scaling) for a in actors])
     started = time.perf_counter()
-    dest = _destination(out_dir)
+    dest = sink.parts_destination(out_dir)
     if plan.mode == "models":
         per_actor, entries = _score_models(actors, plan, classes, spec, device, dest, total)
     else:
@@ -271,14 +266,6 @@ def _score(source: Any, actors: list[Any], plan: proxy.ScoringPlan, spec: ProxyS
             "examples_per_second": total * spec.models * spec.epochs / seconds, "standardized": scaling.applied,
             "scoring_epochs": spec.models * spec.epochs,
             "proxy_cpu_seconds": round(sum(a["cpu_seconds"] for a in per_actor), 3)}
-
-
-def _destination(out_dir: str | Path) -> str:
-    """Where actors on any node put parts for `out_dir`: the stage's attempt on a store runs dir, else the dir."""
-    dest = sink.destination(out_dir)
-    if not is_uri(dest):
-        Path(dest).mkdir(parents=True, exist_ok=True)
-    return dest
 
 
 def _global_labels(source: Any, actors: list[Any], mode: str) -> tuple[int, int, FeatureSums]:
@@ -318,117 +305,6 @@ def _score_data(actors: list[Any], total: int, classes: int, spec: ProxySpec, de
     paths = ray.get([a.write.remote(out_dir) for a in actors])
     ray.get([a.leave.remote() for a in actors])
     return per_actor, paths
-
-
-@ray.remote
-class SelectShard:
-    """Holds one part of a scores table and answers the selection protocol of core/coresets/single_process.py."""
-
-    def __init__(self, spec: ShardSpec):
-        self.spec, self.index, self.start = spec, spec.index, spec.start
-        self.table: pa.Table | None = None
-        self.selector: coreset.ShardSelector | None = None
-
-    def prepare(self, score: str | None, seed: int, hard_high: bool, holdout: Split | None = None) -> None:
-        """Build the selector for one (score, seed); my rows are read once, the score column validated here.
-
-        `holdout` leaves out its validation rows (β tuning selects among the rest).
-        """
-        if self.table is None:  # read in a method, not __init__, so read errors surface typed
-            self.table = read_shard(self.spec)
-        table = self.table
-        if holdout is not None:
-            table = table.filter(pa.array(~holdout.validation_rows(table.column("id").to_numpy())))
-        names = table.column_names
-        if score is not None and score not in names:
-            raise DataError(f"scores: missing score column '{score}'; found {names}")
-        values = None if score is None else table.column(score).to_numpy(zero_copy_only=False)
-        labels = table.column(LABEL).to_numpy() if LABEL in names else None
-        self.selector = coreset.ShardSelector(
-            table.column("id").to_numpy(), values, labels, seed=seed, hard_high=hard_high,
-            row_offset=self.start,
-        )
-
-    def _prepared(self) -> coreset.ShardSelector:
-        if self.selector is None:
-            raise InvariantError("SelectShard used before prepare()")
-        return self.selector
-
-    def ask(self, name: str, kwargs: dict[str, Any]) -> Any:
-        """One answer of the selection protocol (core/coresets/selection.py)."""
-        return getattr(self._prepared(), name)(**kwargs)
-
-    def ids(self, plan: coreset.Plan) -> np.ndarray:
-        """My selected ids under `plan` (a candidate coreset: small, nothing written)."""
-        return self._prepared().selected(plan.spec, plan.order, plan.threshold)
-
-    def write(self, plan: coreset.Plan, out_dir: str) -> tuple[int, dict[str, Any]]:
-        """Put my part of the selection table; returns its row count and manifest entry."""
-        ids = self._prepared().selected(plan.spec, plan.order, plan.threshold)
-        return len(ids), sink.put_parquet(coreset.selection_table(ids), out_dir, PART.format(self.index))
-
-
-def select_distributed(
-    scores_dir: str | Path,
-    shards: int,
-    selections: Sequence[dict[str, Any]],
-    out_dir: str | Path,
-    *,
-    seed: int = 0,
-    num_cpus: float = 0,
-) -> dict[str, dict[str, Any]]:
-    """Run each selection ({method, keep, score?, class_balanced?, beta?, hardest?, strata?, name?}) on
-    `shards` actors that read their own part of the scores; each writes `out_dir/<name>/part-*.parquet`
-    (`name` defaults to shardwalk.core.coresets.selection_names.selection_name, which shows an explicit β)."""
-    ensure_ray()
-    actors = [SelectShard.options(num_cpus=num_cpus).remote(s) for s in plan_shards(sink.readable(scores_dir), shards)]
-    out: dict[str, dict[str, Any]] = {}
-    tracker = progress.Tracker("select", len(selections), "selections")
-    try:
-        for sel in selections:
-            name, plan = _plan_one(actors, sel, seed)
-            written = ray.get([a.write.remote(plan, _destination(Path(out_dir) / name)) for a in actors])
-            sink.record(entry for _, entry in written)
-            rows = sum(n for n, _ in written)
-            if rows != plan.size:
-                raise InvariantError(f"{name}: shards wrote {rows} rows, the plan selects {plan.size}")
-            out[name] = {"rows": rows, **plan.info}
-            tracker.advance()
-    finally:
-        for a in actors:
-            ray.kill(a)
-    return out
-
-
-def selection_ids(scores_dir: str | Path, shards: int, selections: Sequence[dict[str, Any]], *, seed: int = 0,
-                  holdout: Split | None = None, num_cpus: float = 0) -> list[np.ndarray]:
-    """The ids of each selection (as `select_distributed`, among the rows `holdout` leaves), nothing written."""
-    ensure_ray()
-    actors = [SelectShard.options(num_cpus=num_cpus).remote(s) for s in plan_shards(sink.readable(scores_dir), shards)]
-    try:
-        out = []
-        for sel in selections:
-            _, plan = _plan_one(actors, sel, seed, holdout)
-            out.append(np.sort(np.concatenate(ray.get([a.ids.remote(plan) for a in actors]))))
-        return out
-    finally:
-        for a in actors:
-            ray.kill(a)
-
-
-def _plan_one(actors: list, sel: dict[str, Any], seed: int, holdout: Split | None = None) -> tuple[str, coreset.Plan]:
-    sel = dict(sel)
-    method, keep = sel.pop("method", None), sel.pop("keep", None)
-    score, name = sel.pop("score", None), sel.pop("name", None)
-    check_method(method, score)
-    hard = coreset.is_hard_high(score, sel.pop("hard_high", None)) if score is not None else True
-    ray.get([a.prepare.remote(score if method != "random" else None, seed, hard, holdout) for a in actors])
-
-    def ask(name: str, **kwargs: Any) -> list:
-        return ray.get([a.ask.remote(name, kwargs) for a in actors])
-
-    plan = coreset.plan_selection(ask, method, keep, **sel)
-    return name or selection_name(method, keep, score, bool(sel.get("class_balanced")), sel.get("beta")), plan
 
 
 @ray.remote(num_cpus=1, max_retries=1)

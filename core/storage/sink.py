@@ -34,6 +34,7 @@ from shardwalk.core.storage import node_cache, store
 from shardwalk.core.storage.files import write_parquet
 
 NODE_MARKER = node_cache.NODE_MARKER
+PART = "part-{:05d}.parquet"  # the i-th part of a sharded output
 
 
 class NodeLocalPathError(ShardwalkError):
@@ -97,6 +98,14 @@ def destination(out: str | os.PathLike) -> str:
         return os.fspath(out)
     rel = path.relative_to(attempt.scratch).as_posix()
     return attempt.uri if rel == "." else store.join(attempt.uri, rel)
+
+
+def parts_destination(out_dir: str | os.PathLike) -> str:
+    """`destination(out_dir)`, created when it is a local directory: where actors on any node put their parts."""
+    dest = destination(out_dir)
+    if not store.is_uri(dest):
+        Path(dest).mkdir(parents=True, exist_ok=True)
+    return dest
 
 
 def record(groups: Iterable[Mapping[str, Mapping[str, Any]]]) -> None:
