@@ -12,10 +12,13 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks.faultkit import free_port, poll
+from shardwalk import LOOPBACK_SWITCH
 from shardwalk.pipelines import PIPELINES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +83,35 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     return env
 
 
+@pytest.fixture(scope="module")
+def joined(installed: Installed) -> Iterator[Installed]:
+    """The fresh environment with RAY_ADDRESS naming one `ray start --head` of its own (its workers import the
+    wheel): runs that are not about starting Ray join it, and reuse its warm workers, rather than each starting
+    an embedded Ray. Explicit addresses never send the token unasked (Ray 2.60), hence RAY_AUTH_MODE=token."""
+    port = free_port()
+    temp = Path(tempfile.mkdtemp(prefix="rw", dir="/tmp"))  # short: Ray's socket paths live under it
+    env = {**installed.env, "RAY_AUTH_MODE": "token", LOOPBACK_SWITCH: "0"}
+    head = subprocess.Popen([str(installed.venv / "bin" / "python"), "-m", "ray.scripts.scripts", "start", "--head",
+                             "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                             "--disable-usage-stats", f"--temp-dir={temp}", "--block"],
+                            cwd=installed.workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        poll("the wheel environment's Ray head", lambda: head.poll() is not None or _listening(port), 120)
+        assert head.poll() is None, head.stderr.read().decode()[-2000:]
+        joined = Installed(installed.venv, installed.wheel, installed.workdir)
+        joined.env = {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+        yield joined
+    finally:
+        head.terminate()  # `ray start --block` stops the processes it started on SIGTERM
+        head.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def test_wheel_holds_every_subpackage_and_the_files_the_cli_reads(installed: Installed) -> None:
     names = set(zipfile.ZipFile(installed.wheel).namelist())
     sources = {f"shardwalk/{p.relative_to(ROOT)}" for d in ("core", "workers", "pipelines")
@@ -120,7 +154,9 @@ def test_unknown_example_is_bad_input_naming_the_known_ones(installed: Installed
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pipeline", sorted(TINY_RUNS))
-def test_a_small_run_of_each_pipeline_from_the_installed_wheel(installed: Installed, pipeline: str) -> None:
+def test_a_small_run_of_each_pipeline_from_the_installed_wheel(joined: Installed, pipeline: str) -> None:
+    """On a cluster started from the fresh environment (first_day runs with an embedded Ray)."""
+    installed = joined
     sets = [a for s in TINY_RUNS[pipeline] for a in ("--set", s)]
     done = installed.run("shardwalk", "run", pipeline, "--runs-dir", "runs", *sets)
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
