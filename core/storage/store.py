@@ -95,6 +95,11 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         raise ConfigError(f"{uri}: cannot resolve storage ({_first_line(exc)})") from None
 
 
+def _unreachable(exc: OSError) -> bool:
+    """Whether a store request failed because nothing answered (the SDK's own retries are spent by then)."""
+    return "NETWORK_CONNECTION" in str(exc) or "curlCode" in str(exc)
+
+
 def _first_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
@@ -138,7 +143,7 @@ def check_runs_dir(runs_dir: str | os.PathLike, what: str = "runs dir") -> str:
         if fs.get_file_info(root).type == pafs.FileType.File:
             raise ConfigError(f"{text}: {what} is an object (a file), not a prefix")
     except OSError as exc:
-        if "NETWORK_CONNECTION" in str(exc) or "curlCode" in str(exc):  # unreachable: not the user's input
+        if _unreachable(exc):  # not the user's input
             raise StoreUnavailableError(f"{text}: object store unreachable ({_first_line(exc)})") from None
         raise ConfigError(f"{text}: cannot access the store ({_first_line(exc)})") from None
     return text.rstrip("/")
@@ -193,7 +198,7 @@ def _read_at(fs: pafs.FileSystem, path: str, uri: str) -> bytes | None:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            if attempt == READ_TRIES - 1:
+            if attempt == READ_TRIES - 1 or _unreachable(exc):  # the AWS SDK has already retried a refused connection
                 raise StoreUnavailableError(f"{uri}: object store request failed ({_first_line(exc)})") from None
             time.sleep(0.05 * (attempt + 1))
     _BYTES_READ[0] += len(data)
