@@ -102,3 +102,26 @@ def test_address_auto_is_probed_at_ray_address_then_at_the_last_ray_start_record
     monkeypatch.setenv("RAY_ADDRESS", f"ray://127.0.0.1:{exported}")
     with pytest.raises(ClusterUnreachableError, match=f"127.0.0.1:{exported}"):
         probe("auto", timeout=5)
+
+
+def test_a_refused_join_says_how_to_send_the_token(monkeypatch) -> None:
+    """Joining `ray start`'s cluster by its address fails auth unless RAY_AUTH_MODE=token (Ray 2.60 keeps the token
+    from explicit addresses); the one line says so. Ray itself is stubbed: the message is the point."""
+    import ray
+
+    from shardwalk.workers import autoconnect
+
+    def refused(**kwargs: object) -> None:
+        raise ConnectionError("Failed to connect to Ray cluster at 127.0.0.1:6379")
+
+    monkeypatch.setattr(autoconnect, "probe", lambda address, timeout: None)
+    monkeypatch.setattr(ray, "init", refused)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with pytest.raises(ClusterUnreachableError, match="127.0.0.1:6379.*export RAY_AUTH_MODE=token") as err:
+        autoconnect.connect("127.0.0.1:6379")
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    with pytest.raises(ClusterUnreachableError) as err:
+        autoconnect.connect("127.0.0.1:6379")
+    assert "RAY_AUTH_MODE" not in str(err.value)

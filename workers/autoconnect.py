@@ -98,6 +98,14 @@ def _expect_grpc(sock: socket.socket, timeout: float) -> None:
         raise ConnectionResetError(104, "closed the connection without answering (not a Ray cluster?)")
 
 
+def _token_hint(address: str) -> str:
+    """Ray 2.60 sends its token to an explicit address only when asked: a `ray start` cluster then refuses us."""
+    if address == "auto" or os.environ.get("RAY_AUTH_MODE"):
+        return ""
+    return ("; if the cluster uses token authentication (Ray's default for `ray start`), export RAY_AUTH_MODE=token "
+            "(Ray sends ~/.ray/auth_token or RAY_AUTH_TOKEN to an explicit address only then) or use --address auto")
+
+
 def check_loopback_node() -> None:
     """Refuse to start an embedded Ray that would bind a routable address.
 
@@ -131,7 +139,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[
             ray.init(address=address, **common)
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, auth errors ... as chained tracebacks
             ray.shutdown()
-            raise ClusterUnreachableError(f"cannot join the Ray cluster at {address}: {one_line(exc)}") from None
+            raise ClusterUnreachableError(f"cannot join the Ray cluster at {address}: {one_line(exc)}"
+                                          f"{_token_hint(address)}") from None
     else:
         check_loopback_node()
         ray.init(
