@@ -50,6 +50,21 @@ def test_proxies_are_the_same_whichever_subset_an_actor_trains():
     assert combine_parts(ids, y, merged).equals(whole.scores())
 
 
+def test_training_on_read_only_arrays_warns_nothing() -> None:
+    """Arrow columns and Ray's object store hand out read-only arrays; torch warned about each one a user passed."""
+    import warnings
+
+    from shardwalk.core.coresets.proxy_spec import TrainSpec
+
+    x = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    x.flags.writeable = y.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = proxy.fit(x, y, 2, TrainSpec(steps=5, hidden=4))
+        assert 0.0 <= proxy.accuracy(model, x, y) <= 1.0
+
+
 def test_cli_rejects_a_bad_device(tmp_path, capsys):
     from shardwalk.pipelines.cli import main
 

@@ -150,8 +150,8 @@ def score_shard(
     recorder and the last proxy (whose parameters are identical on every shard of a data-parallel run).
     """
     dev = local_device(device)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev)
+    xt = _tensor(x, np.float32).to(dev)
+    yt = _tensor(y, np.int64).to(dev)
     recorder = DynamicsRecorder(ids, y, num_classes, el2n_epoch=spec.el2n_epoch)
     batches = max(1, int(np.ceil(total_rows / spec.batch_size)))
     for m in range(spec.models) if model_indices is None else model_indices:
@@ -186,8 +186,8 @@ def fit(
     model = make_model(spec.model, x.shape[1], num_classes, hidden=spec.hidden, seed=spec.seed).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 1e-3)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev)
+    xt = _tensor(x, np.float32).to(dev)
+    yt = _tensor(y, np.int64).to(dev)
     rng = np.random.default_rng(spec.seed)
     loss_fn = nn.CrossEntropyLoss()
     step, pass_index = 0, 0
@@ -207,7 +207,13 @@ def fit(
     return model.cpu()
 
 
+def _tensor(a: np.ndarray, dtype: type) -> torch.Tensor:
+    """A tensor sharing a C-contiguous, writable copy only when needed: Arrow and Ray hand out read-only arrays,
+    which torch.from_numpy accepts with a warning a user cannot act on."""
+    return torch.from_numpy(np.require(a, dtype, ["C_CONTIGUOUS", "WRITEABLE"]))
+
+
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy of `model` (on the CPU) on (x, y)."""
-    pred = logits_of(model.cpu(), torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).argmax(axis=1)
+    pred = logits_of(model.cpu(), _tensor(x, np.float32)).argmax(axis=1)
     return float((pred == np.asarray(y)).mean())
