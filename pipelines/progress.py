@@ -34,10 +34,11 @@ DONE = {"done", "cached", "failed", "skipped"}
 
 
 def _stage_line(rec: StageRecord) -> str:
+    rows = f" ({rec.rows:,} rows)" if rec.rows else ""  # a report or an index writes files, not table rows
     if rec.status == "cached":
-        return f"stage {rec.name}: cache hit ({rec.rows} rows)"
+        return f"stage {rec.name}: cache hit{rows}"
     if rec.status == "done":
-        return f"stage {rec.name}: done in {rec.seconds:.2f}s ({rec.rows} rows)"
+        return f"stage {rec.name}: done in {rec.seconds:.2f}s{rows}"
     if rec.status == "failed":
         return f"stage {rec.name}: FAILED: {(rec.error or '').splitlines()[0]}"
     if rec.status == "skipped":

@@ -242,3 +242,14 @@ def test_the_log_interval_is_a_positive_number_of_seconds(monkeypatch: pytest.Mo
         monkeypatch.setenv("SHARDWALK_PROGRESS_INTERVAL_S", bad)
         with pytest.raises(ConfigError, match="SHARDWALK_PROGRESS_INTERVAL_S"):
             log_interval()
+
+
+def test_stage_lines_give_rows_only_for_stages_that_write_table_rows() -> None:
+    from shardwalk.pipelines.progress import _stage_line
+
+    ingest = StageRecord("ingest", "k", "o", status="done", rows=1797, seconds=2.5)
+    report = StageRecord("report", "k", "o", status="done", rows=0, seconds=1.0)
+    cached = StageRecord("build", "k", "o", status="cached", rows=None)
+    assert _stage_line(ingest) == "stage ingest: done in 2.50s (1,797 rows)"
+    assert _stage_line(report) == "stage report: done in 1.00s"
+    assert _stage_line(cached) == "stage build: cache hit"
