@@ -35,7 +35,7 @@ SOURCES = ("shardwalk", "core", "workers", "pipelines", "pyproject.toml", "READM
 TINY_RUNS = {
     "index": ["source=builtin:digits", "shards=2", "recall_sample=50"],
     "coreset": ["source=builtin:digits", "actors=2", "proxy.epochs=2", "proxy.models=1", "select.keep=[0.5]",
-                'select.methods=["ccs-aum", "random"]', "evaluate.steps=50"],
+                'select.methods=["ccs-aum", "random"]', "evaluate.steps=50", "evaluate.seeds=1"],
     "srrw": ["steps=500", "record_every=250"],
 }
 
