@@ -78,22 +78,36 @@ class MeasureShard:
 
     def restore(self, keys: np.ndarray, logy: np.ndarray, rows: np.ndarray, carried: np.ndarray) -> None:
         """Fill resident rows with tokens' measures: the kept view entries, then the shared ones they carried."""
+        from shardwalk.core.srrw.compiled import put_columns  # numba: loaded by the walks that shard
+
         self.check(keys, carried.shape[1])
-        logy[rows[:, None], self.view] = self.kept[keys]
-        logy[rows[:, None], self.shared] = carried
+        keys, rows = np.asarray(keys, dtype=np.int64), np.asarray(rows, dtype=np.int64)
+        put_columns(self.kept, keys, self.view, logy, rows)
+        put_columns(np.ascontiguousarray(carried, dtype=np.float64), np.arange(len(rows)), self.shared, logy, rows)
         self.present[keys] = False
 
     def park(self, keys: np.ndarray, logy: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Keep the rows' view entries here; returns the shared entries the tokens leave with."""
-        self._reserve(int(keys.max()) + 1 if len(keys) else 0)
-        self.kept[keys] = logy[rows[:, None], self.view]
-        self.present[keys] = True
-        return logy[rows[:, None], self.shared]
+        from shardwalk.core.srrw.compiled import take_columns
 
-    def exclusive_entries(self) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-        """(exclusive agent indices, each token's values there): this actor's part of `gather`."""
+        keys, rows = np.asarray(keys, dtype=np.int64), np.asarray(rows, dtype=np.int64)
+        self._reserve(int(keys.max()) + 1 if len(keys) else 0)
+        take_columns(logy, rows, self.view, self.kept, keys)
+        self.present[keys] = True
+        carried = np.empty((len(rows), len(self.shared)))
+        take_columns(logy, rows, self.shared, carried, np.arange(len(rows)))
+        return carried
+
+    def exclusive_entries(self, keys: list[int] | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """(exclusive agent indices, each token's values there): this actor's part of `gather`, for the tokens
+        `keys` (None: every token whose entries are here). A token away from this actor has its entries here
+        unchanged since it left, so they are current wherever the token is."""
         pos = np.searchsorted(self.view, self.exclusive)
-        return self.exclusive, {key: self.kept[key, pos] for key in np.flatnonzero(self.present).tolist()}
+        keys = np.flatnonzero(self.present).tolist() if keys is None else [int(k) for k in keys]
+        away = [k for k in keys if not (0 <= k < len(self.present) and self.present[k])]
+        if away:
+            raise ValueError(f"token {away[0]}'s measure entries are not kept here (the token is resident or unknown)")
+        return self.exclusive, {key: self.kept[key, pos] for key in keys}
 
 
 def gather(tok: Token, shared: np.ndarray, parts: list[tuple[np.ndarray, dict[int, np.ndarray]]]) -> None:
