@@ -484,3 +484,58 @@ def test_a_checkpoint_of_a_sharded_token_gathers_the_whole_measure_of_its_step()
                     peer = parts[owner[one.node[0]]]
                     peer[1].add_batch(one, peer[0].tables)
     assert checked == 2 * spec.tokens and done == spec.tokens
+
+
+def test_two_parts_ship_only_the_shared_entries_a_token_changed_and_keep_the_trajectory():
+    """Two parts (`delta`): a leaving token carries only the shared entries it changed on its part (the rest
+    NaN, left out of the payload), the peer fills the others from its own copy — bit for bit the reference."""
+    import pickle
+
+    import networkx as nx
+
+    from shardwalk.core.srrw.kernel import advance_batch
+    from shardwalk.core.srrw.shard import MeasureShard, gather, shared_agents, views
+    from shardwalk.core.srrw.token import TokenBatch
+
+    grid = nx.convert_node_labels_to_integers(nx.grid_2d_graph(15, 8))
+    spec = WalkSpec.build(steps=600, alpha=10.0, tokens=30, seed=6, polyak=True)
+    ref = run_sa_srrw(_objective(grid), grid, spec).tokens
+    chain = SRRW(grid, spec.alpha)
+    obj = bind(_objective(grid), chain)
+    owner = np.arange(chain.num_nodes) * 2 // chain.num_nodes
+    held = [halo_mask(chain, owner == p, 2) for p in range(2)]
+    shared = shared_agents(views(chain, held))
+    toks = spec_tokens(chain, obj.dim, spec)
+    parts = []
+    for p, view in enumerate(views(chain, held)):
+        shard = MeasureShard(view, shared, delta=True)
+        shard.seed_all(np.array([tok.logy for tok in toks]))
+        ctx = WalkContext(chain, obj.restrict(np.flatnonzero(held[p])), spec.schedule, spec.steps, held[p])
+        parts.append((ctx, Resident(obj.dim, chain.num_nodes, polyak=True, shard=shard), shard))
+    for tok in toks:
+        tok.logy, tok.partial = np.asarray(tok.logy)[shared], True
+    first = TokenBatch.from_tokens(toks)
+    for p in range(2):
+        parts[p][1].add_batch(first.select(np.flatnonzero(owner[first.node] == p)), parts[p][0].tables)
+    done, sent, dense = [], 0, 0
+    while any(len(res) for _, res, _ in parts):
+        for p, (ctx, res, shard) in enumerate(parts):
+            stopped, statuses, _ = advance_batch(res, ctx, 41)
+            if stopped is None:
+                continue
+            leave = np.array([s == LEAVE for s in statuses])
+            done += [stopped.token(i) for i in np.flatnonzero(~leave).tolist()]
+            if leave.any():
+                out = stopped.select(np.flatnonzero(leave))
+                dense += out.nbytes
+                out.logy = shard.changed_only(out.key, out.logy)
+                sent += out.nbytes
+                arrived = pickle.loads(pickle.dumps(out))  # the wire: changed entries only
+                assert np.isnan(arrived.logy).any()
+                parts[1 - p][1].add_batch(arrived, parts[1 - p][0].tables)
+    assert len(done) == 30 and sent < 0.7 * dense
+    for tok in done:
+        gather(tok, shared, [shard.exclusive_entries() for _, _, shard in parts])
+    done.sort(key=lambda t: t.key)
+    assert all(_same(a, b) for a, b in zip(ref, done))
+    assert all(np.array_equal(a.theta_bar, b.theta_bar) for a, b in zip(ref, done))

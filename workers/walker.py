@@ -66,10 +66,11 @@ __all__ = ["RUN_META", "BlockLoader", "WalkPartition", "run_distributed_sa_srrw"
 RUN_META = "checkpoint.json"  # the checkpoints' settings record (not the DAG's run record, runs/<id>/run.json)
 EARLIER_RUN_META = "run.json"  # its name before: such checkpoints are not resumed, the walk starts over (CHANGELOG)
 COMPILED_CHUNK = 4096  # at most this many hops per token per compiled kernel call (≈ 4 ms per token)
-SLICE_HOPS = 16384  # hops per compiled kernel call at most, the resident tokens taking turns (≈ 15 ms between inbox looks)
+SLICE_HOPS = 65536  # hops per compiled kernel call at most, the resident tokens taking turns (≈ 60 ms between inbox looks)
 MIN_HOPS_PER_TOKEN = 64
-FLUSH_AGE_S = 0.002  # a peer's outbox is sent (one call) after a kernel call once its oldest token waited this
-#                      long, or when the actor has nothing left to walk: a Ray call costs far more than a token
+FLUSH_AGE_S = 0.02  # a peer's outbox is sent (one call) after a kernel call once its oldest token waited this
+#                     long, once it holds as many tokens as the actor walks, or when the actor has nothing left
+#                     to walk: a Ray call costs the two actors ~1 ms of CPU, far more than a token's bytes
 BYTES_SAMPLE_EVERY = 16  # payload bytes per crossing are summed over every 16th hand-off call
 
 
@@ -112,10 +113,12 @@ class WalkPartition:
         self.ctx = WalkContext(chain, objective, spec.schedule, spec.steps, held, every)
         self.chunk = layout.chunk
         warm_up(self.ctx, objective.dim)
-        self.shard = None if shared is None else MeasureShard(views(chain, [held])[0], shared)
+        # two actors: a leaving token carries only the shared entries it changed here (MeasureShard.changed_only)
+        self.shard = None if shared is None else MeasureShard(views(chain, [held])[0], shared, delta=int(owner.max()) == 1)
         self.resident = Resident(objective.dim, chain.num_nodes, spec.schedule.polyak, self.shard)
         self.part, self.owner, self.sink, self.checkpoint_dir = part, owner, sink, checkpoint_dir
         self.inbox: list[TokenBatch] = []
+        self.readmit: list[TokenBatch] = []  # checkpointed here, walking on here (not arrivals from a peer)
         self.saving: set[asyncio.Task] = set()  # checkpoints of sharded tokens gathering their entries
         self.admitted = np.zeros(spec.tokens, dtype=np.int64)  # token key -> its step count when it joined
         self.peers: list[Any] = []
@@ -145,7 +148,7 @@ class WalkPartition:
     async def _run(self) -> None:
         """Walk while tokens are resident (yielding between kernel calls); sleep until a hand-off arrives."""
         while True:
-            if self.inbox:
+            if self.inbox or self.readmit:
                 self._admit()
             if not len(self.resident):
                 self._flush(everything=True)
@@ -177,6 +180,13 @@ class WalkPartition:
 
     def _admit(self) -> None:
         """Arrived batches join the resident tokens; a token this walk cannot take is reported, not lost."""
+        for batch in self.readmit:  # what the peer holds of its measure is unchanged by a checkpoint here
+            before = None if self.shard is None or self.shard.arrived is None else self.shard.arrived[batch.key].copy()
+            self.resident.add_batch(batch, self.ctx.tables)
+            self.admitted[batch.key] = batch.n
+            if before is not None:
+                self.shard.arrived[batch.key] = before
+        self.readmit = []
         batches, self.inbox = self.inbox, []
         for batch in batches:
             try:
@@ -208,7 +218,10 @@ class WalkPartition:
         stopped.handoffs[rows] += 1
         peers = self.owner[stopped.node[rows]]
         for peer in np.unique(peers).tolist():
-            self.outbox.setdefault(peer, []).append(stopped.select(rows[peers == peer]))
+            leaving = stopped.select(rows[peers == peer])
+            if self.shard is not None and self.shard.arrived is not None:
+                leaving.logy = self.shard.changed_only(leaving.key, leaving.logy)
+            self.outbox.setdefault(peer, []).append(leaving)
             self.outbox_since.setdefault(peer, now)
 
     def _finish(self, stopped: TokenBatch, i: int, status: str, error: Exception | None) -> None:
@@ -243,7 +256,7 @@ class WalkPartition:
         finally:
             self.saving.discard(asyncio.current_task())
         if status == CHECKPOINT:
-            self.inbox.append(one)
+            self.readmit.append(one)
             self.wake.set()
         else:
             self.sink.deliver.remote(key, tok if status == DONE else None, error)
@@ -253,11 +266,13 @@ class WalkPartition:
         return self.shard.exclusive_entries(keys)
 
     def _flush(self, everything: bool) -> None:
-        """Send each peer's outbox as one batch once it is FLUSH_AGE_S old (or `everything`): `.remote`
-        returns at once, so sending never blocks the walk."""
+        """Send each peer's outbox as one batch once it is FLUSH_AGE_S old, or holds at least as many tokens as
+        are resident here (the peer may be short of work), or `everything`: `.remote` returns at once, so
+        sending never blocks the walk."""
         now = time.monotonic()
         for peer in list(self.outbox):
-            if not (everything or now - self.outbox_since[peer] >= FLUSH_AGE_S):
+            waiting = sum(len(batch) for batch in self.outbox[peer])
+            if not (everything or now - self.outbox_since[peer] >= FLUSH_AGE_S or waiting >= len(self.resident)):
                 continue
             batch = TokenBatch.concat(self.outbox.pop(peer))
             del self.outbox_since[peer]

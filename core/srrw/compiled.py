@@ -88,11 +88,14 @@ def take_columns(src, src_rows, cols, dst, dst_rows):
 
 @njit(cache=True)
 def put_columns(src, src_rows, cols, dst, dst_rows):
-    """dst[dst_rows[i], cols] = src[src_rows[i], :]: a sharded measure's entries restored."""
+    """dst[dst_rows[i], cols] = src[src_rows[i], :]: a sharded measure's entries restored (a NaN source entry,
+    one a token did not change, leaves the destination's as it is)."""
     for i in range(src_rows.shape[0]):
         r, o = src_rows[i], dst_rows[i]
         for c in range(cols.shape[0]):
-            dst[o, cols[c]] = src[r, c]
+            v = src[r, c]
+            if v == v:
+                dst[o, cols[c]] = v
 
 
 @njit(cache=True)

@@ -177,22 +177,29 @@ class TokenBatch:
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickle (a hand-off's transit) as one bytes payload: Ray then handles one buffer per call,
         not one per array — each buffer costs the receiving actor ~0.1 ms to deserialise."""
-        arrays = self._arrays()
-        header = (len(self), self.theta.shape[1], self.logy.shape[1], self.bar is not None, self.partial)
-        return _unpack_batch, (header, b"".join(np.ascontiguousarray(a).tobytes() for a in arrays), self.records)
+        return _unpack_batch, self._packed()
 
-    def _arrays(self) -> tuple[np.ndarray, ...]:
-        """The numeric arrays in `_unpack_batch`'s order."""
+    def _packed(self) -> tuple[tuple[int, int, int, bool, bool, bool], bytes, Any]:
+        """(header, payload, records): the numeric arrays back to back; measure entries marked NaN (left as
+        they were: shardwalk.core.srrw.shard.MeasureShard.changed_only) are left out, a bit mask says where."""
         ints = np.stack([self.key, self.n, self.node, self.prev, self.handoffs]) if len(self) else np.zeros((5, 0), np.int64)
-        return (ints.astype(np.int64, copy=False), self.arrived.astype(np.uint8), self.log_scale, self.theta,
-                *(() if self.bar is None else (self.bar,)), self.logy, self.rng)
+        kept = ~np.isnan(self.logy) if self.partial else None
+        sparse = kept is not None and not kept.all()
+        if sparse:
+            bits = np.zeros(_mask_bytes(kept.size) * 8, dtype=bool)
+            bits[: kept.size] = kept.ravel()
+            measure: tuple[np.ndarray, ...] = (np.packbits(bits), self.logy[kept])
+        else:
+            measure = (self.logy,)
+        arrays = (ints.astype(np.int64, copy=False), self.arrived.astype(np.uint8), self.log_scale, self.theta,
+                  *(() if self.bar is None else (self.bar,)), *measure, self.rng)
+        header = (len(self), self.theta.shape[1], self.logy.shape[1], self.bar is not None, self.partial, sparse)
+        return header, b"".join(np.ascontiguousarray(a).tobytes() for a in arrays), self.records
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the arrays (the payload of a hand-off; Ray's framing aside)."""
-        arrays = (self.key, self.n, self.node, self.prev, self.arrived, self.handoffs, self.log_scale, self.theta,
-                  self.logy, self.rng) + (() if self.bar is None else (self.bar,))
-        return sum(a.nbytes for a in arrays)
+        """Bytes of the payload a hand-off ships (Ray's framing aside)."""
+        return len(self._packed()[1])
 
     @classmethod
     def from_tokens(cls, tokens: list[Token]) -> TokenBatch:
@@ -260,23 +267,36 @@ class TokenBatch:
             np.concatenate([b.logy for b in batches]), np.concatenate([b.rng for b in batches]), first.partial, records)
 
 
-def _unpack_batch(header: tuple[int, int, int, bool, bool], payload: bytes,
+def _mask_bytes(entries: int) -> int:
+    """Bytes of a bit mask over `entries`, padded to whole uint64 words (the arrays after it stay aligned)."""
+    return (entries + 63) // 64 * 8
+
+
+def _unpack_batch(header: tuple[int, int, int, bool, bool, bool], payload: bytes,
                   records: list[tuple[list[int] | None, list[int], list[np.ndarray]]] | None) -> TokenBatch:
     """`TokenBatch.__reduce__`'s inverse: writable arrays over one copy of the payload."""
-    rows, dim, width, has_bar, partial = header
+    rows, dim, width, has_bar, partial, sparse = header
     buf = bytearray(payload)
-    shapes = [((5, rows), np.int64), ((rows,), np.uint8), ((rows,), np.float64), ((rows, dim), np.float64),
-              *([((rows, dim), np.float64)] if has_bar else []), ((rows, width), np.float64), ((rows, RNG_WORDS), np.uint64)]
-    arrays, at = [], 0
-    for shape, dtype in shapes:
+    at = 0
+
+    def take(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        nonlocal at
         count = int(np.prod(shape))
-        arrays.append(np.frombuffer(buf, dtype=dtype, count=count, offset=at).reshape(shape))
+        out = np.frombuffer(buf, dtype=dtype, count=count, offset=at).reshape(shape)
         at += count * np.dtype(dtype).itemsize
+        return out
+
+    ints, arrived, log_scale, theta = take((5, rows), np.int64), take((rows,), np.uint8), take((rows,), np.float64), take((rows, dim), np.float64)
+    bar = take((rows, dim), np.float64) if has_bar else None
+    if sparse:
+        kept = np.unpackbits(take((_mask_bytes(rows * width),), np.uint8), count=rows * width).astype(bool).reshape(rows, width)
+        logy = np.full((rows, width), np.nan)
+        logy[kept] = take((int(kept.sum()),), np.float64)
+    else:
+        logy = take((rows, width), np.float64)
+    rng = take((rows, RNG_WORDS), np.uint64)
     if at != len(buf):
         raise ValueError(f"a token batch's payload has {len(buf)} bytes; its header describes {at}")
-    ints, arrived, log_scale, theta, *rest = arrays
-    bar = rest.pop(0) if has_bar else None
-    logy, rng = rest
     return TokenBatch(ints[0], ints[1], ints[2], ints[3], arrived.astype(bool), ints[4], log_scale, theta, bar, logy,
                       rng, partial, records)
 
