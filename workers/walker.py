@@ -11,7 +11,7 @@ at the end of each chunk), so the actor is never idle while tokens are in flight
 finished token is delivered to a small async `_TokenSink` actor, whose `wait(key)` ObjectRef is all the
 driver waits on. Tokens are checkpointed every N steps (shardwalk.core.srrw.token_store) and a run resumes from there;
 a partitioned walk's checkpoint gathers the token's measure entries from the other actors first (whole tokens
-on disk, measures sharded in transit).
+on disk, measures sharded in transit; with two actors a crossing carries only the entries the token changed).
 
 When every actor's copy of all agents' data fits its node (`replicate = "auto"`, the default), the actors
 instead all hold every agent and split the tokens: nothing is ever handed off, so throughput grows with
