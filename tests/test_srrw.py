@@ -238,3 +238,24 @@ def test_halo_mask_adds_ghost_agents_within_h_hops():
     assert halo_mask(chain, own, 0).tolist() == own.tolist()
     assert np.flatnonzero(halo_mask(chain, own, 1)).tolist() == [0, 1, 2]
     assert np.flatnonzero(halo_mask(chain, own, 3)).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_the_report_draws_tokens_crossing_actors_and_their_spread(tmp_path):
+    """The srrw report's crossing section: hand-offs per 1,000 hops per token, each final θ's distance to
+    the average, and the walk's crossing figures in its text (from the walk stage's outputs alone)."""
+    import pyarrow as pa
+
+    from shardwalk.pipelines.reports.stage import crossing_section
+
+    tokens = pa.table({"token": [0, 1, 2], "steps": [1000, 1000, 1000], "handoffs": [4, 0, 10],
+                       "theta": [[1.0, 0.0], [0.0, 0.0], [2.0, 3.0]]})
+    metrics = {"layout": "partitioned", "handoffs": 14, "handoffs_per_1000_hops": 4.667, "bytes_per_crossing": 6761.0,
+               "hops_per_actor_cpu_second": 950000.0, "cut_fraction": 0.015, "halo": 3}
+    section = crossing_section(tmp_path, tokens, metrics)
+    assert (tmp_path / section.figure).stat().st_size > 0
+    assert "partitioned" in section.text and "crossed between walker actors 14 times" in section.text
+    assert "bytes per crossing 6,761.0" in section.text and "hops per actor CPU-second 950,000.0" in section.text
+    assert [row["handoffs"] for row in section.table] == [4, 0, 10]
+    mean = np.array([1.0, 1.0])
+    assert section.table[2]["distance_to_average"] == pytest.approx(float(np.linalg.norm([2.0, 3.0] - mean)))
+    assert "no walk metrics recorded" in crossing_section(tmp_path, tokens, {}).text

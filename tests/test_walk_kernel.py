@@ -308,8 +308,9 @@ def test_kernel_streams_step_exactly_as_numpy_pcg64():
         assert other.random() == rng.random()
 
 
-def test_a_batch_pickles_as_a_fixed_number_of_buffers_whatever_its_size():
-    """Ray ships a hand-off as zero-copy buffers: one per array of the batch, not one object per token."""
+def test_a_batch_pickles_as_one_payload_whatever_its_size():
+    """Ray ships a hand-off as one bytes payload (each extra buffer costs the receiver), not one object per
+    token nor one buffer per array; it unpickles to the same tokens."""
     import pickle
 
     from shardwalk.core.srrw.token import TokenBatch
@@ -325,7 +326,9 @@ def test_a_batch_pickles_as_a_fixed_number_of_buffers_whatever_its_size():
         counts.append(len(buffers))
         back = pickle.loads(blob, buffers=buffers)
         assert [_same(a, b) for a, b in zip(back.tokens(), toks[:size])] == [True] * size
-    assert counts[0] == counts[1] == 11
+        assert all(np.array_equal(a.theta_bar, b.theta_bar) for a, b in zip(back.tokens(), toks[:size]))
+        assert back.logy.flags.writeable and back.rng.flags.writeable and back.arrived.dtype == bool
+    assert counts[0] == counts[1] == 0
 
 
 def test_hand_offs_as_batches_between_three_parts_keep_the_trajectory():
@@ -427,3 +430,112 @@ def test_the_plan_prices_a_token_with_the_walkers_stream_size() -> None:
     from shardwalk.core.srrw.token import RNG_WORDS
 
     assert TOKEN_STREAM_WORDS == RNG_WORDS
+
+
+def test_a_checkpoint_of_a_sharded_token_gathers_the_whole_measure_of_its_step():
+    """A token checkpointed on one part while its measure is sharded: its own entries there, the shared ones
+    it carries and the other parts' exclusive entries (unchanged since it left them) make exactly the
+    reference token at that step — what a walker actor saves, so a resume continues bit for bit."""
+    import networkx as nx
+
+    from shardwalk.core.srrw.kernel import CHECKPOINT, DONE, advance_batch
+    from shardwalk.core.srrw.shard import MeasureShard, gather, shared_agents, views
+    from shardwalk.core.srrw.token import TokenBatch
+
+    grid = nx.convert_node_labels_to_integers(nx.grid_2d_graph(15, 8))
+    spec = WalkSpec.build(steps=600, alpha=10.0, tokens=12, seed=5)
+    refs = {n: run_sa_srrw(_objective(grid), grid, dataclasses.replace(spec, steps=n)).tokens for n in (200, 400)}
+    chain = SRRW(grid, spec.alpha)
+    obj = bind(_objective(grid), chain)
+    owner = np.arange(chain.num_nodes) * 3 // chain.num_nodes
+    held = [halo_mask(chain, owner == p, 1) for p in range(3)]
+    shared = shared_agents(views(chain, held))
+    toks = spec_tokens(chain, obj.dim, spec)
+    parts = []
+    for p, view in enumerate(views(chain, held)):
+        shard = MeasureShard(view, shared)
+        shard.seed_all(np.array([tok.logy for tok in toks]))
+        ctx = WalkContext(chain, obj.restrict(np.flatnonzero(held[p])), spec.schedule, spec.steps, held[p], 200)
+        parts.append((ctx, Resident(obj.dim, chain.num_nodes, polyak=False, shard=shard), shard))
+    for tok in toks:
+        tok.logy, tok.partial = np.asarray(tok.logy)[shared], True
+    first = TokenBatch.from_tokens(toks)
+    for p in range(3):
+        parts[p][1].add_batch(first.select(np.flatnonzero(owner[first.node] == p)), parts[p][0].tables)
+    resident = int(parts[0][1].key[0])
+    with pytest.raises(ValueError, match=f"token {resident}'s measure entries are not kept here"):
+        parts[0][2].exclusive_entries([resident])
+    checked, done = 0, 0
+    while any(len(res) for _, res, _ in parts):
+        for ctx, res, _ in parts:
+            stopped, statuses, _ = advance_batch(res, ctx, 53)
+            for i, status in enumerate(statuses):
+                one = stopped.select(np.array([i]))
+                if status == CHECKPOINT:
+                    key = int(one.key[0])
+                    whole = one.token(0)
+                    gather(whole, shared, [shard.exclusive_entries([key]) for _, _, shard in parts])
+                    assert _same(whole, refs[whole.n][key]) and not whole.partial
+                    checked += 1
+                    res.add_batch(one, ctx.tables)  # and it walks on from here
+                elif status == DONE:
+                    done += 1
+                else:
+                    peer = parts[owner[one.node[0]]]
+                    peer[1].add_batch(one, peer[0].tables)
+    assert checked == 2 * spec.tokens and done == spec.tokens
+
+
+def test_two_parts_ship_only_the_shared_entries_a_token_changed_and_keep_the_trajectory():
+    """Two parts (`delta`): a leaving token carries only the shared entries it changed on its part (the rest
+    NaN, left out of the payload), the peer fills the others from its own copy — bit for bit the reference."""
+    import pickle
+
+    import networkx as nx
+
+    from shardwalk.core.srrw.kernel import advance_batch
+    from shardwalk.core.srrw.shard import MeasureShard, gather, shared_agents, views
+    from shardwalk.core.srrw.token import TokenBatch
+
+    grid = nx.convert_node_labels_to_integers(nx.grid_2d_graph(15, 8))
+    spec = WalkSpec.build(steps=600, alpha=10.0, tokens=30, seed=6, polyak=True)
+    ref = run_sa_srrw(_objective(grid), grid, spec).tokens
+    chain = SRRW(grid, spec.alpha)
+    obj = bind(_objective(grid), chain)
+    owner = np.arange(chain.num_nodes) * 2 // chain.num_nodes
+    held = [halo_mask(chain, owner == p, 2) for p in range(2)]
+    shared = shared_agents(views(chain, held))
+    toks = spec_tokens(chain, obj.dim, spec)
+    parts = []
+    for p, view in enumerate(views(chain, held)):
+        shard = MeasureShard(view, shared, delta=True)
+        shard.seed_all(np.array([tok.logy for tok in toks]))
+        ctx = WalkContext(chain, obj.restrict(np.flatnonzero(held[p])), spec.schedule, spec.steps, held[p])
+        parts.append((ctx, Resident(obj.dim, chain.num_nodes, polyak=True, shard=shard), shard))
+    for tok in toks:
+        tok.logy, tok.partial = np.asarray(tok.logy)[shared], True
+    first = TokenBatch.from_tokens(toks)
+    for p in range(2):
+        parts[p][1].add_batch(first.select(np.flatnonzero(owner[first.node] == p)), parts[p][0].tables)
+    done, sent, dense = [], 0, 0
+    while any(len(res) for _, res, _ in parts):
+        for p, (ctx, res, shard) in enumerate(parts):
+            stopped, statuses, _ = advance_batch(res, ctx, 41)
+            if stopped is None:
+                continue
+            leave = np.array([s == LEAVE for s in statuses])
+            done += [stopped.token(i) for i in np.flatnonzero(~leave).tolist()]
+            if leave.any():
+                out = stopped.select(np.flatnonzero(leave))
+                dense += out.nbytes
+                out.logy = shard.changed_only(out.key, out.logy)
+                sent += out.nbytes
+                arrived = pickle.loads(pickle.dumps(out))  # the wire: changed entries only
+                assert np.isnan(arrived.logy).any()
+                parts[1 - p][1].add_batch(arrived, parts[1 - p][0].tables)
+    assert len(done) == 30 and sent < 0.7 * dense
+    for tok in done:
+        gather(tok, shared, [shard.exclusive_entries() for _, _, shard in parts])
+    done.sort(key=lambda t: t.key)
+    assert all(_same(a, b) for a, b in zip(ref, done))
+    assert all(np.array_equal(a.theta_bar, b.theta_bar) for a, b in zip(ref, done))

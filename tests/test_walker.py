@@ -129,6 +129,14 @@ def test_checkpoint_and_resume_continue_the_trajectory(ray_local, tmp_path):
                                       resume=True, partitions=3, replicate=False, **kw)
     assert [t.n for t in first.tokens] == [350, 350]
     _assert_same(resumed, run_sa_srrw(obj, LES, steps=800, **kw))
+    # the measures stayed sharded with the agents (a crossing carried the shared entries only) and each
+    # checkpoint still holds the whole measure, gathered from the actors: the resume is bit for bit
+    agents = LES.number_of_nodes()
+    assert first.stats["shared_entries"] < agents and resumed.stats["shared_entries"] < agents
+    assert first.stats["handoffs"] > 0 and resumed.stats["handoffs"] > 0
+    with pytest.raises(ConfigError, match=r"different settings \(tokens"):
+        run_distributed_sa_srrw(obj, LES, steps=900, checkpoint_dir=tmp_path, resume=True, alpha=10.0, seed=2,
+                                tokens=3, record_path=True, replicate=False)
     with pytest.raises(ConfigError, match="different settings"):
         run_distributed_sa_srrw(obj, LES, steps=900, checkpoint_dir=tmp_path, resume=True, alpha=1.0, seed=2,
                                 tokens=2, record_path=True)

@@ -4,12 +4,14 @@ Each actor holds its agents' data blocks (plus ghost copies within `halo` hops) 
 vectorised kernel as the single-process reference (shardwalk.core.srrw.kernel): the tokens resident on its agents
 advance together in lock step, with no Ray call. A token whose next agent lies outside the actor's
 agents is handed straight to the owning actor, never through the driver: leavers wait in a per-peer
-outbox, flushed by size or age as one `TokenBatch` (a few contiguous arrays for all its tokens, one
-zero-copy buffer each in Ray's serialisation) by `peer.receive.remote(batch)`. The actor is async: hand-offs arrive into a local inbox while
+outbox, flushed by size or age as one `TokenBatch` (a few contiguous arrays for all its tokens, pickled
+as one bytes payload) by `peer.receive.remote(batch)`. The actor is async: hand-offs arrive into a local inbox while
 it walks, and join the batch between chunks of `WalkerLayout.chunk` lock-step iterations (leavers are sent
 at the end of each chunk), so the actor is never idle while tokens are in flight. A
 finished token is delivered to a small async `_TokenSink` actor, whose `wait(key)` ObjectRef is all the
-driver waits on. Tokens are checkpointed every N steps (shardwalk.core.srrw.token_store) and a run resumes from there.
+driver waits on. Tokens are checkpointed every N steps (shardwalk.core.srrw.token_store) and a run resumes from there;
+a partitioned walk's checkpoint gathers the token's measure entries from the other actors first (whole tokens
+on disk, measures sharded in transit; with two actors a crossing carries only the entries the token changed).
 
 When every actor's copy of all agents' data fits its node (`replicate = "auto"`, the default), the actors
 instead all hold every agent and split the tokens: nothing is ever handed off, so throughput grows with
@@ -64,10 +66,11 @@ __all__ = ["RUN_META", "BlockLoader", "WalkPartition", "run_distributed_sa_srrw"
 RUN_META = "checkpoint.json"  # the checkpoints' settings record (not the DAG's run record, runs/<id>/run.json)
 EARLIER_RUN_META = "run.json"  # its name before: such checkpoints are not resumed, the walk starts over (CHANGELOG)
 COMPILED_CHUNK = 4096  # at most this many hops per token per compiled kernel call (≈ 4 ms per token)
-SLICE_HOPS = 16384  # hops per compiled kernel call at most, the resident tokens taking turns (≈ 15 ms between inbox looks)
+SLICE_HOPS = 65536  # hops per compiled kernel call at most, the resident tokens taking turns (≈ 60 ms between inbox looks)
 MIN_HOPS_PER_TOKEN = 64
-FLUSH_AGE_S = 0.002  # a peer's outbox is sent (one call) after a kernel call once its oldest token waited this
-#                      long, or when the actor has nothing left to walk: a Ray call costs far more than a token
+FLUSH_AGE_S = 0.02  # a peer's outbox is sent (one call) after a kernel call once its oldest token waited this
+#                     long, once it holds as many tokens as the actor walks, or when the actor has nothing left
+#                     to walk: a Ray call costs the two actors ~1 ms of CPU, far more than a token's bytes
 BYTES_SAMPLE_EVERY = 16  # payload bytes per crossing are summed over every 16th hand-off call
 
 
@@ -110,10 +113,13 @@ class WalkPartition:
         self.ctx = WalkContext(chain, objective, spec.schedule, spec.steps, held, every)
         self.chunk = layout.chunk
         warm_up(self.ctx, objective.dim)
-        self.shard = None if shared is None else MeasureShard(views(chain, [held])[0], shared)
+        # two actors: a leaving token carries only the shared entries it changed here (MeasureShard.changed_only)
+        self.shard = None if shared is None else MeasureShard(views(chain, [held])[0], shared, delta=int(owner.max()) == 1)
         self.resident = Resident(objective.dim, chain.num_nodes, spec.schedule.polyak, self.shard)
-        self.owner, self.sink, self.checkpoint_dir = owner, sink, checkpoint_dir
+        self.part, self.owner, self.sink, self.checkpoint_dir = part, owner, sink, checkpoint_dir
         self.inbox: list[TokenBatch] = []
+        self.readmit: list[TokenBatch] = []  # checkpointed here, walking on here (not arrivals from a peer)
+        self.saving: set[asyncio.Task] = set()  # checkpoints of sharded tokens gathering their entries
         self.admitted = np.zeros(spec.tokens, dtype=np.int64)  # token key -> its step count when it joined
         self.peers: list[Any] = []
         self.outbox: dict[int, list[TokenBatch]] = {}  # peer -> tokens bound for it, sent by size or age
@@ -142,7 +148,7 @@ class WalkPartition:
     async def _run(self) -> None:
         """Walk while tokens are resident (yielding between kernel calls); sleep until a hand-off arrives."""
         while True:
-            if self.inbox:
+            if self.inbox or self.readmit:
                 self._admit()
             if not len(self.resident):
                 self._flush(everything=True)
@@ -174,6 +180,13 @@ class WalkPartition:
 
     def _admit(self) -> None:
         """Arrived batches join the resident tokens; a token this walk cannot take is reported, not lost."""
+        for batch in self.readmit:  # what the peer holds of its measure is unchanged by a checkpoint here
+            before = None if self.shard is None or self.shard.arrived is None else self.shard.arrived[batch.key].copy()
+            self.resident.add_batch(batch, self.ctx.tables)
+            self.admitted[batch.key] = batch.n
+            if before is not None:
+                self.shard.arrived[batch.key] = before
+        self.readmit = []
         batches, self.inbox = self.inbox, []
         for batch in batches:
             try:
@@ -205,11 +218,17 @@ class WalkPartition:
         stopped.handoffs[rows] += 1
         peers = self.owner[stopped.node[rows]]
         for peer in np.unique(peers).tolist():
-            self.outbox.setdefault(peer, []).append(stopped.select(rows[peers == peer]))
+            leaving = stopped.select(rows[peers == peer])
+            if self.shard is not None and self.shard.arrived is not None:
+                leaving.logy = self.shard.changed_only(leaving.key, leaving.logy)
+            self.outbox.setdefault(peer, []).append(leaving)
             self.outbox_since.setdefault(peer, now)
 
     def _finish(self, stopped: TokenBatch, i: int, status: str, error: Exception | None) -> None:
         """A token that stopped here for good (DONE, FAILED) or for a checkpoint (then it walks on)."""
+        if status in (CHECKPOINT, DONE) and self.checkpoint_dir and self.shard is not None:
+            self.saving.add(asyncio.get_running_loop().create_task(self._save_whole(stopped.select(np.array([i])), status)))
+            return
         tok = stopped.token(i)
         try:
             if status in (CHECKPOINT, DONE) and self.checkpoint_dir:
@@ -221,12 +240,39 @@ class WalkPartition:
         else:
             self.sink.deliver.remote(tok.key, tok if status == DONE else None, error)
 
+    async def _save_whole(self, one: TokenBatch, status: str) -> None:
+        """Checkpoint (or finish) a token whose measure is sharded: the entries only other actors hold are
+        fetched from them — they cannot change while the token is here — and the whole token is saved, the
+        same file as an unsharded walk's; meanwhile the token waits, the others walk on."""
+        key, tok, error = int(one.key[0]), None, None
+        try:
+            others = [peer.exclusive_of.remote([key]) for p, peer in enumerate(self.peers) if p != self.part]
+            parts = [self.shard.exclusive_entries([key]), *(await asyncio.gather(*others))]
+            tok = one.token(0)
+            gather(tok, self.shard.shared, parts)
+            save_token(self.checkpoint_dir, tok)
+        except Exception as exc:
+            status, error = FAILED, exc
+        finally:
+            self.saving.discard(asyncio.current_task())
+        if status == CHECKPOINT:
+            self.readmit.append(one)
+            self.wake.set()
+        else:
+            self.sink.deliver.remote(key, tok if status == DONE else None, error)
+
+    async def exclusive_of(self, keys: list[int]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """This actor's exclusive entries of these tokens' measures (a peer checkpoints one of them)."""
+        return self.shard.exclusive_entries(keys)
+
     def _flush(self, everything: bool) -> None:
-        """Send each peer's outbox as one batch once it is FLUSH_AGE_S old (or `everything`): `.remote`
-        returns at once, so sending never blocks the walk."""
+        """Send each peer's outbox as one batch once it is FLUSH_AGE_S old, or holds at least as many tokens as
+        are resident here (the peer may be short of work), or `everything`: `.remote` returns at once, so
+        sending never blocks the walk."""
         now = time.monotonic()
         for peer in list(self.outbox):
-            if not (everything or now - self.outbox_since[peer] >= FLUSH_AGE_S):
+            waiting = sum(len(batch) for batch in self.outbox[peer])
+            if not (everything or now - self.outbox_since[peer] >= FLUSH_AGE_S or waiting >= len(self.resident)):
                 continue
             batch = TokenBatch.concat(self.outbox.pop(peer))
             del self.outbox_since[peer]
@@ -335,12 +381,12 @@ def _start_actors(chain: SRRW, graph: nx.Graph, objective: Any, spec: WalkSpec, 
                   owner: np.ndarray, sink: Any, ckpt: str | None, actors: list[Any],
                   toks: list[Token]) -> np.ndarray | None:
     """One walker actor per partition (appended to `actors` as they start, so a failure can clean up); the
-    shared measure entries when the tokens' measures are sharded (partitioned and not checkpointed)."""
+    shared measure entries when the tokens' measures are sharded (whenever the agents are partitioned)."""
     edges = np.asarray(list(graph.edges()), dtype=np.int64)
     count = min(layout.partitions, spec.tokens) if layout.replicate else int(owner.max()) + 1
     mine = [np.full(chain.num_nodes, p) if layout.replicate else owner for p in range(count)]  # replicated: all p's
     held = [halo_mask(chain, mine[p] == p, layout.halo) for p in range(count)]
-    shared = None if layout.replicate or ckpt else shared_agents(views(chain, held))
+    shared = None if layout.replicate else shared_agents(views(chain, held))
     for p in range(count):
         share = objective if isinstance(objective, BlockLoader) else objective.restrict(np.flatnonzero(held[p]))
         actors.append(WalkPartition.options(num_cpus=layout.num_cpus, scheduling_strategy="SPREAD").remote(

@@ -36,16 +36,22 @@ class MeasureShard:
     """One actor's entries of every token's visit measure (its view), kept between the token's visits.
 
     Row `key` of `kept` holds token `key`'s view entries while the token is away (`present`); batches of
-    tokens are restored into and parked from the resident rows with one fancy-indexed copy each.
+    tokens are restored into and parked from the resident rows by compiled copies.
+
+    With `delta` (a walk of exactly two actors) a leaving token need carry only the shared entries it
+    changed here (`changed_only`; the others are NaN, never a log-measure value): every shared entry lies in
+    both views, and the peer's kept value of an entry the token did not change here is still current, since
+    the token was nowhere else in between. `arrived` holds each token's shared entries as it arrived.
     """
 
-    def __init__(self, view: np.ndarray, shared: np.ndarray) -> None:
+    def __init__(self, view: np.ndarray, shared: np.ndarray, delta: bool = False) -> None:
         self.num_nodes = len(view)
         self.view = np.flatnonzero(view)
         self.shared = np.asarray(shared, dtype=np.int64)
         self.exclusive = np.setdiff1d(self.view, self.shared)  # entries no other actor reads
         self.kept = np.zeros((0, len(self.view)))
         self.present = np.zeros(0, dtype=bool)
+        self.arrived = np.zeros((0, len(self.shared))) if delta else None
 
     def _reserve(self, keys: int) -> None:
         if keys > len(self.present):
@@ -55,6 +61,10 @@ class MeasureShard:
             present = np.zeros(cap, dtype=bool)
             present[: len(self.present)] = self.present
             self.kept, self.present = kept, present
+            if self.arrived is not None:
+                arrived = np.zeros((cap, len(self.shared)))
+                arrived[: len(self.arrived)] = self.arrived
+                self.arrived = arrived
 
     def seed(self, key: int, logy: Any) -> None:
         """A token's measure at the start of the walk (every actor gets every token's)."""
@@ -66,6 +76,8 @@ class MeasureShard:
         self._reserve(int(keys.max()) + 1 if len(keys) else 0)
         self.kept[keys] = np.asarray(measures, dtype=np.float64)[:, self.view]
         self.present[keys] = True
+        if self.arrived is not None:
+            self.arrived[keys] = np.asarray(measures, dtype=np.float64)[:, self.shared]
 
     def check(self, keys: np.ndarray, carried: int) -> None:
         """ConfigError unless these tokens carry this walk's shared entries and their own entries are here."""
@@ -78,22 +90,44 @@ class MeasureShard:
 
     def restore(self, keys: np.ndarray, logy: np.ndarray, rows: np.ndarray, carried: np.ndarray) -> None:
         """Fill resident rows with tokens' measures: the kept view entries, then the shared ones they carried."""
+        from shardwalk.core.srrw import compiled  # numba: loaded by the walks that shard
+
         self.check(keys, carried.shape[1])
-        logy[rows[:, None], self.view] = self.kept[keys]
-        logy[rows[:, None], self.shared] = carried
+        keys, rows = np.asarray(keys, dtype=np.int64), np.asarray(rows, dtype=np.int64)
+        compiled.put_columns(self.kept, keys, self.view, logy, rows)
+        compiled.put_columns(np.ascontiguousarray(carried, dtype=np.float64), np.arange(len(rows)), self.shared, logy, rows)
         self.present[keys] = False
+        if self.arrived is not None:
+            compiled.take_columns(logy, rows, self.shared, self.arrived, keys)
 
     def park(self, keys: np.ndarray, logy: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Keep the rows' view entries here; returns the shared entries the tokens leave with."""
-        self._reserve(int(keys.max()) + 1 if len(keys) else 0)
-        self.kept[keys] = logy[rows[:, None], self.view]
-        self.present[keys] = True
-        return logy[rows[:, None], self.shared]
+        from shardwalk.core.srrw.compiled import take_columns
 
-    def exclusive_entries(self) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-        """(exclusive agent indices, each token's values there): this actor's part of `gather`."""
+        keys, rows = np.asarray(keys, dtype=np.int64), np.asarray(rows, dtype=np.int64)
+        self._reserve(int(keys.max()) + 1 if len(keys) else 0)
+        take_columns(logy, rows, self.view, self.kept, keys)
+        self.present[keys] = True
+        carried = np.empty((len(rows), len(self.shared)))
+        take_columns(logy, rows, self.shared, carried, np.arange(len(rows)))
+        return carried
+
+    def changed_only(self, keys: np.ndarray, carried: np.ndarray) -> np.ndarray:
+        """The carried shared entries with NaN where the token left them as it arrived here (`delta` walks)."""
+        out = np.array(carried, dtype=np.float64)
+        out[out == self.arrived[np.asarray(keys, dtype=np.int64)]] = np.nan
+        return out
+
+    def exclusive_entries(self, keys: list[int] | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """(exclusive agent indices, each token's values there): this actor's part of `gather`, for the tokens
+        `keys` (None: every token whose entries are here). A token away from this actor has its entries here
+        unchanged since it left, so they are current wherever the token is."""
         pos = np.searchsorted(self.view, self.exclusive)
-        return self.exclusive, {key: self.kept[key, pos] for key in np.flatnonzero(self.present).tolist()}
+        keys = np.flatnonzero(self.present).tolist() if keys is None else [int(k) for k in keys]
+        away = [k for k in keys if not (0 <= k < len(self.present) and self.present[k])]
+        if away:
+            raise ValueError(f"token {away[0]}'s measure entries are not kept here (the token is resident or unknown)")
+        return self.exclusive, {key: self.kept[key, pos] for key in keys}
 
 
 def gather(tok: Token, shared: np.ndarray, parts: list[tuple[np.ndarray, dict[int, np.ndarray]]]) -> None:
