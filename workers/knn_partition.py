@@ -5,14 +5,15 @@
 2. every actor assigns its rows to their `overlap` nearest partitions and splits them by the actor owning
    those partitions (partition p → actor p mod A); the actors fetch their pieces from the object store
    themselves (no driver funnel);
-3. each actor builds the exact local graph of every partition it owns and sends every point's candidates to
-   the point's home actor (the owner of its nearest partition);
+3. each actor builds the exact local graph of every partition it owns (its threads each on one partition),
+   folds them into one top-k per held point and sends it to the point's home actor (the owner of its
+   nearest partition);
 4. each home actor merges its points' candidates (exact top-k union), refines them (neighbours of
    neighbours among the points it holds) and writes its Parquet parts.
 
 Memory per actor (docs/design.md, "kNN graph without an index"): with n rows of d floats, A actors, overlap o,
-k neighbours and B = `block` rows per matmul over partitions of ~R rows,
-  held ≈ (o·n/A)·(4d + 8 + 8o) + 2·(o·n/A)·o·k·12 + B·R·4 bytes.
+k neighbours, T threads each building one partition of ~R rows at a time with B = `block` rows per matmul,
+  held ≈ (o·n/A)·(4d + 8 + 8o) + 2·(o·n/A)·k·12 + T·(B·R·4 + 3·R·4d) bytes.
 A failed actor fails the stage (no per-unit retry as on the HNSW path); the stage can be run again.
 """
 
@@ -52,6 +53,7 @@ class GraphActor:
         from threadpoolctl import threadpool_limits
 
         self.index = index
+        self.threads = max(1, threads)
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
         self._limits = threadpool_limits(limits=max(1, threads))  # BLAS threads = this actor's CPUs
         self.ids = np.empty(0, np.int64)
@@ -107,17 +109,19 @@ class GraphActor:
             return tuple([empty] * actors) if actors > 1 else empty
         channel, stage, partitions = report if report is not None else (None, "", None)
         with sending(channel, stage, new_sender()):
-            ci, cd = kp.local_candidates(self.ids, self.x, self.member, owned, k, space, block, partitions)
+            ci, cd = kp.local_candidates(self.ids, self.x, self.member, owned, k, space, block, partitions, self.threads)
         self.local_seconds = time.perf_counter() - began
         out = [(self.ids[self.home == b], ci[self.home == b], cd[self.home == b]) for b in range(actors)]
         return tuple(out) if actors > 1 else out[0]
 
-    def finish(self, refs: list[Any], k: int, rounds: int, space: str, out: str) -> dict[str, Any]:
+    def finish(self, refs: list[Any], k: int, rounds: int, min_rate: float, seed: int, space: str, out: str
+               ) -> dict[str, Any]:
         """Merge my home points' candidates, refine, write `part-AAAAA-CCCCC.parquet` parts."""
         began = time.perf_counter()
         home_ids = self.ids[self.home == self.index] if len(self.ids) else self.ids
         nb, d = kp.merge_pieces(home_ids, ray.get(refs), k)
-        nb, d, rates = kp.refine_home(home_ids, nb, d, self.ids, self.x, rounds, space) if len(self.ids) else (nb, d, [])
+        nb, d, rates = (kp.refine_home(home_ids, nb, d, self.ids, self.x, rounds, space, min_rate, seed)
+                        if len(self.ids) else (nb, d, []))
         entries = []
         for c, start in enumerate(range(0, len(home_ids), WRITE_ROWS)):
             stop = start + WRITE_ROWS
@@ -178,7 +182,8 @@ def build_graph(source: str, out: str, *, k: int, settings: kp.GraphSettings, sp
                                                                settings.block, count, report) for a, h in enumerate(handles)]
         cands = [c if count > 1 else [c] for c in cands]
         rounds = settings.refine_rounds if parts > 1 else 0
-        finishing = [h.finish.remote([c[b] for c in cands], k, rounds, space, out) for b, h in enumerate(handles)]
+        finishing = [h.finish.remote([c[b] for c in cands], k, rounds, settings.refine_min_rate, settings.seed, space, out)
+                     for b, h in enumerate(handles)]
         ray.wait([c[0] for c in cands], num_returns=count, fetch_local=False)  # local graphs: the actors report
         done = wait_counted(finishing, "knn graph: merge and refine", "merge and refine", "actors", get=ray.get)
     finally:

@@ -234,10 +234,9 @@ def _time_partition(x: np.ndarray, k: int, settings: kp.GraphSettings, space: st
     train = clock() - began
     member = kp.assign(router, x, settings.overlap)
     assign = clock() - began - train
-    cand = kp.local_candidates(ids, x, member, range(parts), k, space, settings.block)
+    nb, d = kp.local_candidates(ids, x, member, range(parts), k, space, settings.block)
     local = clock() - began - train - assign
-    nb, d = kp.merge_pieces(ids, [(ids, *cand)], k)
-    kp.refine_home(ids, nb, d, ids, x, max(1, settings.refine_rounds), space)
+    kp.refine_home(ids, nb, d, ids, x, max(1, settings.refine_rounds), space, min_update_rate=0.0)
     rest = clock() - began - train - assign - local
     # per pair of ideal equal cells (overlap²·n/P a row): the sample's cell imbalance (k-means cells may hold
     # 1.5× the mean; measured Σ size² ≈ 1.7× ideal at 100k) stays inside the unit cost
