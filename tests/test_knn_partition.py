@@ -79,9 +79,9 @@ def test_refinement_raises_recall_of_a_poor_partition_graph() -> None:
     x = _clustered(3000, dim=24)
     ids = np.arange(3000)
     truth, _ = kp.local_graph(ids, x, 10)
-    base = kp.GraphSettings(partition_rows=128, overlap=2, refine_rounds=0)
+    base = kp.GraphSettings(partition_rows=64, overlap=2, refine_rounds=0)
     poor = hnsw.recall_at_k(kp.build_graph(ids, x, 10, base)[0], truth)
-    better = hnsw.recall_at_k(kp.build_graph(ids, x, 10, kp.GraphSettings(partition_rows=128, overlap=2, refine_rounds=2))[0], truth)
+    better = hnsw.recall_at_k(kp.build_graph(ids, x, 10, kp.GraphSettings(partition_rows=64, overlap=2, refine_rounds=2))[0], truth)
     assert poor < 0.96 and better > poor + 0.03
 
 
@@ -139,6 +139,15 @@ def test_graph_settings_are_part_of_the_cache_key() -> None:
     assert "build" not in key("hnsw=false")
 
 
+def test_second_choice_cells_are_balanced_too() -> None:
+    x = _clustered(4000, dim=12)
+    router = kp.train_partitions(x, 20, "l2", overlap=2)
+    sizes = np.bincount(kp.assign(router, x, 2).ravel(), minlength=20)
+    assert sizes.max() <= 1.5 * sizes.mean()  # BALANCE (1.3) on the sample, some slack on the full data
+    plain = hnsw.train_router(x, 20, "l2", iters=10)
+    assert np.bincount(plain.probe(x, 2).ravel(), minlength=20).max() > sizes.max()  # what the first-choice offsets leave
+
+
 def test_partitions_built_side_by_side_on_threads_give_the_same_graph_as_one_thread() -> None:
     x = _clustered(2000, dim=12)
     ids = np.arange(2000) * 5
@@ -157,7 +166,7 @@ def test_partitions_built_side_by_side_on_threads_give_the_same_graph_as_one_thr
 def test_a_refinement_round_that_would_change_little_is_not_run() -> None:
     x = _clustered(3000, dim=24)
     ids = np.arange(3000)
-    settings = kp.GraphSettings(partition_rows=128, overlap=2, refine_rounds=0)
+    settings = kp.GraphSettings(partition_rows=64, overlap=2, refine_rounds=0)
     nb, d, _ = kp.build_graph(ids, x, 10, settings)
     rows = np.arange(3000)
     kept, _, rates = kp.refine(x, nb, d, 2, min_update_rate=1.0, rows=rows)  # probe: no round pays that much

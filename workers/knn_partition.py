@@ -131,13 +131,14 @@ class GraphActor:
                 "local_seconds": getattr(self, "local_seconds", 0.0), "finish_seconds": time.perf_counter() - began}
 
 
-def _router(samples: list[tuple[np.ndarray, np.ndarray]], parts: int, space: str, seed: int) -> hnsw.Router | None:
+def _router(samples: list[tuple[np.ndarray, np.ndarray]], parts: int, space: str, seed: int, overlap: int
+            ) -> hnsw.Router | None:
     """Balanced k-means centroids from the actors' seeded samples (None: a single partition)."""
     if parts == 1:
         return None
     got = [s for s in samples if len(s[0])]
     ids, sample = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
-    return kp.train_partitions(sample[np.argsort(ids, kind="stable")], parts, space, seed)
+    return kp.train_partitions(sample[np.argsort(ids, kind="stable")], parts, space, seed, overlap)
 
 
 def actor_layout(actors: int | None) -> tuple[int, int, float]:
@@ -170,7 +171,9 @@ def build_graph(source: str, out: str, *, k: int, settings: kp.GraphSettings, sp
         samples = wait_counted([h.read.remote(specs[a::count], fraction, settings.seed) for a, h in enumerate(handles)],
                                "knn graph: read", "read input", "actors", get=ray.get,
                                rows=[sum(s.num_rows for s in specs[a::count]) for a in range(count)])
-        r_ref = ray.put(_router(samples, parts, space, settings.seed))
+        read = time.perf_counter()
+        r_ref = ray.put(_router(samples, parts, space, settings.seed, settings.overlap))
+        routed = time.perf_counter()
         pieces = [h.scatter.options(num_returns=count).remote(r_ref, settings.overlap, owners, count) for h in handles]
         pieces = [p if count > 1 else [p] for p in pieces]
         wait_counted([h.load.remote([p[a] for p in pieces]) for a, h in enumerate(handles)], "knn graph: partition",
@@ -193,7 +196,8 @@ def build_graph(source: str, out: str, *, k: int, settings: kp.GraphSettings, sp
     return {"method": "exact" if parts == 1 else "partition", "rows": sum(d["rows"] for d in done),
             "partitions": parts, "overlap": settings.overlap, "actors": count, "threads_per_actor": threads,
             "refine_rates": [d["refine_rates"] for d in done],
-            "scatter_seconds": round(trained - began, 3),
+            "read_seconds": round(read - began, 3), "train_seconds": round(routed - read, 3),
+            "scatter_seconds": round(trained - routed, 3),
             "local_seconds": round(max(d["local_seconds"] for d in done), 3),
             "finish_seconds": round(max(d["finish_seconds"] for d in done), 3),
             "graph_seconds": round(time.perf_counter() - began, 3)}

@@ -24,6 +24,7 @@ FAST = {"reassoc", "contract", "nsz", "arcp"}  # vectorised sums; never "ninf"/"
 RERANK_MARGIN = 8  # candidates kept from the BLAS distances beyond k, re-ranked with exact distances
 REFINE_MIN_RATE = 0.02  # a refinement round that would change fewer entries than this share is not run
 PROBE_ROWS = 2000  # rows a round is tried on first to estimate its update rate (at least 2 % of the rows)
+BALANCE = 1.3  # a cell's memberships at most this x the mean (on the k-means sample)
 BLOCK = 4096  # rows of a partition per product with the whole partition (block × size floats); bench: 4096 8.3 s, 1024 9.7 s, 256 20.9 s at 100k
 
 
@@ -98,14 +99,64 @@ def sample_rows(rows: int, parts: int) -> int:
     return min(rows, max(64 * parts, 10_000))
 
 
-def train_partitions(sample: np.ndarray, parts: int, space: str, seed: int = 0) -> hnsw.Router:
-    """Balanced k-means centroids (shardwalk.core.index.hnsw's router: offsets keep every cell within 1.5x the mean)."""
-    return hnsw.train_router(sample, parts, space, iters=10, seed=seed)
+def train_partitions(sample: np.ndarray, parts: int, space: str, seed: int = 0, overlap: int = 1,
+                     balance: float = BALANCE) -> hnsw.Router:
+    """Balanced k-means centroids (shardwalk.core.index.hnsw's router) whose offsets keep every cell's share of
+    the sample's `overlap` nearest-cell memberships within `balance` x the mean: the local graphs cost
+    Σ size², and a cell that is many points' second choice would otherwise hold several times the mean."""
+    o = min(overlap, parts)
+    if o <= 1:
+        return hnsw.train_router(sample, parts, space, iters=10, seed=seed)
+    router = hnsw.train_router(sample, parts, space, iters=10, seed=seed, balance=np.inf)  # offsets: below
+    d = hnsw.pairwise(hnsw.prepare(sample, space), router.centroids, "l2")
+    return hnsw.Router(router.centroids, _overlap_offsets(d, o, balance, router.offsets), space)
+
+
+@njit(nogil=True, cache=True)
+def _top_cells(d, offsets, o):  # pragma: no cover - compiled
+    """(n, o) cells of each row by d + offsets, nearest first (ties: lower cell). One thread: O(n·cells)
+    cheap steps, where waking a thread team costs more than it saves."""
+    n, s = d.shape
+    out = np.empty((n, o), np.int64)
+    best = np.empty(o)
+    cell = np.empty(o, np.int64)
+    for i in range(n):
+        best[:] = np.inf
+        cell[:] = -1
+        for c in range(s):
+            v = d[i, c] + offsets[c]
+            if v < best[o - 1]:
+                pos = o - 1
+                while pos > 0 and best[pos - 1] > v:
+                    best[pos] = best[pos - 1]
+                    cell[pos] = cell[pos - 1]
+                    pos -= 1
+                best[pos] = v
+                cell[pos] = c
+        out[i] = cell
+    return out
+
+
+def _overlap_offsets(d: np.ndarray, overlap: int, balance: float, start: np.ndarray, rounds: int = 100) -> np.ndarray:
+    """Raise the price of over-full cells until each holds <= balance x the mean of the top-`overlap` memberships."""
+    n, s = d.shape
+    mean = overlap * n / s
+    offsets = start.astype(np.float64)
+    step = 0.05 * (float(np.median(d)) or 1.0)
+    for _ in range(rounds):
+        counts = np.bincount(_top_cells(d, offsets, overlap).ravel(), minlength=s)
+        if counts.max() <= balance * mean:
+            break
+        offsets += step * np.clip(counts / mean - 1.0, -1.0, None)
+        offsets -= offsets.min()
+        step *= 0.97
+    return offsets.astype(np.float32)
 
 
 def assign(router: hnsw.Router, x: np.ndarray, overlap: int) -> np.ndarray:
     """(n, overlap) partitions of each vector, nearest first."""
-    return router.probe(x, min(overlap, len(router.centroids)))
+    d = hnsw.pairwise(hnsw.prepare(x, router.space), router.centroids, "l2")
+    return _top_cells(d, router.offsets.astype(np.float64), min(overlap, len(router.centroids)))
 
 
 # ----------------------------------------------------------------------------- exact local graph
@@ -426,7 +477,7 @@ def build_graph(ids: np.ndarray, x: np.ndarray, k: int, settings: GraphSettings,
     if parts == 1:
         member = np.zeros((n, 1), np.int64)
     else:
-        router = train_partitions(x[training_rows(n, parts, settings.seed)], parts, space, settings.seed)
+        router = train_partitions(x[training_rows(n, parts, settings.seed)], parts, space, settings.seed, settings.overlap)
         member = assign(router, x, settings.overlap)
     nb, d = local_candidates(ids, x, member, range(parts), k, space, settings.block, threads=threads)
     nb, d, rates = refine_home(ids, nb, d, ids, x, settings.refine_rounds if parts > 1 else 0, space,

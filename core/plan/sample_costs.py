@@ -230,7 +230,7 @@ def _time_partition(x: np.ndarray, k: int, settings: kp.GraphSettings, space: st
     kp.refine(x[:64], *kp.local_graph(np.arange(64), x[:64], min(k, 63), space)[:2], 1, space)
     clock = time.process_time  # CPU seconds: on one thread, the one-core cost even on a busy machine
     began = clock()
-    router = kp.train_partitions(x[kp.training_rows(n, parts, settings.seed)], parts, space, settings.seed)
+    router = kp.train_partitions(x[kp.training_rows(n, parts, settings.seed)], parts, space, settings.seed, settings.overlap)
     train = clock() - began
     member = kp.assign(router, x, settings.overlap)
     assign = clock() - began - train
