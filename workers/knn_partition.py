@@ -156,16 +156,16 @@ def build_graph(source: str, out: str, *, k: int, settings: kp.GraphSettings, sp
     out = sink.destination(out)
     if not store.is_uri(out):
         make_dirs(out)
-    probe = plan_shards(source, 1)
-    total = sum(s.num_rows for s in probe)
-    kp.check_k(k, total)
-    specs = plan_shards(source, max(1, hnsw.ceil_div(total, READ_ROWS)))
-    parts = kp.partitions_for(total, settings)
     count, auto_threads, cpus = actor_layout(actors)
     threads = threads or auto_threads
-    owners = np.arange(parts, dtype=np.int64) % count
-    handles = [GraphActor.options(num_cpus=cpus).remote(a, threads) for a in range(count)]
+    handles = [GraphActor.options(num_cpus=cpus).remote(a, threads) for a in range(count)]  # start while planning
     try:
+        probe = plan_shards(source, 1)
+        total = sum(s.num_rows for s in probe)
+        kp.check_k(k, total)
+        specs = plan_shards(source, max(1, hnsw.ceil_div(total, READ_ROWS)))
+        parts = kp.partitions_for(total, settings)
+        owners = np.arange(parts, dtype=np.int64) % count
         # each actor reads its row ranges itself (no driver funnel) and returns a seeded sample for k-means
         fraction = 0.0 if parts == 1 else min(1.0, 1.2 * kp.sample_rows(total, parts) / total)
         samples = wait_counted([h.read.remote(specs[a::count], fraction, settings.seed) for a, h in enumerate(handles)],

@@ -455,7 +455,10 @@ def refine_home(home_ids: np.ndarray, nbrs: np.ndarray, dists: np.ndarray, store
     graph_n = np.full((n, k), hnsw.PAD_ID, np.int64)
     graph_d = np.full((n, k), np.inf, np.float32)
     graph_n[home_rows], graph_d[home_rows] = code, dists
+    coded = graph_n
     graph_n, graph_d, rates = refine(store_x, graph_n, graph_d, rounds, space, min_update_rate, home_rows, seed)
+    if graph_n is coded:  # no round ran (its probe said it would change too little): the lists as they came
+        return nbrs, dists, rates
     got, d = graph_n[home_rows], graph_d[home_rows]
     real = np.where(got >= 0, store_ids[np.maximum(got, 0)],
                     np.where(got <= -2, outside[np.maximum(-2 - got, 0)] if len(outside) else hnsw.PAD_ID, hnsw.PAD_ID))
