@@ -42,7 +42,9 @@ SEARCH_BATCHES = (1_000, 10_000)
 LEVERS = [  # (name, settings changed from the defaults)
     ("partition_rows=1024", {"partition_rows": 1024}), ("partition_rows=4096", {"partition_rows": 4096}),
     ("overlap=1", {"overlap": 1}), ("overlap=3", {"overlap": 3}),
+    ("partition_rows=1536", {"partition_rows": 1536}),
     ("refine_rounds=0", {"refine_rounds": 0}), ("refine_rounds=2", {"refine_rounds": 2}),
+    ("refine_min_rate=0", {"refine_min_rate": 0.0}),  # every round runs, whatever its probe's update rate
     ("block=256", {"block": 256}), ("block=1024", {"block": 1024}),
 ]
 
@@ -130,7 +132,8 @@ def shardwalk_job(spec: dict[str, Any]) -> dict[str, Any]:
         graph = pq.read_table(out).sort_by("id")
         rows = np.array(graph.column("neighbors").take(pa.array(sample)).to_pylist())
         return {"seconds": seconds, "graph_recall_at_10": _graph_recall(work, rows),
-                **{k: summary[k] for k in ("partitions", "actors", "threads_per_actor", "refine_rates")}}
+                **{k: summary[k] for k in ("partitions", "actors", "threads_per_actor", "refine_rates", "read_seconds",
+                                           "train_seconds", "scatter_seconds", "local_seconds", "finish_seconds")}}
 
     base = GraphSettings()
     result: dict[str, Any] = {"scaling": {"1_actor": one("a1", base, actors=1, threads=1),

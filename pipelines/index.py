@@ -107,13 +107,13 @@ def knn_graph(out: Path, build: Path, ingest: Path, *, k: int, ef: int, nprobe: 
 
 
 def knn_graph_direct(out: Path, ingest: Path, *, k: int, space: str, method: str, partition_rows: int, overlap: int,
-                     refine_rounds: int, block: int, seed: int) -> dict[str, Any]:
+                     refine_rounds: int, refine_min_rate: float, block: int, seed: int) -> dict[str, Any]:
     """Every point's k nearest neighbours without an index: partitions of the ingest parts, a local graph
     on each partition's actor, merged and refined (workers/knn_partition.py)."""
     from shardwalk.workers.knn_partition import build_graph
 
     settings = GraphSettings(method=method, partition_rows=partition_rows, overlap=overlap,
-                             refine_rounds=refine_rounds, block=block, seed=seed)
+                             refine_rounds=refine_rounds, refine_min_rate=refine_min_rate, block=block, seed=seed)
     return build_graph(sink.readable(ingest), str(out), k=k, settings=settings, space=space)
 
 

@@ -79,9 +79,9 @@ def test_refinement_raises_recall_of_a_poor_partition_graph() -> None:
     x = _clustered(3000, dim=24)
     ids = np.arange(3000)
     truth, _ = kp.local_graph(ids, x, 10)
-    base = kp.GraphSettings(partition_rows=128, overlap=2, refine_rounds=0)
+    base = kp.GraphSettings(partition_rows=64, overlap=2, refine_rounds=0)
     poor = hnsw.recall_at_k(kp.build_graph(ids, x, 10, base)[0], truth)
-    better = hnsw.recall_at_k(kp.build_graph(ids, x, 10, kp.GraphSettings(partition_rows=128, overlap=2, refine_rounds=2))[0], truth)
+    better = hnsw.recall_at_k(kp.build_graph(ids, x, 10, kp.GraphSettings(partition_rows=64, overlap=2, refine_rounds=2))[0], truth)
     assert poor < 0.96 and better > poor + 0.03
 
 
@@ -137,3 +137,40 @@ def test_graph_settings_are_part_of_the_cache_key() -> None:
     assert key("knn_graph.method=partition", "knn_graph.overlap=3")["knn_graph"] != base["knn_graph"]
     assert key("knn_graph.method=partition", "knn_graph.overlap=3")["build"] == base["build"]
     assert "build" not in key("hnsw=false")
+
+
+def test_second_choice_cells_are_balanced_too() -> None:
+    x = _clustered(4000, dim=12)
+    router = kp.train_partitions(x, 20, "l2", overlap=2)
+    sizes = np.bincount(kp.assign(router, x, 2).ravel(), minlength=20)
+    assert sizes.max() <= 1.5 * sizes.mean()  # BALANCE (1.3) on the sample, some slack on the full data
+    plain = hnsw.train_router(x, 20, "l2", iters=10)
+    assert np.bincount(plain.probe(x, 2).ravel(), minlength=20).max() > sizes.max()  # what the first-choice offsets leave
+
+
+def test_partitions_built_side_by_side_on_threads_give_the_same_graph_as_one_thread() -> None:
+    x = _clustered(2000, dim=12)
+    ids = np.arange(2000) * 5
+    router = kp.train_partitions(x, 8, "l2")
+    member = kp.assign(router, x, 2)
+    one = kp.local_candidates(ids, x, member, range(8), 6, threads=1)
+    two = kp.local_candidates(ids, x, member, range(8), 6, threads=2)
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
+    mine = np.where(member == 3, 3, -1)  # an actor owning only partition 3: its other rows stay padding
+    got, _ = kp.local_candidates(ids, x, mine, [3], 6, threads=2)
+    inside = (member == 3).any(axis=1)
+    assert (got[~inside] == hnsw.PAD_ID).all() and (got[inside] >= 0).all()
+
+
+def test_a_refinement_round_that_would_change_little_is_not_run() -> None:
+    x = _clustered(3000, dim=24)
+    ids = np.arange(3000)
+    settings = kp.GraphSettings(partition_rows=64, overlap=2, refine_rounds=0)
+    nb, d, _ = kp.build_graph(ids, x, 10, settings)
+    rows = np.arange(3000)
+    kept, _, rates = kp.refine(x, nb, d, 2, min_update_rate=1.0, rows=rows)  # probe: no round pays that much
+    np.testing.assert_array_equal(kept, nb)
+    assert len(rates) == 1 and 0 < rates[0] < 1.0
+    refined, _, rates = kp.refine(x, nb, d, 2, min_update_rate=0.0, rows=rows)
+    assert len(rates) == 2 and (refined != nb).any()

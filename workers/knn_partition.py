@@ -5,14 +5,15 @@
 2. every actor assigns its rows to their `overlap` nearest partitions and splits them by the actor owning
    those partitions (partition p → actor p mod A); the actors fetch their pieces from the object store
    themselves (no driver funnel);
-3. each actor builds the exact local graph of every partition it owns and sends every point's candidates to
-   the point's home actor (the owner of its nearest partition);
+3. each actor builds the exact local graph of every partition it owns (its threads each on one partition),
+   folds them into one top-k per held point and sends it to the point's home actor (the owner of its
+   nearest partition);
 4. each home actor merges its points' candidates (exact top-k union), refines them (neighbours of
    neighbours among the points it holds) and writes its Parquet parts.
 
 Memory per actor (docs/design.md, "kNN graph without an index"): with n rows of d floats, A actors, overlap o,
-k neighbours and B = `block` rows per matmul over partitions of ~R rows,
-  held ≈ (o·n/A)·(4d + 8 + 8o) + 2·(o·n/A)·o·k·12 + B·R·4 bytes.
+k neighbours, T threads each building one partition of ~R rows at a time with B = `block` rows per matmul,
+  held ≈ (o·n/A)·(4d + 8 + 8o) + 2·(o·n/A)·k·12 + T·(B·R·4 + 3·R·4d) bytes.
 A failed actor fails the stage (no per-unit retry as on the HNSW path); the stage can be run again.
 """
 
@@ -52,6 +53,7 @@ class GraphActor:
         from threadpoolctl import threadpool_limits
 
         self.index = index
+        self.threads = max(1, threads)
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
         self._limits = threadpool_limits(limits=max(1, threads))  # BLAS threads = this actor's CPUs
         self.ids = np.empty(0, np.int64)
@@ -107,17 +109,19 @@ class GraphActor:
             return tuple([empty] * actors) if actors > 1 else empty
         channel, stage, partitions = report if report is not None else (None, "", None)
         with sending(channel, stage, new_sender()):
-            ci, cd = kp.local_candidates(self.ids, self.x, self.member, owned, k, space, block, partitions)
+            ci, cd = kp.local_candidates(self.ids, self.x, self.member, owned, k, space, block, partitions, self.threads)
         self.local_seconds = time.perf_counter() - began
         out = [(self.ids[self.home == b], ci[self.home == b], cd[self.home == b]) for b in range(actors)]
         return tuple(out) if actors > 1 else out[0]
 
-    def finish(self, refs: list[Any], k: int, rounds: int, space: str, out: str) -> dict[str, Any]:
+    def finish(self, refs: list[Any], k: int, rounds: int, min_rate: float, seed: int, space: str, out: str
+               ) -> dict[str, Any]:
         """Merge my home points' candidates, refine, write `part-AAAAA-CCCCC.parquet` parts."""
         began = time.perf_counter()
         home_ids = self.ids[self.home == self.index] if len(self.ids) else self.ids
         nb, d = kp.merge_pieces(home_ids, ray.get(refs), k)
-        nb, d, rates = kp.refine_home(home_ids, nb, d, self.ids, self.x, rounds, space) if len(self.ids) else (nb, d, [])
+        nb, d, rates = (kp.refine_home(home_ids, nb, d, self.ids, self.x, rounds, space, min_rate, seed)
+                        if len(self.ids) else (nb, d, []))
         entries = []
         for c, start in enumerate(range(0, len(home_ids), WRITE_ROWS)):
             stop = start + WRITE_ROWS
@@ -127,13 +131,14 @@ class GraphActor:
                 "local_seconds": getattr(self, "local_seconds", 0.0), "finish_seconds": time.perf_counter() - began}
 
 
-def _router(samples: list[tuple[np.ndarray, np.ndarray]], parts: int, space: str, seed: int) -> hnsw.Router | None:
+def _router(samples: list[tuple[np.ndarray, np.ndarray]], parts: int, space: str, seed: int, overlap: int
+            ) -> hnsw.Router | None:
     """Balanced k-means centroids from the actors' seeded samples (None: a single partition)."""
     if parts == 1:
         return None
     got = [s for s in samples if len(s[0])]
     ids, sample = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
-    return kp.train_partitions(sample[np.argsort(ids, kind="stable")], parts, space, seed)
+    return kp.train_partitions(sample[np.argsort(ids, kind="stable")], parts, space, seed, overlap)
 
 
 def actor_layout(actors: int | None) -> tuple[int, int, float]:
@@ -151,22 +156,24 @@ def build_graph(source: str, out: str, *, k: int, settings: kp.GraphSettings, sp
     out = sink.destination(out)
     if not store.is_uri(out):
         make_dirs(out)
-    probe = plan_shards(source, 1)
-    total = sum(s.num_rows for s in probe)
-    kp.check_k(k, total)
-    specs = plan_shards(source, max(1, hnsw.ceil_div(total, READ_ROWS)))
-    parts = kp.partitions_for(total, settings)
     count, auto_threads, cpus = actor_layout(actors)
     threads = threads or auto_threads
-    owners = np.arange(parts, dtype=np.int64) % count
-    handles = [GraphActor.options(num_cpus=cpus).remote(a, threads) for a in range(count)]
+    handles = [GraphActor.options(num_cpus=cpus).remote(a, threads) for a in range(count)]  # start while planning
     try:
+        probe = plan_shards(source, 1)
+        total = sum(s.num_rows for s in probe)
+        kp.check_k(k, total)
+        specs = plan_shards(source, max(1, hnsw.ceil_div(total, READ_ROWS)))
+        parts = kp.partitions_for(total, settings)
+        owners = np.arange(parts, dtype=np.int64) % count
         # each actor reads its row ranges itself (no driver funnel) and returns a seeded sample for k-means
         fraction = 0.0 if parts == 1 else min(1.0, 1.2 * kp.sample_rows(total, parts) / total)
         samples = wait_counted([h.read.remote(specs[a::count], fraction, settings.seed) for a, h in enumerate(handles)],
                                "knn graph: read", "read input", "actors", get=ray.get,
                                rows=[sum(s.num_rows for s in specs[a::count]) for a in range(count)])
-        r_ref = ray.put(_router(samples, parts, space, settings.seed))
+        read = time.perf_counter()
+        r_ref = ray.put(_router(samples, parts, space, settings.seed, settings.overlap))
+        routed = time.perf_counter()
         pieces = [h.scatter.options(num_returns=count).remote(r_ref, settings.overlap, owners, count) for h in handles]
         pieces = [p if count > 1 else [p] for p in pieces]
         wait_counted([h.load.remote([p[a] for p in pieces]) for a, h in enumerate(handles)], "knn graph: partition",
@@ -178,7 +185,8 @@ def build_graph(source: str, out: str, *, k: int, settings: kp.GraphSettings, sp
                                                                settings.block, count, report) for a, h in enumerate(handles)]
         cands = [c if count > 1 else [c] for c in cands]
         rounds = settings.refine_rounds if parts > 1 else 0
-        finishing = [h.finish.remote([c[b] for c in cands], k, rounds, space, out) for b, h in enumerate(handles)]
+        finishing = [h.finish.remote([c[b] for c in cands], k, rounds, settings.refine_min_rate, settings.seed, space, out)
+                     for b, h in enumerate(handles)]
         ray.wait([c[0] for c in cands], num_returns=count, fetch_local=False)  # local graphs: the actors report
         done = wait_counted(finishing, "knn graph: merge and refine", "merge and refine", "actors", get=ray.get)
     finally:
@@ -188,7 +196,8 @@ def build_graph(source: str, out: str, *, k: int, settings: kp.GraphSettings, sp
     return {"method": "exact" if parts == 1 else "partition", "rows": sum(d["rows"] for d in done),
             "partitions": parts, "overlap": settings.overlap, "actors": count, "threads_per_actor": threads,
             "refine_rates": [d["refine_rates"] for d in done],
-            "scatter_seconds": round(trained - began, 3),
+            "read_seconds": round(read - began, 3), "train_seconds": round(routed - read, 3),
+            "scatter_seconds": round(trained - routed, 3),
             "local_seconds": round(max(d["local_seconds"] for d in done), 3),
             "finish_seconds": round(max(d["finish_seconds"] for d in done), 3),
             "graph_seconds": round(time.perf_counter() - began, 3)}

@@ -242,13 +242,14 @@ def hash_shard(ids: np.ndarray, shards: int) -> np.ndarray:
 
 def _kmeans_pp(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """k-means++ seeding (Arthur & Vassilvitskii 2007)."""
+    x_sq = np.einsum("ij,ij->i", x, x)  # once: each new centre's distances are one matrix-vector product
     centers = [x[rng.integers(len(x))]]
-    d = pairwise(x, centers[0][None, :], "l2")[:, 0]
+    d = pairwise(centers[0][None, :], x, "l2", x_sq)[0]
     for _ in range(1, n):
         total = d.sum()
         idx = rng.integers(len(x)) if total <= 0 else rng.choice(len(x), p=d / total)
         centers.append(x[idx])
-        d = np.minimum(d, pairwise(x, x[idx][None, :], "l2")[:, 0])
+        d = np.minimum(d, pairwise(x[idx][None, :], x, "l2", x_sq)[0])
     return np.stack(centers).astype(np.float32)
 
 

@@ -22,6 +22,9 @@ from shardwalk.core.index import hnsw
 METHODS = ("auto", "hnsw", "partition", "exact")
 FAST = {"reassoc", "contract", "nsz", "arcp"}  # vectorised sums; never "ninf"/"nnan": padding is +inf
 RERANK_MARGIN = 8  # candidates kept from the BLAS distances beyond k, re-ranked with exact distances
+REFINE_MIN_RATE = 0.02  # a refinement round that would change fewer entries than this share is not run
+PROBE_ROWS = 2000  # rows a round is tried on first to estimate its update rate (at least 2 % of the rows)
+BALANCE = 1.3  # a cell's memberships at most this x the mean (on the k-means sample)
 BLOCK = 4096  # rows of a partition per product with the whole partition (block × size floats); bench: 4096 8.3 s, 1024 9.7 s, 256 20.9 s at 100k
 
 
@@ -33,7 +36,8 @@ class GraphSettings:
     method: str = "auto"  # auto | hnsw | partition | exact
     partition_rows: int = 2048  # target rows per partition (P = ceil(overlap · n / partition_rows))
     overlap: int = 2  # partitions each point is assigned to (its nearest centroids)
-    refine_rounds: int = 1  # neighbours-of-neighbours rounds after the merge (0 = none)
+    refine_rounds: int = 1  # at most this many neighbours-of-neighbours rounds after the merge (0 = none)
+    refine_min_rate: float = REFINE_MIN_RATE  # ... each run only while it would change this share of entries
     block: int = BLOCK
     seed: int = 0
 
@@ -61,11 +65,15 @@ class GraphSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ConfigError(f"{key}.{name} must be an integer >= {minimum}, got {value!r}")
+        rate = self.refine_min_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise ConfigError(f"{key}.refine_min_rate must be a number in [0, 1], got {rate!r}")
 
     def as_params(self) -> dict[str, object]:
         """The settings a graph stage's output depends on (its cache key)."""
         return {"method": self.method, "partition_rows": self.partition_rows, "overlap": self.overlap,
-                "refine_rounds": self.refine_rounds, "block": self.block, "seed": self.seed}
+                "refine_rounds": self.refine_rounds, "refine_min_rate": self.refine_min_rate, "block": self.block,
+                "seed": self.seed}
 
 
 def check_k(k: int, rows: int, key: str = "k") -> None:
@@ -91,14 +99,64 @@ def sample_rows(rows: int, parts: int) -> int:
     return min(rows, max(64 * parts, 10_000))
 
 
-def train_partitions(sample: np.ndarray, parts: int, space: str, seed: int = 0) -> hnsw.Router:
-    """Balanced k-means centroids (shardwalk.core.index.hnsw's router: offsets keep every cell within 1.5x the mean)."""
-    return hnsw.train_router(sample, parts, space, iters=10, seed=seed)
+def train_partitions(sample: np.ndarray, parts: int, space: str, seed: int = 0, overlap: int = 1,
+                     balance: float = BALANCE) -> hnsw.Router:
+    """Balanced k-means centroids (shardwalk.core.index.hnsw's router) whose offsets keep every cell's share of
+    the sample's `overlap` nearest-cell memberships within `balance` x the mean: the local graphs cost
+    Σ size², and a cell that is many points' second choice would otherwise hold several times the mean."""
+    o = min(overlap, parts)
+    if o <= 1:
+        return hnsw.train_router(sample, parts, space, iters=10, seed=seed)
+    router = hnsw.train_router(sample, parts, space, iters=10, seed=seed, balance=np.inf)  # offsets: below
+    d = hnsw.pairwise(hnsw.prepare(sample, space), router.centroids, "l2")
+    return hnsw.Router(router.centroids, _overlap_offsets(d, o, balance, router.offsets), space)
+
+
+@njit(nogil=True, cache=True)
+def _top_cells(d, offsets, o):  # pragma: no cover - compiled
+    """(n, o) cells of each row by d + offsets, nearest first (ties: lower cell). One thread: O(n·cells)
+    cheap steps, where waking a thread team costs more than it saves."""
+    n, s = d.shape
+    out = np.empty((n, o), np.int64)
+    best = np.empty(o)
+    cell = np.empty(o, np.int64)
+    for i in range(n):
+        best[:] = np.inf
+        cell[:] = -1
+        for c in range(s):
+            v = d[i, c] + offsets[c]
+            if v < best[o - 1]:
+                pos = o - 1
+                while pos > 0 and best[pos - 1] > v:
+                    best[pos] = best[pos - 1]
+                    cell[pos] = cell[pos - 1]
+                    pos -= 1
+                best[pos] = v
+                cell[pos] = c
+        out[i] = cell
+    return out
+
+
+def _overlap_offsets(d: np.ndarray, overlap: int, balance: float, start: np.ndarray, rounds: int = 100) -> np.ndarray:
+    """Raise the price of over-full cells until each holds <= balance x the mean of the top-`overlap` memberships."""
+    n, s = d.shape
+    mean = overlap * n / s
+    offsets = start.astype(np.float64)
+    step = 0.05 * (float(np.median(d)) or 1.0)
+    for _ in range(rounds):
+        counts = np.bincount(_top_cells(d, offsets, overlap).ravel(), minlength=s)
+        if counts.max() <= balance * mean:
+            break
+        offsets += step * np.clip(counts / mean - 1.0, -1.0, None)
+        offsets -= offsets.min()
+        step *= 0.97
+    return offsets.astype(np.float32)
 
 
 def assign(router: hnsw.Router, x: np.ndarray, overlap: int) -> np.ndarray:
     """(n, overlap) partitions of each vector, nearest first."""
-    return router.probe(x, min(overlap, len(router.centroids)))
+    d = hnsw.pairwise(hnsw.prepare(x, router.space), router.centroids, "l2")
+    return _top_cells(d, router.offsets.astype(np.float64), min(overlap, len(router.centroids)))
 
 
 # ----------------------------------------------------------------------------- exact local graph
@@ -142,37 +200,55 @@ def _insert(best_i, best_d, c, s):  # pragma: no cover - compiled
     return True
 
 
+@njit(inline="always", fastmath=FAST)
+def _select_row(dist, r, x, ids, start, kk, l2, out_i, out_d):  # pragma: no cover - compiled
+    """Row r of a block: the kk best by the BLAS distance (self among them), then the best k others by
+    exact distance and (distance, id) into out_i[r] / out_d[r]."""
+    me = start + r
+    cand = np.full(kk, -1, np.int64)
+    cand_d = np.full(kk, np.inf, np.float32)
+    row = dist[r]
+    worst = np.float32(np.inf)
+    for j in range(dist.shape[1]):
+        if row[j] < worst:
+            _insert(cand, cand_d, j, row[j])
+            worst = cand_d[kk - 1]
+    for t in range(kk):
+        j = cand[t]
+        if j >= 0 and j != me:
+            _insert(out_i[r], out_d[r], ids[j], _dist(x, me, j, l2))
+
+
 @njit(parallel=True, cache=True, fastmath=FAST)
 def _select_block(dist, x, ids, start, kk, k, l2):  # pragma: no cover - compiled
-    """Rows start..start+len(dist) of the local graph: the kk best by the BLAS distance (self among them),
-    then the best k others by exact distance and (distance, id)."""
-    b, n = dist.shape
+    """Rows start..start+len(dist) of the local graph, the rows spread over numba's threads."""
+    b = dist.shape[0]
     out_i = np.full((b, k), -1, np.int64)
     out_d = np.full((b, k), np.inf, np.float32)
     for r in prange(b):
-        me = start + r
-        cand = np.full(kk, -1, np.int64)
-        cand_d = np.full(kk, np.inf, np.float32)
-        row = dist[r]
-        worst = np.float32(np.inf)
-        for j in range(n):
-            if row[j] < worst:
-                _insert(cand, cand_d, j, row[j])
-                worst = cand_d[kk - 1]
-        for t in range(kk):
-            j = cand[t]
-            if j >= 0 and j != me:
-                _insert(out_i[r], out_d[r], ids[j], _dist(x, me, j, l2))
+        _select_row(dist, r, x, ids, start, kk, l2, out_i, out_d)
     return out_i, out_d
 
 
-def local_graph(ids: np.ndarray, x: np.ndarray, k: int, space: str = "l2", block: int = BLOCK
-                ) -> tuple[np.ndarray, np.ndarray]:
+@njit(nogil=True, cache=True, fastmath=FAST)
+def _select_block_serial(dist, x, ids, start, kk, k, l2):  # pragma: no cover - compiled
+    """As _select_block on the calling thread only, the GIL released (one partition per thread)."""
+    b = dist.shape[0]
+    out_i = np.full((b, k), -1, np.int64)
+    out_d = np.full((b, k), np.inf, np.float32)
+    for r in range(b):
+        _select_row(dist, r, x, ids, start, kk, l2, out_i, out_d)
+    return out_i, out_d
+
+
+def local_graph(ids: np.ndarray, x: np.ndarray, k: int, space: str = "l2", block: int = BLOCK,
+                parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest among `x` for each of its rows (self excluded) by blocked brute force.
 
     Each block of rows is one BLAS product against every row; the best k + RERANK_MARGIN candidates by
     that distance are re-ranked by exact pairwise distances and sorted by (distance, id).
-    Memory: block × len(x) float32 beside x.
+    Memory: block × len(x) float32 beside x. `parallel=False`: the selection on the calling thread only
+    (the caller runs partitions side by side, BLAS on one thread each).
     """
     x = hnsw.prepare(x, space)
     ids = np.asarray(ids, np.int64)
@@ -185,9 +261,10 @@ def local_graph(ids: np.ndarray, x: np.ndarray, k: int, space: str = "l2", block
     right = np.hstack([-2.0 * x, np.einsum("ij,ij->i", x, x)[:, None]]).T.copy() if l2 else -x.T
     kk = min(k + RERANK_MARGIN, n - 1) + 1  # + self
     out_i, out_d = hnsw.empty_result(n, k)
+    select = _select_block if parallel else _select_block_serial
     for start in range(0, n, block):
         stop = min(n, start + block)
-        out_i[start:stop], out_d[start:stop] = _select_block(left[start:stop] @ right, x, ids, start, kk, k, l2)
+        out_i[start:stop], out_d[start:stop] = select(left[start:stop] @ right, x, ids, start, kk, k, l2)
     return out_i, out_d
 
 
@@ -200,12 +277,14 @@ def merge(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.nd
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def _refine_round(x, nbrs, dists, l2):  # pragma: no cover - compiled
-    n, k = nbrs.shape
+def _refine_round(x, nbrs, dists, l2, rows):  # pragma: no cover - compiled
+    """One neighbours-of-neighbours round for rows `rows`; (new lists, new distances, entries changed)."""
+    k = nbrs.shape[1]
     new_n = nbrs.copy()
     new_d = dists.copy()
-    changed = np.zeros(n, np.int64)
-    for i in prange(n):
+    changed = np.zeros(len(rows), np.int64)
+    for t in prange(len(rows)):
+        i = rows[t]
         for a in range(k):
             j = nbrs[i, a]
             if j < 0:
@@ -215,25 +294,37 @@ def _refine_round(x, nbrs, dists, l2):  # pragma: no cover - compiled
                 if c < 0 or c == i:
                     continue
                 dup = False
-                for t in range(k):
-                    if new_n[i, t] == c:
+                for u in range(k):
+                    if new_n[i, u] == c:
                         dup = True
                         break
                 if not dup and _insert(new_n[i], new_d[i], c, _dist(x, i, c, l2)):
-                    changed[i] += 1
+                    changed[t] += 1
     return new_n, new_d, changed.sum()
 
 
 def refine(x: np.ndarray, nbrs: np.ndarray, dists: np.ndarray, rounds: int, space: str = "l2",
-           min_update_rate: float = 0.001) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    """Neighbours-of-neighbours rounds over rows 0..n-1 (nbrs hold row numbers): each point tries its
-    neighbours' neighbours; stops early once the share of updated entries falls below `min_update_rate`.
-    Returns the graph and each round's update rate."""
+           min_update_rate: float = REFINE_MIN_RATE, rows: np.ndarray | None = None, seed: int = 0
+           ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Neighbours-of-neighbours rounds over `rows` (default all; nbrs hold row numbers): each point tries its
+    neighbours' neighbours. A round runs only while it pays: it is first tried on a seeded sample of the
+    rows, and when under `min_update_rate` of the sample's entries would change, refinement stops there
+    (the graph is left as it was). Returns the graph and the update rate of each round tried (the sample's
+    for the one that stopped it)."""
     x = hnsw.prepare(x, space)
-    rates = []
+    rows = np.arange(len(nbrs)) if rows is None else np.asarray(rows, np.int64)
+    l2 = space == "l2"
+    probe = max(PROBE_ROWS, len(rows) // 50)
+    rates: list[float] = []
     for _ in range(rounds):
-        nbrs, dists, changed = _refine_round(x, nbrs, dists, space == "l2")
-        rates.append(float(changed) / max(1, nbrs.size))
+        if len(rows) > probe:
+            sample = np.sort(np.random.default_rng(seed + len(rates)).choice(rows, probe, replace=False))
+            rate = float(_refine_round(x, nbrs, dists, l2, sample)[2]) / max(1, probe * nbrs.shape[1])
+            if rate < min_update_rate:
+                rates.append(rate)
+                break
+        nbrs, dists, changed = _refine_round(x, nbrs, dists, l2, rows)
+        rates.append(float(changed) / max(1, len(rows) * nbrs.shape[1]))
         if rates[-1] < min_update_rate:
             break
     return nbrs, dists, rates
@@ -242,30 +333,78 @@ def refine(x: np.ndarray, nbrs: np.ndarray, dists: np.ndarray, rounds: int, spac
 # ----------------------------------------------------------------------------- the steps an actor runs
 
 
-def local_candidates(ids: np.ndarray, x: np.ndarray, member: np.ndarray, owned: Sequence[int], k: int,
-                     space: str = "l2", block: int = BLOCK, partitions: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(n, overlap·k) candidate ids / distances of every held row from the local graphs of the `owned`
-    partitions it belongs to (column block s: its s-th nearest partition); padding elsewhere.
+@njit(nogil=True, cache=True)
+def _merge_rows(best_i, best_d, rows, nb, d):  # pragma: no cover - compiled
+    """Fold one partition's local rows (sorted by (distance, id)) into the running top-k of rows `rows`."""
+    k = best_i.shape[1]
+    for t in range(len(rows)):
+        bi, bd = best_i[rows[t]], best_d[rows[t]]
+        for a in range(nb.shape[1]):
+            c, s = nb[t, a], d[t, a]
+            if c < 0 or s > bd[k - 1]:
+                break  # padding or worse than the k-th: so is the rest of the sorted row
+            dup = False
+            for u in range(k):
+                if bi[u] == c:
+                    dup = True
+                    break
+            if not dup:
+                _insert(bi, bd, c, s)
 
-    Progress: partitions done (of `partitions`, all holders' together; default `len(owned)`) and their rows."""
-    n, overlap = member.shape
-    cand_i = np.full((n, overlap * k), hnsw.PAD_ID, np.int64)
-    cand_d = np.full((n, overlap * k), np.inf, np.float32)
-    tracker = progress.Tracker("local graphs", partitions or len(owned), "partitions", "rows")
+
+def partition_rows_of(member: np.ndarray, owned: Sequence[int]) -> dict[int, np.ndarray]:
+    """Rows (ascending) of each owned partition, from one sort of the (n, overlap) membership (-1: not mine)."""
+    flat = member.ravel()
+    order = np.argsort(flat, kind="stable")
+    keys = flat[order]
+    rows = order // member.shape[1]
+    out = {}
     for p in owned:
-        inside = member == p
-        sel = np.flatnonzero(inside.any(axis=1))
+        lo, hi = np.searchsorted(keys, p, "left"), np.searchsorted(keys, p, "right")
+        out[p] = rows[lo:hi]
+    return out
+
+
+def local_candidates(ids: np.ndarray, x: np.ndarray, member: np.ndarray, owned: Sequence[int], k: int,
+                     space: str = "l2", block: int = BLOCK, partitions: int | None = None, threads: int = 1
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k) ids / distances of every held row: the exact top-k of the union of the local graphs of the
+    `owned` partitions it belongs to (padding for rows in none of them).
+
+    `threads` partitions are built side by side, each on one thread (BLAS on one thread, the selection with
+    the GIL released): no thread waits on another inside a partition's product. Their rows are folded into
+    the running top-k on the calling thread, in any order: the top-k by (distance, id) of a union does not
+    depend on it. Progress: partitions done (of `partitions`, all holders' together; default `len(owned)`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    best_i, best_d = hnsw.empty_result(len(ids), k)
+    rows_of = partition_rows_of(member, owned)
+    tracker = progress.Tracker("local graphs", partitions or len(owned), "partitions", "rows")
+
+    def one(p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sel = rows_of[p]
         if len(sel) < 2:
-            tracker.advance(1, len(sel))
-            continue
-        nb, d = local_graph(ids[sel], x[sel], k, space, block)
-        slot = np.argmax(inside[sel], axis=1)
-        for s in range(overlap):
-            at = slot == s
-            cand_i[sel[at], s * k:(s + 1) * k] = nb[at]
-            cand_d[sel[at], s * k:(s + 1) * k] = d[at]
+            return sel, *hnsw.empty_result(len(sel), k)
+        return sel, *local_graph(ids[sel], x[sel], k, space, block, parallel=threads == 1)
+
+    def fold(sel: np.ndarray, nb: np.ndarray, d: np.ndarray) -> None:
+        _merge_rows(best_i, best_d, sel, nb, d)
         tracker.advance(1, len(sel))
-    return cand_i, cand_d
+
+    if threads <= 1 or len(owned) <= 1:
+        for p in owned:
+            fold(*one(p))
+        return best_i, best_d
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+        pending = list(owned)[::-1]
+        running = [pool.submit(one, pending.pop()) for _ in range(min(2 * threads, len(pending)))]
+        while running:  # at most 2·threads partitions' products and results alive at once
+            fold(*running.pop(0).result())
+            if pending:
+                running.append(pool.submit(one, pending.pop()))
+    return best_i, best_d
 
 
 def merge_pieces(home_ids: np.ndarray, pieces: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], k: int
@@ -299,10 +438,11 @@ def merge_pieces(home_ids: np.ndarray, pieces: Sequence[tuple[np.ndarray, np.nda
 
 
 def refine_home(home_ids: np.ndarray, nbrs: np.ndarray, dists: np.ndarray, store_ids: np.ndarray,
-                store_x: np.ndarray, rounds: int, space: str = "l2") -> tuple[np.ndarray, np.ndarray, list[float]]:
+                store_x: np.ndarray, rounds: int, space: str = "l2", min_update_rate: float = REFINE_MIN_RATE,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """Refine the graph rows of `home_ids` with the vectors this actor holds (`store_ids` sorted, unique):
     neighbours-of-neighbours among held points whose lists are known here; neighbours held elsewhere stay
-    in the list (never expanded)."""
+    in the list (never expanded). Rates: per round tried, the share of the home rows' entries changed."""
     if rounds == 0 or len(home_ids) == 0:
         return nbrs, dists, []
     n = len(store_ids)
@@ -315,20 +455,23 @@ def refine_home(home_ids: np.ndarray, nbrs: np.ndarray, dists: np.ndarray, store
     graph_n = np.full((n, k), hnsw.PAD_ID, np.int64)
     graph_d = np.full((n, k), np.inf, np.float32)
     graph_n[home_rows], graph_d[home_rows] = code, dists
-    graph_n, graph_d, rates = refine(store_x, graph_n, graph_d, rounds, space)
+    coded = graph_n
+    graph_n, graph_d, rates = refine(store_x, graph_n, graph_d, rounds, space, min_update_rate, home_rows, seed)
+    if graph_n is coded:  # no round ran (its probe said it would change too little): the lists as they came
+        return nbrs, dists, rates
     got, d = graph_n[home_rows], graph_d[home_rows]
     real = np.where(got >= 0, store_ids[np.maximum(got, 0)],
                     np.where(got <= -2, outside[np.maximum(-2 - got, 0)] if len(outside) else hnsw.PAD_ID, hnsw.PAD_ID))
     real, d = sort_rows(real, d, k)
-    return real, d, [r * n / max(1, len(home_ids)) for r in rates]
+    return real, d, rates
 
 
 # ----------------------------------------------------------------------------- one process, end to end
 
 
-def build_graph(ids: np.ndarray, x: np.ndarray, k: int, settings: GraphSettings, space: str = "l2"
+def build_graph(ids: np.ndarray, x: np.ndarray, k: int, settings: GraphSettings, space: str = "l2", threads: int = 1
                 ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
-    """The partition method in one process, the same steps the actors run (tests and small data)."""
+    """The partition method in one process, the same steps the actors run (tests, small data, the plan's sample)."""
     order = np.argsort(ids, kind="stable")
     ids, x = np.asarray(ids, np.int64)[order], np.ascontiguousarray(x, np.float32)[order]
     n = len(x)
@@ -337,11 +480,11 @@ def build_graph(ids: np.ndarray, x: np.ndarray, k: int, settings: GraphSettings,
     if parts == 1:
         member = np.zeros((n, 1), np.int64)
     else:
-        router = train_partitions(x[training_rows(n, parts, settings.seed)], parts, space, settings.seed)
+        router = train_partitions(x[training_rows(n, parts, settings.seed)], parts, space, settings.seed, settings.overlap)
         member = assign(router, x, settings.overlap)
-    cand = local_candidates(ids, x, member, range(parts), k, space, settings.block)
-    nb, d = merge_pieces(ids, [(ids, *cand)], k)
-    nb, d, rates = refine_home(ids, nb, d, ids, x, settings.refine_rounds if parts > 1 else 0, space)
+    nb, d = local_candidates(ids, x, member, range(parts), k, space, settings.block, threads=threads)
+    nb, d, rates = refine_home(ids, nb, d, ids, x, settings.refine_rounds if parts > 1 else 0, space,
+                               settings.refine_min_rate, settings.seed)
     back = np.empty_like(order)
     back[order] = np.arange(n)
     return nb[back], d[back], {"partitions": parts, "refine_rates": rates}

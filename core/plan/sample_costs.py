@@ -230,14 +230,13 @@ def _time_partition(x: np.ndarray, k: int, settings: kp.GraphSettings, space: st
     kp.refine(x[:64], *kp.local_graph(np.arange(64), x[:64], min(k, 63), space)[:2], 1, space)
     clock = time.process_time  # CPU seconds: on one thread, the one-core cost even on a busy machine
     began = clock()
-    router = kp.train_partitions(x[kp.training_rows(n, parts, settings.seed)], parts, space, settings.seed)
+    router = kp.train_partitions(x[kp.training_rows(n, parts, settings.seed)], parts, space, settings.seed, settings.overlap)
     train = clock() - began
     member = kp.assign(router, x, settings.overlap)
     assign = clock() - began - train
-    cand = kp.local_candidates(ids, x, member, range(parts), k, space, settings.block)
+    nb, d = kp.local_candidates(ids, x, member, range(parts), k, space, settings.block)
     local = clock() - began - train - assign
-    nb, d = kp.merge_pieces(ids, [(ids, *cand)], k)
-    kp.refine_home(ids, nb, d, ids, x, max(1, settings.refine_rounds), space)
+    kp.refine_home(ids, nb, d, ids, x, max(1, settings.refine_rounds), space, min_update_rate=0.0)
     rest = clock() - began - train - assign - local
     # per pair of ideal equal cells (overlap²·n/P a row): the sample's cell imbalance (k-means cells may hold
     # 1.5× the mean; measured Σ size² ≈ 1.7× ideal at 100k) stays inside the unit cost
