@@ -82,6 +82,22 @@ def choose_beta(accuracy: Mapping[float, float]) -> float:
     return min(accuracy, key=lambda b: (-accuracy[b], b))
 
 
+def standard_error(accuracy: float, rows: int) -> float:
+    """The binomial standard error of an accuracy measured on `rows` rows (inf for none)."""
+    if rows < 1:
+        return float("inf")
+    p = min(max(float(accuracy), 0.0), 1.0)
+    return float(np.sqrt(p * (1.0 - p) / rows))
+
+
+def choose_beta_or_random(accuracy: Mapping[float, float], random_accuracy: float, rows: int) -> float | None:
+    """The best β (`choose_beta`), or None — select at random — unless its validation accuracy beats random's
+    by more than one standard error on the `rows` validation rows (the one-standard-error rule: when the
+    difference is within the noise of the held-out split, the simpler, free selection wins)."""
+    beta = choose_beta(accuracy)
+    return beta if accuracy[beta] - random_accuracy > standard_error(accuracy[beta], rows) else None
+
+
 def check_keep(keep: float) -> float:
     """A keep fraction in (0, 1) (shardwalk.core.validate.keep)."""
     return validate.keep(keep)
