@@ -1,11 +1,12 @@
 """Coreset benchmark: every method side by side (CCS with β chosen from data, random, top-k, full data).
 
     python -m benchmarks.bench_coreset [--data mnist5k|digits|mnist1d] [--n ROWS] [--seeds 5] [--quick]
-                                       [--scoring-only] --json OUT.json
+                                       [--rates 0.5 0.3 0.1] [--scoring-only] --json OUT.json
 
 Protocol (as in Zheng et al. 2023), run with the pipeline's own functions: scores come from proxies trained
 once on the training split; β of every CCS method is chosen per keep rate on a validation split of the
-training rows (workers/beta_tuning.py, `select.beta = "auto"`); every coreset (keep = 0.5, 0.3, 0.1) then
+training rows (workers/beta_tuning.py, `select.beta = "auto"`: random where the best β does not beat it again
+on fresh refits, `fallback_to_random` in the JSON); every coreset (keep = 0.5, 0.3, 0.1) then
 trains a fresh model for the SAME number of steps, and the test accuracy at the end of training is
 reported as mean ± sample std over seeds (the seed drives both the selection's hash keys and the training),
 each compared with random by Welch's t-test (core/coresets/checks.py). Features are scaled as the pipeline's
@@ -130,8 +131,8 @@ def _tune(source: Path, scores_dir: Path, methods: list[str], rates: list[float]
     table = {ccs[m]: {} for m in range(len(ccs))}
     cpu = dict.fromkeys(ccs, 0.0)
     for (m, r), v in tuned.items():
-        table[ccs[m]][str(r)] = {**{f"{b:g}": acc for b, acc in v["validation"].items()}, "random": v["random"],
-                                 "validation_rows": v["validation_rows"]}
+        table[ccs[m]][str(r)] = {**{f"{b:g}": acc for b, acc in v["validation"].items()}, "best": v["best"],
+                                 "confirm": v["confirm"]}
         cpu[ccs[m]] += v["cpu_seconds"]
     return betas, table, cpu
 
@@ -193,7 +194,7 @@ def _d2_name(sel: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = SETTINGS[args.data]
     proxy, train = dict(settings["proxy"]), dict(settings["train"])
-    methods, rates, seeds = list(args.methods), list(RATES), args.seeds
+    methods, rates, seeds = list(args.methods), list(args.rates), args.seeds
     if args.n:
         proxy["models"] = 4
     if args.quick:
@@ -342,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--n", type=int, default=None, help="rows of a generated dataset (mnist1d only)")
+    parser.add_argument("--rates", type=float, nargs="+", default=RATES,
+                        help="keep rates (split a long study into runs that each fit a lock window)")
     parser.add_argument("--scoring-only", action="store_true", help="only scoring throughput and identity")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     args = parser.parse_args(argv)

@@ -157,7 +157,7 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
     metrics: dict[str, Any] = {name: info["rows"] for name, info in result.items()}
     metrics["beta"] = {name: info["beta"] for name, info in result.items() if "beta" in info}
     fallback = {name: info["fallback"] for name, info in result.items() if "fallback" in info}
-    if fallback:  # β tuning found no β that beats random on the validation rows by more than one standard error
+    if fallback:  # the tuned β did not beat random on every validation fit (workers/beta_tuning.py)
         metrics["fallback"] = fallback
     metrics["cost"] = cost  # CPU-seconds: in the metrics, not a file, so committed outputs stay byte-identical
     labelled = pads.dataset(str(scores), format="parquet").to_table()

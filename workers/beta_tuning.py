@@ -4,8 +4,9 @@ For each CCS method and keep rate, every β of shardwalk.core.coresets.selection
 candidate coreset among the training rows less a held-out validation share (`VALIDATION`), and so does
 random (class-balanced for a `-cb` method) of the same size; a fresh model is fitted on each candidate
 (evaluation tasks, all at once) and scored on the validation rows, never on the test split. The highest
-validation accuracy wins, ties to the smaller β — unless it beats random by no more than one standard error
-of the validation accuracy: then the verdict is random (`beta` None; shardwalk.core.coresets.selection.choose_beta_or_random).
+validation accuracy wins, ties to the smaller β. Then the winner and random are refitted with
+`CONFIRM_SEEDS` fresh seeds: the β stands only if it beats random on the tuning fit and on every refit
+(shardwalk.core.coresets.selection.beats_random); otherwise the verdict is random (`beta` None).
 Candidates are exact selections (the same ids for any sharding) and training is seeded, so the choice does
 not depend on the layout.
 """
@@ -13,15 +14,22 @@ not depend on the layout.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 
 from shardwalk.core.coresets.evaluation import Split
 from shardwalk.core.coresets.proxy_spec import TrainSpec
-from shardwalk.core.coresets.selection import VALIDATION, beta_candidates, choose_beta_or_random
+from shardwalk.core.coresets.selection import (
+    CONFIRM_SEEDS,
+    VALIDATION,
+    beats_random,
+    beta_candidates,
+    choose_beta,
+)
 from shardwalk.core.storage import sink
 from shardwalk.workers.progress_channel import wait_counted
 from shardwalk.workers.scorer import evaluate_coreset, selection_ids
@@ -32,35 +40,55 @@ TUNING_SEED_OFFSET = 1000  # tuning trains with seeds apart from the reported ev
 def tune_betas(scores_dir: str | Path, source: Any, shards: int, methods: Sequence[dict[str, Any]],
                rates: Sequence[float], *, split: Split, train: TrainSpec, seed: int = 0, strata: int = 50,
                device: str = "cpu", standardize: str | bool = "auto") -> dict[tuple[int, float], dict[str, Any]]:
-    """Per (index into `methods`, rate): {beta (None: random wins), validation accuracy per β, random's
-    validation accuracy, validation rows, cpu_seconds of its candidates}.
+    """Per (index into `methods`, rate): {beta (None: random wins), validation accuracy per β, `best` (the
+    grid's winner), `confirm` (its validation accuracy and random's per fit: tuning fit first), cpu_seconds}.
 
     `methods` are parsed CCS method specs (shardwalk.core.coresets.selection_names.parse_method); `source` is what the
     evaluation tasks read (the ingest output). Random candidates are shared by methods of the same balance.
     """
     holdout = Split(split.test_fraction, split.split_seed, VALIDATION)
-    jobs = [(m, r, b) for m in range(len(methods)) for r in rates for b in beta_candidates(r)]
+    jobs = [(m, float(r), b) for m in range(len(methods)) for r in rates for b in beta_candidates(r)]
     if not jobs:
         return {}
-    balances = sorted({bool(m["class_balanced"]) for m in methods})
-    randoms = [(cb, float(r)) for cb in balances for r in rates]
-    sels = [{**methods[m], "keep": float(r), "beta": b, "strata": strata} for m, r, b in jobs]
+    randoms = [(cb, float(r)) for cb in sorted({bool(m["class_balanced"]) for m in methods}) for r in rates]
+    sels = [{**methods[m], "keep": r, "beta": b, "strata": strata} for m, r, b in jobs]
     sels += [{"method": "random", "class_balanced": cb, "keep": r} for cb, r in randoms]
     candidates = selection_ids(scores_dir, shards, sels, seed=seed, holdout=holdout)
-    tuning = dataclasses.replace(train, seed=train.seed + TUNING_SEED_OFFSET)
+    ids = dict(zip([*jobs, *randoms], candidates))
+    fit = _fitter(source, holdout, train, device, standardize)
+    results = dict(zip(ids, fit([(ids[key], 0) for key in ids], "tune beta")))
+    out: dict[tuple[int, float], dict[str, Any]] = {}
+    for (m, r, b) in jobs:
+        entry = out.setdefault((m, r), {"validation": {}, "cpu_seconds": 0.0})
+        entry["validation"][b] = float(results[(m, r, b)]["accuracy"])
+        entry["cpu_seconds"] += float(results[(m, r, b)]["cpu_seconds"])
+    for entry in out.values():
+        entry["best"] = choose_beta(entry["validation"])
+    refits = [((m, r, e["best"]), k) for (m, r), e in out.items() for k in range(1, CONFIRM_SEEDS + 1)]
+    refits += [(key, k) for key in randoms for k in range(1, CONFIRM_SEEDS + 1)]
+    refitted = dict(zip(refits, fit([(ids[key], k) for key, k in refits], "confirm beta")))
+    for (m, r), entry in out.items():
+        rand = (bool(methods[m]["class_balanced"]), r)
+        fits = range(CONFIRM_SEEDS + 1)
+        best = [results[(m, r, entry["best"])] if k == 0 else refitted[((m, r, entry["best"]), k)] for k in fits]
+        rnd = [results[rand] if k == 0 else refitted[(rand, k)] for k in fits]
+        entry["confirm"] = {"beta": [float(x["accuracy"]) for x in best], "random": [float(x["accuracy"]) for x in rnd]}
+        entry["cpu_seconds"] += sum(float(x["cpu_seconds"]) for x in [*best[1:], *rnd])
+        entry["beta"] = entry["best"] if beats_random(entry["confirm"]["beta"], entry["confirm"]["random"]) else None
+    return out
+
+
+def _fitter(source: Any, holdout: Split, train: TrainSpec, device: str, standardize: str | bool
+            ) -> Callable[[list[tuple[np.ndarray, int]], str], list[dict[str, Any]]]:
+    """fit([(candidate ids, k)], label): the validation result of one model per candidate (all at once), its
+    seed the tuning seed + k (apart from the reported evaluation's seeds)."""
     task = evaluate_coreset.options(num_gpus=1 if device == "cuda" else 0)
     data = sink.readable(source) if isinstance(source, str | Path) else source
-    refs = [task.remote(data, ids, holdout, tuning, device=device, standardize=standardize) for ids in candidates]
-    results = wait_counted(refs, "tune beta", "tune beta", "models", get=ray.get)
-    random_of = dict(zip(randoms, results[len(jobs):]))
-    out: dict[tuple[int, float], dict[str, Any]] = {}
-    for (m, r, b), res in zip(jobs, results):
-        entry = out.setdefault((m, float(r)), {"validation": {}, "cpu_seconds": 0.0})
-        entry["validation"][b] = float(res["accuracy"])
-        entry["cpu_seconds"] += float(res["cpu_seconds"])
-    for (m, r), entry in out.items():
-        rand = random_of[(bool(methods[m]["class_balanced"]), r)]
-        entry.update(random=float(rand["accuracy"]), validation_rows=int(rand["test_rows"]))
-        entry["cpu_seconds"] += float(rand["cpu_seconds"])
-        entry["beta"] = choose_beta_or_random(entry["validation"], entry["random"], entry["validation_rows"])
-    return out
+    base = train.seed + TUNING_SEED_OFFSET
+
+    def fit(jobs: list[tuple[np.ndarray, int]], label: str) -> list[dict[str, Any]]:
+        refs = [task.remote(data, ids, holdout, dataclasses.replace(train, seed=base + k), device=device,
+                            standardize=standardize) for ids, k in jobs]
+        return wait_counted(refs, label, label, "models", get=ray.get)
+
+    return fit

@@ -29,7 +29,7 @@ keep ≥ 0.5, linear in keep in between (e.g. 0.15 at keep = 0.3). β + keep > 1
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,20 +82,19 @@ def choose_beta(accuracy: Mapping[float, float]) -> float:
     return min(accuracy, key=lambda b: (-accuracy[b], b))
 
 
-def standard_error(accuracy: float, rows: int) -> float:
-    """The binomial standard error of an accuracy measured on `rows` rows (inf for none)."""
-    if rows < 1:
-        return float("inf")
-    p = min(max(float(accuracy), 0.0), 1.0)
-    return float(np.sqrt(p * (1.0 - p) / rows))
+CONFIRM_SEEDS = 2  # fresh training seeds on which a tuned β must beat random again (β = "auto")
 
 
-def choose_beta_or_random(accuracy: Mapping[float, float], random_accuracy: float, rows: int) -> float | None:
-    """The best β (`choose_beta`), or None — select at random — unless its validation accuracy beats random's
-    by more than one standard error on the `rows` validation rows (the one-standard-error rule: when the
-    difference is within the noise of the held-out split, the simpler, free selection wins)."""
-    beta = choose_beta(accuracy)
-    return beta if accuracy[beta] - random_accuracy > standard_error(accuracy[beta], rows) else None
+def beats_random(beta_accuracy: Sequence[float], random_accuracy: Sequence[float]) -> bool:
+    """Whether the tuned β beat random on every paired fit: the tuning fit and its refits with fresh seeds.
+
+    The tuning fit alone is biased upwards (the best of the grid's noisy scores; on mnist1d at keep 0.5 it
+    beat random by +0.002 … +0.009 on validation in all 6 trials while losing on the test split), so the
+    verdict rests on refits that did not take part in the choice; a tie counts for random (free, simpler).
+    """
+    if len(beta_accuracy) != len(random_accuracy) or not beta_accuracy:
+        raise InvariantError(f"beats_random needs paired fits, got {len(beta_accuracy)} and {len(random_accuracy)}")
+    return all(b > r for b, r in zip(beta_accuracy, random_accuracy))
 
 
 def check_keep(keep: float) -> float:

@@ -124,8 +124,8 @@ def fallback_note(select: Path | None) -> str:
     if not fell:
         return ""
     listed = "; ".join(f"{n} is {f}" for n, f in fell.items())
-    return (f" Selected at random because no β beat random on the validation rows by more than one standard error "
-            f"(`select.beta = \"auto\"`): {listed}.")
+    return (f" Selected at random because the best β did not beat random on the validation rows on every fit "
+            f"(the tuning fit and its refits with fresh seeds; `select.beta = \"auto\"`): {listed}.")
 
 
 def _accuracy_section(out: Path, evaluate: Path, select: Path | None = None) -> tuple[Section, dict[str, Any]]:
