@@ -4,9 +4,10 @@ For each CCS method and keep rate, every β of shardwalk.core.coresets.selection
 candidate coreset among the training rows less a held-out validation share (`VALIDATION`), and so does
 random (class-balanced for a `-cb` method) of the same size; a fresh model is fitted on each candidate
 (evaluation tasks, all at once) and scored on the validation rows, never on the test split. The highest
-validation accuracy wins, ties to the smaller β. Then the winner and random are refitted with
-`CONFIRM_SEEDS` fresh seeds: the β stands only if it beats random on the tuning fit and on every refit
-(shardwalk.core.coresets.selection.beats_random); otherwise the verdict is random (`beta` None).
+validation accuracy wins, ties to the smaller β. Then the winner and random are selected again with
+`CONFIRM_SEEDS` fresh selection seeds (new hash keys) and fitted with fresh training seeds: the β stands only
+if it beats random on the tuning fit and on every refit (shardwalk.core.coresets.selection.beats_random);
+otherwise the verdict is random (`beta` None).
 Candidates are exact selections (the same ids for any sharding) and training is seeded, so the choice does
 not depend on the layout.
 """
@@ -64,9 +65,14 @@ def tune_betas(scores_dir: str | Path, source: Any, shards: int, methods: Sequen
         entry["cpu_seconds"] += float(results[(m, r, b)]["cpu_seconds"])
     for entry in out.values():
         entry["best"] = choose_beta(entry["validation"])
-    refits = [((m, r, e["best"]), k) for (m, r), e in out.items() for k in range(1, CONFIRM_SEEDS + 1)]
-    refits += [(key, k) for key in randoms for k in range(1, CONFIRM_SEEDS + 1)]
-    refitted = dict(zip(refits, fit([(ids[key], k) for key, k in refits], "confirm beta")))
+    # refits draw fresh hash keys too (a new candidate of the same β) and train with fresh seeds, as the
+    # evaluation's seeds do: both the selection and the training vary, not only the training
+    keys = [(m, r, e["best"]) for (m, r), e in out.items()] + randoms
+    refit_sels = [sels[jobs.index(key)] if len(key) == 3 else sels[len(jobs) + randoms.index(key)] for key in keys]
+    refits = [(key, k) for k in range(1, CONFIRM_SEEDS + 1) for key in keys]
+    fresh = [ids for k in range(1, CONFIRM_SEEDS + 1)
+             for ids in selection_ids(scores_dir, shards, refit_sels, seed=seed + k, holdout=holdout)]
+    refitted = dict(zip(refits, fit([(ids_k, k) for ids_k, (_, k) in zip(fresh, refits)], "confirm beta")))
     for (m, r), entry in out.items():
         rand = (bool(methods[m]["class_balanced"]), r)
         fits = range(CONFIRM_SEEDS + 1)
