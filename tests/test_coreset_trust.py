@@ -95,14 +95,14 @@ def test_beta_grid_choice_and_setting() -> None:
             check_beta(bad)
 
 
-def test_a_tuned_beta_stands_only_if_it_beats_random_on_every_refit() -> None:
-    """Validation fits of benchmarks/results/coreset_levers_*.json (tuning fit first, then two fresh seeds)."""
-    # mnist1d 20k, ccs-el2n at keep 0.5: the grid's winner (β 0.2) beat random on its tuning fit only, and
-    # lost to random by 0.006 on the test split -> random
-    assert not beats_random([0.6345, 0.6345, 0.6286], [0.6328, 0.6257, 0.6311])
-    # MNIST-5k, ccs-el2n-cb at keep 0.1: β 0.2 beat random on every fit (+0.018 on the test split) -> β stands
-    assert beats_random([0.8571, 0.8519, 0.8554], [0.8485, 0.8485, 0.8520])
-    assert not beats_random([0.6814] * 3, [0.6814] * 3)  # nothing learned: a tie is random's
+def test_a_tuned_beta_stands_only_if_it_beats_random_on_average_over_the_refits() -> None:
+    """Refits (fresh subsets and seeds) recorded by bench_coreset in benchmarks/results/coreset_*.json."""
+    # mnist1d 100k, ccs-el2n-cb at keep 0.5: β 0.05 lost both refits -> random (ties random on the test split;
+    # the first rule let it through and it lost 0.003)
+    assert not beats_random([0.6632, 0.6633], [0.6652, 0.6644])
+    # MNIST-5k, ccs-el2n-cb at keep 0.1: one refit tied, one won by 0.022 -> β 0.2 stands (+0.020 on the test split)
+    assert beats_random([0.8537, 0.8623], [0.8537, 0.8399])
+    assert not beats_random([0.6814] * 2, [0.6814] * 2)  # nothing learned: a tie is random's
     with pytest.raises(InvariantError):
         beats_random([0.9, 0.8], [0.7])
 

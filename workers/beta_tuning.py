@@ -6,7 +6,7 @@ random (class-balanced for a `-cb` method) of the same size; a fresh model is fi
 (evaluation tasks, all at once) and scored on the validation rows, never on the test split. The highest
 validation accuracy wins, ties to the smaller β. Then the winner and random are selected again with
 `CONFIRM_SEEDS` fresh selection seeds (new hash keys) and fitted with fresh training seeds: the β stands only
-if it beats random on the tuning fit and on every refit (shardwalk.core.coresets.selection.beats_random);
+if it beats random on average over the refits (shardwalk.core.coresets.selection.beats_random);
 otherwise the verdict is random (`beta` None).
 Candidates are exact selections (the same ids for any sharding) and training is seeded, so the choice does
 not depend on the layout.
@@ -80,7 +80,8 @@ def tune_betas(scores_dir: str | Path, source: Any, shards: int, methods: Sequen
         rnd = [results[rand] if k == 0 else refitted[(rand, k)] for k in fits]
         entry["confirm"] = {"beta": [float(x["accuracy"]) for x in best], "random": [float(x["accuracy"]) for x in rnd]}
         entry["cpu_seconds"] += sum(float(x["cpu_seconds"]) for x in [*best[1:], *rnd])
-        entry["beta"] = entry["best"] if beats_random(entry["confirm"]["beta"], entry["confirm"]["random"]) else None
+        refit = {side: fits[1:] for side, fits in entry["confirm"].items()}  # the tuning fit chose: biased upwards
+        entry["beta"] = entry["best"] if beats_random(refit["beta"], refit["random"]) else None
     return out
 
 

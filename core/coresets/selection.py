@@ -86,15 +86,15 @@ CONFIRM_SEEDS = 2  # fresh training seeds on which a tuned β must beat random a
 
 
 def beats_random(beta_accuracy: Sequence[float], random_accuracy: Sequence[float]) -> bool:
-    """Whether the tuned β beat random on every paired fit: the tuning fit and its refits with fresh seeds.
+    """Whether the tuned β beat random on average over the refits (fresh subsets, fresh training seeds).
 
-    The tuning fit alone is biased upwards (the best of the grid's noisy scores; on mnist1d at keep 0.5 it
-    beat random by +0.002 … +0.009 on validation in all 6 trials while losing on the test split), so the
-    verdict rests on refits that did not take part in the choice; a tie counts for random (free, simpler).
+    The tuning fit is left out: it is biased upwards (the best of the grid's noisy scores; on mnist1d at
+    keep 0.5 it beat random by +0.002 … +0.009 on validation in all 6 trials while losing on the test
+    split). A tie counts for random (free, simpler).
     """
     if len(beta_accuracy) != len(random_accuracy) or not beta_accuracy:
         raise InvariantError(f"beats_random needs paired fits, got {len(beta_accuracy)} and {len(random_accuracy)}")
-    return all(b > r for b, r in zip(beta_accuracy, random_accuracy))
+    return float(np.mean(beta_accuracy)) > float(np.mean(random_accuracy))
 
 
 def check_keep(keep: float) -> float:
