@@ -1,11 +1,12 @@
 """Coreset benchmark: every method side by side (CCS with β chosen from data, random, top-k, full data).
 
     python -m benchmarks.bench_coreset [--data mnist5k|digits|mnist1d] [--n ROWS] [--seeds 5] [--quick]
-                                       [--scoring-only] --json OUT.json
+                                       [--rates 0.5 0.3 0.1] [--scoring-only] --json OUT.json
 
 Protocol (as in Zheng et al. 2023), run with the pipeline's own functions: scores come from proxies trained
 once on the training split; β of every CCS method is chosen per keep rate on a validation split of the
-training rows (workers/beta_tuning.py, `select.beta = "auto"`); every coreset (keep = 0.5, 0.3, 0.1) then
+training rows (workers/beta_tuning.py, `select.beta = "auto"`: random where the best β does not beat it again
+on fresh refits, `fallback_to_random` in the JSON); every coreset (keep = 0.5, 0.3, 0.1) then
 trains a fresh model for the SAME number of steps, and the test accuracy at the end of training is
 reported as mean ± sample std over seeds (the seed drives both the selection's hash keys and the training),
 each compared with random by Welch's t-test (core/coresets/checks.py). Features are scaled as the pipeline's
@@ -38,6 +39,7 @@ from shardwalk.core.coresets.selection import VALIDATION
 from shardwalk.core.coresets.selection_names import parse_method, read_selection, selection_name
 from shardwalk.core.data.builtin import load_builtin
 from shardwalk.core.storage.files import write_json_atomic, write_parquet
+from shardwalk.pipelines.coreset import ccs_selection
 from shardwalk.pipelines.runtime import connect
 from shardwalk.workers.beta_tuning import tune_betas
 from shardwalk.workers.scorer import evaluate_coreset, score_dataset
@@ -97,19 +99,23 @@ def _evaluate(source: Path, selected: str | None, common: dict[str, Any], seed: 
     return evaluate_coreset.remote(str(source), selected, split, train, rs2_keep=rs2_keep)
 
 
-def _selections(methods: list[str], rates: list[float], betas: dict[tuple[str, float], float]) -> list[dict[str, Any]]:
-    """Every (method, rate) selection; CCS with its β chosen on the validation split (named without β)."""
+def _selections(methods: list[str], rates: list[float], betas: dict[tuple[str, float], float | None]
+                ) -> list[dict[str, Any]]:
+    """Every (method, rate) selection; CCS with its β chosen on the validation split (named without β), or
+    random under the CCS name where no β beat random on validation (the pipeline's `ccs_selection`)."""
     out = []
     for name in methods:
         if name == "rs2" or name.startswith("d2"):
             continue
         spec = parse_method(name)
         for r in rates:
-            sel = {**spec, "keep": r}
-            if spec["method"] == "ccs":
-                sel.update(beta=betas[(name, r)], name=selection_name("ccs", r, spec["score"], spec["class_balanced"]))
-            out.append(sel)
+            out.append(ccs_selection(name, r, 50, betas[(name, r)]) if spec["method"] == "ccs" else {**spec, "keep": r})
     return out
+
+
+def _request(sel: dict[str, Any]) -> dict[str, Any]:
+    """A selection as the selection protocol takes it (without the `fallback` mark)."""
+    return {k: v for k, v in sel.items() if k != "fallback"}
 
 
 def _name(sel: dict[str, Any]) -> str:
@@ -126,7 +132,8 @@ def _tune(source: Path, scores_dir: Path, methods: list[str], rates: list[float]
     table = {ccs[m]: {} for m in range(len(ccs))}
     cpu = dict.fromkeys(ccs, 0.0)
     for (m, r), v in tuned.items():
-        table[ccs[m]][str(r)] = {f"{b:g}": acc for b, acc in v["validation"].items()}
+        table[ccs[m]][str(r)] = {**{f"{b:g}": acc for b, acc in v["validation"].items()}, "best": v["best"],
+                                 "confirm": v["confirm"]}
         cpu[ccs[m]] += v["cpu_seconds"]
     return betas, table, cpu
 
@@ -136,11 +143,11 @@ def _identical_across_shards(scores_dir: Path, root: Path, sels: list[dict[str, 
     validation candidates β tuning trains on are the same for 1 and 2 shards."""
     table = pq.read_table(scores_dir)
     for shards in (1, 2, 4):
-        select_distributed(scores_dir, shards, sels, root / f"ident-{shards}", seed=0)
+        select_distributed(scores_dir, shards, [_request(s) for s in sels], root / f"ident-{shards}", seed=0)
     out: dict[str, bool] = {}
     for sel in sels:
         ids = [read_selection(root / f"ident-{s}" / _name(sel)) for s in (1, 2, 4)]
-        opts = {k: v for k, v in sel.items() if k not in ("method", "keep", "name")}
+        opts = {k: v for k, v in sel.items() if k not in ("method", "keep", "name", "fallback")}
         single = coreset.select(table, sel["method"], sel["keep"], seed=0, **opts).column("id").to_numpy()
         method = _name(sel).rsplit("-keep", 1)[0]
         out[method] = out.get(method, True) and all(np.array_equal(ids[0], x) for x in [*ids[1:], single])
@@ -188,7 +195,7 @@ def _d2_name(sel: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = SETTINGS[args.data]
     proxy, train = dict(settings["proxy"]), dict(settings["train"])
-    methods, rates, seeds = list(args.methods), list(RATES), args.seeds
+    methods, rates, seeds = list(args.methods), list(args.rates), args.seeds
     if args.n:
         proxy["models"] = 4
     if args.quick:
@@ -244,7 +251,7 @@ def _run_in(
     for seed in range(seeds):
         for method, group in by_method.items():  # one call per method: its selection seconds (2 shards, every rate)
             t = time.perf_counter()
-            select_distributed(scores_dir, 2, group, root / f"sel-{seed}", seed=seed)
+            select_distributed(scores_dir, 2, [_request(s) for s in group], root / f"sel-{seed}", seed=seed)
             select_seconds[method] = select_seconds.get(method, 0.0) + (time.perf_counter() - t) / seeds
             for sel in group:
                 refs[(method, sel["keep"], seed)] = _evaluate(source, str(root / f"sel-{seed}" / _name(sel)), common, seed)
@@ -274,6 +281,7 @@ def _run_in(
         "train": train, "default_method": DEFAULT_METHOD, "accuracy": accuracy, "full_accuracy": verdict["accuracy"]["full"],
         "majority_rate": verdict["majority"], "significance_test": verdict["test"], "warning": verdict["warning"],
         "chosen_beta": {m: {str(r): betas[(m, r)] for r in rates} for m in {m for m, _ in betas}},
+        "fallback_to_random": sorted(_name(s) for s in sels if s.get("fallback")),
         "beta_tuning_validation_accuracy": tuning, "beta_tuning_seconds": tuning_seconds,
         "scoring_seconds": scoring["seconds"], "cost": cost,
         "selection_identical_across_shards": identical,
@@ -336,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--n", type=int, default=None, help="rows of a generated dataset (mnist1d only)")
+    parser.add_argument("--rates", type=float, nargs="+", default=RATES,
+                        help="keep rates (split a long study into runs that each fit a lock window)")
     parser.add_argument("--scoring-only", action="store_true", help="only scoring throughput and identity")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     args = parser.parse_args(argv)

@@ -145,18 +145,20 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
             result.update(select_d2(graph, scores, actors, [{**spec, "keep": float(r)} for r in keep], out, seed=seed))
             continue
         source = density if spec.get("score") == "knn_density" else scores
-        sels = []
-        for r in keep:
-            sel = {**spec, "keep": float(r)}
-            if spec["method"] == "ccs":
-                b = chosen[(name, float(r))]["beta"] if beta == "auto" else float(beta)
-                sel.update(strata=strata, beta=b, name=selection_name("ccs", float(r), spec["score"], spec["class_balanced"]))
-            sels.append(sel)
-        result.update(select_distributed(source, actors, sels, out, seed=seed))
+        sels = [ccs_selection(name, float(r), strata, chosen[(name, float(r))]["beta"] if beta == "auto" else float(beta))
+                if spec["method"] == "ccs" else {**spec, "keep": float(r)} for r in keep]
+        result.update(select_distributed(source, actors, [{k: v for k, v in sel.items() if k != "fallback"} for sel in sels],
+                                         out, seed=seed))
+        for sel in sels:
+            if sel.get("fallback"):
+                result[sel["name"]]["fallback"] = sel["fallback"]
     cost = method_costs(scores, methods, keep, chosen)
     (out / "selections.json").write_text(json.dumps(result, indent=1, sort_keys=True))
     metrics: dict[str, Any] = {name: info["rows"] for name, info in result.items()}
     metrics["beta"] = {name: info["beta"] for name, info in result.items() if "beta" in info}
+    fallback = {name: info["fallback"] for name, info in result.items() if "fallback" in info}
+    if fallback:  # the tuned β did not beat random on every validation fit (workers/beta_tuning.py)
+        metrics["fallback"] = fallback
     metrics["cost"] = cost  # CPU-seconds: in the metrics, not a file, so committed outputs stay byte-identical
     labelled = pads.dataset(str(scores), format="parquet").to_table()
     metrics["training_rows"] = labelled.num_rows
@@ -169,6 +171,18 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
     if warning:
         metrics["warning"] = warning
     return metrics
+
+
+def ccs_selection(name: str, keep: float, strata: int, beta: float | None) -> dict[str, Any]:
+    """The selection request of CCS method `name` at one rate; β None (tuning found no β better than random)
+    selects at random (class-balanced for `-cb`) under the CCS name, marked `fallback`."""
+    spec = parse_method(name)
+    table = selection_name("ccs", keep, spec["score"], spec["class_balanced"])
+    if beta is None:
+        cb = spec["class_balanced"]
+        return {"method": "random", "class_balanced": cb, "keep": keep, "name": table,
+                "fallback": "random-cb" if cb else "random"}
+    return {**spec, "keep": keep, "strata": strata, "beta": beta, "name": table}
 
 
 def _tuned_betas(scores: Path, density: Path | None, ingest: Path | None, shards: int, rates: list[float],
@@ -327,7 +341,7 @@ def add_coreset_stages(p: Pipeline, config: dict[str, Any], *, graph: str | None
     train = dataclasses.asdict(spec.evaluate if spec.evaluate is not None else TrainSpec())
     tune = {**split, "train": {k: v for k, v in train.items() if k != "seeds"}, "device": spec.device,
             "standardize": spec.standardize}
-    p.stage("select", select, inputs=select_inputs, version="3", num_cpus=0, params={
+    p.stage("select", select, inputs=select_inputs, version="4", num_cpus=0, params={
         "actors": spec.actors, "keep": list(sel.keep), "methods": list(sel.methods), "strata": sel.strata,
         "seed": sel.seed, "beta": sel.beta, **({"tune": tune} if sel.beta == "auto" else {})})
     if spec.evaluate is not None:

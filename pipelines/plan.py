@@ -135,12 +135,13 @@ def _scoring_job(config: dict[str, Any], rows: int, dim: int, classes: int) -> c
     proxy, evaluate, knn = config["proxy"], config["evaluate"], config["knn"]
     methods, rates = len(config["select"]["methods"]), len(config["select"]["keep"])
     models = (methods * rates + 1) * evaluate.get("seeds", 1) if evaluate["enabled"] else 0
-    if config["select"].get("beta", "auto") == "auto":  # β tuning fits one model per grid candidate (select stage)
+    if config["select"].get("beta", "auto") == "auto":  # β tuning fits one model per grid candidate and random (select stage)
         from shardwalk.core.coresets.selection import beta_candidates
         from shardwalk.core.coresets.selection_names import parse_method
 
-        ccs = sum(parse_method(m)["method"] == "ccs" for m in config["select"]["methods"])
-        models += ccs * sum(len(beta_candidates(float(r))) for r in config["select"]["keep"])
+        ccs = [parse_method(m) for m in config["select"]["methods"] if parse_method(m)["method"] == "ccs"]
+        models += len(ccs) * sum(len(beta_candidates(float(r))) for r in config["select"]["keep"])
+        models += len({m["class_balanced"] for m in ccs}) * rates  # the random candidates β must beat
     knn_job = (cm.IndexJob(rows, dim, M=knn["M"], ef_construction=knn["ef_construction"], ef=knn["ef"], k=knn["k"])
                if knn["enabled"] else None)
     return cm.ScoringJob(rows, dim, classes=classes, shards=config["actors"], models=proxy["models"],

@@ -14,9 +14,15 @@ from shardwalk.core.coresets import checks as coreset_checks
 from shardwalk.core.coresets.evaluation import Split, evaluate_selection
 from shardwalk.core.coresets.proxy_spec import TrainSpec
 from shardwalk.core.coresets.scaling import FeatureSums, fit_scaling
-from shardwalk.core.coresets.selection import BETA_GRID, beta_candidates, check_beta, choose_beta
+from shardwalk.core.coresets.selection import (
+    BETA_GRID,
+    beats_random,
+    beta_candidates,
+    check_beta,
+    choose_beta,
+)
 from shardwalk.core.data.builtin import load_arrays, load_builtin
-from shardwalk.core.errors import ConfigError
+from shardwalk.core.errors import ConfigError, InvariantError
 from shardwalk.pipelines import coreset as coreset_pipeline
 from shardwalk.pipelines.config import load_config
 
@@ -89,6 +95,41 @@ def test_beta_grid_choice_and_setting() -> None:
             check_beta(bad)
 
 
+def test_a_tuned_beta_stands_only_if_it_beats_random_on_average_over_the_refits() -> None:
+    """Refits (fresh subsets and seeds) recorded by bench_coreset in benchmarks/results/coreset_*.json."""
+    # mnist1d 100k, ccs-el2n-cb at keep 0.5: β 0.05 lost both refits -> random (ties random on the test split;
+    # the first rule let it through and it lost 0.003)
+    assert not beats_random([0.6632, 0.6633], [0.6652, 0.6644])
+    # MNIST-5k, ccs-el2n-cb at keep 0.1: one refit tied, one won by 0.022 -> β 0.2 stands (+0.020 on the test split)
+    assert beats_random([0.8537, 0.8623], [0.8537, 0.8399])
+    assert not beats_random([0.6814] * 2, [0.6814] * 2)  # nothing learned: a tie is random's
+    with pytest.raises(InvariantError):
+        beats_random([0.9, 0.8], [0.7])
+
+
+def test_a_fallback_selects_random_under_the_ccs_name_and_the_report_says_so(tmp_path: Path) -> None:
+    from shardwalk.core.coresets import single_process as coreset
+    from shardwalk.pipelines.reports.demo import fallback_note
+
+    req = coreset_pipeline.ccs_selection("ccs-el2n-cb", 0.5, 50, None)
+    assert req == {"method": "random", "class_balanced": True, "keep": 0.5, "name": "ccs-el2n-cb-keep0.5",
+                   "fallback": "random-cb"}
+    assert coreset_pipeline.ccs_selection("ccs-aum", 0.1, 50, 0.2) == {
+        "method": "ccs", "class_balanced": False, "score": "aum", "keep": 0.1, "strata": 50, "beta": 0.2,
+        "name": "ccs-aum-keep0.1"}
+    rng = np.random.default_rng(0)
+    scores = {"id": np.arange(400), "el2n": rng.random(400), "label": rng.integers(0, 4, 400)}
+    fallback = coreset.select(scores, req["method"], req["keep"], class_balanced=True, seed=3)
+    assert fallback.equals(coreset.random_select(scores, 0.5, class_balanced=True, seed=3))
+    (tmp_path / "selections.json").write_text(json.dumps({
+        "ccs-el2n-cb-keep0.5": {"rows": 200, "budget": 200, "fallback": "random-cb"},
+        "ccs-el2n-cb-keep0.1": {"rows": 40, "budget": 40, "beta": 0.2}}))
+    note = fallback_note(tmp_path)
+    assert "ccs-el2n-cb-keep0.5 is random-cb" in note and "keep0.1" not in note and "fresh seeds" in note
+    (tmp_path / "selections.json").write_text(json.dumps({"ccs-el2n-cb-keep0.1": {"rows": 40, "beta": 0.2}}))
+    assert fallback_note(tmp_path) == "" and fallback_note(None) == ""
+
+
 def test_coreset_config_accepts_auto_or_explicit_values() -> None:
     config = copy.deepcopy(coreset_pipeline.DEFAULTS)
     assert config["standardize"] == "auto" and config["select"]["beta"] == "auto" and config["evaluate"]["seeds"] == 3
@@ -117,7 +158,8 @@ def test_unscaled_run_warns_and_reports_spread_beta_and_cost(ray_local: None, tm
     record = load_run_ref(runs, "latest")
     stages = record["stages"]
     select, evaluate = stages["select"]["metrics"], stages["evaluate"]["metrics"]
-    assert select["beta"]["ccs-el2n-cb-keep0.3"] in BETA_GRID
+    # nothing was learned, so every β ties with random on the validation rows: random under the CCS name
+    assert select["fallback"] == {"ccs-el2n-cb-keep0.3": "random-cb"} and "ccs-el2n-cb-keep0.3" not in select["beta"]
     assert select["cost"]["ccs-el2n-cb"]["scoring_epochs"] == 2 * 2 and select["cost"]["random"]["scoring_epochs"] == 0
     assert select["cost"]["ccs-el2n-cb"]["beta_tuning_cpu_seconds"] > 0
     assert stages["score"]["metrics"]["proxy_cpu_seconds"] > 0 and stages["score"]["metrics"]["standardized"] is False

@@ -92,7 +92,8 @@ def evaluate_selection(
     `rs2_keep` instead trains on a fresh RS2 subset of that fraction every pass; `test_source` is the
     user's own test split (labels encoded like `source`), ignored when `split.validation` > 0.
     `standardize` (core/coresets/scaling.py) is fitted on the whole training split (less any validation rows),
-    whatever the coreset, and applied to every split; `majority` is the majority-class rate on the test rows.
+    whatever the coreset, and applied to every split; `majority` is the majority-class rate on the `test_rows` rows
+    (the validation rows when `split.validation` > 0).
     """
     ids, x, y = read_labelled(source)
     test_rows = split.test_rows(ids)
@@ -114,5 +115,5 @@ def evaluate_selection(
     )
 
     model = proxy.fit(x[train_rows], y[train_rows], classes, train, sampler=sampler, device=device)
-    return {"accuracy": proxy.accuracy(model, x_test, y_test), "train_rows": int(train_rows.sum()),
+    return {"accuracy": proxy.accuracy(model, x_test, y_test), "train_rows": int(train_rows.sum()), "test_rows": len(y_test),
             "majority": majority_rate(y[fitted_on], y_test), "standardized": scaling.applied}

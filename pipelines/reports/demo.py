@@ -115,7 +115,20 @@ def warnings_section(verdict: Mapping[str, Any] | None, scores: Path | None) -> 
     return Section("Warnings", "Do not trust the results below as they are:\n\n" + "\n".join(f"- {w}" for w in found))
 
 
-def _accuracy_section(out: Path, evaluate: Path) -> tuple[Section, dict[str, Any]]:
+def fallback_note(select: Path | None) -> str:
+    """The CCS selections that β tuning replaced by random (no β beat random on the validation rows), as a sentence."""
+    path = None if select is None else select / "selections.json"
+    if path is None or not path.exists():
+        return ""
+    fell = {n: e["fallback"] for n, e in sorted(json.loads(path.read_text()).items()) if e.get("fallback")}
+    if not fell:
+        return ""
+    listed = "; ".join(f"{n} is {f}" for n, f in fell.items())
+    return (f" Selected at random because the best β did not beat random on the validation rows on every fit "
+            f"(the tuning fit and its refits with fresh seeds; `select.beta = \"auto\"`): {listed}.")
+
+
+def _accuracy_section(out: Path, evaluate: Path, select: Path | None = None) -> tuple[Section, dict[str, Any]]:
     verdict = seed_verdict(evaluate)
     acc = dict(verdict["accuracy"])
     full = acc.pop("full")
@@ -151,7 +164,7 @@ def _accuracy_section(out: Path, evaluate: Path) -> tuple[Section, dict[str, Any
     text = (f"A fresh model trained for the same number of steps on each coreset (as in the CCS paper), final test "
             f"accuracy on a held-out split: mean ± sample std over {full['n']} training seed(s). ▲/▼: the "
             f"difference from a random coreset of the same size is significant ({verdict.get('test', coreset_checks.TEST)}); "
-            "unmarked differences are within the spread. " + beat_random(verdict) + "." + coinciding_note(
+            "unmarked differences are within the spread. " + beat_random(verdict) + "." + fallback_note(select) + coinciding_note(
                 {m: [p[k]["mean"] if k in p else float("nan") for k in keeps] for m, p in sorted(curves.items())}))
     return Section("Coreset: accuracy vs keep rate", text, save_figure(fig, out, "accuracy_vs_keep.png"), rows), headline
 
@@ -207,7 +220,7 @@ def write_demo_report(out: Path, *, summary: Path, sweep: Path, scores: Path, se
     """Build every figure from the committed stage outputs and write the report files."""
     info = json.loads((summary / "summary.json").read_text())
     sweep_section, h_index = _sweep_section(out, sweep)
-    accuracy_section, h_acc = _accuracy_section(out, evaluate)
+    accuracy_section, h_acc = _accuracy_section(out, evaluate, select)
     selection = json.loads((select / "selections.json").read_text())
     ccs = sorted((n for n in selection if n.startswith("ccs") and n.endswith("keep0.3")), key=lambda n: "el2n-cb" not in n)
     chosen = (ccs or sorted(selection))[0]

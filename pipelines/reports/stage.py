@@ -140,7 +140,7 @@ def coreset_report(out: Path, ingest: Path, scores: Path, select: Path, evaluate
     """Accuracy vs keep per method, class balance of each coreset, score histograms."""
     sections = [balance_section(out, scores, select, read_label_map(ingest)), *_score_sections(out, scores)]
     if evaluate is not None:
-        sections.insert(0, accuracy_section(out, evaluate)[0])  # the demo's figure and table, same data
+        sections.insert(0, accuracy_section(out, evaluate, select)[0])  # the demo's figure and table, same data
     warned = warnings_section(seed_verdict(evaluate) if evaluate is not None else None, scores)
     if warned is not None:
         sections.insert(0, warned)  # first: a result that means nothing must not be read as one
