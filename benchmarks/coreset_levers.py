@@ -35,7 +35,8 @@ from shardwalk.core.coresets.selection_names import parse_method
 from shardwalk.core.storage.files import write_json_atomic
 from shardwalk.pipelines.runtime import connect
 from shardwalk.workers.beta_tuning import TUNING_SEED_OFFSET
-from shardwalk.workers.scorer import evaluate_coreset, score_dataset, selection_ids
+from shardwalk.workers.scorer import evaluate_coreset, score_dataset
+from shardwalk.workers.selector import selection_ids
 
 
 def _candidates(methods: list[str], rate: float) -> list[tuple[str, dict[str, Any]]]:
