@@ -146,7 +146,11 @@ def test_coreset_pipeline_on_nodes_without_shared_disk_equals_one_disk(runs: dic
     assert sorted(sel_got) == ["ccs-el2n-keep0.5", "ccs-knn_density-keep0.5", "random-keep0.5"]
     assert sel_got["ccs-el2n-keep0.5"] == sel_want["ccs-el2n-keep0.5"]
     assert sel_got["random-keep0.5"] == sel_want["random-keep0.5"]
-    assert got["select"]["metrics"]["beta"]["ccs-el2n-keep0.5"] == want["select"]["metrics"]["beta"]["ccs-el2n-keep0.5"]
+    def choice(record: dict[str, Any]) -> tuple[Any, Any]:  # the tuned β, or the fallback to random that replaced it
+        metrics = record["select"]["metrics"]
+        return metrics.get("beta", {}).get("ccs-el2n-keep0.5"), metrics.get("fallback", {}).get("ccs-el2n-keep0.5")
+
+    assert choice(got) == choice(want) != (None, None)
     accuracy = {name: json.loads((_local(stage["evaluate"]) / "accuracy.json").read_text()) for name, stage in
                 (("got", got), ("want", want))}  # models trained by tasks reading the ingest from the bucket
     assert {k: accuracy["got"][k] for k in accuracy["want"]} == accuracy["want"]
