@@ -331,35 +331,45 @@ def test_a_batch_pickles_as_one_payload_whatever_its_size():
     assert counts[0] == counts[1] == 0
 
 
-def test_hand_offs_as_batches_between_three_parts_keep_the_trajectory():
-    """The walker actors' path: leavers taken as one batch, split by owner, concatenated per peer and added
-    as batches (sharded measures) — the gathered tokens equal the reference's bit for bit."""
+def _sharded_walk(*, tokens: int, seed: int, actors: int, halo: int, delta: bool = False) -> tuple:
+    """A 15 x 8 grid walk split over `actors` simulated walker actors (measures sharded), its tokens placed on
+    their owners: (reference tokens, owner per agent, shared agents, [(context, resident, shard)] per actor)."""
     import networkx as nx
 
-    from shardwalk.core.srrw.kernel import advance_batch
-    from shardwalk.core.srrw.shard import MeasureShard, gather, shared_agents, views
+    from shardwalk.core.srrw.shard import MeasureShard, shared_agents, views
     from shardwalk.core.srrw.token import TokenBatch
 
     grid = nx.convert_node_labels_to_integers(nx.grid_2d_graph(15, 8))
-    spec = WalkSpec.build(steps=600, alpha=10.0, tokens=40, seed=4, polyak=True)
+    spec = WalkSpec.build(steps=600, alpha=10.0, tokens=tokens, seed=seed, polyak=True)
     ref = run_sa_srrw(_objective(grid), grid, spec).tokens
     chain = SRRW(grid, spec.alpha)
     obj = bind(_objective(grid), chain)
-    owner = np.arange(chain.num_nodes) * 3 // chain.num_nodes
-    held = [halo_mask(chain, owner == p, 1) for p in range(3)]
+    owner = np.arange(chain.num_nodes) * actors // chain.num_nodes
+    held = [halo_mask(chain, owner == p, halo) for p in range(actors)]
     shared = shared_agents(views(chain, held))
     toks = spec_tokens(chain, obj.dim, spec)
     parts = []
     for p, view in enumerate(views(chain, held)):
-        shard = MeasureShard(view, shared)
+        shard = MeasureShard(view, shared, delta=delta)
         shard.seed_all(np.array([tok.logy for tok in toks]))
         ctx = WalkContext(chain, obj.restrict(np.flatnonzero(held[p])), spec.schedule, spec.steps, held[p])
         parts.append((ctx, Resident(obj.dim, chain.num_nodes, polyak=True, shard=shard), shard))
     for tok in toks:
         tok.logy, tok.partial = np.asarray(tok.logy)[shared], True
     first = TokenBatch.from_tokens(toks)
-    for p in range(3):
+    for p in range(actors):
         parts[p][1].add_batch(first.select(np.flatnonzero(owner[first.node] == p)), parts[p][0].tables)
+    return ref, owner, shared, parts
+
+
+def test_hand_offs_as_batches_between_three_parts_keep_the_trajectory():
+    """The walker actors' path: leavers taken as one batch, split by owner, concatenated per peer and added
+    as batches (sharded measures) — the gathered tokens equal the reference's bit for bit."""
+    from shardwalk.core.srrw.kernel import advance_batch
+    from shardwalk.core.srrw.shard import gather
+    from shardwalk.core.srrw.token import TokenBatch
+
+    ref, owner, shared, parts = _sharded_walk(tokens=40, seed=4, actors=3, halo=1)
     done, moves = [], 0
     while any(len(res) for _, res, _ in parts):
         outbox: dict[int, list] = {}
@@ -491,32 +501,10 @@ def test_two_parts_ship_only_the_shared_entries_a_token_changed_and_keep_the_tra
     NaN, left out of the payload), the peer fills the others from its own copy — bit for bit the reference."""
     import pickle
 
-    import networkx as nx
-
     from shardwalk.core.srrw.kernel import advance_batch
-    from shardwalk.core.srrw.shard import MeasureShard, gather, shared_agents, views
-    from shardwalk.core.srrw.token import TokenBatch
+    from shardwalk.core.srrw.shard import gather
 
-    grid = nx.convert_node_labels_to_integers(nx.grid_2d_graph(15, 8))
-    spec = WalkSpec.build(steps=600, alpha=10.0, tokens=30, seed=6, polyak=True)
-    ref = run_sa_srrw(_objective(grid), grid, spec).tokens
-    chain = SRRW(grid, spec.alpha)
-    obj = bind(_objective(grid), chain)
-    owner = np.arange(chain.num_nodes) * 2 // chain.num_nodes
-    held = [halo_mask(chain, owner == p, 2) for p in range(2)]
-    shared = shared_agents(views(chain, held))
-    toks = spec_tokens(chain, obj.dim, spec)
-    parts = []
-    for p, view in enumerate(views(chain, held)):
-        shard = MeasureShard(view, shared, delta=True)
-        shard.seed_all(np.array([tok.logy for tok in toks]))
-        ctx = WalkContext(chain, obj.restrict(np.flatnonzero(held[p])), spec.schedule, spec.steps, held[p])
-        parts.append((ctx, Resident(obj.dim, chain.num_nodes, polyak=True, shard=shard), shard))
-    for tok in toks:
-        tok.logy, tok.partial = np.asarray(tok.logy)[shared], True
-    first = TokenBatch.from_tokens(toks)
-    for p in range(2):
-        parts[p][1].add_batch(first.select(np.flatnonzero(owner[first.node] == p)), parts[p][0].tables)
+    ref, _, shared, parts = _sharded_walk(tokens=30, seed=6, actors=2, halo=2, delta=True)
     done, sent, dense = [], 0, 0
     while any(len(res) for _, res, _ in parts):
         for p, (ctx, res, shard) in enumerate(parts):
