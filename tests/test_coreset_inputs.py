@@ -17,7 +17,8 @@ from tests.report_check import embedded_pngs
 
 SMALL = ["--set", "select.keep=[0.5]", "--set", 'select.methods=["ccs-el2n-cb", "random"]',
          "--set", "proxy.models=1", "--set", "proxy.epochs=2", "--set", "proxy.hidden=8",
-         "--set", "evaluate.steps=30", "--set", "evaluate.hidden=8", "--set", "actors=1"]
+         "--set", "evaluate.steps=30", "--set", "evaluate.hidden=8", "--set", "actors=1",
+         "--set", "select.beta=0.1"]  # the user's columns and test split are the point here: β is tuned elsewhere
 
 
 def _split(tmp_path: Path, *, overlap: bool = False) -> tuple[Path, Path]:

@@ -67,6 +67,30 @@ def test_second_run_is_all_cache_hits(tmp_path: Path) -> None:
     assert CALLS == ["source", "double"]
 
 
+def test_a_relative_runs_dir_reaches_stages_running_in_another_folder(tmp_path: Path, monkeypatch) -> None:
+    """Workers of a `ray start` cluster run in the folder Ray was started in, not the driver's."""
+    (tmp_path / "driver").mkdir()
+    (tmp_path / "worker").mkdir()
+    monkeypatch.chdir(tmp_path / "driver")
+
+    def elsewhere(fn: Any, args: tuple, options: StageOptions) -> cf.Future:
+        done: cf.Future = cf.Future()
+        os.chdir(tmp_path / "worker")
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:  # the runner reads the failure from the future
+            done.set_exception(exc)
+        finally:
+            os.chdir(tmp_path / "driver")
+        return done
+
+    record = Runner(make(), "runs", elsewhere).run()
+    assert record.status == "succeeded", record.stages["double"].error
+    assert json.loads(Path(record.stages["double"].output, "v.json").read_text()) == 6
+    assert Path(record.stages["double"].output).is_relative_to(tmp_path / "driver" / "runs")
+    assert list((tmp_path / "worker").iterdir()) == []
+
+
 def test_changing_a_parameter_reruns_only_downstream(tmp_path: Path) -> None:
     Runner(make(factor=2), tmp_path, thread_submit).run()
     CALLS.clear()

@@ -205,7 +205,8 @@ class Runner:
     ) -> None:
         self.pipeline = pipeline
         self.remote = store.is_remote(str(runs_dir))
-        self.runs_dir: Any = str(runs_dir).rstrip("/") if self.remote else _local(runs_dir)
+        # absolute: stage tasks run in the workers' folder (a `ray start` cluster's), not the driver's
+        self.runs_dir: Any = str(runs_dir).rstrip("/") if self.remote else _local(runs_dir).absolute()
         self.submit = submit
         self.force = force
         self.on_event = on_event or (lambda run, stage: None)
