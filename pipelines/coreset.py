@@ -338,7 +338,7 @@ def add_coreset_stages(p: Pipeline, config: dict[str, Any], *, graph: str | None
             params={"actors": spec.actors, **split, "device": spec.device, "proxy": dataclasses.asdict(spec.proxy),
                     "standardize": spec.standardize})
     sel = spec.select
-    train = dataclasses.asdict(spec.evaluate if spec.evaluate is not None else TrainSpec())
+    train = dataclasses.asdict(spec.training)
     tune = {**split, "train": {k: v for k, v in train.items() if k != "seeds"}, "device": spec.device,
             "standardize": spec.standardize}
     p.stage("select", select, inputs=select_inputs, version="4", num_cpus=0, params={

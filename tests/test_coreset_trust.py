@@ -142,6 +142,16 @@ def test_coreset_config_accepts_auto_or_explicit_values() -> None:
             load_config(coreset_pipeline, None, [item])
 
 
+def test_beta_tuning_trains_with_the_evaluate_settings_even_when_the_stage_is_off() -> None:
+    for enabled in ("true", "false"):
+        config = load_config(coreset_pipeline, None, [f"evaluate.enabled={enabled}", "evaluate.steps=77",
+                                                      "evaluate.hidden=9"])
+        pipeline = coreset_pipeline.build(config)
+        assert ("evaluate" in pipeline.stages) == (enabled == "true")
+        train = pipeline.stages["select"].params["tune"]["train"]
+        assert (train["steps"], train["hidden"]) == (77, 9)
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_unscaled_run_warns_and_reports_spread_beta_and_cost(ray_local: None, tmp_path: Path, capsys) -> None:

@@ -8,7 +8,7 @@ the parts they need (cache keys hash plain values) and rebuild the part with the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shardwalk.core import validate
@@ -57,7 +57,11 @@ class SelectSpec:
 
 @dataclass(frozen=True)
 class CoresetSpec:
-    """A validated coreset config: split, proxies, selections, evaluation (None when disabled)."""
+    """A validated coreset config: split, proxies, selections, evaluation (None when disabled).
+
+    `training` is the evaluate section's model and budget whether or not the evaluate stage runs: β tuning
+    fits its candidates with it.
+    """
 
     actors: int  # scorer and selection actors (and the ingest parts, the kNN index's shards)
     split: Split
@@ -68,17 +72,18 @@ class CoresetSpec:
     device: str
     test_source: str
     standardize: str | bool = "auto"
+    training: TrainSpec = field(default_factory=TrainSpec)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> CoresetSpec:
         """Check every value and the rules between them; ConfigError naming the key."""
         actors = validate.shards(config["actors"], "actors")
         split = Split(config["test_fraction"], config["split_seed"])
-        evaluate = {k: v for k, v in config["evaluate"].items() if k != "enabled"}
+        training = TrainSpec.from_config({k: v for k, v in config["evaluate"].items() if k != "enabled"})
         spec = cls(actors, split, ProxySpec.from_config(config["proxy"]), SelectSpec.from_config(config["select"]),
-                   TrainSpec.from_config(evaluate) if config["evaluate"]["enabled"] else None,
+                   training if config["evaluate"]["enabled"] else None,
                    bool(config["knn"]["enabled"]), check_device(config.get("device", "auto")),
-                   str(config.get("test_source") or ""), check_standardize(config.get("standardize", "auto")))
+                   str(config.get("test_source") or ""), check_standardize(config.get("standardize", "auto")), training)
         spec._check_rules()
         return spec
 
