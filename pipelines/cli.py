@@ -409,11 +409,12 @@ def _index_dim(index_dir: str) -> int | None:
 
 
 def _checked_runs_dir(runs_dir: str) -> str:
-    """Validate --runs-dir before anything is written: the normalised URI, or the local path as given."""
+    """Validate --runs-dir before anything is written: the normalised URI, or the absolute local path (Ray's
+    workers run in the folder the cluster was started in, not the driver's)."""
     checked = check_runs_dir(runs_dir)
     if store.is_remote(checked):  # inputs come through this node's cache: a symlinked or foreign root is refused now
         node_cache.cache_root()
-    return checked if "://" in checked else runs_dir
+    return checked
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:

@@ -222,6 +222,10 @@ def test_first_day_round_two_from_the_installed_wheel(installed: Installed, join
     assert "Running Dataset" not in done.stderr and "Token authentication" not in done.stderr
     assert "core_worker.cc" not in done.stderr  # Ray's core ERROR line about restarting Ray Data's pool actors
     assert joined.run(*base, "--set", "ef=32", cwd=tmp_path).returncode == 0  # a second run to compare: no new Ray
+    # relative paths from a folder other than the cluster's (its workers run there)
+    done = joined.run(*query, *cols, "--out", "answers-joined", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert pq.read_table(tmp_path / "answers-joined").num_rows == 50
     show = installed.run("shardwalk", "show", "latest", "--runs-dir", "runs", cwd=tmp_path)
     assert show.returncode == 0 and "differs from the default" in show.stdout
     (latest,) = [p for p in (tmp_path / "runs" / "runs").iterdir() if "ef = 32" in (p / "report.html").read_text()]

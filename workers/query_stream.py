@@ -198,7 +198,9 @@ def _dataset(source: Any, dim: int, columns: Columns = Columns()) -> tuple[Any, 
         where = os.fspath(source)
         check_query_source(source, columns, dim)
         try:
-            dataset = ray.data.read_parquet(where).select_columns(wanted)  # Ray Data pushes the projection down
+            # absolute: the read tasks run in the workers' folder (a `ray start` cluster's), not the driver's
+            path = where if store.is_remote(where) else str(store.local_path(where))
+            dataset = ray.data.read_parquet(path).select_columns(wanted)  # Ray Data pushes the projection down
         except (FileNotFoundError, OSError, pa.ArrowInvalid, ValueError) as exc:
             raise DataError(f"{where}: cannot read the queries ({' '.join(str(exc).split())[:200]})") from None
     schema = dataset.schema()
