@@ -505,6 +505,48 @@ def test_one_shard_axis_and_coinciding_curves(tmp_path: Path) -> None:
     assert "Identical curves" in section.text and "ccs-aum = random" in section.text
 
 
+def test_log_axes_are_labelled_at_the_plotted_values(tmp_path: Path, monkeypatch) -> None:
+    """Recall vs ef and accuracy vs keep: matplotlib's log labels read "3×10¹4×10¹" where two ran together."""
+    from shardwalk.pipelines.reports import demo, stage
+
+    labels: list[list[str]] = []
+
+    def keep_labels(fig, out, name):
+        fig.canvas.draw()
+        labels.append([t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()])
+        labels.append([t.get_text() for t in fig.axes[0].get_xticklabels(minor=True) if t.get_text()])
+        return name
+
+    monkeypatch.setattr(stage, "save_figure", keep_labels)
+    monkeypatch.setattr(demo, "save_figure", keep_labels)
+    (tmp_path / "recall.json").write_text(json.dumps({"ef": 64, "k": 10, "sample": 487, "recall_vs_ef": [
+        {"ef": e, "recall_at_k": r} for e, r in zip((16, 32, 64, 128, 256), (0.9, 0.96, 0.986, 0.999, 1.0))]}))
+    stage._recall_section(tmp_path, tmp_path)
+    (tmp_path / "accuracy.json").write_text(json.dumps({"full": 0.97, "random-keep0.1": 0.93, "random-keep0.3": 0.95,
+                                                        "random-keep0.5": 0.96, "random-keep0.7": 0.97}))
+    demo._accuracy_section(tmp_path, tmp_path)
+    assert labels == [["16", "32", "64", "128", "256"], [], ["0.1", "0.3", "0.5", "0.7"], []]
+
+
+def test_report_of_runs_names_cache_hits_and_each_runs_warnings(tmp_path: Path) -> None:
+    """α = 10 after α = 0 reuses ingest: its 0 s was highlighted as a difference in seconds; warnings were absent."""
+    from shardwalk.pipelines.cli import main
+
+    runs = tmp_path / "runs"
+    _fake_index_run(runs, "20261206-070000-index-aaaaaa", 32, [0.8, 0.9])
+    _fake_index_run(runs, "20261206-070100-index-bbbbbb", 64, [0.85, 0.97])
+    second = runs / "runs" / "20261206-070100-index-bbbbbb" / "run.json"
+    record = json.loads(second.read_text())
+    record["stages"]["ingest"] = {"name": "ingest", "key": "k", "status": "cached", "seconds": 0.0, "output": "y", "metrics": {}}
+    record["stages"]["evaluate"]["metrics"]["warning"] = "recall looks low"
+    second.write_text(json.dumps(record))
+    out = tmp_path / "compare.html"
+    assert main(["report", "20261206-0700", "20261206-0701", "--runs-dir", str(runs), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "<th>ingest.seconds</th><td>—</td><td>cache hit</td>" in page
+    assert "<th>warnings</th><td>none</td><td>stage &#x27;evaluate&#x27;: recall looks low</td>" in page
+
+
 def test_srrw_export_names_the_walk_and_the_nodes(tmp_path: Path) -> None:
     from shardwalk.pipelines.export import export_run
 
@@ -593,6 +635,7 @@ def test_report_puts_runs_side_by_side(tmp_path: Path, capsys) -> None:
     assert "<tr class=differs><th>ef</th><td>32</td><td>64</td></tr>" in page
     assert "<th>M</th>" not in page  # the same in both runs: not a setting that differs
     assert "<tr class=differs><th>evaluate.search_recall_at_k</th><td>0.9</td><td>0.97</td></tr>" in page
+    assert "<th>warnings</th><td>none</td><td>none</td>" in page
     _fake_index_run(runs, "20261206-070200-srrw-cccccc", 1, [0.1, 0.2], pipeline="srrw")
     assert main(["report", "20261206-0700", "20261206-0702", "--runs-dir", str(runs), "--out", str(out)]) == 2
     assert "runs of one pipeline" in capsys.readouterr().err

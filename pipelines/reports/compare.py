@@ -23,9 +23,9 @@ from shardwalk.core.storage.files import atomic_file
 from shardwalk.core.storage.sources import read_table
 from shardwalk.pipelines.export import _outputs
 from shardwalk.pipelines.reports.demo import KEEP_RE
-from shardwalk.pipelines.reports.render import CSS, _pyplot, figure, series_style
+from shardwalk.pipelines.reports.render import CSS, _pyplot, _started, figure, series_style, value_ticks
 from shardwalk.pipelines.runs_view import load_run_ref
-from shardwalk.pipelines.settings import flatten, shardwalk_version
+from shardwalk.pipelines.settings import flatten, run_warnings, shardwalk_version
 
 HIGHLIGHT = "tr.differs td{background:#fff4c2}tr.differs th{background:#ffe58a}"
 
@@ -50,7 +50,8 @@ def _metrics(records: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
         for name, stage in (r.get("stages") or {}).items():
             for key, value in flatten((stage or {}).get("metrics") or {}).items():
                 row[f"{name}.{key}"] = value
-            row[f"{name}.seconds"] = (stage or {}).get("seconds")
+            cached = (stage or {}).get("status") == "cached"  # its 0 s would read as the fastest run
+            row[f"{name}.seconds"] = "cache hit" if cached else (stage or {}).get("seconds")
         flat.append(row)
     keys = list(dict.fromkeys(k for f in flat for k in f))
     return {k: [f.get(k, "—") for f in flat] for k in keys}
@@ -66,21 +67,23 @@ def _png(fig: Any) -> str:
 
 def _recall_figure(runs: Sequence[tuple[str, dict[str, Path]]]) -> str | None:
     fig, ax = figure()
-    drawn = 0
+    drawn, efs = 0, set()
     for i, (label, outputs) in enumerate(runs):
         path = outputs.get("evaluate", Path("/nonexistent")) / "recall.json"
         if not path.is_file():
             continue
         rows = json.loads(path.read_text()).get("recall_vs_ef", [])
         ax.plot([r["ef"] for r in rows], [r["recall_at_k"] for r in rows], label=label, **series_style(i))
+        efs.update(r["ef"] for r in rows)
         drawn += 1
     ax.set(xlabel="ef (search breadth)", ylabel="recall@k vs exact search", xscale="log", title="Recall vs ef")
+    value_ticks(ax, efs)
     return _finish(fig, ax, drawn)
 
 
 def _accuracy_figure(runs: Sequence[tuple[str, dict[str, Path]]]) -> str | None:
     fig, ax = figure(7.5, 4.5)
-    drawn = 0
+    drawn, keeps_drawn = 0, set()
     colors = [f"C{i % 10}" for i in range(len(runs))]
     for i, (label, outputs) in enumerate(runs):
         path = outputs.get("evaluate", Path("/nonexistent")) / "accuracy.json"
@@ -94,10 +97,12 @@ def _accuracy_figure(runs: Sequence[tuple[str, dict[str, Path]]]) -> str | None:
         for j, (method, points) in enumerate(sorted(curves.items())):
             keeps = sorted(points)
             ax.plot(keeps, [points[k] for k in keeps], color=colors[i], label=f"{label}: {method}", **series_style(j))
+            keeps_drawn.update(keeps)
             drawn += 1
         if "full" in accuracy:
             ax.axhline(accuracy["full"], color=colors[i], ls=":", lw=1, label=f"{label}: full data")
     ax.set(xlabel="keep fraction", ylabel="test accuracy", xscale="log", title="Accuracy vs keep (colour: run, marker: method)")
+    value_ticks(ax, keeps_drawn)
     return _finish(fig, ax, drawn)
 
 
@@ -171,7 +176,9 @@ def compare_runs(runs_dir: str | os.PathLike, refs: Sequence[str], out: str) -> 
 def _page(pipeline: str, records: Sequence[dict[str, Any]], labels: Sequence[str], settings: dict[str, list[Any]],
           images: Sequence[str]) -> str:
     runs = {"run": [r["run_id"] for r in records], "status": [r.get("status") for r in records],
-            "source": [(r.get("config") or {}).get("source", "?") for r in records]}
+            "started": [_started(r) for r in records],
+            "source": [(r.get("config") or {}).get("source", "?") for r in records],
+            "warnings": ["; ".join(run_warnings(r)) or "none" for r in records]}
     parts = [f"<h1>shardwalk: {len(records)} {html.escape(pipeline)} runs side by side</h1>",
              f"<p class='meta'>shardwalk {html.escape(shardwalk_version())}; highlighted rows differ between the runs.</p>",
              "<section class='run'>" + _table("Runs", runs, labels, highlight=False) + "</section>",

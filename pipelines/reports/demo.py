@@ -19,6 +19,7 @@ from shardwalk.pipelines.reports.render import (
     figure,
     save_figure,
     series_style,
+    value_ticks,
     write_report,
 )
 
@@ -145,8 +146,9 @@ def _accuracy_section(out: Path, evaluate: Path, select: Path | None = None) -> 
     ax.axhline(full["mean"], color="k", ls="--", label=f"full data ({full['mean']:.3f})")
     ax.set(xlabel="keep fraction", ylabel="test accuracy (end of training)", xscale="log",
            title=f"Accuracy vs coreset size (mean ± std, {full['n']} seeds)")
-    ax.legend(fontsize=8)
     keeps = sorted({k for points in curves.values() for k in points})
+    value_ticks(ax, keeps)
+    ax.legend(fontsize=8)
 
     def cell(e: Mapping[str, Any] | None) -> str:
         if e is None:

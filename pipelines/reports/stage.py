@@ -19,7 +19,14 @@ from shardwalk.core.storage.sources import read_table
 from shardwalk.pipelines.common import read_label_map
 from shardwalk.pipelines.reports.demo import _accuracy_section as accuracy_section
 from shardwalk.pipelines.reports.demo import seed_verdict, warnings_section
-from shardwalk.pipelines.reports.render import Section, figure, save_figure, series_style, write_report
+from shardwalk.pipelines.reports.render import (
+    Section,
+    figure,
+    save_figure,
+    series_style,
+    value_ticks,
+    write_report,
+)
 
 
 def _parts(directory: Path, columns: list[str] | None = None):
@@ -37,6 +44,7 @@ def _recall_section(out: Path, evaluate: Path) -> Section:
     ax.axvline(recall["ef"], color="k", ls="--", lw=1, label=f"configured ef = {recall['ef']}")
     ax.set(xlabel="ef (search breadth)", ylabel=f"recall@{recall['k']} vs exact search", xscale="log",
            title="Recall vs ef")
+    value_ticks(ax, [r["ef"] for r in rows])
     ax.legend(fontsize=8)
     text = (f"Recall@{recall['k']} of the sharded index against brute-force search on {recall['sample']} "
             "sampled points, for several ef. Higher ef: better recall, slower queries.")
