@@ -56,6 +56,35 @@ def make(n: int = 3, factor: int = 2) -> Pipeline:
     return p
 
 
+def test_stages_get_absolute_paths_whatever_folder_their_worker_runs_in(tmp_path: Path, monkeypatch) -> None:
+    """`--runs-dir runs --set source=emb.parquet` against a `ray start` cluster started in another folder: the
+    stage's task resolved both in its worker's folder (the ingest was written into the other folder's runs/,
+    then 'vanished' for the next stage). The runner now hands stages absolute local paths."""
+    from shardwalk.core.dag.cache_key import InputPath
+
+    seen: list[tuple] = []
+
+    def recording_submit(fn: Any, args: tuple, options: StageOptions) -> cf.Future:
+        seen.append(args)
+        return POOL.submit(fn, *args)
+
+    def read(out: Path, *, source: str, graph: dict) -> dict[str, Any]:
+        return {"size": Path(source).stat().st_size, "edges": graph["edges"]}
+
+    monkeypatch.chdir(tmp_path)
+    Path("emb.parquet").write_bytes(b"1234")
+    p = Pipeline("rel")
+    p.stage("read", read, params={"source": InputPath("emb.parquet"),
+                                  "graph": {"edges": InputPath("builtin:karate"), "assignment": InputPath("")}})
+    record = Runner(p, "runs", recording_submit).run()
+    assert record.status == "succeeded"
+    ((_fn, final, _inputs, params, _key, _rows),) = seen
+    assert final == str(tmp_path / "runs" / "cache" / Path(final).name)
+    assert params["source"] == str(tmp_path / "emb.parquet") and isinstance(params["source"], InputPath)
+    assert params["graph"] == {"edges": "builtin:karate", "assignment": ""}  # not local files: left as given
+    assert record.stages["read"].key_parts == Runner(p, str(tmp_path / "runs"), recording_submit).record.stages["read"].key_parts
+
+
 def test_second_run_is_all_cache_hits(tmp_path: Path) -> None:
     CALLS.clear()
     first = Runner(make(), tmp_path, thread_submit).run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -329,6 +330,53 @@ def test_query_columns_are_checked_from_the_footer_before_ray_starts(tmp_path: P
     monkeypatch.setattr(cli, "_index_dim", lambda index_dir: 8)
     with pytest.raises(AssertionError, match="Ray would start here"):  # every check passed: Ray is next
         cli.main(["query", "idx", "--queries", queries, "--id-column", "doc_id", "--vector-column", "embedding"])
+
+
+def test_run_checks_the_sources_columns_before_ray_starts(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`run index --set id_column=docid` on a doc_id/embedding file: exit 2 from the footer, no run recorded
+    (today's main: Ray starts, ingest fails, a failed run is recorded)."""
+    import shardwalk.pipelines.cli as cli
+
+    def no_ray(address: str | None) -> dict:
+        raise AssertionError("Ray would start here")
+
+    monkeypatch.setattr(cli, "_connect", no_ray)
+    source = str(_doc_embedding_queries(tmp_path))
+    runs = str(tmp_path / "runs")
+    base = ["run", "index", "--runs-dir", runs, "--set", f'source="{source}"', "--set", "vector_column=embedding"]
+    assert cli.main([*base, "--set", "id_column=docid"]) == 2
+    err = capsys.readouterr().err
+    assert f"{source}: id_column 'docid' is not a column; found ['doc_id', 'embedding']" in err
+    assert cli.main(["run", "coreset", "--runs-dir", runs, "--set", f'source="{source}"', "--set", "id_column=doc_id",
+                     "--set", "vector_column=embedding", "--set", "label_column=diagnosis"]) == 2
+    assert "label_column 'diagnosis' is not a column" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "runs").exists()
+
+
+def test_query_hands_ray_absolute_paths(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`query latest --runs-dir runs --queries q.parquet --out answers` on a joined cluster: Ray's workers read
+    and write relative paths in their own folder (where `ray start` ran), not in the user's."""
+    import shardwalk.pipelines.cli as cli
+    import shardwalk.pipelines.index as index_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    _doc_embedding_queries(tmp_path)
+    monkeypatch.setattr(cli, "_connect", lambda address: {})
+    monkeypatch.setattr(cli, "_index_dim", lambda index_dir: 8)
+    monkeypatch.setattr(index_pipeline, "resolve_index", lambda ref, runs_dir: ("runs/cache/build-k", {}))
+    seen: dict = {}
+
+    def fake_stream(index_dir, queries, out, *, timings, **kwargs):
+        seen.update(index=index_dir, queries=queries, out=out)
+        timings["open_seconds"] = 0.0
+        return {"rows": 0, "parts": 0, "out": out, "queries_per_second": 0.0, "seconds": 0.0, "space": "l2"}
+
+    monkeypatch.setattr(index_pipeline, "stream_query", fake_stream)
+    monkeypatch.setattr(cli, "_query_progress", contextlib.nullcontext)
+    assert cli.main(["query", "latest", "--runs-dir", "runs", "--queries", "queries.parquet", "--id-column", "doc_id",
+                     "--vector-column", "embedding", "--out", "answers"]) == 0, capsys.readouterr().err
+    assert seen == {"index": str(tmp_path / "runs/cache/build-k"), "queries": str(tmp_path / "queries.parquet"),
+                    "out": str(tmp_path / "answers")}
 
 
 def test_the_python_api_takes_the_same_column_options() -> None:
