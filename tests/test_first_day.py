@@ -595,6 +595,41 @@ def test_report_of_runs_names_cache_hits_and_each_runs_warnings(tmp_path: Path) 
     assert "<th>warnings</th><td>none</td><td>stage &#x27;evaluate&#x27;: recall looks low</td>" in page
 
 
+def test_report_of_runs_names_curves_that_hide_each_other(tmp_path: Path) -> None:
+    """Two coreset runs that differ only in select.beta: random, top-k and full data are the same in both, and
+    run B's lines covered run A's with nothing saying so."""
+    from shardwalk.pipelines.cli import main
+
+    runs = tmp_path / "runs"
+    for run_id, ccs in (("20261206-070000-coreset-aaaaaa", 0.88), ("20261206-070100-coreset-bbbbbb", 0.9)):
+        _fake_index_run(runs, run_id, 64, [0.8, 0.9], pipeline="coreset")
+        (runs / "cache" / f"evaluate-{run_id[-6:]}" / "accuracy.json").write_text(json.dumps({
+            "full": 0.97, "random-keep0.1": 0.93, "random-keep0.5": 0.96, "ccs-el2n-cb-keep0.1": ccs,
+            "ccs-el2n-cb-keep0.5": 0.95}))
+    out = tmp_path / "compare.html"
+    assert main(["report", "20261206-0700", "20261206-0701", "--runs-dir", str(runs), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert embedded_pngs(out) == 1
+    note = page[page.index("Identical curves"):].split("</p>")[0]
+    assert "A: random = B: random" in note and "A: full data = B: full data" in note and "ccs-el2n-cb" not in note
+
+
+def test_coreset_table_marks_differences_no_test_can_judge(tmp_path: Path) -> None:
+    """Breast cancer: ccs-el2n-cb at keep 0.7 scored 0.8843 on all 3 seeds, random 0.9669 on all 3: no spread, no
+    test, and the table left it unmarked under "unmarked differences are within the spread"."""
+    from shardwalk.core.coresets.checks import summarise
+    from shardwalk.pipelines.reports.demo import _accuracy_section
+
+    per_seed = {"ccs-el2n-cb-keep0.7": [0.8843] * 3, "random-keep0.7": [0.9669] * 3, "topk-el2n-keep0.7": [0.9669] * 3,
+                "full": [0.9669] * 3}
+    (tmp_path / "accuracy_seeds.json").write_text(json.dumps(summarise(per_seed, majority=0.63)))
+    (tmp_path / "accuracy.json").write_text(json.dumps({k: v[0] for k, v in per_seed.items()}))
+    section, _ = _accuracy_section(tmp_path, tmp_path)
+    cells = {row["method"]: row["keep 0.7"] for row in section.table}
+    assert cells["ccs-el2n-cb"] == "0.8843 ± 0.0000 †" and cells["topk-el2n"] == "0.9669 ± 0.0000"
+    assert "†: every seed" in section.text
+
+
 def test_srrw_export_names_the_walk_and_the_nodes(tmp_path: Path) -> None:
     from shardwalk.pipelines.export import export_run
 
@@ -684,6 +719,7 @@ def test_report_puts_runs_side_by_side(tmp_path: Path, capsys) -> None:
     assert "<th>M</th>" not in page  # the same in both runs: not a setting that differs
     assert "<tr class=differs><th>evaluate.search_recall_at_k</th><td>0.9</td><td>0.97</td></tr>" in page
     assert "<th>warnings</th><td>none</td><td>none</td>" in page
+    assert "Identical curves" not in page  # the two runs' recall curves differ
     _fake_index_run(runs, "20261206-070200-srrw-cccccc", 1, [0.1, 0.2], pipeline="srrw")
     assert main(["report", "20261206-0700", "20261206-0702", "--runs-dir", str(runs), "--out", str(out)]) == 2
     assert "runs of one pipeline" in capsys.readouterr().err

@@ -154,7 +154,14 @@ def _accuracy_section(out: Path, evaluate: Path, select: Path | None = None) -> 
         if e is None:
             return ""
         mark = (" ▲" if e["difference"] > 0 else " ▼") if e.get("significant") else ""
+        if untestable(e):
+            mark = " †"
         return f"{e['mean']:.4f} ± {e['std']:.4f}{mark}"
+
+    def untestable(e: Mapping[str, Any]) -> bool:  # compared with random, different, but no test was possible
+        return bool(e.get("versus")) and e.get("p_value") is None and abs(e.get("difference", 0.0)) > coreset_checks.TIE
+
+    untested = any(untestable(p[k]) for p in curves.values() for k in p)
 
     rows = [{"method": m, **{f"keep {k:g}": cell(points.get(k)) for k in keeps}} for m, points in sorted(curves.items())]
     rows.append({"method": "full data", **{f"keep {k:g}": cell(full) for k in keeps}})
@@ -166,7 +173,9 @@ def _accuracy_section(out: Path, evaluate: Path, select: Path | None = None) -> 
     text = (f"A fresh model trained for the same number of steps on each coreset (as in the CCS paper), final test "
             f"accuracy on a held-out split: mean ± sample std over {full['n']} training seed(s). ▲/▼: the "
             f"difference from a random coreset of the same size is significant ({verdict.get('test', coreset_checks.TEST)}); "
-            "unmarked differences are within the spread. " + beat_random(verdict) + "." + fallback_note(select) + coinciding_note(
+            "unmarked differences are within the spread. "
+            + ("†: every seed of it and of random scored alike (or one seed), so no test is possible; read the means. "
+               if untested else "") + beat_random(verdict) + "." + fallback_note(select) + coinciding_note(
                 {m: [p[k]["mean"] if k in p else float("nan") for k in keeps] for m, p in sorted(curves.items())}))
     return Section("Coreset: accuracy vs keep rate", text, save_figure(fig, out, "accuracy_vs_keep.png"), rows), headline
 
