@@ -630,6 +630,35 @@ def test_coreset_table_marks_differences_no_test_can_judge(tmp_path: Path) -> No
     assert "†: every seed" in section.text
 
 
+def test_srrw_loss_axis_reads_whole_values(tmp_path: Path, monkeypatch) -> None:
+    """α = 10 on breast cancer ends within 1e-5 of loss*: the loss axis read 7.5 … 5.0 under "1e-5+2.001e-1"."""
+    from shardwalk.pipelines.reports import stage
+
+    offsets: dict[str, list[str]] = {}
+    save = stage.save_figure
+
+    def keep_offsets(fig, out, name):
+        fig.canvas.draw()
+        offsets[name] = [ax.yaxis.get_offset_text().get_text() for ax in fig.axes]
+        return save(fig, out, name)
+
+    monkeypatch.setattr(stage, "save_figure", keep_offsets)
+    walk, evaluate = tmp_path / "walk", tmp_path / "evaluate"
+    walk.mkdir(), evaluate.mkdir()
+    steps = np.arange(1, 9) * 500
+    pq.write_table(pa.table({"token": np.zeros(8, np.int64), "step": steps, "sq_error": 1e-4 / steps,
+                             "loss": 0.200147 + 2.8e-5 / np.arange(1, 9), "accuracy": np.full(8, 0.9754),
+                             "test_accuracy": np.full(8, 0.9421)}), evaluate / "curves.parquet")
+    (evaluate / "_SUCCESS").write_text(json.dumps({"files": {}, "metrics": {"loss_star": 0.200147}}))
+    pq.write_table(pa.table({"token": np.zeros(3, np.int64), "node": np.arange(3), "visit": [0.3, 0.3, 0.4]}),
+                   walk / "visits.parquet")
+    pq.write_table(pa.table({"token": [0]}), walk / "tokens.parquet")
+    (walk / "_SUCCESS").write_text(json.dumps({"files": {}, "metrics": {}}))
+    monkeypatch.setattr(stage, "crossing_section", lambda out, tokens, metrics: stage.Section("Tokens"))
+    stage.srrw_report(tmp_path, walk, evaluate)
+    assert offsets["srrw_loss.png"] == ["", ""]
+
+
 def test_srrw_export_names_the_walk_and_the_nodes(tmp_path: Path) -> None:
     from shardwalk.pipelines.export import export_run
 

@@ -182,6 +182,8 @@ def srrw_report(out: Path, walk: Path, evaluate: Path) -> dict[str, Any]:
     if "loss_star" in metrics:
         ax_loss.axhline(metrics["loss_star"], color="k", ls="--", lw=1, label="loss*")
     ax_loss.set(xscale="log", xlabel="steps", ylabel="loss", title="Loss")
+    for ax in (ax_loss, ax_acc):  # a loss within 1e-4 of loss* read "7.5" under "1e-5+2.001e-1": whole values instead
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     ax_acc.set(xscale="log", xlabel="steps", ylabel="accuracy", title="Training (agents' data) and held-out accuracy")
     ax_loss.legend(fontsize=8)
     ax_acc.legend(fontsize=8)
