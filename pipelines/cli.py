@@ -371,7 +371,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
             done = stream_query(index_dir, queries, _absolute(args.out), block_size=args.block_size,
                                 overwrite=args.overwrite, columns=columns, timings=timings, progress_to=report_to, **search)
         total = time.perf_counter() - began
-        print(f"wrote {done['rows']:,} answers in {done['parts']} Parquet parts to {done['out']}: ef={ef}, "
+        parts = f"{done['parts']} Parquet part{'' if done['parts'] == 1 else 's'}"
+        print(f"wrote {done['rows']:,} answers in {parts} to {done['out']}: ef={ef}, "
               f"nprobe={nprobe or 'all'}; {done['rows']:,} queries in {total:.1f} s including Ray start-up "
               f"({ray_start:.1f} s) and opening the index ({timings['open_seconds']:.1f} s); streaming alone "
               f"(read, search, write): {done['queries_per_second']:,.0f} queries/s over {done['seconds']:.1f} s; "

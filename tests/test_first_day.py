@@ -369,12 +369,13 @@ def test_query_hands_ray_absolute_paths(tmp_path: Path, monkeypatch, capsys) -> 
     def fake_stream(index_dir, queries, out, *, timings, **kwargs):
         seen.update(index=index_dir, queries=queries, out=out)
         timings["open_seconds"] = 0.0
-        return {"rows": 0, "parts": 0, "out": out, "queries_per_second": 0.0, "seconds": 0.0, "space": "l2"}
+        return {"rows": 40, "parts": 1, "out": out, "queries_per_second": 0.0, "seconds": 0.0, "space": "l2"}
 
     monkeypatch.setattr(index_pipeline, "stream_query", fake_stream)
     monkeypatch.setattr(cli, "_query_progress", contextlib.nullcontext)
     assert cli.main(["query", "latest", "--runs-dir", "runs", "--queries", "queries.parquet", "--id-column", "doc_id",
                      "--vector-column", "embedding", "--out", "answers"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith(f"wrote 40 answers in 1 Parquet part to {tmp_path / 'answers'}: ")
     assert seen == {"index": str(tmp_path / "runs/cache/build-k"), "queries": str(tmp_path / "queries.parquet"),
                     "out": str(tmp_path / "answers")}
 
