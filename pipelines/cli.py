@@ -202,6 +202,7 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from shardwalk.core.dag.runner import Runner, run_path
     from shardwalk.core.plan.limits import actor_bound, actors_requested, check_actors
+    from shardwalk.pipelines.common import check_source_columns
     from shardwalk.pipelines.config import load_config, pipeline_module
     from shardwalk.pipelines.progress import make_reporter, print_run
     from shardwalk.pipelines.reports.render import publish
@@ -214,6 +215,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.show_config:
         print(json.dumps(config, indent=2))
         return EXIT_OK
+    check_source_columns(config)  # the source's footer: a mistyped column exits 2 before Ray starts
     if args.export:
         from shardwalk.pipelines.export import check_target
 
@@ -362,19 +364,21 @@ def _cmd_query(args: argparse.Namespace) -> int:
     _connect(args.address)
     ray_start = time.perf_counter() - started
     search = {"k": args.k, "ef": ef, "nprobe": nprobe}
+    index_dir, queries = _absolute(index_dir), _absolute(args.queries)  # read by Ray workers, in their own folder
     timings: dict = {}
     if args.out is not None:
         with _query_progress() as report_to:
-            done = stream_query(index_dir, args.queries, args.out, block_size=args.block_size,
+            done = stream_query(index_dir, queries, _absolute(args.out), block_size=args.block_size,
                                 overwrite=args.overwrite, columns=columns, timings=timings, progress_to=report_to, **search)
         total = time.perf_counter() - began
-        print(f"wrote {done['rows']:,} answers in {done['parts']} Parquet parts to {done['out']}: ef={ef}, "
+        parts = f"{done['parts']} Parquet part{'' if done['parts'] == 1 else 's'}"
+        print(f"wrote {done['rows']:,} answers in {parts} to {done['out']}: ef={ef}, "
               f"nprobe={nprobe or 'all'}; {done['rows']:,} queries in {total:.1f} s including Ray start-up "
               f"({ray_start:.1f} s) and opening the index ({timings['open_seconds']:.1f} s); streaming alone "
               f"(read, search, write): {done['queries_per_second']:,.0f} queries/s over {done['seconds']:.1f} s; "
               f"distances: {DISTANCES.get(done['space'], done['space'])}")
         return EXIT_OK
-    table = preview_query(index_dir, args.queries, PREVIEW_QUERIES, batch_size=args.batch_size, timings=timings,
+    table = preview_query(index_dir, queries, PREVIEW_QUERIES, batch_size=args.batch_size, timings=timings,
                           columns=columns, **search)
     total = time.perf_counter() - began
     print(table.slice(0, 20).to_pandas().to_string())
@@ -385,6 +389,12 @@ def _cmd_query(args: argparse.Namespace) -> int:
           f"p50 {timings['latency_ms_p50']:.2f} ms, p95 {timings['latency_ms_p95']:.2f} ms, "
           f"p99 {timings['latency_ms_p99']:.2f} ms; distances: {DISTANCES.get(timings['space'], timings['space'])}")
     return EXIT_OK
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute here: Ray's workers resolve a relative one in their own folder, which on a joined
+    cluster is where `ray start` ran."""
+    return path if "://" in str(path) else os.path.abspath(path)
 
 
 @contextlib.contextmanager

@@ -12,11 +12,12 @@ import ray
 
 from shardwalk.core.dag.cache_key import InputPath
 from shardwalk.core.dag.runner import Pipeline
-from shardwalk.core.data.schema import Columns
+from shardwalk.core.data.builtin import is_builtin
+from shardwalk.core.data.schema import Columns, apply_columns
 from shardwalk.core.data.unique import check_unique, id_buckets
 from shardwalk.core.errors import DataError, InvariantError
 from shardwalk.core.storage import sink
-from shardwalk.core.storage.sources import plan_shards
+from shardwalk.core.storage.sources import plan_shards, source_schema
 from shardwalk.workers.ingest import check_bucket_unique, encode_part, split_part_ids, validate_shard
 from shardwalk.workers.progress_channel import wait_counted
 from shardwalk.workers.quiet import get_all
@@ -34,6 +35,18 @@ def ingest_stage(p: Pipeline, config: dict[str, Any], *, require_label: bool, na
         "source": InputPath(source) if isinstance(source, str) else source, "shards": config["shards"],
         "require_label": require_label, "columns": {"id": columns.id, "vector": columns.vector, "label": columns.label},
     })
+
+
+def check_source_columns(config: dict[str, Any]) -> None:
+    """The columns a config names (`id_column`, `vector_column`, `label_column`) exist in its `source` and
+    `test_source`, read from the first file's footer: a typo is one line before Ray starts, not a failed ingest."""
+    columns = Columns.from_config(config)
+    if "id_column" not in config or columns.is_default():  # nothing renamed (or a pipeline of your own): ingest checks
+        return
+    for key in ("source", "test_source"):
+        source = config.get(key)
+        if isinstance(source, str) and source and not is_builtin(source):
+            apply_columns(source_schema(source).empty_table(), columns, str(source))
 
 
 def ingest(

@@ -173,13 +173,14 @@ def graph_size(config: dict[str, Any], measure_cut: bool = True) -> tuple[int, i
     partitioning is the slow part, and the same generator's cut fraction changes little with size.
     """
     from shardwalk.core.srrw import SRRW, walk_partition
-    from shardwalk.core.srrw.agents import build_graph, cut_edge_fraction, standard_graph
+    from shardwalk.core.srrw.agents import build_graph, cut_edge_fraction, name_nodes, standard_graph
     from shardwalk.core.storage.sources import read_table
     from shardwalk.pipelines.srrw import _graph_params
 
     spec = config["graph"]
     if spec["name"] == "file":
-        graph = build_graph(read_table(spec["edges"]), where=spec["edges"])
+        edges, _ = name_nodes(read_table(spec["edges"]), where=spec["edges"])  # as the agents stage numbers them
+        graph = build_graph(edges, where=spec["edges"])
         sample = graph
     else:
         params = _graph_params(spec)

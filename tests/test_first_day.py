@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -331,6 +332,54 @@ def test_query_columns_are_checked_from_the_footer_before_ray_starts(tmp_path: P
         cli.main(["query", "idx", "--queries", queries, "--id-column", "doc_id", "--vector-column", "embedding"])
 
 
+def test_run_checks_the_sources_columns_before_ray_starts(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`run index --set id_column=docid` on a doc_id/embedding file: exit 2 from the footer, no run recorded
+    (today's main: Ray starts, ingest fails, a failed run is recorded)."""
+    import shardwalk.pipelines.cli as cli
+
+    def no_ray(address: str | None) -> dict:
+        raise AssertionError("Ray would start here")
+
+    monkeypatch.setattr(cli, "_connect", no_ray)
+    source = str(_doc_embedding_queries(tmp_path))
+    runs = str(tmp_path / "runs")
+    base = ["run", "index", "--runs-dir", runs, "--set", f'source="{source}"', "--set", "vector_column=embedding"]
+    assert cli.main([*base, "--set", "id_column=docid"]) == 2
+    err = capsys.readouterr().err
+    assert f"{source}: id_column 'docid' is not a column; found ['doc_id', 'embedding']" in err
+    assert cli.main(["run", "coreset", "--runs-dir", runs, "--set", f'source="{source}"', "--set", "id_column=doc_id",
+                     "--set", "vector_column=embedding", "--set", "label_column=diagnosis"]) == 2
+    assert "label_column 'diagnosis' is not a column" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "runs").exists()
+
+
+def test_query_hands_ray_absolute_paths(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`query latest --runs-dir runs --queries q.parquet --out answers` on a joined cluster: Ray's workers read
+    and write relative paths in their own folder (where `ray start` ran), not in the user's."""
+    import shardwalk.pipelines.cli as cli
+    import shardwalk.pipelines.index as index_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    _doc_embedding_queries(tmp_path)
+    monkeypatch.setattr(cli, "_connect", lambda address: {})
+    monkeypatch.setattr(cli, "_index_dim", lambda index_dir: 8)
+    monkeypatch.setattr(index_pipeline, "resolve_index", lambda ref, runs_dir: ("runs/cache/build-k", {}))
+    seen: dict = {}
+
+    def fake_stream(index_dir, queries, out, *, timings, **kwargs):
+        seen.update(index=index_dir, queries=queries, out=out)
+        timings["open_seconds"] = 0.0
+        return {"rows": 40, "parts": 1, "out": out, "queries_per_second": 0.0, "seconds": 0.0, "space": "l2"}
+
+    monkeypatch.setattr(index_pipeline, "stream_query", fake_stream)
+    monkeypatch.setattr(cli, "_query_progress", contextlib.nullcontext)
+    assert cli.main(["query", "latest", "--runs-dir", "runs", "--queries", "queries.parquet", "--id-column", "doc_id",
+                     "--vector-column", "embedding", "--out", "answers"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith(f"wrote 40 answers in 1 Parquet part to {tmp_path / 'answers'}: ")
+    assert seen == {"index": str(tmp_path / "runs/cache/build-k"), "queries": str(tmp_path / "queries.parquet"),
+                    "out": str(tmp_path / "answers")}
+
+
 def test_the_python_api_takes_the_same_column_options() -> None:
     import inspect
 
@@ -505,6 +554,112 @@ def test_one_shard_axis_and_coinciding_curves(tmp_path: Path) -> None:
     assert "Identical curves" in section.text and "ccs-aum = random" in section.text
 
 
+def test_log_axes_are_labelled_at_the_plotted_values(tmp_path: Path, monkeypatch) -> None:
+    """Recall vs ef and accuracy vs keep: matplotlib's log labels read "3×10¹4×10¹" where two ran together."""
+    from shardwalk.pipelines.reports import demo, stage
+
+    labels: list[list[str]] = []
+
+    def keep_labels(fig, out, name):
+        fig.canvas.draw()
+        labels.append([t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()])
+        labels.append([t.get_text() for t in fig.axes[0].get_xticklabels(minor=True) if t.get_text()])
+        return name
+
+    monkeypatch.setattr(stage, "save_figure", keep_labels)
+    monkeypatch.setattr(demo, "save_figure", keep_labels)
+    (tmp_path / "recall.json").write_text(json.dumps({"ef": 64, "k": 10, "sample": 487, "recall_vs_ef": [
+        {"ef": e, "recall_at_k": r} for e, r in zip((16, 32, 64, 128, 256), (0.9, 0.96, 0.986, 0.999, 1.0))]}))
+    stage._recall_section(tmp_path, tmp_path)
+    (tmp_path / "accuracy.json").write_text(json.dumps({"full": 0.97, "random-keep0.1": 0.93, "random-keep0.3": 0.95,
+                                                        "random-keep0.5": 0.96, "random-keep0.7": 0.97}))
+    demo._accuracy_section(tmp_path, tmp_path)
+    assert labels == [["16", "32", "64", "128", "256"], [], ["0.1", "0.3", "0.5", "0.7"], []]
+
+
+def test_report_of_runs_names_cache_hits_and_each_runs_warnings(tmp_path: Path) -> None:
+    """α = 10 after α = 0 reuses ingest: its 0 s was highlighted as a difference in seconds; warnings were absent."""
+    from shardwalk.pipelines.cli import main
+
+    runs = tmp_path / "runs"
+    _fake_index_run(runs, "20261206-070000-index-aaaaaa", 32, [0.8, 0.9])
+    _fake_index_run(runs, "20261206-070100-index-bbbbbb", 64, [0.85, 0.97])
+    second = runs / "runs" / "20261206-070100-index-bbbbbb" / "run.json"
+    record = json.loads(second.read_text())
+    record["stages"]["ingest"] = {"name": "ingest", "key": "k", "status": "cached", "seconds": 0.0, "output": "y", "metrics": {}}
+    record["stages"]["evaluate"]["metrics"]["warning"] = "recall looks low"
+    second.write_text(json.dumps(record))
+    out = tmp_path / "compare.html"
+    assert main(["report", "20261206-0700", "20261206-0701", "--runs-dir", str(runs), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "<th>ingest.seconds</th><td>—</td><td>cache hit</td>" in page
+    assert "<th>warnings</th><td>none</td><td>stage &#x27;evaluate&#x27;: recall looks low</td>" in page
+
+
+def test_report_of_runs_names_curves_that_hide_each_other(tmp_path: Path) -> None:
+    """Two coreset runs that differ only in select.beta: random, top-k and full data are the same in both, and
+    run B's lines covered run A's with nothing saying so."""
+    from shardwalk.pipelines.cli import main
+
+    runs = tmp_path / "runs"
+    for run_id, ccs in (("20261206-070000-coreset-aaaaaa", 0.88), ("20261206-070100-coreset-bbbbbb", 0.9)):
+        _fake_index_run(runs, run_id, 64, [0.8, 0.9], pipeline="coreset")
+        (runs / "cache" / f"evaluate-{run_id[-6:]}" / "accuracy.json").write_text(json.dumps({
+            "full": 0.97, "random-keep0.1": 0.93, "random-keep0.5": 0.96, "ccs-el2n-cb-keep0.1": ccs,
+            "ccs-el2n-cb-keep0.5": 0.95}))
+    out = tmp_path / "compare.html"
+    assert main(["report", "20261206-0700", "20261206-0701", "--runs-dir", str(runs), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert embedded_pngs(out) == 1
+    note = page[page.index("Identical curves"):].split("</p>")[0]
+    assert "A: random = B: random" in note and "A: full data = B: full data" in note and "ccs-el2n-cb" not in note
+
+
+def test_coreset_table_marks_differences_no_test_can_judge(tmp_path: Path) -> None:
+    """Breast cancer: ccs-el2n-cb at keep 0.7 scored 0.8843 on all 3 seeds, random 0.9669 on all 3: no spread, no
+    test, and the table left it unmarked under "unmarked differences are within the spread"."""
+    from shardwalk.core.coresets.checks import summarise
+    from shardwalk.pipelines.reports.demo import _accuracy_section
+
+    per_seed = {"ccs-el2n-cb-keep0.7": [0.8843] * 3, "random-keep0.7": [0.9669] * 3, "topk-el2n-keep0.7": [0.9669] * 3,
+                "full": [0.9669] * 3}
+    (tmp_path / "accuracy_seeds.json").write_text(json.dumps(summarise(per_seed, majority=0.63)))
+    (tmp_path / "accuracy.json").write_text(json.dumps({k: v[0] for k, v in per_seed.items()}))
+    section, _ = _accuracy_section(tmp_path, tmp_path)
+    cells = {row["method"]: row["keep 0.7"] for row in section.table}
+    assert cells["ccs-el2n-cb"] == "0.8843 ± 0.0000 †" and cells["topk-el2n"] == "0.9669 ± 0.0000"
+    assert "†: every seed" in section.text
+
+
+def test_srrw_loss_axis_reads_whole_values(tmp_path: Path, monkeypatch) -> None:
+    """α = 10 on breast cancer ends within 1e-5 of loss*: the loss axis read 7.5 … 5.0 under "1e-5+2.001e-1"."""
+    from shardwalk.pipelines.reports import stage
+
+    offsets: dict[str, list[str]] = {}
+    save = stage.save_figure
+
+    def keep_offsets(fig, out, name):
+        fig.canvas.draw()
+        offsets[name] = [ax.yaxis.get_offset_text().get_text() for ax in fig.axes]
+        return save(fig, out, name)
+
+    monkeypatch.setattr(stage, "save_figure", keep_offsets)
+    walk, evaluate = tmp_path / "walk", tmp_path / "evaluate"
+    walk.mkdir(), evaluate.mkdir()
+    steps = np.arange(1, 9) * 500
+    pq.write_table(pa.table({"token": np.zeros(8, np.int64), "step": steps, "sq_error": 1e-4 / steps,
+                             "loss": 0.200147 + 2.8e-5 / np.arange(1, 9), "accuracy": np.full(8, 0.9754),
+                             "test_accuracy": np.full(8, 0.9421)}), evaluate / "curves.parquet")
+    (evaluate / "_SUCCESS").write_text(json.dumps({"files": {}, "metrics": {"loss_star": 0.200147}}))
+    pq.write_table(pa.table({"token": np.zeros(3, np.int64), "node": np.arange(3), "visit": [0.3, 0.3, 0.4]}),
+                   walk / "visits.parquet")
+    pq.write_table(pa.table({"token": [0]}), walk / "tokens.parquet")
+    (walk / "_SUCCESS").write_text(json.dumps({"files": {}, "metrics": {}}))
+    monkeypatch.setattr(stage, "crossing_section", lambda out, tokens, metrics: stage.Section("Tokens"))
+    stage.srrw_report(tmp_path, walk, evaluate)
+    assert offsets["srrw_loss.png"] == ["", ""]
+
+
 def test_srrw_export_names_the_walk_and_the_nodes(tmp_path: Path) -> None:
     from shardwalk.pipelines.export import export_run
 
@@ -593,6 +748,8 @@ def test_report_puts_runs_side_by_side(tmp_path: Path, capsys) -> None:
     assert "<tr class=differs><th>ef</th><td>32</td><td>64</td></tr>" in page
     assert "<th>M</th>" not in page  # the same in both runs: not a setting that differs
     assert "<tr class=differs><th>evaluate.search_recall_at_k</th><td>0.9</td><td>0.97</td></tr>" in page
+    assert "<th>warnings</th><td>none</td><td>none</td>" in page
+    assert "Identical curves" not in page  # the two runs' recall curves differ
     _fake_index_run(runs, "20261206-070200-srrw-cccccc", 1, [0.1, 0.2], pipeline="srrw")
     assert main(["report", "20261206-0700", "20261206-0702", "--runs-dir", str(runs), "--out", str(out)]) == 2
     assert "runs of one pipeline" in capsys.readouterr().err

@@ -60,6 +60,21 @@ def test_plan_of_a_walk_measures_the_graph_cut(capsys) -> None:
     assert both["partitioned"]["actor_bytes"] < both["replicate"]["actor_bytes"]
 
 
+def test_plan_of_a_walk_over_an_edge_list_of_named_nodes(capsys, tmp_path: Path) -> None:
+    """`run srrw` numbers string node names (the Davis graph's women and events); `plan` refused them."""
+    import networkx as nx
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    davis = nx.davis_southern_women_graph()
+    pq.write_table(pa.table({"src": [u for u, _ in davis.edges()], "dst": [v for _, v in davis.edges()]}),
+                   tmp_path / "davis.parquet")
+    out = plan_json(capsys, "srrw", "--set", 'graph.name="file"', "--set", f'graph.edges="{tmp_path / "davis.parquet"}"',
+                    "--nodes", "1", "--node-shape", "this-machine")
+    assert out["fits"] and 0 < out["layout"]["cut_fraction"] < 1
+    assert next(s for s in out["stages"] if s["name"] == "agents")["work"].startswith("graph of 89 edges")
+
+
 def test_plan_prints_a_readable_table(capsys) -> None:
     assert main(["plan", "index", "--rows", "1000000", "--dim", "64", "--nodes", "1"]) == 0
     text = capsys.readouterr().out

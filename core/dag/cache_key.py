@@ -62,6 +62,23 @@ def input_paths(params: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[s
             yield from input_paths({str(i): v for i, v in enumerate(value)}, f"{where}.")
 
 
+def absolute_inputs(params: Mapping[str, Any]) -> dict[str, Any]:
+    """`params` with every relative local `InputPath` made absolute against this process's folder: a stage runs
+    in its worker's folder, which on a joined cluster is where `ray start` ran, not where you typed the path."""
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, InputPath):
+            local = value and "://" not in value and not value.startswith("builtin:") and not os.path.isabs(value)
+            return InputPath(os.path.abspath(value)) if local else value
+        if isinstance(value, Mapping):
+            return {k: absolute(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(absolute(v) for v in value)
+        return value
+
+    return {k: absolute(v) for k, v in params.items()}
+
+
 def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

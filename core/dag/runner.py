@@ -24,7 +24,7 @@ from typing import Any
 
 from shardwalk.core.dag import lease, stage_store
 from shardwalk.core.dag.attempt import STATE_DIR, commit_check, state_dir
-from shardwalk.core.dag.cache_key import input_paths, key_of, key_parts
+from shardwalk.core.dag.cache_key import absolute_inputs, input_paths, key_of, key_parts
 from shardwalk.core.dag.fingerprint import code_digest, input_digest
 from shardwalk.core.dag.run_records import (  # noqa: F401  (run records are part of the runner's public API)
     RunRecord,
@@ -205,7 +205,7 @@ class Runner:
     ) -> None:
         self.pipeline = pipeline
         self.remote = store.is_remote(str(runs_dir))
-        # absolute: stage tasks run in the workers' folder (a `ray start` cluster's), not the driver's
+        # absolute: stages run in their worker's folder (on a joined cluster, where `ray start` ran)
         self.runs_dir: Any = str(runs_dir).rstrip("/") if self.remote else _local(runs_dir).absolute()
         self.submit = submit
         self.force = force
@@ -314,7 +314,7 @@ class Runner:
         if self.force:  # a forced stage starts from scratch, not from an earlier attempt's checkpoints
             _retire(state_dir(final))
         inputs = {arg: self.record.stages[up].output for arg, up in s.inputs.items()}
-        args = (s.fn, str(final), inputs, dict(s.params), rec.key, s.declares_rows)
+        args = (s.fn, str(final), inputs, absolute_inputs(s.params), rec.key, s.declares_rows)
         rec.status = "running"
         self._emit(rec)
         futures[self.submit(execute_stage, args, StageOptions(s.name, s.num_cpus, s.max_retries))] = s.name
@@ -336,7 +336,7 @@ class Runner:
         if self.force:  # a forced stage starts from scratch, not from an earlier attempt's checkpoints
             store.delete_prefix(stage_store.state_uri(rec.output))
         inputs = {arg: self.record.stages[up].attempt or self.record.stages[up].output for arg, up in s.inputs.items()}
-        args = (s.fn, rec.output, inputs, dict(s.params), rec.key, s.declares_rows)
+        args = (s.fn, rec.output, inputs, absolute_inputs(s.params), rec.key, s.declares_rows)
         rec.status = "running"
         self._emit(rec)
         futures[self.submit(stage_store.execute_remote, args, StageOptions(s.name, s.num_cpus, s.max_retries))] = s.name

@@ -19,6 +19,7 @@ from shardwalk.pipelines.reports.render import (
     figure,
     save_figure,
     series_style,
+    value_ticks,
     write_report,
 )
 
@@ -145,14 +146,22 @@ def _accuracy_section(out: Path, evaluate: Path, select: Path | None = None) -> 
     ax.axhline(full["mean"], color="k", ls="--", label=f"full data ({full['mean']:.3f})")
     ax.set(xlabel="keep fraction", ylabel="test accuracy (end of training)", xscale="log",
            title=f"Accuracy vs coreset size (mean ± std, {full['n']} seeds)")
-    ax.legend(fontsize=8)
     keeps = sorted({k for points in curves.values() for k in points})
+    value_ticks(ax, keeps)
+    ax.legend(fontsize=8)
 
     def cell(e: Mapping[str, Any] | None) -> str:
         if e is None:
             return ""
         mark = (" ▲" if e["difference"] > 0 else " ▼") if e.get("significant") else ""
+        if untestable(e):
+            mark = " †"
         return f"{e['mean']:.4f} ± {e['std']:.4f}{mark}"
+
+    def untestable(e: Mapping[str, Any]) -> bool:  # compared with random, different, but no test was possible
+        return bool(e.get("versus")) and e.get("p_value") is None and abs(e.get("difference", 0.0)) > coreset_checks.TIE
+
+    untested = any(untestable(p[k]) for p in curves.values() for k in p)
 
     rows = [{"method": m, **{f"keep {k:g}": cell(points.get(k)) for k in keeps}} for m, points in sorted(curves.items())]
     rows.append({"method": "full data", **{f"keep {k:g}": cell(full) for k in keeps}})
@@ -164,7 +173,9 @@ def _accuracy_section(out: Path, evaluate: Path, select: Path | None = None) -> 
     text = (f"A fresh model trained for the same number of steps on each coreset (as in the CCS paper), final test "
             f"accuracy on a held-out split: mean ± sample std over {full['n']} training seed(s). ▲/▼: the "
             f"difference from a random coreset of the same size is significant ({verdict.get('test', coreset_checks.TEST)}); "
-            "unmarked differences are within the spread. " + beat_random(verdict) + "." + fallback_note(select) + coinciding_note(
+            "unmarked differences are within the spread. "
+            + ("†: every seed of it and of random scored alike (or one seed), so no test is possible; read the means. "
+               if untested else "") + beat_random(verdict) + "." + fallback_note(select) + coinciding_note(
                 {m: [p[k]["mean"] if k in p else float("nan") for k in keeps] for m, p in sorted(curves.items())}))
     return Section("Coreset: accuracy vs keep rate", text, save_figure(fig, out, "accuracy_vs_keep.png"), rows), headline
 

@@ -59,6 +59,16 @@ def save_figure(fig: Figure, out: Path, name: str) -> str:
     return name
 
 
+def value_ticks(ax: Any, values: Sequence[float]) -> None:
+    """Label a log x axis at the plotted values themselves (16, 32, 64 … or 0.1, 0.3, 0.5): matplotlib's own
+    log labels (3×10⁻¹, 4×10⁻¹, 6×10⁻¹) run into each other. Call after the scale is set."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ax.xaxis.set_major_locator(FixedLocator(sorted({float(v) for v in values})))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
 def series_style(i: int) -> dict[str, Any]:
     """Matplotlib keywords for the i-th series of an axis: its own marker, line style and marker size."""
     marker, ls, size = STYLES[i % len(STYLES)]

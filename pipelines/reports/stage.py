@@ -19,7 +19,14 @@ from shardwalk.core.storage.sources import read_table
 from shardwalk.pipelines.common import read_label_map
 from shardwalk.pipelines.reports.demo import _accuracy_section as accuracy_section
 from shardwalk.pipelines.reports.demo import seed_verdict, warnings_section
-from shardwalk.pipelines.reports.render import Section, figure, save_figure, series_style, write_report
+from shardwalk.pipelines.reports.render import (
+    Section,
+    figure,
+    save_figure,
+    series_style,
+    value_ticks,
+    write_report,
+)
 
 
 def _parts(directory: Path, columns: list[str] | None = None):
@@ -37,6 +44,7 @@ def _recall_section(out: Path, evaluate: Path) -> Section:
     ax.axvline(recall["ef"], color="k", ls="--", lw=1, label=f"configured ef = {recall['ef']}")
     ax.set(xlabel="ef (search breadth)", ylabel=f"recall@{recall['k']} vs exact search", xscale="log",
            title="Recall vs ef")
+    value_ticks(ax, [r["ef"] for r in rows])
     ax.legend(fontsize=8)
     text = (f"Recall@{recall['k']} of the sharded index against brute-force search on {recall['sample']} "
             "sampled points, for several ef. Higher ef: better recall, slower queries.")
@@ -174,6 +182,8 @@ def srrw_report(out: Path, walk: Path, evaluate: Path) -> dict[str, Any]:
     if "loss_star" in metrics:
         ax_loss.axhline(metrics["loss_star"], color="k", ls="--", lw=1, label="loss*")
     ax_loss.set(xscale="log", xlabel="steps", ylabel="loss", title="Loss")
+    for ax in (ax_loss, ax_acc):  # a loss within 1e-4 of loss* read "7.5" under "1e-5+2.001e-1": whole values instead
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     ax_acc.set(xscale="log", xlabel="steps", ylabel="accuracy", title="Training (agents' data) and held-out accuracy")
     ax_loss.legend(fontsize=8)
     ax_acc.legend(fontsize=8)
