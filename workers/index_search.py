@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from shardwalk.core.data.schema import to_numpy, validate_vectors
 from shardwalk.core.errors import ShardUnavailableError
 from shardwalk.core.index import hnsw
 from shardwalk.core.storage.sources import plan_shards, read_shard
 
-RESTART_RETRIES = 2  # extra attempts per call after an actor death (search is read-only, so retrying is safe)
+RESTART_RETRIES = 6  # extra attempts per call after an actor death (search is read-only, so retrying is safe)
+RESTART_WAIT_S = 0.25  # before a retry of a restarting replica, doubled each time: ~16 s in all to reload its shard
 
 
 class SearchTask(NamedTuple):
@@ -87,12 +89,17 @@ def call_replicas(
         first = (c.turn + offset) % replicas
         result, error = None, None
         # every replica once, plus retries of the first: a killed actor restarts and reloads its shard
+        restarting = 0
         for attempt in range(replicas + RESTART_RETRIES):
+            if restarting and attempt >= replicas:  # every replica tried: give a restarting one time to come back
+                time.sleep(RESTART_WAIT_S * 2 ** (restarting - 1))
             try:
                 call = ref if attempt == 0 else getattr(actors[c.shard][(first + attempt) % replicas], method).remote(*c.args)
                 result, error = ray.get(call, timeout=timeout), None
                 break
-            except (RayActorError, GetTimeoutError) as exc:
+            except ActorUnavailableError as exc:  # restarting (Ray does not retry it: the call may have run)
+                error, restarting = exc, restarting + 1
+            except (RayActorError, GetTimeoutError) as exc:  # dead for good, or too slow: the next replica
                 error = exc
         if error is not None and not allow_partial:
             raise ShardUnavailableError(
