@@ -212,3 +212,19 @@ def test_k_means_routing_asks_nprobe_shards_instead_of_all() -> None:
                          for p in (0, 1))
     assert "× 4 shards" in broadcast.work and "× 1 shards" in routed.work
     assert routed.seconds < broadcast.seconds / 2
+
+
+def test_plan_predicts_both_layouts_with_the_two_actor_baseline_in_a_tokens_bytes() -> None:
+    job = cm.WalkJob(agents=2000, edges=16_000, rows=40_000, dim=40, tokens=256, steps=1000, partitions=2, halo=3,
+                     cut_fraction=0.02)
+    both = cm.plan_srrw(job, cluster(1, cpus=2), CAL).layout["layouts"]
+    part, rep = both["partitioned"], both["replicate"]
+    # two views of (1 + 0.1·(halo + 1)) / 2 of the agents overlap on 0.4 of them (measured at halo 3: 792 of 2,000)
+    assert part["shared_entries"] == 800 and rep["shared_entries"] == 0
+    view = int(0.7 * 2000)
+    assert part["token_bytes"] == 8 * (view + 800 + cm.TOKEN_STREAM_WORDS + 3 * 40)  # + 8 bytes per shared entry
+    assert rep["token_bytes"] == 8 * (2000 + cm.TOKEN_STREAM_WORDS + 3 * 40)
+    assert part["actor_bytes"] - rep["actor_bytes"] == 256 * (part["token_bytes"] - rep["token_bytes"]) + int(
+        8 * 40_000 * 40 * (min(1.0, 1.3 / 2) - 1.0))
+    three = cm.plan_srrw(dataclasses.replace(job, partitions=3), cluster(1, cpus=3), CAL).layout["layouts"]
+    assert three["partitioned"]["token_bytes"] == 8 * (int(1.4 / 3 * 2000) + cm.TOKEN_STREAM_WORDS + 3 * 40)  # no baseline

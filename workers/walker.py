@@ -37,7 +37,6 @@ import ray
 
 from shardwalk.core import progress
 from shardwalk.core.errors import ConfigError, ShardwalkError
-from shardwalk.core.plan.sizing import walk_token_bytes, walk_tokens_fit
 from shardwalk.core.srrw import SRRW, SAResult, Token, WalkerLayout, WalkSpec, bind, halo_mask, walk_partition
 from shardwalk.core.srrw.agents import check_parts, cut_edge_fraction
 from shardwalk.core.srrw.block_loader import BlockLoader
@@ -52,9 +51,9 @@ from shardwalk.core.srrw.kernel import (
     warm_up,
 )
 from shardwalk.core.srrw.partition import choose_halo
-from shardwalk.core.srrw.shard import MeasureShard, gather, shared_agents, views
+from shardwalk.core.srrw.shard import MeasureShard, check_tokens_fit, gather, shared_agents, views
 from shardwalk.core.srrw.spec import RUN_OPTIONS, record_differences, resume_record, split_settings
-from shardwalk.core.srrw.token import RNG_WORDS, TokenBatch, spec_tokens
+from shardwalk.core.srrw.token import TokenBatch, spec_tokens
 from shardwalk.core.srrw.token_store import checkpoint_hint, load_token, save_token
 from shardwalk.core.storage import store
 from shardwalk.core.storage.store import read_json_sealed, write_json_sealed
@@ -360,23 +359,6 @@ def _owner_map(chain: SRRW, graph: nx.Graph, spec: WalkSpec, layout: WalkerLayou
     return np.asarray([parts[int(v)] for v in chain.nodes], dtype=np.int64)
 
 
-def _check_tokens_fit(chain: SRRW, spec: WalkSpec, layout: WalkerLayout, owner: np.ndarray, data: int, dim: int) -> None:
-    """ConfigError naming how many tokens fit when the walker actors cannot hold `spec.tokens` of them."""
-    parts = int(owner.max()) + 1
-    empty = sorted(set(range(parts)) - set(owner.tolist()))
-    if empty:
-        raise ConfigError(f"partition(s) {empty} of {parts} have no agents; number the partitions 0..P-1 without gaps")
-    held = [halo_mask(chain, owner == p, layout.halo) for p in range(parts)]
-    entries = chain.num_nodes if layout.replicate else max(int(v.sum()) for v in views(chain, held))
-    actors = min(layout.partitions, spec.tokens) if layout.replicate else parts
-    share = data if layout.replicate else int(data * max(float(h.mean()) for h in held))
-    per_token = walk_token_bytes(entries, dim, RNG_WORDS)  # no uniforms are pre-drawn: a stream is RNG_WORDS words
-    fit = walk_tokens_fit(per_token, share, actors, cluster_nodes())
-    if fit is not None and spec.tokens > fit:
-        raise ConfigError(f"tokens={spec.tokens} do not fit the walker actors' memory: each token takes "
-                          f"{per_token:,} bytes on an actor; at most {fit} tokens fit")
-
-
 def _start_actors(chain: SRRW, graph: nx.Graph, objective: Any, spec: WalkSpec, layout: WalkerLayout,
                   owner: np.ndarray, sink: Any, ckpt: str | None, actors: list[Any],
                   toks: list[Token]) -> np.ndarray | None:
@@ -439,7 +421,7 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
     if layout.halo == "auto":
         halo, halo_rates = (1, {}) if layout.replicate else choose_halo(chain, owner, seed=spec.seed)
         layout = dataclasses.replace(layout, halo=halo)
-    _check_tokens_fit(chain, spec, layout, owner, data, dim)
+    check_tokens_fit(chain, spec.tokens, layout, owner, data, dim, cluster_nodes())
     ckpt = str(rest["checkpoint_dir"]) if rest.get("checkpoint_dir") is not None else None
     toks = _initial_tokens(chain, dim, spec, ckpt, bool(rest.get("resume", False)))
     if ckpt:
