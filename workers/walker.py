@@ -125,7 +125,8 @@ class WalkPartition:
         self.outbox_since: dict[int, float] = {}
         self.counts = {"steps_walked": 0, "chunks": 0, "calls_out": 0, "tokens_out": 0, "calls_in": 0,
                        "bytes_sampled": 0, "tokens_sampled": 0, "tokens_per_call": 0}
-        self.kernel_cpu = self.idle = 0.0
+        self.kernel_cpu = self.admit_cpu = self.idle = 0.0
+        self.idle_at_first_done: float | None = None  # idle seconds before this actor finished its first token
         self.cpu_start = time.process_time()
 
     async def connect(self, peers: list[Any], measures: np.ndarray | None = None) -> int:
@@ -148,7 +149,9 @@ class WalkPartition:
         """Walk while tokens are resident (yielding between kernel calls); sleep until a hand-off arrives."""
         while True:
             if self.inbox or self.readmit:
+                cpu = time.thread_time()
                 self._admit()
+                self.admit_cpu += time.thread_time() - cpu
             if not len(self.resident):
                 self._flush(everything=True)
                 self.wake.clear()
@@ -237,7 +240,12 @@ class WalkPartition:
         if status == CHECKPOINT:
             self.inbox.append(stopped.select(np.array([i])))
         else:
+            self._delivered()
             self.sink.deliver.remote(tok.key, tok if status == DONE else None, error)
+
+    def _delivered(self) -> None:
+        if self.idle_at_first_done is None:
+            self.idle_at_first_done = self.idle
 
     async def _save_whole(self, one: TokenBatch, status: str) -> None:
         """Checkpoint (or finish) a token whose measure is sharded: the entries only other actors hold are
@@ -258,6 +266,7 @@ class WalkPartition:
             self.readmit.append(one)
             self.wake.set()
         else:
+            self._delivered()
             self.sink.deliver.remote(key, tok if status == DONE else None, error)
 
     async def exclusive_of(self, keys: list[int]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
@@ -287,11 +296,13 @@ class WalkPartition:
         return None if self.shard is None else self.shard.exclusive_entries()
 
     async def stats(self) -> dict[str, float]:
-        """Counts and CPU seconds: the process's (Ray's threads included) and the walking thread's (kernel
-        calls and the dispatch of their exits)."""
+        """Counts and CPU seconds: the process's (Ray's threads included), the walking thread's (kernel
+        calls and the dispatch of their exits; arrivals joining) and the seconds with no token resident (in
+        all, and before the first token finished here: the rest is the walk's tail)."""
         return {"agents": float(self.ctx.owned.sum()), **{k: float(v) for k, v in self.counts.items()},
                 "cpu_seconds": time.process_time() - self.cpu_start, "kernel_cpu_seconds": self.kernel_cpu,
-                "idle_seconds": self.idle}
+                "admit_cpu_seconds": self.admit_cpu, "idle_seconds": self.idle,
+                "idle_before_first_done_seconds": self.idle if self.idle_at_first_done is None else self.idle_at_first_done}
 
 
 def _meta_path(directory: str, name: str = RUN_META) -> Any:
@@ -468,7 +479,8 @@ def _result(results: list[tuple[Token | None, BaseException | None]], seconds: f
     stats = {"walk_seconds": seconds, "handoffs": float(sum(t.handoffs for t in done)), "partitions": float(len(busy)),
              "actor_cpu_seconds": total["cpu_seconds"], "actor_kernel_cpu_seconds": total["kernel_cpu_seconds"],
              "handoff_calls": total["calls_out"], "steps_walked": total["steps_walked"], "chunks": total["chunks"],
-             "actor_idle_seconds": total["idle_seconds"], "tokens_per_kernel_call": total["tokens_per_call"] / max(total["chunks"], 1.0),
+             "actor_idle_seconds": total["idle_seconds"], "actor_admit_cpu_seconds": total["admit_cpu_seconds"],
+             "actor_idle_before_first_done_seconds": total["idle_before_first_done_seconds"], "tokens_per_kernel_call": total["tokens_per_call"] / max(total["chunks"], 1.0),
              "replicated": float(layout.replicate)}
     steps = max(total["steps_walked"], 1.0)
     stats |= {"handoffs_per_1000_hops": 1000.0 * stats["handoffs"] / steps,
