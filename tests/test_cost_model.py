@@ -113,7 +113,7 @@ def test_walk_hop_rate_from_compute_cut_handoffs_and_latency() -> None:
     assert cm.handoffs_per_hop(job) == pytest.approx(0.01)
     plan = cm.plan_srrw(job, cluster(1, cpus=2), CAL)
     hop = 2e-5 + 1e-8 * 20 * 40
-    per_hop = hop + 0.01 * 2e-3
+    per_hop = hop + 0.01 * 2e-3 * cm.BATCHED_HANDOFF_SHARE  # 8 tokens per actor would share a call; the floor wins
     assert plan.layout["seconds_per_hop"] == pytest.approx(per_hop)
     assert stage(plan, "walk").seconds == pytest.approx(0.25 + 2.5 + 16 * 10_000 * per_hop / 2 + 16 * 2000 * 8 * 2 / 1e9)
     alone = cm.plan_srrw(dataclasses.replace(job, partitions=1), cluster(1, cpus=2), CAL)
@@ -228,3 +228,11 @@ def test_plan_predicts_both_layouts_with_the_two_actor_baseline_in_a_tokens_byte
         8 * 40_000 * 40 * (min(1.0, 1.3 / 2) - 1.0))
     three = cm.plan_srrw(dataclasses.replace(job, partitions=3), cluster(1, cpus=3), CAL).layout["layouts"]
     assert three["partitioned"]["token_bytes"] == 8 * (int(1.4 / 3 * 2000) + cm.TOKEN_STREAM_WORDS + 3 * 40)  # no baseline
+
+
+def test_a_batched_hand_off_costs_a_share_of_a_call_never_below_the_measured_floor() -> None:
+    job = cm.WalkJob(agents=2000, edges=16_000, rows=40_000, dim=40, tokens=1, partitions=2, replicate=False)
+    assert cm.handoff_seconds(job, CONSTANTS) == 2e-3  # one token: every hand-off is a call of its own
+    assert cm.handoff_seconds(dataclasses.replace(job, tokens=8), CONSTANTS) == pytest.approx(2e-3 / 4)
+    many = dataclasses.replace(job, tokens=256)
+    assert cm.handoff_seconds(many, CONSTANTS) == pytest.approx(2e-3 * cm.BATCHED_HANDOFF_SHARE)

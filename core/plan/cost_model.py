@@ -464,6 +464,17 @@ def handoffs_per_hop(job: WalkJob) -> float:
     return 0.0 if job.partitions == 1 or job.replicate is True else job.cut_fraction / (1 + _halo(job))
 
 
+BATCHED_HANDOFF_SHARE = 0.15  # actor seconds of a token's hand-off in a batched walk, as a share of one call's
+#                               (handoff_s): 256 tokens on the sized RGG, 2 actors, nogil kernel: ≈ 150 µs a hand-off
+#                               against a ≈ 1 ms call (benchmarks/results/srrw_rgg2000_256tokens_tokens3.json)
+
+
+def handoff_seconds(job: WalkJob, c: Constants) -> float:
+    """Actor seconds one hand-off costs: a call's (`handoff_s`) shared by the tokens a call carries (at best
+    each actor's tokens, tokens / partitions), never below BATCHED_HANDOFF_SHARE of a call (measured)."""
+    return c.handoff_s * max(BATCHED_HANDOFF_SHARE, min(1.0, job.partitions / max(job.tokens, 1)))
+
+
 AUTO_HALO = 2  # the depth a plan assumes for halo = "auto" (the sized RGG's pilot picks 2-3)
 
 
@@ -478,7 +489,7 @@ def _walk_cost(job: WalkJob, cluster: Cluster, c: Constants) -> dict[str, float]
     """One layout's (job.replicate True or False) hand-offs, seconds per hop, walk seconds and bytes per actor."""
     hop = c.hop_s + c.hop_s_per_feature * (job.rows / job.agents) * job.dim
     handoffs = handoffs_per_hop(job)
-    per_hop = hop + handoffs * c.handoff_s
+    per_hop = hop + handoffs * handoff_seconds(job, c)
     hops = job.tokens * job.steps
     par = min(job.partitions, job.tokens, cluster.cpus)
     walk = max(hops * per_hop / par, job.steps * per_hop)  # all hops spread, or one token's own path
