@@ -465,7 +465,7 @@ def handoffs_per_hop(job: WalkJob) -> float:
 
 
 BATCHED_HANDOFF_SHARE = 0.15  # actor seconds of a token's hand-off in a batched walk, as a share of one call's
-#                               (handoff_s): 256 tokens on the sized RGG, 2 actors, nogil kernel: ≈ 150 µs a hand-off
+#                               (handoff_s): 256 tokens on the sized RGG, 2 actors, nogil kernel: ≈ 100-200 µs a hand-off
 #                               against a ≈ 1 ms call (benchmarks/results/srrw_rgg2000_256tokens_tokens3.json)
 
 
