@@ -322,7 +322,8 @@ def many_tokens(obj, g, kw: dict[str, Any], total_hops: int) -> dict[str, Any]:
         out[f"stats_{tokens}tokens"][key] = {k: st[k] for k in (
             "walk_seconds", "handoffs", "handoff_calls", "chunks", "actor_cpu_seconds", "actor_kernel_cpu_seconds",
             "handoffs_per_1000_hops", "hops_per_actor_cpu_second", "bytes_per_crossing", "cut_fraction",
-            "shared_entries", "halo", "actor_idle_seconds", "tokens_per_kernel_call") if k in st}
+            "shared_entries", "halo", "actor_idle_seconds", "tokens_per_kernel_call", "actor_admit_cpu_seconds",
+            "actor_idle_before_first_done_seconds") if k in st}
     part = out[f"stats_{tokens}tokens"]["2actors_partitioned"]
     rate = {k: out[f"hops_per_s_distributed_{tokens}tokens_{k}"] for k in MANY_LAYOUTS}
     out |= {f"ratio_{tokens}tokens_partitioned_vs_replicate": rate["2actors_partitioned"] / rate["2actors_replicate"],

@@ -28,7 +28,7 @@ from shardwalk.core.data.schema import to_numpy
 from shardwalk.core.errors import ConfigError
 from shardwalk.core.index import hnsw
 from shardwalk.core.srrw.objectives import build_objective
-from shardwalk.core.storage.files import write_parquet
+from shardwalk.core.storage.files import read_manifest, write_parquet
 from shardwalk.core.storage.labelled import read_labelled
 from shardwalk.core.storage.sources import read_table
 from shardwalk.pipelines import coreset as coreset_pipeline
@@ -37,7 +37,7 @@ from shardwalk.pipelines import srrw as srrw_pipeline
 from shardwalk.pipelines.common import COLUMN_DEFAULTS, ingest_stage, read_label_map
 from shardwalk.pipelines.ingest import summarise
 from shardwalk.pipelines.reports.demo import write_demo_report
-from shardwalk.pipelines.reports.stage import balance_section, shard_sections
+from shardwalk.pipelines.reports.stage import balance_section, crossing_section, shard_sections
 from shardwalk.workers.sharded_index import ShardedIndex
 
 DEFAULTS: dict[str, Any] = {
@@ -54,7 +54,9 @@ DEFAULTS: dict[str, Any] = {
     "evaluate": {k: v for k, v in coreset_pipeline.DEFAULTS["evaluate"].items() if k != "enabled"},
     "srrw": {"coreset": "ccs-el2n-cb-keep0.3", "baseline": "random-keep0.3", "graph": "barabasi_albert",
              "agents": 100, "m": 2, "alphas": [0.0, 10.0], "steps": 30000, "a": 0.8, "b": 0.9, "lr": 2.0,
-             "lam": 0.01, "binarize": 5, "partitions": 2, "record_every": 1000, "seed": 0},
+             "lam": 0.01, "binarize": 5, "partitions": 2, "record_every": 1000, "seed": 0,
+             # a partitioned walk of this many tokens sharing `steps` hops, to show tokens crossing actors (0: none)
+             "crossing_tokens": 16},
 }
 INDEX_KEYS = ("M", "ef_construction", "ef", "k")
 
@@ -86,6 +88,17 @@ def walk_config(config: dict[str, Any], alpha: float) -> dict[str, Any]:
             **{k: walk[k] for k in ("a", "b", "lr", "steps", "partitions", "record_every", "seed")}}
 
 
+def crossing_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The srrw pipeline's config for the demo's partitioned walk: `crossing_tokens` tokens at the largest alpha
+    sharing the walk's hops, the agents partitioned (never replicated) with no ghost agents, so every step
+    across the cut is a hand-off between walker actors."""
+    walk = config["srrw"]
+    tokens = walk["crossing_tokens"]
+    steps = max(1, walk["steps"] // max(tokens, 1))
+    return {**walk_config(config, max(walk["alphas"])), "tokens": max(tokens, 1), "steps": steps, "halo": 0,
+            "replicate": False, "checkpoint_every": 0, "record_every": steps}
+
+
 def validate(config: dict[str, Any]) -> None:
     """Each section through its own pipeline's checks (same messages), plus the demo's own keys."""
     index_pipeline.validate(index_config(config))
@@ -94,6 +107,10 @@ def validate(config: dict[str, Any]) -> None:
     validate_.integer("srrw.agents", walk["agents"], 3)
     for alpha in validate_.alphas("srrw.alphas", walk["alphas"]):
         srrw_pipeline.validate(walk_config(config, alpha))
+    validate_.integer("srrw.crossing_tokens", walk["crossing_tokens"], 0)
+    if walk["crossing_tokens"] > walk["agents"]:
+        raise ConfigError(f"srrw.crossing_tokens must be at most srrw.agents ({walk['agents']}), got {walk['crossing_tokens']}")
+    srrw_pipeline.validate(crossing_config(config))
     idx = config["index"]
     validate_.positive_ints("index.sweep_shards", idx["sweep_shards"])
     validate_.positive_ints("index.sweep_ef", idx["sweep_ef"])
@@ -157,16 +174,32 @@ def srrw_test(out: Path, ingest: Path, walk: Path, *, test_fraction: float, spli
 
 
 def report(out: Path, summary: Path, sweep: Path, scores: Path, select: Path, evaluate: Path,
-           build: Path | None = None, ingest: Path | None = None, **walks: Path) -> dict[str, Any]:
+           build: Path | None = None, ingest: Path | None = None, crossing: Path | None = None,
+           **walks: Path) -> dict[str, Any]:
     """report.md and report.html (self-contained) with the figures; published into the run directory.
 
-    The union of the pipelines' reports: their shard-balance, memory and class-balance figures are added.
+    The union of the pipelines' reports: the partitioned walk's tokens crossing actors, the shard-balance,
+    memory and class-balance figures are added.
     """
-    extra = [*shard_sections(out, build)] if build is not None else []
+    extra, headline = [], {}
+    if crossing is not None:
+        metrics = read_manifest(crossing).get("metrics", {})
+        extra.append(crossing_section(out, read_table(crossing / "tokens.parquet"), metrics))
+        headline = {"tokens crossing actors (partitioned walk)": crossing_headline(metrics)}
+    extra += [*shard_sections(out, build)] if build is not None else []
     if ingest is not None:
         extra.append(balance_section(out, scores, select, read_label_map(ingest)))
     return write_demo_report(out, summary=summary, sweep=sweep, scores=scores, select=select, evaluate=evaluate,
-                             walks=walks, extra=extra)
+                             walks=walks, extra=extra, extra_headline=headline)
+
+
+def crossing_headline(metrics: dict[str, Any]) -> str:
+    """The partitioned walk in one line: its tokens, hand-offs, their rate and the bytes a crossing carried."""
+    if not metrics:
+        return "no walk metrics recorded"
+    return (f"{metrics.get('tokens', 0)} tokens, {int(metrics.get('handoffs', 0)):,} hand-offs "
+            f"({metrics.get('handoffs_per_1000_hops', 0):g} per 1,000 hops, "
+            f"{metrics.get('bytes_per_crossing', 0):,.0f} bytes per crossing)")
 
 
 def summarise_stage(out: Path, ingest: Path) -> dict[str, Any]:
@@ -194,9 +227,10 @@ def build(config: dict[str, Any]) -> Pipeline:
         "queries": idx["queries"], "M": idx["M"], "ef_construction": idx["ef_construction"], "seed": 0})
     coreset_pipeline.add_coreset_stages(p, coreset_config(config), graph="knn_graph")
     walks = _add_walks(p, config, split)
+    crossing = _add_crossing_walk(p, config)
     p.stage("report", report, num_cpus=0, inputs={
         "summary": "summarise", "sweep": "index_sweep", "scores": "score", "select": "select", "evaluate": "evaluate",
-        "build": "build", "ingest": "ingest", **walks})
+        "build": "build", "ingest": "ingest", **crossing, **walks})
     return p
 
 
@@ -218,6 +252,15 @@ def _add_walks(p: Pipeline, config: dict[str, Any], split: dict[str, Any]) -> di
                     params={**split, "binarize": walk["binarize"], "lam": walk["lam"]})
             walks.update({f"{kind}_{tag}": f"{kind}_{tag}" for kind in ("curves", "test", "walk")})
     return walks
+
+
+def _add_crossing_walk(p: Pipeline, config: dict[str, Any]) -> dict[str, str]:
+    """The partitioned walk on the coreset's agents (only its walk stage: the report draws its crossings)."""
+    if not config["srrw"]["crossing_tokens"]:
+        return {}
+    srrw_pipeline.add_walk_stages(p, crossing_config(config), data="coreset_data", agents_name="coreset_agents",
+                                  partition_name="coreset_partition", walk_name="walk_crossing", curves_name=None)
+    return {"crossing": "walk_crossing"}
 
 
 def headline(report_dir: Path) -> dict[str, Any]:

@@ -337,6 +337,8 @@ def print_plan(plan: cm.Plan, cal: Calibration) -> None:
     console.print("layout: " + ", ".join(f"{k}={_fmt(v)}" for k, v in plan.layout.items() if not isinstance(v, dict)))
     for note in plan.notes:
         console.print(f"[dim]{note}[/]")
+    if plan.layout.get("layouts"):
+        console.print(layouts_table(plan.layout))
     memory = Table("node", "actors", "needs", f"may use (Ray memory − {cm.HEADROOM:.0%})", "fits", title="memory per node")
     for m in plan.memory[:8]:
         memory.add_row(str(m.node), str(m.actors), gib(m.need_bytes), gib(m.budget_bytes),
@@ -361,6 +363,23 @@ def print_plan(plan: cm.Plan, cal: Calibration) -> None:
     console.print(verdict)
     if plan.advice:
         console.print("change: " + ", or ".join(plan.advice))
+
+
+def layouts_table(layout: dict[str, Any]) -> Any:
+    """Both walker layouts side by side (the walk's seconds, hand-offs, a token's and an actor's bytes)."""
+    from rich.table import Table
+
+    table = Table("layout", "walk", "hand-offs / 1,000 hops", "shared entries", "bytes per token",
+                  "bytes per actor", "", title="walker layouts (shardwalk plan predicts both)")
+    chosen = "replicate" if layout.get("replicate") is True else "partitioned"
+    for name, cost in layout["layouts"].items():
+        note = "chosen" if name == chosen else ""
+        if name == "replicate" and not cost.get("data_fits", True):
+            note = (note + ", " if note else "") + "a copy per actor does not fit"
+        table.add_row(name, _duration(cost["walk_seconds"]), f"{1000 * cost['handoffs_per_hop']:.1f}",
+                      f"{cost.get('shared_entries', 0):,}", f"{cost.get('token_bytes', 0):,}",
+                      gib(cost["actor_bytes"]), note)
+    return table
 
 
 def _fmt(value: Any) -> str:

@@ -320,12 +320,16 @@ def add_placement_stages(p: Pipeline, config: dict[str, Any], *, data: str = "in
 
 
 def add_walk_stages(p: Pipeline, config: dict[str, Any], *, data: str = "ingest", agents_name: str = "agents",
-                    partition_name: str = "partition", walk_name: str = "walk", curves_name: str = "evaluate") -> None:
-    """Add `walk` (the tokens on walker actors) and its `evaluate` (curves against θ*) from a validated config."""
+                    partition_name: str = "partition", walk_name: str = "walk",
+                    curves_name: str | None = "evaluate") -> None:
+    """Add `walk` (the tokens on walker actors) and its `evaluate` (curves against θ*; none when `curves_name`
+    is None) from a validated config."""
     settings = {k: config[k] for k in WALK_KEYS}
     settings |= {"replicate": config["replicate"], "partitions": config["partitions"]}
     p.stage(walk_name, walk_stage, inputs={"ingest": data, "agents": agents_name, "partition": partition_name},
             num_cpus=0, params={"model": config["model"], "settings": settings, "seed": config["seed"]})
+    if curves_name is None:
+        return
     p.stage(curves_name, evaluate, inputs={"ingest": data, "agents": agents_name, "walk": walk_name}, version="3",
             params={"model": config["model"], "standardize": config["standardize"]})
 

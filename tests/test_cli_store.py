@@ -72,7 +72,7 @@ def test_demo_on_s3_every_artifact_in_the_bucket(ray_local: None, s3_bucket: str
     runs = f"{s3_bucket}/shardwalk"
     first, _ = _run_twice_on_s3("demo", [a for s in SMALL for a in ("--set", s)], runs, work, capsys)
     report = store.read_bytes(f"{runs}/runs/{first['run_id']}/report.html")
-    assert report is not None and report.count(b"data:image/png;base64,") >= 5  # the demo report embeds 8 today
+    assert report is not None and report.count(b"data:image/png;base64,") >= 5  # the demo report embeds 9 today
     _query(first["stages"]["build"]["output"], tmp_path)
 
 

@@ -113,7 +113,7 @@ def test_walk_hop_rate_from_compute_cut_handoffs_and_latency() -> None:
     assert cm.handoffs_per_hop(job) == pytest.approx(0.01)
     plan = cm.plan_srrw(job, cluster(1, cpus=2), CAL)
     hop = 2e-5 + 1e-8 * 20 * 40
-    per_hop = hop + 0.01 * 2e-3
+    per_hop = hop + 0.01 * 2e-3 * cm.BATCHED_HANDOFF_SHARE  # 8 tokens per actor would share a call; the floor wins
     assert plan.layout["seconds_per_hop"] == pytest.approx(per_hop)
     assert stage(plan, "walk").seconds == pytest.approx(0.25 + 2.5 + 16 * 10_000 * per_hop / 2 + 16 * 2000 * 8 * 2 / 1e9)
     alone = cm.plan_srrw(dataclasses.replace(job, partitions=1), cluster(1, cpus=2), CAL)
@@ -212,3 +212,27 @@ def test_k_means_routing_asks_nprobe_shards_instead_of_all() -> None:
                          for p in (0, 1))
     assert "× 4 shards" in broadcast.work and "× 1 shards" in routed.work
     assert routed.seconds < broadcast.seconds / 2
+
+
+def test_plan_predicts_both_layouts_with_the_two_actor_baseline_in_a_tokens_bytes() -> None:
+    job = cm.WalkJob(agents=2000, edges=16_000, rows=40_000, dim=40, tokens=256, steps=1000, partitions=2, halo=3,
+                     cut_fraction=0.02)
+    both = cm.plan_srrw(job, cluster(1, cpus=2), CAL).layout["layouts"]
+    part, rep = both["partitioned"], both["replicate"]
+    # two views of (1 + 0.1·(halo + 1)) / 2 of the agents overlap on 0.4 of them (measured at halo 3: 792 of 2,000)
+    assert part["shared_entries"] == 800 and rep["shared_entries"] == 0
+    view = int(0.7 * 2000)
+    assert part["token_bytes"] == 8 * (view + 800 + cm.TOKEN_STREAM_WORDS + 3 * 40)  # + 8 bytes per shared entry
+    assert rep["token_bytes"] == 8 * (2000 + cm.TOKEN_STREAM_WORDS + 3 * 40)
+    assert part["actor_bytes"] - rep["actor_bytes"] == 256 * (part["token_bytes"] - rep["token_bytes"]) + int(
+        8 * 40_000 * 40 * (min(1.0, 1.3 / 2) - 1.0))
+    three = cm.plan_srrw(dataclasses.replace(job, partitions=3), cluster(1, cpus=3), CAL).layout["layouts"]
+    assert three["partitioned"]["token_bytes"] == 8 * (int(1.4 / 3 * 2000) + cm.TOKEN_STREAM_WORDS + 3 * 40)  # no baseline
+
+
+def test_a_batched_hand_off_costs_a_share_of_a_call_never_below_the_measured_floor() -> None:
+    job = cm.WalkJob(agents=2000, edges=16_000, rows=40_000, dim=40, tokens=1, partitions=2, replicate=False)
+    assert cm.handoff_seconds(job, CONSTANTS) == 2e-3  # one token: every hand-off is a call of its own
+    assert cm.handoff_seconds(dataclasses.replace(job, tokens=8), CONSTANTS) == pytest.approx(2e-3 / 4)
+    many = dataclasses.replace(job, tokens=256)
+    assert cm.handoff_seconds(many, CONSTANTS) == pytest.approx(2e-3 * cm.BATCHED_HANDOFF_SHARE)

@@ -26,13 +26,16 @@ def test_demo_runs_end_to_end_and_reruns_from_cache(ray_local, tmp_path, capsys)
     assert main(args) == 0
     first = capsys.readouterr().out
     run_dir = Path(re.search(r"^report: (\S+report\.html)$", first, re.M).group(1)).parent
-    assert embedded_pngs(run_dir / "report.html") == 8  # every figure embedded: the page stands alone
+    assert embedded_pngs(run_dir / "report.html") == 9  # every figure embedded: the page stands alone
     for figure in ("index_sweep", "score_histogram", "accuracy_vs_keep", "srrw_curves", "srrw_visits",
-                   "shard_balance", "index_memory", "class_balance"):
+                   "shard_balance", "index_memory", "class_balance", "srrw_tokens"):
         assert (run_dir / f"{figure}.png").stat().st_size > 10_000
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "succeeded"
     headline = record["stages"]["report"]["metrics"]
+    crossing = record["stages"]["walk_crossing"]["metrics"]
+    assert crossing["layout"] == "partitioned" and crossing["handoffs"] > 0
+    assert "tokens crossing actors (partitioned walk)" in headline
     assert 0.9 <= headline["index recall@10 (ef=64)"] <= 1.0
     assert 0.5 < headline["full-data accuracy"] <= 1.0
     errors = {k: v for k, v in headline.items() if k.startswith("SRRW")}

@@ -81,7 +81,7 @@ def test_auto_layout_replicates_when_the_data_fits_and_partitions_when_not(ray_l
     _assert_same(fits, ref)
     assert fits.stats["replicated"] == 1.0 and fits.stats["handoffs"] == 0 and fits.stats["partitions"] == 2
     monkeypatch.setattr(walker, "cluster_nodes", lambda: [Node(2, 4 * obj.data_bytes)])  # a copy each > 1/4
-    monkeypatch.setattr(walker, "walk_tokens_fit", lambda *args: None)  # tiny node: tokens checked elsewhere
+    monkeypatch.setattr(walker, "check_tokens_fit", lambda *args: None)  # tiny node: tokens checked elsewhere
     split = run_distributed_sa_srrw(obj, LES, partitions=2, **kw)
     _assert_same(split, ref)
     assert split.stats["replicated"] == 0.0 and split.stats["handoffs"] > 0

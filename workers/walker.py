@@ -37,7 +37,6 @@ import ray
 
 from shardwalk.core import progress
 from shardwalk.core.errors import ConfigError, ShardwalkError
-from shardwalk.core.plan.sizing import walk_token_bytes, walk_tokens_fit
 from shardwalk.core.srrw import SRRW, SAResult, Token, WalkerLayout, WalkSpec, bind, halo_mask, walk_partition
 from shardwalk.core.srrw.agents import check_parts, cut_edge_fraction
 from shardwalk.core.srrw.block_loader import BlockLoader
@@ -52,9 +51,9 @@ from shardwalk.core.srrw.kernel import (
     warm_up,
 )
 from shardwalk.core.srrw.partition import choose_halo
-from shardwalk.core.srrw.shard import MeasureShard, gather, shared_agents, views
+from shardwalk.core.srrw.shard import MeasureShard, check_tokens_fit, gather, shared_agents, views
 from shardwalk.core.srrw.spec import RUN_OPTIONS, record_differences, resume_record, split_settings
-from shardwalk.core.srrw.token import RNG_WORDS, TokenBatch, spec_tokens
+from shardwalk.core.srrw.token import TokenBatch, spec_tokens
 from shardwalk.core.srrw.token_store import checkpoint_hint, load_token, save_token
 from shardwalk.core.storage import store
 from shardwalk.core.storage.store import read_json_sealed, write_json_sealed
@@ -126,7 +125,8 @@ class WalkPartition:
         self.outbox_since: dict[int, float] = {}
         self.counts = {"steps_walked": 0, "chunks": 0, "calls_out": 0, "tokens_out": 0, "calls_in": 0,
                        "bytes_sampled": 0, "tokens_sampled": 0, "tokens_per_call": 0}
-        self.kernel_cpu = self.idle = 0.0
+        self.kernel_cpu = self.admit_cpu = self.idle = 0.0
+        self.idle_at_first_done: float | None = None  # idle seconds before this actor finished its first token
         self.cpu_start = time.process_time()
 
     async def connect(self, peers: list[Any], measures: np.ndarray | None = None) -> int:
@@ -149,7 +149,9 @@ class WalkPartition:
         """Walk while tokens are resident (yielding between kernel calls); sleep until a hand-off arrives."""
         while True:
             if self.inbox or self.readmit:
+                cpu = time.thread_time()
                 self._admit()
+                self.admit_cpu += time.thread_time() - cpu
             if not len(self.resident):
                 self._flush(everything=True)
                 self.wake.clear()
@@ -238,7 +240,12 @@ class WalkPartition:
         if status == CHECKPOINT:
             self.inbox.append(stopped.select(np.array([i])))
         else:
+            self._delivered()
             self.sink.deliver.remote(tok.key, tok if status == DONE else None, error)
+
+    def _delivered(self) -> None:
+        if self.idle_at_first_done is None:
+            self.idle_at_first_done = self.idle
 
     async def _save_whole(self, one: TokenBatch, status: str) -> None:
         """Checkpoint (or finish) a token whose measure is sharded: the entries only other actors hold are
@@ -259,6 +266,7 @@ class WalkPartition:
             self.readmit.append(one)
             self.wake.set()
         else:
+            self._delivered()
             self.sink.deliver.remote(key, tok if status == DONE else None, error)
 
     async def exclusive_of(self, keys: list[int]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
@@ -288,11 +296,13 @@ class WalkPartition:
         return None if self.shard is None else self.shard.exclusive_entries()
 
     async def stats(self) -> dict[str, float]:
-        """Counts and CPU seconds: the process's (Ray's threads included) and the walking thread's (kernel
-        calls and the dispatch of their exits)."""
+        """Counts and CPU seconds: the process's (Ray's threads included), the walking thread's (kernel
+        calls and the dispatch of their exits; arrivals joining) and the seconds with no token resident (in
+        all, and before the first token finished here: the rest is the walk's tail)."""
         return {"agents": float(self.ctx.owned.sum()), **{k: float(v) for k, v in self.counts.items()},
                 "cpu_seconds": time.process_time() - self.cpu_start, "kernel_cpu_seconds": self.kernel_cpu,
-                "idle_seconds": self.idle}
+                "admit_cpu_seconds": self.admit_cpu, "idle_seconds": self.idle,
+                "idle_before_first_done_seconds": self.idle if self.idle_at_first_done is None else self.idle_at_first_done}
 
 
 def _meta_path(directory: str, name: str = RUN_META) -> Any:
@@ -360,23 +370,6 @@ def _owner_map(chain: SRRW, graph: nx.Graph, spec: WalkSpec, layout: WalkerLayou
     return np.asarray([parts[int(v)] for v in chain.nodes], dtype=np.int64)
 
 
-def _check_tokens_fit(chain: SRRW, spec: WalkSpec, layout: WalkerLayout, owner: np.ndarray, data: int, dim: int) -> None:
-    """ConfigError naming how many tokens fit when the walker actors cannot hold `spec.tokens` of them."""
-    parts = int(owner.max()) + 1
-    empty = sorted(set(range(parts)) - set(owner.tolist()))
-    if empty:
-        raise ConfigError(f"partition(s) {empty} of {parts} have no agents; number the partitions 0..P-1 without gaps")
-    held = [halo_mask(chain, owner == p, layout.halo) for p in range(parts)]
-    entries = chain.num_nodes if layout.replicate else max(int(v.sum()) for v in views(chain, held))
-    actors = min(layout.partitions, spec.tokens) if layout.replicate else parts
-    share = data if layout.replicate else int(data * max(float(h.mean()) for h in held))
-    per_token = walk_token_bytes(entries, dim, RNG_WORDS)  # no uniforms are pre-drawn: a stream is RNG_WORDS words
-    fit = walk_tokens_fit(per_token, share, actors, cluster_nodes())
-    if fit is not None and spec.tokens > fit:
-        raise ConfigError(f"tokens={spec.tokens} do not fit the walker actors' memory: each token takes "
-                          f"{per_token:,} bytes on an actor; at most {fit} tokens fit")
-
-
 def _start_actors(chain: SRRW, graph: nx.Graph, objective: Any, spec: WalkSpec, layout: WalkerLayout,
                   owner: np.ndarray, sink: Any, ckpt: str | None, actors: list[Any],
                   toks: list[Token]) -> np.ndarray | None:
@@ -439,7 +432,7 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
     if layout.halo == "auto":
         halo, halo_rates = (1, {}) if layout.replicate else choose_halo(chain, owner, seed=spec.seed)
         layout = dataclasses.replace(layout, halo=halo)
-    _check_tokens_fit(chain, spec, layout, owner, data, dim)
+    check_tokens_fit(chain, spec.tokens, layout, owner, data, dim, cluster_nodes())
     ckpt = str(rest["checkpoint_dir"]) if rest.get("checkpoint_dir") is not None else None
     toks = _initial_tokens(chain, dim, spec, ckpt, bool(rest.get("resume", False)))
     if ckpt:
@@ -486,7 +479,8 @@ def _result(results: list[tuple[Token | None, BaseException | None]], seconds: f
     stats = {"walk_seconds": seconds, "handoffs": float(sum(t.handoffs for t in done)), "partitions": float(len(busy)),
              "actor_cpu_seconds": total["cpu_seconds"], "actor_kernel_cpu_seconds": total["kernel_cpu_seconds"],
              "handoff_calls": total["calls_out"], "steps_walked": total["steps_walked"], "chunks": total["chunks"],
-             "actor_idle_seconds": total["idle_seconds"], "tokens_per_kernel_call": total["tokens_per_call"] / max(total["chunks"], 1.0),
+             "actor_idle_seconds": total["idle_seconds"], "actor_admit_cpu_seconds": total["admit_cpu_seconds"],
+             "actor_idle_before_first_done_seconds": total["idle_before_first_done_seconds"], "tokens_per_kernel_call": total["tokens_per_call"] / max(total["chunks"], 1.0),
              "replicated": float(layout.replicate)}
     steps = max(total["steps_walked"], 1.0)
     stats |= {"handoffs_per_1000_hops": 1000.0 * stats["handoffs"] / steps,

@@ -464,6 +464,17 @@ def handoffs_per_hop(job: WalkJob) -> float:
     return 0.0 if job.partitions == 1 or job.replicate is True else job.cut_fraction / (1 + _halo(job))
 
 
+BATCHED_HANDOFF_SHARE = 0.15  # actor seconds of a token's hand-off in a batched walk, as a share of one call's
+#                               (handoff_s): 256 tokens on the sized RGG, 2 actors, nogil kernel: ≈ 100-200 µs a hand-off
+#                               against a ≈ 1 ms call (benchmarks/results/srrw_rgg2000_256tokens_tokens3.json)
+
+
+def handoff_seconds(job: WalkJob, c: Constants) -> float:
+    """Actor seconds one hand-off costs: a call's (`handoff_s`) shared by the tokens a call carries (at best
+    each actor's tokens, tokens / partitions), never below BATCHED_HANDOFF_SHARE of a call (measured)."""
+    return c.handoff_s * max(BATCHED_HANDOFF_SHARE, min(1.0, job.partitions / max(job.tokens, 1)))
+
+
 AUTO_HALO = 2  # the depth a plan assumes for halo = "auto" (the sized RGG's pilot picks 2-3)
 
 
@@ -478,17 +489,29 @@ def _walk_cost(job: WalkJob, cluster: Cluster, c: Constants) -> dict[str, float]
     """One layout's (job.replicate True or False) hand-offs, seconds per hop, walk seconds and bytes per actor."""
     hop = c.hop_s + c.hop_s_per_feature * (job.rows / job.agents) * job.dim
     handoffs = handoffs_per_hop(job)
-    per_hop = hop + handoffs * c.handoff_s
+    per_hop = hop + handoffs * handoff_seconds(job, c)
     hops = job.tokens * job.steps
     par = min(job.partitions, job.tokens, cluster.cpus)
     walk = max(hops * per_hop / par, job.steps * per_hop)  # all hops spread, or one token's own path
     # own agents plus the halo's ghost copies, or all of them; a token's measure entries: all, or the actor's view
     held = 1.0 if job.replicate else min(1.0, (1 + 0.1 * _halo(job)) / job.partitions)
     view = 1.0 if job.replicate else min(1.0, (1 + 0.1 * (_halo(job) + 1)) / job.partitions)
-    token = sizing.walk_token_bytes(int(view * job.agents), job.dim, TOKEN_STREAM_WORDS)
+    shared = shared_entries(job)
+    baseline = shared if not job.replicate and job.partitions == 2 else 0  # MeasureShard.arrived: two actors only
+    token = sizing.walk_token_bytes(int(view * job.agents), job.dim, TOKEN_STREAM_WORDS, baseline)
     actor = c.worker_bytes + int(8 * job.rows * job.dim * held) + job.tokens * token
     return {"handoffs_per_hop": handoffs, "seconds_per_hop": per_hop, "walk_seconds": c.walk_start_s + walk,
-            "walking_at_once": par, "actor_bytes": actor}
+            "walking_at_once": par, "actor_bytes": actor, "token_bytes": token, "shared_entries": shared}
+
+
+def shared_entries(job: WalkJob) -> int:
+    """Visit-measure entries in two or more actors' views (they travel with a token): the views' overlap,
+    each view its part plus ≈ 10 % of the agents per ring (halo + 1; measured: 792 of 2,000 on the sized RGG at
+    halo 3, 0.4 predicted); none when replicated (a token carries its whole measure, kept by no other actor)."""
+    if job.replicate is True or job.partitions == 1:
+        return 0
+    view = min(1.0, (1 + 0.1 * (_halo(job) + 1)) / job.partitions)
+    return round(min(1.0, max(0.0, job.partitions * view - 1.0)) * job.agents)
 
 
 def plan_srrw(job: WalkJob, cluster: Cluster, cal: Calibration) -> Plan:

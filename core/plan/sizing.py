@@ -136,10 +136,11 @@ def replicate_fits(data_bytes: int, partitions: int, nodes: Sequence[Node],
     return all(per_node * data_bytes <= fraction * n.memory_bytes for n in holders)
 
 
-def walk_token_bytes(measure_entries: int, dim: int, uniforms: int) -> int:
-    """Bytes one token takes on a walker actor: its kept visit-measure entries, its pre-drawn uniforms and θ
-    (with θ̄ and a gradient's worth of room) while resident."""
-    return 8 * (measure_entries + uniforms + 3 * dim)
+def walk_token_bytes(measure_entries: int, dim: int, uniforms: int, baseline_entries: int = 0) -> int:
+    """Bytes one token takes on a walker actor: its kept visit-measure entries, its stream words (`uniforms`)
+    and θ (with θ̄ and a gradient's worth of room) while resident, plus `baseline_entries`: the shared entries
+    as the token arrived, which each actor of a two-actor partitioned walk keeps to send only what changed."""
+    return 8 * (measure_entries + baseline_entries + uniforms + 3 * dim)
 
 
 def walk_tokens_fit(token_bytes: int, data_bytes: int, actors: int, nodes: Sequence[Node],

@@ -190,7 +190,7 @@ def _next_agent(b, u, j, prev, logy, nbr, log_base, cdf, total, deg, adj, adj_de
     return nbr[j, min(k, m - 1)]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # Ray's threads in the actor's process take arrivals while it walks
 def walk_tokens(theta, bar, logy, node, prev, n, arrived, rng, status, budget, call_hops, first,
                 nbr, log_base, cdf, total, deg, adj, adj_deg, slot, xh, ky, inv_m, rows,
                 gw, add_t, beta_t, alpha, base, lam, max_sq, project, polyak, stop, owned, every, rec):

@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 
 from shardwalk.core.errors import ConfigError
+from shardwalk.core.plan.sizing import Node, walk_token_bytes, walk_tokens_fit
 from shardwalk.core.srrw.chain import SRRW
 from shardwalk.core.srrw.partition import halo_mask
-from shardwalk.core.srrw.token import Token
+from shardwalk.core.srrw.spec import WalkerLayout
+from shardwalk.core.srrw.token import RNG_WORDS, Token
 
 
 def views(chain: SRRW, held: list[np.ndarray]) -> list[np.ndarray]:
@@ -128,6 +130,36 @@ class MeasureShard:
         if away:
             raise ValueError(f"token {away[0]}'s measure entries are not kept here (the token is resident or unknown)")
         return self.exclusive, {key: self.kept[key, pos] for key in keys}
+
+
+def token_bytes_on_actor(chain: SRRW, layout: WalkerLayout, owner: np.ndarray, dim: int) -> int:
+    """Bytes one token takes on the walker actor with the largest view (`walk_token_bytes`): all agents'
+    entries when replicated; partitioned, the view's entries, plus with exactly two actors the shared entries
+    as the token arrived (`MeasureShard.arrived`). A stream is RNG_WORDS words: no uniforms are pre-drawn."""
+    if layout.replicate:
+        return walk_token_bytes(chain.num_nodes, dim, RNG_WORDS)
+    parts = int(owner.max()) + 1
+    seen = views(chain, [halo_mask(chain, owner == p, layout.halo) for p in range(parts)])
+    baseline = len(shared_agents(seen)) if parts == 2 else 0
+    return walk_token_bytes(max(int(v.sum()) for v in seen), dim, RNG_WORDS, baseline)
+
+
+def check_tokens_fit(chain: SRRW, tokens: int, layout: WalkerLayout, owner: np.ndarray, data_bytes: int, dim: int,
+                     nodes: list[Node]) -> None:
+    """ConfigError when a partition has no agents, or naming how many tokens fit when the walker actors on
+    `nodes` cannot hold `tokens` of them (every token may gather on one actor, beside its share of the data)."""
+    parts = int(owner.max()) + 1
+    empty = sorted(set(range(parts)) - set(np.asarray(owner).tolist()))
+    if empty:
+        raise ConfigError(f"partition(s) {empty} of {parts} have no agents; number the partitions 0..P-1 without gaps")
+    held = [halo_mask(chain, owner == p, layout.halo) for p in range(parts)]
+    actors = min(layout.partitions, tokens) if layout.replicate else parts
+    share = data_bytes if layout.replicate else int(data_bytes * max(float(h.mean()) for h in held))
+    per_token = token_bytes_on_actor(chain, layout, owner, dim)
+    fit = walk_tokens_fit(per_token, share, actors, nodes)
+    if fit is not None and tokens > fit:
+        raise ConfigError(f"tokens={tokens} do not fit the walker actors' memory: each token takes "
+                          f"{per_token:,} bytes on an actor; at most {fit} tokens fit")
 
 
 def gather(tok: Token, shared: np.ndarray, parts: list[tuple[np.ndarray, dict[int, np.ndarray]]]) -> None:

@@ -227,7 +227,8 @@ def _srrw_sections(out: Path, walks: Mapping[str, Path]) -> tuple[list[Section],
 
 
 def write_demo_report(out: Path, *, summary: Path, sweep: Path, scores: Path, select: Path, evaluate: Path,
-                      walks: Mapping[str, Path], extra: Sequence[Section] = ()) -> dict[str, Any]:
+                      walks: Mapping[str, Path], extra: Sequence[Section] = (),
+                      extra_headline: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Build every figure from the committed stage outputs and write the report files."""
     info = json.loads((summary / "summary.json").read_text())
     sweep_section, h_index = _sweep_section(out, sweep)
@@ -236,7 +237,7 @@ def write_demo_report(out: Path, *, summary: Path, sweep: Path, scores: Path, se
     ccs = sorted((n for n in selection if n.startswith("ccs") and n.endswith("keep0.3")), key=lambda n: "el2n-cb" not in n)
     chosen = (ccs or sorted(selection))[0]
     srrw_sections, h_srrw = _srrw_sections(out, walks)
-    headline = {**h_index, **h_acc, **h_srrw}
+    headline = {**h_index, **h_acc, **h_srrw, **(extra_headline or {})}
     headline_rows = [{"measure": k, "value": v} for k, v in headline.items()]
     warned = warnings_section(seed_verdict(evaluate), scores)
     sections = [
