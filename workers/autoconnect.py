@@ -143,6 +143,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[
                                           f"{_token_hint(address)}") from None
     else:
         check_loopback_node()
+        # Ray starts its workers at niceness 15, so shard actors yield their CPUs to any other process; in the
+        # embedded instance they are the user's own job and run at the driver's priority (export it to keep 15).
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(
             address="local",  # always a fresh embedded instance, even if `ray start` ran on this machine
             num_cpus=num_cpus or os.cpu_count(),

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from shardwalk.core.data.schema import KNN_GRAPH_SCHEMA
-from shardwalk.core.index.hnsw import empty_result, merge_results
+from shardwalk.core.index.hnsw import PAD_ID, empty_result, merge_results
 
 
 def pad_to_k(ids: np.ndarray, dists: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,15 +48,42 @@ def merge_batches(
     answered stays padding.
     """
     ids, dists = empty_result(q, k)
-    per_batch: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for start, stop, rows, (answer_ids, answer_dists) in answered:
-        pi, pd = empty_result(stop - start, k)
-        pi[rows], pd[rows] = answer_ids, answer_dists
-        per_batch.setdefault(start, []).append((pi, pd))
-    for start, parts in per_batch.items():
-        mi, md = merge_results(parts, k)
+    per_batch: dict[int, list[tuple[int, np.ndarray, tuple[np.ndarray, np.ndarray]]]] = {}
+    for start, stop, rows, answer in answered:
+        per_batch.setdefault(start, []).append((stop, rows, answer))
+    for start, got in per_batch.items():
+        stop, rows, answer = got[0]
+        if len(got) == 1 and len(rows) == stop - start and answer[0].shape == (len(rows), k):
+            mi, md = in_order(*answer)  # one shard answered every row: nothing to merge (most searches)
+        else:
+            parts = []
+            for stop, rows, (answer_ids, answer_dists) in got:
+                pi, pd = empty_result(stop - start, k)
+                pi[rows], pd[rows] = answer_ids, answer_dists
+                parts.append((pi, pd))
+            mi, md = merge_results(parts, k)
         ids[start : start + len(mi)], dists[start : start + len(mi)] = mi, md
     return ids, dists
+
+
+def in_order(ids: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One shard's answer as `merge_results([answer], k)` gives it, sorting only the rows that need it.
+
+    hnswlib returns each row by ascending distance with padding last, so a row needs work only where two
+    distances tie (ids then ascending) or it is out of order; those rows alone go through merge_results. A
+    shard's answer never lists an id twice in a row (hnswlib labels and exact search over unique ids), which
+    is the case where merge_results would drop more than padding.
+    """
+    ids, dists = np.asarray(ids, np.int64), np.asarray(dists, np.float32)
+    finite = np.isfinite(dists)
+    ok = (dists[:, 1:] > dists[:, :-1]) | ~finite[:, 1:]  # strictly ascending up to the padding
+    ok &= finite[:, :-1] | ~finite[:, 1:]  # padding only at the end
+    bad = np.flatnonzero(~ok.all(axis=1))
+    out_ids = np.where(finite, ids, np.int64(PAD_ID))
+    out_d = np.where(finite, dists, np.float32(np.inf))
+    if bad.size:
+        out_ids[bad], out_d[bad] = merge_results([(ids[bad], dists[bad])], ids.shape[1])
+    return out_ids, out_d
 
 
 def knn_graph_table(ids: Any, nbrs: np.ndarray, dists: np.ndarray) -> pa.Table:
