@@ -132,6 +132,16 @@ def test_one_shard_answer_is_taken_in_order_as_a_merge_would_give_it() -> None:
     assert (whole[0][40:] == -1).all()
 
 
+def test_answers_travel_with_narrow_ids_only_when_every_id_fits() -> None:
+    dists = np.zeros((2, 2), np.float32)
+    small = hnsw_results.narrow_ids(np.array([[-1, 5], [2**31 - 1, -(2**31)]], np.int64), dists)[0]
+    assert small.dtype == np.int32 and small[1, 0] == 2**31 - 1 and small[0, 0] == -1
+    wide = hnsw_results.narrow_ids(np.array([[2**31, 5], [1, 2]], np.int64), dists)[0]
+    assert wide.dtype == np.int64 and wide[0, 0] == 2**31
+    merged = hnsw_results.merge_batches(2, 2, [(0, 2, np.arange(2), (small, dists))])[0]
+    assert merged.dtype == np.int64
+
+
 def test_search_batch_gives_each_replica_one_share_unless_told() -> None:
     assert hnsw.search_batch(10_000, 1) == 10_000
     assert hnsw.search_batch(10_000, 3) == 3334

@@ -29,6 +29,17 @@ def labels_as_ids(labels: np.ndarray, dists: np.ndarray, k: int) -> tuple[np.nda
     return pad_to_k(np.asarray(labels, np.uint64).view(np.int64), np.asarray(dists, np.float32), k)
 
 
+def narrow_ids(ids: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A shard's answer with int32 ids when every id fits (the merges widen them back to int64).
+
+    Ray returns a result under 100 KB inline with its reply instead of through the object store: at k = 10
+    that holds 1,000-query answers with int32 ids (80 KB) but not with int64 ones (120 KB); ~1 ms a call.
+    """
+    if ids.size and np.iinfo(np.int32).min <= ids.min() and ids.max() <= np.iinfo(np.int32).max:
+        return ids.astype(np.int32), dists
+    return ids, dists
+
+
 def concat_pieces(pieces: Sequence[tuple[np.ndarray, np.ndarray]], dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Routed (ids, vectors) pieces as one (ids, float32 (n, dim)); a single piece stays a zero-copy view."""
     parts = [p for p in pieces if len(p[0])]
