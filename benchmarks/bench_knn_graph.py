@@ -41,7 +41,7 @@ K, GRAPH_K = 10, 11
 SEARCH_EFS = (40, 160)
 SEARCH_BATCHES = (1_000, 10_000)
 NICENESS = "RAY_worker_niceness"  # Ray's setting (its default 15; the embedded Ray of shardwalk 0)
-SEARCH_REPS = 7  # interleaved calls per side and setting (the median is kept)
+SEARCH_CALL_ROWS = 21_000  # queries per side and setting, as interleaved calls of one batch (at least 7; the median is kept)
 LEVERS = [  # (name, settings changed from the defaults)
     ("partition_rows=1024", {"partition_rows": 1024}), ("partition_rows=4096", {"partition_rows": 4096}),
     ("overlap=1", {"overlap": 1}), ("overlap=3", {"overlap": 3}),
@@ -151,7 +151,7 @@ def shardwalk_job(spec: dict[str, Any]) -> dict[str, Any]:
 
 def search_job(spec: dict[str, Any]) -> dict[str, Any]:
     """`ShardedIndex.search` (an index built with defaults, not timed) beside hnswlib's `knn_query` on the same
-    graph (its saved shard loaded in this process, THREADS threads), calls interleaved SEARCH_REPS times so
+    graph (its saved shard loaded in this process, THREADS threads), calls interleaved (21 of 1,000 rows, 7 of 10,000) so
     both sides see the same machine; the median call of each side. Lever: the old fixed 4,096-row batches."""
     import hnswlib
 
@@ -185,7 +185,7 @@ def search_job(spec: dict[str, Any]) -> dict[str, Any]:
                 sides = [("hnswlib", partial(ref.knn_query, qq, k=K, num_threads=THREADS)),
                          ("shardwalk", partial(index.search, qq, k=K, ef=ef)),
                          ("shardwalk_batch4096", partial(index.search, qq, k=K, ef=ef, batch_size=4096))]
-                for rep in range(SEARCH_REPS):
+                for rep in range(max(7, SEARCH_CALL_ROWS // batch)):
                     for side, fn in sides[::-1] if rep % 2 else sides:
                         got = timed(key, side, fn)
                         if rep == 0 and batch == SEARCH_BATCHES[0] and side != "shardwalk_batch4096":
