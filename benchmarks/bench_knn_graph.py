@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ THREADS = 2
 K, GRAPH_K = 10, 11
 SEARCH_EFS = (40, 160)
 SEARCH_BATCHES = (1_000, 10_000)
+NICENESS = "RAY_worker_niceness"  # Ray's setting (its default 15; the embedded Ray of shardwalk 0)
+SEARCH_CALL_ROWS = 21_000  # queries per side and setting, as interleaved calls of one batch (at least 7; the median is kept)
 LEVERS = [  # (name, settings changed from the defaults)
     ("partition_rows=1024", {"partition_rows": 1024}), ("partition_rows=4096", {"partition_rows": 4096}),
     ("overlap=1", {"overlap": 1}), ("overlap=3", {"overlap": 3}),
@@ -147,22 +150,49 @@ def shardwalk_job(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def search_job(spec: dict[str, Any]) -> dict[str, Any]:
-    """`ShardedIndex.search` QPS (an index built with defaults, not timed) on hnswlib's batches."""
+    """`ShardedIndex.search` (an index built with defaults, not timed) beside hnswlib's `knn_query` on the same
+    graph (its saved shard loaded in this process, THREADS threads), calls interleaved (21 of 1,000 rows, 7 of 10,000) so
+    both sides see the same machine; the median call of each side. Lever: the old fixed 4,096-row batches."""
+    import hnswlib
+
     from shardwalk.pipelines.runtime import connect
     from shardwalk.workers.sharded_index import ShardedIndex
 
     connect(num_cpus=THREADS)
     work = Path(spec["work"])
     _, q = load_vectors(work / "queries.parquet")
-    qps = {}
+    truth = np.load(work / "search_truth.npy")
+    calls: dict[str, dict[str, list[float]]] = {}
+    recall_at_10: dict[str, float] = {}
+
+    def timed(key: str, side: str, fn: Any) -> Any:
+        started = time.perf_counter()
+        out = fn()
+        calls.setdefault(key, {}).setdefault(side, []).append(time.perf_counter() - started)
+        return out
+
     with ShardedIndex.build(str(work / "base")) as index:
+        saved = index.save(work / "search-index")
+        ref = hnswlib.Index(space="l2", dim=q.shape[1])
+        ref.load_index(str(Path(saved) / "shard-00000.bin"))  # defaults at this size: one shard
+        ref.set_num_threads(THREADS)
         index.search(q[:100], k=K, ef=64)  # warm-up
         for ef in SEARCH_EFS:
+            ref.set_ef(ef)
             for batch in SEARCH_BATCHES:
-                started = time.perf_counter()
-                index.search(q[:batch], k=K, ef=ef, batch_size=batch)
-                qps[f"batch{batch}_ef{ef}"] = batch / (time.perf_counter() - started)
-    return {"search_qps": qps}
+                key = f"batch{batch}_ef{ef}"
+                qq = q[:batch]
+                sides = [("hnswlib", partial(ref.knn_query, qq, k=K, num_threads=THREADS)),
+                         ("shardwalk", partial(index.search, qq, k=K, ef=ef)),
+                         ("shardwalk_batch4096", partial(index.search, qq, k=K, ef=ef, batch_size=4096))]
+                for rep in range(max(7, SEARCH_CALL_ROWS // batch)):
+                    for side, fn in sides[::-1] if rep % 2 else sides:
+                        got = timed(key, side, fn)
+                        if rep == 0 and batch == SEARCH_BATCHES[0] and side != "shardwalk_batch4096":
+                            recall_at_10[f"{side}_ef{ef}"] = recall(np.asarray(got[0], np.int64)[:len(truth)], truth)
+    median = {key: {side: float(np.median(ts)) for side, ts in sides.items()} for key, sides in calls.items()}
+    return {"calls_seconds": calls, "median_seconds": median, "recall_at_10": recall_at_10,
+            "threads": index.threads, "worker_niceness": os.environ.get(NICENESS, "0 (shardwalk's default)")}
 
 
 JOBS = {"hnswlib": hnswlib_job, "pynndescent": pynndescent_job, "shardwalk": shardwalk_job, "search": search_job}
@@ -180,6 +210,8 @@ def prepare(work: Path, n: int, dim: int, queries: int, graph_sample: int) -> No
     keep = truth != sample[:, None]
     keep[keep.all(1), -1] = False
     np.save(work / "graph_truth.npy", truth[keep].reshape(len(sample), GRAPH_K - 1))
+    _, q = load_vectors(work / "queries.parquet")
+    np.save(work / "search_truth.npy", exact_knn(work / "base", q[:SEARCH_BATCHES[0]], K))
 
 
 def shardwalk_run(work: Path) -> dict[str, Any]:
@@ -215,14 +247,26 @@ def summarise(hn: dict[str, Any], nnd: dict[str, Any], sw: dict[str, Any], idle:
         "peak_memory_ratio_vs_pynndescent": (sw["peak_pss_bytes"] - idle) / nnd["peak_pss_bytes"],
         "strong_scaling_2_vs_1_actor": scaling["1_actor"]["seconds"] / scaling["2_actors"]["seconds"],
     }
-    if search is not None:
-        out["search_qps_ratio_vs_hnswlib"] = {key: search["search_qps"][key] / hn["search_qps"][key]
-                                              for key in hn["search_qps"]}
+    out.update(search_summary(search))
     return out
 
 
-def _job(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    run = run_sampled(_py("--job", name, json.dumps(spec)))
+def search_summary(search: dict[str, Any] | None) -> dict[str, Any]:
+    """QPS ratios from the interleaved medians: hnswlib seconds / shardwalk seconds, per batch and ef."""
+    if search is None:
+        return {}
+    med = search["median_seconds"]
+    out = {"search_qps_ratio_vs_hnswlib": {key: m["hnswlib"] / m["shardwalk"] for key, m in med.items()},
+           "search_recall_at_10": search["recall_at_10"]}
+    out["search_levers"] = {"batch_size=4096 (before)": {key: m["hnswlib"] / m["shardwalk_batch4096"] for key, m in med.items()}}
+    if "nice15" in search:
+        out["search_levers"]["worker_niceness=15 (Ray's default, before)"] = {
+            key: m["hnswlib"] / m["shardwalk"] for key, m in search["nice15"]["median_seconds"].items()}
+    return out
+
+
+def _job(name: str, spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+    run = run_sampled(_py("--job", name, json.dumps(spec)), env=None if env is None else {**os.environ, **env})
     return {**json.loads(run["stdout"].strip().splitlines()[-1]), "peak_pss_bytes": run["peak_pss_bytes"],
             "wall_seconds": run["seconds"]}
 
@@ -235,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="100,000 rows")
     parser.add_argument("--no-levers", action="store_true", help="skip the one-lever-at-a-time runs")
     parser.add_argument("--no-search", action="store_true", help="skip the ShardedIndex.search QPS side")
+    parser.add_argument("--search-only", action="store_true", help="only the ShardedIndex.search QPS side")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--json", metavar="OUT.json")
     parser.add_argument("--job", nargs=2, help=argparse.SUPPRESS)
@@ -251,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generating {n} x {args.dim} + exact graph of {args.graph_sample} points ...", file=sys.stderr)
         prepare(work, n, args.dim, max(SEARCH_BATCHES), args.graph_sample)
         spec = {"work": str(work)}
+        if args.search_only:
+            search = _searches(spec)
+            result = {"n": n, "dim": args.dim, "threads": THREADS, "quick": args.quick, "k": K,
+                      "load_average_before": load_before, "load_average_after": os.getloadavg(), "search": search,
+                      **search_summary(search)}
+            return _write(args.json, result)
         print("hnswlib ...", file=sys.stderr)
         hn = _job("hnswlib", spec)
         print("pynndescent ...", file=sys.stderr)
@@ -261,21 +312,31 @@ def main(argv: list[str] | None = None) -> int:
         sw = shardwalk_run(work)
         print("shardwalk scaling and levers ...", file=sys.stderr)
         extra = _job("shardwalk", {**spec, "ingest": sw["ingest_dir"], "levers": not args.no_levers})
-        search = None
-        if not args.no_search:
-            print("ShardedIndex.search ...", file=sys.stderr)
-            search = _job("search", spec)
+        search = None if args.no_search else _searches(spec)
     result = {"n": n, "dim": args.dim, "threads": THREADS, "quick": args.quick, "k": K,
               "load_average_before": load_before, "load_average_after": os.getloadavg(),
               "hnswlib": hn, "pynndescent": nnd, "shardwalk": {**sw, **extra}, "search": search}
     result.update(summarise(hn, nnd, sw, idle, extra, search))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    return _write(args.json, result)
+
+
+def _searches(spec: dict[str, Any]) -> dict[str, Any]:
+    """The search side with shardwalk's defaults, then again with Ray's worker niceness (15) as a lever."""
+    print("ShardedIndex.search ...", file=sys.stderr)
+    search = _job("search", spec)
+    print("ShardedIndex.search, shard actors at Ray's niceness 15 ...", file=sys.stderr)
+    return {**search, "nice15": _job("search", spec, {NICENESS: "15"})}
+
+
+def _write(path: str, result: dict[str, Any]) -> int:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=1))
     for key in ("graph_recall_at_10", "graph_recall_at_10_hnswlib", "graph_recall_at_10_pynndescent", "graph_seconds",
                 "graph_seconds_ratio_vs_pynndescent", "graph_seconds_ratio_vs_hnswlib", "peak_memory_ratio_vs_pynndescent",
-                "strong_scaling_2_vs_1_actor", "search_qps_ratio_vs_hnswlib"):
-        print(f"{key:40s} {result.get(key)}")
-    print(f"wrote {args.json}", file=sys.stderr)
+                "strong_scaling_2_vs_1_actor", "search_qps_ratio_vs_hnswlib", "search_recall_at_10", "search_levers"):
+        if key in result:
+            print(f"{key:40s} {result[key]}")
+    print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

@@ -115,6 +115,41 @@ def test_merge_batches_places_each_shard_answer_and_merges_per_batch() -> None:
     assert np.isinf(dists[2]).all()
 
 
+def test_one_shard_answer_is_taken_in_order_as_a_merge_would_give_it() -> None:
+    """The single-answer fast path: ties ordered by id, out-of-order rows sorted, padding normalised."""
+    rng = np.random.default_rng(3)
+    ids = np.stack([rng.permutation(50)[:6] for _ in range(40)]).astype(np.int64)
+    dists = np.sort(rng.integers(0, 8, size=(40, 6)).astype(np.float32), axis=1)  # many ties
+    dists[5] = dists[5][::-1].copy()  # a row out of order
+    dists[7, 4:], ids[7, 4:] = np.inf, 3  # padding with a stray id
+    dists[9, 2] = np.nan  # a non-finite entry mid-row
+    got = hnsw_results.in_order(ids, dists)
+    want = hnsw.merge_results([(ids, dists)], 6)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    whole = hnsw_results.merge_batches(45, 6, [(0, 40, np.arange(40), (ids, dists))])
+    np.testing.assert_array_equal(whole[0][:40], want[0])
+    assert (whole[0][40:] == -1).all()
+
+
+def test_answers_travel_with_narrow_ids_only_when_every_id_fits() -> None:
+    dists = np.zeros((2, 2), np.float32)
+    small = hnsw_results.narrow_ids(np.array([[-1, 5], [2**31 - 1, -(2**31)]], np.int64), dists)[0]
+    assert small.dtype == np.int32 and small[1, 0] == 2**31 - 1 and small[0, 0] == -1
+    wide = hnsw_results.narrow_ids(np.array([[2**31, 5], [1, 2]], np.int64), dists)[0]
+    assert wide.dtype == np.int64 and wide[0, 0] == 2**31
+    merged = hnsw_results.merge_batches(2, 2, [(0, 2, np.arange(2), (small, dists))])[0]
+    assert merged.dtype == np.int64
+
+
+def test_search_batch_gives_each_replica_one_share_unless_told() -> None:
+    assert hnsw.search_batch(10_000, 1) == 10_000
+    assert hnsw.search_batch(10_000, 3) == 3334
+    assert hnsw.search_batch(10_000, 1, 4096) == 4096
+    assert hnsw.search_batch(10**6, 1) == hnsw.SEARCH_BATCH_MAX
+    assert hnsw.search_batch(1, 4) == 1
+
+
 def test_labels_padding_and_piece_concatenation() -> None:
     ids, dists = hnsw_results.labels_as_ids(np.array([[2, 3]], np.uint64), np.array([[0.5, 1.0]]), 4)
     np.testing.assert_array_equal(ids, [[2, 3, -1, -1]])

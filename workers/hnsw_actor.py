@@ -353,7 +353,10 @@ class LocalHnswShard:
     def search(
         self, queries: np.ndarray, k: int, ef: int, allow: np.ndarray | None = None, exact_threshold: int = EXACT_THRESHOLD
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(q, k) ids/dists from this shard; ef is set inside this call (actor calls are serial)."""
+        """(q, k) ids (int32 when they all fit) / dists from this shard; ef is set inside this call (actor calls are serial)."""
+        return hnsw_results.narrow_ids(*self._search(queries, k, ef, allow, exact_threshold))
+
+    def _search(self, queries: np.ndarray, k: int, ef: int, allow: np.ndarray | None, exact_threshold: int) -> tuple[np.ndarray, np.ndarray]:
         index = _need(self.index, "begin_build or load_from")
         queries = np.asarray(queries, np.float32)
         if allow is not None:

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from shardwalk.core import validate
 from shardwalk.core.data.schema import Columns, apply_columns, check_vector_columns, from_numpy
 from shardwalk.core.errors import ConfigError, DataError, ShardUnavailableError
 from shardwalk.core.index import hnsw, hnsw_results, index_store
@@ -380,21 +381,27 @@ class ShardedIndex:
         nprobe: int | None = DEFAULT_SEARCH.nprobe,
         allow_ids: Sequence[int] | np.ndarray | None = None,
         allow_partial: bool = False,
-        batch_size: int = 4096,
+        batch_size: int | None = None,
     ) -> SearchResult:
-        """k nearest neighbours of each query: (q, k) int64 ids and float32 distances, -1/+inf padded."""
+        """k nearest neighbours of each query: (q, k) int64 ids and float32 distances, -1/+inf padded.
+
+        `batch_size`: query rows per shard call; None (the default) sends each replica of a shard one share.
+        """
         q = index_search.as_query_array(queries, self.dim)
         spec = SearchSpec(k, ef, nprobe)  # the keywords, checked here once
+        if batch_size is not None:
+            validate.integer("batch_size", batch_size)
         return self.search_spec(q, spec, spec.probes(len(self), len(self.actors)), allow_ids, allow_partial, batch_size)
 
     def search_spec(
         self, q: np.ndarray, spec: SearchSpec, nprobe: int, allow_ids: Sequence[int] | np.ndarray | None = None,
-        allow_partial: bool = False, batch_size: int = 4096,
+        allow_partial: bool = False, batch_size: int | None = None,
     ) -> SearchResult:
         """`search` with checked settings: `q` a float32 (q, dim) array, `spec` fitted to this index (`nprobe`
         its `probes`). Nothing is checked again, so a stream's blocks are not re-validated one by one."""
         shards, k, ef = len(self.actors), spec.k, spec.ef
         allow_ref = None if allow_ids is None else ray.put(np.unique(np.asarray(allow_ids, np.int64)))
+        batch_size = hnsw.search_batch(len(q), len(self.actors[0]), batch_size)
         tasks = index_search.plan_tasks(q, index_search.shard_members(self.router, q, nprobe, shards), batch_size)
         calls = [index_search.ReplicaCall(t.shard, (t.payload, k, ef, allow_ref, self.exact_threshold), t.turn) for t in tasks]
         answers = self._call_replicas("search", calls, allow_partial)
