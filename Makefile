@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The CPU build of torch; installed first so the project's `torch>=2.2` range installs nothing more.
 # pip byte-compiles what it installs (~65 CPU-s): keep it. With --no-compile every process would compile its
-# imports again wherever PYTHONDONTWRITEBYTECODE is set (as on the CI machine type): the suite took 2x as long.
+# imports again wherever PYTHONDONTWRITEBYTECODE is set (as on this machine type): the suite took 2x as long.
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: demo test lint install bench clean
