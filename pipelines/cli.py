@@ -394,7 +394,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 def _absolute(path: str) -> str:
     """A local path made absolute here: Ray's workers resolve a relative one in their own folder, which on a joined
     cluster is where `ray start` ran."""
-    return path if "://" in str(path) else os.path.abspath(path)
+    return path if store.is_remote(path) else str(store.local_path(path))
 
 
 @contextlib.contextmanager
