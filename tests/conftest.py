@@ -35,6 +35,9 @@ GROUPS = {  # test id or module -> group
     "tests/test_scorer.py": "scorer",
     "tests/test_knn_graph.py": "knn_graph",
     "tests/test_query_stream.py": "query_stream",
+    # numba kernels compiled on first use (a fresh clone has no cache yet): compiled once, not once per worker
+    "tests/test_knn_partition.py": "numba_knn",
+    "tests/test_plan_sample.py": "numba_knn",
 }
 if _XDIST_WORKER:
     # Each worker's Ray gets its own object store: 10 % of the machine's memory each rather than Ray's 30 %.

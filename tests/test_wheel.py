@@ -91,7 +91,8 @@ def joined(installed: Installed) -> Iterator[Installed]:
     an embedded Ray. Explicit addresses never send the token unasked (Ray 2.60), hence RAY_AUTH_MODE=token."""
     port = free_port()
     temp = Path(tempfile.mkdtemp(prefix="rw", dir="/tmp"))  # short: Ray's socket paths live under it
-    env = {**installed.env, "RAY_AUTH_MODE": "token", LOOPBACK_SWITCH: "0"}
+    # Ray 2.60's `ray start --block` drains its node for up to 30 s on SIGTERM (for Serve); nothing here to drain
+    env = {**installed.env, "RAY_AUTH_MODE": "token", LOOPBACK_SWITCH: "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     head = subprocess.Popen([str(installed.venv / "bin" / "python"), "-m", "ray.scripts.scripts", "start", "--head",
                              "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
                              "--disable-usage-stats", f"--temp-dir={temp}", "--block"],
