@@ -112,7 +112,8 @@ def test_coreset_pipeline_end_to_end(ray_local_module, tmp_path: Path, capsys):
     args = ["run", "coreset", "--runs-dir", runs, "--set", f"source={SOURCE}", "--set", "select.keep=[0.5, 0.1]",
             "--set", 'select.methods=["ccs-el2n-cb", "topk-aum"]',
             "--set", "proxy.models=1", "--set", "proxy.epochs=3", "--set", "proxy.hidden=16",
-            "--set", "evaluate.steps=50", "--set", "evaluate.hidden=16"]
+            "--set", "evaluate.steps=50", "--set", "evaluate.hidden=16",
+            "--set", "select.beta=0.1"]  # β tuning has its own run (test_coreset_trust.py)
     assert main(args) == 0
     record = json.loads(next((tmp_path / "runs" / "runs").glob("*/run.json")).read_text())
     select_dir = Path(record["stages"]["select"]["output"])
