@@ -15,6 +15,7 @@ SMALL = [
     "source=builtin:digits", "index.sweep_shards=[1, 2]", "index.sweep_ef=[16, 64]", "index.queries=100",
     "proxy.epochs=3", "proxy.models=1", "select.keep=[0.5, 0.3]", 'select.methods=["ccs-el2n-cb", "random"]',
     "evaluate.steps=100", "srrw.agents=20", "srrw.steps=2000", "srrw.record_every=500",
+    "select.beta=0.1",  # β tuning has its own run (test_coreset_trust.py)
 ]
 
 
