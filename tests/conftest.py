@@ -16,6 +16,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # (Ray's config variables, read when a Ray starts; every Ray of the session inherits them, CLI subprocesses too.)
 os.environ.setdefault("RAY_num_workers_soft_limit", "8")
 os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", "600000")
+# The node-loss tests wait until the GCS marks a killed node dead: 16 s at Ray's 3 s health-check period, 8 s at
+# 1 s (failure threshold and timeout unchanged, so a slow but live node is no likelier to be declared dead).
+os.environ.setdefault("RAY_health_check_period_ms", "1000")
 
 
 # Under pytest-xdist (`make test`: `-n auto --dist loadgroup`) each worker is a process of its own with its
