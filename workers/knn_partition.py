@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from shardwalk.core.index.hnsw_results import knn_graph_table
 from shardwalk.core.plan.sizing import cpus_per_actor
 from shardwalk.core.storage import sink, store
 from shardwalk.core.storage.files import make_dirs
-from shardwalk.core.storage.sources import plan_shards, read_shard, release_arrow_memory
+from shardwalk.core.storage.sources import plan_row_groups, read_shard, release_arrow_memory
 from shardwalk.workers import raykit
 from shardwalk.workers.cluster import cluster_nodes
 from shardwalk.workers.index_actors import default_cpus
@@ -59,43 +60,58 @@ class GraphActor:
         self.ids = np.empty(0, np.int64)
 
     def read(self, specs: list[Any], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Read my row ranges of the ingest parts; return the seeded sample of them k-means trains on."""
-        got = [to_numpy(read_shard(spec, ["id", "vector"])) for spec in specs]
-        got = [g for g in got if len(g[0])]
-        self.raw = (np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])) if got else None
+        """Read my row groups of the ingest parts (my threads side by side, each copied once into my arrays);
+        return the seeded sample of them k-means trains on."""
+        total = sum(s.num_rows for s in specs)
+        ids, x, at = np.empty(total, np.int64), None, 0
+        with ThreadPoolExecutor(self.threads) as pool:
+            for got_ids, got_x in pool.map(lambda spec: to_numpy(read_shard(spec, ["id", "vector"])), specs):
+                x = np.empty((total, got_x.shape[1]), np.float32) if x is None else x
+                ids[at:at + len(got_ids)], x[at:at + len(got_ids)] = got_ids, got_x
+                at += len(got_ids)
+        self.raw = (ids, x) if total else None
         release_arrow_memory()
         if self.raw is None or fraction <= 0:
             return np.empty(0, np.int64), np.empty((0, 0), np.float32)
-        keep = hash_unit(self.raw[0], seed) < fraction
-        return self.raw[0][keep], self.raw[1][keep]
+        keep = hash_unit(ids, seed) < fraction
+        return ids[keep], x[keep]
 
     def scatter(self, router: hnsw.Router | None, overlap: int, owners: np.ndarray, actors: int) -> Any:
-        """My rows split by actor: per actor (ids, vectors, partitions it owns else -1, home actor)."""
+        """My rows split by actor: per actor (ids, vectors, partitions it owns else -1, home actor). My own
+        piece stays here (an empty one is returned in its place): no round trip through the object store."""
         pieces = []
+        empty = (np.empty(0, np.int64), np.empty((0, 1), np.float32), np.empty((0, overlap), np.int64), np.empty(0, np.int64))
+        self.own = empty
         if self.raw is None:
-            empty = (np.empty(0, np.int64), np.empty((0, 1), np.float32), np.empty((0, overlap), np.int64), np.empty(0, np.int64))
             return tuple([empty] * actors) if actors > 1 else empty
         ids, x = self.raw
         self.raw = None
-        member = np.zeros((len(ids), 1), np.int64) if router is None else kp.assign(router, x, overlap)
+        member = np.zeros((len(ids), 1), np.int64) if router is None else kp.assign(router, x, overlap, self.threads)
         owner = owners[member]
         home = owner[:, 0]
         for a in range(actors):
             mine = (owner == a).any(axis=1)
-            pieces.append((ids[mine], x[mine], np.where(owner == a, member, -1)[mine], home[mine]))
+            every = bool(mine.all())  # one actor: every row is its own, no copy
+            piece = (ids, x, member, home) if every else (ids[mine], x[mine], np.where(owner == a, member, -1)[mine], home[mine])
+            if a == self.index:
+                self.own, piece = piece, empty
+            pieces.append(piece)
         return tuple(pieces) if actors > 1 else pieces[0]
 
     def load(self, refs: list[Any]) -> int:
-        """Fetch my pieces from every scatter task (straight from the object store); rows held."""
-        pieces = [p for p in ray.get(refs) if len(p[0])]
+        """Fetch my pieces from every other actor's scatter (straight from the object store); rows held."""
+        pieces = [p for p in [self.own, *ray.get(refs)] if len(p[0])]
+        self.own = None
         if not pieces:
             return 0
-        ids = np.concatenate([p[0] for p in pieces])
-        order = np.argsort(ids, kind="stable")
-        self.ids = ids[order]
-        self.x = np.concatenate([p[1] for p in pieces])[order]
-        self.member = np.concatenate([p[2] for p in pieces])[order]
-        self.home = np.concatenate([p[3] for p in pieces])[order]
+        ids = pieces[0][0] if len(pieces) == 1 else np.concatenate([p[0] for p in pieces])
+        order = None if bool((np.diff(ids) > 0).all()) else np.argsort(ids, kind="stable")
+
+        def gathered(field: int) -> np.ndarray:
+            got = pieces[0][field] if len(pieces) == 1 else np.concatenate([p[field] for p in pieces])
+            return got if order is None else got[order]
+
+        self.ids, self.x, self.member, self.home = gathered(0), gathered(1), gathered(2), gathered(3)
         return len(self.ids)
 
     def candidates(self, owned: list[int], k: int, space: str, block: int, actors: int,
@@ -111,7 +127,9 @@ class GraphActor:
         with sending(channel, stage, new_sender()):
             ci, cd = kp.local_candidates(self.ids, self.x, self.member, owned, k, space, block, partitions, self.threads)
         self.local_seconds = time.perf_counter() - began
-        out = [(self.ids[self.home == b], ci[self.home == b], cd[self.home == b]) for b in range(actors)]
+        out = [(self.ids[self.home == b], ci[self.home == b], cd[self.home == b]) if b != self.index else
+               (self.ids[:0], ci[:0], cd[:0]) for b in range(actors)]
+        self.own = (self.ids[self.home == self.index], ci[self.home == self.index], cd[self.home == self.index])
         return tuple(out) if actors > 1 else out[0]
 
     def finish(self, refs: list[Any], k: int, rounds: int, min_rate: float, seed: int, space: str, out: str
@@ -119,7 +137,8 @@ class GraphActor:
         """Merge my home points' candidates, refine, write `part-AAAAA-CCCCC.parquet` parts."""
         began = time.perf_counter()
         home_ids = self.ids[self.home == self.index] if len(self.ids) else self.ids
-        nb, d = kp.merge_pieces(home_ids, ray.get(refs), k)
+        nb, d = kp.merge_pieces(home_ids, [getattr(self, "own", None) or (home_ids[:0],) * 3, *ray.get(refs)], k)
+        self.own = None
         nb, d, rates = (kp.refine_home(home_ids, nb, d, self.ids, self.x, rounds, space, min_rate, seed)
                         if len(self.ids) else (nb, d, []))
         entries = []
@@ -141,6 +160,17 @@ def _router(samples: list[tuple[np.ndarray, np.ndarray]], parts: int, space: str
     return kp.train_partitions(sample[np.argsort(ids, kind="stable")], parts, space, seed, overlap)
 
 
+def spread_specs(specs: list[Any], count: int) -> list[list[Any]]:
+    """Row groups dealt to `count` actors, largest first to the one holding fewest rows (each list in source order)."""
+    shares: list[list[Any]] = [[] for _ in range(count)]
+    rows = [0] * count
+    for spec in sorted(specs, key=lambda s: -s.num_rows):
+        a = rows.index(min(rows))
+        shares[a].append(spec)
+        rows[a] += spec.num_rows
+    return [sorted(share, key=lambda s: s.start) for share in shares]
+
+
 def actor_layout(actors: int | None) -> tuple[int, int, float]:
     """(actors, threads each, CPUs reserved each): one actor per node with CPUs unless told."""
     nodes = cluster_nodes()
@@ -160,17 +190,17 @@ def build_graph(source: str, out: str, *, k: int, settings: kp.GraphSettings, sp
     threads = threads or auto_threads
     handles = [GraphActor.options(num_cpus=cpus).remote(a, threads) for a in range(count)]  # start while planning
     try:
-        probe = plan_shards(source, 1)
-        total = sum(s.num_rows for s in probe)
+        specs = plan_row_groups(source, READ_ROWS)  # one row group each: none decoded twice
+        total = sum(s.num_rows for s in specs)
         kp.check_k(k, total)
-        specs = plan_shards(source, max(1, hnsw.ceil_div(total, READ_ROWS)))
         parts = kp.partitions_for(total, settings)
         owners = np.arange(parts, dtype=np.int64) % count
         # each actor reads its row ranges itself (no driver funnel) and returns a seeded sample for k-means
         fraction = 0.0 if parts == 1 else min(1.0, 1.2 * kp.sample_rows(total, parts) / total)
-        samples = wait_counted([h.read.remote(specs[a::count], fraction, settings.seed) for a, h in enumerate(handles)],
+        shares = spread_specs(specs, count)
+        samples = wait_counted([h.read.remote(shares[a], fraction, settings.seed) for a, h in enumerate(handles)],
                                "knn graph: read", "read input", "actors", get=ray.get,
-                               rows=[sum(s.num_rows for s in specs[a::count]) for a in range(count)])
+                               rows=[sum(s.num_rows for s in share) for share in shares])
         read = time.perf_counter()
         r_ref = ray.put(_router(samples, parts, space, settings.seed, settings.overlap))
         routed = time.perf_counter()
