@@ -37,7 +37,7 @@ class GraphSettings:
 
     enabled: bool = True
     method: str = "auto"  # auto | hnsw | partition | exact
-    partition_rows: int = 2048  # target rows per partition (P = ceil(overlap · n / partition_rows))
+    partition_rows: int = 1536  # target rows per partition (P = ceil(overlap · n / partition_rows))
     overlap: int = 2  # partitions each point is assigned to (its nearest centroids)
     refine_rounds: int = 1  # at most this many neighbours-of-neighbours rounds after the merge (0 = none)
     refine_min_rate: float = REFINE_MIN_RATE  # ... each run only while it would change this share of entries
