@@ -20,6 +20,7 @@ A failed actor fails the stage (no per-unit retry as on the HNSW path); the stag
 from __future__ import annotations
 
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -58,6 +59,9 @@ class GraphActor:
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
         self._limits = threadpool_limits(limits=max(1, threads))  # BLAS threads = this actor's CPUs
         self.ids = np.empty(0, np.int64)
+        # the kernels' cached machine code loads while the rows are read (joined before they are first used)
+        self._warm = threading.Thread(target=kp.warm_kernels, args=(self.threads,), daemon=True)
+        self._warm.start()
 
     def read(self, specs: list[Any], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Read my row groups of the ingest parts (my threads side by side, each copied once into my arrays);
@@ -76,9 +80,16 @@ class GraphActor:
         keep = hash_unit(ids, seed) < fraction
         return ids[keep], x[keep]
 
+    def train(self, sample_refs: list[Any], parts: int, space: str, seed: int, overlap: int) -> hnsw.Router | None:
+        """Balanced k-means centroids from every actor's seeded sample (trained here, not on the driver: the
+        samples travel actor to actor and the kernels are already loaded)."""
+        self._warm.join()
+        return _router(ray.get(sample_refs), parts, space, seed, overlap)
+
     def scatter(self, router: hnsw.Router | None, overlap: int, owners: np.ndarray, actors: int) -> Any:
         """My rows split by actor: per actor (ids, vectors, partitions it owns else -1, home actor). My own
         piece stays here (an empty one is returned in its place): no round trip through the object store."""
+        self._warm.join()
         pieces = []
         empty = (np.empty(0, np.int64), np.empty((0, 1), np.float32), np.empty((0, overlap), np.int64), np.empty(0, np.int64))
         self.own = empty
@@ -160,6 +171,12 @@ def _router(samples: list[tuple[np.ndarray, np.ndarray]], parts: int, space: str
     return kp.train_partitions(sample[np.argsort(ids, kind="stable")], parts, space, seed, overlap)
 
 
+def _settled(refs: list[Any]) -> list[Any]:
+    """The refs once finished, nothing fetched to the driver (a failed read raises where its sample is used)."""
+    ray.wait(refs, num_returns=len(refs), fetch_local=False)
+    return refs
+
+
 def spread_specs(specs: list[Any], count: int) -> list[list[Any]]:
     """Row groups dealt to `count` actors, largest first to the one holding fewest rows (each list in source order)."""
     shares: list[list[Any]] = [[] for _ in range(count)]
@@ -199,12 +216,13 @@ def build_graph(source: str, out: str, *, k: int, settings: kp.GraphSettings, sp
         fraction = 0.0 if parts == 1 else min(1.0, 1.2 * kp.sample_rows(total, parts) / total)
         shares = spread_specs(specs, count)
         samples = wait_counted([h.read.remote(shares[a], fraction, settings.seed) for a, h in enumerate(handles)],
-                               "knn graph: read", "read input", "actors", get=ray.get,
+                               "knn graph: read", "read input", "actors", get=_settled,
                                rows=[sum(s.num_rows for s in share) for share in shares])
         read = time.perf_counter()
-        r_ref = ray.put(_router(samples, parts, space, settings.seed, settings.overlap))
-        routed = time.perf_counter()
+        r_ref = handles[0].train.remote(samples, parts, space, settings.seed, settings.overlap)
         pieces = [h.scatter.options(num_returns=count).remote(r_ref, settings.overlap, owners, count) for h in handles]
+        ray.get(r_ref)  # only to time it (the scatters above are queued already); raises a failed training
+        routed = time.perf_counter()
         pieces = [p if count > 1 else [p] for p in pieces]
         wait_counted([h.load.remote([p[a] for p in pieces]) for a, h in enumerate(handles)], "knn graph: partition",
                      "partition rows", "actors", get=ray.get)
