@@ -1,10 +1,11 @@
 """The all-points kNN graph without an index, on actors (core/index/knn_partition.py does the arithmetic).
 
-1. every actor reads its share of the ingest parts' row ranges and returns a seeded sample; k-means trains
-   on the driver (64 sampled rows per partition);
+1. every actor reads its share of the ingest parts' row groups (its threads side by side) while its numba
+   kernels load, and keeps a seeded sample; actor 0 trains k-means on every actor's sample (64 sampled rows
+   per partition), fetched actor to actor;
 2. every actor assigns its rows to their `overlap` nearest partitions and splits them by the actor owning
    those partitions (partition p → actor p mod A); the actors fetch their pieces from the object store
-   themselves (no driver funnel);
+   themselves (no driver funnel), an actor's own piece staying where it is;
 3. each actor builds the exact local graph of every partition it owns (its threads each on one partition),
    folds them into one top-k per held point and sends it to the point's home actor (the owner of its
    nearest partition);
@@ -221,7 +222,11 @@ def build_graph(source: str, out: str, *, k: int, settings: kp.GraphSettings, sp
         read = time.perf_counter()
         r_ref = handles[0].train.remote(samples, parts, space, settings.seed, settings.overlap)
         pieces = [h.scatter.options(num_returns=count).remote(r_ref, settings.overlap, owners, count) for h in handles]
-        ray.get(r_ref)  # only to time it (the scatters above are queued already); raises a failed training
+        try:
+            ray.get(r_ref)  # only to time it (the scatters above are queued already)
+        except Exception:
+            ray.get(samples)  # a failed read: its own error, not the training's wrapping of it
+            raise
         routed = time.perf_counter()
         pieces = [p if count > 1 else [p] for p in pieces]
         wait_counted([h.load.remote([p[a] for p in pieces]) for a, h in enumerate(handles)], "knn graph: partition",
