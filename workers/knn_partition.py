@@ -103,7 +103,7 @@ class GraphActor:
         home = owner[:, 0]
         for a in range(actors):
             mine = (owner == a).any(axis=1)
-            every = bool(mine.all())  # one actor: every row is its own, no copy
+            every = bool((owner == a).all())  # one actor: every row and membership is its own, no copy
             piece = (ids, x, member, home) if every else (ids[mine], x[mine], np.where(owner == a, member, -1)[mine], home[mine])
             if a == self.index:
                 self.own, piece = piece, empty
