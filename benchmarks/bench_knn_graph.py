@@ -45,7 +45,7 @@ SEARCH_CALL_ROWS = 21_000  # queries per side and setting, as interleaved calls 
 LEVERS = [  # (name, settings changed from the defaults)
     ("partition_rows=1024", {"partition_rows": 1024}), ("partition_rows=4096", {"partition_rows": 4096}),
     ("overlap=1", {"overlap": 1}), ("overlap=3", {"overlap": 3}),
-    ("partition_rows=1536", {"partition_rows": 1536}),
+    ("partition_rows=2048", {"partition_rows": 2048}), ("partition_rows=768", {"partition_rows": 768}),
     ("refine_rounds=0", {"refine_rounds": 0}), ("refine_rounds=2", {"refine_rounds": 2}),
     ("refine_min_rate=0", {"refine_min_rate": 0.0}),  # every round runs, whatever its probe's update rate
     ("block=256", {"block": 256}), ("block=1024", {"block": 1024}),

@@ -117,6 +117,35 @@ def knn_graph_direct(out: Path, ingest: Path, *, k: int, space: str, method: str
     return build_graph(sink.readable(ingest), str(out), k=k, settings=settings, space=space)
 
 
+PRICED_BUILD_KEYS = ("shards", "replicas", "M", "ef_construction", "memory_fraction")  # what prices the index's queries
+
+
+def knn_graph_auto(out: Path, ingest: Path, build: Path | None = None, *, k: int, ef: int, nprobe: int, space: str,
+                   index: dict[str, Any], **graph: Any) -> dict[str, Any]:
+    """`knn_graph.method = auto`: of the methods expected to reach recall 0.95, the one the cost model
+    (core/plan/cost_model.py: pick_graph_method) prices fastest on this cluster for these rows; the index's
+    own queries compete only when the run builds it (`build` given). Metrics: the method run and the prices."""
+    from shardwalk.core.plan import cost_model as cm
+    from shardwalk.core.plan.calibration import load
+    from shardwalk.pipelines.plan import source_size
+    from shardwalk.workers.cluster import cluster_nodes
+
+    rows, dim, _ = source_size(str(sink.readable(ingest)))
+    settings = GraphSettings(**graph)
+    job = cm.IndexJob(rows, dim or 1, ef=ef, k=k, nprobe=nprobe, hnsw=build is not None, graph=settings,
+                      **{key: index[key] for key in PRICED_BUILD_KEYS})
+    plan = cm.plan_index(job, cm.Cluster(tuple(cluster_nodes())), load())
+    method = plan.layout.get("graph_method") or cm.graph_method(dataclasses.replace(job, graph=dataclasses.replace(
+        settings, method="partition")))  # a layout the plan refuses: the index-free default
+    priced = plan.layout.get("graph_stage_seconds_by_method", {})
+    log.info("knn graph: auto chose %s (priced seconds %s)", method, priced)
+    if method == "hnsw":
+        result = knn_graph(out, build, ingest, k=k, ef=ef, nprobe=nprobe)
+    else:
+        result = knn_graph_direct(out, ingest, k=k, space=space, **{**graph, "method": method})
+    return {**result, "method": method, "auto_priced_seconds": priced}
+
+
 GRAPH_RECALL_TARGET = 0.95  # below this the evaluation carries a warning
 
 
@@ -194,6 +223,11 @@ def add_index_stages(p: Pipeline, config: dict[str, Any], *, ingest: str = "inge
     if graph.method == "hnsw":
         p.stage("knn_graph", knn_graph, inputs={"build": "build", "ingest": ingest},
                 params={"k": config["k"], "ef": config["ef"], "nprobe": config["nprobe"]}, num_cpus=0, declares_rows=True)
+    elif graph.method == "auto":  # decided when the rows and the cluster are known; after the build when there is one
+        built = {"build": "build"} if config.get("hnsw", True) else {}
+        p.stage("knn_graph", knn_graph_auto, inputs={"ingest": ingest, **built}, num_cpus=0, declares_rows=True,
+                params={"k": config["k"], "ef": config["ef"], "nprobe": config["nprobe"], "space": config["space"],
+                        "index": {key: config[key] for key in PRICED_BUILD_KEYS}, **graph.as_params()})
     else:  # no index needed: the method and its settings are the stage's params (its cache key)
         p.stage("knn_graph", knn_graph_direct, inputs={"ingest": ingest}, num_cpus=0, declares_rows=True,
                 params={"k": config["k"], "space": config["space"], **graph.as_params()})

@@ -359,6 +359,11 @@ def print_plan(plan: cm.Plan, cal: Calibration) -> None:
         console.print("kNN graph by knn_graph.method (ingested parts → graph; hnsw includes its build): " + ", ".join(
             f"{m} {_duration(s)}" + (" (this job)" if m == plan.layout.get("graph_method") else "")
             for m, s in by_method.items()))
+    candidates = plan.layout.get("graph_stage_seconds_by_method") or {}
+    if len(candidates) > 1:  # knn_graph.method = auto: the candidates it chose from
+        console.print("knn_graph.method = auto picks the fastest graph stage expected to reach recall 0.95 "
+                      "(hnsw: its queries only, when the index is built anyway): " + ", ".join(
+                          f"{m} {_duration(s)}" for m, s in candidates.items()) + f" → {plan.layout.get('graph_method')}")
     verdict = "[green]fits[/]" if plan.fits else "[red]does not fit[/]: " + "; ".join(plan.problems)
     console.print(verdict)
     if plan.advice:

@@ -38,6 +38,9 @@ def test_index_pipeline_and_query(ray_local: None, tmp_path: Path, capsys: pytes
     assert graph.num_rows == 1797
     nbrs = np.array(graph.column("neighbors").to_pylist())
     assert nbrs.shape == (1797, 5) and not (nbrs == graph.column("id").to_numpy()[:, None]).any()
+    chosen = stages["knn_graph"]["metrics"]  # knn_graph.method = auto: the cheapest priced candidate ran
+    assert chosen["method"] == min(chosen["auto_priced_seconds"], key=chosen["auto_priced_seconds"].get)
+    assert set(chosen["auto_priced_seconds"]) <= {"exact", "partition", "hnsw"} and "hnsw" in chosen["auto_priced_seconds"]
     metrics = stages["evaluate"]["metrics"]
     assert metrics["search_recall_at_k"] >= 0.95 and metrics["graph_recall_at_k"] >= 0.95
     assert json.loads((Path(stages["evaluate"]["output"]) / "recall.json").read_text())["k"] == 5

@@ -13,7 +13,13 @@ import pytest
 from shardwalk.core.data.schema import from_numpy
 from shardwalk.core.errors import CorruptArtifactError, DataError
 from shardwalk.core.storage.files import MANIFEST, atomic_dir, verify_dir
-from shardwalk.core.storage.sources import plan_shards, read_shard, read_table, source_fingerprint
+from shardwalk.core.storage.sources import (
+    plan_row_groups,
+    plan_shards,
+    read_shard,
+    read_table,
+    source_fingerprint,
+)
 
 
 @pytest.fixture
@@ -35,6 +41,14 @@ def test_shards_partition_rows_exactly(parquet_dir: Path, n: int) -> None:
     assert [s.num_rows for s in specs] == [b - a for a, b in zip(np.linspace(0, 100, n + 1).astype(int), np.linspace(0, 100, n + 1).astype(int)[1:])]
     ids = np.concatenate([read_shard(s, ["id"]).column("id").to_numpy() for s in specs])
     np.testing.assert_array_equal(ids, np.arange(100) * 3)
+
+
+def test_row_group_plan_gives_one_spec_per_row_group_covering_every_row(parquet_dir: Path) -> None:
+    specs = plan_row_groups(parquet_dir)
+    assert [s.num_rows for s in specs] == [10] * 4 + [10, 10, 10, 5] + [10, 10, 5]  # files of 40, 35, 25 rows
+    ids = np.concatenate([read_shard(s, ["id"]).column("id").to_numpy() for s in specs])
+    np.testing.assert_array_equal(ids, np.arange(100) * 3)
+    assert [s.num_rows for s in plan_row_groups(np.ones((5, 2)), rows=2)] == [1, 2, 2]  # in memory: ranges
 
 
 def test_file_uri_and_single_file(parquet_dir: Path) -> None:

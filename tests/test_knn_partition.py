@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -174,3 +176,17 @@ def test_a_refinement_round_that_would_change_little_is_not_run() -> None:
     assert len(rates) == 1 and 0 < rates[0] < 1.0
     refined, _, rates = kp.refine(x, nb, d, 2, min_update_rate=0.0, rows=rows)
     assert len(rates) == 2 and (refined != nb).any()
+
+
+def test_row_groups_are_dealt_to_actors_by_rows_each_share_in_source_order() -> None:
+    from shardwalk.core.storage.sources import ShardSpec
+    from shardwalk.workers.knn_partition import spread_specs
+
+    sizes = [65536, 34464, 65536, 34464, 65536]
+    bounds = np.cumsum([0, *sizes])
+    specs = [ShardSpec(i, int(a), int(b)) for i, (a, b) in enumerate(itertools.pairwise(bounds))]
+    shares = spread_specs(specs, 2)
+    assert sorted(s.index for share in shares for s in share) == list(range(5))
+    assert [sum(s.num_rows for s in share) for share in shares] == [131072, 134464]
+    assert all([s.start for s in share] == sorted(s.start for s in share) for share in shares)
+    assert spread_specs(specs[:1], 3)[1:] == [[], []]  # more actors than row groups: some read nothing

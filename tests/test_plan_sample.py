@@ -70,7 +70,7 @@ def test_partition_graph_grows_linearly_at_a_fixed_cell_size_and_exact_quadratic
 
 
 def test_a_sample_replaces_the_calibration_for_build_and_graph_and_scales_with_its_costs() -> None:
-    job = cm.IndexJob(400_000, 64, shards=1)
+    job = cm.IndexJob(400_000, 64, shards=1, graph=GraphSettings(method="partition"))  # auto may change with the costs
     unit = ("build_s_per_row", "query_s_per_row", "local_s_per_pair", "assign_s_per_row_cell", "train_s_per_unit",
             "rest_s_per_row", "exact_s_per_pair")
     plain, zero, once, twice = (cm.plan_index(dataclasses.replace(job, sample=s), cluster(1), CAL) for s in (
@@ -173,3 +173,19 @@ def test_plan_with_a_sample_says_it_sampled_and_prices_every_method(capsys) -> N
     assert code == 0 and out["sample"]["rows"] == 1500 and out["sample"]["source"].startswith("builtin:synthetic")
     assert out["notes"][0].startswith("sampled 1,500 rows of builtin:synthetic")
     assert set(out["layout"]["graph_seconds_by_method"]) == {"hnsw", "partition", "exact"}
+
+
+def test_auto_picks_the_cheapest_graph_method_that_reaches_the_recall_target() -> None:
+    job = cm.IndexJob(300_000, 64, shards=1, sample=costs())
+    auto = cm.plan_index(job, cluster(1), CAL)
+    priced = auto.layout["graph_stage_seconds_by_method"]
+    assert set(priced) == {"exact", "partition", "hnsw"}  # the index is built anyway: its queries compete
+    assert auto.layout["graph_method"] == min(priced, key=priced.get)
+    assert stage(auto, "knn_graph").seconds == pytest.approx(priced[auto.layout["graph_method"]], abs=1e-3)
+    no_index = cm.plan_index(dataclasses.replace(job, hnsw=False), cluster(1), CAL)
+    assert set(no_index.layout["graph_stage_seconds_by_method"]) == {"exact", "partition"}  # no build to query
+    assert no_index.layout["graph_method"] == "partition"  # 300k² exact pairs cost more
+    one_cell = cm.plan_index(dataclasses.replace(job, hnsw=False, graph=GraphSettings(overlap=1)), cluster(1), CAL)
+    assert one_cell.layout["graph_method"] == "exact"  # overlap 1 is not expected to reach 0.95: not a candidate
+    named = cm.plan_index(dataclasses.replace(job, graph=GraphSettings(method="partition")), cluster(1), CAL)
+    assert list(named.layout["graph_stage_seconds_by_method"]) == ["partition"]

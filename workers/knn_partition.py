@@ -1,10 +1,11 @@
 """The all-points kNN graph without an index, on actors (core/index/knn_partition.py does the arithmetic).
 
-1. every actor reads its share of the ingest parts' row ranges and returns a seeded sample; k-means trains
-   on the driver (64 sampled rows per partition);
+1. every actor reads its share of the ingest parts' row groups (its threads side by side) while its numba
+   kernels load, and keeps a seeded sample; actor 0 trains k-means on every actor's sample (64 sampled rows
+   per partition), fetched actor to actor;
 2. every actor assigns its rows to their `overlap` nearest partitions and splits them by the actor owning
    those partitions (partition p → actor p mod A); the actors fetch their pieces from the object store
-   themselves (no driver funnel);
+   themselves (no driver funnel), an actor's own piece staying where it is;
 3. each actor builds the exact local graph of every partition it owns (its threads each on one partition),
    folds them into one top-k per held point and sends it to the point's home actor (the owner of its
    nearest partition);
@@ -20,7 +21,9 @@ A failed actor fails the stage (no per-unit retry as on the HNSW path); the stag
 from __future__ import annotations
 
 import math
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -34,7 +37,7 @@ from shardwalk.core.index.hnsw_results import knn_graph_table
 from shardwalk.core.plan.sizing import cpus_per_actor
 from shardwalk.core.storage import sink, store
 from shardwalk.core.storage.files import make_dirs
-from shardwalk.core.storage.sources import plan_shards, read_shard, release_arrow_memory
+from shardwalk.core.storage.sources import plan_row_groups, read_shard, release_arrow_memory
 from shardwalk.workers import raykit
 from shardwalk.workers.cluster import cluster_nodes
 from shardwalk.workers.index_actors import default_cpus
@@ -57,45 +60,70 @@ class GraphActor:
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
         self._limits = threadpool_limits(limits=max(1, threads))  # BLAS threads = this actor's CPUs
         self.ids = np.empty(0, np.int64)
+        # the kernels' cached machine code loads while the rows are read (joined before they are first used)
+        self._warm = threading.Thread(target=kp.warm_kernels, args=(self.threads,), daemon=True)
+        self._warm.start()
 
     def read(self, specs: list[Any], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Read my row ranges of the ingest parts; return the seeded sample of them k-means trains on."""
-        got = [to_numpy(read_shard(spec, ["id", "vector"])) for spec in specs]
-        got = [g for g in got if len(g[0])]
-        self.raw = (np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])) if got else None
+        """Read my row groups of the ingest parts (my threads side by side, each copied once into my arrays);
+        return the seeded sample of them k-means trains on."""
+        total = sum(s.num_rows for s in specs)
+        ids, x, at = np.empty(total, np.int64), None, 0
+        with ThreadPoolExecutor(self.threads) as pool:
+            for got_ids, got_x in pool.map(lambda spec: to_numpy(read_shard(spec, ["id", "vector"])), specs):
+                x = np.empty((total, got_x.shape[1]), np.float32) if x is None else x
+                ids[at:at + len(got_ids)], x[at:at + len(got_ids)] = got_ids, got_x
+                at += len(got_ids)
+        self.raw = (ids, x) if total else None
         release_arrow_memory()
         if self.raw is None or fraction <= 0:
             return np.empty(0, np.int64), np.empty((0, 0), np.float32)
-        keep = hash_unit(self.raw[0], seed) < fraction
-        return self.raw[0][keep], self.raw[1][keep]
+        keep = hash_unit(ids, seed) < fraction
+        return ids[keep], x[keep]
+
+    def train(self, sample_refs: list[Any], parts: int, space: str, seed: int, overlap: int) -> hnsw.Router | None:
+        """Balanced k-means centroids from every actor's seeded sample (trained here, not on the driver: the
+        samples travel actor to actor and the kernels are already loaded)."""
+        self._warm.join()
+        return _router(ray.get(sample_refs), parts, space, seed, overlap)
 
     def scatter(self, router: hnsw.Router | None, overlap: int, owners: np.ndarray, actors: int) -> Any:
-        """My rows split by actor: per actor (ids, vectors, partitions it owns else -1, home actor)."""
+        """My rows split by actor: per actor (ids, vectors, partitions it owns else -1, home actor). My own
+        piece stays here (an empty one is returned in its place): no round trip through the object store."""
+        self._warm.join()
         pieces = []
+        empty = (np.empty(0, np.int64), np.empty((0, 1), np.float32), np.empty((0, overlap), np.int64), np.empty(0, np.int64))
+        self.own = empty
         if self.raw is None:
-            empty = (np.empty(0, np.int64), np.empty((0, 1), np.float32), np.empty((0, overlap), np.int64), np.empty(0, np.int64))
             return tuple([empty] * actors) if actors > 1 else empty
         ids, x = self.raw
         self.raw = None
-        member = np.zeros((len(ids), 1), np.int64) if router is None else kp.assign(router, x, overlap)
+        member = np.zeros((len(ids), 1), np.int64) if router is None else kp.assign(router, x, overlap, self.threads)
         owner = owners[member]
         home = owner[:, 0]
         for a in range(actors):
             mine = (owner == a).any(axis=1)
-            pieces.append((ids[mine], x[mine], np.where(owner == a, member, -1)[mine], home[mine]))
+            every = bool((owner == a).all())  # one actor: every row and membership is its own, no copy
+            piece = (ids, x, member, home) if every else (ids[mine], x[mine], np.where(owner == a, member, -1)[mine], home[mine])
+            if a == self.index:
+                self.own, piece = piece, empty
+            pieces.append(piece)
         return tuple(pieces) if actors > 1 else pieces[0]
 
     def load(self, refs: list[Any]) -> int:
-        """Fetch my pieces from every scatter task (straight from the object store); rows held."""
-        pieces = [p for p in ray.get(refs) if len(p[0])]
+        """Fetch my pieces from every other actor's scatter (straight from the object store); rows held."""
+        pieces = [p for p in [self.own, *ray.get(refs)] if len(p[0])]
+        self.own = None
         if not pieces:
             return 0
-        ids = np.concatenate([p[0] for p in pieces])
-        order = np.argsort(ids, kind="stable")
-        self.ids = ids[order]
-        self.x = np.concatenate([p[1] for p in pieces])[order]
-        self.member = np.concatenate([p[2] for p in pieces])[order]
-        self.home = np.concatenate([p[3] for p in pieces])[order]
+        ids = pieces[0][0] if len(pieces) == 1 else np.concatenate([p[0] for p in pieces])
+        order = None if bool((np.diff(ids) > 0).all()) else np.argsort(ids, kind="stable")
+
+        def gathered(field: int) -> np.ndarray:
+            got = pieces[0][field] if len(pieces) == 1 else np.concatenate([p[field] for p in pieces])
+            return got if order is None else got[order]
+
+        self.ids, self.x, self.member, self.home = gathered(0), gathered(1), gathered(2), gathered(3)
         return len(self.ids)
 
     def candidates(self, owned: list[int], k: int, space: str, block: int, actors: int,
@@ -111,7 +139,9 @@ class GraphActor:
         with sending(channel, stage, new_sender()):
             ci, cd = kp.local_candidates(self.ids, self.x, self.member, owned, k, space, block, partitions, self.threads)
         self.local_seconds = time.perf_counter() - began
-        out = [(self.ids[self.home == b], ci[self.home == b], cd[self.home == b]) for b in range(actors)]
+        out = [(self.ids[self.home == b], ci[self.home == b], cd[self.home == b]) if b != self.index else
+               (self.ids[:0], ci[:0], cd[:0]) for b in range(actors)]
+        self.own = (self.ids[self.home == self.index], ci[self.home == self.index], cd[self.home == self.index])
         return tuple(out) if actors > 1 else out[0]
 
     def finish(self, refs: list[Any], k: int, rounds: int, min_rate: float, seed: int, space: str, out: str
@@ -119,7 +149,8 @@ class GraphActor:
         """Merge my home points' candidates, refine, write `part-AAAAA-CCCCC.parquet` parts."""
         began = time.perf_counter()
         home_ids = self.ids[self.home == self.index] if len(self.ids) else self.ids
-        nb, d = kp.merge_pieces(home_ids, ray.get(refs), k)
+        nb, d = kp.merge_pieces(home_ids, [getattr(self, "own", None) or (home_ids[:0],) * 3, *ray.get(refs)], k)
+        self.own = None
         nb, d, rates = (kp.refine_home(home_ids, nb, d, self.ids, self.x, rounds, space, min_rate, seed)
                         if len(self.ids) else (nb, d, []))
         entries = []
@@ -141,6 +172,23 @@ def _router(samples: list[tuple[np.ndarray, np.ndarray]], parts: int, space: str
     return kp.train_partitions(sample[np.argsort(ids, kind="stable")], parts, space, seed, overlap)
 
 
+def _settled(refs: list[Any]) -> list[Any]:
+    """The refs once finished, nothing fetched to the driver (a failed read raises where its sample is used)."""
+    ray.wait(refs, num_returns=len(refs), fetch_local=False)
+    return refs
+
+
+def spread_specs(specs: list[Any], count: int) -> list[list[Any]]:
+    """Row groups dealt to `count` actors, largest first to the one holding fewest rows (each list in source order)."""
+    shares: list[list[Any]] = [[] for _ in range(count)]
+    rows = [0] * count
+    for spec in sorted(specs, key=lambda s: -s.num_rows):
+        a = rows.index(min(rows))
+        shares[a].append(spec)
+        rows[a] += spec.num_rows
+    return [sorted(share, key=lambda s: s.start) for share in shares]
+
+
 def actor_layout(actors: int | None) -> tuple[int, int, float]:
     """(actors, threads each, CPUs reserved each): one actor per node with CPUs unless told."""
     nodes = cluster_nodes()
@@ -160,21 +208,26 @@ def build_graph(source: str, out: str, *, k: int, settings: kp.GraphSettings, sp
     threads = threads or auto_threads
     handles = [GraphActor.options(num_cpus=cpus).remote(a, threads) for a in range(count)]  # start while planning
     try:
-        probe = plan_shards(source, 1)
-        total = sum(s.num_rows for s in probe)
+        specs = plan_row_groups(source, READ_ROWS)  # one row group each: none decoded twice
+        total = sum(s.num_rows for s in specs)
         kp.check_k(k, total)
-        specs = plan_shards(source, max(1, hnsw.ceil_div(total, READ_ROWS)))
         parts = kp.partitions_for(total, settings)
         owners = np.arange(parts, dtype=np.int64) % count
         # each actor reads its row ranges itself (no driver funnel) and returns a seeded sample for k-means
         fraction = 0.0 if parts == 1 else min(1.0, 1.2 * kp.sample_rows(total, parts) / total)
-        samples = wait_counted([h.read.remote(specs[a::count], fraction, settings.seed) for a, h in enumerate(handles)],
-                               "knn graph: read", "read input", "actors", get=ray.get,
-                               rows=[sum(s.num_rows for s in specs[a::count]) for a in range(count)])
+        shares = spread_specs(specs, count)
+        samples = wait_counted([h.read.remote(shares[a], fraction, settings.seed) for a, h in enumerate(handles)],
+                               "knn graph: read", "read input", "actors", get=_settled,
+                               rows=[sum(s.num_rows for s in share) for share in shares])
         read = time.perf_counter()
-        r_ref = ray.put(_router(samples, parts, space, settings.seed, settings.overlap))
-        routed = time.perf_counter()
+        r_ref = handles[0].train.remote(samples, parts, space, settings.seed, settings.overlap)
         pieces = [h.scatter.options(num_returns=count).remote(r_ref, settings.overlap, owners, count) for h in handles]
+        try:
+            ray.get(r_ref)  # only to time it (the scatters above are queued already)
+        except Exception:
+            ray.get(samples)  # a failed read: its own error, not the training's wrapping of it
+            raise
+        routed = time.perf_counter()
         pieces = [p if count > 1 else [p] for p in pieces]
         wait_counted([h.load.remote([p[a] for p in pieces]) for a, h in enumerate(handles)], "knn graph: partition",
                      "partition rows", "actors", get=ray.get)

@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from shardwalk.core import progress
-from shardwalk.core.errors import ConfigError
+from shardwalk.core.errors import ConfigError, DataError
 from shardwalk.core.index import hnsw
 
 METHODS = ("auto", "hnsw", "partition", "exact")
@@ -25,6 +25,9 @@ RERANK_MARGIN = 8  # candidates kept from the BLAS distances beyond k, re-ranked
 REFINE_MIN_RATE = 0.02  # a refinement round that would change fewer entries than this share is not run
 PROBE_ROWS = 2000  # rows a round is tried on first to estimate its update rate (at least 2 % of the rows)
 BALANCE = 1.3  # a cell's memberships at most this x the mean (on the k-means sample)
+KMEANS_ITERS = 10  # Lloyd iterations on the sample
+SEED_ROWS_PER_CELL = 16  # k-means++ seeds on this many sampled rows per cell
+ASSIGN_ROWS = 16_384  # rows per block when assigning rows to their cells
 BLOCK = 4096  # rows of a partition per product with the whole partition (block × size floats); bench: 4096 8.3 s, 1024 9.7 s, 256 20.9 s at 100k
 
 
@@ -34,7 +37,7 @@ class GraphSettings:
 
     enabled: bool = True
     method: str = "auto"  # auto | hnsw | partition | exact
-    partition_rows: int = 2048  # target rows per partition (P = ceil(overlap · n / partition_rows))
+    partition_rows: int = 1536  # target rows per partition (P = ceil(overlap · n / partition_rows))
     overlap: int = 2  # partitions each point is assigned to (its nearest centroids)
     refine_rounds: int = 1  # at most this many neighbours-of-neighbours rounds after the merge (0 = none)
     refine_min_rate: float = REFINE_MIN_RATE  # ... each run only while it would change this share of entries
@@ -104,12 +107,34 @@ def train_partitions(sample: np.ndarray, parts: int, space: str, seed: int = 0, 
     """Balanced k-means centroids (shardwalk.core.index.hnsw's router) whose offsets keep every cell's share of
     the sample's `overlap` nearest-cell memberships within `balance` x the mean: the local graphs cost
     Σ size², and a cell that is many points' second choice would otherwise hold several times the mean."""
+    x = hnsw.prepare(sample, space)
+    if len(x) < parts:
+        raise DataError(f"k-means partition needs at least {parts} vectors to train on, got {len(x)}")
+    centroids = _kmeans(x, parts, seed)
+    d = hnsw.pairwise(x, centroids, "l2")
     o = min(overlap, parts)
-    if o <= 1:
-        return hnsw.train_router(sample, parts, space, iters=10, seed=seed)
-    router = hnsw.train_router(sample, parts, space, iters=10, seed=seed, balance=np.inf)  # offsets: below
-    d = hnsw.pairwise(hnsw.prepare(sample, space), router.centroids, "l2")
-    return hnsw.Router(router.centroids, _overlap_offsets(d, o, balance, router.offsets), space)
+    offsets = hnsw._balance_offsets(d, 1.5) if o <= 1 else _overlap_offsets(d, o, balance, np.zeros(parts, np.float32))
+    return hnsw.Router(centroids, offsets, space)
+
+
+def _kmeans(x: np.ndarray, parts: int, seed: int, iters: int = KMEANS_ITERS) -> np.ndarray:
+    """Lloyd's k-means seeded by k-means++ on a subsample of SEED_ROWS_PER_CELL rows per cell: the seeding is
+    sequential (one pass per centre), so on the whole sample it cost more than the iterations."""
+    rng = np.random.default_rng(seed)
+    seed_rows = min(len(x), max(parts, SEED_ROWS_PER_CELL * parts))
+    centroids = hnsw._kmeans_pp(x[np.sort(rng.choice(len(x), seed_rows, replace=False))], parts, rng)
+    for _ in range(iters):
+        # a row's own |x|² cannot change which centre is nearest
+        labels = np.argmin(np.einsum("ij,ij->i", centroids, centroids)[None, :] - 2.0 * (x @ centroids.T), axis=1)
+        order = np.argsort(labels, kind="stable")
+        counts = np.bincount(labels, minlength=parts)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        filled = counts > 0
+        sums = np.add.reduceat(x[order], starts[filled], axis=0)  # starts strictly increasing
+        centroids[filled] = (sums / counts[filled, None]).astype(np.float32)
+        empty = np.flatnonzero(~filled)
+        centroids[empty] = x[rng.choice(len(x), len(empty), replace=False)]  # an empty cell restarts on a random row
+    return np.ascontiguousarray(centroids, np.float32)
 
 
 @njit(nogil=True, cache=True)
@@ -153,10 +178,25 @@ def _overlap_offsets(d: np.ndarray, overlap: int, balance: float, start: np.ndar
     return offsets.astype(np.float32)
 
 
-def assign(router: hnsw.Router, x: np.ndarray, overlap: int) -> np.ndarray:
-    """(n, overlap) partitions of each vector, nearest first."""
-    d = hnsw.pairwise(hnsw.prepare(x, router.space), router.centroids, "l2")
-    return _top_cells(d, router.offsets.astype(np.float64), min(overlap, len(router.centroids)))
+def assign(router: hnsw.Router, x: np.ndarray, overlap: int, threads: int = 1) -> np.ndarray:
+    """(n, overlap) partitions of each vector, nearest first; blocks of rows on `threads` threads."""
+    o = min(overlap, len(router.centroids))
+    offsets = router.offsets.astype(np.float64)
+
+    def block(start: int) -> np.ndarray:
+        d = hnsw.pairwise(hnsw.prepare(x[start:start + ASSIGN_ROWS], router.space), router.centroids, "l2")
+        return _top_cells(d, offsets, o)
+
+    starts = range(0, len(x), ASSIGN_ROWS)
+    if threads <= 1 or len(x) <= ASSIGN_ROWS:
+        got = [block(s) for s in starts]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+            got = list(pool.map(block, starts))
+    return np.concatenate(got) if got else np.empty((0, o), np.int64)
 
 
 # ----------------------------------------------------------------------------- exact local graph
@@ -411,6 +451,9 @@ def merge_pieces(home_ids: np.ndarray, pieces: Sequence[tuple[np.ndarray, np.nda
                  ) -> tuple[np.ndarray, np.ndarray]:
     """The graph rows of `home_ids` (sorted): per point, the exact top-k of the union of the candidate rows
     (ids, cand_ids, cand_dists) every holder sent for it."""
+    given = [p for p in pieces if len(p[0])]
+    if len(given) == 1 and np.array_equal(given[0][0], home_ids):  # one holder's lists: already each point's top-k
+        return given[0][1], given[0][2]
     rows_of, cands, dists = [], [], []
     for ids, ci, cd in pieces:
         if len(ids):
@@ -488,6 +531,14 @@ def build_graph(ids: np.ndarray, x: np.ndarray, k: int, settings: GraphSettings,
     back = np.empty_like(order)
     back[order] = np.arange(n)
     return nb[back], d[back], {"partitions": parts, "refine_rates": rates}
+
+
+def warm_kernels(threads: int) -> None:
+    """Load (or compile) this module's numba kernels on a tiny graph, with the types a real one uses: an actor
+    runs it while it reads its rows, so the first partition does not wait for it."""
+    x = np.random.default_rng(0).normal(size=(96, 4)).astype(np.float32)
+    settings = GraphSettings(method="partition", partition_rows=32, overlap=2, refine_rounds=1, refine_min_rate=0.0)
+    build_graph(np.arange(96), x, 3, settings, threads=threads)
 
 
 def training_rows(rows: int, parts: int, seed: int) -> np.ndarray:

@@ -245,32 +245,35 @@ def plan_index(job: IndexJob, cluster: Cluster, cal: Calibration) -> Plan:
     per_node = _spread(actors, len(holders))
     shard_bytes = int(layout.bytes_per_shard * c.index_memory_ratio)
     staged = math.ceil(job.rows / layout.shards) * (4 * job.dim + 8)  # a primary keeps its raw rows while it builds
-    graph = c.worker_bytes + _graph_actor_bytes(job, len(holders)) if job.knn_graph and graph_method(job) != "hnsw" else 0
+    priced = graph_stages(job, cluster, c, layout, max(per_node)) if job.knn_graph else {}
+    method = pick_graph_method(job, priced) if job.knn_graph else ""
+    job = replace(job, graph=replace(job.graph, method=method)) if job.knn_graph else job
+    graph = c.worker_bytes + _graph_actor_bytes(job, len(holders)) if job.knn_graph and method != "hnsw" else 0
     # the build's shard actors are gone when the graph's actors start: a node holds the larger of the two
     memory = tuple(NodeMemory(i, a if job.hnsw else 1, max(a * (c.worker_bytes + shard_bytes + staged) if job.hnsw else 0,
                                                          graph), _budget(cluster.nodes[i]))
                    for i, a in zip(holders, per_node))
-    stages = _index_stages(job, cluster, c, layout, max(per_node))
+    stages = _index_stages(job, cluster, c, layout, max(per_node), priced.get(method))
     peak = _peak(c, cluster, memory)
     info = {"shards": layout.shards, "replicas": job.replicas, "actors": actors, "threads_per_actor": layout.threads,
             "cpus_per_actor": layout.cpus_per_actor, "index_bytes": layout.bytes_per_shard * layout.shards}
     if job.knn_graph:
-        info["graph_method"] = graph_method(job)
+        info["graph_method"] = method
+        info["graph_stage_seconds_by_method"] = {m: round(st.seconds, 3) for m, st in priced.items()}
     problems = _bound_problem(cluster, actors, "shard actors (shards × replicas)")
     return Plan("index", cluster, info, stages, memory, peak, tuple(problems), tuple(_index_advice(job, problems)))
 
 
 def _index_stages(job: IndexJob, cluster: Cluster, c: Constants, layout: sizing.ShardPlan,
-                  actors_per_node: int) -> tuple[StageCost, ...]:
+                  actors_per_node: int, graph: StageCost | None) -> tuple[StageCost, ...]:
     cores = cluster.cpus
     hnsw = _hnsw_costs(job, cluster, c, layout, actors_per_node)
     data = job.rows * 4 * job.dim
     stages = [_start(c, cluster), _ingest(c, job.rows, job.dim, cores)]
     if job.hnsw:
         stages.append(hnsw["build"])
-    if job.knn_graph:
-        method = graph_method(job)
-        stages.append(hnsw["knn_graph"] if method == "hnsw" else _direct_graph(job, cluster, c, method))
+    if graph is not None:
+        stages.append(graph)
     sample = min(job.recall_sample, job.rows)
     exact = 2.0 * sample * job.rows * job.dim / (c.blas_flops_per_s * cores)
     sweep = 6 * sample * hnsw["asked"] * hnsw["per_query"] * (128 / job.ef) / hnsw["speed"] if job.hnsw else 0.0
@@ -292,10 +295,45 @@ def _graph_actor_bytes(job: IndexJob, actors: int) -> int:
 
 
 def graph_method(job: IndexJob) -> str:
-    """The method the graph stage runs: `auto` is `partition`, and both are `exact` when one cell holds all."""
+    """The method a named `knn_graph.method` runs: partition is `exact` when one cell holds all (`auto` is
+    decided by pick_graph_method on a cluster; without one it is partition, as here)."""
     if job.graph.method == "hnsw":
         return "hnsw"
     return "exact" if partitions_for(job.rows, job.graph) == 1 else "partition"
+
+
+def graph_candidates(job: IndexJob) -> tuple[str, ...]:
+    """The methods `auto` may pick: those expected to reach GRAPH_RECALL_TARGET (docs/design.md, "kNN graph
+    without an index"): exact always; partition with overlap >= 2 (overlap 1 measured 0.86 at 100k); hnsw
+    when the run builds the index anyway (`hnsw = true`) and searches with ef >= 2k (0.999 at ef 64, k 11)."""
+    out = ["exact"]
+    if job.graph.overlap >= 2 and partitions_for(job.rows, replace(job.graph, method="partition")) > 1:
+        out.append("partition")
+    if job.hnsw and job.ef >= 2 * job.k:
+        out.append("hnsw")
+    return tuple(out)
+
+
+def graph_stages(job: IndexJob, cluster: Cluster, c: Constants, layout: sizing.ShardPlan, actors_per_node: int
+                 ) -> dict[str, StageCost]:
+    """The graph stage priced for the configured method, or for every `auto` candidate (hnsw: the queries
+    only when the run builds the index anyway)."""
+    methods = graph_candidates(job) if job.graph.method == "auto" else (graph_method(job),)
+    out = {}
+    for m in methods:
+        if m == "hnsw":
+            out[m] = _hnsw_costs(job, cluster, c, layout, actors_per_node)["knn_graph"]
+        else:
+            out[m] = _direct_graph(replace(job, graph=replace(job.graph, method=m)), cluster, c, m)
+    return out
+
+
+def pick_graph_method(job: IndexJob, priced: dict[str, StageCost]) -> str:
+    """`auto`: the candidate whose graph stage is priced lowest (ties: the earlier of exact, partition, hnsw);
+    a named method: itself."""
+    if job.graph.method != "auto":
+        return next(iter(priced))
+    return min(priced, key=lambda m: (priced[m].seconds, list(priced).index(m)))
 
 
 def _hnsw_costs(job: IndexJob, cluster: Cluster, c: Constants, layout: sizing.ShardPlan,

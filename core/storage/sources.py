@@ -128,6 +128,30 @@ def plan_shards(source: Source, n: int) -> list[ShardSpec]:
     ]
 
 
+def plan_row_groups(source: Source, rows: int = 65_536) -> list[ShardSpec]:
+    """One spec per Parquet row group (footers only), so each range a reader asks for decodes one row group
+    once; in-memory sources: ranges of `rows`."""
+    if isinstance(source, pa.Table | np.ndarray) or datasets.is_builtin(source):
+        total = sum(s.num_rows for s in plan_shards(source, 1))
+        return plan_shards(source, max(1, -(-total // rows)))
+    fs, files = _parquet_files(source)
+    groups: list[list[int]] = []
+    for path in files:
+        try:
+            with fs.open_input_file(path) as handle:
+                meta = pq.ParquetFile(handle).metadata
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+        groups.append([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+    counts = tuple(sum(g) for g in groups)
+    if sum(counts) == 0:
+        raise DataError(f"{os.fspath(source)}: dataset is empty (0 rows)")
+    bounds = np.cumsum([0] + [size for g in groups for size in g if size])
+    uri = os.fspath(source)
+    return [ShardSpec(i, int(a), int(b), uri=uri, files=tuple(files), file_rows=counts)
+            for i, (a, b) in enumerate(itertools.pairwise(bounds))]
+
+
 def read_shard(spec: ShardSpec, columns: Sequence[str] | None = None) -> pa.Table:
     """Read exactly rows [start, stop) of a planned shard, touching only the row groups it needs."""
     if spec.table is not None:
