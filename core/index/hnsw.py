@@ -240,7 +240,7 @@ def hash_shard(ids: np.ndarray, shards: int) -> np.ndarray:
     return np.minimum((hash_unit(ids, HASH_SEED) * shards).astype(np.int64), shards - 1)
 
 
-def _kmeans_pp(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+def kmeans_pp(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """k-means++ seeding (Arthur & Vassilvitskii 2007)."""
     x_sq = np.einsum("ij,ij->i", x, x)  # once: each new centre's distances are one matrix-vector product
     centers = [x[rng.integers(len(x))]]
@@ -303,17 +303,17 @@ def train_router(
     if len(x) < shards:
         raise DataError(f"k-means partition needs at least {shards} vectors to train on, got {len(x)}")
     rng = np.random.default_rng(seed)
-    centroids = _kmeans_pp(x, shards, rng)
+    centroids = kmeans_pp(x, shards, rng)
     for _ in range(iters):
         labels = np.argmin(pairwise(x, centroids, "l2"), axis=1)
         for c in range(shards):
             members = x[labels == c]
             centroids[c] = members.mean(axis=0) if len(members) else x[rng.integers(len(x))]
-    offsets = _balance_offsets(pairwise(x, centroids, "l2"), balance)
+    offsets = balance_offsets(pairwise(x, centroids, "l2"), balance)
     return Router(centroids.astype(np.float32), offsets, space)
 
 
-def _balance_offsets(d: np.ndarray, balance: float, rounds: int = 200) -> np.ndarray:
+def balance_offsets(d: np.ndarray, balance: float, rounds: int = 200) -> np.ndarray:
     """Raise the price of over-full cells until every cell holds <= balance x the mean (sample)."""
     n, s = d.shape
     cap = balance * n / s

@@ -113,7 +113,7 @@ def train_partitions(sample: np.ndarray, parts: int, space: str, seed: int = 0, 
     centroids = _kmeans(x, parts, seed)
     d = hnsw.pairwise(x, centroids, "l2")
     o = min(overlap, parts)
-    offsets = hnsw._balance_offsets(d, 1.5) if o <= 1 else _overlap_offsets(d, o, balance, np.zeros(parts, np.float32))
+    offsets = hnsw.balance_offsets(d, 1.5) if o <= 1 else _overlap_offsets(d, o, balance, np.zeros(parts, np.float32))
     return hnsw.Router(centroids, offsets, space)
 
 
@@ -122,7 +122,7 @@ def _kmeans(x: np.ndarray, parts: int, seed: int, iters: int = KMEANS_ITERS) -> 
     sequential (one pass per centre), so on the whole sample it cost more than the iterations."""
     rng = np.random.default_rng(seed)
     seed_rows = min(len(x), max(parts, SEED_ROWS_PER_CELL * parts))
-    centroids = hnsw._kmeans_pp(x[np.sort(rng.choice(len(x), seed_rows, replace=False))], parts, rng)
+    centroids = hnsw.kmeans_pp(x[np.sort(rng.choice(len(x), seed_rows, replace=False))], parts, rng)
     for _ in range(iters):
         # a row's own |x|² cannot change which centre is nearest
         labels = np.argmin(np.einsum("ij,ij->i", centroids, centroids)[None, :] - 2.0 * (x @ centroids.T), axis=1)
