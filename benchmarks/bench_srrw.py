@@ -324,7 +324,8 @@ def many_tokens(obj, g, kw: dict[str, Any], total_hops: int, halo: int | str = "
             "handoffs_per_1000_hops", "hops_per_actor_cpu_second", "bytes_per_crossing", "cut_fraction",
             "shared_entries", "halo", "actor_idle_seconds", "tokens_per_kernel_call", "actor_admit_cpu_seconds",
             "actor_idle_before_first_done_seconds", "handoff_calls_per_s", "tokens_per_handoff_call", "setting_slice_hops",
-            "setting_flush_age_s", "setting_flush_share", "setting_starving_share") if k in st}
+            "setting_flush_age_s", "setting_flush_share", "setting_starving_share", "setting_slice_hops_starving",
+            "setting_interrupt") if k in st}
     part = out[f"stats_{tokens}tokens"]["2actors_partitioned"]
     rate = {k: out[f"hops_per_s_distributed_{tokens}tokens_{k}"] for k in MANY_LAYOUTS}
     out |= {f"ratio_{tokens}tokens_partitioned_vs_replicate": rate["2actors_partitioned"] / rate["2actors_replicate"],

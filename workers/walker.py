@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -66,16 +65,16 @@ __all__ = ["RUN_META", "BlockLoader", "WalkPartition", "run_distributed_sa_srrw"
 RUN_META = "checkpoint.json"  # the checkpoints' settings record (not the DAG's run record, runs/<id>/run.json)
 EARLIER_RUN_META = "run.json"  # its name before: such checkpoints are not resumed, the walk starts over (CHANGELOG)
 COMPILED_CHUNK = 4096  # at most this many hops per token per compiled kernel call (≈ 4 ms per token)
-SLICE_HOPS = int(os.environ.get("SW_SLICE_HOPS", 16384))  # hops per compiled kernel call at most, the resident tokens taking turns
+SLICE_HOPS = 262144  # hops per compiled kernel call at most, the resident tokens taking turns (≈ 0.2 s between inbox looks)
 MIN_HOPS_PER_TOKEN = 64
-# A hand-off call costs the two actors ~2.5 ms of CPU (Ray's send and task dispatch; py-spy, issue 28), far
+# A hand-off call costs the two actors ~2.8 ms of CPU (Ray's send and task dispatch; py-spy, issue 28), far
 # more than its tokens' bytes, so a peer's outbox is held while this actor still walks tokens and sent as one
 # call when: this actor has nothing left to walk; the peer's backlog (tokens resident or queued there, as its
-# last batch reported) is below STARVING_TOKENS, so it would soon idle; the outbox holds FLUSH_SHARE of the
+# last batch reported) is below STARVING_SHARE of them, so it would soon idle; the outbox holds FLUSH_SHARE of the
 # walk's tokens per actor; or its oldest token waited FLUSH_AGE_S.
-FLUSH_AGE_S = float(os.environ.get("SW_FLUSH_AGE_S", 0.2))
-FLUSH_SHARE = float(os.environ.get("SW_FLUSH_SHARE", 0.5))  # 0: as many tokens as are resident here (the old rule)
-STARVING_SHARE = float(os.environ.get("SW_STARVING_SHARE", 0.125))  # of the walk's tokens per actor (0: never)
+FLUSH_AGE_S = 0.2
+FLUSH_SHARE = 0.5  # of the walk's tokens per actor (0: as many tokens as are resident here)
+STARVING_SHARE = 0.125  # of the walk's tokens per actor
 BYTES_SAMPLE_EVERY = 16  # payload bytes per crossing are summed over every 16th hand-off call
 
 
