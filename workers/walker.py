@@ -65,7 +65,7 @@ __all__ = ["RUN_META", "BlockLoader", "WalkPartition", "run_distributed_sa_srrw"
 RUN_META = "checkpoint.json"  # the checkpoints' settings record (not the DAG's run record, runs/<id>/run.json)
 EARLIER_RUN_META = "run.json"  # its name before: such checkpoints are not resumed, the walk starts over (CHANGELOG)
 COMPILED_CHUNK = 4096  # at most this many hops per token per compiled kernel call (≈ 4 ms per token)
-SLICE_HOPS = 262144  # hops per compiled kernel call at most, the resident tokens taking turns (≈ 0.2 s between inbox looks)
+SLICE_HOPS = 16384  # hops per compiled kernel call at most, the resident tokens taking turns (≈ 12 ms between inbox looks)
 MIN_HOPS_PER_TOKEN = 64
 # A hand-off call costs the two actors ~2.8 ms of CPU (Ray's send and task dispatch; py-spy, issue 28), far
 # more than its tokens' bytes, so a peer's outbox is held while this actor still walks tokens and sent as one
