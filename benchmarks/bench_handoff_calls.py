@@ -6,7 +6,8 @@ The partitioned walker hands tokens over as one `receive.remote(batch)` per peer
 measures that path alone, between two async actors like the walker's (num_cpus=0): the sender fires `calls`
 calls of a bytes payload and waits for the receiver to have them all; CPU seconds of both processes (Ray's
 threads included) per call, for each payload size, with `num_returns=0` (the walker's) and with a returned
-ObjectRef that is dropped. Read with the walk's own counts (calls, tokens per call, bytes per crossing).
+ObjectRef that is dropped; `--receivers async,threaded` adds a threaded receiver (sync methods, `max_concurrency=2`,
+no event-loop hop per call). Read with the walk's own counts (calls, tokens per call, bytes per crossing).
 """
 
 from __future__ import annotations
@@ -53,6 +54,36 @@ class Receiver:
         return time.process_time()
 
 
+@ray.remote(num_cpus=0, max_concurrency=2)
+class ThreadedReceiver:
+    """The same receiver as a threaded actor (sync methods on a pool of 2 threads): no event-loop hop per call."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.count, self.want, self.lock, self.event = 0, 0, threading.Lock(), threading.Event()
+
+    @ray.method(num_returns=0)
+    def receive(self, payload: bytes) -> None:
+        with self.lock:
+            self.count += 1
+            if self.count >= self.want:
+                self.event.set()
+
+    def receive_ref(self, payload: bytes) -> None:
+        self.receive(payload)
+
+    def reset(self, want: int) -> float:
+        with self.lock:
+            self.count, self.want = 0, want
+            self.event.clear()
+        return time.process_time()
+
+    def until(self) -> float:
+        self.event.wait()
+        return time.process_time()
+
+
 @ray.remote(num_cpus=0)
 class Sender:
     """Fires the calls from inside an actor, as a walker does."""
@@ -66,8 +97,8 @@ class Sender:
         return time.process_time() - cpu, time.perf_counter() - wall
 
 
-def measure(calls: int) -> list[dict[str, Any]]:
-    receiver, sender = Receiver.remote(), Sender.remote()
+def measure(calls: int, kind: str = "async") -> list[dict[str, Any]]:
+    receiver, sender = (ThreadedReceiver if kind == "threaded" else Receiver).remote(), Sender.remote()
     rows = []
     for size in SIZES:
         for returns in (False, True):
@@ -76,7 +107,7 @@ def measure(calls: int) -> list[dict[str, Any]]:
             send_cpu, _ = ray.get(sender.fire.remote(receiver, calls, size, returns))
             end = ray.get(receiver.until.remote())
             seconds = time.perf_counter() - wall
-            rows.append({"payload_bytes": size, "returns": "objectref dropped" if returns else "num_returns=0",
+            rows.append({"receiver": kind, "payload_bytes": size, "returns": "objectref dropped" if returns else "num_returns=0",
                          "calls": calls, "receiver_cpu_us_per_call": 1e6 * (end - start) / calls,
                          "sender_cpu_us_per_call": 1e6 * send_cpu / calls, "calls_per_s": calls / seconds})
             print(f"{size:>8} B  {rows[-1]['returns']:<18} receiver {rows[-1]['receiver_cpu_us_per_call']:7.0f} µs/call"
@@ -90,13 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_handoff_calls", description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--label", default="")
+    ap.add_argument("--receivers", default="async", help="comma-separated: async (the walker's), threaded (max_concurrency=2)")
     ap.add_argument("--json", required=True)
     args = ap.parse_args(argv)
     load = os.getloadavg()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         ray.get(Receiver.remote().reset.remote(0))  # workers warm
-        rows = measure(args.calls)
+        rows = [row for kind in args.receivers.split(",") for row in measure(args.calls, kind)]
     finally:
         ray.shutdown()
     out = {"label": args.label, "load_average_before": list(load), "load_average_after": list(os.getloadavg()),

@@ -302,7 +302,7 @@ MANY_LAYOUTS = {"1actor": {"partitions": 1, "replicate": True}, "2actors_replica
                 "2actors_partitioned": {"partitions": 2, "replicate": False}}  # partitioned: the default (metis)
 
 
-def many_tokens(obj, g, kw: dict[str, Any], total_hops: int) -> dict[str, Any]:
+def many_tokens(obj, g, kw: dict[str, Any], total_hops: int, halo: int | str = "auto") -> dict[str, Any]:
     """256 tokens sharing a fixed total of hops: 1 actor, 2 actors replicated, 2 actors partitioned (metis,
     measures sharded), each checked bit for bit against the single-process reference of the same walk."""
     from shardwalk.workers.walker import run_distributed_sa_srrw
@@ -315,7 +315,7 @@ def many_tokens(obj, g, kw: dict[str, Any], total_hops: int) -> dict[str, Any]:
                            f"hops_per_s_reference_{tokens}tokens": hops / ref.stats["walk_seconds"],
                            "trajectory_identical_by_layout": {}, f"stats_{tokens}tokens": {}}
     for key, layout in MANY_LAYOUTS.items():
-        res = run_distributed_sa_srrw(obj, g, **layout, **many)
+        res = run_distributed_sa_srrw(obj, g, **layout, **({} if layout["replicate"] else {"halo": halo}), **many)
         st = res.stats
         out[f"hops_per_s_distributed_{tokens}tokens_{key}"] = hops / st["walk_seconds"]
         out["trajectory_identical_by_layout"][f"{tokens}tokens_{key}"] = _same(res, ref)
@@ -323,7 +323,9 @@ def many_tokens(obj, g, kw: dict[str, Any], total_hops: int) -> dict[str, Any]:
             "walk_seconds", "handoffs", "handoff_calls", "chunks", "actor_cpu_seconds", "actor_kernel_cpu_seconds",
             "handoffs_per_1000_hops", "hops_per_actor_cpu_second", "bytes_per_crossing", "cut_fraction",
             "shared_entries", "halo", "actor_idle_seconds", "tokens_per_kernel_call", "actor_admit_cpu_seconds",
-            "actor_idle_before_first_done_seconds") if k in st}
+            "actor_idle_before_first_done_seconds", "handoff_calls_per_s", "tokens_per_handoff_call", "setting_slice_hops",
+            "setting_flush_age_s", "setting_flush_share", "setting_starving_share", "setting_slice_hops_starving",
+            "setting_interrupt") if k in st}
     part = out[f"stats_{tokens}tokens"]["2actors_partitioned"]
     rate = {k: out[f"hops_per_s_distributed_{tokens}tokens_{k}"] for k in MANY_LAYOUTS}
     out |= {f"ratio_{tokens}tokens_partitioned_vs_replicate": rate["2actors_partitioned"] / rate["2actors_replicate"],
@@ -487,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="total hops of the sized case's 256-token runs (0: skip them; ≥ 10 s per run on 2 cores)")
     ap.add_argument("--many-only", action="store_true",
                     help="only the sized case's 256-token runs (1 actor, 2 replicated, 2 partitioned): a lever's check")
+    ap.add_argument("--many-halo", default="auto", type=lambda v: v if v == "auto" else int(v),
+                    help="halo of the 256-token partitioned run (default auto: from the pilot walk's cross rate)")
     ap.add_argument("--label", default="", help="a name for this run in the JSON (e.g. the lever measured)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the sized case's timed runs (best kept)")
     ap.add_argument("--json", required=True, help="where to write the results")
@@ -569,7 +573,7 @@ def _main_many_only(args: argparse.Namespace, agents: int, hops: int, began: flo
     g, obj = _sized_problem(agents, args.spread, args.lam, args.seed)
     kw = {"alpha": 10.0, "a": 0.8, "b": 0.9, "lr": args.lr, "seed": args.seed}
     run_sa_srrw(obj, g, **kw, steps=2)  # compiles (or loads) the numba kernel outside the timing
-    s = {"label": args.label, "agents": agents, "load_average_before": load, **many_tokens(obj, g, kw, hops),
+    s = {"label": args.label, "agents": agents, "load_average_before": load, **many_tokens(obj, g, kw, hops, args.many_halo),
          "load_average_after": list(os.getloadavg()), "seconds": time.perf_counter() - began}
     path = Path(args.json)
     runs = json.loads(path.read_text())["runs"] if path.is_file() else []

@@ -527,3 +527,44 @@ def test_two_parts_ship_only_the_shared_entries_a_token_changed_and_keep_the_tra
     done.sort(key=lambda t: t.key)
     assert all(_same(a, b) for a, b in zip(ref, done))
     assert all(np.array_equal(a.theta_bar, b.theta_bar) for a, b in zip(ref, done))
+
+
+def test_warm_up_readies_the_hand_off_copies_and_leaves_the_shard_untouched():
+    """A walker actor compiles (or loads) the copies a hand-off runs before its walk is timed (the first
+    hand-offs compiled them: ~0.5 s of each actor's CPU inside the walk): after `warm_up` a real hand-off —
+    leavers parked, pickled with changed entries only, restored on the peer — compiles nothing new, and the
+    actor's own shard is as it was."""
+    import pickle
+
+    from shardwalk.core.srrw import compiled
+    from shardwalk.core.srrw.kernel import advance_batch, warm_up
+
+    _, _, _, parts = _sharded_walk(tokens=6, seed=2, actors=2, halo=1, delta=True)
+    (ctx, res, shard), (peer_ctx, peer_res, _) = parts
+    before = (shard.kept.copy(), shard.present.copy(), shard.arrived.copy())
+    warm_up(ctx, res.dim, shard)
+    assert all(np.array_equal(a, b) for a, b in zip(before, (shard.kept, shard.present, shard.arrived)))
+    copies = (compiled.take_columns, compiled.put_columns)
+    ready = [set(f.signatures) for f in copies]
+    leavers = None
+    while leavers is None:
+        stopped, statuses, _ = advance_batch(res, ctx, 50)
+        leave = np.flatnonzero([s == LEAVE for s in statuses])
+        if len(leave):
+            leavers = stopped.select(leave)
+    leavers.logy = shard.changed_only(leavers.key, leavers.logy)
+    peer_res.add_batch(pickle.loads(pickle.dumps(leavers)), peer_ctx.tables)
+    assert [set(f.signatures) for f in copies] == ready
+
+
+def test_an_outbox_waits_while_the_peer_has_work_and_goes_when_full_short_or_old():
+    """A hand-off call costs the actors ~2.8 ms of CPU: the outbox is held while the peer still has tokens to
+    walk, and sent once it holds its share, the peer reports running short, or its oldest token waited."""
+    from shardwalk.workers.walker import FLUSH_AGE_S, FLUSH_SHARE, STARVING_SHARE, flush_due
+
+    share = 128.0  # 256 tokens on two actors
+    full, short, busy = int(FLUSH_SHARE * share), STARVING_SHARE * share, share
+    assert not flush_due(full - 1, 100, busy, 0.0, share)
+    assert flush_due(full, 100, busy, 0.0, share)
+    assert flush_due(1, 100, short - 1, 0.0, share)
+    assert flush_due(1, 100, busy, FLUSH_AGE_S, share)

@@ -65,11 +65,16 @@ __all__ = ["RUN_META", "BlockLoader", "WalkPartition", "run_distributed_sa_srrw"
 RUN_META = "checkpoint.json"  # the checkpoints' settings record (not the DAG's run record, runs/<id>/run.json)
 EARLIER_RUN_META = "run.json"  # its name before: such checkpoints are not resumed, the walk starts over (CHANGELOG)
 COMPILED_CHUNK = 4096  # at most this many hops per token per compiled kernel call (≈ 4 ms per token)
-SLICE_HOPS = 65536  # hops per compiled kernel call at most, the resident tokens taking turns (≈ 60 ms between inbox looks)
+SLICE_HOPS = 16384  # hops per compiled kernel call at most, the resident tokens taking turns (≈ 12 ms between inbox looks)
 MIN_HOPS_PER_TOKEN = 64
-FLUSH_AGE_S = 0.02  # a peer's outbox is sent (one call) after a kernel call once its oldest token waited this
-#                     long, once it holds as many tokens as the actor walks, or when the actor has nothing left
-#                     to walk: a Ray call costs the two actors ~1 ms of CPU, far more than a token's bytes
+# A hand-off call costs the two actors ~2.8 ms of CPU (Ray's send and task dispatch; py-spy, issue 28), far
+# more than its tokens' bytes, so a peer's outbox is held while this actor still walks tokens and sent as one
+# call when: this actor has nothing left to walk; the peer's backlog (tokens resident or queued there, as its
+# last batch reported) is below STARVING_SHARE of them, so it would soon idle; the outbox holds FLUSH_SHARE of the
+# walk's tokens per actor; or its oldest token waited FLUSH_AGE_S.
+FLUSH_AGE_S = 0.2
+FLUSH_SHARE = 0.5  # of the walk's tokens per actor (0: as many tokens as are resident here)
+STARVING_SHARE = 0.125  # of the walk's tokens per actor
 BYTES_SAMPLE_EVERY = 16  # payload bytes per crossing are summed over every 16th hand-off call
 
 
@@ -111,9 +116,9 @@ class WalkPartition:
         every = layout.checkpoint_every if checkpoint_dir else 0
         self.ctx = WalkContext(chain, objective, spec.schedule, spec.steps, held, every)
         self.chunk = layout.chunk
-        warm_up(self.ctx, objective.dim)
         # two actors: a leaving token carries only the shared entries it changed here (MeasureShard.changed_only)
         self.shard = None if shared is None else MeasureShard(views(chain, [held])[0], shared, delta=int(owner.max()) == 1)
+        warm_up(self.ctx, objective.dim, self.shard)
         self.resident = Resident(objective.dim, chain.num_nodes, spec.schedule.polyak, self.shard)
         self.part, self.owner, self.sink, self.checkpoint_dir = part, owner, sink, checkpoint_dir
         self.inbox: list[TokenBatch] = []
@@ -123,6 +128,8 @@ class WalkPartition:
         self.peers: list[Any] = []
         self.outbox: dict[int, list[TokenBatch]] = {}  # peer -> tokens bound for it, sent by size or age
         self.outbox_since: dict[int, float] = {}
+        self.peer_backlog: dict[int, int] = {}  # peer -> tokens resident or queued there, as its last batch said
+        self.tokens_total = spec.tokens
         self.counts = {"steps_walked": 0, "chunks": 0, "calls_out": 0, "tokens_out": 0, "calls_in": 0,
                        "bytes_sampled": 0, "tokens_sampled": 0, "tokens_per_call": 0}
         self.kernel_cpu = self.admit_cpu = self.idle = 0.0
@@ -139,8 +146,11 @@ class WalkPartition:
         return len(self.ctx.objective.blocks)
 
     @ray.method(num_returns=0)  # fire and forget: no return object to create, reply with and release
-    async def receive(self, batch: TokenBatch) -> None:
-        """Tokens handed over by a peer (or the driver) join the resident ones before the next kernel call."""
+    async def receive(self, batch: TokenBatch, sender: int = -1, backlog: int = 0) -> None:
+        """Tokens handed over by a peer (or the driver) join the resident ones before the next kernel call;
+        `backlog` is how many tokens the sending peer still had to walk."""
+        if sender >= 0:
+            self.peer_backlog[sender] = backlog
         self.inbox.append(batch)
         self.counts["calls_in"] += 1
         self.wake.set()
@@ -274,20 +284,22 @@ class WalkPartition:
         return self.shard.exclusive_entries(keys)
 
     def _flush(self, everything: bool) -> None:
-        """Send each peer's outbox as one batch once it is FLUSH_AGE_S old, or holds at least as many tokens as
-        are resident here (the peer may be short of work), or `everything`: `.remote` returns at once, so
-        sending never blocks the walk."""
+        """Send each peer's outbox as one batch when due (FLUSH_AGE_S, FLUSH_SHARE, STARVING_SHARE above) or
+        `everything`: `.remote` returns at once, so sending never blocks the walk."""
         now = time.monotonic()
+        share = self.tokens_total / max(len(self.peers), 1)
         for peer in list(self.outbox):
             waiting = sum(len(batch) for batch in self.outbox[peer])
-            if not (everything or now - self.outbox_since[peer] >= FLUSH_AGE_S or waiting >= len(self.resident)):
+            if not (everything or flush_due(waiting, len(self.resident), self.peer_backlog.get(peer, share),
+                                            now - self.outbox_since[peer], share)):
                 continue
             batch = TokenBatch.concat(self.outbox.pop(peer))
             del self.outbox_since[peer]
             if self.counts["calls_out"] % BYTES_SAMPLE_EVERY == 0:  # payload size, on a sample of calls
                 self.counts["bytes_sampled"] += batch.nbytes
                 self.counts["tokens_sampled"] += len(batch)
-            self.peers[peer].receive.remote(batch)
+            self.peers[peer].receive.remote(batch, self.part, len(self.resident) + sum(len(b) for b in self.inbox))
+            self.peer_backlog[peer] = self.peer_backlog.get(peer, 0) + len(batch)  # till it reports again
             self.counts["calls_out"] += 1
             self.counts["tokens_out"] += len(batch)
 
@@ -302,7 +314,18 @@ class WalkPartition:
         return {"agents": float(self.ctx.owned.sum()), **{k: float(v) for k, v in self.counts.items()},
                 "cpu_seconds": time.process_time() - self.cpu_start, "kernel_cpu_seconds": self.kernel_cpu,
                 "admit_cpu_seconds": self.admit_cpu, "idle_seconds": self.idle,
-                "idle_before_first_done_seconds": self.idle if self.idle_at_first_done is None else self.idle_at_first_done}
+                "idle_before_first_done_seconds": self.idle if self.idle_at_first_done is None else self.idle_at_first_done,
+                "setting_slice_hops": float(SLICE_HOPS), "setting_flush_age_s": FLUSH_AGE_S,
+                "setting_flush_share": FLUSH_SHARE, "setting_starving_share": STARVING_SHARE}
+
+
+def flush_due(waiting: int, resident: int, peer_backlog: float, age_s: float, share: float) -> bool:
+    """Whether a peer's outbox (`waiting` tokens, the oldest `age_s` old) is sent now, this actor still walking
+    `resident` tokens: the peer is short of work (its last reported backlog below STARVING_SHARE of `share`,
+    the walk's tokens per actor), the outbox is full (FLUSH_SHARE of `share`; 0: as many as are resident), or
+    its oldest token waited FLUSH_AGE_S."""
+    full = max(1.0, FLUSH_SHARE * share) if FLUSH_SHARE else resident
+    return waiting >= full or peer_backlog < STARVING_SHARE * share or age_s >= FLUSH_AGE_S
 
 
 def _meta_path(directory: str, name: str = RUN_META) -> Any:
@@ -475,13 +498,15 @@ def _result(results: list[tuple[Token | None, BaseException | None]], seconds: f
         if error is not None:
             raise error if isinstance(error, ShardwalkError) else RuntimeError(f"walker failed: {error!r}")
         done.append(token)
-    total = {k: float(sum(b[k] for b in busy)) for k in busy[0]}
+    total = {k: float(sum(b[k] for b in busy)) for k in busy[0] if not k.startswith("setting_")}
     stats = {"walk_seconds": seconds, "handoffs": float(sum(t.handoffs for t in done)), "partitions": float(len(busy)),
              "actor_cpu_seconds": total["cpu_seconds"], "actor_kernel_cpu_seconds": total["kernel_cpu_seconds"],
              "handoff_calls": total["calls_out"], "steps_walked": total["steps_walked"], "chunks": total["chunks"],
              "actor_idle_seconds": total["idle_seconds"], "actor_admit_cpu_seconds": total["admit_cpu_seconds"],
              "actor_idle_before_first_done_seconds": total["idle_before_first_done_seconds"], "tokens_per_kernel_call": total["tokens_per_call"] / max(total["chunks"], 1.0),
-             "replicated": float(layout.replicate)}
+             "replicated": float(layout.replicate), "handoff_calls_per_s": total["calls_out"] / max(seconds, 1e-9),
+             "tokens_per_handoff_call": total["tokens_out"] / max(total["calls_out"], 1.0),
+             **{k: v for k, v in busy[0].items() if k.startswith("setting_")}}
     steps = max(total["steps_walked"], 1.0)
     stats |= {"handoffs_per_1000_hops": 1000.0 * stats["handoffs"] / steps,
               "hops_per_actor_cpu_second": total["steps_walked"] / max(total["cpu_seconds"], 1e-9),

@@ -341,10 +341,26 @@ def _advance_compiled(res: Resident, ctx: WalkContext, budget: int, call_hops: i
             {k: _divergence(res, ctx, k) for k, c in zip(rows_list, codes) if c == cc.FAILED})
 
 
-def warm_up(ctx: WalkContext, dim: int) -> None:
-    """Compile (or load from numba's cache) the kernel for this walk's types, outside any timing."""
+def warm_up(ctx: WalkContext, dim: int, shard: Any = None) -> None:
+    """Compile (or load from numba's cache) the kernel for this walk's types, outside any timing; with a
+    `shard`, also the compiled copies a hand-off runs (a partial token unpickled, restored, parked)."""
     if ctx.compiled:
         _advance_compiled(Resident(dim, ctx.chain.num_nodes, ctx.schedule.polyak), ctx, 1)
+    if shard is None:
+        return
+    spare = shard.blank()
+    spare.seed_all(np.zeros((1, spare.num_nodes)))
+    res = Resident(dim, spare.num_nodes, ctx.schedule.polyak, spare)
+    one = np.zeros(1, dtype=np.int64)
+    batch = TokenBatch(key=one, n=one, node=spare.view[:1].astype(np.int64), prev=one - 1, arrived=np.ones(1, dtype=bool),
+                       handoffs=one, log_scale=ctx.tables.ensure(0)[2][:1].copy(), theta=np.zeros((1, dim)),
+                       bar=np.zeros((1, dim)) if ctx.schedule.polyak else None, logy=np.zeros((1, len(spare.shared))),
+                       rng=np.zeros((1, RNG_WORDS), dtype=np.uint64), partial=True)
+    rebuild, state = batch.__reduce__()  # the batch as a hand-off delivers it
+    res.add_batch(rebuild(*state), ctx.tables)
+    left = res.take_batch(np.arange(1), ctx.tables)
+    if spare.arrived is not None:
+        spare.changed_only(left.key, left.logy)
 
 
 def _divergence(res: Resident, ctx: WalkContext, k: int) -> DivergenceError:

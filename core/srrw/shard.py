@@ -55,6 +55,12 @@ class MeasureShard:
         self.present = np.zeros(0, dtype=bool)
         self.arrived = np.zeros((0, len(self.shared))) if delta else None
 
+    def blank(self) -> MeasureShard:
+        """An empty shard of the same view and shared entries (a warm-up's scratch copy)."""
+        view = np.zeros(self.num_nodes, dtype=bool)
+        view[self.view] = True
+        return MeasureShard(view, self.shared, self.arrived is not None)
+
     def _reserve(self, keys: int) -> None:
         if keys > len(self.present):
             cap = max(keys, 2 * len(self.present))
