@@ -205,14 +205,14 @@ def check_target(target: str, overwrite: bool, runs_dir: str | None = None) -> d
 
 def _checked(t: Target, overwrite: bool, runs_dir: str | None) -> dict[str, Any] | None:
     if not t.local and publish.is_bucket_root(t.given):
-        raise ConfigError(f"--export {t.given}: a bucket root is never an export target; name a prefix in it "
+        raise ConfigError(f"export target {t.given}: a bucket root is never an export target; name a prefix in it "
                           f"(e.g. {t.given.rstrip('/')}/results)")
     if runs_dir is not None and publish.overlaps(t.given, runs_dir):
-        raise ConfigError(f"--export {t.given}: overlaps the runs dir {runs_dir} (it is the runs dir, holds it or "
+        raise ConfigError(f"export target {t.given}: overlaps the runs dir {runs_dir} (it is the runs dir, holds it or "
                           "lies inside it); choose a location outside it")
     previous = _previous_export(t)
     if previous is not None and not overwrite:
-        raise ConfigError(f"--export {t.given}: exists and is not empty (the export of run {previous['run_id']}); "
+        raise ConfigError(f"export target {t.given}: exists and is not empty (the export of run {previous['run_id']}); "
                           "pass --overwrite to replace it")
     return previous
 
@@ -224,7 +224,7 @@ def _previous_export(t: Target) -> dict[str, Any] | None:
         if info.type == pafs.FileType.NotFound:
             return None
         if info.type == pafs.FileType.File:
-            raise ConfigError(f"--export {t.given}: exists and is a file, not a directory")
+            raise ConfigError(f"export target {t.given}: exists and is a file, not a directory")
         entries = t.fs.get_file_info(pafs.FileSelector(t.path, recursive=True, allow_not_found=True))
     if not entries:
         return None
@@ -233,12 +233,12 @@ def _previous_export(t: Target) -> dict[str, Any] | None:
     if marker is None and not t.local and all(rel.startswith(f"{VERSIONS}/") for rel in names):
         return None  # a first export interrupted before its pointer: only our own unpublished version objects
     if marker is None:
-        raise ConfigError(f"--export {t.given}: holds files that are not a shardwalk export (no valid {MARKER}); "
+        raise ConfigError(f"export target {t.given}: holds files that are not a shardwalk export (no valid {MARKER}); "
                           "refusing to replace them: choose a new or empty location")
     ours = (lambda rel: rel in marker["files"]) if t.local else (lambda rel: rel.startswith(f"{VERSIONS}/"))
     foreign = [rel for rel in names if rel != MARKER and not ours(rel)]
     if foreign:
-        raise ConfigError(f"--export {t.given}: holds {foreign[0]}" + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
+        raise ConfigError(f"export target {t.given}: holds {foreign[0]}" + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
                           + ", which its export does not list; refusing to replace it")
     return marker
 
@@ -338,7 +338,7 @@ def _unchanged_since_check(t: Target, previous: dict[str, Any] | None) -> None:
     """Refuse to replace a target someone wrote to while the export was being built."""
     now = _previous_export(t)
     if (now or {}).get("exported_at") != (previous or {}).get("exported_at"):
-        raise ConfigError(f"--export {t.given}: changed while the export was being built; nothing was replaced")
+        raise ConfigError(f"export target {t.given}: changed while the export was being built; nothing was replaced")
 
 
 def _publish_version(tmp: Path, t: Target, marker: dict[str, Any], previous: dict[str, Any] | None) -> None:

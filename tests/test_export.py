@@ -54,7 +54,7 @@ def test_index_export_layout_query_and_refusals(ray_local: None, tmp_path: Path,
     # an occupied target is refused before any work, then replaced with --overwrite
     assert main(["run", "index", "--runs-dir", runs, *SMALL, "--export", str(target)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"--export {target}: exists and is not empty" in err
+    assert err.count("\n") == 1 and f"export target {target}: exists and is not empty" in err
     assert main(["export", "latest", str(target), "--runs-dir", runs, "--overwrite"]) == 0
     assert (target / MARKER).is_file() and not list(tmp_path.glob(".tmp-export-*")) and not list(tmp_path.glob(".old-*"))
 
@@ -127,7 +127,7 @@ def test_overwrite_onto_a_folder_that_is_not_an_export_is_refused_and_left_alone
 
     target = tmp_path / "mine"
     before = _foreign_folder(target)
-    with pytest.raises(ConfigError, match=f"--export {target}: holds files that are not a shardwalk export"):
+    with pytest.raises(ConfigError, match=f"export target {target}: holds files that are not a shardwalk export"):
         export_run(_fake_coreset_run(tmp_path / "run"), tmp_path, str(target), overwrite=True)
     assert _tree(target) == before and not list(tmp_path.glob(".tmp-export-*"))
 
@@ -166,7 +166,7 @@ def test_export_onto_the_runs_dir_or_a_folder_holding_it_is_refused(tmp_path: Pa
     for target in (tmp_path / "work", tmp_path / "link", runs, runs / "cache" / "x"):
         assert main(["export", run_id, str(target), "--runs-dir", str(runs), "--overwrite"]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and f"--export {target}: overlaps the runs dir" in err
+        assert err.count("\n") == 1 and f"export target {target}: overlaps the runs dir" in err
     assert _tree(tmp_path / "work") == before
     assert main(["export", run_id, str(tmp_path / "out"), "--runs-dir", str(runs)]) == 0  # elsewhere: fine
     assert json.loads((tmp_path / "out" / MARKER).read_text())["run_id"] == run_id
