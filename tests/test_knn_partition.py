@@ -150,6 +150,17 @@ def test_second_choice_cells_are_balanced_too() -> None:
     assert np.bincount(plain.probe(x, 2).ravel(), minlength=20).max() > sizes.max()  # what the first-choice offsets leave
 
 
+def test_k_means_sample_is_sized_per_cell_and_offsets_fitted_on_a_subsample_still_balance() -> None:
+    assert kp.sample_rows(1_000_000, 1303) == kp.SAMPLE_ROWS_PER_CELL * 1303  # not 64 per cell: training ~ rows x cells
+    assert kp.sample_rows(100_000, 130) == kp.SAMPLE_MIN_ROWS
+    x = _clustered(9000, dim=8)  # 9,000 > max(32 x 40, 4,096): the offsets see a seeded subsample only
+    router = kp.train_partitions(x, 40, "l2", seed=3, overlap=2)
+    sizes = np.bincount(kp.assign(router, x, 2).ravel(), minlength=40)
+    assert sizes.max() <= 1.6 * sizes.mean()  # BALANCE (1.3) on the subsample, sampling noise on the full data
+    again = kp.train_partitions(x, 40, "l2", seed=3, overlap=2)
+    assert np.array_equal(router.centroids, again.centroids) and np.array_equal(router.offsets, again.offsets)
+
+
 def test_partitions_built_side_by_side_on_threads_give_the_same_graph_as_one_thread() -> None:
     x = _clustered(2000, dim=12)
     ids = np.arange(2000) * 5

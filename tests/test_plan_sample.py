@@ -14,7 +14,7 @@ import pytest
 
 from shardwalk.core.data.schema import from_numpy
 from shardwalk.core.errors import DataError
-from shardwalk.core.index.knn_partition import GraphSettings, partitions_for
+from shardwalk.core.index.knn_partition import SAMPLE_ROWS_PER_CELL, GraphSettings, partitions_for
 from shardwalk.core.plan import cost_model as cm
 from shardwalk.core.plan import sample_costs as sc
 from shardwalk.pipelines.cli import main
@@ -63,7 +63,7 @@ def test_partition_graph_grows_linearly_at_a_fixed_cell_size_and_exact_quadratic
     steps = sc.partition_seconds(costs(), large, settings)  # assignment ~ n·P and k-means ~ P² grow faster
     parts = partitions_for(large, settings)
     assert steps["assign"] == pytest.approx(1e-8 * large * parts)
-    assert steps["train"] == pytest.approx(5e-7 * 64 * parts * parts)
+    assert steps["train"] == pytest.approx(5e-7 * SAMPLE_ROWS_PER_CELL * parts * parts)
 
 
 # ----------------------------------------------------------------------------- the cost model with a sample
