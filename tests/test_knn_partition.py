@@ -201,3 +201,17 @@ def test_row_groups_are_dealt_to_actors_by_rows_each_share_in_source_order() -> 
     assert [sum(s.num_rows for s in share) for share in shares] == [131072, 134464]
     assert all([s.start for s in share] == sorted(s.start for s in share) for share in shares)
     assert spread_specs(specs[:1], 3)[1:] == [[], []]  # more actors than row groups: some read nothing
+
+
+@pytest.mark.parametrize(("method", "partition_kernels"), [("exact", False), ("partition", True)])
+def test_warm_up_loads_only_the_kernels_its_method_runs(method: str, partition_kernels: bool) -> None:
+    """An `exact` graph's actors compile (on a fresh install) or load no partition kernels while they read."""
+    import subprocess
+    import sys
+
+    code = ("from shardwalk.core.index import knn_partition as kp\n"
+            f"kp.warm_kernels(1, {method!r})\n"
+            "print(len(kp._select_block.signatures), len(kp._top_cells.signatures), len(kp._refine_round.signatures))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    local, assign, refine = map(int, done.stdout.split())  # kernels with a loaded (or compiled) signature
+    assert local > 0 and (assign > 0) == partition_kernels and (refine > 0) == partition_kernels

@@ -51,7 +51,7 @@ WRITE_ROWS = 262_144  # rows per written part
 class GraphActor:
     """Holds the points of its partitions; builds their local graphs; merges, refines and writes its home points."""
 
-    def __init__(self, index: int, threads: int) -> None:
+    def __init__(self, index: int, threads: int, method: str) -> None:
         import numba
         from threadpoolctl import threadpool_limits
 
@@ -61,7 +61,7 @@ class GraphActor:
         self._limits = threadpool_limits(limits=max(1, threads))  # BLAS threads = this actor's CPUs
         self.ids = np.empty(0, np.int64)
         # the kernels' cached machine code loads while the rows are read (joined before they are first used)
-        self._warm = threading.Thread(target=kp.warm_kernels, args=(self.threads,), daemon=True)
+        self._warm = threading.Thread(target=kp.warm_kernels, args=(self.threads, method), daemon=True)
         self._warm.start()
 
     def read(self, specs: list[Any], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +206,7 @@ def build_graph(source: str, out: str, *, k: int, settings: kp.GraphSettings, sp
         make_dirs(out)
     count, auto_threads, cpus = actor_layout(actors)
     threads = threads or auto_threads
-    handles = [GraphActor.options(num_cpus=cpus).remote(a, threads) for a in range(count)]  # start while planning
+    handles = [GraphActor.options(num_cpus=cpus).remote(a, threads, settings.method) for a in range(count)]  # start while planning
     try:
         specs = plan_row_groups(source, READ_ROWS)  # one row group each: none decoded twice
         total = sum(s.num_rows for s in specs)

@@ -541,11 +541,11 @@ def build_graph(ids: np.ndarray, x: np.ndarray, k: int, settings: GraphSettings,
     return nb[back], d[back], {"partitions": parts, "refine_rates": rates}
 
 
-def warm_kernels(threads: int) -> None:
-    """Load (or compile) this module's numba kernels on a tiny graph, with the types a real one uses: an actor
-    runs it while it reads its rows, so the first partition does not wait for it."""
+def warm_kernels(threads: int, method: str = "partition") -> None:
+    """Load (or compile) the numba kernels `method` runs on a tiny graph, with the types a real one uses: an actor
+    runs it while it reads its rows, so the first partition does not wait for it (and `exact` compiles no more)."""
     x = np.random.default_rng(0).normal(size=(96, 4)).astype(np.float32)
-    settings = GraphSettings(method="partition", partition_rows=32, overlap=2, refine_rounds=1, refine_min_rate=0.0)
+    settings = GraphSettings(method=method, partition_rows=32, overlap=2, refine_rounds=1, refine_min_rate=0.0)
     build_graph(np.arange(96), x, 3, settings, threads=threads)
 
 
