@@ -36,9 +36,13 @@ WALK: dict[str, Any] = {"alpha": 5.0, "seed": 9, "tokens": 1}
 
 
 def _checkpointed_n(ckpt: Path) -> int:
+    from shardwalk.core.errors import CorruptArtifactError
     from shardwalk.core.srrw import load_token
 
-    token = load_token(ckpt, 0) if (ckpt / "token-0.json").is_file() else None
+    try:
+        token = load_token(ckpt, 0) if (ckpt / "token-0.json").is_file() else None
+    except CorruptArtifactError:  # read while the live walk replaced that checkpoint (its old arrays are gone): again
+        return 0
     return token.n if token is not None else 0
 
 
