@@ -139,9 +139,9 @@ class GraphActor:
         with sending(channel, stage, new_sender()):
             ci, cd = kp.local_candidates(self.ids, self.x, self.member, owned, k, space, block, partitions, self.threads)
         self.local_seconds = time.perf_counter() - began
-        out = [(self.ids[self.home == b], ci[self.home == b], cd[self.home == b]) if b != self.index else
-               (self.ids[:0], ci[:0], cd[:0]) for b in range(actors)]
-        self.own = (self.ids[self.home == self.index], ci[self.home == self.index], cd[self.home == self.index])
+        masks = [self.home == b for b in range(actors)]
+        out = [(self.ids[m], ci[m], cd[m]) for m in masks]
+        self.own, out[self.index] = out[self.index], (self.ids[:0], ci[:0], cd[:0])  # mine stays here
         return tuple(out) if actors > 1 else out[0]
 
     def finish(self, refs: list[Any], k: int, rounds: int, min_rate: float, seed: int, space: str, out: str
