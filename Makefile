@@ -26,9 +26,12 @@ demo: $(STAMP)
 # run on one worker (every multi-node test shares one), longest work first (GROUPS in tests/conftest.py).
 PYTEST_PARALLEL ?= -n auto --maxprocesses=4 --dist loadgroup --no-loadscope-reorder
 
+# The checkout's modules byte-compiled once: with PYTHONDONTWRITEBYTECODE set (as on this machine type) nothing
+# caches them, and each of the suite's ~650 processes (Ray actors, CLI runs) would compile its imports again.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/python -m compileall -q core workers pipelines shardwalk benchmarks > /dev/null
 	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 lint: $(STAMP)

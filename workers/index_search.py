@@ -85,17 +85,21 @@ def call_replicas(
     replicas = len(actors[0])
     refs = [getattr(actors[c.shard][(c.turn + offset) % replicas], method).remote(*c.args) for c in calls]
     out: list[Any] = []
+    back: set[tuple[int, int]] = set()  # (shard, replica) that answered a retry: restarted, so no wait for it again
     for c, ref in zip(calls, refs):
         first = (c.turn + offset) % replicas
         result, error = None, None
         # every replica once, plus retries of the first: a killed actor restarts and reloads its shard
         restarting = 0
         for attempt in range(replicas + RESTART_RETRIES):
-            if restarting and attempt >= replicas:  # every replica tried: give a restarting one time to come back
-                time.sleep(RESTART_WAIT_S * 2 ** (restarting - 1))
+            replica = (first + attempt) % replicas
+            if restarting and attempt >= replicas and (c.shard, replica) not in back:
+                time.sleep(RESTART_WAIT_S * 2 ** (restarting - 1))  # every replica tried: time to come back
             try:
-                call = ref if attempt == 0 else getattr(actors[c.shard][(first + attempt) % replicas], method).remote(*c.args)
+                call = ref if attempt == 0 else getattr(actors[c.shard][replica], method).remote(*c.args)
                 result, error = ray.get(call, timeout=timeout), None
+                if attempt:
+                    back.add((c.shard, replica))
                 break
             except ActorUnavailableError as exc:  # restarting (Ray does not retry it: the call may have run)
                 error, restarting = exc, restarting + 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,13 +17,15 @@ import ray
 
 from shardwalk.core import progress
 from shardwalk.core.coresets import single_process as coreset
-from shardwalk.core.coresets.evaluation import Split
 from shardwalk.core.coresets.selection_names import check_method, selection_name
 from shardwalk.core.data.schema import LABEL
 from shardwalk.core.errors import DataError, InvariantError
 from shardwalk.core.storage import sink
 from shardwalk.core.storage.sources import ShardSpec, plan_shards, read_shard
 from shardwalk.workers.autoconnect import ensure_ray
+
+if TYPE_CHECKING:  # a type only: evaluation reads Parquet datasets, whose import pulls pandas (0.3 s per actor)
+    from shardwalk.core.coresets.evaluation import Split
 
 
 @ray.remote
