@@ -130,6 +130,16 @@ def ray_local(_ray_session: None) -> Iterator[None]:
     yield
 
 
+@pytest.fixture
+def ray_address(ray_local: None) -> dict[str, str]:
+    """The environment that has a CLI subprocess join the session's Ray instead of starting its own.
+
+    For tests about what the CLI does rather than about Ray starting: an embedded start costs ~5 s of CPU."""
+    import ray
+
+    return {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+
+
 _SHARED: dict[str, object] = {}  # the one simulated cluster of the session, while tests use it
 
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from shardwalk.core.dag.runner import Pipeline
 from shardwalk.core.storage.files import write_parquet
 
-DEFAULTS: dict[str, Any] = {"rows": 1000, "marker_dir": ""}
+DEFAULTS: dict[str, Any] = {"rows": 1000, "marker_dir": "", "slow_s": 0}
 
 
 def validate(config: dict[str, Any]) -> None:
@@ -28,12 +28,14 @@ def numbers(out: Path, *, rows: int) -> dict[str, Any]:
     return {"rows": rows}
 
 
-def total(out: Path, numbers: Path, *, marker_dir: str) -> dict[str, Any]:
-    """Sums the squares; sleeps while SHARDWALK_TEST_SLOW is set so a test can kill the driver meanwhile."""
+def total(out: Path, numbers: Path, *, marker_dir: str, slow_s: float) -> dict[str, Any]:
+    """Sums the squares after sleeping `slow_s` seconds, so a test can kill the driver meanwhile.
+
+    A setting, not an environment variable: the stage runs in a Ray worker, which has the driver's environment
+    only when the driver started that Ray (not when it joins the session's)."""
     if marker_dir:
         Path(marker_dir, f"total-started-{os.getpid()}").write_text("started")
-    if os.environ.get("SHARDWALK_TEST_SLOW"):
-        time.sleep(float(os.environ["SHARDWALK_TEST_SLOW"]))
+    time.sleep(float(slow_s))
     squares = pq.read_table(numbers / "numbers.parquet").column("square").to_numpy()
     write_parquet(pa.table({"total": [int(squares.sum())]}), out / "total.parquet")
     return {"total": int(squares.sum())}
@@ -42,5 +44,5 @@ def total(out: Path, numbers: Path, *, marker_dir: str) -> dict[str, Any]:
 def build(config: dict[str, Any]) -> Pipeline:
     p = Pipeline("slow")
     p.stage("numbers", numbers, params={"rows": config["rows"]})
-    p.stage("total", total, inputs=["numbers"], params={"marker_dir": config["marker_dir"]})
+    p.stage("total", total, inputs=["numbers"], params={"marker_dir": config["marker_dir"], "slow_s": config["slow_s"]})
     return p

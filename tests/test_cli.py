@@ -111,14 +111,14 @@ def test_two_stage_pipeline_on_real_data_caches_and_reruns_downstream_only(ray_l
 
 
 def _cli(args: list[str], env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
-    full_env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.Popen([*SHARDWALK, *args], cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 @pytest.mark.slow
-def test_console_script_bad_input_has_no_traceback(tmp_path) -> None:
+def test_console_script_bad_input_has_no_traceback(ray_address, tmp_path) -> None:
     source, _ = _bad_sources(tmp_path)["nan"]
-    proc = _cli(["run", "ingest", "--runs-dir", str(tmp_path / "runs"), "--set", f"source={source}"])
+    proc = _cli(["run", "ingest", "--runs-dir", str(tmp_path / "runs"), "--set", f"source={source}"], env=ray_address)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, err
     assert "Traceback" not in err
@@ -127,23 +127,15 @@ def test_console_script_bad_input_has_no_traceback(tmp_path) -> None:
     ]
 
 
-def _slow_pipeline_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make `slow_pipeline` importable here (same module name, so the same cache keys as the CLI's runs)."""
-    from ray import cloudpickle
-
-    monkeypatch.syspath_prepend(str(ROOT / "tests"))
-    import slow_pipeline
-
-    cloudpickle.register_pickle_by_value(slow_pipeline)  # the session's Ray workers cannot import it
-
-
 @pytest.mark.ray
 @pytest.mark.slow
-def test_killed_driver_resumes_from_committed_stages(ray_local, tmp_path, capsys, monkeypatch) -> None:
+def test_killed_driver_resumes_from_committed_stages(ray_address, tmp_path, capsys) -> None:
+    """The driver joins the session's Ray (its workers import `tests.slow_pipeline` from the checkout, where
+    the suite runs); the rerun and the clean run are drivers in this process, on the same Ray."""
     runs, markers = tmp_path / "runs", tmp_path / "markers"
     markers.mkdir()
-    args = ["run", "slow_pipeline", "--runs-dir", str(runs), "--set", f"marker_dir={markers}"]
-    proc = _cli(args, env={"SHARDWALK_TEST_SLOW": "120"}, start_new_session=True)
+    args = ["run", "tests.slow_pipeline", "--runs-dir", str(runs), "--set", f"marker_dir={markers}"]
+    proc = _cli([*args, "--set", "slow_s=120"], env=ray_address, start_new_session=True)
     deadline = time.time() + 240
     while not list(markers.iterdir()) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -152,14 +144,12 @@ def test_killed_driver_resumes_from_committed_stages(ray_local, tmp_path, capsys
     proc.communicate(timeout=60)
     assert [name.split("-")[0] for name in _committed(runs)] == ["numbers"]
 
-    # the rerun and the clean run are new drivers too: in this process, on the session's Ray (no second start)
-    _slow_pipeline_in_process(monkeypatch)
     capsys.readouterr()
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "stage numbers: cache hit" in err and "stage total: done" in err
     (clean_runs := tmp_path / "clean").mkdir()
-    assert main(["run", "slow_pipeline", "--runs-dir", str(clean_runs), "--set", f"marker_dir={markers}"]) == 0
+    assert main(["run", "tests.slow_pipeline", "--runs-dir", str(clean_runs), "--set", f"marker_dir={markers}"]) == 0
     for stage in ("numbers", "total"):
         resumed = next((runs / "cache").glob(f"{stage}-*")) / f"{stage}.parquet"
         fresh = next((clean_runs / "cache").glob(f"{stage}-*")) / f"{stage}.parquet"
@@ -169,10 +159,10 @@ def test_killed_driver_resumes_from_committed_stages(ray_local, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_concurrent_runs_into_one_runs_dir_do_not_interleave(tmp_path) -> None:
+def test_concurrent_runs_into_one_runs_dir_do_not_interleave(ray_address, tmp_path) -> None:
     runs = tmp_path / "runs"
-    args = ["run", "slow_pipeline", "--runs-dir", str(runs), "--set", "rows=5000"]
-    procs = [_cli(args, env={"SHARDWALK_TEST_SLOW": "3"}) for _ in range(2)]
+    args = ["run", "tests.slow_pipeline", "--runs-dir", str(runs), "--set", "rows=5000", "--set", "slow_s=3"]
+    procs = [_cli(args, env=ray_address) for _ in range(2)]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err

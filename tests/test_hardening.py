@@ -269,11 +269,11 @@ def test_sigterm_ends_the_run_interrupted_and_keeps_committed_stages(tmp_path: P
 
     runs, markers = tmp_path / "runs", tmp_path / "markers"
     markers.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SHARDWALK_TEST_SLOW": "300"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "shardwalk.pipelines.cli", "run", "tests.slow_pipeline", "--runs-dir", str(runs),
-         "--set", f"marker_dir={markers}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         "--set", f"marker_dir={markers}", "--set", "slow_s=300"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 240
     while not list(markers.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
