@@ -80,7 +80,7 @@ FLUSH_SHARE = 0.5  # of the walk's tokens per actor (0: as many tokens as are re
 STARVING_SHARE = 0.125  # of the walk's tokens per actor
 BYTES_SAMPLE_EVERY = 16  # payload bytes per crossing are summed over every 16th hand-off call
 # Ray ships a call's arguments inline up to 100 KiB (its max_direct_call_object_size); a larger one goes
-# through the object store, which costs the two actors ~1.8 ms of CPU per call against ~0.8 ms just below it
+# through the object store, which costs the two actors ~2.0 ms of CPU per call against ~0.9 ms just below it
 # (bench_handoff_calls, threaded receiver). So an outbox larger than this is sent as several calls.
 INLINE_ARG_BYTES = 96 * 1024
 # Ray's task threads per walker actor: hand-offs from every peer, a peer's checkpoint fetch and the driver's
