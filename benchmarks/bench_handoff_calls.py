@@ -3,11 +3,13 @@
     python -m benchmarks.bench_handoff_calls --json benchmarks/results/handoff_calls.json
 
 The partitioned walker hands tokens over as one `receive.remote(batch)` per peer and flush (issue 28). This
-measures that path alone, between two async actors like the walker's (num_cpus=0): the sender fires `calls`
+measures that path alone, between two actors (num_cpus=0): the sender fires `calls`
 calls of a bytes payload and waits for the receiver to have them all; CPU seconds of both processes (Ray's
 threads included) per call, for each payload size, with `num_returns=0` (the walker's) and with a returned
-ObjectRef that is dropped; `--receivers async,threaded` adds a threaded receiver (sync methods, `max_concurrency=2`,
-no event-loop hop per call). Read with the walk's own counts (calls, tokens per call, bytes per crossing).
+ObjectRef that is dropped; `--receivers async,threaded`: an async receiver and a threaded one (sync methods,
+`max_concurrency=2`, no event-loop hop per call: the walker's since tokens8). `--sizes 95000,105000` shows Ray's
+100 KiB inline-argument limit (a larger argument goes through the object store). Read with the walk's own counts
+(calls, tokens per call, bytes per crossing).
 """
 
 from __future__ import annotations
@@ -97,10 +99,10 @@ class Sender:
         return time.process_time() - cpu, time.perf_counter() - wall
 
 
-def measure(calls: int, kind: str = "async") -> list[dict[str, Any]]:
+def measure(calls: int, kind: str = "async", sizes: tuple[int, ...] = SIZES) -> list[dict[str, Any]]:
     receiver, sender = (ThreadedReceiver if kind == "threaded" else Receiver).remote(), Sender.remote()
     rows = []
-    for size in SIZES:
+    for size in sizes:
         for returns in (False, True):
             start = ray.get(receiver.reset.remote(calls))
             wall = time.perf_counter()
@@ -122,13 +124,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--label", default="")
     ap.add_argument("--receivers", default="async", help="comma-separated: async (the walker's), threaded (max_concurrency=2)")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)),
+                    help="comma-separated payload bytes (Ray inlines arguments up to 100 KiB: try 95000,105000)")
     ap.add_argument("--json", required=True)
     args = ap.parse_args(argv)
+    try:
+        sizes = tuple(int(v) for v in args.sizes.split(","))
+    except ValueError:
+        ap.error(f"--sizes {args.sizes!r}: comma-separated whole numbers of bytes")
     load = os.getloadavg()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         ray.get(Receiver.remote().reset.remote(0))  # workers warm
-        rows = [row for kind in args.receivers.split(",") for row in measure(args.calls, kind)]
+        rows = [row for kind in args.receivers.split(",") for row in measure(args.calls, kind, sizes)]
     finally:
         ray.shutdown()
     out = {"label": args.label, "load_average_before": list(load), "load_average_after": list(os.getloadavg()),

@@ -331,6 +331,27 @@ def test_a_batch_pickles_as_one_payload_whatever_its_size():
     assert counts[0] == counts[1] == 0
 
 
+def test_a_batch_splits_into_payloads_under_a_limit_row_for_row():
+    """A hand-off larger than Ray's inline limit goes as several calls: each part's payload is within the
+    limit, the parts are the batch's rows in order, and `row_bytes` adds up to the payload shipped."""
+    from shardwalk.core.srrw.token import TokenBatch
+
+    spec = WalkSpec.build(steps=50, alpha=5.0, tokens=40, seed=1, polyak=True)
+    chain = SRRW(LES, spec.alpha)
+    toks = spec_tokens(chain, bind(_objective(), chain).dim, spec)
+    batch = TokenBatch.from_tokens(toks)
+    sparse = batch.select(np.arange(len(batch)))
+    sparse.partial, sparse.logy[:, ::3] = True, np.nan  # a delta hand-off: unchanged entries left out
+    for whole in (batch, sparse):
+        assert abs(int(whole.row_bytes().sum()) - whole.nbytes) < 8
+        limit = whole.nbytes // 3
+        parts = whole.split(limit)
+        assert len(parts) >= 3 and all(part.nbytes <= limit for part in parts)
+        back = TokenBatch.concat(parts)
+        assert np.array_equal(back.key, whole.key) and np.array_equal(back.logy, whole.logy, equal_nan=True)
+        assert whole.split(whole.nbytes) == [whole]
+
+
 def _sharded_walk(*, tokens: int, seed: int, actors: int, halo: int, delta: bool = False) -> tuple:
     """A 15 x 8 grid walk split over `actors` simulated walker actors (measures sharded), its tokens placed on
     their owners: (reference tokens, owner per agent, shared agents, [(context, resident, shard)] per actor)."""

@@ -5,9 +5,10 @@ vectorised kernel as the single-process reference (shardwalk.core.srrw.kernel): 
 advance together in lock step, with no Ray call. A token whose next agent lies outside the actor's
 agents is handed straight to the owning actor, never through the driver: leavers wait in a per-peer
 outbox, flushed by size or age as one `TokenBatch` (a few contiguous arrays for all its tokens, pickled
-as one bytes payload) by `peer.receive.remote(batch)`. The actor is async: hand-offs arrive into a local inbox while
-it walks, and join the batch between chunks of `WalkerLayout.chunk` lock-step iterations (leavers are sent
-at the end of each chunk), so the actor is never idle while tokens are in flight. A
+as one bytes payload) by `peer.receive.remote(batch)`. The actor is threaded: the walk runs on a thread of
+its own, and hand-offs arrive on Ray's task threads into a lock-protected inbox while it walks (the compiled
+kernel releases the GIL), joining the resident tokens between kernel calls; a threaded actor takes a call
+for a fraction of an async actor's CPU (no event-loop hop per call; benchmarks/bench_handoff_calls.py). A
 finished token is delivered to a small async `_TokenSink` actor, whose `wait(key)` ObjectRef is all the
 driver waits on. Tokens are checkpointed every N steps (shardwalk.core.srrw.token_store) and a run resumes from there;
 a partitioned walk's checkpoint gathers the token's measure entries from the other actors first (whole tokens
@@ -27,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +79,13 @@ FLUSH_AGE_S = 0.2
 FLUSH_SHARE = 0.5  # of the walk's tokens per actor (0: as many tokens as are resident here)
 STARVING_SHARE = 0.125  # of the walk's tokens per actor
 BYTES_SAMPLE_EVERY = 16  # payload bytes per crossing are summed over every 16th hand-off call
+# Ray ships a call's arguments inline up to 100 KiB (its max_direct_call_object_size); a larger one goes
+# through the object store, which costs the two actors ~2.0 ms of CPU per call against ~0.9 ms just below it
+# (bench_handoff_calls, threaded receiver). So an outbox larger than this is sent as several calls.
+INLINE_ARG_BYTES = 96 * 1024
+# Ray's task threads per walker actor: hand-offs from every peer, a peer's checkpoint fetch and the driver's
+# stats calls run beside the walking thread (which is the actor's own, not one of these)
+TASK_THREADS = 4
 
 
 @ray.remote(num_cpus=0)
@@ -98,9 +108,12 @@ class _TokenSink:
         return self._results.pop(key)
 
 
-@ray.remote
+@ray.remote(max_concurrency=TASK_THREADS)
 class WalkPartition:
-    """One partition of the agent graph: its data, the resident tokens, and peers to hand tokens to."""
+    """One partition of the agent graph: its data, the resident tokens, and peers to hand tokens to.
+
+    Threaded, not async: `receive` and `exclusive_of` run on Ray's task threads, the walk on `self.walker`;
+    `self.lock` guards what both sides touch (the inbox, the re-admissions, the counts)."""
 
     def __init__(self, part: int, edges: np.ndarray, owner: np.ndarray, objective: Any, spec: WalkSpec,
                  layout: WalkerLayout, sink: Any, checkpoint_dir: str | None = None,
@@ -121,9 +134,11 @@ class WalkPartition:
         warm_up(self.ctx, objective.dim, self.shard)
         self.resident = Resident(objective.dim, chain.num_nodes, spec.schedule.polyak, self.shard)
         self.part, self.owner, self.sink, self.checkpoint_dir = part, owner, sink, checkpoint_dir
+        self.lock, self.wake = threading.Lock(), threading.Event()
         self.inbox: list[TokenBatch] = []
         self.readmit: list[TokenBatch] = []  # checkpointed here, walking on here (not arrivals from a peer)
-        self.saving: set[asyncio.Task] = set()  # checkpoints of sharded tokens gathering their entries
+        self.saver = ThreadPoolExecutor(1, thread_name_prefix="walk-checkpoint")  # sharded tokens gathering entries
+        self.walker: threading.Thread | None = None
         self.admitted = np.zeros(spec.tokens, dtype=np.int64)  # token key -> its step count when it joined
         self.peers: list[Any] = []
         self.outbox: dict[int, list[TokenBatch]] = {}  # peer -> tokens bound for it, sent by size or age
@@ -136,27 +151,29 @@ class WalkPartition:
         self.idle_at_first_done: float | None = None  # idle seconds before this actor finished its first token
         self.cpu_start = time.process_time()
 
-    async def connect(self, peers: list[Any], measures: np.ndarray | None = None) -> int:
+    def connect(self, peers: list[Any], measures: np.ndarray | None = None) -> int:
         """Learn the peers (and, sharded, every token's starting measure) and start walking whatever arrives."""
         self.peers = peers
         if self.shard is not None:
             self.shard.seed_all(measures)
-        self.wake = asyncio.Event()
-        self.loop = asyncio.get_running_loop().create_task(self._run())
+        if self.walker is None:
+            self.walker = threading.Thread(target=self._run, name="walk", daemon=True)
+            self.walker.start()
         return len(self.ctx.objective.blocks)
 
     @ray.method(num_returns=0)  # fire and forget: no return object to create, reply with and release
-    async def receive(self, batch: TokenBatch, sender: int = -1, backlog: int = 0) -> None:
+    def receive(self, batch: TokenBatch, sender: int = -1, backlog: int = 0) -> None:
         """Tokens handed over by a peer (or the driver) join the resident ones before the next kernel call;
         `backlog` is how many tokens the sending peer still had to walk."""
-        if sender >= 0:
-            self.peer_backlog[sender] = backlog
-        self.inbox.append(batch)
-        self.counts["calls_in"] += 1
+        with self.lock:
+            if sender >= 0:
+                self.peer_backlog[sender] = backlog
+            self.inbox.append(batch)
+            self.counts["calls_in"] += 1
         self.wake.set()
 
-    async def _run(self) -> None:
-        """Walk while tokens are resident (yielding between kernel calls); sleep until a hand-off arrives."""
+    def _run(self) -> None:
+        """Walk while tokens are resident; sleep until a hand-off (or a re-admitted checkpoint) arrives."""
         while True:
             if self.inbox or self.readmit:
                 cpu = time.thread_time()
@@ -166,7 +183,8 @@ class WalkPartition:
                 self._flush(everything=True)
                 self.wake.clear()
                 idle = time.perf_counter()
-                await self.wake.wait()
+                if not (self.inbox or self.readmit):  # an arrival after clear() sets it again
+                    self.wake.wait()
                 self.idle += time.perf_counter() - idle
                 continue
             self.counts["tokens_per_call"] += len(self.resident)
@@ -180,7 +198,6 @@ class WalkPartition:
             self.counts["chunks"] += 1
             self._dispatch(stopped, statuses, errors)
             self.kernel_cpu += time.thread_time() - cpu
-            await asyncio.sleep(0)
 
     def _budget(self) -> int:
         """Work per kernel call: `chunk`, or a slice of ≈ SLICE_HOPS hops shared by the resident tokens."""
@@ -192,14 +209,15 @@ class WalkPartition:
 
     def _admit(self) -> None:
         """Arrived batches join the resident tokens; a token this walk cannot take is reported, not lost."""
-        for batch in self.readmit:  # what the peer holds of its measure is unchanged by a checkpoint here
+        with self.lock:
+            readmit, self.readmit = self.readmit, []
+            batches, self.inbox = self.inbox, []
+        for batch in readmit:  # what the peer holds of its measure is unchanged by a checkpoint here
             before = None if self.shard is None or self.shard.arrived is None else self.shard.arrived[batch.key].copy()
             self.resident.add_batch(batch, self.ctx.tables)
             self.admitted[batch.key] = batch.n
             if before is not None:
                 self.shard.arrived[batch.key] = before
-        self.readmit = []
-        batches, self.inbox = self.inbox, []
         for batch in batches:
             try:
                 self.resident.add_batch(batch, self.ctx.tables)
@@ -239,7 +257,7 @@ class WalkPartition:
     def _finish(self, stopped: TokenBatch, i: int, status: str, error: Exception | None) -> None:
         """A token that stopped here for good (DONE, FAILED) or for a checkpoint (then it walks on)."""
         if status in (CHECKPOINT, DONE) and self.checkpoint_dir and self.shard is not None:
-            self.saving.add(asyncio.get_running_loop().create_task(self._save_whole(stopped.select(np.array([i])), status)))
+            self.saver.submit(self._save_whole, stopped.select(np.array([i])), status)
             return
         tok = stopped.token(i)
         try:
@@ -248,7 +266,8 @@ class WalkPartition:
         except Exception as exc:
             status, error = FAILED, exc
         if status == CHECKPOINT:
-            self.inbox.append(stopped.select(np.array([i])))
+            with self.lock:
+                self.inbox.append(stopped.select(np.array([i])))
         else:
             self._delivered()
             self.sink.deliver.remote(tok.key, tok if status == DONE else None, error)
@@ -257,35 +276,34 @@ class WalkPartition:
         if self.idle_at_first_done is None:
             self.idle_at_first_done = self.idle
 
-    async def _save_whole(self, one: TokenBatch, status: str) -> None:
-        """Checkpoint (or finish) a token whose measure is sharded: the entries only other actors hold are
-        fetched from them — they cannot change while the token is here — and the whole token is saved, the
-        same file as an unsharded walk's; meanwhile the token waits, the others walk on."""
+    def _save_whole(self, one: TokenBatch, status: str) -> None:
+        """Checkpoint (or finish) a token whose measure is sharded, on the checkpoint thread: the entries only
+        other actors hold are fetched from them — they cannot change while the token is here — and the whole
+        token is saved, the same file as an unsharded walk's; meanwhile the token waits, the others walk on."""
         key, tok, error = int(one.key[0]), None, None
         try:
             others = [peer.exclusive_of.remote([key]) for p, peer in enumerate(self.peers) if p != self.part]
-            parts = [self.shard.exclusive_entries([key]), *(await asyncio.gather(*others))]
+            parts = [self.shard.exclusive_entries([key]), *ray.get(others)]
             tok = one.token(0)
             gather(tok, self.shard.shared, parts)
             save_token(self.checkpoint_dir, tok)
         except Exception as exc:
             status, error = FAILED, exc
-        finally:
-            self.saving.discard(asyncio.current_task())
         if status == CHECKPOINT:
-            self.readmit.append(one)
+            with self.lock:
+                self.readmit.append(one)
             self.wake.set()
         else:
             self._delivered()
             self.sink.deliver.remote(key, tok if status == DONE else None, error)
 
-    async def exclusive_of(self, keys: list[int]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    def exclusive_of(self, keys: list[int]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """This actor's exclusive entries of these tokens' measures (a peer checkpoints one of them)."""
         return self.shard.exclusive_entries(keys)
 
     def _flush(self, everything: bool) -> None:
-        """Send each peer's outbox as one batch when due (FLUSH_AGE_S, FLUSH_SHARE, STARVING_SHARE above) or
-        `everything`: `.remote` returns at once, so sending never blocks the walk."""
+        """Send each peer's outbox as one batch (several above INLINE_ARG_BYTES) when due (FLUSH_AGE_S,
+        FLUSH_SHARE, STARVING_SHARE above) or `everything`: `.remote` returns at once, so sending never blocks."""
         now = time.monotonic()
         share = self.tokens_total / max(len(self.peers), 1)
         for peer in list(self.outbox):
@@ -293,21 +311,25 @@ class WalkPartition:
             if not (everything or flush_due(waiting, len(self.resident), self.peer_backlog.get(peer, share),
                                             now - self.outbox_since[peer], share)):
                 continue
-            batch = TokenBatch.concat(self.outbox.pop(peer))
             del self.outbox_since[peer]
-            if self.counts["calls_out"] % BYTES_SAMPLE_EVERY == 0:  # payload size, on a sample of calls
-                self.counts["bytes_sampled"] += batch.nbytes
-                self.counts["tokens_sampled"] += len(batch)
-            self.peers[peer].receive.remote(batch, self.part, len(self.resident) + sum(len(b) for b in self.inbox))
-            self.peer_backlog[peer] = self.peer_backlog.get(peer, 0) + len(batch)  # till it reports again
-            self.counts["calls_out"] += 1
-            self.counts["tokens_out"] += len(batch)
+            for batch in TokenBatch.concat(self.outbox.pop(peer)).split(INLINE_ARG_BYTES):
+                self._send(peer, batch)
 
-    async def measures(self) -> tuple[np.ndarray, dict[int, np.ndarray]] | None:
+    def _send(self, peer: int, batch: TokenBatch) -> None:
+        """One hand-off call; it tells the peer how many tokens this actor still has to walk."""
+        if self.counts["calls_out"] % BYTES_SAMPLE_EVERY == 0:  # payload size, on a sample of calls
+            self.counts["bytes_sampled"] += batch.nbytes
+            self.counts["tokens_sampled"] += len(batch)
+        self.peers[peer].receive.remote(batch, self.part, len(self.resident) + sum(len(b) for b in list(self.inbox)))
+        self.peer_backlog[peer] = self.peer_backlog.get(peer, 0) + len(batch)  # till it reports again
+        self.counts["calls_out"] += 1
+        self.counts["tokens_out"] += len(batch)
+
+    def measures(self) -> tuple[np.ndarray, dict[int, np.ndarray]] | None:
         """This actor's exclusive entries of every token's measure (shardwalk.core.srrw.shard.gather), once all are done."""
         return None if self.shard is None else self.shard.exclusive_entries()
 
-    async def stats(self) -> dict[str, float]:
+    def stats(self) -> dict[str, float]:
         """Counts and CPU seconds: the process's (Ray's threads included), the walking thread's (kernel
         calls and the dispatch of their exits; arrivals joining) and the seconds with no token resident (in
         all, and before the first token finished here: the rest is the walk's tail)."""

@@ -201,6 +201,26 @@ class TokenBatch:
         """Bytes of the payload a hand-off ships (Ray's framing aside)."""
         return len(self._packed()[1])
 
+    def row_bytes(self) -> np.ndarray:
+        """Each row's share of the payload `_packed` ships, in bytes (the bit mask's padding aside)."""
+        fixed = 8 * 5 + 1 + 8 + 8 * self.theta.shape[1] * (1 if self.bar is None else 2) + 8 * RNG_WORDS
+        width = self.logy.shape[1]
+        kept = (~np.isnan(self.logy)).sum(axis=1) if self.partial else np.full(len(self), width)
+        sparse = self.partial and bool((kept < width).any())
+        return fixed + 8.0 * kept + (width / 8 if sparse else 0.0)
+
+    def split(self, limit: int) -> list[TokenBatch]:
+        """This batch as consecutive batches of about equal payload, each at most `limit` bytes (a row larger
+        than that goes alone)."""
+        sizes = self.row_bytes()
+        total = float(sizes.sum())
+        if total <= limit or len(self) < 2:
+            return [self]
+        parts = min(len(self), math.ceil(total / max(limit - 8 - float(sizes.max()), 1.0)))
+        ends = np.cumsum(sizes)
+        cuts = np.unique(np.searchsorted(ends, total * np.arange(1, parts) / parts, side="right"))
+        return [self.select(rows) for rows in np.split(np.arange(len(self)), cuts) if len(rows)]
+
     @classmethod
     def from_tokens(cls, tokens: list[Token]) -> TokenBatch:
         """The tokens packed (their streams must be PCG64; partial tokens must all be partial)."""
