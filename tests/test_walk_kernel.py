@@ -589,3 +589,15 @@ def test_an_outbox_waits_while_the_peer_has_work_and_goes_when_full_short_or_old
     assert flush_due(full, 100, busy, 0.0, share)
     assert flush_due(1, 100, short - 1, 0.0, share)
     assert flush_due(1, 100, busy, FLUSH_AGE_S, share)
+
+
+def test_a_walk_thread_that_fails_outside_the_kernel_leaves_its_reason_for_stats() -> None:
+    """The walker actor's thread target keeps why it stopped; `WalkPartition.stats` raises it, so the driver
+    (which polls stats while it waits) fails the walk rather than waiting for ever for the stranded tokens."""
+    from shardwalk.workers.walker import _guarded
+
+    failed: list[str] = []
+    _guarded(lambda: {}["outbox"], failed)()
+    assert failed == ["KeyError: 'outbox'"]
+    _guarded(lambda: None, failed)()  # a walk that ends normally adds nothing
+    assert failed == ["KeyError: 'outbox'"]

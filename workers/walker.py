@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ import numpy as np
 import ray
 
 from shardwalk.core import progress
-from shardwalk.core.errors import ConfigError, ShardwalkError
+from shardwalk.core.errors import ConfigError, InvariantError, ShardwalkError
 from shardwalk.core.srrw import SRRW, SAResult, Token, WalkerLayout, WalkSpec, bind, halo_mask, walk_partition
 from shardwalk.core.srrw.agents import check_parts, cut_edge_fraction
 from shardwalk.core.srrw.block_loader import BlockLoader
@@ -139,6 +140,7 @@ class WalkPartition:
         self.readmit: list[TokenBatch] = []  # checkpointed here, walking on here (not arrivals from a peer)
         self.saver = ThreadPoolExecutor(1, thread_name_prefix="walk-checkpoint")  # sharded tokens gathering entries
         self.walker: threading.Thread | None = None
+        self.failed: list[str] = []  # why the walk thread stopped, if it did (`stats` raises it)
         self.admitted = np.zeros(spec.tokens, dtype=np.int64)  # token key -> its step count when it joined
         self.peers: list[Any] = []
         self.outbox: dict[int, list[TokenBatch]] = {}  # peer -> tokens bound for it, sent by size or age
@@ -157,7 +159,7 @@ class WalkPartition:
         if self.shard is not None:
             self.shard.seed_all(measures)
         if self.walker is None:
-            self.walker = threading.Thread(target=self._run, name="walk", daemon=True)
+            self.walker = threading.Thread(target=_guarded(self._run, self.failed), name="walk", daemon=True)
             self.walker.start()
         return len(self.ctx.objective.blocks)
 
@@ -332,13 +334,28 @@ class WalkPartition:
     def stats(self) -> dict[str, float]:
         """Counts and CPU seconds: the process's (Ray's threads included), the walking thread's (kernel
         calls and the dispatch of their exits; arrivals joining) and the seconds with no token resident (in
-        all, and before the first token finished here: the rest is the walk's tail)."""
+        all, and before the first token finished here: the rest is the walk's tail). Raises if the walk
+        thread stopped: the driver polls this while it waits, so the walk fails instead of waiting for ever."""
+        if self.failed:
+            raise InvariantError(f"walker partition {self.part}: its walk thread stopped ({self.failed[0]}); "
+                                 "the tokens it held cannot finish")
         return {"agents": float(self.ctx.owned.sum()), **{k: float(v) for k, v in self.counts.items()},
                 "cpu_seconds": time.process_time() - self.cpu_start, "kernel_cpu_seconds": self.kernel_cpu,
                 "admit_cpu_seconds": self.admit_cpu, "idle_seconds": self.idle,
                 "idle_before_first_done_seconds": self.idle if self.idle_at_first_done is None else self.idle_at_first_done,
                 "setting_slice_hops": float(SLICE_HOPS), "setting_flush_age_s": FLUSH_AGE_S,
                 "setting_flush_share": FLUSH_SHARE, "setting_starving_share": STARVING_SHARE}
+
+
+def _guarded(walk: Callable[[], None], failed: list[str]) -> Callable[[], None]:
+    """The walk thread's target: a failure outside the kernel (a token's own errors are reported with it)
+    would end the thread silently and strand its tokens; it is kept in `failed` instead."""
+    def run() -> None:
+        try:
+            walk()
+        except BaseException as exc:
+            failed.append(f"{type(exc).__name__}: {exc}")
+    return run
 
 
 def flush_due(waiting: int, resident: int, peer_backlog: float, age_s: float, share: float) -> bool:
