@@ -231,7 +231,7 @@ def make_plan(pipeline: str, config: dict[str, Any], args: Any, cal: Calibration
         plan = plan if plan.fits else replace(plan, advice=tuple(_node_count_advice(plan, job, cal)))
     if isinstance(job, cm.IndexJob) and job.knn_graph and plan.stages:
         plan = replace(plan, layout={**plan.layout, "graph_seconds_by_method": cm.method_seconds(job, plan.cluster, cal)})
-    return replace(plan, notes=plan.notes + tuple(notes))
+    return replace(plan, notes=tuple(notes) + plan.notes)  # what was sampled first, then what follows from it
 
 
 CONFIG_SOURCE = "config"  # `--sample` without a value: the config's source
