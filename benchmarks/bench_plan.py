@@ -21,7 +21,10 @@ run through the index pipeline with its defaults (HNSW build + partition graph) 
 `knn_graph.method=hnsw` (the build a cache hit, the graph through the index). Each measured `build` and
 `knn_graph` stage is set beside the plan from the calibration alone and the plan from a sample of the same
 source (measured in this process, as `plan --sample` does); a stage is `within_35pct` when the sampled
-prediction is within ±35 % of it.
+prediction is within ±35 % of it. The `knn_graph` stage is set beside the sampled price of the method the run
+ran (its metrics name it); `graph_method_predicted_right` says whether the plan picked that method too, and
+`stage_metrics` keeps each stage's own step timings. numba's kernels are loaded once before anything is timed
+(a first run after installing compiles them for seconds, which no plan prices).
 """
 
 from __future__ import annotations
