@@ -258,7 +258,8 @@ def run_sample_comparison(rows: int, sample_rows: int, cal: Calibration, work: P
         by_cal = cm.plan_job(job, cluster, cal)
         by_sample = cm.plan_job(replace(job, sample=costs), cluster, cal)
         rows_out = {}
-        ran = (stages.get("knn_graph", {}).get("metrics") or {}).get("method")
+        # an `auto` stage names the method it ran; a named one is that method (the hnsw stage's metrics do not name it)
+        ran = (stages.get("knn_graph", {}).get("metrics") or {}).get("method") or sets.get("knn_graph.method")
         for stage in ("build", "knn_graph"):
             got = stages.get(stage)
             if not got or got["status"] != "done":

@@ -105,6 +105,21 @@ def test_the_sampled_hnsw_laws_never_grow_slower_than_the_calibrated_machines() 
     assert queries == pytest.approx(300_000 * 3e-5 * (1 + 0.3 * math.log(10)))
 
 
+def test_the_partition_graph_pays_a_graph_actor_start_and_its_local_graphs_scale_as_measured() -> None:
+    job = cm.IndexJob(400_000, 64, shards=1, hnsw=False, graph=GraphSettings(method="partition"), sample=costs())
+
+    def graph_seconds(**constants: float) -> float:
+        cal = dataclasses.replace(CAL, constants=dataclasses.replace(CAL.constants, **constants))
+        return stage(cm.plan_index(job, cluster(1), cal), "knn_graph").seconds
+
+    local = sc.partition_seconds(costs(), job.rows, job.graph)["local"]
+    ideal = graph_seconds(graph_thread_efficiency=1.0, graph_actor_start_s=1.0)
+    # 8 CPUs: the local graphs run 1 + 7·e times a core's speed; assignment and refinement keep hnswlib's
+    assert graph_seconds(graph_thread_efficiency=0.5, graph_actor_start_s=1.0) - ideal == pytest.approx(
+        local / 4.5 - local / 8.0)
+    assert graph_seconds(graph_thread_efficiency=1.0, graph_actor_start_s=3.0) - ideal == pytest.approx(2.0)
+
+
 def test_a_sampled_plan_runs_the_method_the_run_picks_priced_from_the_sample() -> None:
     # the run's `auto` prices the methods from the calibration (it measures no sample): the calibration picks
     # the index's queries here, while on this sample they are dear and the local graphs cheap
@@ -127,7 +142,7 @@ def test_every_graph_method_is_priced_and_hnsw_off_drops_the_build() -> None:
     graph_only = cm.plan_index(dataclasses.replace(job, hnsw=False), cluster(1), CAL)
     assert [s.name for s in graph_only.stages] == ["start", "ingest", "knn_graph", "evaluate"]
     assert graph_only.layout["graph_method"] == "partition"
-    tiny = cm.plan_index(cm.IndexJob(1_000, 64, shards=1), cluster(1), CAL)  # one cell holds everything
+    tiny = cm.plan_index(cm.IndexJob(1_000, 64, shards=1, hnsw=False), cluster(1), CAL)  # one cell holds everything
     assert tiny.layout["graph_method"] == "exact"
     through_index = cm.plan_index(dataclasses.replace(job, graph=GraphSettings(method="hnsw")), cluster(1), CAL)
     assert "queries" in stage(through_index, "knn_graph").work

@@ -404,6 +404,8 @@ def _direct_graph(job: IndexJob, cluster: Cluster, c: Constants, method: str) ->
     holders = [n for n in cluster.nodes if n.cpus >= 1]
     actors = len(holders)
     speed = _threads_speedup(c, min(n.cpus for n in holders))
+    # the local graphs run one cell per thread: they scale as measured for them, not as hnswlib's inserts
+    local_speed = 1.0 + max(min(n.cpus for n in holders) - 1.0, 0.0) * c.graph_thread_efficiency
     costs = graph_unit_costs(job, c)
     cores = cluster.cpus
     read = job.rows * 4 * job.dim / (c.parquet_bytes_per_s * cores)
@@ -414,10 +416,11 @@ def _direct_graph(job: IndexJob, cluster: Cluster, c: Constants, method: str) ->
     else:
         steps = partition_seconds(costs, job.rows, job.graph)
         parts = partitions_for(job.rows, job.graph)
-        work = steps["train"] + (steps["assign"] + steps["local"] + steps["rest"]) / (speed * min(actors, parts))
+        work = steps["train"] + (steps["assign"] / speed + steps["local"] / local_speed + steps["rest"] / speed) / min(actors, parts)
         what = (f"partition: {parts:,} cells × overlap {job.graph.overlap}, {actors} actor(s) at {speed:.1f} cores"
                 + (" (sampled costs)" if job.sample is not None else ""))
-    return _stage("knn_graph", c, c.actor_start_s + read + work + write, what, cores, job.rows * (12 * job.k + 8))
+    # a graph actor imports numba and loads its kernels before the k-means can run (reading overlaps it only in part)
+    return _stage("knn_graph", c, c.graph_actor_start_s + read + work + write, what, cores, job.rows * (12 * job.k + 8))
 
 
 def method_seconds(job: IndexJob, cluster: Cluster, cal: Calibration) -> dict[str, float]:

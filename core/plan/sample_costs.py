@@ -20,7 +20,7 @@ does not inflate the figures (contention still costs some cache). The laws (docs
   200k-row chunk timings, where the sample's halves fitted 0.16);
 - partition graph: each row meets the ~overlap·R rows of its overlap cells (R = rows per cell, fixed by
   `partition_rows`), so local work ~ n·overlap²·R; assigning rows to P = overlap·n/R cells ~ n·P·d and
-  k-means on 64·P rows ~ P²·d grow faster but stay small below ~10⁷ rows; merge and refinement ~ n·k²;
+  k-means on 32·P rows ~ P²·d grow faster but stay small below ~10⁷ rows; merge and refinement ~ n·k²;
 - exact graph: every pair, T ~ n²·d.
 
 Pure: no Ray; numpy, numba and hnswlib (the same kernels the actors run).
