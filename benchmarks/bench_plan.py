@@ -21,7 +21,10 @@ run through the index pipeline with its defaults (HNSW build + partition graph) 
 `knn_graph.method=hnsw` (the build a cache hit, the graph through the index). Each measured `build` and
 `knn_graph` stage is set beside the plan from the calibration alone and the plan from a sample of the same
 source (measured in this process, as `plan --sample` does); a stage is `within_35pct` when the sampled
-prediction is within ±35 % of it.
+prediction is within ±35 % of it. The `knn_graph` stage is set beside the sampled price of the method the run
+ran (its metrics name it); `graph_method_predicted_right` says whether the plan picked that method too, and
+`stage_metrics` keeps each stage's own step timings. numba's kernels are loaded once before anything is timed
+(a first run after installing compiles them for seconds, which no plan prices).
 """
 
 from __future__ import annotations
@@ -235,6 +238,9 @@ def run_sample_comparison(rows: int, sample_rows: int, cal: Calibration, work: P
     source = str(work / "data")
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     cluster = cm.Cluster((Node(float(os.cpu_count() or 1), int(physical * cal.constants.ray_memory_fraction)),))
+    from shardwalk.core.index.knn_partition import warm_kernels
+
+    warm_kernels(2, "partition")  # numba's on-disk cache filled as after any earlier run: no compiling is measured
     load_before = os.getloadavg()
     job = _job("index", {"source": source})
     began = time.perf_counter()
@@ -252,18 +258,26 @@ def run_sample_comparison(rows: int, sample_rows: int, cal: Calibration, work: P
         by_cal = cm.plan_job(job, cluster, cal)
         by_sample = cm.plan_job(replace(job, sample=costs), cluster, cal)
         rows_out = {}
+        # an `auto` stage names the method it ran; a named one is that method (the hnsw stage's metrics do not name it)
+        ran = (stages.get("knn_graph", {}).get("metrics") or {}).get("method") or sets.get("knn_graph.method")
         for stage in ("build", "knn_graph"):
             got = stages.get(stage)
             if not got or got["status"] != "done":
                 continue  # a cache hit: nothing measured
             p_cal = next(s.seconds for s in by_cal.stages if s.name == stage)
             p_sam = next(s.seconds for s in by_sample.stages if s.name == stage)
+            if stage == "knn_graph" and ran and by_sample.layout.get("graph_method") != ran:  # the plan's pick is checked below
+                p_sam = by_sample.layout["graph_stage_seconds_by_method"].get(ran, p_sam)
             rows_out[stage] = {"measured_seconds": round(got["seconds"], 2), "predicted_calibration": round(p_cal, 2),
                                "predicted_sample": round(p_sam, 2), "ratio_calibration": round(p_cal / got["seconds"], 3),
                                "ratio_sample": round(p_sam / got["seconds"], 3),
                                "within_35pct": _within(p_sam, got["seconds"])}
         out["variants"].append({"name": name, "sets": {k: v for k, v in sets.items() if k != "source"},
-                                "graph_method": by_sample.layout.get("graph_method"), "stages": rows_out,
+                                "graph_method": by_sample.layout.get("graph_method"), "graph_method_run": ran,
+                                "graph_method_predicted_right": by_sample.layout.get("graph_method") == ran,
+                                "stage_metrics": {n: _step_figures(s.get("metrics") or {}) for n, s in stages.items()
+                                                  if n in ("build", "knn_graph")},
+                                "stages": rows_out,
                                 "run_seconds": round(measured["seconds"], 2),
                                 "load_average_after": list(os.getloadavg())})
         for stage, r in rows_out.items():
@@ -271,13 +285,20 @@ def run_sample_comparison(rows: int, sample_rows: int, cal: Calibration, work: P
                   f"{r['predicted_sample']:7.1f} s ({r['ratio_sample']:.2f}), calibration {r['predicted_calibration']:7.1f} s "
                   f"({r['ratio_calibration']:.2f})", flush=True)
     checked = [r for v in out["variants"] for r in v["stages"].values()]
-    out["all_within_35pct"] = bool(checked) and all(r["within_35pct"] for r in checked)
+    out["all_within_35pct"] = (bool(checked) and all(r["within_35pct"] for r in checked)
+                               and all(v["graph_method_predicted_right"] for v in out["variants"]))
     return out
+
+
+def _step_figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A stage's own timings and layout (the scalar metrics: seconds of its steps, threads, method)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or k in ("threads_per_actor", "auto_priced_seconds")}
 
 
 def _newest_run_stages(work: Path) -> dict[str, dict[str, Any]]:
     record = json.loads(max((work / "runs" / "runs").glob("*/run.json"), key=lambda p: p.stat().st_mtime).read_text())
-    return {name: {"status": s.get("status"), "seconds": s.get("seconds") or 0.0} for name, s in record["stages"].items()}
+    return {name: {"status": s.get("status"), "seconds": s.get("seconds") or 0.0, "metrics": s.get("metrics")}
+            for name, s in record["stages"].items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,6 +121,28 @@ def measure_graph(quick: bool) -> dict[str, float]:
             "train_s_per_unit_per_dim": got.train_s_per_unit / dim, "rest_s_per_row_per_dim": got.rest_s_per_row / dim}
 
 
+def measure_graph_threads(quick: bool) -> dict[str, float]:
+    """Speed-up per extra thread of the partition graph's local graphs as an actor runs them
+    (`local_candidates` with its threads, one cell per thread): they scale unlike hnswlib's inserts."""
+    from shardwalk.core.index import knn_partition as kp
+
+    threads = os.cpu_count() or 1
+    n = SIZES[quick]["ref"] // 2
+    x = _vectors(n, 128)
+    settings = kp.GraphSettings(method="partition")
+    parts = kp.partitions_for(n, settings)
+    kp.warm_kernels(threads, "partition")
+    member = kp.assign(kp.train_partitions(x[kp.training_rows(n, parts, 0)], parts, "l2", 0, settings.overlap), x, settings.overlap)
+    ids = np.arange(n, dtype=np.int64)
+
+    def local(t: int) -> float:
+        return _timed(kp.local_candidates, ids, x, member, range(parts), 11, "l2", settings.block, None, t)[0]
+
+    one, many = statistics.median(local(1) for _ in range(3)), statistics.median(local(threads) for _ in range(3))
+    efficiency = 1.0 if threads == 1 else min(1.0, max(0.05, (one / many - 1) / (threads - 1)))
+    return {"graph_thread_efficiency": efficiency}
+
+
 def _rss() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -238,6 +260,24 @@ IDLE_DRIVER = ("import sys; import shardwalk.pipelines.cli; from shardwalk.pipel
                "print('ready', flush=True); sys.stdin.readline()")  # ends (and stops its Ray) when stdin closes
 
 
+def _graph_actor_start() -> float:
+    """Seconds until a kNN-graph actor (workers/knn_partition.py's GraphActor: numba and the graph kernels,
+    loaded from numba's cache) answers, its kernels loaded: what the partition graph pays before its k-means."""
+    import ray
+
+    from shardwalk.core.index.knn_partition import warm_kernels
+    from shardwalk.workers.knn_partition import GraphActor
+
+    warm_kernels(2, "partition")  # numba's on-disk cache filled, as after any earlier run
+    began = time.perf_counter()
+    actor = GraphActor.options(num_cpus=0).remote(0, os.cpu_count() or 1, "partition")
+    ray.get(actor.read.remote([], 0.0, 0))
+    ray.get(actor.train.remote([], 1, "l2", 0, 1))  # joins the kernel-loading thread
+    seconds = time.perf_counter() - began
+    ray.kill(actor)
+    return seconds
+
+
 def _idle_driver_pss() -> tuple[int, int]:
     """(PSS of a CLI-like driver with its embedded Ray, idle workers left out; PSS of the raylet and agents).
 
@@ -305,6 +345,7 @@ def measure_ray() -> dict[str, float]:
     plain = Probe.remote(False)
     pid = ray.get(plain.pid.remote())
     actor_start = time.perf_counter() - began
+    graph_actor_start = _graph_actor_start()
     began = time.perf_counter()
     with_torch = Probe.remote(True)
     torch_pid = ray.get(with_torch.pid.remote())
@@ -340,7 +381,7 @@ def measure_ray() -> dict[str, float]:
     for actor in (plain, with_torch):
         ray.kill(actor)
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    out = {"ray_start_s": started, "actor_start_s": actor_start, "torch_actor_start_s": torch_actor_start, "stage_start_s": stage_start, "stage_overhead_s": stage_overhead, "report_s": report,
+    out = {"ray_start_s": started, "actor_start_s": actor_start, "graph_actor_start_s": graph_actor_start, "torch_actor_start_s": torch_actor_start, "stage_start_s": stage_start, "stage_overhead_s": stage_overhead, "report_s": report,
            "worker_bytes": worker, "torch_worker_bytes": torch_worker, "ray_head_bytes": head,
            "ray_node_bytes": node, "ray_memory_fraction": resources.get("memory", 0) / physical,
            "handoff_s": handoff, "walk_start_s": walk_start, "allreduce_s": 2 * handoff}  # all-reduce: not measured, two hand-offs' worth
@@ -397,7 +438,7 @@ def calibrate(quick: bool, provisional: bool = False) -> Calibration:
     """Every measurement, in the order that keeps Ray's processes out of the single-core timings."""
     load_before = os.getloadavg()
     values: dict[str, float] = {}
-    for step in (measure_hnsw, measure_graph, measure_io, measure_training, measure_walk):
+    for step in (measure_hnsw, measure_graph, measure_graph_threads, measure_io, measure_training, measure_walk):
         began = time.perf_counter()
         values |= step(quick)
         print(f"  {step.__name__}: {time.perf_counter() - began:.1f} s", file=sys.stderr)

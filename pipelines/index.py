@@ -32,12 +32,17 @@ from shardwalk.core.index import hnsw
 from shardwalk.core.index.hnsw_results import knn_graph_table
 from shardwalk.core.index.knn_partition import GraphSettings
 from shardwalk.core.index.spec import BUILD_KEYS, DEFAULT_BUILD, DEFAULT_SEARCH, BuildSpec, IndexSpec
+from shardwalk.core.plan import calibration
+from shardwalk.core.plan import cost_model as cm
 from shardwalk.core.storage import sink
 from shardwalk.core.storage.files import atomic_file, write_parquet
 from shardwalk.core.storage.sources import plan_shards, read_shard, read_table
 from shardwalk.pipelines.common import COLUMN_DEFAULTS, ingest_stage
+from shardwalk.pipelines.plan import source_size
 from shardwalk.pipelines.reports.stage import index_report
+from shardwalk.workers.cluster import cluster_nodes
 from shardwalk.workers.index_eval import exact_part, sample_part
+from shardwalk.workers.knn_partition import build_graph
 from shardwalk.workers.progress_channel import Channel, targeting, wait_counted
 from shardwalk.workers.query_stream import QuerySettings, open_for_stream
 from shardwalk.workers.sharded_index import ShardedIndex
@@ -110,8 +115,6 @@ def knn_graph_direct(out: Path, ingest: Path, *, k: int, space: str, method: str
                      refine_rounds: int, refine_min_rate: float, block: int, seed: int) -> dict[str, Any]:
     """Every point's k nearest neighbours without an index: partitions of the ingest parts, a local graph
     on each partition's actor, merged and refined (workers/knn_partition.py)."""
-    from shardwalk.workers.knn_partition import build_graph
-
     settings = GraphSettings(method=method, partition_rows=partition_rows, overlap=overlap,
                              refine_rounds=refine_rounds, refine_min_rate=refine_min_rate, block=block, seed=seed)
     return build_graph(sink.readable(ingest), str(out), k=k, settings=settings, space=space)
@@ -125,16 +128,11 @@ def knn_graph_auto(out: Path, ingest: Path, build: Path | None = None, *, k: int
     """`knn_graph.method = auto`: of the methods expected to reach recall 0.95, the one the cost model
     (core/plan/cost_model.py: pick_graph_method) prices fastest on this cluster for these rows; the index's
     own queries compete only when the run builds it (`build` given). Metrics: the method run and the prices."""
-    from shardwalk.core.plan import cost_model as cm
-    from shardwalk.core.plan.calibration import load
-    from shardwalk.pipelines.plan import source_size
-    from shardwalk.workers.cluster import cluster_nodes
-
     rows, dim, _ = source_size(str(sink.readable(ingest)))
     settings = GraphSettings(**graph)
     job = cm.IndexJob(rows, dim or 1, ef=ef, k=k, nprobe=nprobe, hnsw=build is not None, graph=settings,
                       **{key: index[key] for key in PRICED_BUILD_KEYS})
-    plan = cm.plan_index(job, cm.Cluster(tuple(cluster_nodes())), load())
+    plan = cm.plan_index(job, cm.Cluster(tuple(cluster_nodes())), calibration.load())
     method = plan.layout.get("graph_method") or cm.graph_method(dataclasses.replace(job, graph=dataclasses.replace(
         settings, method="partition")))  # a layout the plan refuses: the index-free default
     priced = plan.layout.get("graph_stage_seconds_by_method", {})

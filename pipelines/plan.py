@@ -231,7 +231,7 @@ def make_plan(pipeline: str, config: dict[str, Any], args: Any, cal: Calibration
         plan = plan if plan.fits else replace(plan, advice=tuple(_node_count_advice(plan, job, cal)))
     if isinstance(job, cm.IndexJob) and job.knn_graph and plan.stages:
         plan = replace(plan, layout={**plan.layout, "graph_seconds_by_method": cm.method_seconds(job, plan.cluster, cal)})
-    return replace(plan, notes=plan.notes + tuple(notes))
+    return replace(plan, notes=tuple(notes) + plan.notes)  # what was sampled first, then what follows from it
 
 
 CONFIG_SOURCE = "config"  # `--sample` without a value: the config's source
@@ -361,9 +361,13 @@ def print_plan(plan: cm.Plan, cal: Calibration) -> None:
             for m, s in by_method.items()))
     candidates = plan.layout.get("graph_stage_seconds_by_method") or {}
     if len(candidates) > 1:  # knn_graph.method = auto: the candidates it chose from
-        console.print("knn_graph.method = auto picks the fastest graph stage expected to reach recall 0.95 "
-                      "(hnsw: its queries only, when the index is built anyway): " + ", ".join(
-                          f"{m} {_duration(s)}" for m, s in candidates.items()) + f" → {plan.layout.get('graph_method')}")
+        priced = ", ".join(f"{m} {_duration(s)}" for m, s in candidates.items())
+        if "graph_method_fastest_sampled" in plan.layout:  # the run decides without the sample (see the notes)
+            console.print(f"knn_graph.method = auto: the run picks from the calibration's prices → "
+                          f"{plan.layout.get('graph_method')}; priced from the sample: {priced}")
+        else:
+            console.print("knn_graph.method = auto picks the fastest graph stage expected to reach recall 0.95 "
+                          f"(hnsw: its queries only, when the index is built anyway): {priced} → {plan.layout.get('graph_method')}")
     verdict = "[green]fits[/]" if plan.fits else "[red]does not fit[/]: " + "; ".join(plan.problems)
     console.print(verdict)
     if plan.advice:

@@ -37,6 +37,9 @@ def test_hnsw_build_law_is_n_log_n_and_query_law_is_log_n() -> None:
     assert sc.build_growth(n_s, n_s) == pytest.approx(1.0)
     assert sc.build_growth(n_s, n) == pytest.approx((math.log(n) - 1) / (math.log(n_s) - 1))
     assert sc.query_growth(n_s, n) == pytest.approx(math.log(n) / math.log(n_s))
+    assert sc.query_growth(n_s, n, 0.3) == pytest.approx(1 + 0.3 * math.log(n / n_s))  # a steeper law wins
+    assert sc.query_growth(n_s, n, 0.01) == pytest.approx(sc.query_growth(n_s, n))  # never below ln n
+    assert sc.query_growth(n_s, n_s // 10, 0.3) == pytest.approx(sc.query_growth(n_s, n_s // 10))  # smaller index: ln n
     assert 1.0 < sc.query_growth(n_s, n) < sc.build_growth(n_s, n) < 1.5  # slow growth, not the 0.3·ln of generated data
 
 
@@ -85,6 +88,52 @@ def test_a_sample_replaces_the_calibration_for_build_and_graph_and_scales_with_i
     assert stage(once, "ingest").seconds == pytest.approx(stage(plain, "ingest").seconds)
 
 
+def test_the_sampled_hnsw_laws_never_grow_slower_than_the_calibrated_machines() -> None:
+    # a 30k sample fits the caches a 300k index outgrows: its halves' slope is floored by the machine's law
+    steep = dataclasses.replace(CAL, constants=dataclasses.replace(CAL.constants, build_log_growth=0.3,
+                                                                     query_log_growth=0.3))
+    job = cm.IndexJob(300_000, 64, shards=1, graph=GraphSettings(method="hnsw"))
+    flat, machine, steeper = (cm.plan_index(dataclasses.replace(job, sample=costs(build_log_growth=g)), cluster(1, cpus=1), steep)
+                              for g in (0.05, 0.3, 0.4))
+    zero = cm.plan_index(dataclasses.replace(job, sample=costs(build_s_per_row=0.0, query_s_per_row=0.0)),
+                         cluster(1, cpus=1), steep)
+    inserts = stage(machine, "build").seconds - stage(zero, "build").seconds
+    assert inserts == pytest.approx(300_000 * 1e-4 * (1 + 0.3 * math.log(10)))
+    assert stage(flat, "build").seconds == pytest.approx(stage(machine, "build").seconds)
+    assert stage(steeper, "build").seconds > stage(machine, "build").seconds  # the data's own steeper law wins
+    queries = stage(machine, "knn_graph").seconds - stage(zero, "knn_graph").seconds
+    assert queries == pytest.approx(300_000 * 3e-5 * (1 + 0.3 * math.log(10)))
+
+
+def test_the_partition_graph_pays_a_graph_actor_start_and_its_local_graphs_scale_as_measured() -> None:
+    job = cm.IndexJob(400_000, 64, shards=1, hnsw=False, graph=GraphSettings(method="partition"), sample=costs())
+
+    def graph_seconds(**constants: float) -> float:
+        cal = dataclasses.replace(CAL, constants=dataclasses.replace(CAL.constants, **constants))
+        return stage(cm.plan_index(job, cluster(1), cal), "knn_graph").seconds
+
+    local = sc.partition_seconds(costs(), job.rows, job.graph)["local"]
+    ideal = graph_seconds(graph_thread_efficiency=1.0, graph_actor_start_s=1.0)
+    # 8 CPUs: the local graphs run 1 + 7·e times a core's speed; assignment and refinement keep hnswlib's
+    assert graph_seconds(graph_thread_efficiency=0.5, graph_actor_start_s=1.0) - ideal == pytest.approx(
+        local / 4.5 - local / 8.0)
+    assert graph_seconds(graph_thread_efficiency=1.0, graph_actor_start_s=3.0) - ideal == pytest.approx(2.0)
+
+
+def test_a_sampled_plan_runs_the_method_the_run_picks_priced_from_the_sample() -> None:
+    # the run's `auto` prices the methods from the calibration (it measures no sample): the calibration picks
+    # the index's queries here, while on this sample they are dear and the local graphs cheap
+    job = cm.IndexJob(300_000, 64, shards=1)
+    by_calibration = cm.plan_index(job, cluster(1), CAL).layout["graph_method"]
+    sampled = cm.plan_index(dataclasses.replace(job, sample=costs(query_s_per_row=1e-3)), cluster(1), CAL)
+    priced = sampled.layout["graph_stage_seconds_by_method"]
+    assert by_calibration == "hnsw" and min(priced, key=priced.get) == "partition"
+    assert sampled.layout["graph_method"] == "hnsw"  # what the run will run ...
+    assert stage(sampled, "knn_graph").seconds == pytest.approx(priced["hnsw"], abs=1e-3)  # ... at the sample's price
+    assert sampled.layout["graph_method_fastest_sampled"] == "partition"
+    assert any("knn_graph.method=partition" in note for note in sampled.notes)
+
+
 def test_every_graph_method_is_priced_and_hnsw_off_drops_the_build() -> None:
     job = cm.IndexJob(300_000, 64, shards=1, sample=costs())
     by_method = cm.method_seconds(job, cluster(1), CAL)
@@ -93,7 +142,7 @@ def test_every_graph_method_is_priced_and_hnsw_off_drops_the_build() -> None:
     graph_only = cm.plan_index(dataclasses.replace(job, hnsw=False), cluster(1), CAL)
     assert [s.name for s in graph_only.stages] == ["start", "ingest", "knn_graph", "evaluate"]
     assert graph_only.layout["graph_method"] == "partition"
-    tiny = cm.plan_index(cm.IndexJob(1_000, 64, shards=1), cluster(1), CAL)  # one cell holds everything
+    tiny = cm.plan_index(cm.IndexJob(1_000, 64, shards=1, hnsw=False), cluster(1), CAL)  # one cell holds everything
     assert tiny.layout["graph_method"] == "exact"
     through_index = cm.plan_index(dataclasses.replace(job, graph=GraphSettings(method="hnsw")), cluster(1), CAL)
     assert "queries" in stage(through_index, "knn_graph").work
@@ -133,6 +182,26 @@ def test_measure_times_every_step_on_a_small_sample() -> None:
                  "train_s_per_unit", "rest_s_per_row", "exact_s_per_pair"):
         assert getattr(got, name) > 0, name
     assert got.seconds >= got.read_seconds > 0
+
+
+def test_the_partition_steps_are_timed_after_their_kernels_are_loaded(monkeypatch) -> None:
+    calls = []
+
+    def recording(name, fn):
+        def call(*args, **kwargs):
+            calls.append(name)
+            out = fn(*args, **kwargs)
+            calls.append(f"{name} done")
+            return out
+        return call
+
+    for name in ("warm_kernels", "train_partitions", "assign", "local_candidates", "refine_home"):
+        monkeypatch.setattr(sc.kp, name, recording(name, getattr(sc.kp, name)))
+    x = np.random.default_rng(0).normal(size=(400, 8)).astype(np.float32)
+    sc._time_partition(x, 5, GraphSettings(partition_rows=64), "l2")
+    timed = [c for c in calls[calls.index("warm_kernels done") + 1:] if not c.endswith("done")]
+    assert calls[0] == "warm_kernels"  # a cold numba cache compiles there, before any timed step
+    assert timed == ["train_partitions", "assign", "local_candidates", "refine_home"]
 
 
 def test_a_sample_with_fewer_rows_than_k_plus_one_is_refused(tmp_path) -> None:
@@ -182,6 +251,7 @@ def test_auto_picks_the_cheapest_graph_method_that_reaches_the_recall_target() -
     assert set(priced) == {"exact", "partition", "hnsw"}  # the index is built anyway: its queries compete
     assert auto.layout["graph_method"] == min(priced, key=priced.get)
     assert stage(auto, "knn_graph").seconds == pytest.approx(priced[auto.layout["graph_method"]], abs=1e-3)
+    assert "graph_method_fastest_sampled" not in auto.layout  # here the run's pick is the sample's too
     no_index = cm.plan_index(dataclasses.replace(job, hnsw=False), cluster(1), CAL)
     assert set(no_index.layout["graph_stage_seconds_by_method"]) == {"exact", "partition"}  # no build to query
     assert no_index.layout["graph_method"] == "partition"  # 300k² exact pairs cost more

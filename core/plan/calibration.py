@@ -81,6 +81,10 @@ class Constants:
     assign_s_per_row_cell_per_dim: float = 1.59e-10  # a row's distance to one k-means cell
     train_s_per_unit_per_dim: float = 5.50e-9  # k-means: one training row against one cell (10 iterations)
     rest_s_per_row_per_dim: float = 8.59e-8  # merge + one refinement round per row, at ref_k neighbours
+    # measured by benchmarks.calibrate (measure_graph_threads, measure_ray) on this machine, 2026-12-06 22:52-22:55
+    # UTC, load 1.3-1.5 (medians of 2 and 3 runs); optional, as above
+    graph_thread_efficiency: float = 0.72  # local graphs' speed-up per extra actor thread (one cell per thread): 0.65, 0.80
+    graph_actor_start_s: float = 1.34  # a graph actor answering with its kernels loaded from numba's cache: 0.95-1.51 s
     # The reference job the build and search constants were measured on (not defaults: a job with other
     # values is scaled from these; the index job's defaults live in core/index/spec.py).
     ref_rows: int = 20_000

@@ -246,7 +246,8 @@ def plan_index(job: IndexJob, cluster: Cluster, cal: Calibration) -> Plan:
     shard_bytes = int(layout.bytes_per_shard * c.index_memory_ratio)
     staged = math.ceil(job.rows / layout.shards) * (4 * job.dim + 8)  # a primary keeps its raw rows while it builds
     priced = graph_stages(job, cluster, c, layout, max(per_node)) if job.knn_graph else {}
-    method = pick_graph_method(job, priced) if job.knn_graph else ""
+    method = pick_graph_method(job, run_prices(job, cluster, c, layout, max(per_node), priced)) if job.knn_graph else ""
+    faster = pick_graph_method(job, priced) if job.knn_graph else ""
     job = replace(job, graph=replace(job.graph, method=method)) if job.knn_graph else job
     graph = c.worker_bytes + _graph_actor_bytes(job, len(holders)) if job.knn_graph and method != "hnsw" else 0
     # the build's shard actors are gone when the graph's actors start: a node holds the larger of the two
@@ -257,11 +258,17 @@ def plan_index(job: IndexJob, cluster: Cluster, cal: Calibration) -> Plan:
     peak = _peak(c, cluster, memory)
     info = {"shards": layout.shards, "replicas": job.replicas, "actors": actors, "threads_per_actor": layout.threads,
             "cpus_per_actor": layout.cpus_per_actor, "index_bytes": layout.bytes_per_shard * layout.shards}
+    notes = ()
     if job.knn_graph:
         info["graph_method"] = method
         info["graph_stage_seconds_by_method"] = {m: round(st.seconds, 3) for m, st in priced.items()}
+        if faster != method:
+            info["graph_method_fastest_sampled"] = faster
+            notes = (f"knn_graph.method=auto runs {method} (the run prices the methods from the calibration); on the "
+                     f"sample, {faster} is faster: set knn_graph.method={faster} to run it",)
     problems = _bound_problem(cluster, actors, "shard actors (shards × replicas)")
-    return Plan("index", cluster, info, stages, memory, peak, tuple(problems), tuple(_index_advice(job, problems)))
+    return Plan("index", cluster, info, stages, memory, peak, tuple(problems), tuple(_index_advice(job, problems)),
+                notes)
 
 
 def _index_stages(job: IndexJob, cluster: Cluster, c: Constants, layout: sizing.ShardPlan,
@@ -328,6 +335,15 @@ def graph_stages(job: IndexJob, cluster: Cluster, c: Constants, layout: sizing.S
     return out
 
 
+def run_prices(job: IndexJob, cluster: Cluster, c: Constants, layout: sizing.ShardPlan, actors_per_node: int,
+               priced: dict[str, StageCost]) -> dict[str, StageCost]:
+    """The prices a run's `auto` decides by: the calibration's (a run measures no sample: pipelines/index.py
+    knn_graph_auto), so a plan with a sample predicts the method the run will run, priced from the sample."""
+    if job.sample is None or job.graph.method != "auto":
+        return priced
+    return graph_stages(replace(job, sample=None), cluster, c, layout, actors_per_node)
+
+
 def pick_graph_method(job: IndexJob, priced: dict[str, StageCost]) -> str:
     """`auto`: the candidate whose graph stage is priced lowest (ties: the earlier of exact, partition, hnsw);
     a named method: itself."""
@@ -344,9 +360,11 @@ def _hnsw_costs(job: IndexJob, cluster: Cluster, c: Constants, layout: sizing.Sh
     speed = _threads_speedup(c, threads / actors_per_node) * actors_per_node  # cores' worth per node
     shard_rows = job.rows / layout.shards
     rows_per_node = shard_rows * actors_per_node  # replicas build their own copy
-    if job.sample is not None:  # measured at the job's M, efC and ef on the data itself (sample_costs' laws)
-        per_insert = job.sample.build_s_per_row * build_growth(job.sample.rows, shard_rows, job.sample.build_log_growth)
-        per_query = job.sample.query_s_per_row * query_growth(job.sample.rows, shard_rows)
+    if job.sample is not None:  # measured at the job's M, efC and ef on the data itself (sample_costs' laws,
+        # the slope never below the machine's: the sample fits the caches the full index outgrows)
+        slope = max(job.sample.build_log_growth, c.build_log_growth)
+        per_insert = job.sample.build_s_per_row * build_growth(job.sample.rows, shard_rows, slope)
+        per_query = job.sample.query_s_per_row * query_growth(job.sample.rows, shard_rows, c.query_log_growth)
     else:
         per_insert, per_query = calibrated_hnsw_s_per_row(job, c, shard_rows)
     data = job.rows * 4 * job.dim
@@ -386,6 +404,8 @@ def _direct_graph(job: IndexJob, cluster: Cluster, c: Constants, method: str) ->
     holders = [n for n in cluster.nodes if n.cpus >= 1]
     actors = len(holders)
     speed = _threads_speedup(c, min(n.cpus for n in holders))
+    # the local graphs run one cell per thread: they scale as measured for them, not as hnswlib's inserts
+    local_speed = 1.0 + max(min(n.cpus for n in holders) - 1.0, 0.0) * c.graph_thread_efficiency
     costs = graph_unit_costs(job, c)
     cores = cluster.cpus
     read = job.rows * 4 * job.dim / (c.parquet_bytes_per_s * cores)
@@ -396,10 +416,11 @@ def _direct_graph(job: IndexJob, cluster: Cluster, c: Constants, method: str) ->
     else:
         steps = partition_seconds(costs, job.rows, job.graph)
         parts = partitions_for(job.rows, job.graph)
-        work = steps["train"] + (steps["assign"] + steps["local"] + steps["rest"]) / (speed * min(actors, parts))
+        work = steps["train"] + (steps["assign"] / speed + steps["local"] / local_speed + steps["rest"] / speed) / min(actors, parts)
         what = (f"partition: {parts:,} cells × overlap {job.graph.overlap}, {actors} actor(s) at {speed:.1f} cores"
                 + (" (sampled costs)" if job.sample is not None else ""))
-    return _stage("knn_graph", c, c.actor_start_s + read + work + write, what, cores, job.rows * (12 * job.k + 8))
+    # a graph actor imports numba and loads its kernels before the k-means can run (reading overlaps it only in part)
+    return _stage("knn_graph", c, c.graph_actor_start_s + read + work + write, what, cores, job.rows * (12 * job.k + 8))
 
 
 def method_seconds(job: IndexJob, cluster: Cluster, cal: Calibration) -> dict[str, float]:

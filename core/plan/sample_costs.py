@@ -14,9 +14,13 @@ does not inflate the figures (contention still costs some cache). The laws (docs
   builds grow faster than ln n; a noisy split must not extrapolate wildly), and the mean insert at n is the
   sample's × (1 + g·ln(n / n_s));
 - HNSW query: seconds per query ~ ln n (the index it searches);
+- both HNSW laws take the machine's growth per ln n (the calibration's `build_log_growth` / `query_log_growth`,
+  full builds of 10k and 50k rows) as a floor on the slope: a sample of ~30k rows fits the caches and cannot
+  see an index outgrowing them (text-like 200k × 128: mean insert 1.6× the 30k sample's, slope 0.31 from
+  200k-row chunk timings, where the sample's halves fitted 0.16);
 - partition graph: each row meets the ~overlap·R rows of its overlap cells (R = rows per cell, fixed by
   `partition_rows`), so local work ~ n·overlap²·R; assigning rows to P = overlap·n/R cells ~ n·P·d and
-  k-means on 64·P rows ~ P²·d grow faster but stay small below ~10⁷ rows; merge and refinement ~ n·k²;
+  k-means on 32·P rows ~ P²·d grow faster but stay small below ~10⁷ rows; merge and refinement ~ n·k²;
 - exact graph: every pair, T ~ n²·d.
 
 Pure: no Ray; numpy, numba and hnswlib (the same kernels the actors run).
@@ -93,9 +97,11 @@ def fit_build_growth(first_half: float, second_half: float, rows: int) -> float:
     return min(MAX_BUILD_GROWTH, max(pure, beta / mean))
 
 
-def query_growth(sample_rows: float, rows: float) -> float:
-    """One query's cost on an index of `rows` over one on `sample_rows` rows: ~ ln n."""
-    return math.log(max(rows, 2.0)) / math.log(max(sample_rows, 2.0))
+def query_growth(sample_rows: float, rows: float, slope: float = 0.0) -> float:
+    """One query's cost on an index of `rows` over one on `sample_rows` rows: ~ ln n, or 1 + slope·ln(rows /
+    sample_rows) when that is steeper (the machine's law: an index outgrowing the caches)."""
+    pure = math.log(max(rows, 2.0)) / math.log(max(sample_rows, 2.0))
+    return max(pure, 1.0 + slope * math.log(max(rows, 2.0) / max(sample_rows, 2.0))) if rows > sample_rows else pure
 
 
 def partition_pairs_per_row(rows: int, settings: kp.GraphSettings) -> float:
@@ -226,8 +232,9 @@ def _time_partition(x: np.ndarray, k: int, settings: kp.GraphSettings, space: st
     n = len(x)
     ids = np.arange(n, dtype=np.int64)
     parts = max(2, kp.partitions_for(n, dataclasses.replace(settings, method="partition")))  # a sample small enough for one cell is still timed in cells
-    kp.local_graph(ids[:64], x[:64], min(k, 63), space)  # compiles (or loads the cached) numba kernels first
-    kp.refine(x[:64], *kp.local_graph(np.arange(64), x[:64], min(k, 63), space)[:2], 1, space)
+    # every kernel the steps run is compiled (or loaded from numba's cache) before the clock starts: on a cold
+    # cache ~4 s of compiling went into the 30k sample's k-means (0.17 s warm) and ~3 s into its local graphs (0.8 s)
+    kp.warm_kernels(1, "partition")
     clock = time.process_time  # CPU seconds: on one thread, the one-core cost even on a busy machine
     began = clock()
     router = kp.train_partitions(x[kp.training_rows(n, parts, settings.seed)], parts, space, settings.seed, settings.overlap)
