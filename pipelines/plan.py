@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from shardwalk.core import validate
+from shardwalk.core.coresets.selection import CONFIRM_SEEDS, beta_candidates
+from shardwalk.core.coresets.selection_names import parse_method
 from shardwalk.core.data.builtin import is_builtin, parse_builtin
 from shardwalk.core.errors import ConfigError, DataError, InputError
 from shardwalk.core.index.knn_partition import GraphSettings
@@ -135,20 +137,22 @@ def _scoring_job(config: dict[str, Any], rows: int, dim: int, classes: int) -> c
     proxy, evaluate, knn = config["proxy"], config["evaluate"], config["knn"]
     methods, rates = len(config["select"]["methods"]), len(config["select"]["keep"])
     models = (methods * rates + 1) * evaluate.get("seeds", 1) if evaluate["enabled"] else 0
-    if config["select"].get("beta", "auto") == "auto":  # β tuning fits one model per grid candidate and random (select stage)
-        from shardwalk.core.coresets.selection import beta_candidates
-        from shardwalk.core.coresets.selection_names import parse_method
-
+    tuning_fits = tuning_rounds = 0
+    if config["select"].get("beta", "auto") == "auto":  # workers/beta_tuning.py, inside the select stage
         ccs = [parse_method(m) for m in config["select"]["methods"] if parse_method(m)["method"] == "ccs"]
-        models += len(ccs) * sum(len(beta_candidates(float(r))) for r in config["select"]["keep"])
-        models += len({m["class_balanced"] for m in ccs}) * rates  # the random candidates β must beat
+        randoms = len({m["class_balanced"] for m in ccs}) * rates  # the random candidates β must beat
+        candidates = len(ccs) * sum(len(beta_candidates(float(r))) for r in config["select"]["keep"])
+        # one fit per candidate, then CONFIRM_SEEDS refits of each (method, rate)'s best and of each random
+        tuning_fits = candidates + randoms + CONFIRM_SEEDS * (len(ccs) * rates + randoms) if ccs else 0
+        tuning_rounds = 1 + CONFIRM_SEEDS if ccs else 0
     knn_job = (cm.IndexJob(rows, dim, M=knn["M"], ef_construction=knn["ef_construction"], ef=knn["ef"], k=knn["k"])
                if knn["enabled"] else None)
     return cm.ScoringJob(rows, dim, classes=classes, shards=config["actors"], models=proxy["models"],
                          methods=methods, rates=rates,
                          epochs=proxy["epochs"], hidden=proxy["hidden"], batch_size=proxy["batch_size"],
                          layout=proxy.get("layout", "auto"), test_fraction=config["test_fraction"],
-                         evaluate_models=models, evaluate_steps=evaluate["steps"], evaluate_batch=evaluate["batch_size"],
+                         evaluate_models=models, tuning_fits=tuning_fits, tuning_rounds=tuning_rounds,
+                         evaluate_steps=evaluate["steps"], evaluate_batch=evaluate["batch_size"],
                          evaluate_hidden=evaluate["hidden"], knn=knn_job)
 
 

@@ -148,6 +148,31 @@ def test_coreset_score_stage_uses_the_scoring_layout_rule() -> None:
     assert [m.actors for m in plan.memory] == [2]
 
 
+def test_beta_tuning_is_priced_in_select_with_its_refits_and_no_evaluate_stage_when_evaluation_is_off() -> None:
+    """β tuning (select.beta = "auto") trains its validation models inside `select`: one per grid candidate and
+    random candidate, then CONFIRM_SEEDS refits of each (method, rate)'s best and of each random."""
+    import copy
+
+    from shardwalk.core.coresets.selection import BETA_GRID, CONFIRM_SEEDS
+    from shardwalk.pipelines import coreset
+    from shardwalk.pipelines.plan import _scoring_job
+
+    config = copy.deepcopy(coreset.DEFAULTS)  # 2 CCS methods (class-balanced), keep 0.7 / 0.5 / 0.3 / 0.1
+    config["evaluate"]["enabled"] = False
+    job = _scoring_job(config, 20_000, 64, 10)
+    assert len(BETA_GRID) == 7 and CONFIRM_SEEDS == 2  # every grid β fits beside keep ≤ 0.7
+    assert (job.tuning_fits, job.tuning_rounds, job.evaluate_models) == (2 * 4 * 7 + 4 + 2 * (2 * 4 + 4), 3, 0)
+    fixed = _scoring_job({**config, "select": {**config["select"], "beta": 0.1}}, 20_000, 64, 10)
+    assert (fixed.tuning_fits, fixed.tuning_rounds) == (0, 0)
+    tuned, plain = (cm.plan_coreset(j, cluster(1, cpus=2), CAL) for j in (job, fixed))
+    assert [s.name for s in tuned.stages] == [s.name for s in plain.stages] and "evaluate" not in [s.name for s in tuned.stages]
+    unit = 64 * config["evaluate"]["hidden"] + config["evaluate"]["hidden"] * 10
+    fits = job.tuning_fits * config["evaluate"]["steps"] * config["evaluate"]["batch_size"] * unit * CONSTANTS.train_s_per_unit / 2
+    extra_rounds = 3 * CONSTANTS.torch_actor_start_s  # each selection round starts its own shard actors
+    assert stage(tuned, "select").seconds == pytest.approx(
+        stage(plain, "select").seconds + CONSTANTS.torch_actor_start_s + CONSTANTS.torch_start_s + fits + extra_rounds)
+
+
 @pytest.mark.parametrize("field", ["rows", "dim"])
 @pytest.mark.parametrize("value", [0, -5])
 def test_non_positive_sizes_are_config_errors_naming_the_value(field: str, value: int) -> None:

@@ -146,6 +146,8 @@ class ScoringJob:
     methods: int = 4
     rates: int = 4
     evaluate_models: int = 17  # one per (method, rate) plus the full-data model; 0 = evaluation off
+    tuning_fits: int = 0  # β tuning's validation models, trained inside `select` (evaluate's settings)
+    tuning_rounds: int = 0  # β tuning's selection rounds on fresh shard actors (candidates, then each refit seed)
     evaluate_steps: int = TrainSpec.steps
     evaluate_batch: int = TrainSpec.batch_size
     evaluate_hidden: int = TrainSpec.hidden
@@ -478,14 +480,17 @@ def plan_coreset(job: ScoringJob, cluster: Cluster, cal: Calibration) -> Plan:
         stages += [s for s in knn if s.name in ("build", "knn_graph")]
     stages.append(_score_stage(job, train, layout, cluster, c))
     selections = job.methods * job.rates  # per method: fresh shard actors; per selection: a few rounds of calls
-    select = (job.methods * c.torch_actor_start_s * math.ceil(job.shards / cluster.cpus)
+    rounds = job.methods + job.tuning_rounds  # each round starts its own shard actors
+    select = (rounds * c.torch_actor_start_s * math.ceil(job.shards / cluster.cpus)
               + selections * SELECT_ROUNDS * c.handoff_s * 2 + train * 8 * 4 / c.parquet_bytes_per_s)
-    stages.append(_stage("select", c, select, f"{selections} selections from per-shard summaries", 1))
+    what = f"{selections} selections from per-shard summaries"
+    if job.tuning_fits:  # β tuning: its validation models train here, not in `evaluate`
+        select += _fits_seconds(job, job.tuning_fits, cluster, c)
+        what += f"; β tuning: {job.tuning_fits} validation models × {job.evaluate_steps} steps"
+    stages.append(_stage("select", c, select, what, min(cluster.cpus, max(job.tuning_fits, 1))))
     if job.evaluate_models:
-        unit = job.dim * job.evaluate_hidden + job.evaluate_hidden * job.classes
-        work = job.evaluate_models * job.evaluate_steps * job.evaluate_batch * unit * c.train_s_per_unit
         par = min(cluster.cpus, job.evaluate_models)
-        stages.append(_stage("evaluate", c, c.torch_actor_start_s + c.torch_start_s + work / par,
+        stages.append(_stage("evaluate", c, _fits_seconds(job, job.evaluate_models, cluster, c),
                              f"{job.evaluate_models} fresh models × {job.evaluate_steps} steps", par))
     stages.append(_stage("report", c, c.report_s, "figures", 1))
     peak = _peak(c, cluster, memory)
@@ -493,6 +498,13 @@ def plan_coreset(job: ScoringJob, cluster: Cluster, cal: Calibration) -> Plan:
     problems = _bound_problem(cluster, layout.actors, "scoring actors (shards)")
     advice = ["fewer shards, or more nodes"] if problems else []
     return Plan("coreset", cluster, info, tuple(stages), memory, peak, tuple(problems), tuple(advice))
+
+
+def _fits_seconds(job: ScoringJob, fits: int, cluster: Cluster, c: Constants) -> float:
+    """Fresh models trained with the evaluate settings, as tasks spread over the cluster's cores."""
+    unit = job.dim * job.evaluate_hidden + job.evaluate_hidden * job.classes
+    work = fits * job.evaluate_steps * job.evaluate_batch * unit * c.train_s_per_unit
+    return c.torch_actor_start_s + c.torch_start_s + work / min(cluster.cpus, fits)
 
 
 def _score_stage(job: ScoringJob, train: int, layout: object, cluster: Cluster, c: Constants) -> StageCost:
