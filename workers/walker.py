@@ -259,7 +259,8 @@ class WalkPartition:
     def _finish(self, stopped: TokenBatch, i: int, status: str, error: Exception | None) -> None:
         """A token that stopped here for good (DONE, FAILED) or for a checkpoint (then it walks on)."""
         if status in (CHECKPOINT, DONE) and self.checkpoint_dir and self.shard is not None:
-            self.saver.submit(self._save_whole, stopped.select(np.array([i])), status)
+            one = stopped.select(np.array([i]))
+            self.saver.submit(_guarded(lambda: self._save_whole(one, status), self.failed))  # as the walk thread
             return
         tok = stopped.token(i)
         try:
@@ -348,8 +349,8 @@ class WalkPartition:
 
 
 def _guarded(walk: Callable[[], None], failed: list[str]) -> Callable[[], None]:
-    """The walk thread's target: a failure outside the kernel (a token's own errors are reported with it)
-    would end the thread silently and strand its tokens; it is kept in `failed` instead."""
+    """A walker thread's target (the walk, a checkpoint gathering): a failure outside the kernel (a token's own
+    errors are reported with it) would end the thread silently and strand its tokens; it is kept in `failed`."""
     def run() -> None:
         try:
             walk()
