@@ -374,8 +374,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
         parts = f"{done['parts']} Parquet part{'' if done['parts'] == 1 else 's'}"
         print(f"wrote {done['rows']:,} answers in {parts} to {done['out']}: ef={ef}, "
               f"nprobe={nprobe or 'all'}; {done['rows']:,} queries in {total:.1f} s including Ray start-up "
-              f"({ray_start:.1f} s) and opening the index ({timings['open_seconds']:.1f} s); streaming alone "
-              f"(read, search, write): {done['queries_per_second']:,.0f} queries/s over {done['seconds']:.1f} s; "
+              f"({ray_start:.1f} s) and opening the index ({timings['open_seconds']:.1f} s); {_answering(done)}: "
+              f"{done['queries_per_second']:,.0f} queries/s over {done['seconds']:.{1 if done['seconds'] >= 1 else 2}f} s; "
               f"distances: {DISTANCES.get(done['space'], done['space'])}")
         return EXIT_OK
     table = preview_query(index_dir, queries, PREVIEW_QUERIES, batch_size=args.batch_size, timings=timings,
@@ -389,6 +389,13 @@ def _cmd_query(args: argparse.Namespace) -> int:
           f"p50 {timings['latency_ms_p50']:.2f} ms, p95 {timings['latency_ms_p95']:.2f} ms, "
           f"p99 {timings['latency_ms_p99']:.2f} ms; distances: {DISTANCES.get(timings['space'], timings['space'])}")
     return EXIT_OK
+
+
+def _answering(done: dict) -> str:
+    """How the answers were made: streamed by Ray Data, or (one block) searched from this process."""
+    if done["streamed"]:
+        return "streaming alone (read, search, write)"
+    return "read, search and write alone (one block, from this process: too few queries to stream)"
 
 
 def _absolute(path: str) -> str:

@@ -45,8 +45,8 @@ from shardwalk.core.index.hnsw_results import knn_graph_table
 from shardwalk.core.index.spec import DEFAULT_SEARCH, SearchSpec
 from shardwalk.core.plan import sizing
 from shardwalk.core.storage import node_cache, publish, store
-from shardwalk.core.storage.files import MANIFEST, build_manifest
-from shardwalk.core.storage.sources import plan_shards
+from shardwalk.core.storage.files import MANIFEST, build_manifest, write_parquet
+from shardwalk.core.storage.sources import ShardSpec, plan_shards, read_shard
 from shardwalk.workers import progress_channel
 from shardwalk.workers.cluster import cluster_nodes
 from shardwalk.workers.quiet import quiet_ray_data
@@ -54,6 +54,7 @@ from shardwalk.workers.ray_datasets import check_columns, is_ray_dataset
 
 POOL_ACTOR_CPUS = 0.25  # a search task mostly waits for shard actors; read tasks need the CPUs left over
 KIND = "query-answers"
+DIRECT_ROWS = 8192  # a source of at most one block of this many rows is answered without Ray Data
 STAGING = ".shardwalk-attempts"  # `<parent>/.<name>.shardwalk-attempts/`: a store query's attempts, beside `out`
 
 
@@ -221,23 +222,14 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
     check_query_source(source, settings.columns, index.dim)  # a wrong column name: before any work
     check_out(out, overwrite)
     nprobe = settings.search.probes(len(index), len(index.actors))
-    # The pool's actors need their CPUs, and reading a Parquet source a whole one: without them Ray Data would
-    # wait forever (as it did on a freshly built index whose shard actors hold every CPU).
-    needed = settings.pool * POOL_ACTOR_CPUS + (0.0 if is_ray_dataset(source) else 1.0)
-    free = _free_cpus(needed)
-    if free < needed:
-        raise ConfigError(
-            f"search_dataset needs {needed:g} free CPUs for Ray Data's pool and read tasks, but the shard actors "
-            f"leave {free:g}: open the index for streaming (`shardwalk query --out`, or "
-            "ShardedIndex.open(path, cpus_per_actor=...) with fewer CPUs per actor)")
+    write = _answer_writer(index, source, settings, nprobe)
     if store.is_remote(os.fspath(out)):
-        return _search_to_store(index, source, os.fspath(out), settings, nprobe, overwrite)
+        return _search_to_store(index, write, os.fspath(out), settings, overwrite)
     final = _output_dir(out, overwrite)
-    dataset, where = _dataset(source, index.dim, settings.columns)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:12]}"
     started = time.perf_counter()
     try:
-        _answers(index, dataset, settings, where, nprobe, _report_to(source)).write_parquet(str(tmp))
+        write(str(tmp))
         rows, parts = _commit(tmp, final, settings, overwrite)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -247,7 +239,64 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
         raise
     seconds = time.perf_counter() - started
     return {"rows": rows, "parts": parts, "seconds": seconds, "queries_per_second": rows / seconds if seconds else 0.0,
-            "out": str(final), "space": index.meta.space}
+            "out": str(final), "space": index.meta.space, "streamed": write.streamed}
+
+
+class _AnswerWriter:
+    """Writes a source's answers as Parquet parts into a new directory or store prefix: streamed by Ray Data,
+    or, for a source of one block or less, read, searched and written here (Ray Data's start-up costs
+    seconds, which a first query of a few rows would spend almost all of its time in)."""
+
+    def __init__(self, streamed: bool, write: Any) -> None:
+        self.streamed, self._write = streamed, write
+
+    def __call__(self, dest: str) -> None:
+        self._write(dest)
+
+
+def _answer_writer(index: Any, source: Any, settings: QuerySettings, nprobe: int) -> _AnswerWriter:
+    report = _report_to(source)
+    block = None if is_ray_dataset(source) else _one_block(source, settings.block_size)
+    if block is not None:
+        return _AnswerWriter(False, functools.partial(_write_block, index, block, settings, nprobe, report))
+    _require_stream_cpus(source, settings)
+    dataset, where = _dataset(source, index.dim, settings.columns)
+    return _AnswerWriter(True, lambda dest: _answers(index, dataset, settings, where, nprobe, report).write_parquet(dest))
+
+
+def _require_stream_cpus(source: Any, settings: QuerySettings) -> None:
+    """The pool's tasks need their CPUs, and reading a Parquet source a whole one: without them Ray Data would
+    wait forever (as it did on a freshly built index whose shard actors hold every CPU)."""
+    needed = settings.pool * POOL_ACTOR_CPUS + (0.0 if is_ray_dataset(source) else 1.0)
+    free = _free_cpus(needed)
+    if free < needed:
+        raise ConfigError(
+            f"search_dataset needs {needed:g} free CPUs for Ray Data's pool and read tasks, but the shard actors "
+            f"leave {free:g}: open the index for streaming (`shardwalk query --out`, or "
+            "ShardedIndex.open(path, cpus_per_actor=...) with fewer CPUs per actor)")
+
+
+def _one_block(source: Any, block_size: int) -> ShardSpec | None:
+    """The whole source as one row range when it fits one block (and DIRECT_ROWS), from its footers."""
+    (spec,) = plan_shards(source, 1)
+    return spec if spec.num_rows <= min(block_size, DIRECT_ROWS) else None
+
+
+def _write_block(index: Any, block: ShardSpec, settings: QuerySettings, nprobe: int,
+                 report: tuple[Any, str, int | None] | None, dest: str) -> None:
+    """One block's answers, searched from this process by the same function a streaming task runs."""
+    where = os.fspath(block.uri)
+    table = read_shard(block, [settings.columns.id, settings.columns.vector])
+    batch = {name: table.column(name).to_numpy() for name in table.column_names}  # lists: arrays of arrays
+    answers = search_blocks(batch, index.meta, index.actors, settings, where, nprobe, report)
+    name = "part-00000.parquet"
+    if store.is_remote(dest):
+        sink = pa.BufferOutputStream()
+        pq.write_table(answers, sink, compression="zstd", write_page_checksum=True)
+        store.write_bytes(store.join(dest, name), sink.getvalue().to_pybytes())
+    else:
+        Path(dest).mkdir()  # a new temporary directory (write_parquet never recreates a vanished one)
+        write_parquet(answers, Path(dest) / name)
 
 
 def _report_to(source: Any) -> tuple[Any, str, int | None] | None:
@@ -272,25 +321,25 @@ def _answers(index: Any, dataset: Any, settings: QuerySettings, where: str, npro
     )
 
 
-def _search_to_store(index: Any, source: Any, out: str, settings: QuerySettings, nprobe: int,
+def _search_to_store(index: Any, write: _AnswerWriter, out: str, settings: QuerySettings,
                      overwrite: bool) -> dict[str, Any]:
-    """`search_dataset` into an object store: parts into a new attempt beside `out`, hashed on workers,
-    manifest last; then published at `out`."""
+    """`search_dataset` into an object store: parts into a new attempt beside `out`, hashed on workers (here,
+    for one block written from here), manifest last; then published at `out`."""
     _store_out(out, overwrite)
-    dataset, where = _dataset(source, index.dim, settings.columns)
     attempt = store.join(_staging(out), store.ATTEMPTS, store.new_attempt_id())
     started = time.perf_counter()
     try:
-        _answers(index, dataset, settings, where, nprobe, _report_to(source)).write_parquet(attempt)
-        listed = [i.base_name for i in store.list_dir(attempt) if i.base_name.endswith(".parquet")]
-        entries = ray.get([_describe.remote(store.join(attempt, name)) for name in sorted(listed)])
+        write(attempt)
+        listed = sorted(i.base_name for i in store.list_dir(attempt) if i.base_name.endswith(".parquet"))
+        uris = [store.join(attempt, name) for name in listed]
+        entries = ray.get([_describe.remote(u) for u in uris]) if write.streamed else [store.describe_object(u) for u in uris]
     except BaseException as exc:
         store.delete_prefix(attempt)  # nothing committed: gc would remove it too
         typed = _typed_cause(exc)
         if typed is not None:
             raise typed from None
         raise
-    files = dict(zip(sorted(listed), entries))
+    files = dict(zip(listed, entries))
     rows = sum(e["rows"] for e in entries)
     manifest = {"kind": KIND, "rows": rows, "schemas": sorted({e.pop("schema") for e in entries}), "files": files,
                 "k": settings.k, "ef": settings.ef, "nprobe": settings.nprobe, "attempt": attempt, "committed_at": time.time()}
@@ -299,7 +348,7 @@ def _search_to_store(index: Any, source: Any, out: str, settings: QuerySettings,
     _publish_answers(store.Committed(attempt, manifest), out, _store_out(out, overwrite))
     seconds = time.perf_counter() - started
     return {"rows": rows, "parts": len(files), "seconds": seconds, "queries_per_second": rows / seconds if seconds else 0.0,
-            "out": out, "space": index.meta.space}
+            "out": out, "space": index.meta.space, "streamed": write.streamed}
 
 
 _describe = ray.remote(num_cpus=0)(store.describe_object)  # hashing runs where Ray places it, not in the driver
