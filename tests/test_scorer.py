@@ -94,7 +94,7 @@ def test_scoring_needs_labels_and_two_classes(ray_local_module, tmp_path: Path):
     from shardwalk.workers.scorer import score_dataset
 
     x = np.random.default_rng(0).normal(size=(50, 4))
-    with pytest.raises(DataError, match="label"):
+    with pytest.raises(DataError, match="^the source table: .*label"):  # from the first row: no actor started
         score_dataset(from_numpy(x), 1, tmp_path / "a", num_cpus=0.5, **PROXY)
     single = from_numpy(x, labels=np.zeros(50, dtype=np.int64))
     with pytest.raises(DataError, match="at least 2 classes"):

@@ -28,6 +28,7 @@ import shutil
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,14 +223,14 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
     check_query_source(source, settings.columns, index.dim)  # a wrong column name: before any work
     check_out(out, overwrite)
     nprobe = settings.search.probes(len(index), len(index.actors))
-    write = _answer_writer(index, source, settings, nprobe)
+    writer = _answer_writer(index, source, settings, nprobe)
     if store.is_remote(os.fspath(out)):
-        return _search_to_store(index, write, os.fspath(out), settings, overwrite)
+        return _search_to_store(index, writer, os.fspath(out), settings, overwrite)
     final = _output_dir(out, overwrite)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:12]}"
     started = time.perf_counter()
     try:
-        write(str(tmp))
+        writer.write(str(tmp))
         rows, parts = _commit(tmp, final, settings, overwrite)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -239,26 +240,25 @@ def search_dataset(index: Any, source: Any, out: str | os.PathLike, settings: Qu
         raise
     seconds = time.perf_counter() - started
     return {"rows": rows, "parts": parts, "seconds": seconds, "queries_per_second": rows / seconds if seconds else 0.0,
-            "out": str(final), "space": index.meta.space, "streamed": write.streamed}
+            "out": str(final), "space": index.meta.space, "streamed": writer.streamed}
 
 
+@dataclass(frozen=True)
 class _AnswerWriter:
-    """Writes a source's answers as Parquet parts into a new directory or store prefix: streamed by Ray Data,
-    or, for a source of one block or less, read, searched and written here (Ray Data's start-up costs
-    seconds, which a first query of a few rows would spend almost all of its time in)."""
+    """Writes a source's answers as Parquet parts into a new directory or store prefix (`write(dest)`): streamed
+    by Ray Data, or, for a source of one block or less, read, searched and written by the caller's process (Ray
+    Data's start-up costs seconds, which a first query of a few rows would spend almost all of its time in)."""
 
-    def __init__(self, streamed: bool, write: Any) -> None:
-        self.streamed, self._write = streamed, write
-
-    def __call__(self, dest: str) -> None:
-        self._write(dest)
+    streamed: bool
+    write: Callable[[str], None]
 
 
 def _answer_writer(index: Any, source: Any, settings: QuerySettings, nprobe: int) -> _AnswerWriter:
     report = _report_to(source)
     block = None if is_ray_dataset(source) else _one_block(source, settings.block_size)
     if block is not None:
-        return _AnswerWriter(False, functools.partial(_write_block, index, block, settings, nprobe, report))
+        where = os.fspath(source)
+        return _AnswerWriter(False, functools.partial(_write_block, index, block, settings, where, nprobe, report))
     _require_stream_cpus(source, settings)
     dataset, where = _dataset(source, index.dim, settings.columns)
     return _AnswerWriter(True, lambda dest: _answers(index, dataset, settings, where, nprobe, report).write_parquet(dest))
@@ -282,10 +282,9 @@ def _one_block(source: Any, block_size: int) -> ShardSpec | None:
     return spec if spec.num_rows <= min(block_size, DIRECT_ROWS) else None
 
 
-def _write_block(index: Any, block: ShardSpec, settings: QuerySettings, nprobe: int,
+def _write_block(index: Any, block: ShardSpec, settings: QuerySettings, where: str, nprobe: int,
                  report: tuple[Any, str, int | None] | None, dest: str) -> None:
     """One block's answers, searched from this process by the same function a streaming task runs."""
-    where = os.fspath(block.uri)
     table = read_shard(block, [settings.columns.id, settings.columns.vector])
     batch = {name: table.column(name).to_numpy() for name in table.column_names}  # lists: arrays of arrays
     answers = search_blocks(batch, index.meta, index.actors, settings, where, nprobe, report)
@@ -321,7 +320,7 @@ def _answers(index: Any, dataset: Any, settings: QuerySettings, where: str, npro
     )
 
 
-def _search_to_store(index: Any, write: _AnswerWriter, out: str, settings: QuerySettings,
+def _search_to_store(index: Any, writer: _AnswerWriter, out: str, settings: QuerySettings,
                      overwrite: bool) -> dict[str, Any]:
     """`search_dataset` into an object store: parts into a new attempt beside `out`, hashed on workers (here,
     for one block written from here), manifest last; then published at `out`."""
@@ -329,10 +328,10 @@ def _search_to_store(index: Any, write: _AnswerWriter, out: str, settings: Query
     attempt = store.join(_staging(out), store.ATTEMPTS, store.new_attempt_id())
     started = time.perf_counter()
     try:
-        write(attempt)
+        writer.write(attempt)
         listed = sorted(i.base_name for i in store.list_dir(attempt) if i.base_name.endswith(".parquet"))
         uris = [store.join(attempt, name) for name in listed]
-        entries = ray.get([_describe.remote(u) for u in uris]) if write.streamed else [store.describe_object(u) for u in uris]
+        entries = ray.get([_describe.remote(u) for u in uris]) if writer.streamed else [store.describe_object(u) for u in uris]
     except BaseException as exc:
         store.delete_prefix(attempt)  # nothing committed: gc would remove it too
         typed = _typed_cause(exc)
@@ -348,7 +347,7 @@ def _search_to_store(index: Any, write: _AnswerWriter, out: str, settings: Query
     _publish_answers(store.Committed(attempt, manifest), out, _store_out(out, overwrite))
     seconds = time.perf_counter() - started
     return {"rows": rows, "parts": len(files), "seconds": seconds, "queries_per_second": rows / seconds if seconds else 0.0,
-            "out": out, "space": index.meta.space, "streamed": write.streamed}
+            "out": out, "space": index.meta.space, "streamed": writer.streamed}
 
 
 _describe = ray.remote(num_cpus=0)(store.describe_object)  # hashing runs where Ray places it, not in the driver

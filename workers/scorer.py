@@ -191,11 +191,13 @@ def _raise_if_a_rank_died(actors: list[Any]) -> None:
 
 
 def _source_size(source: Any) -> tuple[int, int]:
-    """(rows, dimension) of a source from its footers and one row (nothing else is read)."""
+    """(rows, dimension) of a source from its footers and one row (nothing else is read); a source without labels
+    is refused here, before any actor starts."""
     whole = plan_shards(source, 1)[0]
     first = read_shard(ShardSpec(0, 0, 1, whole.uri, whole.files, whole.file_rows,
                                  whole.table.slice(0, 1) if whole.table is not None else None))
-    return whole.num_rows, vector_dim(validate_vectors(first, where=str(source)))
+    where = str(source) if isinstance(source, str | Path) else "the source table"  # a Table's str is its contents
+    return whole.num_rows, vector_dim(validate_vectors(first, where=where, require_label=True))
 
 
 def score_dataset(
