@@ -352,6 +352,25 @@ def test_a_batch_splits_into_payloads_under_a_limit_row_for_row():
         assert whole.split(whole.nbytes) == [whole]
 
 
+def test_a_batch_fills_whole_calls_first_and_leaves_the_rest_last():
+    """An outbox sent because it is full goes as full calls and keeps its tail for the next one: `fill` packs
+    each part up to the limit (one more row would not fit), in row order, the remainder last."""
+    from shardwalk.core.srrw.token import TokenBatch
+
+    spec = WalkSpec.build(steps=50, alpha=5.0, tokens=40, seed=1)
+    chain = SRRW(LES, spec.alpha)
+    whole = TokenBatch.from_tokens(spec_tokens(chain, bind(_objective(), chain).dim, spec))
+    whole.partial, whole.logy[:, ::3] = True, np.nan
+    limit = int(16 * whole.row_bytes()[0]) + 16  # the bit mask's padding aside
+    parts = whole.fill(limit)
+    assert [len(part) for part in parts] == [16, 16, 8]  # 40 rows of equal size, 16 to a call
+    assert all(part.nbytes <= limit for part in parts)
+    assert parts[0].nbytes + int(whole.row_bytes()[0]) > limit
+    back = TokenBatch.concat(parts)
+    assert np.array_equal(back.key, whole.key) and np.array_equal(back.logy, whole.logy, equal_nan=True)
+    assert whole.fill(whole.nbytes + 16) == [whole]
+
+
 def _sharded_walk(*, tokens: int, seed: int, actors: int, halo: int, delta: bool = False) -> tuple:
     """A 15 x 8 grid walk split over `actors` simulated walker actors (measures sharded), its tokens placed on
     their owners: (reference tokens, owner per agent, shared agents, [(context, resident, shard)] per actor)."""

@@ -221,6 +221,17 @@ class TokenBatch:
         cuts = np.unique(np.searchsorted(ends, total * np.arange(1, parts) / parts, side="right"))
         return [self.select(rows) for rows in np.split(np.arange(len(self)), cuts) if len(rows)]
 
+    def fill(self, limit: int) -> list[TokenBatch]:
+        """This batch as consecutive batches, each as many rows as fit `limit` payload bytes (the last one what
+        is left; a row larger than that goes alone): whole calls first, unlike `split`'s equal parts."""
+        sizes = np.cumsum(self.row_bytes())
+        cuts, start, done = [], 0, 0.0
+        while start < len(self):
+            end = max(int(np.searchsorted(sizes, done + limit - 16, side="right")), start + 1)
+            cuts.append(end)
+            start, done = end, float(sizes[end - 1])
+        return [self.select(np.arange(a, b)) for a, b in zip([0, *cuts[:-1]], cuts)] if len(cuts) > 1 else [self]
+
     @classmethod
     def from_tokens(cls, tokens: list[Token]) -> TokenBatch:
         """The tokens packed (their streams must be PCG64; partial tokens must all be partial)."""
