@@ -331,7 +331,7 @@ def test_a_batch_pickles_as_one_payload_whatever_its_size():
     assert counts[0] == counts[1] == 0
 
 
-def test_a_batch_splits_into_payloads_under_a_limit_row_for_row():
+def test_a_batch_fills_payloads_under_a_limit_row_for_row():
     """A hand-off larger than Ray's inline limit goes as several calls: each part's payload is within the
     limit, the parts are the batch's rows in order, and `row_bytes` adds up to the payload shipped."""
     from shardwalk.core.srrw.token import TokenBatch
@@ -345,11 +345,11 @@ def test_a_batch_splits_into_payloads_under_a_limit_row_for_row():
     for whole in (batch, sparse):
         assert abs(int(whole.row_bytes().sum()) - whole.nbytes) < 8
         limit = whole.nbytes // 3
-        parts = whole.split(limit)
+        parts = whole.fill(limit)
         assert len(parts) >= 3 and all(part.nbytes <= limit for part in parts)
         back = TokenBatch.concat(parts)
         assert np.array_equal(back.key, whole.key) and np.array_equal(back.logy, whole.logy, equal_nan=True)
-        assert whole.split(whole.nbytes) == [whole]
+        assert whole.fill(whole.nbytes + 16) == [whole]
 
 
 def test_a_batch_fills_whole_calls_first_and_leaves_the_rest_last():

@@ -209,21 +209,9 @@ class TokenBatch:
         sparse = self.partial and bool((kept < width).any())
         return fixed + 8.0 * kept + (width / 8 if sparse else 0.0)
 
-    def split(self, limit: int) -> list[TokenBatch]:
-        """This batch as consecutive batches of about equal payload, each at most `limit` bytes (a row larger
-        than that goes alone)."""
-        sizes = self.row_bytes()
-        total = float(sizes.sum())
-        if total <= limit or len(self) < 2:
-            return [self]
-        parts = min(len(self), math.ceil(total / max(limit - 8 - float(sizes.max()), 1.0)))
-        ends = np.cumsum(sizes)
-        cuts = np.unique(np.searchsorted(ends, total * np.arange(1, parts) / parts, side="right"))
-        return [self.select(rows) for rows in np.split(np.arange(len(self)), cuts) if len(rows)]
-
     def fill(self, limit: int) -> list[TokenBatch]:
         """This batch as consecutive batches, each as many rows as fit `limit` payload bytes (the last one what
-        is left; a row larger than that goes alone): whole calls first, unlike `split`'s equal parts."""
+        is left; a row larger than that goes alone): whole calls first, so the fewest calls carry it."""
         sizes = np.cumsum(self.row_bytes())
         cuts, start, done = [], 0, 0.0
         while start < len(self):
