@@ -4,17 +4,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The CPU build of torch, installed first by pip (whose configuration here finds it on disk) so the project's
-# `torch>=2.2` range installs nothing more; the rest by uv, from the same registry, in half pip's time (54 s
-# against 110 s on the 2-core machine, caches warm), falling back to pip. Nothing is byte-compiled at install
-# time (pip's compile step alone took ~65 CPU-s for files never imported): `test` lets Python cache what the
-# suite imports on first use, even where PYTHONDONTWRITEBYTECODE is set, as on this machine type.
+# `torch>=2.2` range installs nothing more, and hnswlib, which the registry has only as source: pip keeps the wheel
+# it builds, uv built it again (~40 s of C++) on every install. The rest by uv, from the same registry, in half
+# pip's time, falling back to pip. Nothing is byte-compiled at install time (pip's compile step alone took ~65
+# CPU-s for files never imported): `test` lets Python cache what the suite imports on first use, even where
+# PYTHONDONTWRITEBYTECODE is set, as on this machine type.
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: demo test lint install bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --no-compile "$(TORCH_SPEC)" uv
+	$(BIN)/python -m pip install --quiet --no-compile "$(TORCH_SPEC)" hnswlib uv
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[test]" \
 		|| $(BIN)/python -m pip install --quiet --no-compile -e ".[test]"
 	touch $(STAMP)
