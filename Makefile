@@ -25,9 +25,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/shardwalk run demo
 
-# One pytest-xdist worker per core (at most 4), each with its own Ray and S3 server; the tests of a group
-# run on one worker (every multi-node test shares one), longest work first (GROUPS in tests/conftest.py).
-PYTEST_PARALLEL ?= -n auto --maxprocesses=4 --dist loadgroup --no-loadscope-reorder
+# One pytest-xdist worker more than cores (at most 5), each with its own Ray and S3 server: a worker waiting on its
+# actors, a node's death or a store's retries leaves a core idle otherwise (2 workers: 7-9 % idle on 2 cores). The
+# tests of a group run on one worker (every multi-node test shares one), longest work first (tests/conftest.py).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$((n + 1)))
+PYTEST_PARALLEL ?= -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # Bytecode is cached on first import (PYTHONDONTWRITEBYTECODE emptied): with it set, as on this machine type, each
 # of the suite's ~650 processes (Ray actors, CLI runs) would compile its imports again; the suite took 2x as long.

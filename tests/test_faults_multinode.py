@@ -46,6 +46,11 @@ def _checkpointed_n(ckpt: Path) -> int:
     return token.n if token is not None else 0
 
 
+def _ended(run: Background) -> bool:
+    """Whether a background call has returned (a poll for its progress stops waiting then)."""
+    return not run.is_alive()
+
+
 def test_walk_resumes_from_its_checkpoint_after_losing_a_partitions_node(ray_cluster: Any, tmp_path: Path) -> None:
     from shardwalk.core.srrw import run_sa_srrw
     from shardwalk.workers.walker import run_distributed_sa_srrw
@@ -55,10 +60,13 @@ def test_walk_resumes_from_its_checkpoint_after_losing_a_partitions_node(ray_clu
     # One CPU per partition: with two 1-CPU workers each partition sits on its own worker node.
     kw = {**WALK, "partitions": 2, "replicate": False, "num_cpus": 1, "checkpoint_every": EVERY}  # one agent half per node
     before = set(actors("WalkPartition", None))
+    # timeout: a cap on a hung walk, not how the loss is found (a dead actor fails `stats` at once); it also bounds
+    # the actors' start, which compiles the walk kernels on a fresh clone while the other test workers load the machine
     faulted = Background(lambda: run_distributed_sa_srrw(obj, graph, steps=STEPS, checkpoint_dir=ckpt,
-                                                          timeout=20, **kw))
+                                                          timeout=120, **kw))
     faulted.start()
-    placed = poll("both walker partitions to start", lambda: new_actors("WalkPartition", before, 2))
+    placed = poll("both walker partitions to start", lambda: _ended(faulted) or new_actors("WalkPartition", before, 2))
+    assert faulted.is_alive(), f"the walk ended before the fault: {faulted.error!r}"
     poll("the first token checkpoint", lambda: _checkpointed_n(ckpt) > 0)
     lost = sorted(placed.values())[0]
     lose_node(ray_cluster, lost)
