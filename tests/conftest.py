@@ -21,7 +21,7 @@ os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", "600000")
 os.environ.setdefault("RAY_health_check_period_ms", "1000")
 
 
-# Under pytest-xdist (`make test`: `-n auto --dist loadgroup`) each worker is a process of its own with its
+# Under pytest-xdist (`make test`: `-n <cores + 1> --dist loadgroup`) each worker is a process of its own with its
 # own local Ray, S3 server and simulated cluster. The tests of one group run on one worker, one after another.
 # The groups are named here by test id, not by `xdist_group` marks: xdist 3.8 marks a group by rewriting
 # `item._nodeid`, which pytest 9 no longer reads, so marks would silently group nothing.
@@ -184,11 +184,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _reserve_port() -> object:
+    """A loopback port bound (not listening) by this process: no other process binding port 0 can be given it."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
 # Set before Ray starts so every Ray worker inherits the endpoint and the dummy credentials. Each pytest-xdist
 # worker runs its own server: it takes a port of its own rather than the one its parent process chose (and
-# keeps it when a test imports this module a second time as `tests.conftest`).
+# keeps it when a test imports this module a second time as `tests.conftest`). The port stays bound here until
+# the server starts: Ray's processes bind ports meanwhile, and moto's start waits for ever on a taken one.
 _PORT_VARIABLE = f"SHARDWALK_TEST_S3_PORT_{_XDIST_WORKER}" if _XDIST_WORKER else "SHARDWALK_TEST_S3_PORT"
-S3_PORT = int(os.environ.get(_PORT_VARIABLE) or _free_port())
+_RESERVED: list = [] if os.environ.get(_PORT_VARIABLE) else [_reserve_port()]
+S3_PORT = int(os.environ.get(_PORT_VARIABLE) or _RESERVED[0].getsockname()[1])
 os.environ[_PORT_VARIABLE] = str(S3_PORT)
 for _key, _value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                      "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "AWS_EC2_METADATA_DISABLED": "true"}.items():
@@ -207,6 +218,8 @@ def s3_server() -> Iterator[str]:
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    while _RESERVED:
+        _RESERVED.pop().close()  # free for the server, an instant before it binds
     server.start()
     yield f"http://127.0.0.1:{S3_PORT}"
     server.stop()
