@@ -254,8 +254,9 @@ class _AnswerWriter:
 
 
 def _answer_writer(index: Any, source: Any, settings: QuerySettings, nprobe: int) -> _AnswerWriter:
-    report = _report_to(source)
-    block = None if is_ray_dataset(source) else _one_block(source, settings.block_size)
+    whole = None if is_ray_dataset(source) else plan_shards(source, 1)[0]  # its footers, read once
+    report = _report_to(None if whole is None else whole.num_rows)
+    block = whole if whole is not None and whole.num_rows <= min(settings.block_size, DIRECT_ROWS) else None
     if block is not None:
         where = os.fspath(source)
         return _AnswerWriter(False, functools.partial(_write_block, index, block, settings, where, nprobe, report))
@@ -276,12 +277,6 @@ def _require_stream_cpus(source: Any, settings: QuerySettings) -> None:
             "ShardedIndex.open(path, cpus_per_actor=...) with fewer CPUs per actor)")
 
 
-def _one_block(source: Any, block_size: int) -> ShardSpec | None:
-    """The whole source as one row range when it fits one block (and DIRECT_ROWS), from its footers."""
-    (spec,) = plan_shards(source, 1)
-    return spec if spec.num_rows <= min(block_size, DIRECT_ROWS) else None
-
-
 def _write_block(index: Any, block: ShardSpec, settings: QuerySettings, where: str, nprobe: int,
                  report: tuple[Any, str, int | None] | None, dest: str) -> None:
     """One block's answers, searched from this process by the same function a streaming task runs."""
@@ -298,14 +293,11 @@ def _write_block(index: Any, block: ShardSpec, settings: QuerySettings, where: s
         write_parquet(answers, Path(dest) / name)
 
 
-def _report_to(source: Any) -> tuple[Any, str, int | None] | None:
-    """Where the pool reports queries answered (this context's progress target) and of how many
-    (a Parquet source's footers; None for a Ray Dataset, whose count would run it)."""
+def _report_to(total: int | None) -> tuple[Any, str, int | None] | None:
+    """Where the pool reports queries answered (this context's progress target) and of how many (a Parquet
+    source's rows from its footers; None for a Ray Dataset, whose count would run it)."""
     where = progress_channel.target()
-    if where is None:
-        return None
-    total = None if is_ray_dataset(source) else sum(s.num_rows for s in plan_shards(source, 1))
-    return (*where, total)
+    return None if where is None else (*where, total)
 
 
 def _answers(index: Any, dataset: Any, settings: QuerySettings, where: str, nprobe: int,
