@@ -172,7 +172,7 @@ class WalkPartition:
                 self.peer_backlog[sender] = backlog
             self.inbox.append(batch)
             self.counts["calls_in"] += 1
-            short = sender >= 0 and backlog < STARVING_SHARE * self.tokens_total / max(len(self.peers), 1)
+            short = sender >= 0 and urgent(backlog, 0.0, self.tokens_total / max(len(self.peers), 1))
             answer = self.outbox.pop(sender, None) if short else None
             if answer:
                 del self.outbox_since[sender]
