@@ -113,9 +113,12 @@ def plant_garbage(runs: str) -> None:
         dead = store.join(runs, "cache", "ingest-deadbeef", store.ATTEMPTS, f"20200101T000000-host-1-{uuid.uuid4().hex[:8]}")
         store.write_bytes(store.join(dead, "part-0.parquet"), b"partial")
         return
-    dead = Path(runs) / "cache" / f".tmp-ingest-deadbeef@host@1@{uuid.uuid4().hex[:8]}"
-    dead.mkdir(parents=True)
-    os.utime(dead, (0, 0))
+    name = f".tmp-ingest-deadbeef@host@1@{uuid.uuid4().hex[:8]}"
+    aged = Path(runs).parent / name  # aged outside the cache, then moved in whole: a gc beside it may take it at once
+    aged.mkdir(parents=True)
+    os.utime(aged, (0, 0))
+    (Path(runs) / "cache").mkdir(parents=True, exist_ok=True)
+    aged.rename(Path(runs) / "cache" / name)
 
 
 OPERATION = st.one_of(
