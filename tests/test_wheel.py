@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -88,11 +89,14 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 def joined(installed: Installed) -> Iterator[Installed]:
     """The fresh environment with RAY_ADDRESS naming one `ray start --head` of its own (its workers import the
     wheel): runs that are not about starting Ray join it, and reuse its warm workers, rather than each starting
-    an embedded Ray. Explicit addresses never send the token unasked (Ray 2.60), hence RAY_AUTH_MODE=token."""
+    an embedded Ray. Explicit addresses never send the token unasked (Ray 2.60), hence RAY_AUTH_MODE=token; the
+    cluster's token is its own (RAY_AUTH_TOKEN): with the mode set, `ray start` refuses to run on a machine that
+    has no ~/.ray/auth_token yet rather than create one, and the suite must not depend on what an earlier run left."""
     port = free_port()
     temp = Path(tempfile.mkdtemp(prefix="rw", dir="/tmp"))  # short: Ray's socket paths live under it
     # Ray 2.60's `ray start --block` drains its node for up to 30 s on SIGTERM (for Serve); nothing here to drain
-    env = {**installed.env, "RAY_AUTH_MODE": "token", LOOPBACK_SWITCH: "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    env = {**installed.env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), LOOPBACK_SWITCH: "0",
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     head = subprocess.Popen([str(installed.venv / "bin" / "python"), "-m", "ray.scripts.scripts", "start", "--head",
                              "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
                              "--disable-usage-stats", f"--temp-dir={temp}", "--block"],
