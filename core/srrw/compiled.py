@@ -99,13 +99,12 @@ def put_columns(src, src_rows, cols, dst, dst_rows):
 
 
 @njit(cache=True)
-def _arrive(b, theta, bar, logy, m, mcol, node, n, arrived, slot, xh, ky, inv_m, rows, gw, add_t, beta_t, lam, v):
+def _arrive(b, theta, bar, logy, node, n, arrived, slot, xh, ky, inv_m, rows, gw, add_t, beta_t, lam, v):
     k = n[b]
     j = node[b]
     a = add_t[k]
-    jc = mcol[j]
-    old = logy[m, jc]
-    logy[m, jc] = max(old, a) + math.log1p(math.exp(-abs(old - a)))
+    old = logy[b, j]
+    logy[b, j] = max(old, a) + math.log1p(math.exp(-abs(old - a)))
     s = slot[j]
     scale = beta_t[k] * gw[j]
     d = theta.shape[1]
@@ -152,7 +151,7 @@ def _after_arrival(b, theta, bar, n, max_sq, project, polyak, stop, every, rec):
 
 
 @njit(cache=True)
-def _next_agent(b, u, j, prev, logy, mr, nbrm, nbr, log_base, cdf, total, deg, adj, adj_deg, alpha, base, num, cum):
+def _next_agent(b, u, j, prev, logy, nbr, log_base, cdf, total, deg, adj, adj_deg, alpha, base, num, cum):
     if base == 1:  # iid
         return min(int(u * num), num - 1)
     if base == 2:  # non-backtracking
@@ -176,7 +175,7 @@ def _next_agent(b, u, j, prev, logy, mr, nbrm, nbr, log_base, cdf, total, deg, a
         return nbr[j, min(k, m - 1)]
     top = -np.inf
     for c in range(m):
-        w = log_base[j, c] - alpha * logy[mr, nbrm[j, c]]
+        w = log_base[j, c] - alpha * logy[b, nbr[j, c]]
         cum[c] = w
         top = max(top, w)
     acc = 0.0
@@ -192,16 +191,15 @@ def _next_agent(b, u, j, prev, logy, mr, nbrm, nbr, log_base, cdf, total, deg, a
 
 
 @njit(cache=True, nogil=True)  # Ray's threads in the actor's process take arrivals while it walks
-def walk_tokens(theta, bar, logy, mrow, mcol, nbrm, node, prev, n, arrived, rng, status, budget, call_hops, first,
+def walk_tokens(theta, bar, logy, node, prev, n, arrived, rng, status, budget, call_hops, first,
                 nbr, log_base, cdf, total, deg, adj, adj_deg, slot, xh, ky, inv_m, rows,
                 gw, add_t, beta_t, alpha, base, lam, max_sq, project, polyak, stop, owned, every, rec):
     """Walk each token, from row `first` on (wrapping around), until it must stop: `status[b]` says why
     (CONTINUE: its `budget` of hops is spent, or the call's `call_hops` were walked before its turn, when
-    `call_hops` > 0). Row b's visit measure is row mrow[b] of `logy`, agent j's entry in column mcol[j] (`nbrm`:
-    `nbr` as columns), so a sharded measure is walked where it is kept. Returns how many tokens had their turn."""
+    `call_hops` > 0). Returns how many tokens had their turn."""
     v = np.empty(theta.shape[1])
     cum = np.empty(nbr.shape[1])
-    num = mcol.shape[0]
+    num = logy.shape[1]
     count = node.shape[0]
     status[:] = CONTINUE
     walked = 0
@@ -212,7 +210,7 @@ def walk_tokens(theta, bar, logy, mrow, mcol, nbrm, node, prev, n, arrived, rng,
         hops = 0
         while True:
             if not arrived[b]:
-                _arrive(b, theta, bar, logy, mrow[b], mcol, node, n, arrived, slot, xh, ky, inv_m, rows, gw, add_t, beta_t, lam, v)
+                _arrive(b, theta, bar, logy, node, n, arrived, slot, xh, ky, inv_m, rows, gw, add_t, beta_t, lam, v)
                 st = _after_arrival(b, theta, bar, n, max_sq, project, polyak, stop, every, rec)
                 if st != CONTINUE:
                     status[b] = st
@@ -224,7 +222,7 @@ def walk_tokens(theta, bar, logy, mrow, mcol, nbrm, node, prev, n, arrived, rng,
                 break
             u = next_uniform(rng, b)
             j = node[b]
-            nxt = _next_agent(b, u, j, prev, logy, mrow[b], nbrm, nbr, log_base, cdf, total, deg, adj, adj_deg, alpha, base, num, cum)
+            nxt = _next_agent(b, u, j, prev, logy, nbr, log_base, cdf, total, deg, adj, adj_deg, alpha, base, num, cum)
             prev[b] = j
             node[b] = nxt
             arrived[b] = False

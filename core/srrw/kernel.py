@@ -113,10 +113,8 @@ class Resident:
     leaving ones are replaced by the last rows, so a hand-off costs its own rows' copies, not the whole
     batch's (row order never matters: every operation is elementwise or inside one row). Tokens join and
     leave as a `TokenBatch` (arrays, what travels between actors) or as Token objects (`add`/`take`: the
-    same objects come back, updated). With a `shard` (a walker actor of a partitioned walk) the visit
-    measures are not rows here: every token's entries stay in the shard's array, indexed by token key, and
-    the kernels address them there (`measure`), so a token joining or leaving copies only the shared entries
-    it carries, and a leaving row's move copies no measure.
+    same objects come back, updated). With a `shard` (a walker actor of a partitioned walk) a token's visit
+    measure outside the shared entries stays here between visits.
     """
 
     def __init__(self, dim: int, num_nodes: int, polyak: bool, shard: Any = None) -> None:
@@ -125,13 +123,11 @@ class Resident:
         self.turn = 0  # the row whose turn comes first in the next compiled call (tokens take turns)
         ints = {name: np.zeros(0, dtype=np.int64) for name in ("key", "node", "prev", "n", "handoffs")}
         self._buf = {**ints, "theta": np.zeros((0, dim)), "bar": np.zeros((0, dim)) if polyak else None,
-                     "logy": np.zeros((0, num_nodes)) if shard is None else None, "arrived": np.zeros(0, dtype=bool),
+                     "logy": np.zeros((0, num_nodes)), "arrived": np.zeros(0, dtype=bool),
                      "rng": np.zeros((0, RNG_WORDS), dtype=np.uint64)}
         self.objects: list[Token | None] = []  # the Token object a row joined as (updated when it leaves)
         self.records: list[Any] = []  # per row: (path, curve steps, curve θs) when recorded, else None
         self._row_numbers = np.zeros(0, dtype=np.int64)
-        self._all_columns = np.arange(num_nodes, dtype=np.int64)
-        self._neighbour_columns: tuple[np.ndarray, np.ndarray] | None = None
         self._views()
 
     def __len__(self) -> int:
@@ -151,21 +147,6 @@ class Resident:
                 grown = np.zeros((cap, *buf.shape[1:]), dtype=buf.dtype)
                 grown[: self.size] = buf[: self.size]
                 self._buf[name] = grown
-
-    def measure(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(log-measure array, its row per resident row, its column per agent index): row i's entry of agent j
-        is logy[mrow[i], mcol[j]]. Unsharded: the resident rows themselves; sharded: the shard's array by key."""
-        if self.shard is None:
-            return self.logy, self.row_numbers, self._all_columns
-        return self.shard.kept, self.key, self.shard.col
-
-    def neighbour_columns(self, nbr: np.ndarray) -> np.ndarray:
-        """`nbr` (agent indices) as columns of `measure`'s array (computed once per neighbour table)."""
-        if self.shard is None:
-            return nbr
-        if self._neighbour_columns is None or self._neighbour_columns[0] is not nbr:
-            self._neighbour_columns = (nbr, self.shard.col[nbr])
-        return self._neighbour_columns[1]
 
     @property
     def row_numbers(self) -> np.ndarray:
@@ -193,10 +174,7 @@ class Resident:
         if b["bar"] is not None:
             b["bar"][rows] = batch.bar
         if batch.partial:
-            self.shard.restore(batch.key, batch.logy)
-        elif self.shard is not None:  # a whole token: its entries here taken from it
-            self.shard.seed_all(batch.logy, batch.key)
-            self.shard.present[batch.key] = False
+            self.shard.restore(batch.key, b["logy"], np.arange(rows.start, rows.stop), batch.logy)
         else:
             b["logy"][rows] = batch.logy
         self.objects += objects if objects is not None else [None] * count
@@ -222,7 +200,7 @@ class Resident:
         """The rows as a batch (a sharded measure keeps its own entries here), removed from the residents."""
         rows = np.asarray(rows, dtype=np.int64)
         _, _, log_scale = tables.ensure(int(self.n[rows].max()) if len(rows) else 0)
-        logy = self.logy[rows] if self.shard is None else self.shard.park(self.key[rows])
+        logy = self.logy[rows] if self.shard is None else self.shard.park(self.key[rows], self.logy, rows)
         recorded = [self.records[k] for k in rows.tolist()]
         batch = TokenBatch(
             key=self.key[rows], n=self.n[rows], node=self.node[rows], prev=self.prev[rows], arrived=self.arrived[rows],
@@ -346,9 +324,8 @@ def _advance_compiled(res: Resident, ctx: WalkContext, budget: int, call_hops: i
     status = np.zeros(len(res), dtype=np.int64)
     bar = res.bar if res.bar is not None else np.zeros((0, 0))
     first = res.turn % len(res) if len(res) else 0
-    logy, mrow, mcol = res.measure()
-    turns = cc.walk_tokens(res.theta, bar, logy, mrow, mcol, res.neighbour_columns(r.nbr), res.node, res.prev, res.n,
-                   res.arrived, res.rng, status, int(budget), int(call_hops), first, r.nbr, r.log_base, r.cdf, r.total, r.deg, r.adj, r.adj_deg, *ctx.data, chain.grad_weight,
+    turns = cc.walk_tokens(res.theta, bar, res.logy, res.node, res.prev, res.n, res.arrived, res.rng, status,
+                   int(budget), int(call_hops), first, r.nbr, r.log_base, r.cdf, r.total, r.deg, r.adj, r.adj_deg, *ctx.data, chain.grad_weight,
                    add, beta, float(chain.alpha), cc.BASE_CODES[chain.base], float(ctx.objective.lam),
                    float(s.max_norm) ** 2, float(s.project or 0.0), bool(s.polyak), int(ctx.stop), ctx.owned_all,
                    int(ctx.checkpoint_every), int(s.record_every))
@@ -404,9 +381,7 @@ def _arrive(res: Resident, ctx: WalkContext, rows: np.ndarray | slice, status: d
     n, node = res.n[rows], res.node[rows]
     add, beta, _ = ctx.tables.ensure(int(n.max()))
     at = _rows(res, rows)
-    logy, mrow, mcol = res.measure()
-    m, col = mrow[at], mcol[node]
-    logy[m, col] = np.logaddexp(logy[m, col], add[n])  # y_j += γ/c'
+    res.logy[at, node] = np.logaddexp(res.logy[at, node], add[n])  # y_j += γ/c'
     theta = res.theta[rows]  # a view when every row arrives: updated in place
     ctx.objective.descend_batch(node, theta, beta[n] * chain.grad_weight[node])
     n = n + 1
@@ -460,8 +435,8 @@ def _depart(res: Resident, ctx: WalkContext, rows: np.ndarray | slice, status: d
         if chain.alpha == 0.0:
             cum, total = r.cdf[node], r.total[node]
         else:  # log-weights of K_{node,·}[x], max-shifted, cumulated along the row
-            logy, mrow, mcol = res.measure()
-            lw = r.log_base[node] - chain.alpha * logy[mrow[at][:, None], mcol[r.nbr[node]]]
+            cols = r.nbr[node]
+            lw = r.log_base[node] - chain.alpha * res.logy[at[:, None], cols]
             cum = np.cumsum(np.exp(lw - lw.max(axis=1, keepdims=True)), axis=1)
             total = cum[:, -1]
         k = (cum <= (u * total)[:, None]).sum(axis=1)

@@ -35,13 +35,10 @@ def shared_agents(view_masks: list[np.ndarray]) -> np.ndarray:
 
 
 class MeasureShard:
-    """One actor's entries of every token's visit measure (its view), resident for good.
+    """One actor's entries of every token's visit measure (its view), kept between the token's visits.
 
-    Row `key` of `kept` holds token `key`'s entries, one column per agent of `cols` (the view, plus with three
-    or more actors the shared entries other views hold, which pass through); `col` maps an agent index to its
-    column. The walk kernel reads and writes a resident token's entries in place, addressed by its key
-    (`Resident.measure`), so a crossing copies only the shared entries it carries: in on arrival (`restore`),
-    out on leaving (`park`). `present`: the token is away (its entries here are as it left them).
+    Row `key` of `kept` holds token `key`'s view entries while the token is away (`present`); batches of
+    tokens are restored into and parked from the resident rows by compiled copies.
 
     With `delta` (a walk of exactly two actors) a leaving token need carry only the shared entries it
     changed here (`changed_only`; the others are NaN, never a log-measure value): every shared entry lies in
@@ -54,11 +51,7 @@ class MeasureShard:
         self.view = np.flatnonzero(view)
         self.shared = np.asarray(shared, dtype=np.int64)
         self.exclusive = np.setdiff1d(self.view, self.shared)  # entries no other actor reads
-        self.cols = np.union1d(self.view, self.shared)
-        self.col = np.full(self.num_nodes, -1, dtype=np.int64)
-        self.col[self.cols] = np.arange(len(self.cols))
-        self.shared_col = self.col[self.shared]
-        self.kept = np.zeros((0, len(self.cols)))
+        self.kept = np.zeros((0, len(self.view)))
         self.present = np.zeros(0, dtype=bool)
         self.arrived = np.zeros((0, len(self.shared))) if delta else None
 
@@ -71,7 +64,7 @@ class MeasureShard:
     def _reserve(self, keys: int) -> None:
         if keys > len(self.present):
             cap = max(keys, 2 * len(self.present))
-            kept = np.zeros((cap, len(self.cols)))
+            kept = np.zeros((cap, len(self.view)))
             kept[: len(self.kept)] = self.kept
             present = np.zeros(cap, dtype=bool)
             present[: len(self.present)] = self.present
@@ -89,7 +82,7 @@ class MeasureShard:
         """Tokens' measures at the start of the walk, one row each (keys 0..K−1 unless given)."""
         keys = np.arange(len(measures)) if keys is None else np.asarray(keys, dtype=np.int64)
         self._reserve(int(keys.max()) + 1 if len(keys) else 0)
-        self.kept[keys] = np.asarray(measures, dtype=np.float64)[:, self.cols]
+        self.kept[keys] = np.asarray(measures, dtype=np.float64)[:, self.view]
         self.present[keys] = True
         if self.arrived is not None:
             self.arrived[keys] = np.asarray(measures, dtype=np.float64)[:, self.shared]
@@ -103,27 +96,28 @@ class MeasureShard:
             raise ConfigError(f"token {key} carries {carried} shared measure entries; this actor expects "
                               f"{len(self.shared)} and {'has no' if away.any() else 'has'} its own entries")
 
-    def restore(self, keys: np.ndarray, carried: np.ndarray) -> None:
-        """Arriving tokens: the shared entries they carried written over the kept ones (a NaN, an entry the
-        token did not change, leaves the kept one); their entries are then resident (the kernel's rows)."""
+    def restore(self, keys: np.ndarray, logy: np.ndarray, rows: np.ndarray, carried: np.ndarray) -> None:
+        """Fill resident rows with tokens' measures: the kept view entries, then the shared ones they carried."""
         from shardwalk.core.srrw import compiled  # numba: loaded by the walks that shard
 
         self.check(keys, carried.shape[1])
-        keys = np.asarray(keys, dtype=np.int64)
-        compiled.put_columns(np.ascontiguousarray(carried, dtype=np.float64), np.arange(len(keys)), self.shared_col,
-                             self.kept, keys)
+        keys, rows = np.asarray(keys, dtype=np.int64), np.asarray(rows, dtype=np.int64)
+        compiled.put_columns(self.kept, keys, self.view, logy, rows)
+        compiled.put_columns(np.ascontiguousarray(carried, dtype=np.float64), np.arange(len(rows)), self.shared, logy, rows)
         self.present[keys] = False
         if self.arrived is not None:
-            compiled.take_columns(self.kept, keys, self.shared_col, self.arrived, keys)
+            compiled.take_columns(logy, rows, self.shared, self.arrived, keys)
 
-    def park(self, keys: np.ndarray) -> np.ndarray:
-        """Leaving tokens: their entries stay here as they are; returns the shared entries they leave with."""
+    def park(self, keys: np.ndarray, logy: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Keep the rows' view entries here; returns the shared entries the tokens leave with."""
         from shardwalk.core.srrw.compiled import take_columns
 
-        keys = np.asarray(keys, dtype=np.int64)
+        keys, rows = np.asarray(keys, dtype=np.int64), np.asarray(rows, dtype=np.int64)
+        self._reserve(int(keys.max()) + 1 if len(keys) else 0)
+        take_columns(logy, rows, self.view, self.kept, keys)
         self.present[keys] = True
-        carried = np.empty((len(keys), len(self.shared)))
-        take_columns(self.kept, keys, self.shared_col, carried, np.arange(len(keys)))
+        carried = np.empty((len(rows), len(self.shared)))
+        take_columns(logy, rows, self.shared, carried, np.arange(len(rows)))
         return carried
 
     def changed_only(self, keys: np.ndarray, carried: np.ndarray) -> np.ndarray:
@@ -136,7 +130,7 @@ class MeasureShard:
         """(exclusive agent indices, each token's values there): this actor's part of `gather`, for the tokens
         `keys` (None: every token whose entries are here). A token away from this actor has its entries here
         unchanged since it left, so they are current wherever the token is."""
-        pos = self.col[self.exclusive]
+        pos = np.searchsorted(self.view, self.exclusive)
         keys = np.flatnonzero(self.present).tolist() if keys is None else [int(k) for k in keys]
         away = [k for k in keys if not (0 <= k < len(self.present) and self.present[k])]
         if away:
@@ -146,16 +140,14 @@ class MeasureShard:
 
 def token_bytes_on_actor(chain: SRRW, layout: WalkerLayout, owner: np.ndarray, dim: int) -> int:
     """Bytes one token takes on the walker actor with the largest view (`walk_token_bytes`): all agents'
-    entries when replicated; partitioned, the view's entries (with three or more actors, those of all shared
-    entries: `MeasureShard.cols`), plus with exactly two actors the shared entries as the token arrived
-    (`MeasureShard.arrived`). A stream is RNG_WORDS words: no uniforms are pre-drawn."""
+    entries when replicated; partitioned, the view's entries, plus with exactly two actors the shared entries
+    as the token arrived (`MeasureShard.arrived`). A stream is RNG_WORDS words: no uniforms are pre-drawn."""
     if layout.replicate:
         return walk_token_bytes(chain.num_nodes, dim, RNG_WORDS)
     parts = int(owner.max()) + 1
     seen = views(chain, [halo_mask(chain, owner == p, layout.halo) for p in range(parts)])
-    shared = shared_agents(seen)
-    baseline = len(shared) if parts == 2 else 0
-    return walk_token_bytes(max(len(np.union1d(np.flatnonzero(v), shared)) for v in seen), dim, RNG_WORDS, baseline)
+    baseline = len(shared_agents(seen)) if parts == 2 else 0
+    return walk_token_bytes(max(int(v.sum()) for v in seen), dim, RNG_WORDS, baseline)
 
 
 def check_tokens_fit(chain: SRRW, tokens: int, layout: WalkerLayout, owner: np.ndarray, data_bytes: int, dim: int,
