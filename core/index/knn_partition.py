@@ -30,7 +30,7 @@ KMEANS_ITERS = 10  # Lloyd iterations on the sample
 SEED_ROWS_PER_CELL = 16  # k-means++ seeds on this many sampled rows per cell
 SAMPLE_ROWS_PER_CELL = 32  # k-means trains on this many sampled rows per cell (at least SAMPLE_MIN_ROWS)
 SAMPLE_MIN_ROWS = 10_000
-OFFSET_ROWS_PER_CELL = 32  # balancing offsets are fitted on at most this many of the sample's rows per cell
+OFFSET_ROWS_PER_CELL = 16  # balancing offsets are fitted on at most this many of the sample's rows per cell
 ASSIGN_ROWS = 16_384  # rows per block when assigning rows to their cells
 BLOCK = 4096  # rows of a partition per product with the whole partition (block × size floats); bench: 4096 8.3 s, 1024 9.7 s, 256 20.9 s at 100k
 
@@ -214,7 +214,9 @@ def fit_router(centroids: np.ndarray, spares: np.ndarray, space: str, overlap: i
     answers. Each Lloyd iteration combines the slices' partial sums; each offsets round their counts. The
     result does not depend on how the sample is sliced (up to float64 rounding of the centroid sums)."""
     for _ in range(iters):
-        centroids, _moved = lloyd_combine(centroids, ask("lloyd", centroids), spares)
+        centroids, moved = lloyd_combine(centroids, ask("lloyd", centroids), spares)
+        if moved == 0.0:  # a fixed point: the remaining iterations would change nothing
+            break
     rows = sum(ask("distances", centroids))
     parts = len(centroids)
     o = min(overlap, parts)
@@ -530,34 +532,15 @@ def local_candidates(ids: np.ndarray, x: np.ndarray, member: np.ndarray, owned: 
 def merge_pieces(home_ids: np.ndarray, pieces: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], k: int
                  ) -> tuple[np.ndarray, np.ndarray]:
     """The graph rows of `home_ids` (sorted): per point, the exact top-k of the union of the candidate rows
-    (ids, cand_ids, cand_dists) every holder sent for it."""
+    (ids, cand_ids, cand_dists; each row sorted by (distance, id)) every holder sent for it, folded in one
+    after another (_merge_rows: no concatenated copy of every holder's lists)."""
     given = [p for p in pieces if len(p[0])]
     if len(given) == 1 and np.array_equal(given[0][0], home_ids):  # one holder's lists: already each point's top-k
         return given[0][1], given[0][2]
-    rows_of, cands, dists = [], [], []
-    for ids, ci, cd in pieces:
-        if len(ids):
-            pos = np.searchsorted(home_ids, ids)
-            rows_of.append(pos)
-            cands.append(ci)
-            dists.append(cd)
-    if not rows_of:
-        return hnsw.empty_result(len(home_ids), k)
-    pos = np.concatenate(rows_of)
-    ci, cd = np.concatenate(cands), np.concatenate(dists)
-    order = np.argsort(pos, kind="stable")
-    pos, ci, cd = pos[order], ci[order], cd[order]
-    first = np.searchsorted(pos, pos, side="left")
-    slot = np.arange(len(pos)) - first
-    width = ci.shape[1]
-    slots = int(slot.max()) + 1
-    all_i = np.full((len(home_ids), slots * width), hnsw.PAD_ID, np.int64)
-    all_d = np.full((len(home_ids), slots * width), np.inf, np.float32)
-    for s in range(slots):
-        at = slot == s
-        all_i[pos[at], s * width:(s + 1) * width] = ci[at]
-        all_d[pos[at], s * width:(s + 1) * width] = cd[at]
-    return merge([(all_i, all_d)], k)
+    best_i, best_d = hnsw.empty_result(len(home_ids), k)
+    for ids, ci, cd in given:
+        _merge_rows(best_i, best_d, np.searchsorted(home_ids, ids), ci, cd)
+    return best_i, best_d
 
 
 def refine_home(home_ids: np.ndarray, nbrs: np.ndarray, dists: np.ndarray, store_ids: np.ndarray,
