@@ -1,8 +1,9 @@
 """The all-points kNN graph without an index, on actors (core/index/knn_partition.py does the arithmetic).
 
 1. every actor reads its share of the ingest parts' row groups (its threads side by side) while its numba
-   kernels load, and keeps a seeded sample; actor 0 trains k-means on every actor's sample (32 sampled rows
-   per partition), fetched actor to actor;
+   kernels load, and keeps its slice of a seeded sample (32 sampled rows per partition); actor 0 seeds k-means
+   from every actor's slice, fetched actor to actor; then each Lloyd iteration and balancing round runs on
+   every actor's slice, the driver adding up their partial sums / counts (kp.fit_router);
 2. every actor assigns its rows to their `overlap` nearest partitions and splits them by the actor owning
    those partitions (partition p → actor p mod A); the actors fetch their pieces from the object store
    themselves (no driver funnel), an actor's own piece staying where it is;
