@@ -3,6 +3,7 @@
     python -m benchmarks.bench_knn_graph --quick --json benchmarks/results/knn_graph_100k.json   # 100,000 × 128
     python -m benchmarks.bench_knn_graph --json benchmarks/results/knn_graph_1m.json            # 1,000,000 × 128
     python -m benchmarks.bench_knn_graph --n 20000 --no-levers --json /tmp/g.json               # a smoke test
+    python -m benchmarks.bench_knn_graph --only-shardwalk --no-levers --json /tmp/g.json         # no anchors: iterate
 
 Data: the bench_scale generator (clustered 128-d, parts of 100,000 rows). Each side runs in its own process
 tree whose PSS is sampled (benchmarks/memory.py), with THREADS = 2 threads:
@@ -280,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-levers", action="store_true", help="skip the one-lever-at-a-time runs")
     parser.add_argument("--no-search", action="store_true", help="skip the ShardedIndex.search QPS side")
     parser.add_argument("--search-only", action="store_true", help="only the ShardedIndex.search QPS side")
+    parser.add_argument("--only-shardwalk", action="store_true",
+                        help="only shardwalk's graph runs (defaults, strong scaling, levers): no anchors, no search")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--json", metavar="OUT.json")
     parser.add_argument("--job", nargs=2, help=argparse.SUPPRESS)
@@ -301,6 +304,16 @@ def main(argv: list[str] | None = None) -> int:
             result = {"n": n, "dim": args.dim, "threads": THREADS, "quick": args.quick, "k": K,
                       "load_average_before": load_before, "load_average_after": os.getloadavg(), "search": search,
                       **search_summary(search)}
+            return _write(args.json, result)
+        if args.only_shardwalk:
+            sw = shardwalk_run(work)
+            extra = _job("shardwalk", {**spec, "ingest": sw["ingest_dir"], "levers": not args.no_levers})
+            scaling = extra["scaling"]
+            result = {"n": n, "dim": args.dim, "threads": THREADS, "quick": args.quick, "k": K,
+                      "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                      "shardwalk": {**sw, **extra}, "graph_recall_at_10": sw["graph_recall_at_10"],
+                      "graph_seconds": {"shardwalk": sw["graph_seconds"]},
+                      "strong_scaling_2_vs_1_actor": scaling["1_actor"]["seconds"] / scaling["2_actors"]["seconds"]}
             return _write(args.json, result)
         print("hnswlib ...", file=sys.stderr)
         hn = _job("hnswlib", spec)

@@ -161,6 +161,27 @@ def test_k_means_sample_is_sized_per_cell_and_offsets_fitted_on_a_subsample_stil
     assert np.array_equal(router.centroids, again.centroids) and np.array_equal(router.offsets, again.offsets)
 
 
+def test_k_means_over_slices_matches_one_slice_and_restarts_emptied_cells() -> None:
+    x = _clustered(6000, dim=8)
+    centroids, spares = kp.seed_centroids(x, 30, seed=2)
+    fit = np.random.default_rng(5).random(len(x)) < 0.5
+
+    def router(cuts: list[int]) -> hnsw.Router:
+        slices = [kp.TrainingSlice(x[a:b], fit[a:b], threads=2) for a, b in zip([0, *cuts], [*cuts, len(x)])]
+        return kp.fit_router(centroids.copy(), spares, "l2", 2,
+                             lambda step, *args: [getattr(s, step)(*args) for s in slices])
+
+    one, three = router([]), router([1000, 4500])  # as on 1 actor, and on 3 holding unequal shares
+    np.testing.assert_allclose(three.centroids, one.centroids, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(three.offsets, one.offsets, rtol=0, atol=1e-4)
+    sizes = np.bincount(kp.assign(one, x, 2).ravel(), minlength=30)
+    assert sizes.max() <= 1.6 * sizes.mean()
+    far = np.full((1, 8), 1e6, np.float32)  # a centre no row is nearest to: it restarts on the first spare row
+    moved, shift = kp.lloyd_combine(np.vstack([centroids, far]), [kp.lloyd_partial(x, np.vstack([centroids, far]))], spares)
+    np.testing.assert_array_equal(moved[-1], spares[0])
+    assert shift > 1e5
+
+
 def test_partitions_built_side_by_side_on_threads_give_the_same_graph_as_one_thread() -> None:
     x = _clustered(2000, dim=12)
     ids = np.arange(2000) * 5

@@ -1,8 +1,9 @@
 """The all-points kNN graph without an index, on actors (core/index/knn_partition.py does the arithmetic).
 
 1. every actor reads its share of the ingest parts' row groups (its threads side by side) while its numba
-   kernels load, and keeps a seeded sample; actor 0 trains k-means on every actor's sample (32 sampled rows
-   per partition), fetched actor to actor;
+   kernels load, and keeps its slice of a seeded sample (32 sampled rows per partition); actor 0 seeds k-means
+   from every actor's slice, fetched actor to actor; then each Lloyd iteration and balancing round runs on
+   every actor's slice, the driver adding up their partial sums / counts (kp.fit_router);
 2. every actor assigns its rows to their `overlap` nearest partitions and splits them by the actor owning
    those partitions (partition p → actor p mod A); the actors fetch their pieces from the object store
    themselves (no driver funnel), an actor's own piece staying where it is;
@@ -64,9 +65,10 @@ class GraphActor:
         self._warm = threading.Thread(target=kp.warm_kernels, args=(self.threads, method), daemon=True)
         self._warm.start()
 
-    def read(self, specs: list[Any], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, specs: list[Any], fraction: float, seed: int, fit: float = 1.0, space: str = "l2"
+             ) -> tuple[np.ndarray, np.ndarray]:
         """Read my row groups of the ingest parts (my threads side by side, each copied once into my arrays);
-        return the seeded sample of them k-means trains on."""
+        keep and return the seeded sample of them k-means trains on (`fit` of it: the balancing offsets')."""
         total = sum(s.num_rows for s in specs)
         ids, x, at = np.empty(total, np.int64), None, 0
         with ThreadPoolExecutor(self.threads) as pool:
@@ -77,20 +79,31 @@ class GraphActor:
         self.raw = (ids, x) if total else None
         release_arrow_memory()
         if self.raw is None or fraction <= 0:
+            self.training = kp.TrainingSlice(np.empty((0, 1), np.float32), np.empty(0, bool))
             return np.empty(0, np.int64), np.empty((0, 0), np.float32)
         keep = hash_unit(ids, seed) < fraction
+        self.training = kp.TrainingSlice(hnsw.prepare(x[keep], space), hash_unit(ids[keep], seed + 1) < fit, self.threads)
         return ids[keep], x[keep]
 
-    def train(self, sample_refs: list[Any], parts: int, space: str, seed: int, overlap: int) -> hnsw.Router | None:
-        """Balanced k-means centroids from every actor's seeded sample (trained here, not on the driver: the
-        samples travel actor to actor and the kernels are already loaded)."""
+    def seed(self, sample_refs: list[Any], parts: int, space: str, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """k-means++ centres (and spare rows) from every actor's seeded sample, fetched actor to actor (None:
+        a single partition)."""
         self._warm.join()
-        return _router(ray.get(sample_refs), parts, space, seed, overlap)
+        got = [s for s in ray.get(sample_refs) if len(s[0])]
+        if parts == 1 or not got:
+            return None
+        ids, sample = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
+        return kp.seed_centroids(hnsw.prepare(sample[np.argsort(ids, kind="stable")], space), parts, seed)
+
+    def kmeans(self, step: str, *args: Any) -> Any:
+        """One k-means step (a kp.TrainingSlice method) on my slice of the sample: the driver combines them."""
+        return getattr(self.training, step)(*args)
 
     def scatter(self, router: hnsw.Router | None, overlap: int, owners: np.ndarray, actors: int) -> Any:
         """My rows split by actor: per actor (ids, vectors, partitions it owns else -1, home actor). My own
         piece stays here (an empty one is returned in its place): no round trip through the object store."""
         self._warm.join()
+        self.training = None
         pieces = []
         empty = (np.empty(0, np.int64), np.empty((0, 1), np.float32), np.empty((0, overlap), np.int64), np.empty(0, np.int64))
         self.own = empty
@@ -162,14 +175,19 @@ class GraphActor:
                 "local_seconds": getattr(self, "local_seconds", 0.0), "finish_seconds": time.perf_counter() - began}
 
 
-def _router(samples: list[tuple[np.ndarray, np.ndarray]], parts: int, space: str, seed: int, overlap: int
-            ) -> hnsw.Router | None:
-    """Balanced k-means centroids from the actors' seeded samples (None: a single partition)."""
-    if parts == 1:
+def _train(handles: list[Any], samples: list[Any], parts: int, space: str, settings: kp.GraphSettings
+           ) -> hnsw.Router | None:
+    """Balanced k-means on the actors' slices of the sample: actor 0 seeds; each Lloyd iteration and offsets
+    round, every actor answers for its slice and the driver combines (kp.fit_router)."""
+    seeded = ray.get(handles[0].seed.remote(samples, parts, space, settings.seed))
+    if seeded is None:
         return None
-    got = [s for s in samples if len(s[0])]
-    ids, sample = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
-    return kp.train_partitions(sample[np.argsort(ids, kind="stable")], parts, space, seed, overlap)
+
+    def ask(step: str, *args: Any) -> list[Any]:
+        shared = [ray.put(a) for a in args]  # once, not once per actor
+        return ray.get([h.kmeans.remote(step, *shared) for h in handles])
+
+    return kp.fit_router(*seeded, space, settings.overlap, ask)
 
 
 def _settled(refs: list[Any]) -> list[Any]:
@@ -215,19 +233,21 @@ def build_graph(source: str, out: str, *, k: int, settings: kp.GraphSettings, sp
         owners = np.arange(parts, dtype=np.int64) % count
         # each actor reads its row ranges itself (no driver funnel) and returns a seeded sample for k-means
         fraction = 0.0 if parts == 1 else min(1.0, 1.2 * kp.sample_rows(total, parts) / total)
+        fit = min(1.0, kp.offset_rows(parts) / max(1.0, fraction * total))
         shares = spread_specs(specs, count)
-        samples = wait_counted([h.read.remote(shares[a], fraction, settings.seed) for a, h in enumerate(handles)],
+        samples = wait_counted([h.read.remote(shares[a], fraction, settings.seed, fit, space)
+                                for a, h in enumerate(handles)],
                                "knn graph: read", "read input", "actors", get=_settled,
                                rows=[sum(s.num_rows for s in share) for share in shares])
         read = time.perf_counter()
-        r_ref = handles[0].train.remote(samples, parts, space, settings.seed, settings.overlap)
-        pieces = [h.scatter.options(num_returns=count).remote(r_ref, settings.overlap, owners, count) for h in handles]
         try:
-            ray.get(r_ref)  # only to time it (the scatters above are queued already)
+            router = _train(handles, samples, parts, space, settings)
         except Exception:
             ray.get(samples)  # a failed read: its own error, not the training's wrapping of it
             raise
         routed = time.perf_counter()
+        r_ref = ray.put(router)
+        pieces = [h.scatter.options(num_returns=count).remote(r_ref, settings.overlap, owners, count) for h in handles]
         pieces = [p if count > 1 else [p] for p in pieces]
         wait_counted([h.load.remote([p[a] for p in pieces]) for a, h in enumerate(handles)], "knn graph: partition",
                      "partition rows", "actors", get=ray.get)

@@ -9,8 +9,9 @@ does not depend on how rows were blocked.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
@@ -29,7 +30,7 @@ KMEANS_ITERS = 10  # Lloyd iterations on the sample
 SEED_ROWS_PER_CELL = 16  # k-means++ seeds on this many sampled rows per cell
 SAMPLE_ROWS_PER_CELL = 32  # k-means trains on this many sampled rows per cell (at least SAMPLE_MIN_ROWS)
 SAMPLE_MIN_ROWS = 10_000
-OFFSET_ROWS_PER_CELL = 32  # balancing offsets are fitted on at most this many of the sample's rows per cell
+OFFSET_ROWS_PER_CELL = 16  # balancing offsets are fitted on at most this many of the sample's rows per cell
 ASSIGN_ROWS = 16_384  # rows per block when assigning rows to their cells
 BLOCK = 4096  # rows of a partition per product with the whole partition (block × size floats); bench: 4096 8.3 s, 1024 9.7 s, 256 20.9 s at 100k
 
@@ -107,42 +108,131 @@ def sample_rows(rows: int, parts: int) -> int:
 
 
 def train_partitions(sample: np.ndarray, parts: int, space: str, seed: int = 0, overlap: int = 1,
-                     balance: float = BALANCE) -> hnsw.Router:
+                     balance: float = BALANCE, threads: int = 1) -> hnsw.Router:
     """Balanced k-means centroids (shardwalk.core.index.hnsw's router) whose offsets keep every cell's share of
     the sample's `overlap` nearest-cell memberships within `balance` x the mean: the local graphs cost
-    Σ size², and a cell that is many points' second choice would otherwise hold several times the mean."""
+    Σ size², and a cell that is many points' second choice would otherwise hold several times the mean.
+    The whole sample in one process: the same steps the actors run on their slices (fit_router)."""
     x = hnsw.prepare(sample, space)
+    centroids, spares = seed_centroids(x, parts, seed)
+    # the offsets need only the cells' shares: fitted on a seeded subsample (each round scans rows x cells)
+    fit = np.zeros(len(x), bool)
+    fit[np.random.default_rng([seed, 1]).choice(len(x), min(len(x), offset_rows(parts)), replace=False)] = True
+    one = TrainingSlice(x, fit, threads)
+    return fit_router(centroids, spares, space, overlap, lambda name, *args: [getattr(one, name)(*args)], balance)
+
+
+def offset_rows(parts: int) -> int:
+    """Sample rows the balancing offsets are fitted on (at most; all of a smaller sample)."""
+    return max(OFFSET_ROWS_PER_CELL * parts, 4096)
+
+
+def seed_centroids(x: np.ndarray, parts: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """k-means++ centres on a seeded subsample of SEED_ROWS_PER_CELL rows per cell of the whole (`prepare`d,
+    id-ordered) sample: the seeding is sequential (one pass per centre), so on the whole sample it cost more
+    than the iterations. Also `parts` seeded spare rows: where an emptied cell restarts, and the distance
+    scale of the balancing offsets."""
     if len(x) < parts:
         raise DataError(f"k-means partition needs at least {parts} vectors to train on, got {len(x)}")
-    centroids = _kmeans(x, parts, seed)
-    # the offsets need only the cells' shares: fitted on a seeded subsample (each round scans rows x cells)
-    fit = min(len(x), max(OFFSET_ROWS_PER_CELL * parts, 4096))
-    if fit < len(x):
-        x = x[np.sort(np.random.default_rng([seed, 1]).choice(len(x), fit, replace=False))]
-    d = hnsw.pairwise(x, centroids, "l2")
-    o = min(overlap, parts)
-    offsets = hnsw.balance_offsets(d, 1.5) if o <= 1 else _overlap_offsets(d, o, balance, np.zeros(parts, np.float32))
-    return hnsw.Router(centroids, offsets, space)
-
-
-def _kmeans(x: np.ndarray, parts: int, seed: int, iters: int = KMEANS_ITERS) -> np.ndarray:
-    """Lloyd's k-means seeded by k-means++ on a subsample of SEED_ROWS_PER_CELL rows per cell: the seeding is
-    sequential (one pass per centre), so on the whole sample it cost more than the iterations."""
     rng = np.random.default_rng(seed)
     seed_rows = min(len(x), max(parts, SEED_ROWS_PER_CELL * parts))
     centroids = hnsw.kmeans_pp(x[np.sort(rng.choice(len(x), seed_rows, replace=False))], parts, rng)
-    for _ in range(iters):
-        # a row's own |x|² cannot change which centre is nearest
-        labels = np.argmin(np.einsum("ij,ij->i", centroids, centroids)[None, :] - 2.0 * (x @ centroids.T), axis=1)
+    spares = x[rng.choice(len(x), min(len(x), parts), replace=False)]
+    return centroids, np.ascontiguousarray(spares, np.float32)
+
+
+class TrainingSlice:
+    """One holder's share of the k-means sample (an actor's, or all of it in one process): its rows' partial
+    Lloyd sums, and the counts the balancing offsets are fitted on (its `fit` rows against the final
+    centroids, their distances kept between rounds)."""
+
+    def __init__(self, x: np.ndarray, fit: np.ndarray, threads: int = 1) -> None:
+        self.x, self.fit, self.threads = x, fit, max(1, threads)
+        self.d: np.ndarray | None = None
+
+    def lloyd(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(per-cell sums in float64, per-cell counts) of my rows by their nearest centroid."""
+        return lloyd_partial(self.x, centroids)
+
+    def distances(self, centroids: np.ndarray) -> int:
+        """Keep my fit rows' distances to the final centroids; how many rows."""
+        self.d = hnsw.pairwise(self.x[self.fit], centroids, "l2")
+        return len(self.d)
+
+    def counts(self, offsets: np.ndarray, overlap: int) -> np.ndarray:
+        """Memberships per cell of my fit rows' `overlap` nearest cells by distance + offsets."""
+        assert self.d is not None, "distances() first"
+        d, cells = self.d, self.d.shape[1]
+        step = hnsw.ceil_div(len(d), self.threads) if len(d) > ASSIGN_ROWS else max(1, len(d))
+        blocks = [d[s:s + step] for s in range(0, len(d), step)]
+        if len(blocks) <= 1:
+            return np.bincount(_top_cells(d, offsets, overlap).ravel(), minlength=cells)
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(len(blocks)) as pool:  # the kernel releases the GIL
+            got = list(pool.map(lambda b: _top_cells(b, offsets, overlap), blocks))
+        return np.bincount(np.concatenate(got).ravel(), minlength=cells)
+
+
+def lloyd_partial(x: np.ndarray, centroids: np.ndarray, rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell sums (float64) and counts of `x`'s rows by their nearest centroid; blocks of `rows` rows keep
+    each product in cache (a block's |x|² cannot change which centre is nearest)."""
+    parts, dim = centroids.shape
+    half = np.einsum("ij,ij->i", centroids, centroids)[None, :]
+    labels = np.empty(len(x), np.int64)
+    for start in range(0, len(x), rows):
+        prod = x[start:start + rows] @ centroids.T
+        labels[start:start + rows] = np.argmin(half - 2.0 * prod, axis=1)
+    counts = np.bincount(labels, minlength=parts)
+    sums = np.zeros((parts, dim), np.float64)
+    filled = counts > 0
+    if filled.any():
         order = np.argsort(labels, kind="stable")
-        counts = np.bincount(labels, minlength=parts)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        filled = counts > 0
-        sums = np.add.reduceat(x[order], starts[filled], axis=0)  # starts strictly increasing
-        centroids[filled] = (sums / counts[filled, None]).astype(np.float32)
-        empty = np.flatnonzero(~filled)
-        centroids[empty] = x[rng.choice(len(x), len(empty), replace=False)]  # an empty cell restarts on a random row
-    return np.ascontiguousarray(centroids, np.float32)
+        starts = (np.cumsum(counts) - counts)[filled]  # strictly increasing
+        sums[filled] = np.add.reduceat(x[order].astype(np.float64), starts, axis=0)
+    return sums, counts
+
+
+def lloyd_combine(centroids: np.ndarray, partials: Sequence[tuple[np.ndarray, np.ndarray]], spares: np.ndarray
+                  ) -> tuple[np.ndarray, float]:
+    """The next centroids from every holder's partial sums (an emptied cell restarts on the next spare row);
+    and the largest distance a centroid moved."""
+    sums = np.sum([p[0] for p in partials], axis=0)
+    counts = np.sum([p[1] for p in partials], axis=0)
+    new = centroids.copy()
+    filled = counts > 0
+    new[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
+    empty = np.flatnonzero(~filled)
+    if len(empty):
+        new[empty] = spares[np.arange(len(empty)) % len(spares)]
+    return np.ascontiguousarray(new, np.float32), float(np.sqrt(((new - centroids) ** 2).sum(axis=1).max()))
+
+
+def fit_router(centroids: np.ndarray, spares: np.ndarray, space: str, overlap: int, ask: Callable[..., list[Any]],
+               balance: float = BALANCE, iters: int = KMEANS_ITERS) -> hnsw.Router:
+    """Lloyd iterations then balancing offsets over a sample held in slices: `ask(method, *args)` calls that
+    TrainingSlice method on every slice (in this process, or on the actors holding them) and returns their
+    answers. Each Lloyd iteration combines the slices' partial sums; each offsets round their counts. The
+    result does not depend on how the sample is sliced (up to float64 rounding of the centroid sums)."""
+    for _ in range(iters):
+        centroids, moved = lloyd_combine(centroids, ask("lloyd", centroids), spares)
+        if moved == 0.0:  # a fixed point: the remaining iterations would change nothing
+            break
+    rows = sum(ask("distances", centroids))
+    parts = len(centroids)
+    o = min(overlap, parts)
+    # one pass of argmin (overlap 1) balances to 1.5x; top-o memberships to `balance` x
+    cap, rounds = (1.5, 200) if o <= 1 else (balance, 100)
+    scale = float(np.median(hnsw.pairwise(spares, centroids, "l2"))) or 1.0
+    offsets = np.zeros(parts, np.float64)
+    mean, step = o * rows / parts, 0.05 * scale
+    for _ in range(rounds):  # raise the price of over-full cells until each holds <= cap x the mean
+        counts = np.sum(ask("counts", offsets, o), axis=0)
+        if counts.max() <= cap * mean:
+            break
+        offsets += step * np.clip(counts / mean - 1.0, -1.0, None)
+        offsets -= offsets.min()
+        step *= 0.97
+    return hnsw.Router(centroids, offsets.astype(np.float32), space)
 
 
 @njit(nogil=True, cache=True)
@@ -168,22 +258,6 @@ def _top_cells(d, offsets, o):  # pragma: no cover - compiled
                 cell[pos] = c
         out[i] = cell
     return out
-
-
-def _overlap_offsets(d: np.ndarray, overlap: int, balance: float, start: np.ndarray, rounds: int = 100) -> np.ndarray:
-    """Raise the price of over-full cells until each holds <= balance x the mean of the top-`overlap` memberships."""
-    n, s = d.shape
-    mean = overlap * n / s
-    offsets = start.astype(np.float64)
-    step = 0.05 * (float(np.median(d)) or 1.0)
-    for _ in range(rounds):
-        counts = np.bincount(_top_cells(d, offsets, overlap).ravel(), minlength=s)
-        if counts.max() <= balance * mean:
-            break
-        offsets += step * np.clip(counts / mean - 1.0, -1.0, None)
-        offsets -= offsets.min()
-        step *= 0.97
-    return offsets.astype(np.float32)
 
 
 def assign(router: hnsw.Router, x: np.ndarray, overlap: int, threads: int = 1) -> np.ndarray:
@@ -458,34 +532,15 @@ def local_candidates(ids: np.ndarray, x: np.ndarray, member: np.ndarray, owned: 
 def merge_pieces(home_ids: np.ndarray, pieces: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], k: int
                  ) -> tuple[np.ndarray, np.ndarray]:
     """The graph rows of `home_ids` (sorted): per point, the exact top-k of the union of the candidate rows
-    (ids, cand_ids, cand_dists) every holder sent for it."""
+    (ids, cand_ids, cand_dists; each row sorted by (distance, id)) every holder sent for it, folded in one
+    after another (_merge_rows: no concatenated copy of every holder's lists)."""
     given = [p for p in pieces if len(p[0])]
     if len(given) == 1 and np.array_equal(given[0][0], home_ids):  # one holder's lists: already each point's top-k
         return given[0][1], given[0][2]
-    rows_of, cands, dists = [], [], []
-    for ids, ci, cd in pieces:
-        if len(ids):
-            pos = np.searchsorted(home_ids, ids)
-            rows_of.append(pos)
-            cands.append(ci)
-            dists.append(cd)
-    if not rows_of:
-        return hnsw.empty_result(len(home_ids), k)
-    pos = np.concatenate(rows_of)
-    ci, cd = np.concatenate(cands), np.concatenate(dists)
-    order = np.argsort(pos, kind="stable")
-    pos, ci, cd = pos[order], ci[order], cd[order]
-    first = np.searchsorted(pos, pos, side="left")
-    slot = np.arange(len(pos)) - first
-    width = ci.shape[1]
-    slots = int(slot.max()) + 1
-    all_i = np.full((len(home_ids), slots * width), hnsw.PAD_ID, np.int64)
-    all_d = np.full((len(home_ids), slots * width), np.inf, np.float32)
-    for s in range(slots):
-        at = slot == s
-        all_i[pos[at], s * width:(s + 1) * width] = ci[at]
-        all_d[pos[at], s * width:(s + 1) * width] = cd[at]
-    return merge([(all_i, all_d)], k)
+    best_i, best_d = hnsw.empty_result(len(home_ids), k)
+    for ids, ci, cd in given:
+        _merge_rows(best_i, best_d, np.searchsorted(home_ids, ids), ci, cd)
+    return best_i, best_d
 
 
 def refine_home(home_ids: np.ndarray, nbrs: np.ndarray, dists: np.ndarray, store_ids: np.ndarray,
