@@ -168,8 +168,11 @@ def test_k_means_over_slices_matches_one_slice_and_restarts_emptied_cells() -> N
 
     def router(cuts: list[int]) -> hnsw.Router:
         slices = [kp.TrainingSlice(x[a:b], fit[a:b], threads=2) for a, b in zip([0, *cuts], [*cuts, len(x)])]
-        return kp.fit_router(centroids.copy(), spares, "l2", 2,
-                             lambda step, *args: [getattr(s, step)(*args) for s in slices])
+        def ask(step: str, *args: object) -> list[object]:
+            assert step in kp.TRAINING_STEPS  # what the actors accept (workers/knn_partition.py GraphActor.kmeans)
+            return [getattr(s, step)(*args) for s in slices]
+
+        return kp.fit_router(centroids.copy(), spares, "l2", 2, ask)
 
     one, three = router([]), router([1000, 4500])  # as on 1 actor, and on 3 holding unequal shares
     np.testing.assert_allclose(three.centroids, one.centroids, rtol=0, atol=1e-5)

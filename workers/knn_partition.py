@@ -97,6 +97,8 @@ class GraphActor:
 
     def kmeans(self, step: str, *args: Any) -> Any:
         """One k-means step (a kp.TrainingSlice method) on my slice of the sample: the driver combines them."""
+        if step not in kp.TRAINING_STEPS:
+            raise ValueError(f"knn graph actor: unknown k-means step {step!r}")
         return getattr(self.training, step)(*args)
 
     def scatter(self, router: hnsw.Router | None, overlap: int, owners: np.ndarray, actors: int) -> Any:

@@ -141,6 +141,9 @@ def seed_centroids(x: np.ndarray, parts: int, seed: int) -> tuple[np.ndarray, np
     return centroids, np.ascontiguousarray(spares, np.float32)
 
 
+TRAINING_STEPS = frozenset({"lloyd", "distances", "counts"})  # what fit_router asks of each slice
+
+
 class TrainingSlice:
     """One holder's share of the k-means sample (an actor's, or all of it in one process): its rows' partial
     Lloyd sums, and the counts the balancing offsets are fitted on (its `fit` rows against the final
