@@ -10,6 +10,7 @@ does not depend on how rows were blocked.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,7 +171,6 @@ class TrainingSlice:
         blocks = [d[s:s + step] for s in range(0, len(d), step)]
         if len(blocks) <= 1:
             return np.bincount(_top_cells(d, offsets, overlap).ravel(), minlength=cells)
-        from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(len(blocks)) as pool:  # the kernel releases the GIL
             got = list(pool.map(lambda b: _top_cells(b, offsets, overlap), blocks))
         return np.bincount(np.concatenate(got).ravel(), minlength=cells)
@@ -276,7 +276,6 @@ def assign(router: hnsw.Router, x: np.ndarray, overlap: int, threads: int = 1) -
     if threads <= 1 or len(x) <= ASSIGN_ROWS:
         got = [block(s) for s in starts]
     else:
-        from concurrent.futures import ThreadPoolExecutor
 
         from threadpoolctl import threadpool_limits
         with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
@@ -500,7 +499,6 @@ def local_candidates(ids: np.ndarray, x: np.ndarray, member: np.ndarray, owned: 
     the GIL released): no thread waits on another inside a partition's product. Their rows are folded into
     the running top-k on the calling thread, in any order: the top-k by (distance, id) of a union does not
     depend on it. Progress: partitions done (of `partitions`, all holders' together; default `len(owned)`)."""
-    from concurrent.futures import ThreadPoolExecutor
 
     from threadpoolctl import threadpool_limits
 
