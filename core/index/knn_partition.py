@@ -276,7 +276,6 @@ def assign(router: hnsw.Router, x: np.ndarray, overlap: int, threads: int = 1) -
     if threads <= 1 or len(x) <= ASSIGN_ROWS:
         got = [block(s) for s in starts]
     else:
-
         from threadpoolctl import threadpool_limits
         with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
             got = list(pool.map(block, starts))
