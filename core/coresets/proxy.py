@@ -27,6 +27,7 @@ from shardwalk.core.coresets.proxy_spec import (  # noqa: F401  (the settings li
     resolve_device,
 )
 from shardwalk.core.coresets.scores import DynamicsRecorder
+from shardwalk.core.coresets.sgd import SGD, cosine_lrs
 from shardwalk.core.data.builtin import hash_unit
 from shardwalk.core.errors import ConfigError, DivergenceError
 
@@ -92,7 +93,7 @@ def _sync_grads(model: nn.Module, count: float, loss: float, allreduce: AllReduc
 
 def train_epoch(
     model: nn.Module,
-    opt: torch.optim.Optimizer,
+    opt: SGD,
     x: torch.Tensor,
     y: torch.Tensor,
     ids: np.ndarray,
@@ -157,7 +158,7 @@ def score_shard(
     for m in range(spec.models) if model_indices is None else model_indices:
         model_seed = spec.seed * 1009 + m
         model = make_model(spec.model, x.shape[1], num_classes, hidden=spec.hidden, seed=model_seed).to(dev)
-        opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.9)
+        opt = SGD(model.parameters(), lr=spec.lr, momentum=0.9)
         recorder.start_model(m)
         for epoch in range(spec.epochs):
             train_epoch(model, opt, xt, yt, ids, epoch=epoch, batches=batches, seed=model_seed, allreduce=allreduce)
@@ -184,8 +185,8 @@ def fit(
     dev = local_device(device)
     steps, batch_size, lr = spec.steps, spec.batch_size, spec.lr
     model = make_model(spec.model, x.shape[1], num_classes, hidden=spec.hidden, seed=spec.seed).to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 1e-3)
+    opt = SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    lrs = cosine_lrs(lr, lr * 1e-3, steps)
     xt = _tensor(x, np.float32).to(dev)
     yt = _tensor(y, np.int64).to(dev)
     rng = np.random.default_rng(spec.seed)
@@ -199,10 +200,10 @@ def fit(
             if step >= steps:
                 break
             idx = torch.from_numpy(np.asarray(rows[i : i + batch_size])).to(dev)
+            opt.lr = next(lrs)
             opt.zero_grad()
             loss_fn(model(xt[idx]), yt[idx]).backward()
             opt.step()
-            sched.step()
             step += 1
     return model.cpu()
 
