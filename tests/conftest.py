@@ -41,6 +41,8 @@ GROUPS = {  # test id or module -> group
     # numba kernels compiled on first use (a fresh clone has no cache yet): compiled once, not once per worker
     "tests/test_knn_partition.py": "numba_knn",
     "tests/test_plan_sample.py": "numba_knn",
+    # torch.optim's classes import torch._dynamo (~1.2 CPU-s, 5 s under the suite's load): once, not once per worker
+    "tests/test_sgd.py": "torch_optim",
 }
 if _XDIST_WORKER:
     # Each worker's Ray gets its own object store: 10 % of the machine's memory each rather than Ray's 30 %.
