@@ -30,8 +30,8 @@ Deliver = Callable[[Any], None]
 class LinkEnd:
     """One actor's end: a listener for its peers' links, and its own links to them (`open`)."""
 
-    def __init__(self, authkey: bytes, deliver: Deliver, failed: list[str]) -> None:
-        self.listener = Listener((ray.util.get_node_ip_address(), 0), authkey=authkey)
+    def __init__(self, authkey: bytes, deliver: Deliver, failed: list[str], host: str | None = None) -> None:
+        self.listener = Listener((host or ray.util.get_node_ip_address(), 0), authkey=authkey)
         self.authkey, self.deliver, self.failed = authkey, deliver, failed
         self.out: dict[int, queue.SimpleQueue] = {}
         threading.Thread(target=self._accept, name="link-accept", daemon=True).start()

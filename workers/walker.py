@@ -93,6 +93,7 @@ TASK_THREADS = 4
 # Partitioned actors hand tokens over direct links (shardwalk.workers.peer_link), not Ray actor calls;
 # SHARDWALK_WALK_LINKS=0 sends them as Ray calls (`receive`), as before
 DIRECT_LINKS = os.environ.get("SHARDWALK_WALK_LINKS", "1") != "0"
+LINK_EAGER = os.environ.get("SHARDWALK_WALK_LINK_EAGER", "0") == "1"  # lever probe: every outbox sent after each kernel call, unsplit
 
 
 @ray.remote(num_cpus=0)
@@ -341,6 +342,8 @@ class WalkPartition:
         call costs the actors the same ~3 ms of CPU whatever it carries), while an urgent one goes whole."""
         now = time.monotonic()
         share = self.tokens_total / max(len(self.peers), 1)
+        eager = LINK_EAGER and self.links is not None and bool(self.links.out)
+        everything = everything or eager
         for peer in list(self.outbox):
             with self.lock:  # `receive` may send a short peer its outbox meanwhile
                 batches = self.outbox.get(peer, [])
@@ -349,7 +352,7 @@ class WalkPartition:
                 if not batches or not (everything or flush_due(waiting, len(self.resident), backlog, age, share)):
                     continue
                 del self.outbox[peer], self.outbox_since[peer]
-            calls = TokenBatch.concat(batches).fill(INLINE_ARG_BYTES)
+            calls = [TokenBatch.concat(batches)] if eager else TokenBatch.concat(batches).fill(INLINE_ARG_BYTES)
             if len(calls) > 1 and len(calls[-1]) < FLUSH_SHARE * share and not (everything or urgent(backlog, age, share)):
                 with self.lock:
                     self.outbox.setdefault(peer, []).insert(0, calls.pop())
@@ -394,7 +397,7 @@ class WalkPartition:
                 "idle_before_first_done_seconds": self.idle if self.idle_at_first_done is None else self.idle_at_first_done,
                 "setting_slice_hops": float(SLICE_HOPS), "setting_flush_age_s": FLUSH_AGE_S,
                 "setting_flush_share": FLUSH_SHARE, "setting_starving_share": STARVING_SHARE,
-                "setting_direct_links": float(bool(self.links and self.links.out))}
+                "setting_direct_links": float(bool(self.links and self.links.out)), "setting_link_eager": float(LINK_EAGER)}
 
 
 def _guarded(walk: Callable[[], None], failed: list[str]) -> Callable[[], None]:
