@@ -5,10 +5,11 @@ vectorised kernel as the single-process reference (shardwalk.core.srrw.kernel): 
 advance together in lock step, with no Ray call. A token whose next agent lies outside the actor's
 agents is handed straight to the owning actor, never through the driver: leavers wait in a per-peer
 outbox, flushed by size or age as one `TokenBatch` (a few contiguous arrays for all its tokens, pickled
-as one bytes payload) by `peer.receive.remote(batch)`. The actor is threaded: the walk runs on a thread of
-its own, and hand-offs arrive on Ray's task threads into a lock-protected inbox while it walks (the compiled
-kernel releases the GIL), joining the resident tokens between kernel calls; a threaded actor takes a call
-for a fraction of an async actor's CPU (no event-loop hop per call; benchmarks/bench_handoff_calls.py). A
+as one bytes payload) over a direct link to the peer (shardwalk.workers.peer_link: an authenticated socket, not a
+Ray call, which costs the two actors ~3 ms of CPU; `peer.receive.remote(batch)` with
+SHARDWALK_WALK_LINKS=0). The actor is threaded: the walk runs on a thread of its own, and hand-offs arrive on
+the links' reader threads (or Ray's task threads) into a lock-protected inbox while it walks (the compiled
+kernel releases the GIL), joining the resident tokens between kernel calls. A
 finished token is delivered to a small async `_TokenSink` actor, whose `wait(key)` ObjectRef is all the
 driver waits on. Tokens are checkpointed every N steps (shardwalk.core.srrw.token_store) and a run resumes from there;
 a partitioned walk's checkpoint gathers the token's measure entries from the other actors first (whole tokens
@@ -93,7 +94,6 @@ TASK_THREADS = 4
 # Partitioned actors hand tokens over direct links (shardwalk.workers.peer_link), not Ray actor calls;
 # SHARDWALK_WALK_LINKS=0 sends them as Ray calls (`receive`), as before
 DIRECT_LINKS = os.environ.get("SHARDWALK_WALK_LINKS", "1") != "0"
-LINK_EAGER = os.environ.get("SHARDWALK_WALK_LINK_EAGER", "0") == "1"  # lever probe: every outbox sent after each kernel call, unsplit
 
 
 @ray.remote(num_cpus=0)
@@ -342,8 +342,6 @@ class WalkPartition:
         call costs the actors the same ~3 ms of CPU whatever it carries), while an urgent one goes whole."""
         now = time.monotonic()
         share = self.tokens_total / max(len(self.peers), 1)
-        eager = LINK_EAGER and self.links is not None and bool(self.links.out)
-        everything = everything or eager
         for peer in list(self.outbox):
             with self.lock:  # `receive` may send a short peer its outbox meanwhile
                 batches = self.outbox.get(peer, [])
@@ -352,7 +350,7 @@ class WalkPartition:
                 if not batches or not (everything or flush_due(waiting, len(self.resident), backlog, age, share)):
                     continue
                 del self.outbox[peer], self.outbox_since[peer]
-            calls = [TokenBatch.concat(batches)] if eager else TokenBatch.concat(batches).fill(INLINE_ARG_BYTES)
+            calls = TokenBatch.concat(batches).fill(INLINE_ARG_BYTES)
             if len(calls) > 1 and len(calls[-1]) < FLUSH_SHARE * share and not (everything or urgent(backlog, age, share)):
                 with self.lock:
                     self.outbox.setdefault(peer, []).insert(0, calls.pop())
@@ -397,7 +395,7 @@ class WalkPartition:
                 "idle_before_first_done_seconds": self.idle if self.idle_at_first_done is None else self.idle_at_first_done,
                 "setting_slice_hops": float(SLICE_HOPS), "setting_flush_age_s": FLUSH_AGE_S,
                 "setting_flush_share": FLUSH_SHARE, "setting_starving_share": STARVING_SHARE,
-                "setting_direct_links": float(bool(self.links and self.links.out)), "setting_link_eager": float(LINK_EAGER)}
+                "setting_direct_links": float(bool(self.links and self.links.out))}
 
 
 def _guarded(walk: Callable[[], None], failed: list[str]) -> Callable[[], None]:
