@@ -325,7 +325,7 @@ def many_tokens(obj, g, kw: dict[str, Any], total_hops: int, halo: int | str = "
             "shared_entries", "halo", "actor_idle_seconds", "tokens_per_kernel_call", "actor_admit_cpu_seconds",
             "actor_idle_before_first_done_seconds", "handoff_calls_per_s", "tokens_per_handoff_call", "setting_slice_hops",
             "setting_flush_age_s", "setting_flush_share", "setting_starving_share", "setting_slice_hops_starving",
-            "setting_interrupt") if k in st}
+            "setting_interrupt", "setting_direct_links") if k in st}
     part = out[f"stats_{tokens}tokens"]["2actors_partitioned"]
     rate = {k: out[f"hops_per_s_distributed_{tokens}tokens_{k}"] for k in MANY_LAYOUTS}
     out |= {f"ratio_{tokens}tokens_partitioned_vs_replicate": rate["2actors_partitioned"] / rate["2actors_replicate"],

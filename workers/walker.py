@@ -5,10 +5,11 @@ vectorised kernel as the single-process reference (shardwalk.core.srrw.kernel): 
 advance together in lock step, with no Ray call. A token whose next agent lies outside the actor's
 agents is handed straight to the owning actor, never through the driver: leavers wait in a per-peer
 outbox, flushed by size or age as one `TokenBatch` (a few contiguous arrays for all its tokens, pickled
-as one bytes payload) by `peer.receive.remote(batch)`. The actor is threaded: the walk runs on a thread of
-its own, and hand-offs arrive on Ray's task threads into a lock-protected inbox while it walks (the compiled
-kernel releases the GIL), joining the resident tokens between kernel calls; a threaded actor takes a call
-for a fraction of an async actor's CPU (no event-loop hop per call; benchmarks/bench_handoff_calls.py). A
+as one bytes payload) over a direct link to the peer (shardwalk.workers.peer_link: an authenticated socket, not a
+Ray call, which costs the two actors ~3 ms of CPU; `peer.receive.remote(batch)` with
+SHARDWALK_WALK_LINKS=0). The actor is threaded: the walk runs on a thread of its own, and hand-offs arrive on
+the links' reader threads (or Ray's task threads) into a lock-protected inbox while it walks (the compiled
+kernel releases the GIL), joining the resident tokens between kernel calls. A
 finished token is delivered to a small async `_TokenSink` actor, whose `wait(key)` ObjectRef is all the
 driver waits on. Tokens are checkpointed every N steps (shardwalk.core.srrw.token_store) and a run resumes from there;
 a partitioned walk's checkpoint gathers the token's measure entries from the other actors first (whole tokens
@@ -28,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -63,6 +66,7 @@ from shardwalk.core.storage import store
 from shardwalk.core.storage.store import read_json_sealed, write_json_sealed
 from shardwalk.workers.autoconnect import ensure_ray
 from shardwalk.workers.cluster import cluster_nodes
+from shardwalk.workers.peer_link import LinkEnd
 
 __all__ = ["RUN_META", "BlockLoader", "WalkPartition", "run_distributed_sa_srrw"]
 
@@ -87,6 +91,9 @@ INLINE_ARG_BYTES = 96 * 1024
 # Ray's task threads per walker actor: hand-offs from every peer, a peer's checkpoint fetch and the driver's
 # stats calls run beside the walking thread (which is the actor's own, not one of these)
 TASK_THREADS = 4
+# Partitioned actors hand tokens over direct links (shardwalk.workers.peer_link), not Ray actor calls;
+# SHARDWALK_WALK_LINKS=0 sends them as Ray calls (`receive`), as before
+DIRECT_LINKS = os.environ.get("SHARDWALK_WALK_LINKS", "1") != "0"
 
 
 @ray.remote(num_cpus=0)
@@ -152,10 +159,22 @@ class WalkPartition:
         self.kernel_cpu = self.admit_cpu = self.idle = 0.0
         self.idle_at_first_done: float | None = None  # idle seconds before this actor finished its first token
         self.cpu_start = time.process_time()
+        self.links: LinkEnd | None = None
 
-    def connect(self, peers: list[Any], measures: np.ndarray | None = None) -> int:
-        """Learn the peers (and, sharded, every token's starting measure) and start walking whatever arrives."""
+    def listen(self, authkey: bytes) -> tuple[str, int]:
+        """Open this actor's end of the direct hand-off links (before `connect`); returns its address."""
+        self.links = LinkEnd(authkey, lambda message: self._arrive(*message), self.failed)
+        return self.links.address
+
+    def connect(self, peers: list[Any], measures: np.ndarray | None = None,
+                addresses: list[tuple[str, int]] | None = None) -> int:
+        """Learn the peers (and, sharded, every token's starting measure; with links, where each listens) and
+        start walking whatever arrives."""
         self.peers = peers
+        if self.links is not None and addresses is not None:
+            for p, address in enumerate(addresses):
+                if p != self.part:
+                    self.links.open(p, address)
         if self.shard is not None:
             self.shard.seed_all(measures)
         if self.walker is None:
@@ -167,6 +186,10 @@ class WalkPartition:
     def receive(self, batch: TokenBatch, sender: int = -1, backlog: int = 0) -> None:
         """Tokens handed over by a peer (or the driver) join the resident ones before the next kernel call;
         `backlog` is how many tokens the sending peer still had to walk."""
+        self._arrive(batch, sender, backlog)
+
+    def _arrive(self, batch: TokenBatch, sender: int, backlog: int) -> None:
+        """A batch in (a Ray call's or a link's); a short sender gets its outbox back at once."""
         with self.lock:
             if sender >= 0:
                 self.peer_backlog[sender] = backlog
@@ -349,7 +372,10 @@ class WalkPartition:
             with self.lock:
                 self.counts["bytes_sampled"] += nbytes
                 self.counts["tokens_sampled"] += len(batch)
-        self.peers[peer].receive.remote(batch, self.part, backlog)
+        if self.links is not None and peer in self.links.out:
+            self.links.send(peer, (batch, self.part, backlog))
+        else:
+            self.peers[peer].receive.remote(batch, self.part, backlog)
 
     def measures(self) -> tuple[np.ndarray, dict[int, np.ndarray]] | None:
         """This actor's exclusive entries of every token's measure (shardwalk.core.srrw.shard.gather), once all are done."""
@@ -368,7 +394,8 @@ class WalkPartition:
                 "admit_cpu_seconds": self.admit_cpu, "idle_seconds": self.idle,
                 "idle_before_first_done_seconds": self.idle if self.idle_at_first_done is None else self.idle_at_first_done,
                 "setting_slice_hops": float(SLICE_HOPS), "setting_flush_age_s": FLUSH_AGE_S,
-                "setting_flush_share": FLUSH_SHARE, "setting_starving_share": STARVING_SHARE}
+                "setting_flush_share": FLUSH_SHARE, "setting_starving_share": STARVING_SHARE,
+                "setting_direct_links": float(bool(self.links and self.links.out))}
 
 
 def _guarded(walk: Callable[[], None], failed: list[str]) -> Callable[[], None]:
@@ -476,7 +503,11 @@ def _start_actors(chain: SRRW, graph: nx.Graph, objective: Any, spec: WalkSpec, 
         actors.append(WalkPartition.options(num_cpus=layout.num_cpus, scheduling_strategy="SPREAD").remote(
             p, edges, mine[p], share, spec, layout, sink, ckpt, shared))
     measures = None if shared is None else ray.put(np.asarray([tok.logy for tok in toks], dtype=np.float64))
-    ray.get([actor.connect.remote(actors, measures) for actor in actors], timeout=layout.timeout)
+    addresses = None
+    if count > 1 and not layout.replicate and DIRECT_LINKS:
+        key = secrets.token_bytes(32)
+        addresses = ray.get([actor.listen.remote(key) for actor in actors], timeout=layout.timeout)
+    ray.get([actor.connect.remote(actors, measures, addresses) for actor in actors], timeout=layout.timeout)
     if shared is not None:
         for tok in toks:
             tok.logy, tok.partial = np.asarray(tok.logy)[shared], True

@@ -1,0 +1,58 @@
+"""Direct hand-off links between walker actors (shardwalk.workers.peer_link), without Ray, and the walk over them."""
+
+from __future__ import annotations
+
+import threading
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client
+
+import numpy as np
+import pytest
+
+from shardwalk.core.srrw import run_sa_srrw
+from shardwalk.core.srrw.token import TokenBatch
+from shardwalk.workers import walker
+from shardwalk.workers.peer_link import LinkEnd
+from shardwalk.workers.walker import run_distributed_sa_srrw
+from tests.test_walker import LES, _assert_same, _objective
+
+
+def _batch(rows: int, start: int) -> TokenBatch:
+    rng = np.random.default_rng(start)
+    ints = [np.arange(start, start + rows, dtype=np.int64) for _ in range(5)]
+    return TokenBatch(ints[0], ints[1], ints[2], ints[3], np.ones(rows, bool), ints[4], rng.random(rows),
+                      rng.random((rows, 3)), None, rng.random((rows, 7)), rng.integers(0, 2**63, (rows, 6), dtype=np.uint64))
+
+
+def test_a_link_delivers_batches_in_order_and_refuses_a_caller_without_the_key() -> None:
+    got, done, failed = [], threading.Event(), []
+
+    def deliver(message):
+        got.append(message)
+        if len(got) == 3:
+            done.set()
+
+    key = b"k" * 32
+    receiver = LinkEnd(key, deliver, failed, host="127.0.0.1")
+    with pytest.raises(AuthenticationError):
+        Client(receiver.address, authkey=b"x" * 32)
+    sender = LinkEnd(key, lambda message: None, failed, host="127.0.0.1")
+    sender.open(0, receiver.address)  # still accepting after the refused caller
+    sent = [(_batch(rows, 10 * rows), 1, rows) for rows in (1, 4, 0)]
+    for message in sent:
+        sender.send(0, message)
+    assert done.wait(10) and failed == []
+    for (batch, part, backlog), (want, *rest) in zip(got, sent):
+        assert (part, backlog) == tuple(rest)
+        for field in ("key", "n", "node", "theta", "logy", "rng", "arrived"):
+            np.testing.assert_array_equal(getattr(batch, field), getattr(want, field))
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_partitioned_walk_is_the_reference_over_links_and_over_ray_calls(ray_local, monkeypatch, links):
+    monkeypatch.setattr(walker, "DIRECT_LINKS", links)
+    obj = _objective()
+    kw = dict(steps=800, alpha=5.0, seed=2, tokens=6, record_path=True, record_every=100)
+    dist = run_distributed_sa_srrw(obj, LES, partitions=2, replicate=False, halo=1, **kw)
+    _assert_same(dist, run_sa_srrw(obj, LES, **kw))
+    assert dist.stats["handoffs"] > 0 and dist.stats["setting_direct_links"] == float(links)

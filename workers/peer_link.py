@@ -1,0 +1,82 @@
+"""Direct links between walker actors: hand-offs sent over an authenticated socket instead of a Ray actor call.
+
+A Ray actor call costs the two actors ≈ 3 ms of CPU whatever it carries (the sender's submit and pickling,
+the receiver's task dispatch; docs/throughput.md, issue 28), and a partitioned walk makes ~1,200 of them per
+16M hops. Each walker actor instead listens on a TCP port of its node (`multiprocessing.connection`, whose
+`authkey` handshake — HMAC over a random challenge — admits only holders of the walk's key, sent to the
+actors through Ray); a peer's link carries whole messages (a pickled tuple), one reader thread per incoming
+link hands each to the actor, and one sender thread per outgoing link sends in order, so neither the walking
+thread nor a reader ever blocks on a full socket. Ray still starts, connects, checkpoints and stops the
+actors; only the tokens' hand-offs take the link.
+
+Why not Ray's own channels: `ray.experimental.channel` and Compiled Graphs are experimental (alpha) APIs
+built for a static DAG that the driver executes, not for peers exchanging batches whenever they like.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client, Connection, Listener
+from typing import Any
+
+import ray
+
+Deliver = Callable[[Any], None]
+
+
+class LinkEnd:
+    """One actor's end: a listener for its peers' links, and its own links to them (`open`)."""
+
+    def __init__(self, authkey: bytes, deliver: Deliver, failed: list[str], host: str | None = None) -> None:
+        self.listener = Listener((host or ray.util.get_node_ip_address(), 0), authkey=authkey)
+        self.authkey, self.deliver, self.failed = authkey, deliver, failed
+        self.out: dict[int, queue.SimpleQueue] = {}
+        threading.Thread(target=self._accept, name="link-accept", daemon=True).start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.listener.address
+
+    def open(self, peer: int, address: tuple[str, int]) -> None:
+        """A link to `peer` listening at `address`, with its sender thread."""
+        conn = Client(tuple(address), authkey=self.authkey)
+        self.out[peer] = outgoing = queue.SimpleQueue()
+        threading.Thread(target=self._guard(lambda: _send_loop(conn, outgoing)), name=f"link-send-{peer}",
+                         daemon=True).start()
+
+    def send(self, peer: int, message: Any) -> None:
+        """Queued for `peer`'s sender thread: returns at once."""
+        self.out[peer].put(message)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn = self.listener.accept()
+            except (OSError, EOFError, AuthenticationError):  # a failed handshake (wrong key): that caller is refused, not us
+                continue
+            threading.Thread(target=self._guard(lambda c=conn: self._read_loop(c)), name="link-read", daemon=True).start()
+
+    def _read_loop(self, conn: Connection) -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except EOFError:  # the peer closed its end (it is stopping)
+                return
+            self.deliver(message)
+
+    def _guard(self, loop: Callable[[], None]) -> Callable[[], None]:
+        """A link thread's failure is kept where the walker reports it (its tokens would otherwise be stranded)."""
+        def run() -> None:
+            try:
+                loop()
+            except BaseException as exc:
+                self.failed.append(f"hand-off link: {type(exc).__name__}: {exc}")
+        return run
+
+
+def _send_loop(conn: Connection, outgoing: queue.SimpleQueue) -> None:
+    while True:
+        conn.send(outgoing.get())
