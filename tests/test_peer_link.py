@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client
@@ -25,6 +26,7 @@ def _batch(rows: int, start: int) -> TokenBatch:
 
 
 def test_a_link_delivers_batches_in_order_and_refuses_a_caller_without_the_key() -> None:
+    """Then the listener, having admitted the one peer it expects, is closed: no port stays open during a walk."""
     got, done, failed = [], threading.Event(), []
 
     def deliver(message):
@@ -33,11 +35,11 @@ def test_a_link_delivers_batches_in_order_and_refuses_a_caller_without_the_key()
             done.set()
 
     key = b"k" * 32
-    receiver = LinkEnd(key, deliver, failed, host="127.0.0.1")
+    receiver = LinkEnd(key, deliver, failed, expected=1, host="127.0.0.1")
     with pytest.raises(AuthenticationError):
         Client(receiver.address, authkey=b"x" * 32)
-    sender = LinkEnd(key, lambda message: None, failed, host="127.0.0.1")
-    sender.open(0, receiver.address)  # still accepting after the refused caller
+    sender = LinkEnd(key, lambda message: None, failed, expected=0, host="127.0.0.1")
+    assert sender.open(0, receiver.address)  # still accepting after the refused caller
     sent = [(_batch(rows, 10 * rows), 1, rows) for rows in (1, 4, 0)]
     for message in sent:
         sender.send(0, message)
@@ -46,6 +48,10 @@ def test_a_link_delivers_batches_in_order_and_refuses_a_caller_without_the_key()
         assert (part, backlog) == tuple(rest)
         for field in ("key", "n", "node", "theta", "logy", "rng", "arrived"):
             np.testing.assert_array_equal(getattr(batch, field), getattr(want, field))
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(receiver.address, timeout=5)
+    assert not LinkEnd(key, lambda message: None, failed, expected=0, host="127.0.0.1").open(1, receiver.address)
+    assert failed == []
 
 
 @pytest.mark.parametrize("links", [True, False])

@@ -7,7 +7,9 @@ the receiver's task dispatch; docs/throughput.md, issue 28), and a partitioned w
 actors through Ray); a peer's link carries whole messages (a pickled tuple), one reader thread per incoming
 link hands each to the actor, and one sender thread per outgoing link sends in order, so neither the walking
 thread nor a reader ever blocks on a full socket. Ray still starts, connects, checkpoints and stops the
-actors; only the tokens' hand-offs take the link.
+actors; only the tokens' hand-offs take the link. A listener admits exactly the peers it expects and then closes
+(no port stays open while the walk runs), and a peer it cannot reach within `CONNECT_TIMEOUT_S` (a firewall
+between nodes that lets only Ray's ports through) is sent its tokens by Ray calls instead.
 
 Why not Ray's own channels: `ray.experimental.channel` and Compiled Graphs are experimental (alpha) APIs
 built for a static DAG that the driver executes, not for peers exchanging batches whenever they like.
@@ -16,6 +18,7 @@ built for a static DAG that the driver executes, not for peers exchanging batche
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 from collections.abc import Callable
 from multiprocessing import AuthenticationError
@@ -25,39 +28,47 @@ from typing import Any
 import ray
 
 Deliver = Callable[[Any], None]
+# a dropped SYN (a firewall) would otherwise hold `Client` for the OS's connect timeout, minutes
+CONNECT_TIMEOUT_S = 10.0
 
 
 class LinkEnd:
-    """One actor's end: a listener for its peers' links, and its own links to them (`open`)."""
+    """One actor's end: a listener for its `expected` peers' links, and its own links to them (`open`)."""
 
-    def __init__(self, authkey: bytes, deliver: Deliver, failed: list[str], host: str | None = None) -> None:
+    def __init__(self, authkey: bytes, deliver: Deliver, failed: list[str], expected: int,
+                 host: str | None = None) -> None:
         self.listener = Listener((host or ray.util.get_node_ip_address(), 0), authkey=authkey)
-        self.authkey, self.deliver, self.failed = authkey, deliver, failed
+        self.authkey, self.deliver, self.failed, self.expected = authkey, deliver, failed, expected
+        self.address: tuple[str, int] = self.listener.address
         self.out: dict[int, queue.SimpleQueue] = {}
         threading.Thread(target=self._accept, name="link-accept", daemon=True).start()
 
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.listener.address
-
-    def open(self, peer: int, address: tuple[str, int]) -> None:
-        """A link to `peer` listening at `address`, with its sender thread."""
-        conn = Client(tuple(address), authkey=self.authkey)
+    def open(self, peer: int, address: tuple[str, int]) -> bool:
+        """A link to `peer` listening at `address`, with its sender thread; False if it cannot be reached."""
+        try:
+            socket.create_connection(tuple(address), timeout=CONNECT_TIMEOUT_S).close()
+            conn = Client(tuple(address), authkey=self.authkey)
+        except (OSError, EOFError, AuthenticationError):
+            return False
         self.out[peer] = outgoing = queue.SimpleQueue()
         threading.Thread(target=self._guard(lambda: _send_loop(conn, outgoing)), name=f"link-send-{peer}",
                          daemon=True).start()
+        return True
 
     def send(self, peer: int, message: Any) -> None:
         """Queued for `peer`'s sender thread: returns at once."""
         self.out[peer].put(message)
 
     def _accept(self) -> None:
-        while True:
+        admitted = 0
+        while admitted < self.expected:
             try:
                 conn = self.listener.accept()
-            except (OSError, EOFError, AuthenticationError):  # a failed handshake (wrong key): that caller is refused, not us
+            except (OSError, EOFError, AuthenticationError):  # a failed handshake (wrong key, a probe): refused, not us
                 continue
+            admitted += 1
             threading.Thread(target=self._guard(lambda c=conn: self._read_loop(c)), name="link-read", daemon=True).start()
+        self.listener.close()
 
     def _read_loop(self, conn: Connection) -> None:
         while True:

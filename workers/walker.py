@@ -161,9 +161,9 @@ class WalkPartition:
         self.cpu_start = time.process_time()
         self.links: LinkEnd | None = None
 
-    def listen(self, authkey: bytes) -> tuple[str, int]:
-        """Open this actor's end of the direct hand-off links (before `connect`); returns its address."""
-        self.links = LinkEnd(authkey, lambda message: self._arrive(*message), self.failed)
+    def listen(self, authkey: bytes, peers: int) -> tuple[str, int]:
+        """Open this actor's end of the direct hand-off links to its `peers` (before `connect`); returns its address."""
+        self.links = LinkEnd(authkey, lambda message: self._arrive(*message), self.failed, expected=peers)
         return self.links.address
 
     def connect(self, peers: list[Any], measures: np.ndarray | None = None,
@@ -174,7 +174,7 @@ class WalkPartition:
         if self.links is not None and addresses is not None:
             for p, address in enumerate(addresses):
                 if p != self.part:
-                    self.links.open(p, address)
+                    self.links.open(p, address)  # a peer it cannot reach gets its tokens by Ray calls (`send`)
         if self.shard is not None:
             self.shard.seed_all(measures)
         if self.walker is None:
@@ -395,7 +395,7 @@ class WalkPartition:
                 "idle_before_first_done_seconds": self.idle if self.idle_at_first_done is None else self.idle_at_first_done,
                 "setting_slice_hops": float(SLICE_HOPS), "setting_flush_age_s": FLUSH_AGE_S,
                 "setting_flush_share": FLUSH_SHARE, "setting_starving_share": STARVING_SHARE,
-                "setting_direct_links": float(bool(self.links and self.links.out))}
+                "setting_direct_links": len(self.links.out) / max(len(self.peers) - 1, 1) if self.links else 0.0}
 
 
 def _guarded(walk: Callable[[], None], failed: list[str]) -> Callable[[], None]:
@@ -506,7 +506,7 @@ def _start_actors(chain: SRRW, graph: nx.Graph, objective: Any, spec: WalkSpec, 
     addresses = None
     if count > 1 and not layout.replicate and DIRECT_LINKS:
         key = secrets.token_bytes(32)
-        addresses = ray.get([actor.listen.remote(key) for actor in actors], timeout=layout.timeout)
+        addresses = ray.get([actor.listen.remote(key, count - 1) for actor in actors], timeout=layout.timeout)
     ray.get([actor.connect.remote(actors, measures, addresses) for actor in actors], timeout=layout.timeout)
     if shared is not None:
         for tok in toks:
