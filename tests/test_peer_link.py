@@ -10,9 +10,9 @@ from multiprocessing.connection import Client
 import numpy as np
 import pytest
 
-from shardwalk.core.srrw import run_sa_srrw
+from shardwalk.core.errors import ConfigError
+from shardwalk.core.srrw import WalkerLayout, run_sa_srrw
 from shardwalk.core.srrw.token import TokenBatch
-from shardwalk.workers import walker
 from shardwalk.workers.peer_link import LinkEnd
 from shardwalk.workers.walker import run_distributed_sa_srrw
 from tests.test_walker import LES, _assert_same, _objective
@@ -54,11 +54,16 @@ def test_a_link_delivers_batches_in_order_and_refuses_a_caller_without_the_key()
     assert failed == []
 
 
+def test_links_is_a_layout_setting_and_must_be_a_bool() -> None:
+    assert WalkerLayout().links is True
+    with pytest.raises(ConfigError, match="links must be true or false, got 'no'"):
+        WalkerLayout(links="no")
+
+
 @pytest.mark.parametrize("links", [True, False])
-def test_partitioned_walk_is_the_reference_over_links_and_over_ray_calls(ray_local, monkeypatch, links):
-    monkeypatch.setattr(walker, "DIRECT_LINKS", links)
+def test_partitioned_walk_is_the_reference_over_links_and_over_ray_calls(ray_local, links):
     obj = _objective()
     kw = dict(steps=800, alpha=5.0, seed=2, tokens=6, record_path=True, record_every=100)
-    dist = run_distributed_sa_srrw(obj, LES, partitions=2, replicate=False, halo=1, **kw)
+    dist = run_distributed_sa_srrw(obj, LES, partitions=2, replicate=False, halo=1, links=links, **kw)
     _assert_same(dist, run_sa_srrw(obj, LES, **kw))
     assert dist.stats["handoffs"] > 0 and dist.stats["setting_direct_links"] == float(links)

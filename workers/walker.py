@@ -7,7 +7,7 @@ agents is handed straight to the owning actor, never through the driver: leavers
 outbox, flushed by size or age as one `TokenBatch` (a few contiguous arrays for all its tokens, pickled
 as one bytes payload) over a direct link to the peer (shardwalk.workers.peer_link: an authenticated socket, not a
 Ray call, which costs the two actors ~3 ms of CPU; `peer.receive.remote(batch)` with
-SHARDWALK_WALK_LINKS=0). The actor is threaded: the walk runs on a thread of its own, and hand-offs arrive on
+`WalkerLayout(links=False)`). The actor is threaded: the walk runs on a thread of its own, and hand-offs arrive on
 the links' reader threads (or Ray's task threads) into a lock-protected inbox while it walks (the compiled
 kernel releases the GIL), joining the resident tokens between kernel calls. A
 finished token is delivered to a small async `_TokenSink` actor, whose `wait(key)` ObjectRef is all the
@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import secrets
 import threading
 import time
@@ -91,9 +90,6 @@ INLINE_ARG_BYTES = 96 * 1024
 # Ray's task threads per walker actor: hand-offs from every peer, a peer's checkpoint fetch and the driver's
 # stats calls run beside the walking thread (which is the actor's own, not one of these)
 TASK_THREADS = 4
-# Partitioned actors hand tokens over direct links (shardwalk.workers.peer_link), not Ray actor calls;
-# SHARDWALK_WALK_LINKS=0 sends them as Ray calls (`receive`), as before
-DIRECT_LINKS = os.environ.get("SHARDWALK_WALK_LINKS", "1") != "0"
 
 
 @ray.remote(num_cpus=0)
@@ -504,7 +500,7 @@ def _start_actors(chain: SRRW, graph: nx.Graph, objective: Any, spec: WalkSpec, 
             p, edges, mine[p], share, spec, layout, sink, ckpt, shared))
     measures = None if shared is None else ray.put(np.asarray([tok.logy for tok in toks], dtype=np.float64))
     addresses = None
-    if count > 1 and not layout.replicate and DIRECT_LINKS:
+    if count > 1 and not layout.replicate and layout.links:
         key = secrets.token_bytes(32)
         addresses = ray.get([actor.listen.remote(key, count - 1) for actor in actors], timeout=layout.timeout)
     ray.get([actor.connect.remote(actors, measures, addresses) for actor in actors], timeout=layout.timeout)

@@ -131,6 +131,8 @@ class WalkerLayout:
     replicate: bool | Literal["auto"] = "auto"
     num_cpus: float = 0
     timeout: float | None = None
+    # partitioned actors hand tokens over direct links (shardwalk.workers.peer_link) rather than Ray calls
+    links: bool = True
 
     def __post_init__(self) -> None:
         if not _is_count(self.partitions, 1):
@@ -146,6 +148,8 @@ class WalkerLayout:
             raise ConfigError(f"replicate must be true, false or 'auto', got {self.replicate!r}")
         if not _is_count(self.chunk, 0):
             raise ConfigError(f"chunk must be an integer >= 0, got {self.chunk!r}")
+        if not isinstance(self.links, bool):
+            raise ConfigError(f"links must be true or false, got {self.links!r}")
         if not _is_real(self.num_cpus) or self.num_cpus < 0:
             raise ConfigError(f"num_cpus must be a number >= 0, got {self.num_cpus!r}")
 
