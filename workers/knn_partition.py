@@ -89,11 +89,7 @@ class GraphActor:
         """k-means++ centres (and spare rows) from every actor's seeded sample, fetched actor to actor (None:
         a single partition)."""
         self._warm.join()
-        got = [s for s in ray.get(sample_refs) if len(s[0])]
-        if parts == 1 or not got:
-            return None
-        ids, sample = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
-        return kp.seed_centroids(hnsw.prepare(sample[np.argsort(ids, kind="stable")], space), parts, seed)
+        return kp.seed_from_samples(ray.get(sample_refs), parts, space, seed)
 
     def kmeans(self, step: str, *args: Any) -> Any:
         """One k-means step (a kp.TrainingSlice method) on my slice of the sample: the driver combines them."""

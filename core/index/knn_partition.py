@@ -142,6 +142,17 @@ def seed_centroids(x: np.ndarray, parts: int, seed: int) -> tuple[np.ndarray, np
     return centroids, np.ascontiguousarray(spares, np.float32)
 
 
+def seed_from_samples(samples: Sequence[tuple[np.ndarray, np.ndarray]], parts: int, space: str, seed: int
+                      ) -> tuple[np.ndarray, np.ndarray] | None:
+    """seed_centroids on the holders' (ids, vectors) samples put in id order, so the seeds do not depend on how
+    the sample is held (None: a single partition, or no sample)."""
+    got = [s for s in samples if len(s[0])]
+    if parts == 1 or not got:
+        return None
+    ids, sample = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
+    return seed_centroids(hnsw.prepare(sample[np.argsort(ids, kind="stable")], space), parts, seed)
+
+
 TRAINING_STEPS = frozenset({"lloyd", "distances", "counts"})  # what fit_router asks of each slice
 
 
