@@ -10,8 +10,8 @@ Ray call, which costs the two actors ~3 ms of CPU; `peer.receive.remote(batch)` 
 `WalkerLayout(links=False)`). The actor is threaded: the walk runs on a thread of its own, and hand-offs arrive on
 the links' reader threads (or Ray's task threads) into a lock-protected inbox while it walks (the compiled
 kernel releases the GIL), joining the resident tokens between kernel calls. A
-finished token is delivered to a small async `_TokenSink` actor, whose `wait(key)` ObjectRef is all the
-driver waits on. Tokens are checkpointed every N steps (shardwalk.core.srrw.token_store) and a run resumes from there;
+finished token is delivered to a small async `TokenSink` actor (shardwalk.workers.token_sink), whose `wait(key)`
+ObjectRef is all the driver waits on. Tokens are checkpointed every N steps (shardwalk.core.srrw.token_store) and a run resumes from there;
 a partitioned walk's checkpoint gathers the token's measure entries from the other actors first (whole tokens
 on disk, measures sharded in transit; with two actors a crossing carries only the entries the token changed).
 
@@ -26,7 +26,6 @@ paths) must be on storage every node can read. A lost actor loses its tokens: re
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import secrets
@@ -66,6 +65,7 @@ from shardwalk.core.storage.store import read_json_sealed, write_json_sealed
 from shardwalk.workers.autoconnect import ensure_ray
 from shardwalk.workers.cluster import cluster_nodes
 from shardwalk.workers.peer_link import LinkEnd
+from shardwalk.workers.token_sink import TokenSink
 
 __all__ = ["RUN_META", "BlockLoader", "WalkPartition", "run_distributed_sa_srrw"]
 
@@ -90,26 +90,6 @@ INLINE_ARG_BYTES = 96 * 1024
 # Ray's task threads per walker actor: hand-offs from every peer, a peer's checkpoint fetch and the driver's
 # stats calls run beside the walking thread (which is the actor's own, not one of these)
 TASK_THREADS = 4
-
-
-@ray.remote(num_cpus=0)
-class _TokenSink:
-    """Where finished tokens land; the driver holds one `wait(key)` ObjectRef per token."""
-
-    def __init__(self) -> None:
-        self._results: dict[int, tuple[Token | None, BaseException | None]] = {}
-        self._events: dict[int, asyncio.Event] = {}
-
-    def _event(self, key: int) -> asyncio.Event:
-        return self._events.setdefault(key, asyncio.Event())
-
-    async def deliver(self, key: int, token: Token | None, error: BaseException | None) -> None:
-        self._results[key] = (token, error)
-        self._event(key).set()
-
-    async def wait(self, key: int) -> tuple[Token | None, BaseException | None]:
-        await self._event(key).wait()
-        return self._results.pop(key)
 
 
 @ray.remote(max_concurrency=TASK_THREADS)
@@ -300,7 +280,7 @@ class WalkPartition:
                 self.inbox.append(stopped.select(np.array([i])))
         else:
             self._delivered()
-            self.sink.deliver.remote(tok.key, tok if status == DONE else None, error)
+            self.sink.deliver.remote(tok.key, tok.wire() if status == DONE else None, error)
 
     def _delivered(self) -> None:
         if self.idle_at_first_done is None:
@@ -325,7 +305,7 @@ class WalkPartition:
             self.wake.set()
         else:
             self._delivered()
-            self.sink.deliver.remote(key, tok if status == DONE else None, error)
+            self.sink.deliver.remote(key, tok.wire() if status == DONE else None, error)
 
     def exclusive_of(self, keys: list[int]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """This actor's exclusive entries of these tokens' measures (a peer checkpoints one of them)."""
@@ -555,7 +535,7 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
     toks = _initial_tokens(chain, dim, spec, ckpt, bool(rest.get("resume", False)))
     if ckpt:
         write_json_sealed(_meta_path(ckpt), _run_record(spec, chain, dim))
-    sink = _TokenSink.remote()
+    sink = TokenSink.remote()
     actors: list[Any] = []
     try:
         shared = _start_actors(chain, graph, objective, spec, layout, owner, sink, ckpt, actors, toks)
@@ -566,7 +546,8 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
             first.setdefault(tok.key % len(actors) if layout.replicate else int(owner[tok.node]), []).append(tok)
         for p, batch in first.items():
             actors[p].receive.remote(TokenBatch.from_tokens(batch))
-        results = _await_tokens(waits, actors, layout.timeout, sum(max(0, spec.steps - tok.n) for tok in toks))
+        results = [(None if wire is None else Token.from_wire(wire), error) for wire, error in
+                   _await_tokens(waits, actors, layout.timeout, sum(max(0, spec.steps - tok.n) for tok in toks))]
         seconds = time.perf_counter() - began
         busy = ray.get([actor.stats.remote() for actor in actors], timeout=layout.timeout)
         if shared is not None and all(error is None for _, error in results):

@@ -44,15 +44,23 @@ class Token:
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickle (Ray's transit between actors) as plain bytes and ints: no numpy buffers, no class
         state objects; this halves the cost of a hand-off and round-trips every float exactly."""
+        return _unpack_token, (self.wire(),)
+
+    def wire(self) -> tuple[Any, ...]:
+        """The token as a tuple of plain values (`Token.from_wire` inverts it): what holds it in transit needs
+        no import of this package to keep it (the walk's token sink)."""
         bitgen = self.rng.bit_generator
-        packed = (
+        return (
             self.key, self.n, self.node, self.prev, self.arrived, self.log_scale, self.handoffs, self.partial,
             type(bitgen).__name__, bitgen.state,
             self.theta.tobytes(), np.asarray(self.logy, dtype=np.float64).tobytes(),
             None if self.theta_bar is None else self.theta_bar.tobytes(), self.path,
             self.curve_n, np.asarray(self.curve_theta, dtype=np.float64).tobytes(),
         )
-        return _unpack_token, (packed,)
+
+    @staticmethod
+    def from_wire(packed: tuple[Any, ...]) -> Token:
+        return _unpack_token(packed)
 
     def visit_measure(self) -> np.ndarray:
         """x_n, normalised (it sums to 1 by construction; renormalising only removes rounding)."""
