@@ -328,7 +328,7 @@ def many_tokens(obj, g, kw: dict[str, Any], total_hops: int, halo: int | str = "
         out[f"stats_{tokens}tokens"][key] = {k: st[k] for k in (
             "walk_seconds", "handoffs", "handoff_calls", "chunks", "actor_cpu_seconds", "actor_kernel_cpu_seconds",
             "handoffs_per_1000_hops", "hops_per_actor_cpu_second", "bytes_per_crossing", "cut_fraction",
-            "shared_entries", "halo", "actor_idle_seconds", "tokens_per_kernel_call", "actor_admit_cpu_seconds",
+            "shared_entries", "halo", "actor_idle_seconds", "tokens_per_kernel_call", "actor_admit_cpu_seconds", "actor_link_cpu_seconds",
             "actor_idle_before_first_done_seconds", "handoff_calls_per_s", "tokens_per_handoff_call", "setting_slice_hops",
             "setting_flush_age_s", "setting_flush_share", "setting_starving_share", "setting_slice_hops_starving",
             "setting_interrupt", "setting_direct_links") if k in st}

@@ -85,6 +85,14 @@ class Constants:
     # UTC, load 1.3-1.5 (medians of 2 and 3 runs); optional, as above
     graph_thread_efficiency: float = 0.72  # local graphs' speed-up per extra actor thread (one cell per thread): 0.65, 0.80
     graph_actor_start_s: float = 1.34  # a graph actor answering with its kernels loaded from numba's cache: 0.95-1.51 s
+    # hand-offs over direct links (workers/peer_link.py), which partitioned walkers use instead of Ray calls
+    # (`handoff_s`); optional, as above. link_message_s: measured by benchmarks.calibrate.measure_links (both ends'
+    # CPU of one message, the per-token part aside) on this machine, 2026-12-07, load LINK_LOAD; link_crossing_s:
+    # the actors' CPU per token crossing over what the replicated walk spends on the same hops, messages aside —
+    # (partitioned − replicate actor CPU − messages × link_message_s) / crossings on the sized 256-token walk
+    # (benchmarks/results/srrw_rgg2000_256tokens_tokens12.json, docs/throughput.md)
+    link_message_s: float = 1.0e-4
+    link_crossing_s: float = 3.5e-5
     # The reference job the build and search constants were measured on (not defaults: a job with other
     # values is scaled from these; the index job's defaults live in core/index/spec.py).
     ref_rows: int = 20_000
