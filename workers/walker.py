@@ -280,7 +280,8 @@ class WalkPartition:
         stopped.handoffs[rows] += 1
         peers = self.owner[stopped.node[rows]]
         for peer in np.unique(peers).tolist():
-            leaving = stopped.select(rows[peers == peer])
+            going = rows[peers == peer]
+            leaving = stopped if len(going) == len(stopped) else stopped.select(going)  # all of them: no copy
             if self.shard is not None and self.shard.arrived is not None:
                 leaving.logy = self.shard.changed_only(leaving.key, leaving.logy)
             with self.lock:

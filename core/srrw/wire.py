@@ -58,12 +58,11 @@ def encode(batch: TokenBatch, sender: int, backlog: int) -> bytes:
                         batch.log_scale, batch.theta]
     if batch.bar is not None:
         parts.append(batch.bar)
-    kept = ~np.isnan(batch.logy) if batch.partial else None
+    kept = batch.logy == batch.logy if batch.partial else None  # not NaN
     if kept is not None and not kept.all():
         flags |= SPARSE
-        bits = np.zeros(_mask_bytes(kept.size) * 8, dtype=bool)
-        bits[: kept.size] = kept.ravel()
-        parts += [np.packbits(bits), batch.logy[kept]]
+        mask = np.packbits(kept)  # the last byte's spare bits are zero
+        parts += [mask, np.zeros(_mask_bytes(kept.size) - len(mask), np.uint8), batch.logy[kept]]
     else:
         parts.append(batch.logy)
     parts.append(batch.rng)
@@ -98,11 +97,11 @@ def decode(message: bytes | bytearray, expect: Expect) -> tuple[TokenBatch, int,
     bar = read.take((rows, dim), np.float64) if flags & BAR else None
     if flags & SPARSE:
         cells = rows * width
-        bits = np.unpackbits(read.take((_mask_bytes(cells),), np.uint8)).astype(bool)
+        bits = np.unpackbits(read.take((_mask_bytes(cells),), np.uint8)).view(bool)
         _check(not bits[cells:].any(), "bits set in the measure mask's padding")
         kept = bits[:cells].reshape(rows, width)
         logy = np.full((rows, width), np.nan)
-        logy[kept] = read.take((int(kept.sum()),), np.float64)
+        logy[kept] = read.take((np.count_nonzero(kept),), np.float64)
     else:
         logy = read.take((rows, width), np.float64)
     rng = read.take((rows, RNG_WORDS), np.uint64)
