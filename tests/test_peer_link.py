@@ -52,6 +52,27 @@ def test_a_link_delivers_batches_in_order_and_refuses_a_caller_without_the_key()
     assert failed == []
 
 
+def test_a_malformed_message_stops_the_link_and_is_kept_as_the_reason() -> None:
+    """A pickle (or any bytes not laid out by wire.encode) is parsed, never unpickled; the reader thread stops and
+    its failure is what the walker's `stats` then raises."""
+    import pickle
+    import time
+
+    from shardwalk.core.srrw.wire import Expect, decode
+
+    failed: list[str] = []
+    expect = Expect(dim=3, width=7, partial=False, tokens=16, agents=50, senders=2)
+    key = b"k" * 32
+    receiver = LinkEnd(key, lambda message: decode(message, expect), failed, expected=1, host="127.0.0.1")
+    sender = LinkEnd(key, lambda message: None, failed, expected=0, host="127.0.0.1")
+    assert sender.open(0, receiver.address)
+    sender.send(0, pickle.dumps((_batch(2, 0), 1, 0)))
+    deadline = time.monotonic() + 10
+    while not failed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(failed) == 1 and failed[0].startswith("hand-off link: WireError: a link message has magic")
+
+
 def test_links_is_a_layout_setting_and_must_be_a_bool() -> None:
     assert WalkerLayout().links is True
     with pytest.raises(ConfigError, match="links must be true or false, got 'no'"):
