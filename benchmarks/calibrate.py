@@ -11,7 +11,7 @@ the kNN graph without an index (partition and exact: per pair, per dimension),
 hnswlib's speed-up with all cores, index bytes against shardwalk.core.plan.sizing's rule, kNN-graph bookkeeping per row,
 Parquet read+validate+write and sha256 throughput, float32 matmul flops, the embedded Ray's start-up and
 idle footprint, an actor's start-up and footprint (with and without torch), the first task of a stage,
-the actor→actor hand-off latency, a whole run's time outside its stages, proxy training time per example-unit and torch's warm-up, an SRRW hop's
+the actor→actor hand-off latency, a hand-off message over a direct link, a whole run's time outside its stages, proxy training time per example-unit and torch's warm-up, an SRRW hop's
 compute (two data sizes) and graph partitioning per edge.
 """
 
@@ -239,6 +239,56 @@ def measure_walk(quick: bool) -> dict[str, float]:
             "partition_s_per_edge": seconds / big.number_of_edges(), "graph_s_per_edge": graph_s}
 
 
+def measure_links(quick: bool) -> dict[str, float]:
+    """A hand-off message over a direct link (workers/peer_link.py, the walk's format: core/srrw/wire.py): CPU
+    seconds of both ends — encode, send, receive, decode — in this one process, for messages of 1 and of 64
+    tokens shaped like the sized walk's (θ of 40, 792 shared entries of which ~90 changed), so the fixed cost
+    per message is the intercept; the per-token part belongs to a crossing (`link_crossing_s`, the sized
+    walk's: docs/throughput.md)."""
+    import threading
+
+    from shardwalk.core.srrw.token import RNG_WORDS, TokenBatch
+    from shardwalk.core.srrw.wire import Expect, decode, encode
+    from shardwalk.workers.peer_link import LinkEnd
+
+    dim, width, messages = 40, 792, 200 if quick else 1000
+    expect = Expect(dim, width, True, 256, 2000, 2)
+
+    def batch(rows: int) -> TokenBatch:
+        rng = np.random.default_rng(rows)
+        logy = np.where(rng.random((rows, width)) < 90 / width, rng.random((rows, width)), np.nan)
+        ints = rng.integers(0, 256, (5, rows))
+        return TokenBatch(np.arange(rows), *ints[1:4], np.ones(rows, bool), ints[4], rng.random(rows),
+                          rng.random((rows, dim)), None, logy, rng.integers(0, 2**63, (rows, RNG_WORDS), dtype=np.uint64), True)
+
+    def per_message(rows: int) -> float:
+        done, failed, got = threading.Event(), [], [0]
+
+        def deliver(message: bytes) -> None:
+            decode(message, expect)
+            got[0] += 1
+            if got[0] == messages:
+                done.set()
+
+        key = os.urandom(32)
+        receiver = LinkEnd(key, deliver, failed, expected=1, host="127.0.0.1")
+        sender = LinkEnd(key, lambda message: None, failed, expected=0, host="127.0.0.1")
+        sender.open(0, receiver.address)
+        one = batch(rows)
+        cpu = time.process_time()
+        for _ in range(messages):
+            sender.send(0, encode(one, 1, rows))
+        if not done.wait(120) or failed:
+            raise RuntimeError(f"link messages not delivered: {failed}")
+        return (time.process_time() - cpu) / messages
+
+    per_message(1)  # warm: imports, first connections
+    small, large = (statistics.median(per_message(rows) for _ in range(3)) for rows in (1, 64))
+    per_token = max(0.0, (large - small) / 63)
+    print(f"  link message: {1e6 * small:.0f} µs of 1 token, {1e6 * large:.0f} µs of 64", file=sys.stderr)
+    return {"link_message_s": max(0.0, small - per_token)}
+
+
 def _tree_pss(root: int, skip_workers: bool) -> tuple[int, int]:
     """(PSS of the tree, PSS of its raylet and agents); Ray's idle workers are left out when `skip_workers`."""
     from benchmarks.memory import descendants, pss_bytes
@@ -438,7 +488,8 @@ def calibrate(quick: bool, provisional: bool = False) -> Calibration:
     """Every measurement, in the order that keeps Ray's processes out of the single-core timings."""
     load_before = os.getloadavg()
     values: dict[str, float] = {}
-    for step in (measure_hnsw, measure_graph, measure_graph_threads, measure_io, measure_training, measure_walk):
+    for step in (measure_hnsw, measure_graph, measure_graph_threads, measure_io, measure_training, measure_walk,
+                 measure_links):
         began = time.perf_counter()
         values |= step(quick)
         print(f"  {step.__name__}: {time.perf_counter() - began:.1f} s", file=sys.stderr)

@@ -382,15 +382,15 @@ def layouts_table(layout: dict[str, Any]) -> Any:
     """Both walker layouts side by side (the walk's seconds, hand-offs, a token's and an actor's bytes)."""
     from rich.table import Table
 
-    table = Table("layout", "walk", "hand-offs / 1,000 hops", "shared entries", "bytes per token",
-                  "bytes per actor", "", title="walker layouts (shardwalk plan predicts both)")
+    table = Table("layout", "walk", "hand-offs / 1,000 hops", "actor µs per hand-off", "shared entries",
+                  "bytes per token", "bytes per actor", "", title="walker layouts (shardwalk plan predicts both)")
     chosen = "replicate" if layout.get("replicate") is True else "partitioned"
     for name, cost in layout["layouts"].items():
         note = "chosen" if name == chosen else ""
         if name == "replicate" and not cost.get("data_fits", True):
             note = (note + ", " if note else "") + "a copy per actor does not fit"
         table.add_row(name, _duration(cost["walk_seconds"]), f"{1000 * cost['handoffs_per_hop']:.1f}",
-                      f"{cost.get('shared_entries', 0):,}", f"{cost.get('token_bytes', 0):,}",
+                      f"{1e6 * cost.get('seconds_per_handoff', 0.0):.0f}", f"{cost.get('shared_entries', 0):,}", f"{cost.get('token_bytes', 0):,}",
                       gib(cost["actor_bytes"]), note)
     return table
 

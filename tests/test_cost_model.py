@@ -109,7 +109,7 @@ def test_smallest_cluster_gives_up_with_a_config_error() -> None:
 
 def test_walk_hop_rate_from_compute_cut_handoffs_and_latency() -> None:
     job = cm.WalkJob(agents=2000, edges=16_000, rows=40_000, dim=40, tokens=16, steps=10_000, partitions=2,
-                     halo=1, cut_fraction=0.02, replicate=False)
+                     halo=1, cut_fraction=0.02, replicate=False, links=False)  # hand-offs as Ray calls
     assert cm.handoffs_per_hop(job) == pytest.approx(0.01)
     plan = cm.plan_srrw(job, cluster(1, cpus=2), CAL)
     hop = 2e-5 + 1e-8 * 20 * 40
@@ -256,8 +256,39 @@ def test_plan_predicts_both_layouts_with_the_two_actor_baseline_in_a_tokens_byte
 
 
 def test_a_batched_hand_off_costs_a_share_of_a_call_never_below_the_measured_floor() -> None:
-    job = cm.WalkJob(agents=2000, edges=16_000, rows=40_000, dim=40, tokens=1, partitions=2, replicate=False)
+    job = cm.WalkJob(agents=2000, edges=16_000, rows=40_000, dim=40, tokens=1, partitions=2, replicate=False, links=False)
     assert cm.handoff_seconds(job, CONSTANTS) == 2e-3  # one token: every hand-off is a call of its own
     assert cm.handoff_seconds(dataclasses.replace(job, tokens=8), CONSTANTS) == pytest.approx(2e-3 / 4)
     many = dataclasses.replace(job, tokens=256)
     assert cm.handoff_seconds(many, CONSTANTS) == pytest.approx(2e-3 * cm.BATCHED_HANDOFF_SHARE)
+
+
+def test_a_partitioned_walk_prices_its_hand_offs_over_direct_links_not_as_ray_calls() -> None:
+    """The walker's default: a crossing's own CPU plus its share of a link message (half of each actor's tokens
+    a message); both layouts predicted, the replicated one without hand-offs."""
+    consts = dataclasses.replace(CONSTANTS, link_message_s=1e-4, link_crossing_s=3e-5)
+    cal = dataclasses.replace(CAL, constants=consts)
+    job = cm.WalkJob(agents=2000, edges=16_000, rows=40_000, dim=40, tokens=256, steps=10_000, partitions=2,
+                     halo=1, cut_fraction=0.02, replicate=False)
+    assert job.links is True
+    per_handoff = 3e-5 + 1e-4 / (cm.LINK_MESSAGE_SHARE * 256 / 2)
+    assert cm.handoff_seconds(job, consts) == pytest.approx(per_handoff)
+    plan = cm.plan_srrw(job, cluster(1, cpus=2), cal)
+    hop = 2e-5 + 1e-8 * 20 * 40
+    assert plan.layout["seconds_per_hop"] == pytest.approx(hop + 0.01 * per_handoff)
+    both = plan.layout["layouts"]
+    assert both["partitioned"]["seconds_per_handoff"] == pytest.approx(per_handoff)
+    assert both["replicate"]["seconds_per_handoff"] == 0.0 and both["replicate"]["handoffs_per_hop"] == 0.0
+    assert both["partitioned"]["walk_seconds"] == pytest.approx(2.5 + 256 * 10_000 * (hop + 0.01 * per_handoff) / 2)
+    assert "over direct links" in stage(plan, "walk").work
+    calls = cm.plan_srrw(dataclasses.replace(job, links=False), cluster(1, cpus=2), cal)
+    assert calls.layout["layouts"]["partitioned"]["seconds_per_handoff"] == pytest.approx(2e-3 * cm.BATCHED_HANDOFF_SHARE)
+    assert stage(calls, "walk").seconds > stage(plan, "walk").seconds and "as Ray calls" in stage(calls, "walk").work
+    alone = dataclasses.replace(job, tokens=1)  # one token: a message of its own each crossing
+    assert cm.handoff_seconds(alone, consts) == pytest.approx(3e-5 + 1e-4)
+
+
+def test_the_plans_link_message_share_is_the_walkers_flush_share() -> None:
+    from shardwalk.workers.walker import FLUSH_SHARE
+
+    assert cm.LINK_MESSAGE_SHARE == FLUSH_SHARE

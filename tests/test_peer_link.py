@@ -13,6 +13,7 @@ import pytest
 from shardwalk.core.errors import ConfigError
 from shardwalk.core.srrw import WalkerLayout, run_sa_srrw
 from shardwalk.core.srrw.token import TokenBatch
+from shardwalk.core.srrw.wire import encode
 from shardwalk.workers.peer_link import LinkEnd
 from shardwalk.workers.walker import run_distributed_sa_srrw
 from tests.test_walker import LES, _assert_same, _objective
@@ -40,18 +41,36 @@ def test_a_link_delivers_batches_in_order_and_refuses_a_caller_without_the_key()
         Client(receiver.address, authkey=b"x" * 32)
     sender = LinkEnd(key, lambda message: None, failed, expected=0, host="127.0.0.1")
     assert sender.open(0, receiver.address)  # still accepting after the refused caller
-    sent = [(_batch(rows, 10 * rows), 1, rows) for rows in (1, 4, 0)]
+    sent = [encode(_batch(rows, 10 * rows), 1, rows) for rows in (1, 4, 2)]
     for message in sent:
         sender.send(0, message)
     assert done.wait(10) and failed == []
-    for (batch, part, backlog), (want, *rest) in zip(got, sent):
-        assert (part, backlog) == tuple(rest)
-        for field in ("key", "n", "node", "theta", "logy", "rng", "arrived"):
-            np.testing.assert_array_equal(getattr(batch, field), getattr(want, field))
+    assert got == sent  # bytes in, the same bytes out, in order: nothing is pickled on the way
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(receiver.address, timeout=5)
     assert not LinkEnd(key, lambda message: None, failed, expected=0, host="127.0.0.1").open(1, receiver.address)
     assert failed == []
+
+
+def test_a_malformed_message_stops_the_link_and_is_kept_as_the_reason() -> None:
+    """A pickle (or any bytes not laid out by wire.encode) is parsed, never unpickled; the reader thread stops and
+    its failure is what the walker's `stats` then raises."""
+    import pickle
+    import time
+
+    from shardwalk.core.srrw.wire import Expect, decode
+
+    failed: list[str] = []
+    expect = Expect(dim=3, width=7, partial=False, tokens=16, agents=50, senders=2)
+    key = b"k" * 32
+    receiver = LinkEnd(key, lambda message: decode(message, expect), failed, expected=1, host="127.0.0.1")
+    sender = LinkEnd(key, lambda message: None, failed, expected=0, host="127.0.0.1")
+    assert sender.open(0, receiver.address)
+    sender.send(0, pickle.dumps((_batch(2, 0), 1, 0)))
+    deadline = time.monotonic() + 10
+    while not failed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(failed) == 1 and failed[0].startswith("hand-off link: WireError: a link message has magic")
 
 
 def test_links_is_a_layout_setting_and_must_be_a_bool() -> None:

@@ -60,6 +60,7 @@ from shardwalk.core.srrw.shard import MeasureShard, check_tokens_fit, gather, sh
 from shardwalk.core.srrw.spec import RUN_OPTIONS, record_differences, resume_record, split_settings
 from shardwalk.core.srrw.token import TokenBatch, spec_tokens
 from shardwalk.core.srrw.token_store import checkpoint_hint, load_token, save_token
+from shardwalk.core.srrw.wire import Expect, decode, encode
 from shardwalk.core.storage import store
 from shardwalk.core.storage.store import read_json_sealed, write_json_sealed
 from shardwalk.workers.autoconnect import ensure_ray
@@ -139,7 +140,10 @@ class WalkPartition:
 
     def listen(self, authkey: bytes, peers: int) -> tuple[str, int]:
         """Open this actor's end of the direct hand-off links to its `peers` (before `connect`); returns its address."""
-        self.links = LinkEnd(authkey, lambda message: self._arrive(*message), self.failed, expected=peers)
+        width = self.ctx.chain.num_nodes if self.shard is None else len(self.shard.shared)
+        expect = Expect(self.ctx.objective.dim, width, self.shard is not None, self.tokens_total,
+                        self.ctx.chain.num_nodes, peers + 1)
+        self.links = LinkEnd(authkey, lambda message: self._arrive(*decode(message, expect)), self.failed, expected=peers)
         return self.links.address
 
     def connect(self, peers: list[Any], measures: np.ndarray | None = None,
@@ -256,7 +260,8 @@ class WalkPartition:
         stopped.handoffs[rows] += 1
         peers = self.owner[stopped.node[rows]]
         for peer in np.unique(peers).tolist():
-            leaving = stopped.select(rows[peers == peer])
+            going = rows[peers == peer]
+            leaving = stopped if len(going) == len(stopped) else stopped.select(going)  # all of them: no copy
             if self.shard is not None and self.shard.arrived is not None:
                 leaving.logy = self.shard.changed_only(leaving.key, leaving.logy)
             with self.lock:
@@ -343,13 +348,15 @@ class WalkPartition:
             self.counts["calls_out"] += 1
             self.counts["tokens_out"] += len(batch)
             backlog = len(self.resident) + sum(len(b) for b in self.inbox)
+        linked = self.links is not None and peer in self.links.out
+        message = encode(batch, self.part, backlog) if linked else None
         if sample:
-            nbytes = batch.nbytes
+            nbytes = len(message) if message is not None else batch.nbytes
             with self.lock:
                 self.counts["bytes_sampled"] += nbytes
                 self.counts["tokens_sampled"] += len(batch)
-        if self.links is not None and peer in self.links.out:
-            self.links.send(peer, (batch, self.part, backlog))
+        if message is not None:
+            self.links.send(peer, message)
         else:
             self.peers[peer].receive.remote(batch, self.part, backlog)
 
@@ -368,6 +375,7 @@ class WalkPartition:
         return {"agents": float(self.ctx.owned.sum()), **{k: float(v) for k, v in self.counts.items()},
                 "cpu_seconds": time.process_time() - self.cpu_start, "kernel_cpu_seconds": self.kernel_cpu,
                 "admit_cpu_seconds": self.admit_cpu, "idle_seconds": self.idle,
+                "link_cpu_seconds": sum(self.links.thread_cpu.values()) if self.links else 0.0,
                 "idle_before_first_done_seconds": self.idle if self.idle_at_first_done is None else self.idle_at_first_done,
                 "setting_slice_hops": float(SLICE_HOPS), "setting_flush_age_s": FLUSH_AGE_S,
                 "setting_flush_share": FLUSH_SHARE, "setting_starving_share": STARVING_SHARE,
@@ -579,6 +587,7 @@ def _result(results: list[tuple[Token | None, BaseException | None]], seconds: f
              "actor_cpu_seconds": total["cpu_seconds"], "actor_kernel_cpu_seconds": total["kernel_cpu_seconds"],
              "handoff_calls": total["calls_out"], "steps_walked": total["steps_walked"], "chunks": total["chunks"],
              "actor_idle_seconds": total["idle_seconds"], "actor_admit_cpu_seconds": total["admit_cpu_seconds"],
+             "actor_link_cpu_seconds": total["link_cpu_seconds"],
              "actor_idle_before_first_done_seconds": total["idle_before_first_done_seconds"], "tokens_per_kernel_call": total["tokens_per_call"] / max(total["chunks"], 1.0),
              "replicated": float(layout.replicate), "handoff_calls_per_s": total["calls_out"] / max(seconds, 1e-9),
              "tokens_per_handoff_call": total["tokens_out"] / max(total["calls_out"], 1.0),

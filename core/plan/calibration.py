@@ -85,6 +85,15 @@ class Constants:
     # UTC, load 1.3-1.5 (medians of 2 and 3 runs); optional, as above
     graph_thread_efficiency: float = 0.72  # local graphs' speed-up per extra actor thread (one cell per thread): 0.65, 0.80
     graph_actor_start_s: float = 1.34  # a graph actor answering with its kernels loaded from numba's cache: 0.95-1.51 s
+    # hand-offs over direct links (workers/peer_link.py), which partitioned walkers use instead of Ray calls
+    # (`handoff_s`); optional, as above. link_message_s: both ends' CPU of one link message, its per-token part
+    # aside (benchmarks.calibrate.measure_links, this machine, 2026-12-07 09:22 UTC under the exclusive lock, load
+    # 2.7: 191 µs a 1-token message, 574 µs a 64-token one). link_crossing_s: the partitioned actors' CPU per token
+    # crossing over the replicated walk's on the same hops, messages aside — (partitioned − replicated actor CPU −
+    # messages × link_message_s) / crossings on the sized 256-token walk, 32M hops, 130,799 crossings: 33.6 / 34.2 /
+    # 34.8 µs in three runs (benchmarks/results/srrw_rgg2000_levers_tokens12.json, "C" rounds; docs/throughput.md)
+    link_message_s: float = 1.85e-4
+    link_crossing_s: float = 3.42e-5
     # The reference job the build and search constants were measured on (not defaults: a job with other
     # values is scaled from these; the index job's defaults live in core/index/spec.py).
     ref_rows: int = 20_000

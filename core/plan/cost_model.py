@@ -170,6 +170,7 @@ class WalkJob:
     checkpoint_every: int = 5000
     record_every: int = 500
     replicate: bool | str = "auto"  # as WalkerLayout.replicate: "auto" is decided for the cluster planned on
+    links: bool = True  # as WalkerLayout.links: partitioned walkers hand tokens over direct links, not Ray calls
 
 
 # ----------------------------------------------------------------------------- shared formulas
@@ -540,9 +541,18 @@ BATCHED_HANDOFF_SHARE = 0.15  # actor seconds of a token's hand-off in a batched
 #                               against a ≈ 1 ms call (benchmarks/results/srrw_rgg2000_256tokens_tokens3.json)
 
 
+LINK_MESSAGE_SHARE = 0.5  # tokens a link message carries, as a share of the walk's tokens per actor (the outbox
+#                           is sent when it holds this many: workers.walker.FLUSH_SHARE; measured 58 of 128)
+
+
 def handoff_seconds(job: WalkJob, c: Constants) -> float:
-    """Actor seconds one hand-off costs: a call's (`handoff_s`) shared by the tokens a call carries (at best
-    each actor's tokens, tokens / partitions), never below BATCHED_HANDOFF_SHARE of a call (measured)."""
+    """Actor seconds one hand-off costs. Over direct links (`links`, the walker's default): the crossing's own
+    CPU (`link_crossing_s`: packing, restoring its measure entries, the shorter kernel calls) and its share of a
+    message (`link_message_s`), a message carrying LINK_MESSAGE_SHARE of each actor's tokens. As Ray calls: a
+    call's (`handoff_s`) shared by the tokens a call carries (at best each actor's tokens, tokens / partitions),
+    never below BATCHED_HANDOFF_SHARE of a call (measured)."""
+    if job.links:
+        return c.link_crossing_s + c.link_message_s / max(1.0, LINK_MESSAGE_SHARE * job.tokens / job.partitions)
     return c.handoff_s * max(BATCHED_HANDOFF_SHARE, min(1.0, job.partitions / max(job.tokens, 1)))
 
 
@@ -560,7 +570,7 @@ def _walk_cost(job: WalkJob, cluster: Cluster, c: Constants) -> dict[str, float]
     """One layout's (job.replicate True or False) hand-offs, seconds per hop, walk seconds and bytes per actor."""
     hop = c.hop_s + c.hop_s_per_feature * (job.rows / job.agents) * job.dim
     handoffs = handoffs_per_hop(job)
-    per_hop = hop + handoffs * handoff_seconds(job, c)
+    per_hop = hop + (handoffs * handoff_seconds(job, c) if handoffs else 0.0)
     hops = job.tokens * job.steps
     par = min(job.partitions, job.tokens, cluster.cpus)
     walk = max(hops * per_hop / par, job.steps * per_hop)  # all hops spread, or one token's own path
@@ -572,6 +582,7 @@ def _walk_cost(job: WalkJob, cluster: Cluster, c: Constants) -> dict[str, float]
     token = sizing.walk_token_bytes(int(view * job.agents), job.dim, TOKEN_STREAM_WORDS, baseline)
     actor = c.worker_bytes + int(8 * job.rows * job.dim * held) + job.tokens * token
     return {"handoffs_per_hop": handoffs, "seconds_per_hop": per_hop, "walk_seconds": c.walk_start_s + walk,
+            "seconds_per_handoff": handoff_seconds(job, c) if handoffs else 0.0,
             "walking_at_once": par, "actor_bytes": actor, "token_bytes": token, "shared_entries": shared}
 
 
@@ -606,7 +617,8 @@ def plan_srrw(job: WalkJob, cluster: Cluster, cal: Calibration) -> Plan:
         _stage("agents", c, job.edges * c.graph_s_per_edge, f"graph of {job.edges:,} edges, placement", 1),
         _stage("partition", c, job.edges * c.partition_s_per_edge * levels, f"{levels} bisection levels", 1),
         _stage("walk", c, cost["walk_seconds"],
-               f"{hops:,} hops, {cost['handoffs_per_hop'] * 1000:.1f} hand-offs per 1,000, "
+               f"{hops:,} hops, {cost['handoffs_per_hop'] * 1000:.1f} hand-offs per 1,000"
+               f"{(' over direct links' if job.links else ' as Ray calls') if cost['handoffs_per_hop'] else ''}, "
                f"{cost['walking_at_once']:g} walking at once", cost["walking_at_once"],
                job.tokens * job.agents * 8 * max(1, job.steps // max(job.checkpoint_every, 1))),
         _stage("evaluate", c, 2.0 * snapshots * job.rows * job.dim / c.blas_flops_per_s, f"{snapshots:,} snapshots", 1),
