@@ -2,7 +2,7 @@
 
 Its own module, importing nothing of shardwalk: a sink is one more actor process per walk, and the walker
 module's imports (numba, networkx, the kernels) would cost it ~0.6 CPU-s for nothing. Tokens arrive as
-`Token.wire()` tuples of plain values, so keeping them imports no shardwalk code either.
+`Token.plain()` tuples, so keeping them imports no shardwalk code either.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ class TokenSink:
     def _event(self, key: int) -> asyncio.Event:
         return self._events.setdefault(key, asyncio.Event())
 
-    async def deliver(self, key: int, wire: tuple[Any, ...] | None, error: BaseException | None) -> None:
-        self._results[key] = (wire, error)
+    async def deliver(self, key: int, plain: tuple[Any, ...] | None, error: BaseException | None) -> None:
+        self._results[key] = (plain, error)
         self._event(key).set()
 
     async def wait(self, key: int) -> tuple[tuple[Any, ...] | None, BaseException | None]:

@@ -285,7 +285,7 @@ class WalkPartition:
                 self.inbox.append(stopped.select(np.array([i])))
         else:
             self._delivered()
-            self.sink.deliver.remote(tok.key, tok.wire() if status == DONE else None, error)
+            self.sink.deliver.remote(tok.key, tok.plain() if status == DONE else None, error)
 
     def _delivered(self) -> None:
         if self.idle_at_first_done is None:
@@ -310,7 +310,7 @@ class WalkPartition:
             self.wake.set()
         else:
             self._delivered()
-            self.sink.deliver.remote(key, tok.wire() if status == DONE else None, error)
+            self.sink.deliver.remote(key, tok.plain() if status == DONE else None, error)
 
     def exclusive_of(self, keys: list[int]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """This actor's exclusive entries of these tokens' measures (a peer checkpoints one of them)."""
@@ -554,7 +554,7 @@ def run_distributed_sa_srrw(objective: Any, graph: nx.Graph, spec: WalkSpec | No
             first.setdefault(tok.key % len(actors) if layout.replicate else int(owner[tok.node]), []).append(tok)
         for p, batch in first.items():
             actors[p].receive.remote(TokenBatch.from_tokens(batch))
-        results = [(None if wire is None else Token.from_wire(wire), error) for wire, error in
+        results = [(None if plain is None else Token.from_plain(plain), error) for plain, error in
                    _await_tokens(waits, actors, layout.timeout, sum(max(0, spec.steps - tok.n) for tok in toks))]
         seconds = time.perf_counter() - began
         busy = ray.get([actor.stats.remote() for actor in actors], timeout=layout.timeout)

@@ -44,10 +44,10 @@ class Token:
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickle (Ray's transit between actors) as plain bytes and ints: no numpy buffers, no class
         state objects; this halves the cost of a hand-off and round-trips every float exactly."""
-        return _unpack_token, (self.wire(),)
+        return _unpack_token, (self.plain(),)
 
-    def wire(self) -> tuple[Any, ...]:
-        """The token as a tuple of plain values (`Token.from_wire` inverts it): what holds it in transit needs
+    def plain(self) -> tuple[Any, ...]:
+        """The token as a tuple of plain values (`Token.from_plain` inverts it): what holds it in transit needs
         no import of this package to keep it (the walk's token sink)."""
         bitgen = self.rng.bit_generator
         return (
@@ -59,7 +59,7 @@ class Token:
         )
 
     @staticmethod
-    def from_wire(packed: tuple[Any, ...]) -> Token:
+    def from_plain(packed: tuple[Any, ...]) -> Token:
         return _unpack_token(packed)
 
     def visit_measure(self) -> np.ndarray:
