@@ -1,7 +1,9 @@
 """Why does (or doesn't) a coreset beat random at one keep rate? Every β of the CCS grid and random, side by side.
 
     python -m benchmarks.coreset_levers --data mnist1d --n 20000 --rates 0.5 [--validation 0.15]
-                                        [--tuning-seeds 3] [--seeds 5] [--proxy-epochs E] --json OUT.json
+                                        [--tuning-seeds 3] [--seeds 5] [--proxy-epochs E] [--steps S]
+                                        [--betas B ...] [--strata S ...] [--easiest E ... --easy-betas B ...]
+                                        --json OUT.json
 
 For each rate and each candidate (CCS at every β of the grid for the given methods, random, random-cb) it
 measures what `select.beta = "auto"` sees — the accuracy on the held-out validation rows (one model per
@@ -9,7 +11,9 @@ tuning seed, selection among the training rows less those rows) — and what the
 accuracy of the candidate selected among all training rows, mean ± std over `--seeds` seeds (the seed
 drives the hash keys and the training, as in bench_coreset). So the JSON answers: how noisy is one
 validation score (the std over tuning seeds), does the validation order predict the test order, and does
-any β (the oracle) beat random on the test split at all.
+any β (the oracle) beat random on the test split at all. `--strata` adds CCS with fewer strata (1 = the hard cut,
+then uniform), `--easiest` CCS that also drops the easiest fraction (hard-leaning), `--steps` another evaluation
+budget (does it saturate?).
 """
 
 from __future__ import annotations
@@ -39,12 +43,22 @@ from shardwalk.workers.scorer import evaluate_coreset, score_dataset
 from shardwalk.workers.selector import selection_ids
 
 
-def _candidates(methods: list[str], rate: float) -> list[tuple[str, dict[str, Any]]]:
+def _candidates(methods: list[str], rate: float, easiest: tuple[float, ...] = (),
+                easy_betas: tuple[float, ...] = (0.0,), strata: tuple[int, ...] = (),
+                betas: tuple[float, ...] | None = None) -> list[tuple[str, dict[str, Any]]]:
     out = [("random", {"method": "random", "class_balanced": False, "keep": rate}),
            ("random-cb", {"method": "random", "class_balanced": True, "keep": rate})]
+    grid = [b for b in beta_candidates(rate) if betas is None or b in betas]
     for m in methods:
-        for b in beta_candidates(rate):
+        for b in grid:
             out.append((f"{m}-beta{b:g}", {**parse_method(m), "keep": rate, "beta": b}))
+        for st in strata:  # CCS with fewer strata (1: the hard cut, then uniform: no lean towards the hard tail)
+            for b in grid:
+                out.append((f"{m}-strata{st}-beta{b:g}", {**parse_method(m), "keep": rate, "beta": b, "strata": st}))
+        for e in easiest:  # CCS that also drops the easiest fraction e (hard-leaning, for low pruning rates)
+            for b in easy_betas:
+                if b + e + rate <= 1.0 + 1e-12:
+                    out.append((f"{m}-beta{b:g}-easy{e:g}", {**parse_method(m), "keep": rate, "beta": b, "easiest": e}))
     return out
 
 
@@ -55,6 +69,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         proxy["models"] = 4
     if args.proxy_epochs:
         proxy["epochs"] = args.proxy_epochs
+    if args.steps:
+        train["steps"] = args.steps
     connect()
     load_at_start = list(os.getloadavg())
     started = time.perf_counter()
@@ -67,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         holdout = Split(0.2, 0, args.validation)
         refs: dict[tuple[str, float, str, int], Any] = {}
         for rate in args.rates:
-            cands = _candidates(args.methods, rate)
+            cands = _candidates(args.methods, rate, tuple(args.easiest), tuple(args.easy_betas), tuple(args.strata), args.betas)
             sels = [c for _, c in cands]
             val_ids = selection_ids(scores, 2, sels, seed=0, holdout=holdout)
             for (name, _), ids in zip(cands, val_ids):
@@ -87,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for rate in args.rates:
         rows: dict[str, Any] = {}
         random_test = [acc[("random", rate, "test", s)] for s in range(args.seeds)]
-        for name, _ in _candidates(args.methods, rate):
+        for name, _ in _candidates(args.methods, rate, tuple(args.easiest), tuple(args.easy_betas), tuple(args.strata), args.betas):
             val = [acc[(name, rate, "validation", t)] for t in range(args.tuning_seeds)]
             test = [acc[(name, rate, "test", s)] for s in range(args.seeds)]
             rows[name] = {"validation": checks.spread(val), "validation_values": val, "test": checks.spread(test),
@@ -109,7 +125,9 @@ def _verdict(rows: dict[str, Any], methods: list[str]) -> dict[str, Any]:
                                                                 np.argsort(np.argsort(test_mean)))[0, 1])
     out["validation_std_over_tuning_seeds_median"] = float(np.median([rows[n]["validation"]["std"] for n in names]))
     for m in methods:
-        mine = [n for n in names if n.startswith(m + "-beta")]
+        mine = [n for n in names if n.startswith(m + "-beta") and "-easy" not in n]
+        if not mine:
+            continue
         one = max(mine, key=lambda n: (rows[n]["validation_values"][0], -len(n)))
         mean = max(mine, key=lambda n: rows[n]["validation"]["mean"])
         oracle = max(mine, key=lambda n: rows[n]["test"]["mean"])
@@ -128,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuning-seeds", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--proxy-epochs", type=int, default=None)
+    parser.add_argument("--easiest", type=float, nargs="*", default=[],
+                        help="also CCS that drops this fraction of the easiest rows (with each --easy-betas β)")
+    parser.add_argument("--easy-betas", type=float, nargs="+", default=[0.0])
+    parser.add_argument("--steps", type=int, default=None, help="evaluation training steps (does the budget saturate?)")
+    parser.add_argument("--betas", type=float, nargs="+", default=None, help="only these β of the grid")
+    parser.add_argument("--strata", type=int, nargs="*", default=[],
+                        help="also CCS with this many strata (every β of the grid), beside the default 50")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     report = run(args)

@@ -20,8 +20,9 @@ def _data(n: int = 3000, classes: int = 5, seed: int = 0, ties: bool = False) ->
     return {"id": rng.permutation(10 * n)[:n].astype(np.int64), "aum": aum, "el2n": rng.random(n), "label": labels}
 
 
-def _naive_ccs(d, keep, beta, strata, seed, class_balanced, score="aum"):
-    """Brute force CCS on the whole table: sort, cut, bin, allocate, take smallest keys."""
+def _naive_ccs(d, keep, beta, strata, seed, class_balanced, score="aum", easiest=0.0):
+    """Brute force CCS on the whole table: sort, cut (the hardest β, the easiest `easiest`), bin, allocate, take
+    smallest keys."""
     ids, x, key = d["id"], d[score], hash_unit(d["id"], seed)
     hard = -x if score == "aum" else x
     n = len(ids)
@@ -30,12 +31,14 @@ def _naive_ccs(d, keep, beta, strata, seed, class_balanced, score="aum"):
     group = d["label"] if class_balanced else np.zeros(n, dtype=np.int64)
     sizes = np.array([(group == c).sum() for c in classes])
     drop = np.floor(beta * sizes + 1e-9).astype(int)
-    budgets_c = coreset.class_budgets(sizes, m, caps=sizes - drop) if class_balanced else [m]
+    drop_easy = np.floor(easiest * sizes + 1e-9).astype(int)
+    budgets_c = coreset.class_budgets(sizes, m, caps=sizes - drop - drop_easy) if class_balanced else [m]
     chosen = []
-    for c, size, dr, mc in zip(classes, sizes, drop, budgets_c):
+    for c, size, dr, de, mc in zip(classes, sizes, drop, drop_easy, budgets_c):
         rows = np.flatnonzero(group == c)
         order = np.lexsort((ids[rows], key[rows], hard[rows]))  # easiest first
-        kept = rows[order[: size - dr]]
+        hardest_first = np.lexsort((ids[rows], key[rows], -hard[rows]))
+        kept = np.intersect1d(rows[order[: size - dr]], rows[hardest_first[: size - de]])
         lo, hi = x[kept].min(), x[kept].max()
         width = (hi - lo) / strata
         s = np.zeros(len(kept), dtype=int) if width == 0 else np.clip(np.floor((x[kept] - lo) / width), 0, strata - 1)
@@ -77,6 +80,27 @@ def test_beta_cutoff_drops_exactly_the_hardest():
     # keep + beta = 1: nothing is left to choose, so the selection is exactly the easiest 700.
     got = _ids(coreset.ccs_select(d, 0.7, score="el2n", beta=0.3))
     np.testing.assert_array_equal(got, np.arange(700))
+
+
+@pytest.mark.parametrize("class_balanced", [False, True])
+def test_easiest_cut_equals_brute_force_and_is_layout_independent(class_balanced):
+    d = _data()
+    want = _naive_ccs(d, 0.3, 0.05, 50, 2, class_balanced, score="el2n", easiest=0.2)
+    for shards in (1, 3):
+        got = _ids(coreset.ccs_select(d, 0.3, score="el2n", beta=0.05, easiest=0.2, class_balanced=class_balanced,
+                                      seed=2, shards=shards))
+        np.testing.assert_array_equal(got, want)
+    assert len(want) == 900 and not np.array_equal(want, _naive_ccs(d, 0.3, 0.05, 50, 2, class_balanced, "el2n"))
+
+
+def test_easiest_and_beta_cut_both_ends():
+    n = 1000
+    d = {"id": np.arange(n), "el2n": np.arange(n, dtype=float)}  # el2n: high = hard
+    # β + easiest + keep = 1: exactly the band between the easiest 300 and the hardest 200
+    got = _ids(coreset.ccs_select(d, 0.5, score="el2n", beta=0.2, easiest=0.3))
+    np.testing.assert_array_equal(got, np.arange(300, 800))
+    with pytest.raises(ConfigError, match="easiest"):
+        coreset.ccs_select(d, 0.5, score="el2n", beta=0.2, easiest=0.4)
 
 
 def test_allocate_budget_smallest_first_and_exact():

@@ -259,6 +259,9 @@ class ShardSelector:
         cut: Threshold | None = spec.get("cut")
         if cut is not None:
             g = np.where(cut.selects(self.orders["easy"], g), g, -1)
+        easy_cut: Threshold | None = spec.get("easy_cut")
+        if easy_cut is not None:
+            g = np.where(easy_cut.selects(self.orders["hard"], g), g, -1)
         ranges = spec.get("ranges")
         if ranges is not None:
             s = int(spec["strata"])
@@ -400,6 +403,7 @@ def plan_selection(
     strata: int = 50,
     class_balanced: bool = False,
     hardest: bool = True,
+    easiest: float = 0.0,
 ) -> Plan:
     """Run the selection protocol against shards reached through `ask`; return the final plan."""
     check_method_name(method)
@@ -412,23 +416,30 @@ def plan_selection(
         k = class_budgets(sizes, m) if class_balanced else np.array([m])
         order = "key" if method == "random" else ("hard" if hardest else "easy")
         return Plan(base, order, kth_smallest(ask, base, order, k, sizes), m, {"budget": m})
-    return _plan_ccs(ask, base, keep, m, sizes, beta, strata)
+    return _plan_ccs(ask, base, keep, m, sizes, beta, strata, easiest)
 
 
 def _plan_ccs(
-    ask: Ask, base: dict, keep: float, m: int, sizes: np.ndarray, beta: float | None, strata: int
+    ask: Ask, base: dict, keep: float, m: int, sizes: np.ndarray, beta: float | None, strata: int,
+    easiest: float = 0.0,
 ) -> Plan:
     beta = default_beta(keep) if beta is None else float(beta)
     if not 0.0 <= beta < 1.0:
         raise ConfigError(f"beta must be in [0, 1), got {beta}")
     if beta + keep > 1.0 + 1e-12:
         raise ConfigError(f"beta + keep must be <= 1 (drops the hardest beta, keeps keep), got {beta} + {keep}")
+    easiest = float(easiest)
+    if not 0.0 <= easiest < 1.0 or beta + easiest + keep > 1.0 + 1e-12:
+        raise ConfigError(f"easiest must be in [0, 1) with beta + easiest + keep <= 1, got {easiest}")
     if not isinstance(strata, int) or strata < 1:
         raise ConfigError(f"strata must be a positive integer, got {strata!r}")
     drop = np.floor(beta * sizes + 1e-9).astype(np.int64)
-    class_m = class_budgets(sizes, m, caps=sizes - drop) if base["classes"] is not None else np.array([m])
+    drop_easy = np.floor(easiest * sizes + 1e-9).astype(np.int64)
+    class_m = class_budgets(sizes, m, caps=sizes - drop - drop_easy) if base["classes"] is not None else np.array([m])
     cut = kth_smallest(ask, base, "easy", sizes - drop, sizes)
     kept = {**base, "cut": cut}
+    if drop_easy.any():  # disjoint from the hard cut (β + easiest < 1): the hardest N − e of all rows
+        kept["easy_cut"] = kth_smallest(ask, base, "hard", sizes - drop_easy, sizes)
     n_cls = len(sizes)
     answers = ask("score_range", spec=kept, n_groups=n_cls)
     ranges = np.stack([np.min([a[:, 0] for a in answers], axis=0), np.max([a[:, 1] for a in answers], axis=0)], axis=1)
@@ -439,5 +450,6 @@ def _plan_ccs(
         [allocate_budget(counts[c * strata : (c + 1) * strata], int(class_m[c])) for c in range(n_cls)]
     )
     threshold = kth_smallest(ask, spec, "key", budgets, counts)
-    info = {"budget": m, "beta": beta, "dropped": int(drop.sum()), "nonempty_strata": int((counts > 0).sum())}
+    info = {"budget": m, "beta": beta, "dropped": int(drop.sum()), "nonempty_strata": int((counts > 0).sum()),
+            **({"easiest": easiest, "dropped_easiest": int(drop_easy.sum())} if easiest else {})}
     return Plan(spec, "key", threshold, m, info)

@@ -113,11 +113,13 @@ def ccs_select(
     seed: int = 0,
     hard_high: bool | None = None,
     shards: int = 1,
+    easiest: float = 0.0,
 ) -> pa.Table:
-    """Coverage-centric Coreset Selection: exactly ⌊keep·N⌋ ids, the same for any `shards`."""
+    """Coverage-centric Coreset Selection: exactly ⌊keep·N⌋ ids, the same for any `shards` (`easiest`: also drop
+    that fraction of the easiest rows before stratifying)."""
     keep = check_keep(keep)
     parts = split_shards(scores, score, shards=shards, seed=seed, hard=is_hard_high(score, hard_high))
-    return _run_local(parts, "ccs", keep, beta=beta, strata=strata, class_balanced=class_balanced)
+    return _run_local(parts, "ccs", keep, beta=beta, strata=strata, class_balanced=class_balanced, easiest=easiest)
 
 
 def random_select(
