@@ -32,6 +32,7 @@ SEED_ROWS_PER_CELL = 16  # k-means++ seeds on this many sampled rows per cell
 SAMPLE_ROWS_PER_CELL = 32  # k-means trains on this many sampled rows per cell (at least SAMPLE_MIN_ROWS)
 SAMPLE_MIN_ROWS = 10_000
 OFFSET_ROWS_PER_CELL = 16  # balancing offsets are fitted on at most this many of the sample's rows per cell
+NEAR_CELLS = 24  # a balancing round scans each fit row's this many nearest cells (all of them only when needed)
 ASSIGN_ROWS = 16_384  # rows per block when assigning rows to their cells
 BLOCK = 4096  # rows of a partition per product with the whole partition (block × size floats); bench: 4096 8.3 s, 1024 9.7 s, 256 20.9 s at 100k
 
@@ -164,27 +165,55 @@ class TrainingSlice:
     def __init__(self, x: np.ndarray, fit: np.ndarray, threads: int = 1) -> None:
         self.x, self.fit, self.threads = x, fit, max(1, threads)
         self.d: np.ndarray | None = None
+        self.near: tuple[np.ndarray, np.ndarray] | None = None
 
     def lloyd(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(per-cell sums in float64, per-cell counts) of my rows by their nearest centroid."""
         return lloyd_partial(self.x, centroids)
 
     def distances(self, centroids: np.ndarray) -> int:
-        """Keep my fit rows' distances to the final centroids; how many rows."""
+        """Keep my fit rows' distances to the final centroids, and each row's NEAR_CELLS nearest cells; how many rows."""
         self.d = hnsw.pairwise(self.x[self.fit], centroids, "l2")
+        self.near = near_cells(self.d, self.threads)
         return len(self.d)
 
     def counts(self, offsets: np.ndarray, overlap: int) -> np.ndarray:
         """Memberships per cell of my fit rows' `overlap` nearest cells by distance + offsets."""
         assert self.d is not None, "distances() first"
         d, cells = self.d, self.d.shape[1]
-        step = hnsw.ceil_div(len(d), self.threads) if len(d) > ASSIGN_ROWS else max(1, len(d))
-        blocks = [d[s:s + step] for s in range(0, len(d), step)]
-        if len(blocks) <= 1:
-            return np.bincount(_top_cells(d, offsets, overlap).ravel(), minlength=cells)
-        with ThreadPoolExecutor(len(blocks)) as pool:  # the kernel releases the GIL
-            got = list(pool.map(lambda b: _top_cells(b, offsets, overlap), blocks))
-        return np.bincount(np.concatenate(got).ravel(), minlength=cells)
+        return np.bincount(_blocks(len(d), self.threads, lambda a, b: top_cells(d[a:b], offsets, overlap, self.near and (
+            self.near[0][a:b], self.near[1][a:b]))).ravel(), minlength=cells)
+
+
+def _blocks(rows: int, threads: int, fn: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    """fn(start, stop) over `rows` in one block per thread (one block when small), results concatenated."""
+    step = hnsw.ceil_div(rows, threads) if rows > ASSIGN_ROWS and threads > 1 else max(1, rows)
+    bounds = [(s, min(rows, s + step)) for s in range(0, rows, step)]
+    if len(bounds) <= 1:
+        return fn(0, rows)
+    with ThreadPoolExecutor(len(bounds)) as pool:  # the kernels release the GIL
+        return np.concatenate(list(pool.map(lambda b: fn(*b), bounds)))
+
+
+def near_cells(d: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each row's NEAR_CELLS nearest cells (ascending cell number) and the distance of its next nearest: the
+    only cells a balancing round needs to scan while the offsets are small (None: too few cells to gain)."""
+    if d.shape[1] <= 2 * NEAR_CELLS:
+        return None
+    zero = np.zeros(d.shape[1])
+    top = _blocks(len(d), threads, lambda a, b: _top_cells(d[a:b], zero, NEAR_CELLS + 1))
+    bound = d[np.arange(len(d)), top[:, NEAR_CELLS]]
+    return np.sort(top[:, :NEAR_CELLS], axis=1), bound
+
+
+def top_cells(d: np.ndarray, offsets: np.ndarray, o: int, near: tuple[np.ndarray, np.ndarray] | None = None
+              ) -> np.ndarray:
+    """(n, o) cells of each row by d + offsets, nearest first (ties: lower cell); with `near` (near_cells), a row
+    scans only its near cells when their o-th best beats every other cell's least possible value (its next
+    distance + the smallest offset), else all: the same cells either way."""
+    if near is None:
+        return _top_cells(d, offsets, o)
+    return _top_cells_near(d, offsets, o, near[0], near[1])
 
 
 def lloyd_partial(x: np.ndarray, centroids: np.ndarray, rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -249,6 +278,18 @@ def fit_router(centroids: np.ndarray, spares: np.ndarray, space: str, overlap: i
     return hnsw.Router(centroids, offsets.astype(np.float32), space)
 
 
+@njit(inline="always")
+def _push(best, cell, v, c):  # pragma: no cover - compiled
+    """Put (v, c) into `best` / `cell` (ascending by v; on ties the earlier pushed first); v beats the last."""
+    pos = len(best) - 1
+    while pos > 0 and best[pos - 1] > v:
+        best[pos] = best[pos - 1]
+        cell[pos] = cell[pos - 1]
+        pos -= 1
+    best[pos] = v
+    cell[pos] = c
+
+
 @njit(nogil=True, cache=True)
 def _top_cells(d, offsets, o):  # pragma: no cover - compiled
     """(n, o) cells of each row by d + offsets, nearest first (ties: lower cell). One thread: O(n·cells)
@@ -270,6 +311,33 @@ def _top_cells(d, offsets, o):  # pragma: no cover - compiled
                     pos -= 1
                 best[pos] = v
                 cell[pos] = c
+        out[i] = cell
+    return out
+
+
+@njit(nogil=True, cache=True)
+def _top_cells_near(d, offsets, o, near, bound):  # pragma: no cover - compiled
+    """_top_cells scanning each row's `near` cells (ascending) only, unless another cell could enter its top o."""
+    n, s = d.shape
+    out = np.empty((n, o), np.int64)
+    best = np.empty(o)
+    cell = np.empty(o, np.int64)
+    low = offsets.min()
+    for i in range(n):
+        best[:] = np.inf
+        cell[:] = -1
+        for t in range(near.shape[1]):
+            c = near[i, t]
+            v = d[i, c] + offsets[c]
+            if v < best[o - 1]:  # the common case decided without a call
+                _push(best, cell, v, c)
+        if not best[o - 1] < bound[i] + low:
+            best[:] = np.inf
+            cell[:] = -1
+            for c in range(s):
+                v = d[i, c] + offsets[c]
+                if v < best[o - 1]:
+                    _push(best, cell, v, c)
         out[i] = cell
     return out
 
@@ -546,9 +614,15 @@ def merge_pieces(home_ids: np.ndarray, pieces: Sequence[tuple[np.ndarray, np.nda
     (ids, cand_ids, cand_dists; each row sorted by (distance, id)) every holder sent for it, folded in one
     after another (_merge_rows: no concatenated copy of every holder's lists)."""
     given = [p for p in pieces if len(p[0])]
-    if len(given) == 1 and np.array_equal(given[0][0], home_ids):  # one holder's lists: already each point's top-k
+    # a holder with every home point (the home actor itself): its lists are already each point's top-k so far
+    whole = next((j for j, p in enumerate(given) if np.array_equal(p[0], home_ids)), None)
+    if whole is not None and len(given) == 1:
         return given[0][1], given[0][2]
-    best_i, best_d = hnsw.empty_result(len(home_ids), k)
+    if whole is None:
+        best_i, best_d = hnsw.empty_result(len(home_ids), k)
+    else:
+        best_i, best_d = given.pop(whole)[1:]
+        best_i, best_d = np.array(best_i, np.int64), np.array(best_d, np.float32)  # folded into in place
     for ids, ci, cd in given:
         _merge_rows(best_i, best_d, np.searchsorted(home_ids, ids), ci, cd)
     return best_i, best_d
@@ -565,10 +639,7 @@ def refine_home(home_ids: np.ndarray, nbrs: np.ndarray, dists: np.ndarray, store
     n = len(store_ids)
     home_rows = np.searchsorted(store_ids, home_ids)
     k = nbrs.shape[1]
-    pos = np.minimum(np.searchsorted(store_ids, nbrs), n - 1)
-    held = (store_ids[pos] == nbrs) & (nbrs >= 0)
-    outside = np.unique(nbrs[~held & (nbrs >= 0)])
-    code = np.where(held, pos, np.where(nbrs >= 0, -2 - np.searchsorted(outside, nbrs), hnsw.PAD_ID))
+    code, decode = _code_ids(store_ids, nbrs)
     graph_n = np.full((n, k), hnsw.PAD_ID, np.int64)
     graph_d = np.full((n, k), np.inf, np.float32)
     graph_n[home_rows], graph_d[home_rows] = code, dists
@@ -577,10 +648,32 @@ def refine_home(home_ids: np.ndarray, nbrs: np.ndarray, dists: np.ndarray, store
     if graph_n is coded:  # no round ran (its probe said it would change too little): the lists as they came
         return nbrs, dists, rates
     got, d = graph_n[home_rows], graph_d[home_rows]
-    real = np.where(got >= 0, store_ids[np.maximum(got, 0)],
-                    np.where(got <= -2, outside[np.maximum(-2 - got, 0)] if len(outside) else hnsw.PAD_ID, hnsw.PAD_ID))
-    real, d = sort_rows(real, d, k)
+    real, d = sort_rows(decode(got), d, k)
     return real, d, rates
+
+
+def _code_ids(store_ids: np.ndarray, nbrs: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """Neighbour ids as refine's codes: the row of a held point (`store_ids` sorted, unique), -2 - (rank) for one
+    held elsewhere (a larger id, a smaller code), PAD_ID for padding; and the decoder. Ids spanning no more
+    than twice the entries: one table lookup each (the rank is the id's offset); else binary searches."""
+    n, valid = len(store_ids), nbrs >= 0
+    lo = int(min(store_ids[0], nbrs[valid].min())) if valid.any() else int(store_ids[0])
+    span = int(max(store_ids[-1], nbrs.max())) - lo + 1
+    if span <= 2 * nbrs.size and n < 2**31:
+        row = np.full(span, -1, np.int32)
+        row[store_ids - lo] = np.arange(n, dtype=np.int32)
+        off = np.where(valid, nbrs - lo, 0)
+        pos = row[off].astype(np.int64)
+        code = np.where(valid, np.where(pos >= 0, pos, -2 - off), hnsw.PAD_ID)
+        return code, lambda got: np.where(got >= 0, store_ids[np.maximum(got, 0)],
+                                          np.where(got <= -2, lo + (-2 - got), hnsw.PAD_ID))
+    pos = np.minimum(np.searchsorted(store_ids, nbrs), n - 1)
+    held = (store_ids[pos] == nbrs) & valid
+    outside = np.unique(nbrs[~held & valid])
+    code = np.where(held, pos, np.where(valid, -2 - np.searchsorted(outside, nbrs), hnsw.PAD_ID))
+    return code, lambda got: np.where(got >= 0, store_ids[np.maximum(got, 0)],
+                                      np.where(got <= -2, outside[np.maximum(-2 - got, 0)] if len(outside) else hnsw.PAD_ID,
+                                               hnsw.PAD_ID))
 
 
 # ----------------------------------------------------------------------------- one process, end to end
@@ -613,6 +706,8 @@ def warm_kernels(threads: int, method: str = "partition") -> None:
     x = np.random.default_rng(0).normal(size=(96, 4)).astype(np.float32)
     settings = GraphSettings(method=method, partition_rows=32, overlap=2, refine_rounds=1, refine_min_rate=0.0)
     build_graph(np.arange(96), x, 3, settings, threads=threads)
+    d = np.abs(x[:, :3]).astype(np.float32)
+    top_cells(d, np.zeros(3), 2, (np.zeros((96, 1), np.int64), np.zeros(96, np.float32)))  # too few cells above to use it
 
 
 def training_rows(rows: int, parts: int, seed: int) -> np.ndarray:
