@@ -46,7 +46,6 @@ from shardwalk.workers.progress_channel import new_sender, sending, target, wait
 
 READ_ROWS = 65_536  # rows per row range an actor reads (whole row groups of 128-d vectors)
 WRITE_ROWS = 262_144  # rows per written part
-INLINE_BYTES = 65_536  # a k-means step's argument up to this size goes inside the call, not through ray.put
 
 
 @ray.remote(max_restarts=0)
@@ -196,8 +195,7 @@ def _train(handles: list[Any], samples: list[Any], parts: int, space: str, setti
         return None
 
     def ask(step: str, *args: Any) -> list[Any]:
-        # a large argument (the centroids) put once, not once per actor; small ones (the offsets) go inline
-        shared = [ray.put(a) if isinstance(a, np.ndarray) and a.nbytes > INLINE_BYTES else a for a in args]
+        shared = [ray.put(a) for a in args]  # once, not once per actor
         return ray.get([h.kmeans.remote(step, *shared) for h in handles])
 
     return kp.fit_router(*seeded, space, settings.overlap, ask)

@@ -245,15 +245,9 @@ def kmeans_pp(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     x_sq = np.einsum("ij,ij->i", x, x)  # once: each new centre's distances are one matrix-vector product
     centers = [x[rng.integers(len(x))]]
     d = pairwise(centers[0][None, :], x, "l2", x_sq)[0]
-    cdf = np.empty(len(x), np.float64)
     for _ in range(1, n):
         total = d.sum()
-        if total <= 0:
-            idx = rng.integers(len(x))
-        else:  # rng.choice(len(x), p=d / total)'s own arithmetic and draw, without its checks of p
-            np.cumsum(d / total, dtype=np.float64, out=cdf)
-            cdf /= cdf[-1]
-            idx = int(cdf.searchsorted(rng.random(), side="right"))
+        idx = rng.integers(len(x)) if total <= 0 else rng.choice(len(x), p=d / total)
         centers.append(x[idx])
         d = np.minimum(d, pairwise(x[idx][None, :], x, "l2", x_sq)[0])
     return np.stack(centers).astype(np.float32)

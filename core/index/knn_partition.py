@@ -32,7 +32,6 @@ SEED_ROWS_PER_CELL = 16  # k-means++ seeds on this many sampled rows per cell
 SAMPLE_ROWS_PER_CELL = 32  # k-means trains on this many sampled rows per cell (at least SAMPLE_MIN_ROWS)
 SAMPLE_MIN_ROWS = 10_000
 OFFSET_ROWS_PER_CELL = 16  # balancing offsets are fitted on at most this many of the sample's rows per cell
-NEAR_CELLS = 24  # a balancing round scans each fit row's this many nearest cells (all of them only when needed)
 ASSIGN_ROWS = 16_384  # rows per block when assigning rows to their cells
 BLOCK = 4096  # rows of a partition per product with the whole partition (block × size floats); bench: 4096 8.3 s, 1024 9.7 s, 256 20.9 s at 100k
 
@@ -165,55 +164,27 @@ class TrainingSlice:
     def __init__(self, x: np.ndarray, fit: np.ndarray, threads: int = 1) -> None:
         self.x, self.fit, self.threads = x, fit, max(1, threads)
         self.d: np.ndarray | None = None
-        self.near: tuple[np.ndarray, np.ndarray] | None = None
 
     def lloyd(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(per-cell sums in float64, per-cell counts) of my rows by their nearest centroid."""
         return lloyd_partial(self.x, centroids)
 
     def distances(self, centroids: np.ndarray) -> int:
-        """Keep my fit rows' distances to the final centroids, and each row's NEAR_CELLS nearest cells; how many rows."""
+        """Keep my fit rows' distances to the final centroids; how many rows."""
         self.d = hnsw.pairwise(self.x[self.fit], centroids, "l2")
-        self.near = near_cells(self.d, self.threads)
         return len(self.d)
 
     def counts(self, offsets: np.ndarray, overlap: int) -> np.ndarray:
         """Memberships per cell of my fit rows' `overlap` nearest cells by distance + offsets."""
         assert self.d is not None, "distances() first"
         d, cells = self.d, self.d.shape[1]
-        return np.bincount(_blocks(len(d), self.threads, lambda a, b: top_cells(d[a:b], offsets, overlap, self.near and (
-            self.near[0][a:b], self.near[1][a:b]))).ravel(), minlength=cells)
-
-
-def _blocks(rows: int, threads: int, fn: Callable[[int, int], np.ndarray]) -> np.ndarray:
-    """fn(start, stop) over `rows` in one block per thread (one block when small), results concatenated."""
-    step = hnsw.ceil_div(rows, threads) if rows > ASSIGN_ROWS and threads > 1 else max(1, rows)
-    bounds = [(s, min(rows, s + step)) for s in range(0, rows, step)]
-    if len(bounds) <= 1:
-        return fn(0, rows)
-    with ThreadPoolExecutor(len(bounds)) as pool:  # the kernels release the GIL
-        return np.concatenate(list(pool.map(lambda b: fn(*b), bounds)))
-
-
-def near_cells(d: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
-    """Each row's NEAR_CELLS nearest cells (ascending cell number) and the distance of its next nearest: the
-    only cells a balancing round needs to scan while the offsets are small (None: too few cells to gain)."""
-    if d.shape[1] <= 2 * NEAR_CELLS:
-        return None
-    zero = np.zeros(d.shape[1])
-    top = _blocks(len(d), threads, lambda a, b: _top_cells(d[a:b], zero, NEAR_CELLS + 1))
-    bound = d[np.arange(len(d)), top[:, NEAR_CELLS]]
-    return np.sort(top[:, :NEAR_CELLS], axis=1), bound
-
-
-def top_cells(d: np.ndarray, offsets: np.ndarray, o: int, near: tuple[np.ndarray, np.ndarray] | None = None
-              ) -> np.ndarray:
-    """(n, o) cells of each row by d + offsets, nearest first (ties: lower cell); with `near` (near_cells), a row
-    scans only its near cells when their o-th best beats every other cell's least possible value (its next
-    distance + the smallest offset), else all: the same cells either way."""
-    if near is None:
-        return _top_cells(d, offsets, o)
-    return _top_cells_near(d, offsets, o, near[0], near[1])
+        step = hnsw.ceil_div(len(d), self.threads) if len(d) > ASSIGN_ROWS else max(1, len(d))
+        blocks = [d[s:s + step] for s in range(0, len(d), step)]
+        if len(blocks) <= 1:
+            return np.bincount(_top_cells(d, offsets, overlap).ravel(), minlength=cells)
+        with ThreadPoolExecutor(len(blocks)) as pool:  # the kernel releases the GIL
+            got = list(pool.map(lambda b: _top_cells(b, offsets, overlap), blocks))
+        return np.bincount(np.concatenate(got).ravel(), minlength=cells)
 
 
 def lloyd_partial(x: np.ndarray, centroids: np.ndarray, rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -278,18 +249,6 @@ def fit_router(centroids: np.ndarray, spares: np.ndarray, space: str, overlap: i
     return hnsw.Router(centroids, offsets.astype(np.float32), space)
 
 
-@njit(inline="always")
-def _push(best, cell, v, c):  # pragma: no cover - compiled
-    """Put (v, c) into `best` / `cell` (ascending by v; on ties the earlier pushed first); v beats the last."""
-    pos = len(best) - 1
-    while pos > 0 and best[pos - 1] > v:
-        best[pos] = best[pos - 1]
-        cell[pos] = cell[pos - 1]
-        pos -= 1
-    best[pos] = v
-    cell[pos] = c
-
-
 @njit(nogil=True, cache=True)
 def _top_cells(d, offsets, o):  # pragma: no cover - compiled
     """(n, o) cells of each row by d + offsets, nearest first (ties: lower cell). One thread: O(n·cells)
@@ -311,33 +270,6 @@ def _top_cells(d, offsets, o):  # pragma: no cover - compiled
                     pos -= 1
                 best[pos] = v
                 cell[pos] = c
-        out[i] = cell
-    return out
-
-
-@njit(nogil=True, cache=True)
-def _top_cells_near(d, offsets, o, near, bound):  # pragma: no cover - compiled
-    """_top_cells scanning each row's `near` cells (ascending) only, unless another cell could enter its top o."""
-    n, s = d.shape
-    out = np.empty((n, o), np.int64)
-    best = np.empty(o)
-    cell = np.empty(o, np.int64)
-    low = offsets.min()
-    for i in range(n):
-        best[:] = np.inf
-        cell[:] = -1
-        for t in range(near.shape[1]):
-            c = near[i, t]
-            v = d[i, c] + offsets[c]
-            if v < best[o - 1]:  # the common case decided without a call
-                _push(best, cell, v, c)
-        if not best[o - 1] < bound[i] + low:
-            best[:] = np.inf
-            cell[:] = -1
-            for c in range(s):
-                v = d[i, c] + offsets[c]
-                if v < best[o - 1]:
-                    _push(best, cell, v, c)
         out[i] = cell
     return out
 
@@ -706,8 +638,6 @@ def warm_kernels(threads: int, method: str = "partition") -> None:
     x = np.random.default_rng(0).normal(size=(96, 4)).astype(np.float32)
     settings = GraphSettings(method=method, partition_rows=32, overlap=2, refine_rounds=1, refine_min_rate=0.0)
     build_graph(np.arange(96), x, 3, settings, threads=threads)
-    d = np.abs(x[:, :3]).astype(np.float32)
-    top_cells(d, np.zeros(3), 2, (np.zeros((96, 1), np.int64), np.zeros(96, np.float32)))  # too few cells above to use it
 
 
 def training_rows(rows: int, parts: int, seed: int) -> np.ndarray:
