@@ -546,9 +546,15 @@ def merge_pieces(home_ids: np.ndarray, pieces: Sequence[tuple[np.ndarray, np.nda
     (ids, cand_ids, cand_dists; each row sorted by (distance, id)) every holder sent for it, folded in one
     after another (_merge_rows: no concatenated copy of every holder's lists)."""
     given = [p for p in pieces if len(p[0])]
-    if len(given) == 1 and np.array_equal(given[0][0], home_ids):  # one holder's lists: already each point's top-k
+    # a holder with every home point (the home actor itself): its lists are already each point's top-k so far
+    whole = next((j for j, p in enumerate(given) if np.array_equal(p[0], home_ids)), None)
+    if whole is not None and len(given) == 1:
         return given[0][1], given[0][2]
-    best_i, best_d = hnsw.empty_result(len(home_ids), k)
+    if whole is None:
+        best_i, best_d = hnsw.empty_result(len(home_ids), k)
+    else:
+        best_i, best_d = given.pop(whole)[1:]
+        best_i, best_d = np.array(best_i, np.int64), np.array(best_d, np.float32)  # folded into in place
     for ids, ci, cd in given:
         _merge_rows(best_i, best_d, np.searchsorted(home_ids, ids), ci, cd)
     return best_i, best_d
@@ -565,10 +571,7 @@ def refine_home(home_ids: np.ndarray, nbrs: np.ndarray, dists: np.ndarray, store
     n = len(store_ids)
     home_rows = np.searchsorted(store_ids, home_ids)
     k = nbrs.shape[1]
-    pos = np.minimum(np.searchsorted(store_ids, nbrs), n - 1)
-    held = (store_ids[pos] == nbrs) & (nbrs >= 0)
-    outside = np.unique(nbrs[~held & (nbrs >= 0)])
-    code = np.where(held, pos, np.where(nbrs >= 0, -2 - np.searchsorted(outside, nbrs), hnsw.PAD_ID))
+    code, decode = _code_ids(store_ids, nbrs)
     graph_n = np.full((n, k), hnsw.PAD_ID, np.int64)
     graph_d = np.full((n, k), np.inf, np.float32)
     graph_n[home_rows], graph_d[home_rows] = code, dists
@@ -577,10 +580,32 @@ def refine_home(home_ids: np.ndarray, nbrs: np.ndarray, dists: np.ndarray, store
     if graph_n is coded:  # no round ran (its probe said it would change too little): the lists as they came
         return nbrs, dists, rates
     got, d = graph_n[home_rows], graph_d[home_rows]
-    real = np.where(got >= 0, store_ids[np.maximum(got, 0)],
-                    np.where(got <= -2, outside[np.maximum(-2 - got, 0)] if len(outside) else hnsw.PAD_ID, hnsw.PAD_ID))
-    real, d = sort_rows(real, d, k)
+    real, d = sort_rows(decode(got), d, k)
     return real, d, rates
+
+
+def _code_ids(store_ids: np.ndarray, nbrs: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """Neighbour ids as refine's codes: the row of a held point (`store_ids` sorted, unique), -2 - (rank) for one
+    held elsewhere (a larger id, a smaller code), PAD_ID for padding; and the decoder. Ids spanning no more
+    than twice the entries: one table lookup each (the rank is the id's offset); else binary searches."""
+    n, valid = len(store_ids), nbrs >= 0
+    lo = int(min(store_ids[0], nbrs[valid].min())) if valid.any() else int(store_ids[0])
+    span = int(max(store_ids[-1], nbrs.max())) - lo + 1
+    if span <= 2 * nbrs.size and n < 2**31:
+        row = np.full(span, -1, np.int32)
+        row[store_ids - lo] = np.arange(n, dtype=np.int32)
+        off = np.where(valid, nbrs - lo, 0)
+        pos = row[off].astype(np.int64)
+        code = np.where(valid, np.where(pos >= 0, pos, -2 - off), hnsw.PAD_ID)
+        return code, lambda got: np.where(got >= 0, store_ids[np.maximum(got, 0)],
+                                          np.where(got <= -2, lo + (-2 - got), hnsw.PAD_ID))
+    pos = np.minimum(np.searchsorted(store_ids, nbrs), n - 1)
+    held = (store_ids[pos] == nbrs) & valid
+    outside = np.unique(nbrs[~held & valid])
+    code = np.where(held, pos, np.where(valid, -2 - np.searchsorted(outside, nbrs), hnsw.PAD_ID))
+    return code, lambda got: np.where(got >= 0, store_ids[np.maximum(got, 0)],
+                                      np.where(got <= -2, outside[np.maximum(-2 - got, 0)] if len(outside) else hnsw.PAD_ID,
+                                               hnsw.PAD_ID))
 
 
 # ----------------------------------------------------------------------------- one process, end to end
