@@ -239,3 +239,15 @@ def test_warm_up_loads_only_the_kernels_its_method_runs(method: str, partition_k
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     local, assign, refine = map(int, done.stdout.split())  # kernels with a loaded (or compiled) signature
     assert local > 0 and (assign > 0) == partition_kernels and (refine > 0) == partition_kernels
+
+
+def test_in_id_order_equals_concatenate_then_sort() -> None:
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(50)
+    pieces = [(ids[a:b], rng.standard_normal((b - a, 3)).astype(np.float32), np.arange(a, b)) for a, b in ((0, 10), (10, 30), (30, 50))]
+    for many in (pieces, pieces[1:2]):
+        want = [np.concatenate([p[f] for p in many])[np.argsort(np.concatenate([p[0] for p in many]), kind="stable")]
+                for f in range(3)]
+        for got, expected in zip(kp.in_id_order(many), want):
+            np.testing.assert_array_equal(got, expected)
+    assert kp.in_id_order(pieces)[0].tolist() == sorted(ids.tolist())

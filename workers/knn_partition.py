@@ -129,25 +129,7 @@ class GraphActor:
         self.own = None
         if not pieces:
             return 0
-        ids = pieces[0][0] if len(pieces) == 1 else np.concatenate([p[0] for p in pieces])
-        order = None if bool((np.diff(ids) > 0).all()) else np.argsort(ids, kind="stable")
-        dest = None if order is None or len(pieces) == 1 else np.empty_like(order)
-        if dest is not None:
-            dest[order] = np.arange(len(order))
-
-        def gathered(field: int) -> np.ndarray:
-            if len(pieces) == 1:
-                return pieces[0][field] if order is None else pieces[0][field][order]
-            first = pieces[0][field]
-            out = np.empty((len(ids), *first.shape[1:]), first.dtype)
-            at = 0
-            for p in pieces:  # each piece copied once, straight to its rows in id order
-                part = p[field]
-                out[slice(at, at + len(part)) if dest is None else dest[at:at + len(part)]] = part
-                at += len(part)
-            return out
-
-        self.ids, self.x, self.member, self.home = gathered(0), gathered(1), gathered(2), gathered(3)
+        self.ids, self.x, self.member, self.home = kp.in_id_order(pieces)
         return len(self.ids)
 
     def candidates(self, owned: list[int], k: int, space: str, block: int, actors: int,

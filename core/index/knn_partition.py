@@ -153,6 +153,30 @@ def seed_from_samples(samples: Sequence[tuple[np.ndarray, np.ndarray]], parts: i
     return seed_centroids(hnsw.prepare(sample[np.argsort(ids, kind="stable")], space), parts, seed)
 
 
+def in_id_order(pieces: Sequence[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
+    """Row-aligned pieces (ids first, then per-row fields; non-empty) as one array per field in id order, each
+    piece copied once straight to its rows (no concatenate-then-sort copy)."""
+    ids = pieces[0][0] if len(pieces) == 1 else np.concatenate([p[0] for p in pieces])
+    order = None if bool((np.diff(ids) > 0).all()) else np.argsort(ids, kind="stable")
+    if len(pieces) == 1:
+        return [f if order is None else f[order] for f in pieces[0]]
+    dest = None
+    if order is not None:
+        dest = np.empty_like(order)
+        dest[order] = np.arange(len(order))
+    fields = []
+    for field in range(len(pieces[0])):
+        first = pieces[0][field]
+        out = np.empty((len(ids), *first.shape[1:]), first.dtype)
+        at = 0
+        for p in pieces:
+            part = p[field]
+            out[slice(at, at + len(part)) if dest is None else dest[at:at + len(part)]] = part
+            at += len(part)
+        fields.append(out)
+    return fields
+
+
 TRAINING_STEPS = frozenset({"lloyd", "distances", "counts"})  # what fit_router asks of each slice
 
 

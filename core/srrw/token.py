@@ -60,6 +60,7 @@ class Token:
 
     @staticmethod
     def from_plain(packed: tuple[Any, ...]) -> Token:
+        """The token `plain()` gave."""
         return _unpack_token(packed)
 
     def visit_measure(self) -> np.ndarray:
