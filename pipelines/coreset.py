@@ -36,6 +36,7 @@ from shardwalk.core.coresets import checks as coreset_checks
 from shardwalk.core.coresets import scores as score_fns
 from shardwalk.core.coresets.evaluation import Split
 from shardwalk.core.coresets.proxy_spec import ProxySpec, TrainSpec, resolve_device
+from shardwalk.core.coresets.selection import tuning_plan
 from shardwalk.core.coresets.selection_names import AUTO, method_selection_name, parse_method, read_selection
 from shardwalk.core.coresets.spec import CoresetSpec
 from shardwalk.core.dag.cache_key import InputPath
@@ -135,7 +136,8 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
     """
     from shardwalk.workers.selector import select_distributed
 
-    chosen = _tuned_betas(scores, density, ingest, actors, keep, methods, strata, seed, tune) if beta == "auto" else {}
+    tuned, grid = tuning_plan(methods, beta)
+    chosen = _tuned_betas(scores, density, ingest, actors, keep, tuned, strata, seed, tune, grid) if tuned else {}
     result: dict[str, Any] = {}
     for name in methods:
         spec = parse_method(name)
@@ -147,10 +149,10 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
             result.update(select_d2(graph, scores, actors, [{**spec, "keep": float(r)} for r in keep], out, seed=seed))
             continue
         source = density if spec.get("score") == "knn_density" else scores
-        sels = [(ccs_selection(name, float(r), strata, chosen[(name, float(r))]["beta"],
-                               chosen[(name, float(r))].get("class_balanced")) if beta == "auto"
-                 else ccs_selection(name, float(r), strata, float(beta)))
-                if spec["method"] == "ccs" else {**spec, "keep": float(r)} for r in keep]
+        sels = [({**spec, "keep": float(r)} if spec["method"] != "ccs"
+                 else ccs_selection(name, float(r), strata, float(beta)) if (name, float(r)) not in chosen
+                 else ccs_selection(name, float(r), strata, chosen[(name, float(r))]["beta"],
+                                    chosen[(name, float(r))].get("class_balanced"))) for r in keep]
         result.update(select_distributed(source, actors, [selection_request(sel) for sel in sels], out, seed=seed))
         for sel in sels:
             marks = {k: sel[k] for k in MARKS if k in sel}
@@ -209,16 +211,15 @@ def ccs_selection(name: str, keep: float, strata: int, beta: float | None,
 
 
 def _tuned_betas(scores: Path, density: Path | None, ingest: Path | None, shards: int, rates: list[float],
-                 methods: list[str], strata: int, seed: int, tune: dict | None) -> dict[tuple[str, float], dict]:
-    """β per (CCS method, rate), chosen on a validation split (workers/beta_tuning.py)."""
+                 ccs: list[str], strata: int, seed: int, tune: dict | None, grid: tuple[float, ...]
+                 ) -> dict[tuple[str, float], dict]:
+    """β (and a `-auto` method's balance) per (CCS method, rate), chosen on a validation split among `grid`
+    (workers/beta_tuning.py)."""
     from shardwalk.workers.beta_tuning import tune_betas
     from shardwalk.workers.scorer import cluster_gpus
 
-    ccs = [name for name in methods if parse_method(name)["method"] == "ccs"]
-    if not ccs:
-        return {}
     if ingest is None:
-        raise DataError("select.beta = \"auto\" needs the ingested data to validate on")
+        raise DataError("select.beta = \"auto\" and ccs-SCORE-auto need the ingested data to validate on")
     tune = tune or {}
     split = Split(tune.get("test_fraction", 0.2), tune.get("split_seed", 0))
     train = TrainSpec(**tune.get("train", {}))
@@ -229,7 +230,8 @@ def _tuned_betas(scores: Path, density: Path | None, ingest: Path | None, shards
         if not group or source is None:
             continue
         tuned = tune_betas(source, ingest, shards, [parse_method(n) for n in group], rates, split=split, train=train,
-                           seed=seed, strata=strata, device=device, standardize=tune.get("standardize", "auto"))
+                           seed=seed, strata=strata, device=device, standardize=tune.get("standardize", "auto"),
+                           grid=grid)
         out.update({(group[m], r): v for (m, r), v in tuned.items()})
     return out
 
@@ -366,7 +368,7 @@ def add_coreset_stages(p: Pipeline, config: dict[str, Any], *, graph: str | None
             "standardize": spec.standardize}
     p.stage("select", select, inputs=select_inputs, version="5", num_cpus=0, params={
         "actors": spec.actors, "keep": list(sel.keep), "methods": list(sel.methods), "strata": sel.strata,
-        "seed": sel.seed, "beta": sel.beta, **({"tune": tune} if sel.beta == "auto" else {})})
+        "seed": sel.seed, "beta": sel.beta, **({"tune": tune} if tuning_plan(sel.methods, sel.beta)[0] else {})})
     if spec.evaluate is not None:
         inputs = {"ingest": "ingest", "select": "select"}
         if spec.test_source:

@@ -22,6 +22,7 @@ from shardwalk.core.coresets.selection import (
     choose_balance,
     choose_beta,
     method_verdicts,
+    tuning_plan,
     tuning_variants,
     verdict_accuracy,
 )
@@ -166,9 +167,17 @@ def test_the_auto_balance_is_a_ccs_method_name_that_needs_beta_auto() -> None:
     for bad in ("d2-el2n-auto", "topk-el2n-auto", "random-auto", "ccs-el2n-cb-auto"):
         with pytest.raises(ConfigError, match="-auto"):
             parse_method(bad)
-    with pytest.raises(ConfigError, match="select.beta"):
-        load_config(coreset_pipeline, None, ['select.methods=["ccs-el2n-auto"]', "select.beta=0.1"])
-    load_config(coreset_pipeline, None, ['select.methods=["ccs-el2n-cb"]', "select.beta=0.1"])
+    # with a fixed β an -auto method still validates its balance, on that β alone; the others are not tuned
+    methods = ["ccs-el2n-auto", "ccs-aum-cb", "random"]
+    assert tuning_plan(methods, "auto") == (["ccs-el2n-auto", "ccs-aum-cb"], BETA_GRID)
+    assert tuning_plan(methods, 0.1) == (["ccs-el2n-auto"], (0.1,)) and tuning_plan(methods[1:], 0.1)[0] == []
+    assert beta_candidates(0.3, (0.1,)) == [0.1] and beta_candidates(0.95, (0.1,)) == []
+    config = load_config(coreset_pipeline, None, ['select.methods=["ccs-el2n-auto"]', "select.beta=0.1"])
+    assert "tune" in coreset_pipeline.build(config).stages["select"].params
+    config = load_config(coreset_pipeline, None, ['select.methods=["ccs-el2n-cb"]', "select.beta=0.1"])
+    assert "tune" not in coreset_pipeline.build(config).stages["select"].params
+    with pytest.raises(ConfigError, match="select.beta \\+ select.keep"):  # at the boundary, not mid-run
+        load_config(coreset_pipeline, None, ["select.beta=0.5"])  # the default keeps go up to 0.7
     req = coreset_pipeline.ccs_selection("ccs-el2n-auto", 0.3, 50, 0.02, False)
     assert req == {"method": "ccs", "score": "el2n", "class_balanced": False, "keep": 0.3, "strata": 50, "beta": 0.02,
                    "name": "ccs-el2n-auto-keep0.3", "balance": "plain"}
@@ -203,6 +212,20 @@ def test_a_fallback_selects_random_under_the_ccs_name_and_the_report_says_so(tmp
     assert fallback_note(tmp_path) == "" and fallback_note(None) == ""
 
 
+def test_the_report_names_each_ccs_selections_beta_and_chosen_balance(tmp_path: Path) -> None:
+    from shardwalk.pipelines.reports.demo import tuning_note
+
+    (tmp_path / "selections.json").write_text(json.dumps({
+        "ccs-el2n-auto-keep0.1": {"rows": 40, "beta": 0.1, "balance": "plain"},
+        "ccs-el2n-auto-keep0.5": {"rows": 200, "fallback": "random-cb", "balance": "cb"},
+        "ccs-aum-cb-keep0.1": {"rows": 40, "beta": 0.2}, "random-keep0.1": {"rows": 40}}))
+    note = tuning_note(tmp_path)
+    assert "ccs-el2n-auto-keep0.1: β = 0.1, plain (not class-balanced)" in note
+    assert "ccs-el2n-auto-keep0.5: random-cb (no β beat it), class-balanced" in note
+    assert "ccs-aum-cb-keep0.1: β = 0.2;" in note  # a fixed balance: its β only
+    assert "random-keep0.1" not in note and tuning_note(None) == ""
+
+
 def test_coreset_config_accepts_auto_or_explicit_values() -> None:
     config = copy.deepcopy(coreset_pipeline.DEFAULTS)
     assert config["standardize"] == "auto" and config["select"]["beta"] == "auto" and config["evaluate"]["seeds"] == 3
@@ -233,7 +256,8 @@ def test_unscaled_run_warns_and_reports_spread_beta_and_cost(ray_local: None, tm
 
     runs = str(tmp_path / "runs")
     args = ["run", "coreset", "--runs-dir", runs, "--set", "source=builtin:breast_cancer", "--set", "select.keep=[0.3]",
-            "--set", 'select.methods=["ccs-el2n-cb", "random"]', "--set", "proxy.epochs=2", "--set", "proxy.hidden=8",
+            "--set", 'select.methods=["ccs-el2n-cb", "ccs-el2n-auto", "random"]', "--set", "proxy.epochs=2",
+            "--set", "proxy.hidden=8",
             "--set", "evaluate.steps=60", "--set", "evaluate.hidden=8", "--set", "evaluate.seeds=2",
             "--set", "standardize=false"]
     assert main(args) == 0
@@ -242,16 +266,19 @@ def test_unscaled_run_warns_and_reports_spread_beta_and_cost(ray_local: None, tm
     stages = record["stages"]
     select, evaluate = stages["select"]["metrics"], stages["evaluate"]["metrics"]
     # nothing was learned, so every β ties with random on the validation rows: random under the CCS name
-    assert select["fallback"] == {"ccs-el2n-cb-keep0.3": "random-cb"} and "ccs-el2n-cb-keep0.3" not in select["beta"]
+    # and both balances of ccs-el2n-auto tie: class-balanced
+    assert select["fallback"] == {"ccs-el2n-cb-keep0.3": "random-cb", "ccs-el2n-auto-keep0.3": "random-cb"}
+    assert "ccs-el2n-cb-keep0.3" not in select["beta"] and select["balance"] == {"ccs-el2n-auto-keep0.3": "cb"}
     assert select["cost"]["ccs-el2n-cb"]["scoring_epochs"] == 2 * 2 and select["cost"]["random"]["scoring_epochs"] == 0
     assert select["cost"]["ccs-el2n-cb"]["beta_tuning_cpu_seconds"] > 0
     assert stages["score"]["metrics"]["proxy_cpu_seconds"] > 0 and stages["score"]["metrics"]["standardized"] is False
-    assert evaluate["seeds"] == 2 and set(evaluate["std"]) == {"ccs-el2n-cb-keep0.3", "random-keep0.3", "full"}
+    assert evaluate["seeds"] == 2 and set(evaluate["std"]) == {"ccs-el2n-cb-keep0.3", "ccs-el2n-auto-keep0.3",
+                                                                "random-keep0.3", "full"}
     seeds = json.loads((Path(stages["evaluate"]["output"]) / "accuracy_seeds.json").read_text())
     assert len(seeds["accuracy"]["full"]["values"]) == 2
     report = (Path(runs) / "runs" / record["run_id"] / "report.md").read_text()
     assert report.index("## Warnings") < report.index("## Coreset: accuracy vs keep rate")
-    assert "±" in report and "Welch" in report
+    assert "±" in report and "Welch" in report and "ccs-el2n-auto-keep0.3: random-cb (no β beat it), class-balanced" in report
 
 
 def _graph(n: int = 500, k: int = 6, seed: int = 0) -> dict[str, np.ndarray]:

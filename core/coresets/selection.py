@@ -37,7 +37,12 @@ import numpy as np
 
 from shardwalk.core import validate
 from shardwalk.core.coresets.scores import HARD_HIGH
-from shardwalk.core.coresets.selection_names import AUTO, METHODS, check_method_name  # noqa: F401  (METHODS: public here too)
+from shardwalk.core.coresets.selection_names import (  # noqa: F401  (METHODS: public here too)
+    AUTO,
+    METHODS,
+    check_method_name,
+    parse_method,
+)
 from shardwalk.core.data.builtin import hash_unit
 from shardwalk.core.errors import ConfigError, DataError, InvariantError
 
@@ -72,9 +77,18 @@ def check_beta(value: Any, key: str = "beta") -> str | float:
     return float(value)
 
 
-def beta_candidates(keep: float) -> list[float]:
+def beta_candidates(keep: float, grid: Sequence[float] = BETA_GRID) -> list[float]:
     """The grid's β values that leave room for the budget (β + keep ≤ 1)."""
-    return [b for b in BETA_GRID if b + keep <= 1.0 + 1e-12]
+    return [b for b in grid if b + keep <= 1.0 + 1e-12]
+
+
+def tuning_plan(methods: Sequence[str], beta: str | float) -> tuple[list[str], tuple[float, ...]]:
+    """The CCS method names β tuning validates, and its β grid: every CCS method on `BETA_GRID` when β is
+    "auto"; with a fixed β only the `ccs-SCORE-auto` methods (for their class balance), on that β alone."""
+    ccs = [name for name in methods if parse_method(name)["method"] == "ccs"]
+    if beta == "auto":
+        return ccs, BETA_GRID
+    return [name for name in ccs if parse_method(name)["class_balanced"] == AUTO], (float(beta),)
 
 
 def choose_beta(accuracy: Mapping[float, float]) -> float:

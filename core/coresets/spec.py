@@ -16,7 +16,7 @@ from shardwalk.core.coresets.evaluation import Split
 from shardwalk.core.coresets.proxy_spec import ProxySpec, TrainSpec, check_device
 from shardwalk.core.coresets.scaling import check_standardize
 from shardwalk.core.coresets.selection import check_beta
-from shardwalk.core.coresets.selection_names import AUTO, parse_method
+from shardwalk.core.coresets.selection_names import parse_method
 from shardwalk.core.errors import ConfigError
 
 
@@ -36,9 +36,10 @@ class SelectSpec:
         if not self.methods:
             raise ConfigError("select.methods must name at least one selection method")
         for name in self.methods:
-            if parse_method(name)["class_balanced"] == AUTO and self.beta != "auto":
-                raise ConfigError(f"selection method '{name}' chooses its class balance while tuning β: "
-                                  "set select.beta = \"auto\", or name the balance (ccs-SCORE or ccs-SCORE-cb)")
+            parse_method(name)
+        if self.beta != "auto" and any(m["method"] == "ccs" for m in self.parsed()) and self.beta + max(self.keep) > 1:
+            raise ConfigError(f"select.beta + select.keep must be <= 1 for CCS (drops the hardest beta, keeps keep), "
+                              f"got {self.beta} + {max(self.keep)}")
         validate.integer("select.strata", self.strata)
         validate.integer("select.seed", self.seed, 0)
 
