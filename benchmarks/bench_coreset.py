@@ -40,7 +40,7 @@ from shardwalk.core.coresets.selection import VALIDATION
 from shardwalk.core.coresets.selection_names import AUTO, parse_method, read_selection, selection_name
 from shardwalk.core.data.builtin import load_builtin
 from shardwalk.core.storage.files import write_json_atomic, write_parquet
-from shardwalk.pipelines.coreset import DEFAULTS, MARKS, ccs_selection, selection_request
+from shardwalk.pipelines.coreset import DEFAULTS, MARKS, method_request, selection_request
 from shardwalk.pipelines.runtime import connect
 from shardwalk.workers.beta_tuning import tune_betas
 from shardwalk.workers.scorer import evaluate_coreset, score_dataset
@@ -105,16 +105,12 @@ def _selections(methods: list[str], rates: list[float], tuned: dict[tuple[str, f
                 ) -> list[dict[str, Any]]:
     """Every (method, rate) selection; CCS with its β (and a `-auto` method's balance) chosen on the validation
     split (named without β), or random under the CCS name where no β beat random on validation (the pipeline's
-    `ccs_selection`)."""
+    `method_request`)."""
     out = []
     for name in methods:
         if name == "rs2" or name.startswith("d2"):
             continue
-        spec = parse_method(name)
-        for r in rates:
-            t = tuned.get((name, r), {})
-            out.append(ccs_selection(name, r, 50, t["beta"], t.get("class_balanced")) if spec["method"] == "ccs"
-                       else {**spec, "keep": r})
+        out += [method_request(name, r, 50, "auto", tuned) for r in rates]
     return out
 
 

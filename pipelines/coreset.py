@@ -13,8 +13,8 @@ and flags (metric `warning`) any coreset that holds no example of some class.
 
 `standardize = "auto"` scales the features for the proxies and the evaluation models (fitted on the
 training rows only, core/coresets/scaling.py); `select.beta = "auto"` chooses CCS's hard-cut fraction per rate on a
-validation split (workers/beta_tuning.py), and for `ccs-SCORE-auto` the class balance with it (metric `balance`); `evaluate.seeds` models per coreset give mean ± std, and a
-difference from random counts as significant by Welch's t-test (core/coresets/checks.py). Results that mean
+validation split (workers/beta_tuning.py), and for `ccs-SCORE-auto` the class balance with it (metric
+`balance`); `evaluate.seeds` models per coreset give mean ± std, and a difference from random counts as significant by Welch's t-test (core/coresets/checks.py). Results that mean
 nothing (a full-data model at the majority-class rate, diverged proxies, all methods tied) are `warning`s.
 """
 
@@ -149,10 +149,7 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
             result.update(select_d2(graph, scores, actors, [{**spec, "keep": float(r)} for r in keep], out, seed=seed))
             continue
         source = density if spec.get("score") == "knn_density" else scores
-        sels = [({**spec, "keep": float(r)} if spec["method"] != "ccs"
-                 else ccs_selection(name, float(r), strata, float(beta)) if (name, float(r)) not in chosen
-                 else ccs_selection(name, float(r), strata, chosen[(name, float(r))]["beta"],
-                                    chosen[(name, float(r))].get("class_balanced"))) for r in keep]
+        sels = [method_request(name, float(r), strata, beta, chosen) for r in keep]
         result.update(select_distributed(source, actors, [selection_request(sel) for sel in sels], out, seed=seed))
         for sel in sels:
             marks = {k: sel[k] for k in MARKS if k in sel}
@@ -180,6 +177,19 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
     if warning:
         metrics["warning"] = warning
     return metrics
+
+
+def method_request(name: str, keep: float, strata: int, beta: str | float, chosen: dict[tuple[str, float], dict]
+                   ) -> dict[str, Any]:
+    """The selection request of method `name` at one rate: a CCS method's with its tuned β (and balance) where
+    β tuning chose them, else with the fixed β."""
+    spec = parse_method(name)
+    if spec["method"] != "ccs":
+        return {**spec, "keep": keep}
+    verdict = chosen.get((name, keep))
+    if verdict is None:
+        return ccs_selection(name, keep, strata, float(beta))
+    return ccs_selection(name, keep, strata, verdict["beta"], verdict.get("class_balanced"))
 
 
 MARKS = ("fallback", "balance")  # what a selection request tells the metrics, not the selection protocol

@@ -158,11 +158,10 @@ def method_verdicts(methods: Sequence[Mapping[str, Any]], rates: Sequence[float]
     for m, method in enumerate(methods):
         auto = method["class_balanced"] == AUTO
         for r in map(float, rates):
-            verdicts = {cb: tuned[(variants.index({**method, "class_balanced": cb}), r)]
-                        for cb in ((False, True) if auto else (bool(method["class_balanced"]),))}
             if not auto:
-                out[(m, r)] = dict(*verdicts.values())
+                out[(m, r)] = dict(tuned[(variants.index(dict(method)), r)])
                 continue
+            verdicts = {cb: tuned[(variants.index({**method, "class_balanced": cb}), r)] for cb in (False, True)}
             cb = choose_balance(verdicts)
             out[(m, r)] = {**verdicts[cb], "class_balanced": cb,
                            "balance": {"cb" if k else "plain": verdict_accuracy(v) for k, v in verdicts.items()},
