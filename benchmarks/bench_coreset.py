@@ -6,7 +6,8 @@
 Protocol (as in Zheng et al. 2023), run with the pipeline's own functions: scores come from proxies trained
 once on the training split; β of every CCS method is chosen per keep rate on a validation split of the
 training rows (workers/beta_tuning.py, `select.beta = "auto"`: random where the best β does not beat it again
-on fresh refits, `fallback_to_random` in the JSON); every coreset (keep = 0.5, 0.3, 0.1) then
+on fresh refits, `fallback_to_random` in the JSON), and a `ccs-SCORE-auto` method's class balance with it
+(`chosen_balance`); every coreset (keep = 0.5, 0.3, 0.1) then
 trains a fresh model for the SAME number of steps, and the test accuracy at the end of training is
 reported as mean ± sample std over seeds (the seed drives both the selection's hash keys and the training),
 each compared with random by Welch's t-test (core/coresets/checks.py). Features are scaled as the pipeline's
@@ -36,17 +37,18 @@ from shardwalk.core.coresets import single_process as coreset
 from shardwalk.core.coresets.evaluation import Split
 from shardwalk.core.coresets.proxy import TrainSpec
 from shardwalk.core.coresets.selection import VALIDATION
-from shardwalk.core.coresets.selection_names import parse_method, read_selection, selection_name
+from shardwalk.core.coresets.selection_names import AUTO, parse_method, read_selection, selection_name
 from shardwalk.core.data.builtin import load_builtin
 from shardwalk.core.storage.files import write_json_atomic, write_parquet
-from shardwalk.pipelines.coreset import ccs_selection
+from shardwalk.pipelines.coreset import DEFAULTS, MARKS, method_request, selection_request
 from shardwalk.pipelines.runtime import connect
 from shardwalk.workers.beta_tuning import tune_betas
 from shardwalk.workers.scorer import evaluate_coreset, score_dataset
 from shardwalk.workers.selector import select_distributed, selection_ids
 
-DEFAULT_METHOD = "ccs-el2n-cb"  # the coreset pipeline's and the demo's default (the winner of this benchmark)
-METHODS = [DEFAULT_METHOD, "ccs-aum-cb", "ccs-el2n", "d2-el2n-cb", "d2-el2n", "random", "random-cb", "topk-el2n"]
+DEFAULT_METHOD = DEFAULTS["select"]["methods"][0]  # the coreset pipeline's and the demo's default
+METHODS = list(dict.fromkeys([DEFAULT_METHOD, "ccs-el2n-auto", "ccs-el2n-cb", "ccs-aum-cb", "ccs-el2n", "d2-el2n-cb",
+                              "d2-el2n", "random", "random-cb", "topk-el2n"]))
 RATES = [0.5, 0.3, 0.1]
 # Per dataset: proxy (scoring) and evaluation training settings. Steps are identical for every coreset.
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -99,23 +101,17 @@ def _evaluate(source: Path, selected: str | None, common: dict[str, Any], seed: 
     return evaluate_coreset.remote(str(source), selected, split, train, rs2_keep=rs2_keep)
 
 
-def _selections(methods: list[str], rates: list[float], betas: dict[tuple[str, float], float | None]
+def _selections(methods: list[str], rates: list[float], tuned: dict[tuple[str, float], dict[str, Any]]
                 ) -> list[dict[str, Any]]:
-    """Every (method, rate) selection; CCS with its β chosen on the validation split (named without β), or
-    random under the CCS name where no β beat random on validation (the pipeline's `ccs_selection`)."""
+    """Every (method, rate) selection; CCS with its β (and a `-auto` method's balance) chosen on the validation
+    split (named without β), or random under the CCS name where no β beat random on validation (the pipeline's
+    `method_request`)."""
     out = []
     for name in methods:
         if name == "rs2" or name.startswith("d2"):
             continue
-        spec = parse_method(name)
-        for r in rates:
-            out.append(ccs_selection(name, r, 50, betas[(name, r)]) if spec["method"] == "ccs" else {**spec, "keep": r})
+        out += [method_request(name, r, 50, "auto", tuned) for r in rates]
     return out
-
-
-def _request(sel: dict[str, Any]) -> dict[str, Any]:
-    """A selection as the selection protocol takes it (without the `fallback` mark)."""
-    return {k: v for k, v in sel.items() if k != "fallback"}
 
 
 def _name(sel: dict[str, Any]) -> str:
@@ -123,19 +119,20 @@ def _name(sel: dict[str, Any]) -> str:
 
 
 def _tune(source: Path, scores_dir: Path, methods: list[str], rates: list[float], train: dict[str, Any]
-          ) -> tuple[dict[tuple[str, float], float], dict[str, Any], dict[str, float]]:
-    """β per (CCS method, rate) exactly as the pipeline's `select.beta = "auto"` (workers/beta_tuning.py)."""
+          ) -> tuple[dict[tuple[str, float], dict[str, Any]], dict[str, Any], dict[str, float]]:
+    """β (and a `-auto` method's balance) per (CCS method, rate) exactly as the pipeline's `select.beta = "auto"`
+    (workers/beta_tuning.py)."""
     ccs = [m for m in methods if m != "rs2" and parse_method(m)["method"] == "ccs"]
     tuned = tune_betas(scores_dir, str(source), 2, [parse_method(m) for m in ccs], rates, split=Split(0.2, 0),
                        train=TrainSpec(**train, seed=0))
-    betas = {(ccs[m], r): v["beta"] for (m, r), v in tuned.items()}
+    chosen = {(ccs[m], r): v for (m, r), v in tuned.items()}
     table = {ccs[m]: {} for m in range(len(ccs))}
     cpu = dict.fromkeys(ccs, 0.0)
     for (m, r), v in tuned.items():
         table[ccs[m]][str(r)] = {**{f"{b:g}": acc for b, acc in v["validation"].items()}, "best": v["best"],
-                                 "confirm": v["confirm"]}
+                                 "confirm": v["confirm"], **({"balance": v["balance"]} if "balance" in v else {})}
         cpu[ccs[m]] += v["cpu_seconds"]
-    return betas, table, cpu
+    return chosen, table, cpu
 
 
 def _identical_across_shards(scores_dir: Path, root: Path, sels: list[dict[str, Any]]) -> dict[str, bool]:
@@ -143,18 +140,19 @@ def _identical_across_shards(scores_dir: Path, root: Path, sels: list[dict[str, 
     validation candidates β tuning trains on are the same for 1 and 2 shards."""
     table = pq.read_table(scores_dir)
     for shards in (1, 2, 4):
-        select_distributed(scores_dir, shards, [_request(s) for s in sels], root / f"ident-{shards}", seed=0)
+        select_distributed(scores_dir, shards, [selection_request(s) for s in sels], root / f"ident-{shards}", seed=0)
     out: dict[str, bool] = {}
     for sel in sels:
         ids = [read_selection(root / f"ident-{s}" / _name(sel)) for s in (1, 2, 4)]
-        opts = {k: v for k, v in sel.items() if k not in ("method", "keep", "name", "fallback")}
+        opts = {k: v for k, v in sel.items() if k not in ("method", "keep", "name", *MARKS)}
         single = coreset.select(table, sel["method"], sel["keep"], seed=0, **opts).column("id").to_numpy()
         method = _name(sel).rsplit("-keep", 1)[0]
         out[method] = out.get(method, True) and all(np.array_equal(ids[0], x) for x in [*ids[1:], single])
     ccs = [sel for sel in sels if sel["method"] == "ccs"]
     if ccs:
         holdout = Split(0.2, 0, VALIDATION)
-        one, two = (selection_ids(scores_dir, s, [{**c, "name": None} for c in ccs], holdout=holdout) for s in (1, 2))
+        one, two = (selection_ids(scores_dir, s, [{**selection_request(c), "name": None} for c in ccs], holdout=holdout)
+                    for s in (1, 2))
         out["beta_tuning_candidates"] = all(np.array_equal(a, b) for a, b in zip(one, two))
     return out
 
@@ -235,9 +233,9 @@ def _run_in(
     scores_dir = root / "scores"
     scoring = score_dataset(str(source), 2, scores_dir, **proxy)
     t0 = time.perf_counter()
-    betas, tuning, tuning_cpu = _tune(source, scores_dir, methods, rates, train)
+    chosen, tuning, tuning_cpu = _tune(source, scores_dir, methods, rates, train)
     tuning_seconds = time.perf_counter() - t0
-    sels = _selections(methods, rates, betas)
+    sels = _selections(methods, rates, chosen)
     identical = _identical_across_shards(scores_dir, root, sels)
     d2_methods = [m for m in methods if m.startswith("d2")]
     d2_info = _d2(source, scores_dir, root, d2_methods, rates, seeds) if d2_methods else {}
@@ -251,7 +249,7 @@ def _run_in(
     for seed in range(seeds):
         for method, group in by_method.items():  # one call per method: its selection seconds (2 shards, every rate)
             t = time.perf_counter()
-            select_distributed(scores_dir, 2, [_request(s) for s in group], root / f"sel-{seed}", seed=seed)
+            select_distributed(scores_dir, 2, [selection_request(s) for s in group], root / f"sel-{seed}", seed=seed)
             select_seconds[method] = select_seconds.get(method, 0.0) + (time.perf_counter() - t) / seeds
             for sel in group:
                 refs[(method, sel["keep"], seed)] = _evaluate(source, str(root / f"sel-{seed}" / _name(sel)), common, seed)
@@ -280,7 +278,9 @@ def _run_in(
         "data": args.data, "n": args.n, "seeds": seeds, "rates": rates, "quick": bool(args.quick), "proxy": proxy,
         "train": train, "default_method": DEFAULT_METHOD, "accuracy": accuracy, "full_accuracy": verdict["accuracy"]["full"],
         "majority_rate": verdict["majority"], "significance_test": verdict["test"], "warning": verdict["warning"],
-        "chosen_beta": {m: {str(r): betas[(m, r)] for r in rates} for m in {m for m, _ in betas}},
+        "chosen_beta": {m: {str(r): chosen[(m, r)]["beta"] for r in rates} for m in {m for m, _ in chosen}},
+        "chosen_balance": {m: {str(r): "cb" if chosen[(m, r)]["class_balanced"] else "plain" for r in rates}
+                           for m in {m for m, _ in chosen} if parse_method(m)["class_balanced"] == AUTO},
         "fallback_to_random": sorted(_name(s) for s in sels if s.get("fallback")),
         "beta_tuning_validation_accuracy": tuning, "beta_tuning_seconds": tuning_seconds,
         "scoring_seconds": scoring["seconds"], "cost": cost,
@@ -333,6 +333,7 @@ def _print_table(report: dict[str, Any]) -> None:
     f = report["full_accuracy"]
     print(f"{'full data':<16}{f['mean']:>13.4f} ± {f['std']:.3f}")
     print("chosen β:", json.dumps(report["chosen_beta"]))
+    print("chosen class balance:", json.dumps(report.get("chosen_balance", {})))
     print("selection identical across 1/2/4 shards:", json.dumps(report["selection_identical_across_shards"]))
     print("targets:", json.dumps(report["targets"]))
 

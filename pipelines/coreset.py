@@ -2,8 +2,8 @@
 
     shardwalk run coreset --set source=builtin:mnist5k --set actors=2 --set select.keep=[0.3,0.1]
 
-Methods are named `ccs-SCORE[-cb]`, `d2-SCORE[-cb]` (over the kNN graph), `topk-SCORE[-easy][-cb]` and
-`random[-cb]` (`-cb` = class-balanced);
+Methods are named `ccs-SCORE[-cb|-auto]`, `d2-SCORE[-cb]` (over the kNN graph), `topk-SCORE[-easy][-cb]` and
+`random[-cb]` (`-cb` = class-balanced; `-auto` = plain or class-balanced, chosen per rate with β);
 each (method, rate) becomes one selection table `select/<method…>-keep<rate>/part-*.parquet`, and
 `evaluate` trains a fresh model on every coreset (and on the full training split) for the same
 number of steps and reports the final test accuracy (on `test_source`, or the `test_fraction` held out of
@@ -13,8 +13,8 @@ and flags (metric `warning`) any coreset that holds no example of some class.
 
 `standardize = "auto"` scales the features for the proxies and the evaluation models (fitted on the
 training rows only, core/coresets/scaling.py); `select.beta = "auto"` chooses CCS's hard-cut fraction per rate on a
-validation split (workers/beta_tuning.py); `evaluate.seeds` models per coreset give mean ± std, and a
-difference from random counts as significant by Welch's t-test (core/coresets/checks.py). Results that mean
+validation split (workers/beta_tuning.py), and for `ccs-SCORE-auto` the class balance with it (metric
+`balance`); `evaluate.seeds` models per coreset give mean ± std, and a difference from random counts as significant by Welch's t-test (core/coresets/checks.py). Results that mean
 nothing (a full-data model at the majority-class rate, diverged proxies, all methods tied) are `warning`s.
 """
 
@@ -36,11 +36,12 @@ from shardwalk.core.coresets import checks as coreset_checks
 from shardwalk.core.coresets import scores as score_fns
 from shardwalk.core.coresets.evaluation import Split
 from shardwalk.core.coresets.proxy_spec import ProxySpec, TrainSpec, resolve_device
-from shardwalk.core.coresets.selection_names import parse_method, read_selection, selection_name
+from shardwalk.core.coresets.selection import tuning_plan
+from shardwalk.core.coresets.selection_names import AUTO, method_selection_name, parse_method, read_selection
 from shardwalk.core.coresets.spec import CoresetSpec
 from shardwalk.core.dag.cache_key import InputPath
 from shardwalk.core.dag.runner import Pipeline
-from shardwalk.core.errors import DataError
+from shardwalk.core.errors import DataError, InvariantError
 from shardwalk.core.index.spec import DEFAULT_BUILD, DEFAULT_SEARCH
 from shardwalk.core.storage import sink
 from shardwalk.core.storage.files import read_manifest, write_parquet
@@ -61,7 +62,7 @@ DEFAULTS: dict[str, Any] = {
     # the kNN graph's index: the index job's defaults, but a cheaper build (ef_construction 100, enough for density)
     "knn": {"enabled": False, "k": DEFAULT_SEARCH.k, "M": DEFAULT_BUILD.M, "ef_construction": 100, "ef": DEFAULT_SEARCH.ef},
     "proxy": dataclasses.asdict(ProxySpec()),  # its defaults live in ProxySpec (core/coresets/proxy_spec.py)
-    "select": {"keep": [0.7, 0.5, 0.3, 0.1], "methods": ["ccs-el2n-cb", "ccs-aum-cb", "random", "topk-el2n"],
+    "select": {"keep": [0.7, 0.5, 0.3, 0.1], "methods": ["ccs-el2n-auto", "ccs-aum-cb", "random", "topk-el2n"],
                "strata": 50, "seed": 0, "beta": "auto"},  # beta: "auto" (validation split) or a number in [0, 1)
     "evaluate": {"enabled": True, **dataclasses.asdict(TrainSpec())},
 }
@@ -129,11 +130,14 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
 
     `keep` is a fraction of the training rows (the scored ones); a coreset that loses a class is flagged.
     `beta = "auto"` picks each CCS method's β per rate on a validation split (`tune`: split, training
-    settings, device, standardize); the chosen β (`selections.json`) and each method's cost (CPU-seconds: metrics only, never a committed file) are in the metrics too.
+    settings, device, standardize), and a `ccs-SCORE-auto` method's class balance with it; the chosen β and
+    balance (`selections.json`) and each method's cost (CPU-seconds: metrics only, never a committed file) are
+    in the metrics too.
     """
     from shardwalk.workers.selector import select_distributed
 
-    chosen = _tuned_betas(scores, density, ingest, actors, keep, methods, strata, seed, tune) if beta == "auto" else {}
+    tuned, grid = tuning_plan(methods, beta)
+    chosen = _tuned_betas(scores, density, ingest, actors, keep, tuned, strata, seed, tune, grid) if tuned else {}
     result: dict[str, Any] = {}
     for name in methods:
         spec = parse_method(name)
@@ -145,17 +149,19 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
             result.update(select_d2(graph, scores, actors, [{**spec, "keep": float(r)} for r in keep], out, seed=seed))
             continue
         source = density if spec.get("score") == "knn_density" else scores
-        sels = [ccs_selection(name, float(r), strata, chosen[(name, float(r))]["beta"] if beta == "auto" else float(beta))
-                if spec["method"] == "ccs" else {**spec, "keep": float(r)} for r in keep]
-        result.update(select_distributed(source, actors, [{k: v for k, v in sel.items() if k != "fallback"} for sel in sels],
-                                         out, seed=seed))
+        sels = [method_request(name, float(r), strata, beta, chosen) for r in keep]
+        result.update(select_distributed(source, actors, [selection_request(sel) for sel in sels], out, seed=seed))
         for sel in sels:
-            if sel.get("fallback"):
-                result[sel["name"]]["fallback"] = sel["fallback"]
+            marks = {k: sel[k] for k in MARKS if k in sel}
+            if marks:
+                result[sel["name"]].update(marks)
     cost = method_costs(scores, methods, keep, chosen)
     (out / "selections.json").write_text(json.dumps(result, indent=1, sort_keys=True))
     metrics: dict[str, Any] = {name: info["rows"] for name, info in result.items()}
     metrics["beta"] = {name: info["beta"] for name, info in result.items() if "beta" in info}
+    balance = {name: info["balance"] for name, info in result.items() if "balance" in info}
+    if balance:  # the class balance β tuning chose for each `ccs-SCORE-auto` selection
+        metrics["balance"] = balance
     fallback = {name: info["fallback"] for name, info in result.items() if "fallback" in info}
     if fallback:  # the tuned β did not beat random on every validation fit (workers/beta_tuning.py)
         metrics["fallback"] = fallback
@@ -173,29 +179,57 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
     return metrics
 
 
-def ccs_selection(name: str, keep: float, strata: int, beta: float | None) -> dict[str, Any]:
-    """The selection request of CCS method `name` at one rate; β None (tuning found no β better than random)
-    selects at random (class-balanced for `-cb`) under the CCS name, marked `fallback`."""
+def method_request(name: str, keep: float, strata: int, beta: str | float, chosen: dict[tuple[str, float], dict]
+                   ) -> dict[str, Any]:
+    """The selection request of method `name` at one rate: a CCS method's with its tuned β (and balance) where
+    β tuning chose them, else with the fixed β."""
     spec = parse_method(name)
-    table = selection_name("ccs", keep, spec["score"], spec["class_balanced"])
+    if spec["method"] != "ccs":
+        return {**spec, "keep": keep}
+    verdict = chosen.get((name, keep))
+    if verdict is None:
+        return ccs_selection(name, keep, strata, float(beta))
+    return ccs_selection(name, keep, strata, verdict["beta"], verdict.get("class_balanced"))
+
+
+MARKS = ("fallback", "balance")  # what a selection request tells the metrics, not the selection protocol
+
+
+def selection_request(sel: dict[str, Any]) -> dict[str, Any]:
+    """A selection as the selection protocol takes it (without the `MARKS`)."""
+    return {k: v for k, v in sel.items() if k not in MARKS}
+
+
+def ccs_selection(name: str, keep: float, strata: int, beta: float | None,
+                  class_balanced: bool | None = None) -> dict[str, Any]:
+    """The selection request of CCS method `name` at one rate; β None (tuning found no β better than random)
+    selects at random (class-balanced for `-cb`) under the CCS name, marked `fallback`. A `ccs-SCORE-auto`
+    method takes the `class_balanced` its tuning chose, marked `balance` ("cb" or "plain")."""
+    spec = parse_method(name)
+    table = method_selection_name(name, keep)
+    marks: dict[str, Any] = {}
+    if spec["class_balanced"] == AUTO:
+        if class_balanced is None:
+            raise InvariantError(f"selection method '{name}' needs the class balance its β tuning chose")
+        spec = {**spec, "class_balanced": bool(class_balanced)}
+        marks["balance"] = "cb" if class_balanced else "plain"
     if beta is None:
         cb = spec["class_balanced"]
         return {"method": "random", "class_balanced": cb, "keep": keep, "name": table,
-                "fallback": "random-cb" if cb else "random"}
-    return {**spec, "keep": keep, "strata": strata, "beta": beta, "name": table}
+                "fallback": "random-cb" if cb else "random", **marks}
+    return {**spec, "keep": keep, "strata": strata, "beta": beta, "name": table, **marks}
 
 
 def _tuned_betas(scores: Path, density: Path | None, ingest: Path | None, shards: int, rates: list[float],
-                 methods: list[str], strata: int, seed: int, tune: dict | None) -> dict[tuple[str, float], dict]:
-    """β per (CCS method, rate), chosen on a validation split (workers/beta_tuning.py)."""
+                 ccs: list[str], strata: int, seed: int, tune: dict | None, grid: tuple[float, ...]
+                 ) -> dict[tuple[str, float], dict]:
+    """β (and a `-auto` method's balance) per (CCS method, rate), chosen on a validation split among `grid`
+    (workers/beta_tuning.py)."""
     from shardwalk.workers.beta_tuning import tune_betas
     from shardwalk.workers.scorer import cluster_gpus
 
-    ccs = [name for name in methods if parse_method(name)["method"] == "ccs"]
-    if not ccs:
-        return {}
     if ingest is None:
-        raise DataError("select.beta = \"auto\" needs the ingested data to validate on")
+        raise DataError("select.beta = \"auto\" and ccs-SCORE-auto need the ingested data to validate on")
     tune = tune or {}
     split = Split(tune.get("test_fraction", 0.2), tune.get("split_seed", 0))
     train = TrainSpec(**tune.get("train", {}))
@@ -206,7 +240,8 @@ def _tuned_betas(scores: Path, density: Path | None, ingest: Path | None, shards
         if not group or source is None:
             continue
         tuned = tune_betas(source, ingest, shards, [parse_method(n) for n in group], rates, split=split, train=train,
-                           seed=seed, strata=strata, device=device, standardize=tune.get("standardize", "auto"))
+                           seed=seed, strata=strata, device=device, standardize=tune.get("standardize", "auto"),
+                           grid=grid)
         out.update({(group[m], r): v for (m, r), v in tuned.items()})
     return out
 
@@ -341,9 +376,9 @@ def add_coreset_stages(p: Pipeline, config: dict[str, Any], *, graph: str | None
     train = dataclasses.asdict(spec.training)
     tune = {**split, "train": {k: v for k, v in train.items() if k != "seeds"}, "device": spec.device,
             "standardize": spec.standardize}
-    p.stage("select", select, inputs=select_inputs, version="4", num_cpus=0, params={
+    p.stage("select", select, inputs=select_inputs, version="5", num_cpus=0, params={
         "actors": spec.actors, "keep": list(sel.keep), "methods": list(sel.methods), "strata": sel.strata,
-        "seed": sel.seed, "beta": sel.beta, **({"tune": tune} if sel.beta == "auto" else {})})
+        "seed": sel.seed, "beta": sel.beta, **({"tune": tune} if tuning_plan(sel.methods, sel.beta)[0] else {})})
     if spec.evaluate is not None:
         inputs = {"ingest": "ingest", "select": "select"}
         if spec.test_source:

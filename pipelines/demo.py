@@ -50,9 +50,9 @@ DEFAULTS: dict[str, Any] = {
     "index": {**{key: coreset_pipeline.DEFAULTS["knn"][key] for key in ("M", "ef_construction", "ef", "k")},
               "sweep_shards": [1, 2, 4], "sweep_ef": [16, 32, 64, 128], "queries": 500},
     "proxy": dict(coreset_pipeline.DEFAULTS["proxy"]),
-    "select": dict(coreset_pipeline.DEFAULTS["select"]),  # the coreset pipeline's methods: ccs-el2n-cb first
+    "select": dict(coreset_pipeline.DEFAULTS["select"]),  # the coreset pipeline's methods: ccs-el2n-auto first
     "evaluate": {k: v for k, v in coreset_pipeline.DEFAULTS["evaluate"].items() if k != "enabled"},
-    "srrw": {"coreset": "ccs-el2n-cb-keep0.3", "baseline": "random-keep0.3", "graph": "barabasi_albert",
+    "srrw": {"coreset": "ccs-el2n-auto-keep0.3", "baseline": "random-keep0.3", "graph": "barabasi_albert",
              "agents": 100, "m": 2, "alphas": [0.0, 10.0], "steps": 30000, "a": 0.8, "b": 0.9, "lr": 2.0,
              "lam": 0.01, "binarize": 5, "partitions": 2, "record_every": 1000, "seed": 0,
              # a partitioned walk of this many tokens sharing `steps` hops, to show tokens crossing actors (0: none)

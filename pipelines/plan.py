@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from shardwalk.core import validate
-from shardwalk.core.coresets.selection import CONFIRM_SEEDS, beta_candidates
+from shardwalk.core.coresets.selection import CONFIRM_SEEDS, beta_candidates, tuning_plan, tuning_variants
 from shardwalk.core.coresets.selection_names import parse_method
 from shardwalk.core.data.builtin import is_builtin, parse_builtin
 from shardwalk.core.errors import ConfigError, DataError, InputError
@@ -138,11 +138,13 @@ def _scoring_job(config: dict[str, Any], rows: int, dim: int, classes: int) -> c
     methods, rates = len(config["select"]["methods"]), len(config["select"]["keep"])
     models = (methods * rates + 1) * evaluate.get("seeds", 1) if evaluate["enabled"] else 0
     tuning_fits = tuning_rounds = 0
-    if config["select"].get("beta", "auto") == "auto":  # workers/beta_tuning.py, inside the select stage
-        ccs = [parse_method(m) for m in config["select"]["methods"] if parse_method(m)["method"] == "ccs"]
+    tuned, grid = tuning_plan(config["select"]["methods"], config["select"].get("beta", "auto"))
+    if tuned:  # workers/beta_tuning.py, inside the select stage
+        # each variant once: a ccs-SCORE-auto method tunes its plain and its class-balanced variant
+        ccs = tuning_variants([parse_method(m) for m in tuned])
         randoms = len({m["class_balanced"] for m in ccs}) * rates  # the random candidates β must beat
-        candidates = len(ccs) * sum(len(beta_candidates(float(r))) for r in config["select"]["keep"])
-        # one fit per candidate, then CONFIRM_SEEDS refits of each (method, rate)'s best and of each random
+        candidates = len(ccs) * sum(len(beta_candidates(float(r), grid)) for r in config["select"]["keep"])
+        # one fit per candidate, then CONFIRM_SEEDS refits of each (variant, rate)'s best and of each random
         tuning_fits = candidates + randoms + CONFIRM_SEEDS * (len(ccs) * rates + randoms) if ccs else 0
         tuning_rounds = 1 + CONFIRM_SEEDS if ccs else 0
     knn_job = (cm.IndexJob(rows, dim, M=knn["M"], ef_construction=knn["ef_construction"], ef=knn["ef"], k=knn["k"])

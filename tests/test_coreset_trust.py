@@ -19,8 +19,14 @@ from shardwalk.core.coresets.selection import (
     beats_random,
     beta_candidates,
     check_beta,
+    choose_balance,
     choose_beta,
+    method_verdicts,
+    tuning_plan,
+    tuning_variants,
+    verdict_accuracy,
 )
+from shardwalk.core.coresets.selection_names import method_selection_name, parse_method
 from shardwalk.core.data.builtin import load_arrays, load_builtin
 from shardwalk.core.errors import ConfigError, InvariantError
 from shardwalk.pipelines import coreset as coreset_pipeline
@@ -115,6 +121,74 @@ def test_a_tuned_beta_stands_only_if_it_beats_random_on_average_over_the_refits(
         beats_random([0.9, 0.8], [0.7])
 
 
+def _verdict(beta: float | None, fits: list[float], random: list[float], cpu: float = 1.0) -> dict:
+    return {"beta": beta, "confirm": {"beta": fits, "random": random}, "cpu_seconds": cpu}
+
+
+def test_the_auto_balance_takes_the_variant_whose_verdict_scored_higher_on_the_refits() -> None:
+    """Refits recorded by bench_coreset (coreset_*_coreset12.json, tuning fit first): the choice per rate that
+    met every target on both datasets when replayed."""
+    # mnist1d 100k, keep 0.3: plain β 0.02 refits 0.6654 / 0.6649, class-balanced β 0.1 0.6607 / 0.6599 -> plain
+    # (+0.006 over random on the test split, where class-balanced lost 0.001)
+    mnist1d = {False: _verdict(0.02, [0.6663, 0.6654, 0.6649], [0.6569, 0.6544, 0.6584]),
+               True: _verdict(0.1, [0.6625, 0.6607, 0.6599], [0.6584, 0.6605, 0.6564])}
+    assert choose_balance(mnist1d) is False
+    # MNIST-5k, keep 0.1: plain fell back to random (refits 0.8503 / 0.8468), class-balanced β 0.2 0.8537 / 0.8623
+    mnist5k = {False: _verdict(None, [0.8675, 0.8279, 0.8451], [0.8503, 0.8503, 0.8468]),
+               True: _verdict(0.2, [0.8571, 0.8537, 0.8623], [0.8485, 0.8537, 0.8399])}
+    assert verdict_accuracy(mnist5k[False]) == pytest.approx((0.8503 + 0.8468) / 2)  # random's: β lost
+    assert verdict_accuracy(mnist5k[True]) == pytest.approx((0.8537 + 0.8623) / 2)  # the tuning fit left out
+    assert choose_balance(mnist5k) is True
+    tie = {cb: _verdict(None, [0.6814] * 3, [0.6814] * 3) for cb in (False, True)}
+    assert choose_balance(tie) is True  # a tie goes to class-balanced
+    assert choose_balance({False: mnist1d[True]}) is False  # one variant: itself
+    with pytest.raises(InvariantError):
+        choose_balance({})
+
+
+def test_an_auto_method_tunes_both_variants_once_and_reports_its_choice_per_rate() -> None:
+    methods = [parse_method(m) for m in ("ccs-el2n-auto", "ccs-aum-cb", "ccs-el2n")]
+    variants = tuning_variants(methods)
+    assert [(v["score"], v["class_balanced"]) for v in variants] == [("el2n", False), ("el2n", True), ("aum", True)]
+    tuned = {(0, 0.3): _verdict(0.02, [0.6663, 0.6654, 0.6649], [0.6569, 0.6544, 0.6584], cpu=2.0),
+             (1, 0.3): _verdict(0.1, [0.6625, 0.6607, 0.6599], [0.6584, 0.6605, 0.6564], cpu=3.0),
+             (2, 0.3): _verdict(None, [0.6, 0.6, 0.6], [0.61, 0.61, 0.61], cpu=5.0)}
+    out = method_verdicts(methods, [0.3], tuned)
+    auto, aum, plain = out[(0, 0.3)], out[(1, 0.3)], out[(2, 0.3)]
+    assert auto["class_balanced"] is False and auto["beta"] == 0.02 and auto["cpu_seconds"] == 5.0
+    assert auto["balance"] == {"plain": pytest.approx(0.66515), "cb": pytest.approx(0.6603)}
+    assert aum == tuned[(2, 0.3)] and "class_balanced" not in aum and plain == tuned[(0, 0.3)]
+    assert plain is not tuned[(0, 0.3)]  # a copy: the pipeline's entries never alias each other
+
+
+def test_the_auto_balance_is_a_ccs_method_name_that_needs_beta_auto() -> None:
+    assert parse_method("ccs-el2n-auto") == {"method": "ccs", "score": "el2n", "class_balanced": "auto"}
+    assert method_selection_name("ccs-el2n-auto", 0.1) == "ccs-el2n-auto-keep0.1"
+    for bad in ("d2-el2n-auto", "topk-el2n-auto", "random-auto", "ccs-el2n-cb-auto"):
+        with pytest.raises(ConfigError, match="-auto"):
+            parse_method(bad)
+    # with a fixed β an -auto method still validates its balance, on that β alone; the others are not tuned
+    methods = ["ccs-el2n-auto", "ccs-aum-cb", "random"]
+    assert tuning_plan(methods, "auto") == (["ccs-el2n-auto", "ccs-aum-cb"], BETA_GRID)
+    assert tuning_plan(methods, 0.1) == (["ccs-el2n-auto"], (0.1,)) and tuning_plan(methods[1:], 0.1)[0] == []
+    assert beta_candidates(0.3, (0.1,)) == [0.1] and beta_candidates(0.95, (0.1,)) == []
+    config = load_config(coreset_pipeline, None, ['select.methods=["ccs-el2n-auto"]', "select.beta=0.1"])
+    assert "tune" in coreset_pipeline.build(config).stages["select"].params
+    config = load_config(coreset_pipeline, None, ['select.methods=["ccs-el2n-cb"]', "select.beta=0.1"])
+    assert "tune" not in coreset_pipeline.build(config).stages["select"].params
+    with pytest.raises(ConfigError, match="select.beta \\+ select.keep"):  # at the boundary, not mid-run
+        load_config(coreset_pipeline, None, ["select.beta=0.5"])  # the default keeps go up to 0.7
+    req = coreset_pipeline.ccs_selection("ccs-el2n-auto", 0.3, 50, 0.02, False)
+    assert req == {"method": "ccs", "score": "el2n", "class_balanced": False, "keep": 0.3, "strata": 50, "beta": 0.02,
+                   "name": "ccs-el2n-auto-keep0.3", "balance": "plain"}
+    assert coreset_pipeline.selection_request(req) == {k: v for k, v in req.items() if k != "balance"}
+    assert coreset_pipeline.ccs_selection("ccs-el2n-auto", 0.5, 50, None, True) == {
+        "method": "random", "class_balanced": True, "keep": 0.5, "name": "ccs-el2n-auto-keep0.5",
+        "fallback": "random-cb", "balance": "cb"}
+    with pytest.raises(InvariantError, match="class balance"):
+        coreset_pipeline.ccs_selection("ccs-el2n-auto", 0.3, 50, 0.02)
+
+
 def test_a_fallback_selects_random_under_the_ccs_name_and_the_report_says_so(tmp_path: Path) -> None:
     from shardwalk.core.coresets import single_process as coreset
     from shardwalk.pipelines.reports.demo import fallback_note
@@ -138,10 +212,24 @@ def test_a_fallback_selects_random_under_the_ccs_name_and_the_report_says_so(tmp
     assert fallback_note(tmp_path) == "" and fallback_note(None) == ""
 
 
+def test_the_report_names_each_ccs_selections_beta_and_chosen_balance(tmp_path: Path) -> None:
+    from shardwalk.pipelines.reports.demo import tuning_note
+
+    (tmp_path / "selections.json").write_text(json.dumps({
+        "ccs-el2n-auto-keep0.1": {"rows": 40, "beta": 0.1, "balance": "plain"},
+        "ccs-el2n-auto-keep0.5": {"rows": 200, "fallback": "random-cb", "balance": "cb"},
+        "ccs-aum-cb-keep0.1": {"rows": 40, "beta": 0.2}, "random-keep0.1": {"rows": 40}}))
+    note = tuning_note(tmp_path)
+    assert "ccs-el2n-auto-keep0.1: β = 0.1, plain (not class-balanced)" in note
+    assert "ccs-el2n-auto-keep0.5: random-cb (no β beat it), class-balanced" in note
+    assert "ccs-aum-cb-keep0.1: β = 0.2;" in note  # a fixed balance: its β only
+    assert "random-keep0.1" not in note and tuning_note(None) == ""
+
+
 def test_coreset_config_accepts_auto_or_explicit_values() -> None:
     config = copy.deepcopy(coreset_pipeline.DEFAULTS)
     assert config["standardize"] == "auto" and config["select"]["beta"] == "auto" and config["evaluate"]["seeds"] == 3
-    assert config["select"]["methods"][0] == "ccs-el2n-cb"
+    assert config["select"]["methods"][0] == "ccs-el2n-auto"
     for item in ("standardize=true", "select.beta=0.2", "evaluate.seeds=5"):
         load_config(coreset_pipeline, None, [item])
     for item, key in (('standardize="maybe"', "standardize"), ("select.beta=1.5", "select.beta"),
@@ -168,7 +256,8 @@ def test_unscaled_run_warns_and_reports_spread_beta_and_cost(ray_local: None, tm
 
     runs = str(tmp_path / "runs")
     args = ["run", "coreset", "--runs-dir", runs, "--set", "source=builtin:breast_cancer", "--set", "select.keep=[0.3]",
-            "--set", 'select.methods=["ccs-el2n-cb", "random"]', "--set", "proxy.epochs=2", "--set", "proxy.hidden=8",
+            "--set", 'select.methods=["ccs-el2n-cb", "ccs-el2n-auto", "random"]', "--set", "proxy.epochs=2",
+            "--set", "proxy.hidden=8",
             "--set", "evaluate.steps=60", "--set", "evaluate.hidden=8", "--set", "evaluate.seeds=2",
             "--set", "standardize=false"]
     assert main(args) == 0
@@ -177,16 +266,19 @@ def test_unscaled_run_warns_and_reports_spread_beta_and_cost(ray_local: None, tm
     stages = record["stages"]
     select, evaluate = stages["select"]["metrics"], stages["evaluate"]["metrics"]
     # nothing was learned, so every β ties with random on the validation rows: random under the CCS name
-    assert select["fallback"] == {"ccs-el2n-cb-keep0.3": "random-cb"} and "ccs-el2n-cb-keep0.3" not in select["beta"]
+    # and both balances of ccs-el2n-auto tie: class-balanced
+    assert select["fallback"] == {"ccs-el2n-cb-keep0.3": "random-cb", "ccs-el2n-auto-keep0.3": "random-cb"}
+    assert "ccs-el2n-cb-keep0.3" not in select["beta"] and select["balance"] == {"ccs-el2n-auto-keep0.3": "cb"}
     assert select["cost"]["ccs-el2n-cb"]["scoring_epochs"] == 2 * 2 and select["cost"]["random"]["scoring_epochs"] == 0
     assert select["cost"]["ccs-el2n-cb"]["beta_tuning_cpu_seconds"] > 0
     assert stages["score"]["metrics"]["proxy_cpu_seconds"] > 0 and stages["score"]["metrics"]["standardized"] is False
-    assert evaluate["seeds"] == 2 and set(evaluate["std"]) == {"ccs-el2n-cb-keep0.3", "random-keep0.3", "full"}
+    assert evaluate["seeds"] == 2 and set(evaluate["std"]) == {"ccs-el2n-cb-keep0.3", "ccs-el2n-auto-keep0.3",
+                                                                "random-keep0.3", "full"}
     seeds = json.loads((Path(stages["evaluate"]["output"]) / "accuracy_seeds.json").read_text())
     assert len(seeds["accuracy"]["full"]["values"]) == 2
     report = (Path(runs) / "runs" / record["run_id"] / "report.md").read_text()
     assert report.index("## Warnings") < report.index("## Coreset: accuracy vs keep rate")
-    assert "±" in report and "Welch" in report
+    assert "±" in report and "Welch" in report and "ccs-el2n-auto-keep0.3: random-cb (no β beat it), class-balanced" in report
 
 
 def _graph(n: int = 500, k: int = 6, seed: int = 0) -> dict[str, np.ndarray]:

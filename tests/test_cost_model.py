@@ -157,12 +157,18 @@ def test_beta_tuning_is_priced_in_select_with_its_refits_and_no_evaluate_stage_w
     from shardwalk.pipelines import coreset
     from shardwalk.pipelines.plan import _scoring_job
 
-    config = copy.deepcopy(coreset.DEFAULTS)  # 2 CCS methods (class-balanced), keep 0.7 / 0.5 / 0.3 / 0.1
+    # ccs-el2n-auto (a plain and a class-balanced variant) and ccs-aum-cb, keep 0.7 / 0.5 / 0.3 / 0.1
+    config = copy.deepcopy(coreset.DEFAULTS)
     config["evaluate"]["enabled"] = False
     job = _scoring_job(config, 20_000, 64, 10)
     assert len(BETA_GRID) == 7 and CONFIRM_SEEDS == 2  # every grid β fits beside keep ≤ 0.7
-    assert (job.tuning_fits, job.tuning_rounds, job.evaluate_models) == (2 * 4 * 7 + 4 + 2 * (2 * 4 + 4), 3, 0)
-    fixed = _scoring_job({**config, "select": {**config["select"], "beta": 0.1}}, 20_000, 64, 10)
+    # 3 variants, random and random-cb candidates at each rate
+    assert (job.tuning_fits, job.tuning_rounds, job.evaluate_models) == (3 * 4 * 7 + 2 * 4 + 2 * (3 * 4 + 2 * 4), 3, 0)
+    # a fixed β: only ccs-el2n-auto's balance is validated (its two variants, on that β alone)
+    balance = _scoring_job({**config, "select": {**config["select"], "beta": 0.1}}, 20_000, 64, 10)
+    assert (balance.tuning_fits, balance.tuning_rounds) == (2 * 4 * 1 + 2 * 4 + 2 * (2 * 4 + 2 * 4), 3)
+    named = ["ccs-el2n-cb", *config["select"]["methods"][1:]]
+    fixed = _scoring_job({**config, "select": {**config["select"], "beta": 0.1, "methods": named}}, 20_000, 64, 10)
     assert (fixed.tuning_fits, fixed.tuning_rounds) == (0, 0)
     tuned, plain = (cm.plan_coreset(j, cluster(1, cpus=2), CAL) for j in (job, fixed))
     assert [s.name for s in tuned.stages] == [s.name for s in plain.stages] and "evaluate" not in [s.name for s in tuned.stages]

@@ -16,6 +16,7 @@ SMALL = [
     "proxy.epochs=3", "proxy.models=1", "select.keep=[0.5, 0.3]", 'select.methods=["ccs-el2n-cb", "random"]',
     "evaluate.steps=100", "srrw.agents=20", "srrw.steps=2000", "srrw.record_every=500",
     "select.beta=0.1",  # β tuning has its own run (test_coreset_trust.py)
+    'srrw.coreset="ccs-el2n-cb-keep0.3"',  # the default ccs-el2n-auto would validate its balance (also there)
 ]
 
 

@@ -8,6 +8,9 @@ validation accuracy wins, ties to the smaller β. Then the winner and random are
 `CONFIRM_SEEDS` fresh selection seeds (new hash keys) and fitted with fresh training seeds: the β stands only
 if it beats random on average over the refits (shardwalk.core.coresets.selection.beats_random);
 otherwise the verdict is random (`beta` None).
+A `ccs-SCORE-auto` method tunes its plain and its class-balanced variant so, and takes per rate the variant
+whose verdict scored higher on the refits (shardwalk.core.coresets.selection.choose_balance); a variant also
+listed on its own is fitted once.
 Candidates are exact selections (the same ids for any sharding) and training is seeded, so the choice does
 not depend on the layout.
 """
@@ -25,11 +28,14 @@ import ray
 from shardwalk.core.coresets.evaluation import Split
 from shardwalk.core.coresets.proxy_spec import TrainSpec
 from shardwalk.core.coresets.selection import (
+    BETA_GRID,
     CONFIRM_SEEDS,
     VALIDATION,
     beats_random,
     beta_candidates,
     choose_beta,
+    method_verdicts,
+    tuning_variants,
 )
 from shardwalk.core.storage import sink
 from shardwalk.workers.progress_channel import wait_counted
@@ -41,15 +47,28 @@ TUNING_SEED_OFFSET = 1000  # tuning trains with seeds apart from the reported ev
 
 def tune_betas(scores_dir: str | Path, source: Any, shards: int, methods: Sequence[dict[str, Any]],
                rates: Sequence[float], *, split: Split, train: TrainSpec, seed: int = 0, strata: int = 50,
-               device: str = "cpu", standardize: str | bool = "auto") -> dict[tuple[int, float], dict[str, Any]]:
+               device: str = "cpu", standardize: str | bool = "auto", grid: Sequence[float] = BETA_GRID
+               ) -> dict[tuple[int, float], dict[str, Any]]:
     """Per (index into `methods`, rate): {beta (None: random wins), validation accuracy per β, `best` (the
-    grid's winner), `confirm` (its validation accuracy and random's per fit: tuning fit first), cpu_seconds}.
+    grid's winner), `confirm` (its validation accuracy and random's per fit: tuning fit first), cpu_seconds};
+    a `-auto` method's entry is its chosen variant's, plus `class_balanced` (the choice) and `balance` (each
+    variant's refit accuracy, by "plain" / "cb"), its cpu_seconds both variants'.
 
     `methods` are parsed CCS method specs (shardwalk.core.coresets.selection_names.parse_method); `source` is what the
     evaluation tasks read (the ingest output). Random candidates are shared by methods of the same balance.
     """
+    variants = tuning_variants(methods)
+    tuned = _tune_variants(scores_dir, source, shards, variants, rates, split=split, train=train, seed=seed,
+                           strata=strata, device=device, standardize=standardize, grid=grid)
+    return method_verdicts(methods, rates, tuned)
+
+
+def _tune_variants(scores_dir: str | Path, source: Any, shards: int, methods: Sequence[dict[str, Any]],
+                   rates: Sequence[float], *, split: Split, train: TrainSpec, seed: int, strata: int, device: str,
+                   standardize: str | bool, grid: Sequence[float]) -> dict[tuple[int, float], dict[str, Any]]:
+    """`tune_betas` of CCS variants of a fixed balance (no `-auto`), each once."""
     holdout = Split(split.test_fraction, split.split_seed, VALIDATION)
-    jobs = [(m, float(r), b) for m in range(len(methods)) for r in rates for b in beta_candidates(r)]
+    jobs = [(m, float(r), b) for m in range(len(methods)) for r in rates for b in beta_candidates(r, grid)]
     if not jobs:
         return {}
     randoms = [(cb, float(r)) for cb in sorted({bool(m["class_balanced"]) for m in methods}) for r in rates]

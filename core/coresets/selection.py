@@ -37,7 +37,12 @@ import numpy as np
 
 from shardwalk.core import validate
 from shardwalk.core.coresets.scores import HARD_HIGH
-from shardwalk.core.coresets.selection_names import METHODS, check_method_name  # noqa: F401  (METHODS: public here too)
+from shardwalk.core.coresets.selection_names import (  # noqa: F401  (METHODS: public here too)
+    AUTO,
+    METHODS,
+    check_method_name,
+    parse_method,
+)
 from shardwalk.core.data.builtin import hash_unit
 from shardwalk.core.errors import ConfigError, DataError, InvariantError
 
@@ -72,9 +77,18 @@ def check_beta(value: Any, key: str = "beta") -> str | float:
     return float(value)
 
 
-def beta_candidates(keep: float) -> list[float]:
+def beta_candidates(keep: float, grid: Sequence[float] = BETA_GRID) -> list[float]:
     """The grid's β values that leave room for the budget (β + keep ≤ 1)."""
-    return [b for b in BETA_GRID if b + keep <= 1.0 + 1e-12]
+    return [b for b in grid if b + keep <= 1.0 + 1e-12]
+
+
+def tuning_plan(methods: Sequence[str], beta: str | float) -> tuple[list[str], tuple[float, ...]]:
+    """The CCS method names β tuning validates, and its β grid: every CCS method on `BETA_GRID` when β is
+    "auto"; with a fixed β only the `ccs-SCORE-auto` methods (for their class balance), on that β alone."""
+    ccs = [name for name in methods if parse_method(name)["method"] == "ccs"]
+    if beta == "auto":
+        return ccs, BETA_GRID
+    return [name for name in ccs if parse_method(name)["class_balanced"] == AUTO], (float(beta),)
 
 
 def choose_beta(accuracy: Mapping[float, float]) -> float:
@@ -95,6 +109,64 @@ def beats_random(beta_accuracy: Sequence[float], random_accuracy: Sequence[float
     if len(beta_accuracy) != len(random_accuracy) or not beta_accuracy:
         raise InvariantError(f"beats_random needs paired fits, got {len(beta_accuracy)} and {len(random_accuracy)}")
     return float(np.mean(beta_accuracy)) > float(np.mean(random_accuracy))
+
+
+def tuning_variants(methods: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The CCS variants β tuning fits for parsed `methods`, each once: a `ccs-SCORE-auto` method needs both its
+    plain and its class-balanced variant (shardwalk.core.coresets.selection_names.AUTO)."""
+    out: list[dict[str, Any]] = []
+    for method in methods:
+        auto = method["class_balanced"] == AUTO
+        for cb in (False, True) if auto else (bool(method["class_balanced"]),):
+            variant = {**method, "class_balanced": cb}
+            if variant not in out:
+                out.append(variant)
+    return out
+
+
+def verdict_accuracy(verdict: Mapping[str, Any]) -> float:
+    """The mean refit validation accuracy of what a tuned variant selects: its β, or random where β lost.
+
+    `verdict` is one (variant, rate) of β tuning: {beta (None: random), confirm: {beta, random} per fit, the
+    tuning fit first}. The tuning fit is left out, as in `beats_random`.
+    """
+    side = "beta" if verdict["beta"] is not None else "random"
+    return float(np.mean(verdict["confirm"][side][1:]))
+
+
+def choose_balance(verdicts: Mapping[bool, Mapping[str, Any]]) -> bool:
+    """A `-auto` method's class balance at one rate (True = class-balanced): the variant whose verdict scored
+    higher on the refits (`verdict_accuracy`); a tie goes to class-balanced (the safer split for skewed labels).
+
+    Neither variant wins everywhere (bench_coreset, 5 seeds): on mnist1d 100k plain CCS beat random by +0.013 /
+    +0.006 / +0.004 at keep 0.1 / 0.3 / 0.5 where class-balanced gained +0.003 / −0.001 / 0; on MNIST-5k
+    class-balanced won at keep 0.1 and 0.3 where plain CCS fell back to random.
+    """
+    if not verdicts:
+        raise InvariantError("choose_balance needs at least one tuned variant")
+    return max(verdicts, key=lambda cb: (verdict_accuracy(verdicts[cb]), cb))
+
+
+def method_verdicts(methods: Sequence[Mapping[str, Any]], rates: Sequence[float],
+                    tuned: Mapping[tuple[int, float], Mapping[str, Any]]) -> dict[tuple[int, float], dict[str, Any]]:
+    """β tuning's verdict per (index into `methods`, rate), from `tuned` per (index into
+    `tuning_variants(methods)`, rate): a fixed balance's is its variant's; a `-auto` method's is the variant
+    `choose_balance` takes, plus `class_balanced` (the choice), `balance` (each variant's `verdict_accuracy` by
+    "plain" / "cb") and the CPU-seconds of both variants."""
+    variants = tuning_variants(methods)
+    out: dict[tuple[int, float], dict[str, Any]] = {}
+    for m, method in enumerate(methods):
+        auto = method["class_balanced"] == AUTO
+        for r in map(float, rates):
+            if not auto:
+                out[(m, r)] = dict(tuned[(variants.index(dict(method)), r)])
+                continue
+            verdicts = {cb: tuned[(variants.index({**method, "class_balanced": cb}), r)] for cb in (False, True)}
+            cb = choose_balance(verdicts)
+            out[(m, r)] = {**verdicts[cb], "class_balanced": cb,
+                           "balance": {"cb" if k else "plain": verdict_accuracy(v) for k, v in verdicts.items()},
+                           "cpu_seconds": sum(float(v["cpu_seconds"]) for v in verdicts.values())}
+    return out
 
 
 def check_keep(keep: float) -> float:

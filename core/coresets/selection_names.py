@@ -16,7 +16,8 @@ from shardwalk.core.errors import ConfigError
 from shardwalk.core.storage.sources import read_table
 
 METHODS = ("ccs", "random", "topk", "d2")  # rs2 is a sampler (shardwalk.core.coresets.single_process.rs2_epoch), not a selection
-GRAMMAR = "ccs-SCORE[-cb], d2-SCORE[-cb], topk-SCORE[-easy][-cb], random[-cb]"
+GRAMMAR = "ccs-SCORE[-cb|-auto], d2-SCORE[-cb], topk-SCORE[-easy][-cb], random[-cb]"
+AUTO = "auto"  # `class_balanced` of a `ccs-SCORE-auto` method: plain or class-balanced, chosen per rate by β tuning
 
 
 def check_method_name(method: Any, name: Any = None) -> str:
@@ -27,11 +28,16 @@ def check_method_name(method: Any, name: Any = None) -> str:
 
 
 def parse_method(name: str) -> dict[str, Any]:
-    """`ccs-aum-cb` → {method: ccs, score: aum, class_balanced: True}; ConfigError on unknown parts."""
+    """`ccs-aum-cb` → {method: ccs, score: aum, class_balanced: True}; ConfigError on unknown parts.
+
+    `ccs-aum-auto` → class_balanced `AUTO`: β tuning chooses plain or class-balanced CCS per rate.
+    """
     parts = str(name).split("-")
     method, rest = check_method_name(parts[0], name), parts[1:]
-    out: dict[str, Any] = {"method": method, "class_balanced": "cb" in rest}
-    rest = [r for r in rest if r != "cb"]
+    if AUTO in rest and (method != "ccs" or "cb" in rest):
+        raise ConfigError(f"selection method '{name}': '-auto' (class balance chosen by β tuning) is for ccs-SCORE-auto only")
+    out: dict[str, Any] = {"method": method, "class_balanced": AUTO if AUTO in rest else "cb" in rest}
+    rest = [r for r in rest if r not in ("cb", AUTO)]
     if method == "topk" and "easy" in rest:
         out["hardest"] = False
         rest = [r for r in rest if r != "easy"]
@@ -53,10 +59,11 @@ def check_method(method: Any, score: str | None) -> None:
 
 
 def selection_name(
-    method: str, keep: float, score: str | None = None, class_balanced: bool = False, beta: float | None = None
+    method: str, keep: float, score: str | None = None, class_balanced: bool | str = False, beta: float | None = None
 ) -> str:
     """The table name of one selection, e.g. `ccs-aum-cb-keep0.1` (`-beta0.2` when β is given explicitly)."""
-    parts = [method] + ([score] if score and method != "random" else []) + (["cb"] if class_balanced else [])
+    balance = [AUTO] if class_balanced == AUTO else ["cb"] if class_balanced else []
+    parts = [method] + ([score] if score and method != "random" else []) + balance
     return "-".join(parts) + f"-keep{keep:g}" + (f"-beta{beta:g}" if beta is not None else "")
 
 

@@ -37,6 +37,9 @@ class SelectSpec:
             raise ConfigError("select.methods must name at least one selection method")
         for name in self.methods:
             parse_method(name)
+        if self.beta != "auto" and any(m["method"] == "ccs" for m in self.parsed()) and self.beta + max(self.keep) > 1:
+            raise ConfigError(f"select.beta + select.keep must be <= 1 for CCS (drops the hardest beta, keeps keep), "
+                              f"got {self.beta} + {max(self.keep)}")
         validate.integer("select.strata", self.strata)
         validate.integer("select.seed", self.seed, 0)
 

@@ -50,7 +50,7 @@ def _selection_ids(select: Path, name: str) -> np.ndarray:
     return read_table(select / name, ["id"]).column("id").to_numpy()
 
 
-def _score_section(out: Path, scores: Path, select: Path, name: str, beta: float = 0.0) -> Section:
+def _score_section(out: Path, scores: Path, select: Path, name: str, beta: float = 0.0, balance: str = "") -> Section:
     score = "aum" if "aum" in name else "el2n"
     table = pads.dataset(str(scores), format="parquet").to_table(columns=["id", score])
     values = table.column(score).to_numpy()
@@ -71,7 +71,9 @@ def _score_section(out: Path, scores: Path, select: Path, name: str, beta: float
     ax.legend(fontsize=8)
     text = (f"CCS drops the hardest β·N examples, splits the rest into 50 strata of equal width in {score} (faint "
             "lines) and spends the budget smallest stratum first, so easy, medium and hard examples all stay "
-            "covered. Blue: the examples actually selected.")
+            f"covered. Blue: the examples actually selected by {name} (β = {beta:g}"
+            + {"cb": ", class-balanced: cut and strata within each class, as β tuning chose",
+               "plain": ", not class-balanced, as β tuning chose"}.get(balance, "") + ").")
     return Section("Coreset: what CCS keeps", text, save_figure(fig, out, "score_histogram.png"))
 
 
@@ -129,6 +131,26 @@ def fallback_note(select: Path | None) -> str:
             f"(the tuning fit and its refits with fresh seeds; `select.beta = \"auto\"`): {listed}.")
 
 
+def tuning_note(select: Path | None) -> str:
+    """The β each CCS selection used, and the class balance β tuning chose for each `ccs-SCORE-auto` one, as a
+    sentence (from selections.json)."""
+    path = None if select is None else select / "selections.json"
+    if path is None or not path.exists():
+        return ""
+    used = []
+    for name, entry in sorted(json.loads(path.read_text()).items()):
+        if not name.startswith("ccs") or not ("beta" in entry or "balance" in entry):
+            continue
+        what = f"β = {entry['beta']:g}" if "beta" in entry else f"{entry.get('fallback', 'random')} (no β beat it)"
+        if "balance" in entry:
+            what += ", class-balanced" if entry["balance"] == "cb" else ", plain (not class-balanced)"
+        used.append(f"{name}: {what}")
+    if not used:
+        return ""
+    return (" CCS settings per selection (`select.beta`; a `-auto` method's class balance chosen with β on the "
+            "validation rows): " + "; ".join(used) + ".")
+
+
 def _accuracy_section(out: Path, evaluate: Path, select: Path | None = None) -> tuple[Section, dict[str, Any]]:
     verdict = seed_verdict(evaluate)
     acc = dict(verdict["accuracy"])
@@ -175,7 +197,7 @@ def _accuracy_section(out: Path, evaluate: Path, select: Path | None = None) -> 
             f"difference from a random coreset of the same size is significant ({verdict.get('test', coreset_checks.TEST)}); "
             "unmarked differences are within the spread. "
             + ("†: every seed of it and of random scored alike (or one seed), so no test is possible; read the means. "
-               if untested else "") + beat_random(verdict) + "." + fallback_note(select) + coinciding_note(
+               if untested else "") + beat_random(verdict) + "." + fallback_note(select) + tuning_note(select) + coinciding_note(
                 {m: [p[k]["mean"] if k in p else float("nan") for k in keeps] for m, p in sorted(curves.items())}))
     return Section("Coreset: accuracy vs keep rate", text, save_figure(fig, out, "accuracy_vs_keep.png"), rows), headline
 
@@ -234,7 +256,8 @@ def write_demo_report(out: Path, *, summary: Path, sweep: Path, scores: Path, se
     sweep_section, h_index = _sweep_section(out, sweep)
     accuracy_section, h_acc = _accuracy_section(out, evaluate, select)
     selection = json.loads((select / "selections.json").read_text())
-    ccs = sorted((n for n in selection if n.startswith("ccs") and n.endswith("keep0.3")), key=lambda n: "el2n-cb" not in n)
+    ccs = sorted((n for n in selection if n.startswith("ccs") and n.endswith("keep0.3")),
+                 key=lambda n: ("el2n-auto" not in n, "el2n-cb" not in n))  # the default method first
     chosen = (ccs or sorted(selection))[0]
     srrw_sections, h_srrw = _srrw_sections(out, walks)
     headline = {**h_index, **h_acc, **h_srrw, **(extra_headline or {})}
@@ -245,7 +268,8 @@ def write_demo_report(out: Path, *, summary: Path, sweep: Path, scores: Path, se
         Section("Headline", "The numbers below come from this run; every figure is drawn from committed stage outputs.",
                 table=headline_rows),
         sweep_section,
-        _score_section(out, scores, select, chosen, float(selection[chosen].get("beta", 0.0))),
+        _score_section(out, scores, select, chosen, float(selection[chosen].get("beta", 0.0)),
+                       selection[chosen].get("balance", "")),
         accuracy_section,
         *srrw_sections,
         *extra,
