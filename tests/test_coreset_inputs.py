@@ -42,7 +42,8 @@ def test_config_rules_for_test_splits() -> None:
     coreset_pipeline.validate({**base, "test_fraction": 0.0, "test_source": "t.parquet"})
     with pytest.raises(ConfigError, match="set test_fraction = 0"):
         coreset_pipeline.validate({**base, "test_source": "t.parquet"})
-    assert all("-cb" in m for m in base["select"]["methods"] if m.startswith("ccs"))
+    # every default CCS method is class-balanced, or chooses its balance on validation rows (`-auto`, issue 26)
+    assert all(m.endswith(("-cb", "-auto")) for m in base["select"]["methods"] if m.startswith("ccs"))
 
 
 def test_dropped_class_is_reported_in_the_users_values(tmp_path: Path) -> None:
