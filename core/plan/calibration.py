@@ -91,9 +91,11 @@ class Constants:
     # 2.7: 191 µs a 1-token message, 574 µs a 64-token one). link_crossing_s: the partitioned actors' CPU per token
     # crossing over the replicated walk's on the same hops, messages aside — (partitioned − replicated actor CPU −
     # messages × link_message_s) / crossings on the sized 256-token walk, 32M hops, 130,799 crossings: 33.6 / 34.2 /
-    # 34.8 µs in three runs (benchmarks/results/srrw_rgg2000_levers_tokens12.json, "C" rounds; docs/throughput.md)
+    # 34.8 µs in three runs (benchmarks/results/srrw_rgg2000_levers_tokens12.json, "C" rounds; docs/throughput.md);
+    # after tokens13's compiled copies (changed_only, the resident rows' moves) 29.3 / 31.6 / 38.6 µs in three runs
+    # (srrw_rgg2000_256tokens_tokens13.json; the A/B windows, srrw_rgg2000_levers_tokens13.json: ~3 µs less): the median
     link_message_s: float = 1.85e-4
-    link_crossing_s: float = 3.42e-5
+    link_crossing_s: float = 3.16e-5
     # The reference job the build and search constants were measured on (not defaults: a job with other
     # values is scaled from these; the index job's defaults live in core/index/spec.py).
     ref_rows: int = 20_000

@@ -224,8 +224,12 @@ class Resident:
         holes = rows[rows < size]
         movers = np.setdiff1d(np.arange(size, self.size), rows)
         if len(holes):
-            for buf in self._buf.values():
-                if buf is not None:
+            from shardwalk.core.srrw.compiled import move_rows
+
+            for name, buf in self._buf.items():
+                if name == "logy":  # the wide one: every token's visit measure
+                    move_rows(buf, holes, movers)
+                elif buf is not None:
                     buf[holes] = buf[movers]
             for h, m in zip(holes.tolist(), movers.tolist()):
                 self.objects[h], self.records[h] = self.objects[m], self.records[m]
@@ -346,6 +350,9 @@ def warm_up(ctx: WalkContext, dim: int, shard: Any = None) -> None:
     `shard`, also the compiled copies a hand-off runs (a partial token unpickled, restored, parked)."""
     if ctx.compiled:
         _advance_compiled(Resident(dim, ctx.chain.num_nodes, ctx.schedule.polyak), ctx, 1)
+    from shardwalk.core.srrw.compiled import move_rows
+
+    move_rows(np.zeros((2, ctx.chain.num_nodes)), np.zeros(1, dtype=np.int64), np.ones(1, dtype=np.int64))
     if shard is None:
         return
     spare = shard.blank()

@@ -122,8 +122,11 @@ class MeasureShard:
 
     def changed_only(self, keys: np.ndarray, carried: np.ndarray) -> np.ndarray:
         """The carried shared entries with NaN where the token left them as it arrived here (`delta` walks)."""
-        out = np.array(carried, dtype=np.float64)
-        out[out == self.arrived[np.asarray(keys, dtype=np.int64)]] = np.nan
+        from shardwalk.core.srrw.compiled import unchanged_to_nan
+
+        carried = np.ascontiguousarray(carried, dtype=np.float64)
+        out = np.empty_like(carried)
+        unchanged_to_nan(carried, self.arrived, np.asarray(keys, dtype=np.int64), out)
         return out
 
     def exclusive_entries(self, keys: list[int] | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
