@@ -48,23 +48,52 @@ def poll(what: str, ready: Callable[[], Any], timeout: float = TIMEOUT_S) -> Any
 
 
 @contextlib.contextmanager
-def simulated_cluster(workers: int = 2) -> Iterator[Any]:
-    """A `ray.cluster_utils.Cluster` (head with 0 CPUs, `workers` nodes of 1 CPU) with the driver attached."""
+def simulated_cluster(workers: int = 2, node_disks: Path | None = None) -> Iterator[Any]:
+    """A `ray.cluster_utils.Cluster` (head with 0 CPUs, `workers` nodes of 1 CPU) with the driver attached.
+
+    `node_disks`: every node, those `add_node` brings later too, gets a scratch and a download cache of its own
+    under it (SHARDWALK_SCRATCH, SHARDWALK_LOCAL_CACHE), as on a cluster without shared disk (`node_disk`).
+    """
     import ray
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    for _ in range(workers):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="WARNING")
+    if node_disks is not None:
+        _NODE_DISKS[id(cluster)] = node_disks
     try:
+        for _ in range(workers):
+            _new_node(cluster)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level="WARNING")
         yield cluster
     finally:
         ray.shutdown()
         cluster.shutdown()
+        _NODE_DISKS.pop(id(cluster), None)
+
+
+_NODE_DISKS: dict[int, Path] = {}  # id(cluster) -> the folder holding each of its nodes' own disk
+_DISK_OF: dict[str, Path] = {}  # node id -> that node's own disk
+
+
+def _new_node(cluster: Any) -> Any:
+    """A 1-CPU node; with a disk of its own if its cluster has node disks."""
+    root = _NODE_DISKS.get(id(cluster))
+    if root is None:
+        return cluster.add_node(num_cpus=1)
+    disk = root / f"node{sum(1 for _ in root.glob('node*'))}"
+    disk.mkdir(parents=True)
+    node = cluster.add_node(num_cpus=1, env_vars={"SHARDWALK_SCRATCH": str(disk / "scratch"),
+                                                  "SHARDWALK_LOCAL_CACHE": str(disk / "cache")})
+    _DISK_OF[node.node_id] = disk
+    return node
+
+
+def node_disk(node_id: str) -> Path:
+    """The folder of a node's own scratch and cache (a node of a cluster started with `node_disks`)."""
+    return _DISK_OF[node_id]
 
 
 def actors(class_name: str, state: str | None = "ALIVE") -> dict[str, str]:
@@ -95,7 +124,7 @@ def add_node(cluster: Any, timeout: float = TIMEOUT_S) -> str:
     """Add a 1-CPU node, as an autoscaler would replace a lost one; wait until its CPU counts."""
     import ray
 
-    node = cluster.add_node(num_cpus=1)
+    node = _new_node(cluster)
     cluster.wait_for_nodes()
     poll("the new node's CPU", lambda: ray.cluster_resources().get("CPU", 0) >= 2, timeout)
     return node.node_id

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -78,7 +78,7 @@ def _order(item: pytest.Item) -> int:
     """0: local Ray or none; 1: the shared simulated cluster; 2: multi-node tests that build their own."""
     if item.get_closest_marker("multinode") is None:
         return 0
-    return 1 if "ray_cluster" in getattr(item, "fixturenames", ()) else 2
+    return 1 if "start_shared_cluster" in getattr(item, "fixturenames", ()) else 2
 
 
 def _dispatch_order(items: list[pytest.Item]) -> dict[str, tuple[int, int]]:
@@ -151,19 +151,29 @@ def ray_address(ray_local: None) -> dict[str, str]:
 _SHARED: dict[str, object] = {}  # the one simulated cluster of the session, while tests use it
 
 
-@pytest.fixture
-def ray_cluster() -> Iterator[object]:
-    """A simulated cluster (0-CPU head + 2 worker nodes of 1 CPU) shared by every test that asks for it.
+@pytest.fixture(scope="session")
+def start_shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], object]:
+    """Starts the session's simulated cluster (0-CPU head + 2 worker nodes of 1 CPU), or returns it if running.
 
-    Started on first use and kept across modules (each start costs ~10 s); a test that removes a worker
-    node adds one back, so every test begins with two live 1-CPU workers.
+    Started on first use and kept across modules (each start costs ~10 s); a test that removes a worker node adds
+    one back, so every test begins with two live 1-CPU workers. Each node has a disk of its own (scratch and
+    download cache, `benchmarks.faultkit.node_disk`), as on a cluster without shared disk.
     """
     from benchmarks.faultkit import simulated_cluster
 
-    if "cluster" not in _SHARED:
-        context = simulated_cluster(workers=2)
-        _SHARED["context"], _SHARED["cluster"] = context, context.__enter__()
-    yield _SHARED["cluster"]
+    def start() -> object:
+        if "cluster" not in _SHARED:
+            context = simulated_cluster(workers=2, node_disks=tmp_path_factory.mktemp("nodes"))
+            _SHARED["context"], _SHARED["cluster"] = context, context.__enter__()
+        return _SHARED["cluster"]
+
+    return start
+
+
+@pytest.fixture
+def ray_cluster(start_shared_cluster: Callable[[], object]) -> Iterator[object]:
+    """The session's simulated cluster, shared by every test that asks for it (`start_shared_cluster`)."""
+    yield start_shared_cluster()
 
 
 def _stop_shared_cluster() -> None:

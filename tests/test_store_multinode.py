@@ -9,6 +9,7 @@ the bucket, and their outputs must equal a run whose every worker sees one disk 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,41 +74,33 @@ def _selections(stage: dict[str, Any]) -> dict[str, list[int]]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> dict[str, Any]:
-    """Every pipeline with its runs dir in the bucket (nodes share nothing); references on one local disk."""
+def runs(tmp_path_factory: pytest.TempPathFactory, s3_server: str, start_shared_cluster: Callable[[], Any]) -> dict[str, Any]:
+    """Every pipeline with its runs dir in the bucket (nodes share nothing); references on one local disk.
+
+    On the session's simulated cluster, whose nodes each have a disk of their own (tests/conftest.py)."""
     import uuid
 
     import pyarrow.fs as pafs
-    import ray
-    from ray.cluster_utils import Cluster
 
-    nodes = tmp_path_factory.mktemp("nodes")
+    from benchmarks.faultkit import node_disk
+
     bucket = f"multi-{uuid.uuid4().hex[:8]}"
     pafs.S3FileSystem(endpoint_override=s3_server, scheme="http", allow_bucket_creation=True, region="us-east-1").create_dir(bucket)
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    try:
-        for node in range(2):
-            cluster.add_node(num_cpus=2, env_vars={"SHARDWALK_SCRATCH": str(nodes / f"node{node}" / "scratch"),
-                                                   "SHARDWALK_LOCAL_CACHE": str(nodes / f"node{node}" / "cache")})
-        cluster.wait_for_nodes()
-        out = {"nodes": nodes}
-        for name, settings in PIPELINES.items():
-            out[name] = _run(name, f"s3://{bucket}/shardwalk", cluster.address, settings)
-        for name, settings in REFERENCE.items():
-            out[f"{name}-one-disk"] = _run(name, str(nodes / "one-disk"), cluster.address, settings)
-        return out
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    cluster = start_shared_cluster()
+    out: dict[str, Any] = {"disks": [node_disk(node.node_id) for node in cluster.worker_nodes]}
+    for name, settings in PIPELINES.items():
+        out[name] = _run(name, f"s3://{bucket}/shardwalk", cluster.address, settings)
+    one_disk = tmp_path_factory.mktemp("one-disk")
+    for name, settings in REFERENCE.items():
+        out[f"{name}-one-disk"] = _run(name, str(one_disk), cluster.address, settings)
+    return out
 
 
 def test_nodes_used_their_own_scratch_and_cache(runs: dict[str, Any]) -> None:
-    nodes = runs["nodes"]
-    for node in ("node0", "node1"):
-        assert (nodes / node / "scratch" / ".shardwalk-node").is_file()  # each node's root, marked as its own
-    assert any(p.is_dir() for n in ("node0", "node1") for p in (nodes / n / "cache").iterdir())
+    assert len(runs["disks"]) == 2
+    for disk in runs["disks"]:
+        assert (disk / "scratch" / ".shardwalk-node").is_file()  # each node's root, marked as its own
+    assert any(p.is_dir() for disk in runs["disks"] for p in (disk / "cache").iterdir())
 
 
 def _exact_graph(vectors: np.ndarray, k: int) -> np.ndarray:
