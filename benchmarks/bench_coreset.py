@@ -44,7 +44,7 @@ from shardwalk.pipelines.coreset import DEFAULTS, MARKS, method_request, selecti
 from shardwalk.pipelines.runtime import connect
 from shardwalk.workers.beta_tuning import tune_betas
 from shardwalk.workers.scorer import evaluate_coreset, score_dataset
-from shardwalk.workers.selector import select_distributed, selection_ids
+from shardwalk.workers.selector import SelectShards, select_distributed, selection_ids
 
 DEFAULT_METHOD = DEFAULTS["select"]["methods"][0]  # the coreset pipeline's and the demo's default
 METHODS = list(dict.fromkeys([DEFAULT_METHOD, "ccs-el2n-auto", "ccs-el2n-cb", "ccs-aum-cb", "ccs-el2n", "d2-el2n-cb",
@@ -123,8 +123,9 @@ def _tune(source: Path, scores_dir: Path, methods: list[str], rates: list[float]
     """β (and a `-auto` method's balance) per (CCS method, rate) exactly as the pipeline's `select.beta = "auto"`
     (workers/beta_tuning.py)."""
     ccs = [m for m in methods if m != "rs2" and parse_method(m)["method"] == "ccs"]
-    tuned = tune_betas(scores_dir, str(source), 2, [parse_method(m) for m in ccs], rates, split=Split(0.2, 0),
-                       train=TrainSpec(**train, seed=0))
+    with SelectShards(scores_dir, 2) as pool:
+        tuned = tune_betas(pool, str(source), [parse_method(m) for m in ccs], rates, split=Split(0.2, 0),
+                           train=TrainSpec(**train, seed=0))
     chosen = {(ccs[m], r): v for (m, r), v in tuned.items()}
     table = {ccs[m]: {} for m in range(len(ccs))}
     cpu = dict.fromkeys(ccs, 0.0)

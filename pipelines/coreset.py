@@ -49,6 +49,7 @@ from shardwalk.pipelines.common import COLUMN_DEFAULTS, LABELS_FILE, ingest_stag
 from shardwalk.pipelines.reports.stage import coreset_report
 from shardwalk.workers.ingest import part_paths
 from shardwalk.workers.progress_channel import wait_counted
+from shardwalk.workers.selector import SelectPools
 
 DEFAULTS: dict[str, Any] = {
     "source": InputPath("builtin:digits"),
@@ -134,27 +135,25 @@ def select(out: Path, scores: Path, density: Path | None = None, ingest: Path | 
     balance (`selections.json`) and each method's cost (CPU-seconds: metrics only, never a committed file) are
     in the metrics too.
     """
-    from shardwalk.workers.selector import select_distributed
-
     tuned, grid = tuning_plan(methods, beta)
-    chosen = _tuned_betas(scores, density, ingest, actors, keep, tuned, strata, seed, tune, grid) if tuned else {}
-    result: dict[str, Any] = {}
-    for name in methods:
-        spec = parse_method(name)
-        if spec["method"] == "d2":
-            from shardwalk.workers.d2_select import select_d2
+    with SelectPools({"scores": scores, "density": density}, actors) as pools:  # one set of actors per table
+        chosen = _tuned_betas(pools, ingest, keep, tuned, strata, seed, tune, grid) if tuned else {}
+        result: dict[str, Any] = {}
+        for name in methods:
+            spec = parse_method(name)
+            if spec["method"] == "d2":
+                from shardwalk.workers.d2_select import select_d2
 
-            if graph is None:
-                raise DataError(f"selection method '{name}' needs the kNN graph (knn.enabled = true)")
-            result.update(select_d2(graph, scores, actors, [{**spec, "keep": float(r)} for r in keep], out, seed=seed))
-            continue
-        source = density if spec.get("score") == "knn_density" else scores
-        sels = [method_request(name, float(r), strata, beta, chosen) for r in keep]
-        result.update(select_distributed(source, actors, [selection_request(sel) for sel in sels], out, seed=seed))
-        for sel in sels:
-            marks = {k: sel[k] for k in MARKS if k in sel}
-            if marks:
-                result[sel["name"]].update(marks)
+                if graph is None:
+                    raise DataError(f"selection method '{name}' needs the kNN graph (knn.enabled = true)")
+                result.update(select_d2(graph, scores, actors, [{**spec, "keep": float(r)} for r in keep], out, seed=seed))
+                continue
+            sels = [method_request(name, float(r), strata, beta, chosen) for r in keep]
+            result.update(pools(_table_of(spec)).select([selection_request(sel) for sel in sels], out, seed=seed))
+            for sel in sels:
+                marks = {k: sel[k] for k in MARKS if k in sel}
+                if marks:
+                    result[sel["name"]].update(marks)
     cost = method_costs(scores, methods, keep, chosen)
     (out / "selections.json").write_text(json.dumps(result, indent=1, sort_keys=True))
     metrics: dict[str, Any] = {name: info["rows"] for name, info in result.items()}
@@ -220,11 +219,15 @@ def ccs_selection(name: str, keep: float, strata: int, beta: float | None,
     return {**spec, "keep": keep, "strata": strata, "beta": beta, "name": table, **marks}
 
 
-def _tuned_betas(scores: Path, density: Path | None, ingest: Path | None, shards: int, rates: list[float],
-                 ccs: list[str], strata: int, seed: int, tune: dict | None, grid: tuple[float, ...]
-                 ) -> dict[tuple[str, float], dict]:
+def _table_of(spec: dict[str, Any]) -> str:
+    """The table a parsed method selects from: "density" (the knn_density scores) or "scores"."""
+    return "density" if spec.get("score") == "knn_density" else "scores"
+
+
+def _tuned_betas(pools: SelectPools, ingest: Path | None, rates: list[float], ccs: list[str], strata: int,
+                 seed: int, tune: dict | None, grid: tuple[float, ...]) -> dict[tuple[str, float], dict]:
     """β (and a `-auto` method's balance) per (CCS method, rate), chosen on a validation split among `grid`
-    (workers/beta_tuning.py)."""
+    (workers/beta_tuning.py), with the selection actors of `pools`."""
     from shardwalk.workers.beta_tuning import tune_betas
     from shardwalk.workers.scorer import cluster_gpus
 
@@ -235,11 +238,11 @@ def _tuned_betas(scores: Path, density: Path | None, ingest: Path | None, shards
     train = TrainSpec(**tune.get("train", {}))
     device = resolve_device(tune.get("device", "auto"), cluster_gpus())
     out: dict[tuple[str, float], dict] = {}
-    for source in (scores, density):  # density-based methods select from the knn_density scores
-        group = [n for n in ccs if (parse_method(n)["score"] == "knn_density") == (source is density)]
-        if not group or source is None:
+    for table in ("scores", "density"):
+        group = [n for n in ccs if _table_of(parse_method(n)) == table]
+        if not group:
             continue
-        tuned = tune_betas(source, ingest, shards, [parse_method(n) for n in group], rates, split=split, train=train,
+        tuned = tune_betas(pools(table), ingest, [parse_method(n) for n in group], rates, split=split, train=train,
                            seed=seed, strata=strata, device=device, standardize=tune.get("standardize", "auto"),
                            grid=grid)
         out.update({(group[m], r): v for (m, r), v in tuned.items()})

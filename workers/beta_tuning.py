@@ -40,12 +40,12 @@ from shardwalk.core.coresets.selection import (
 from shardwalk.core.storage import sink
 from shardwalk.workers.progress_channel import wait_counted
 from shardwalk.workers.scorer import evaluate_coreset
-from shardwalk.workers.selector import selection_ids
+from shardwalk.workers.selector import SelectShards
 
 TUNING_SEED_OFFSET = 1000  # tuning trains with seeds apart from the reported evaluation's
 
 
-def tune_betas(scores_dir: str | Path, source: Any, shards: int, methods: Sequence[dict[str, Any]],
+def tune_betas(pool: SelectShards, source: Any, methods: Sequence[dict[str, Any]],
                rates: Sequence[float], *, split: Split, train: TrainSpec, seed: int = 0, strata: int = 50,
                device: str = "cpu", standardize: str | bool = "auto", grid: Sequence[float] = BETA_GRID
                ) -> dict[tuple[int, float], dict[str, Any]]:
@@ -54,16 +54,17 @@ def tune_betas(scores_dir: str | Path, source: Any, shards: int, methods: Sequen
     a `-auto` method's entry is its chosen variant's, plus `class_balanced` (the choice) and `balance` (each
     variant's refit accuracy, by "plain" / "cb"), its cpu_seconds both variants'.
 
-    `methods` are parsed CCS method specs (shardwalk.core.coresets.selection_names.parse_method); `source` is what the
-    evaluation tasks read (the ingest output). Random candidates are shared by methods of the same balance.
+    `pool` holds the scores table's selection actors; `methods` are parsed CCS method specs
+    (shardwalk.core.coresets.selection_names.parse_method); `source` is what the evaluation tasks read (the ingest
+    output). Random candidates are shared by methods of the same balance.
     """
     variants = tuning_variants(methods)
-    tuned = _tune_variants(scores_dir, source, shards, variants, rates, split=split, train=train, seed=seed,
+    tuned = _tune_variants(pool, source, variants, rates, split=split, train=train, seed=seed,
                            strata=strata, device=device, standardize=standardize, grid=grid)
     return method_verdicts(methods, rates, tuned)
 
 
-def _tune_variants(scores_dir: str | Path, source: Any, shards: int, methods: Sequence[dict[str, Any]],
+def _tune_variants(pool: SelectShards, source: Any, methods: Sequence[dict[str, Any]],
                    rates: Sequence[float], *, split: Split, train: TrainSpec, seed: int, strata: int, device: str,
                    standardize: str | bool, grid: Sequence[float]) -> dict[tuple[int, float], dict[str, Any]]:
     """`tune_betas` of CCS variants of a fixed balance (no `-auto`), each once."""
@@ -74,7 +75,7 @@ def _tune_variants(scores_dir: str | Path, source: Any, shards: int, methods: Se
     randoms = [(cb, float(r)) for cb in sorted({bool(m["class_balanced"]) for m in methods}) for r in rates]
     sels = [{**methods[m], "keep": r, "beta": b, "strata": strata} for m, r, b in jobs]
     sels += [{"method": "random", "class_balanced": cb, "keep": r} for cb, r in randoms]
-    candidates = selection_ids(scores_dir, shards, sels, seed=seed, holdout=holdout)
+    candidates = pool.ids(sels, seed=seed, holdout=holdout)
     ids = dict(zip([*jobs, *randoms], candidates))
     fit = _fitter(source, holdout, train, device, standardize)
     results = dict(zip(ids, fit([(ids[key], 0) for key in ids], "tune beta")))
@@ -91,7 +92,7 @@ def _tune_variants(scores_dir: str | Path, source: Any, shards: int, methods: Se
     refit_sels = [sels[jobs.index(key)] if len(key) == 3 else sels[len(jobs) + randoms.index(key)] for key in keys]
     refits = [(key, k) for k in range(1, CONFIRM_SEEDS + 1) for key in keys]
     fresh = [ids for k in range(1, CONFIRM_SEEDS + 1)
-             for ids in selection_ids(scores_dir, shards, refit_sels, seed=seed + k, holdout=holdout)]
+             for ids in pool.ids(refit_sels, seed=seed + k, holdout=holdout)]
     refitted = dict(zip(refits, fit([(ids_k, k) for ids_k, (_, k) in zip(fresh, refits)], "confirm beta")))
     for (m, r), entry in out.items():
         rand = (bool(methods[m]["class_balanced"]), r)

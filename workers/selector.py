@@ -7,7 +7,7 @@ selection actor starts in a fraction of a scoring actor's time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +76,77 @@ class SelectShard:
         return len(ids), sink.put_parquet(coreset.selection_table(ids), out_dir, sink.PART.format(self.index))
 
 
+class SelectShards:
+    """The SelectShard actors of one scores table, one per part of it, killed on `close` (or leaving a `with`).
+
+    Every selection on that table reuses them: each method and rate of a select stage, and each of β tuning's
+    candidates and refits. An actor reads its part once and `prepare` rebuilds its selector per selection, so a
+    stage starts one actor per part instead of one per part and selection call (~0.8 CPU-s each).
+    """
+
+    def __init__(self, scores_dir: str | Path, shards: int, *, num_cpus: float = 0) -> None:
+        ensure_ray()
+        self.actors = [SelectShard.options(num_cpus=num_cpus).remote(s)
+                       for s in plan_shards(sink.readable(scores_dir), shards)]
+
+    def __enter__(self) -> SelectShards:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+    def select(self, selections: Sequence[dict[str, Any]], out_dir: str | Path, *, seed: int = 0
+               ) -> dict[str, dict[str, Any]]:
+        """Each selection, written as `out_dir/<name>/part-*.parquet` (see `select_distributed`)."""
+        out: dict[str, dict[str, Any]] = {}
+        tracker = progress.Tracker("select", len(selections), "selections")
+        for sel in selections:
+            name, plan = _plan_one(self.actors, sel, seed)
+            written = ray.get([a.write.remote(plan, sink.parts_destination(Path(out_dir) / name)) for a in self.actors])
+            sink.record(entry for _, entry in written)
+            rows = sum(n for n, _ in written)
+            if rows != plan.size:
+                raise InvariantError(f"{name}: shards wrote {rows} rows, the plan selects {plan.size}")
+            out[name] = {"rows": rows, **plan.info}
+            tracker.advance()
+        return out
+
+    def ids(self, selections: Sequence[dict[str, Any]], *, seed: int = 0, holdout: Split | None = None
+            ) -> list[np.ndarray]:
+        """The ids of each selection (among the rows `holdout` leaves), nothing written."""
+        out = []
+        for sel in selections:
+            _, plan = _plan_one(self.actors, sel, seed, holdout)
+            out.append(np.sort(np.concatenate(ray.get([a.ids.remote(plan) for a in self.actors]))))
+        return out
+
+
+class SelectPools:
+    """`SelectShards` per named table, each started on first use and all closed together: one select stage's
+    tables (its scores, the knn_density scores) and every selection on them."""
+
+    def __init__(self, tables: Mapping[str, str | Path | None], shards: int) -> None:
+        self.tables, self.shards = dict(tables), shards
+        self.pools: dict[str, SelectShards] = {}
+
+    def __call__(self, table: str) -> SelectShards:
+        if table not in self.pools:
+            self.pools[table] = SelectShards(self.tables[table], self.shards)
+        return self.pools[table]
+
+    def __enter__(self) -> SelectPools:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for pool in self.pools.values():
+            pool.close()
+
+
 def select_distributed(
     scores_dir: str | Path,
     shards: int,
@@ -88,40 +159,15 @@ def select_distributed(
     """Run each selection ({method, keep, score?, class_balanced?, beta?, hardest?, strata?, name?}) on
     `shards` actors that read their own part of the scores; each writes `out_dir/<name>/part-*.parquet`
     (`name` defaults to shardwalk.core.coresets.selection_names.selection_name, which shows an explicit β)."""
-    ensure_ray()
-    actors = [SelectShard.options(num_cpus=num_cpus).remote(s) for s in plan_shards(sink.readable(scores_dir), shards)]
-    out: dict[str, dict[str, Any]] = {}
-    tracker = progress.Tracker("select", len(selections), "selections")
-    try:
-        for sel in selections:
-            name, plan = _plan_one(actors, sel, seed)
-            written = ray.get([a.write.remote(plan, sink.parts_destination(Path(out_dir) / name)) for a in actors])
-            sink.record(entry for _, entry in written)
-            rows = sum(n for n, _ in written)
-            if rows != plan.size:
-                raise InvariantError(f"{name}: shards wrote {rows} rows, the plan selects {plan.size}")
-            out[name] = {"rows": rows, **plan.info}
-            tracker.advance()
-    finally:
-        for a in actors:
-            ray.kill(a)
-    return out
+    with SelectShards(scores_dir, shards, num_cpus=num_cpus) as pool:
+        return pool.select(selections, out_dir, seed=seed)
 
 
 def selection_ids(scores_dir: str | Path, shards: int, selections: Sequence[dict[str, Any]], *, seed: int = 0,
                   holdout: Split | None = None, num_cpus: float = 0) -> list[np.ndarray]:
     """The ids of each selection (as `select_distributed`, among the rows `holdout` leaves), nothing written."""
-    ensure_ray()
-    actors = [SelectShard.options(num_cpus=num_cpus).remote(s) for s in plan_shards(sink.readable(scores_dir), shards)]
-    try:
-        out = []
-        for sel in selections:
-            _, plan = _plan_one(actors, sel, seed, holdout)
-            out.append(np.sort(np.concatenate(ray.get([a.ids.remote(plan) for a in actors]))))
-        return out
-    finally:
-        for a in actors:
-            ray.kill(a)
+    with SelectShards(scores_dir, shards, num_cpus=num_cpus) as pool:
+        return pool.ids(selections, seed=seed, holdout=holdout)
 
 
 def _plan_one(actors: list, sel: dict[str, Any], seed: int, holdout: Split | None = None) -> tuple[str, coreset.Plan]:
