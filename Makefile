@@ -3,19 +3,23 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The CPU build of torch, installed first by pip (whose configuration here finds it on disk) so the project's
-# `torch>=2.2` range installs nothing more, and hnswlib, which the registry has only as source: pip keeps the wheel
-# it builds, uv built it again (~40 s of C++) on every install. The rest by uv, from the same registry, in half
-# pip's time, falling back to pip. Nothing is byte-compiled at install time (pip's compile step alone took ~65
-# CPU-s for files never imported): `test` lets Python cache what the suite imports on first use, even where
-# PYTHONDONTWRITEBYTECODE is set, as on this machine type.
+# The CPU build of torch first, so the project's `torch>=2.2` range installs nothing more: where its wheel lies on
+# disk (TORCH_WHEEL, the file pip's configuration here finds), uv installs that very file (2.4 s; pip took ~8 s to
+# unpack it); elsewhere pip installs TORCH_SPEC, as its configuration finds it. hnswlib by pip, as the registry has
+# it only as source: pip keeps the wheel it builds, uv built it again (~40 s of C++) on every install. The rest by
+# uv, from the same registry, in half pip's time, falling back to pip. The environment starts without pip (its
+# ensurepip step took ~4 s); the system's pip puts pip, uv and hnswlib into it. Nothing is byte-compiled at install
+# time (pip's compile step alone took ~65 CPU-s for files never imported): `test` lets Python cache what the suite
+# imports on first use, even where PYTHONDONTWRITEBYTECODE is set, as on this machine type.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_WHEEL ?= $(firstword $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl))
 
 .PHONY: demo test lint install bench clean
 
 $(STAMP): pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --no-compile "$(TORCH_SPEC)" hnswlib uv
+	test -d $(VENV) || $(PYTHON) -m venv --without-pip $(VENV)
+	$(PYTHON) -m pip --python $(BIN)/python install --quiet --no-compile pip uv hnswlib
+	$(if $(TORCH_WHEEL),$(BIN)/uv pip install --quiet --python $(BIN)/python "$(TORCH_WHEEL)",$(BIN)/python -m pip install --quiet --no-compile "$(TORCH_SPEC)")
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[test]" \
 		|| $(BIN)/python -m pip install --quiet --no-compile -e ".[test]"
 	touch $(STAMP)
