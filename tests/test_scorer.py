@@ -78,6 +78,33 @@ def test_selection_identical_for_1_2_4_shards_and_equals_single_process(scored, 
             assert results[s][name]["rows"] == len(want)
 
 
+def test_one_set_of_select_actors_serves_every_call_as_fresh_ones_would(scored, tmp_path: Path):
+    """A select stage reuses its actors for β tuning's candidates (validation rows held out, other seeds) and then
+    its selections: nothing of one call may leak into the next."""
+    from shardwalk.core.coresets.evaluation import Split
+    from shardwalk.core.coresets.selection import VALIDATION
+    from shardwalk.core.coresets.selection_names import read_selection
+    from shardwalk.workers.selector import SelectShards, select_distributed, selection_ids
+
+    scores_dir = scored["root"] / "one"
+    holdout = Split(0.2, 0, VALIDATION)
+    candidates = [{"method": "ccs", "keep": 0.3, "score": "el2n", "beta": 0.1}, {"method": "random", "keep": 0.3}]
+    final = [{"method": "ccs", "keep": 0.3, "score": "el2n", "class_balanced": True}]
+    with SelectShards(scores_dir, 2) as pool:
+        tuned = pool.ids(candidates, seed=3, holdout=holdout)
+        written = pool.select(final, tmp_path / "reused", seed=7)
+    fresh = select_distributed(scores_dir, 2, final, tmp_path / "fresh", seed=7)
+    assert written == fresh
+    np.testing.assert_array_equal(read_selection(tmp_path / "reused" / "ccs-el2n-cb-keep0.3"),
+                                  read_selection(tmp_path / "fresh" / "ccs-el2n-cb-keep0.3"))
+    for got, want in zip(tuned, selection_ids(scores_dir, 2, candidates, seed=3, holdout=holdout), strict=True):
+        np.testing.assert_array_equal(got, want)
+    ids = pq.read_table(scores_dir).column("id").to_numpy()
+    held = ids[holdout.validation_rows(ids)]
+    assert len(held) > 0 and not np.isin(tuned[0], held).any()  # tuning's candidates leave the validation rows out
+    assert np.isin(read_selection(tmp_path / "reused" / "ccs-el2n-cb-keep0.3"), held).any()  # the selection does not
+
+
 def test_bad_selection_requests(scored, tmp_path: Path):
     from shardwalk.workers.selector import select_distributed
 
