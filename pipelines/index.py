@@ -29,8 +29,8 @@ from shardwalk.core.dag.runner import Pipeline
 from shardwalk.core.data.schema import Columns, apply_columns, to_numpy, validate_vectors
 from shardwalk.core.errors import ConfigError
 from shardwalk.core.index import hnsw
+from shardwalk.core.index.graph_settings import GraphSettings
 from shardwalk.core.index.hnsw_results import knn_graph_table
-from shardwalk.core.index.knn_partition import GraphSettings
 from shardwalk.core.index.spec import BUILD_KEYS, DEFAULT_BUILD, DEFAULT_SEARCH, BuildSpec, IndexSpec
 from shardwalk.core.plan import calibration
 from shardwalk.core.plan import cost_model as cm

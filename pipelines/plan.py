@@ -22,7 +22,7 @@ from shardwalk.core.coresets.selection import CONFIRM_SEEDS, beta_candidates, tu
 from shardwalk.core.coresets.selection_names import parse_method
 from shardwalk.core.data.builtin import is_builtin, parse_builtin
 from shardwalk.core.errors import ConfigError, DataError, InputError
-from shardwalk.core.index.knn_partition import GraphSettings
+from shardwalk.core.index.graph_settings import GraphSettings
 from shardwalk.core.plan import cost_model as cm
 from shardwalk.core.plan.calibration import STANDARD_SHAPES, Calibration, NodeShape
 from shardwalk.core.plan.sizing import GIB, Node

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from shardwalk.core.errors import ConfigError, CorruptArtifactError
-from shardwalk.core.index.knn_partition import GraphSettings
+from shardwalk.core.index.graph_settings import GraphSettings
 from shardwalk.core.plan import calibration, sizing
 from shardwalk.core.plan import cost_model as cm
 

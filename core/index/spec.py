@@ -18,7 +18,7 @@ from typing import Any
 from shardwalk.core import validate
 from shardwalk.core.errors import ConfigError
 from shardwalk.core.index import hnsw
-from shardwalk.core.index.knn_partition import GraphSettings
+from shardwalk.core.index.graph_settings import GraphSettings
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 from shardwalk.core import validate
 from shardwalk.core.coresets.proxy_spec import ProxySpec, TrainSpec, plan_scoring
 from shardwalk.core.errors import ConfigError
-from shardwalk.core.index.knn_partition import GraphSettings, partitions_for
+from shardwalk.core.index.graph_settings import GraphSettings, partitions_for
 from shardwalk.core.index.spec import DEFAULT_BUILD, DEFAULT_SEARCH
 from shardwalk.core.plan import sizing
 from shardwalk.core.plan.calibration import Calibration, Constants, NodeShape
