@@ -120,7 +120,7 @@ def pynndescent_job(spec: dict[str, Any]) -> dict[str, Any]:
 
 def shardwalk_job(spec: dict[str, Any]) -> dict[str, Any]:
     """In-process builder runs on the ingested parts: strong scaling, levers (each timed alone)."""
-    from shardwalk.core.index.knn_partition import GraphSettings
+    from shardwalk.core.index.graph_settings import GraphSettings
     from shardwalk.pipelines.runtime import connect
     from shardwalk.workers.knn_partition import build_graph
 

@@ -110,7 +110,7 @@ def measure_hnsw(quick: bool) -> dict[str, float]:
 
 def measure_graph(quick: bool) -> dict[str, float]:
     """The kNN graph without an index, one core, per dimension: shardwalk.core.plan.sample_costs on 128-d data."""
-    from shardwalk.core.index.knn_partition import GraphSettings
+    from shardwalk.core.index.graph_settings import GraphSettings
     from shardwalk.core.plan.sample_costs import measure_arrays
 
     dim = 128
