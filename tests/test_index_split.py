@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,34 @@ def _shard(tmp_path: Path, n: int = 300) -> tuple[LocalHnswShard, np.ndarray]:
     shard.add_pieces((np.arange(n, dtype=np.int64), x))
     shard.finish_build("test")
     return shard, x
+
+
+SEARCH_ONLY = """
+import sys
+from dataclasses import asdict
+import numpy as np
+from shardwalk.core.index import hnsw
+from shardwalk.workers.hnsw_actor import LocalHnswShard
+x = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+built = LocalHnswShard(0, 0, sys.argv[1], 1.0)
+built.begin_build(300, asdict(hnsw.HnswParams(dim=8, M=8, ef_construction=32)))
+built.add_pieces((np.arange(300, dtype=np.int64), x))
+built.finish_build("test")
+opened = LocalHnswShard(0, 0, sys.argv[1], 1.0, load=True)
+assert opened.search(x[:3], 5, 16)[0][:, 0].tolist() == [0, 1, 2]
+print("pandas" in sys.modules)
+baseline = opened.rss0
+opened.delete(np.arange(10))  # persists the deleted ids as Parquet: an Arrow conversion
+print("pandas" in sys.modules, opened.rss0 - baseline > 1_000_000)
+"""
+
+
+def test_a_replica_that_only_loads_and_searches_never_imports_pandas(tmp_path: Path) -> None:
+    """pyarrow imports pandas for its numpy conversions (~0.3 CPU-s a process): only a replica that converts
+    Arrow data pays for it, and the memory it takes joins the baseline rather than the per-vector figures."""
+    done = subprocess.run([sys.executable, "-c", SEARCH_ONLY, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "True", "True"]
 
 
 class _Failing:

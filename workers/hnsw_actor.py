@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -83,11 +85,8 @@ class LocalHnswShard:
         self.shard, self.replica = shard, replica
         self.workdir = Path(workdir)
         self.threads = hnsw.threads_for(cpus)
-        # pyarrow's ChunkedArray.to_numpy imports pandas lazily (~35 MB of code): import it before the
-        # memory baseline so per-vector figures measure data, not library code.
-        import pandas  # noqa: F401
-
-        self.rss0 = rss_bytes()
+        self.rss0 = rss_bytes()  # memory before data (raised by library code imported later: _convert_arrow)
+        self._importing = threading.Lock()  # the graph's I/O methods run beside the others (concurrency group)
         self.index: hnswlib.Index | None = None
         self.params: hnsw.HnswParams | None = None
         self.live = np.empty(0, np.int64)  # sorted live ids
@@ -106,6 +105,17 @@ class LocalHnswShard:
         if load or (self.reconstructed and persisted):
             self._load_workdir()
 
+    def _convert_arrow(self) -> None:
+        """Before this replica first converts between Arrow and numpy: pyarrow imports pandas for that (~35 MB
+        of code, ~0.3 CPU-s), which a replica that only loads hnswlib's files and searches never needs. Its memory
+        growth joins the baseline, so per-vector figures measure data, not library code."""
+        with self._importing:
+            if "pandas" not in sys.modules:
+                before = rss_bytes()
+                import pandas  # noqa: F401  (deferred on purpose: only a replica that converts Arrow data pays for it)
+
+                self.rss0 += rss_bytes() - before
+
     # ------------------------------------------------------------------ reading and routing
 
     def read_part(self, spec: Any, sample: int, seed: int, where: str, dim: int | None, trusted: bool) -> dict[str, Any]:
@@ -114,6 +124,7 @@ class LocalHnswShard:
         `trusted` = validated upstream (in the driver for in-memory data, or by the ingest stage):
         docs/design.md validates once at the edge, and re-validating would cost copies of the data.
         """
+        self._convert_arrow()
         if spec.num_rows == 0:
             self.staged = RowChunks([], [], dim or 0)
             return {"rows": 0, "dim": dim, "start": spec.start, "sample": None}
@@ -243,6 +254,7 @@ class LocalHnswShard:
         os.replace(tmp, final)
         deleted = self.workdir / hnsw.deleted_file(self.shard)
         if self.deleted.size:
+            self._convert_arrow()
             tmp = deleted.with_name(f".{deleted.name}.{uuid.uuid4().hex[:8]}")
             write_parquet(pa.table({"id": self.deleted}), tmp)
             os.replace(tmp, deleted)
@@ -264,6 +276,7 @@ class LocalHnswShard:
         index.set_num_threads(self.threads)
         deleted = np.empty(0, np.int64)
         if hnsw.deleted_file(self.shard) in manifest["files"]:
+            self._convert_arrow()
             deleted = pq.read_table(self.workdir / hnsw.deleted_file(self.shard)).column("id").to_numpy()
         all_ids = np.asarray(index.get_ids_list(), np.uint64).view(np.int64)
         self.deleted = np.sort(deleted.astype(np.int64))
@@ -412,6 +425,7 @@ class LocalHnswShard:
     def read_batch(self, spec: Any) -> tuple[np.ndarray, np.ndarray]:
         """Rows of the vectors the index was built from (a ShardSpec): a kNN-graph batch without hnswlib's
         get_items, which copies one point at a time (~10-15 µs each) while holding the GIL."""
+        self._convert_arrow()
         ids, vecs = to_numpy(read_shard(spec, ["id", "vector"]))
         return ids.copy(), vecs.copy()  # own the memory: the Arrow buffers go with the table
 
@@ -419,6 +433,7 @@ class LocalHnswShard:
     def write_graph(self, batch: tuple[np.ndarray, np.ndarray], results: Sequence[Any], k: int, out: str,
                     name: str) -> tuple[int, dict[str, Any]]:
         """Merge the shards' answers for one batch of my points, drop self, put one Parquet part (rows, entry)."""
+        self._convert_arrow()
         ids = batch[0]
         merged = hnsw.merge_results(ray.get(list(results)), k + 1)
         table = hnsw_results.knn_graph_table(ids, *hnsw.drop_self(ids, *merged, k))
