@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +10,6 @@ import pytest
 from shardwalk.core.errors import ConfigError
 from shardwalk.core.index import hnsw
 from shardwalk.core.index import knn_partition as kp
-from shardwalk.core.index.graph_settings import GraphSettings
 
 
 def _clustered(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
@@ -115,19 +112,6 @@ def test_bad_graph_settings_name_the_key(value: object, key: str) -> None:
 def test_a_bool_switches_the_graph_with_default_settings() -> None:
     assert kp.GraphSettings.from_config(False) == kp.GraphSettings(enabled=False)
     assert kp.GraphSettings.from_config({"method": "partition"}).method == "partition"
-
-
-def test_reading_settings_and_starting_a_walk_module_import_no_numba() -> None:
-    """numba costs a process ~0.3 CPU-s to import (and ~0.5 s more on its first call): the graph's settings live
-    apart from its kernels, so the coreset and srrw CLIs, their stage tasks, a walker actor's module and
-    ShardedIndex load without it; a walk imports it when it first draws (shardwalk.core.srrw.kernel)."""
-    code = ("import sys\n"
-            "import shardwalk.core.index.spec, shardwalk.pipelines.coreset, shardwalk.pipelines.srrw\n"
-            "import shardwalk.workers.walker, shardwalk.workers.sharded_index\n"
-            "print('numba' in sys.modules)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "False"
-    assert kp.GraphSettings is GraphSettings  # one class, whichever module a caller names
 
 
 def test_knn_graph_false_still_switches_the_graph_table_off() -> None:
