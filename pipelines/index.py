@@ -42,7 +42,6 @@ from shardwalk.pipelines.plan import source_size
 from shardwalk.pipelines.reports.stage import index_report
 from shardwalk.workers.cluster import cluster_nodes
 from shardwalk.workers.index_eval import exact_part, sample_part
-from shardwalk.workers.knn_partition import build_graph
 from shardwalk.workers.progress_channel import Channel, targeting, wait_counted
 from shardwalk.workers.query_stream import QuerySettings, open_for_stream
 from shardwalk.workers.sharded_index import ShardedIndex
@@ -115,6 +114,10 @@ def knn_graph_direct(out: Path, ingest: Path, *, k: int, space: str, method: str
                      refine_rounds: int, refine_min_rate: float, block: int, seed: int) -> dict[str, Any]:
     """Every point's k nearest neighbours without an index: partitions of the ingest parts, a local graph
     on each partition's actor, merged and refined (workers/knn_partition.py)."""
+    # numba (~0.15 CPU-s to import, ~0.8 s more on a first kernel call): only this stage needs it, not every
+    # process that runs an index stage
+    from shardwalk.workers.knn_partition import build_graph
+
     settings = GraphSettings(method=method, partition_rows=partition_rows, overlap=overlap,
                              refine_rounds=refine_rounds, refine_min_rate=refine_min_rate, block=block, seed=seed)
     return build_graph(sink.readable(ingest), str(out), k=k, settings=settings, space=space)

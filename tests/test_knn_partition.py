@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from shardwalk.core.errors import ConfigError
-from shardwalk.core.index import hnsw
+from shardwalk.core.index import graph_settings, hnsw
 from shardwalk.core.index import knn_partition as kp
 
 
@@ -151,8 +151,8 @@ def test_second_choice_cells_are_balanced_too() -> None:
 
 
 def test_k_means_sample_is_sized_per_cell_and_offsets_fitted_on_a_subsample_still_balance() -> None:
-    assert kp.sample_rows(1_000_000, 1303) == kp.SAMPLE_ROWS_PER_CELL * 1303  # not 64 per cell: training ~ rows x cells
-    assert kp.sample_rows(100_000, 130) == kp.SAMPLE_MIN_ROWS
+    assert kp.sample_rows(1_000_000, 1303) == graph_settings.SAMPLE_ROWS_PER_CELL * 1303  # not 64 per cell: training ~ rows x cells
+    assert kp.sample_rows(100_000, 130) == graph_settings.SAMPLE_MIN_ROWS
     x = _clustered(9000, dim=8)  # 9,000 > max(32 x 40, 4,096): the offsets see a seeded subsample only
     router = kp.train_partitions(x, 40, "l2", seed=3, overlap=2)
     sizes = np.bincount(kp.assign(router, x, 2).ravel(), minlength=40)

@@ -17,9 +17,11 @@ def _imported(modules: list[str], libraries: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("modules, absent", [
-    # numba costs ~0.3 CPU-s to import and ~0.5 s more on its first call: the kNN graph's settings live apart
-    # from its kernels (core/index/graph_settings.py); a walk imports numba when it first draws
+    # numba costs ~0.15-0.3 CPU-s to import and ~0.8 s more on its first kernel call: the kNN graph's settings
+    # live apart from its kernels (core/index/graph_settings.py), `plan --sample` and the graph stage import
+    # them when they run, and a walk when it first draws
     (["shardwalk.core.index.spec", "shardwalk.pipelines.coreset", "shardwalk.pipelines.srrw",
+      "shardwalk.pipelines.index", "shardwalk.pipelines.demo", "shardwalk.pipelines.plan",
       "shardwalk.workers.sharded_index"], ["numba"]),
     # a walker actor given its data in memory never reads Parquet: pyarrow.dataset (which imports pandas,
     # ~0.35 CPU-s) waits for a BlockLoader's first read

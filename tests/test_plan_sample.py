@@ -14,7 +14,8 @@ import pytest
 
 from shardwalk.core.data.schema import from_numpy
 from shardwalk.core.errors import DataError
-from shardwalk.core.index.knn_partition import SAMPLE_ROWS_PER_CELL, GraphSettings, partitions_for
+from shardwalk.core.index import knn_partition as kp
+from shardwalk.core.index.graph_settings import SAMPLE_ROWS_PER_CELL, GraphSettings, partitions_for
 from shardwalk.core.plan import cost_model as cm
 from shardwalk.core.plan import sample_costs as sc
 from shardwalk.pipelines.cli import main
@@ -196,7 +197,7 @@ def test_the_partition_steps_are_timed_after_their_kernels_are_loaded(monkeypatc
         return call
 
     for name in ("warm_kernels", "train_partitions", "assign", "local_candidates", "refine_home"):
-        monkeypatch.setattr(sc.kp, name, recording(name, getattr(sc.kp, name)))
+        monkeypatch.setattr(kp, name, recording(name, getattr(kp, name)))
     x = np.random.default_rng(0).normal(size=(400, 8)).astype(np.float32)
     sc._time_partition(x, 5, GraphSettings(partition_rows=64), "l2")
     timed = [c for c in calls[calls.index("warm_kernels done") + 1:] if not c.endswith("done")]

@@ -19,7 +19,14 @@ from numba import njit, prange
 from shardwalk.core import progress
 from shardwalk.core.errors import DataError
 from shardwalk.core.index import hnsw
-from shardwalk.core.index.graph_settings import BLOCK, REFINE_MIN_RATE, GraphSettings, check_k, partitions_for
+from shardwalk.core.index.graph_settings import (
+    BLOCK,
+    REFINE_MIN_RATE,
+    GraphSettings,
+    check_k,
+    partitions_for,
+    sample_rows,
+)
 
 FAST = {"reassoc", "contract", "nsz", "arcp"}  # vectorised sums; never "ninf"/"nnan": padding is +inf
 RERANK_MARGIN = 8  # candidates kept from the BLAS distances beyond k, re-ranked with exact distances
@@ -27,19 +34,11 @@ PROBE_ROWS = 2000  # rows a round is tried on first to estimate its update rate 
 BALANCE = 1.3  # a cell's memberships at most this x the mean (on the k-means sample)
 KMEANS_ITERS = 10  # Lloyd iterations on the sample
 SEED_ROWS_PER_CELL = 16  # k-means++ seeds on this many sampled rows per cell
-SAMPLE_ROWS_PER_CELL = 32  # k-means trains on this many sampled rows per cell (at least SAMPLE_MIN_ROWS)
-SAMPLE_MIN_ROWS = 10_000
 OFFSET_ROWS_PER_CELL = 16  # balancing offsets are fitted on at most this many of the sample's rows per cell
 ASSIGN_ROWS = 16_384  # rows per block when assigning rows to their cells
 
 
 # ----------------------------------------------------------------------------- partitions
-
-
-def sample_rows(rows: int, parts: int) -> int:
-    """Rows k-means trains on: SAMPLE_ROWS_PER_CELL per partition, at least SAMPLE_MIN_ROWS (all of a small
-    table). Training costs rows x cells: at the 1M-row shape (1,303 cells) 64 per cell took 15 s, 32 took 7 s."""
-    return min(rows, max(SAMPLE_ROWS_PER_CELL * parts, SAMPLE_MIN_ROWS))
 
 
 def train_partitions(sample: np.ndarray, parts: int, space: str, seed: int = 0, overlap: int = 1,

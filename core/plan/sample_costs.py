@@ -40,7 +40,7 @@ import pyarrow as pa
 from shardwalk.core.data.builtin import is_builtin, load_builtin, parse_builtin
 from shardwalk.core.data.schema import VECTOR, to_numpy, validate_vectors
 from shardwalk.core.errors import ConfigError, DataError
-from shardwalk.core.index import knn_partition as kp
+from shardwalk.core.index.graph_settings import GraphSettings, partitions_for, sample_rows
 from shardwalk.core.storage.sources import plan_shards, read_shard
 
 MAX_BUILD_GROWTH = 0.3  # per ln n, as benchmarks.calibrate's cap (calibrations measured up to it at 10k-50k)
@@ -104,19 +104,19 @@ def query_growth(sample_rows: float, rows: float, slope: float = 0.0) -> float:
     return max(pure, 1.0 + slope * math.log(max(rows, 2.0) / max(sample_rows, 2.0))) if rows > sample_rows else pure
 
 
-def partition_pairs_per_row(rows: int, settings: kp.GraphSettings) -> float:
+def partition_pairs_per_row(rows: int, settings: GraphSettings) -> float:
     """Pairs a row meets in its local graphs: overlap cells of overlap·rows / P rows each."""
-    parts = kp.partitions_for(rows, settings)
+    parts = partitions_for(rows, settings)
     overlap = min(settings.overlap, parts)
     return overlap * overlap * rows / parts
 
 
-def partition_seconds(costs: SampleCosts, rows: int, settings: kp.GraphSettings) -> dict[str, float]:
+def partition_seconds(costs: SampleCosts, rows: int, settings: GraphSettings) -> dict[str, float]:
     """One-core seconds of the partition method's steps at `rows` (train runs once, on the driver)."""
-    parts = kp.partitions_for(rows, settings)
+    parts = partitions_for(rows, settings)
     if parts == 1:
         return {"train": 0.0, "assign": 0.0, "local": exact_seconds(costs, rows), "rest": 0.0}
-    return {"train": costs.train_s_per_unit * kp.sample_rows(rows, parts) * parts,
+    return {"train": costs.train_s_per_unit * sample_rows(rows, parts) * parts,
             "assign": costs.assign_s_per_row_cell * rows * parts,
             "local": costs.local_s_per_pair * rows * partition_pairs_per_row(rows, settings),
             "rest": costs.rest_s_per_row * rows * max(1, settings.refine_rounds)}
@@ -154,7 +154,7 @@ def read_sample(source: str, rows: int = SAMPLE_ROWS, vector_column: str = VECTO
 # ----------------------------------------------------------------------------- measuring
 
 
-def measure(source: str, *, k: int, M: int, ef_construction: int, ef: int, settings: kp.GraphSettings,
+def measure(source: str, *, k: int, M: int, ef_construction: int, ef: int, settings: GraphSettings,
             space: str = "l2", rows: int = SAMPLE_ROWS, vector_column: str = VECTOR) -> SampleCosts:
     """Read a sample of `source` and time, on one core, an HNSW build and queries at the job's settings, the
     partition graph's steps and the exact graph on part of it. DataError if the sample is unusable."""
@@ -169,10 +169,12 @@ def measure(source: str, *, k: int, M: int, ef_construction: int, ef: int, setti
     return dataclasses.replace(costs, source=source, read_seconds=read_seconds, seconds=time.perf_counter() - began)
 
 
-def measure_arrays(x: np.ndarray, *, k: int, M: int, ef_construction: int, ef: int, settings: kp.GraphSettings,
+def measure_arrays(x: np.ndarray, *, k: int, M: int, ef_construction: int, ef: int, settings: GraphSettings,
                    space: str = "l2") -> SampleCosts:
     """The one-core costs of `x`'s rows (k + 1 of them at least); `benchmarks.calibrate` runs it on generated data."""
     from threadpoolctl import threadpool_limits
+
+    from shardwalk.core.index import knn_partition as kp  # numba: only a measurement needs the kernels
 
     began = time.perf_counter()
     with threadpool_limits(limits=1), _numba_threads(1):
@@ -227,11 +229,13 @@ def _time_hnsw(x: np.ndarray, k: int, M: int, ef_construction: int, ef: int, spa
     return (first + second) / len(x), query / len(queries), growth
 
 
-def _time_partition(x: np.ndarray, k: int, settings: kp.GraphSettings, space: str) -> dict[str, float]:
+def _time_partition(x: np.ndarray, k: int, settings: GraphSettings, space: str) -> dict[str, float]:
     """Per-unit seconds of the partition method's steps on the sample (the steps kp.build_graph runs)."""
+    from shardwalk.core.index import knn_partition as kp  # numba: only a measurement needs the kernels
+
     n = len(x)
     ids = np.arange(n, dtype=np.int64)
-    parts = max(2, kp.partitions_for(n, dataclasses.replace(settings, method="partition")))  # a sample small enough for one cell is still timed in cells
+    parts = max(2, partitions_for(n, dataclasses.replace(settings, method="partition")))  # a sample small enough for one cell is still timed in cells
     # every kernel the steps run is compiled (or loaded from numba's cache) before the clock starts: on a cold
     # cache ~4 s of compiling went into the 30k sample's k-means (0.17 s warm) and ~3 s into its local graphs (0.8 s)
     kp.warm_kernels(1, "partition")
@@ -250,5 +254,5 @@ def _time_partition(x: np.ndarray, k: int, settings: kp.GraphSettings, space: st
     overlap = min(settings.overlap, parts)
     pairs = n * overlap * overlap * n / parts
     return {"local_s_per_pair": local / max(pairs, 1.0), "assign_s_per_row_cell": assign / (n * parts),
-            "train_s_per_unit": train / (kp.sample_rows(n, parts) * parts),
+            "train_s_per_unit": train / (sample_rows(n, parts) * parts),
             "rest_s_per_row": rest / n / max(1, settings.refine_rounds)}
